@@ -1,0 +1,54 @@
+"""Installs the ``mammoxai`` package from ``monai_bundle/`` so the bundle and everything else share one copy.
+
+PyTorch is installed first by ``scripts/bootstrap.sh`` (``torch==2.14.1``, ``torchvision==0.29.1``): the pins
+below accept it and never pull another build.
+"""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "monai==1.6.1",
+    "numpy>=1.24,<2",
+    "pydicom>=2.4,<3",
+    "pylibjpeg>=2.0,<3",
+    "pylibjpeg-openjpeg>=2.3",
+    "pylibjpeg-libjpeg>=2.1",
+    "pylibjpeg-rle>=2.0,<3",
+    "Pillow>=10",
+    "scipy>=1.11",
+    "pynrrd>=1.0,<2",
+    "jsonschema>=3.2",
+    "tqdm>=4.66,<5",
+]
+
+APP = [
+    "monailabel==0.8.5",
+    "dicomweb-client==0.59.3",
+    "pynetdicom<2.1",
+]
+
+DEV = [
+    "pytest>=8,<9",
+    "hypothesis>=6.100,<7",
+]
+
+setup(
+    name="mammoxai",
+    version="0.1.0",
+    description="Explainable mammography AI: metadata-pretrained networks, saliency, MONAI bundle and MONAI Label app",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    package_dir={"": "monai_bundle"},
+    packages=find_packages("monai_bundle", include=["mammoxai", "mammoxai.*"]),
+    install_requires=CORE,
+    extras_require={"app": APP, "dev": DEV},
+    entry_points={
+        "console_scripts": [
+            "mammoxai-synth=mammoxai.data.synth:main",
+        ]
+    },
+)
