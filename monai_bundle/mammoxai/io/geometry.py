@@ -11,7 +11,9 @@ Coordinates are continuous ``(x, y)`` = (column, row): pixel ``i`` covers ``[i, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,12 @@ class ImageGeometry:
     output_shape: tuple[int, int]
 
     def __post_init__(self) -> None:
+        # frozen, so normalise through object.__setattr__: lists and NumPy integers from JSON or array maths
+        # become plain int tuples, which keeps the record hashable, comparable and JSON-serialisable
+        object.__setattr__(self, "original_shape", _int_tuple(self.original_shape, 2, "original_shape"))
+        object.__setattr__(self, "crop", _int_tuple(self.crop, 4, "crop"))
+        object.__setattr__(self, "output_shape", _int_tuple(self.output_shape, 2, "output_shape"))
+        object.__setattr__(self, "flip", bool(self.flip))
         height, width = self.original_shape
         y0, x0, y1, x1 = self.crop
         if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
@@ -53,7 +61,7 @@ class ImageGeometry:
     @classmethod
     def identity(cls, shape: tuple[int, int]) -> ImageGeometry:
         """The geometry that changes nothing: for images already on the model grid."""
-        return cls(tuple(shape), (0, 0, shape[0], shape[1]), False, tuple(shape))
+        return cls(shape, (0, 0, shape[0], shape[1]), False, shape)
 
     @property
     def crop_shape(self) -> tuple[int, int]:
@@ -96,7 +104,7 @@ class ImageGeometry:
         return self._map_boxes(boxes, self.to_original_points)
 
     @staticmethod
-    def _map_boxes(boxes: np.ndarray, map_points) -> np.ndarray:
+    def _map_boxes(boxes: np.ndarray, map_points: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         first, second = map_points(boxes[:, :2]), map_points(boxes[:, 2:])
         # a flip swaps left and right edges: re-sort so x0 <= x1 holds after mapping
@@ -104,17 +112,14 @@ class ImageGeometry:
 
     # -- images -----------------------------------------------------------------------------------------------
     def apply(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Crop, flip and resize an image (..., H, W) onto the model grid; returns a float32 tensor (..., h, w).
-
-        Downsampling is antialiased so small calcifications are averaged in, not skipped.
-        """
+        """Crop, flip and resize an image (..., H, W) onto the model grid; returns a float32 tensor (..., h, w)."""
         tensor = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
         self._check_trailing_shape(tensor, self.original_shape, "image")
         y0, x0, y1, x1 = self.crop
-        tensor = tensor[..., y0:y1, x0:x1]
+        tensor = tensor[..., y0:y1, x0:x1].float()  # before the flip: torch cannot flip every integer dtype
         if self.flip:
             tensor = tensor.flip(-1)
-        return _resize(tensor.float(), self.output_shape, antialias=True)
+        return _resize(tensor, self.output_shape)
 
     def restore(self, heatmap: np.ndarray | torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Map a model-grid map (..., h, w) back onto the original pixel grid (..., H, W).
@@ -123,7 +128,7 @@ class ImageGeometry:
         """
         tensor = torch.as_tensor(heatmap)
         self._check_trailing_shape(tensor, self.output_shape, "heatmap")
-        tensor = _resize(tensor.float(), self.crop_shape, antialias=False)
+        tensor = _resize(tensor.float(), self.crop_shape)
         if self.flip:
             tensor = tensor.flip(-1)
         out = tensor.new_full((*tensor.shape[:-2], *self.original_shape), fill)
@@ -142,20 +147,34 @@ class ImageGeometry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageGeometry:
-        return cls(
-            original_shape=tuple(int(v) for v in data["original_shape"]),
-            crop=tuple(int(v) for v in data["crop"]),
-            flip=bool(data["flip"]),
-            output_shape=tuple(int(v) for v in data["output_shape"]),
-        )
+        try:
+            return cls(data["original_shape"], data["crop"], data["flip"], data["output_shape"])
+        except KeyError as missing:
+            raise MammoXAIError("geometry", f"record has no {missing} entry", "write it with to_dict()") from None
 
 
-def _resize(tensor: torch.Tensor, shape: tuple[int, int], antialias: bool) -> torch.Tensor:
-    """Bilinear resize of the last two axes with ``align_corners=False`` (the continuous-coordinate convention)."""
+def _int_tuple(values: Any, length: int, name: str) -> tuple[int, ...]:
+    """``values`` as a tuple of ``length`` Python ints, or a MammoXAIError naming ``name``."""
+    items = tuple(values) if isinstance(values, (tuple, list, np.ndarray, torch.Size)) else ()
+    if len(items) != length or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in items):
+        raise MammoXAIError("geometry", f"{name} {values!r} must be {length} integers")
+    return tuple(int(v) for v in items)
+
+
+def _resize(tensor: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of the last two axes with ``align_corners=False`` (the continuous-coordinate convention).
+
+    Downsampling is antialiased (a triangle filter as wide as one output pixel), both ways: on the way to the
+    model so small calcifications are averaged in rather than skipped, and on the way back so a heatmap from
+    a model grid finer than the crop keeps its peaks instead of landing between the sampled pixels.
+    """
     if tuple(tensor.shape[-2:]) == tuple(shape):
         return tensor.clone()
+    if shape[1] == 1 and shape[0] != 1:
+        # torch's antialiased kernel returns wrong values for a one-column output; one row is fine, so transpose
+        return _resize(tensor.transpose(-1, -2), (shape[1], shape[0])).transpose(-1, -2).contiguous()
     leading = tensor.shape[:-2]
     flat = tensor.reshape(-1, 1, *tensor.shape[-2:])
     downsampling = shape[0] < tensor.shape[-2] or shape[1] < tensor.shape[-1]
-    resized = F.interpolate(flat, size=tuple(shape), mode="bilinear", align_corners=False, antialias=antialias and downsampling)
+    resized = F.interpolate(flat, size=tuple(shape), mode="bilinear", align_corners=False, antialias=downsampling)
     return resized.reshape(*leading, *shape)

@@ -1,0 +1,67 @@
+"""The one preprocessing every model, the tensor cache and the server apply to a mammogram.
+
+Training, evaluation, inference and saliency must all see the same tensor for the same file, and a
+heatmap must map back through the same geometry, so this module is the only place that turns a
+:class:`~mammoxai.io.mammogram.Mammogram` into model input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mammoxai.io.breast import breast_geometry, segment_breast
+from mammoxai.io.geometry import ImageGeometry
+from mammoxai.io.mammogram import Mammogram
+
+__all__ = ["prepare_image"]
+
+
+def prepare_image(
+    mammogram: Mammogram,
+    output_shape: tuple[int, int],
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> tuple[torch.Tensor, ImageGeometry]:
+    """Breast-only, chest-wall-left, intensity-normalised model input and the geometry that made it.
+
+    Steps:
+
+    1. segment the breast (:func:`~mammoxai.io.breast.segment_breast`) and derive the crop and flip from
+       it (:func:`~mammoxai.io.breast.breast_geometry`);
+    2. scale intensities so the ``percentiles`` of the breast pixels land on 0 and 1, clipping beyond.
+       Vendors store 10 to 16 bits with different offsets, gains and presentation processing, so a fixed
+       divisor would give each X-ray system its own brightness range; percentiles of the breast alone
+       (not of the background, whose share depends on breast size, and not of the extremes, which are
+       labels, markers and dead pixels) put them on a common scale, as foreground-percentile clipping does
+       for CT in nnU-Net (Isensee et al., Nature Methods 2021);
+    3. set everything outside the breast to 0, so labels and markers cannot become shortcuts;
+    4. crop, flip and resize onto the model grid (antialiased, see
+       :meth:`~mammoxai.io.geometry.ImageGeometry.apply`).
+
+    Args:
+        mammogram: the image, bright = dense.
+        output_shape: (h, w) of the model grid.
+        percentiles: breast-pixel percentiles mapped to 0 and 1.
+
+    Returns:
+        a float32 tensor (1, h, w) in [0, 1] and the :class:`~mammoxai.io.geometry.ImageGeometry` that maps
+        it (and any heatmap, point or box on it) back to the original pixels.
+
+    Raises:
+        MammoXAIError: when no breast is found in the image.
+
+    Example:
+        image, geometry = prepare_image(read_mammogram("scan.dcm"), (512, 416))
+        logits = model(image[None])
+    """
+    pixels = np.asarray(mammogram.pixels, dtype=np.float32)
+    mask = segment_breast(pixels, source=mammogram.source or "image")
+    geometry = breast_geometry(mammogram, output_shape, mask=mask)
+    low, high = np.percentile(pixels[mask], percentiles)
+    if high > low:
+        scaled = np.clip((pixels - low) / (high - low), 0.0, 1.0)
+    else:  # a uniform breast (a phantom) has no contrast to stretch: keep it apart from the background
+        scaled = np.ones_like(pixels)
+    scaled[~mask] = 0.0
+    image = geometry.apply(scaled).clamp_(0.0, 1.0)
+    return image.unsqueeze(0), geometry

@@ -1,0 +1,239 @@
+"""Breast segmentation, chest-wall side, breast crop and the model preprocessing, on drawn phantoms."""
+
+import numpy as np
+import pytest
+import torch
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.io.breast import breast_geometry, chest_wall_side, segment_breast
+from mammoxai.io.mammogram import Mammogram
+from mammoxai.io.preprocess import prepare_image
+
+SHAPE = (160, 128)
+MODEL_SHAPE = (64, 48)
+
+
+def draw_breast(shape=SHAPE, side="left", background=0.05, noise=0.01, pectoral=False, seed=0):
+    """A phantom mammogram: a half-ellipse of tissue against the chest-wall edge, denser towards its centre.
+
+    Returns float32 pixels (bright = dense) and the boolean mask of the drawn breast.
+    """
+    height, width = shape
+    rows, columns = np.mgrid[0:height, 0:width] + 0.5
+    depth = columns if side == "left" else width - columns  # distance from the chest wall
+    radius = (depth / (0.65 * width)) ** 2 + ((rows - height / 2) / (0.42 * height)) ** 2
+    breast = radius < 1
+    if pectoral:  # MLO: the pectoral muscle, a triangle along the chest wall from the top
+        breast |= rows < height * (1 - depth / (0.35 * width))
+    tissue = 0.3 + 0.4 * np.clip(1 - radius, 0, 1)
+    pixels = np.where(breast, tissue, background) + np.random.default_rng(seed).normal(0, noise, shape)
+    return pixels.astype(np.float32), breast
+
+
+def add_label(pixels, side="left", value=1.0):
+    """Burn a bright rectangular label into the top corner away from the chest wall (touching both edges)."""
+    labelled = pixels.copy()
+    columns = slice(-36, None) if side == "left" else slice(0, 36)
+    labelled[0:14, columns] = value
+    return labelled
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+# -- segment_breast -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mask_matches_the_drawn_breast(side):
+    pixels, breast = draw_breast(side=side)
+    mask = segment_breast(pixels)
+    assert mask.dtype == bool and mask.shape == SHAPE
+    assert iou(mask, breast) > 0.97
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_burned_in_label_is_removed(side):
+    pixels, breast = draw_breast(side=side)
+    mask = segment_breast(add_label(pixels, side))
+    assert not mask[0:14, -36:].any() if side == "left" else not mask[0:14, :36].any()
+    assert iou(mask, breast) > 0.97
+
+
+def test_small_bright_markers_are_removed():
+    pixels, breast = draw_breast()
+    pixels[140:146, 110:116] = 0.9  # a lead marker near the nipple side, not touching the breast
+    pixels[20:23, 60:90] = 0.8  # a thin burned-in line of text
+    mask = segment_breast(pixels)
+    assert not mask[140:146, 110:116].any() and not mask[20:23, 60:90].any()
+    assert iou(mask, breast) > 0.97
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_mask_does_not_depend_on_bit_depth(bits):
+    pixels, breast = draw_breast()
+    stored = np.round(np.clip(pixels, 0, 1) * (2**bits - 1)).astype(np.uint8 if bits == 8 else np.uint16)
+    assert iou(segment_breast(stored), breast) > 0.97
+
+
+def test_noisy_background_with_an_offset_is_not_breast():
+    pixels, breast = draw_breast(background=0.2, noise=0.02)  # the skin line is 5 noise SDs above it
+    mask = segment_breast(pixels)
+    assert iou(mask, breast) > 0.95
+    assert mask[:, -20:].sum() == 0  # far from the breast, the noise stays background
+
+
+def test_dark_fatty_regions_inside_the_breast_are_filled():
+    pixels, breast = draw_breast()
+    pixels[70:90, 10:30] = 0.05  # as dark as the background, but enclosed by tissue
+    assert segment_breast(pixels)[70:90, 10:30].all()
+
+
+def test_large_images_are_segmented_at_working_size_and_returned_full_size():
+    pixels, breast = draw_breast(shape=(1100, 900))
+    mask = segment_breast(pixels, working_size=256)
+    assert mask.shape == (1100, 900)
+    assert iou(mask, breast) > 0.97
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.zeros(SHAPE, dtype=np.float32),
+        np.full(SHAPE, 1234, dtype=np.uint16),
+        np.random.default_rng(0).normal(0.3, 0.05, SHAPE),
+        np.random.default_rng(1).uniform(0, 1, SHAPE),
+    ],
+    ids=["black", "constant", "gaussian-noise", "uniform-noise"],
+)
+def test_blank_images_raise_no_breast_found(pixels):
+    with pytest.raises(MammoXAIError, match="scan.dcm: no breast was found"):
+        segment_breast(pixels, source="scan.dcm")
+
+
+def test_a_lone_marker_is_not_taken_for_a_breast():
+    pixels = np.full(SHAPE, 0.05, dtype=np.float32)
+    pixels[10:20, 10:20] = 0.9  # 0.5 % of the image
+    with pytest.raises(MammoXAIError, match="no breast was found"):
+        segment_breast(pixels)
+
+
+@pytest.mark.parametrize("pixels", [np.zeros((5,)), np.full(SHAPE, np.nan)], ids=["1-D", "NaN"])
+def test_unusable_arrays_raise_a_clear_error(pixels):
+    with pytest.raises(MammoXAIError, match="image"):
+        segment_breast(pixels)
+
+
+# -- chest_wall_side ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("pectoral", [False, True], ids=["CC", "MLO"])
+def test_chest_wall_side_comes_from_the_mask(side, pectoral):
+    _, breast = draw_breast(side=side, pectoral=pectoral)
+    assert chest_wall_side(breast) == side
+    # the mask outranks a laterality that contradicts it (a file stored mirrored)
+    assert chest_wall_side(breast, laterality="R" if side == "left" else "L") == side
+
+
+def test_chest_wall_side_is_found_when_the_breast_does_not_touch_the_edge():
+    _, breast = draw_breast(side="right")
+    shifted = np.zeros_like(breast)
+    shifted[:, :-10] = breast[:, 10:]  # a dark strip between the chest wall and the right edge
+    assert chest_wall_side(shifted) == "right"
+
+
+@pytest.mark.parametrize("laterality, expected", [("R", "right"), ("L", "left"), (None, "left")])
+def test_an_ambiguous_mask_falls_back_to_laterality(laterality, expected):
+    filling_the_detector = np.ones(SHAPE, dtype=bool)
+    assert chest_wall_side(filling_the_detector, laterality) == expected
+
+
+# -- breast_geometry ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_crop_encloses_the_breast_and_flips_the_chest_wall_to_the_left(side):
+    pixels, breast = draw_breast(side=side)
+    geometry = breast_geometry(Mammogram(pixels=add_label(pixels, side), laterality=None), MODEL_SHAPE)
+    y0, x0, y1, x1 = geometry.crop
+    rows, columns = np.nonzero(breast)
+    assert y0 <= rows.min() and rows.max() < y1 and x0 <= columns.min() and columns.max() < x1
+    assert geometry.flip == (side == "right")
+    model_breast = geometry.apply(breast.astype(np.float32)).numpy() > 0.5
+    heights = model_breast.sum(axis=0)
+    assert heights[0] > 3 * max(heights[-1], 1)  # tallest at the chest wall, on the left
+
+
+def test_crop_takes_the_aspect_ratio_of_the_model_grid():
+    pixels, _ = draw_breast(shape=(300, 160))
+    tight = breast_geometry(Mammogram(pixels=pixels), (100, 50), keep_aspect=False)
+    assert tight.crop_shape[0] / tight.crop_shape[1] > 2.3  # the breast box is taller than 2:1
+    geometry = breast_geometry(Mammogram(pixels=pixels), (100, 50))
+    assert geometry.crop_shape[0] == tight.crop_shape[0]
+    assert abs(geometry.crop_shape[0] / geometry.crop_shape[1] - 2.0) < 0.02  # widened towards the nipple
+    assert geometry.crop[1] == 0
+
+
+def test_crop_keeps_a_margin_around_the_breast_inside_the_image():
+    pixels = np.full((120, 120), 0.05, dtype=np.float32)
+    pixels[40:80, 0:50] = 0.6  # a block against the chest wall
+    geometry = breast_geometry(Mammogram(pixels=pixels), (40, 50), margin=0.1, keep_aspect=False)
+    assert geometry.crop == (36, 0, 84, 55)  # 10 % of 40 rows and of 50 columns, clipped at the chest wall
+
+
+def test_a_precomputed_mask_is_used_as_given():
+    pixels, breast = draw_breast()
+    mask = np.zeros_like(breast)
+    mask[10:50, 0:30] = True
+    geometry = breast_geometry(Mammogram(pixels=pixels), MODEL_SHAPE, margin=0.0, keep_aspect=False, mask=mask)
+    assert geometry.crop == (10, 0, 50, 30)
+
+
+@pytest.mark.parametrize("mask", [np.ones((10, 10), dtype=bool), np.zeros(SHAPE, dtype=bool)], ids=["shape", "empty"])
+def test_a_precomputed_mask_that_cannot_be_used_is_refused(mask):
+    pixels, _ = draw_breast()
+    with pytest.raises(MammoXAIError, match="scan.dcm: breast mask"):
+        breast_geometry(Mammogram(pixels=pixels, source="scan.dcm"), MODEL_SHAPE, mask=mask)
+
+
+def test_breast_geometry_on_a_blank_image_raises():
+    with pytest.raises(MammoXAIError, match="blank.png: no breast was found"):
+        breast_geometry(Mammogram(pixels=np.zeros(SHAPE), source="blank.png"), MODEL_SHAPE)
+
+
+# -- prepare_image --------------------------------------------------------------------------------------------
+def test_prepared_image_is_a_unit_range_tensor_with_a_zero_background():
+    pixels, breast = draw_breast()
+    image, geometry = prepare_image(Mammogram(pixels=add_label(pixels)), MODEL_SHAPE)
+    assert image.shape == (1, *MODEL_SHAPE) and image.dtype == torch.float32
+    assert image.min() == 0.0 and 0.95 < image.max() <= 1.0  # the top breast percentile lands on 1
+    model_breast = geometry.apply(breast.astype(np.float32))[None]
+    assert (image[model_breast == 0] == 0).all()
+    assert image[model_breast == 1].min() < 0.1  # and the bottom one on 0
+    assert geometry == breast_geometry(Mammogram(pixels=pixels), MODEL_SHAPE)
+
+
+def test_labels_leave_no_trace_in_the_prepared_image():
+    pixels, _ = draw_breast()
+    clean, _ = prepare_image(Mammogram(pixels=pixels), MODEL_SHAPE)
+    labelled, _ = prepare_image(Mammogram(pixels=add_label(pixels)), MODEL_SHAPE)
+    torch.testing.assert_close(labelled, clean)
+
+
+def test_different_bit_depths_and_gains_prepare_to_the_same_image():
+    pixels, _ = draw_breast()
+    reference, _ = prepare_image(Mammogram(pixels=pixels), MODEL_SHAPE)
+    vendor = np.round(np.clip(pixels, 0, None) * 3000 + 500).astype(np.uint16)  # 12-bit with an offset
+    other, _ = prepare_image(Mammogram(pixels=vendor), MODEL_SHAPE)
+    torch.testing.assert_close(other, reference, atol=2e-3, rtol=0)
+
+
+def test_a_mirrored_file_prepares_to_the_same_image():
+    pixels, _ = draw_breast(side="left")
+    left, left_geometry = prepare_image(Mammogram(pixels=pixels, laterality="L"), MODEL_SHAPE)
+    right, right_geometry = prepare_image(Mammogram(pixels=pixels[:, ::-1], laterality="R"), MODEL_SHAPE)
+    assert not left_geometry.flip and right_geometry.flip
+    torch.testing.assert_close(right, left)
+
+
+def test_a_uniform_breast_stays_distinct_from_the_background():
+    pixels = np.zeros(SHAPE, dtype=np.float32)
+    pixels[30:130, 0:70] = 0.5
+    image, _ = prepare_image(Mammogram(pixels=pixels), MODEL_SHAPE)
+    assert image.max() == 1.0 and image.min() == 0.0
