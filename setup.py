@@ -32,6 +32,7 @@ APP = [
 DEV = [
     "pytest>=8,<9",
     "hypothesis>=6.100,<7",
+    "pyjpegls>=1.4,<1.5",  # JPEG-LS encoder for the reader tests; 1.5 needs numpy 2
 ]
 
 setup(

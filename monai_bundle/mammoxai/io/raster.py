@@ -1,0 +1,79 @@
+"""Reading a mammogram from a PNG, TIFF or PGM file (8 or 16 bit grayscale), as public data sets ship them.
+
+These formats carry no header, so spacing, laterality and view are None (a label CSV usually supplies the
+latter two) and the pixels are taken as bright = dense, which is how INbreast, VinDr-Mammo, CBIS-DDSM and
+mini-MIAS exports are written. TIFF's WhiteIsZero photometric is honoured.
+
+Colour is refused rather than converted to luminance: a mammogram has no colour, so colour in the file means
+burned-in annotations, rulers or overlays that a model would learn as if they were tissue. Grayscale saved in
+RGB (all channels equal, alpha, if any, fully opaque) is read exactly. PGM files with a maximum value other
+than 255 or 65535 are stretched to the full 8 / 16-bit range by Pillow; the stretch is linear, so contrast and
+order are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.io.mammogram import Mammogram
+
+__all__ = ["read_raster"]
+
+_GRAY_MODES = frozenset({"L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_GRAY_AS_COLOUR_MODES = frozenset({"LA", "RGB", "RGBA", "P", "PA"})
+_TIFF_WHITE_IS_ZERO = 0  # value of the TIFF PhotometricInterpretation tag (262)
+
+
+def read_raster(path: str | os.PathLike) -> Mammogram:
+    """Read a grayscale PNG, TIFF or PGM image as a :class:`Mammogram` with float32 pixels and no header.
+
+    Raises:
+        MammoXAIError: the file is not a readable image, holds several pages, is colour, black-and-white or
+            transparent.
+
+    Example:
+        mammogram = read_raster("mdb001.pgm")
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            pages, mode = getattr(image, "n_frames", 1), image.mode
+            white_is_zero = image.format == "TIFF" and image.tag_v2.get(262) == _TIFF_WHITE_IS_ZERO
+            array = np.asarray(image.convert("RGBA") if mode in ("P", "PA") else image)
+    except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError, ... on damaged files
+        problem = f"is not a readable PNG, TIFF or PGM image ({error})"
+        raise MammoXAIError(path, problem, "re-export the image") from error
+    if pages > 1:
+        problem = f"holds {pages} pages (a stack or volume); only 2D mammograms are supported"
+        raise MammoXAIError(path, problem, "save one image per file")
+    pixels = _grayscale(array, mode, path)
+    if white_is_zero and pixels.dtype.itemsize == 2:  # Pillow inverts 8-bit WhiteIsZero TIFFs itself, not 16-bit
+        pixels = np.iinfo(pixels.dtype).max - pixels
+    return Mammogram(pixels=np.ascontiguousarray(pixels, dtype=np.float32), source=str(path))
+
+
+def _grayscale(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """The single gray channel of ``array`` (in Pillow ``mode``); refuses what is not grayscale."""
+    if mode in _GRAY_MODES:
+        return array
+    if mode == "1":
+        raise MammoXAIError(path, "is a 1-bit black-and-white image (a mask?), not a mammogram", "pass the mammogram")
+    if mode not in _GRAY_AS_COLOUR_MODES:
+        raise MammoXAIError(path, f"has pixel mode {mode}, not 8 or 16-bit grayscale", "save it as grayscale")
+    if mode in ("LA", "RGBA", "P", "PA"):  # palette images were converted to RGBA
+        if (array[..., -1] != 255).any():
+            raise MammoXAIError(path, "has transparent pixels, which have no intensity", "save it without transparency")
+        array = array[..., :-1]
+    if (array != array[..., :1]).any():
+        raise MammoXAIError(
+            path,
+            "is a colour image; a mammogram is grayscale, so colour means burned-in annotations or overlays",
+            "export the original grayscale image",
+        )
+    return array[..., 0]

@@ -1,0 +1,185 @@
+"""Writes small, real mammography DICOM files for tests.
+
+One function, :func:`write_mammo_dicom`, builds a Digital Mammography X-Ray Image (For Presentation or For
+Processing) with file meta, a plausible header and the given pixels, encodes them in the requested transfer
+syntax with real encoders (pydicom's RLE encoder, OpenJPEG for JPEG 2000, CharLS for JPEG-LS) and saves it.
+Any header field can be overridden or removed by keyword, so a test states only what it is about:
+
+    write_mammo_dicom(tmp_path / "a.dcm", pixels, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=4096)
+    write_mammo_dicom(tmp_path / "b.dcm", pixels, ImageLaterality=None, PatientOrientation=["P", "L"])
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    PYDICOM_IMPLEMENTATION_UID,
+    RLELossless,
+    generate_uid,
+)
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+_SOP_CLASS = {"FOR PRESENTATION": MG_FOR_PRESENTATION, "FOR PROCESSING": MG_FOR_PROCESSING}
+
+#: A left cranio-caudal view from a plausible full-field digital mammography unit.
+DEFAULT_HEADER: dict[str, Any] = {
+    "Modality": "MG",
+    "Manufacturer": "TestVendor",
+    "ManufacturerModelName": "Mammo 3000",
+    "PatientID": "P0001",
+    "PatientAge": "056Y",
+    "PatientSex": "F",
+    "StudyDate": "20240131",
+    "BodyPartExamined": "BREAST",
+    "ImageLaterality": "L",
+    "ViewPosition": "CC",
+    "PatientOrientation": ["A", "R"],
+    "ImagerPixelSpacing": [0.1, 0.1],
+    "KVP": 29.0,
+    "BodyPartThickness": 52.0,
+    "CompressionForce": 110.0,
+    "AnodeTargetMaterial": "TUNGSTEN",
+    "FilterMaterial": "RHODIUM",
+}
+
+
+def write_mammo_dicom(
+    path: str | os.PathLike,
+    pixels: np.ndarray,
+    *,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    photometric: str = "MONOCHROME2",
+    presentation_intent: str = "FOR PRESENTATION",
+    bits_stored: int | None = None,
+    **header: Any,
+) -> Path:
+    """Write ``pixels`` as a mammography DICOM file and return its path.
+
+    Args:
+        path: file to write.
+        pixels: integer array (rows, columns), or (frames, rows, columns) for a multi-frame file. ``uint8``
+            gives 8 bits allocated, ``uint16`` / ``int16`` give 16 (signed for ``int16``).
+        transfer_syntax: Explicit or Implicit VR Little Endian, RLE Lossless, JPEG 2000 Lossless (at least 32
+            pixels a side, for OpenJPEG's six resolution levels) or JPEG-LS Lossless (needs ``pyjpegls``).
+        photometric: ``"MONOCHROME2"`` or ``"MONOCHROME1"``; the pixels are stored as given either way.
+        presentation_intent: ``"FOR PRESENTATION"`` or ``"FOR PROCESSING"``; sets the SOP Class to match.
+        bits_stored: defaults to the fewest bits that hold the pixel values (at least 8), as detectors write
+            12 or 14 bits in 16.
+        header: DICOM keyword -> value, applied last; ``None`` removes the element. Sequences are given as a
+            list of :class:`~pydicom.dataset.Dataset` items (see :func:`code_item`).
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype not in (np.uint8, np.uint16, np.int16):
+        raise TypeError(f"pixels must be uint8, uint16 or int16, not {pixels.dtype}")
+    signed = pixels.dtype == np.int16
+    bits_allocated = pixels.dtype.itemsize * 8
+    if bits_stored is None:
+        span = int(np.abs(pixels).max()) if pixels.size else 0
+        bits_stored = min(bits_allocated, max(8, span.bit_length() + int(signed)))
+
+    sop_class = _SOP_CLASS[presentation_intent]
+    sop_instance = generate_uid(entropy_srcs=[str(path)])
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(path), "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(path), "series"])
+    ds.PresentationIntentType = presentation_intent
+    for keyword, value in DEFAULT_HEADER.items():
+        setattr(ds, keyword, value)
+
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+
+    _encode(ds, pixels, transfer_syntax, bits_stored)
+    for keyword, value in header.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+
+    path = Path(path)
+    ds.save_as(path, write_like_original=False)
+    return path
+
+
+def _encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: str, bits_stored: int) -> None:
+    """Re-encode the uncompressed Pixel Data of ``ds`` in ``transfer_syntax``."""
+    if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        ds.is_little_endian, ds.is_implicit_VR = True, transfer_syntax == ImplicitVRLittleEndian
+        return
+    if transfer_syntax == RLELossless:
+        ds.compress(RLELossless, encoding_plugin="pydicom")
+        return
+    frames = pixels.reshape(-1, *pixels.shape[-2:])
+    if transfer_syntax == JPEG2000Lossless:
+        import openjpeg
+
+        encoded = [openjpeg.encode(frame, bits_stored=bits_stored) for frame in frames]
+    elif transfer_syntax == JPEGLSLossless:
+        import jpeg_ls  # the pyjpegls package: CharLS, the JPEG-LS reference implementation
+
+        encoded = [bytes(jpeg_ls.encode_array(frame)) for frame in frames]
+    else:
+        raise ValueError(f"no encoder for transfer syntax {transfer_syntax}")
+    ds.PixelData = encapsulate(encoded)
+    ds["PixelData"].is_undefined_length = True
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+
+
+def code_item(value: str, scheme: str = "SCT", meaning: str = "") -> Dataset:
+    """One coded-concept item, e.g. ``ViewCodeSequence=[code_item("399162004")]`` for a cranio-caudal view."""
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning or value
+    return item
+
+
+def voi_lut_item(lut: np.ndarray, first_mapped: int = 0, bits: int = 16) -> Dataset:
+    """One VOI LUT Sequence item mapping stored values ``first_mapped + i`` to ``lut[i]``."""
+    item = Dataset()
+    item.LUTDescriptor = [len(lut), first_mapped, bits]
+    item.LUTData = [int(v) for v in lut]
+    item["LUTDescriptor"].VR = "US"
+    item["LUTData"].VR = "US"
+    return item
+
+
+def spoil_decimal_string(path: Path, group: int, element: int, value: bytes) -> None:
+    """Overwrite the DS ``value`` of element (group, element) in an explicit VR little endian file with letters,
+    as a broken writer might; pydicom cannot write such a value itself."""
+    encoded = struct.pack("<HH", group, element) + b"DS" + struct.pack("<H", len(value)) + value
+    data = path.read_bytes()
+    if data.count(encoded) != 1:
+        raise ValueError(f"({group:04X},{element:04X}) = {value!r} is not in {path} exactly once")
+    path.write_bytes(data.replace(encoded, encoded[: -len(value)] + b"x" * len(value)))

@@ -1,0 +1,171 @@
+"""Reading PNG, TIFF and PGM mammograms: exact 8 / 16-bit values, grayscale only, no header."""
+
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dicom_factory import write_mammo_dicom
+from mammoxai.errors import MammoXAIError
+from mammoxai.io import read_mammogram
+
+SHAPE = (64, 48)
+
+
+def random_image(dtype):
+    high = np.iinfo(dtype).max + 1
+    return np.random.default_rng(5).integers(0, high, SHAPE).astype(dtype)
+
+
+def write_tiff(path, pixels, white_is_zero=False, big_endian=False):
+    """A baseline uncompressed grayscale TIFF (TIFF 6.0 section 4) with exactly the given stored values, byte
+    order and photometric, written by hand so no writer can invert or convert anything on the way."""
+    order = ">" if big_endian else "<"
+    height, width = pixels.shape
+    data = pixels.astype(pixels.dtype.newbyteorder(order)).tobytes()
+    short, long = 3, 4
+    tags = [  # (tag, type, value), sorted by tag
+        (256, long, width), (257, long, height), (258, short, pixels.dtype.itemsize * 8), (259, short, 1),
+        (262, short, 0 if white_is_zero else 1), (273, long, 8), (277, short, 1), (278, long, height),
+        (279, long, len(data)),
+    ]  # fmt: skip
+    ifd = struct.pack(order + "H", len(tags))
+    for tag, kind, value in tags:
+        # a value fits in the 4-byte field and is left-justified in it
+        field = struct.pack(order + "HH", value, 0) if kind == short else struct.pack(order + "I", value)
+        ifd += struct.pack(order + "HHI", tag, kind, 1) + field
+    ifd += struct.pack(order + "I", 0)
+    header = (b"MM" if big_endian else b"II") + struct.pack(order + "HI", 42, 8 + len(data))
+    path.write_bytes(header + data + ifd)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".pgm"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_grayscale_images_are_read_exactly(tmp_path, suffix, dtype):
+    pixels = random_image(dtype)
+    path = tmp_path / f"image{suffix}"
+    Image.fromarray(pixels).save(path)
+
+    mammogram = read_mammogram(path)
+
+    assert mammogram.pixels.dtype == np.float32
+    np.testing.assert_array_equal(mammogram.pixels, pixels)
+
+
+def test_raster_images_carry_no_geometry_or_header(tmp_path):
+    path = tmp_path / "image.png"
+    Image.fromarray(random_image(np.uint16)).save(path)
+
+    mammogram = read_mammogram(path)
+
+    assert (mammogram.spacing, mammogram.laterality, mammogram.view, mammogram.header) == (None, None, None, {})
+    assert mammogram.source == str(path)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_16_bit_tiff_in_either_byte_order_is_read_exactly(tmp_path, big_endian):
+    pixels = random_image(np.uint16)
+    path = write_tiff(tmp_path / "image.tif", pixels, big_endian=big_endian)
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, pixels)
+
+
+def test_deflate_compressed_tiff_is_read_exactly(tmp_path):
+    pixels = random_image(np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "deflate.tif", compression="tiff_adobe_deflate")
+    assert Image.open(tmp_path / "deflate.tif").info["compression"] == "tiff_adobe_deflate"
+
+    np.testing.assert_array_equal(read_mammogram(tmp_path / "deflate.tif").pixels, pixels)
+
+
+def test_float_tiff_is_read(tmp_path):
+    pixels = np.random.default_rng(0).random(SHAPE).astype(np.float32)
+    Image.fromarray(pixels).save(tmp_path / "float.tif")
+
+    np.testing.assert_array_equal(read_mammogram(tmp_path / "float.tif").pixels, pixels)
+
+
+def test_plain_text_pgm_is_read(tmp_path):
+    path = tmp_path / "plain.pgm"
+    path.write_text("P2\n# mini-MIAS style\n3 2\n65535\n0 1000 65535\n5 6 7\n")
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, [[0, 1000, 65535], [5, 6, 7]])
+
+
+def test_pgm_with_a_12_bit_maximum_is_stretched_linearly(tmp_path):
+    pixels = random_image(np.uint16) % 4096
+    path = tmp_path / "twelve.pgm"
+    path.write_bytes(b"P5\n48 64\n4095\n" + pixels.astype(">u2").tobytes())
+
+    np.testing.assert_allclose(read_mammogram(path).pixels, pixels * (65535 / 4095), atol=0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_white_is_zero_tiff_is_inverted(tmp_path, dtype):
+    stored = random_image(dtype)
+    path = write_tiff(tmp_path / "inverted.tif", stored, white_is_zero=True)
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, np.iinfo(dtype).max - stored)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P"])
+def test_grayscale_saved_as_colour_is_read_exactly(tmp_path, mode):
+    pixels = random_image(np.uint8)
+    path = tmp_path / "gray.png"
+    Image.fromarray(pixels).convert(mode).save(path)
+    assert Image.open(path).mode == mode
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, pixels)
+
+
+def test_colour_image_is_refused(tmp_path):
+    rgb = np.stack([random_image(np.uint8)] * 3, axis=-1)
+    rgb[10:20, 10:20] = (255, 0, 0)  # a red annotation burned in
+    path = tmp_path / "annotated.png"
+    Image.fromarray(rgb).save(path)
+
+    with pytest.raises(MammoXAIError, match="colour image"):
+        read_mammogram(path)
+
+
+def test_transparent_image_is_refused(tmp_path):
+    rgba = np.stack([random_image(np.uint8)] * 3 + [np.full(SHAPE, 255, np.uint8)], axis=-1)
+    rgba[:5, :5, 3] = 0
+    path = tmp_path / "transparent.png"
+    Image.fromarray(rgba).save(path)
+
+    with pytest.raises(MammoXAIError, match="transparent"):
+        read_mammogram(path)
+
+
+def test_black_and_white_image_is_refused(tmp_path):
+    path = tmp_path / "mask.png"
+    Image.fromarray(random_image(np.uint8) > 128).save(path)
+
+    with pytest.raises(MammoXAIError, match="1-bit"):
+        read_mammogram(path)
+
+
+def test_multi_page_tiff_is_refused(tmp_path):
+    path = tmp_path / "stack.tif"
+    page = Image.fromarray(random_image(np.uint16))
+    page.save(path, save_all=True, append_images=[page])
+
+    with pytest.raises(MammoXAIError, match="2 pages.*only 2D mammograms"):
+        read_mammogram(path)
+
+
+def test_content_not_the_name_chooses_the_reader(tmp_path):
+    pixels = random_image(np.uint16) % 4096
+    png_named_dcm = tmp_path / "really_png.dcm"
+    Image.fromarray(pixels).save(png_named_dcm, format="PNG")
+    dicom_named_png = write_mammo_dicom(tmp_path / "really_dicom.png", pixels)
+
+    as_png, as_dicom = read_mammogram(png_named_dcm), read_mammogram(dicom_named_png)
+
+    np.testing.assert_array_equal(as_png.pixels, pixels)
+    assert as_png.header == {}
+    np.testing.assert_array_equal(as_dicom.pixels, pixels)
+    assert as_dicom.header["Modality"] == "MG"
