@@ -1,0 +1,138 @@
+"""Preprocessed mammograms on disk, so that only the first epoch decodes DICOM.
+
+Decoding a JPEG 2000 mammogram, segmenting the breast and resampling it onto the model grid costs far more
+than the network's forward pass at training resolution. :class:`PreprocessedCache` stores the result of
+:func:`mammoxai.io.preprocess.prepare_image` (tensor + :class:`~mammoxai.io.geometry.ImageGeometry`) under a
+key made of
+
+* the source file: by default the SHA-1 of its bytes, so a file replaced under the same name is re-read
+  and a copied or moved file still hits; ``file_key="stat"`` uses (path, size, modification time) instead,
+  which reads no bytes at all but misses an edit that keeps size and time, and misses after a copy or touch;
+* the output shape;
+* the preprocessing version: a hash of the ``mammoxai.io`` source code, so a change to the reader, the
+  VOI LUT or the breast crop invalidates old entries without anyone having to remember to bump a number.
+
+Each entry is one ``.pt`` file written to a temporary name and moved into place with ``os.replace``, which is
+atomic, so DataLoader workers (or several training runs) sharing a cache never read half an entry.
+
+``monai.data.PersistentDataset`` is not used because it keys entries by the data dict (the file *name*)
+and would serve a stale image after a file is replaced.
+
+Example:
+    cache = PreprocessedCache("cache/", output_shape=(512, 416))
+    image, geometry = cache.get("scan.dcm")   # decodes and stores
+    image, geometry = cache.get("scan.dcm")   # reads the stored tensor
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mammoxai.io
+from mammoxai.errors import MammoXAIError
+from mammoxai.io import read_mammogram
+from mammoxai.io.preprocess import prepare_image
+
+__all__ = ["PreprocessedCache", "preprocess_file", "preprocessing_version"]
+
+_CHUNK = 1 << 20
+
+
+def preprocess_file(path: str | os.PathLike, output_shape: Sequence[int]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read and preprocess one file: the (1, h, w) model input and its geometry as a dict. No caching."""
+    image, geometry = prepare_image(read_mammogram(path), tuple(output_shape))
+    return image, geometry.to_dict()
+
+
+@functools.lru_cache(maxsize=1)
+def preprocessing_version() -> str:
+    """SHA-1 of the ``mammoxai.io`` package source: changes whenever reading or preprocessing code changes."""
+    digest = hashlib.sha1()
+    for source in sorted(Path(mammoxai.io.__file__).parent.rglob("*.py")):
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+class PreprocessedCache:
+    """A directory of preprocessed tensors keyed by file content and preprocessing settings.
+
+    Args:
+        cache_dir: where entries live (created when missing); safe to share between processes.
+        output_shape: (h, w) of the model grid.
+        file_key: ``"content"`` (default, SHA-1 of the file bytes) or ``"stat"`` (path, size and mtime);
+            see the module docstring for the trade-off.
+
+    Example:
+        cache = PreprocessedCache("cache/", (512, 416))
+        image, geometry = cache.get("scan.dcm")
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, output_shape: Sequence[int], file_key: str = "content"):
+        if file_key not in ("content", "stat"):
+            raise MammoXAIError("file_key", f"is {file_key!r}", 'use "content" or "stat"')
+        self.cache_dir = Path(cache_dir)
+        self.output_shape = tuple(int(size) for size in output_shape)
+        self.file_key = file_key
+        settings = {"output_shape": self.output_shape, "preprocessing": preprocessing_version()}
+        self._settings = json.dumps(settings, sort_keys=True).encode()
+
+    def key(self, path: str | os.PathLike) -> str:
+        """The entry name for ``path`` under this cache's settings."""
+        digest = hashlib.sha1(self._settings)
+        if self.file_key == "stat":
+            stat = os.stat(path)
+            digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        else:
+            with open(path, "rb") as stream:
+                while chunk := stream.read(_CHUNK):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+    def entry(self, path: str | os.PathLike) -> Path:
+        """Where the entry for ``path`` is (or would be) stored."""
+        key = self.key(path)
+        return self.cache_dir / key[:2] / f"{key}.pt"
+
+    def get(self, path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The preprocessed (1, h, w) image of ``path`` and its geometry dict, from the cache when stored."""
+        if not Path(path).is_file():
+            raise MammoXAIError(path, "does not exist", "check the manifest's path column")
+        entry = self.entry(path)
+        stored = self._load(entry)
+        if stored is not None:
+            return stored["image"], stored["geometry"]
+        image, geometry = preprocess_file(path, self.output_shape)
+        self._store(entry, {"image": image, "geometry": geometry, "source": str(path)})
+        return image, geometry
+
+    @staticmethod
+    def _load(entry: Path) -> dict[str, Any] | None:
+        if not entry.is_file():
+            return None
+        try:
+            return torch.load(entry, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError):  # damaged entry (disk full, manual edit): redo it
+            return None
+
+    @staticmethod
+    def _store(entry: Path, value: dict[str, Any]) -> None:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(value, stream)
+            os.replace(temporary, entry)
+        except BaseException:
+            os.unlink(temporary)
+            raise

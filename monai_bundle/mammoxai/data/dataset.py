@@ -1,0 +1,122 @@
+"""The torch Dataset every MammoXAI model trains and evaluates on.
+
+Example:
+    records = read_manifest("synth/manifest.csv")
+    dataset = MammogramDataset(
+        records, image_size=(512, 416), cache_dir="cache/",
+        class_names=["normal", "benign", "malignant"], label_map={"recalled_benign": "benign"},
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2, shuffle=True)
+    batch = next(iter(loader))
+    batch["image"].shape                        # (8, 1, 512, 416)
+    geometries = batch_geometries(batch)        # per image: maps heatmaps and boxes back to the original
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import monai.data
+import torch
+
+from mammoxai.data.cache import PreprocessedCache, preprocess_file
+from mammoxai.data.manifest import read_manifest
+from mammoxai.errors import MammoXAIError
+from mammoxai.io.geometry import ImageGeometry
+
+__all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries"]
+
+#: record fields copied into every sample ("" when unknown, so the default collate keeps them as lists of str).
+ID_KEYS: tuple[str, ...] = ("image_id", "patient_id", "study_uid", "sop_uid", "laterality", "view")
+
+
+class MammogramDataset(monai.data.Dataset):
+    """Manifest records -> {"image", "label", "geometry", "path", ids} samples on the model grid.
+
+    Each sample holds ``image``: float tensor (1, h, w) from :func:`mammoxai.io.preprocess.prepare_image`;
+    ``label``: class index, or -1 when the record has no label; ``geometry``: the
+    :class:`~mammoxai.io.geometry.ImageGeometry` as a dict of tensors (``original_shape`` (2,), ``crop``
+    (4,), ``flip`` (), ``output_shape`` (2,)), which torch's default collate stacks into a batch and
+    :func:`batch_geometries` turns back into one ``ImageGeometry`` per image; ``path``; and the record's
+    :data:`ID_KEYS` as strings. No ``collate_fn`` is needed.
+
+    Args:
+        records: manifest records (see :mod:`mammoxai.data.manifest`), or the path of a manifest CSV.
+        image_size: (h, w) of the model grid, or one int for a square grid.
+        cache_dir: where to keep preprocessed tensors (:class:`~mammoxai.data.cache.PreprocessedCache`) so that
+            later epochs decode no DICOM; None preprocesses every time.
+        label_key: the record field holding the raw label (default ``"case_label"``).
+        class_names: the classes, in output order. Default: the sorted distinct labels of ``records`` (after
+            ``label_map``) - pass them explicitly whenever a split might lack a class, or indices shift.
+        label_map: raw label -> class name, e.g. ``{"recalled_benign": "benign"}`` for a 3-class model;
+            labels not in the map are used as they are.
+        transform: applied to each sample dict (e.g. MONAI dictionary transforms with ``keys="image"``).
+            Spatial augmentation moves pixels away from ``geometry``; keep it for training only.
+        file_key: how the cache recognises a file, ``"content"`` or ``"stat"`` (see :mod:`mammoxai.data.cache`).
+
+    Raises:
+        MammoXAIError: a record has no ``path``, or its label is not one of ``class_names``.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Mapping[str, Any]] | str | os.PathLike,
+        image_size: int | Sequence[int],
+        cache_dir: str | os.PathLike | None = None,
+        label_key: str = "case_label",
+        class_names: Sequence[str] | None = None,
+        label_map: Mapping[str, str] | None = None,
+        transform: Callable | None = None,
+        file_key: str = "content",
+    ):
+        if isinstance(records, (str, os.PathLike)):
+            records = read_manifest(records)
+        super().__init__(data=list(records), transform=transform)
+        self.image_size = (int(image_size),) * 2 if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        self.label_key = label_key
+        self.label_map = dict(label_map or {})
+        self.cache = PreprocessedCache(cache_dir, self.image_size, file_key) if cache_dir is not None else None
+        names = [self._class_name(record) for record in self.data]
+        self.class_names = tuple(class_names) if class_names is not None else tuple(sorted({n for n in names if n}))
+        self.labels = [self._label_index(name, record) for name, record in zip(names, self.data)]
+
+    def _class_name(self, record: Mapping[str, Any]) -> str | None:
+        if "path" not in record:
+            raise MammoXAIError(f"record {record}", "has no 'path'", "build records with mammoxai.data.manifest")
+        raw = record.get(self.label_key)
+        if raw is None or raw == "":
+            return None
+        return self.label_map.get(str(raw), str(raw))
+
+    def _label_index(self, name: str | None, record: Mapping[str, Any]) -> int:
+        if name is None:
+            return -1
+        if name not in self.class_names:
+            raise MammoXAIError(
+                record["path"], f"has {self.label_key} {record[self.label_key]!r}, not one of {list(self.class_names)}",
+                "add it to class_names or map it with label_map",
+            )
+        return self.class_names.index(name)
+
+    def _transform(self, index: int) -> dict[str, Any]:
+        record = self.data[index]
+        path = str(record["path"])
+        image, geometry = self.cache.get(path) if self.cache is not None else preprocess_file(path, self.image_size)
+        sample = {
+            "image": image,
+            "label": self.labels[index],
+            "geometry": {key: torch.as_tensor(value) for key, value in geometry.items()},
+            "path": path,
+            **{key: str(record.get(key) or "") for key in ID_KEYS},
+        }
+        return self.transform(sample)
+
+
+def batch_geometries(batch: Mapping[str, Any]) -> list[ImageGeometry]:
+    """One :class:`ImageGeometry` per image of a collated batch (or of a single sample, as a list of one)."""
+    single = batch["geometry"]["crop"].ndim == 1
+    columns = {key: (value[None] if single else value).tolist() for key, value in batch["geometry"].items()}
+    count = len(columns["crop"])
+    return [ImageGeometry.from_dict({key: values[i] for key, values in columns.items()}) for i in range(count)]

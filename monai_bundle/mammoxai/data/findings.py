@@ -1,0 +1,126 @@
+"""Lesion annotations (boxes, optional masks) in the one table format MammoXAI reads and writes.
+
+The format is VinDr-Mammo's ``finding_annotations.csv`` (Nguyen et al., "VinDr-Mammo: A large-scale
+benchmark dataset for computer-aided diagnosis in full-field digital mammography", Sci Data 2023): one row
+per box with ``image_id``, ``finding_categories``, ``finding_birads`` and ``xmin, ymin, xmax, ymax`` in pixels
+of the original image. The synthetic phantoms write it, VinDr ships it, and the CBIS-DDSM reader converts its
+ROI masks into it, so localisation metrics (pointing game, CorRELAX F1) read a single format.
+
+Boxes are continuous ``(x0, y0, x1, y1)`` coordinates, the convention of
+:class:`~mammoxai.io.geometry.ImageGeometry`: a box covering pixel columns 3..7 has ``x0 = 3, x1 = 8``, and
+``geometry.to_model_boxes`` maps it onto the model grid exactly.
+
+Example:
+    findings = read_findings("vindr/finding_annotations.csv")
+    by_image = {}
+    for finding in findings:
+        by_image.setdefault(finding.image_id, []).append(finding.box)
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mammoxai.data.manifest import read_table, relative_path
+from mammoxai.errors import MammoXAIError
+
+__all__ = ["Finding", "parse_birads", "read_findings", "write_findings"]
+
+_COLUMNS = ("image_id", "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax", "label", "mask")
+_BOX = ("xmin", "ymin", "xmax", "ymax")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One annotated lesion.
+
+    Args:
+        image_id: the image it is on (the manifest's ``image_id``).
+        categories: e.g. ("Mass",), ("Suspicious Calcification",), VinDr-Mammo's vocabulary.
+        box: (x0, y0, x1, y1) in continuous pixel coordinates of the original image.
+        birads: BI-RADS assessment of the finding ("0".."5", "4A", ...), when given.
+        label: case label of the finding when pathology is known ("malignant", "benign", "recalled_benign").
+        mask: path of a lesion mask image (same size as the mammogram, non-zero inside), when there is one.
+    """
+
+    image_id: str
+    categories: tuple[str, ...]
+    box: tuple[float, float, float, float]
+    birads: str | None = None
+    label: str | None = None
+    mask: str | None = None
+
+
+def parse_birads(value: object) -> str | None:
+    """The BI-RADS category of "BI-RADS 4", "4" or 4 as "4"; None when empty. Sub-categories stay ("4A")."""
+    text = str(value if value is not None else "").strip().upper().replace("BI-RADS", "").strip()
+    return text or None
+
+
+def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
+    """The boxes of a VinDr-style finding CSV; rows without a box ("No Finding") are skipped.
+
+    Raises:
+        MammoXAIError: the file is missing, lacks ``image_id`` or a box column, or a box cell is not a number.
+    """
+    csv_path = Path(csv_path)
+    rows = read_table(csv_path, ("image_id", *_BOX), "expected VinDr-Mammo finding columns")
+    findings = []
+    for line, row in enumerate(rows, start=2):
+        cells = [row[column] for column in _BOX]
+        if not all(cells):
+            continue
+        try:
+            box = tuple(float(cell) for cell in cells)
+        except ValueError as error:
+            raise MammoXAIError(csv_path, f"line {line} has a non-numeric box {cells}", "fix the row") from error
+        mask = row.get("mask")
+        findings.append(
+            Finding(
+                image_id=row["image_id"],
+                categories=_parse_categories(row.get("finding_categories")),
+                box=box,  # type: ignore[arg-type]
+                birads=parse_birads(row.get("finding_birads")),
+                label=row.get("label") or None,
+                mask=os.path.normpath(csv_path.parent / mask) if mask else None,
+            )
+        )
+    return findings
+
+
+def write_findings(findings: Iterable[Finding], csv_path: str | os.PathLike) -> Path:
+    """Write findings as a VinDr-style CSV (plus ``label`` and ``mask`` columns; masks relative to the CSV)."""
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(_COLUMNS)
+        for finding in findings:
+            mask = relative_path(finding.mask, csv_path.parent) if finding.mask else ""
+            writer.writerow(
+                [
+                    finding.image_id,
+                    repr(list(finding.categories)),
+                    f"BI-RADS {finding.birads}" if finding.birads else "",
+                    *finding.box,
+                    finding.label or "",
+                    mask,
+                ]
+            )
+    return csv_path
+
+
+def _parse_categories(text: str | None) -> tuple[str, ...]:
+    """VinDr writes Python list literals ("['Mass', 'Suspicious Calcification']"); plain text is one category."""
+    text = (text or "").strip()
+    if text.startswith("["):
+        try:
+            return tuple(str(item).strip() for item in ast.literal_eval(text))
+        except (ValueError, SyntaxError):
+            pass
+    return (text,) if text else ()

@@ -1,0 +1,475 @@
+"""Dataset manifests: one row per image with its identifiers, view, header facts and (optionally) labels.
+
+A manifest is a list of plain ``dict`` records, the MONAI "datalist" idiom, so it feeds
+:class:`~mammoxai.data.dataset.MammogramDataset`, ``monai.data.partition_dataset`` and a CSV file alike. Column
+names are shared with the manifest that ``python -m mammoxai.data.synth`` writes, so a folder of synthetic
+phantoms, a hospital export and a public data set all end up in the same table.
+
+Example:
+    manifest = build_manifest("exports/", label_csv="labels.csv", id_column="sop_uid")
+    write_manifest(manifest.records, "exports/manifest.csv")
+    records = read_manifest("exports/manifest.csv")
+
+From the command line (unreadable files are logged and left out, the manifest is written anyway)::
+
+    python -m mammoxai.data.manifest exports/ --out exports/manifest.csv --labels labels.csv --id-column sop_uid
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.io import dicom, read_mammogram
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "HEADER_COLUMNS",
+    "Manifest",
+    "build_manifest",
+    "find_images",
+    "read_record",
+    "record_header",
+    "join_labels",
+    "normalise_laterality",
+    "normalise_density",
+    "report_unusable",
+    "write_manifest",
+    "read_manifest",
+    "relative_path",
+    "read_table",
+]
+
+#: manifest column -> DICOM keyword, for the header fields the rest of MammoXAI uses (metadata pretraining
+#: targets, patient/study matching, QC). Values are kept as the header gives them (``age`` is "056Y").
+HEADER_COLUMNS: dict[str, str] = {
+    "patient_id": "PatientID",
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+    "sop_uid": "SOPInstanceUID",
+    "study_date": "StudyDate",
+    "modality": "Modality",
+    "presentation_intent": "PresentationIntentType",
+    "manufacturer": "Manufacturer",
+    "model": "ManufacturerModelName",
+    "thickness_mm": "BodyPartThickness",
+    "compression_force_n": "CompressionForce",
+    "kvp": "KVP",
+    "age": "PatientAge",
+    "anode": "AnodeTargetMaterial",
+    "filter": "FilterMaterial",
+}
+
+#: column order of a written manifest; columns outside this list (labels, density, split, ...) follow.
+MANIFEST_COLUMNS: tuple[str, ...] = ("path", "image_id", "laterality", "view", "rows", "cols", *HEADER_COLUMNS)
+
+# Typed columns: everything else is read back as text, so identifiers such as "00123" keep their zeros.
+_INT_COLUMNS = frozenset({"rows", "cols"})
+_FLOAT_COLUMNS = frozenset({"thickness_mm", "compression_force_n", "kvp"})
+
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+_IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".pgm"})
+_LATERALITY = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
+_DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}
+
+
+@dataclass
+class Manifest:
+    """The records built from a folder, and the files that could not be read.
+
+    Args:
+        records: one dict per readable image (see :data:`MANIFEST_COLUMNS`).
+        errors: path of each unreadable file -> the :class:`MammoXAIError` message saying why.
+    """
+
+    records: list[dict[str, Any]]
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+# -- reading images ---------------------------------------------------------------------------------------------
+def find_images(folder: str | os.PathLike, exclude: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield, in sorted order, every mammogram file under ``folder`` (recursively).
+
+    DICOM is recognised by suffix (.dcm, .dicom, .dic) or, for extension-less files as PACS exports write them,
+    by the ``DICM`` marker at byte 128; PNG / TIFF / PGM by suffix. Hidden files and folders, CSV files and
+    anything else are ignored, as are paths (relative to ``folder``, "/"-separated) matching a shell pattern in
+    ``exclude``: lesion masks stored beside the images, e.g. ``exclude=["masks/*"]`` for a synthetic cohort.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MammoXAIError(folder, "is not a folder", "pass the folder that holds the images")
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(parent, name)
+            suffix = path.suffix.lower()
+            if name.startswith(".") or any(fnmatch(path.relative_to(folder).as_posix(), p) for p in exclude):
+                continue
+            if suffix in _DICOM_SUFFIXES or suffix in _IMAGE_SUFFIXES or (not suffix and _has_dicom_marker(path)):
+                yield path
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        return stream.read(132)[128:] == b"DICM"
+
+
+def read_record(path: str | os.PathLike, header_only: bool = True) -> dict[str, Any]:
+    """The manifest record of one image file.
+
+    Args:
+        path: a DICOM, PNG, TIFF or PGM file.
+        header_only: for DICOM, read the header with ``pydicom.dcmread(stop_before_pixels=True)`` instead of
+            decoding the image. On a large archive this is one to two orders of magnitude faster (a 50 MB
+            JPEG 2000 mammogram costs a few kB of reading), but a file whose *pixel data* is broken is only
+            found when the image is first loaded for training. ``False`` runs the full
+            :func:`mammoxai.io.read_mammogram` on every file, which validates everything once, up front.
+            Other formats have no header and are always read in full.
+
+    Raises:
+        MammoXAIError: the file cannot be read as a mammogram.
+    """
+    path = Path(path)
+    if header_only and path.suffix.lower() not in _IMAGE_SUFFIXES:
+        return _record_from_dicom_header(path)
+    mammogram = read_mammogram(path)
+    return _record(path, mammogram.laterality, mammogram.view, mammogram.shape, mammogram.header)
+
+
+def _record_from_dicom_header(path: Path) -> dict[str, Any]:
+    dataset = dicom.read_dicom_header(path)  # refuses what read_mammogram refuses, with the reader's message
+    header = dicom.header_fields(dataset, path)
+    return _record(path, dicom.laterality(dataset), dicom.view(dataset), (header["Rows"], header["Columns"]), header)
+
+
+def _record(
+    path: Path, laterality: str | None, view: str | None, shape: tuple[int, int], header: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Named by SOP Instance UID when the file has one, else by file stem."""
+    record = {"path": str(path), "laterality": laterality, "view": view, "rows": shape[0], "cols": shape[1]}
+    record.update({column: header.get(keyword) for column, keyword in HEADER_COLUMNS.items()})
+    record["image_id"] = record["sop_uid"] or path.stem
+    return record
+
+
+def normalise_laterality(value: Any) -> str | None:
+    """Laterality as "L" / "R" from the spellings data sets use ("L", "left", "RIGHT", ...); None otherwise."""
+    return _LATERALITY.get(str(value).strip().upper()) if value is not None else None
+
+
+def normalise_density(value: Any) -> str | None:
+    """BI-RADS breast density as "A".."D" from "DENSITY C" (VinDr-Mammo), "3" / 3 (CBIS-DDSM) or "c"."""
+    text = str(value if value is not None else "").strip().upper().replace("DENSITY", "").strip()
+    return _DENSITY.get(text, text if text in _DENSITY.values() else None)
+
+
+def record_header(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The header fields of a record keyed by DICOM keyword, as :class:`~mammoxai.io.Mammogram` carries them.
+
+    Lets metadata targets (``MetadataLabelSpace.encode(header)``) be computed from a manifest without opening a
+    single image.
+    """
+    header = {keyword: record.get(column) for column, keyword in HEADER_COLUMNS.items()}
+    header["ImageLaterality"] = record.get("laterality")
+    header["ViewPosition"] = record.get("view")
+    return {keyword: value for keyword, value in header.items() if value is not None}
+
+
+# -- building ---------------------------------------------------------------------------------------------------
+def build_manifest(
+    folder: str | os.PathLike,
+    label_csv: str | os.PathLike | None = None,
+    id_column: str | Sequence[str] = "sop_uid",
+    column_map: Mapping[str, str] | None = None,
+    strict: bool = True,
+    on_error: str = "collect",
+    header_only: bool = True,
+    exclude: Sequence[str] = (),
+) -> Manifest:
+    """One record per mammogram under ``folder``, optionally joined with a CSV of labels.
+
+    Args:
+        folder: searched recursively, see :func:`find_images`.
+        exclude: shell patterns of paths under ``folder`` that are not mammograms (masks), see :func:`find_images`.
+        label_csv: optional CSV whose columns supply or override record fields (case label, density, view, ...);
+            joined as in :func:`join_labels`.
+        id_column: the CSV column(s) that identify an image; see :func:`join_labels`.
+        column_map: renames CSV columns to manifest fields before joining, e.g. ``{"image view": "view"}``.
+        strict: whether CSV rows that match no image are an error (True) or a warning (False).
+        on_error: ``"collect"`` (default) records each unreadable file in :attr:`Manifest.errors`, logs a
+            summary and goes on with the rest; ``"raise"`` stops at the first one.
+        header_only: DICOM header fast path, see :func:`read_record`.
+
+    Raises:
+        MammoXAIError: the folder holds no readable image, ``on_error="raise"`` and a file is bad, or the label
+            CSV cannot be joined.
+    """
+    if on_error not in ("collect", "raise"):
+        raise MammoXAIError("on_error", f"is {on_error!r}", 'use "collect" or "raise"')
+    manifest = Manifest(records=[])
+    for path in tqdm(list(find_images(folder, exclude)), desc="reading headers", unit="image", disable=None):
+        try:
+            manifest.records.append(read_record(path, header_only=header_only))
+        except MammoXAIError as error:
+            if on_error == "raise":
+                raise
+            manifest.errors[str(path)] = str(error)
+    if manifest.errors:
+        logger.warning(
+            "%d of %d files under %s could not be read and are left out:\n%s",
+            len(manifest.errors),
+            len(manifest.errors) + len(manifest.records),
+            folder,
+            "\n".join(manifest.errors.values()),
+        )
+    if not manifest.records:
+        raise MammoXAIError(folder, "holds no readable mammogram (DICOM, PNG, TIFF or PGM)", "check the folder")
+    if label_csv is not None:
+        manifest.records = join_labels(manifest.records, label_csv, id_column, column_map=column_map, strict=strict)
+    return manifest
+
+
+# -- joining labels ---------------------------------------------------------------------------------------------
+def join_labels(
+    records: Sequence[Mapping[str, Any]],
+    label_csv: str | os.PathLike,
+    id_column: str | Sequence[str] = "sop_uid",
+    column_map: Mapping[str, str] | None = None,
+    strict: bool = True,
+) -> list[dict[str, Any]]:
+    """Records with the fields of their row in ``label_csv`` merged in (non-empty CSV cells win).
+
+    Public data sets often ship PNG / PGM images whose only metadata is such a CSV (patient, laterality, view,
+    density, label), so any column may supply or override a record field; laterality spellings ("LEFT", "l")
+    become "L" / "R" and views are upper-cased.
+
+    Args:
+        records: manifest records.
+        label_csv: the CSV file.
+        id_column: either one column holding, per row, an image's SOP Instance UID, its ``image_id`` or its
+            file name (with or without extension) - each must name one image; or several columns that are all
+            manifest fields, e.g. ``("patient_id", "laterality", "view")``, in which case a row labels every
+            image that agrees on all of them (prior exams of the same breast and view included).
+        column_map: renames CSV columns to manifest fields before anything else, e.g.
+            ``{"left or right breast": "laterality", "pathology": "case_label"}``.
+        strict: CSV rows that match no image raise (True) or warn (False); their ids are listed either way.
+            Images without a row keep their fields and get no label.
+
+    Raises:
+        MammoXAIError: the CSV is missing or lacks the id column(s), an id appears on rows that disagree, an id
+            matches several images, or (``strict``) a row matches no image.
+    """
+    columns = (id_column,) if isinstance(id_column, str) else tuple(id_column)
+    rows = _read_label_rows(Path(label_csv), columns, column_map or {})
+    index = _image_index(records, columns)
+    joined = [dict(record) for record in records]
+    unmatched = []
+    for key, values in rows.items():
+        matches = index.get(key, [])
+        if len(columns) == 1 and len(matches) > 1:
+            names = ", ".join(joined[i]["path"] for i in matches[:3])
+            raise MammoXAIError(label_csv, f"id {key[0]!r} matches {len(matches)} images ({names})", "use a unique id")
+        for i in matches:
+            joined[i].update(values)
+        if not matches:
+            unmatched.append(key[0] if len(key) == 1 else "/".join(key))
+    what = f"of {len(rows)} rows match no image by {'+'.join(columns)}"
+    report_unusable(label_csv, what, unmatched, strict, "check the id column")
+    return joined
+
+
+def report_unusable(source: str | os.PathLike, what: str, items: Sequence[str], strict: bool, fix: str) -> None:
+    """Raise (``strict``) or warn that ``items`` (CSV rows, image files) could not be used, listing the first ten.
+
+    The one policy every manifest reader follows for annotations that point at nothing: a user who downloaded
+    part of a data set passes ``strict=False`` and gets the rest with a warning; everyone else gets an error
+    before training on a silently shrunken data set.
+    """
+    if not items:
+        return
+    shown = ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+    problem = f"{len(items)} {what}: {shown}"
+    if strict:
+        raise MammoXAIError(source, problem, f"{fix}, or pass strict=False to skip them")
+    warnings.warn(f"{source}: {problem}; they are skipped", stacklevel=3)
+
+
+def _read_label_rows(
+    label_csv: Path, columns: tuple[str, ...], column_map: Mapping[str, str]
+) -> dict[tuple[str, ...], dict[str, Any]]:
+    """CSV rows keyed by their id, cells parsed like manifest cells, empty cells dropped."""
+    rows = read_table(
+        label_csv, columns, "pass id_column= (and column_map=) naming the column that identifies each image",
+        rename=lambda name: column_map.get(name, name),
+    )  # fmt: skip
+    keyed: dict[tuple[str, ...], dict[str, Any]] = {}
+    for line, row in enumerate(rows, start=2):
+        values = {name: _parse_cell(name, text, label_csv) for name, text in row.items()}
+        values = {name: value for name, value in values.items() if value is not None}
+        key = tuple(str(values.get(column, "")) for column in columns)
+        if not all(key):
+            raise MammoXAIError(label_csv, f"line {line} has an empty id ({'+'.join(columns)})", "fill it in")
+        if key in keyed and keyed[key] != values:
+            raise MammoXAIError(label_csv, f"id {'/'.join(key)!r} is on rows that disagree", "keep one row per image")
+        keyed[key] = values
+    return keyed
+
+
+def _image_index(records: Sequence[Mapping[str, Any]], columns: tuple[str, ...]) -> dict[tuple[str, ...], list[int]]:
+    """Record positions by the id(s) a CSV row may use for them."""
+    index: dict[tuple[str, ...], list[int]] = {}
+    for i, record in enumerate(records):
+        if len(columns) == 1:
+            path = Path(record["path"])
+            names = {record.get("sop_uid"), record.get("image_id"), path.name, path.stem}
+            keys = {(str(name),) for name in names if name}
+        else:
+            keys = {tuple(str(record.get(column) or "") for column in columns)}
+        for key in keys:
+            index.setdefault(key, []).append(i)
+    return index
+
+
+# -- CSV files --------------------------------------------------------------------------------------------------
+def write_manifest(records: Sequence[Mapping[str, Any]], csv_path: str | os.PathLike) -> Path:
+    """Write records to ``csv_path``; paths are stored relative to the CSV's folder so the pair can move together.
+
+    Known columns come first in :data:`MANIFEST_COLUMNS` order, other fields follow in order of appearance;
+    ``None`` is written as an empty cell.
+    """
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    present = dict.fromkeys(key for record in records for key in record)
+    header = [column for column in MANIFEST_COLUMNS if column in present]
+    header += [column for column in present if column not in MANIFEST_COLUMNS]
+    with open(csv_path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        for record in records:
+            row = dict(record, path=relative_path(record["path"], csv_path.parent))
+            writer.writerow(["" if row.get(column) is None else row[column] for column in header])
+    return csv_path
+
+
+def read_manifest(csv_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records from a manifest CSV, with paths resolved against the CSV's folder (the inverse of
+    :func:`write_manifest`): counts and measurements come back as numbers, empty cells as ``None``, everything
+    else as text."""
+    csv_path = Path(csv_path)
+    records = []
+    fix = "a manifest is written by write_manifest or python -m mammoxai.data.manifest"
+    for row in read_table(csv_path, ("path",), fix):
+        record = {name: _parse_cell(name, text, csv_path) for name, text in row.items()}
+        record["path"] = os.path.normpath(csv_path.parent / record["path"])
+        records.append(record)
+    return records
+
+
+def read_table(
+    csv_path: str | os.PathLike,
+    required: Sequence[str] = (),
+    fix: str = "check the file",
+    rename: Callable[[str], str] | None = None,
+) -> list[dict[str, str]]:
+    """Rows of a CSV file as {column: stripped text}; blank lines are dropped, short rows padded with "".
+
+    Args:
+        csv_path: the file; UTF-8, with or without the byte-order mark Excel writes.
+        required: columns (named after ``rename``) that must be present.
+        fix: what to tell the user when one is missing.
+        rename: maps each header cell to the column name used, e.g. to merge spellings of one column.
+
+    Raises:
+        MammoXAIError: the file is missing or empty, or lacks a required column (the message lists those it has).
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MammoXAIError(csv_path, "does not exist", "check the path")
+    with open(csv_path, newline="", encoding="utf-8-sig") as stream:
+        lines = list(csv.reader(stream))
+    if not lines:
+        raise MammoXAIError(csv_path, "is empty", "a header row is needed")
+    header = [(rename or str)(name.strip()) for name in lines[0]]
+    missing = [column for column in required if column not in header]
+    if missing:
+        problem = f"has no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})"
+        raise MammoXAIError(csv_path, problem, fix)
+    padding = [""] * len(header)
+    return [
+        dict(zip(header, [cell.strip() for cell in row] + padding))
+        for row in lines[1:]
+        if any(cell.strip() for cell in row)
+    ]
+
+
+def _parse_cell(column: str, text: str, csv_path: Path) -> Any:
+    """A manifest cell as the record value: None when empty, normalised laterality / view, typed numbers."""
+    if not text:
+        return None
+    if column == "laterality":
+        return normalise_laterality(text) or text
+    if column == "view":
+        return text.upper()
+    try:
+        if column in _INT_COLUMNS:
+            return int(float(text))
+        if column in _FLOAT_COLUMNS:
+            return float(text)
+    except ValueError as error:
+        raise MammoXAIError(csv_path, f"column {column!r} holds {text!r}, not a number", "fix the cell") from error
+    return text
+
+
+def relative_path(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """``path`` relative to ``folder`` with "/" separators, for CSV files that travel with their images."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+    except ValueError:  # another drive on Windows: keep it absolute
+        return Path(path).as_posix()
+
+
+# -- command line -----------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a manifest CSV for a folder of mammograms.")
+    parser.add_argument("folder", help="folder searched recursively for DICOM / PNG / TIFF / PGM files")
+    parser.add_argument("--out", required=True, help="manifest CSV to write (paths are stored relative to it)")
+    parser.add_argument("--labels", help="CSV of labels / fields to join")
+    parser.add_argument("--id-column", nargs="+", default=["sop_uid"], help="label CSV column(s) naming each image")
+    parser.add_argument("--lenient", action="store_true", help="warn instead of failing on label rows without an image")
+    parser.add_argument("--full-read", action="store_true", help="decode every image instead of reading headers only")
+    parser.add_argument("--exclude", nargs="+", default=[], help="shell patterns of paths to skip, e.g. 'masks/*'")
+    args = parser.parse_args(argv)
+    try:
+        manifest = build_manifest(
+            args.folder,
+            label_csv=args.labels,
+            id_column=args.id_column,
+            strict=not args.lenient,
+            header_only=not args.full_read,
+            exclude=args.exclude,
+        )
+    except MammoXAIError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    write_manifest(manifest.records, args.out)
+    skipped = f", {len(manifest.errors)} unreadable files skipped (listed above)" if manifest.errors else ""
+    print(f"{len(manifest.records)} images -> {args.out}{skipped}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The preprocessed-tensor cache serves stored tensors without decoding, and re-reads what has changed."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from dicom_factory import write_mammo_dicom
+
+import mammoxai.data.cache as cache_module
+from mammoxai.data.cache import PreprocessedCache, preprocess_file
+from mammoxai.errors import MammoXAIError
+
+SHAPE = (64, 48)
+
+
+def breast_pixels(height=128, width=96, value=3000, seed=0):
+    """A bright half-ellipse against the left edge on a dark, slightly noisy background."""
+    rows, cols = np.ogrid[:height, :width]
+    inside = ((rows - height / 2) / (0.45 * height)) ** 2 + (cols / (0.7 * width)) ** 2 < 1
+    noise = np.random.default_rng(seed).integers(0, 40, (height, width))
+    return (np.where(inside, value, 100) + noise).astype(np.uint16)
+
+
+@pytest.fixture
+def scan(tmp_path):
+    return write_mammo_dicom(tmp_path / "scan.dcm", breast_pixels())
+
+
+def forbid_reading(monkeypatch):
+    def fail(path):
+        raise AssertionError(f"{path} was decoded again")
+
+    monkeypatch.setattr(cache_module, "read_mammogram", fail)
+
+
+def test_a_stored_entry_is_served_without_decoding_the_file(scan, tmp_path, monkeypatch):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE)
+    image, geometry = cache.get(scan)
+    forbid_reading(monkeypatch)
+    again, same_geometry = cache.get(scan)
+    assert image.shape == (1, *SHAPE) and torch.equal(image, again)
+    assert same_geometry == geometry and geometry["output_shape"] == list(SHAPE)
+
+
+def test_cached_tensor_equals_the_uncached_preprocessing(scan, tmp_path):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE)
+    cache.get(scan)
+    image, geometry = cache.get(scan)
+    fresh, fresh_geometry = preprocess_file(scan, SHAPE)
+    assert torch.equal(image, fresh) and geometry == fresh_geometry
+
+
+def test_a_changed_file_is_read_again(scan, tmp_path):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE)
+    before, _ = cache.get(scan)
+    write_mammo_dicom(scan, breast_pixels(value=1500, seed=1))
+    after, _ = cache.get(scan)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, preprocess_file(scan, SHAPE)[0])
+
+
+def test_content_keys_follow_a_copied_file_and_stat_keys_do_not(scan, tmp_path):
+    copy = shutil.copy(scan, tmp_path / "copy.dcm")
+    content, stat = PreprocessedCache(tmp_path / "c", SHAPE), PreprocessedCache(tmp_path / "s", SHAPE, file_key="stat")
+    assert content.key(scan) == content.key(copy)
+    assert stat.key(scan) != stat.key(copy)
+    os.utime(scan, ns=(0, 0))  # same bytes, new modification time
+    assert stat.key(scan) != stat.key(copy) and content.key(scan) == content.key(copy)
+
+
+def test_stat_keys_also_serve_a_stored_entry_without_decoding(scan, tmp_path, monkeypatch):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE, file_key="stat")
+    image, _ = cache.get(scan)
+    forbid_reading(monkeypatch)
+    assert torch.equal(cache.get(scan)[0], image)
+
+
+def test_output_shape_and_preprocessing_version_are_part_of_the_key(scan, tmp_path, monkeypatch):
+    key = PreprocessedCache(tmp_path, SHAPE).key(scan)
+    assert PreprocessedCache(tmp_path, (32, 24)).key(scan) != key
+    monkeypatch.setattr(cache_module, "preprocessing_version", lambda: "edited reader")
+    assert PreprocessedCache(tmp_path, SHAPE).key(scan) != key
+
+
+def test_entries_are_complete_files_and_no_temporary_file_is_left(scan, tmp_path):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE)
+    cache.get(scan)
+    files = [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+    assert files == [cache.entry(scan)]
+    stored = torch.load(files[0], weights_only=True)
+    assert set(stored) == {"image", "geometry", "source"} and stored["source"] == str(scan)
+
+
+def test_a_failed_write_leaves_neither_entry_nor_temporary_file(scan, tmp_path, monkeypatch):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE)
+
+    def disk_full(value, stream):
+        stream.write(b"half an entry")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        cache.get(scan)
+    assert [path for path in (tmp_path / "cache").rglob("*") if path.is_file()] == []
+
+
+def test_a_damaged_entry_is_recomputed(scan, tmp_path):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE)
+    image, _ = cache.get(scan)
+    cache.entry(scan).write_bytes(b"garbage")
+    again, _ = cache.get(scan)
+    assert torch.equal(again, image)
+    assert torch.equal(torch.load(cache.entry(scan), weights_only=True)["image"], image)
+
+
+def test_a_missing_file_names_the_path(tmp_path):
+    with pytest.raises(MammoXAIError, match="gone.dcm: does not exist"):
+        PreprocessedCache(tmp_path / "cache", SHAPE).get(tmp_path / "gone.dcm")
+
+
+def test_an_unknown_file_key_is_refused(tmp_path):
+    with pytest.raises(MammoXAIError, match="file_key"):
+        PreprocessedCache(tmp_path, SHAPE, file_key="mtime")

@@ -1,0 +1,125 @@
+"""MammogramDataset turns manifest records into labelled model inputs that batch and map back."""
+
+import pytest
+import torch
+from dicom_factory import write_mammo_dicom
+from monai.transforms import ScaleIntensityd
+from test_cache import breast_pixels
+from torch.utils.data import DataLoader
+
+import mammoxai.data.cache as cache_module
+from mammoxai.data.cache import preprocess_file
+from mammoxai.data.dataset import MammogramDataset, batch_geometries
+from mammoxai.data.manifest import read_manifest, read_record, write_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.io.geometry import ImageGeometry
+
+SIZE = (64, 48)
+LABELS = ["normal", "recalled_benign", "malignant", None]
+
+
+@pytest.fixture
+def records(tmp_path):
+    """Four images, left breasts stored chest wall left and right breasts mirrored, the last one unlabelled."""
+    records = []
+    for i, label in enumerate(LABELS):
+        right = i % 2 == 1
+        pixels = breast_pixels(seed=i)[:, ::-1] if right else breast_pixels(seed=i)
+        path = write_mammo_dicom(
+            tmp_path / f"{i}.dcm", pixels.copy(), SOPInstanceUID=f"1.2.{i}", PatientID=f"P{i}",
+            ImageLaterality="R" if right else "L",
+        )  # fmt: skip
+        records.append(dict(read_record(path), case_label=label))
+    return records
+
+
+def test_a_sample_holds_image_label_geometry_path_and_ids(records):
+    dataset = MammogramDataset(records, SIZE, class_names=["normal", "recalled_benign", "malignant"])
+    sample = dataset[1]
+    image, geometry = preprocess_file(records[1]["path"], SIZE)
+    assert torch.equal(sample["image"], image) and sample["image"].dtype == torch.float32
+    assert sample["label"] == 1 and sample["path"] == records[1]["path"]
+    assert batch_geometries(sample) == [ImageGeometry.from_dict(geometry)]
+    assert [sample[key] for key in ("image_id", "patient_id", "laterality", "view")] == ["1.2.1", "P1", "R", "CC"]
+
+
+def test_label_map_folds_raw_labels_onto_the_class_names(records):
+    classes = ["benign", "malignant", "normal"]
+    dataset = MammogramDataset(records, SIZE, class_names=classes, label_map={"recalled_benign": "benign"})
+    assert dataset.labels == [2, 0, 1, -1]
+
+
+def test_default_class_names_are_the_sorted_labels_present(records):
+    dataset = MammogramDataset(records, SIZE)
+    assert dataset.class_names == ("malignant", "normal", "recalled_benign")
+    assert dataset.labels == [1, 2, 0, -1]
+
+
+def test_a_label_outside_the_class_names_names_the_record(records):
+    message = r"1\.dcm: has case_label 'recalled_benign', not one of \['normal', 'malignant'\].*label_map"
+    with pytest.raises(MammoXAIError, match=message):
+        MammogramDataset(records, SIZE, class_names=["normal", "malignant"])
+
+
+def test_records_without_labels_are_minus_one_for_any_label_key(records):
+    dataset = MammogramDataset(records, SIZE, label_key="birads")
+    assert dataset.class_names == () and dataset.labels == [-1] * 4 and dataset[0]["label"] == -1
+
+
+def test_a_record_without_a_path_is_refused(records):
+    with pytest.raises(MammoXAIError, match="has no 'path'"):
+        MammogramDataset([{"case_label": "normal"}], SIZE)
+
+
+def test_two_workers_and_the_default_collate_give_batches_whose_geometries_map_back(records):
+    dataset = MammogramDataset(records, SIZE)
+    batches = list(DataLoader(dataset, batch_size=2, num_workers=2))
+    assert [batch["image"].shape for batch in batches] == [(2, 1, *SIZE)] * 2
+    assert torch.equal(torch.cat([batch["label"] for batch in batches]), torch.tensor([1, 2, 0, -1]))
+    assert batches[0]["image_id"] == ["1.2.0", "1.2.1"] and batches[1]["patient_id"] == ["P2", "P3"]
+    geometries = [geometry for batch in batches for geometry in batch_geometries(batch)]
+    expected = [ImageGeometry.from_dict(preprocess_file(record["path"], SIZE)[1]) for record in records]
+    assert geometries == expected and [g.flip for g in geometries] == [False, True, False, True]
+    heatmap = geometries[1].restore(batches[0]["image"][1, 0])
+    assert heatmap.shape == (records[1]["rows"], records[1]["cols"])
+
+
+def test_a_second_epoch_with_a_cache_decodes_no_file(records, tmp_path, monkeypatch):
+    dataset = MammogramDataset(records, SIZE, cache_dir=tmp_path / "cache")
+    loader = DataLoader(dataset, batch_size=2, num_workers=2)
+    first = torch.cat([batch["image"] for batch in loader])
+
+    def fail(path):
+        raise AssertionError(f"{path} was decoded in the second epoch")
+
+    monkeypatch.setattr(cache_module, "read_mammogram", fail)  # inherited by the forked workers
+    second = torch.cat([batch["image"] for batch in loader])
+    assert torch.equal(first, second)
+    with pytest.raises(AssertionError, match="decoded"):
+        MammogramDataset(records, SIZE)[0]  # without the cache the same read would fail: the patch is live
+
+
+def test_records_may_be_a_manifest_csv(records, tmp_path):
+    manifest = write_manifest(records, tmp_path / "manifest.csv")
+    dataset = MammogramDataset(manifest, 32)
+    assert len(dataset) == 4 and dataset.image_size == (32, 32) and dataset[3]["image"].shape == (1, 32, 32)
+    assert dataset[2]["path"] == records[2]["path"]
+
+
+def test_the_transform_is_applied_to_each_sample(records):
+    dataset = MammogramDataset(records, SIZE, transform=ScaleIntensityd(keys="image", minv=0.0, maxv=2.0))
+    sample = dataset[0]
+    assert float(sample["image"].max()) == pytest.approx(2.0) and sample["label"] == 1
+
+
+def test_a_synthetic_cohort_loads_as_a_three_class_data_set(tmp_path):
+    manifest = synthesize(tmp_path / "synth", patients=2, seed=3, size=128)
+    classes, folded = ["normal", "benign", "malignant"], {"recalled_benign": "benign"}
+    dataset = MammogramDataset(manifest, SIZE, cache_dir=tmp_path / "cache", class_names=classes, label_map=folded)
+    batch = next(iter(DataLoader(dataset, batch_size=len(dataset))))
+    raw = [record["case_label"] for record in read_manifest(manifest)]
+    assert [classes[i] for i in batch["label"]] == [folded.get(label, label) for label in raw]
+    assert batch["image"].shape == (len(raw), 1, *SIZE)
+    assert 0.0 <= float(batch["image"].min()) < float(batch["image"].max()) <= 1.0
+    assert all(g.flip == (lat == "R") for g, lat in zip(batch_geometries(batch), batch["laterality"]))

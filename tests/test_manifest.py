@@ -1,0 +1,221 @@
+"""Manifests: one record per image from a folder, joined with label CSVs, written and read back."""
+
+import csv
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from dicom_factory import write_mammo_dicom
+from PIL import Image
+
+from mammoxai.data.manifest import (
+    MANIFEST_COLUMNS,
+    build_manifest,
+    find_images,
+    join_labels,
+    main,
+    read_manifest,
+    read_record,
+    record_header,
+    write_manifest,
+)
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.io import read_mammogram
+from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
+
+PIXELS = (np.arange(48 * 32, dtype=np.uint16).reshape(48, 32) * 3) % 4096
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """Two DICOM files (one extension-less, in a sub-folder), one PNG, and files that are not images."""
+    root = tmp_path / "archive"
+    (root / "study1" / "series").mkdir(parents=True)
+    write_mammo_dicom(root / "study1" / "a.dcm", PIXELS, SOPInstanceUID="1.2.3.1", PatientID="00123", KVP=28.0)
+    write_mammo_dicom(
+        root / "study1" / "series" / "IM0002", PIXELS, SOPInstanceUID="1.2.3.2", PatientID="00123",
+        ImageLaterality="R", ViewPosition="MLO", PatientAge="061Y",
+    )  # fmt: skip
+    Image.fromarray(PIXELS[:40, :30]).save(root / "case7_L_CC.png")
+    (root / "notes.csv").write_text("not,an,image\n")
+    (root / "README").write_text("extension-less, but not DICOM\n")
+    write_mammo_dicom(root / ".hidden.dcm", PIXELS)
+    return root
+
+
+def test_find_images_walks_subfolders_and_recognises_extensionless_dicom(archive):
+    names = [path.name for path in find_images(archive)]
+    assert names == ["case7_L_CC.png", "a.dcm", "IM0002"]
+
+
+def test_dicom_records_carry_ids_view_and_header_fields(archive):
+    records = {record["image_id"]: record for record in build_manifest(archive).records}
+    assert set(records) == {"1.2.3.1", "1.2.3.2", "case7_L_CC"}
+    right = records["1.2.3.2"]
+    assert (right["laterality"], right["view"], right["rows"], right["cols"]) == ("R", "MLO", 48, 32)
+    assert (right["patient_id"], right["age"], right["manufacturer"]) == ("00123", "061Y", "TestVendor")
+    assert right["model"] == "Mammo 3000"
+    assert right["study_uid"] and right["series_uid"] and right["sop_uid"] == "1.2.3.2"
+    assert (records["1.2.3.1"]["kvp"], records["1.2.3.1"]["thickness_mm"]) == (28.0, 52.0)
+    png = records["case7_L_CC"]
+    assert (png["rows"], png["cols"], png["laterality"], png["sop_uid"]) == (40, 30, None, None)
+
+
+def test_header_only_fast_path_gives_the_same_records_as_the_full_reader(archive):
+    fast = build_manifest(archive, header_only=True).records
+    full = build_manifest(archive, header_only=False).records
+    assert fast == full
+
+
+def test_bad_files_are_collected_and_the_rest_goes_on(archive, caplog):
+    (archive / "broken.dcm").write_bytes(b"\0" * 300)
+    write_mammo_dicom(archive / "ct.dcm", PIXELS, Modality="CT", BodyPartExamined="CHEST")
+    with caplog.at_level(logging.WARNING):
+        manifest = build_manifest(archive)
+    assert len(manifest.records) == 3
+    assert sorted(path.rsplit("/", 1)[-1] for path in manifest.errors) == ["broken.dcm", "ct.dcm"]
+    assert "Modality CT" in manifest.errors[str(archive / "ct.dcm")]
+    assert "2 of 5 files" in caplog.text and "ct.dcm" in caplog.text
+
+
+def test_on_error_raise_stops_at_the_first_bad_file(archive):
+    write_mammo_dicom(archive / "ct.dcm", PIXELS, Modality="CT", BodyPartExamined="CHEST")
+    with pytest.raises(MammoXAIError, match="ct.dcm.*not a mammogram"):
+        build_manifest(archive, on_error="raise")
+
+
+def test_full_read_finds_broken_pixel_data_that_the_header_path_lets_through(tmp_path):
+    path = write_mammo_dicom(tmp_path / "short.dcm", PIXELS)
+    path.write_bytes(path.read_bytes()[:-100])  # truncate the pixel data, keep the header
+    assert read_record(path, header_only=True)["rows"] == 48
+    with pytest.raises(MammoXAIError, match="pixel data"):
+        read_record(path, header_only=False)
+
+
+def test_a_folder_without_images_is_an_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(MammoXAIError, match="holds no readable mammogram"):
+        build_manifest(tmp_path)
+
+
+def test_label_csv_joined_by_sop_uid_adds_and_overrides_fields(archive, tmp_path):
+    labels = write_csv(tmp_path / "labels.csv", ["sop_uid", "case_label", "view"], [["1.2.3.1", "malignant", "XCCL"]])
+    records = {r["image_id"]: r for r in build_manifest(archive, label_csv=labels, id_column="sop_uid").records}
+    assert (records["1.2.3.1"]["case_label"], records["1.2.3.1"]["view"]) == ("malignant", "XCCL")
+    assert "case_label" not in records["1.2.3.2"] and records["1.2.3.2"]["view"] == "MLO"
+
+
+def test_label_csv_supplies_what_a_png_lacks_by_file_name(archive, tmp_path):
+    labels = write_csv(
+        tmp_path / "labels.csv",
+        ["File Name", "Patient", "Side", "View", "Density", "Label"],
+        [["case7_L_CC.png", "0042", "LEFT", "cc", "C", "benign"]],
+    )
+    column_map = {
+        "Patient": "patient_id", "Side": "laterality", "View": "view", "Density": "density", "Label": "case_label"
+    }  # fmt: skip
+    records = build_manifest(archive, label_csv=labels, id_column="File Name", column_map=column_map).records
+    png = next(r for r in records if r["image_id"] == "case7_L_CC")
+    fields = ("patient_id", "laterality", "view", "density", "case_label")
+    assert [png[field] for field in fields] == ["0042", "L", "CC", "C", "benign"]
+
+
+def test_label_csv_joined_by_patient_laterality_view_labels_every_matching_image(archive, tmp_path):
+    shutil.copy(archive / "study1" / "a.dcm", archive / "prior.dcm")  # same patient, breast and view
+    records = [dict(r, sop_uid=f"uid{i}") for i, r in enumerate(build_manifest(archive).records)]
+    header = ["patient_id", "laterality", "view", "case_label"]
+    labels = write_csv(tmp_path / "labels.csv", header, [["00123", "L", "CC", "normal"]])
+    joined = join_labels(records, labels, id_column=("patient_id", "laterality", "view"))
+    labelled = sorted(r["path"].rsplit("/", 1)[-1] for r in joined if r.get("case_label") == "normal")
+    assert labelled == ["a.dcm", "prior.dcm"]
+
+
+def test_label_rows_without_an_image_raise_when_strict_and_warn_otherwise(archive, tmp_path):
+    labels = write_csv(tmp_path / "labels.csv", ["sop_uid", "case_label"], [["1.2.3.1", "normal"], ["9.9.9", "benign"]])
+    message = r"labels.csv: 1 of 2 rows match no image by sop_uid: 9\.9\.9.*strict=False"
+    with pytest.raises(MammoXAIError, match=message):
+        build_manifest(archive, label_csv=labels)
+    with pytest.warns(UserWarning, match=r"9\.9\.9"):
+        records = build_manifest(archive, label_csv=labels, strict=False).records
+    assert [r["case_label"] for r in records if r.get("case_label")] == ["normal"]
+
+
+def test_a_missing_id_column_names_the_csv_and_the_column(archive, tmp_path):
+    labels = write_csv(tmp_path / "labels.csv", ["image", "case_label"], [["1.2.3.1", "normal"]])
+    with pytest.raises(MammoXAIError, match=r"labels.csv: has no column 'sop_uid' \(columns: image, case_label\)"):
+        build_manifest(archive, label_csv=labels)
+
+
+def test_rows_that_disagree_about_one_image_are_an_error(archive, tmp_path):
+    rows = [["1.2.3.1", "normal"], ["1.2.3.1", "malignant"]]
+    labels = write_csv(tmp_path / "labels.csv", ["sop_uid", "case_label"], rows)
+    with pytest.raises(MammoXAIError, match="rows that disagree"):
+        build_manifest(archive, label_csv=labels)
+
+
+def test_an_id_naming_several_images_is_an_error(archive, tmp_path):
+    (archive / "other").mkdir()
+    shutil.copy(archive / "study1" / "a.dcm", archive / "other" / "a.dcm")
+    labels = write_csv(tmp_path / "labels.csv", ["file", "case_label"], [["a.dcm", "normal"]])
+    with pytest.raises(MammoXAIError, match="'a.dcm' matches 2 images"):
+        build_manifest(archive, label_csv=labels, id_column="file")
+
+
+def test_written_manifest_reads_back_equal_with_paths_relative_to_the_csv(archive, tmp_path):
+    records = build_manifest(archive).records
+    records[0]["case_label"] = "benign"
+    csv_path = write_manifest(records, archive / "manifest.csv")
+    with open(csv_path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows[1]["path"] == "study1/a.dcm" and rows[0]["case_label"] == "benign" and rows[1]["case_label"] == ""
+    moved = shutil.copytree(archive, tmp_path / "moved")
+    reread = read_manifest(moved / "manifest.csv")
+    expected = [dict(r, path=r["path"].replace(str(archive), str(moved)), case_label=r.get("case_label"))
+                for r in records]  # fmt: skip
+    assert reread == expected
+    assert isinstance(reread[1]["rows"], int) and isinstance(reread[1]["kvp"], float)
+    assert reread[1]["patient_id"] == "00123"
+
+
+def test_reading_a_csv_that_is_not_a_manifest_is_an_error(tmp_path):
+    message = r"labels.csv: has no column 'path' \(columns: sop_uid\) \(a manifest is written by"
+    with pytest.raises(MammoXAIError, match=message):
+        read_manifest(write_csv(tmp_path / "labels.csv", ["sop_uid"], [["1"]]))
+    with pytest.raises(MammoXAIError, match="does not exist"):
+        read_manifest(tmp_path / "missing.csv")
+
+
+def test_record_header_gives_the_metadata_targets_of_the_full_header(archive):
+    record = next(r for r in build_manifest(archive).records if r["image_id"] == "1.2.3.2")
+    space = MetadataLabelSpace.default().fit([record_header(record)])
+    labels = space.encode(record_header(record))
+    assert labels == space.encode(read_mammogram(record["path"]).header)
+    assert space.decode("view", labels["view"]) == "MLO" and space.decode("laterality", labels["laterality"]) == "R"
+    assert UNKNOWN not in labels.values()
+
+
+def test_command_line_writes_the_manifest_and_reports_failures(archive, tmp_path, capsys):
+    (archive / "broken.dcm").write_bytes(b"\0" * 300)
+    out = tmp_path / "out" / "manifest.csv"
+    assert main([str(archive), "--out", str(out)]) == 0
+    assert len(read_manifest(out)) == 3
+    assert "3 images" in capsys.readouterr().out
+    assert main([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_synthetic_cohort_folder_gives_back_the_manifest_synth_wrote(tmp_path):
+    written = sorted(read_manifest(synthesize(tmp_path, patients=1, seed=0, size=128)), key=lambda r: r["path"])
+    built = build_manifest(tmp_path, exclude=["masks/*"]).records
+    assert [[r[k] for k in MANIFEST_COLUMNS] for r in built] == [[r[k] for k in MANIFEST_COLUMNS] for r in written]
+    assert len(build_manifest(tmp_path).records) == 2 * len(written)  # without exclude the lesion masks count too

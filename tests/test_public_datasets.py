@@ -1,0 +1,241 @@
+"""VinDr-Mammo and CBIS-DDSM downloads, as laid out by PhysioNet and TCIA, become manifest records and findings."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_factory import write_mammo_dicom
+from test_manifest import write_csv
+
+from mammoxai.data.cbis_ddsm import read_cbis_ddsm
+from mammoxai.data.findings import Finding, read_findings, write_findings
+from mammoxai.data.manifest import read_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.data.vindr import read_vindr
+from mammoxai.errors import MammoXAIError
+
+FULL = (96, 64)
+
+
+def mammogram(shape=FULL):
+    return np.full(shape, 800, dtype=np.uint16)
+
+
+# -- VinDr-Mammo ------------------------------------------------------------------------------------------------
+BREAST_COLUMNS = ["study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
+                  "breast_birads", "breast_density", "split"]  # fmt: skip
+FINDING_COLUMNS = [*BREAST_COLUMNS[:-1], "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax",
+                   "split"]  # fmt: skip
+BREASTS = [
+    ["s1", "se1", "img1", "L", "CC", "96", "64", "BI-RADS 1", "DENSITY C", "training"],
+    ["s1", "se1", "img2", "R", "MLO", "96", "64", "BI-RADS 4", "DENSITY C", "training"],
+    ["s2", "se2", "img3", "L", "CC", "96", "64", "BI-RADS 3", "DENSITY B", "test"],
+]
+
+
+@pytest.fixture
+def vindr(tmp_path):
+    root = tmp_path / "vindr-mammo"
+    for study, series, image, laterality, view, *_ in BREASTS:
+        (root / "images" / study).mkdir(parents=True, exist_ok=True)
+        write_mammo_dicom(root / "images" / study / f"{image}.dicom", mammogram(), PatientID=f"patient-{study}",
+                          ImageLaterality=laterality, ViewPosition=view, Manufacturer="SIEMENS")  # fmt: skip
+    write_csv(root / "breast-level_annotations.csv", BREAST_COLUMNS, BREASTS)
+    write_csv(
+        root / "finding_annotations.csv",
+        FINDING_COLUMNS,
+        [
+            BREASTS[0][:-1] + ["['No Finding']", "", "", "", "", "", "training"],
+            BREASTS[1][:-1] + ["['Mass']", "BI-RADS 4", "10.5", "20.0", "30.25", "44.0", "training"],
+            BREASTS[2][:-1] + ["['Mass', 'Suspicious Calcification']", "BI-RADS 3", "1", "2", "3", "4", "test"],
+        ],
+    )
+    return root
+
+
+def test_vindr_records_carry_the_csv_fields_and_birads_case_labels(vindr):
+    records, _ = read_vindr(vindr)
+    assert [r["image_id"] for r in records] == ["img1", "img2", "img3"]
+    second = records[1]
+    assert second["path"] == str(vindr / "images" / "s1" / "img2.dicom")
+    fields = ("study_uid", "series_uid", "laterality", "view", "rows", "cols", "birads", "density", "split")
+    assert [second[field] for field in fields] == ["s1", "se1", "R", "MLO", 96, 64, "4", "C", "training"]
+    assert [r["case_label"] for r in records] == ["normal", "malignant", "benign"]
+
+
+def test_vindr_findings_are_the_boxes_of_the_kept_images(vindr):
+    _, findings = read_vindr(vindr)
+    assert findings == [
+        Finding("img2", ("Mass",), (10.5, 20.0, 30.25, 44.0), birads="4"),
+        Finding("img3", ("Mass", "Suspicious Calcification"), (1.0, 2.0, 3.0, 4.0), birads="3"),
+    ]
+    records, findings = read_vindr(vindr, split="test")
+    assert [r["image_id"] for r in records] == ["img3"] and [f.image_id for f in findings] == ["img3"]
+
+
+def test_vindr_images_missing_from_the_download_raise_when_strict_and_are_skipped_otherwise(vindr):
+    (vindr / "images" / "s2" / "img3.dicom").unlink()
+    message = r"breast-level_annotations.csv: 1 images are missing .*img3.dicom.*strict=False"
+    with pytest.raises(MammoXAIError, match=message):
+        read_vindr(vindr)
+    with pytest.warns(UserWarning, match="img3.dicom"):
+        records, findings = read_vindr(vindr, strict=False)
+    assert [r["image_id"] for r in records] == ["img1", "img2"] and [f.image_id for f in findings] == ["img2"]
+
+
+def test_vindr_read_headers_adds_the_dicom_fields_and_keeps_vindr_ids(vindr):
+    records, _ = read_vindr(vindr, read_headers=True)
+    assert (records[0]["patient_id"], records[0]["manufacturer"], records[0]["kvp"]) == ("patient-s1", "SIEMENS", 29.0)
+    assert (records[0]["image_id"], records[0]["study_uid"], records[0]["case_label"]) == ("img1", "s1", "normal")
+    assert "patient_id" not in read_vindr(vindr)[0][0]
+
+
+def test_vindr_folder_without_the_annotation_csv_or_a_column_is_named(vindr, tmp_path):
+    with pytest.raises(MammoXAIError, match="breast-level_annotations.csv: does not exist"):
+        read_vindr(tmp_path)
+    write_csv(vindr / "breast-level_annotations.csv", BREAST_COLUMNS[:5], [row[:5] for row in BREASTS])
+    with pytest.raises(MammoXAIError, match="has no column 'height', 'width', 'breast_birads'"):
+        read_vindr(vindr)
+
+
+# -- CBIS-DDSM --------------------------------------------------------------------------------------------------
+UID = "1.3.6.1.4.1.9590.100.1.2.{}"
+MASS_COLUMNS = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
+                "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
+                "image file path", "cropped image file path", "ROI mask file path"]  # fmt: skip
+CALC_COLUMNS = ["patient_id", "breast density", "left or right breast", "image view", "abnormality id",
+                "abnormality type", "calc type", "calc distribution", "assessment", "pathology", "subtlety",
+                "image file path", "cropped image file path", "ROI mask file path"]  # fmt: skip
+
+
+def tcia_file(root, folder, series, name="1-1.dcm"):
+    """The TCIA download layout: <image or abnormality folder>/<study date folder>/<series folder>/1-N.dcm."""
+    path = root / "CBIS-DDSM" / folder / "07-20-2016-DDSM-74994" / series / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_abnormality(root, folder, box, mask_name, crop_name, crop_series=None):
+    """A ROI mask (full size, 255 inside ``box`` = (x0, y0, x1, y1)) and a smaller cropped patch."""
+    mask = np.zeros(FULL, dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    mask[y0:y1, x0:x1] = 255
+    write_mammo_dicom(tcia_file(root, folder, "1.000000-ROI mask images-12345", mask_name), mask)
+    series = crop_series or "1.000000-ROI mask images-12345"
+    write_mammo_dicom(tcia_file(root, folder, series, crop_name), np.full((y1 - y0, x1 - x0), 900, dtype=np.uint16))
+
+
+def csv_paths(image_folder, abnormality_folder):
+    """CSV cells as CBIS-DDSM writes them: UID folders, 00000N.dcm, and a trailing newline on some."""
+    image = f"{image_folder}/{UID.format(1)}/{UID.format(2)}/000000.dcm"
+    crop = f"{abnormality_folder}/{UID.format(3)}/{UID.format(4)}/000000.dcm\n"
+    mask = f"{abnormality_folder}/{UID.format(3)}/{UID.format(4)}/000001.dcm\n"
+    return [image, crop, mask]
+
+
+@pytest.fixture
+def cbis(tmp_path):
+    root = tmp_path / "tcia"
+    mass, calc = "Mass-Training_P_00001_LEFT_CC", "Calc-Test_P_00038_RIGHT_MLO"
+    for folder in (mass, calc):
+        full = tcia_file(root, folder, "1.000000-full mammogram images-24515")
+        write_mammo_dicom(full, mammogram(), PatientID=folder)
+    write_abnormality(root, f"{mass}_1", (5, 10, 25, 30), mask_name="1-2.dcm", crop_name="1-1.dcm")
+    write_abnormality(root, f"{mass}_2", (40, 60, 50, 90), mask_name="1-1.dcm", crop_name="1-2.dcm")
+    crop_series = "1.000000-cropped images-6789"  # newer downloads: mask and crop in series folders of their own
+    write_abnormality(root, f"{calc}_1", (0, 0, 64, 3), "1-1.dcm", "1-1.dcm", crop_series=crop_series)
+    write_csv(
+        root / "mass_case_description_train_set.csv",
+        MASS_COLUMNS,
+        [
+            ["P_00001", "3", "LEFT", "CC", "1", "mass", "IRREGULAR", "SPICULATED", "4", "MALIGNANT", "4",
+             *csv_paths(mass, f"{mass}_1")],
+            ["P_00001", "3", "LEFT", "CC", "2", "mass", "OVAL", "CIRCUMSCRIBED", "3", "BENIGN", "5",
+             *csv_paths(mass, f"{mass}_2")],
+        ],
+    )
+    write_csv(
+        root / "calc_case_description_test_set.csv",
+        CALC_COLUMNS,
+        [["P_00038", "2", "RIGHT", "MLO", "1", "calcification", "PUNCTATE", "CLUSTERED", "2", "BENIGN_WITHOUT_CALLBACK",
+          "3", *csv_paths(calc, f"{calc}_1")]],
+    )
+    return root
+
+
+def test_cbis_records_take_ids_from_the_folder_and_the_most_severe_pathology(cbis):
+    records, _ = read_cbis_ddsm(cbis)
+    calc, mass = records
+    fields = ("image_id", "patient_id", "laterality", "view", "case_label", "birads", "density", "abnormality", "split")
+    assert [mass[f] for f in fields] == ["Mass-Training_P_00001_LEFT_CC", "P_00001", "L", "CC", "malignant", "4", "C",
+                                         "mass", "training"]  # fmt: skip
+    assert [calc[f] for f in fields] == ["Calc-Test_P_00038_RIGHT_MLO", "P_00038", "R", "MLO", "benign", "2", "B",
+                                         "calcification", "test"]  # fmt: skip
+    assert (mass["rows"], mass["cols"]) == FULL and mass["path"].endswith("full mammogram images-24515/1-1.dcm")
+
+
+def test_cbis_masks_are_told_from_crops_by_size_and_boxed(cbis):
+    _, findings = read_cbis_ddsm(cbis)
+    by_box = {finding.box: finding for finding in findings}
+    assert set(by_box) == {(5.0, 10.0, 25.0, 30.0), (40.0, 60.0, 50.0, 90.0), (0.0, 0.0, 64.0, 3.0)}
+    first = by_box[(5.0, 10.0, 25.0, 30.0)]
+    assert (first.image_id, first.categories, first.birads, first.label) == (
+        "Mass-Training_P_00001_LEFT_CC", ("Mass",), "4", "malignant"
+    )
+    assert first.mask.endswith("LEFT_CC_1/07-20-2016-DDSM-74994/1.000000-ROI mask images-12345/1-2.dcm")
+    second = by_box[(40.0, 60.0, 50.0, 90.0)]
+    assert second.label == "recalled_benign" and second.mask.endswith("1-1.dcm")
+    assert by_box[(0.0, 0.0, 64.0, 3.0)].categories == ("Suspicious Calcification",)
+
+
+def test_cbis_image_with_a_missing_roi_folder_raises_when_strict_and_is_skipped_otherwise(cbis):
+    shutil.rmtree(cbis / "CBIS-DDSM" / "Mass-Training_P_00001_LEFT_CC_2")
+    message = "1 images could not be used: Mass-Training_P_00001_LEFT_CC_2: folder is missing"
+    with pytest.raises(MammoXAIError, match=message):
+        read_cbis_ddsm(cbis)
+    with pytest.warns(UserWarning, match="LEFT_CC_2"):
+        records, findings = read_cbis_ddsm(cbis, strict=False)
+    assert [r["image_id"] for r in records] == ["Calc-Test_P_00038_RIGHT_MLO"] and len(findings) == 1
+
+
+def test_cbis_unknown_pathology_and_missing_csvs_are_named(cbis, tmp_path):
+    calc_csv = cbis / "calc_case_description_test_set.csv"
+    calc_csv.write_text(calc_csv.read_text().replace("BENIGN_WITHOUT_CALLBACK", "UNPROVEN"))
+    with pytest.raises(MammoXAIError, match="Calc-Test_P_00038_RIGHT_MLO: has pathology 'UNPROVEN'"):
+        read_cbis_ddsm(cbis, description_csvs=[calc_csv])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MammoXAIError, match=r"empty: holds no \*case_description\*.csv"):
+        read_cbis_ddsm(tmp_path / "empty")
+    write_csv(tmp_path / "bad.csv", ["patient_id", "pathology"], [["P_1", "BENIGN"]])
+    with pytest.raises(MammoXAIError, match="bad.csv: has no column 'left_or_right_breast'"):
+        read_cbis_ddsm(cbis, description_csvs=[tmp_path / "bad.csv"])
+
+
+# -- findings files ---------------------------------------------------------------------------------------------
+def test_cbis_findings_round_trip_through_a_vindr_style_csv(cbis, tmp_path):
+    _, findings = read_cbis_ddsm(cbis)
+    csv_path = write_findings(findings, tmp_path / "out" / "finding_annotations.csv")
+    assert read_findings(csv_path) == findings
+    with open(csv_path, newline="") as stream:
+        first = next(csv.DictReader(stream))
+    assert first["finding_birads"].startswith("BI-RADS ") and first["mask"].startswith("../tcia/CBIS-DDSM/")
+
+
+def test_a_finding_csv_without_box_columns_is_named(tmp_path):
+    write_csv(tmp_path / "f.csv", ["image_id", "finding_categories"], [["a", "['Mass']"]])
+    with pytest.raises(MammoXAIError, match="f.csv: has no column 'xmin', 'ymin', 'xmax', 'ymax'"):
+        read_findings(tmp_path / "f.csv")
+
+
+def test_the_synthetic_cohort_findings_read_as_boxes_with_their_masks(tmp_path):
+    records = read_manifest(synthesize(tmp_path, patients=3, seed=1, size=128))
+    findings = read_findings(tmp_path / "finding_annotations.csv")
+    by_id = {record["image_id"]: record for record in records}
+    assert findings and {finding.image_id for finding in findings} <= set(by_id)
+    for finding in findings:
+        x0, y0, x1, y1 = finding.box
+        assert 0 <= x0 < x1 <= by_id[finding.image_id]["cols"] and 0 <= y0 < y1 <= by_id[finding.image_id]["rows"]
+        assert finding.label in ("benign", "recalled_benign", "malignant")
+        assert (tmp_path / "masks").samefile(Path(finding.mask).parent)
