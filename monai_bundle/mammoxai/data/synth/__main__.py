@@ -1,0 +1,5 @@
+import sys
+
+from mammoxai.data.synth.cli import main
+
+sys.exit(main())
