@@ -21,6 +21,10 @@ CORE = [
     "pynrrd>=1.0,<2",
     "jsonschema>=3.2",
     "tqdm>=4.66,<5",
+    "pytorch-ignite>=0.5,<0.6",
+    "tensorboard>=2.15",
+    "scikit-learn>=1.3",
+    "matplotlib>=3.7",
 ]
 
 APP = [
@@ -32,6 +36,7 @@ APP = [
 DEV = [
     "pytest>=8,<9",
     "hypothesis>=6.100,<7",
+    "SimpleITK>=2.3",  # the NRRD reader Slicer uses, to check heatmap geometry
     "pyjpegls>=1.4,<1.5",  # JPEG-LS encoder for the reader tests; 1.5 needs numpy 2
 ]
 

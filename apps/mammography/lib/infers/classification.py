@@ -1,0 +1,98 @@
+"""The MONAI Label infer task that serves the MammoXAI bundle: class probabilities and the heatmap explaining them.
+
+The bundle's predictor (``configs/inference.json``, item ``predictor``) does all the work: it reads the file,
+preprocesses it, runs the classifier and the saliency method, and maps the heatmap back onto the original
+pixel grid. This task only adapts it to MONAI Label: the request's image path goes in; the heatmap comes out as
+the one result file (float32 NRRD in the geometry of the input) and the prediction record
+(:data:`mammoxai.schema.PREDICTION_SCHEMA`) as the params.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from lib.http_errors import client_errors
+from monai.bundle import ConfigParser
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.inference import MammogramPredictor, write_heatmap
+
+__all__ = ["MammogramClassification", "load_predictor"]
+
+DESCRIPTION = (
+    "MammoXAI whole-image mammogram classifier with a saliency heatmap on the original pixel grid. "
+    "Demo weights are trained on synthetic phantoms: not for clinical use."
+)
+
+
+def load_predictor(bundle: str | os.PathLike, device: str = "auto") -> MammogramPredictor:
+    """The ``predictor`` of ``<bundle>/configs/inference.json``, on ``device`` (``auto``: GPU when present).
+
+    The predictor re-reads ``<bundle>/models/model.pt`` whenever the file changes, so weights trained while the
+    server runs are served by the next request without a restart.
+    """
+    config = Path(bundle) / "configs" / "inference.json"
+    if not config.is_file():
+        raise MammoXAIError(config, "not found", "pass --conf bundle <folder of a MammoXAI bundle>")
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(Path(bundle).resolve())
+    parser["device"] = device
+    return parser.get_parsed_content("predictor")
+
+
+class MammogramClassification(InferTask):
+    """Classify one mammogram and return its saliency heatmap (MONAI Label ``InferType.CLASSIFICATION``).
+
+    ``/info`` lists the task with the model's class names as its labels. ``POST /infer/<model>`` answers with
+    the heatmap NRRD as the result file and, as params, the prediction record plus MONAI Label's usual
+    ``label_names`` (the class names) and ``latencies`` (seconds). A file the predictor rejects (wrong modality,
+    unreadable pixels, ...) is answered with 422; missing or unloadable weights with 503; both carry the
+    predictor's message.
+
+    Args:
+        predictor: the bundle's ``mammoxai.inference.MammogramPredictor``, e.g. from :func:`load_predictor`.
+        description: shown by ``/info``.
+
+    Example:
+        task = MammogramClassification(load_predictor("monai_bundle"))
+        heatmap_nrrd, record = task({"image": "studies/case1.dcm"})
+    """
+
+    def __init__(self, predictor: MammogramPredictor, description: str = DESCRIPTION) -> None:
+        super().__init__(
+            type=InferType.CLASSIFICATION,
+            labels=list(predictor.class_names),
+            dimension=2,
+            description=description,
+        )
+        self.predictor = predictor
+
+    def is_valid(self) -> bool:
+        # listed even before weights exist, so /infer can say how to train them instead of the model vanishing
+        return True
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        start = time.perf_counter()
+        with client_errors(HTTPStatus.SERVICE_UNAVAILABLE):
+            self.predictor.load_weights()
+        with client_errors():
+            prediction = self.predictor.predict(request["image"])
+        inferred = time.perf_counter()
+        params = {**prediction.record, "label_names": self.labels}  # the record is validated by the predictor
+        handle, heatmap_path = tempfile.mkstemp(prefix="mammoxai_heatmap_", suffix=".nrrd")
+        os.close(handle)
+        write_heatmap(prediction, heatmap_path)
+        written = time.perf_counter()
+        params["latencies"] = {
+            "infer": round(inferred - start, 3),
+            "write": round(written - inferred, 3),
+            "total": round(written - start, 3),
+        }
+        return heatmap_path, params

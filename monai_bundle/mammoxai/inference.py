@@ -1,0 +1,410 @@
+"""Inference with explanation: one mammogram file in, class probabilities and a heatmap on its pixels out.
+
+:class:`MammogramPredictor` is the bundle's ``predictor`` (``configs/inference.json``). The bundle's own
+``run`` (:class:`InferenceRunner`) and the MONAI Label app both use it, so a file gives the same record and the
+same heatmap wherever it is explained. For each file it
+
+1. reads it with :func:`mammoxai.io.read_mammogram` (DICOM MG/DX, PNG, TIFF, PGM);
+2. prepares the model input with :func:`mammoxai.io.preprocess.prepare_image` (breast crop, chest wall left,
+   intensity scaling), which also returns the :class:`~mammoxai.io.geometry.ImageGeometry`;
+3. runs the classifier, then Grad-CAM (:class:`mammoxai.saliency.GradCAM`) for the target class;
+4. maps the heatmap back onto the original pixel grid with ``geometry.restore``;
+5. returns a :class:`Prediction` whose record validates against :data:`mammoxai.schema.PREDICTION_SCHEMA`.
+
+The weights are reloaded whenever the checkpoint file changes, so a server keeps serving while
+``train.json`` writes better weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mammoxai.data.manifest import find_images
+from mammoxai.errors import MammoXAIError
+from mammoxai.io import read_mammogram
+from mammoxai.io.geometry import ImageGeometry
+from mammoxai.io.heatmap import write_heatmap_nrrd
+from mammoxai.io.mammogram import Mammogram
+from mammoxai.io.preprocess import prepare_image
+from mammoxai.saliency import GradCAM
+from mammoxai.schema import SCHEMA_VERSION, validate_prediction
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TRAIN_COMMAND",
+    "Prediction",
+    "MammogramPredictor",
+    "InferenceRunner",
+    "InferenceSummary",
+    "list_inputs",
+    "resolve_device",
+    "write_heatmap",
+    "write_prediction",
+]
+
+TRAIN_COMMAND = (
+    "python -m monai.bundle run --config_file configs/train.json --dataset_dir <studies> (from the bundle root)"
+)
+"""How to produce weights; named in the error a missing checkpoint raises."""
+
+SALIENCY_METHODS = ("gradcam",)
+PREDICTED = "predicted"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → the first GPU when one is present, else the CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise MammoXAIError(f"device {device!r}", str(error), "use auto, cpu, cuda or cuda:<index>") from error
+
+
+@dataclass
+class Prediction:
+    """One explained image.
+
+    Args:
+        record: the prediction record, valid against :data:`mammoxai.schema.PREDICTION_SCHEMA`.
+        heatmap: float32 (H, W) in [0, 1] on the original pixel grid (``mammogram.pixels.shape``); 0 outside
+            the breast crop.
+        mammogram: the image as read.
+    """
+
+    record: dict[str, Any]
+    heatmap: np.ndarray
+    mammogram: Mammogram
+
+
+@dataclass
+class _Checkpoint:
+    """Identity of the weights in use: the file's (mtime_ns, size) when it was loaded."""
+
+    path: Path
+    stamp: tuple[int, int] | None = None
+
+    def current_stamp(self) -> tuple[int, int]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError as error:
+            raise MammoXAIError(self.path, "no trained weights here", f"train them first: {TRAIN_COMMAND}") from error
+        return stat.st_mtime_ns, stat.st_size
+
+    @property
+    def mtime_iso(self) -> str:
+        assert self.stamp is not None
+        return datetime.fromtimestamp(self.stamp[0] / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+class MammogramPredictor:
+    """Class probabilities and a saliency heatmap for a mammogram file.
+
+    Args:
+        network: the classifier (``network_def``): input (B, 1, h, w) in [0, 1], output logits (B, classes).
+        checkpoint: its weights, a state dict as ``train.json`` saves it (``{"model": state_dict}`` is also
+            accepted). Reloaded when the file's modification time or size changes.
+        class_names: name of each output logit, in order.
+        image_size: (h, w) of the model grid.
+        saliency: ``{"method": "gradcam", "target_layer": <layer name>, "target_class": "predicted" | <class>}``.
+            ``target_class`` ``"predicted"`` (default) explains each image's most probable class; ``target_layer``
+            defaults to the network's ``last_block`` when it has one.
+        device: ``"auto"`` (GPU when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``.
+        amp: use automatic mixed precision (and channels-last memory) on a GPU; ignored on the CPU.
+        model_name: recorded in every prediction.
+        model_version: recorded in every prediction (the bundle version).
+
+    Example:
+        parser = ConfigParser()
+        parser.read_config("configs/inference.json")
+        parser["bundle_root"] = "."
+        predictor = parser.get_parsed_content("predictor")
+        prediction = predictor.predict("case1.dcm")
+        prediction.record["probabilities"], prediction.heatmap.shape == prediction.mammogram.shape
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        checkpoint: str | os.PathLike,
+        class_names: Sequence[str],
+        image_size: Sequence[int],
+        saliency: Mapping[str, Any] | None = None,
+        device: str | torch.device = "auto",
+        amp: bool = True,
+        model_name: str = "mammoxai_classifier",
+        model_version: str = "unversioned",
+    ) -> None:
+        self.class_names = tuple(class_names)
+        if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
+            raise MammoXAIError("class_names", f"{list(class_names)} must name two or more distinct classes")
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise MammoXAIError("image_size", f"{list(image_size)} must be [height, width] in pixels")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        default_layer = getattr(network, "last_block", None)  # MammoClassifier names its last convolutional block
+        self.saliency = {"method": "gradcam", "target_layer": default_layer, "target_class": PREDICTED}
+        self.saliency.update(saliency or {})
+        method, target = self.saliency["method"], self.saliency["target_class"]
+        if method not in SALIENCY_METHODS:
+            raise MammoXAIError("saliency method", f"{method!r} is not available", f"use {list(SALIENCY_METHODS)}")
+        if target != PREDICTED and target not in self.class_names:
+            fix = f"use {PREDICTED!r} or one of {list(self.class_names)}"
+            raise MammoXAIError("saliency target_class", f"{target!r} is not a class", fix)
+        self.device = resolve_device(device)
+        self.amp = amp and self.device.type == "cuda"
+        self.model_name = model_name
+        self.model_version = model_version
+        self.network = network.to(self.device).eval()
+        if self.amp:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.cam = GradCAM(self.network, self.saliency["target_layer"])
+        self.checkpoint = _Checkpoint(Path(checkpoint))
+        # one prediction at a time: weights are swapped in place on reload and Grad-CAM hooks the network
+        self._lock = threading.Lock()
+
+    def predict(self, path: str | os.PathLike) -> Prediction:
+        """Read, classify and explain one file.
+
+        Raises:
+            MammoXAIError: the file is not a readable mammogram, or there are no weights yet.
+        """
+        with self._lock:
+            self._load_weights_if_changed()
+            start = time.perf_counter()
+            mammogram = read_mammogram(path)
+            read = time.perf_counter()
+            image, geometry = prepare_image(mammogram, self.image_size)
+            batch = image[None].to(self.device)
+            if self.amp:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            prepared = time.perf_counter()
+            with torch.no_grad(), self._autocast():
+                probabilities = torch.softmax(self.network(batch).float(), dim=1)[0].cpu()
+            forwarded = time.perf_counter()
+            target_class = self.saliency["target_class"]
+            target = int(probabilities.argmax()) if target_class == PREDICTED else self.class_names.index(target_class)
+            with self._autocast():
+                maps, _ = self.cam(batch, class_idx=target)
+            heatmap = geometry.restore(maps[0, 0]).cpu().numpy().astype(np.float32)
+            explained = time.perf_counter()
+        timings = {
+            "read": read - start,
+            "preprocess": prepared - read,
+            "forward": forwarded - prepared,
+            "saliency": explained - forwarded,
+            "total": explained - start,
+        }
+        record = self._record(mammogram, geometry, probabilities, target, heatmap, timings)
+        validate_prediction(record, source=f"prediction for {mammogram.source or path}")
+        return Prediction(record=record, heatmap=heatmap, mammogram=mammogram)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, enabled=self.amp)
+
+    def load_weights(self) -> None:
+        """Load the checkpoint now if it changed since the last load (``predict`` does this by itself).
+
+        Raises:
+            MammoXAIError: the checkpoint is missing or does not fit the network.
+        """
+        with self._lock:
+            self._load_weights_if_changed()
+
+    def _load_weights_if_changed(self) -> None:
+        stamp = self.checkpoint.current_stamp()
+        if stamp == self.checkpoint.stamp:
+            return
+        path = self.checkpoint.path
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+                state = state["model"]
+            self.network.load_state_dict(state)
+        except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as error:
+            problem = f"cannot be loaded into the network ({error})"
+            raise MammoXAIError(path, problem, f"retrain it: {TRAIN_COMMAND}") from error
+        self.network.eval()
+        self.checkpoint.stamp = stamp
+        logger.info("loaded weights %s (modified %s)", path, self.checkpoint.mtime_iso)
+
+    def _record(
+        self,
+        mammogram: Mammogram,
+        geometry: ImageGeometry,
+        probabilities: torch.Tensor,
+        target: int,
+        heatmap: np.ndarray,
+        timings: Mapping[str, float],
+    ) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": {
+                "name": self.model_name,
+                "version": self.model_version,
+                "checkpoint": self.checkpoint.path.name,
+                "checkpoint_mtime": self.checkpoint.mtime_iso,
+            },
+            "image": {
+                "source": str(mammogram.source),
+                "shape": list(mammogram.shape),
+                "spacing_mm": None if mammogram.spacing is None else [float(value) for value in mammogram.spacing],
+                "laterality": mammogram.laterality,
+                "view": mammogram.view,
+            },
+            "class_names": list(self.class_names),
+            "probabilities": {name: float(p) for name, p in zip(self.class_names, probabilities.tolist())},
+            "predicted_class": self.class_names[int(probabilities.argmax())],
+            "metadata_predictions": [],
+            "qc_flags": _orientation_flags(mammogram, geometry),
+            "saliency": {
+                "method": self.saliency["method"],
+                "target_class": self.class_names[target],
+                "settings": {
+                    "target_layer": self.saliency["target_layer"],
+                    "target": self.saliency["target_class"],
+                    "score": "logit",
+                    "normalisation": "min-max per image on the model grid",
+                    "model_grid": list(self.image_size),
+                },
+                "heatmap_shape": list(heatmap.shape),
+                "value_range": [float(heatmap.min()), float(heatmap.max())],
+            },
+            "timings_ms": {name: round(seconds * 1000.0, 3) for name, seconds in timings.items()},
+        }
+
+
+def _orientation_flags(mammogram: Mammogram, geometry: ImageGeometry) -> list[dict[str, str]]:
+    """Flag a header laterality that the pixels contradict.
+
+    In the standard display a left breast has its chest wall on the image's left and a right breast on its
+    right; preprocessing flips exactly the images whose breast shape puts the chest wall on the right (see
+    :func:`mammoxai.io.breast.chest_wall_side`), so a flip on an "L" image, or none on an "R" image, means the
+    header or the stored orientation is wrong.
+    """
+    if mammogram.laterality not in ("L", "R"):
+        return []
+    expected_right = mammogram.laterality == "R"
+    if geometry.flip == expected_right:
+        return []
+    seen, expected = ("right", "left") if geometry.flip else ("left", "right")
+    return [
+        {
+            "code": "laterality_chest_wall_mismatch",
+            "message": (
+                f"the header says laterality {mammogram.laterality}, whose chest wall is on the image's {expected} "
+                f"edge in the standard display, but the breast's chest wall is on the {seen} edge: "
+                "check ImageLaterality and the stored orientation"
+            ),
+        }
+    ]
+
+
+def list_inputs(input_dir: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The mammogram files (DICOM, PNG, TIFF, PGM) in ``input_dir``, sorted.
+
+    Not recursive by default: a folder written by ``mammoxai.data.synth`` keeps lesion masks in ``masks/``,
+    which are PNG files but not mammograms.
+    """
+    folder = Path(input_dir)
+    files = [path for path in find_images(folder) if recursive or path.parent == folder]
+    if not files:
+        raise MammoXAIError(folder, "holds no DICOM, PNG, TIFF or PGM file", "pass --input_dir <folder of mammograms>")
+    return files
+
+
+@dataclass
+class InferenceSummary:
+    """What a run wrote and what it could not read.
+
+    Args:
+        written: per input file, the (prediction JSON, heatmap NRRD) written for it.
+        errors: per input file that failed, the :class:`MammoXAIError` message saying why.
+    """
+
+    written: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class InferenceRunner:
+    """Explain every input file: ``<output_dir>/<stem>.json`` (the prediction) and ``<stem>_heatmap.nrrd``.
+
+    A file that cannot be read (wrong modality, corrupt pixels, no breast, ...) is logged with its
+    :class:`MammoXAIError` message and skipped; the others are still processed. Two inputs with the same stem
+    (``case.dcm`` and ``case.png``) keep their suffix in the output name.
+
+    Args:
+        predictor: a :class:`MammogramPredictor`.
+        input_files: the files to explain, e.g. ``list_inputs(input_dir)``.
+        output_dir: created when missing.
+
+    Example:
+        summary = InferenceRunner(predictor, list_inputs("studies"), "predictions").run()
+    """
+
+    def __init__(
+        self, predictor: MammogramPredictor, input_files: Iterable[str | os.PathLike], output_dir: str | os.PathLike
+    ) -> None:
+        self.predictor = predictor
+        self.input_files = [Path(path) for path in input_files]
+        self.output_dir = Path(output_dir)
+
+    def run(self) -> InferenceSummary:
+        self.predictor.load_weights()  # no weights is one error for the run, not one per file
+        summary = InferenceSummary()
+        stems = [path.stem for path in self.input_files]
+        for path in self.input_files:
+            name = path.stem if stems.count(path.stem) == 1 else path.name
+            try:
+                prediction = self.predictor.predict(path)
+            except MammoXAIError as error:
+                logger.warning("skipped %s", error)
+                summary.errors[str(path)] = str(error)
+                continue
+            summary.written[str(path)] = write_prediction(prediction, self.output_dir, name)
+            predicted = prediction.record["predicted_class"]
+            logger.info("%s: %s (p=%.3f)", path.name, predicted, prediction.record["probabilities"][predicted])
+        logger.info(
+            "explained %d of %d files into %s%s",
+            len(summary.written),
+            len(self.input_files),
+            self.output_dir,
+            f"; {len(summary.errors)} skipped (see the warnings above)" if summary.errors else "",
+        )
+        return summary
+
+
+def write_heatmap(prediction: Prediction, path: str | os.PathLike) -> Path:
+    """Write the prediction's heatmap as float32 NRRD in the input's geometry, tagged with the saliency method."""
+    saliency = prediction.record["saliency"]
+    return write_heatmap_nrrd(
+        path,
+        prediction.heatmap,
+        prediction.mammogram,
+        fields={"mammoxai_saliency_method": saliency["method"], "mammoxai_target_class": saliency["target_class"]},
+    )
+
+
+def write_prediction(prediction: Prediction, output_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (the record) and ``<name>_heatmap.nrrd`` into ``output_dir``; returns both paths."""
+    output_dir = Path(output_dir)
+    heatmap_path = write_heatmap(prediction, output_dir / f"{name}_heatmap.nrrd")
+    json_path = output_dir / f"{name}.json"
+    json_path.write_text(json.dumps(prediction.record, indent=2) + "\n", encoding="utf-8")
+    return json_path, heatmap_path

@@ -1,0 +1,133 @@
+"""The pieces ``configs/train.json`` needs beyond MONAI's engines and handlers: a patient-level split, class
+weights for an imbalanced screening population, and a validation AUC that stays defined on small sets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics import ROCAUCMetric
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.metrics import roc_auc
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["patient_split", "class_weights", "PresentClassesROCAUC"]
+
+
+def patient_split(
+    records: Sequence[Mapping[str, Any]],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    label_key: str = "case_label",
+    label_map: Mapping[str, str] | None = None,
+    holdout: Mapping[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split labelled records into training and validation sets by patient, stratified by class.
+
+    All images of a patient (both breasts, both views, prior exams) fall on the same side: images of one
+    patient share anatomy and acquisition, so splitting them would leak and inflate validation scores. Patients
+    are stratified by their rarest class (rarest over all images), and every class with at least two patients
+    gets at least one validation patient, so the validation AUC of each class is defined.
+    ``monai.data.partition_dataset_classes`` rounds such small classes down to none.
+
+    Records without a label, and the held-out test records (``holdout``), are left out of both sets.
+
+    Args:
+        records: manifest records with ``patient_id`` (``study_uid`` or ``path`` stand in when it is missing).
+        val_fraction: share of each class's patients used for validation.
+        seed: seed of the shuffle, so a split is reproducible.
+        label_key: record field holding the label.
+        label_map: raw label -> class name (e.g. ``{"recalled_benign": "benign"}``), applied before stratifying.
+        holdout: field -> value of the records kept for the final test and never trained or validated on, e.g.
+            ``{"split": "test"}`` for the test split of ``mammoxai.data.synth`` and VinDr-Mammo manifests.
+
+    Returns:
+        ``(train_records, val_records)``.
+
+    Raises:
+        MammoXAIError: no labelled records, or fewer than two patients.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise MammoXAIError("val_fraction", f"is {val_fraction}", "use a fraction between 0 and 1, e.g. 0.2")
+    label_map = dict(label_map or {})
+    holdout = dict(holdout or {})
+    candidates = [record for record in records if not any(record.get(key) == value for key, value in holdout.items())]
+    labelled = [dict(record) for record in candidates if record.get(label_key) not in (None, "")]
+    logger.info(
+        "%d of %d records are held out (%s), %d have no %s",
+        len(records) - len(candidates), len(records), holdout, len(candidates) - len(labelled), label_key,
+    )
+    by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in labelled:
+        patient = record.get("patient_id") or record.get("study_uid") or record["path"]
+        by_patient[str(patient)].append(record)
+    if len(by_patient) < 2:
+        problem = f"{len(labelled)} labelled images from {len(by_patient)} patient(s) cannot be split"
+        raise MammoXAIError(label_key, problem, "add patients")
+
+    def label(record: Mapping[str, Any]) -> str:
+        return label_map.get(str(record[label_key]), str(record[label_key]))
+
+    frequency = Counter(label(record) for record in labelled)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for patient, patient_records in sorted(by_patient.items()):
+        rarest = min((label(record) for record in patient_records), key=lambda name: (frequency[name], name))
+        strata[rarest].append(patient)
+
+    rng = random.Random(seed)
+    val_patients: set[str] = set()
+    for _, patients in sorted(strata.items()):
+        rng.shuffle(patients)
+        if len(patients) >= 2:
+            val_patients.update(patients[: min(len(patients) - 1, max(1, round(val_fraction * len(patients))))])
+    if not val_patients:  # every class has a single patient: validate on one from the largest stratum
+        val_patients.add(max(strata.values(), key=len)[0])
+    train = [record for patient, group in sorted(by_patient.items()) if patient not in val_patients for record in group]
+    val = [record for patient, group in sorted(by_patient.items()) if patient in val_patients for record in group]
+    logger.info(
+        "patient split: %d images / %d patients for training, %d / %d for validation",
+        len(train), len(by_patient) - len(val_patients), len(val), len(val_patients),
+    )
+    return train, val
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights for ``torch.nn.CrossEntropyLoss(weight=...)``, mean 1 over the present classes.
+
+    A screening population is mostly normal; unweighted, the loss is minimised by rarely predicting the rare
+    malignant class. Weighting each class by ``n / (k * n_c)`` (``k`` classes present) gives every class the
+    same total weight. Labels < 0 (unlabelled) are ignored; a class with no example gets weight 0.
+    """
+    counts = np.bincount([label for label in labels if label >= 0], minlength=num_classes).astype(np.float64)
+    if counts.sum() == 0:
+        raise MammoXAIError("training labels", "no labelled image", "check the manifest's label column")
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+class PresentClassesROCAUC(ROCAUCMetric):
+    """Validation AUC for MONAI's ``IgniteMetricHandler``: :func:`mammoxai.metrics.roc_auc` of the data seen.
+
+    That is the macro one-vs-rest ROC AUC over the classes that have both positive and negative examples.
+    MONAI's own ``ROCAUCMetric`` returns NaN when any class lacks one, which on a small validation set is
+    common, and a NaN key metric would stop ``CheckpointSaver`` from ever saving a better model (NaN compares
+    false). With no class scorable the metric is 0.5, chance.
+
+    Buffers, like ``ROCAUCMetric``, per-class probabilities and one-hot labels.
+    """
+
+    def aggregate(self, average: str | None = None) -> float:  # type: ignore[override]
+        y_pred, y = self.get_buffer()
+        value = roc_auc(y.argmax(dim=1).cpu().numpy(), y_pred.float().cpu().numpy())
+        return 0.5 if math.isnan(value) else value

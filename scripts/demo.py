@@ -1,0 +1,236 @@
+"""The MammoXAI demo: synthetic studies, demo weights and the MONAI Label server, in one command.
+
+    python scripts/demo.py [--studies DIR] [--patients N] [--size PX] [--bundle DIR] [--log FILE]
+                           [--host 127.0.0.1] [--port 8000]
+
+1. writes a small synthetic study set (:mod:`mammoxai.data.synth`) to ``.demo/studies`` unless the folder
+   already holds images;
+2. trains demo weights into ``monai_bundle/models/model.pt`` with the bundle's ``configs/train.json`` unless the
+   file exists (about two minutes on two CPU cores for the default 8 patients). They are trained on synthetic
+   phantoms and are NOT for clinical use;
+3. starts ``monailabel start_server --app apps/mammography`` and prints what to open and how to connect
+   (browser, 3D Slicer, Python client, curl). Ctrl-C stops the server cleanly and exits with status 0.
+
+Nothing is downloaded. :class:`ServerProcess` is also what the app's tests use to start the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from mammoxai.data.manifest import find_images
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+
+REPO = Path(__file__).resolve().parents[1]
+APP_DIR = REPO / "apps" / "mammography"
+BUNDLE_DIR = REPO / "monai_bundle"
+DEMO_DIR = REPO / ".demo"
+
+
+class ServerProcess:
+    """``monailabel start_server`` for the MammoXAI app, run as a child process and stopped like Ctrl-C stops it.
+
+    The server gets its own process group, so a Ctrl-C in the terminal reaches only the parent, which then sends
+    the server exactly one SIGINT: uvicorn's graceful shutdown (a second SIGINT would make it force-quit).
+
+    Args:
+        studies: the folder of mammograms the datastore serves.
+        host, port: where the server listens.
+        conf: app options passed as ``--conf key value`` (``bundle``, ``device``).
+        log: file receiving the server's stdout and stderr.
+        env: environment of the server process (default: this process's).
+
+    Example:
+        with ServerProcess("studies", port=8000, log=Path("server.log")) as server:
+            print(server.url)
+    """
+
+    def __init__(
+        self,
+        studies: str | os.PathLike,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        conf: dict[str, str] | None = None,
+        log: str | os.PathLike = DEMO_DIR / "server.log",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.studies = Path(studies)
+        self.host = host
+        self.port = port
+        self.conf = dict(conf or {})
+        self.log = Path(log)
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR)]
+        command += ["--studies", str(self.studies), "--host", self.host, "--port", str(self.port)]
+        for key, value in self.conf.items():
+            command += ["--conf", key, str(value)]
+        return command
+
+    def start(self, timeout: float = 300.0) -> ServerProcess:
+        """Start the server and wait until ``GET /info/`` answers; raise ``RuntimeError`` with the log if it dies."""
+        if port_in_use(self.host, self.port):
+            raise RuntimeError(f"{self.host}:{self.port} is already in use; pass another --port")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.log.parent,  # MONAI Label reads a .env file from its working folder: keep it ours
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with status {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/info/", timeout=5) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Send one SIGINT and wait; kill the server only if it has not stopped after ``timeout`` seconds."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def wait(self) -> int:
+        assert self.process is not None, "start() the server first"
+        return self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex((host, port)) == 0
+
+
+def ensure_studies(studies: Path, patients: int, size: int, seed: int = 0) -> None:
+    """Write a synthetic study set into ``studies`` unless it already holds images."""
+    if studies.is_dir() and next(find_images(studies, exclude=["masks/*"]), None) is not None:
+        print(f"studies: {studies} (existing)")
+        return
+    print(f"studies: writing {patients} synthetic patients ({size} rows) to {studies} ...")
+    synthesize(studies, patients, seed, size=size)
+
+
+def ensure_weights(bundle: Path, studies: Path) -> None:
+    """Train demo weights into ``<bundle>/models/model.pt`` unless they exist (synthetic phantoms: not clinical)."""
+    checkpoint = bundle / "models" / "model.pt"
+    if checkpoint.is_file():
+        print(f"weights: {checkpoint} (existing)")
+        return
+    if not (studies / "manifest.csv").is_file():
+        raise RuntimeError(
+            f"there are no weights at {checkpoint}, and {studies} has no manifest.csv with labels to train them from: "
+            "run the demo once without --studies, or put trained weights there"
+        )
+    print(f"weights: training demo weights into {checkpoint} on the synthetic phantoms (NOT for clinical use) ...")
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    command += ["--dataset_dir", str(studies)]
+    subprocess.run(command, cwd=bundle, check=True)
+    if not checkpoint.is_file():
+        raise RuntimeError(f"training finished but wrote no {checkpoint}; see the output above")
+
+
+def first_image_id(server_url: str) -> str | None:
+    with urllib.request.urlopen(f"{server_url}/datastore/?output=all", timeout=10) as response:
+        objects = json.load(response).get("objects", {})
+    return next(iter(sorted(objects)), None)
+
+
+def banner(server_url: str, image_id: str | None, log: Path) -> str:
+    image_id = image_id or "<image id>"
+    return f"""
+MammoXAI is serving on {server_url}   (demo weights: synthetic phantoms, NOT for clinical use)
+
+  Open          {server_url}/info/       the model, its class names, the datastore
+                {server_url}/            API documentation (the page loads its viewer from a CDN)
+  3D Slicer     MammoXAI module, server URL {server_url}
+  Python        from monailabel.client import MONAILabelClient
+                client = MONAILabelClient("{server_url}")
+                heatmap_nrrd, prediction = client.infer("mammoxai", "{image_id}", {{}})
+  curl          curl -X POST "{server_url}/infer/mammoxai?image={image_id}&output=json"
+  Server log    {log}
+
+Press Ctrl-C to stop.
+"""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", type=Path, default=DEMO_DIR / "studies", help="folder of mammograms (default: %(default)s)")
+    parser.add_argument("--patients", type=int, default=8, help="synthetic patients to write when --studies is empty")
+    parser.add_argument("--size", type=int, default=512, help="rows of the largest synthetic images (default: %(default)s)")
+    parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="the MammoXAI bundle to serve (default: %(default)s)")
+    parser.add_argument("--log", type=Path, default=DEMO_DIR / "server.log", help="server log file (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    studies, bundle = args.studies.resolve(), args.bundle.resolve()
+    server = ServerProcess(studies, host=args.host, port=args.port, conf={"bundle": str(bundle)}, log=args.log)
+    try:
+        ensure_studies(studies, args.patients, args.size)
+        ensure_weights(bundle, studies)
+        print(f"server: starting on {server.url} (log: {server.log}) ...")
+        server.start()
+        print(banner(server.url, first_image_id(server.url), server.log), flush=True)
+        status = server.wait()
+        print(f"demo: the server stopped by itself with status {status}; see {server.log}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+        server.stop()
+        print("stopped")
+        return 0
+    except (MammoXAIError, RuntimeError, subprocess.CalledProcessError) as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Bad input over HTTP: each mistake is a 4xx (503 while there are no weights) that says what is wrong and what
+to do; nothing is stored and the server stays up."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+from pydicom.uid import CTImageStorage
+
+from dicom_factory import write_mammo_dicom
+
+pytest_plugins = ["server_fixture"]
+
+VALID_LABEL = {"class": "benign", "annotator": "dr.test", "timestamp": "2024-05-01T09:30:00+00:00"}
+
+
+@pytest.fixture
+def unchanged(app_server):
+    """Assert after the test that the datastore index and every file of the studies folder are as before."""
+    index = requests.get(f"{app_server.url}/datastore/", params={"output": "all"}, timeout=30).json()
+    files = app_server.studies_digest()
+    outside = sorted(app_server.studies.parent.iterdir())
+    yield
+    assert requests.get(f"{app_server.url}/datastore/", params={"output": "all"}, timeout=30).json() == index
+    assert app_server.studies_digest() == files
+    assert sorted(app_server.studies.parent.iterdir()) == outside
+
+
+def assert_refused(response: requests.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    for word in words:
+        assert word in detail, detail
+
+
+def assert_server_up(app_server) -> None:
+    assert requests.get(f"{app_server.url}/info/", timeout=30).status_code == 200
+
+
+def upload(app_server, image_id: str, name: str, content: bytes) -> requests.Response:
+    return requests.put(
+        f"{app_server.url}/datastore/image", params={"image": image_id}, files={"file": (name, content)}, timeout=60
+    )
+
+
+def save_label(app_server, image_id: str, content: bytes) -> requests.Response:
+    return requests.put(
+        f"{app_server.url}/datastore/label",
+        params={"image": image_id, "tag": "final"},
+        files={"label": ("label.json", content)},
+        timeout=60,
+    )
+
+
+def test_infer_on_an_unknown_image_id_is_404_naming_it(app_server, unchanged, tmp_path):
+    with pytest.raises(MONAILabelClientException) as raised:
+        MONAILabelClient(app_server.url, tmpdir=str(tmp_path)).infer(app_server.model, "no_such_image", {})
+
+    assert "Status: 404" in raised.value.msg
+    assert "no_such_image" in raised.value.msg and "not found" in raised.value.msg
+    assert_server_up(app_server)
+
+
+def test_infer_with_an_unknown_model_is_404_listing_the_models(app_server, unchanged):
+    response = requests.post(f"{app_server.url}/infer/resnet", params={"image": app_server.study_ids()[0]}, timeout=60)
+
+    assert_refused(response, 404, "resnet", app_server.model)
+    assert_server_up(app_server)
+
+
+def test_text_file_upload_is_422_through_the_client(app_server, unchanged, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a mammogram\n")
+
+    with pytest.raises(MONAILabelClientException) as raised:
+        MONAILabelClient(app_server.url, tmpdir=str(tmp_path)).upload_image(str(notes), image_id="notes")
+
+    assert "Status: 422" in raised.value.msg
+    assert "'notes'" in raised.value.msg and "neither DICOM nor a PNG" in raised.value.msg
+    assert_server_up(app_server)
+
+
+def test_ct_dicom_upload_is_422_naming_the_modality(app_server, unchanged, tmp_path):
+    ct = write_mammo_dicom(
+        tmp_path / "ct.dcm",
+        np.full((64, 64), 1024, dtype=np.int16),
+        Modality="CT",
+        SOPClassUID=CTImageStorage,
+        BodyPartExamined="CHEST",
+        ImageLaterality=None,
+        ViewPosition=None,
+        PresentationIntentType=None,
+    )
+    dataset = pydicom.dcmread(ct)
+    dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    dataset.save_as(ct)
+
+    response = upload(app_server, "chest_ct", "ct.dcm", ct.read_bytes())
+
+    assert_refused(response, 422, "'chest_ct'", "CT")
+    assert_server_up(app_server)
+
+
+def test_truncated_dicom_upload_is_422(app_server, unchanged):
+    study = app_server.studies / f"{app_server.study_ids()[0]}.dcm"
+    content = study.read_bytes()
+
+    response = upload(app_server, "truncated", "truncated.dcm", content[: len(content) // 2])
+
+    assert_refused(response, 422, "'truncated'")
+    assert_server_up(app_server)
+
+
+def test_image_id_that_is_a_path_is_422(app_server, unchanged):
+    study = app_server.studies / f"{app_server.study_ids()[0]}.dcm"
+
+    response = upload(app_server, "../escaped", "escaped.dcm", study.read_bytes())
+
+    assert_refused(response, 422, "'../escaped'", "plain file name")
+    assert_server_up(app_server)
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"class: benign", ["label", "not JSON"]),
+        (json.dumps({**VALID_LABEL, "annotator": None}).encode(), ["label/annotator"]),
+        (json.dumps({key: value for key, value in VALID_LABEL.items() if key != "timestamp"}).encode(), ["timestamp"]),
+        (json.dumps({**VALID_LABEL, "class": "cancer"}).encode(), ["label/class", "'cancer'"]),
+        (
+            json.dumps({**VALID_LABEL, "lesions": [{"type": "point", "point": [5000, 10]}]}).encode(),
+            ["label/lesions/0/point", "outside"],
+        ),
+    ],
+    ids=["not_json", "annotator_not_a_string", "no_timestamp", "unknown_class", "point_outside_image"],
+)
+def test_invalid_label_is_422_and_not_stored(app_server, unchanged, content, words):
+    response = save_label(app_server, app_server.study_ids()[0], content)
+
+    assert_refused(response, 422, *words)
+    assert_server_up(app_server)
+
+
+def test_label_for_an_unknown_image_is_404(app_server, unchanged):
+    response = save_label(app_server, "no_such_image", json.dumps(VALID_LABEL).encode())
+
+    assert_refused(response, 404, "no_such_image")
+    assert_server_up(app_server)
+
+
+def test_infer_before_weights_exist_is_503_saying_how_to_train(app_server, unchanged):
+    aside = app_server.checkpoint.with_name("model.pt.aside")
+    app_server.checkpoint.rename(aside)
+    try:
+        response = requests.post(
+            f"{app_server.url}/infer/{app_server.model}", params={"image": app_server.study_ids()[0]}, timeout=60
+        )
+    finally:
+        aside.rename(app_server.checkpoint)
+
+    assert_refused(response, 503, "model.pt", "configs/train.json")
+    assert_server_up(app_server)

@@ -1,0 +1,335 @@
+"""The MONAI bundle end to end: train.json and inference.json from the bundle root, and the predictor they share.
+
+Nothing here writes into the repository: checkpoints, logs, caches and predictions go to pytest's tmp_path
+through the configs' own top-level keys (``--ckpt_dir``, ``--output_dir``, ``--checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dicom_factory import write_mammo_dicom
+from monai.bundle import ConfigParser, verify_net_in_out
+from monai.metrics import ROCAUCMetric, compute_roc_auc
+from PIL import Image
+
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.inference import InferenceRunner, MammogramPredictor
+from mammoxai.io import read_mammogram
+from mammoxai.io.heatmap import read_heatmap_nrrd
+from mammoxai.nets import MammoClassifier
+from mammoxai.schema import validate_prediction
+from mammoxai.training.classification import PresentClassesROCAUC, class_weights, patient_split
+
+BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
+CONFIGS = BUNDLE / "configs"
+CLASSES = ["normal", "benign", "malignant"]
+
+
+def run_bundle(config: str, *overrides: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run --config_file configs/<config>`` from the bundle root, as a user runs it."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"configs/{config}", *overrides]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def breast_pixels(rows: int = 200, columns: int = 160, chest_wall: str = "left") -> np.ndarray:
+    """A uint16 half-ellipse 'breast' against the chest wall on one side, with texture, on a dark background."""
+    y, x = np.mgrid[0:rows, 0:columns]
+    inside = (x / (0.8 * columns)) ** 2 + ((y - rows / 2) / (0.45 * rows)) ** 2 < 1
+    texture = np.random.default_rng(0).integers(0, 400, size=(rows, columns))
+    pixels = np.where(inside, 2000 + texture, 50).astype(np.uint16)
+    return pixels if chest_wall == "left" else pixels[:, ::-1].copy()
+
+
+# -- the bundle from the command line --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("studies")
+    synthesize(folder, patients=6, seed=0, size=192)
+    return folder
+
+
+def bundle_outputs() -> dict[str, int]:
+    """What the bundle's own output folders hold: file -> modification time."""
+    files = [path for folder in ("models", "eval") for path in (BUNDLE / folder).rglob("*")]
+    return {str(path): path.stat().st_mtime_ns for path in files}
+
+
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory, studies) -> tuple[Path, dict[str, int], dict[str, int]]:
+    """Train for one epoch; returns the work folder and the bundle's outputs before and after."""
+    work = tmp_path_factory.mktemp("train")
+    before = bundle_outputs()
+    run_bundle(
+        "train.json",
+        "--dataset_dir", str(studies),
+        "--ckpt_dir", str(work / "models"),
+        "--output_dir", str(work / "eval"),
+        "--epochs", "1",
+    )
+    return work, before, bundle_outputs()
+
+
+@pytest.fixture(scope="module")
+def trained(training_run) -> Path:
+    """The folder holding the trained model.pt."""
+    return training_run[0] / "models"
+
+
+def test_train_json_writes_checkpoint_logs_and_cache_where_it_is_told(training_run):
+    work, before, after = training_run
+    network = MammoClassifier(num_classes=len(CLASSES))
+    # the layout the predictor loads
+    network.load_state_dict(torch.load(work / "models" / "model.pt", weights_only=True))
+    assert any((work / "eval").glob("events.out.tfevents.*"))  # TensorBoard
+    assert any((work / "eval" / "cache").rglob("*.pt"))  # preprocessed tensors
+    assert after == before  # nothing written into the repository's bundle
+
+
+def test_inference_json_explains_dicom_and_png_and_reports_bad_files(tmp_path, studies, trained):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    sources = {name: inputs / name for name in ("synthetic.dcm", "spaced.dcm", "exported.png")}
+    shutil.copy(next(studies.glob("*_R_MLO.dcm")), sources["synthetic.dcm"])
+    write_mammo_dicom(sources["spaced.dcm"], breast_pixels(), ImagerPixelSpacing=[0.08, 0.1])
+    Image.fromarray(breast_pixels(150, 120, chest_wall="right")).save(sources["exported.png"])  # 16-bit PNG
+    (inputs / "broken.dcm").write_bytes(b"not a dicom file")
+    output = tmp_path / "predictions"
+
+    result = run_bundle(
+        "inference.json",
+        "--input_dir", str(inputs),
+        "--checkpoint", str(trained / "model.pt"),
+        "--output_dir", str(output),
+    )
+
+    assert "broken.dcm" in result.stdout + result.stderr  # reported with its reason, the rest still processed
+    assert not (output / "broken.json").exists()
+    for source in sources.values():
+        record = json.loads((output / f"{source.stem}.json").read_text())
+        validate_prediction(record, source=f"{source.stem}.json")
+        mammogram = read_mammogram(source)
+        heatmap, spacing = read_heatmap_nrrd(output / f"{source.stem}_heatmap.nrrd")
+        assert record["image"]["source"] == str(source)
+        assert heatmap.shape == mammogram.shape == tuple(record["image"]["shape"])
+        assert spacing == (mammogram.spacing or (1.0, 1.0))
+        assert 0.0 <= heatmap.min() <= heatmap.max() <= 1.0
+    assert json.loads((output / "spaced.json").read_text())["image"]["spacing_mm"] == [0.08, 0.1]
+
+
+def test_verify_net_in_out_passes():
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        device="cpu",
+    )
+
+
+def test_configs_and_metadata_agree_on_classes_and_input_size():
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    train = json.loads((CONFIGS / "train.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    image, pred = metadata["network_data_format"]["inputs"]["image"], metadata["network_data_format"]["outputs"]["pred"]
+    assert train["class_names"] == inference["class_names"] == list(pred["channel_def"].values()) == CLASSES
+    assert pred["num_channels"] == len(CLASSES)
+    assert train["image_size"] == inference["image_size"] == image["spatial_shape"]
+    assert metadata["version"] in metadata["changelog"]
+
+
+# -- the training helpers train.json uses ------------------------------------------------------------------------
+def manifest_records() -> list[dict]:
+    """11 patients x 4 images (6 normal, 2 malignant, 2 (recalled) benign, 1 held-out test) and 1 unlabelled image."""
+    records = []
+    for patient, (other, split) in enumerate(
+        [("normal", "training")] * 6
+        + [("malignant", "training")] * 2
+        + [("benign", "training"), ("recalled_benign", "training"), ("malignant", "test")]
+    ):
+        for image in range(4):
+            label = other if image < 2 else "normal"
+            record = {"path": f"p{patient}_{image}.dcm", "patient_id": f"P{patient}", "case_label": label}
+            records.append({**record, "split": split})
+    records.append({"path": "unlabelled.dcm", "patient_id": "P99", "case_label": None, "split": "training"})
+    return records
+
+
+def test_patient_split_keeps_patients_whole_and_every_class_in_validation():
+    label_map, holdout = {"recalled_benign": "benign"}, {"split": "test"}
+    train, val = patient_split(manifest_records(), val_fraction=0.2, seed=0, label_map=label_map, holdout=holdout)
+    train_patients, val_patients = {r["patient_id"] for r in train}, {r["patient_id"] for r in val}
+    assert not train_patients & val_patients
+    assert train_patients | val_patients == {f"P{i}" for i in range(10)}  # no test patient, no unlabelled image
+    assert {"malignant", "normal"} <= {r["case_label"] for r in val}
+    assert {"benign", "recalled_benign"} & {r["case_label"] for r in val}
+    assert len(train) + len(val) == 40
+    assert patient_split(manifest_records(), seed=0) == patient_split(manifest_records(), seed=0)
+
+
+def test_patient_split_needs_two_patients():
+    records = [{"path": "a.dcm", "patient_id": "P1", "case_label": "normal"}]
+    with pytest.raises(MammoXAIError, match="1 labelled images from 1 patient"):
+        patient_split(records)
+
+
+def test_class_weights_give_every_present_class_the_same_total_weight():
+    weights = class_weights([0, 0, 0, 1, -1], num_classes=3)
+    assert torch.allclose(weights, torch.tensor([4 / 6, 4 / 2, 0.0]))
+    assert weights[0] * 3 == pytest.approx(weights[1] * 1)
+
+
+def test_validation_auc_averages_only_the_classes_it_can_score():
+    metric = PresentClassesROCAUC()
+    probabilities = torch.tensor([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.6, 0.3, 0.1], [0.7, 0.4, 0.1]])
+    labels = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0]), 3).float()  # class 2 never occurs
+    metric(y_pred=probabilities, y=labels)
+    per_class = [compute_roc_auc(probabilities[:, c], labels[:, c]) for c in (0, 1)]
+    assert per_class == [1.0, 0.75]
+    assert metric.aggregate() == pytest.approx(0.875)
+    monai_metric = ROCAUCMetric()
+    monai_metric(y_pred=probabilities, y=labels)
+    with pytest.warns(UserWarning, match="y values can not be all 0"):
+        assert np.isnan(monai_metric.aggregate())  # why the key metric is not MONAI's ROCAUC
+
+
+def test_validation_auc_is_chance_when_no_class_can_be_scored():
+    metric = PresentClassesROCAUC()
+    metric(y_pred=torch.rand(3, 3), y=torch.nn.functional.one_hot(torch.zeros(3, dtype=torch.long), 3).float())
+    assert metric.aggregate() == 0.5
+
+
+# -- the predictor, as the MONAI Label app builds it --------------------------------------------------------------
+def make_predictor(checkpoint: Path, **overrides) -> MammogramPredictor:
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    parser["checkpoint"] = str(checkpoint)
+    parser["device"] = "cpu"
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get_parsed_content("predictor")
+
+
+def save_weights(path: Path, favour: int | None = None) -> Path:
+    """Random weights, or weights whose output is dominated by class ``favour``."""
+    network = MammoClassifier(num_classes=len(CLASSES))
+    if favour is not None:
+        with torch.no_grad():
+            network.fc.bias.zero_()
+            network.fc.bias[favour] = 50.0
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_predictor_returns_a_valid_record_and_a_heatmap_on_the_original_grid(tmp_path):
+    image = write_mammo_dicom(tmp_path / "case.dcm", breast_pixels(), ImagerPixelSpacing=[0.1, 0.1])
+    prediction = make_predictor(save_weights(tmp_path / "model.pt")).predict(image)
+    validate_prediction(prediction.record)
+    assert prediction.heatmap.dtype == np.float32
+    assert prediction.heatmap.shape == prediction.mammogram.pixels.shape == (200, 160)
+    assert prediction.record["model"]["name"] == json.loads((CONFIGS / "metadata.json").read_text())["name"]
+    assert prediction.record["model"]["checkpoint"] == "model.pt"
+    assert prediction.record["metadata_predictions"] == []
+    assert prediction.record["qc_flags"] == []
+
+
+def test_heatmap_lands_on_the_breast_of_a_flipped_image(tmp_path):
+    pixels = np.zeros((200, 400), np.uint16)
+    pixels[:, 250:] = breast_pixels(200, 150, chest_wall="right")  # chest wall on the right: preprocessing flips
+    image = write_mammo_dicom(tmp_path / "wide.dcm", pixels, ImageLaterality="R")
+    prediction = make_predictor(save_weights(tmp_path / "model.pt")).predict(image)
+    assert prediction.heatmap.shape == (200, 400)
+    assert prediction.heatmap[:, :200].max() == 0.0  # far from the breast crop: nothing
+    assert prediction.heatmap[:, 250:].max() > 0.5
+
+
+def test_weights_are_reloaded_when_the_checkpoint_changes(tmp_path):
+    image = write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())
+    checkpoint = save_weights(tmp_path / "model.pt", favour=0)
+    predictor = make_predictor(checkpoint)
+    first = predictor.predict(image).record
+    save_weights(checkpoint, favour=2)
+    stat = checkpoint.stat()
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later time even on coarse clocks
+    second = predictor.predict(image).record
+    assert (first["predicted_class"], second["predicted_class"]) == ("normal", "malignant")
+    assert first["model"]["checkpoint_mtime"] != second["model"]["checkpoint_mtime"]
+
+
+def test_missing_checkpoint_says_how_to_train(tmp_path):
+    predictor = make_predictor(tmp_path / "models" / "model.pt")
+    expected = r"model\.pt: no trained weights here \(train them first: .*configs/train\.json"
+    with pytest.raises(MammoXAIError, match=expected):
+        predictor.predict(write_mammo_dicom(tmp_path / "case.dcm", breast_pixels()))
+
+
+def test_checkpoint_of_another_network_is_refused(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    torch.save(MammoClassifier(num_classes=5).state_dict(), checkpoint)
+    with pytest.raises(MammoXAIError, match="model.pt: cannot be loaded into the network"):
+        make_predictor(checkpoint).predict(write_mammo_dicom(tmp_path / "case.dcm", breast_pixels()))
+
+
+def test_unreadable_file_raises_the_readers_error(tmp_path):
+    text = tmp_path / "notes.dcm"
+    text.write_text("hello")
+    with pytest.raises(MammoXAIError, match="notes.dcm"):
+        make_predictor(save_weights(tmp_path / "model.pt")).predict(text)
+
+
+def test_laterality_contradicted_by_the_pixels_is_flagged(tmp_path):
+    predictor = make_predictor(save_weights(tmp_path / "model.pt"))
+    wrong = write_mammo_dicom(tmp_path / "wrong.dcm", breast_pixels(chest_wall="left"), ImageLaterality="R")
+    right = write_mammo_dicom(tmp_path / "right.dcm", breast_pixels(chest_wall="right"), ImageLaterality="R")
+    flags = predictor.predict(wrong).record["qc_flags"]
+    assert [flag["code"] for flag in flags] == ["laterality_chest_wall_mismatch"]
+    assert "laterality R" in flags[0]["message"]
+    assert predictor.predict(right).record["qc_flags"] == []
+
+
+def test_fixed_target_class_is_explained_whatever_the_prediction(tmp_path):
+    saliency = {"method": "gradcam", "target_layer": "features.block4", "target_class": "malignant"}
+    predictor = make_predictor(save_weights(tmp_path / "model.pt", favour=0), saliency=saliency)
+    record = predictor.predict(write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())).record
+    assert record["predicted_class"] == "normal"
+    assert record["saliency"]["target_class"] == "malignant"
+
+
+def test_runner_keeps_the_suffix_when_two_inputs_share_a_stem(tmp_path):
+    files = [write_mammo_dicom(tmp_path / "case.dcm", breast_pixels()), tmp_path / "case.png"]
+    Image.fromarray(breast_pixels()).save(files[1])
+    summary = InferenceRunner(make_predictor(save_weights(tmp_path / "model.pt")), files, tmp_path / "out").run()
+    assert sorted(path.name for pair in summary.written.values() for path in pair) == [
+        "case.dcm.json", "case.dcm_heatmap.nrrd", "case.png.json", "case.png_heatmap.nrrd",
+    ]
+    assert summary.errors == {}
+
+
+def test_default_target_layer_is_the_networks_last_block(tmp_path):
+    network = MammoClassifier(channels=(4, 8, 8))
+    predictor = MammogramPredictor(network, tmp_path / "model.pt", CLASSES, (64, 52), device="cpu")
+    assert predictor.saliency["target_layer"] == network.last_block == "features.block2"
+
+
+@pytest.mark.parametrize(
+    "saliency, message",
+    [
+        ({"target_class": "cancer"}, "saliency target_class: 'cancer' is not a class"),
+        ({"method": "occlusion"}, "saliency method: 'occlusion' is not available"),
+        ({"target_layer": "features.block9"}, "saliency target_layer: the network has no layer named 'features.blo"),
+    ],
+)
+def test_bad_saliency_settings_are_named(tmp_path, saliency, message):
+    with pytest.raises(MammoXAIError, match=message):
+        MammogramPredictor(MammoClassifier(), tmp_path / "model.pt", CLASSES, (256, 208), saliency, device="cpu")
