@@ -30,6 +30,7 @@ CORE = [
 APP = [
     "monailabel==0.8.5",
     "dicomweb-client==0.59.3",
+    "PyJWT>=2.8",
     "pynetdicom<2.1",
 ]
 

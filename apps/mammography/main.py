@@ -11,18 +11,35 @@ float32 NRRD in the geometry of the input. See README.md for the options (``--co
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from dicomweb_client import DICOMwebClient
+from dicomweb_client.session_utils import create_session_from_user_pass
 from lib.datastore import MammogramDatastore
+from lib.dicomweb import DICOMwebMammogramDatastore
 from lib.http_errors import not_found
+from lib.activelearning import UncertaintyStrategy
+from lib.batch import StoredPredictionsBatchInfer
 from lib.infers import MammogramClassification, load_predictor
+from lib.scoring import UncertaintyScoring
+from lib.security import check_auth_realm, install_request_size_limit, install_token_verifier
+from lib.trainers import CorrectionsTrainer, install_train_guard
+from monailabel.app import app as fastapi_app
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.batch_infer import BatchInferTask
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
 
 import mammoxai
 from mammoxai.errors import MammoXAIError
@@ -40,14 +57,35 @@ class MammographyApp(MONAILabelApp):
         bundle: folder of the MammoXAI bundle to serve (default: the repository's ``monai_bundle``); its
             ``models/model.pt`` is reloaded when it changes, so newly trained weights need no restart.
         device: ``auto`` (default: GPU when present, else CPU), ``cpu``, ``cuda`` or ``cuda:<index>``.
+        max_upload_mb: largest request body the server accepts, in MiB (default 512); larger ones get 413.
+        dicomweb_cache: with ``--studies http(s)://...`` (a DICOMweb root), the folder of the local cache of the
+            PACS's mammograms and of the labels saved for them (default ``MONAI_LABEL_DATASTORE_CACHE_PATH``, else
+            ``~/.cache/mammoxai/dicomweb``).
+        dicomweb_filter: extra QIDO-RS filters as JSON, e.g. ``{"StudyDate": "20240101-"}`` (modality is MG).
+        dicomweb_refresh: seconds a listing of the PACS is reused (default 60).
+        uncertainty: how the ``uncertainty`` strategy ranks unlabeled images: ``entropy`` (default), ``margin`` or
+            ``tta`` (test-time-augmentation variance); see :mod:`lib.scoring.uncertainty`.
+
+    The active-learning loop (README.md "Active learning"): ``POST /activelearning/<uncertainty|random|first>``
+    proposes the next case, ``PUT /datastore/label?tag=final`` stores the correction, ``POST /train/mammoxai``
+    fine-tunes on all corrections (:class:`~lib.trainers.CorrectionsTrainer`) and the next ``/infer`` serves the
+    new weights. ``POST /batch/infer/mammoxai`` stores predictions and heatmaps under label tag ``prediction``.
 
     The studies folder is served by :class:`~lib.datastore.MammogramDatastore`, which refuses uploads that
-    are not readable mammograms and labels that are not MammoXAI label JSON.
+    are not readable mammograms and labels that are not MammoXAI label JSON; a DICOMweb URL as studies by
+    :class:`~lib.dicomweb.DICOMwebMammogramDatastore` (one image per MG instance). Authentication is MONAI Label's
+    (``MONAI_LABEL_AUTH_ENABLE``, see README.md "Security"), checked at start-up by
+    :func:`~lib.security.check_auth_realm`.
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         bundle = Path(conf.get("bundle", DEFAULT_BUNDLE)).expanduser().resolve()
+        check_auth_realm()
+        install_token_verifier()
+        install_request_size_limit(fastapi_app, int(float(conf.get("max_upload_mb", 512)) * 2**20))
+        self.bundle = bundle
         self.predictor = load_predictor(bundle, conf.get("device", "auto"))
+        self.uncertainty = UncertaintyScoring(self.predictor, conf.get("uncertainty", "entropy"))
         logger.info(f"MammoXAI bundle {bundle} on {self.predictor.device}")
         super().__init__(
             app_dir=app_dir,
@@ -58,12 +96,13 @@ class MammographyApp(MONAILabelApp):
             version=mammoxai.__version__,
             labels=list(self.predictor.class_names),
         )
+        # scores are computed in the server when a case is requested (the uncertainty strategy), not by MONAI
+        # Label's background scoring process, which would rewrite the datastore index beside the server
+        self._auto_update_scoring = False
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            raise MammoXAIError(
-                self.studies, "remote datastores are not supported", "pass a local folder of mammograms as --studies"
-            )
+            return self._init_dicomweb_datastore()
         return MammogramDatastore(
             self.studies,
             class_names=self.predictor.class_names,
@@ -71,8 +110,51 @@ class MammographyApp(MONAILabelApp):
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
+    def _init_dicomweb_datastore(self) -> DICOMwebMammogramDatastore:
+        url = self.studies.rstrip("/")
+        user = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
+        password = settings.MONAI_LABEL_DATASTORE_PASSWORD or settings.MONAI_LABEL_DICOMWEB_PASSWORD
+        session = create_session_from_user_pass(user, password) if user and password else None
+        client = DICOMwebClient(url=url, session=session)
+        cache = self.conf.get("dicomweb_cache") or settings.MONAI_LABEL_DATASTORE_CACHE_PATH
+        try:
+            search_filter = json.loads(self.conf.get("dicomweb_filter", "{}"))
+        except json.JSONDecodeError as error:
+            fix = 'pass QIDO-RS filters as a JSON object, e.g. {"StudyDate": "20240101-"}'
+            raise MammoXAIError("--conf dicomweb_filter", f"is not JSON ({error})", fix) from error
+        return DICOMwebMammogramDatastore(
+            client,
+            class_names=self.predictor.class_names,
+            cache_path=cache or os.path.join(Path.home(), ".cache", "mammoxai", "dicomweb"),
+            search_filter=search_filter,
+            refresh_seconds=float(self.conf.get("dicomweb_refresh", 60)),
+        )
+
     def init_infers(self) -> dict[str, InferTask]:
         return {MODEL_NAME: MammogramClassification(self.predictor)}
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        return {MODEL_NAME: CorrectionsTrainer(self.bundle, self.predictor)}
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        return {"uncertainty": self.uncertainty}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        return {"uncertainty": UncertaintyStrategy(self.uncertainty), "random": Random(), "first": First()}
+
+    def init_batch_infer(self) -> BatchInferTask:
+        return StoredPredictionsBatchInfer()
+
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        install_train_guard(fastapi_app, self._trainers, self.datastore)
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer an unknown strategy with 404 (MONAI Label would answer 500), then propose the next case."""
+        strategy = request.get("strategy")
+        if strategy not in self._strategies:
+            raise not_found(f"strategy {strategy!r}", f"use one of {sorted(self._strategies)} (GET /info/)")
+        return super().next_sample(request)
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Answer unknown models and image ids with 404 (MONAI Label would answer 500), then infer.
@@ -84,8 +166,18 @@ class MammographyApp(MONAILabelApp):
             raise not_found(f"model {model!r}", f"use one of {sorted(self._infers)} (GET /info/)")
         image = request.get("image")
         datastore = datastore or self.datastore()
-        if isinstance(image, str) and not os.path.exists(image) and not datastore.get_image_uri(image):
-            raise not_found(
-                f"image {image!r}", "upload it first (PUT /datastore/image) or pick an id from GET /datastore/?output=all"
-            )
-        return super().infer({**request, "save_label": False}, datastore)
+        if isinstance(image, str) and not _is_request_upload(image):
+            # an id names a datastore image and nothing else: MONAI Label would also read any server path given
+            image = datastore.get_image_uri(image)
+            if not image:
+                raise not_found(
+                    f"image {request['image']!r}",
+                    "upload it first (PUT /datastore/image) or pick an id from GET /datastore/?output=all",
+                )
+        return super().infer({**request, "image": image, "save_label": False}, datastore)
+
+
+def _is_request_upload(path: str) -> bool:
+    """Whether ``path`` is the temporary file MONAI Label's ``/infer`` endpoint wrote for an image sent with it."""
+    folder, name = os.path.split(path)
+    return folder == tempfile.gettempdir() and name.startswith("tmp") and os.path.isfile(path)

@@ -23,7 +23,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -214,6 +214,47 @@ class MammogramPredictor:
         record = self._record(mammogram, geometry, probabilities, target, heatmap, timings)
         validate_prediction(record, source=f"prediction for {mammogram.source or path}")
         return Prediction(record=record, heatmap=heatmap, mammogram=mammogram)
+
+    def predict_probabilities(
+        self, path: str | os.PathLike, transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()
+    ) -> tuple[torch.Tensor, str]:
+        """Class probabilities of one file without the saliency pass, for ranking many images cheaply.
+
+        The read, preprocessing and forward pass are those of :meth:`predict`, so a score computed here belongs
+        to the same model as the prediction a clinician is shown.
+
+        Args:
+            path: the mammogram file.
+            transforms: test-time augmentations, each mapping the model input (1, 1, h, w) to a tensor of the same
+                shape (e.g. a flip); each adds one row to the result.
+
+        Returns:
+            ``(probabilities, checkpoint)``: a (1 + len(transforms), classes) CPU tensor, row 0 for the image as
+            it is, and the identity of the weights used (``"<mtime_ns>-<size>"`` of the checkpoint file).
+
+        Raises:
+            MammoXAIError: the file is not a readable mammogram, or there are no weights yet.
+        """
+        with self._lock:
+            self._load_weights_if_changed()
+            image, _ = prepare_image(read_mammogram(path), self.image_size)
+            image = image[None].to(self.device)
+            batch = torch.cat([image, *(transform(image) for transform in transforms)])
+            if self.amp:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), self._autocast():
+                probabilities = torch.softmax(self.network(batch).float(), dim=1).cpu()
+            checkpoint = self.checkpoint_id
+        return probabilities, checkpoint
+
+    @property
+    def checkpoint_id(self) -> str:
+        """Identity of the loaded weights, ``"<mtime_ns>-<size>"`` of the checkpoint file (``""`` before loading).
+
+        A score or prediction stored with it can be recognised as stale once newer weights are loaded.
+        """
+        stamp = self.checkpoint.stamp
+        return "" if stamp is None else f"{stamp[0]}-{stamp[1]}"
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(device_type=self.device.type, enabled=self.amp)

@@ -5,6 +5,11 @@ studies folder. A CT series, a text file or a truncated DICOM would then sit the
 inference and training run, far from the upload that caused it. :class:`MammogramDatastore` reads each upload
 with :func:`mammoxai.io.read_mammogram` and checks each label against :data:`mammoxai.schema.LABEL_SCHEMA`
 first; a file that fails is answered with a 4xx naming the problem, and nothing is written.
+
+Ids and label tags become file and folder names, so both must be plain names (no separators, no ``..``): a
+request cannot reach outside the studies folder. A label and the datastore index ``datastore_v2.json`` are
+written to a temporary file beside their destination and moved over it with :func:`os.replace`, so a save
+interrupted midway (a killed server, a full disk) leaves the previous version, never a truncated file.
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from lib.http_errors import client_errors, not_found
-from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.local import DataModel, LocalDatastore
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import Mammogram, read_mammogram
@@ -31,7 +38,7 @@ __all__ = ["IMAGE_SUFFIXES", "MammogramDatastore"]
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".dic", ".png", ".tif", ".tiff", ".pgm")
 """File types :func:`mammoxai.io.read_mammogram` reads; the studies folder is scanned for these."""
 
-_IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class MammogramDatastore(LocalDatastore):
@@ -70,7 +77,7 @@ class MammogramDatastore(LocalDatastore):
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         with client_errors():
-            _check_image_id(image_id)
+            _check_name("image id", image_id)
             try:
                 mammogram = read_mammogram(image_filename)
             except MammoXAIError as error:
@@ -89,20 +96,51 @@ class MammogramDatastore(LocalDatastore):
                 f"image {image_id!r}", "save labels only for images in the datastore (GET /datastore/?output=all)"
             )
         with client_errors():
+            _check_name("label tag", label_tag)
             record = _read_json(label_filename)
             validate_label(record, class_names=self.class_names, image_shape=read_mammogram(image).shape)
-        with _staged(label_filename, ".json") as staged:
-            return super().save_label(image_id, staged, label_tag, label_info)
+        # LocalDatastore.save_label copies into place; a copy cut short would leave a truncated label
+        folder = self._datastore.label_path(label_tag)
+        name = self._filename(image_id, ".json")
+        with FileLock(self._lock_file):
+            os.makedirs(folder, exist_ok=True)
+            _atomic_write(os.path.join(folder, name), Path(label_filename).read_bytes())
+            info = {**(label_info or {}), "ts": int(time.time()), "name": name}
+            self._datastore.objects[image_id].labels[label_tag] = DataModel(info=info, ext=".json")
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        """Write the index atomically: LocalDatastore truncates it first, and a truncated index stops the server."""
+        with FileLock(self._lock_file) if lock else nullcontext():
+            index = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            _atomic_write(self._datastore_config_path, index.encode("utf-8"))
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
 
-def _check_image_id(image_id: str) -> None:
-    # the id becomes a file name in the studies folder: no separators, no "..", no hidden files
-    if not _IMAGE_ID.fullmatch(image_id or ""):
+def _check_name(kind: str, name: str) -> None:
+    # ids and tags become file and folder names in the studies folder: no separators, no "..", no hidden files
+    if not _PLAIN_NAME.fullmatch(name or ""):
         raise MammoXAIError(
-            f"image id {image_id!r}",
+            f"{kind} {name!r}",
             "is not a plain file name",
             "use letters, digits, '.', '-' and '_', starting with a letter or digit",
         )
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old content or the new one, never a part."""
+    folder, name = os.path.split(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def _storage_suffix(image_id: str, path: str, mammogram: Mammogram) -> str:

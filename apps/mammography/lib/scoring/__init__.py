@@ -1,0 +1,3 @@
+from .uncertainty import MEASURES, UncertaintyScoring, uncertainty
+
+__all__ = ["MEASURES", "UncertaintyScoring", "uncertainty"]

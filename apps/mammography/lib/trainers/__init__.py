@@ -1,0 +1,3 @@
+from .corrections import CorrectionsTrainer, final_corrections, install_train_guard
+
+__all__ = ["CorrectionsTrainer", "final_corrections", "install_train_guard"]

@@ -1,0 +1,197 @@
+"""The MONAI Label trainer of the active-learning loop: fine-tune the served model on the ``final`` labels.
+
+MONAI Label runs ``POST /train/<model>`` in a background process (``GET /train/`` reports it, ``DELETE /train/``
+stops it) that builds the app again and calls :class:`CorrectionsTrainer`. The trainer collects the clinicians'
+corrections (labels with tag ``final``) and hands them to :func:`mammoxai.training.corrections.finetune`, which
+runs the bundle's ``configs/train.json``; the new ``models/model.pt`` replaces the old one atomically and only
+when it is valid, and the infer task's predictor reloads it on the next request, with no restart.
+
+Two questions MONAI Label answers late or vaguely are answered up front by :func:`install_train_guard`: a
+request when there is nothing to train on is a 422 naming the fix (instead of a background task that fails in
+its log), and a request while a run is in progress is a 409 (MONAI Label says 429, "too many requests", which
+invites retrying at once). A lock file next to the checkpoint makes the same guarantee for runs started any
+other way: two runs never write the weights at the same time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from lib.http_errors import client_errors, not_found
+from monailabel.config import settings
+from monailabel.endpoints import train as train_endpoints
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.async_tasks.utils import processes
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.inference import MammogramPredictor
+from mammoxai.training.corrections import ACCEPT_POLICIES, correction_records, finetune
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CorrectionsTrainer", "final_corrections", "install_train_guard"]
+
+TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "weight_decay", "val_fraction", "num_workers", "seed")
+"""train.json keys a ``POST /train/<model>`` body may override."""
+
+MIN_PATIENTS = 2
+"""Fewest patients with ``final`` labels a run needs: one to train on and one to validate on (the split is by
+patient; an image whose header names no patient counts as its own)."""
+
+
+def final_corrections(datastore: Datastore) -> list[tuple[str, str, str]]:
+    """``(image_id, image_path, label_path)`` of every image with a ``final`` label, sorted by image id."""
+    corrections = []
+    for image_id in sorted(datastore.get_labeled_images(DefaultLabelTag.FINAL)):
+        label = datastore.get_label_uri(image_id, DefaultLabelTag.FINAL)
+        image = datastore.get_image_uri(image_id)
+        if label and image:
+            corrections.append((image_id, image, label))
+    return corrections
+
+
+class CorrectionsTrainer(TrainTask):
+    """Fine-tune the served classifier on the clinicians' ``final`` labels (see the module docstring).
+
+    The request body of ``POST /train/<model>`` may set any of :data:`TRAIN_OPTIONS` (e.g. ``{"epochs": 2}``)
+    and ``accept``: ``not_worse`` (default: keep the new weights only when their validation AUC is at least the
+    current model's on the same patient-level split) or ``valid`` (keep any run with a finite loss and a computed
+    metric). The last run's result is kept in ``models/train_stats.json`` and shown by ``GET /info/``.
+
+    Args:
+        bundle: the bundle folder; its ``configs/train.json`` is the recipe and ``models/model.pt`` the weights.
+        predictor: the served predictor, for its class names, model grid and device.
+        defaults: train.json overrides applied before the request's, e.g. ``{"epochs": 5}``.
+
+    Example:
+        trainer = CorrectionsTrainer("monai_bundle", load_predictor("monai_bundle"))
+        trainer({"epochs": 1}, datastore)  # {"accepted": True, "metric": 0.71, ...}
+    """
+
+    def __init__(
+        self, bundle: str | os.PathLike, predictor: MammogramPredictor, defaults: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__("Fine-tune the classifier on the final labels (class per image), starting from the served model")
+        self.bundle = Path(bundle)
+        self.predictor = predictor
+        self.defaults = dict(defaults or {})
+
+    @property
+    def stats_path(self) -> Path:
+        return self.predictor.checkpoint.path.with_name("train_stats.json")
+
+    def config(self) -> dict[str, Any]:
+        return {"epochs": 5, "accept": list(ACCEPT_POLICIES)}
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.stats_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def check_ready(self, datastore: Datastore) -> list[dict[str, Any]]:
+        """The training records of the corrections (reads the labels and the image headers, not the pixels).
+
+        Raises:
+            MammoXAIError: the ``final`` labels cover fewer than :data:`MIN_PATIENTS` patients.
+        """
+        records = correction_records(final_corrections(datastore), self.predictor.class_names)
+        patients = {record["patient_id"] for record in records}
+        if len(patients) < MIN_PATIENTS:
+            raise MammoXAIError(
+                "training request",
+                f"needs final labels of at least {MIN_PATIENTS} patients (one to validate on), "
+                f"the datastore has {len(records)} final label(s) of {len(patients)} patient(s)",
+                "correct more cases and save them with tag final (PUT /datastore/label?tag=final), then train",
+            )
+        return records
+
+    def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> dict[str, Any]:
+        records = self.check_ready(datastore)
+        overrides = {
+            **self.defaults,
+            **{key: request[key] for key in TRAIN_OPTIONS if key in request},
+            "image_size": list(self.predictor.image_size),
+            "device": str(self.predictor.device),
+            "cache_dir": str(self.bundle / "eval" / "cache"),
+        }
+        checkpoint = self.predictor.checkpoint.path
+        with _exclusive(checkpoint.with_name(".train.lock")):
+            with tempfile.TemporaryDirectory(prefix="mammoxai-train-") as work:
+                result = finetune(
+                    self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
+                )
+        stats = {**result.to_dict(), "corrections": len(records), "overrides": overrides}
+        # small, but read by /info while a later run writes it: same atomic replace as the weights
+        handle, temporary = tempfile.mkstemp(dir=self.stats_path.parent, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(stats, stream, indent=2)
+        os.replace(temporary, self.stats_path)
+        return stats
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` or fail at once: two runs must never write the weights together."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise MammoXAIError(
+                lock_path.parent, "is being trained by another run", "wait for it (GET /train/) or stop it (DELETE /train/)"
+            ) from error
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def install_train_guard(
+    server: FastAPI, trainers: Mapping[str, CorrectionsTrainer], datastore: Callable[[], Datastore]
+) -> None:
+    """Answer ``POST /train/<model>`` with 404 / 422 / 409 before MONAI Label starts a background run.
+
+    The route is put in front of MONAI Label's own, with the same role requirement, and passes a request it
+    accepts on to MONAI Label's handler, so status and stop work as documented by MONAI Label.
+    """
+    router = APIRouter()
+
+    @router.post(f"{settings.MONAI_LABEL_API_STR}/train/{{model}}", summary="Fine-tune the model on the final labels")
+    async def train(
+        model: str,
+        params: dict | None = None,
+        run_sync: bool = False,
+        enqueue: bool = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ) -> Any:
+        trainer = trainers.get(model)
+        if trainer is None:
+            raise not_found(f"trainer {model!r}", f"use one of {sorted(trainers)} (GET /info/)")
+        with client_errors():
+            trainer.check_ready(datastore())
+        if processes("train") and not enqueue:
+            detail = str(
+                MammoXAIError(
+                    f"training of {model!r}",
+                    "is already running",
+                    "wait for it to finish (GET /train/), stop it (DELETE /train/) or pass enqueue=true to queue this one",
+                )
+            )
+            raise HTTPException(status_code=HTTPStatus.CONFLICT, detail=detail)
+        with client_errors():
+            return train_endpoints.run_model(model, params, run_sync, enqueue)
+
+    server.router.routes[0:0] = router.routes

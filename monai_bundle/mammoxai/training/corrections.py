@@ -1,0 +1,251 @@
+"""Fine-tuning on clinicians' corrections: the training half of the active-learning loop.
+
+A clinician's correction is a label JSON (:data:`mammoxai.schema.LABEL_SCHEMA`) saved next to the image it
+corrects. :func:`correction_records` turns those pairs into manifest records, and :func:`finetune` runs the
+bundle's own ``configs/train.json`` on them through :class:`monai.bundle.ConfigParser` with overrides, so the
+loop trains with exactly the recipe, augmentation, loss and validation metric the bundle documents; there is
+no second copy of the training logic. The run starts from the weights being served and replaces them only
+when the result is valid (finite loss, a validation metric that was computed) and, under the default policy,
+not worse on the held-out validation split than the weights it started from: a served model must not
+get worse because a few cases were labelled. The file is replaced atomically (:func:`replace_checkpoint`),
+so a predictor reloading on the file's change never reads half a checkpoint.
+
+The workflow is whole-image classification, so a correction's class is the training target; its lesion boxes
+and points are carried into the manifest (column ``lesions``, JSON) for localisation-aware recipes but do not
+change this one.
+
+This module knows nothing of MONAI Label: the app's trainer gathers the pairs from its datastore.
+
+Example:
+    records = correction_records([("case1", "studies/case1.dcm", "studies/labels/final/case1.json")],
+                                 class_names=["normal", "benign", "malignant"])
+    result = finetune("monai_bundle", records, "work/", overrides={"epochs": 2})
+    result.accepted, result.metric, result.baseline_metric
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser
+from monai.handlers import from_engine
+
+from mammoxai.data.manifest import read_record, write_manifest
+from mammoxai.errors import MammoXAIError
+from mammoxai.schema import validate_label
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ACCEPT_POLICIES", "FinetuneResult", "correction_records", "finetune", "replace_checkpoint"]
+
+ACCEPT_POLICIES = ("not_worse", "valid")
+"""``not_worse`` (default): keep the new weights only when their best validation metric is at least that of the
+current weights on the same split; ``valid``: keep the best epoch of any run whose loss and metric are finite."""
+
+
+def correction_records(
+    corrections: Iterable[tuple[str, str | os.PathLike, str | os.PathLike]],
+    class_names: Sequence[str],
+    label_key: str = "case_label",
+) -> list[dict[str, Any]]:
+    """Manifest records for ``(image_id, image_path, label_json_path)`` triples, labelled by the label's class.
+
+    A DICOM image keeps its header's patient and study identifiers, so :func:`~mammoxai.training.classification.
+    patient_split` keeps a patient's images on one side of the split; an image without them (PNG, anonymised
+    DICOM) is its own patient, i.e. the split falls back to one by image.
+
+    Raises:
+        MammoXAIError: a label is not valid MammoXAI label JSON for ``class_names``, or an image is unreadable.
+    """
+    records = []
+    for image_id, image_path, label_path in corrections:
+        source = f"label of image {image_id!r}"
+        try:
+            label = json.loads(Path(label_path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise MammoXAIError(source, f"cannot be read ({error})", "save the label again") from error
+        validate_label(label, class_names=class_names, source=source)
+        record = read_record(image_path)
+        record.update(image_id=image_id, path=str(image_path), lesions=json.dumps(label.get("lesions", [])))
+        record["patient_id"] = record.get("patient_id") or f"image:{image_id}"
+        record[label_key] = label["class"]
+        records.append(record)
+    return records
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run did.
+
+    Args:
+        accepted: the new weights were written over ``checkpoint``.
+        reason: why they were or were not, in words.
+        metric: best validation metric (``validate#key_metric``) of the new weights; None when never computed.
+        baseline_metric: the same metric of the starting weights on the same split (policy ``not_worse`` only).
+        last_loss: training loss of the last iteration.
+        train_images, val_images: sizes of the split.
+        history: the validation metric of the new weights after each evaluation.
+    """
+
+    accepted: bool
+    reason: str
+    metric: float | None = None
+    baseline_metric: float | None = None
+    last_loss: float | None = None
+    train_images: int = 0
+    val_images: int = 0
+    history: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def finetune(
+    bundle: str | os.PathLike,
+    records: Sequence[Mapping[str, Any]],
+    work_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    accept: str = "not_worse",
+) -> FinetuneResult:
+    """Fine-tune the bundle's classifier on ``records`` with ``configs/train.json`` and keep the result if valid.
+
+    The network starts from ``checkpoint`` when the file exists (else from its initialisation); train.json's
+    own ``CheckpointSaver`` writes the best-validated weights into ``work_dir``. Under policy ``not_worse`` the
+    starting weights are validated first on the same split (by a second copy of the evaluator without the saver)
+    and the new weights are kept only when they are not worse. Nothing is held out for testing: the records are split into training and validation by patient.
+
+    Args:
+        bundle: the bundle folder (holding ``configs/train.json``).
+        records: manifest records labelled in train.json's ``label_key``, e.g. from :func:`correction_records`.
+        work_dir: scratch folder for the manifest, logs and the candidate checkpoint.
+        checkpoint: the served weights to start from and to replace; default ``<bundle>/models/model.pt``.
+        overrides: train.json keys to override, e.g. ``{"epochs": 2, "num_workers": 0, "device": "cpu"}``.
+        accept: one of :data:`ACCEPT_POLICIES`.
+
+    Raises:
+        MammoXAIError: an unknown policy, or records that cannot be split (fewer than two patients).
+    """
+    if accept not in ACCEPT_POLICIES:
+        raise MammoXAIError(f"accept policy {accept!r}", "is unknown", f"use one of {list(ACCEPT_POLICIES)}")
+    bundle, work_dir = Path(bundle).resolve(), Path(work_dir).resolve()
+    checkpoint = Path(checkpoint) if checkpoint is not None else bundle / "models" / "model.pt"
+    manifest = write_manifest(records, work_dir / "manifest.csv")
+    parser = _train_parser(bundle, work_dir, manifest, overrides)
+    train_records, val_records = parser.get_parsed_content("split")
+    result = FinetuneResult(False, "", train_images=len(train_records), val_images=len(val_records))
+    metric_name = next(iter(parser.get("validate#key_metric")))
+
+    if accept == "not_worse":
+        # the same evaluator and split, without the checkpoint saver: the baseline must not count as a candidate
+        baseline = _train_parser(bundle, work_dir, manifest, {**(overrides or {}), "validate#handlers": []})
+        baseline.get_parsed_content("initialize")
+        _load_network(baseline, checkpoint)
+        evaluator = baseline.get_parsed_content("validate#evaluator")
+        evaluator.run()
+        result.baseline_metric = _key_metric(evaluator)
+
+    parser.get_parsed_content("initialize")
+    _load_network(parser, checkpoint)
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    trainer = parser.get_parsed_content("train#trainer")
+    evaluator.add_event_handler(Events.COMPLETED, lambda engine: result.history.append(_key_metric(engine)))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, _stop_on_non_finite_loss, result)
+    trainer.run()
+
+    finite = [value for value in result.history if math.isfinite(value)]
+    result.metric = max(finite) if finite else None
+    candidate = work_dir / "models" / "model.pt"
+    if result.last_loss is None or not math.isfinite(result.last_loss):
+        result.reason = f"the training loss is not finite ({result.last_loss}); the served model is unchanged"
+    elif result.metric is None:
+        result.reason = "no validation metric was computed; the served model is unchanged"
+    elif result.baseline_metric is not None and result.metric < result.baseline_metric:
+        result.reason = (
+            f"validation {metric_name} {result.metric:.4f} is worse than the current model's "
+            f"{result.baseline_metric:.4f} on the same split; the served model is unchanged"
+        )
+    elif not candidate.is_file():
+        result.reason = "the checkpoint saver wrote no weights; the served model is unchanged"
+    else:
+        replace_checkpoint(_load_state(candidate), checkpoint)
+        result.accepted = True
+        result.reason = f"validation {metric_name} {result.metric:.4f}: saved as {checkpoint.name}"
+    logger.info("fine-tuning on %d corrections: %s", len(records), result.reason)
+    return result
+
+
+def _train_parser(
+    bundle: Path, work_dir: Path, manifest: Path, overrides: Mapping[str, Any] | None
+) -> ConfigParser:
+    """train.json of ``bundle`` reading ``manifest``, writing logs and the candidate checkpoint into ``work_dir``."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["output_dir"] = str(work_dir)
+    parser["ckpt_dir"] = str(work_dir / "models")
+    parser["manifest"] = str(manifest)
+    parser["holdout"] = {}  # every correction is for training or validation; the test set is the caller's
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
+    """Start from the served weights when there are any (the parser's ``network`` is the instance trained)."""
+    if checkpoint.is_file():
+        parser.get_parsed_content("network").load_state_dict(_load_state(checkpoint))
+
+
+def replace_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write a state dict over ``path`` atomically: into a temporary file in the same folder, then ``os.replace``.
+
+    A reader (the predictor's hot reload, a second server) sees either the old file or the complete new one,
+    never a partial write, and a crash mid-write leaves the old weights in place.
+
+    Raises:
+        MammoXAIError: a tensor in ``state`` is not finite (NaN or infinite weights are never served).
+    """
+    path = Path(path)
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise MammoXAIError(path, f"new weights {bad[:3]} are not finite", "retrain with a lower learning_rate")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(dict(state), stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(state["model"]) if isinstance(state.get("model"), Mapping) else dict(state)
+
+
+def _key_metric(engine: Any) -> float:
+    value = engine.state.metrics.get(engine.state.key_metric_name)
+    return float("nan") if value is None else float(value)
+
+
+def _stop_on_non_finite_loss(engine: Any, result: FinetuneResult) -> None:
+    result.last_loss = float(from_engine(["loss"], first=True)(engine.state.output))
+    if not math.isfinite(result.last_loss):
+        logger.error("training loss is %s at iteration %d: stopping", result.last_loss, engine.state.iteration)
+        engine.terminate()

@@ -1,0 +1,245 @@
+"""A simulated clinician runs the MONAI Label active-learning loop against the real server, round after round.
+
+    python scripts/simulate_clinician.py --out .simulation [--patients 24] [--size 256] [--image-size 128 104]
+        [--rounds 5] [--per-round 8] [--epochs 3] [--strategies uncertainty random] [--seed 0]
+
+For each strategy the script writes a fresh copy of the bundle (same random-initialised weights for every
+strategy) and a synthetic study set (:mod:`mammoxai.data.synth`): the patients of the synth ``test`` split are
+the held-out set, never put in the datastore; the others are the pool the server proposes from. It starts
+``monailabel start_server`` on 127.0.0.1 and, each round, asks ``POST /activelearning/<strategy>`` for the next
+case, runs ``/infer`` on it, corrects it with the true class from ``manifest.csv`` (saved with tag ``final``)
+until the round's budget is spent, then trains (``POST /train/mammoxai``, waiting on ``GET /train/``) and checks
+that ``/infer`` serves the new weights. After every round it reports the held-out AUC of the served weights
+(macro one-vs-rest, :func:`mammoxai.metrics.roc_auc`). Results go to ``<out>/results.csv`` and
+``<out>/curve.png``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+from monai.bundle import ConfigParser
+
+from mammoxai.data.manifest import read_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.metrics import roc_auc
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "mammoxai"
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("mammoxai_demo", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+
+
+@dataclass
+class RoundResult:
+    strategy: str
+    round: int
+    labels: int
+    auc: float
+    accepted: bool
+    seconds: float
+
+
+def make_bundle(folder: Path, image_size: Sequence[int], seed: int) -> Path:
+    """A copy of the repository bundle's configs on ``image_size``, with random-initialised weights (``seed``)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(REPO / "monai_bundle" / "configs", folder / "configs")
+    for name in ("inference.json", "train.json"):
+        path = folder / "configs" / name
+        config = json.loads(path.read_text())
+        config["image_size"] = list(image_size)
+        path.write_text(json.dumps(config, indent=4))
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    torch.manual_seed(seed)
+    (folder / "models").mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), folder / "models" / "model.pt")
+    return folder
+
+
+def split_studies(source: Path, pool: Path) -> tuple[dict[str, str], list[dict]]:
+    """Copy the non-test images of a synth folder into ``pool``; return their true classes and the test records."""
+    pool.mkdir(parents=True, exist_ok=True)
+    truth, held_out = {}, []
+    for record in read_manifest(source / "manifest.csv"):
+        label = {"recalled_benign": "benign"}.get(record["case_label"], record["case_label"])
+        if record.get("split") == "test":
+            held_out.append({**record, "class": label})
+            continue
+        path = Path(record["path"])
+        shutil.copyfile(path, pool / path.name)
+        truth[path.stem] = label
+    return truth, held_out
+
+
+def held_out_auc(bundle: Path, records: Sequence[dict], class_names: Sequence[str]) -> float:
+    """Macro one-vs-rest AUC of the bundle's current weights on the held-out records (the served model's forward)."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "cpu"
+    predictor = parser.get_parsed_content("predictor")
+    probabilities = np.stack([predictor.predict_probabilities(r["path"])[0][0].numpy() for r in records])
+    labels = np.array([list(class_names).index(r["class"]) for r in records])
+    return float(roc_auc(labels, probabilities))
+
+
+def label_json(label: str) -> bytes:
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return json.dumps({"class": label, "annotator": "simulated-clinician", "timestamp": stamp}).encode()
+
+
+def wait_for_training(url: str, timeout: float = 1800.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = requests.get(f"{url}/train/", timeout=30).json()
+        if task.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return task
+        time.sleep(1.0)
+    raise TimeoutError(f"training did not finish within {timeout:.0f} s")
+
+
+def run_loop(
+    out: Path,
+    strategy: str,
+    truth: dict[str, str],
+    held_out: Sequence[dict],
+    pool: Path,
+    bundle: Path,
+    rounds: int,
+    per_round: int,
+    train_params: dict,
+) -> list[RoundResult]:
+    """Run ``rounds`` label-train rounds of ``strategy`` against a server over ``pool``; one result per round."""
+    class_names = json.loads((bundle / "configs" / "inference.json").read_text())["class_names"]
+    port = _free_port()
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(out / "sessions")}
+    server = demo.ServerProcess(
+        pool, port=port, conf={"bundle": str(bundle), "device": "cpu"}, log=out / f"server_{strategy}.log", env=env
+    )
+    results = [RoundResult(strategy, 0, 0, held_out_auc(bundle, held_out, class_names), True, 0.0)]
+    print(f"{strategy}: round 0, 0 labels, held-out AUC {results[0].auc:.3f}", flush=True)
+    labelled = 0
+    with server:
+        url = server.url
+        for round_index in range(1, rounds + 1):
+            start = time.monotonic()
+            for _ in range(per_round):
+                case = requests.post(f"{url}/activelearning/{strategy}", json={}, timeout=600).json()
+                if not case.get("id"):
+                    break
+                image_id = case["id"]
+                inferred = requests.post(f"{url}/infer/{MODEL}", params={"image": image_id, "output": "json"}, timeout=600)
+                inferred.raise_for_status()
+                saved = requests.put(
+                    f"{url}/datastore/label",
+                    params={"image": image_id, "tag": "final"},
+                    files={"label": ("label.json", label_json(truth[image_id]))},
+                    timeout=60,
+                )
+                saved.raise_for_status()
+                labelled += 1
+            before = (bundle / "models" / "model.pt").stat().st_mtime_ns
+            started = requests.post(f"{url}/train/{MODEL}", json=train_params, timeout=60)
+            if started.status_code == 422:  # e.g. all corrections so far are of one patient: label more first
+                print(f"{strategy}: round {round_index}: not trained: {started.json()['detail']}", flush=True)
+            else:
+                started.raise_for_status()
+                task = wait_for_training(url)
+                if task["status"] != "DONE":
+                    raise RuntimeError(f"training ended {task['status']}: {list(task.get('details', []))[-5:]}")
+            accepted = (bundle / "models" / "model.pt").stat().st_mtime_ns != before
+            auc = held_out_auc(bundle, held_out, class_names)
+            results.append(RoundResult(strategy, round_index, labelled, auc, accepted, time.monotonic() - start))
+            print(f"{strategy}: round {round_index}, {labelled} labels, held-out AUC {auc:.3f}, "
+                  f"new weights {'served' if accepted else 'rejected'}", flush=True)
+    return results
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_results(results: Sequence[RoundResult], out: Path) -> None:
+    with open(out / "results.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["strategy", "round", "labels", "held_out_auc", "new_weights_served", "seconds"])
+        for r in results:
+            writer.writerow([r.strategy, r.round, r.labels, f"{r.auc:.4f}", r.accepted, f"{r.seconds:.1f}"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(5, 3.5))
+    for strategy in dict.fromkeys(r.strategy for r in results):
+        points = [(r.labels, r.auc) for r in results if r.strategy == strategy]
+        axis.plot(*zip(*points), marker="o", label=strategy)
+    axis.set_xlabel("corrected images (final labels)")
+    axis.set_ylabel("held-out AUC (macro one-vs-rest)")
+    axis.set_title("Simulated clinician: uncertainty vs random sampling")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "curve.png", dpi=120)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for studies, bundles, logs and results")
+    parser.add_argument("--patients", type=int, default=24)
+    parser.add_argument("--size", type=int, default=256, help="detector rows of the synthetic images")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[128, 104], help="model grid (h w)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-round", type=int, default=8, help="images corrected per round")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--strategies", nargs="+", default=["uncertainty", "random"])
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = args.out / "synth"
+    if not (source / "manifest.csv").is_file():
+        synthesize(source, patients=args.patients, seed=args.seed, size=args.size)
+    train_params = {"epochs": args.epochs, "num_workers": 0, "batch_size": 8}
+    results: list[RoundResult] = []
+    for strategy in args.strategies:
+        run = args.out / strategy
+        shutil.rmtree(run, ignore_errors=True)
+        truth, held_out = split_studies(source, run / "studies")
+        bundle = make_bundle(run / "bundle", args.image_size, args.seed)
+        results += run_loop(run, strategy, truth, held_out, run / "studies", bundle, args.rounds, args.per_round, train_params)
+    write_results(results, args.out)
+    print(f"results: {args.out / 'results.csv'}, curve: {args.out / 'curve.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""One reviewer's session with the server: next case, prediction, correction, training — without Slicer.
+
+:class:`ReviewSession` is the logic behind every button of the MammoXAI panel. It knows no widget and no MRML
+node: the Slicer module loads the files it returns into volumes, shows its table rows, and hands it the lesion
+marks already converted to pixels (:mod:`MammoXAILib.geometry`). Keeping the workflow here lets pytest drive it
+against a real server, and keeps the Qt layer thin.
+
+Faults never lose work: a correction is stored on disk before it is sent and stays there until the server
+accepts it (:class:`~MammoXAILib.corrections.PendingCorrections`); :meth:`ReviewSession.connect` sends what is
+left from an earlier attempt.
+
+Example:
+    session = ReviewSession("http://127.0.0.1:8000", work_folder, pending_folder, annotator="dr.smith")
+    info = session.connect()
+    case = session.next_case("uncertainty")
+    outcome = session.run(case.image_id, saliency_method="gradcam")
+    label = session.make_label("malignant", birads="4", lesions=[box], image_shape=outcome.view.image_shape)
+    session.submit(case.image_id, label)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .client import MammoXAIClient
+from .corrections import PendingCorrections
+from .errors import MammoXAIClientError
+from .geometry import check_heatmap
+from .prediction import PredictionView, parse_prediction
+
+__all__ = ["BIRADS", "STRATEGIES", "SALIENCY_METHODS", "Case", "InferenceOutcome", "ReviewSession", "ServerInfo"]
+
+STRATEGIES = ("uncertainty", "random", "first")
+"""Active-learning strategies in the order the panel prefers them; a strategy the server lacks falls back."""
+
+SALIENCY_METHODS = ("gradcam", "occlusion", "rise", "correlax")
+"""Methods the panel can ask for; the server may answer with its configured method, which the panel reports."""
+
+BIRADS = ("0", "1", "2", "3", "4", "5", "6")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``/info/`` says about the server and its MammoXAI model."""
+
+    url: str
+    name: str
+    version: str
+    model: str
+    class_names: list[str]
+    strategies: list[str]
+    trainers: list[str]
+    description: str
+
+    @property
+    def summary(self) -> str:
+        training = "training available" if self.trainers else "no training on this server"
+        return f"{self.name} {self.version}: model '{self.model}' ({', '.join(self.class_names)}); {training}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """An image to review, downloaded into the work folder."""
+
+    image_id: str
+    image_path: str
+    strategy: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class InferenceOutcome:
+    """A prediction ready to show, its heatmap file (``None`` when the server sent none) and notes for the user."""
+
+    image_id: str
+    view: PredictionView
+    heatmap_path: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+class ReviewSession:
+    """Connect to a MammoXAI server and review cases one after the other.
+
+    Args:
+        url: server address.
+        work_folder: where downloaded images and heatmaps go (may be a temporary folder).
+        pending_folder: where unsent corrections are kept; must survive a restart of Slicer.
+        token: bearer token for a server with authentication.
+        annotator: name written into each label (``"unknown"`` when empty).
+        timeout: seconds for short calls; ``infer_timeout`` for inference.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        work_folder: str,
+        pending_folder: str,
+        token: str | None = None,
+        annotator: str = "",
+        timeout: float = 30.0,
+        infer_timeout: float = 300.0,
+    ) -> None:
+        self.client = MammoXAIClient(url, token=token, timeout=timeout, infer_timeout=infer_timeout)
+        self.work_folder = work_folder
+        self.pending = PendingCorrections(pending_folder)
+        self.annotator = annotator.strip() or "unknown"
+        self.info: ServerInfo | None = None
+
+    # ---------------------------------------------------------------- connect
+    def connect(self) -> ServerInfo:
+        """Read the server's info and send any correction left from before; see :attr:`info`."""
+        raw = self.client.info()
+        model = self.client.mammoxai_model(raw)
+        self.info = ServerInfo(
+            url=self.client.url,
+            name=str(raw.get("name", "")),
+            version=str(raw.get("version", "")),
+            model=model,
+            class_names=list(raw["models"][model]["labels"]),
+            strategies=sorted(raw.get("strategies") or {}),
+            trainers=sorted(raw.get("trainers") or {}),
+            description=str(raw["models"][model].get("description", "")),
+        )
+        self.pending.send_all(self.client)
+        return self.info
+
+    def _connected(self) -> ServerInfo:
+        if self.info is None:
+            raise MammoXAIClientError("Not connected: press Connect first", "input")
+        return self.info
+
+    # ---------------------------------------------------------------- cases
+    def next_case(self, strategy: str = STRATEGIES[0]) -> Case | None:
+        """Download the next image the server's ``strategy`` picks; ``None`` when every image is labelled.
+
+        A strategy the server does not offer falls back to the next of :data:`STRATEGIES` it does offer, and
+        the case says so in its ``note``.
+        """
+        info = self._connected()
+        offered = [name for name in (strategy, *STRATEGIES) if name in info.strategies]
+        if not offered:
+            raise MammoXAIClientError(
+                f"The server offers no case selection strategy of {list(STRATEGIES)} (it has {info.strategies}): "
+                "open an image from the datastore instead",
+                "input",
+            )
+        used = offered[0]
+        sample = self.client.next_sample(used)
+        if not sample.get("id"):
+            return None
+        note = "" if used == strategy else f"the server has no '{strategy}' strategy; used '{used}'"
+        return self.open_case(sample["id"], strategy=used, note=note)
+
+    def open_case(self, image_id: str, strategy: str = "", note: str = "") -> Case:
+        """Download one datastore image by id."""
+        path = self.client.download_image(image_id, os.path.join(self.work_folder, "images"))
+        return Case(image_id, path, strategy, note)
+
+    # ---------------------------------------------------------------- prediction
+    def run(self, image_id: str, saliency_method: str | None = None) -> InferenceOutcome:
+        """Infer ``image_id`` on the server; the heatmap is checked to lie on the image's grid."""
+        info = self._connected()
+        params = {"saliency": {"method": saliency_method}} if saliency_method else {}
+        result = self.client.infer(info.model, image_id, os.path.join(self.work_folder, "heatmaps"), params)
+        view = parse_prediction(result.prediction)
+        notes = []
+        if saliency_method and view.saliency_method != saliency_method:
+            notes.append(f"the server explained with '{view.saliency_method}' (asked for '{saliency_method}')")
+        if result.heatmap_path is None:
+            notes.append("the server sent no heatmap for this image: only the scores are shown")
+        else:
+            check_heatmap(result.heatmap_path, view.image_shape, view.spacing_mm)
+        return InferenceOutcome(image_id, view, result.heatmap_path, notes)
+
+    # ---------------------------------------------------------------- correction
+    def make_label(
+        self,
+        class_name: str,
+        birads: str | None = None,
+        lesions: Sequence[dict[str, Any]] = (),
+        image_shape: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """The label JSON of one correction, checked as far as the server would check it."""
+        info = self._connected()
+        if class_name not in info.class_names:
+            raise MammoXAIClientError(f"Choose a class ({', '.join(info.class_names)}) before saving", "input")
+        if birads and birads not in BIRADS:
+            raise MammoXAIClientError(f"BI-RADS {birads!r} is not one of {', '.join(BIRADS)}", "input")
+        label: dict[str, Any] = {"class": class_name}
+        if birads:
+            label["birads"] = birads
+        if lesions:
+            label["lesions"] = [dict(lesion) for lesion in lesions]
+            if image_shape is not None:
+                _check_lesions(label["lesions"], image_shape)
+        label["annotator"] = self.annotator
+        label["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return label
+
+    def submit(self, image_id: str, label: dict[str, Any]) -> dict[str, Any]:
+        """Save ``label`` as the final label of ``image_id`` (``PUT /datastore/label?tag=final``).
+
+        The correction is on disk before it is sent; when sending fails it stays there and the error says so.
+        """
+        try:
+            return self.pending.send(self.client, image_id, label, tag="final")
+        except MammoXAIClientError as error:
+            message = f"{error.message}. The correction of {image_id} is kept and will be sent when you connect again"
+            raise MammoXAIClientError(message, error.kind, error.status) from error
+
+    def read_back(self, image_id: str) -> dict[str, Any]:
+        """The final label the server holds for ``image_id``."""
+        return self.client.get_label(image_id, tag="final")
+
+    # ---------------------------------------------------------------- training
+    def start_training(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start training the served model on the final labels."""
+        info = self._connected()
+        if not info.trainers:
+            raise MammoXAIClientError("This server offers no training: start it with a trainer configured", "input")
+        model = info.model if info.model in info.trainers else info.trainers[0]
+        return self.client.train_start(model, params)
+
+    def training_status(self) -> str:
+        """One line for the panel, e.g. "training RUNNING since 09:30:12" or "no training has run"."""
+        status = self.client.train_status()
+        if not status:
+            return "no training has run"
+        state = str(status.get("status", "unknown"))
+        started = str(status.get("start_ts", ""))
+        return f"training {state}" + (f" (started {started})" if started else "")
+
+    def stop_training(self) -> dict[str, Any]:
+        return self.client.train_stop()
+
+
+def _check_lesions(lesions: list[dict[str, Any]], image_shape: Sequence[int]) -> None:
+    rows, columns = image_shape
+    for number, lesion in enumerate(lesions, start=1):
+        coordinates = lesion.get(lesion.get("type", ""))
+        if not coordinates:
+            raise MammoXAIClientError(f"Lesion {number} is neither a point nor a box", "input")
+        xs, ys = coordinates[0::2], coordinates[1::2]
+        if min(xs) < 0 or min(ys) < 0 or max(xs) > columns or max(ys) > rows:
+            raise MammoXAIClientError(f"Lesion {number} lies outside the {rows} x {columns} image", "input")
+        if lesion["type"] == "box" and not (coordinates[0] < coordinates[2] and coordinates[1] < coordinates[3]):
+            raise MammoXAIClientError(f"Lesion box {number} has no area: draw it again", "input")

@@ -1,0 +1,131 @@
+"""Uncertainty measures, fine-tuning on corrections, atomic checkpoints, and the simulated clinician's loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mammoxai.data.manifest import read_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.training.corrections import correction_records, finetune, replace_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "apps" / "mammography"))
+from lib.scoring.uncertainty import TTA_TRANSFORMS, uncertainty  # noqa: E402
+
+
+def _load_simulator():
+    spec = importlib.util.spec_from_file_location("simulate_clinician", REPO / "scripts" / "simulate_clinician.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+simulator = _load_simulator()
+CLASSES = ["normal", "benign", "malignant"]
+
+
+def test_entropy_is_one_for_a_uniform_prediction_and_zero_for_a_certain_one():
+    assert uncertainty(torch.full((1, 3), 1 / 3), "entropy") == pytest.approx(1.0)
+    assert uncertainty(torch.tensor([[1.0, 0.0, 0.0]]), "entropy") == pytest.approx(0.0, abs=1e-6)
+
+
+def test_margin_is_high_when_the_two_best_classes_are_close():
+    close = uncertainty(torch.tensor([[0.45, 0.44, 0.11]]), "margin")
+    clear = uncertainty(torch.tensor([[0.90, 0.05, 0.05]]), "margin")
+    assert close == pytest.approx(0.99) and clear == pytest.approx(0.15)
+
+
+def test_tta_variance_is_zero_when_augmentations_agree_and_positive_when_they_do_not():
+    agree = torch.tensor([[0.6, 0.3, 0.1]] * 4)
+    disagree = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]])
+    assert uncertainty(agree, "tta") == pytest.approx(0.0)
+    assert uncertainty(disagree, "tta") > 0.3
+    with pytest.raises(MammoXAIError, match="augmentation"):
+        uncertainty(agree[:1], "tta")
+
+
+def test_tta_transforms_keep_the_model_input_shape_and_range():
+    image = torch.rand(1, 1, 16, 12)
+    for transform in TTA_TRANSFORMS:
+        out = transform(image)
+        assert out.shape == image.shape and 0 <= out.min() and out.max() <= 1
+
+
+def test_replace_checkpoint_refuses_non_finite_weights_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "model.pt"
+    replace_checkpoint({"w": torch.ones(2)}, path)
+    with pytest.raises(MammoXAIError, match="not finite"):
+        replace_checkpoint({"w": torch.tensor([1.0, float("nan")])}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
+
+
+@pytest.fixture(scope="module")
+def corrections(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corrections")
+    synthesize(root / "synth", patients=3, seed=5, size=128)
+    triples = []
+    for record in read_manifest(root / "synth" / "manifest.csv"):
+        label = {"recalled_benign": "benign"}.get(record["case_label"], record["case_label"])
+        path = root / f"{Path(record['path']).stem}.json"
+        path.write_text(json.dumps({"class": label, "annotator": "t", "timestamp": "2024-05-01T09:30:00+00:00"}))
+        triples.append((Path(record["path"]).stem, record["path"], path))
+    return root, triples
+
+
+def test_correction_records_take_the_class_from_the_label_and_the_patient_from_the_header(corrections):
+    _, triples = corrections
+    records = correction_records(triples, CLASSES)
+    assert {r["patient_id"] for r in records} == {"P0000", "P0001", "P0002"}
+    assert all(r["case_label"] in CLASSES for r in records)
+
+
+def test_correction_with_an_unknown_class_is_refused_naming_the_image(corrections, tmp_path):
+    _, triples = corrections
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"class": "cancer", "annotator": "t", "timestamp": "2024-05-01T09:30:00+00:00"}))
+    with pytest.raises(MammoXAIError, match="cancer"):
+        correction_records([(triples[0][0], triples[0][1], bad)], CLASSES)
+
+
+def test_finetune_not_worse_policy_compares_with_the_current_weights_on_the_same_split(corrections, tmp_path):
+    root, triples = corrections
+    bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
+    checkpoint = bundle / "models" / "model.pt"
+    before = checkpoint.read_bytes()
+    overrides = {"epochs": 1, "num_workers": 0, "batch_size": 4, "device": "cpu", "image_size": [48, 48]}
+
+    result = finetune(bundle, correction_records(triples, CLASSES), tmp_path / "work", overrides=overrides)
+
+    assert result.baseline_metric is not None and result.metric is not None
+    assert result.accepted == (result.metric >= result.baseline_metric)
+    assert (checkpoint.read_bytes() != before) == result.accepted
+    assert result.train_images + result.val_images == len(triples)
+
+
+def test_simulated_clinician_runs_two_rounds_against_the_real_server(tmp_path):
+    synthesize(tmp_path / "synth", patients=4, seed=2, size=128)
+    truth, held_out = simulator.split_studies(tmp_path / "synth", tmp_path / "studies")
+    bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
+    served = (bundle / "models" / "model.pt").stat().st_mtime_ns
+
+    results = simulator.run_loop(
+        tmp_path, "uncertainty", truth, held_out, tmp_path / "studies", bundle, rounds=2, per_round=6,
+        train_params={"epochs": 1, "num_workers": 0, "accept": "valid"},
+    )
+
+    assert [r.round for r in results] == [0, 1, 2]
+    assert [r.labels for r in results] == [0, 6, 12]
+    assert all(0.0 <= r.auc <= 1.0 for r in results)
+    assert (bundle / "models" / "model.pt").stat().st_mtime_ns != served
+    assert len(list((tmp_path / "studies" / "labels" / "final").glob("*.json"))) == 12
+    simulator.write_results(results, tmp_path)
+    assert (tmp_path / "curve.png").stat().st_size > 0

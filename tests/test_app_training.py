@@ -1,0 +1,157 @@
+"""The active-learning endpoints of the app over HTTP: next case, training on corrections, batch inference."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from mammoxai.data.synth import synthesize
+
+pytest_plugins = ["server_fixture"]
+
+REPO = Path(__file__).resolve().parents[1]
+LABEL = {"annotator": "dr.test", "timestamp": "2024-05-01T09:30:00+00:00"}
+
+
+def _load_simulator():
+    spec = importlib.util.spec_from_file_location("simulate_clinician", REPO / "scripts" / "simulate_clinician.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+simulator = _load_simulator()
+
+
+@pytest.fixture(scope="module")
+def loop_server(tmp_path_factory):
+    """A server of its own (its labels and trained weights must not leak into the shared one), tiny images."""
+    root = tmp_path_factory.mktemp("loop_server")
+    synthesize(root / "synth", patients=3, seed=3, size=128)
+    truth, _ = simulator.split_studies(root / "synth", root / "studies")
+    bundle = simulator.make_bundle(root / "bundle", (64, 64), seed=0)
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+    server = simulator.demo.ServerProcess(
+        root / "studies", port=simulator._free_port(), conf={"bundle": str(bundle), "device": "cpu"},
+        log=root / "server.log", env=env,
+    )
+    with server:
+        yield server.url, bundle, truth
+
+
+def save_final(url: str, image_id: str, label: str) -> requests.Response:
+    content = json.dumps({**LABEL, "class": label}).encode()
+    return requests.put(
+        f"{url}/datastore/label", params={"image": image_id, "tag": "final"}, files={"label": ("l.json", content)}, timeout=60
+    )
+
+
+def image_info(url: str, image_id: str) -> dict:
+    return requests.get(f"{url}/datastore/image/info", params={"image": image_id}, timeout=30).json()
+
+
+def test_unknown_strategy_is_404_listing_the_strategies(loop_server):
+    url, _, _ = loop_server
+    response = requests.post(f"{url}/activelearning/cleverest", json={}, timeout=60)
+
+    assert response.status_code == 404, response.text
+    assert "'cleverest'" in response.json()["detail"] and "uncertainty" in response.json()["detail"]
+
+
+def test_train_without_final_labels_is_422_saying_how_to_label(loop_server):
+    url, bundle, _ = loop_server
+    before = (bundle / "models" / "model.pt").stat().st_mtime_ns
+
+    response = requests.post(f"{url}/train/mammoxai", json={"epochs": 1}, timeout=60)
+
+    assert response.status_code == 422, response.text
+    assert "tag=final" in response.json()["detail"]
+    assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
+
+
+def test_uncertainty_strategy_proposes_the_most_uncertain_unlabeled_image(loop_server):
+    url, _, truth = loop_server
+
+    case = requests.post(f"{url}/activelearning/uncertainty", json={}, timeout=300).json()
+
+    scores = {image_id: image_info(url, image_id)["uncertainty"] for image_id in truth}
+    assert case["id"] in truth
+    assert case["score"] == pytest.approx(max(s["score"] for s in scores.values()))
+    assert case["uncertainty"] == scores[case["id"]]  # MONAI Label adds the stored image info
+    assert len({s["checkpoint"] for s in scores.values()}) == 1  # all scored by the served weights
+    assert {s["measure"] for s in scores.values()} == {"entropy"}
+
+
+def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(loop_server):
+    url, bundle, truth = loop_server
+    checkpoint = bundle / "models" / "model.pt"
+    for image_id in sorted(truth)[::2]:  # every other image: images of all three patients
+        assert save_final(url, image_id, truth[image_id]).status_code == 200
+    served_before = requests.post(
+        f"{url}/infer/mammoxai", params={"image": sorted(truth)[1], "output": "json"}, timeout=300
+    ).json()["model"]["checkpoint_mtime"]
+    before = checkpoint.stat().st_mtime_ns
+
+    started = requests.post(f"{url}/train/mammoxai", json={"epochs": 1, "accept": "valid", "num_workers": 0}, timeout=60)
+    second = requests.post(f"{url}/train/mammoxai", json={"epochs": 1}, timeout=60)
+    task = simulator.wait_for_training(url, timeout=300)
+
+    assert started.status_code == 200, started.text
+    assert second.status_code == 409, second.text
+    assert "already running" in second.json()["detail"]
+    assert task["status"] == "DONE", list(task.get("details", []))
+    assert checkpoint.stat().st_mtime_ns != before
+    stats = json.loads((bundle / "models" / "train_stats.json").read_text())
+    assert stats["accepted"] is True and stats["corrections"] == len(sorted(truth)[::2])
+    served_after = requests.post(
+        f"{url}/infer/mammoxai", params={"image": sorted(truth)[1], "output": "json"}, timeout=300
+    ).json()["model"]["checkpoint_mtime"]
+    assert served_after != served_before
+    case = requests.post(f"{url}/activelearning/uncertainty", json={}, timeout=300).json()
+    assert case["id"] not in sorted(truth)[::2]  # labelled images are never proposed again
+
+
+def test_batch_infer_stores_heatmaps_under_the_prediction_tag_not_as_corrections(loop_server):
+    url, _, truth = loop_server
+    unlabeled = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()
+    response = requests.post(
+        f"{url}/batch/infer/mammoxai",
+        params={"images": "unlabeled", "run_sync": "true"},
+        json={"device": "cpu", "multi_gpu": False},
+        timeout=600,
+    )
+
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert results and all("predicted_class" in result for result in results.values())
+    image_id = sorted(results)[0]
+    heatmap = requests.get(f"{url}/datastore/label", params={"label": image_id, "tag": "prediction"}, timeout=30)
+    assert heatmap.status_code == 200 and heatmap.content.startswith(b"NRRD")
+    info = requests.get(f"{url}/datastore/label/info", params={"label": image_id, "tag": "prediction"}, timeout=30)
+    assert info.json()["params"]["predicted_class"] == results[image_id]["predicted_class"]
+    after = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()
+    finals = lambda index: {k for k, v in index["objects"].items() if "final" in v.get("labels", {})}  # noqa: E731
+    assert finals(after) == finals(unlabeled)
+
+
+def test_label_with_a_box_outside_the_image_is_422_and_not_stored(loop_server):
+    url, _, truth = loop_server
+    image_id = sorted(truth)[-1]
+    content = json.dumps({**LABEL, "class": "benign", "lesions": [{"type": "box", "box": [1, 1, 5000, 20]}]}).encode()
+
+    response = requests.put(
+        f"{url}/datastore/label", params={"image": image_id, "tag": "final"}, files={"label": ("l.json", content)}, timeout=60
+    )
+
+    assert response.status_code == 422, response.text
+    assert "outside" in response.json()["detail"]
+    assert "final" not in requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"][
+        image_id
+    ].get("labels", {})

@@ -1,0 +1,175 @@
+"""The app on a real PACS: Orthanc with its DICOMweb plugin on 127.0.0.1, fed over STOW-RS, served over QIDO/WADO-RS.
+
+Orthanc must run before these tests: ``scripts/orthanc.sh start`` installs and starts it and prints its DICOMweb
+URL, which the tests read from ``MAMMOXAI_ORTHANC_URL`` (default http://127.0.0.1:8042/dicom-web). Each run uploads
+its own synthetic patient under a fresh PatientID and starts the server with that PatientID as a QIDO-RS filter, so
+whatever else the PACS holds does not change what the tests see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from dicomweb_client import DICOMwebClient
+from monailabel.client import MONAILabelClient
+from pydicom.uid import CTImageStorage, generate_uid
+
+from dicom_factory import write_mammo_dicom
+from mammoxai.data.synth import synthesize
+from mammoxai.io import read_mammogram
+from mammoxai.io.heatmap import read_heatmap_nrrd
+from mammoxai.schema import validate_prediction
+
+pytest_plugins = ["server_fixture"]
+
+ORTHANC_URL = os.environ.get("MAMMOXAI_ORTHANC_URL", "http://127.0.0.1:8042/dicom-web")
+STUDY_ROWS = 320  # as server_fixture: keeps the synthetic detector's pixel spacing
+
+
+@pytest.fixture(scope="module")
+def pacs() -> DICOMwebClient:
+    try:
+        requests.get(f"{ORTHANC_URL}/studies", params={"limit": 1}, timeout=5).raise_for_status()
+    except requests.RequestException as error:
+        pytest.fail(
+            f"no DICOMweb server answers at {ORTHANC_URL} ({error}): run `scripts/orthanc.sh start` (installs and "
+            "starts Orthanc on 127.0.0.1) or set MAMMOXAI_ORTHANC_URL to a test PACS's DICOMweb root",
+            pytrace=False,
+        )
+    return DICOMwebClient(ORTHANC_URL)
+
+
+@pytest.fixture(scope="module")
+def uploaded(pacs, tmp_path_factory):
+    """One synthetic patient (4 MG views, the left CC and MLO in ONE series as vendors do) and a CT, sent by STOW-RS."""
+    folder = tmp_path_factory.mktemp("pacs_upload")
+    synthesize(folder, patients=1, seed=7, size=STUDY_ROWS)
+    patient = f"MXT{uuid.uuid4().hex[:12]}"
+    mammograms = [pydicom.dcmread(path) for path in sorted(folder.glob("*.dcm"))]
+    shared_series, study = generate_uid(), generate_uid()
+    for dataset in mammograms:  # fresh UIDs: a PACS keeps the first copy of an instance it already holds
+        dataset.PatientID = patient
+        dataset.StudyInstanceUID = study
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dataset.SeriesInstanceUID = shared_series if dataset.ImageLaterality == "L" else generate_uid()
+    ct_path = write_mammo_dicom(
+        folder / "ct.dcm",
+        np.full((32, 32), 100, np.uint16),
+        Modality="CT",
+        SOPClassUID=CTImageStorage,
+        PatientID=patient,
+        StudyInstanceUID=study,
+        ImageLaterality=None,
+        ViewPosition=None,
+        PresentationIntentType=None,
+    )
+    ct = pydicom.dcmread(ct_path)
+    ct.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    pacs.store_instances([*mammograms, ct])
+    originals = {}
+    for dataset in mammograms:
+        path = folder / f"{dataset.SOPInstanceUID}.dcm"
+        dataset.save_as(path)
+        originals[str(dataset.SOPInstanceUID)] = path
+    return {"patient": patient, "mammograms": originals, "ct": str(ct.SOPInstanceUID), "series": shared_series}
+
+
+@pytest.fixture(scope="module")
+def pacs_server(app_server, uploaded, tmp_path_factory):
+    """The app started with ``--studies <DICOMweb URL>``, the bundle (random weights) of the shared app server."""
+    root = tmp_path_factory.mktemp("pacs_server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = {
+        "bundle": str(app_server.bundle),
+        "dicomweb_cache": str(root / "cache"),
+        "dicomweb_filter": json.dumps({"PatientID": uploaded["patient"]}),
+    }
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+    server = type(app_server.server)(".", port=port, conf=conf, log=root / "server.log", env=env)
+    server.studies = ORTHANC_URL  # ServerProcess passes studies on as --studies; here it is a URL, not a folder
+    with server:
+        yield server, root / "cache"
+
+
+@pytest.fixture
+def client(pacs_server, tmp_path):
+    return MONAILabelClient(pacs_server[0].url, tmpdir=str(tmp_path))
+
+
+def test_datastore_lists_one_image_per_mg_instance_and_leaves_out_the_ct(client, uploaded):
+    objects = client.datastore()["objects"]
+
+    assert set(objects) == set(uploaded["mammograms"])  # 4 ids, though two views share one series
+    assert uploaded["ct"] not in objects
+    in_shared_series = [info for info in objects.values() if info["image"]["info"]["SeriesInstanceUID"] == uploaded["series"]]
+    assert sorted(info["image"]["info"]["view"] for info in in_shared_series) == ["CC", "MLO"]
+
+
+def test_image_info_keeps_the_dicom_header(client, uploaded):
+    sop, path = next(iter(uploaded["mammograms"].items()))
+    original = read_mammogram(path)
+
+    info = client.datastore()["objects"][sop]["image"]["info"]
+
+    assert info["header"]["PatientID"] == uploaded["patient"]
+    assert info["header"]["SOPInstanceUID"] == sop
+    assert info["header"]["Manufacturer"] == original.header["Manufacturer"]
+    assert (info["laterality"], info["view"]) == (original.laterality, original.view)
+    assert info["shape"] == list(original.shape)
+
+
+def test_cached_instance_has_the_pixels_sent_to_the_pacs(pacs_server, uploaded):
+    sop, path = next(iter(uploaded["mammograms"].items()))
+    cached = next(pacs_server[1].rglob(f"{sop}.dcm"))
+
+    assert np.array_equal(read_mammogram(cached).pixels, read_mammogram(path).pixels)
+
+
+def test_infer_on_a_pacs_image_returns_a_heatmap_in_its_geometry(client, app_server, uploaded):
+    sop, path = sorted(uploaded["mammograms"].items())[0]
+    mammogram = read_mammogram(path)
+
+    heatmap_file, params = client.infer(app_server.model, sop, {})
+
+    validate_prediction(params, source="server response")
+    heatmap, spacing = read_heatmap_nrrd(heatmap_file)
+    assert heatmap.shape == mammogram.shape
+    assert spacing == pytest.approx(mammogram.spacing)
+    assert params["image"]["laterality"] == mammogram.laterality
+
+
+def test_final_label_on_a_pacs_image_is_stored_and_read_back(client, app_server, uploaded, tmp_path):
+    sop = sorted(uploaded["mammograms"])[1]
+    label = {"class": app_server.class_names[0], "annotator": "dr.pacs", "timestamp": "2024-05-01T09:30:00+00:00"}
+    (tmp_path / "label.json").write_text(json.dumps(label))
+
+    client.save_label(sop, str(tmp_path / "label.json"), tag="final")
+
+    assert "final" in client.datastore()["objects"][sop]["labels"]
+    with open(client.download_label(sop, "final")) as stream:
+        assert json.load(stream) == label
+    training = requests.get(f"{client._server_url}/datastore/", params={"output": "train"}, timeout=30).json()
+    assert [os.path.basename(pair["image"]) for pair in training] == [f"{sop}.dcm"]
+
+
+def test_upload_to_a_pacs_datastore_is_refused_with_the_way_to_add_images(pacs_server, uploaded):
+    path = next(iter(uploaded["mammograms"].values()))
+
+    response = requests.put(
+        f"{pacs_server[0].url}/datastore/image",
+        params={"image": "direct_upload"},
+        files={"file": ("upload.dcm", path.read_bytes())},
+        timeout=60,
+    )
+
+    assert response.status_code == 422, response.text
+    assert "STOW-RS" in response.json()["detail"]

@@ -1,0 +1,152 @@
+"""The Slicer panel's logic (``slicer_extension/MammoXAI/MammoXAILib``) driven end to end against the real server.
+
+The logic is plain Python, so it runs here exactly as inside Slicer: a case is picked by the server's strategy
+and downloaded, inferred, corrected with a lesion box that goes through a volume's RAS-to-IJK matrix, saved as
+the final label and read back; training is started when the server offers it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammoxai.io import read_mammogram
+from mammoxai.io.heatmap import read_heatmap_nrrd
+from mammoxai.schema import validate_label, validate_prediction
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" / "MammoXAI"))
+from MammoXAILib import (  # noqa: E402
+    MammoXAIClient,
+    MammoXAIClientError,
+    ReviewSession,
+    box_lesion,
+    ijk_to_ras,
+    point_lesion,
+    read_nrrd_geometry,
+)
+
+pytest_plugins = ["server_fixture"]
+
+
+@pytest.fixture
+def unlabelled(app_server):
+    """A fresh copy of a study under a new id, so a strategy always has an unlabelled image to pick."""
+    image_id = f"copy_{uuid.uuid4().hex[:8]}"
+    MammoXAIClient(app_server.url).upload_image(str(app_server.studies / f"{app_server.study_ids()[0]}.dcm"), image_id)
+    return image_id
+
+
+@pytest.fixture
+def session(app_server, tmp_path):
+    session = ReviewSession(app_server.url, str(tmp_path / "work"), str(tmp_path / "pending"), annotator="dr.test")
+    session.connect()
+    return session
+
+
+def ras_corner(ijk_to_ras_matrix, x, y):
+    """RAS of original-pixel position (x, y), continuous coordinates (pixel centre at i + 0.5)."""
+    return (np.asarray(ijk_to_ras_matrix) @ [x - 0.5, y - 0.5, 0.0, 1.0])[:3]
+
+
+def sha1(path):
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def test_connect_names_the_model_its_classes_and_strategies(session, app_server):
+    info = session.info
+
+    assert info.model == app_server.model
+    assert info.class_names == app_server.class_names
+    assert "random" in info.strategies
+    assert info.url == app_server.url
+    assert app_server.model in info.summary
+
+
+def test_next_case_downloads_the_image_the_strategy_picks_byte_for_byte(session, app_server, unlabelled):
+    case = session.next_case("uncertainty")
+
+    assert case is not None
+    stored = app_server.studies / Path(case.image_path).name
+    assert stored.is_file()
+    assert sha1(case.image_path) == sha1(stored)
+    assert case.strategy in session.info.strategies
+    if "uncertainty" not in session.info.strategies:
+        assert "no 'uncertainty' strategy" in case.note
+    assert read_mammogram(case.image_path).shape == read_mammogram(stored).shape
+
+
+def test_run_returns_table_rows_and_a_heatmap_on_the_image_grid(session, app_server):
+    image_id = app_server.study_ids()[0]
+    mammogram = read_mammogram(app_server.studies / f"{image_id}.dcm")
+
+    outcome = session.run(image_id, saliency_method="gradcam")
+
+    view = outcome.view
+    assert view.class_names == app_server.class_names
+    assert [row.name for row in view.rows[: len(view.class_names)]] == app_server.class_names
+    assert sum(row.highlighted for row in view.rows if row.section == "class") == 1
+    assert view.image_shape == mammogram.shape
+    assert view.timing_text.startswith("server ")
+    assert outcome.notes == []
+    shape, spacing = read_nrrd_geometry(outcome.heatmap_path)
+    heatmap, reference_spacing = read_heatmap_nrrd(outcome.heatmap_path)
+    assert shape == heatmap.shape == mammogram.shape
+    assert spacing == pytest.approx(reference_spacing)
+
+
+def test_raw_prediction_from_the_client_passes_the_project_schema(app_server, tmp_path):
+    client = MammoXAIClient(app_server.url)
+
+    result = client.infer(app_server.model, app_server.study_ids()[1], str(tmp_path))
+
+    validate_prediction(result.prediction, source="slicer client")
+    assert Path(result.heatmap_path).read_bytes().startswith(b"NRRD")
+
+
+def test_a_case_is_corrected_with_a_ras_box_saved_and_read_back(session, app_server, unlabelled):
+    case = session.next_case("random")
+    assert case is not None
+    outcome = session.run(case.image_id)
+    rows, columns = outcome.view.image_shape
+    # the volume Slicer builds for the image, and its inverse as vtkMRMLVolumeNode.GetRASToIJKMatrix gives it
+    to_ras = ijk_to_ras(outcome.view.spacing_mm)
+    ras_to_ijk = np.linalg.inv(np.asarray(to_ras)).tolist()
+    corner_a, corner_b = ras_corner(to_ras, 10, 20), ras_corner(to_ras, 40, 60)
+    bounds = [coordinate for pair in zip(np.minimum(corner_a, corner_b), np.maximum(corner_a, corner_b)) for coordinate in pair]
+    box = box_lesion(ras_to_ijk, bounds, (rows, columns), finding="mass")
+    point = point_lesion(ras_to_ijk, ras_corner(to_ras, 30.5, 44.0), (rows, columns))
+    assert box["box"] == pytest.approx([10, 20, 40, 60])
+    assert point["point"] == pytest.approx([30.5, 44.0])
+
+    label = session.make_label(app_server.class_names[-1], birads="4", lesions=[box, point], image_shape=(rows, columns))
+    validate_label(label, class_names=app_server.class_names, image_shape=(rows, columns), source="slicer label")
+    answer = session.submit(case.image_id, label)
+
+    assert answer["label"] == case.image_id
+    assert session.read_back(case.image_id) == label
+    stored = app_server.studies / "labels" / "final" / f"{case.image_id}.json"
+    assert json.loads(stored.read_text()) == label
+    assert session.pending.pending() == []
+
+
+def test_training_is_started_or_the_servers_reason_is_reported(session):
+    if not session.info.trainers:
+        with pytest.raises(MammoXAIClientError, match="offers no training") as raised:
+            session.start_training()
+        assert raised.value.kind == "input"
+        return
+    try:
+        session.start_training({"max_epochs": 1})
+    except MammoXAIClientError as error:
+        # the shared test server holds one synthetic patient: the trainer asks for more final labels
+        assert error.status == 422
+        assert "final label" in error.message
+    else:
+        assert session.training_status().startswith("training ")
+        session.stop_training()

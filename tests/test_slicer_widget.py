@@ -1,0 +1,145 @@
+"""The MammoXAI panel's wiring: clicks reach the logic, results reach the widgets and MRML nodes.
+
+3D Slicer cannot be installed here, so ``slicer``, ``qt`` and ``vtk`` are small stand-ins (``tests/slicer_stub``)
+that load the real ``MammoXAI.ui`` into stub widgets and keep what the module sets on MRML nodes. Everything
+behind them is real: the module file, ``MammoXAILib`` and the MammoXAI server.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests" / "slicer_stub"), str(REPO / "slicer_extension" / "MammoXAI")]
+import MammoXAI  # noqa: E402
+import qt  # noqa: E402  (the stand-in)
+import slicer  # noqa: E402  (the stand-in)
+from MammoXAILib import SALIENCY_METHODS, STRATEGIES, MammoXAIClient  # noqa: E402
+
+pytest_plugins = ["server_fixture"]
+
+
+@pytest.fixture
+def widget(tmp_path, monkeypatch):
+    monkeypatch.setattr(qt.QSettings, "store", {})
+    monkeypatch.setattr(slicer.app, "slicerUserSettingsFilePath", str(tmp_path / "settings" / "Slicer.ini"))
+    slicer.mrmlScene.Clear()
+    slicer.util.layers.clear()
+    panel = MammoXAI.MammoXAIWidget()
+    panel.setup()
+    return panel
+
+
+@pytest.fixture
+def unlabelled(app_server):
+    """A fresh copy of a study under a new id, so "Next case" always has an unlabelled image to open."""
+    image_id = f"copy_{uuid.uuid4().hex[:8]}"
+    MammoXAIClient(app_server.url).upload_image(str(app_server.studies / f"{app_server.study_ids()[0]}.dcm"), image_id)
+    return image_id
+
+
+def connect(widget, url):
+    widget.ui.serverUrlEdit.text = url
+    widget.ui.annotatorEdit.text = "dr.widget"
+    widget.ui.connectButton.clicked.emit()
+
+
+def test_setup_fills_the_selectors_and_disables_what_needs_a_server(widget):
+    ui = widget.ui
+
+    assert ui.serverUrlEdit.text == MammoXAI.DEFAULT_URL
+    assert ui.strategyComboBox.items == list(STRATEGIES)
+    assert ui.strategyComboBox.currentText == "uncertainty"
+    assert ui.saliencyComboBox.items == list(SALIENCY_METHODS)
+    assert ui.biradsComboBox.items == ["", "0", "1", "2", "3", "4", "5", "6"]
+    assert not ui.nextCaseButton.enabled and not ui.runButton.enabled and not ui.saveButton.enabled
+    assert ui.opacitySlider.value == 0.5  # designer defaults from the .ui
+
+
+def test_the_server_url_is_remembered_in_the_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(qt.QSettings, "store", {MammoXAI.SETTINGS_URL: "http://pacs-ai:8000"})
+    monkeypatch.setattr(slicer.app, "slicerUserSettingsFilePath", str(tmp_path / "Slicer.ini"))
+    panel = MammoXAI.MammoXAIWidget()
+
+    panel.setup()
+
+    assert panel.ui.serverUrlEdit.text == "http://pacs-ai:8000"
+
+
+def test_a_server_that_is_down_is_reported_in_the_status_line(widget, free_port):
+    connect(widget, f"http://127.0.0.1:{free_port}")
+
+    assert "Cannot reach the server" in widget.ui.statusLabel.text
+    assert "b00020" in widget.ui.statusLabel.styleSheet  # shown as an error
+    assert not widget.ui.nextCaseButton.enabled
+    assert qt.QApplication.cursors == []  # the busy cursor is restored after a failure
+
+
+def test_review_from_connect_to_saved_label_through_the_panel(widget, app_server, unlabelled):
+    ui = widget.ui
+    connect(widget, app_server.url)
+    assert app_server.model in ui.serverInfoLabel.text
+    assert qt.QSettings().value(MammoXAI.SETTINGS_URL) == app_server.url
+    assert [button.text for button in widget.classGroup.buttons()] == app_server.class_names
+
+    ui.strategyComboBox.currentText = "random"
+    ui.nextCaseButton.clicked.emit()
+    case = widget.case
+    assert case is not None and ui.caseLabel.text == case.image_id
+    volume = slicer.util.layers["background"]
+    assert volume is widget.logic.volumeNode
+
+    ui.runButton.clicked.emit()
+    view = widget.outcome.view
+    assert ui.predictionTable.rowCount == len(view.rows)
+    for index, row in enumerate(view.rows):
+        item = ui.predictionTable.item(index, 0)
+        assert item.text() == row.name
+        assert (item.backgroundColor is not None) == row.highlighted
+    assert ui.timingLabel.text.startswith("server ")
+    heatmap = slicer.util.layers["foreground"]
+    assert heatmap.GetDisplayNode().colorNodeID == MammoXAI.HEATMAP_COLOR_NODE_ID
+    assert np.allclose(heatmap.ijkToRas, volume.ijkToRas)  # the heatmap lies exactly on the image
+    assert heatmap.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+
+    ui.opacitySlider.valueChanged.emit(0.8)
+    assert slicer.util.layers["foregroundOpacity"] == 0.8
+    ui.heatmapVisibleCheckBox.toggled.emit(False)
+    assert slicer.util.layers["foregroundOpacity"] == 0.0
+    ui.thresholdSlider.valueChanged.emit(0.5)
+    low, high = heatmap.GetImageData().GetScalarRange()
+    assert heatmap.GetDisplayNode().lowerThreshold == pytest.approx(low + 0.5 * (high - low))
+
+    ui.addBoxButton.clicked.emit()
+    box = slicer.modules.markups.logic().activeList
+    assert box.IsA("vtkMRMLMarkupsROINode")
+    column_mm, row_mm, _ = volume.GetSpacing()
+    box.SetXYZ(-(9.5 + 39.5) / 2 * column_mm, -(19.5 + 59.5) / 2 * row_mm, 0.0)  # pixels x 10..40, y 20..60
+    box.SetRadiusXYZ(15 * column_mm, 20 * row_mm, 0.5)
+    widget.classGroup.buttons()[-1].checked = True
+    ui.biradsComboBox.currentText = "5"
+    ui.nextAfterSaveCheckBox.checked = False
+    ui.saveButton.clicked.emit()
+
+    assert ui.statusLabel.text == f"Saved the final label of {case.image_id}."
+    label = widget.logic.session.read_back(case.image_id)
+    assert label["class"] == app_server.class_names[-1]
+    assert label["birads"] == "5"
+    assert label["annotator"] == "dr.widget"
+    assert label["lesions"][0]["box"] == pytest.approx([10, 20, 40, 60])
+
+
+def test_saving_without_a_class_says_what_to_do_and_sends_nothing(widget, app_server, unlabelled):
+    connect(widget, app_server.url)
+    widget.ui.nextCaseButton.clicked.emit()
+    assert widget.case is not None
+
+    widget.ui.saveButton.clicked.emit()
+
+    assert widget.ui.statusLabel.text.startswith("Choose a class")
+    assert widget.logic.session.pending.pending() == []
