@@ -228,7 +228,7 @@ def bootstrap_ci(
         if len(groups) != len(y_true):
             raise ValueError(f"y_true has {len(y_true)} samples but groups has {len(groups)}")
         _, cluster = np.unique(groups, return_inverse=True)
-        members = [np.flatnonzero(cluster == c) for c in range(cluster.max() + 1)] if len(groups) else []
+        members = np.split(np.argsort(cluster, kind="stable"), np.cumsum(np.bincount(cluster))[:-1])
         draws = (np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))]) for _ in range(n))
     values = np.array([metric(index) for index in draws]) if len(y_true) else np.full(n, math.nan)
     values = values[np.isfinite(values)]

@@ -1,5 +1,7 @@
 """Networks referenced by the bundle configs (``network_def``)."""
 
+from mammoxai.nets.backbones import BACKBONES, build_backbone
 from mammoxai.nets.classifier import MammoClassifier
+from mammoxai.nets.metadata_net import MetadataNet
 
-__all__ = ["MammoClassifier"]
+__all__ = ["BACKBONES", "MammoClassifier", "MetadataNet", "build_backbone"]

@@ -1,0 +1,142 @@
+"""One-channel image backbones chosen by name, with ImageNet weights from a local file and never from the network.
+
+A backbone maps a batch of images ``(B, C, H, W)`` to pooled features ``(B, F)``. They are torchvision's
+ResNets (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016) and EfficientNets (Tan and Le,
+"EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019) with the first
+convolution rebuilt for ``in_channels`` and the classifier removed. torchvision is used, rather than MONAI's
+``ResNet`` / ``EfficientNetBN``, because the ImageNet weights users already have on disk are torchvision state
+dicts, so one weight format serves both families. ``mammo_cnn`` is the bundle's own small classifier
+(:class:`~mammoxai.nets.classifier.MammoClassifier`, about 0.15 M parameters) without its last layer: it trains
+on a CPU, and its pretrained ``features`` have the shapes of those of ``configs/train.json``'s classifier.
+
+Weights are never downloaded (hospital networks are often offline, and a run must not depend on a URL): pass
+the path of a state dict saved with ``torch.save(torchvision.models.resnet18(weights="DEFAULT").state_dict(),
+path)`` on a machine that has the file. The first convolution's RGB kernels are summed into one grey kernel,
+which gives exactly the response the RGB network has to a grey image copied into all three channels.
+
+Example:
+    backbone, num_features = build_backbone("resnet18", in_channels=1)
+    features = backbone(torch.rand(2, 1, 256, 208))  # (2, 512)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.nets.classifier import MammoClassifier
+
+__all__ = ["BACKBONES", "build_backbone", "adapt_input_channels"]
+
+# family -> (qualified name of the first convolution, of the classifier that is removed)
+_FAMILIES: dict[str, tuple[str, str]] = {
+    "resnet": ("conv1", "fc"),
+    "efficientnet": ("features.0.0", "classifier"),
+    "mammo_cnn": ("features.stem.0", "fc"),
+}
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    **{
+        name: getattr(torchvision.models, name)
+        for name in (
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "resnet101",
+            "efficientnet_b0",
+            "efficientnet_b1",
+            "efficientnet_b2",
+            "efficientnet_b3",
+        )
+    },
+    "mammo_cnn": lambda weights: MammoClassifier(num_classes=1, dropout=0.0),
+}
+
+BACKBONES: tuple[str, ...] = tuple(_BUILDERS)
+"""Backbone names :func:`build_backbone` accepts (``-`` and ``_`` are interchangeable: ``efficientnet-b0``)."""
+
+
+def build_backbone(
+    name: str, in_channels: int = 1, weights: str | os.PathLike | None = None
+) -> tuple[nn.Module, int]:
+    """The backbone ``name`` for ``in_channels``-channel images, and the size of the features it returns.
+
+    Args:
+        name: one of :data:`BACKBONES`; case and ``-`` / ``_`` do not matter.
+        in_channels: image channels (1 for a mammogram).
+        weights: optional path of a state dict of the same architecture: torchvision's (e.g. ImageNet weights)
+            or, for ``mammo_cnn``, a ``MammoClassifier``'s. Its classifier is ignored and its first convolution
+            adapted to ``in_channels`` with :func:`adapt_input_channels`. None initialises randomly.
+
+    Returns:
+        ``(module, num_features)``: the module maps ``(B, in_channels, H, W)`` to ``(B, num_features)``.
+
+    Raises:
+        MammoXAIError: unknown ``name``; ``weights`` missing, unreadable or of another architecture.
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key not in _BUILDERS:
+        raise MammoXAIError(f"backbone {name!r}", "is not a known backbone", f"use one of {', '.join(BACKBONES)}")
+    if in_channels < 1:
+        raise MammoXAIError("in_channels", f"is {in_channels}", "use 1 for mammograms")
+    stem_name, head_name = next(names for family, names in _FAMILIES.items() if key.startswith(family))
+    model = _BUILDERS[key](weights=None)
+    linears = [module for module in model.get_submodule(head_name).modules() if isinstance(module, nn.Linear)]
+    num_features = linears[-1].in_features
+    model.set_submodule(head_name, nn.Identity())
+    stem = model.get_submodule(stem_name)
+    conv = nn.Conv2d(
+        in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=stem.bias is not None
+    )
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as torchvision initialises stems
+    model.set_submodule(stem_name, conv)
+    if weights is not None:
+        _load_weights(model, Path(weights), key, stem_name, head_name)
+    return model, num_features
+
+
+def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-convolution kernels ``(O, I, k, k)`` for ``in_channels`` inputs instead of ``I``.
+
+    Each new channel gets the sum of the ``I`` kernels divided by ``in_channels``. A grey image copied into
+    every channel then gives exactly the response the original network gives it copied into its ``I``
+    channels; for one channel this is the plain sum of the RGB kernels.
+    """
+    if weight.shape[1] == in_channels:
+        return weight
+    return weight.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+
+
+def _load_weights(model: nn.Module, path: Path, name: str, stem_name: str, head_name: str) -> None:
+    fix = f"pass a state dict of a {name} network, saved with torch.save(model.state_dict(), path)"
+    if not path.is_file():
+        raise MammoXAIError(path, "backbone weights file not found", f"{fix}, or null to start from random weights")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise MammoXAIError(path, f"is not a readable PyTorch weights file ({error})", fix) from error
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise MammoXAIError(path, "does not hold a state dict (parameter name -> tensor)", fix)
+    state = {key: value for key, value in state.items() if not key.startswith(f"{head_name}.")}
+    stem_key = f"{stem_name}.weight"
+    if stem_key in state:
+        state[stem_key] = adapt_input_channels(state[stem_key], model.get_submodule(stem_name).in_channels)
+    expected = model.state_dict()
+    problems = [f"missing {key}" for key in expected if key not in state]
+    problems += [f"unexpected {key}" for key in state if key not in expected]
+    problems += [
+        f"{key} has shape {tuple(value.shape)}, not {tuple(expected[key].shape)}"
+        for key, value in state.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise MammoXAIError(path, f"does not fit {name}: {shown}", fix)
+    model.load_state_dict(state)

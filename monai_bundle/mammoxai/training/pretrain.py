@@ -1,0 +1,742 @@
+"""The pieces ``configs/pretrain.json`` needs beyond MONAI's engines and handlers: metadata pretraining.
+
+Metadata pretraining (Litchfield et al., "Mammographic image metadata learning for model pretraining and
+explainable predictions", SPIE Medical Imaging 2022, doi:10.1117/12.2626199) teaches a backbone, from pixels
+alone, the DICOM header fields of a mammogram and which images come from the same patient and study. The
+labels cost nothing, so a site can pretrain on its whole unlabelled archive. In order of use:
+
+* :func:`load_records`: the manifest (optionally joined with a label CSV), every listed file checked to exist;
+* :func:`select_fields`, :func:`split_by_patient`, :func:`fit_label_space`: the label space of the fields
+  named in the config, a validation split by patient, and learned vocabularies (X-ray systems) fitted on the
+  training split, refusing a field that no training image has;
+* :class:`MetadataDataset`: images with their encoded field labels and their (patient, study) group, from the
+  DICOM header or from CSV columns (:func:`record_metadata`), so PNG / PGM data sets work too;
+* :class:`StudyBatchSampler` (+ :class:`SetSamplerEpoch`): batches built from whole studies, so every batch
+  holds positives for the contrastive loss; shards batches over DistributedDataParallel processes;
+* :class:`PretrainBatch`, :class:`LossTerms`, :class:`MetadataAccuracy`, :class:`MatchingAccuracy`: the engine
+  glue — batch preparation (channels-last on a GPU), loss logging and validation metrics;
+* :class:`CheckpointInfo`, :class:`Resume`, :func:`load_pretrained`: checkpoints that say what their heads
+  mean, resumption of an interrupted run, and loading the result for evaluation or fine-tuning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import CommonKeys
+from torch.utils.data import Sampler
+
+import mammoxai
+from mammoxai.data.dataset import MammogramDataset
+from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
+from mammoxai.errors import MammoXAIError
+from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataLabelSpace
+from mammoxai.nets.metadata_net import MetadataNet
+from mammoxai.training.losses import PretrainingLoss
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "load_records",
+    "record_metadata",
+    "select_fields",
+    "split_by_patient",
+    "fit_label_space",
+    "MetadataDataset",
+    "StudyBatchSampler",
+    "SetSamplerEpoch",
+    "PretrainBatch",
+    "LossTerms",
+    "MetadataAccuracy",
+    "MatchingAccuracy",
+    "validation_metrics",
+    "CheckpointInfo",
+    "Resume",
+    "latest_checkpoint",
+    "log_to_file",
+    "PretrainedModel",
+    "load_pretrained",
+]
+
+PRETRAIN_COMMAND = "python -m monai.bundle run --config_file configs/pretrain.json --dataset_dir <studies>"
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+def load_records(
+    manifest: str | os.PathLike,
+    label_csv: str | os.PathLike | None = None,
+    id_column: str | Sequence[str] = "sop_uid",
+    column_map: Mapping[str, str] | None = None,
+    strict: bool = True,
+) -> list[dict[str, Any]]:
+    """The manifest's records, joined with ``label_csv`` when given, with every image file checked to exist.
+
+    Checking up front turns a moved or deleted file into one error listing the missing files before
+    training starts, instead of a crash in a data-loader worker hours later.
+
+    Args:
+        manifest: a manifest CSV (:mod:`mammoxai.data.manifest`).
+        label_csv: optional CSV of per-image fields (patient, laterality, view, density, ...) joined to the
+            records, see :func:`mammoxai.data.manifest.join_labels`.
+        id_column: the CSV column(s) that identify an image.
+        column_map: renames CSV columns to manifest fields before joining.
+        strict: missing files and unmatched CSV rows are an error (True) or are skipped with a warning.
+
+    Raises:
+        MammoXAIError: no manifest, missing files (``strict``), a CSV that cannot be joined, or no image left.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise MammoXAIError(
+            manifest,
+            "manifest not found",
+            "write one with `python -m mammoxai.data.manifest <image folder> --out <image folder>/manifest.csv`, "
+            "or set dataset_dir / manifest",
+        )
+    records = read_manifest(manifest)
+    if label_csv:
+        records = join_labels(records, label_csv, id_column, column_map=column_map, strict=strict)
+    exists = [Path(record["path"]).is_file() for record in records]
+    missing = [str(record["path"]) for record, present in zip(records, exists) if not present]
+    report_unusable(manifest, "listed images do not exist", missing, strict, "restore them or rebuild the manifest")
+    records = [record for record, present in zip(records, exists) if present]
+    if not records:
+        raise MammoXAIError(manifest, "lists no existing image", "check the manifest's path column")
+    return records
+
+
+def record_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The header a record stands for: its columns, with the known ones also under their DICOM keywords.
+
+    :class:`~mammoxai.io.fields.MetadataLabelSpace` fields name DICOM keywords (``KVP``, ``ViewPosition``);
+    manifest columns carry them under short names (``kvp``, ``view``, see
+    :data:`mammoxai.data.manifest.HEADER_COLUMNS`), and a joined CSV may add columns no header has
+    (``density``). Both are visible here, so a field may read a header keyword or any CSV column.
+    """
+    return {**{key: value for key, value in record.items() if value is not None}, **record_header(record)}
+
+
+def select_fields(
+    fields: Sequence[str],
+    config_file: str | os.PathLike | None = None,
+    extra_fields: Sequence[Mapping[str, Any]] = (),
+) -> MetadataLabelSpace:
+    """The label space of ``fields`` (in head order), before any vocabulary is learned.
+
+    Args:
+        fields: names of the fields to pretrain on.
+        config_file: the field definitions (``configs/metadata_fields.json`` format); default the bundle's.
+        extra_fields: more definitions in the same format, added to or replacing (by name) those of the file,
+            e.g. ``{"name": "density", "type": "categorical", "keys": ["density"], "classes": ["A", "B", "C", "D"]}``
+            for a density column of a label CSV, or a re-binned ``kvp``.
+
+    Raises:
+        MammoXAIError: no field, a field named twice, or a field defined nowhere.
+    """
+    source = config_file or "configs/metadata_fields.json"
+    space = MetadataLabelSpace.from_file(config_file) if config_file else MetadataLabelSpace.default()
+    config = space.to_config()
+    definitions = {entry["name"]: entry for entry in config["fields"]}
+    for entry in extra_fields:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            fix = f"give field definitions with a 'name', as in {source}"
+            raise MammoXAIError("extra_fields", f"holds {entry!r}", fix)
+        definitions[entry["name"]] = dict(entry)
+    names = list(fields)
+    if not names:
+        raise MammoXAIError("fields", "is empty", f"name at least one of {list(definitions)}")
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise MammoXAIError("fields", f"names {repeated} more than once", "list each field once")
+    unknown = [name for name in names if name not in definitions]
+    if unknown:
+        raise MammoXAIError(
+            "fields",
+            f"names {unknown}, which {source} does not define",
+            f"use fields among {list(definitions)}, or define them in extra_fields",
+        )
+    return MetadataLabelSpace.from_config({**config, "fields": [definitions[name] for name in names]}, source=source)
+
+
+def _patient(label_space: MetadataLabelSpace, record: Mapping[str, Any]) -> str:
+    patient, study = label_space.identity(record_metadata(record))
+    return patient or study or str(record["path"])
+
+
+def split_by_patient(
+    records: Sequence[Mapping[str, Any]],
+    label_space: MetadataLabelSpace,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training and validation records, with all images of a patient on the same side.
+
+    Images of one patient share anatomy, X-ray system and often exposure, so validating on a patient seen in
+    training would overstate every field's accuracy and make same-patient matching trivial. The patient is
+    the label space's patient identity (``PatientID``, or a CSV ``patient_id`` column), else the study, else
+    the image itself.
+
+    Args:
+        records: manifest records.
+        label_space: gives the patient identity keys.
+        val_fraction: share of patients held out (at least one, and at least one left for training).
+        seed: seed of the shuffle, so a split is reproducible.
+
+    Raises:
+        MammoXAIError: ``val_fraction`` outside (0, 1), or fewer than two patients.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise MammoXAIError("val_fraction", f"is {val_fraction}", "use a fraction between 0 and 1, e.g. 0.2")
+    owners = [_patient(label_space, record) for record in records]
+    patients = sorted(set(owners))
+    if len(patients) < 2:
+        problem = f"{len(records)} images come from {len(patients)} patient(s)"
+        raise MammoXAIError("validation split", problem, "use images of at least two patients")
+    random.Random(seed).shuffle(patients)
+    held_out = set(patients[: min(len(patients) - 1, max(1, round(val_fraction * len(patients))))])
+    train = [dict(record) for record, owner in zip(records, owners) if owner not in held_out]
+    val = [dict(record) for record, owner in zip(records, owners) if owner in held_out]
+    logger.info(
+        "split by patient: %d images / %d patients for training, %d / %d for validation",
+        len(train), len(patients) - len(held_out), len(val), len(held_out),
+    )
+    return train, val
+
+
+def fit_label_space(label_space: MetadataLabelSpace, records: Sequence[Mapping[str, Any]]) -> MetadataLabelSpace:
+    """``label_space`` with its learned vocabularies fitted on ``records`` (the training split), checked usable.
+
+    Logs, per field, how many images carry a label and how they spread over the classes, and warns about a
+    field with a single class (its head has nothing to learn).
+
+    Raises:
+        MammoXAIError: a field has no known value in any of ``records`` — it would train a head on nothing.
+    """
+    headers = [record_metadata(record) for record in records]
+    for name in label_space.fields:
+        field = label_space.field(name)
+        if not any(_has_label(field, header) for header in headers):
+            raise MammoXAIError(
+                f"field {name!r}",
+                f"is absent from all {len(headers)} training images (read from {' + '.join(field.keys)})",
+                "remove it from 'fields' in the config, or supply its values in a label CSV",
+            )
+    fitted = label_space.fit(headers)
+    for name in fitted.fields:
+        counts = Counter(fitted.encode(header)[name] for header in headers)
+        known = len(headers) - counts.pop(UNKNOWN, 0)
+        spread = ", ".join(f"{fitted.decode(name, index)}: {count}" for index, count in sorted(counts.items()))
+        logger.info("field %s: %d of %d training images labelled (%s)", name, known, len(headers), spread)
+        if len(counts) < 2:
+            logger.warning("field %s has a single class in the training images; its head learns nothing", name)
+    return fitted
+
+
+def _has_label(field: CategoricalField | BinnedField, header: Mapping[str, Any]) -> bool:
+    """Whether ``header`` gives ``field`` a class (for a vocabulary not learned yet: any value at all)."""
+    if isinstance(field, CategoricalField) and field.classes is None:
+        return field.value(header) is not None
+    return field.encode(header) != UNKNOWN
+
+
+class MetadataDataset(MammogramDataset):
+    """:class:`~mammoxai.data.dataset.MammogramDataset` samples with metadata labels and a study group added.
+
+    Each sample also holds ``fields``: field → class index (-1 where the header or CSV does not say), and
+    ``group``: an integer shared by the images of one (patient, study) — the positives of the contrastive
+    loss — or -1 when neither patient nor study is known. Labels are computed from the records alone
+    (:func:`record_metadata`), so no image is read until it is loaded. When the records give a patient but no
+    study (typical of PNG data sets with a CSV), all images of the patient form one group.
+
+    Args:
+        records: manifest records (a training or validation split).
+        label_space: the fitted label space (:func:`fit_label_space`).
+        image_size: (h, w) of the model grid.
+        cache_dir: preprocessed-tensor cache, see :class:`~mammoxai.data.cache.PreprocessedCache`.
+        transform: applied to each sample dict (e.g. intensity augmentation with ``keys="image"``).
+        file_key: how the cache recognises a file, ``"content"`` or ``"stat"``.
+
+    Example:
+        dataset = MetadataDataset(train_records, label_space, (512, 416), cache_dir="cache/")
+        sample = dataset[0]    # {"image": (1, 512, 416), "fields": {"view": 1, "kvp": -1, ...}, "group": 3, ...}
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        label_space: MetadataLabelSpace,
+        image_size: int | Sequence[int],
+        cache_dir: str | os.PathLike | None = None,
+        transform: Callable | None = None,
+        file_key: str = "content",
+    ) -> None:
+        super().__init__(records, image_size, cache_dir=cache_dir, transform=transform, file_key=file_key)
+        self.label_space = label_space
+        headers = [record_metadata(record) for record in self.data]
+        self.targets: list[dict[str, int]] = [label_space.encode(header) for header in headers]
+        identities = [label_space.identity(header) for header in headers]
+        known = sorted({identity for identity in identities if identity != (None, None)}, key=str)
+        index = {identity: position for position, identity in enumerate(known)}
+        self.groups: list[int] = [index.get(identity, UNKNOWN) for identity in identities]
+
+    def _transform(self, index: int) -> dict[str, Any]:
+        sample = super()._transform(index)
+        return {**sample, "fields": dict(self.targets[index]), "group": self.groups[index]}
+
+
+class StudyBatchSampler(Sampler[list[int]]):
+    """Batches made of whole studies, so that every image has positives for the contrastive loss.
+
+    Each epoch the images of every study (group) are shuffled and cut into chunks of ``views_per_study``
+    (a lone leftover joins the previous chunk), the chunks are shuffled, and batches of exactly
+    ``batch_size`` are filled with whole chunks, each time the first of the next few chunks that still fits;
+    only when none fits is a chunk split across two batches. Every image is seen once per epoch and the
+    number of batches is the same every epoch, as ignite needs. Images of unknown group are chunks of one
+    (negatives only), which also fill the gaps odd chunks leave.
+
+    With ``num_replicas`` > 1 (DistributedDataParallel) the same epoch's batches are dealt out in turn, like
+    ``torch.utils.data.DistributedSampler``, repeating the first ones so every process gets as many.
+
+    Args:
+        groups: per dataset index, its group id (-1 unknown), e.g. :attr:`MetadataDataset.groups`.
+        batch_size: images per batch (per process).
+        views_per_study: images of one study kept together; 2 pairs e.g. a CC with an MLO view.
+        shuffle: reshuffle each epoch (set the epoch with :meth:`set_epoch`, see :class:`SetSamplerEpoch`).
+        seed: seed shared by all processes.
+        drop_last: drop a final incomplete batch.
+        num_replicas: number of processes; rank: this process.
+
+    Example:
+        sampler = StudyBatchSampler(dataset.groups, batch_size=32, views_per_study=2)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=4)
+    """
+
+    _lookahead = 32  # how many chunks ahead one that fits is looked for: bounds the cost of packing
+
+    def __init__(
+        self,
+        groups: Sequence[int],
+        batch_size: int,
+        views_per_study: int = 2,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if batch_size < 2:
+            raise MammoXAIError("batch_size", f"is {batch_size}", "use at least 2 so a batch can hold a pair")
+        if not 2 <= views_per_study <= batch_size:
+            fix = f"use 2 to batch_size ({batch_size}), e.g. 2 for a CC and an MLO view"
+            raise MammoXAIError("views_per_study", f"is {views_per_study}", fix)
+        if not 0 <= rank < num_replicas:
+            raise MammoXAIError("sampler rank", f"is {rank} of {num_replicas} processes", "use 0 <= rank < replicas")
+        members: dict[int, list[int]] = defaultdict(list)
+        alone: list[list[int]] = []
+        for index, group in enumerate(groups):
+            if group == UNKNOWN:
+                alone.append([index])
+            else:
+                members[group].append(index)
+        self.studies: list[list[int]] = [members[group] for group in sorted(members)] + alone
+        self.num_images = len(groups)
+        self.batch_size, self.views_per_study = batch_size, views_per_study
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle differently (but identically in every process) in each epoch."""
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """All batches of the current epoch, before they are dealt out to processes."""
+        rng = random.Random(f"{self.seed}/{self.epoch}")
+        chunks = []
+        size = self.views_per_study
+        for study in self.studies:
+            study = list(study)
+            if self.shuffle:
+                rng.shuffle(study)
+            pieces = [study[start : start + size] for start in range(0, len(study), size)]
+            if len(pieces) > 1 and len(pieces[-1]) == 1:
+                pieces[-2] += pieces.pop()
+            chunks += pieces
+        if self.shuffle:
+            rng.shuffle(chunks)
+        batches = self._pack(chunks)
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def _pack(self, chunks: list[list[int]]) -> list[list[int]]:
+        batches, batch, pending = [], [], deque(chunks)
+        while pending:
+            space = self.batch_size - len(batch)
+            ahead = enumerate(islice(pending, self._lookahead))
+            fitting = next((position for position, chunk in ahead if len(chunk) <= space), None)
+            if fitting is not None:
+                batch += pending[fitting]
+                del pending[fitting]
+            else:  # split the next chunk: its first images end this batch, the rest starts the next
+                chunk = pending.popleft()
+                batch += chunk[:space]
+                pending.appendleft(chunk[space:])
+            if len(batch) == self.batch_size:
+                batches.append(batch)
+                batch = []
+        return batches + [batch] if batch else batches
+
+    def __len__(self) -> int:
+        total = self.num_images // self.batch_size if self.drop_last else math.ceil(self.num_images / self.batch_size)
+        return math.ceil(total / self.num_replicas)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches()
+        if not batches:
+            return iter([])
+        wanted = len(self) * self.num_replicas
+        batches = (batches * math.ceil(wanted / len(batches)))[:wanted]
+        return iter(batches[self.rank :: self.num_replicas])
+
+
+class SetSamplerEpoch:
+    """Calls ``sampler.set_epoch(epoch)`` when each epoch starts, so each epoch (also after resuming) is
+    shuffled anew and alike in every process. MONAI's workflows do this only for a ``DistributedSampler``
+    passed as ``sampler``, not for a batch sampler.
+    """
+
+    def __init__(self, sampler: StudyBatchSampler) -> None:
+        self.sampler = sampler
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.sampler.set_epoch(engine.state.epoch)
+
+
+# -- engine glue ----------------------------------------------------------------------------------------------
+class PretrainBatch:
+    """MONAI ``prepare_batch``: the images, and ``{"fields": {field: (B,)}, "group": (B,)}`` as targets.
+
+    Args:
+        channels_last: move images to channels-last memory format, for a network converted with
+            ``network.to(memory_format=torch.channels_last)``: faster convolutions with tensor cores on a GPU.
+    """
+
+    def __init__(self, channels_last: bool = False) -> None:
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        move = {"device": device, "non_blocking": non_blocking}
+        image = batchdata["image"].to(memory_format=self.memory_format, **move, **kwargs)
+        fields = {name: value.to(**move) for name, value in batchdata["fields"].items()}
+        return image, {"fields": fields, "group": batchdata["group"].to(**move)}
+
+
+class LossTerms:
+    """``output_transform`` for MONAI's stats handlers: the total loss and each part as numbers.
+
+    Logged per iteration, the parts show which field is learned and which is stuck (a field whose loss stays
+    at ``log(classes)`` learns nothing), which the total alone hides.
+    """
+
+    def __init__(self, loss: PretrainingLoss) -> None:
+        self.loss = loss
+
+    def __call__(self, output: Mapping[str, Any]) -> dict[str, float]:
+        with torch.no_grad():
+            terms = self.loss.terms(output[CommonKeys.PRED], output[CommonKeys.LABEL])
+        return {name: float(value) for name, value in terms.items()}
+
+
+class MetadataAccuracy(Metric):
+    """Accuracy of metadata heads over an evaluation run, averaged over ``fields`` (macro).
+
+    Images whose label of a field is unknown are left out of that field; a field with no labelled image in
+    the run is left out of the average, and with none left the result is 0 (not NaN, which would stop
+    ``CheckpointSaver`` from ever keeping a best model). Reads ``pred["logits"]`` and ``label["fields"]`` of the
+    engine output of a :class:`~mammoxai.nets.MetadataNet` evaluator. Sums are reduced across
+    DistributedDataParallel processes.
+
+    Args:
+        fields: the fields averaged; one field gives that field's accuracy.
+        output_transform: ignite's hook on the engine output.
+        device: where the running sums live (the GPU under NCCL).
+    """
+
+    required_output_keys = (CommonKeys.PRED, CommonKeys.LABEL)
+
+    def __init__(
+        self,
+        fields: Sequence[str],
+        output_transform: Callable = lambda output: output,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.fields = list(fields)
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._correct = torch.zeros(len(self.fields), dtype=torch.float64, device=self._device)
+        self._count = torch.zeros(len(self.fields), dtype=torch.float64, device=self._device)
+
+    @reinit__is_reduced
+    def update(self, output: tuple[Mapping[str, Any], Mapping[str, Any]]) -> None:
+        logits, targets = output[0]["logits"], output[1]["fields"]
+        for position, name in enumerate(self.fields):
+            target = targets[name]
+            known = target != UNKNOWN
+            self._correct[position] += ((logits[name].argmax(dim=1) == target) & known).sum().to(self._device)
+            self._count[position] += known.sum().to(self._device)
+
+    @sync_all_reduce("_correct", "_count")
+    def compute(self) -> float:
+        defined = self._count > 0
+        return float((self._correct[defined] / self._count[defined]).mean()) if defined.any() else 0.0
+
+
+class MatchingAccuracy(Metric):
+    """Same-study retrieval: how often an image's nearest neighbour (cosine, matching embedding) is from its study.
+
+    Over all images of the run (gathered from every process), for each image whose group has another image
+    in the run; NaN when there is none. A quick per-epoch view of the matching task; the balanced same /
+    different pair accuracy and ROC AUC of the paper are the evaluation workflow's.
+    """
+
+    required_output_keys = (CommonKeys.PRED, CommonKeys.LABEL)
+    _chunk = 1024
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._embeddings: list[torch.Tensor] = []
+        self._groups: list[torch.Tensor] = []
+
+    @reinit__is_reduced
+    def update(self, output: tuple[Mapping[str, Any], Mapping[str, Any]]) -> None:
+        self._embeddings.append(output[0]["match"].detach().float().cpu())
+        self._groups.append(output[1]["group"].detach().cpu())
+
+    def compute(self) -> float:
+        parts = idist.all_gather((self._embeddings, self._groups))
+        if not any(part[0] for part in parts):
+            return float("nan")
+        embeddings = torch.cat([tensor for part in parts for tensor in part[0]])
+        groups = torch.cat([tensor for part in parts for tensor in part[1]])
+        sizes = Counter(groups.tolist())
+        queries = [i for i, group in enumerate(groups.tolist()) if group != UNKNOWN and sizes[group] > 1]
+        if not queries:
+            return float("nan")
+        correct = 0
+        for start in range(0, len(queries), self._chunk):
+            rows = torch.as_tensor(queries[start : start + self._chunk])
+            similarity = embeddings[rows] @ embeddings.T
+            similarity[torch.arange(len(rows)), rows] = -math.inf
+            correct += int((groups[similarity.argmax(dim=1)] == groups[rows]).sum())
+        return correct / len(queries)
+
+
+def validation_metrics(fields: Sequence[str], device: str | torch.device = "cpu") -> dict[str, Metric]:
+    """The per-epoch validation metrics besides the key metric: ``val_acc/<field>`` and ``val_match_top1``."""
+    metrics: dict[str, Metric] = {f"val_acc/{name}": MetadataAccuracy([name], device=device) for name in fields}
+    metrics["val_match_top1"] = MatchingAccuracy(device=device)
+    return metrics
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------------
+class CheckpointInfo:
+    """What a checkpoint holds besides weights: how to rebuild the network and what its heads mean.
+
+    Saved under ``"info"`` (``state_dict``): the network's constructor arguments, the fitted label space
+    (fields, bins, learned X-ray systems) as its JSON config, the class names per field and the image size.
+    On resume (``load_state_dict``) it refuses a checkpoint made with another setup, since the weights or heads
+    would not fit or would silently mean something else.
+
+    Args:
+        network: the pretrained network (unwrapped from DistributedDataParallel).
+        label_space: the fitted label space whose classes the heads predict.
+        image_size: (h, w) of the model grid.
+    """
+
+    def __init__(self, network: MetadataNet, label_space: MetadataLabelSpace, image_size: Sequence[int]) -> None:
+        self.network_config = dict(network.config)
+        self.label_space = label_space
+        self.image_size = [int(size) for size in image_size]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mammoxai_version": mammoxai.__version__,
+            "network_config": self.network_config,
+            "label_space": self.label_space.to_config(),
+            "class_names": {name: self.label_space.class_names(name) for name in self.label_space.fields},
+            "image_size": self.image_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        current = self.state_dict()
+        differing = [key for key in ("network_config", "label_space", "image_size") if state.get(key) != current[key]]
+        if differing:
+            raise MammoXAIError(
+                "resume",
+                f"the checkpoint was made with another {', '.join(differing)} than this run's",
+                "resume with the settings and data of the interrupted run, or set resume to false to start over",
+            )
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, file_prefix: str = "pretrain") -> Path | None:
+    """The epoch checkpoint with the highest epoch that ``CheckpointSaver(file_prefix=...)`` wrote, or None."""
+    pattern = re.compile(rf"{re.escape(file_prefix)}_checkpoint_epoch=(\d+)\.pt")
+    epochs = {path: pattern.fullmatch(path.name) for path in Path(ckpt_dir).glob("*.pt")}
+    found = [(int(match.group(1)), path) for path, match in epochs.items() if match]
+    return max(found)[1] if found else None
+
+
+class Resume:
+    """Continue an interrupted run from its newest epoch checkpoint, when the trainer starts.
+
+    Restores the network, optimizer, learning-rate schedule and trainer state (so the epoch counter goes
+    on), and, from the best checkpoint, which score the best model had, so a resumed run does not replace a
+    better model with a worse one. With no checkpoint yet the run starts from scratch, so a job script can
+    always pass ``resume=true``. The schedule is the interrupted run's, its length included: raising
+    ``epochs`` on resume adds epochs but does not stretch the cosine decay.
+
+    Args:
+        ckpt_dir: where the epoch checkpoints are.
+        objects: name → object with ``load_state_dict`` (the epoch ``CheckpointSaver``'s ``save_dict``).
+        enabled: False does nothing (a fresh run that overwrites old checkpoints).
+        file_prefix: the epoch ``CheckpointSaver``'s ``file_prefix``.
+        best_file: the best-model checkpoint, saved with ``key_metric_save_state=True``.
+        best_saver: the ``CheckpointSaver`` that writes ``best_file``.
+        map_location: where to load tensors.
+
+    Raises:
+        MammoXAIError: the newest checkpoint is from a later epoch than the run's ``max_epochs``, or from
+            another setup (see :class:`CheckpointInfo`).
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        objects: Mapping[str, Any],
+        enabled: bool = True,
+        file_prefix: str = "pretrain",
+        best_file: str | os.PathLike | None = None,
+        best_saver: CheckpointSaver | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.objects = dict(objects)
+        self.enabled = enabled
+        self.file_prefix = file_prefix
+        self.best_file = Path(best_file) if best_file is not None else None
+        self.best_saver = best_saver
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.ckpt_dir, self.file_prefix)
+        if path is None:
+            logger.warning("resume: no %s checkpoint in %s, starting from scratch", self.file_prefix, self.ckpt_dir)
+            return
+        epoch = int(path.stem.rsplit("=", 1)[1])
+        if epoch > engine.state.max_epochs:
+            problem = f"is from epoch {epoch}, beyond this run's {engine.state.max_epochs} epochs"
+            raise MammoXAIError(path, problem, "raise epochs to continue")
+        CheckpointLoader(str(path), self.objects, map_location=self.map_location)(engine)
+        if self.best_saver is not None and self.best_file is not None and self.best_file.is_file():
+            best = torch.load(self.best_file, map_location="cpu", weights_only=True)
+            if "checkpointer" in best:
+                self.best_saver.load_state_dict(best["checkpointer"])
+        logger.info("resumed from %s: epoch %d of %d done", path, engine.state.epoch, engine.state.max_epochs)
+
+
+def log_to_file(path: str | os.PathLike) -> logging.Handler:
+    """Also write the log (INFO and above, every logger) to ``path``: the plain-text record of a run.
+
+    The root logger is lowered to INFO if it was higher, so the handlers' epoch and metric lines reach the
+    file; calling again with the same path adds nothing.
+    """
+    path = Path(path).resolve()
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path:
+            return handler
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    root.addHandler(handler)
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+@dataclass
+class PretrainedModel:
+    """A pretrained :class:`~mammoxai.nets.MetadataNet` with the label space its heads predict.
+
+    Args:
+        network: the network, in eval mode.
+        label_space: the fitted label space (``label_space.decode(field, index)`` names a predicted class).
+        image_size: (h, w) of the model grid it was trained on (:func:`mammoxai.io.prepare_image`).
+    """
+
+    network: MetadataNet
+    label_space: MetadataLabelSpace
+    image_size: tuple[int, int]
+
+
+def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PretrainedModel:
+    """Load a checkpoint written by ``configs/pretrain.json`` (``models/pretrained.pt`` or an epoch checkpoint).
+
+    Example:
+        pretrained = load_pretrained("models/pretrained.pt")
+        out = pretrained.network(image[None])
+        pretrained.label_space.decode("view", int(out["logits"]["view"].argmax()))   # "MLO"
+
+    Raises:
+        MammoXAIError: the file is missing or is not a metadata-pretraining checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MammoXAIError(path, "pretrained checkpoint not found", f"pretrain first: {PRETRAIN_COMMAND}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        fix = f"pass the pretrained.pt that pretraining wrote ({PRETRAIN_COMMAND})"
+        raise MammoXAIError(path, f"is not a readable checkpoint ({error})", fix) from error
+    if not isinstance(checkpoint, Mapping) or "network" not in checkpoint or "info" not in checkpoint:
+        problem = "is not a metadata-pretraining checkpoint (it has no 'network' and 'info' entries)"
+        raise MammoXAIError(path, problem, "pass the pretrained.pt that pretraining wrote")
+    info = checkpoint["info"]
+    network = MetadataNet(**info["network_config"])
+    network.load_state_dict(checkpoint["network"])
+    label_space = MetadataLabelSpace.from_config(info["label_space"], source=path)
+    return PretrainedModel(network.eval(), label_space, tuple(info["image_size"]))

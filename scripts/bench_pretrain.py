@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""Throughput of metadata pretraining: training images per second, and how long each step waits for data.
+
+Runs the training loop of the bundle's ``configs/pretrain.json`` itself (the same dataset, study batch sampler,
+cache, network, losses, handlers and ``SupervisedTrainer``) for a few iterations per setting, over every
+combination of batch size, image size, AMP and channels-last asked for. Per setting it reports
+
+* images per second over the timed iterations (after ``--warmup`` untimed ones: cuDNN autotuning, worker
+  start-up and allocator growth are not steady state);
+* the data-wait share: the time the trainer was blocked in the DataLoader iterator (between ignite's
+  ``GET_BATCH_STARTED`` and ``GET_BATCH_COMPLETED``) over the total. Near zero means loading keeps up with the
+  accelerator; a large share means more ``--num_workers`` or a faster disk, not a faster GPU, would help.
+
+The preprocessed-tensor cache is filled before timing, as it is after pretraining's first epoch; the fill rate
+(decoding and preprocessing in one process) is reported separately. AMP is CUDA-only in MONAI's trainer, so
+on a CPU ``--amp on`` settings are skipped. A table is printed and, unless ``--no-record``, appended as a
+section to ``BENCHMARKS.md`` at the repository root with the command and the hardware.
+
+Example (GPU, the figure the model card quotes)::
+
+    python scripts/bench_pretrain.py --patients 24 --size 1024 --image-sizes 512x416 --batch-sizes 16 32 \\
+        --amp off on --channels-last off on --num-workers 8
+
+Example (CPU, reduced)::
+
+    python scripts/bench_pretrain.py --patients 4 --size 256 --image-sizes 256x208 --batch-sizes 8 \\
+        --channels-last off on --iterations 6 --warmup 2 --num-workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.inference import resolve_device
+from mammoxai.reports import hardware_description
+from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT
+
+REPO = BUNDLE_ROOT.parent
+BENCHMARKS = REPO / "BENCHMARKS.md"
+SECTION = "Metadata pretraining throughput"
+
+
+@dataclass
+class Setting:
+    batch_size: int
+    image_size: tuple[int, int]
+    amp: bool
+    channels_last: bool
+
+
+@dataclass
+class Result:
+    setting: Setting
+    images_per_second: float
+    step_ms: float
+    data_wait_share: float
+
+
+class StepTimer:
+    """Per iteration: when it ended, how long the trainer waited for its batch, and the batch's size."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.waits: list[float] = []
+        self.ends: list[float] = []
+        self.sizes: list[int] = []
+        self._asked = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_started)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_completed)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+
+    def _batch_started(self, engine: Engine) -> None:
+        self._asked = time.perf_counter()
+
+    def _batch_completed(self, engine: Engine) -> None:
+        self.waits.append(time.perf_counter() - self._asked)
+        self.sizes.append(len(engine.state.batch["image"]))
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step is done when the GPU is, not when it was queued
+        self.ends.append(time.perf_counter())
+
+    def summary(self, warmup: int) -> tuple[float, float, float]:
+        """(images per second, milliseconds per step, data-wait share) over the iterations after ``warmup``."""
+        total = self.ends[-1] - self.ends[warmup - 1]
+        steps = len(self.ends) - warmup
+        return sum(self.sizes[warmup:]) / total, 1000.0 * total / steps, sum(self.waits[warmup:]) / total
+
+
+def pretrain_parser(args: argparse.Namespace, setting: Setting, work: Path, dataset_dir: Path) -> ConfigParser:
+    """``configs/pretrain.json`` for one setting: outputs in ``work``, one epoch of the iterations asked for."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "pretrain.json"))
+    overrides = {
+        "bundle_root": str(BUNDLE_ROOT),
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "logs"),
+        "cache_dir": str(work / "cache"),
+        "dataset_dir": str(dataset_dir),
+        "backbone": args.backbone,
+        "device": args.device,
+        "num_workers": args.num_workers,
+        "batch_size": setting.batch_size,
+        "image_size": list(setting.image_size),
+        "amp": setting.amp,
+        "channels_last": setting.channels_last,
+        "epochs": 1,
+        "val_interval": 10**9,  # timing training steps: never validate
+        "log_every": 10**9,
+        "train#trainer#epoch_length": args.warmup + args.iterations,
+    }
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def fill_cache(parser: ConfigParser) -> float:
+    """Preprocess every training image into the cache (as the first epoch does); returns images per second."""
+    dataset = parser.get_parsed_content("train#dataset")
+    start = time.perf_counter()
+    for index in range(len(dataset)):
+        dataset[index]
+    return len(dataset) / (time.perf_counter() - start)
+
+
+def measure(args: argparse.Namespace, setting: Setting, work: Path, dataset_dir: Path) -> Result:
+    parser = pretrain_parser(args, setting, work, dataset_dir)
+    parser.get_parsed_content("initialize")
+    trainer = parser.get_parsed_content("train#trainer")
+    timer = StepTimer(resolve_device(args.device))
+    timer.attach(trainer)
+    trainer.run()
+    if len(timer.ends) != args.warmup + args.iterations:
+        raise RuntimeError(f"the trainer ran {len(timer.ends)} iterations, not {args.warmup + args.iterations}")
+    images_per_second, step_ms, wait = timer.summary(args.warmup)
+    return Result(setting, images_per_second, step_ms, wait)
+
+
+def markdown_table(results: list[Result], args: argparse.Namespace) -> list[str]:
+    lines = [
+        "| backbone | batch | image (h x w) | AMP | channels-last | workers | images/s | ms/step | data wait |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        s = result.setting
+        lines.append(
+            f"| {args.backbone} | {s.batch_size} | {s.image_size[0]} x {s.image_size[1]} | {'on' if s.amp else 'off'} "
+            f"| {'on' if s.channels_last else 'off'} | {args.num_workers} | {result.images_per_second:.1f} "
+            f"| {result.step_ms:.0f} | {100 * result.data_wait_share:.1f} % |"
+        )
+    return lines
+
+
+def record(
+    results: list[Result], args: argparse.Namespace, device: torch.device, data: str, fills: dict, notes: list[str]
+) -> None:
+    """Append this run as a section of BENCHMARKS.md (created with a title when absent).
+
+    The system load average is recorded with the figures: other processes competing for the CPU (or feeding
+    the GPU) slow a run down, and a reader comparing two sections needs to know.
+    """
+    load = "load average (1, 5, 15 min) " + ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "load unknown"
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    command = shlex.join(["python", "scripts/bench_pretrain.py", *sys.argv[1:]])
+    fill = ", ".join(f"{h} x {w}: {rate:.1f} images/s" for (h, w), rate in fills.items())
+    lines = [
+        f"## {SECTION}: {hardware_description(device)}, {when}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Hardware: {hardware_description(device)}; torch {torch.__version__}; {load}. Data: {data}. "
+        f"Timed {args.iterations} training iterations after {args.warmup} warm-up iterations per row, with the "
+        f"preprocessed-tensor cache filled beforehand (cache fill, one process: {fill}).",
+        "",
+        *markdown_table(results, args),
+        "",
+        *[f"- {note}" for note in notes],
+        "",
+    ]
+    existing = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.is_file() else "# Benchmarks\n\nEvery figure with the command that produced it and the hardware it ran on.\n"
+    BENCHMARKS.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
+
+
+def image_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW, e.g. 512x416") from None
+    return height, width
+
+
+def on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not on or off")
+    return text == "on"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset_dir", type=Path, help="studies with a manifest.csv (default: synthesize them)")
+    parser.add_argument("--patients", type=int, default=8, help="synthetic patients when no --dataset_dir")
+    parser.add_argument("--size", type=int, default=512, help="rows of the largest synthetic images")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16])
+    parser.add_argument("--image-sizes", type=image_size, nargs="+", default=[(512, 416)], help="HxW model grids")
+    parser.add_argument("--amp", type=on_off, nargs="+", default=[False, True], help="on / off (CUDA only)")
+    parser.add_argument("--channels-last", type=on_off, nargs="+", default=[True])
+    parser.add_argument("--iterations", type=int, default=20, help="timed iterations per setting")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    parser.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.warmup < 1 or args.iterations < 1:
+        parser.error("--warmup and --iterations must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    notes = []
+    if device.type != "cuda" and True in args.amp:
+        args.amp = [False]
+        notes.append("AMP settings skipped: MONAI's SupervisedTrainer autocasts on CUDA only.")
+    if device.type != "cuda":
+        notes.append("Measured on a CPU at a reduced size: the GPU figure (batch 16-32, 512 x 416, AMP on/off) is still owed.")
+    settings = [Setting(*combo) for combo in itertools.product(args.batch_sizes, args.image_sizes, args.amp, args.channels_last)]
+    results, fills = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as scratch:
+        work = Path(scratch)
+        try:
+            if args.dataset_dir is None:
+                dataset_dir = work / "studies"
+                synthesize(dataset_dir, patients=args.patients, seed=0, size=args.size, workers=max(1, args.num_workers))
+                data = f"{args.patients} synthetic patients, {args.size} rows (mammoxai.data.synth, seed 0)"
+            else:
+                dataset_dir, data = args.dataset_dir, f"the studies in {args.dataset_dir.name}"
+            for setting in settings:
+                if setting.image_size not in fills:
+                    fills[setting.image_size] = fill_cache(pretrain_parser(args, setting, work, dataset_dir))
+                result = measure(args, setting, work, dataset_dir)
+                results.append(result)
+                print("\n".join(markdown_table([result], args)[2:]), flush=True)
+        except MammoXAIError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    print(f"\n{hardware_description(device)}")
+    print("\n".join(markdown_table(results, args)))
+    for note in notes:
+        print(note)
+    if not args.no_record:
+        record(results, args, device, data, fills, notes)
+        print(f"recorded in {BENCHMARKS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""Metadata pretraining: labels from headers or CSV columns, study batches, the bundle workflow and its resumption."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_cache import breast_pixels
+from torch.utils.data import DataLoader
+
+from mammoxai.data.manifest import build_manifest, read_manifest, write_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.nets import MetadataNet
+from mammoxai.training.losses import MetadataLoss, PretrainingLoss, SupervisedContrastiveLoss
+from mammoxai.training.pretrain import (
+    MatchingAccuracy,
+    MetadataAccuracy,
+    MetadataDataset,
+    PretrainBatch,
+    StudyBatchSampler,
+    fit_label_space,
+    load_pretrained,
+    load_records,
+    record_metadata,
+    select_fields,
+    split_by_patient,
+)
+
+BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
+CONFIGS = BUNDLE / "configs"
+SIZE = (64, 64)
+#: the smallest configuration that exercises everything: the bundle's small CNN at 64 x 64 pixels
+TINY = {
+    "backbone": "mammo_cnn",
+    "image_size": list(SIZE),
+    "batch_size": 8,
+    "embed_dim": 32,
+    "matching_dim": 16,
+    "num_workers": 0,
+    "log_every": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Eight synthetic patients (some with a prior study) and a preprocessed-image cache shared by the tests."""
+    folder = tmp_path_factory.mktemp("cohort")
+    synthesize(folder / "studies", patients=8, seed=0, size=128)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored():
+    """The workflow adds a log file to the root logger; keep it from outliving the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [handler for handler in root.handlers if handler not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+
+def pretrain_workflow(cohort: Path, out: Path, **overrides) -> ConfigWorkflow:
+    settings = {
+        "bundle_root": str(BUNDLE),
+        "dataset_dir": str(cohort / "studies"),
+        "ckpt_dir": str(out / "models"),
+        "output_dir": str(out / "logs"),
+        "cache_dir": str(cohort / "cache"),
+        **TINY,
+        **overrides,
+    }
+    return ConfigWorkflow(config_file=str(CONFIGS / "pretrain.json"), logging_file=False, **settings)
+
+
+def run(workflow: ConfigWorkflow) -> ConfigWorkflow:
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def user_error(error: BaseException) -> MammoXAIError | None:
+    """The MammoXAIError behind the RuntimeError that MONAI's config parser wraps it in."""
+    while error is not None and not isinstance(error, MammoXAIError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def cohort_records(cohort: Path) -> list[dict]:
+    return read_manifest(cohort / "studies" / "manifest.csv")
+
+
+# -- labels and groups ----------------------------------------------------------------------------------------------
+def test_record_metadata_shows_manifest_columns_under_their_dicom_keywords_too():
+    record = {"path": "a.dcm", "kvp": 28.0, "view": "MLO", "laterality": "L", "patient_id": "P1", "density": "C"}
+    metadata = record_metadata(record)
+    assert metadata["KVP"] == 28.0 and metadata["ViewPosition"] == "MLO" and metadata["ImageLaterality"] == "L"
+    assert metadata["PatientID"] == "P1" and metadata["density"] == "C"
+
+
+def test_dataset_gives_header_labels_and_one_group_per_study(cohort):
+    records = cohort_records(cohort)
+    space = fit_label_space(select_fields(["view", "laterality", "kvp", "xray_system"]), records)
+    dataset = MetadataDataset(records, space, SIZE, cache_dir=cohort / "cache")
+    sample = dataset[0]
+    assert sample["image"].shape == (1, *SIZE)
+    assert sample["fields"] == space.encode(record_metadata(records[0]))
+    assert space.decode("view", sample["fields"]["view"]) == records[0]["view"]
+    studies = [(record["patient_id"], record["study_uid"]) for record in records]
+    for i, j in [(i, j) for i in range(len(records)) for j in range(len(records))]:
+        assert (dataset.groups[i] == dataset.groups[j]) == (studies[i] == studies[j])
+    assert any(record["is_prior"] == "1" for record in records)  # so a patient's prior study is another group
+
+
+def test_png_images_with_a_label_csv_get_csv_labels_and_patient_groups(tmp_path):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    rows = [
+        ("a.png", "A", "L", "CC", "B"),
+        ("b.png", "A", "L", "MLO", "B"),
+        ("c.png", "B", "R", "CC", "D"),
+        ("d.png", "B", "R", "MLO", ""),
+    ]
+    for seed, (name, *_) in enumerate(rows):
+        Image.fromarray((breast_pixels(seed=seed) // 16).astype(np.uint8)).save(folder / name)
+    with open(tmp_path / "labels.csv", "w", newline="") as stream:
+        csv.writer(stream).writerows([("file", "patient_id", "laterality", "view", "density"), *rows])
+    write_manifest(build_manifest(folder).records, folder / "manifest.csv")
+
+    records = load_records(folder / "manifest.csv", label_csv=tmp_path / "labels.csv", id_column="file")
+    density = {"name": "density", "type": "categorical", "keys": ["density"], "classes": ["A", "B", "C", "D"]}
+    space = fit_label_space(select_fields(["view", "laterality", "density"], extra_fields=[density]), records)
+    dataset = MetadataDataset(records, space, SIZE)
+    labels = {Path(record["path"]).name: dataset.targets[i] for i, record in enumerate(dataset.data)}
+    assert labels["a.png"] == {"view": 0, "laterality": 0, "density": 1}
+    assert labels["c.png"] == {"view": 0, "laterality": 1, "density": 3}
+    assert labels["d.png"]["density"] == -1  # empty CSV cell: unknown, masked out of the loss
+    groups = {Path(record["path"]).name: group for record, group in zip(dataset.data, dataset.groups)}
+    assert groups["a.png"] == groups["b.png"] != groups["c.png"] == groups["d.png"]
+    assert dataset[2]["image"].shape == (1, *SIZE)
+
+
+def test_split_keeps_every_patient_on_one_side(cohort):
+    records = cohort_records(cohort)
+    train, val = split_by_patient(records, select_fields(["view"]), val_fraction=0.25, seed=3)
+    train_patients = {record["patient_id"] for record in train}
+    val_patients = {record["patient_id"] for record in val}
+    assert len(val_patients) == 2 and not train_patients & val_patients
+    assert len(train) + len(val) == len(records)
+
+
+def test_an_unknown_field_is_named_with_the_defined_ones():
+    with pytest.raises(MammoXAIError, match=r"fields: names \['colour'\].*xray_system"):
+        select_fields(["view", "colour"])
+
+
+def test_a_field_absent_from_every_training_image_is_refused(cohort):
+    records = [dict(record, kvp=None) for record in cohort_records(cohort)]
+    message = "field 'kvp': is absent from all 40 training images.*remove it from 'fields'"
+    with pytest.raises(MammoXAIError, match=message):
+        fit_label_space(select_fields(["view", "kvp"]), records)
+
+
+def test_a_manifest_with_a_missing_file_is_refused_listing_it(cohort, tmp_path):
+    records = cohort_records(cohort)
+    write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")
+    with pytest.raises(MammoXAIError, match=r"1 listed images do not exist: .*gone\.dcm"):
+        load_records(tmp_path / "manifest.csv")
+
+
+# -- study batches ------------------------------------------------------------------------------------------------
+def test_every_image_is_seen_once_per_epoch_in_batches_of_whole_study_pairs():
+    groups = [index // 4 for index in range(24)] + [-1, -1]  # six four-view studies and two unknowns
+    sampler = StudyBatchSampler(groups, batch_size=8, views_per_study=2, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 4
+    assert sorted(index for batch in batches for index in batch) == list(range(26))
+    for batch in batches:
+        known = [groups[index] for index in batch if groups[index] >= 0]
+        assert all(known.count(group) % 2 == 0 for group in known)  # pairs of the same study, never split
+
+
+def test_each_epoch_is_shuffled_differently_but_reproducibly():
+    sampler = StudyBatchSampler([index // 2 for index in range(40)], batch_size=8, seed=0)
+    first = list(sampler)
+    sampler.set_epoch(2)
+    second = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == first != second
+
+
+def test_processes_get_disjoint_batches_of_the_same_epoch_and_as_many_each():
+    groups = [index // 2 for index in range(36)]
+    shards = [list(StudyBatchSampler(groups, batch_size=8, num_replicas=2, rank=rank)) for rank in (0, 1)]
+    whole = StudyBatchSampler(groups, batch_size=8).batches()
+    assert len(shards[0]) == len(shards[1]) == 3
+    assert shards[0][:2] == whole[0:4:2] and shards[1][:2] == whole[1:4:2]
+    assert shards[0][2] == whole[4] and shards[1][2] == whole[0]  # the odd batch count is padded by repeating
+
+
+def test_views_per_study_below_two_is_refused():
+    with pytest.raises(MammoXAIError, match="views_per_study"):
+        StudyBatchSampler([0, 0, 1, 1], batch_size=4, views_per_study=1)
+
+
+# -- engine glue ---------------------------------------------------------------------------------------------------
+def test_losses_fall_on_study_batches_of_synthetic_mammograms(cohort):
+    records = cohort_records(cohort)
+    fields = ["xray_system", "view", "thickness", "kvp"]
+    space = fit_label_space(select_fields(fields), records)
+    dataset = MetadataDataset(records, space, SIZE, cache_dir=cohort / "cache")
+    loader = DataLoader(dataset, batch_sampler=StudyBatchSampler(dataset.groups, batch_size=12, views_per_study=2))
+    images, targets = PretrainBatch()(next(iter(loader)))
+    net = MetadataNet("mammo_cnn", {name: space.num_classes(name) for name in fields}, embed_dim=32, matching_dim=16)
+    loss = PretrainingLoss(MetadataLoss(dict.fromkeys(fields, 1.0)), SupervisedContrastiveLoss(0.1))
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    history = []
+    for _ in range(12):
+        terms = loss.terms(net(images), targets)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        history.append(terms["loss"].item())
+        assert all(torch.isfinite(value) for value in terms.values())
+    assert history[-1] < history[0]
+
+
+def test_metadata_accuracy_leaves_out_unknown_labels_and_unlabelled_fields():
+    metric = MetadataAccuracy(["view", "kvp"])
+    pred = {"logits": {"view": torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]), "kvp": torch.zeros(3, 5)}}
+    label = {"fields": {"view": torch.tensor([0, 0, -1]), "kvp": torch.full((3,), -1)}}
+    metric.reset()
+    metric.update((pred, label))
+    assert metric.compute() == 0.5
+
+
+def test_matching_accuracy_counts_nearest_neighbours_from_the_same_study():
+    metric = MatchingAccuracy()
+    points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.3], [0.1, 0.9]])
+    embeddings = torch.nn.functional.normalize(points)
+    metric.reset()
+    metric.update(({"match": embeddings}, {"group": torch.tensor([0, 0, 1, 1, -1])}))
+    # 0 -> 1 and 1 -> 0 right; 2 -> 4 (unknown) wrong; 3 -> 1 wrong; 4 has no known group and asks nothing
+    assert metric.compute() == 0.5
+
+
+# -- the bundle workflow ------------------------------------------------------------------------------------------
+def test_pretraining_bundle_checkpoints_logs_and_yields_a_loadable_model(cohort, tmp_path):
+    workflow = run(pretrain_workflow(cohort, tmp_path, epochs=2))
+    assert workflow.parser.get_parsed_content("amp") is False
+    assert workflow.parser.get_parsed_content("channels_last") is False
+    assert not torch.cuda.is_initialized()
+
+    models = tmp_path / "models"
+    assert sorted(path.name for path in models.iterdir()) == ["pretrain_checkpoint_epoch=2.pt", "pretrained.pt"]
+    log = (tmp_path / "logs" / "pretrain.log").read_text()
+    assert "Epoch: 2/2" in log and "loss/contrastive" in log and "val_acc/xray_system" in log and "val_mean_acc" in log
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    assert {"loss", "loss/view", "loss/contrastive"} <= set(events.Tags()["scalars"])
+
+    pretrained = load_pretrained(models / "pretrained.pt")
+    train_records = workflow.parser.get_parsed_content("split")[0]
+    systems = sorted({f"{record['manufacturer']} {record['model']}".upper() for record in train_records})
+    assert pretrained.label_space.class_names("xray_system") == systems
+    assert pretrained.image_size == SIZE and pretrained.network.config["backbone"] == "mammo_cnn"
+    out = pretrained.network(torch.rand(2, 1, *SIZE))
+    assert {name: logits.shape[1] for name, logits in out["logits"].items()} == {
+        name: pretrained.label_space.num_classes(name) for name in pretrained.label_space.fields
+    }
+
+
+def test_an_interrupted_run_resumes_with_its_epoch_count_and_optimizer_state(cohort, tmp_path):
+    first = pretrain_workflow(cohort, tmp_path, epochs=3)
+    first.initialize()
+    first.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate()
+    )
+    first.run()
+    assert sorted(path.name for path in (tmp_path / "models").glob("pretrain_*")) == ["pretrain_checkpoint_epoch=1.pt"]
+
+    second = pretrain_workflow(cohort, tmp_path, epochs=3, resume=True)
+    second.initialize()
+    epochs = []
+    second.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.EPOCH_STARTED, lambda engine: epochs.append(engine.state.epoch)
+    )
+    second.run()
+    assert epochs == [2, 3]
+    state = torch.load(tmp_path / "models" / "pretrain_checkpoint_epoch=3.pt", weights_only=True)
+    per_epoch = state["trainer"]["epoch_length"]
+    assert state["trainer"]["iteration"] == 3 * per_epoch
+    assert {float(param["step"]) for param in state["optimizer"]["state"].values()} == {3.0 * per_epoch}
+
+
+def test_resuming_with_another_setup_is_refused(cohort, tmp_path):
+    run(pretrain_workflow(cohort, tmp_path, epochs=1))
+    with pytest.raises(Exception) as error:
+        run(pretrain_workflow(cohort, tmp_path, epochs=2, resume=True, embed_dim=64))
+    assert "another network_config" in str(user_error(error.value))
+
+
+def unknown_field(cohort: Path, tmp_path: Path) -> dict:
+    return {"fields": {"view": 1.0, "colour": 1.0}}
+
+
+def unknown_backbone(cohort: Path, tmp_path: Path) -> dict:
+    return {"backbone": "vgg16"}
+
+
+def missing_file(cohort: Path, tmp_path: Path) -> dict:
+    records = cohort_records(cohort)
+    manifest = write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")
+    return {"manifest": str(manifest)}
+
+
+def field_absent_everywhere(cohort: Path, tmp_path: Path) -> dict:
+    manifest = write_manifest([dict(record, kvp=None) for record in cohort_records(cohort)], tmp_path / "manifest.csv")
+    return {"manifest": str(manifest)}
+
+
+@pytest.mark.parametrize(
+    "bad_input, message",
+    [
+        (unknown_field, r"fields: names \['colour'\]"),
+        (unknown_backbone, r"backbone 'vgg16': is not a known backbone .*resnet18"),
+        (missing_file, r"listed images do not exist: .*gone\.dcm"),
+        (field_absent_everywhere, r"field 'kvp': is absent from all \d+ training images"),
+    ],
+)
+def test_bad_input_stops_the_bundle_before_training(cohort, tmp_path, bad_input, message):
+    with pytest.raises(Exception) as error:
+        run(pretrain_workflow(cohort, tmp_path, **bad_input(cohort, tmp_path)))
+    assert re.search(message, str(user_error(error.value))), error.value
+    assert not (tmp_path / "models").exists()
+
+
+def test_multi_gpu_config_trains_with_two_processes_under_torchrun(cohort, tmp_path):
+    """DistributedDataParallel on the CPU (gloo): each process gets half the batches, rank 0 writes the models."""
+    arguments = {
+        "dataset_dir": cohort / "studies",
+        "ckpt_dir": tmp_path / "models",
+        "output_dir": tmp_path / "logs",
+        "cache_dir": cohort / "cache",
+        "epochs": 1,
+        **TINY,
+    }
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "monai.bundle", "run", "--config_file", "['configs/pretrain.json','configs/multi_gpu_pretrain.json']",
+        *[part for key, value in arguments.items() for part in (f"--{key}", str(value).replace(" ", ""))],
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=BUNDLE, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    assert (tmp_path / "models" / "pretrained.pt").is_file()
+    assert {path.name for path in (tmp_path / "logs").glob("*.log")} == {"pretrain_rank0.log", "pretrain_rank1.log"}
+    train, _ = split_by_patient(cohort_records(cohort), select_fields(["view"]), val_fraction=0.2, seed=0)
+    state = torch.load(tmp_path / "models" / "pretrain_checkpoint_epoch=1.pt", weights_only=True)
+    assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(len(train) / 8) / 2)
+    assert "val_mean_acc" in (tmp_path / "logs" / "pretrain_rank0.log").read_text()
