@@ -1,4 +1,5 @@
-"""Metrics MammoXAI reports: classification scores with bootstrap intervals (AUC ± 95 % CI and friends)."""
+"""Metrics MammoXAI reports: classification scores with bootstrap intervals (AUC ± 95 % CI and friends) and
+saliency metrics (pointing game, deletion / insertion, randomisation sanity check)."""
 
 from mammoxai.metrics.classification import (
     ConfidenceInterval,
@@ -12,6 +13,14 @@ from mammoxai.metrics.classification import (
     roc_auc,
     spearman,
 )
+from mammoxai.metrics.saliency import (
+    deletion_insertion_auc,
+    energy_pointing_game,
+    pointing_game,
+    pointing_game_summary,
+    randomisation_sanity,
+    widen_box,
+)
 
 __all__ = [
     "ConfidenceInterval",
@@ -24,4 +33,10 @@ __all__ = [
     "pearson",
     "roc_auc",
     "spearman",
+    "pointing_game",
+    "pointing_game_summary",
+    "widen_box",
+    "energy_pointing_game",
+    "deletion_insertion_auc",
+    "randomisation_sanity",
 ]

@@ -1,15 +1,26 @@
-"""Grad-CAM that stays on the device and explains every image of a batch, for one or several classes at once.
+"""Class activation maps that stay on the device and explain every image of a batch, for several classes at once.
 
-Based on:
+The family shares one hook and one way of choosing target classes; members differ only in how a target
+layer's activations ``A^k`` (and, for the gradient methods, ``G^k = d y^c / d A^k`` with ``y^c`` the class
+**logit**) are combined into a map:
 
-    Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization,
-    ICCV 2017, https://arxiv.org/abs/1610.02391
+- :class:`CAM` — Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016,
+  https://arxiv.org/abs/1512.04150: ``sum_k w_k^c A^k`` with ``w^c`` the linear classifier's weights; only for
+  networks ending in global average pooling + one linear layer, and needs no backward pass.
+- :class:`GradCAM` — Selvaraju et al., Grad-CAM, ICCV 2017, https://arxiv.org/abs/1610.02391:
+  ``ReLU(sum_k mean(G^k) A^k)``. For a GAP + linear network ``G^k = w_k^c / (h w)`` everywhere, so Grad-CAM
+  equals ReLU(CAM) up to scale (Selvaraju et al., Sec. 3.1).
+- :class:`GradCAMPlusPlus` — Chattopadhay et al., Grad-CAM++, WACV 2018, https://arxiv.org/abs/1710.11063:
+  pixel-weighted positive gradients, better for several instances of a class (e.g. clustered calcifications).
+- :class:`HiResCAM` — Draelos & Carin, Use HiResCAM instead of Grad-CAM for faithful explanations,
+  https://arxiv.org/abs/2011.08891: ``ReLU(sum_k G^k * A^k)``, element-wise, so the map shows exactly the
+  locations that raise the score.
 
-The map of class ``c`` is ``ReLU(sum_k alpha_k^c A^k)`` where ``A^k`` are the target layer's activations and
-``alpha_k^c`` the spatial mean of ``d y^c / d A^k``, with ``y^c`` the class **logit** (before softmax, as in the
-paper: softmax gradients also carry the other classes' scores). It matches :class:`monai.visualize.GradCAM`
-but, unlike it, never leaves the device (MONAI normalises through NumPy), computes the maps of several classes
-from one forward pass, and normalises every map of every image on its own.
+Every map is upsampled bilinearly to the input size (``align_corners=False``, the continuous-coordinate convention
+of :class:`mammoxai.io.geometry.ImageGeometry`) and min-max normalised to [0, 1] per image and per class on the
+device, unlike :class:`monai.visualize.GradCAM`, which normalises one image at a time through NumPy; a map that is
+constant (no positive evidence anywhere) becomes all zeros. Only positive evidence is kept (ReLU) by every member,
+CAM included, so that maps of different members are comparable.
 """
 
 from __future__ import annotations
@@ -23,19 +34,127 @@ from torch import nn
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["GradCAM"]
+__all__ = ["CAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "ClassIndex", "class_indices", "find_layer", "normalise_maps"]
+
+ClassIndex = int | Sequence[int] | torch.Tensor | None
+"""Which class each map explains: ``None`` (each image's predicted class), an ``int`` (that class for every image),
+a 1-D tensor of one class per image, or a sequence of ints (one map per listed class, in that order)."""
 
 
-class GradCAM:
-    """Gradient-weighted class activation maps for a batch of images.
+def find_layer(nn_module: nn.Module, name: str, setting: str = "target_layer") -> nn.Module:
+    """The sub-module called ``name`` in ``nn_module.named_modules()``; a config names layers by these strings."""
+    layers = dict(nn_module.named_modules())
+    if name not in layers:
+        candidates = ", ".join(layer for layer in layers if layer)
+        problem = f"the network has no layer named {name!r}"
+        raise MammoXAIError(f"saliency {setting}", problem, f"use one of: {candidates}")
+    return layers[name]
+
+
+def class_indices(scores: torch.Tensor, class_idx: ClassIndex) -> list[torch.Tensor]:
+    """One (B,) long tensor of class indices per requested map, checked against the number of classes.
+
+    Args:
+        scores: logits or probabilities (B, C) of the unmodified images.
+        class_idx: see :data:`ClassIndex`.
+
+    Raises:
+        MammoXAIError: a class index the model does not have, or a per-image tensor of the wrong length.
+    """
+    batch, num_classes = scores.shape
+    if class_idx is None:
+        return [scores.argmax(dim=1)]
+    if isinstance(class_idx, torch.Tensor):
+        per_image = class_idx.to(device=scores.device, dtype=torch.long).reshape(-1)
+        if per_image.numel() != batch:
+            problem = f"has {per_image.numel()} entries for a batch of {batch} images"
+            raise MammoXAIError("saliency class_idx", problem, "give one class index per image")
+        indices = per_image.unique().tolist()
+        selected = [per_image]
+    else:
+        indices = [int(class_idx)] if isinstance(class_idx, Integral) else [int(index) for index in class_idx]
+        selected = [torch.full((batch,), index, dtype=torch.long, device=scores.device) for index in indices]
+    for index in indices:
+        if not 0 <= index < num_classes:
+            problem = f"class index {index} is out of range for {num_classes} classes"
+            raise MammoXAIError("saliency class_idx", problem, f"use 0 to {num_classes - 1}")
+    return selected
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each (image, class) map of (B, K, H, W) to [0, 1] on its device; constant maps become zeros."""
+    maps = maps.float()
+    low = maps.amin(dim=(2, 3), keepdim=True)
+    span = maps.amax(dim=(2, 3), keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+
+
+class _ActivationMaps:
+    """Hook a target layer, run one forward pass, and combine its activations into one map per requested class.
+
+    Subclasses implement :meth:`_combine`; gradient-free members set ``needs_gradients = False``.
+    """
+
+    needs_gradients = True
+
+    def __init__(self, nn_module: nn.Module, target_layer: str) -> None:
+        self.nn_module = nn_module
+        self.target_layer = target_layer
+        self._layer = find_layer(nn_module, target_layer)
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """What a prediction record stores about how its map was made."""
+        return {"target_layer": self.target_layer, "score": "logit"}
+
+    def __call__(self, x: torch.Tensor, class_idx: ClassIndex = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute the maps and the logits of one forward pass.
+
+        Args:
+            x: input batch (B, channels, H, W) on the network's device.
+            class_idx: see :data:`ClassIndex`; ``None`` and per-image tensors give (B, 1, H, W) maps, a sequence
+                of ints (B, len, H, W).
+
+        Returns:
+            ``(maps, logits)``: float32 maps in [0, 1] on the input's device, and the detached logits (B, C).
+        """
+        captured: list[torch.Tensor] = []
+        handle = self._layer.register_forward_hook(lambda _module, _input, output: captured.append(output))
+        was_training = self.nn_module.training
+        self.nn_module.eval()
+        try:
+            with torch.set_grad_enabled(self.needs_gradients):
+                # the input requires grad so the activations do even when the network's weights are frozen
+                logits = self.nn_module(x.detach().requires_grad_(self.needs_gradients))
+                activations = captured[-1]
+                targets = class_indices(logits.detach(), class_idx)
+                last = len(targets) - 1
+                maps = [self._map(activations, logits, target, retain=i < last) for i, target in enumerate(targets)]
+        finally:
+            handle.remove()
+            self.nn_module.train(was_training)
+        cams = F.interpolate(torch.stack(maps, dim=1), size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
+        return normalise_maps(cams), logits.detach()
+
+    def _map(self, activations: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, retain: bool) -> torch.Tensor:
+        """The (B, h, w) map of each image's ``target`` class."""
+        gradients = None
+        if self.needs_gradients:
+            score = logits.gather(1, target[:, None]).sum()  # images are independent: per-image gradients
+            (gradients,) = torch.autograd.grad(score, activations, retain_graph=retain)
+            gradients = gradients.float()
+        return F.relu(self._combine(activations.detach().float(), gradients, target))
+
+    def _combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GradCAM(_ActivationMaps):
+    """Gradient-weighted class activation maps (Selvaraju et al., ICCV 2017) for a batch of images.
 
     The target layer is named as in ``nn_module.named_modules()``, so a config can set it as a string. Images
     of a batch are independent (the summed logits of a batch have per-image gradients), so one backward pass
     serves the whole batch; several classes need one backward each, all from a single forward pass.
-
-    Maps are upsampled bilinearly to the input size (``align_corners=False``, the continuous-coordinate
-    convention of :class:`mammoxai.io.geometry.ImageGeometry`) and min-max normalised to [0, 1] per image and
-    per class; a map that is constant (the class has no positive evidence anywhere) becomes all zeros.
 
     Args:
         nn_module: the classifier; it returns logits (B, C). It is run in eval mode and restored afterwards.
@@ -49,80 +168,83 @@ class GradCAM:
         maps, logits = cam(torch.rand(2, 1, 256, 208), class_idx=[0, 1, 2])  # (2, 3, 256, 208): every class
     """
 
-    def __init__(self, nn_module: nn.Module, target_layer: str) -> None:
-        layers = dict(nn_module.named_modules())
-        if target_layer not in layers:
-            candidates = ", ".join(name for name in layers if name)
-            problem = f"the network has no layer named {target_layer!r}"
-            raise MammoXAIError("saliency target_layer", problem, f"use one of: {candidates}")
-        self.nn_module = nn_module
-        self.target_layer = target_layer
-        self._layer = layers[target_layer]
-
-    def __call__(
-        self, x: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compute the maps and the logits of one forward pass.
-
-        Args:
-            x: input batch (B, channels, H, W) on the network's device.
-            class_idx: which class each map explains:
-
-                - ``None``: the predicted class of each image → maps (B, 1, H, W);
-                - an ``int``: that class for every image → (B, 1, H, W);
-                - a 1-D ``torch.Tensor`` of B class indices: one class per image → (B, 1, H, W);
-                - a sequence of ints: one map per listed class, in that order → (B, len, H, W).
-
-        Returns:
-            ``(maps, logits)``: float32 maps in [0, 1] on the input's device, and the detached logits (B, C).
-        """
-        captured: list[torch.Tensor] = []
-        handle = self._layer.register_forward_hook(lambda _module, _input, output: captured.append(output))
-        was_training = self.nn_module.training
-        self.nn_module.eval()
-        try:
-            with torch.enable_grad():
-                # the input requires grad so the activations do even when the network's weights are frozen
-                logits = self.nn_module(x.detach().requires_grad_(True))
-                activations = captured[-1]
-                targets = self._targets(logits, class_idx)
-                last = len(targets) - 1
-                maps = [self._weighted_activations(activations, t, retain=i < last) for i, t in enumerate(targets)]
-        finally:
-            handle.remove()
-            self.nn_module.train(was_training)
-        cams = torch.stack(maps, dim=1)
-        cams = F.interpolate(cams, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
-        return _normalise(cams), logits.detach()
-
-    @staticmethod
-    def _targets(logits: torch.Tensor, class_idx: int | Sequence[int] | torch.Tensor | None) -> list[torch.Tensor]:
-        """One scalar per requested map: the batch sum of the logits to differentiate."""
-        num_classes = logits.shape[1]
-        if class_idx is None:
-            per_image = logits.argmax(dim=1)
-        elif isinstance(class_idx, torch.Tensor):
-            per_image = class_idx.to(device=logits.device, dtype=torch.long).reshape(-1)
-            if per_image.numel() != logits.shape[0]:
-                raise ValueError(f"class_idx has {per_image.numel()} entries for a batch of {logits.shape[0]} images")
-        else:
-            indices = [int(class_idx)] if isinstance(class_idx, Integral) else [int(index) for index in class_idx]
-            for index in indices:
-                if not 0 <= index < num_classes:
-                    raise ValueError(f"class index {index} is out of range for {num_classes} classes")
-            return [logits[:, index].sum() for index in indices]
-        return [logits.gather(1, per_image[:, None]).sum()]
-
-    @staticmethod
-    def _weighted_activations(activations: torch.Tensor, target: torch.Tensor, retain: bool) -> torch.Tensor:
-        """ReLU of the channel sum of activations weighted by their spatially averaged gradients: (B, h, w)."""
-        (gradients,) = torch.autograd.grad(target, activations, retain_graph=retain)
-        weights = gradients.float().mean(dim=(2, 3), keepdim=True)
-        return F.relu((weights * activations.detach().float()).sum(dim=1))
+    def _combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        weights = gradients.mean(dim=(2, 3), keepdim=True)
+        return (weights * activations).sum(dim=1)
 
 
-def _normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each (image, class) map to [0, 1] on its device; constant maps become zeros."""
-    low = maps.amin(dim=(2, 3), keepdim=True)
-    span = maps.amax(dim=(2, 3), keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+class GradCAMPlusPlus(_ActivationMaps):
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018): channel weights from pixel-weighted positive gradients.
+
+    With the exponential-score closed form of the paper, ``alpha = G^2 / (2 G^2 + (sum_ab A) G^3)`` (0 where
+    ``G = 0``) and ``w_k = sum_ab alpha * ReLU(G)``; the formula of ``pytorch-grad-cam``'s ``GradCAMPlusPlus``.
+
+    Args:
+        nn_module: the classifier (logits out).
+        target_layer: name of the layer whose activations are weighted.
+
+    Example:
+        maps, logits = GradCAMPlusPlus(net, "features.block4")(images, class_idx=[1, 2])
+    """
+
+    def _combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        squared = gradients.pow(2)
+        denominator = 2 * squared + activations.sum(dim=(2, 3), keepdim=True) * gradients.pow(3)
+        safe = (gradients != 0) & (denominator != 0)
+        alpha = torch.where(safe, squared / torch.where(safe, denominator, torch.ones_like(denominator)), 0.0)
+        weights = (alpha * F.relu(gradients)).sum(dim=(2, 3), keepdim=True)
+        return (weights * activations).sum(dim=1)
+
+
+class HiResCAM(_ActivationMaps):
+    """HiResCAM (Draelos & Carin 2020): the element-wise product of gradients and activations, summed over channels.
+
+    Args:
+        nn_module: the classifier (logits out).
+        target_layer: name of the layer whose activations are weighted.
+
+    Example:
+        maps, logits = HiResCAM(net, "features.block4")(images)
+    """
+
+    def _combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        return (gradients * activations).sum(dim=1)
+
+
+class CAM(_ActivationMaps):
+    """Class activation maps (Zhou et al., CVPR 2016) for networks ending in global average pooling + one linear layer.
+
+    The map of class ``c`` weights the target layer's channels with the linear layer's weights ``w^c``, so it needs
+    no backward pass. The target layer must be the one whose output is pooled into the linear layer.
+
+    Args:
+        nn_module: the classifier (logits out).
+        target_layer: name of the last convolutional layer (its output is pooled into ``classifier_layer``).
+        classifier_layer: name of the ``nn.Linear`` producing the logits (``"fc"`` in
+            :class:`~mammoxai.nets.MammoClassifier`).
+
+    Example:
+        maps, logits = CAM(net, "features.block4", classifier_layer="fc")(images, class_idx=[0, 1, 2])
+    """
+
+    needs_gradients = False
+
+    def __init__(self, nn_module: nn.Module, target_layer: str, classifier_layer: str = "fc") -> None:
+        super().__init__(nn_module, target_layer)
+        linear = find_layer(nn_module, classifier_layer, setting="classifier_layer")
+        if not isinstance(linear, nn.Linear):
+            problem = f"{classifier_layer!r} is a {type(linear).__name__}, not the linear layer CAM weights come from"
+            raise MammoXAIError("saliency classifier_layer", problem, "name the nn.Linear that produces the logits")
+        self.classifier_layer = classifier_layer
+        self._linear = linear
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return {**super().settings, "classifier_layer": self.classifier_layer}
+
+    def _combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        weights = self._linear.weight.detach().float()[target]  # (B, K)
+        if weights.shape[1] != activations.shape[1]:
+            problem = f"has {weights.shape[1]} inputs but {self.target_layer!r} gives {activations.shape[1]} channels"
+            raise MammoXAIError("saliency classifier_layer", problem, "CAM needs GAP + linear after the target layer")
+        return torch.einsum("bk,bkhw->bhw", weights, activations)
