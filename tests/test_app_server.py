@@ -121,6 +121,25 @@ def test_final_label_is_stored_and_read_back(client, app_server, dicom_id, tmp_p
     assert any(os.path.basename(pair["label"]) == f"{dicom_id}.json" for pair in training_pairs)
 
 
+def test_infer_request_chooses_the_saliency_method_and_an_unknown_one_is_422(client, app_server, dicom_id):
+    heatmap_file, params = client.infer(app_server.model, dicom_id, {"saliency": {"method": "occlusion", "preset": "fast"}})
+
+    validate_prediction(params, source="server response")
+    assert params["saliency"]["method"] == "occlusion"
+    assert params["saliency"]["settings"]["preset"] == "fast"
+    heatmap, _ = read_heatmap_nrrd(heatmap_file)
+    assert heatmap.shape == read_mammogram(app_server.studies / f"{dicom_id}.dcm").shape
+    assert heatmap.max() > 0
+    response = requests.post(
+        f"{app_server.url}/infer/{app_server.model}",
+        params={"image": dicom_id, "output": "json"},
+        data={"params": json.dumps({"saliency": {"method": "lime"}})},
+        timeout=120,
+    )
+    assert response.status_code == 422, response.text
+    assert "saliency method: 'lime' is not available" in response.json()["detail"]
+
+
 def test_infer_json_output_answers_with_the_prediction_only(app_server, dicom_id):
     response = requests.post(
         f"{app_server.url}/infer/{app_server.model}", params={"image": dicom_id, "output": "json"}, timeout=120

@@ -128,6 +128,32 @@ def test_inference_json_explains_dicom_and_png_and_reports_bad_files(tmp_path, s
     assert json.loads((output / "spaced.json").read_text())["image"]["spacing_mm"] == [0.08, 0.1]
 
 
+def test_inference_json_explains_with_the_saliency_method_named_on_the_command_line(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    source = write_mammo_dicom(inputs / "case.dcm", breast_pixels(), ImagerPixelSpacing=[0.1, 0.1])
+    output = tmp_path / "predictions"
+
+    run_bundle(
+        "inference.json",
+        "--input_dir", str(inputs),
+        "--checkpoint", str(save_weights(tmp_path / "model.pt")),
+        "--output_dir", str(output),
+        "--saliency#method", "occlusion",
+        "--saliency#preset", "fast",
+    )
+
+    record = json.loads((output / "case.json").read_text())
+    validate_prediction(record, source="case.json")
+    assert record["saliency"]["method"] == "occlusion"
+    assert record["saliency"]["settings"]["preset"] == "fast"
+    assert (record["saliency"]["settings"]["patch"], record["saliency"]["settings"]["stride"]) == (32, 16)
+    assert "target_layer" not in record["saliency"]["settings"]  # occlusion takes no layer
+    heatmap, _ = read_heatmap_nrrd(output / "case_heatmap.nrrd")
+    assert heatmap.shape == read_mammogram(source).shape == (200, 160)
+    assert heatmap.max() > 0
+
+
 def test_verify_net_in_out_passes():
     verify_net_in_out(
         net_id="network_def",
@@ -326,7 +352,8 @@ def test_default_target_layer_is_the_networks_last_block(tmp_path):
     "saliency, message",
     [
         ({"target_class": "cancer"}, "saliency target_class: 'cancer' is not a class"),
-        ({"method": "occlusion"}, "saliency method: 'occlusion' is not available"),
+        ({"method": "lime"}, "saliency method: 'lime' is not available"),
+        ({"method": "occlusion", "preset": "huge"}, "saliency preset for occlusion: 'huge' is not a preset"),
         ({"target_layer": "features.block9"}, "saliency target_layer: the network has no layer named 'features.blo"),
     ],
 )

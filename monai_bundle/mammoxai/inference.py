@@ -7,7 +7,9 @@ same heatmap wherever it is explained. For each file it
 1. reads it with :func:`mammoxai.io.read_mammogram` (DICOM MG/DX, PNG, TIFF, PGM);
 2. prepares the model input with :func:`mammoxai.io.preprocess.prepare_image` (breast crop, chest wall left,
    intensity scaling), which also returns the :class:`~mammoxai.io.geometry.ImageGeometry`;
-3. runs the classifier, then Grad-CAM (:class:`mammoxai.saliency.GradCAM`) for the target class;
+3. runs the classifier, then the configured saliency method (any of :data:`mammoxai.saliency.METHODS`, built by
+   :func:`mammoxai.saliency.get_method`; Grad-CAM by default) for the target class; a request may name another
+   method and preset;
 4. maps the heatmap back onto the original pixel grid with ``geometry.restore``;
 5. returns a :class:`Prediction` whose record validates against :data:`mammoxai.schema.PREDICTION_SCHEMA`.
 
@@ -40,7 +42,7 @@ from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.heatmap import write_heatmap_nrrd
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.preprocess import prepare_image
-from mammoxai.saliency import GradCAM
+from mammoxai.saliency import SaliencyMethod, get_method, method_settings
 from mammoxai.schema import SCHEMA_VERSION, validate_prediction
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,6 @@ TRAIN_COMMAND = (
 )
 """How to produce weights; named in the error a missing checkpoint raises."""
 
-SALIENCY_METHODS = ("gradcam",)
 PREDICTED = "predicted"
 
 
@@ -123,9 +124,14 @@ class MammogramPredictor:
             accepted). Reloaded when the file's modification time or size changes.
         class_names: name of each output logit, in order.
         image_size: (h, w) of the model grid.
-        saliency: ``{"method": "gradcam", "target_layer": <layer name>, "target_class": "predicted" | <class>}``.
-            ``target_class`` ``"predicted"`` (default) explains each image's most probable class; ``target_layer``
-            defaults to the network's ``last_block`` when it has one.
+        saliency: ``{"method": <name>, "preset": <preset> | None, "settings": {...}, "target_layer": <layer name>,
+            "target_class": "predicted" | <class>}``. ``method`` is a name of :data:`mammoxai.saliency.METHODS`
+            (default ``"gradcam"``), ``preset`` one of its presets (``"faithful"``, ``"fast"``; default none) and
+            ``settings`` its constructor arguments, which override the preset's and apply to the configured method
+            only (a request naming another method gets that method's preset and defaults). ``target_layer`` is a
+            property of the network rather than of a method: it is given to every method that takes one (the CAM
+            family) and defaults to the network's ``last_block`` when it has one; ``amp`` is passed on likewise.
+            ``target_class`` ``"predicted"`` (default) explains each image's most probable class.
         device: ``"auto"`` (GPU when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``.
         amp: use automatic mixed precision (and channels-last memory) on a GPU; ignored on the CPU.
         model_name: recorded in every prediction.
@@ -159,11 +165,11 @@ class MammogramPredictor:
             raise MammoXAIError("image_size", f"{list(image_size)} must be [height, width] in pixels")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         default_layer = getattr(network, "last_block", None)  # MammoClassifier names its last convolutional block
-        self.saliency = {"method": "gradcam", "target_layer": default_layer, "target_class": PREDICTED}
+        self.saliency = {
+            "method": "gradcam", "preset": None, "settings": {}, "target_layer": default_layer, "target_class": PREDICTED,
+        }
         self.saliency.update(saliency or {})
-        method, target = self.saliency["method"], self.saliency["target_class"]
-        if method not in SALIENCY_METHODS:
-            raise MammoXAIError("saliency method", f"{method!r} is not available", f"use {list(SALIENCY_METHODS)}")
+        target = self.saliency["target_class"]
         if target != PREDICTED and target not in self.class_names:
             fix = f"use {PREDICTED!r} or one of {list(self.class_names)}"
             raise MammoXAIError("saliency target_class", f"{target!r} is not a class", fix)
@@ -174,18 +180,30 @@ class MammogramPredictor:
         self.network = network.to(self.device).eval()
         if self.amp:
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.cam = GradCAM(self.network, self.saliency["target_layer"])
+        self._methods: dict[tuple[str, str | None], SaliencyMethod] = {}
+        self._saliency_method()  # a bad method, preset or setting in the config fails here, not on the first request
         self.checkpoint = _Checkpoint(Path(checkpoint))
-        # one prediction at a time: weights are swapped in place on reload and Grad-CAM hooks the network
+        # one prediction at a time: weights are swapped in place on reload and saliency methods hook the network
         self._lock = threading.Lock()
 
-    def predict(self, path: str | os.PathLike) -> Prediction:
+    def predict(
+        self, path: str | os.PathLike, saliency_method: str | None = None, saliency_preset: str | None = None
+    ) -> Prediction:
         """Read, classify and explain one file.
 
+        Args:
+            path: the mammogram file.
+            saliency_method: explain with this method (a name of :data:`mammoxai.saliency.METHODS`) instead of the
+                configured one, e.g. what a client asked for in one request.
+            saliency_preset: that method's preset; ``None``: the configured preset for the configured method, the
+                method's defaults for another.
+
         Raises:
-            MammoXAIError: the file is not a readable mammogram, or there are no weights yet.
+            MammoXAIError: the file is not a readable mammogram, there are no weights yet, or the saliency method or
+                preset is unknown.
         """
         with self._lock:
+            method, preset, cam = self._saliency_method(saliency_method, saliency_preset)
             self._load_weights_if_changed()
             start = time.perf_counter()
             mammogram = read_mammogram(path)
@@ -201,7 +219,7 @@ class MammogramPredictor:
             target_class = self.saliency["target_class"]
             target = int(probabilities.argmax()) if target_class == PREDICTED else self.class_names.index(target_class)
             with self._autocast():
-                maps, _ = self.cam(batch, class_idx=target)
+                maps, _ = cam(batch, class_idx=target)
             heatmap = geometry.restore(maps[0, 0]).cpu().numpy().astype(np.float32)
             explained = time.perf_counter()
         timings = {
@@ -211,7 +229,8 @@ class MammogramPredictor:
             "saliency": explained - forwarded,
             "total": explained - start,
         }
-        record = self._record(mammogram, geometry, probabilities, target, heatmap, timings)
+        saliency = {"method": method, "preset": preset, **cam.settings}
+        record = self._record(mammogram, geometry, probabilities, target, heatmap, saliency, timings)
         validate_prediction(record, source=f"prediction for {mammogram.source or path}")
         return Prediction(record=record, heatmap=heatmap, mammogram=mammogram)
 
@@ -256,6 +275,29 @@ class MammogramPredictor:
         stamp = self.checkpoint.stamp
         return "" if stamp is None else f"{stamp[0]}-{stamp[1]}"
 
+    def _saliency_method(
+        self, name: str | None = None, preset: str | None = None
+    ) -> tuple[str, str | None, SaliencyMethod]:
+        """``(name, preset, method)`` for a request; each (name, preset) is built once and then reused.
+
+        Raises:
+            MammoXAIError: an unknown method, preset or setting (the registry's message lists the valid ones).
+        """
+        configured = self.saliency["method"]
+        name = configured if name is None else name
+        if preset is None and name == configured:
+            preset = self.saliency["preset"]
+        key = (name, preset)
+        if key not in self._methods:
+            settings = dict(self.saliency["settings"]) if name == configured else {}
+            accepted = method_settings(name)
+            if "target_layer" in accepted:
+                settings.setdefault("target_layer", self.saliency["target_layer"])
+            if "amp" in accepted:
+                settings.setdefault("amp", self.amp)
+            self._methods[key] = get_method(name, self.network, preset=preset, **settings)
+        return name, preset, self._methods[key]
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(device_type=self.device.type, enabled=self.amp)
 
@@ -292,6 +334,7 @@ class MammogramPredictor:
         probabilities: torch.Tensor,
         target: int,
         heatmap: np.ndarray,
+        saliency: Mapping[str, Any],
         timings: Mapping[str, float],
     ) -> dict[str, Any]:
         return {
@@ -315,12 +358,11 @@ class MammogramPredictor:
             "metadata_predictions": [],
             "qc_flags": _orientation_flags(mammogram, geometry),
             "saliency": {
-                "method": self.saliency["method"],
+                "method": saliency["method"],
                 "target_class": self.class_names[target],
                 "settings": {
-                    "target_layer": self.saliency["target_layer"],
+                    **{name: value for name, value in saliency.items() if name != "method"},
                     "target": self.saliency["target_class"],
-                    "score": "logit",
                     "normalisation": "min-max per image on the model grid",
                     "model_grid": list(self.image_size),
                 },

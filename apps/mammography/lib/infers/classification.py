@@ -52,9 +52,11 @@ class MammogramClassification(InferTask):
 
     ``/info`` lists the task with the model's class names as its labels. ``POST /infer/<model>`` answers with
     the heatmap NRRD as the result file and, as params, the prediction record plus MONAI Label's usual
-    ``label_names`` (the class names) and ``latencies`` (seconds). A file the predictor rejects (wrong modality,
-    unreadable pixels, ...) is answered with 422; missing or unloadable weights with 503; both carry the
-    predictor's message.
+    ``label_names`` (the class names) and ``latencies`` (seconds). A request may choose the saliency method and
+    preset with the params ``{"saliency": {"method": "occlusion", "preset": "fast"}}`` (what the 3D Slicer panel
+    sends; MONAI Label merges the params into the request); without them the bundle's configured method is used.
+    A file the predictor rejects (wrong modality, unreadable pixels, ...) or an unknown saliency method or preset
+    is answered with 422; missing or unloadable weights with 503; both carry the predictor's message.
 
     Args:
         predictor: the bundle's ``mammoxai.inference.MammogramPredictor``, e.g. from :func:`load_predictor`.
@@ -63,6 +65,7 @@ class MammogramClassification(InferTask):
     Example:
         task = MammogramClassification(load_predictor("monai_bundle"))
         heatmap_nrrd, record = task({"image": "studies/case1.dcm"})
+        heatmap_nrrd, record = task({"image": "studies/case1.dcm", "saliency": {"method": "rise", "preset": "fast"}})
     """
 
     def __init__(self, predictor: MammogramPredictor, description: str = DESCRIPTION) -> None:
@@ -82,8 +85,12 @@ class MammogramClassification(InferTask):
         start = time.perf_counter()
         with client_errors(HTTPStatus.SERVICE_UNAVAILABLE):
             self.predictor.load_weights()
+        saliency = request.get("saliency") or {}
         with client_errors():
-            prediction = self.predictor.predict(request["image"])
+            if not isinstance(saliency, dict):
+                raise MammoXAIError("saliency params", f"{saliency!r} is not an object", 'send {"method": <name>}')
+            method, preset = saliency.get("method"), saliency.get("preset")
+            prediction = self.predictor.predict(request["image"], saliency_method=method, saliency_preset=preset)
         inferred = time.perf_counter()
         params = {**prediction.record, "label_names": self.labels}  # the record is validated by the predictor
         handle, heatmap_path = tempfile.mkstemp(prefix="mammoxai_heatmap_", suffix=".nrrd")

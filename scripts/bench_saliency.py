@@ -1,0 +1,301 @@
+#!/usr/bin/env python
+"""Speed of the saliency engine, side by side in one run on the same model and input.
+
+Issue 6 sets targets for the saliency methods on a GPU; this script measures them, every row on the same
+randomly initialised one-channel ResNet-18 (torchvision's, first convolution for grey images; nothing is
+downloaded) and the same random input:
+
+* **Grad-CAM**: images per second of ours batched (:class:`mammoxai.saliency.GradCAM`, one forward and one
+  backward pass for the whole batch, normalised on the device), of MONAI's :class:`monai.visualize.GradCAM` on the
+  same batch (normalised image by image through NumPy), of ours called image by image, and of the forward pass
+  alone (the ceiling: the target is at least 60 % of it);
+* **RELAX**: masked images per second of the shared masking engine (:class:`mammoxai.saliency.RELAX`: masks made on
+  the device, chunks, sums accumulated with ``einsum``), of the official per-mask Python loop (one masked forward
+  pass per mask, running importance and uncertainty updated after each), and of the raw forward pass of as many
+  unmasked crops in the same chunks (the target: the engine at 80 % of it);
+* **CorRELAX**: seconds per image of the ``faithful`` and ``fast`` presets on a breast-shaped image.
+
+Times are medians over ``--repeats`` runs after ``--warmup`` untimed ones (cuDNN autotuning and allocator growth
+are not steady state), with the device synchronised before each clock reading. A table is printed and, unless
+``--no-record``, appended as a section to ``BENCHMARKS.md`` at the repository root with the command and the
+hardware. pytorch-grad-cam and Captum, named by the issue as further references, are not dependencies of the
+project; they are left out.
+
+Example (GPU, the issue's full-field size)::
+
+    python scripts/bench_saliency.py --image-size 1024x832 --batch-size 16 --relax-size 256x256 \\
+        --relax-masks 3000 --correlax-size 3000x2400
+
+Example (CPU, reduced)::
+
+    python scripts/bench_saliency.py --image-size 256x208 --batch-size 4 --relax-size 128x128 --relax-masks 64 \\
+        --correlax-size 320x288 --correlax-mask-fraction 0.05 --repeats 3 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torchvision
+from monai.visualize import GradCAM as MonaiGradCAM
+from torch import nn
+
+from mammoxai.inference import resolve_device
+from mammoxai.nets.backbones import adapt_input_channels
+from mammoxai.reports import hardware_description
+from mammoxai.saliency import PRESETS, RELAX, GradCAM, RandomMasks, get_method
+from mammoxai.saliency.relax import similarity
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "BENCHMARKS.md"
+SECTION = "Saliency speed"
+TARGET_LAYER = "layer4"
+REPRESENTATION_LAYER = "avgpool"
+
+
+def resnet18(num_classes: int, device: torch.device) -> nn.Module:
+    """torchvision's ResNet-18, randomly initialised, for one-channel images."""
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    conv = network.conv1
+    network.conv1 = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    with torch.no_grad():
+        network.conv1.weight.copy_(adapt_input_channels(conv.weight, 1))
+    return network.to(device).eval()
+
+
+def breast_image(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, H, W) random texture inside a half-ellipse against the left edge, zero background (as preprocessed)."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    inside = (cols / (0.85 * width)) ** 2 + ((rows - height / 2) / (0.45 * height)) ** 2 < 1
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(height, width, generator=generator) * inside)[None, None].to(device)
+
+
+def median_seconds(run: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``run()`` after ``warmup`` untimed calls, the device synchronised around each call."""
+
+    def synchronise() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        synchronise()
+        start = time.perf_counter()
+        run()
+        synchronise()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def relax_per_mask_loop(network: nn.Module, image: torch.Tensor, masks: RandomMasks) -> tuple[torch.Tensor, torch.Tensor]:
+    """RELAX as the official code computes it: one masked forward pass per mask, importance and uncertainty updated
+    after each (a weighted Welford recursion)."""
+    features: list[torch.Tensor] = []
+    hook = getattr(network, REPRESENTATION_LAYER).register_forward_hook(lambda _m, _i, out: features.append(out.flatten(1)))
+    try:
+        with torch.no_grad():
+            network(image)
+            reference = features.pop()
+            importance = torch.zeros(image.shape[2:], device=image.device)
+            uncertainty = torch.zeros_like(importance)
+            weight = torch.zeros_like(importance)
+            for index in range(len(masks)):
+                mask = masks(index, index + 1)[0]
+                network(image * mask)
+                score = similarity(features.pop()[:, None], reference)[0, 0]
+                weight += mask
+                previous = importance.clone()
+                importance += mask * (score - importance) / weight.clamp_min(1e-10)
+                uncertainty += mask * (score - importance) * (score - previous)
+    finally:
+        hook.remove()
+    return importance, uncertainty / (weight - 1).clamp_min(1e-10)
+
+
+def raw_forward(network: nn.Module, crops: torch.Tensor, count: int, chunk: int) -> None:
+    """Forward passes of ``count`` unmasked copies of ``crops`` in chunks: what the masking engine cannot beat."""
+    with torch.no_grad(), torch.autocast(crops.device.type, enabled=crops.device.type == "cuda"):
+        for start in range(0, count, chunk):
+            network(crops.expand(min(chunk, count - start), -1, -1, -1))
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Rows (what, setting, figure) and notes."""
+    rows, notes = [], []
+    amp = device.type == "cuda"
+    height, width = args.image_size
+    classifier = resnet18(3, device)
+    batch = torch.rand(args.batch_size, 1, height, width, device=device)
+    timed = lambda run: median_seconds(run, device, args.warmup, args.repeats)  # noqa: E731
+    setting = f"batch {args.batch_size}, {height} x {width}"
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, enabled=amp)
+
+    ours = GradCAM(classifier, TARGET_LAYER)
+    monai_cam = MonaiGradCAM(classifier, target_layers=TARGET_LAYER)
+
+    def forward_only() -> None:
+        with torch.no_grad(), autocast():
+            classifier(batch)
+
+    def ours_batched() -> None:
+        with autocast():
+            ours(batch)
+
+    def ours_per_image() -> None:
+        with autocast():
+            for image in batch:
+                ours(image[None])
+
+    def monai_batched() -> None:
+        with autocast():
+            monai_cam(batch)
+
+    figures = {
+        "forward only (ceiling)": timed(forward_only),
+        "Grad-CAM, ours batched": timed(ours_batched),
+        "Grad-CAM, MONAI monai.visualize.GradCAM": timed(monai_batched),
+        "Grad-CAM, ours image by image": timed(ours_per_image),
+    }
+    for what, seconds in figures.items():
+        rows.append((what, setting, f"{args.batch_size / seconds:.1f} images/s"))
+    batched = figures["Grad-CAM, ours batched"]
+    notes.append(
+        f"Grad-CAM batched: {figures['Grad-CAM, MONAI monai.visualize.GradCAM'] / batched:.1f}x MONAI, "
+        f"{figures['Grad-CAM, ours image by image'] / batched:.1f}x image by image, "
+        f"{100 * figures['forward only (ceiling)'] / batched:.0f} % of forward-only throughput."
+    )
+
+    crop_h, crop_w = args.relax_size
+    crop = breast_image(crop_h, crop_w, device)
+    masks = RandomMasks(args.relax_masks, (crop_h, crop_w), grid=7, keep_prob=0.5, seed=0, device=device)
+    engine = RELAX(classifier, REPRESENTATION_LAYER, num_masks=args.relax_masks, grid=7, chunk_size=args.chunk_size, amp=amp)
+    relax_setting = f"1 image {crop_h} x {crop_w}, {args.relax_masks} masks, grid 7, chunk {args.chunk_size}"
+    relax = {
+        "raw forward of the crops (ceiling)": timed(lambda: raw_forward(classifier, crop, args.relax_masks, args.chunk_size)),
+        "RELAX, masking engine": timed(lambda: engine.explain(crop)),
+        "RELAX, official per-mask loop": timed(lambda: relax_per_mask_loop(classifier, crop, masks)),
+    }
+    for what, seconds in relax.items():
+        rows.append((what, relax_setting, f"{args.relax_masks / seconds:.1f} masked images/s"))
+    notes.append(
+        f"RELAX engine: {relax['RELAX, official per-mask loop'] / relax['RELAX, masking engine']:.1f}x the per-mask loop, "
+        f"{100 * relax['raw forward of the crops (ceiling)'] / relax['RELAX, masking engine']:.0f} % of the raw forward "
+        "throughput of the crops."
+    )
+
+    lesion_net = resnet18(4, device)
+    full_h, full_w = args.correlax_size
+    mammogram = breast_image(full_h, full_w, device)
+    for preset in ("faithful", "fast"):
+        masks_used = max(2, round(PRESETS["correlax"][preset]["num_masks"] * args.correlax_mask_fraction))
+        correlax = get_method(
+            "correlax", lesion_net, preset=preset, representation_layer=REPRESENTATION_LAYER, num_masks=masks_used,
+            background_class=3, chunk_size=args.chunk_size, amp=amp,
+        )
+        result = correlax.explain(mammogram)
+        seconds = median_seconds(lambda: correlax.explain(mammogram), device, 0, args.correlax_repeats)
+        settings = PRESETS["correlax"][preset]
+        described = (
+            f"{full_h} x {full_w}, view {settings['view_size']}, stride {settings['stride']}, {masks_used} masks "
+            f"({result.views[0]} views, {result.refined[0]} refined)"
+        )
+        rows.append((f"CorRELAX, {preset} preset", described, f"{seconds:.2f} s/image"))
+    if args.correlax_mask_fraction != 1.0:
+        notes.append(
+            f"CorRELAX masks scaled by {args.correlax_mask_fraction} from the presets' (faithful 1280, fast 256) to fit "
+            "the run's time; a per-image time scales about linearly with the masks."
+        )
+    return rows, notes
+
+
+def markdown_table(rows: list[tuple[str, str, str]]) -> list[str]:
+    return ["| what | setting | speed |", "|---|---|---|", *(f"| {what} | {setting} | {figure} |" for what, setting, figure in rows)]
+
+
+def record(rows: list[tuple[str, str, str]], notes: list[str], device: torch.device) -> None:
+    """Append this run as a section of BENCHMARKS.md, with the load average: other processes slow a run down."""
+    load = "load average (1, 5, 15 min) " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    command = shlex.join(["python", "scripts/bench_saliency.py", *sys.argv[1:]])
+    lines = [
+        f"## {SECTION}: {hardware_description(device)}, {when}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Hardware: {hardware_description(device)}; torch {torch.__version__}; {load}. Model: torchvision ResNet-18, "
+        f"one input channel, random weights; Grad-CAM at `{TARGET_LAYER}`, RELAX and CorRELAX representation "
+        f"`{REPRESENTATION_LAYER}`. Medians of timed runs after warm-up, device synchronised.",
+        "",
+        *markdown_table(rows),
+        "",
+        *[f"- {note}" for note in notes],
+        "",
+    ]
+    existing = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.is_file() else "# Benchmarks\n"
+    BENCHMARKS.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
+
+
+def image_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW, e.g. 1024x832") from None
+    return height, width
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image-size", type=image_size, default=(1024, 832), help="HxW of the Grad-CAM input")
+    parser.add_argument("--batch-size", type=int, default=16, help="Grad-CAM batch")
+    parser.add_argument("--relax-size", type=image_size, default=(256, 256), help="HxW of the RELAX crop")
+    parser.add_argument("--relax-masks", type=int, default=3000, help="RELAX masks (paper: 3000)")
+    parser.add_argument("--chunk-size", type=int, default=256, help="masked images per forward pass")
+    parser.add_argument("--correlax-size", type=image_size, default=(3000, 2400), help="HxW of the CorRELAX image")
+    parser.add_argument("--correlax-mask-fraction", type=float, default=1.0, help="scale the presets' mask counts")
+    parser.add_argument("--correlax-repeats", type=int, default=1, help="timed CorRELAX runs (after one untimed)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs before the Grad-CAM and RELAX timings")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per Grad-CAM and RELAX row")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if min(args.batch_size, args.relax_masks, args.chunk_size, args.repeats, args.correlax_repeats) < 1 or args.warmup < 0:
+        parser.error("sizes, masks and repeats must be at least 1, --warmup at least 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    rows, notes = measure(args, device)
+    if device.type != "cuda":
+        notes.append(
+            "Measured on a CPU at a reduced size: the GPU figures at full-field size (Grad-CAM 1024 x 832, RELAX 3000 "
+            "masks, CorRELAX on a 3000 x 2400 image) and the issue's targets are still owed."
+        )
+    print(f"{hardware_description(device)}; torch {torch.__version__}")
+    print("\n".join(markdown_table(rows)))
+    for note in notes:
+        print(f"- {note}")
+    if not args.no_record:
+        record(rows, notes, device)
+        print(f"recorded in {BENCHMARKS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
