@@ -2,6 +2,7 @@
 
 from mammoxai.nets.backbones import BACKBONES, build_backbone
 from mammoxai.nets.classifier import MammoClassifier
+from mammoxai.nets.finetune import BackboneClassifier, MultiViewClassifier
 from mammoxai.nets.metadata_net import MetadataNet
 
-__all__ = ["BACKBONES", "MammoClassifier", "MetadataNet", "build_backbone"]
+__all__ = ["BACKBONES", "BackboneClassifier", "MammoClassifier", "MetadataNet", "MultiViewClassifier", "build_backbone"]

@@ -1,0 +1,566 @@
+"""Evaluate a fine-tuned malignancy classifier (or an ensemble of them) on held-out patients, honestly.
+
+What a screening classifier is judged by, after the two studies behind issue 5 (Shen et al., "Deep Learning to
+Improve Breast Cancer Detection on Screening Mammography", Sci Rep 2019, doi:10.1038/s41598-019-48995-4, who
+report per-image AUC of single models and of four-model averages; and the Pittsburgh pretraining study, J Digit
+Imaging 2020, binary and 3-class):
+
+* ROC AUC of the positive class (malignant vs the rest) with a **patient-cluster** bootstrap 95 % interval
+  (:func:`mammoxai.metrics.bootstrap_ci`): images of one patient are correlated and count as one unit;
+* sensitivity and specificity at a chosen threshold, and at the threshold that reaches a target specificity
+  (screening programmes fix the recall rate and ask how many cancers are found);
+* per-class one-vs-rest AUC for a 3-class model (negative / recalled-benign / malignant);
+* calibration of the positive-class probability: a reliability diagram and the expected calibration error
+  (Naeini et al., AAAI 2015; Guo et al., "On Calibration of Modern Neural Networks", ICML 2017);
+* a per-device (X-ray system) breakdown, since a model can be good on one vendor's images and poor on another's;
+* exam-level scores: the views of one breast (CC + MLO) or one study aggregated by ``max`` or ``mean``;
+* ensembles: the softmax probabilities of N checkpoints averaged (Shen et al.'s four-model average).
+
+The report (:class:`mammoxai.reports.Report`) is written as ``report.json``, ``report.md``, ``roc.png`` and
+``reliability.png``. ``configs/evaluate.json`` is merged over ``configs/train.json`` (the model-zoo convention),
+so the network, classes and label map are the ones training used::
+
+    python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir <studies>
+
+or, from anywhere, ``python scripts/evaluate.py --dataset_dir <studies> [--checkpoints '["a.pt", "b.pt"]']``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import pickle
+import shlex
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import monai.bundle
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+from torch import nn
+from tqdm import tqdm
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.metrics import bootstrap_ci, roc_auc
+from mammoxai.reports import Report, roc_figure
+from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT, _overrides, _user_error
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "select_records",
+    "load_checkpoints",
+    "predict_probabilities",
+    "sensitivity_specificity",
+    "threshold_for_specificity",
+    "calibration_bins",
+    "reliability_figure",
+    "aggregate_exams",
+    "binary_metrics",
+    "ClassifierEvaluator",
+    "main",
+]
+
+TRAIN_COMMAND = "python -m monai.bundle run --config_file configs/train.json --dataset_dir <studies>"
+
+
+def select_records(
+    records: Sequence[Mapping[str, Any]], where: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The records whose fields equal every ``field: value`` of ``where`` (all records when it is empty).
+
+    ``where`` is the training config's ``holdout`` (e.g. ``{"split": "test"}``): the images training never saw.
+
+    Raises:
+        MammoXAIError: no record matches.
+    """
+    where = dict(where or {})
+    kept = [
+        dict(record) for record in records if all(str(record.get(key)) == str(value) for key, value in where.items())
+    ]
+    if not kept:
+        raise MammoXAIError(
+            f"evaluation records {where}", f"match none of {len(records)} records", "check eval_where / holdout"
+        )
+    return kept
+
+
+def load_checkpoints(network: nn.Module, paths: Sequence[str | Path] | str | Path) -> list[nn.Module]:
+    """One copy of ``network`` per checkpoint, with its weights loaded and in eval mode: the ensemble members.
+
+    A checkpoint is a state dict, or a dict holding one under ``"model"`` (what ``train.json``'s
+    ``CheckpointSaver`` writes).
+
+    Raises:
+        MammoXAIError: no path, a missing file, or weights that do not fit ``network`` (another architecture or
+            class count); the message names the file.
+    """
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise MammoXAIError("checkpoints", "is empty", "give the model.pt (or several, for an ensemble) to evaluate")
+    members = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise MammoXAIError(path, "checkpoint not found", f"train one first: {TRAIN_COMMAND}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+                state = state["model"]
+            member = copy.deepcopy(network)
+            member.load_state_dict(state)
+        except (
+            RuntimeError,
+            OSError,
+            EOFError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            pickle.UnpicklingError,
+        ) as error:
+            problem = f"does not fit the configured network ({str(error).splitlines()[0]})"
+            raise MammoXAIError(
+                path, problem, "evaluate with the network_def and class_names it was trained with"
+            ) from error
+        members.append(member.eval())
+    return members
+
+
+def predict_probabilities(
+    members: Sequence[nn.Module],
+    dataloader: torch.utils.data.DataLoader,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> np.ndarray:
+    """(N, C) class probabilities, the mean of the members' softmax outputs, in the data set's order.
+
+    Averaging probabilities rather than logits keeps each member's confidence on the same scale.
+
+    Raises:
+        MammoXAIError: the loader is empty or does not return the images in data-set order (a shuffling loader
+            would pair every score with another image's label).
+    """
+    device = torch.device(device)
+    members = [member.to(device).eval() for member in members]
+    paths: list[str] = []
+    batches = []
+    with torch.no_grad(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        for batch in tqdm(dataloader, desc="scoring", unit="batch", disable=None):
+            images = batch["image"].to(device)
+            batches.append(torch.stack([member(images).float().softmax(1) for member in members]).mean(0).cpu())
+            paths.extend(batch["path"])
+    if not paths:
+        raise MammoXAIError("evaluation data set", "is empty", "check the manifest and eval_where")
+    if paths != [str(record["path"]) for record in dataloader.dataset.data]:
+        raise MammoXAIError("dataloader", "does not return the images in data-set order", "set shuffle to false")
+    return torch.cat(batches).numpy().astype(np.float64)
+
+
+def sensitivity_specificity(
+    y_true: Sequence[int] | np.ndarray, y_score: Sequence[float] | np.ndarray, threshold: float
+) -> tuple[float, float]:
+    """(sensitivity, specificity) when a score ``>= threshold`` is called positive; NaN for an absent class."""
+    y_true, called = np.asarray(y_true).astype(bool), np.asarray(y_score) >= threshold
+    sensitivity = called[y_true].mean() if y_true.any() else math.nan
+    specificity = (~called[~y_true]).mean() if (~y_true).any() else math.nan
+    return float(sensitivity), float(specificity)
+
+
+def threshold_for_specificity(
+    y_true: Sequence[int] | np.ndarray, y_score: Sequence[float] | np.ndarray, target: float
+) -> float:
+    """The lowest threshold (so the highest sensitivity) whose specificity is at least ``target``; NaN without
+    negatives. Chosen on the data it is applied to, the sensitivity there is optimistic on small sets."""
+    y_true, y_score = np.asarray(y_true).astype(bool), np.asarray(y_score, dtype=np.float64)
+    negatives = np.sort(y_score[~y_true])
+    if not negatives.size:
+        return math.nan
+    candidates = np.append(np.unique(y_score), np.nextafter(y_score.max(), np.inf))
+    specificity = np.searchsorted(negatives, candidates, side="left") / negatives.size  # share of negatives below
+    return float(candidates[np.argmax(specificity >= target)])
+
+
+def calibration_bins(
+    y_true: Sequence[int] | np.ndarray, probability: Sequence[float] | np.ndarray, n_bins: int = 10
+) -> tuple[float, list[dict[str, Any]]]:
+    """Expected calibration error of a probability, and its reliability table over ``n_bins`` equal-width bins.
+
+    ECE = sum over bins of (images in bin / images) * |observed positive rate - mean probability| (Naeini et al.,
+    AAAI 2015). A model whose 0.8 means "malignant 80 % of the time" has ECE 0; a reader deciding on the score
+    needs that, and a high AUC does not imply it.
+
+    Returns:
+        ``(ece, rows)``: one row per non-empty bin with ``low``, ``high``, ``images``, ``mean_probability`` and
+        ``observed_rate``.
+    """
+    y_true, probability = np.asarray(y_true, dtype=np.float64), np.asarray(probability, dtype=np.float64)
+    if not y_true.size:
+        return math.nan, []
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.digitize(probability, edges[1:-1], right=True), 0, n_bins - 1)
+    rows, ece = [], 0.0
+    for b in range(n_bins):
+        members = index == b
+        if members.any():
+            mean_probability, observed = probability[members].mean(), y_true[members].mean()
+            ece += members.mean() * abs(observed - mean_probability)
+            rows.append(
+                {
+                    "low": edges[b],
+                    "high": edges[b + 1],
+                    "images": int(members.sum()),
+                    "mean_probability": mean_probability,
+                    "observed_rate": observed,
+                }
+            )
+    return float(ece), rows
+
+
+def reliability_figure(rows: Sequence[Mapping[str, Any]], ece: float, title: str) -> Figure:
+    """Reliability diagram: observed positive rate against mean predicted probability per bin, with the diagonal
+    of perfect calibration; marker area grows with the number of images in the bin."""
+    figure = Figure(figsize=(4.5, 4.5))
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="perfectly calibrated")
+    if rows:
+        sizes = np.asarray([row["images"] for row in rows], dtype=np.float64)
+        axes.plot([row["mean_probability"] for row in rows], [row["observed_rate"] for row in rows], color="tab:blue")
+        axes.scatter(
+            [row["mean_probability"] for row in rows],
+            [row["observed_rate"] for row in rows],
+            s=20 + 180 * sizes / sizes.max(),
+            color="tab:blue",
+        )
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("mean predicted probability")
+    axes.set_ylabel("observed positive rate")
+    axes.set_title(f"{title} (ECE {ece:.3f})")
+    axes.legend(loc="upper left")
+    return figure
+
+
+def aggregate_exams(
+    records: Sequence[Mapping[str, Any]], scores: np.ndarray, labels: np.ndarray, keys: Sequence[str], how: str = "max"
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Exam-level scores: the images sharing the values of ``keys`` (e.g. ``study_uid`` and ``laterality``: the
+    CC and MLO of one breast) become one exam, scored by the ``max`` or ``mean`` of their scores.
+
+    ``max`` follows the reader, who recalls on the most suspicious view; ``mean`` rewards a finding seen in both
+    views. An exam is positive when any of its images is.
+
+    Returns:
+        ``(exam ids, scores, labels, patients)`` in first-appearance order.
+
+    Raises:
+        MammoXAIError: ``how`` is not ``max`` or ``mean``.
+    """
+    if how not in ("max", "mean"):
+        raise MammoXAIError("exam_aggregation", f"is {how!r}", "use 'max' or 'mean'")
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        members["/".join(str(record.get(key) or "") for key in keys)].append(index)
+    reduce = np.max if how == "max" else np.mean
+    exams = list(members)
+    exam_scores = np.array([reduce(scores[members[exam]]) for exam in exams])
+    exam_labels = np.array([int(labels[members[exam]].max()) for exam in exams])
+    patients = [str(records[members[exam][0]].get("patient_id") or exam) for exam in exams]
+    return exams, exam_scores, exam_labels, patients
+
+
+def binary_metrics(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    patients: Sequence[str],
+    threshold: float = 0.5,
+    target_specificity: float = 0.9,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """AUC with a patient-cluster bootstrap interval, and sensitivity / specificity (with intervals) at
+    ``threshold`` and at the threshold reaching ``target_specificity``."""
+    y_true, y_score = np.asarray(y_true).astype(np.int64), np.asarray(y_score, dtype=np.float64)
+    auc = bootstrap_ci(roc_auc, y_true, y_score, n=n_bootstrap, seed=seed, groups=patients)
+    values: dict[str, Any] = {
+        "images": int(y_true.size),
+        "positives": int(y_true.sum()),
+        "patients": len(set(patients)),
+        "auc": auc.estimate,
+        "auc_low": auc.low,
+        "auc_high": auc.high,
+    }
+    operating_points = {"": threshold, "_at_target": threshold_for_specificity(y_true, y_score, target_specificity)}
+    for suffix, point in operating_points.items():
+        for position, name in enumerate(("sensitivity", "specificity")):
+            interval = bootstrap_ci(
+                lambda t, s, p=point, i=position: sensitivity_specificity(t, s, p)[i],
+                y_true,
+                y_score,
+                n=n_bootstrap,
+                seed=seed,
+                groups=patients,
+            )
+            values.update(
+                {
+                    f"{name}{suffix}": interval.estimate,
+                    f"{name}{suffix}_low": interval.low,
+                    f"{name}{suffix}_high": interval.high,
+                }
+            )
+    values.update(
+        threshold=threshold, target_specificity=target_specificity, threshold_at_target=operating_points["_at_target"]
+    )
+    return values
+
+
+class ClassifierEvaluator:
+    """Score held-out images with one checkpoint or an ensemble, and write the evaluation report.
+
+    Args:
+        members: the networks (:func:`load_checkpoints`); their softmax probabilities are averaged.
+        dataloader: a non-shuffling loader over a :class:`~mammoxai.data.dataset.MammogramDataset` of labelled
+            held-out images (unlabelled images, label -1, are left out).
+        class_names: the classes, in output order.
+        positive_class: the class scored as "positive" (default ``"malignant"``); every binary metric is this
+            class against the rest.
+        output_dir: the report folder.
+        device, amp: where and how to run the networks.
+        threshold: operating point on the positive-class probability.
+        target_specificity: the specificity whose threshold is also reported.
+        exam_keys: record fields that identify an exam (default the breast: ``study_uid`` and ``laterality``).
+        exam_aggregation: ``max`` or ``mean`` of an exam's image scores.
+        device_key: record field that names the X-ray system for the per-device breakdown.
+        calibration_bins: bins of the reliability diagram.
+        n_bootstrap, seed: bootstrap resamples and their seed.
+        checkpoints: the checkpoint paths, for the record.
+        command: the command that produced the report, for the record.
+
+    Example:
+        members = load_checkpoints(MammoClassifier(num_classes=3), ["models/model.pt"])
+        ClassifierEvaluator(members, loader, ["normal", "benign", "malignant"], output_dir="eval/classifier").run()
+    """
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        dataloader: torch.utils.data.DataLoader,
+        class_names: Sequence[str],
+        positive_class: str = "malignant",
+        output_dir: str | Path = "eval/classifier",
+        device: torch.device | str = "cpu",
+        amp: bool = False,
+        threshold: float = 0.5,
+        target_specificity: float = 0.9,
+        exam_keys: Sequence[str] = ("study_uid", "laterality"),
+        exam_aggregation: str = "max",
+        device_key: str = "xray_system",
+        calibration_bins: int = 10,
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+        checkpoints: Sequence[str] | str = (),
+        command: str | None = None,
+    ) -> None:
+        self.class_names = list(class_names)
+        if positive_class not in self.class_names:
+            raise MammoXAIError(
+                "positive_class", f"{positive_class!r} is not one of {self.class_names}", "name one of class_names"
+            )
+        self.members, self.dataloader = list(members), dataloader
+        self.positive = self.class_names.index(positive_class)
+        self.output_dir, self.device, self.amp = Path(output_dir), torch.device(device), amp
+        self.threshold, self.target_specificity = threshold, target_specificity
+        self.exam_keys, self.exam_aggregation, self.device_key = list(exam_keys), exam_aggregation, device_key
+        self.n_bins, self.n_bootstrap, self.seed = calibration_bins, n_bootstrap, seed
+        self.checkpoints = [checkpoints] if isinstance(checkpoints, str) else [str(path) for path in checkpoints]
+        self.command = command
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate, write the report, and return its JSON document."""
+        probabilities = predict_probabilities(self.members, self.dataloader, self.device, self.amp)
+        dataset = self.dataloader.dataset
+        labels = np.asarray(dataset.labels)
+        labelled = labels >= 0
+        if not labelled.any():
+            raise MammoXAIError(
+                "evaluation data set", "has no labelled image", "check label_key and the manifest's labels"
+            )
+        records = [record for record, keep in zip(dataset.data, labelled) if keep]
+        labels, probabilities = labels[labelled], probabilities[labelled]
+        report = self._report(records, labels, probabilities)
+        report.write(self.output_dir)
+        logger.info("classifier evaluation written to %s", self.output_dir)
+        return report.to_dict()
+
+    def _binary(self, y_true: np.ndarray, y_score: np.ndarray, patients: Sequence[str]) -> dict[str, Any]:
+        return binary_metrics(
+            y_true, y_score, patients, self.threshold, self.target_specificity, self.n_bootstrap, self.seed
+        )
+
+    def _report(self, records: list[dict[str, Any]], labels: np.ndarray, probabilities: np.ndarray) -> Report:
+        positive_name = self.class_names[self.positive]
+        patients = [str(record.get("patient_id") or record["path"]) for record in records]
+        y_true, y_score = (labels == self.positive).astype(np.int64), probabilities[:, self.positive]
+        report = Report(
+            "Malignancy classifier evaluation",
+            f"{len(records)} labelled held-out images of {len(set(patients))} patients, scored by "
+            f"{'an ensemble of ' + str(len(self.members)) + ' checkpoints (mean probability)' if len(self.members) > 1 else 'one checkpoint'}. "
+            f"Binary metrics are {positive_name} against the rest on the {positive_name} probability; intervals are "
+            "95 % patient-cluster bootstrap intervals.",
+            command=self.command,
+            device=self.device,
+        )
+        image_values = {"level": "image", **self._binary(y_true, y_score, patients)}
+        exams, exam_scores, exam_labels, exam_patients = aggregate_exams(
+            records, y_score, y_true, self.exam_keys, self.exam_aggregation
+        )
+        exam_level = f"exam ({'+'.join(self.exam_keys)}, {self.exam_aggregation})"
+        exam_values = {"level": exam_level, **self._binary(exam_labels, exam_scores, exam_patients)}
+        report.add_table(
+            "binary",
+            [image_values, exam_values],
+            title=f"{positive_name} vs rest",
+            columns=[
+                "level",
+                "images",
+                "positives",
+                "patients",
+                "auc",
+                "auc_low",
+                "auc_high",
+                "sensitivity",
+                "specificity",
+                "threshold_at_target",
+                "sensitivity_at_target",
+                "specificity_at_target",
+            ],
+        )
+        report.add_text(
+            "How to read it",
+            f"An exam is the images sharing {' and '.join(self.exam_keys)}, scored by the {self.exam_aggregation} of "
+            f"their scores and positive when any image is (its row counts exams as images). Sensitivity and "
+            f"specificity are at the fixed threshold {self.threshold}; the _at_target columns at the lowest threshold "
+            f"reaching specificity {self.target_specificity} on these images, chosen on the data it is applied to "
+            "and so optimistic on small sets. report.json holds every interval.",
+        )
+        if len(self.class_names) > 2:
+            rows = []
+            for index, name in enumerate(self.class_names):
+                interval = bootstrap_ci(
+                    roc_auc,
+                    labels == index,
+                    probabilities[:, index],
+                    n=self.n_bootstrap,
+                    seed=self.seed,
+                    groups=patients,
+                )
+                rows.append(
+                    {
+                        "class": name,
+                        "images": int((labels == index).sum()),
+                        "auc": interval.estimate,
+                        "auc_low": interval.low,
+                        "auc_high": interval.high,
+                    }
+                )
+            macro = bootstrap_ci(roc_auc, labels, probabilities, n=self.n_bootstrap, seed=self.seed, groups=patients)
+            rows.append(
+                {
+                    "class": "macro average",
+                    "images": len(labels),
+                    "auc": macro.estimate,
+                    "auc_low": macro.low,
+                    "auc_high": macro.high,
+                }
+            )
+            report.add_table("per_class", rows, title="One-vs-rest AUC per class")
+        ece, bins = calibration_bins(y_true, y_score, self.n_bins)
+        report.add_values(
+            "calibration", {"ece": ece, "bins": self.n_bins}, title=f"Calibration of the {positive_name} probability"
+        )
+        report.add_table("reliability_bins", bins, title="Reliability bins")
+        device_rows = []
+        devices = [str(record.get(self.device_key) or "unknown") for record in records]
+        for name in sorted(set(devices)):
+            chosen = np.asarray([device == name for device in devices])
+            device_patients = [patient for patient, keep in zip(patients, chosen) if keep]
+            device_rows.append(
+                {self.device_key: name, **self._binary(y_true[chosen], y_score[chosen], device_patients)}
+            )
+        report.add_table(
+            "per_device",
+            device_rows,
+            title=f"Per device ({self.device_key})",
+            columns=[
+                self.device_key,
+                "images",
+                "positives",
+                "patients",
+                "auc",
+                "auc_low",
+                "auc_high",
+                "sensitivity",
+                "specificity",
+            ],
+        )
+        curves = {}
+        for name, truth, score, values in (
+            ("image", y_true, y_score, image_values),
+            ("exam", exam_labels, exam_scores, exam_values),
+        ):
+            if np.unique(truth).size == 2:
+                fpr, tpr, _ = roc_curve(truth, score)
+                curves[name] = (fpr, tpr, values["auc"])
+        if curves:
+            report.add_figure("roc", roc_figure(curves, f"{positive_name} vs rest"), title="ROC")
+        report.add_figure(
+            "reliability", reliability_figure(bins, ece, f"{positive_name} probability"), title="Reliability diagram"
+        )
+        report.add_data("checkpoints", self.checkpoints)
+        report.add_data(
+            "scores",
+            {"paths": [str(record["path"]) for record in records], "labels": labels, "probabilities": probabilities},
+        )
+        report.add_data("exam_scores", {"exams": exams, "labels": exam_labels, "scores": exam_scores})
+        return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/evaluate.py --dataset_dir <studies> [--checkpoints '["models/model.pt"]'] [--key value ...]``
+
+    Runs ``configs/train.json`` merged with ``configs/evaluate.json`` of the bundle, from any folder; a user error
+    is one line on stderr and exit status 1.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] in (["-h"], ["--help"]):
+        print(
+            'usage: python scripts/evaluate.py --dataset_dir <studies> [--checkpoints \'["a.pt", "b.pt"]\'] [--<config key> <value> ...]'
+        )
+        print("runs configs/train.json merged with configs/evaluate.json; every top-level key can be overridden")
+        return 0
+    try:
+        overrides = _overrides(arguments)
+        bundle_root = Path(overrides.pop("bundle_root", BUNDLE_ROOT)).resolve()
+        configs = [bundle_root / "configs" / name for name in ("train.json", "evaluate.json")]
+        for config in configs:
+            if not config.is_file():
+                raise MammoXAIError(config, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
+        overrides.setdefault("command", shlex.join(["python", "scripts/evaluate.py", *arguments]))
+        monai.bundle.run(
+            config_file=[str(config) for config in configs],
+            logging_file=str(bundle_root / "configs" / "logging.conf"),
+            bundle_root=str(bundle_root),
+            **overrides,
+        )
+    except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
+        cause = _user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,130 @@
+"""Experiments made of bundle runs: fine-tune with ``configs/train.json``, score with ``configs/evaluate.json``.
+
+The building blocks of ``scripts/compare_strategies.py`` (initialisation strategies by labelled fraction, after
+the Pittsburgh study, J Digit Imaging 2020) and ``scripts/domain_shift.py`` (transfer to an unseen X-ray system,
+after Shen et al., Sci Rep 2019): a nested, class-stratified labelled subset, and one train-then-evaluate run
+whose every setting is a config override, so an experiment runs exactly what a user of the bundle runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import monai.bundle
+
+from mammoxai.errors import MammoXAIError
+
+__all__ = ["TASKS", "HOLDOUT", "is_held_out", "labelled_subset", "bundle_run", "train_and_evaluate"]
+
+TASKS: dict[str, dict[str, Any]] = {
+    "3class": {"class_names": ["normal", "benign", "malignant"], "label_map": {"recalled_benign": "benign"}},
+    "binary": {
+        "class_names": ["other", "malignant"],
+        "label_map": {"normal": "other", "benign": "other", "recalled_benign": "other"},
+    },
+}
+"""train.json ``class_names`` and ``label_map`` of the two tasks of the Pittsburgh study: 3-class (negative /
+recalled-benign / malignant) and binary (malignant vs the rest)."""
+
+HOLDOUT = {"split": "test"}
+"""The records every experiment scores and never trains on (the test split of synthetic and VinDr sets)."""
+
+
+def is_held_out(record: Mapping[str, Any]) -> bool:
+    """Whether a record is in the held-out test split (:data:`HOLDOUT`)."""
+    return all(str(record.get(key)) == value for key, value in HOLDOUT.items())
+
+
+def labelled_subset(
+    records: Sequence[Mapping[str, Any]],
+    fraction: float,
+    seed: int = 0,
+    label_key: str = "case_label",
+    label_map: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The held-out test records plus ``fraction`` of the other patients, stratified by each patient's rarest
+    class, at least two patients per class (so training and validation both see it).
+
+    The draw is nested: patients are ranked once per class by the seed, and a fraction takes the first of them,
+    so a larger fraction adds patients to a smaller one and the comparison across fractions is not confounded by
+    different patients.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise MammoXAIError("--fractions", f"has {fraction}", "use fractions in (0, 1], e.g. 0.05 0.25 1.0")
+    label_map = dict(label_map or {})
+    held_out = [dict(r) for r in records if is_held_out(r)]
+    by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if not is_held_out(record) and record.get(label_key) not in (None, ""):
+            by_patient[str(record.get("patient_id") or record["path"])].append(dict(record))
+    frequency = defaultdict(int)
+    for group in by_patient.values():
+        for record in group:
+            frequency[label_map.get(str(record[label_key]), str(record[label_key]))] += 1
+    strata: dict[str, list[str]] = defaultdict(list)
+    for patient, group in sorted(by_patient.items()):
+        names = {label_map.get(str(record[label_key]), str(record[label_key])) for record in group}
+        strata[min(names, key=lambda name: (frequency[name], name))].append(patient)
+    rng = random.Random(seed)
+    chosen = []
+    for _, patients in sorted(strata.items()):
+        rng.shuffle(patients)
+        chosen += patients[: min(len(patients), max(2, math.ceil(fraction * len(patients))))]
+    return [record for patient in sorted(chosen) for record in by_patient[patient]] + held_out
+
+
+def bundle_run(configs: Sequence[str], bundle_root: Path, **overrides: Any) -> None:
+    """Run the bundle's ``configs`` (merged in order) in this process with top-level ``overrides``."""
+    files = [str(bundle_root / "configs" / name) for name in configs]
+    monai.bundle.run(
+        config_file=files if len(files) > 1 else files[0], bundle_root=str(bundle_root), logging_file=False, **overrides
+    )
+
+
+def train_and_evaluate(
+    bundle_root: Path,
+    manifest: Path,
+    work: Path,
+    strategy: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    n_bootstrap: int,
+) -> dict[str, Any]:
+    """Fine-tune with ``train.json`` on ``manifest`` and evaluate the result on its held-out records.
+
+    Args:
+        bundle_root: the bundle whose configs run.
+        manifest: training, validation and held-out (:data:`HOLDOUT`) records.
+        work: folder of this run: ``models/model.pt``, logs, ``evaluation/report.*``.
+        strategy: train.json overrides of this run (``init``, ``init_weights``, ``freeze``, ...).
+        settings: train.json overrides shared by all runs (sizes, epochs, classes, device).
+        n_bootstrap: bootstrap resamples of the evaluation.
+
+    Returns:
+        the image-level row of the evaluation report (AUC and interval, sensitivity, specificity, counts).
+    """
+    overrides = {
+        **settings,
+        **strategy,
+        "manifest": str(manifest),
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work),
+        "network_def": "@finetune_network_def",
+    }
+    bundle_run(["train.json"], bundle_root, **overrides)
+    bundle_run(
+        ["train.json", "evaluate.json"],
+        bundle_root,
+        **overrides,
+        checkpoints=[str(work / "models" / "model.pt")],
+        evaluation_dir=str(work / "evaluation"),
+        eval_where=HOLDOUT,
+        n_bootstrap=n_bootstrap,
+    )
+    report = json.loads((work / "evaluation" / "report.json").read_text())
+    return report["tables"]["binary"][0]

@@ -1,0 +1,132 @@
+"""Multi-view samples: the views of one breast (e.g. CC and MLO of one study and side) stacked into one sample,
+for :class:`~mammoxai.nets.finetune.MultiViewClassifier`.
+
+The per-image work (reading, preprocessing, caching, augmentation) stays in
+:class:`~mammoxai.data.dataset.MammogramDataset`; this wrapper only groups its samples, so each view is augmented
+on its own and nothing is implemented twice. ``configs/train.json`` and ``configs/evaluate.json`` build their
+data sets through :func:`build_dataset`, which gives the single-image data set when ``views`` is null (and the
+patches of :mod:`mammoxai.training.patches` when ``patch_size`` is set).
+
+Example:
+    images = MammogramDataset(records, image_size=(256, 208), class_names=["normal", "benign", "malignant"])
+    breasts = MultiViewDataset(images, views=["CC", "MLO"])
+    breasts[0]["image"].shape     # (2, 1, 256, 208): CC then MLO
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from mammoxai.data.dataset import MammogramDataset
+from mammoxai.errors import MammoXAIError
+from mammoxai.training.patches import PatchDataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MultiViewDataset", "build_dataset"]
+
+
+class MultiViewDataset(torch.utils.data.Dataset):
+    """One sample per breast: the images of ``views`` in that order, stacked (views, 1, h, w).
+
+    Images are grouped by ``group_keys`` (default: ``study_uid`` and ``laterality``, one breast at one exam). A
+    group without every view, or with a view twice, is left out with a warning (counted in ``incomplete``). The
+    breast's label is the most severe of its images' (the highest class index: ``class_names`` are ordered
+    from normal to malignant), -1 when no image is labelled.
+
+    Args:
+        images: the per-image data set.
+        views: view names (``ViewPosition`` values, upper case) in the order the network expects them.
+        group_keys: record fields that identify a breast.
+
+    Attributes:
+        data: one record per breast (its first view's), so evaluation code reads a breast like an image.
+        labels: the breast labels.
+        groups: per breast, the indices of its views in ``images``.
+
+    Raises:
+        MammoXAIError: no breast has every view.
+    """
+
+    def __init__(
+        self,
+        images: MammogramDataset,
+        views: Sequence[str] = ("CC", "MLO"),
+        group_keys: Sequence[str] = ("study_uid", "laterality"),
+    ) -> None:
+        self.images, self.views = images, [str(view).upper() for view in views]
+        members: dict[tuple[str, ...], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for index, record in enumerate(images.data):
+            key = tuple(str(record.get(field) or "") for field in group_keys)
+            members[key][str(record.get("view") or "").upper()].append(index)
+        self.groups = [
+            [found[view][0] for view in self.views]
+            for found in members.values()
+            if all(len(found.get(view, ())) == 1 for view in self.views)
+        ]
+        self.incomplete = len(members) - len(self.groups)
+        if self.incomplete:
+            logger.warning(
+                "%d of %d breasts lack one of the views %s (or have one twice) and are left out",
+                self.incomplete,
+                len(members),
+                self.views,
+            )
+        if not self.groups:
+            raise MammoXAIError(
+                "multi-view data set",
+                f"no breast ({'+'.join(group_keys)}) has exactly one image of each view {self.views}",
+                "check the views key and the manifest's view column",
+            )
+        self.data = [images.data[group[0]] for group in self.groups]
+        self.labels = [max(images.labels[index] for index in group) for group in self.groups]
+        self.class_names = images.class_names
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        samples = [self.images[member] for member in self.groups[index]]
+        return {
+            "image": torch.stack([torch.as_tensor(sample["image"]) for sample in samples]),
+            "label": self.labels[index],
+            "path": samples[0]["path"],
+            "view_paths": [sample["path"] for sample in samples],
+        }
+
+
+def build_dataset(
+    records: Sequence[Mapping[str, Any]] | str | os.PathLike,
+    views: Sequence[str] | None = None,
+    patch_size: int | None = None,
+    findings_csv: str | os.PathLike | None = None,
+    patch_backgrounds: int = 1,
+    transform: Callable | None = None,
+    **kwargs: Any,
+) -> MammogramDataset | MultiViewDataset | PatchDataset:
+    """The data set ``configs/train.json`` trains on: a :class:`~mammoxai.data.dataset.MammogramDataset` of
+    ``records`` (``kwargs`` are its arguments); with ``views``, its breasts (:class:`MultiViewDataset`); with
+    ``patch_size``, lesion and background patches (:class:`~mammoxai.training.patches.PatchDataset`, the first
+    stage of patch → whole-image training), augmented by ``transform`` after cropping.
+
+    Raises:
+        MammoXAIError: both ``views`` and ``patch_size``, or ``patch_size`` without ``findings_csv``.
+    """
+    if patch_size is None:
+        images = MammogramDataset(records, transform=transform, **kwargs)
+        return images if views is None else MultiViewDataset(images, views)
+    if views is not None:
+        raise MammoXAIError("views and patch_size", "are both set", "train patches on single views: set views to null")
+    if findings_csv is None:
+        raise MammoXAIError(
+            "findings_csv", "is not set but patch_size is", "give the finding_annotations.csv of the studies"
+        )
+    return PatchDataset(
+        MammogramDataset(records, **kwargs), findings_csv, patch_size, patch_backgrounds, transform=transform
+    )

@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""Train and evaluate initialisation strategies side by side at several labelled fractions: the Pittsburgh
+experiment (J Digit Imaging 2020: scratch vs natural-image vs medical vs incremental pretraining, AUC 0.68-0.77)
+on your own study set.
+
+For every labelled fraction (e.g. 5 %, 25 %, 100 % of the patients outside the held-out test split, drawn
+stratified by class and nested, so the 5 % patients are among the 25 % ones) and every strategy, the bundle's
+``configs/train.json`` fine-tunes a :class:`~mammoxai.nets.BackboneClassifier` and ``configs/evaluate.json``
+scores it on the same held-out test patients. The table and plot give the test ROC AUC (malignant vs rest) with
+its patient-bootstrap 95 % interval per strategy and fraction.
+
+Strategies (``--strategies``): ``scratch``; ``pretrained`` (metadata-pretrained backbone); ``pretrained_frozen``
+(the same with the stem frozen); ``external`` (``--external_weights``, e.g. ImageNet weights on disk);
+``incremental`` (``--incremental_weights``: a pretrained.pt that pretraining started from external weights).
+Without ``--pretrained`` the metadata pretraining is run first, by ``configs/pretrain.json``, on the images of the
+non-test patients (it needs no labels).
+
+Example (tiny CPU run; use the defaults of the configs on a GPU)::
+
+    python scripts/compare_strategies.py --dataset_dir synth --out eval/strategies --fractions 0.25 1.0 \\
+        --epochs 2 --pretrain_epochs 2 --image_size 64 48
+
+Writes ``report.json``, ``report.md`` and ``auc_by_fraction.png`` into ``--out``; runs go to ``--out/runs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from mammoxai.data.manifest import read_manifest, write_manifest
+from mammoxai.errors import MammoXAIError
+from mammoxai.reports import Report
+from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT, _user_error
+from mammoxai.training.experiments import HOLDOUT, TASKS, bundle_run, is_held_out, labelled_subset, train_and_evaluate
+
+logger = logging.getLogger("compare_strategies")
+
+#: strategy -> train.json overrides; "weights" names the command-line option that gives init_weights
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "scratch": {"init": "scratch"},
+    "pretrained": {"init": "pretrained", "weights": "pretrained"},
+    "pretrained_frozen": {"init": "pretrained", "weights": "pretrained", "freeze": "stem"},
+    "external": {"init": "external", "weights": "external_weights"},
+    "incremental": {"init": "incremental", "weights": "incremental_weights"},
+}
+
+
+def pretrain(bundle_root: Path, manifest: Path, work: Path, settings: Mapping[str, Any], epochs: int) -> Path:
+    """Metadata pretraining (``configs/pretrain.json``) of the backbone on ``manifest``; the checkpoint path."""
+    keys = ("backbone", "image_size", "batch_size", "num_workers", "device", "seed", "cache_dir")
+    bundle_run(
+        ["pretrain.json"],
+        bundle_root,
+        **{key: settings[key] for key in keys if key in settings},
+        manifest=str(manifest),
+        ckpt_dir=str(work),
+        output_dir=str(work),
+        epochs=epochs,
+    )
+    return work / "pretrained.pt"
+
+
+def comparison_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Test AUC with its 95 % interval against the labelled fraction, one line per strategy."""
+    figure = Figure(figsize=(5.5, 4.0))
+    axes = figure.add_subplot()
+    strategies = list(dict.fromkeys(row["strategy"] for row in rows))
+    for offset, name in zip(np.linspace(-0.03, 0.03, len(strategies)), strategies):
+        mine = [row for row in rows if row["strategy"] == name]
+        x = np.log10([row["fraction"] for row in mine]) + offset
+        auc = np.array([np.nan if row["auc"] is None else row["auc"] for row in mine], dtype=np.float64)
+        low = np.array([np.nan if row["auc_low"] is None else row["auc_low"] for row in mine], dtype=np.float64)
+        high = np.array([np.nan if row["auc_high"] is None else row["auc_high"] for row in mine], dtype=np.float64)
+        errors = np.nan_to_num(np.stack([auc - low, high - auc]).clip(min=0.0))
+        axes.errorbar(x, auc, yerr=errors, marker="o", capsize=3, label=name)
+    fractions = sorted({row["fraction"] for row in rows})
+    axes.set_xticks(np.log10(fractions), [f"{100 * f:g} %" for f in fractions])
+    axes.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("labelled share of the training patients")
+    axes.set_ylabel("test ROC AUC (malignant vs rest), 95 % CI")
+    axes.set_title("Initialisation strategies")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset_dir", required=True, help="study folder with manifest.csv (split column: 'test' is held out)"
+    )
+    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--strategies", nargs="+", default=["scratch", "pretrained"], choices=list(STRATEGIES))
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.25, 1.0])
+    parser.add_argument("--task", choices=list(TASKS), default="3class")
+    parser.add_argument("--backbone", default="mammo_cnn")
+    parser.add_argument("--pretrained", help="metadata-pretraining checkpoint (default: pretrain here first)")
+    parser.add_argument("--external_weights", help="local state dict of the backbone, for the external strategy")
+    parser.add_argument("--incremental_weights", help="pretrained.pt started from external weights, for incremental")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--pretrain_epochs", type=int, default=30)
+    parser.add_argument("--image_size", nargs=2, type=int, default=[256, 208])
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--n_bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bundle_root", default=str(BUNDLE_ROOT))
+    return parser
+
+
+def compare(args: argparse.Namespace, command: str) -> Report:
+    """Run every strategy at every fraction and return the report (see the module docstring)."""
+    bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
+    manifest = Path(args.dataset_dir) / "manifest.csv"
+    if not manifest.is_file():
+        raise MammoXAIError(
+            manifest,
+            "manifest not found",
+            "pass --dataset_dir, a folder written by mammoxai.data.synth or build_manifest",
+        )
+    records = read_manifest(manifest)
+    task = TASKS[args.task]
+    settings = {
+        "backbone": args.backbone, "epochs": args.epochs, "image_size": list(args.image_size), "batch_size": args.batch_size,
+        "num_workers": args.num_workers, "device": args.device, "seed": args.seed, "cache_dir": str(out / "cache"), "holdout": HOLDOUT, **task,
+    }  # fmt: skip
+    weights = {
+        "pretrained": args.pretrained,
+        "external_weights": args.external_weights,
+        "incremental_weights": args.incremental_weights,
+    }
+    for name in args.strategies:
+        option = STRATEGIES[name].get("weights")
+        if option not in (None, "pretrained") and not weights[option]:
+            raise MammoXAIError(
+                f"strategy {name!r}", f"needs --{option}", f"pass --{option} <local weights file> or drop {name}"
+            )
+    if any(STRATEGIES[name].get("weights") == "pretrained" for name in args.strategies) and not weights["pretrained"]:
+        unlabelled = [record for record in records if not is_held_out(record)]
+        logger.info("metadata pretraining on %d images of the non-test patients", len(unlabelled))
+        pretrain_manifest = write_manifest(unlabelled, out / "runs" / "pretrain_manifest.csv")
+        weights["pretrained"] = str(
+            pretrain(bundle_root, pretrain_manifest, out / "runs" / "pretrain", settings, args.pretrain_epochs)
+        )
+    rows = []
+    for fraction in sorted(args.fractions):
+        subset = labelled_subset(records, fraction, args.seed, label_map=task["label_map"])
+        subset_manifest = write_manifest(subset, out / "runs" / f"labelled_{fraction:g}.csv")
+        patients = len({record.get("patient_id") for record in subset if not is_held_out(record)})
+        for name in args.strategies:
+            strategy = {key: value for key, value in STRATEGIES[name].items() if key != "weights"}
+            if "weights" in STRATEGIES[name]:
+                strategy["init_weights"] = weights[STRATEGIES[name]["weights"]]
+            logger.info("strategy %s, %g of the labelled patients (%d)", name, fraction, patients)
+            work = out / "runs" / f"{name}_{fraction:g}"
+            result = train_and_evaluate(bundle_root, subset_manifest, work, strategy, settings, args.n_bootstrap)
+            rows.append({"strategy": name, "fraction": fraction, "labelled_patients": patients, **result})
+    report = Report(
+        "Initialisation strategies by labelled fraction",
+        f"Task {args.task}, backbone {args.backbone}, {args.epochs} fine-tuning epochs at {args.image_size[0]}x{args.image_size[1]}; "
+        f"every model is scored on the same held-out test patients ({HOLDOUT}). AUC is malignant vs rest with a 95 % "
+        "patient-bootstrap interval.",
+        command=command,
+    )
+    report.add_table(
+        "strategies", rows, title="Test AUC per strategy and labelled fraction",
+        columns=["strategy", "fraction", "labelled_patients", "images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"],
+    )  # fmt: skip
+    report.add_values("weights", {key: value or "" for key, value in weights.items()}, title="Starting weights")
+    report.add_figure("auc_by_fraction", comparison_figure(rows), title="AUC by labelled fraction")
+    report.write(out)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(arguments)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        compare(args, shlex.join(["python", "scripts/compare_strategies.py", *arguments]))
+    except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
+        cause = _user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 1
+    print(f"report written to {Path(args.out) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""scripts/compare_strategies.py: nested labelled fractions, and a tiny side-by-side run end to end."""
+
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from mammoxai.data.manifest import read_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.nets import MetadataNet
+from mammoxai.training.experiments import labelled_subset
+from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_fields
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_strategies.py"
+_spec = importlib.util.spec_from_file_location("compare_strategies", SCRIPT)
+compare_strategies = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare_strategies)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("studies")
+    synthesize(folder, patients=8, seed=0, size=192)
+    return folder
+
+
+def _records(counts, test_patients=2):
+    """4 images per patient; ``counts`` class -> patients outside the test split."""
+    records, index = [], 0
+    for label, patients in [*counts.items(), ("malignant", test_patients)]:
+        split = "test" if index >= sum(counts.values()) else "training"
+        for _ in range(patients if split == "training" else 1):
+            for image in range(4):
+                records.append(
+                    {"path": f"P{index}_{image}.dcm", "patient_id": f"P{index}", "case_label": label, "split": split}
+                )
+            index += 1
+    return records
+
+
+def test_labelled_fractions_are_nested_stratified_and_keep_the_test_split():
+    records = _records({"normal": 40, "benign": 8, "malignant": 4})
+    small = labelled_subset(records, 0.05, seed=0)
+    large = labelled_subset(records, 0.25, seed=0)
+    patients = lambda subset: {r["patient_id"] for r in subset if r["split"] != "test"}  # noqa: E731
+    assert patients(small) < patients(large)
+    per_class = Counter(r["case_label"] for r in small if r["split"] != "test" and r["path"].endswith("_0.dcm"))
+    assert per_class == {"normal": 2, "benign": 2, "malignant": 2}  # 5 % rounds up, and at least two per class
+    assert sum(r["split"] == "test" for r in small) == sum(r["split"] == "test" for r in records)
+    assert len(patients(labelled_subset(records, 1.0))) == 52
+    with pytest.raises(MammoXAIError, match="fractions"):
+        labelled_subset(records, 0.0)
+
+
+def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
+    records = read_manifest(studies / "manifest.csv")
+    space = fit_label_space(select_fields(["view"]), records)
+    network = MetadataNet(
+        "mammo_cnn", {name: space.num_classes(name) for name in space.fields}, embed_dim=8, matching_dim=4
+    )
+    torch.save(
+        {"network": network.state_dict(), "info": CheckpointInfo(network, space, (32, 32)).state_dict()},
+        tmp_path / "pre.pt",
+    )
+    out = tmp_path / "compare"
+    code = compare_strategies.main(
+        [
+            "--dataset_dir", str(studies), "--out", str(out), "--strategies", "scratch", "pretrained_frozen",
+            "--fractions", "1.0", "--pretrained", str(tmp_path / "pre.pt"), "--epochs", "1", "--image_size", "32", "32",
+            "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--task", "binary",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = report["tables"]["strategies"]
+    assert [(row["strategy"], row["fraction"]) for row in rows] == [("scratch", 1.0), ("pretrained_frozen", 1.0)]
+    assert all(row["images"] == 8 and row["positives"] == 2 for row in rows)  # the 2 test patients, malignant breast
+    assert (out / "auc_by_fraction.png").is_file()
+    assert (out / "runs" / "pretrained_frozen_1" / "evaluation" / "report.md").is_file()
+
+
+def test_a_strategy_without_its_weights_is_one_line_on_stderr(studies, tmp_path, capsys):
+    code = compare_strategies.main(["--dataset_dir", str(studies), "--out", str(tmp_path), "--strategies", "external"])
+    assert code == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--external_weights" in error[0]

@@ -1,0 +1,66 @@
+"""scripts/domain_shift.py: the split by X-ray system, and the three runs scored on the same target patients."""
+
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mammoxai.data.manifest import read_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "domain_shift.py"
+_spec = importlib.util.spec_from_file_location("domain_shift", SCRIPT)
+domain_shift = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(domain_shift)
+
+
+def _records():
+    """Patients P0-P9 on system A (P0-P3 malignant), P10-P13 on system B; two images each."""
+    return [
+        {
+            "path": f"P{p}_{i}.dcm", "patient_id": f"P{p}", "xray_system": "A" if p < 10 else "B",
+            "case_label": "malignant" if p < 4 else "normal", "split": "test" if p == 12 else "training",
+        }
+        for p in range(14)
+        for i in range(2)
+    ]  # fmt: skip
+
+
+def test_target_patients_are_split_into_adaptation_and_test_and_never_trained_on_by_the_source():
+    source, adaptation, test = domain_shift.split_by_system(_records(), "A", 0.25, seed=0)
+    patients = lambda rows: {row["patient_id"] for row in rows}  # noqa: E731
+    assert patients(source) == {"P10", "P11", "P12", "P13"}
+    assert patients(adaptation) | patients(test) == {f"P{p}" for p in range(10)}
+    assert not patients(adaptation) & patients(test)
+    assert Counter(row["case_label"] for row in adaptation) == {"malignant": 4, "normal": 4}  # 2 patients each
+    assert {row["split"] for row in source + adaptation} == {"training"} and {row["split"] for row in test} == {"test"}
+
+
+def test_an_unknown_or_exhausted_target_system_is_a_clear_error():
+    with pytest.raises(MammoXAIError, match="use one of"):
+        domain_shift.split_by_system(_records(), "C", 0.25)
+    with pytest.raises(MammoXAIError, match="0 target test images"):
+        domain_shift.split_by_system(_records(), "B", 1.0)
+
+
+def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_patients(tmp_path):
+    studies = tmp_path / "studies"
+    synthesize(studies, patients=20, seed=0, size=128)
+    target = Counter(record["xray_system"] for record in read_manifest(studies / "manifest.csv")).most_common(1)[0][0]
+    out = tmp_path / "shift"
+    code = domain_shift.main(
+        [
+            "--dataset_dir", str(studies), "--out", str(out), "--target_system", target, "--adapt_fraction", "0.25",
+            "--epochs", "1", "--adapt_epochs", "1", "--image_size", "32", "32", "--batch_size", "8",
+            "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads((out / "report.json").read_text())["tables"]["settings"]
+    assert [row["setting"] for row in rows] == ["source", "source + adaptation", "adaptation only"]
+    assert len({row["images"] for row in rows}) == 1 and rows[0]["images"] > 0
+    assert rows[1]["training_images"] == rows[2]["training_images"] < rows[0]["training_images"]
+    assert (out / "auc_by_setting.png").is_file()

@@ -1,0 +1,228 @@
+"""Classifier evaluation: operating points, calibration, exam aggregation, ensembles, and evaluate.json end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mammoxai.data.dataset import MammogramDataset
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.nets import MammoClassifier
+from mammoxai.training.evaluate_classifier import (
+    aggregate_exams,
+    binary_metrics,
+    calibration_bins,
+    load_checkpoints,
+    main,
+    predict_probabilities,
+    select_records,
+    sensitivity_specificity,
+    threshold_for_specificity,
+)
+
+CLASSES = ["normal", "benign", "malignant"]
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("studies")
+    synthesize(folder, patients=8, seed=0, size=192)
+    return folder
+
+
+class Constant(nn.Module):
+    """A 'network' whose softmax is the given probabilities for every image."""
+
+    def __init__(self, probabilities):
+        super().__init__()
+        self.logits = nn.Parameter(torch.log(torch.tensor(probabilities)))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1)
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------
+def test_sensitivity_and_specificity_count_scores_at_the_threshold_as_positive():
+    labels = [1, 1, 1, 0, 0, 0, 0]
+    scores = [0.9, 0.5, 0.2, 0.5, 0.1, 0.0, 0.3]
+    sensitivity, specificity = sensitivity_specificity(labels, scores, 0.5)
+    assert sensitivity == pytest.approx(2 / 3)
+    assert specificity == pytest.approx(3 / 4)
+    assert np.isnan(sensitivity_specificity([0, 0], [0.1, 0.2], 0.5)[0])
+
+
+def test_threshold_for_specificity_is_the_lowest_that_reaches_the_target():
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.8])
+    threshold = threshold_for_specificity(labels, scores, 0.75)
+    assert threshold == pytest.approx(0.35)  # 3 of 4 negatives below it, and the positive at 0.35 is caught
+    assert sensitivity_specificity(labels, scores, threshold) == (1.0, 0.75)
+    assert threshold_for_specificity(labels, scores, 1.0) > 0.4  # every negative below: the 0.4 one too
+
+
+def test_calibrated_probabilities_have_zero_ece_and_overconfident_ones_do_not():
+    labels = np.array([1] * 8 + [0] * 2 + [1] * 2 + [0] * 8)
+    calibrated = np.array([0.8] * 10 + [0.2] * 10)
+    ece, rows = calibration_bins(labels, calibrated, n_bins=10)
+    assert ece == pytest.approx(0.0, abs=1e-12)
+    assert [row["images"] for row in rows] == [10, 10]
+    overconfident, _ = calibration_bins(labels, np.where(calibrated > 0.5, 1.0, 0.0), n_bins=10)
+    assert overconfident == pytest.approx(0.2)  # |0.8 - 1.0| and |0.2 - 0.0|, each on half the images
+
+
+def test_exam_score_is_the_max_or_mean_of_its_views_and_positive_if_any_view_is():
+    records = [
+        {"patient_id": "A", "study_uid": "s1", "laterality": "L"},
+        {"patient_id": "A", "study_uid": "s1", "laterality": "L"},
+        {"patient_id": "A", "study_uid": "s1", "laterality": "R"},
+    ]
+    scores, labels = np.array([0.2, 0.6, 0.1]), np.array([0, 1, 0])
+    exams, maxima, exam_labels, patients = aggregate_exams(records, scores, labels, ["study_uid", "laterality"], "max")
+    assert exams == ["s1/L", "s1/R"] and patients == ["A", "A"]
+    assert maxima.tolist() == [0.6, 0.1] and exam_labels.tolist() == [1, 0]
+    _, means, _, _ = aggregate_exams(records, scores, labels, ["study_uid"], "mean")
+    assert means.tolist() == pytest.approx([0.3])
+    with pytest.raises(MammoXAIError, match="exam_aggregation"):
+        aggregate_exams(records, scores, labels, ["study_uid"], "median")
+
+
+def test_separable_scores_give_auc_one_with_a_patient_level_interval():
+    labels = np.array([0, 0, 1, 1] * 5)
+    scores = labels * 0.5 + np.linspace(0, 0.4, 20)
+    patients = [f"P{i // 2}" for i in range(20)]
+    values = binary_metrics(labels, scores, patients, threshold=0.5, target_specificity=0.9, n_bootstrap=200)
+    assert values["auc"] == values["auc_low"] == values["auc_high"] == 1.0
+    assert values["patients"] == 10 and values["positives"] == 10
+    assert values["sensitivity_at_target"] == 1.0 and values["specificity_at_target"] >= 0.9
+
+
+def test_select_records_keeps_the_holdout_and_refuses_an_empty_selection():
+    records = [{"path": "a", "split": "test"}, {"path": "b", "split": "training"}]
+    assert [r["path"] for r in select_records(records, {"split": "test"})] == ["a"]
+    assert len(select_records(records, {})) == 2
+    with pytest.raises(MammoXAIError, match="match none"):
+        select_records(records, {"split": "validation"})
+
+
+# -- checkpoints and ensembles ------------------------------------------------------------------------------------
+def test_ensemble_probabilities_are_the_mean_of_its_members(studies):
+    dataset = MammogramDataset(
+        studies / "manifest.csv", image_size=32, class_names=CLASSES, label_map={"recalled_benign": "benign"}
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False)
+    members = [Constant([0.7, 0.2, 0.1]), Constant([0.1, 0.2, 0.7])]
+    probabilities = predict_probabilities(members, loader)
+    assert probabilities.shape == (len(dataset), 3)
+    np.testing.assert_allclose(probabilities, np.tile([0.4, 0.2, 0.4], (len(dataset), 1)), atol=1e-6)
+    with pytest.raises(MammoXAIError, match="order"):
+        predict_probabilities(
+            members,
+            torch.utils.data.DataLoader(
+                dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1)
+            ),
+        )
+
+
+def test_checkpoints_load_plain_and_wrapped_state_dicts(tmp_path):
+    torch.manual_seed(0)
+    source = MammoClassifier(num_classes=3)
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    torch.save({"model": source.state_dict()}, tmp_path / "wrapped.pt")
+    members = load_checkpoints(MammoClassifier(num_classes=3), [tmp_path / "plain.pt", tmp_path / "wrapped.pt"])
+    image = torch.rand(1, 1, 64, 64)
+    source.eval()
+    for member in members:
+        assert not member.training
+        torch.testing.assert_close(member(image), source(image))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (lambda: MammoClassifier(num_classes=2).state_dict(), "does not fit"),
+        (lambda: {"weights": [1, 2, 3]}, "does not fit"),
+        (None, "not found"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    if content is not None:
+        torch.save(content(), path)
+    with pytest.raises(MammoXAIError, match=message) as error:
+        load_checkpoints(MammoClassifier(num_classes=3), [path])
+    assert "model.pt" in str(error.value)
+
+
+# -- the bundle config end to end ---------------------------------------------------------------------------------
+def _evaluate(studies, tmp_path, *overrides):
+    return main(
+        [
+            "--dataset_dir",
+            str(studies),
+            "--evaluation_dir",
+            str(tmp_path / "report"),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--image_size",
+            "[64, 48]",
+            "--num_workers",
+            "0",
+            "--n_bootstrap",
+            "50",
+            "--eval_where",
+            "{}",
+            *overrides,
+        ]
+    )
+
+
+def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(str(tmp_path / f"model{seed}.pt"))
+        torch.save(MammoClassifier(num_classes=3).state_dict(), paths[-1])
+    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps(paths)) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["values"]["checkpoints"] == paths
+    assert [row["level"] for row in report["tables"]["binary"]][0] == "image"
+    assert report["tables"]["binary"][0]["images"] == 40
+    assert report["tables"]["binary"][1]["images"] == 20  # 8 patients x studies x 2 breasts, both views merged
+    assert [row["class"] for row in report["tables"]["per_class"]] == [*CLASSES, "macro average"]
+    systems = {row["xray_system"] for row in report["tables"]["per_device"]}
+    assert len(systems) >= 2
+    assert 0.0 <= report["values"]["calibration"]["ece"] <= 1.0
+    for name in ("report.md", "roc.png", "reliability.png"):
+        assert (tmp_path / "report" / name).is_file()
+    assert "scripts/evaluate.py" in report["command"]
+
+
+def test_binary_task_has_no_per_class_table(studies, tmp_path):
+    torch.manual_seed(0)
+    torch.save(MammoClassifier(num_classes=2).state_dict(), tmp_path / "binary.pt")
+    label_map = {"normal": "other", "benign": "other", "recalled_benign": "other"}
+    code = _evaluate(
+        studies,
+        tmp_path,
+        "--checkpoints",
+        json.dumps([str(tmp_path / "binary.pt")]),
+        "--class_names",
+        '["other", "malignant"]',
+        "--label_map",
+        json.dumps(label_map),
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "per_class" not in report["tables"]
+    assert report["tables"]["binary"][0]["positives"] == 4
+
+
+def test_a_checkpoint_of_another_class_count_is_one_line_on_stderr(studies, tmp_path, capsys):
+    torch.save(MammoClassifier(num_classes=2).state_dict(), tmp_path / "two.pt")
+    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(tmp_path / "two.pt")])) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "two.pt" in error[0] and "class_names" in error[0]
+    assert not (tmp_path / "report").exists()

@@ -1,0 +1,337 @@
+"""Fine-tuning: the backbone classifier, freezing and unfreezing, initialisation strategies, class balance and
+label checks, and train.json running them."""
+
+import csv
+import shutil
+
+import monai.bundle
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+
+from mammoxai.data.manifest import read_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.data.dataset import MammogramDataset, batch_geometries
+from mammoxai.data.findings import read_findings
+from mammoxai.nets import BackboneClassifier, MammoClassifier, MetadataNet, build_backbone
+from mammoxai.nets.finetune import MultiViewClassifier
+from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT, _user_error
+from mammoxai.training.finetune import (
+    UnfreezeAt,
+    balanced_sampler,
+    build_finetune_classifier,
+    check_labels,
+    initialise,
+)
+from mammoxai.training.multiview import MultiViewDataset
+from mammoxai.training.patches import PatchDataset
+from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_fields
+
+FIELDS = ["view", "laterality"]
+
+
+def _frozen(network, prefix):
+    return [not p.requires_grad for name, p in network.named_parameters() if name.startswith(prefix)]
+
+
+def _pretrained(path, backbone="mammo_cnn", studies=None, seed=0):
+    """A metadata-pretraining checkpoint as configs/pretrain.json writes it (untrained weights)."""
+    torch.manual_seed(seed)
+    records = read_manifest(studies / "manifest.csv")
+    space = fit_label_space(select_fields(FIELDS), records)
+    network = MetadataNet(
+        backbone, {name: space.num_classes(name) for name in space.fields}, embed_dim=8, matching_dim=4
+    )
+    torch.save({"network": network.state_dict(), "info": CheckpointInfo(network, space, (64, 48)).state_dict()}, path)
+    return network
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("studies")
+    synthesize(folder, patients=6, seed=0, size=192)
+    return folder
+
+
+# -- freezing -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("backbone", "stem"), [("mammo_cnn", "backbone.features.stem."), ("resnet18", "backbone.conv1.")]
+)
+def test_freezing_the_stem_freezes_it_alone(backbone, stem):
+    network = BackboneClassifier(backbone, num_classes=3).freeze("stem")
+    assert all(_frozen(network, stem))
+    assert not any(_frozen(network, "fc."))
+    frozen = {name.split(".")[1] for name, p in network.named_parameters() if not p.requires_grad}
+    assert frozen <= {"features", "conv1", "bn1"} and network.frozen == 1
+
+
+def test_freezing_up_to_a_stage_counts_the_stem_as_stage_zero():
+    network = BackboneClassifier("resnet18", num_classes=2).freeze(2)
+    assert all(_frozen(network, "backbone.layer2.")) and all(_frozen(network, "backbone.conv1."))
+    assert not any(_frozen(network, "backbone.layer3."))
+    assert BackboneClassifier("resnet18", num_classes=2).freeze("stage2").frozen == network.frozen == 3
+
+
+def test_all_but_head_trains_only_the_head_and_keeps_batch_norm_statistics():
+    network = BackboneClassifier("mammo_cnn", num_classes=3).freeze("all_but_head").train()
+    trainable = [name for name, p in network.named_parameters() if p.requires_grad]
+    assert trainable == ["fc.weight", "fc.bias"]
+    before = network.backbone.features.block1[0][1].running_mean.clone()
+    network(torch.rand(4, 1, 64, 48) * 5)
+    torch.testing.assert_close(network.backbone.features.block1[0][1].running_mean, before)
+    assert network.training and not network.backbone.features.block1.training
+
+
+@pytest.mark.parametrize("level", ["everything", 5, "stage9", True])
+def test_an_unknown_freezing_level_is_a_clear_error(level):
+    with pytest.raises(MammoXAIError, match="freeze"):
+        BackboneClassifier("mammo_cnn", num_classes=3).freeze(level)
+
+
+def test_unfreeze_handler_thaws_the_backbone_at_the_given_epoch():
+    network = BackboneClassifier("mammo_cnn", num_classes=3).freeze("all_but_head")
+    frozen_per_epoch = []
+    engine = Engine(lambda engine, batch: frozen_per_epoch.append(network.frozen))
+    UnfreezeAt(network, epoch=3).attach(engine)
+    engine.run([0], max_epochs=4)
+    assert frozen_per_epoch == [5, 5, 0, 0]
+    assert not any(_frozen(network, ""))
+
+
+# -- initialisation -----------------------------------------------------------------------------------------------
+def test_pretrained_init_copies_the_metadata_backbone(studies, tmp_path):
+    pretrained = _pretrained(tmp_path / "pretrained.pt", studies=studies)
+    torch.manual_seed(123)
+    network = build_finetune_classifier(
+        "mammo_cnn", 3, init="pretrained", init_weights=tmp_path / "pretrained.pt", freeze="stem"
+    )
+    for name, value in pretrained.backbone.state_dict().items():
+        torch.testing.assert_close(network.backbone.state_dict()[name], value)
+    assert network.frozen == 1
+
+
+def test_a_pretrained_checkpoint_of_another_backbone_is_a_clear_error(studies, tmp_path):
+    _pretrained(tmp_path / "pretrained.pt", studies=studies)
+    with pytest.raises(MammoXAIError, match="set backbone to 'mammo_cnn'"):
+        build_finetune_classifier("resnet18", 3, init="incremental", init_weights=tmp_path / "pretrained.pt")
+
+
+def test_external_weights_initialise_the_backbone_from_a_local_file(tmp_path):
+    torch.manual_seed(0)
+    source, _ = build_backbone("resnet18", in_channels=3)  # like torchvision ImageNet weights: RGB stem
+    torch.save(source.state_dict(), tmp_path / "imagenet.pt")
+    network = build_finetune_classifier("resnet18", 2, init="external", init_weights=tmp_path / "imagenet.pt")
+    torch.testing.assert_close(network.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    torch.testing.assert_close(network.backbone.conv1.weight, source.conv1.weight.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize(
+    ("init", "content", "message"),
+    [
+        ("external", lambda: {"not": "tensors"}, "does not hold a state dict"),
+        ("external", lambda: MammoClassifier().state_dict(), "does not fit resnet18"),
+        ("classifier", lambda: [1, 2, 3], "does not hold a state dict"),
+        ("classifier", lambda: BackboneClassifier("resnet18", 2).state_dict(), "trained for 2 classes, this run has 3"),
+        ("classifier", lambda: BackboneClassifier("mammo_cnn", 3).state_dict(), "is not a resnet18 classifier"),
+        ("pretrained", lambda: BackboneClassifier("resnet18", 3).state_dict(), "not a metadata-pretraining checkpoint"),
+    ],
+)
+def test_starting_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path, init, content, message):
+    path = tmp_path / "weights.pt"
+    torch.save(content(), path)
+    with pytest.raises(MammoXAIError, match=message) as error:
+        initialise(BackboneClassifier("resnet18", 3), init, path)
+    assert "weights.pt" in str(error.value)
+
+
+def test_a_classifier_checkpoint_continues_a_previous_fine_tune(tmp_path):
+    torch.manual_seed(0)
+    previous = BackboneClassifier("mammo_cnn", 3)
+    torch.save({"model": previous.state_dict()}, tmp_path / "model.pt")
+    network = initialise(BackboneClassifier("mammo_cnn", 3), "classifier", tmp_path / "model.pt")
+    torch.testing.assert_close(network.fc.weight, previous.fc.weight)
+
+
+def test_an_init_without_weights_or_an_unknown_init_is_a_clear_error():
+    with pytest.raises(MammoXAIError, match="init_weights"):
+        initialise(BackboneClassifier("mammo_cnn", 3), "pretrained", None)
+    with pytest.raises(MammoXAIError, match="imagenet"):
+        initialise(BackboneClassifier("mammo_cnn", 3), "imagenet", "x.pt")
+
+
+# -- labels and class balance -------------------------------------------------------------------------------------
+def test_an_empty_class_is_refused_by_name():
+    with pytest.raises(MammoXAIError, match="'benign'"):
+        check_labels([0, 0, 2, -1], ["normal", "benign", "malignant"])
+    with pytest.raises(MammoXAIError, match="no labelled image"):
+        check_labels([-1, -1], ["normal", "malignant"])
+    check_labels([0, 1, 1], ["normal", "malignant"])
+
+
+def test_balanced_sampler_draws_classes_equally_and_never_unlabelled_images():
+    labels = [0] * 90 + [1] * 10 + [-1] * 5
+    drawn = np.asarray(labels)[list(balanced_sampler(labels, "sampler", seed=0))]
+    assert len(drawn) == len(labels) and -1 not in drawn
+    assert 0.35 < (drawn == 1).mean() < 0.65  # 10 % of the images, about half of the draws
+    assert balanced_sampler(labels, "loss") is None
+    with pytest.raises(MammoXAIError, match="class_balance"):
+        balanced_sampler(labels, "oversample")
+
+
+# -- train.json ---------------------------------------------------------------------------------------------------
+def _train(studies, tmp_path, **overrides):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs")
+    settings = dict(
+        dataset_dir=str(studies),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "out"),
+        epochs=2,
+        image_size=[64, 48],
+        num_workers=0,
+        batch_size=8,
+        device="cpu",
+    )
+    monai.bundle.run(
+        config_file=str(bundle / "configs" / "train.json"),
+        bundle_root=str(bundle),
+        logging_file=False,
+        **{**settings, **overrides},
+    )
+
+
+def test_train_json_fine_tunes_the_pretrained_backbone_with_freezing_and_sampling(studies, tmp_path):
+    _pretrained(tmp_path / "pretrained.pt", studies=studies)
+    _train(
+        studies,
+        tmp_path,
+        network_def="@finetune_network_def",
+        init="pretrained",
+        init_weights=str(tmp_path / "pretrained.pt"),
+        freeze="all_but_head",
+        unfreeze_epoch=2,
+        class_balance="sampler",
+    )
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    BackboneClassifier("mammo_cnn", 3).load_state_dict(state)
+
+
+def test_train_json_refuses_a_label_csv_with_unknown_ids_before_training(studies, tmp_path):
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["sop_uid", "case_label"], ["1.2.3.unknown", "malignant"]])
+    with pytest.raises(Exception) as error:
+        _train(studies, tmp_path, label_csv=str(labels))
+    assert "1.2.3.unknown" in str(_user_error(error.value))
+    assert not (tmp_path / "models").exists()
+
+
+def test_train_json_refuses_a_class_missing_from_training(studies, tmp_path):
+    with pytest.raises(Exception) as error:
+        _train(studies, tmp_path, class_names=["normal", "benign", "malignant", "atypia"])
+    assert "'atypia'" in str(_user_error(error.value))
+    assert not (tmp_path / "models").exists()
+
+
+# -- multi-view ---------------------------------------------------------------------------------------------------
+def test_multi_view_fusion_by_mean_ignores_view_order_and_concat_does_not():
+    torch.manual_seed(0)
+    views = torch.rand(2, 2, 1, 64, 48)
+    swapped = views.flip(1)
+    mean = MultiViewClassifier("mammo_cnn", 3, num_views=2, fusion="mean").eval()
+    concat = MultiViewClassifier("mammo_cnn", 3, num_views=2, fusion="concat").eval()
+    torch.testing.assert_close(mean(views), mean(swapped))
+    assert not torch.allclose(concat(views), concat(swapped))
+    assert concat.fc.in_features == 2 * mean.fc.in_features
+    with pytest.raises(MammoXAIError, match="view_fusion"):
+        MultiViewClassifier("mammo_cnn", 3, fusion="attention")
+
+
+def test_multi_view_samples_stack_cc_then_mlo_of_one_breast(studies):
+    records = read_manifest(studies / "manifest.csv")
+    records = records[1:]  # the first breast loses its CC view
+    images = MammogramDataset(
+        records, image_size=32, class_names=["normal", "benign", "malignant"], label_map={"recalled_benign": "benign"}
+    )
+    breasts = MultiViewDataset(images, views=["CC", "MLO"])
+    assert breasts.incomplete == 1 and len(breasts) == (len(records) - 1) // 2
+    sample = breasts[0]
+    assert sample["image"].shape == (2, 1, 32, 32)
+    first, second = (images.data[i] for i in breasts.groups[0])
+    assert (first["view"], second["view"]) == ("CC", "MLO")
+    assert (first["study_uid"], first["laterality"]) == (second["study_uid"], second["laterality"])
+    assert sample["label"] == max(images.labels[i] for i in breasts.groups[0])
+    with pytest.raises(MammoXAIError, match="no breast"):
+        MultiViewDataset(images, views=["CC", "XCCL"])
+
+
+def test_train_json_trains_a_multi_view_classifier(studies, tmp_path):
+    _train(studies, tmp_path, network_def="@finetune_network_def", views=["CC", "MLO"], epochs=1)
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    MultiViewClassifier("mammo_cnn", 3, num_views=2).load_state_dict(state)
+
+
+# -- patch -> whole image -----------------------------------------------------------------------------------------
+def _images(studies, size=(96, 80)):
+    return MammogramDataset(
+        studies / "manifest.csv", image_size=size, class_names=["normal", "benign", "malignant"],
+        label_map={"recalled_benign": "benign"},
+    )  # fmt: skip
+
+
+def test_lesion_patches_take_the_image_class_and_backgrounds_avoid_every_finding(studies):
+    images = _images(studies)
+    patches = PatchDataset(images, studies / "finding_annotations.csv", patch_size=24, backgrounds=2)
+    boxes = {f.image_id for f in read_findings(studies / "finding_annotations.csv")}
+    lesion_items = [item for item in patches.items if item[2] is not None]
+    assert len(lesion_items) == sum(len(item[1]) for item in patches.items if item[2] == 0)
+    assert all(images.labels[index] == label and label > 0 for index, _, _, label in lesion_items)
+    assert sum(item[2] is None for item in patches.items) == 2 * sum(label >= 0 for label in images.labels)
+    assert {images.data[index]["sop_uid"] for index, _, _, _ in lesion_items} <= boxes
+    index, image_boxes, _, _ = lesion_items[0]
+    sample = images[index]
+    model_boxes = batch_geometries(sample)[0].to_model_boxes(image_boxes)
+    for item, (i, _, box, _) in enumerate(patches.items):
+        if i == index and box is None:
+            centre = patches._background_centre(sample["image"][0], model_boxes, np.random.default_rng((0, item)))
+            assert all(
+                not (x0 - 12 <= centre[1] <= x1 + 12 and y0 - 12 <= centre[0] <= y1 + 12)
+                for x0, y0, x1, y1 in model_boxes
+            )
+    assert patches[0]["image"].shape == (1, 24, 24)
+
+
+def test_a_patch_at_the_border_is_zero_padded(studies):
+    patches = PatchDataset(_images(studies), studies / "finding_annotations.csv", patch_size=24)
+    image = torch.ones(1, 40, 30)
+    corner = patches._crop(image, (0.0, 0.0))
+    assert corner.shape == (1, 24, 24)
+    assert corner[0, :12, :].sum() == 0 and corner[0, :, :12].sum() == 0 and corner[0, 12:, 12:].min() == 1
+
+
+def test_findings_matching_no_image_are_a_clear_error(studies, tmp_path):
+    csv_path = tmp_path / "findings.csv"
+    csv_path.write_text("image_id,xmin,ymin,xmax,ymax\nnot-an-image,1,1,5,5\n")
+    with pytest.raises(MammoXAIError, match="no finding box"):
+        PatchDataset(_images(studies), csv_path)
+
+
+def test_the_patch_classifier_starts_the_whole_image_classifier(studies, tmp_path):
+    _train(
+        studies, tmp_path / "patches", network_def="@finetune_network_def", patch_size=32, epochs=1, image_size=[96, 80]
+    )
+    patch_model = tmp_path / "patches" / "models" / "model.pt"
+    whole = build_finetune_classifier("mammo_cnn", 3, init="classifier", init_weights=patch_model)
+    state = torch.load(patch_model, weights_only=True)
+    torch.testing.assert_close(whole.fc.weight, state["fc.weight"])
+    _train(
+        studies,
+        tmp_path / "whole",
+        network_def="@finetune_network_def",
+        init="classifier",
+        init_weights=str(patch_model),
+        epochs=1,
+    )
+    assert (tmp_path / "whole" / "models" / "model.pt").is_file()
