@@ -48,7 +48,7 @@ from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import resolve_device
 from mammoxai.reports import hardware_description
-from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT
+from mammoxai.cli import BUNDLE_ROOT
 
 REPO = BUNDLE_ROOT.parent
 BENCHMARKS = REPO / "BENCHMARKS.md"

@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from mammoxai.data.manifest import read_manifest, write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report
-from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT, _user_error
+from mammoxai.cli import BUNDLE_ROOT, user_error
 from mammoxai.training.experiments import HOLDOUT, TASKS, bundle_run, is_held_out, labelled_subset, train_and_evaluate
 
 logger = logging.getLogger("compare_strategies")
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         compare(args, shlex.join(["python", "scripts/compare_strategies.py", *arguments]))
     except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
-        cause = _user_error(error)
+        cause = user_error(error)
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)

@@ -33,7 +33,7 @@ from typing import Any
 from mammoxai.data.manifest import read_manifest, write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report, bar_figure
-from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT, _user_error
+from mammoxai.cli import BUNDLE_ROOT, user_error
 from mammoxai.training.experiments import HOLDOUT, TASKS, labelled_subset, train_and_evaluate
 
 logger = logging.getLogger("domain_shift")
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args, shlex.join(["python", "scripts/domain_shift.py", *arguments]))
     except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
-        cause = _user_error(error)
+        cause = user_error(error)
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)

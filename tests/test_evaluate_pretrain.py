@@ -12,13 +12,13 @@ from PIL import Image
 
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import read_manifest, record_header
+from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.nets import MetadataNet
 from mammoxai.reports import Report, bar_figure, confusion_matrix_figure
 from mammoxai.training.evaluate_pretrain import (
-    BUNDLE_ROOT,
     collect_outputs,
     field_metrics,
     held_out_records,

@@ -17,7 +17,7 @@ from mammoxai.data.dataset import MammogramDataset, batch_geometries
 from mammoxai.data.findings import read_findings
 from mammoxai.nets import BackboneClassifier, MammoClassifier, MetadataNet, build_backbone
 from mammoxai.nets.finetune import MultiViewClassifier
-from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT, _user_error
+from mammoxai.cli import BUNDLE_ROOT, user_error
 from mammoxai.training.finetune import (
     UnfreezeAt,
     balanced_sampler,
@@ -224,14 +224,14 @@ def test_train_json_refuses_a_label_csv_with_unknown_ids_before_training(studies
         csv.writer(handle).writerows([["sop_uid", "case_label"], ["1.2.3.unknown", "malignant"]])
     with pytest.raises(Exception) as error:
         _train(studies, tmp_path, label_csv=str(labels))
-    assert "1.2.3.unknown" in str(_user_error(error.value))
+    assert "1.2.3.unknown" in str(user_error(error.value))
     assert not (tmp_path / "models").exists()
 
 
 def test_train_json_refuses_a_class_missing_from_training(studies, tmp_path):
     with pytest.raises(Exception) as error:
         _train(studies, tmp_path, class_names=["normal", "benign", "malignant", "atypia"])
-    assert "'atypia'" in str(_user_error(error.value))
+    assert "'atypia'" in str(user_error(error.value))
     assert not (tmp_path / "models").exists()
 
 

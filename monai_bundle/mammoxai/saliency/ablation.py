@@ -43,7 +43,8 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
 from mammoxai.reports import Report, bar_figure
-from mammoxai.training.evaluate_pretrain import collect_outputs, record_identity, run_bundle_config
+from mammoxai.cli import run_bundle_config
+from mammoxai.training.evaluate_pretrain import collect_outputs, record_identity
 from mammoxai.training.pretrain import record_metadata
 
 logger = logging.getLogger(__name__)

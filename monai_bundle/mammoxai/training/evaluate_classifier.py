@@ -31,14 +31,11 @@ import copy
 import logging
 import math
 import pickle
-import shlex
-import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import monai.bundle
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -46,10 +43,10 @@ from sklearn.metrics import roc_curve
 from torch import nn
 from tqdm import tqdm
 
+from mammoxai.cli import run_bundle_config
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import bootstrap_ci, roc_auc
 from mammoxai.reports import Report, roc_figure
-from mammoxai.training.evaluate_pretrain import BUNDLE_ROOT, _overrides, _user_error
 
 logger = logging.getLogger(__name__)
 
@@ -536,31 +533,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     Runs ``configs/train.json`` merged with ``configs/evaluate.json`` of the bundle, from any folder; a user error
     is one line on stderr and exit status 1.
     """
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] in (["-h"], ["--help"]):
-        print(
-            'usage: python scripts/evaluate.py --dataset_dir <studies> [--checkpoints \'["a.pt", "b.pt"]\'] [--<config key> <value> ...]'
-        )
-        print("runs configs/train.json merged with configs/evaluate.json; every top-level key can be overridden")
-        return 0
-    try:
-        overrides = _overrides(arguments)
-        bundle_root = Path(overrides.pop("bundle_root", BUNDLE_ROOT)).resolve()
-        configs = [bundle_root / "configs" / name for name in ("train.json", "evaluate.json")]
-        for config in configs:
-            if not config.is_file():
-                raise MammoXAIError(config, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
-        overrides.setdefault("command", shlex.join(["python", "scripts/evaluate.py", *arguments]))
-        monai.bundle.run(
-            config_file=[str(config) for config in configs],
-            logging_file=str(bundle_root / "configs" / "logging.conf"),
-            bundle_root=str(bundle_root),
-            **overrides,
-        )
-    except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
-        cause = _user_error(error)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        return 1
-    return 0
+    return run_bundle_config(["train.json", "evaluate.json"], argv, program="python scripts/evaluate.py")

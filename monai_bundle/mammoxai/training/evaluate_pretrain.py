@@ -23,18 +23,14 @@ or from anywhere with ``python scripts/evaluate_pretrain.py --dataset_dir <studi
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import shlex
-import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import monai.bundle
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,7 +38,7 @@ from sklearn.metrics import roc_curve
 from torch import nn
 from tqdm import tqdm
 
-import mammoxai
+from mammoxai.cli import run_bundle_config
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, BinnedField, MetadataLabelSpace
 from mammoxai.metrics import (
@@ -70,13 +66,8 @@ __all__ = [
     "field_metrics",
     "matching_metrics",
     "PretrainEvaluator",
-    "BUNDLE_ROOT",
-    "run_bundle_config",
     "main",
 ]
-
-BUNDLE_ROOT = Path(mammoxai.__file__).resolve().parents[1]
-"""The bundle this package belongs to (its ``configs/`` and ``models/``)."""
 
 
 @dataclass
@@ -429,69 +420,6 @@ class PretrainEvaluator:
             figure = confusion_matrix_figure(matrix, self.label_space.class_names(name), name)
             report.add_figure(f"confusion_{name}", figure, title=f"Confusion matrix: {name}")
         return report
-
-
-def _user_error(error: BaseException) -> MammoXAIError | None:
-    """The MammoXAIError behind an exception, if any: MONAI's config parser wraps what a component raises."""
-    while error is not None:
-        if isinstance(error, MammoXAIError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def _overrides(arguments: Sequence[str]) -> dict[str, Any]:
-    """``--key value`` pairs as ``monai.bundle run`` takes them; values are JSON where they parse as JSON."""
-    overrides: dict[str, Any] = {}
-    for position in range(0, len(arguments), 2):
-        key, value = arguments[position], arguments[position + 1] if position + 1 < len(arguments) else None
-        if not key.startswith("--") or value is None:
-            raise MammoXAIError(" ".join(arguments), f"cannot read {key!r} as --key value", "give config overrides as --key value pairs")
-        try:
-            overrides[key[2:]] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key[2:]] = value
-    return overrides
-
-
-def run_bundle_config(config_name: str, argv: Sequence[str] | None = None, program: str | None = None) -> int:
-    """Run ``configs/<config_name>`` of the bundle in this process, for the command-line scripts.
-
-    The same as ``python -m monai.bundle run --config_file configs/<config_name> --key value ...`` from the
-    bundle root, except that it works from any folder (paths on the command line are relative to it), records
-    the actual command line in the config's ``command``, and prints a user error (a missing file, an unknown
-    field) as one line on stderr with exit status 1 instead of a traceback.
-
-    Args:
-        config_name: file name under ``<bundle_root>/configs``.
-        argv: ``--key value`` config overrides (default ``sys.argv[1:]``); ``--bundle_root`` picks another bundle.
-        program: how the command is shown in the record (default ``python <sys.argv[0]>``).
-    """
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] in (["-h"], ["--help"]):
-        print(f"usage: {program or 'python ' + sys.argv[0]} --dataset_dir <studies> [--<config key> <value> ...]")
-        print(f"runs {BUNDLE_ROOT.name}/configs/{config_name}; every top-level key of it can be overridden")
-        return 0
-    try:
-        overrides = _overrides(arguments)
-        bundle_root = Path(overrides.pop("bundle_root", BUNDLE_ROOT)).resolve()
-        config_file = bundle_root / "configs" / config_name
-        if not config_file.is_file():
-            raise MammoXAIError(config_file, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
-        overrides.setdefault("command", shlex.join([*(program or f"python {sys.argv[0]}").split(), *arguments]))
-        monai.bundle.run(
-            config_file=str(config_file),
-            logging_file=str(bundle_root / "configs" / "logging.conf"),
-            bundle_root=str(bundle_root),
-            **overrides,
-        )
-    except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
-        cause = _user_error(error)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

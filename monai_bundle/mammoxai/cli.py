@@ -1,0 +1,94 @@
+"""Running bundle configs from the command-line scripts: one-line user errors instead of tracebacks.
+
+``python -m monai.bundle run`` wraps whatever a component raises in the config parser's own exception, so a
+user's mistake (a missing file, an unknown field) arrives as a long traceback. The scripts in ``scripts/`` run
+their configs through :func:`run_bundle_config`, which prints the :class:`~mammoxai.MammoXAIError` behind such a
+failure as one line on stderr and exits with status 1; anything else keeps its traceback, since it is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import monai.bundle
+
+import mammoxai
+from mammoxai.errors import MammoXAIError
+
+__all__ = ["BUNDLE_ROOT", "config_overrides", "run_bundle_config", "user_error"]
+
+#: the bundle this copy of ``mammoxai`` lives in (``monai_bundle/``)
+BUNDLE_ROOT = Path(mammoxai.__file__).resolve().parents[1]
+
+
+def user_error(error: BaseException) -> MammoXAIError | None:
+    """The MammoXAIError behind an exception, if any: MONAI's config parser wraps what a component raises."""
+    while error is not None:
+        if isinstance(error, MammoXAIError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` pairs as ``monai.bundle run`` takes them; values are JSON where they parse as JSON."""
+    overrides: dict[str, Any] = {}
+    for position in range(0, len(arguments), 2):
+        key, value = arguments[position], arguments[position + 1] if position + 1 < len(arguments) else None
+        if not key.startswith("--") or value is None:
+            raise MammoXAIError(" ".join(arguments), f"cannot read {key!r} as --key value", "give config overrides as --key value pairs")
+        try:
+            overrides[key[2:]] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key[2:]] = value
+    return overrides
+
+
+def run_bundle_config(
+    config_names: str | Sequence[str], argv: Sequence[str] | None = None, program: str | None = None
+) -> int:
+    """Run ``configs/<name>`` of the bundle (several names are merged in order) in this process.
+
+    The same as ``python -m monai.bundle run --config_file configs/<name> --key value ...`` from the bundle root,
+    except that it works from any folder (paths on the command line are relative to it), records the actual
+    command line in the config's ``command``, and prints a user error as one line on stderr with exit status 1
+    instead of a traceback.
+
+    Args:
+        config_names: file name(s) under ``<bundle_root>/configs``; later files override earlier ones.
+        argv: ``--key value`` config overrides (default ``sys.argv[1:]``); ``--bundle_root`` picks another bundle.
+        program: how the command is shown in the record (default ``python <sys.argv[0]>``).
+    """
+    names = [config_names] if isinstance(config_names, str) else list(config_names)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    program = program or f"python {sys.argv[0]}"
+    if arguments[:1] in (["-h"], ["--help"]):
+        print(f"usage: {program} --dataset_dir <studies> [--<config key> <value> ...]")
+        print(f"runs {' merged with '.join(f'configs/{name}' for name in names)}; every top-level key can be overridden")
+        return 0
+    try:
+        overrides = config_overrides(arguments)
+        bundle_root = Path(overrides.pop("bundle_root", BUNDLE_ROOT)).resolve()
+        config_files = [bundle_root / "configs" / name for name in names]
+        for config_file in config_files:
+            if not config_file.is_file():
+                raise MammoXAIError(config_file, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
+        overrides.setdefault("command", shlex.join([*program.split(), *arguments]))
+        monai.bundle.run(
+            config_file=[str(config_file) for config_file in config_files],
+            logging_file=str(bundle_root / "configs" / "logging.conf"),
+            bundle_root=str(bundle_root),
+            **overrides,
+        )
+    except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 1
+    return 0
