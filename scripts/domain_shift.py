@@ -33,7 +33,7 @@ from typing import Any
 from mammoxai.data.manifest import read_manifest, write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report, bar_figure
-from mammoxai.cli import BUNDLE_ROOT, user_error
+from mammoxai.cli import BUNDLE_ROOT, exit_status
 from mammoxai.training.experiments import HOLDOUT, TASKS, labelled_subset, train_and_evaluate
 
 logger = logging.getLogger("domain_shift")
@@ -163,16 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(arguments)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        run(args, shlex.join(["python", "scripts/domain_shift.py", *arguments]))
-    except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
-        cause = user_error(error)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        return 1
-    print(f"report written to {Path(args.out) / 'report.md'}")
-    return 0
+    status = exit_status(lambda: run(args, shlex.join(["python", "scripts/domain_shift.py", *arguments])))
+    if status == 0:
+        print(f"report written to {Path(args.out) / 'report.md'}")
+    return status
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import monai.bundle
 import mammoxai
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["BUNDLE_ROOT", "config_overrides", "run_bundle_config", "user_error"]
+__all__ = ["BUNDLE_ROOT", "config_overrides", "exit_status", "run_bundle_config", "user_error"]
 
 #: the bundle this copy of ``mammoxai`` lives in (``monai_bundle/``)
 BUNDLE_ROOT = Path(mammoxai.__file__).resolve().parents[1]
@@ -33,6 +33,20 @@ def user_error(error: BaseException) -> MammoXAIError | None:
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def exit_status(action: Callable[[], object]) -> int:
+    """Run ``action`` for a script: 0 when it succeeds; 1, with the user error printed as one line on stderr, when
+    a :class:`~mammoxai.MammoXAIError` is behind what it raised. Anything else is re-raised with its traceback."""
+    try:
+        action()
+    except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
@@ -71,7 +85,7 @@ def run_bundle_config(
         print(f"usage: {program} --dataset_dir <studies> [--<config key> <value> ...]")
         print(f"runs {' merged with '.join(f'configs/{name}' for name in names)}; every top-level key can be overridden")
         return 0
-    try:
+    def run() -> None:
         overrides = config_overrides(arguments)
         bundle_root = Path(overrides.pop("bundle_root", BUNDLE_ROOT)).resolve()
         config_files = [bundle_root / "configs" / name for name in names]
@@ -85,10 +99,5 @@ def run_bundle_config(
             bundle_root=str(bundle_root),
             **overrides,
         )
-    except Exception as error:  # noqa: BLE001 - anything but a user error is re-raised with its traceback
-        cause = user_error(error)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_status(run)

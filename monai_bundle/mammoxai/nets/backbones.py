@@ -10,8 +10,8 @@ dicts, so one weight format serves both families. ``mammo_cnn`` is the bundle's 
 on a CPU, and its pretrained ``features`` have the shapes of those of ``configs/train.json``'s classifier.
 
 Weights are never downloaded (hospital networks are often offline, and a run must not depend on a URL): pass
-the path of a state dict saved with ``torch.save(torchvision.models.resnet18(weights="DEFAULT").state_dict(),
-path)`` on a machine that has the file. The first convolution's RGB kernels are summed into one grey kernel,
+the path of a state dict (e.g. torchvision's ImageNet ResNet-18 weights, saved with ``torch.save(model.state_dict(),
+path)`` on a machine that has them). The first convolution's RGB kernels are summed into one grey kernel,
 which gives exactly the response the RGB network has to a grey image copied into all three channels.
 
 Example:
