@@ -34,11 +34,18 @@ APP = [
     "pynetdicom<2.1",
 ]
 
+# the reference saliency implementations our methods are checked and benchmarked against
+BENCH = [
+    "grad-cam>=1.5,<2",  # pytorch-grad-cam
+    "captum>=0.7,<1",
+]
+
 DEV = [
     "pytest>=8,<9",
     "hypothesis>=6.100,<7",
     "SimpleITK>=2.3",  # the NRRD reader Slicer uses, to check heatmap geometry
     "pyjpegls>=1.4,<1.5",  # JPEG-LS encoder for the reader tests; 1.5 needs numpy 2
+    *BENCH,
 ]
 
 setup(
@@ -52,7 +59,7 @@ setup(
     package_dir={"": "monai_bundle"},
     packages=find_packages("monai_bundle", include=["mammoxai", "mammoxai.*"]),
     install_requires=CORE,
-    extras_require={"app": APP, "dev": DEV},
+    extras_require={"app": APP, "bench": BENCH, "dev": DEV},
     entry_points={
         "console_scripts": [
             "mammoxai-synth=mammoxai.data.synth:main",
