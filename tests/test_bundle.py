@@ -89,7 +89,7 @@ def trained(training_run) -> Path:
 
 def test_train_json_writes_checkpoint_logs_and_cache_where_it_is_told(training_run):
     work, before, after = training_run
-    network = MammoClassifier(num_classes=len(CLASSES))
+    network = served_network()
     # the layout the predictor loads
     network.load_state_dict(torch.load(work / "models" / "model.pt", weights_only=True))
     assert any((work / "eval").glob("events.out.tfevents.*"))  # TensorBoard
@@ -171,6 +171,8 @@ def test_configs_and_metadata_agree_on_classes_and_input_size():
     assert train["class_names"] == inference["class_names"] == list(pred["channel_def"].values()) == CLASSES
     assert pred["num_channels"] == len(CLASSES)
     assert train["image_size"] == inference["image_size"] == image["spatial_shape"]
+    for key in ("backbone", "embed_dim", "matching_dim", "metadata_fields", "metadata_fields_file"):
+        assert train[key] == inference[key], key  # the served heads are the trained ones
     assert metadata["version"] in metadata["changelog"]
 
 
@@ -247,9 +249,17 @@ def make_predictor(checkpoint: Path, **overrides) -> MammogramPredictor:
     return parser.get_parsed_content("predictor")
 
 
+def served_network() -> torch.nn.Module:
+    """inference.json's ``network_def``: the served network, metadata heads included, random weights."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    return parser.get_parsed_content("network_def")
+
+
 def save_weights(path: Path, favour: int | None = None) -> Path:
-    """Random weights, or weights whose output is dominated by class ``favour``."""
-    network = MammoClassifier(num_classes=len(CLASSES))
+    """Random weights of the served network, or weights whose output is dominated by class ``favour``."""
+    network = served_network()
     if favour is not None:
         with torch.no_grad():
             network.fc.bias.zero_()
@@ -266,8 +276,9 @@ def test_predictor_returns_a_valid_record_and_a_heatmap_on_the_original_grid(tmp
     assert prediction.heatmap.shape == prediction.mammogram.pixels.shape == (200, 160)
     assert prediction.record["model"]["name"] == json.loads((CONFIGS / "metadata.json").read_text())["name"]
     assert prediction.record["model"]["checkpoint"] == "model.pt"
-    assert prediction.record["metadata_predictions"] == []
-    assert prediction.record["qc_flags"] == []
+    fields = json.loads((CONFIGS / "inference.json").read_text())["metadata_fields"]
+    assert [item["field"] for item in prediction.record["metadata_predictions"]] == list(fields)
+    assert prediction.record["qc_flags"] == []  # random heads are never confident enough to flag
 
 
 def test_heatmap_lands_on_the_breast_of_a_flipped_image(tmp_path):
@@ -325,7 +336,7 @@ def test_laterality_contradicted_by_the_pixels_is_flagged(tmp_path):
 
 
 def test_fixed_target_class_is_explained_whatever_the_prediction(tmp_path):
-    saliency = {"method": "gradcam", "target_layer": "features.block4", "target_class": "malignant"}
+    saliency = {"method": "gradcam", "target_layer": "backbone.features.block4", "target_class": "malignant"}
     predictor = make_predictor(save_weights(tmp_path / "model.pt", favour=0), saliency=saliency)
     record = predictor.predict(write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())).record
     assert record["predicted_class"] == "normal"

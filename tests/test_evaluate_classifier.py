@@ -7,6 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from monai.bundle import ConfigParser
+
+from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
@@ -31,6 +34,14 @@ def studies(tmp_path_factory):
     folder = tmp_path_factory.mktemp("studies")
     synthesize(folder, patients=8, seed=0, size=192)
     return folder
+
+
+def served_network(class_names: list[str]) -> nn.Module:
+    """The network ``configs/train.json`` trains (with its metadata heads), freshly initialised."""
+    parser = ConfigParser()
+    parser.read_config(BUNDLE_ROOT / "configs" / "train.json")
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "class_names": class_names})
+    return parser.get_parsed_content("network_def")
 
 
 class Constant(nn.Module):
@@ -184,7 +195,7 @@ def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
     for seed in (0, 1):
         torch.manual_seed(seed)
         paths.append(str(tmp_path / f"model{seed}.pt"))
-        torch.save(MammoClassifier(num_classes=3).state_dict(), paths[-1])
+        torch.save(served_network(CLASSES).state_dict(), paths[-1])
     assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps(paths)) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["values"]["checkpoints"] == paths
@@ -202,7 +213,7 @@ def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
 
 def test_binary_task_has_no_per_class_table(studies, tmp_path):
     torch.manual_seed(0)
-    torch.save(MammoClassifier(num_classes=2).state_dict(), tmp_path / "binary.pt")
+    torch.save(served_network(["other", "malignant"]).state_dict(), tmp_path / "binary.pt")
     label_map = {"normal": "other", "benign": "other", "recalled_benign": "other"}
     code = _evaluate(
         studies,
@@ -221,7 +232,7 @@ def test_binary_task_has_no_per_class_table(studies, tmp_path):
 
 
 def test_a_checkpoint_of_another_class_count_is_one_line_on_stderr(studies, tmp_path, capsys):
-    torch.save(MammoClassifier(num_classes=2).state_dict(), tmp_path / "two.pt")
+    torch.save(served_network(["other", "malignant"]).state_dict(), tmp_path / "two.pt")
     assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(tmp_path / "two.pt")])) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "two.pt" in error[0] and "class_names" in error[0]

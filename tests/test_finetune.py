@@ -133,8 +133,8 @@ def test_external_weights_initialise_the_backbone_from_a_local_file(tmp_path):
         ("external", lambda: {"not": "tensors"}, "does not hold a state dict"),
         ("external", lambda: MammoClassifier().state_dict(), "does not fit resnet18"),
         ("classifier", lambda: [1, 2, 3], "does not hold a state dict"),
-        ("classifier", lambda: BackboneClassifier("resnet18", 2).state_dict(), "trained for 2 classes, this run has 3"),
-        ("classifier", lambda: BackboneClassifier("mammo_cnn", 3).state_dict(), "is not a resnet18 classifier"),
+        ("classifier", lambda: BackboneClassifier("resnet18", 2).state_dict(), "trained for 2 classes, this network has 3"),
+        ("classifier", lambda: BackboneClassifier("mammo_cnn", 3).state_dict(), "does not fit this resnet18 classifier"),
         ("pretrained", lambda: BackboneClassifier("resnet18", 3).state_dict(), "not a metadata-pretraining checkpoint"),
     ],
 )

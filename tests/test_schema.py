@@ -137,6 +137,19 @@ def test_predicted_class_must_be_a_class_name():
         validate_prediction(record)
 
 
+@pytest.mark.parametrize(
+    ("edit", "path"),
+    [
+        (lambda r: r["metadata_predictions"][0].update(agrees=False), "prediction/metadata_predictions/0/agrees"),
+        (lambda r: r["metadata_predictions"][1].update(agrees=False), "prediction/metadata_predictions/1/agrees"),
+        (lambda r: r["metadata_predictions"][0].update(header_value="MLO"), "prediction/metadata_predictions/0/agrees"),
+        (lambda r: r["metadata_predictions"][1].update(field="view"), "prediction/metadata_predictions/1/field"),
+    ],
+)
+def test_metadata_agreement_must_match_the_header_value_and_fields_are_unique(edit, path):
+    assert_refused_at(validate_prediction, make_prediction(), edit, path)
+
+
 def test_heatmap_must_have_the_image_shape():
     record = make_prediction()
     record["saliency"]["heatmap_shape"] = [256, 208]

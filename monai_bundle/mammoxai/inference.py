@@ -11,7 +11,11 @@ same heatmap wherever it is explained. For each file it
    :func:`mammoxai.saliency.get_method`; Grad-CAM by default) for the target class; a request may name another
    method and preset;
 4. maps the heatmap back onto the original pixel grid with ``geometry.restore``;
-5. returns a :class:`Prediction` whose record validates against :data:`mammoxai.schema.PREDICTION_SCHEMA`.
+5. compares what the metadata heads of a :class:`~mammoxai.nets.MetadataClassifier` read from the pixels (view,
+   thickness, tube voltage, ...; the same forward pass as the class) with the file's header, and flags confident
+   disagreements: a header that contradicts the pixels points at a mislabelled view, a wrong exposure record or
+   an image filed under the wrong study — worth a look before the score is trusted;
+6. returns a :class:`Prediction` whose record validates against :data:`mammoxai.schema.PREDICTION_SCHEMA`.
 
 The weights are reloaded whenever the checkpoint file changes, so a server keeps serving while
 ``train.json`` writes better weights.
@@ -38,10 +42,12 @@ from torch import nn
 from mammoxai.data.manifest import find_images
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
+from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.heatmap import write_heatmap_nrrd
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.preprocess import prepare_image
+from mammoxai.nets.finetune import MetadataClassifier, state_dict_problems
 from mammoxai.saliency import SaliencyMethod, get_method, method_settings
 from mammoxai.schema import SCHEMA_VERSION, validate_prediction
 
@@ -119,7 +125,9 @@ class MammogramPredictor:
     """Class probabilities and a saliency heatmap for a mammogram file.
 
     Args:
-        network: the classifier (``network_def``): input (B, 1, h, w) in [0, 1], output logits (B, classes).
+        network: the classifier (``network_def``): input (B, 1, h, w) in [0, 1], output logits (B, classes). A
+            :class:`~mammoxai.nets.MetadataClassifier` also fills ``metadata_predictions``; any other network
+            leaves them empty.
         checkpoint: its weights, a state dict as ``train.json`` saves it (``{"model": state_dict}`` is also
             accepted). Reloaded when the file's modification time or size changes.
         class_names: name of each output logit, in order.
@@ -132,6 +140,11 @@ class MammogramPredictor:
             property of the network rather than of a method: it is given to every method that takes one (the CAM
             family) and defaults to the network's ``last_block`` when it has one; ``amp`` is passed on likewise.
             ``target_class`` ``"predicted"`` (default) explains each image's most probable class.
+        metadata_label_space: the fields and classes of the network's metadata heads (train.json's
+            ``metadata_label_space``); required by a network with metadata heads, unused otherwise.
+        qc_min_probability: a metadata prediction that disagrees with the header is flagged only when its
+            probability is at least this: a low-confidence guess that differs from the header is no evidence that
+            the header is wrong.
         device: ``"auto"`` (GPU when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``.
         amp: use automatic mixed precision (and channels-last memory) on a GPU; ignored on the CPU.
         model_name: recorded in every prediction.
@@ -144,6 +157,9 @@ class MammogramPredictor:
         predictor = parser.get_parsed_content("predictor")
         prediction = predictor.predict("case1.dcm")
         prediction.record["probabilities"], prediction.heatmap.shape == prediction.mammogram.shape
+        prediction.record["metadata_predictions"][0]
+        # {"field": "view", "predicted": "MLO", "probability": 0.97, "header_value": "CC", "agrees": False}
+        prediction.record["qc_flags"]   # [{"code": "metadata_mismatch_view", "message": "the pixels look like ..."}]
     """
 
     def __init__(
@@ -153,6 +169,8 @@ class MammogramPredictor:
         class_names: Sequence[str],
         image_size: Sequence[int],
         saliency: Mapping[str, Any] | None = None,
+        metadata_label_space: MetadataLabelSpace | None = None,
+        qc_min_probability: float = 0.9,
         device: str | torch.device = "auto",
         amp: bool = True,
         model_name: str = "mammoxai_classifier",
@@ -173,6 +191,10 @@ class MammogramPredictor:
         if target != PREDICTED and target not in self.class_names:
             fix = f"use {PREDICTED!r} or one of {list(self.class_names)}"
             raise MammoXAIError("saliency target_class", f"{target!r} is not a class", fix)
+        if isinstance(qc_min_probability, bool) or not 0.0 <= float(qc_min_probability) <= 1.0:
+            raise MammoXAIError("qc_min_probability", f"is {qc_min_probability!r}", "use a probability, e.g. 0.9")
+        self.qc_min_probability = float(qc_min_probability)
+        self.metadata_label_space = _check_label_space(network, metadata_label_space)
         self.device = resolve_device(device)
         self.amp = amp and self.device.type == "cuda"
         self.model_name = model_name
@@ -214,7 +236,12 @@ class MammogramPredictor:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             prepared = time.perf_counter()
             with torch.no_grad(), self._autocast():
-                probabilities = torch.softmax(self.network(batch).float(), dim=1)[0].cpu()
+                if self.metadata_label_space is None:
+                    logits, field_logits = self.network(batch), {}
+                else:
+                    logits, field_logits = self.network.forward_with_metadata(batch)
+                probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
+                fields = {name: torch.softmax(value.float(), dim=1)[0].cpu() for name, value in field_logits.items()}
             forwarded = time.perf_counter()
             target_class = self.saliency["target_class"]
             target = int(probabilities.argmax()) if target_class == PREDICTED else self.class_names.index(target_class)
@@ -230,7 +257,8 @@ class MammogramPredictor:
             "total": explained - start,
         }
         saliency = {"method": method, "preset": preset, **cam.settings}
-        record = self._record(mammogram, geometry, probabilities, target, heatmap, saliency, timings)
+        metadata = self._metadata_predictions(fields, mammogram.header)
+        record = self._record(mammogram, geometry, probabilities, target, heatmap, saliency, timings, metadata)
         validate_prediction(record, source=f"prediction for {mammogram.source or path}")
         return Prediction(record=record, heatmap=heatmap, mammogram=mammogram)
 
@@ -315,14 +343,17 @@ class MammogramPredictor:
         if stamp == self.checkpoint.stamp:
             return
         path = self.checkpoint.path
+        fix = f"serve it with the network_def and metadata_fields it was trained with, or retrain: {TRAIN_COMMAND}"
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
-            if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-                state = state["model"]
-            self.network.load_state_dict(state)
-        except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as error:
-            problem = f"cannot be loaded into the network ({error})"
-            raise MammoXAIError(path, problem, f"retrain it: {TRAIN_COMMAND}") from error
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            raise MammoXAIError(path, f"cannot be loaded into the network ({error})", fix) from error
+        if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+            state = state["model"]
+        problems = state_dict_problems(self.network, state) if isinstance(state, Mapping) else ["not a state dict"]
+        if problems:
+            raise MammoXAIError(path, f"cannot be loaded into the network: {'; '.join(problems)}", fix)
+        self.network.load_state_dict(state)
         self.network.eval()
         self.checkpoint.stamp = stamp
         logger.info("loaded weights %s (modified %s)", path, self.checkpoint.mtime_iso)
@@ -336,6 +367,7 @@ class MammogramPredictor:
         heatmap: np.ndarray,
         saliency: Mapping[str, Any],
         timings: Mapping[str, float],
+        metadata: list[dict[str, Any]],
     ) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -355,8 +387,8 @@ class MammogramPredictor:
             "class_names": list(self.class_names),
             "probabilities": {name: float(p) for name, p in zip(self.class_names, probabilities.tolist())},
             "predicted_class": self.class_names[int(probabilities.argmax())],
-            "metadata_predictions": [],
-            "qc_flags": _orientation_flags(mammogram, geometry),
+            "metadata_predictions": metadata,
+            "qc_flags": _orientation_flags(mammogram, geometry) + self._metadata_flags(metadata),
             "saliency": {
                 "method": saliency["method"],
                 "target_class": self.class_names[target],
@@ -371,6 +403,78 @@ class MammogramPredictor:
             },
             "timings_ms": {name: round(seconds * 1000.0, 3) for name, seconds in timings.items()},
         }
+
+
+    def _metadata_predictions(
+        self, probabilities: Mapping[str, torch.Tensor], header: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Per field: the most probable class, its probability, and the header's value in the same classes.
+
+        The header value is encoded and decoded by the label space the heads were trained on, so a raw
+        ``BodyPartThickness`` of 47.5 is compared as its bin "40-50 mm" and a ``ViewPosition`` of "XCCL" as "CC";
+        ``header_value`` and ``agrees`` are null when the header does not give the field (missing, out of range, a
+        view the heads do not know).
+        """
+        space = self.metadata_label_space
+        if space is None:
+            return []
+        encoded = space.encode(header)
+        predictions = []
+        for name, field_probabilities in probabilities.items():
+            index = int(field_probabilities.argmax())
+            known = encoded[name] != UNKNOWN
+            predictions.append(
+                {
+                    "field": name,
+                    "predicted": space.decode(name, index),
+                    "probability": float(field_probabilities[index]),
+                    "header_value": space.decode(name, encoded[name]) if known else None,
+                    "agrees": encoded[name] == index if known else None,
+                }
+            )
+        return predictions
+
+    def _metadata_flags(self, predictions: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+        """A ``metadata_mismatch_<field>`` flag per confident prediction that the header contradicts."""
+        flags = []
+        for item in predictions:
+            if item["agrees"] is not False or item["probability"] < self.qc_min_probability:
+                continue
+            keys = " + ".join(self.metadata_label_space.field(item["field"]).keys)  # type: ignore[union-attr]
+            flags.append(
+                {
+                    "code": f"metadata_mismatch_{item['field']}",
+                    "message": (
+                        f"the pixels look like {item['field'].replace('_', ' ')} {item['predicted']}, but the header "
+                        f"({keys}) says {item['header_value']} (p = {item['probability']:.2f}): check the header, "
+                        "and that this is the image it describes"
+                    ),
+                }
+            )
+        return flags
+
+
+def _check_label_space(network: nn.Module, label_space: MetadataLabelSpace | None) -> MetadataLabelSpace | None:
+    """The label space of a network with metadata heads, checked to name its fields with as many classes each.
+
+    Raises:
+        MammoXAIError: the network has metadata heads but no label space is given, or the two disagree.
+    """
+    if not isinstance(network, MetadataClassifier):
+        return None
+    heads = network.config["fields"]
+    if label_space is None:
+        raise MammoXAIError(
+            "metadata_label_space", f"is not set, but the network has metadata heads {list(heads)}", "set it"
+        )
+    classes = {name: label_space.num_classes(name) for name in label_space.fields}
+    if classes != heads:
+        raise MammoXAIError(
+            "metadata_label_space",
+            f"gives fields and class counts {classes}, but the network's heads are {heads}",
+            "build network_def from the same metadata_fields and metadata_fields_file",
+        )
+    return label_space
 
 
 def _orientation_flags(mammogram: Mammogram, geometry: ImageGeometry) -> list[dict[str, str]]:

@@ -6,7 +6,8 @@ back. Both are plain JSON; their JSON Schemas (draft 7) live here and nowhere el
 validate what it produces against them.
 
 JSON Schema cannot express a few rules that matter (probabilities sum to one, the predicted class is one of
-the class names, a box has positive size), so :func:`validate_prediction` and :func:`validate_label` check
+the class names, a metadata prediction ``agrees`` exactly when it equals the header value, a box has positive
+size), so :func:`validate_prediction` and :func:`validate_label` check
 those after the schema and raise the same :class:`~mammoxai.errors.MammoXAIError`, naming the failing path.
 
 Example:
@@ -227,6 +228,21 @@ def validate_prediction(record: Any, source: str = "prediction") -> None:
     low, high = saliency["value_range"]
     if low > high:
         _fail(source, "/saliency/value_range", f"[{low}, {high}] is not an interval")
+    _check_metadata_predictions(record["metadata_predictions"], source)
+
+
+def _check_metadata_predictions(predictions: Sequence[dict[str, Any]], source: str) -> None:
+    """One entry per field; ``agrees`` null exactly when the header has no value, else whether the two are equal."""
+    seen: set[str] = set()
+    for index, item in enumerate(predictions):
+        path = f"/metadata_predictions/{index}"
+        if item["field"] in seen:
+            _fail(source, f"{path}/field", f"{item['field']!r} is predicted twice")
+        seen.add(item["field"])
+        expected = None if item["header_value"] is None else item["predicted"] == item["header_value"]
+        if item["agrees"] != expected:
+            problem = f"is {item['agrees']} for predicted {item['predicted']!r} and header {item['header_value']!r}"
+            _fail(source, f"{path}/agrees", problem, f"it must be {expected}")
 
 
 def validate_label(

@@ -2,7 +2,15 @@
 
 from mammoxai.nets.backbones import BACKBONES, build_backbone
 from mammoxai.nets.classifier import MammoClassifier
-from mammoxai.nets.finetune import BackboneClassifier, MultiViewClassifier
+from mammoxai.nets.finetune import BackboneClassifier, MetadataClassifier, MultiViewClassifier
 from mammoxai.nets.metadata_net import MetadataNet
 
-__all__ = ["BACKBONES", "BackboneClassifier", "MammoClassifier", "MetadataNet", "MultiViewClassifier", "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "BackboneClassifier",
+    "MammoClassifier",
+    "MetadataClassifier",
+    "MetadataNet",
+    "MultiViewClassifier",
+    "build_backbone",
+]

@@ -14,6 +14,10 @@ EfficientNet ``features.0`` then ``features.1``..``features.8``; ``mammo_cnn`` `
 updating their running statistics (they stay in eval mode while the network trains), otherwise their
 normalisation would drift away from what the frozen weights after them expect.
 
+The served network, :class:`MetadataClassifier`, is the metadata-pretraining network with a class head added:
+it keeps the metadata heads so that every prediction also says what the pixels look like (view, thickness, ...)
+and can be checked against the DICOM header.
+
 Example:
     net = BackboneClassifier("resnet18", num_classes=3)
     net.freeze("stem")       # or "none", "all_but_head", or an int k: stages 0..k
@@ -24,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -31,8 +36,16 @@ from torch import nn
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets.backbones import build_backbone
+from mammoxai.nets.metadata_net import MetadataNet
 
-__all__ = ["BackboneClassifier", "MultiViewClassifier", "FREEZE_CHOICES", "FUSIONS"]
+__all__ = [
+    "BackboneClassifier",
+    "MetadataClassifier",
+    "MultiViewClassifier",
+    "FREEZE_CHOICES",
+    "FUSIONS",
+    "state_dict_problems",
+]
 
 FREEZE_CHOICES = ("none", "stem", "all_but_head")
 """Named freezing levels; an int ``k`` (or ``"stage<k>"``) freezes the stem and stages 1..k."""
@@ -49,7 +62,77 @@ def _stage_names(backbone_name: str, backbone: nn.Module) -> list[list[str]]:
     return [[f"features.{name}"] for name, _ in backbone.features.named_children()]  # EfficientNet and mammo_cnn
 
 
-class BackboneClassifier(nn.Module):
+class StageFreezing:
+    """Stage-wise freezing of ``self.backbone`` for a network that also sets ``self.stages`` (from
+    :func:`_stage_names`), ``self.frozen = 0`` and ``self.config["backbone"]``; mixed into the fine-tuning networks.
+
+    Attributes:
+        frozen: the number of frozen stages (0: none; ``num_stages``: the whole backbone).
+    """
+
+    backbone: nn.Module
+    stages: list[list[str]]
+    frozen: int
+    config: dict[str, Any]
+
+    @property
+    def num_stages(self) -> int:
+        """Stages of the backbone, the stem included."""
+        return len(self.stages)
+
+    @property
+    def last_block(self) -> str:
+        """Name of the last stage of the backbone, the usual Grad-CAM target."""
+        return f"backbone.{self.stages[-1][-1]}"
+
+    def freeze(self, until: str | int = "none") -> Any:
+        """Freeze the backbone up to a stage, unfreezing the rest; returns the network.
+
+        Args:
+            until: ``"none"``, ``"stem"`` (stage 0), an int ``k`` or ``"stage<k>"`` (stages 0..k), or
+                ``"all_but_head"`` (every backbone stage; only the heads train).
+
+        Raises:
+            MammoXAIError: an unknown level, or a stage the backbone does not have.
+        """
+        count = self._stage_count(until)
+        self.frozen = count
+        frozen = {name for stage in self.stages[:count] for name in stage}
+        for name, module in self.backbone.named_modules():
+            inside = any(name == root or name.startswith(f"{root}.") for root in frozen)
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(not inside)
+        return self.train(self.training)  # type: ignore[attr-defined]
+
+    def unfreeze(self) -> Any:
+        """Make every parameter trainable again."""
+        return self.freeze("none")
+
+    def train(self, mode: bool = True) -> Any:
+        """Like ``nn.Module.train``, but frozen stages stay in eval mode (their batch-norm statistics are kept)."""
+        super().train(mode)  # type: ignore[misc]
+        for stage in self.stages[: self.frozen]:
+            for name in stage:
+                self.backbone.get_submodule(name).eval()
+        return self
+
+    def _stage_count(self, until: str | int) -> int:
+        fix = f"use one of {', '.join(FREEZE_CHOICES)}, or an int 0..{self.num_stages - 1} (stem and stages up to it)"
+        if isinstance(until, str) and until.strip().lower().startswith("stage") and until.strip()[5:].isdigit():
+            until = int(until.strip()[5:])
+        if isinstance(until, bool) or not isinstance(until, (str, int)):
+            raise MammoXAIError("freeze", f"is {until!r}", fix)
+        if isinstance(until, int):
+            if not 0 <= until < self.num_stages:
+                raise MammoXAIError("freeze", f"stage {until} is not a stage of {self.config['backbone']}", fix)
+            return until + 1
+        named = {"none": 0, "stem": 1, "all_but_head": self.num_stages}
+        if until.strip().lower() not in named:
+            raise MammoXAIError("freeze", f"is {until!r}", fix)
+        return named[until.strip().lower()]
+
+
+class BackboneClassifier(StageFreezing, nn.Module):
     """Backbone → dropout → linear class logits, with stage-wise freezing.
 
     Args:
@@ -74,8 +157,7 @@ class BackboneClassifier(nn.Module):
         backbone_weights: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
-        if int(num_classes) < 2:
-            raise MammoXAIError("num_classes", f"is {num_classes}", "a classifier needs at least two classes")
+        _check_num_classes(num_classes)
         self.backbone, num_features = build_backbone(backbone, in_channels, backbone_weights)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(num_features, int(num_classes))
@@ -88,64 +170,13 @@ class BackboneClassifier(nn.Module):
             "dropout": dropout,
         }
 
-    @property
-    def num_stages(self) -> int:
-        """Stages of the backbone, the stem included."""
-        return len(self.stages)
-
-    @property
-    def last_block(self) -> str:
-        """Name of the last stage of the backbone, the usual Grad-CAM target."""
-        return f"backbone.{self.stages[-1][-1]}"
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.backbone(x)))
 
-    def freeze(self, until: str | int = "none") -> BackboneClassifier:
-        """Freeze the backbone up to a stage, unfreezing the rest; returns the network.
 
-        Args:
-            until: ``"none"``, ``"stem"`` (stage 0), an int ``k`` or ``"stage<k>"`` (stages 0..k), or
-                ``"all_but_head"`` (every backbone stage; only the linear head trains).
-
-        Raises:
-            MammoXAIError: an unknown level, or a stage the backbone does not have.
-        """
-        count = self._stage_count(until)
-        self.frozen = count
-        frozen = {name for stage in self.stages[:count] for name in stage}
-        for name, module in self.backbone.named_modules():
-            inside = any(name == root or name.startswith(f"{root}.") for root in frozen)
-            for parameter in module.parameters(recurse=False):
-                parameter.requires_grad_(not inside)
-        return self.train(self.training)
-
-    def unfreeze(self) -> BackboneClassifier:
-        """Make every parameter trainable again."""
-        return self.freeze("none")
-
-    def train(self, mode: bool = True) -> BackboneClassifier:
-        """Like ``nn.Module.train``, but frozen stages stay in eval mode (their batch-norm statistics are kept)."""
-        super().train(mode)
-        for stage in self.stages[: self.frozen]:
-            for name in stage:
-                self.backbone.get_submodule(name).eval()
-        return self
-
-    def _stage_count(self, until: str | int) -> int:
-        fix = f"use one of {', '.join(FREEZE_CHOICES)}, or an int 0..{self.num_stages - 1} (stem and stages up to it)"
-        if isinstance(until, str) and until.strip().lower().startswith("stage") and until.strip()[5:].isdigit():
-            until = int(until.strip()[5:])
-        if isinstance(until, bool) or not isinstance(until, (str, int)):
-            raise MammoXAIError("freeze", f"is {until!r}", fix)
-        if isinstance(until, int):
-            if not 0 <= until < self.num_stages:
-                raise MammoXAIError("freeze", f"stage {until} is not a stage of {self.config['backbone']}", fix)
-            return until + 1
-        named = {"none": 0, "stem": 1, "all_but_head": self.num_stages}
-        if until.strip().lower() not in named:
-            raise MammoXAIError("freeze", f"is {until!r}", fix)
-        return named[until.strip().lower()]
+def _check_num_classes(num_classes: int) -> None:
+    if int(num_classes) < 2:
+        raise MammoXAIError("num_classes", f"is {num_classes}", "a classifier needs at least two classes")
 
 
 class MultiViewClassifier(BackboneClassifier):
@@ -197,3 +228,122 @@ class MultiViewClassifier(BackboneClassifier):
         else:
             fused = features.mean(1) if self.fusion == "mean" else features.amax(1)
         return self.fc(self.dropout(fused))
+
+
+class MetadataClassifier(StageFreezing, MetadataNet):
+    """The served network: the metadata-pretraining network (:class:`~mammoxai.nets.MetadataNet`) with a class
+    head on its representation ``z = sum_k z_k``.
+
+    The class head reads the same ``z`` the metadata heads read (Litchfield et al., SPIE Medical Imaging 2022: the
+    downstream classifier sits on the summed task representations), so one backbone pass gives both the class
+    logits and, per metadata field, what the pixels look like — the view, the compressed thickness, the tube
+    voltage, ... — which the predictor compares with the DICOM header as quality control. The heads stay valid
+    through fine-tuning because they are trained jointly with the class head on the header labels, which every
+    DICOM image carries for free (:class:`mammoxai.training.finetune.MetadataClassifierLoss`); see there why
+    joint training rather than frozen heads.
+
+    ``forward`` returns the class logits alone, so the trainer, the evaluator, Grad-CAM and ``verify_net_in_out``
+    see an ordinary classifier; :meth:`forward_with_metadata` returns the metadata logits of the same pass too.
+    The state dict is a :class:`~mammoxai.nets.MetadataNet`'s plus ``fc``, so a pretraining checkpoint loads into
+    it unchanged. Stage-wise freezing of the backbone is that of :class:`BackboneClassifier`.
+
+    Args:
+        backbone: backbone name, one of :data:`mammoxai.nets.BACKBONES`.
+        num_classes: number of class logits.
+        fields: metadata field → number of classes of its head, in head order (e.g. from
+            :meth:`mammoxai.io.fields.MetadataLabelSpace.num_classes`).
+        embed_dim: size of each ``z_k`` and of ``z``.
+        matching_dim: size of the same-study matching embedding kept from pretraining.
+        in_channels: image channels (1 for a mammogram).
+        dropout: dropout probability before the class head.
+        backbone_weights: optional local state dict for the backbone, see :func:`mammoxai.nets.build_backbone`.
+        isolate_task_gradients: as :class:`~mammoxai.nets.MetadataNet`: each metadata head's loss trains only its
+            own ``z_k``, which keeps the ``z_k`` ablatable.
+
+    Example:
+        net = MetadataClassifier("mammo_cnn", num_classes=3, fields={"view": 4, "kvp": 5}, embed_dim=64)
+        logits = net(torch.rand(2, 1, 256, 208))                          # (2, 3)
+        logits, fields = net.forward_with_metadata(torch.rand(2, 1, 256, 208))
+        fields["view"].shape                                               # (2, 4)
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mammo_cnn",
+        num_classes: int = 3,
+        fields: Mapping[str, int] | None = None,
+        embed_dim: int = 64,
+        matching_dim: int = 32,
+        in_channels: int = 1,
+        dropout: float = 0.2,
+        backbone_weights: str | os.PathLike | None = None,
+        isolate_task_gradients: bool = True,
+    ) -> None:
+        _check_num_classes(num_classes)
+        super().__init__(
+            backbone, fields, embed_dim, matching_dim, in_channels, backbone_weights, isolate_task_gradients
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(embed_dim, int(num_classes))
+        self.stages = _stage_names(backbone, self.backbone)
+        self.frozen = 0
+        self.config.update(num_classes=int(num_classes), dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Class logits (B, num_classes)."""
+        return self.forward_with_metadata(x)[0]
+
+    def forward_with_metadata(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Class logits (B, num_classes) and field → metadata logits (B, classes), from one backbone pass."""
+        out = super().forward(x)
+        return self.fc(self.dropout(out["z"])), out["logits"]
+
+
+def state_dict_problems(network: nn.Module, state: Mapping[str, Any]) -> list[str]:
+    """Why ``state`` cannot be loaded into ``network``, in words a user can act on; empty when it fits.
+
+    Metadata heads and the class count are described by what they mean (another field list, another number of
+    bins, no heads at all: a checkpoint of a classifier without them) rather than by parameter names; any other
+    difference is listed by parameter (the first three).
+    """
+    expected = network.state_dict()
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        return ["it does not hold a state dict (parameter name -> tensor)"]
+    ours, theirs = _head_sizes(expected), _head_sizes(state)
+    problems = []
+    if ours and not theirs:
+        problems.append("it has no metadata heads (a classifier trained without them, e.g. a MammoClassifier)")
+    elif theirs and not ours:
+        problems.append(f"it has metadata heads ({', '.join(theirs)}) that this network lacks")
+    elif set(ours) != set(theirs):
+        problems.append(f"its metadata heads are for {sorted(theirs)}, this network's for {sorted(ours)}")
+    else:
+        problems += [
+            f"its {name} head has {theirs[name]} classes, this network's {ours[name]}"
+            for name in ours
+            if ours[name] != theirs[name]
+        ]
+    head, own = state.get("fc.weight"), expected.get("fc.weight")
+    if head is not None and own is not None and head.ndim == 2 and head.shape[0] != own.shape[0]:
+        problems.append(f"it was trained for {head.shape[0]} classes, this network has {own.shape[0]}")
+    if problems:
+        return problems
+    mismatches = [f"missing {key}" for key in expected if key not in state]
+    mismatches += [f"unexpected {key}" for key in state if key not in expected]
+    mismatches += [
+        f"{key} is {tuple(value.shape)}, not {tuple(expected[key].shape)}"
+        for key, value in state.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if len(mismatches) > 3:
+        mismatches = [*mismatches[:3], f"{len(mismatches) - 3} more differences"]
+    return mismatches
+
+
+def _head_sizes(state: Mapping[str, Any]) -> dict[str, int]:
+    """Metadata field → class count, from the ``heads.<field>.weight`` entries of a state dict."""
+    return {
+        key[len("heads.") : -len(".weight")]: int(value.shape[0])
+        for key, value in state.items()
+        if key.startswith("heads.") and key.endswith(".weight") and isinstance(value, torch.Tensor)
+    }

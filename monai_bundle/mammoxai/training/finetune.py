@@ -17,13 +17,20 @@ changes the AUC of a screening classifier markedly (0.68-0.77):
 * ``classifier``: a whole :class:`~mammoxai.nets.finetune.BackboneClassifier` checkpoint (a previous fine-tune,
   to continue on new data or another device); its class count must be this run's.
 
-Every wrong start (missing file, a file that is not a state dict, weights of another architecture or class count)
-is a :class:`~mammoxai.errors.MammoXAIError` naming the file, raised while the config is parsed, before the first
-image is loaded.
+For the served :class:`~mammoxai.nets.MetadataClassifier` (:func:`build_metadata_classifier`, train.json's
+``network_def``), ``pretrained`` and ``incremental`` load the whole pretraining network — backbone, task projections
+``z_k``, metadata heads and matching projection — so the heads start out predicting exactly what they predicted
+after pretraining, and fine-tuning trains them on with the class head (:class:`MetadataClassifierLoss`).
+
+Every wrong start (missing file, a file that is not a state dict, weights of another architecture, class count or
+metadata field list) is a :class:`~mammoxai.errors.MammoXAIError` naming the file, raised while the config is
+parsed, before the first image is loaded.
 
 Example:
     net = build_finetune_classifier("mammo_cnn", 3, init="pretrained", init_weights="models/pretrained.pt",
                                     freeze="stem")
+    served = build_metadata_classifier("mammo_cnn", 3, select_fields(["view", "kvp"]), init="pretrained",
+                                       init_weights="models/pretrained.pt")
     trainer.add_event_handler(...)  # or, in a config: {"_target_": "...UnfreezeAt", "network": ..., "epoch": 5}
 """
 
@@ -38,12 +45,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.inferers import Inferer
+from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.nets.backbones import build_backbone
-from mammoxai.nets.finetune import BackboneClassifier, MultiViewClassifier
-from mammoxai.training.pretrain import load_pretrained
+from mammoxai.nets.finetune import BackboneClassifier, MetadataClassifier, MultiViewClassifier, state_dict_problems
+from mammoxai.training.losses import MetadataLoss
+from mammoxai.training.pretrain import PretrainedModel, load_pretrained, record_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +63,10 @@ __all__ = [
     "CLASS_BALANCE_CHOICES",
     "initialise",
     "build_finetune_classifier",
+    "build_metadata_classifier",
+    "MetadataTargets",
+    "MetadataInferer",
+    "MetadataClassifierLoss",
     "UnfreezeAt",
     "check_labels",
     "balanced_sampler",
@@ -66,13 +81,23 @@ def _backbone_key(name: str) -> str:
 
 
 def initialise(
-    network: BackboneClassifier, init: str = "scratch", weights: str | os.PathLike | None = None
-) -> BackboneClassifier:
+    network: BackboneClassifier | MetadataClassifier,
+    init: str = "scratch",
+    weights: str | os.PathLike | None = None,
+    label_space: MetadataLabelSpace | None = None,
+) -> BackboneClassifier | MetadataClassifier:
     """Load the starting weights of ``network`` by strategy (see the module docstring); returns it.
+
+    Args:
+        network: the network to initialise.
+        init: one of :data:`INIT_CHOICES`.
+        weights: the file to start from (all strategies but ``scratch``).
+        label_space: for a :class:`~mammoxai.nets.MetadataClassifier`, the label space its heads predict; a
+            pretrained head is then loaded only when its classes are the same, not merely as many.
 
     Raises:
         MammoXAIError: unknown ``init``; ``weights`` missing, unreadable, not a state dict, or of another
-            backbone, input channel count or class count.
+            backbone, input channel count, class count or metadata field list.
     """
     init = str(init).strip().lower()
     if init not in INIT_CHOICES:
@@ -88,7 +113,8 @@ def initialise(
     path = Path(weights)
     backbone = network.config["backbone"]
     if init in ("pretrained", "incremental"):
-        pretrained = load_pretrained(path).network
+        pretrained_model = load_pretrained(path)
+        pretrained = pretrained_model.network
         theirs = (_backbone_key(pretrained.config["backbone"]), pretrained.config["in_channels"])
         if theirs != (_backbone_key(backbone), network.config["in_channels"]):
             raise MammoXAIError(
@@ -97,7 +123,10 @@ def initialise(
                 f"for {network.config['in_channels']}-channel images",
                 f"set backbone to {pretrained.config['backbone']!r}, or pretrain a {backbone}",
             )
-        network.backbone.load_state_dict(pretrained.backbone.state_dict())
+        if isinstance(network, MetadataClassifier):
+            _load_pretrained_heads(network, pretrained_model, path, label_space)
+        else:
+            network.backbone.load_state_dict(pretrained.backbone.state_dict())
     elif init == "external":
         loaded, _ = build_backbone(
             backbone, network.config["in_channels"], path
@@ -109,7 +138,48 @@ def initialise(
     return network
 
 
-def _load_classifier(network: BackboneClassifier, path: Path) -> None:
+def _load_pretrained_heads(
+    network: MetadataClassifier, pretrained: PretrainedModel, path: Path, label_space: MetadataLabelSpace | None
+) -> None:
+    """Load backbone, projections, heads and matcher of a pretraining checkpoint into the served network.
+
+    Every field of ``network`` must have been pretrained with the same classes: a head trained on other bins would
+    silently mean something else. Pretrained tasks the network does not serve (e.g. ``xray_system``, whose learned
+    vocabulary a config cannot state) are dropped with a warning: their ``z_k`` leave the sum, so the served heads
+    start from a slightly shifted ``z`` that joint fine-tuning corrects.
+    """
+    theirs, ours = pretrained.network.config, network.config
+    for key in ("embed_dim", "matching_dim"):
+        if theirs[key] != ours[key]:
+            problem = f"was pretrained with {key} {theirs[key]}, this network has {ours[key]}"
+            raise MammoXAIError(path, problem, f"set {key} to {theirs[key]}")
+    missing = [name for name in ours["fields"] if name not in theirs["fields"]]
+    if missing:
+        raise MammoXAIError(
+            path,
+            f"has no pretrained head for {missing} (its fields are {list(theirs['fields'])})",
+            "set metadata_fields to pretrained fields, or pretrain with these fields",
+        )
+    for name, count in ours["fields"].items():
+        pretrained_classes = pretrained.label_space.class_names(name)
+        served = label_space.class_names(name) if label_space is not None else None
+        if theirs["fields"][name] != count or (served is not None and served != pretrained_classes):
+            problem = f"pretrained field {name!r} with classes {pretrained_classes}"
+            fix = "serve the field with the pretraining bins (metadata_fields_file), or pretrain again"
+            raise MammoXAIError(path, f"{problem}, this network's are {served or f'{count} classes'}", fix)
+    dropped = [name for name in theirs["fields"] if name not in ours["fields"]]
+    if dropped:
+        logger.warning("%s: pretrained tasks %s are not served; their projections are dropped", path, dropped)
+    kept = {
+        key: value
+        for key, value in pretrained.network.state_dict().items()
+        if key.split(".")[0] not in ("projections", "heads") or key.split(".")[1] in ours["fields"]
+    }
+    unexpected = network.load_state_dict(kept, strict=False)
+    assert not unexpected.unexpected_keys and all(key.startswith("fc.") for key in unexpected.missing_keys)
+
+
+def _load_classifier(network: BackboneClassifier | MetadataClassifier, path: Path) -> None:
     fix = "pass a model.pt written by train.json with the same backbone and class_names"
     if not path.is_file():
         raise MammoXAIError(path, "classifier checkpoint not found", fix)
@@ -123,25 +193,13 @@ def _load_classifier(network: BackboneClassifier, path: Path) -> None:
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise MammoXAIError(path, "does not hold a state dict (parameter name -> tensor)", fix)
-    expected = network.state_dict()
-    head = state.get("fc.weight")
-    if (
-        head is not None
-        and head.shape[1:] == expected["fc.weight"].shape[1:]
-        and head.shape[0] != expected["fc.weight"].shape[0]
-    ):
-        problem = f"was trained for {head.shape[0]} classes, this run has {expected['fc.weight'].shape[0]}"
-        raise MammoXAIError(path, problem, "use the class_names it was trained with, or init 'pretrained' / 'external'")
-    problems = [f"missing {key}" for key in expected if key not in state]
-    problems += [f"unexpected {key}" for key in state if key not in expected]
-    problems += [
-        f"{key} is {tuple(value.shape)}, not {tuple(expected[key].shape)}"
-        for key, value in state.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
+    problems = state_dict_problems(network, state)
     if problems:
-        shown = "; ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise MammoXAIError(path, f"is not a {network.config['backbone']} classifier: {shown}", fix)
+        raise MammoXAIError(
+            path,
+            f"does not fit this {network.config['backbone']} classifier: {'; '.join(problems)}",
+            f"{fix}, or start with init 'pretrained' / 'external'",
+        )
     network.load_state_dict(state)
 
 
@@ -166,6 +224,124 @@ def build_finetune_classifier(
             backbone, num_classes, in_channels, dropout, num_views=len(views), fusion=view_fusion
         )
     return initialise(network, init, init_weights).freeze(freeze)
+
+
+def build_metadata_classifier(
+    backbone: str = "mammo_cnn",
+    num_classes: int = 3,
+    label_space: MetadataLabelSpace | None = None,
+    init: str = "scratch",
+    init_weights: str | os.PathLike | None = None,
+    freeze: str | int = "none",
+    embed_dim: int = 64,
+    matching_dim: int = 32,
+    in_channels: int = 1,
+    dropout: float = 0.2,
+) -> MetadataClassifier:
+    """The served network of ``configs/train.json``: a :class:`~mammoxai.nets.MetadataClassifier` with one
+    metadata head per field of ``label_space``, initialised (:func:`initialise`) and frozen as configured.
+
+    Raises:
+        MammoXAIError: no label space, a learned vocabulary that was not fitted (its head size is unknown), or a
+            start that does not fit (see :func:`initialise`).
+    """
+    if label_space is None:
+        raise MammoXAIError("metadata_label_space", "is not set", "name the served fields in metadata_fields")
+    fields = {name: label_space.num_classes(name) for name in label_space.fields}
+    network = MetadataClassifier(
+        backbone, num_classes, fields, embed_dim, matching_dim, in_channels=in_channels, dropout=dropout
+    )
+    return initialise(network, init, init_weights, label_space).freeze(freeze)
+
+
+class MetadataTargets:
+    """MONAI ``prepare_batch`` for joint training: the images, and ``{"label": (B,), "fields": {field: (B,)}}``.
+
+    The field labels are the images' own header values encoded by ``label_space`` (-1 where the header is silent),
+    looked up by the sample's ``path`` in ``records`` (:func:`~mammoxai.training.pretrain.record_metadata`: the
+    manifest columns, so no image is opened for them). A sample of no record (a multi-view sample's other views,
+    a path outside ``records``) has every field unknown, which the loss masks.
+
+    Args:
+        records: the training records (the same the data set was built from).
+        label_space: the served metadata fields.
+
+    Example:
+        prepare = MetadataTargets(train_records, label_space)
+        images, targets = prepare(batch, device="cpu")   # targets["fields"]["view"]: (B,) class indices or -1
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], label_space: MetadataLabelSpace) -> None:
+        self.fields = label_space.fields
+        self.targets = {str(record["path"]): label_space.encode(record_metadata(record)) for record in records}
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        move = {"device": device, "non_blocking": non_blocking}
+        encoded = [self.targets.get(str(path), {}) for path in batchdata["path"]]
+        fields = {
+            name: torch.tensor([labels.get(name, UNKNOWN) for labels in encoded], dtype=torch.long).to(**move)
+            for name in self.fields
+        }
+        label = torch.as_tensor(batchdata["label"]).to(**move)
+        return batchdata["image"].to(**move, **kwargs), {"label": label, "fields": fields}
+
+
+class MetadataInferer(Inferer):
+    """The training inferer of joint fine-tuning: ``{"class_logits": (B, C), "field_logits": {field: (B, k)}}``.
+
+    Both come from one forward pass (:meth:`~mammoxai.nets.MetadataClassifier.forward_with_metadata`); a network
+    without metadata heads gives its logits and no fields, so the same train.json trains any ``network_def``.
+    Validation keeps MONAI's ``SimpleInferer``: the evaluator and its metrics see the class logits alone.
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if isinstance(network, MetadataClassifier):
+            class_logits, field_logits = network.forward_with_metadata(inputs)
+            return {"class_logits": class_logits, "field_logits": field_logits}
+        return {"class_logits": network(inputs), "field_logits": {}}
+
+
+class MetadataClassifierLoss(nn.Module):
+    """Class loss plus the weighted masked cross-entropy of the metadata heads on the images' own header labels.
+
+    Why train the heads jointly rather than freeze them (and their projections) after pretraining: fine-tuning
+    changes the backbone, and heads frozen on top of a changing backbone drift away from what they predicted, so
+    the QC predictions would silently degrade with every fine-tune; freezing the backbone too would forgo most of
+    what fine-tuning gains (the Pittsburgh comparison, J Digit Imaging 2020). The header labels cost nothing —
+    every DICOM mammogram carries them — so the heads can keep learning alongside the class head, and the same
+    recipe also works from scratch (the CPU demo), where there is nothing pretrained to freeze. It is also
+    multi-task learning (Caruana, Machine Learning 1997): the acquisition fields regularise the class head's
+    features on small labelled sets. Missing header values (-1) are masked out
+    (:func:`~mammoxai.training.losses.masked_cross_entropy`); a field weight of 0 leaves that head untrained.
+
+    Called as MONAI's ``loss_function(pred, target)`` with ``pred`` from :class:`MetadataInferer` and ``target``
+    from :class:`MetadataTargets`.
+
+    Args:
+        classification: the class loss, e.g. ``torch.nn.CrossEntropyLoss(weight=class_weights)``.
+        field_weights: metadata field → weight of its loss (train.json's ``metadata_fields``).
+
+    Example:
+        loss = MetadataClassifierLoss(torch.nn.CrossEntropyLoss(), {"view": 0.5, "kvp": 0.5})
+        total = loss(MetadataInferer()(images, network), {"label": labels, "fields": {"view": v, "kvp": k}})
+    """
+
+    def __init__(self, classification: nn.Module, field_weights: Mapping[str, float]) -> None:
+        super().__init__()
+        self.classification = classification
+        self.metadata = MetadataLoss(field_weights)
+
+    def forward(self, pred: Mapping[str, Any], target: Mapping[str, Any]) -> torch.Tensor:
+        loss = self.classification(pred["class_logits"], target["label"])
+        if pred["field_logits"]:
+            loss = loss + self.metadata(pred["field_logits"], target["fields"])
+        return loss
 
 
 class UnfreezeAt:

@@ -4,7 +4,8 @@ The bundle's predictor (``configs/inference.json``, item ``predictor``) does all
 preprocesses it, runs the classifier and the saliency method, and maps the heatmap back onto the original
 pixel grid. This task only adapts it to MONAI Label: the request's image path goes in; the heatmap comes out as
 the one result file (float32 NRRD in the geometry of the input) and the prediction record
-(:data:`mammoxai.schema.PREDICTION_SCHEMA`) as the params.
+(:data:`mammoxai.schema.PREDICTION_SCHEMA`) as the params, unchanged: its metadata predictions (what the pixels
+look like, next to the header value) and QC flags reach the client as the predictor wrote them.
 """
 
 from __future__ import annotations
