@@ -13,6 +13,7 @@ import torch
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
+from mammoxai.nets import MammoClassifier
 from mammoxai.training.corrections import correction_records, finetune, replace_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,3 +130,16 @@ def test_simulated_clinician_runs_two_rounds_against_the_real_server(tmp_path):
     assert len(list((tmp_path / "studies" / "labels" / "final").glob("*.json"))) == 12
     simulator.write_results(results, tmp_path)
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_finetune_refuses_served_weights_of_another_network_and_keeps_them(corrections, tmp_path):
+    root, triples = corrections
+    bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
+    checkpoint = bundle / "models" / "model.pt"
+    torch.save(MammoClassifier(num_classes=3).state_dict(), checkpoint)  # no metadata heads
+    before = checkpoint.read_bytes()
+    overrides = {"epochs": 1, "num_workers": 0, "batch_size": 4, "device": "cpu", "image_size": [48, 48]}
+
+    with pytest.raises(MammoXAIError, match="no metadata heads"):
+        finetune(bundle, correction_records(triples, CLASSES), tmp_path / "work", overrides=overrides)
+    assert checkpoint.read_bytes() == before

@@ -300,3 +300,12 @@ def test_a_site_can_add_a_field_by_config(config):
     assert space.class_names("target_filter") == ["TUNGSTEN SILVER"]
     assert space.encode(with_header(AnodeTargetMaterial="TUNGSTEN", FilterMaterial="SILVER"))["target_filter"] == 0
     assert space.encode(HEADER)["target_filter"] == UNKNOWN
+
+
+def test_a_binned_field_without_a_range_accepts_every_number(config):
+    unbounded = copy.deepcopy(config)
+    unbounded["fields"] = [entry for entry in unbounded["fields"] if entry["name"] == "kvp"]
+    del unbounded["fields"][0]["range"]
+    space = MetadataLabelSpace.from_config(unbounded)
+    assert space.encode(with_header(KVP=500.0))["kvp"] == space.num_classes("kvp") - 1
+    assert "range" not in space.to_config()["fields"][0]

@@ -269,7 +269,9 @@ class BinnedField(_Field):
             raise _ConfigError("edges", "must hold at least one bin edge")
         if any(low >= high for low, high in zip(edges, edges[1:])):
             raise _ConfigError("edges", f"must be strictly increasing, not {list(edges)}")
-        valid_range = _numbers(_entry_value(entry, "range", list, [-math.inf, math.inf]), "range")
+        valid_range = (-math.inf, math.inf)
+        if "range" in entry:
+            valid_range = _numbers(_entry_value(entry, "range", list), "range")
         if len(valid_range) != 2 or valid_range[0] >= valid_range[1]:
             raise _ConfigError("range", f"must be [low, high] with low < high, not {list(valid_range)}")
         parse = _entry_value(entry, "parse", str, None)

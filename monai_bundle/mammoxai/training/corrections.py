@@ -42,6 +42,7 @@ from monai.handlers import from_engine
 
 from mammoxai.data.manifest import read_record, write_manifest
 from mammoxai.errors import MammoXAIError
+from mammoxai.nets.finetune import state_dict_problems
 from mammoxai.schema import validate_label
 
 logger = logging.getLogger(__name__)
@@ -202,9 +203,23 @@ def _train_parser(
 
 
 def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
-    """Start from the served weights when there are any (the parser's ``network`` is the instance trained)."""
-    if checkpoint.is_file():
-        parser.get_parsed_content("network").load_state_dict(_load_state(checkpoint))
+    """Start from the served weights when there are any (the parser's ``network`` is the instance trained).
+
+    Raises:
+        MammoXAIError: the served weights do not fit the configured network (e.g. a classifier without the metadata
+            heads the configs now serve), said before any training starts.
+    """
+    if not checkpoint.is_file():
+        return
+    network, state = parser.get_parsed_content("network"), _load_state(checkpoint)
+    problems = state_dict_problems(network, state)
+    if problems:
+        raise MammoXAIError(
+            checkpoint,
+            f"the served weights do not fit the configured network: {'; '.join(problems)}",
+            "retrain them with the bundle's configs/train.json, or configure the network they were trained with",
+        )
+    network.load_state_dict(state)
 
 
 def replace_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
