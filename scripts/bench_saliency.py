@@ -6,9 +6,14 @@ randomly initialised one-channel ResNet-18 (torchvision's, first convolution for
 downloaded) and the same random input:
 
 * **Grad-CAM**: images per second of ours batched (:class:`mammoxai.saliency.GradCAM`, one forward and one
-  backward pass for the whole batch, normalised on the device), of MONAI's :class:`monai.visualize.GradCAM` on the
-  same batch (normalised image by image through NumPy), of ours called image by image, and of the forward pass
-  alone (the ceiling: the target is at least 60 % of it);
+  backward pass for the whole batch, normalised on the device); of the reference implementations on the same
+  batch, each making the same maps (upsampled to the input, min-max scaled per image; the tests in
+  ``tests/test_saliency_reference.py`` check that they agree): pytorch-grad-cam's ``GradCAM`` (maps moved to the
+  CPU, normalised and resized image by image with NumPy and OpenCV; the issue's target is ours at least 10x
+  faster), Captum's ``LayerGradCam`` followed by ``LayerAttribution.interpolate`` and a min-max on the device
+  (given the predicted classes, which Captum does not choose itself) and MONAI's :class:`monai.visualize.GradCAM`
+  (normalised image by image through NumPy); of ours called image by image; and of the forward pass alone (the
+  ceiling: the target is ours at 60 % of it or more);
 * **RELAX**: masked images per second of the shared masking engine (:class:`mammoxai.saliency.RELAX`: masks made on
   the device, chunks, sums accumulated with ``einsum``), of the official per-mask Python loop (one masked forward
   pass per mask, running importance and uncertainty updated after each), and of the raw forward pass of as many
@@ -16,10 +21,11 @@ downloaded) and the same random input:
 * **CorRELAX**: seconds per image of the ``faithful`` and ``fast`` presets on a breast-shaped image.
 
 Times are medians over ``--repeats`` runs after ``--warmup`` untimed ones (cuDNN autotuning and allocator growth
-are not steady state), with the device synchronised before each clock reading. A table is printed and, unless
-``--no-record``, appended as a section to ``BENCHMARKS.md`` at the repository root with the command and the
-hardware. pytorch-grad-cam and Captum, named by the issue as further references, are not dependencies of the
-project; they are left out.
+are not steady state), with the device synchronised before each clock reading; the rows of a group (Grad-CAM,
+RELAX) take turns within each round, so load that comes and goes on a shared machine slows them alike. A table is
+printed and, unless ``--no-record``, written with the command and the hardware as the section of ``BENCHMARKS.md``
+(repository root) for that hardware: appended, or replacing an earlier run's on the same hardware. pytorch-grad-cam
+and Captum come with the ``bench`` extra (``pip install -e .[bench]``).
 
 Example (GPU, the issue's full-field size)::
 
@@ -29,30 +35,35 @@ Example (GPU, the issue's full-field size)::
 Example (CPU, reduced)::
 
     python scripts/bench_saliency.py --image-size 256x208 --batch-size 4 --relax-size 128x128 --relax-masks 64 \\
-        --correlax-size 320x288 --correlax-mask-fraction 0.05 --repeats 3 --warmup 1
+        --correlax-size 320x288 --correlax-mask-fraction 0.05 --repeats 3 --warmup 1 \\
+        --note "The CPU was shared with other jobs: read single rows as rough."
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torchvision
+from captum.attr import LayerAttribution, LayerGradCam
 from monai.visualize import GradCAM as MonaiGradCAM
+from pytorch_grad_cam import GradCAM as ReferenceGradCAM
 from torch import nn
 
 from mammoxai.inference import resolve_device
 from mammoxai.nets.backbones import adapt_input_channels
 from mammoxai.reports import hardware_description
 from mammoxai.saliency import PRESETS, RELAX, GradCAM, RandomMasks, get_method
+from mammoxai.saliency.gradcam import normalise_maps
 from mammoxai.saliency.relax import similarity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,23 +92,31 @@ def breast_image(height: int, width: int, device: torch.device) -> torch.Tensor:
     return (torch.rand(height, width, generator=generator) * inside)[None, None].to(device)
 
 
-def median_seconds(run: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``run()`` after ``warmup`` untimed calls, the device synchronised around each call."""
+def median_seconds(
+    runs: Mapping[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Median wall time of each run after ``warmup`` untimed rounds, the device synchronised around each call.
+
+    The runs take turns within each round: a slowdown from other processes lasting a few seconds then falls on
+    every run alike, instead of on whichever was being timed, and the ratios between them stay meaningful.
+    """
 
     def synchronise() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(warmup):
-        run()
-    times = []
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        synchronise()
-        start = time.perf_counter()
-        run()
-        synchronise()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            synchronise()
+            start = time.perf_counter()
+            run()
+            synchronise()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def relax_per_mask_loop(network: nn.Module, image: torch.Tensor, masks: RandomMasks) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,14 +158,15 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
     height, width = args.image_size
     classifier = resnet18(3, device)
     batch = torch.rand(args.batch_size, 1, height, width, device=device)
-    timed = lambda run: median_seconds(run, device, args.warmup, args.repeats)  # noqa: E731
+    timed = lambda runs: median_seconds(runs, device, args.warmup, args.repeats)  # noqa: E731
     setting = f"batch {args.batch_size}, {height} x {width}"
 
     def autocast() -> torch.autocast:
         return torch.autocast(device.type, enabled=amp)
 
     ours = GradCAM(classifier, TARGET_LAYER)
-    monai_cam = MonaiGradCAM(classifier, target_layers=TARGET_LAYER)
+    # on a copy: MONAI's hooks stay on the network it is given and would run in every other row
+    monai_cam = MonaiGradCAM(copy.deepcopy(classifier), target_layers=TARGET_LAYER)
 
     def forward_only() -> None:
         with torch.no_grad(), autocast():
@@ -165,19 +185,45 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
         with autocast():
             monai_cam(batch)
 
-    figures = {
-        "forward only (ceiling)": timed(forward_only),
-        "Grad-CAM, ours batched": timed(ours_batched),
-        "Grad-CAM, MONAI monai.visualize.GradCAM": timed(monai_batched),
-        "Grad-CAM, ours image by image": timed(ours_per_image),
+    def pytorch_grad_cam_batched() -> None:
+        # hooks only while it runs: pytorch-grad-cam's copy every activation to the CPU, and would slow other rows
+        with autocast(), ReferenceGradCAM(classifier, [getattr(classifier, TARGET_LAYER)]) as reference:
+            reference(batch, targets=None)  # None: each image's predicted class, as ours
+
+    with torch.no_grad():
+        predicted = classifier(batch).argmax(dim=1)
+    captum_cam = LayerGradCam(classifier, getattr(classifier, TARGET_LAYER))
+
+    def captum_batched() -> None:
+        with autocast():
+            maps = captum_cam.attribute(batch, target=predicted, relu_attributions=True)
+            normalise_maps(LayerAttribution.interpolate(maps.detach(), (height, width), interpolate_mode="bilinear"))
+
+    labels = {
+        "forward": "forward only (ceiling)",
+        "ours": "Grad-CAM, ours batched",
+        "pytorch-grad-cam": "Grad-CAM, pytorch-grad-cam GradCAM",
+        "captum": "Grad-CAM, Captum LayerGradCam + interpolate",
+        "monai": "Grad-CAM, MONAI monai.visualize.GradCAM",
+        "per image": "Grad-CAM, ours image by image",
     }
-    for what, seconds in figures.items():
-        rows.append((what, setting, f"{args.batch_size / seconds:.1f} images/s"))
-    batched = figures["Grad-CAM, ours batched"]
+    runs = {
+        "forward": forward_only,
+        "ours": ours_batched,
+        "pytorch-grad-cam": pytorch_grad_cam_batched,
+        "captum": captum_batched,
+        "monai": monai_batched,
+        "per image": ours_per_image,
+    }
+    figures = timed(runs)
+    for key, seconds in figures.items():
+        rows.append((labels[key], setting, f"{args.batch_size / seconds:.1f} images/s"))
+    batched = figures["ours"]
     notes.append(
-        f"Grad-CAM batched: {figures['Grad-CAM, MONAI monai.visualize.GradCAM'] / batched:.1f}x MONAI, "
-        f"{figures['Grad-CAM, ours image by image'] / batched:.1f}x image by image, "
-        f"{100 * figures['forward only (ceiling)'] / batched:.0f} % of forward-only throughput."
+        f"Grad-CAM batched: {figures['pytorch-grad-cam'] / batched:.1f}x pytorch-grad-cam (target on an H100: 10x or "
+        f"more), {figures['captum'] / batched:.1f}x Captum, {figures['monai'] / batched:.1f}x MONAI, "
+        f"{figures['per image'] / batched:.1f}x image by image; {100 * figures['forward'] / batched:.0f} % of "
+        "forward-only throughput (target: 60 % or more)."
     )
 
     crop_h, crop_w = args.relax_size
@@ -185,11 +231,11 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
     masks = RandomMasks(args.relax_masks, (crop_h, crop_w), grid=7, keep_prob=0.5, seed=0, device=device)
     engine = RELAX(classifier, REPRESENTATION_LAYER, num_masks=args.relax_masks, grid=7, chunk_size=args.chunk_size, amp=amp)
     relax_setting = f"1 image {crop_h} x {crop_w}, {args.relax_masks} masks, grid 7, chunk {args.chunk_size}"
-    relax = {
-        "raw forward of the crops (ceiling)": timed(lambda: raw_forward(classifier, crop, args.relax_masks, args.chunk_size)),
-        "RELAX, masking engine": timed(lambda: engine.explain(crop)),
-        "RELAX, official per-mask loop": timed(lambda: relax_per_mask_loop(classifier, crop, masks)),
-    }
+    relax = timed({
+        "raw forward of the crops (ceiling)": lambda: raw_forward(classifier, crop, args.relax_masks, args.chunk_size),
+        "RELAX, masking engine": lambda: engine.explain(crop),
+        "RELAX, official per-mask loop": lambda: relax_per_mask_loop(classifier, crop, masks),
+    })
     for what, seconds in relax.items():
         rows.append((what, relax_setting, f"{args.relax_masks / seconds:.1f} masked images/s"))
     notes.append(
@@ -208,7 +254,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
             background_class=3, chunk_size=args.chunk_size, amp=amp,
         )
         result = correlax.explain(mammogram)
-        seconds = median_seconds(lambda: correlax.explain(mammogram), device, 0, args.correlax_repeats)
+        timings = median_seconds({preset: lambda: correlax.explain(mammogram)}, device, 0, args.correlax_repeats)
+        seconds = timings[preset]
         settings = PRESETS["correlax"][preset]
         described = (
             f"{full_h} x {full_w}, view {settings['view_size']}, stride {settings['stride']}, {masks_used} masks "
@@ -228,18 +275,21 @@ def markdown_table(rows: list[tuple[str, str, str]]) -> list[str]:
 
 
 def record(rows: list[tuple[str, str, str]], notes: list[str], device: torch.device) -> None:
-    """Append this run as a section of BENCHMARKS.md, with the load average: other processes slow a run down."""
+    """Write this run as the section of BENCHMARKS.md for its hardware (replacing an earlier run's, appended when
+    there is none), with the load average: other processes slow a run down."""
     load = "load average (1, 5, 15 min) " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     command = shlex.join(["python", "scripts/bench_saliency.py", *sys.argv[1:]])
+    heading = f"## {SECTION}: {hardware_description(device)},"
     lines = [
-        f"## {SECTION}: {hardware_description(device)}, {when}",
+        f"{heading} {when}",
         "",
         f"Command: `{command}`",
         "",
         f"Hardware: {hardware_description(device)}; torch {torch.__version__}; {load}. Model: torchvision ResNet-18, "
         f"one input channel, random weights; Grad-CAM at `{TARGET_LAYER}`, RELAX and CorRELAX representation "
-        f"`{REPRESENTATION_LAYER}`. Medians of timed runs after warm-up, device synchronised.",
+        f"`{REPRESENTATION_LAYER}`. Medians of timed runs after warm-up, device synchronised, the rows of a group "
+        "taking turns.",
         "",
         *markdown_table(rows),
         "",
@@ -247,7 +297,18 @@ def record(rows: list[tuple[str, str, str]], notes: list[str], device: torch.dev
         "",
     ]
     existing = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.is_file() else "# Benchmarks\n"
-    BENCHMARKS.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
+    BENCHMARKS.write_text(replace_section(existing, heading, "\n".join(lines)), encoding="utf-8")
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """``text`` with the ``##`` section whose heading starts with ``heading`` replaced by ``section``, or with
+    ``section`` appended when there is none."""
+    start = text.find(f"\n{heading}")
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    end = text.find("\n## ", start + 1)
+    rest = text[end:] if end >= 0 else ""
+    return text[: start + 1] + section.rstrip("\n") + ("\n" + rest if rest else "\n")
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -270,8 +331,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--correlax-repeats", type=int, default=1, help="timed CorRELAX runs (after one untimed)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before the Grad-CAM and RELAX timings")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per Grad-CAM and RELAX row")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not write to BENCHMARKS.md")
+    parser.add_argument(
+        "--note", action="append", default=[], metavar="TEXT",
+        help="a sentence added to the run's notes, e.g. that the machine was shared with other jobs (repeatable)",
+    )
     args = parser.parse_args(argv)
     if min(args.batch_size, args.relax_masks, args.chunk_size, args.repeats, args.correlax_repeats) < 1 or args.warmup < 0:
         parser.error("sizes, masks and repeats must be at least 1, --warmup at least 0")
@@ -282,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     rows, notes = measure(args, device)
+    notes.extend(args.note)
     if device.type != "cuda":
         notes.append(
             "Measured on a CPU at a reduced size: the GPU figures at full-field size (Grad-CAM 1024 x 832, RELAX 3000 "

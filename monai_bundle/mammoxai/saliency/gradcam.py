@@ -177,7 +177,9 @@ class GradCAMPlusPlus(_ActivationMaps):
     """Grad-CAM++ (Chattopadhay et al., WACV 2018): channel weights from pixel-weighted positive gradients.
 
     With the exponential-score closed form of the paper, ``alpha = G^2 / (2 G^2 + (sum_ab A) G^3)`` (0 where
-    ``G = 0``) and ``w_k = sum_ab alpha * ReLU(G)``; the formula of ``pytorch-grad-cam``'s ``GradCAMPlusPlus``.
+    ``G = 0``) and ``w_k = sum_ab alpha * ReLU(G)``; the formula of ``pytorch-grad-cam``'s ``GradCAMPlusPlus``,
+    evaluated exactly: pytorch-grad-cam adds 1e-6 to the denominator, a guard as large as ``2 G^2`` for the small
+    gradients of a freshly initialised network, so the two agree only where gradients are large.
 
     Args:
         nn_module: the classifier (logits out).
