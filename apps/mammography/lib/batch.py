@@ -10,8 +10,8 @@ each image's result explicitly, where a client reads it back and where it cannot
 - training reads only tag ``final``, and the strategies count an image as labeled only when it has a ``final``
   label, so stored predictions neither train the model nor hide a case from the clinician.
 
-The heatmap is not a label JSON, so it is stored with :class:`LocalDatastore`'s plain ``save_label`` rather than
-the validating one clinicians' labels go through.
+The heatmap is not a label JSON, so it is stored with the datastore's ``save_model_output`` rather than the
+validating ``save_label`` clinicians' labels go through (:class:`~lib.datastore.MammogramDatastore`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.batch_infer import BatchInferTask
 from monailabel.utils.others.generic import remove_file
@@ -55,7 +54,8 @@ class StoredPredictionsBatchInfer(BatchInferTask):
                 continue
             params = result["params"]
             try:
-                LocalDatastore.save_label(datastore, image_id, result["file"], PREDICTION_TAG, {"model": model, "params": params})
+                info = {"model": model, "params": params}
+                datastore.save_model_output(image_id, result["file"], PREDICTION_TAG, info)
             finally:
                 remove_file(result["file"])
             results[image_id] = {"predicted_class": params["predicted_class"], "probabilities": params["probabilities"]}

@@ -7,17 +7,27 @@ with :func:`mammoxai.io.read_mammogram` and checks each label against :data:`mam
 first; a file that fails is answered with a 4xx naming the problem, and nothing is written.
 
 Ids and label tags become file and folder names, so both must be plain names (no separators, no ``..``): a
-request cannot reach outside the studies folder. A label and the datastore index ``datastore_v2.json`` are
-written to a temporary file beside their destination and moved over it with :func:`os.replace`, so a save
-interrupted midway (a killed server, a full disk) leaves the previous version, never a truncated file.
+request cannot reach outside the studies folder. An image, a label and the datastore index ``datastore_v2.json``
+are written to a temporary file beside their destination and moved over it with :func:`os.replace`, so a save
+interrupted midway (a killed server, a training run stopped with ``DELETE /train/``, a full disk) leaves the
+previous version, never a truncated file.
+
+More than one process changes the index: MONAI Label runs each training task in a subprocess that builds the app,
+and so this datastore, again; building it reconciles the index with the folder and writes it back. LocalDatastore
+changes its in-memory copy of the index and writes the whole copy over the file, and reloads the file only when its
+modification time differs from the one it last wrote, at the kernel clock's resolution (a few milliseconds): a
+process whose copy was loaded before another process's write overwrites that write, and a write within the same
+clock tick is not noticed at all. Here every change is one step under the datastore's lock file instead: reload
+the index if its bytes differ from those last loaded or written, change it, write it atomically. A change made by
+any process is then made to the latest index and seen by the next.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -27,11 +37,13 @@ from typing import Any
 
 from filelock import FileLock
 from lib.http_errors import client_errors, not_found
-from monailabel.datastore.local import DataModel, LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import Mammogram, read_mammogram
 from mammoxai.schema import validate_label
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_SUFFIXES", "MammogramDatastore"]
 
@@ -60,6 +72,10 @@ class MammogramDatastore(LocalDatastore):
         datastore.add_image("case1", "upload.tmp", {})
     """
 
+    # set on first use, which is inside LocalDatastore.__init__: it loads and reconciles the index
+    _index_bytes: bytes | None = None  # the index file's content as last loaded or written
+    _index_lock: FileLock | None = None
+
     def __init__(
         self,
         datastore_path: str,
@@ -84,38 +100,111 @@ class MammogramDatastore(LocalDatastore):
                 # the file is a server-side temporary copy: name the upload by the id the client chose
                 raise MammoXAIError(f"upload for image {image_id!r}", error.problem, error.fix) from error
             suffix = _storage_suffix(image_id, image_filename, mammogram)
-        info = {**(image_info or {}), "shape": list(mammogram.shape)}
-        info.update(laterality=mammogram.laterality, view=mammogram.view)
-        with _staged(image_filename, suffix) as staged:
-            return super().add_image(image_id, staged, info)
+        name = self._filename(image_id, suffix)
+        info = {
+            **(image_info or {}),
+            "shape": list(mammogram.shape),
+            "laterality": mammogram.laterality,
+            "view": mammogram.view,
+            "ts": int(time.time()),
+            "name": name,
+        }
+        with self._latest_index():
+            _atomic_write(os.path.join(self._datastore.image_path(), name), Path(image_filename).read_bytes())
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=suffix))
+            self._update_datastore_file()
+        return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         image = self.get_image_uri(image_id)
         if not image:
-            raise not_found(
-                f"image {image_id!r}", "save labels only for images in the datastore (GET /datastore/?output=all)"
-            )
+            raise _image_not_found(image_id)
         with client_errors():
             _check_name("label tag", label_tag)
             record = _read_json(label_filename)
             validate_label(record, class_names=self.class_names, image_shape=read_mammogram(image).shape)
-        # LocalDatastore.save_label copies into place; a copy cut short would leave a truncated label
-        folder = self._datastore.label_path(label_tag)
-        name = self._filename(image_id, ".json")
-        with FileLock(self._lock_file):
+        return self._store_label(image_id, label_filename, label_tag, label_info, ".json")
+
+    def save_model_output(self, image_id: str, filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        """Store a file the server made (e.g. a batch-inference heatmap) as the ``label_tag`` label of ``image_id``,
+        unchecked, under its own suffix; uploads go through :meth:`save_label`. Written like a label: atomically,
+        in one step with the index."""
+        _check_name("label tag", label_tag)
+        _, suffix = self._to_id(os.path.basename(filename))
+        return self._store_label(image_id, filename, label_tag, label_info, suffix)
+
+    def _store_label(self, image_id: str, filename: str, tag: str, label_info: dict[str, Any], suffix: str) -> str:
+        folder = self._datastore.label_path(tag)
+        name = self._filename(image_id, suffix)
+        with self._latest_index():
+            image_entry = self._datastore.objects.get(image_id)
+            if image_entry is None:  # unknown, or removed by another process since the caller checked
+                raise _image_not_found(image_id)
             os.makedirs(folder, exist_ok=True)
-            _atomic_write(os.path.join(folder, name), Path(label_filename).read_bytes())
+            _atomic_write(os.path.join(folder, name), Path(filename).read_bytes())
             info = {**(label_info or {}), "ts": int(time.time()), "name": name}
-            self._datastore.objects[image_id].labels[label_tag] = DataModel(info=info, ext=".json")
-            self._update_datastore_file(lock=False)
+            image_entry.labels[tag] = DataModel(info=info, ext=suffix)
+            self._update_datastore_file()
         return image_id
 
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        with self._latest_index():
+            super().update_image_info(image_id, info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        with self._latest_index():
+            super().update_label_info(label_id, label_tag, info)
+
+    def _reconcile_datastore(self) -> None:
+        # compares the index with the folder and writes the differences: one step, or a save in between is lost
+        with self._latest_index():
+            super()._reconcile_datastore()
+
+    @contextmanager
+    def _latest_index(self) -> Iterator[None]:
+        """Hold the datastore lock with the in-memory index equal to the file; a change made inside and written
+        with :meth:`_update_datastore_file` before leaving is made to the latest index of every process."""
+        with self._lock():
+            self._init_from_datastore_file()  # an unreadable index is logged and then replaced by this copy
+            yield
+
+    def _lock(self) -> FileLock:
+        """One lock object per datastore: re-entered by nested steps of one thread, exclusive between threads (each
+        thread locks its own descriptor) and between processes (``flock`` on the studies folder's ``.lock``)."""
+        if self._index_lock is None:
+            self._index_lock = FileLock(self._lock_file)
+        return self._index_lock
+
+    def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
+        """Reload the index when its bytes differ from those last loaded or written (not its modification time)."""
+        with self._lock():
+            try:
+                data = Path(self._datastore_config_path).read_bytes()
+            except FileNotFoundError:
+                return
+            if data == self._index_bytes:
+                return
+            try:
+                index = LocalDatastoreModel.model_validate_json(data)
+            except ValueError as error:
+                logger.error(f"datastore index {self._datastore_config_path} is not valid: {error}")
+                if throw_exception:
+                    raise
+                return
+            index.base_path = self._datastore_path
+            self._datastore = index
+            self._index_bytes = data
+
     def _update_datastore_file(self, lock: bool = True) -> None:
-        """Write the index atomically: LocalDatastore truncates it first, and a truncated index stops the server."""
-        with FileLock(self._lock_file) if lock else nullcontext():
-            index = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            _atomic_write(self._datastore_config_path, index.encode("utf-8"))
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+        """Write the index atomically (LocalDatastore truncates it first); ``lock=False``: the caller holds the lock."""
+        with self._lock() if lock else nullcontext():
+            data = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str).encode("utf-8")
+            _atomic_write(self._datastore_config_path, data)
+            self._index_bytes = data
+
+
+def _image_not_found(image_id: str) -> Exception:
+    return not_found(f"image {image_id!r}", "save labels only for images in the datastore (GET /datastore/?output=all)")
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -162,12 +251,3 @@ def _read_json(path: str) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MammoXAIError("label", f"is not JSON ({error})", "upload a MammoXAI label JSON file") from error
-
-
-@contextmanager
-def _staged(path: str, suffix: str) -> Iterator[str]:
-    """A private copy of ``path`` named with ``suffix``: LocalDatastore stores a file under the suffix it has."""
-    with tempfile.TemporaryDirectory(prefix="mammoxai-upload-") as folder:
-        staged = os.path.join(folder, f"upload{suffix}")
-        shutil.copyfile(path, staged)
-        yield staged

@@ -2,9 +2,11 @@
 
 MONAI Label runs ``POST /train/<model>`` in a background process (``GET /train/`` reports it, ``DELETE /train/``
 stops it) that builds the app again and calls :class:`CorrectionsTrainer`. The trainer collects the clinicians'
-corrections (labels with tag ``final``) and hands them to :func:`mammoxai.training.corrections.finetune`, which
-runs the bundle's ``configs/train.json``; the new ``models/model.pt`` replaces the old one atomically and only
-when it is valid, and the infer task's predictor reloads it on the next request, with no restart.
+corrections (labels with tag ``final``) from that process's datastore, whose index was read under the datastore's
+lock when the process started (:class:`~lib.datastore.MammogramDatastore`: every label saved before the request,
+none half-written), and hands them to :func:`mammoxai.training.corrections.finetune`, which runs the bundle's
+``configs/train.json``; the new ``models/model.pt`` replaces the old one atomically and only when it is valid, and
+the infer task's predictor reloads it on the next request, with no restart.
 
 Two questions MONAI Label answers late or vaguely are answered up front by :func:`install_train_guard`: a
 request when there is nothing to train on is a 422 naming the fix (instead of a background task that fails in
