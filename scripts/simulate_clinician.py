@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -43,14 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "mammoxai"
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("mammoxai_demo", REPO / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+# demo.py beside this file, one module under one name (``demo``) however this file is loaded: as a script its folder
+# is already on sys.path, loaded by path (the tests) it is added
+sys.path.append(str(Path(__file__).resolve().parent))
+import demo  # noqa: E402
 
 
 @dataclass

@@ -59,7 +59,7 @@ def test_datastore_serves_the_dicom_studies_folder(client, app_server):
     objects = client.datastore()["objects"]
 
     studies = set(app_server.study_ids())
-    assert len(studies) == 4  # one synthetic patient: L/R x CC/MLO
+    assert len(studies) == 4 * len(app_server.study_ids_by_patient())  # L/R x CC/MLO of each synthetic patient
     assert studies <= set(objects)
     assert {objects[image_id]["image"]["ext"] for image_id in studies} == {".dcm"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from MammoXAILib import (  # noqa: E402
     point_lesion,
     read_nrrd_geometry,
 )
+
+from loopback_servers import StandInServer, json_body  # noqa: E402
 
 pytest_plugins = ["server_fixture"]
 
@@ -56,6 +59,16 @@ def ras_corner(ijk_to_ras_matrix, x, y):
 
 def sha1(path):
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def wait_for(read, done, timeout=60.0):
+    """``read()`` until ``done`` holds for its value (MONAI Label queues a task before it runs it), or time out."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = read()
+    return value
 
 
 def test_connect_names_the_model_its_classes_and_strategies(session, app_server):
@@ -91,6 +104,9 @@ def test_run_returns_table_rows_and_a_heatmap_on_the_image_grid(session, app_ser
     assert view.class_names == app_server.class_names
     assert [row.name for row in view.rows[: len(view.class_names)]] == app_server.class_names
     assert sum(row.highlighted for row in view.rows if row.section == "class") == 1
+    metadata = {row.name: row for row in view.rows if row.section == "metadata"}
+    assert "view" in metadata  # the served network's metadata heads, beside the header value they are checked against
+    assert metadata["view"].reference == mammogram.view
     assert view.image_shape == mammogram.shape
     assert view.timing_text.startswith("server ")
     assert outcome.notes == []
@@ -135,18 +151,39 @@ def test_a_case_is_corrected_with_a_ras_box_saved_and_read_back(session, app_ser
     assert session.pending.pending() == []
 
 
-def test_training_is_started_or_the_servers_reason_is_reported(session):
-    if not session.info.trainers:
+def test_training_on_final_labels_of_two_patients_starts_reports_running_and_stops(session, app_server):
+    weights = app_server.checkpoint.read_bytes()
+    for image_id, *_ in app_server.study_ids_by_patient().values():  # one image of each patient
+        shape = read_mammogram(app_server.studies / f"{image_id}.dcm").shape
+        label = session.make_label(app_server.class_names[0], image_shape=shape)
+        assert session.submit(image_id, label)["label"] == image_id
+
+    assert app_server.model in session.info.trainers
+    session.start_training({"epochs": 1})
+    try:
+        status = wait_for(session.training_status, lambda line: not line.startswith("training SUBMITTED"))
+        assert status.startswith("training RUNNING (started "), status
+    finally:
+        stopped = session.stop_training()
+
+    assert stopped["status"] == "STOPPED"
+    assert session.training_status().startswith("training STOPPED")
+    assert app_server.checkpoint.read_bytes() == weights  # a run stopped midway never replaces the weights
+
+
+def test_a_server_without_training_is_reported_before_any_request(app_server, tmp_path):
+    info = MammoXAIClient(app_server.url).info()
+    requests_seen = []
+
+    def respond(method, path):
+        requests_seen.append((method, path))
+        return 200, "application/json", json_body({**info, "trainers": {}})
+
+    with StandInServer(respond) as no_training:
+        session = ReviewSession(no_training.url, str(tmp_path / "work"), str(tmp_path / "pending"), annotator="dr.test")
+        session.connect()
         with pytest.raises(MammoXAIClientError, match="offers no training") as raised:
             session.start_training()
-        assert raised.value.kind == "input"
-        return
-    try:
-        session.start_training({"max_epochs": 1})
-    except MammoXAIClientError as error:
-        # the shared test server holds one synthetic patient: the trainer asks for more final labels
-        assert error.status == 422
-        assert "final label" in error.message
-    else:
-        assert session.training_status().startswith("training ")
-        session.stop_training()
+
+    assert raised.value.kind == "input"
+    assert all(method == "GET" for method, _ in requests_seen)  # nothing was posted to /train/
