@@ -46,7 +46,8 @@ class ServerProcess:
     the server exactly one SIGINT: uvicorn's graceful shutdown (a second SIGINT would make it force-quit).
 
     Args:
-        studies: the folder of mammograms the datastore serves.
+        studies: the folder of mammograms the datastore serves, or a DICOMweb root URL (``http://...``), which
+            is passed on unchanged (a URL is not a path: ``Path`` would fold its ``//``).
         host, port: where the server listens.
         conf: app options passed as ``--conf key value`` (``bundle``, ``device``).
         log: file receiving the server's stdout and stderr.
@@ -66,7 +67,7 @@ class ServerProcess:
         log: str | os.PathLike = DEMO_DIR / "server.log",
         env: dict[str, str] | None = None,
     ) -> None:
-        self.studies = Path(studies)
+        self.studies = studies if is_url(studies) else Path(studies)
         self.host = host
         self.port = port
         self.conf = dict(conf or {})
@@ -136,6 +137,11 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def is_url(studies: str | os.PathLike) -> bool:
+    """Whether ``studies`` names a DICOMweb server rather than a folder."""
+    return isinstance(studies, str) and studies.startswith(("http://", "https://"))
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -94,8 +94,8 @@ def pacs_server(app_server, uploaded, tmp_path_factory):
         "dicomweb_filter": json.dumps({"PatientID": uploaded["patient"]}),
     }
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
-    server = type(app_server.server)(".", port=port, conf=conf, log=root / "server.log", env=env)
-    server.studies = ORTHANC_URL  # ServerProcess passes studies on as --studies; here it is a URL, not a folder
+    server = type(app_server.server)(ORTHANC_URL, port=port, conf=conf, log=root / "server.log", env=env)
+    assert server.studies == ORTHANC_URL  # a URL passes through to --studies unchanged, not folded as a path
     with server:
         yield server, root / "cache"
 
