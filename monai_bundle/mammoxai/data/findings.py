@@ -29,7 +29,11 @@ from pathlib import Path
 from mammoxai.data.manifest import read_table, relative_path
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["Finding", "parse_birads", "read_findings", "write_findings"]
+__all__ = ["LESION_CLASSES", "Finding", "finding_class", "parse_birads", "read_findings", "write_findings"]
+
+#: the classes of CorRELAX's lesion-crop classifier (Mellado et al., Frontiers in Oncology 2025), in its order:
+#: VinDr-Mammo's finding categories grouped into masses, calcifications, every other finding, and no finding
+LESION_CLASSES: tuple[str, ...] = ("mass", "calcification", "other", "no_finding")
 
 _COLUMNS = ("image_id", "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax", "label", "mask")
 _BOX = ("xmin", "ymin", "xmax", "ymax")
@@ -54,6 +58,22 @@ class Finding:
     birads: str | None = None
     label: str | None = None
     mask: str | None = None
+
+
+def finding_class(categories: Iterable[str]) -> str:
+    """The :data:`LESION_CLASSES` name of a finding's VinDr-Mammo categories.
+
+    "Mass" is a mass, "Suspicious Calcification" (or any "... Calcification") a calcification, "No Finding" or
+    nothing is ``no_finding``, and the rest (asymmetries, architectural distortion, lymph nodes, skin changes) is
+    ``other``. A finding with several categories takes its first mass or calcification category, else ``other``.
+    """
+    named = [str(category).strip().lower() for category in categories if str(category).strip()]
+    for category in named:
+        if category == "mass":
+            return "mass"
+        if category.endswith("calcification") or category.endswith("calcifications"):
+            return "calcification"
+    return "other" if any(category != "no finding" for category in named) else "no_finding"
 
 
 def parse_birads(value: object) -> str | None:

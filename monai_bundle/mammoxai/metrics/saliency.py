@@ -18,9 +18,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
+import copy
+
 import numpy as np
 import torch
 from scipy import ndimage
+from torch import nn
 from scipy.stats import spearmanr
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "energy_pointing_game",
     "deletion_insertion_auc",
     "randomisation_sanity",
+    "randomise_weights",
 ]
 
 
@@ -42,7 +46,8 @@ def pointing_game(
     """Whether the heatmap's maximum lies within ``tolerance`` of the ground-truth ``region``.
 
     Args:
-        heatmap: (H, W) map; ties for the maximum count as a hit when any of them is within tolerance.
+        heatmap: (H, W) map; ties for the maximum count as a hit when any of them is within tolerance, but a
+            constant map (e.g. the all-zero map of a method that found nothing) points nowhere and is a miss.
         region: (H, W) boolean lesion mask (a box can be drawn into one).
         tolerance: distance allowed from the region, in pixels, or in millimetres when ``spacing`` is given.
         spacing: (row, column) pixel spacing in mm; distances are then measured in mm (anisotropic pixels work).
@@ -51,6 +56,8 @@ def pointing_game(
     if not region.any():
         raise ValueError("the ground-truth region is empty")
     heatmap = np.asarray(heatmap, dtype=np.float64)
+    if heatmap.max() <= heatmap.min():
+        return False
     peaks = heatmap >= heatmap.max()
     distance = ndimage.distance_transform_edt(~region, sampling=None if spacing is None else tuple(spacing))
     return bool((distance[peaks] <= tolerance).any())
@@ -104,6 +111,7 @@ def deletion_insertion_auc(
     breast: torch.Tensor | None = None,
     steps: int = 20,
     baseline: float = 0.0,
+    softmax: bool = True,
 ) -> tuple[float, float]:
     """Area under the deletion and insertion curves (Petsiuk et al. 2018) of one image, restricted to the breast.
 
@@ -112,9 +120,11 @@ def deletion_insertion_auc(
     ``class_index`` is recorded. All curve points go through the model as one batch.
 
     Args:
-        model: logits of a batch (n, channels, H, W).
+        model: logits of a batch (n, channels, H, W), or class probabilities when ``softmax`` is False (e.g.
+            CorRELAX's image score, the highest probability over its local views).
         image: (channels, H, W). heatmap: (H, W).
         breast: (H, W) boolean mask of the pixels ranked; ``None``: the non-zero pixels of the image.
+        softmax: turn the model's outputs into probabilities with a softmax.
 
     Returns:
         ``(deletion_auc, insertion_auc)`` by the trapezoidal rule over the fraction of breast pixels in [0, 1].
@@ -131,7 +141,8 @@ def deletion_insertion_auc(
     deleted = torch.where(top, empty, image)
     inserted = torch.where(top, image, torch.where(breast, empty, image))  # outside the breast stays as it was
     with torch.no_grad():
-        probabilities = torch.softmax(model(torch.cat([deleted, inserted])).float(), dim=1)[:, class_index].cpu()
+        outputs = model(torch.cat([deleted, inserted])).float()
+    probabilities = (torch.softmax(outputs, dim=1) if softmax else outputs)[:, class_index].cpu()
     x = np.linspace(0.0, 1.0, steps + 1)
     return float(np.trapz(probabilities[: steps + 1].numpy(), x)), float(np.trapz(probabilities[steps + 1 :].numpy(), x))
 
@@ -145,3 +156,18 @@ def randomisation_sanity(original: np.ndarray, randomised: np.ndarray) -> float:
     if np.ptp(original) == 0 or np.ptp(randomised) == 0:
         return 0.0  # a constant map carries no ranking to compare
     return float(spearmanr(original, randomised).correlation)
+
+
+def randomise_weights(network: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``network`` with every layer re-initialised (Adebayo et al.'s full model randomisation), seeded.
+
+    Every sub-module with ``reset_parameters`` (convolutions, linear and normalisation layers, whose running
+    statistics are reset too) gets fresh weights; the original is left untouched.
+    """
+    randomised = copy.deepcopy(network)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in randomised.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return randomised.eval()

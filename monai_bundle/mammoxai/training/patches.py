@@ -13,17 +13,24 @@ cache and scale as the whole-image model), centred on each finding box of a VinD
 mapped onto that grid (:meth:`~mammoxai.io.geometry.ImageGeometry.to_model_boxes`), and at random breast positions
 outside every box for background.
 
+The same crops, labelled by the finding's category instead of the image's class (``labels="finding"``: mass,
+calcification, other, no finding; :data:`~mammoxai.data.findings.LESION_CLASSES`) and cut at several scales, train
+CorRELAX's lesion-crop classifier (Mellado et al., Frontiers in Oncology 2025), which then runs over local views
+of the full-resolution image (``configs/train_lesion_crops.json``).
+
 Example:
     images = MammogramDataset(records, image_size=(256, 208), class_names=["normal", "benign", "malignant"])
     patches = PatchDataset(images, "synth/finding_annotations.csv", patch_size=48)
     patches[0]["image"].shape     # (1, 48, 48)
+    crops = PatchDataset(MammogramDataset(records, image_size=(1024, 832)), "synth/finding_annotations.csv",
+                         patch_size=256, scales=(0.5, 1.0, 2.0), labels="finding")
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,35 +38,52 @@ import torch
 import torch.nn.functional as F
 
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
-from mammoxai.data.findings import read_findings
+from mammoxai.data.findings import LESION_CLASSES, finding_class, read_findings
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["PatchDataset"]
+__all__ = ["PATCH_LABELS", "PatchDataset"]
+
+#: what a patch is labelled by: its image's class, or its finding's category
+PATCH_LABELS = ("image", "finding")
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """One patch around every annotated finding, plus ``backgrounds`` background patches per labelled image.
+    """One patch around every annotated finding, plus ``backgrounds`` background patches per image, at every scale.
 
-    A finding patch takes its image's class (a lesion of a malignant breast is a malignant patch); a background
-    patch takes ``background_class`` (default the first class, ``normal``). Background positions are drawn from
-    breast pixels (non-zero after preprocessing) outside every finding box, seeded per image, so an epoch is
-    reproducible.
+    With ``labels="image"`` a finding patch takes its image's class (a lesion of a malignant breast is a malignant
+    patch), only labelled images are used, and a background patch takes ``background_class`` (default the first
+    class, ``normal``). With ``labels="finding"`` a finding patch takes the class of its finding's categories
+    (:func:`~mammoxai.data.findings.finding_class`), every image is used whatever its label, and background
+    patches are ``no_finding``. Background positions are drawn from breast pixels (non-zero after preprocessing)
+    outside every finding box, seeded per patch, so an epoch is reproducible.
+
+    A patch at scale ``s`` covers ``round(s * patch_size)`` model-grid pixels and is resized to ``patch_size``:
+    scales below 1 zoom in on a lesion, above 1 show it in its surroundings, so the classifier recognises lesions
+    of many sizes in a fixed local view.
 
     Args:
-        images: the labelled images (without spatial augmentation: boxes must stay where the geometry says).
+        images: the images (without spatial augmentation: boxes must stay where the geometry says).
         findings_csv: VinDr-style finding CSV; its ``image_id`` matches the records' ``image_id`` or ``sop_uid``.
         patch_size: side of the square patches, in model-grid pixels; parts outside the image are zero.
-        backgrounds: background patches per image.
-        background_class: class name of background patches (default ``images.class_names[0]``).
+        backgrounds: background patches per image and scale.
+        background_class: class name of background patches (default ``class_names[0]`` for image labels,
+            ``"no_finding"`` for finding labels).
         transform: applied to each patch sample (augmentation belongs here, after cropping).
         seed: seed of the background positions.
+        scales: crop sides as multiples of ``patch_size``; every finding and background gets one patch per scale.
+        labels: ``"image"`` or ``"finding"`` (see above).
+        class_names: the classes of finding labels (default :data:`~mammoxai.data.findings.LESION_CLASSES`);
+            with image labels they are ``images.class_names``.
 
     Attributes:
         data: one record per patch (its image's), for code that reads a data set's records.
         labels: the patch labels.
+        items: per patch, (image index, the image's original boxes, which box or None for background, label).
+        item_scales: per patch, its scale.
 
     Raises:
-        MammoXAIError: no finding matches an image, or ``background_class`` is not a class.
+        MammoXAIError: no finding matches an image, ``background_class`` is not a class, a finding's class is not
+            one of ``class_names``, or ``labels`` / ``scales`` are invalid.
     """
 
     def __init__(
@@ -71,26 +95,40 @@ class PatchDataset(torch.utils.data.Dataset):
         background_class: str | None = None,
         transform: Callable | None = None,
         seed: int = 0,
+        scales: Sequence[float] = (1.0,),
+        labels: str = "image",
+        class_names: Sequence[str] | None = None,
     ) -> None:
+        if labels not in PATCH_LABELS:
+            raise MammoXAIError("patch labels", f"{labels!r} is not a labelling", f"use one of {list(PATCH_LABELS)}")
+        if not scales or min(scales) <= 0:
+            problem = f"{list(scales)} are not positive crop sizes"
+            raise MammoXAIError("patch scales", problem, "use e.g. [0.5, 1.0, 2.0]")
         self.images, self.patch_size, self.transform, self.seed = images, int(patch_size), transform, seed
-        background_class = background_class or images.class_names[0]
-        if background_class not in images.class_names:
-            raise MammoXAIError(
-                "background_class", f"{background_class!r} is not one of {list(images.class_names)}", "name a class"
-            )
-        background = images.class_names.index(background_class)
+        by_finding = labels == "finding"
+        self.class_names = tuple(class_names or LESION_CLASSES) if by_finding else tuple(images.class_names)
+        background_class = background_class or ("no_finding" if by_finding else self.class_names[0])
+        background = self._class_index(background_class, "background_class")
         boxes: dict[str, list[tuple[float, ...]]] = defaultdict(list)
+        box_labels: dict[str, list[int]] = defaultdict(list)
         for finding in read_findings(findings_csv):
             boxes[finding.image_id].append(finding.box)
-        # (image index, original boxes of the image, which box or None for background, label)
+            if by_finding:
+                box_labels[finding.image_id].append(self._class_index(finding_class(finding.categories), findings_csv))
         self.items: list[tuple[int, np.ndarray, int | None, int]] = []
+        self.item_scales: list[float] = []
         for index, (record, label) in enumerate(zip(images.data, images.labels)):
-            if label < 0:
+            if label < 0 and not by_finding:
                 continue
-            found = boxes.get(str(record.get("image_id") or ""), []) or boxes.get(str(record.get("sop_uid") or ""), [])
-            image_boxes = np.asarray(found, dtype=np.float64).reshape(-1, 4)
-            self.items += [(index, image_boxes, box, label) for box in range(len(image_boxes))]
-            self.items += [(index, image_boxes, None, background)] * backgrounds
+            ids = [str(record.get(field) or "") for field in ("image_id", "sop_uid")]
+            key = next((image_id for image_id in ids if image_id in boxes), "")
+            image_boxes = np.asarray(boxes.get(key, []), dtype=np.float64).reshape(-1, 4)
+            finding_labels = box_labels.get(key) or [label] * len(image_boxes)
+            for scale in scales:
+                items = [(index, image_boxes, box, finding_labels[box]) for box in range(len(image_boxes))]
+                items += [(index, image_boxes, None, background)] * backgrounds
+                self.items += items
+                self.item_scales += [float(scale)] * len(items)
         if not any(box is not None for _, _, box, _ in self.items):
             raise MammoXAIError(
                 findings_csv,
@@ -99,7 +137,12 @@ class PatchDataset(torch.utils.data.Dataset):
             )
         self.data = [images.data[index] for index, _, _, _ in self.items]
         self.labels = [label for _, _, _, label in self.items]
-        self.class_names = images.class_names
+
+    def _class_index(self, name: str, source: object) -> int:
+        if name not in self.class_names:
+            problem = f"class {name!r} is not one of {list(self.class_names)}"
+            raise MammoXAIError(source, problem, "add it to class_names, or name one of them")
+        return self.class_names.index(name)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -109,20 +152,22 @@ class PatchDataset(torch.utils.data.Dataset):
         sample = self.images[index]
         image = torch.as_tensor(sample["image"])
         model_boxes = batch_geometries(sample)[0].to_model_boxes(boxes) if len(boxes) else np.zeros((0, 4))
+        side = max(1, round(self.item_scales[item] * self.patch_size))
         if box is not None:
             x0, y0, x1, y1 = model_boxes[box]
             centre = ((y0 + y1) / 2.0, (x0 + x1) / 2.0)
         else:
-            centre = self._background_centre(image[0], model_boxes, np.random.default_rng((self.seed, item)))
-        patch = {"image": self._crop(image, centre), "label": label, "path": sample["path"]}
+            centre = self._background_centre(image[0], model_boxes, np.random.default_rng((self.seed, item)), side)
+        patch = {"image": self._crop(image, centre, side), "label": label, "path": sample["path"]}
         return self.transform(patch) if self.transform is not None else patch
 
     def _background_centre(
-        self, image: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator
+        self, image: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator, side: int | None = None
     ) -> tuple[float, float]:
+        """A breast pixel whose ``side``-pixel patch (default ``patch_size``) overlaps no finding box."""
         allowed = (image > 0).numpy()
+        half = (side or self.patch_size) / 2.0
         for x0, y0, x1, y1 in boxes:
-            half = self.patch_size / 2.0
             allowed[
                 max(0, int(y0 - half)) : int(np.ceil(y1 + half)), max(0, int(x0 - half)) : int(np.ceil(x1 + half))
             ] = False
@@ -132,18 +177,20 @@ class PatchDataset(torch.utils.data.Dataset):
         pick = rng.integers(rows.size)
         return rows[pick] + 0.5, columns[pick] + 0.5
 
-    def _crop(self, image: torch.Tensor, centre: tuple[float, float]) -> torch.Tensor:
-        half = self.patch_size // 2
+    def _crop(self, image: torch.Tensor, centre: tuple[float, float], side: int | None = None) -> torch.Tensor:
+        """The ``side`` × ``side`` square (default ``patch_size``) centred on ``centre``, zero outside the image,
+        resized to ``patch_size``."""
+        side = side or self.patch_size
+        half = side // 2
         top, left = int(round(centre[0])) - half, int(round(centre[1])) - half
         height, width = image.shape[-2:]
         padded = F.pad(
             image,
-            (
-                max(0, -left),
-                max(0, left + self.patch_size - width),
-                max(0, -top),
-                max(0, top + self.patch_size - height),
-            ),
+            (max(0, -left), max(0, left + side - width), max(0, -top), max(0, top + side - height)),
         )
         top, left = max(0, top), max(0, left)
-        return padded[..., top : top + self.patch_size, left : left + self.patch_size]
+        patch = padded[..., top : top + side, left : left + side]
+        if side == self.patch_size:
+            return patch
+        mode = "area" if side > self.patch_size else "bilinear"  # area: shrinking averages, no aliasing of specks
+        return F.interpolate(patch[None], size=(self.patch_size,) * 2, mode=mode)[0]

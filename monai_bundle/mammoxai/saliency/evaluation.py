@@ -1,0 +1,547 @@
+"""Does a saliency method point at the lesion? Every method on the same lesion images, scored the same way.
+
+For each selected method (any of :func:`~mammoxai.saliency.get_method`'s, with a preset and settings) and each
+image with annotated findings, the method's map of the target class is restored to the original pixel grid
+(:meth:`~mammoxai.io.geometry.ImageGeometry.restore`), where the annotations live, and scored by
+:mod:`mammoxai.metrics.saliency`:
+
+- **pointing game** per finding (Zhang et al., ECCV 2016; Byra et al. 2022 for breast lesions, 71 %): a hit when
+  the map's maximum lies within ``tolerance`` (pixels, or mm with the image's pixel spacing) of the lesion - its
+  mask inside its box when the study set has masks, else its box - reported per finding class (mass,
+  calcification), as the class mean and overall;
+- **CorRELAX's aggregate** (Mellado et al., Frontiers in Oncology 2025: 0.6358 for prediction maps on VinDr-Mammo):
+  one hit per image and target class when the maximum falls in any of its boxes widened by the method's stride
+  (the resolution of a local-view map; 0 for methods without one), leaving out images whose class score is below
+  ``score_threshold``;
+- **energy pointing game** (Wang et al., Score-CAM, CVPRW 2020): the share of the map inside the lesion;
+- **deletion and insertion AUC** (Petsiuk et al., RISE, BMVC 2018) on the model grid, restricted to the breast;
+  for CorRELAX the image score is its highest local-view probability;
+- **model randomisation** (Adebayo et al., NeurIPS 2018): Spearman correlation between the maps of the trained
+  and of a randomly re-initialised network; a method that explains the model decorrelates.
+
+Two baselines any useful map must beat by a wide margin take the same pointing game: the **centre** of the
+breast's bounding box (the model grid's centre), and a **random point in the breast** (``baseline_draws`` draws
+per image). The result is a report (``report.json``, ``report.md``: one row per method and baseline) and overlay
+PNGs of the first ``overlays`` lesion images with every method's map.
+
+Example:
+    evaluator = SaliencyEvaluator(
+        records, "synth/finding_annotations.csv",
+        models={"whole_image": {"network": net, "class_names": ["normal", "benign", "malignant"],
+                                "image_size": [256, 208], "label_map": {"recalled_benign": "benign"}}},
+        methods=[{"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features.block4"}}],
+        output_dir="eval/saliency",
+    )
+    evaluator.run()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from mammoxai.cli import run_bundle_config
+from mammoxai.data.dataset import MammogramDataset, batch_geometries
+from mammoxai.data.findings import finding_class, read_findings
+from mammoxai.errors import MammoXAIError
+from mammoxai.io import read_mammogram
+from mammoxai.io.breast import segment_breast
+from mammoxai.io.geometry import ImageGeometry
+from mammoxai.metrics.saliency import (
+    deletion_insertion_auc,
+    energy_pointing_game,
+    pointing_game,
+    pointing_game_summary,
+    randomisation_sanity,
+    randomise_weights,
+    widen_box,
+)
+from mammoxai.reports import Report
+from mammoxai.training.evaluate_classifier import load_checkpoints
+from mammoxai.saliency.correlax import CorRELAX
+from mammoxai.saliency.registry import SaliencyMethod, get_method
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TARGETS", "LesionRegion", "MethodSpec", "view_scores", "SaliencyEvaluator", "main"]
+
+#: what a method's map explains besides a class name: the image's labelled class, the class of each finding
+#: (a lesion-crop classifier's mass / calcification maps), or the predicted class
+TARGETS = ("label", "finding", "predicted")
+_TOLERANCE_UNITS = ("px", "mm")
+
+
+@dataclass
+class LesionRegion:
+    """One annotated finding on the original pixel grid: its class, box (x0, y0, x1, y1) and (H, W) region."""
+
+    category: str
+    box: tuple[float, float, float, float]
+    region: np.ndarray
+
+
+@dataclass
+class MethodSpec:
+    """One evaluated method: ``name`` and ``preset`` / ``settings`` for :func:`~mammoxai.saliency.get_method`,
+    the ``model`` it explains (a key of the evaluator's models), its ``target`` (a class name or one of
+    :data:`TARGETS`) and the ``label`` it is reported under (default: name, and preset when given)."""
+
+    name: str
+    model: str
+    target: str = "label"
+    preset: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        self.label = self.label or (f"{self.name} ({self.preset})" if self.preset else self.name)
+
+
+def view_scores(
+    network: nn.Module, view_size: int, stride: int, chunk: int = 256
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Image scores of a lesion-crop classifier: per image (n, channels, H, W), each class's highest softmax
+    probability over its ``view_size`` local views ``stride`` apart - the score of CorRELAX's prediction map."""
+
+    def score(images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[2:]
+        rows, cols = (max(1, -(-(length - view_size) // stride) + 1) for length in (height, width))
+        padding = (0, (cols - 1) * stride + view_size - width, 0, (rows - 1) * stride + view_size - height)
+        padded = F.pad(images, padding)
+        views = padded.unfold(2, view_size, stride).unfold(3, view_size, stride)  # (n, c, rows, cols, size, size)
+        views = views.permute(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1], view_size, view_size)
+        was_training = network.training
+        network.eval()
+        with torch.no_grad():
+            logits = torch.cat([network(views[i : i + chunk]).float() for i in range(0, len(views), chunk)])
+        network.train(was_training)
+        return torch.softmax(logits, dim=1).reshape(len(images), rows * cols, -1).amax(dim=1)
+
+    return score
+
+
+class SaliencyEvaluator:
+    """Score saliency methods on images with annotated findings against the centre and random baselines.
+
+    Args:
+        records: manifest records (``path``, ``image_id`` / ``sop_uid``, the label); those without a finding box
+            in ``findings_csv`` are left out.
+        findings_csv: VinDr-style finding CSV (:mod:`mammoxai.data.findings`); its ``mask`` column, when present,
+            gives lesion masks, which are used inside each finding's box.
+        models: name -> ``{"network", "class_names", "image_size"[, "checkpoint", "label_map"]}``: the networks
+            explained; ``checkpoint`` (a state dict file) is loaded into ``network`` when a selected method uses
+            the model; ``image_size`` is the grid it runs on (CorRELAX's: the full-resolution grid).
+        methods: :class:`MethodSpec` s or dicts of their fields.
+        select: labels or names of the methods to run (None: all of ``methods``).
+        output_dir: where the report and overlays go.
+        finding_classes: the finding classes scored (:func:`~mammoxai.data.findings.finding_class` names).
+        label_key: the record field holding the image's label (target ``"label"``).
+        tolerance, tolerance_unit: the pointing game's tolerance, in ``"px"`` of the original image or ``"mm"``.
+        score_threshold: CorRELAX's aggregate leaves out image-class pairs scored below it (None keeps all).
+        deletion_steps: points of the deletion / insertion curves; 0 skips them.
+        sanity_images: images that get the randomisation check (it runs every method twice); 0 skips it.
+        baseline_draws: random breast points per image for the random baseline.
+        overlays: lesion images drawn with every method's map.
+        max_images: evaluate at most this many lesion images (None: all).
+        cache_dir: preprocessed-tensor cache (:mod:`mammoxai.data.cache`).
+        device: where the networks run.
+        seed: seed of the random baseline and of the randomised weights.
+        command: the command line, for the record.
+
+    Raises:
+        MammoXAIError: an unknown method, preset, setting, model or target; a target class the model lacks; an
+            input grid smaller than a method's local view; no image with a finding box; a missing mask file.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        findings_csv: str | os.PathLike,
+        models: Mapping[str, Mapping[str, Any]],
+        methods: Sequence[MethodSpec | Mapping[str, Any]],
+        output_dir: str | os.PathLike,
+        select: Sequence[str] | None = None,
+        finding_classes: Sequence[str] = ("mass", "calcification"),
+        label_key: str = "case_label",
+        tolerance: float = 0.0,
+        tolerance_unit: str = "px",
+        score_threshold: float | None = None,
+        deletion_steps: int = 20,
+        sanity_images: int = 10,
+        baseline_draws: int = 20,
+        overlays: int = 3,
+        max_images: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        command: str | None = None,
+    ) -> None:
+        if tolerance_unit not in _TOLERANCE_UNITS:
+            raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
+        self.device = torch.device(device)
+        self.methods = _selected([_method_spec(spec) for spec in methods], select)
+        used = {spec.model for spec in self.methods}
+        self.models = {name: self._model(name, model, name in used) for name, model in models.items()}
+        self.finding_classes = tuple(finding_classes)
+        self.findings_csv, self.output_dir = Path(findings_csv), Path(output_dir)
+        self.label_key, self.tolerance, self.tolerance_unit = label_key, float(tolerance), tolerance_unit
+        self.score_threshold, self.deletion_steps = score_threshold, int(deletion_steps)
+        self.sanity_images, self.baseline_draws, self.overlays = int(sanity_images), int(baseline_draws), int(overlays)
+        self.seed, self.command = int(seed), command
+        self._check(self.methods)
+        self.explainers = {
+            spec.label: self._explainer(spec, self.models[spec.model]["network"]) for spec in self.methods
+        }
+        self.findings = self._findings(self.findings_csv)
+        ids = ("image_id", "sop_uid")
+        self.records = [
+            dict(record) for record in records if any(str(record.get(key) or "") in self.findings for key in ids)
+        ][:max_images]
+        if not self.records:
+            raise MammoXAIError(
+                self.findings_csv,
+                f"has no {' or '.join(self.finding_classes)} box on any of the {len(records)} images",
+                "evaluate on studies with lesion annotations (e.g. python -m mammoxai.data.synth ... --prevalence "
+                "malignant=0.5,normal=0.5) and check the CSV's image_id column against the manifest",
+            )
+        self.datasets = {
+            name: MammogramDataset(self.records, model["image_size"], cache_dir=cache_dir)
+            for name, model in self.models.items()
+            if name in used
+        }
+
+    # -- configuration checks ---------------------------------------------------------------------------------
+    def _model(self, name: str, model: Mapping[str, Any], used: bool) -> dict[str, Any]:
+        missing = sorted({"network", "class_names", "image_size"} - set(model))
+        if missing:
+            fix = "give network, class_names and image_size"
+            raise MammoXAIError(f"saliency model {name!r}", f"lacks {missing}", fix)
+        size = model["image_size"]
+        size = (int(size),) * 2 if isinstance(size, int) else tuple(int(s) for s in size)
+        network = model["network"]
+        if used and model.get("checkpoint"):
+            network = load_checkpoints(network, model["checkpoint"])[0]
+        network = network.to(self.device).eval()
+        return {**model, "network": network, "image_size": size, "class_names": list(model["class_names"])}
+
+    def _check(self, methods: Sequence[MethodSpec]) -> None:
+        labels = [spec.label for spec in methods]
+        for spec in methods:
+            if spec.model not in self.models:
+                fix = f"use one of {sorted(self.models)}"
+                raise MammoXAIError(f"saliency method {spec.label}", f"explains model {spec.model!r}", fix)
+            names = self.models[spec.model]["class_names"]
+            if spec.target not in TARGETS and spec.target not in names:
+                raise MammoXAIError(
+                    f"saliency method {spec.label}",
+                    f"target {spec.target!r} is not a class of model {spec.model!r} ({names})",
+                    f"use one of {names} or {list(TARGETS)}",
+                )
+            if spec.target == "finding":
+                lacking = [name for name in self.finding_classes if name not in names]
+                if lacking:
+                    raise MammoXAIError(
+                        f"saliency method {spec.label}",
+                        f"target 'finding' needs classes {lacking}, which model {spec.model!r} lacks ({names})",
+                        "explain a lesion-crop classifier, or give a class name as target",
+                    )
+            if labels.count(spec.label) > 1:
+                fix = "give each a distinct 'label'"
+                raise MammoXAIError("saliency methods", f"{spec.label!r} is listed twice", fix)
+
+    def _explainer(self, spec: MethodSpec, network: nn.Module) -> SaliencyMethod:
+        explainer = get_method(spec.name, network, spec.preset, **spec.settings)
+        view = getattr(explainer, "view_size", None)
+        grid = self.models[spec.model]["image_size"]
+        if view is not None and min(grid) < view:
+            raise MammoXAIError(
+                f"saliency method {spec.label}",
+                f"model {spec.model!r} runs on {grid[0]}x{grid[1]} pixels, smaller than one {view}x{view} local view",
+                "raise the model's image_size to the full-resolution grid, or lower view_size",
+            )
+        return explainer
+
+    def _findings(self, csv_path: Path) -> dict[str, list[tuple[str, tuple[float, ...], str | None]]]:
+        by_image: dict[str, list[tuple[str, tuple[float, ...], str | None]]] = defaultdict(list)
+        for finding in read_findings(csv_path):
+            category = finding_class(finding.categories)
+            if category in self.finding_classes:
+                by_image[finding.image_id].append((category, finding.box, finding.mask))
+        return by_image
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def _regions(self, record: Mapping[str, Any], shape: tuple[int, int]) -> list[LesionRegion]:
+        """The image's findings as regions on the original grid: the mask inside the box, else the box."""
+        ids = [str(record.get(field) or "") for field in ("image_id", "sop_uid")]
+        key = next(image_id for image_id in ids if image_id in self.findings)
+        regions = []
+        for category, box, mask_path in self.findings[key]:
+            region = widen_box(box, 0, shape)
+            if mask_path:
+                if not Path(mask_path).is_file():
+                    fix = f"fix the mask column of {self.findings_csv}"
+                    raise MammoXAIError(mask_path, "lesion mask not found", fix)
+                mask = np.asarray(Image.open(mask_path)) > 0
+                if mask.shape[:2] != shape:
+                    problem = f"is {mask.shape[:2]}, the image {shape}"
+                    raise MammoXAIError(mask_path, problem, "give masks of the image's size")
+                inside = region & (mask if mask.ndim == 2 else mask.any(axis=-1))
+                region = inside if inside.any() else region
+            regions.append(LesionRegion(category, box, region))
+        return regions
+
+    def _targets(
+        self, spec: MethodSpec, record: Mapping[str, Any], regions: Sequence[LesionRegion]
+    ) -> list[tuple[int | None, list[int]]]:
+        """Per map: the class index it explains (None: predicted) and the indices of the regions it is scored on."""
+        model = self.models[spec.model]
+        names = model["class_names"]
+        if spec.target == "finding":
+            categories = sorted({region.category for region in regions}, key=self.finding_classes.index)
+            return [(names.index(c), [i for i, r in enumerate(regions) if r.category == c]) for c in categories]
+        everything = list(range(len(regions)))
+        if spec.target == "predicted":
+            return [(None, everything)]
+        if spec.target == "label":
+            raw = str(record.get(self.label_key) or "")
+            label = dict(model.get("label_map") or {}).get(raw, raw)
+            if label not in names:
+                raise MammoXAIError(
+                    record["path"],
+                    f"has {self.label_key} {raw!r}, a class model {spec.model!r} lacks ({names})",
+                    "set the model's label_map, or give a class name as the method's target",
+                )
+            return [(names.index(label), everything)]
+        return [(names.index(spec.target), everything)]
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate every method and baseline and write the report; returns its per-method rows."""
+        hits: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+        aggregate: dict[str, list[tuple[str, bool, float]]] = defaultdict(list)
+        values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        overlays = []
+        for index, record in enumerate(tqdm(self.records, desc="saliency evaluation", unit="image")):
+            mammogram = read_mammogram(record["path"])
+            shape = tuple(mammogram.pixels.shape)
+            spacing = self._spacing(mammogram)
+            regions = self._regions(record, shape)
+            samples = {name: dataset[index] for name, dataset in self.datasets.items()}
+            maps_of_image = {}
+            for spec in self.methods:
+                sample = samples[spec.model]
+                geometry = batch_geometries(sample)[0]
+                x = torch.as_tensor(sample["image"])[None].to(self.device)
+                maps_of_image[spec.label] = self._score_method(
+                    spec, record, x, geometry, regions, spacing, index, hits, aggregate, values
+                )
+            geometry = batch_geometries(next(iter(samples.values())))[0]
+            self._score_baselines(geometry, segment_breast(mammogram.pixels), regions, spacing, index, hits)
+            if index < self.overlays:
+                overlays.append((record, mammogram.pixels, regions, maps_of_image))
+        rows = self._rows(hits, aggregate, values)
+        self._write(rows, overlays)
+        return {"methods": rows}
+
+    def _spacing(self, mammogram: Any) -> tuple[float, float] | None:
+        if self.tolerance_unit == "px":
+            return None
+        if mammogram.spacing is None:
+            raise MammoXAIError(mammogram.source, "has no pixel spacing", "use tolerance_unit 'px'")
+        return tuple(mammogram.spacing)
+
+    def _score_method(
+        self,
+        spec: MethodSpec,
+        record: Mapping[str, Any],
+        x: torch.Tensor,
+        geometry: ImageGeometry,
+        regions: Sequence[LesionRegion],
+        spacing: tuple[float, float] | None,
+        index: int,
+        hits: dict[str, list],
+        aggregate: dict[str, list],
+        values: dict[str, dict[str, list[float]]],
+    ) -> np.ndarray:
+        """Score one method on one image; returns its first map on the original grid (for the overlays)."""
+        explainer, network = self.explainers[spec.label], self.models[spec.model]["network"]
+        targets = self._targets(spec, record, regions)
+        class_idx = None if targets[0][0] is None else [target for target, _ in targets]
+        start = time.perf_counter()
+        maps, scores = explainer(x, class_idx=class_idx)
+        values[spec.label]["seconds"].append(time.perf_counter() - start)
+        correlax = isinstance(explainer, CorRELAX)
+        probabilities = (scores if correlax else torch.softmax(scores.float(), dim=1))[0].cpu()
+        chosen = [int(probabilities.argmax()) if target is None else target for target, _ in targets]
+        margin = getattr(explainer, "stride", 0) * geometry.crop_shape[0] / geometry.output_shape[0]
+        first = None
+        for k, (target, (_, members)) in enumerate(zip(chosen, targets)):
+            restored = geometry.restore(maps[0, k].cpu()).numpy()
+            first = restored if first is None else first
+            for member in members:
+                region = regions[member]
+                hit = pointing_game(restored, region.region, self.tolerance, spacing)
+                hits[spec.label].append((region.category, hit))
+                values[spec.label]["energy"].append(energy_pointing_game(restored, region.region))
+            widened = np.any([widen_box(regions[m].box, margin, restored.shape) for m in members], axis=0)
+            category = regions[members[0]].category if spec.target == "finding" else "image"
+            aggregate[spec.label].append((category, pointing_game(restored, widened), float(probabilities[target])))
+            if self.deletion_steps:
+                model = view_scores(network, explainer.view_size, explainer.stride) if correlax else network
+                deletion, insertion = deletion_insertion_auc(
+                    model, x[0], maps[0, k], target, steps=self.deletion_steps, softmax=not correlax
+                )
+                values[spec.label]["deletion"].append(deletion)
+                values[spec.label]["insertion"].append(insertion)
+        if index < self.sanity_images:
+            randomised = self._explainer(spec, randomise_weights(network, self.seed))
+            random_maps, _ = randomised(x, class_idx=chosen)
+            for k in range(len(chosen)):
+                correlation = randomisation_sanity(maps[0, k].cpu().numpy(), random_maps[0, k].cpu().numpy())
+                values[spec.label]["sanity"].append(correlation)
+        return first
+
+    def _score_baselines(
+        self,
+        geometry: ImageGeometry,
+        breast: np.ndarray,
+        regions: Sequence[LesionRegion],
+        spacing: tuple[float, float] | None,
+        index: int,
+        hits: dict[str, list],
+    ) -> None:
+        """The centre of the breast's bounding box (the model grid's centre), and random points of the ``breast``
+        mask, in the same pointing game."""
+        y0, x0, y1, x1 = geometry.crop
+        shape = geometry.original_shape
+        centre = np.zeros(shape)
+        centre[(y0 + y1) // 2, (x0 + x1) // 2] = 1.0
+        rows, cols = np.nonzero(breast)
+        rng = np.random.default_rng((self.seed, index))
+        for region in regions:
+            hit = pointing_game(centre, region.region, self.tolerance, spacing)
+            hits["centre (baseline)"].append((region.category, hit))
+            for pick in rng.integers(len(rows), size=self.baseline_draws):
+                point = np.zeros(shape)
+                point[rows[pick], cols[pick]] = 1.0
+                hits["random in breast (baseline)"].append(
+                    (region.category, pointing_game(point, region.region, self.tolerance, spacing))
+                )
+
+    def _rows(
+        self, hits: dict[str, list], aggregate: dict[str, list], values: dict[str, dict[str, list[float]]]
+    ) -> list[dict[str, Any]]:
+        rows = []
+        for label in [spec.label for spec in self.methods] + ["centre (baseline)", "random in breast (baseline)"]:
+            spec = next((spec for spec in self.methods if spec.label == label), None)
+            summary = pointing_game_summary(hits[label])
+            row: dict[str, Any] = {"method": label, "model": "", "target": ""}
+            if spec is not None:
+                row.update(model=spec.model, target=spec.target)
+            row.update({name: summary.get(name, float("nan")) for name in self.finding_classes})
+            row.update(class_mean=summary["class_mean"], overall=summary["overall"], findings=int(summary["n"]))
+            if spec is not None:
+                row["correlax_aggregate"] = pointing_game_summary(aggregate[label], self.score_threshold)["overall"]
+                for name in ("energy", "deletion", "insertion", "sanity", "seconds"):
+                    row[name] = float(np.mean(values[label][name])) if values[label][name] else float("nan")
+                row["settings"] = dict(self.explainers[label].settings)
+            rows.append(row)
+        return rows
+
+    def _write(self, rows: list[dict[str, Any]], overlays: list) -> None:
+        unit = "mm" if self.tolerance_unit == "mm" else "pixels"
+        report = Report(
+            "Saliency evaluation",
+            f"{len(self.records)} images with {' / '.join(self.finding_classes)} findings "
+            f"from {self.findings_csv.name}. "
+            f"Pointing game with a tolerance of {self.tolerance:g} {unit} on the original pixel grid, per finding; "
+            "class_mean is the mean over finding classes; correlax_aggregate counts one hit per image and target "
+            "class inside its boxes widened by the method's stride"
+            + (f", leaving out scores below {self.score_threshold}" if self.score_threshold is not None else "")
+            + "; energy is the energy pointing game; deletion (lower is better) and insertion (higher is better) "
+            "AUCs are restricted to the breast; sanity is the Spearman correlation of maps before and after "
+            f"randomising the weights (first {self.sanity_images} images; low is good); seconds per image.",
+            command=self.command,
+            device=self.device,
+        )
+        columns = ["method", "model", "target", *self.finding_classes, "class_mean", "overall", "findings"]
+        columns += ["correlax_aggregate", "energy", "deletion", "insertion", "sanity", "seconds"]
+        report.add_table("methods", rows, "Methods and baselines", columns=columns)
+        for number, (record, pixels, regions, maps) in enumerate(overlays, start=1):
+            name = Path(record["path"]).name
+            report.add_figure(f"overlay_{number}", _overlay_figure(pixels, regions, maps, name), name)
+        report.write(self.output_dir)
+        logger.info("saliency evaluation of %d images -> %s", len(self.records), self.output_dir)
+
+
+def _selected(methods: list[MethodSpec], select: Sequence[str] | None) -> list[MethodSpec]:
+    """The methods whose label or name is in ``select`` (all when None)."""
+    if select is None:
+        chosen = methods
+    else:
+        unknown = [name for name in select if not any(name in (spec.label, spec.name) for spec in methods)]
+        if unknown:
+            available = sorted({spec.label for spec in methods} | {spec.name for spec in methods})
+            fix = f"use labels or names of 'methods': {available}"
+            raise MammoXAIError("select", f"names unknown methods {unknown}", fix)
+        chosen = [spec for spec in methods if spec.label in select or spec.name in select]
+    if not chosen:
+        raise MammoXAIError("saliency methods", "none selected", "list at least one method in 'methods'")
+    return chosen
+
+
+def _method_spec(spec: MethodSpec | Mapping[str, Any]) -> MethodSpec:
+    if isinstance(spec, MethodSpec):
+        return spec
+    unknown = sorted(set(spec) - set(MethodSpec.__dataclass_fields__))
+    if unknown or "name" not in spec or "model" not in spec:
+        problem = f"{dict(spec)} has unknown keys {unknown}" if unknown else f"{dict(spec)} lacks name or model"
+        raise MammoXAIError("saliency methods", problem, f"use the keys {list(MethodSpec.__dataclass_fields__)}")
+    return MethodSpec(**spec)
+
+
+def _overlay_figure(
+    pixels: np.ndarray, regions: Sequence[LesionRegion], maps: Mapping[str, np.ndarray], title: str
+) -> Figure:
+    """The image, then each method's map over it, with the finding boxes and the map's maximum marked."""
+    panels = [("image", None), *maps.items()]
+    figure = Figure(figsize=(2.2 * len(panels), 2.8))
+    for number, (name, heatmap) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), number)
+        axes.imshow(pixels, cmap="gray")
+        if heatmap is not None:
+            axes.imshow(np.ma.masked_less(heatmap, 0.05), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+            peak = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+            axes.plot(peak[1], peak[0], marker="x", color="white", markersize=8, markeredgewidth=2)
+        for region in regions:
+            x0, y0, x1, y1 = region.box
+            axes.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1))
+        axes.set_title(name, fontsize=7)
+        axes.axis("off")
+    figure.suptitle(title, fontsize=8)
+    return figure
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/evaluate_saliency.py``: run ``configs/evaluate_saliency.json`` with ``--key value`` overrides.
+
+    It is merged over ``configs/inference.json``, so the whole-image model is the served one: its network, class
+    names, model grid and Grad-CAM layer are the ones the server explains predictions with.
+    """
+    return run_bundle_config(
+        ["inference.json", "evaluate_saliency.json"], argv, program="python scripts/evaluate_saliency.py"
+    )

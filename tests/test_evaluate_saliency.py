@@ -1,0 +1,193 @@
+"""Saliency evaluation: pointing game and baselines on a lesion whose place is known, and the entry point's errors."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+from torch import nn
+
+from mammoxai.cli import BUNDLE_ROOT
+from mammoxai.data.findings import LESION_CLASSES
+from mammoxai.data.synth import synthesize
+from mammoxai.metrics.saliency import pointing_game, randomise_weights
+from mammoxai.nets import MammoClassifier
+from mammoxai.saliency.evaluation import SaliencyEvaluator, main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+LESION = (66, 116, 82, 132)  # x0, y0, x1, y1 of the bright lesion, far from the breast's centre
+
+
+class Brightness(nn.Module):
+    """A network whose evidence for class ``positive`` is the image's brightness: its maps must peak on the lesion."""
+
+    def __init__(self, num_classes: int, positive: int) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(1, 1, 1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1, num_classes)
+        with torch.no_grad():
+            self.features.weight.fill_(1.0)
+            self.fc.weight.zero_()
+            self.fc.weight[positive] = 10.0
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def lesion_study(tmp_path_factory):
+    """A 160 x 128 PNG: breast tissue on the left, a bright 16-pixel mass near its lower edge, and its finding CSV."""
+    folder = tmp_path_factory.mktemp("lesion_study")
+    pixels = np.zeros((160, 128), np.uint8)
+    pixels[10:150, :100] = np.linspace(95, 85, 100).astype(np.uint8)  # tissue thinning towards the skin
+    x0, y0, x1, y1 = LESION
+    pixels[y0:y1, x0:x1] = 250
+    Image.fromarray(pixels).save(folder / "case1.png")
+    csv = folder / "finding_annotations.csv"
+    csv.write_text(f"image_id,finding_categories,xmin,ymin,xmax,ymax\ncase1,['Mass'],{x0},{y0},{x1},{y1}\n")
+    return [{"path": str(folder / "case1.png"), "image_id": "case1", "case_label": "malignant"}], csv
+
+
+def _models():
+    return {
+        "whole_image": {"network": Brightness(3, 2), "class_names": ["normal", "benign", "malignant"], "image_size": [80, 64]},
+        "lesion_crops": {"network": Brightness(4, 0), "class_names": list(LESION_CLASSES), "image_size": [160, 128]},
+    }
+
+
+def test_a_map_on_the_lesion_beats_the_centre_and_random_baselines(lesion_study, tmp_path):
+    records, csv = lesion_study
+    methods = [
+        {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}},
+        {
+            "name": "correlax", "model": "lesion_crops", "target": "finding",
+            "settings": {"representation_layer": "pool", "view_size": 32, "stride": 16, "num_masks": 8},
+        },
+    ]  # fmt: skip
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), methods, tmp_path, deletion_steps=4, sanity_images=1, baseline_draws=50, overlays=1
+    )
+    rows = {row["method"]: row for row in evaluator.run()["methods"]}
+    assert rows["gradcam"]["mass"] == 1.0 and rows["gradcam"]["findings"] == 1
+    assert rows["correlax"]["correlax_aggregate"] == 1.0
+    assert rows["centre (baseline)"]["mass"] == 0.0
+    assert rows["random in breast (baseline)"]["mass"] < 0.2 and rows["random in breast (baseline)"]["findings"] == 50
+    assert rows["gradcam"]["deletion"] < rows["gradcam"]["insertion"]  # removing the lesion first kills the score
+    assert rows["gradcam"]["energy"] > 0.0 and -1.0 <= rows["gradcam"]["sanity"] <= 1.0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [row["method"] for row in report["tables"]["methods"]] == list(rows)
+    assert (tmp_path / "overlay_1.png").is_file() and "| gradcam |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_tolerance_in_millimetres_reaches_a_lesion_the_peak_misses_in_pixels():
+    lesion = np.zeros((20, 20), bool)
+    lesion[5:8, 5:8] = True
+    heatmap = np.zeros((20, 20))
+    heatmap[11, 6] = 1.0  # four rows below the lesion
+    assert not pointing_game(heatmap, lesion, tolerance=3)
+    assert pointing_game(heatmap, lesion, tolerance=2.0, spacing=(0.5, 0.5))
+
+
+def test_a_constant_map_points_nowhere():
+    lesion = np.zeros((20, 20), bool)
+    lesion[5:8, 5:8] = True
+    assert not pointing_game(np.zeros((20, 20)), lesion)
+
+
+def test_randomised_weights_differ_and_leave_the_network_alone():
+    network = MammoClassifier(num_classes=2)
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    randomised = randomise_weights(network, seed=1)
+    assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
+    assert not torch.equal(randomised.fc.weight, network.fc.weight)
+    torch.testing.assert_close(randomise_weights(network, seed=1).fc.weight, randomised.fc.weight)
+
+
+# -- the entry point: scripts/evaluate_saliency.py -------------------------------------------------------------------
+def served_network() -> torch.nn.Module:
+    """The network ``configs/inference.json`` serves (the whole-image model the evaluation explains), untrained."""
+    parser = ConfigParser()
+    parser.read_config(BUNDLE_ROOT / "configs" / "inference.json")
+    parser.update({"bundle_root": str(BUNDLE_ROOT)})
+    return parser.get_parsed_content("network_def")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """Synthetic studies with lesions and random-weight checkpoints of both classifiers."""
+    folder = tmp_path_factory.mktemp("saliency_studies")
+    synthesize(folder / "studies", patients=3, seed=5, size=128, prevalence={"malignant": 1.0}, prior_fraction=0.0)
+    (folder / "models").mkdir()
+    torch.save(served_network().state_dict(), folder / "models" / "model.pt")
+    torch.save(MammoClassifier(num_classes=4).state_dict(), folder / "models" / "lesion_crops.pt")
+    return folder
+
+
+def _run(synthetic, tmp_path, *overrides):
+    arguments = {
+        "--dataset_dir": str(synthetic / "studies"),
+        "--ckpt_dir": str(synthetic / "models"),
+        "--output_dir": str(tmp_path),
+        "--eval_where": "{}",
+        "--image_size": "[64, 52]",
+        "--lesion_image_size": "[64, 52]",
+        "--view_size": "32",
+        "--max_images": "2",
+        "--deletion_steps": "2",
+        "--sanity_images": "1",
+        "--overlays": "1",
+    }
+    arguments.update(dict(zip(overrides[::2], overrides[1::2])))
+    return main([item for pair in arguments.items() for item in pair])
+
+
+def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
+    assert _run(synthetic, tmp_path, "--select", '["gradcam", "correlax prediction"]') == 0
+    report = json.loads((tmp_path / "saliency_evaluation" / "report.json").read_text())
+    rows = {row["method"]: row for row in report["tables"]["methods"]}
+    assert list(rows) == ["gradcam", "correlax prediction", "centre (baseline)", "random in breast (baseline)"]
+    assert rows["correlax prediction"]["settings"]["stride"] == 8  # the fast preset's view_size / 4
+    assert all(0.0 <= rows[name]["overall"] <= 1.0 for name in rows)
+    assert rows["gradcam"]["findings"] == rows["centre (baseline)"]["findings"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("--methods", '[{"name": "gradcam++", "model": "whole_image"}]'), "'gradcam++' is not available"),
+        (("--select", '["scorecam"]'), "names unknown methods ['scorecam']"),
+        (
+            ("--methods", '[{"name": "gradcam", "model": "whole_image", "target": "mass", "settings": {"target_layer": "features.block4"}}]'),
+            "target 'mass' is not a class of model 'whole_image'",
+        ),
+        (("--select", '["correlax prediction"]', "--view_size", "256"), "smaller than one 256x256 local view"),
+    ],
+)
+def test_bad_configurations_are_one_line_errors(synthetic, tmp_path, capsys, overrides, message):
+    assert _run(synthetic, tmp_path, *overrides) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_a_study_set_without_annotations_is_refused(synthetic, tmp_path, capsys):
+    unannotated = tmp_path / "findings.csv"
+    unannotated.write_text("image_id,finding_categories,xmin,ymin,xmax,ymax\nsome-image,['No Finding'],,,,\n")
+    assert _run(synthetic, tmp_path, "--select", '["gradcam"]', "--findings_csv", str(unannotated)) == 1
+    assert "has no mass or calcification box" in capsys.readouterr().err
+
+
+def test_a_missing_lesion_mask_is_refused(synthetic, tmp_path, capsys):
+    rows = (synthetic / "studies" / "finding_annotations.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    mask = header.index("mask")
+    broken = [rows[0]] + [",".join(row.split(",")[:mask] + ["masks/missing.png"]) if "Mass" in row or "Calc" in row else row for row in rows[1:]]
+    (synthetic / "studies" / "broken.csv").write_text("\n".join(broken) + "\n")
+    assert _run(synthetic, tmp_path, "--select", '["gradcam"]', "--findings_csv", str(synthetic / "studies" / "broken.csv")) == 1
+    assert "lesion mask not found" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""CorRELAX's lesion-crop classifier: finding classes, multi-scale crops, per-class F1, and its bundle config."""
+
+import json
+import math
+from pathlib import Path
+
+import monai.bundle
+import numpy as np
+import pytest
+import torch
+
+from mammoxai.data.dataset import MammogramDataset
+from mammoxai.data.findings import LESION_CLASSES, finding_class, read_findings
+from mammoxai.data.manifest import read_manifest
+from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
+from mammoxai.training.lesion_crops import MacroF1, check_crop_labels, per_class_scores
+from mammoxai.training.patches import PatchDataset
+
+BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lesion_studies")
+    synthesize(folder, patients=4, seed=3, size=128, prevalence={"benign": 0.5, "malignant": 0.5}, prior_fraction=0.0)
+    return folder
+
+
+def _images(studies, size=(128, 104)):
+    return MammogramDataset(read_manifest(studies / "manifest.csv"), size)
+
+
+@pytest.mark.parametrize(
+    "categories, expected",
+    [
+        (["Mass"], "mass"),
+        (["Suspicious Calcification"], "calcification"),
+        (["Focal Asymmetry"], "other"),
+        (["Architectural Distortion", "Mass"], "mass"),
+        (["No Finding"], "no_finding"),
+        ([], "no_finding"),
+    ],
+)
+def test_vindr_categories_map_to_the_four_lesion_classes(categories, expected):
+    assert finding_class(categories) == expected
+    assert expected in LESION_CLASSES
+
+
+def test_finding_crops_take_their_category_at_every_scale(studies):
+    findings = read_findings(studies / "finding_annotations.csv")
+    crops = PatchDataset(
+        _images(studies), studies / "finding_annotations.csv", patch_size=32, scales=(0.5, 1.0, 2.0), labels="finding"
+    )
+    images = len(crops.images)
+    assert len(crops) == 3 * (len(findings) + images)  # every finding and one background per image, per scale
+    expected = sorted(LESION_CLASSES.index(finding_class(f.categories)) for f in findings) * 3
+    assert sorted(label for label, (_, _, box, _) in zip(crops.labels, crops.items) if box is not None) == sorted(expected)
+    assert crops.labels.count(LESION_CLASSES.index("no_finding")) == 3 * images
+    assert sorted(set(crops.item_scales)) == [0.5, 1.0, 2.0]
+    assert all(crops[i]["image"].shape == (1, 32, 32) for i in (0, len(crops) - 1))
+
+
+def test_a_larger_scale_crop_shows_more_surroundings_shrunk_to_the_view(studies):
+    crops = PatchDataset(_images(studies), studies / "finding_annotations.csv", patch_size=8, labels="finding")
+    image = torch.zeros(1, 40, 40)
+    image[:, 16:24, 16:24] = 1.0  # an 8-pixel square around the centre (20, 20)
+    same = crops._crop(image, (20.0, 20.0), 8)
+    double = crops._crop(image, (20.0, 20.0), 16)
+    assert same.shape == double.shape == (1, 8, 8)
+    assert same.min() == 1.0  # the square fills the view at scale 1
+    assert double[0, 2:6, 2:6].min() == 1.0 and double[0, 0, 0] == 0.0 and double.mean() == pytest.approx(0.25)
+
+
+def test_a_finding_class_missing_from_class_names_is_a_clear_error(studies):
+    with pytest.raises(MammoXAIError, match="class 'calcification' is not one of"):
+        PatchDataset(
+            _images(studies), studies / "finding_annotations.csv", labels="finding", class_names=["mass", "no_finding"]
+        )
+
+
+def test_per_class_f1_leaves_a_class_without_examples_out_of_the_macro_mean():
+    labels = [0, 0, 1, 1, 3, 3]
+    predictions = [0, 1, 1, 1, 3, 0]
+    rows, macro = per_class_scores(labels, predictions, LESION_CLASSES)
+    by_class = {row["class"]: row for row in rows}
+    assert by_class["mass"]["precision"] == pytest.approx(0.5) and by_class["mass"]["recall"] == pytest.approx(0.5)
+    assert by_class["calcification"]["f1"] == pytest.approx(0.8)  # precision 2/3, recall 1
+    assert math.isnan(by_class["other"]["f1"]) and by_class["other"]["support"] == 0
+    assert macro == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_macro_f1_metric_matches_the_report():
+    metric = MacroF1()
+    labels = torch.tensor([0, 0, 1, 1, 3, 3])
+    predictions = torch.tensor([0, 1, 1, 1, 3, 0])
+    metric(torch.nn.functional.one_hot(predictions, 4).float(), torch.nn.functional.one_hot(labels, 4).float())
+    assert metric.aggregate() == pytest.approx(per_class_scores(labels, predictions, LESION_CLASSES)[1])
+
+
+def test_crops_of_a_single_class_are_refused():
+    with pytest.raises(MammoXAIError, match="fewer than two classes"):
+        check_crop_labels([3, 3, 3], LESION_CLASSES)
+
+
+def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
+    monai.bundle.run(
+        config_file=str(BUNDLE / "configs" / "train_lesion_crops.json"),
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(studies),
+        output_dir=str(tmp_path),
+        ckpt_dir=str(tmp_path / "models"),
+        image_size=[128, 104],
+        view_size=32,
+        crop_scales=[0.75, 1.5],
+        epochs=1,
+        batch_size=16,
+        num_workers=0,
+        holdout={},
+        val_fraction=0.5,
+    )
+    assert (tmp_path / "models" / "lesion_crops.pt").is_file()
+    report = json.loads((tmp_path / "lesion_crops" / "report.json").read_text())
+    rows = {row["class"]: row for row in report["tables"]["per_class"]}
+    assert list(rows) == list(LESION_CLASSES)
+    assert rows["no_finding"]["support"] > 0 and rows["other"]["support"] == 0 and rows["other"]["f1"] is None
+    assert 0.0 <= report["values"]["summary"]["macro_f1"] <= 1.0
+    assert (tmp_path / "lesion_crops" / "confusion.png").is_file()
+    assert np.isclose(
+        report["values"]["summary"]["crops"], sum(row["support"] for row in report["tables"]["per_class"])
+    )
