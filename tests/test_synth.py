@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import filecmp
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,8 @@ from mammoxai.data.findings import read_findings
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import FINDING_COLUMNS, SYSTEMS, main, synthesize
 from mammoxai.data.synth.cohort import CASE_LABELS, allocate, plan_cohort
-from mammoxai.data.synth.lesions import KINDS
-from mammoxai.data.synth.phantom import BreastModel
+from mammoxai.data.synth.lesions import KINDS, Lesion, mass_density, render_lesion
+from mammoxai.data.synth.phantom import BreastModel, ViewLayout
 from mammoxai.data.synth.vendors import choose_exposure
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
@@ -385,3 +386,23 @@ def test_exposure_control_hardens_the_beam_for_thicker_denser_breasts(system):
     thick = choose_exposure(system, 85.0, density=3, rng=np.random.default_rng(0))
     assert thick.kvp > thin.kvp and thick.mas > thin.mas
     assert system.kvp_range[0] <= thin.kvp <= thick.kvp <= system.kvp_range[1]
+
+
+def test_a_high_density_mass_attenuates_in_proportion_to_its_density():
+    layout = ViewLayout(view="CC", depth_mm=80.0, height_mm=120.0, centre_mm=70.0, theta_deg=0.0, thickness_mm=50.0)
+    isodense = Lesion(KINDS["spiculated_mass"], (0.5, 0.0, 0.0), 20.0, seed=3, birads="5", density=1.0)
+    dense = replace(isodense, density=1.8)
+    low, high = (render_lesion(lesion, layout, (160, 120), 1.0) for lesion in (isodense, dense))
+    assert low.soft_mm.max() > 0
+    np.testing.assert_allclose(high.soft_mm, 1.8 * low.soft_mm, rtol=1e-5)
+    assert np.array_equal(high.mask, low.mask)  # density changes the attenuation, not the extent
+
+
+def test_malignant_masses_are_drawn_high_density_more_often_than_benign_ones():
+    rng = np.random.default_rng(0)
+    share = {
+        name: np.mean([mass_density(KINDS[name], rng) >= 1.4 for _ in range(2000)])
+        for name in ("spiculated_mass", "oval_circumscribed_mass")
+    }
+    assert share["spiculated_mass"] == pytest.approx(0.70, abs=0.04)
+    assert share["oval_circumscribed_mass"] == pytest.approx(0.22, abs=0.04)
