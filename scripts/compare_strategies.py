@@ -36,11 +36,21 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mammoxai.data.manifest import read_manifest, write_manifest
+from mammoxai.cli import BUNDLE_ROOT, exit_status
+from mammoxai.data.manifest import write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report
-from mammoxai.cli import BUNDLE_ROOT, exit_status
-from mammoxai.training.experiments import HOLDOUT, TASKS, bundle_run, is_held_out, labelled_subset, train_and_evaluate
+from mammoxai.training.experiments import (
+    HOLDOUT,
+    TASKS,
+    add_run_arguments,
+    bundle_run,
+    is_held_out,
+    labelled_subset,
+    read_study_manifest,
+    run_settings,
+    train_and_evaluate,
+)
 
 logger = logging.getLogger("compare_strategies")
 
@@ -104,38 +114,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--strategies", nargs="+", default=["scratch", "pretrained"], choices=list(STRATEGIES))
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.25, 1.0])
     parser.add_argument("--task", choices=list(TASKS), default="3class")
-    parser.add_argument("--backbone", default="mammo_cnn")
     parser.add_argument("--pretrained", help="metadata-pretraining checkpoint (default: pretrain here first)")
     parser.add_argument("--external_weights", help="local state dict of the backbone, for the external strategy")
     parser.add_argument("--incremental_weights", help="pretrained.pt started from external weights, for incremental")
-    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrain_epochs", type=int, default=30)
-    parser.add_argument("--image_size", nargs=2, type=int, default=[256, 208])
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--n_bootstrap", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bundle_root", default=str(BUNDLE_ROOT))
+    add_run_arguments(parser, BUNDLE_ROOT)
     return parser
 
 
 def compare(args: argparse.Namespace, command: str) -> Report:
     """Run every strategy at every fraction and return the report (see the module docstring)."""
     bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
-    manifest = Path(args.dataset_dir) / "manifest.csv"
-    if not manifest.is_file():
-        raise MammoXAIError(
-            manifest,
-            "manifest not found",
-            "pass --dataset_dir, a folder written by mammoxai.data.synth or build_manifest",
-        )
-    records = read_manifest(manifest)
+    records = read_study_manifest(args.dataset_dir)
     task = TASKS[args.task]
-    settings = {
-        "backbone": args.backbone, "epochs": args.epochs, "image_size": list(args.image_size), "batch_size": args.batch_size,
-        "num_workers": args.num_workers, "device": args.device, "seed": args.seed, "cache_dir": str(out / "cache"), "holdout": HOLDOUT, **task,
-    }  # fmt: skip
+    settings = run_settings(args, out)
     weights = {
         "pretrained": args.pretrained,
         "external_weights": args.external_weights,

@@ -30,11 +30,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mammoxai.data.manifest import read_manifest, write_manifest
+from mammoxai.cli import BUNDLE_ROOT, exit_status
+from mammoxai.data.manifest import write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report, bar_figure
-from mammoxai.cli import BUNDLE_ROOT, exit_status
-from mammoxai.training.experiments import HOLDOUT, TASKS, labelled_subset, train_and_evaluate
+from mammoxai.training.experiments import (
+    HOLDOUT,
+    TASKS,
+    add_run_arguments,
+    labelled_subset,
+    read_study_manifest,
+    run_settings,
+    train_and_evaluate,
+)
 
 logger = logging.getLogger("domain_shift")
 
@@ -85,37 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--adapt_fraction", type=float, default=0.25, help="share of its patients used for fine-tuning")
     parser.add_argument("--task", choices=list(TASKS), default="binary")
-    parser.add_argument("--backbone", default="mammo_cnn")
     parser.add_argument("--init", default="scratch", choices=["scratch", "pretrained", "external", "incremental"])
     parser.add_argument("--init_weights", help="weights file of --init (not for scratch)")
-    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--adapt_epochs", type=int, default=10)
-    parser.add_argument("--image_size", nargs=2, type=int, default=[256, 208])
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--n_bootstrap", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bundle_root", default=str(BUNDLE_ROOT))
+    add_run_arguments(parser, BUNDLE_ROOT)
     return parser
 
 
 def run(args: argparse.Namespace, command: str) -> Report:
     """The experiment of the module docstring; returns the written report."""
     bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
-    manifest = Path(args.dataset_dir) / "manifest.csv"
-    if not manifest.is_file():
-        raise MammoXAIError(
-            manifest, "manifest not found", "pass --dataset_dir, a folder written by mammoxai.data.synth"
-        )
     task = TASKS[args.task]
     source, adaptation, test = split_by_system(
-        read_manifest(manifest), args.target_system, args.adapt_fraction, args.seed, label_map=task["label_map"]
+        read_study_manifest(args.dataset_dir), args.target_system, args.adapt_fraction, args.seed,
+        label_map=task["label_map"],
     )
-    settings = {
-        "backbone": args.backbone, "epochs": args.epochs, "image_size": list(args.image_size), "batch_size": args.batch_size,
-        "num_workers": args.num_workers, "device": args.device, "seed": args.seed, "cache_dir": str(out / "cache"), "holdout": HOLDOUT, **task,
-    }  # fmt: skip
+    settings = run_settings(args, out)
     runs = out / "runs"
     source_manifest = write_manifest(source + test, runs / "source.csv")
     adapt_manifest = write_manifest(adaptation + test, runs / "adaptation.csv")
@@ -127,10 +120,10 @@ def run(args: argparse.Namespace, command: str) -> Report:
         ("adaptation only", adaptation, adapt_manifest, {"init": "scratch"}, adapt_settings),
     ]  # fmt: skip
     rows = []
-    for name, trained_on, subset, strategy, run_settings in plan:
+    for name, trained_on, subset, strategy, step_settings in plan:
         logger.info("%s: training on %s", name, subset.name)
         work = runs / name.replace(" + ", "_").replace(" ", "_")
-        result = train_and_evaluate(bundle_root, subset, work, strategy, run_settings, args.n_bootstrap)
+        result = train_and_evaluate(bundle_root, subset, work, strategy, step_settings, args.n_bootstrap)
         patients = len({record.get("patient_id") for record in trained_on})
         rows.append({"setting": name, "training_images": len(trained_on), "training_patients": patients, **result})
     report = Report(

@@ -66,6 +66,9 @@ __all__ = [
 
 TRAIN_COMMAND = "python -m monai.bundle run --config_file configs/train.json --dataset_dir <studies>"
 
+# the columns of :func:`binary_metrics` that every binary table shows, whatever its rows are (level, device)
+_BINARY_COLUMNS = ["images", "positives", "patients", "auc", "auc_low", "auc_high", "sensitivity", "specificity"]
+
 
 def select_records(
     records: Sequence[Mapping[str, Any]], where: Mapping[str, Any] | None = None
@@ -422,20 +425,7 @@ class ClassifierEvaluator:
             "binary",
             [image_values, exam_values],
             title=f"{positive_name} vs rest",
-            columns=[
-                "level",
-                "images",
-                "positives",
-                "patients",
-                "auc",
-                "auc_low",
-                "auc_high",
-                "sensitivity",
-                "specificity",
-                "threshold_at_target",
-                "sensitivity_at_target",
-                "specificity_at_target",
-            ],
+            columns=["level", *_BINARY_COLUMNS, "threshold_at_target", "sensitivity_at_target", "specificity_at_target"],
         )
         report.add_text(
             "How to read it",
@@ -493,17 +483,7 @@ class ClassifierEvaluator:
             "per_device",
             device_rows,
             title=f"Per device ({self.device_key})",
-            columns=[
-                self.device_key,
-                "images",
-                "positives",
-                "patients",
-                "auc",
-                "auc_low",
-                "auc_high",
-                "sensitivity",
-                "specificity",
-            ],
+            columns=[self.device_key, *_BINARY_COLUMNS],
         )
         curves = {}
         for name, truth, score, values in (

@@ -8,6 +8,7 @@ whose every setting is a config override, so an experiment runs exactly what a u
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -18,9 +19,20 @@ from typing import Any
 
 import monai.bundle
 
+from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["TASKS", "HOLDOUT", "is_held_out", "labelled_subset", "bundle_run", "train_and_evaluate"]
+__all__ = [
+    "TASKS",
+    "HOLDOUT",
+    "is_held_out",
+    "labelled_subset",
+    "add_run_arguments",
+    "read_study_manifest",
+    "run_settings",
+    "bundle_run",
+    "train_and_evaluate",
+]
 
 TASKS: dict[str, dict[str, Any]] = {
     "3class": {"class_names": ["normal", "benign", "malignant"], "label_map": {"recalled_benign": "benign"}},
@@ -77,6 +89,52 @@ def labelled_subset(
         rng.shuffle(patients)
         chosen += patients[: min(len(patients), max(2, math.ceil(fraction * len(patients))))]
     return [record for patient in sorted(chosen) for record in by_patient[patient]] + held_out
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, bundle_root: Path) -> None:
+    """The command-line options every experiment script shares: how each bundle run trains and is scored."""
+    parser.add_argument("--backbone", default="mammo_cnn")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--image_size", nargs=2, type=int, default=[256, 208])
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--n_bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bundle_root", default=str(bundle_root))
+
+
+def read_study_manifest(dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``<dataset_dir>/manifest.csv``.
+
+    Raises:
+        MammoXAIError: the folder has no manifest.
+    """
+    manifest = Path(dataset_dir) / "manifest.csv"
+    if not manifest.is_file():
+        raise MammoXAIError(
+            manifest,
+            "manifest not found",
+            "pass --dataset_dir, a folder written by mammoxai.data.synth or build_manifest",
+        )
+    return read_manifest(manifest)
+
+
+def run_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """train.json overrides shared by every run of an experiment (options of :func:`add_run_arguments`, the
+    task's classes), with one preprocessing cache under ``out`` for all of them."""
+    return {
+        "backbone": args.backbone,
+        "epochs": args.epochs,
+        "image_size": list(args.image_size),
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "device": args.device,
+        "seed": args.seed,
+        "cache_dir": str(out / "cache"),
+        "holdout": HOLDOUT,
+        **TASKS[args.task],
+    }
 
 
 def bundle_run(configs: Sequence[str], bundle_root: Path, **overrides: Any) -> None:
