@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,7 +46,7 @@ from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.heatmap import write_heatmap_nrrd
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.preprocess import prepare_image
-from mammoxai.nets.finetune import MetadataClassifier, state_dict_problems
+from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.saliency import SaliencyMethod, get_method, method_settings
 from mammoxai.schema import SCHEMA_VERSION, validate_prediction
 
@@ -344,16 +343,7 @@ class MammogramPredictor:
             return
         path = self.checkpoint.path
         fix = f"serve it with the network_def and metadata_fields it was trained with, or retrain: {TRAIN_COMMAND}"
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
-            raise MammoXAIError(path, f"cannot be loaded into the network ({error})", fix) from error
-        if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-            state = state["model"]
-        problems = state_dict_problems(self.network, state) if isinstance(state, Mapping) else ["not a state dict"]
-        if problems:
-            raise MammoXAIError(path, f"cannot be loaded into the network: {'; '.join(problems)}", fix)
-        self.network.load_state_dict(state)
+        load_checkpoint(self.network, path, "cannot be loaded into the network", fix, map_location=self.device)
         self.network.eval()
         self.checkpoint.stamp = stamp
         logger.info("loaded weights %s (modified %s)", path, self.checkpoint.mtime_iso)

@@ -28,7 +28,9 @@ Example:
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +47,7 @@ __all__ = [
     "FREEZE_CHOICES",
     "FUSIONS",
     "state_dict_problems",
+    "load_checkpoint",
 ]
 
 FREEZE_CHOICES = ("none", "stem", "all_but_head")
@@ -307,7 +310,7 @@ def state_dict_problems(network: nn.Module, state: Mapping[str, Any]) -> list[st
     difference is listed by parameter (the first three).
     """
     expected = network.state_dict()
-    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+    if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         return ["it does not hold a state dict (parameter name -> tensor)"]
     ours, theirs = _head_sizes(expected), _head_sizes(state)
     problems = []
@@ -338,6 +341,44 @@ def state_dict_problems(network: nn.Module, state: Mapping[str, Any]) -> list[st
     if len(mismatches) > 3:
         mismatches = [*mismatches[:3], f"{len(mismatches) - 3} more differences"]
     return mismatches
+
+
+def load_checkpoint(
+    network: nn.Module,
+    path: str | os.PathLike,
+    problem: str,
+    fix: str,
+    map_location: str | torch.device = "cpu",
+) -> nn.Module:
+    """Load a checkpoint as ``train.json`` writes it (a state dict, or one under ``"model"``) into ``network``.
+
+    Every reader of classifier weights (the predictor, the evaluation, fine-tuning, corrections) loads through
+    here, so a checkpoint of another network is explained the same way everywhere (:func:`state_dict_problems`).
+
+    Args:
+        network: loaded in place, and returned.
+        path: the checkpoint file.
+        problem: how the caller words a checkpoint that does not fit, e.g. ``"cannot be loaded into the network"``;
+            the reasons follow it.
+        fix: what the user should do, in both errors.
+        map_location: where the tensors are loaded.
+
+    Raises:
+        MammoXAIError: the file is not a readable PyTorch checkpoint, or it does not fit ``network``.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        reason = f"is not a readable PyTorch checkpoint ({str(error).splitlines()[0]})"
+        raise MammoXAIError(path, reason, fix) from error
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    problems = state_dict_problems(network, state)
+    if problems:
+        raise MammoXAIError(path, f"{problem}: {'; '.join(problems)}", fix)
+    network.load_state_dict(state)
+    return network
 
 
 def _head_sizes(state: Mapping[str, Any]) -> dict[str, int]:

@@ -42,7 +42,7 @@ from monai.handlers import from_engine
 
 from mammoxai.data.manifest import read_record, write_manifest
 from mammoxai.errors import MammoXAIError
-from mammoxai.nets.finetune import state_dict_problems
+from mammoxai.nets.finetune import load_checkpoint
 from mammoxai.schema import validate_label
 
 logger = logging.getLogger(__name__)
@@ -209,17 +209,13 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
         MammoXAIError: the served weights do not fit the configured network (e.g. a classifier without the metadata
             heads the configs now serve), said before any training starts.
     """
-    if not checkpoint.is_file():
-        return
-    network, state = parser.get_parsed_content("network"), _load_state(checkpoint)
-    problems = state_dict_problems(network, state)
-    if problems:
-        raise MammoXAIError(
+    if checkpoint.is_file():
+        load_checkpoint(
+            parser.get_parsed_content("network"),
             checkpoint,
-            f"the served weights do not fit the configured network: {'; '.join(problems)}",
+            "the served weights do not fit the configured network",
             "retrain them with the bundle's configs/train.json, or configure the network they were trained with",
         )
-    network.load_state_dict(state)
 
 
 def replace_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import pickle
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from tqdm import tqdm
 from mammoxai.cli import run_bundle_config
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import bootstrap_ci, roc_auc
+from mammoxai.nets.finetune import load_checkpoint
 from mammoxai.reports import Report, roc_figure
 
 logger = logging.getLogger(__name__)
@@ -108,26 +108,12 @@ def load_checkpoints(network: nn.Module, paths: Sequence[str | Path] | str | Pat
     for path in map(Path, paths):
         if not path.is_file():
             raise MammoXAIError(path, "checkpoint not found", f"train one first: {TRAIN_COMMAND}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-                state = state["model"]
-            member = copy.deepcopy(network)
-            member.load_state_dict(state)
-        except (
-            RuntimeError,
-            OSError,
-            EOFError,
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            pickle.UnpicklingError,
-        ) as error:
-            problem = f"does not fit the configured network ({str(error).splitlines()[0]})"
-            raise MammoXAIError(
-                path, problem, "evaluate with the network_def and class_names it was trained with"
-            ) from error
+        member = load_checkpoint(
+            copy.deepcopy(network),
+            path,
+            "does not fit the configured network",
+            "evaluate with the network_def and class_names it was trained with",
+        )
         members.append(member.eval())
     return members
 

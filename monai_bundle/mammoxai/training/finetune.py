@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -52,7 +51,7 @@ from torch.utils.data import WeightedRandomSampler
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.nets.backbones import build_backbone
-from mammoxai.nets.finetune import BackboneClassifier, MetadataClassifier, MultiViewClassifier, state_dict_problems
+from mammoxai.nets.finetune import BackboneClassifier, MetadataClassifier, MultiViewClassifier, load_checkpoint
 from mammoxai.training.losses import MetadataLoss
 from mammoxai.training.pretrain import PretrainedModel, load_pretrained, record_metadata
 
@@ -183,24 +182,8 @@ def _load_classifier(network: BackboneClassifier | MetadataClassifier, path: Pat
     fix = "pass a model.pt written by train.json with the same backbone and class_names"
     if not path.is_file():
         raise MammoXAIError(path, "classifier checkpoint not found", fix)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise MammoXAIError(
-            path, f"is not a readable PyTorch checkpoint ({str(error).splitlines()[0]})", fix
-        ) from error
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise MammoXAIError(path, "does not hold a state dict (parameter name -> tensor)", fix)
-    problems = state_dict_problems(network, state)
-    if problems:
-        raise MammoXAIError(
-            path,
-            f"does not fit this {network.config['backbone']} classifier: {'; '.join(problems)}",
-            f"{fix}, or start with init 'pretrained' / 'external'",
-        )
-    network.load_state_dict(state)
+    problem = f"does not fit this {network.config['backbone']} classifier"
+    load_checkpoint(network, path, problem, f"{fix}, or start with init 'pretrained' / 'external'")
 
 
 def build_finetune_classifier(
