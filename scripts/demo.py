@@ -8,7 +8,8 @@
    weights learn something (screening prevalence would leave a handful of malignant training images);
 2. trains demo weights into ``monai_bundle/models/model.pt`` with the bundle's ``configs/train.json`` unless the
    file exists (about six minutes on two CPU cores for the default 200 patients; held-out malignant-vs-rest AUC
-   0.6-0.75 between runs, see the model card's Metrics). They are trained on synthetic phantoms and are NOT for clinical use;
+   0.6-0.75 between runs, see the model card's Metrics). They are trained on synthetic phantoms and are NOT for
+   clinical use;
 3. starts ``monailabel start_server --app apps/mammography`` and prints what to open and how to connect
    (browser, 3D Slicer, Python client, curl). Ctrl-C stops the server cleanly and exits with status 0.
 
