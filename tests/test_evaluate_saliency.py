@@ -14,7 +14,7 @@ from torch import nn
 from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.findings import LESION_CLASSES
 from mammoxai.data.synth import synthesize
-from mammoxai.metrics.saliency import pointing_game, randomise_weights
+from mammoxai.metrics import pointing_game, randomise_weights
 from mammoxai.nets import MammoClassifier
 from mammoxai.saliency.evaluation import SaliencyEvaluator, main
 

@@ -14,7 +14,8 @@ from mammoxai.data.findings import LESION_CLASSES, finding_class, read_findings
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
-from mammoxai.training.lesion_crops import MacroF1, check_crop_labels, per_class_scores
+from mammoxai.metrics import per_class_scores
+from mammoxai.training.lesion_crops import MacroF1, check_crop_labels
 from mammoxai.training.patches import PatchDataset
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"

@@ -10,6 +10,7 @@ from mammoxai.metrics.classification import (
     cohens_dz,
     confusion_matrix,
     pearson,
+    per_class_scores,
     roc_auc,
     spearman,
 )
@@ -19,6 +20,7 @@ from mammoxai.metrics.saliency import (
     pointing_game,
     pointing_game_summary,
     randomisation_sanity,
+    randomise_weights,
     widen_box,
 )
 
@@ -31,6 +33,7 @@ __all__ = [
     "cohens_dz",
     "confusion_matrix",
     "pearson",
+    "per_class_scores",
     "roc_auc",
     "spearman",
     "pointing_game",
@@ -39,4 +42,5 @@ __all__ = [
     "energy_pointing_game",
     "deletion_insertion_auc",
     "randomisation_sanity",
+    "randomise_weights",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "accuracy",
     "balanced_accuracy",
     "confusion_matrix",
+    "per_class_scores",
     "spearman",
     "pearson",
     "roc_auc",
@@ -95,6 +96,33 @@ def spearman(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 def pearson(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Pearson's correlation (``scipy.stats.pearsonr``); NaN when either side is constant."""
     return _correlation(stats.pearsonr, y_true, y_pred)
+
+
+def per_class_scores(
+    labels: Sequence[int], predictions: Sequence[int], class_names: Sequence[str]
+) -> tuple[list[dict[str, Any]], float]:
+    """Per-class precision, recall, F1 and support, and the macro F1 over the classes that occur in ``labels``.
+
+    A class absent from the labels (e.g. ``other`` on data that annotates only masses and calcifications) has
+    undefined recall; its row reports NaN and it is left out of the macro mean rather than counted as 0.
+    """
+    classes = list(range(len(class_names)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=np.nan
+    )
+    rows = [
+        {
+            "class": name,
+            "precision": float(precision[index]),
+            "recall": float(recall[index]) if support[index] else float("nan"),
+            "f1": float(f1[index]) if support[index] else float("nan"),
+            "support": int(support[index]),
+        }
+        for index, name in enumerate(class_names)
+    ]
+    present = [row["f1"] for row in rows if row["support"]]
+    macro = float(np.mean(np.nan_to_num(present))) if present else float("nan")
+    return rows, macro
 
 
 def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:

@@ -25,43 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
+from mammoxai.metrics import per_class_scores
 from mammoxai.reports import Report, confusion_matrix_figure
 from mammoxai.training.evaluate_classifier import load_checkpoints
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["per_class_scores", "check_crop_labels", "MacroF1", "LesionCropReport"]
-
-
-def per_class_scores(
-    labels: Sequence[int], predictions: Sequence[int], class_names: Sequence[str]
-) -> tuple[list[dict[str, Any]], float]:
-    """Per-class precision, recall, F1 and support, and the macro F1 over the classes that occur in ``labels``.
-
-    A class absent from the labels (e.g. ``other`` on data that annotates only masses and calcifications) has
-    undefined recall; its row reports NaN and it is left out of the macro mean rather than counted as 0.
-    """
-    classes = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predictions, labels=classes, zero_division=np.nan
-    )
-    rows = [
-        {
-            "class": name,
-            "precision": float(precision[index]),
-            "recall": float(recall[index]) if support[index] else float("nan"),
-            "f1": float(f1[index]) if support[index] else float("nan"),
-            "support": int(support[index]),
-        }
-        for index, name in enumerate(class_names)
-    ]
-    present = [row["f1"] for row in rows if row["support"]]
-    macro = float(np.mean(np.nan_to_num(present))) if present else float("nan")
-    return rows, macro
+__all__ = ["check_crop_labels", "MacroF1", "LesionCropReport"]
 
 
 def check_crop_labels(labels: Sequence[int], class_names: Sequence[str], source: str = "lesion crops") -> None:
