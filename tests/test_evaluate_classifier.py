@@ -1,6 +1,7 @@
 """Classifier evaluation: operating points, calibration, exam aggregation, ensembles, and evaluate.json end to end."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from monai.bundle import ConfigParser
 
 from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.dataset import MammogramDataset
+from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import MammoClassifier
@@ -125,9 +127,10 @@ def test_ensemble_probabilities_are_the_mean_of_its_members(studies):
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False)
     members = [Constant([0.7, 0.2, 0.1]), Constant([0.1, 0.2, 0.7])]
-    probabilities = predict_probabilities(members, loader)
+    probabilities, fields = predict_probabilities(members, loader)
     assert probabilities.shape == (len(dataset), 3)
     np.testing.assert_allclose(probabilities, np.tile([0.4, 0.2, 0.4], (len(dataset), 1)), atol=1e-6)
+    assert fields == {}  # members without metadata heads
     with pytest.raises(MammoXAIError, match="order"):
         predict_probabilities(
             members,
@@ -135,6 +138,26 @@ def test_ensemble_probabilities_are_the_mean_of_its_members(studies):
                 dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1)
             ),
         )
+
+
+def test_metadata_head_probabilities_are_averaged_over_members_like_the_classes(studies):
+    dataset = MammogramDataset(
+        studies / "manifest.csv", image_size=32, class_names=CLASSES, label_map={"recalled_benign": "benign"}
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(served_network(CLASSES).eval())
+    probabilities, fields = predict_probabilities(members, loader)
+    images = torch.stack([dataset[index]["image"] for index in range(len(dataset))])
+    with torch.no_grad():
+        outputs = [member.forward_with_metadata(images) for member in members]
+    expected_view = torch.stack([heads["view"].softmax(1) for _, heads in outputs]).mean(0)
+    assert set(fields) == {"view", "thickness", "compression_force", "kvp", "age"}
+    np.testing.assert_allclose(fields["view"], expected_view.numpy(), atol=1e-5)
+    np.testing.assert_allclose(fields["view"].sum(1), 1.0, atol=1e-5)
+    assert probabilities.shape == (len(dataset), 3)
 
 
 def test_checkpoints_load_plain_and_wrapped_state_dicts(tmp_path):
@@ -209,6 +232,58 @@ def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
     for name in ("report.md", "roc.png", "reliability.png"):
         assert (tmp_path / "report" / name).is_file()
     assert "scripts/evaluate.py" in report["command"]
+
+
+def test_positives_are_broken_down_by_lesion_type_against_every_negative(studies, tmp_path):
+    torch.manual_seed(0)
+    torch.save(served_network(CLASSES).state_dict(), tmp_path / "model.pt")
+    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(tmp_path / "model.pt")])) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    overall, kinds = report["tables"]["binary"][0], report["tables"]["positives_by_lesion_types"]
+    records = read_manifest(studies / "manifest.csv")
+    malignant = [r["lesion_types"] or "unspecified" for r in records if r["case_label"] == "malignant"]
+    assert {row["lesion_types"]: row["positives"] for row in kinds} == dict(Counter(malignant))
+    negatives = overall["images"] - overall["positives"]
+    assert all(row["images"] - row["positives"] == negatives for row in kinds)
+    assert len(kinds) >= 2  # the 8 synthetic patients have cancers of more than one kind
+    assert "## malignant images by lesion_types" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_metadata_heads_are_scored_against_the_header_with_their_qc_flags(studies, tmp_path):
+    torch.manual_seed(0)
+    network = served_network(CLASSES)
+    with torch.no_grad():  # a view head sure of "MLO" whatever the image: every CC image is a confident mismatch
+        network.heads["view"].weight.zero_()
+        network.heads["view"].bias.copy_(torch.tensor([-20.0, 20.0, -20.0, -20.0]))
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(tmp_path / "model.pt")])) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {row["field"]: row for row in report["tables"]["metadata_heads"]}
+    assert list(rows) == ["view", "thickness", "compression_force", "kvp", "age"]
+    views = [r["view"] for r in read_manifest(studies / "manifest.csv")]
+    assert rows["view"]["images"] == len(views)
+    assert rows["view"]["accuracy"] == pytest.approx(views.count("MLO") / len(views))
+    assert rows["view"]["qc_flags"] == views.count("CC")
+    assert rows["view"]["qc_flag_rate"] == pytest.approx(views.count("CC") / len(views))
+    for row in rows.values():
+        assert 0 <= row["qc_flags"] <= row["images"] and 0.0 <= row["majority_baseline"] <= 1.0
+
+
+def test_a_network_without_metadata_heads_has_no_metadata_table(studies, tmp_path):
+    torch.manual_seed(0)
+    torch.save(MammoClassifier(num_classes=3).state_dict(), tmp_path / "plain.pt")
+    code = _evaluate(
+        studies,
+        tmp_path,
+        "--checkpoints",
+        json.dumps([str(tmp_path / "plain.pt")]),
+        "--network_def",
+        json.dumps({"_target_": "mammoxai.nets.MammoClassifier", "num_classes": 3}),
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "metadata_heads" not in report["tables"]
+    assert "binary" in report["tables"]
 
 
 def test_binary_task_has_no_per_class_table(studies, tmp_path):

@@ -13,6 +13,11 @@ Imaging 2020, binary and 3-class):
 * calibration of the positive-class probability: a reliability diagram and the expected calibration error
   (Naeini et al., AAAI 2015; Guo et al., "On Calibration of Modern Neural Networks", ICML 2017);
 * a per-device (X-ray system) breakdown, since a model can be good on one vendor's images and poor on another's;
+* which cancers it finds: the positive images split by a record field (``lesion_types``: spiculated masses,
+  calcifications, ...), each kind scored against every negative image;
+* the metadata heads of the served :class:`~mammoxai.nets.MetadataClassifier` against the header: per field,
+  agreement, balanced accuracy and the majority baseline, and how many images would raise a QC flag (a confident
+  disagreement) - on headers that are right, the false alarms a user would see;
 * exam-level scores: the views of one breast (CC + MLO) or one study aggregated by ``max`` or ``mean``;
 * ensembles: the softmax probabilities of N checkpoints averaged (Shen et al.'s four-model average).
 
@@ -44,9 +49,12 @@ from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, roc_auc
-from mammoxai.nets.finetune import load_checkpoint
+from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.reports import Report, roc_figure
+from mammoxai.training.evaluate_pretrain import field_metrics
+from mammoxai.training.pretrain import record_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +131,10 @@ def predict_probabilities(
     dataloader: torch.utils.data.DataLoader,
     device: torch.device | str = "cpu",
     amp: bool = False,
-) -> np.ndarray:
-    """(N, C) class probabilities, the mean of the members' softmax outputs, in the data set's order.
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(N, C) class probabilities, the mean of the members' softmax outputs, in the data set's order; and, when
+    every member has metadata heads (:class:`~mammoxai.nets.MetadataClassifier`), field → (N, k) probabilities of
+    its heads from the same pass, averaged the same way (an empty dict otherwise).
 
     Averaging probabilities rather than logits keeps each member's confidence on the same scale.
 
@@ -134,18 +144,31 @@ def predict_probabilities(
     """
     device = torch.device(device)
     members = [member.to(device).eval() for member in members]
+    with_heads = all(isinstance(member, MetadataClassifier) for member in members)
     paths: list[str] = []
-    batches = []
+    batches: list[torch.Tensor] = []
+    field_batches: dict[str, list[torch.Tensor]] = defaultdict(list)
     with torch.no_grad(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
         for batch in tqdm(dataloader, desc="scoring", unit="batch", disable=None):
             images = batch["image"].to(device)
-            batches.append(torch.stack([member(images).float().softmax(1) for member in members]).mean(0).cpu())
+            outputs = [
+                member.forward_with_metadata(images) if with_heads else (member(images), {}) for member in members
+            ]
+            batches.append(_mean_softmax([logits for logits, _ in outputs]))
+            for name in outputs[0][1]:
+                field_batches[name].append(_mean_softmax([fields[name] for _, fields in outputs]))
             paths.extend(batch["path"])
     if not paths:
         raise MammoXAIError("evaluation data set", "is empty", "check the manifest and eval_where")
     if paths != [str(record["path"]) for record in dataloader.dataset.data]:
         raise MammoXAIError("dataloader", "does not return the images in data-set order", "set shuffle to false")
-    return torch.cat(batches).numpy().astype(np.float64)
+    fields = {name: torch.cat(parts).numpy().astype(np.float64) for name, parts in field_batches.items()}
+    return torch.cat(batches).numpy().astype(np.float64), fields
+
+
+def _mean_softmax(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mean over ensemble members of their softmax probabilities, on the CPU."""
+    return torch.stack([member.float().softmax(1) for member in logits]).mean(0).cpu()
 
 
 def sensitivity_specificity(
@@ -322,6 +345,12 @@ class ClassifierEvaluator:
         exam_keys: record fields that identify an exam (default the breast: ``study_uid`` and ``laterality``).
         exam_aggregation: ``max`` or ``mean`` of an exam's image scores.
         device_key: record field that names the X-ray system for the per-device breakdown.
+        breakdown_keys: record fields that split the positive images into kinds (default ``lesion_types``); per
+            field, each kind is scored against every negative image. A field no record has is skipped.
+        metadata_label_space: the fields of the members' metadata heads (train.json's ``metadata_label_space``);
+            with it, and members that have heads, the heads are scored against each image's header.
+        qc_min_probability: the probability from which a disagreement with the header is a QC flag (as in
+            ``configs/inference.json``).
         calibration_bins: bins of the reliability diagram.
         n_bootstrap, seed: bootstrap resamples and their seed.
         checkpoints: the checkpoint paths, for the record.
@@ -346,6 +375,9 @@ class ClassifierEvaluator:
         exam_keys: Sequence[str] = ("study_uid", "laterality"),
         exam_aggregation: str = "max",
         device_key: str = "xray_system",
+        breakdown_keys: Sequence[str] = ("lesion_types",),
+        metadata_label_space: MetadataLabelSpace | None = None,
+        qc_min_probability: float = 0.9,
         calibration_bins: int = 10,
         n_bootstrap: int = 1000,
         seed: int = 0,
@@ -362,13 +394,15 @@ class ClassifierEvaluator:
         self.output_dir, self.device, self.amp = Path(output_dir), torch.device(device), amp
         self.threshold, self.target_specificity = threshold, target_specificity
         self.exam_keys, self.exam_aggregation, self.device_key = list(exam_keys), exam_aggregation, device_key
+        self.breakdown_keys = list(breakdown_keys)
+        self.metadata_label_space, self.qc_min_probability = metadata_label_space, qc_min_probability
         self.n_bins, self.n_bootstrap, self.seed = calibration_bins, n_bootstrap, seed
         self.checkpoints = [checkpoints] if isinstance(checkpoints, str) else [str(path) for path in checkpoints]
         self.command = command
 
     def run(self) -> dict[str, Any]:
         """Evaluate, write the report, and return its JSON document."""
-        probabilities = predict_probabilities(self.members, self.dataloader, self.device, self.amp)
+        probabilities, field_probabilities = predict_probabilities(self.members, self.dataloader, self.device, self.amp)
         dataset = self.dataloader.dataset
         labels = np.asarray(dataset.labels)
         labelled = labels >= 0
@@ -379,6 +413,9 @@ class ClassifierEvaluator:
         records = [record for record, keep in zip(dataset.data, labelled) if keep]
         labels, probabilities = labels[labelled], probabilities[labelled]
         report = self._report(records, labels, probabilities)
+        if field_probabilities and self.metadata_label_space is not None:
+            fields = {name: values[labelled] for name, values in field_probabilities.items()}
+            self._add_metadata_heads(report, records, fields)
         report.write(self.output_dir)
         logger.info("classifier evaluation written to %s", self.output_dir)
         return report.to_dict()
@@ -471,6 +508,14 @@ class ClassifierEvaluator:
             title=f"Per device ({self.device_key})",
             columns=[self.device_key, *_BINARY_COLUMNS],
         )
+        for key in self.breakdown_keys:
+            if any(key in record for record in records):
+                report.add_table(
+                    f"positives_by_{key}",
+                    self._positive_kinds(records, key, y_true, y_score, patients),
+                    title=f"{positive_name} images by {key}, each kind against every other image",
+                    columns=[key, *_BINARY_COLUMNS],
+                )
         curves = {}
         for name, truth, score, values in (
             ("image", y_true, y_score, image_values),
@@ -491,6 +536,64 @@ class ClassifierEvaluator:
         )
         report.add_data("exam_scores", {"exams": exams, "labels": exam_labels, "scores": exam_scores})
         return report
+
+    def _positive_kinds(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        key: str,
+        y_true: np.ndarray,
+        y_score: np.ndarray,
+        patients: Sequence[str],
+    ) -> list[dict[str, Any]]:
+        """Binary metrics of each value of ``key`` among the positive images, against all negative images.
+
+        A spiculated mass and a calcification cluster are both "malignant", but a classifier can find one and miss
+        the other; the overall AUC averages them by their prevalence in the test set and hides which it is.
+        """
+        kinds = np.asarray([str(record.get(key) or "unspecified") for record in records])
+        rows = []
+        for kind in sorted(set(kinds[y_true == 1])):
+            chosen = (y_true == 0) | (kinds == kind)
+            kind_patients = [patient for patient, keep in zip(patients, chosen) if keep]
+            rows.append({key: kind, **self._binary(y_true[chosen], y_score[chosen], kind_patients)})
+        return rows
+
+    def _add_metadata_heads(
+        self, report: Report, records: Sequence[Mapping[str, Any]], probabilities: Mapping[str, np.ndarray]
+    ) -> None:
+        """Per field, the heads' agreement with the header and the QC flags they would raise on these images.
+
+        A flag is what the predictor raises (:class:`mammoxai.inference.MammogramPredictor`): the header gives the
+        field, the heads predict another class, with probability at least ``qc_min_probability``.
+        """
+        space = self.metadata_label_space
+        encoded = [space.encode(record_metadata(record)) for record in records]
+        targets = {name: np.asarray([labels[name] for labels in encoded]) for name in space.fields}
+        patients = [str(record.get("patient_id") or record["path"]) for record in records]
+        log_probabilities = {name: torch.as_tensor(values).log() for name, values in probabilities.items()}
+        rows, _ = field_metrics(space, log_probabilities, targets, patients, self.n_bootstrap, self.seed)
+        for row in rows:
+            field_probabilities, truth = probabilities[row["field"]], targets[row["field"]]
+            flagged = (
+                (truth != UNKNOWN)
+                & (field_probabilities.argmax(1) != truth)
+                & (field_probabilities.max(1) >= self.qc_min_probability)
+            )
+            row.update(qc_flags=int(flagged.sum()), qc_flag_rate=float(flagged.sum() / max(row["images"], 1)))
+        columns = ["field", "images", "accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy"]
+        report.add_table(
+            "metadata_heads",
+            rows,
+            title="Metadata heads against the header",
+            columns=[*columns, "majority_baseline", "qc_flags", "qc_flag_rate"],
+        )
+        report.add_text(
+            "How to read the metadata heads",
+            "accuracy is the share of images (with the field in their header) whose head predicts the header's class, "
+            "with a patient-bootstrap 95 % interval; majority_baseline is what always predicting the commonest class "
+            f"would score. qc_flags counts images whose head disagrees with the header at probability >= "
+            f"{self.qc_min_probability}, the QC flags a prediction would carry: on correct headers, false alarms.",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
