@@ -1,11 +1,14 @@
 """A simulated clinician runs the MONAI Label active-learning loop against the real server, round after round.
 
     python scripts/simulate_clinician.py --out .simulation [--patients 24] [--size 256] [--image-size 128 104]
-        [--rounds 5] [--per-round 8] [--epochs 3] [--strategies uncertainty random] [--seed 0]
+        [--rounds 5] [--per-round 8] [--epochs 3] [--batch-size 8] [--strategies uncertainty random] [--seed 0]
+        [--studies DIR]
 
 For each strategy the script writes a fresh copy of the bundle (same random-initialised weights for every
-strategy) and a synthetic study set (:mod:`mammoxai.data.synth`): the patients of the synth ``test`` split are
-the held-out set, never put in the datastore; the others are the pool the server proposes from. It starts
+strategy) and uses a synthetic study set (:mod:`mammoxai.data.synth`): ``--studies`` names one already written
+(e.g. enriched for cancers with ``--prevalence``), otherwise ``--patients`` are written into ``<out>/synth``. The
+patients of its ``test`` split are the held-out set, never put in the datastore; the others are the pool the
+server proposes from. It starts
 ``monailabel start_server`` on 127.0.0.1 and, each round, asks ``POST /activelearning/<strategy>`` for the next
 case, runs ``/infer`` on it, corrects it with the true class from ``manifest.csv`` (saved with tag ``final``)
 until the round's budget is spent, then trains (``POST /train/mammoxai``, waiting on ``GET /train/``) and checks
@@ -211,7 +214,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, nargs=2, default=[128, 104], help="model grid (h w)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=8, help="images corrected per round")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per round")
+    parser.add_argument("--batch-size", type=int, default=8, help="training batch size")
+    parser.add_argument(
+        "--studies", type=Path, help="a folder written by mammoxai.data.synth to use instead of writing one"
+    )
     parser.add_argument("--strategies", nargs="+", default=["uncertainty", "random"])
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -220,10 +227,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    source = args.out / "synth"
+    source = args.studies or args.out / "synth"
+    if args.studies is not None and not (source / "manifest.csv").is_file():
+        hint = "write one with python -m mammoxai.data.synth"
+        print(f"error: --studies {source}: no manifest.csv; {hint}", file=sys.stderr)
+        return 2
     if not (source / "manifest.csv").is_file():
         synthesize(source, patients=args.patients, seed=args.seed, size=args.size)
-    train_params = {"epochs": args.epochs, "num_workers": 0, "batch_size": 8}
+    train_params = {"epochs": args.epochs, "num_workers": 0, "batch_size": args.batch_size}
     results: list[RoundResult] = []
     for strategy in args.strategies:
         run = args.out / strategy

@@ -132,6 +132,13 @@ def test_simulated_clinician_runs_two_rounds_against_the_real_server(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 
+def test_simulated_clinician_refuses_a_studies_folder_without_manifest(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert simulator.main(["--out", str(tmp_path / "run"), "--studies", str(tmp_path / "empty")]) == 2
+    assert "no manifest.csv" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "uncertainty").exists()
+
+
 def test_finetune_refuses_served_weights_of_another_network_and_keeps_them(corrections, tmp_path):
     root, triples = corrections
     bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
