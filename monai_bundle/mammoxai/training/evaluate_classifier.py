@@ -513,7 +513,7 @@ class ClassifierEvaluator:
                 report.add_table(
                     f"positives_by_{key}",
                     self._positive_kinds(records, key, y_true, y_score, patients),
-                    title=f"{positive_name} images by {key}, each kind against every other image",
+                    title=f"{positive_name} images by {key}, each kind against every non-{positive_name} image",
                     columns=[key, *_BINARY_COLUMNS],
                 )
         curves = {}
