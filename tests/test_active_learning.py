@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -125,7 +126,8 @@ def test_simulated_clinician_runs_two_rounds_against_the_real_server(tmp_path):
 
     assert [r.round for r in results] == [0, 1, 2]
     assert [r.labels for r in results] == [0, 6, 12]
-    assert all(0.0 <= r.auc <= 1.0 for r in results)
+    assert all(0.0 <= r.auc.estimate <= 1.0 for r in results)
+    assert all(r.auc.low <= r.auc.estimate <= r.auc.high for r in results if not math.isnan(r.auc.low))
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns != served
     assert len(list((tmp_path / "studies" / "labels" / "final").glob("*.json"))) == 12
     simulator.write_results(results, tmp_path)
