@@ -1,20 +1,19 @@
 """A simulated clinician runs the MONAI Label active-learning loop against the real server, round after round.
 
     python scripts/simulate_clinician.py --out .simulation [--patients 24] [--size 256] [--image-size 128 104]
-        [--rounds 5] [--per-round 8] [--epochs 3] [--batch-size 8] [--strategies uncertainty random] [--seed 0]
-        [--studies DIR]
+        [--rounds 5] [--per-round 8] [--epochs 3] [--batch-size 8] [--accept not_worse] [--studies DIR]
+        [--strategies uncertainty random] [--seed 0]
 
-For each strategy the script writes a fresh copy of the bundle (same random-initialised weights for every
-strategy) and uses a synthetic study set (:mod:`mammoxai.data.synth`): ``--studies`` names one already written
-(e.g. enriched for cancers with ``--prevalence``), otherwise ``--patients`` are written into ``<out>/synth``. The
-patients of its ``test`` split are the held-out set, never put in the datastore; the others are the pool the
-server proposes from. It starts
-``monailabel start_server`` on 127.0.0.1 and, each round, asks ``POST /activelearning/<strategy>`` for the next
-case, runs ``/infer`` on it, corrects it with the true class from ``manifest.csv`` (saved with tag ``final``)
+For each strategy the script writes a fresh copy of the bundle (same random-initialised weights for every strategy)
+and uses a synthetic study set (:mod:`mammoxai.data.synth`): ``--studies`` names one already written (e.g. enriched
+for cancers with ``--prevalence``), otherwise ``--patients`` are written into ``<out>/synth``. The patients of its
+``test`` split are the held-out set, never put in the datastore; the others are the pool the server proposes from.
+It starts ``monailabel start_server`` on 127.0.0.1 and, each round, asks ``POST /activelearning/<strategy>`` for the
+next case, runs ``/infer`` on it, corrects it with the true class from ``manifest.csv`` (saved with tag ``final``)
 until the round's budget is spent, then trains (``POST /train/mammoxai``, waiting on ``GET /train/``) and checks
-that ``/infer`` serves the new weights. After every round it reports the held-out AUC of the served weights
-(macro one-vs-rest, :func:`mammoxai.metrics.roc_auc`, with a 95 % patient-bootstrap interval). Results go to ``<out>/results.csv`` and
-``<out>/curve.png``; nothing is downloaded.
+that ``/infer`` serves the new weights. After every round it reports the held-out AUC of the served weights (macro
+one-vs-rest, :func:`mammoxai.metrics.roc_auc`, with a 95 % patient-bootstrap interval). Results go to
+``<out>/results.csv`` and ``<out>/curve.png``; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from monai.bundle import ConfigParser
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.metrics import ConfidenceInterval, bootstrap_ci, roc_auc
+from mammoxai.training.corrections import ACCEPT_POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "mammoxai"
@@ -227,6 +227,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per round")
     parser.add_argument("--batch-size", type=int, default=8, help="training batch size")
     parser.add_argument(
+        "--accept",
+        choices=list(ACCEPT_POLICIES),
+        default="not_worse",
+        help="the train requests' policy for new weights",
+    )
+    parser.add_argument(
         "--studies", type=Path, help="a folder written by mammoxai.data.synth to use instead of writing one"
     )
     parser.add_argument("--strategies", nargs="+", default=["uncertainty", "random"])
@@ -244,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not (source / "manifest.csv").is_file():
         synthesize(source, patients=args.patients, seed=args.seed, size=args.size)
-    train_params = {"epochs": args.epochs, "num_workers": 0, "batch_size": args.batch_size}
+    train_params = {"epochs": args.epochs, "batch_size": args.batch_size, "accept": args.accept, "num_workers": 0}
     results: list[RoundResult] = []
     for strategy in args.strategies:
         run = args.out / strategy
