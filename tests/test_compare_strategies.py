@@ -79,6 +79,11 @@ def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
     rows = report["tables"]["strategies"]
     assert [(row["strategy"], row["fraction"]) for row in rows] == [("scratch", 1.0), ("pretrained_frozen", 1.0)]
     assert all(row["images"] == 8 and row["positives"] == 2 for row in rows)  # the 2 test patients, malignant breast
+    (difference,) = report["tables"]["difference_from_scratch"]
+    assert (difference["strategy"], difference["fraction"]) == ("pretrained_frozen", 1.0)
+    assert difference["auc_difference"] == pytest.approx(rows[1]["auc"] - rows[0]["auc"])
+    run_report = json.loads((out / "runs" / "pretrained_frozen_1" / "evaluation" / "report.json").read_text())
+    assert run_report["command"].startswith("python scripts/compare_strategies.py ")
     assert (out / "auc_by_fraction.png").is_file()
     assert (out / "runs" / "pretrained_frozen_1" / "evaluation" / "report.md").is_file()
 

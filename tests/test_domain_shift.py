@@ -48,8 +48,9 @@ def test_an_unknown_or_exhausted_target_system_is_a_clear_error():
 
 def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_patients(tmp_path):
     studies = tmp_path / "studies"
-    synthesize(studies, patients=20, seed=0, size=128)
-    target = Counter(record["xray_system"] for record in read_manifest(studies / "manifest.csv")).most_common(1)[0][0]
+    synthesize(studies, patients=30, seed=0, size=128, prevalence={"normal": 0.5, "malignant": 0.5})
+    malignant = [record for record in read_manifest(studies / "manifest.csv") if record["case_label"] == "malignant"]
+    target = Counter(record["xray_system"] for record in malignant).most_common(1)[0][0]  # cancers left to test on
     out = tmp_path / "shift"
     code = domain_shift.main(
         [
@@ -59,8 +60,12 @@ def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_pat
         ]
     )  # fmt: skip
     assert code == 0
-    rows = json.loads((out / "report.json").read_text())["tables"]["settings"]
+    tables = json.loads((out / "report.json").read_text())["tables"]
+    rows = tables["settings"]
     assert [row["setting"] for row in rows] == ["source", "source + adaptation", "adaptation only"]
     assert len({row["images"] for row in rows}) == 1 and rows[0]["images"] > 0
     assert rows[1]["training_images"] == rows[2]["training_images"] < rows[0]["training_images"]
+    differences = {row["comparison"]: row["auc_difference"] for row in tables["differences"]}
+    assert differences["source + adaptation - source"] == pytest.approx(rows[1]["auc"] - rows[0]["auc"])
+    assert differences["source + adaptation - adaptation only"] == pytest.approx(rows[1]["auc"] - rows[2]["auc"])
     assert (out / "auc_by_setting.png").is_file()

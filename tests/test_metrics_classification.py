@@ -12,6 +12,7 @@ from mammoxai.metrics import (
     bootstrap_ci,
     cohens_dz,
     confusion_matrix,
+    paired_auc_difference,
     pearson,
     roc_auc,
     spearman,
@@ -66,6 +67,21 @@ def test_binary_roc_auc_counts_correctly_ordered_pairs():
 
 def test_roc_auc_with_a_single_class_is_nan():
     assert math.isnan(roc_auc([1, 1, 1], [0.2, 0.5, 0.9]))
+
+
+def test_paired_auc_difference_sees_a_gain_that_two_separate_intervals_hide():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(60), np.zeros(140)].astype(int)
+    shared = rng.normal(size=200) + 0.8 * y  # the images' own difficulty, seen by both models
+    better = shared + 0.5 * y + 0.1 * rng.normal(size=200)
+    worse = shared + 0.1 * rng.normal(size=200)
+    difference = paired_auc_difference(y, better, worse, n=500)
+    assert difference.estimate == pytest.approx(roc_auc(y, better) - roc_auc(y, worse))
+    assert difference.low > 0  # the paired interval excludes "no difference" ...
+    separate = bootstrap_ci(roc_auc, y, better, n=500), bootstrap_ci(roc_auc, y, worse, n=500)
+    assert separate[0].low < separate[1].high  # ... where the two models' own intervals overlap
+    same = paired_auc_difference(y, worse, worse, groups=np.arange(200) // 4, n=200)
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
 
 
 def test_multiclass_roc_auc_averages_only_the_classes_present():

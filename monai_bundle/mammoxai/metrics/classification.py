@@ -265,3 +265,36 @@ def bootstrap_ci(
         return ConfidenceInterval(estimate, math.nan, math.nan, level, int(values.size))
     low, high = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return ConfidenceInterval(estimate, float(low), float(high), level, int(values.size))
+
+
+def paired_auc_difference(
+    y_true: ArrayLike,
+    score_a: ArrayLike,
+    score_b: ArrayLike,
+    groups: ArrayLike | None = None,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> ConfidenceInterval:
+    """ROC AUC of ``score_a`` minus that of ``score_b`` on the same images, with a paired bootstrap interval.
+
+    Both models' scores are resampled with the same draws (whole patients when ``groups`` is given), so the test
+    set's own luck — which patients happen to be easy — is shared by the two AUCs and cancels in the difference.
+    Two overlapping per-model intervals therefore do not mean "no difference"; this interval is the one to read.
+    It covers the sampling of test patients only, not training noise (seeds), which needs repeated runs.
+
+    Args:
+        y_true: (N,) binary labels.
+        score_a, score_b: (N,) scores of the two models on the same images, in the same order.
+        groups, n, seed, level: as in :func:`bootstrap_ci`.
+    """
+    scores = np.stack([np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)], axis=1)
+    return bootstrap_ci(
+        lambda truth, pair: roc_auc(truth, pair[:, 0]) - roc_auc(truth, pair[:, 1]),
+        y_true,
+        scores,
+        n=n,
+        seed=seed,
+        level=level,
+        groups=groups,
+    )

@@ -532,7 +532,12 @@ class ClassifierEvaluator:
         report.add_data("checkpoints", self.checkpoints)
         report.add_data(
             "scores",
-            {"paths": [str(record["path"]) for record in records], "labels": labels, "probabilities": probabilities},
+            {
+                "paths": [str(record["path"]) for record in records],
+                "patients": patients,
+                "labels": labels,
+                "probabilities": probabilities,
+            },
         )
         report.add_data("exam_scores", {"exams": exams, "labels": exam_labels, "scores": exam_scores})
         return report

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import monai.bundle
+import numpy as np
 
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
+from mammoxai.metrics import paired_auc_difference
 
 __all__ = [
     "TASKS",
@@ -32,6 +34,7 @@ __all__ = [
     "run_settings",
     "bundle_run",
     "train_and_evaluate",
+    "auc_difference",
 ]
 
 TASKS: dict[str, dict[str, Any]] = {
@@ -152,6 +155,7 @@ def train_and_evaluate(
     strategy: Mapping[str, Any],
     settings: Mapping[str, Any],
     n_bootstrap: int,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune with ``train.json`` on ``manifest`` and evaluate the result on its held-out records.
 
@@ -162,9 +166,12 @@ def train_and_evaluate(
         strategy: train.json overrides of this run (``init``, ``init_weights``, ``freeze``, ...).
         settings: train.json overrides shared by all runs (sizes, epochs, classes, device).
         n_bootstrap: bootstrap resamples of the evaluation.
+        command: the experiment's command, recorded in the evaluation report (the bundle run happens in this
+            process, so its own command line would be the experiment script's arguments under another name).
 
     Returns:
-        the image-level row of the evaluation report (AUC and interval, sensitivity, specificity, counts).
+        the evaluation report's JSON document (``tables["binary"][0]``: the image-level AUC and interval,
+        sensitivity, specificity and counts; ``values["scores"]``: every held-out image's probabilities).
     """
     overrides = {
         **settings,
@@ -183,6 +190,43 @@ def train_and_evaluate(
         evaluation_dir=str(work / "evaluation"),
         eval_where=HOLDOUT,
         n_bootstrap=n_bootstrap,
+        **({"command": f"{command} (run {work.name})"} if command else {}),
     )
-    report = json.loads((work / "evaluation" / "report.json").read_text())
-    return report["tables"]["binary"][0]
+    return json.loads((work / "evaluation" / "report.json").read_text())
+
+
+def auc_difference(
+    report: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    positive: int,
+    n_bootstrap: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Test AUC of one run minus that of a reference run, with a paired patient-bootstrap 95 % interval.
+
+    Runs of one experiment are scored on the same held-out images, so their difference is read from one paired
+    resampling (:func:`~mammoxai.metrics.paired_auc_difference`), not from two separate intervals.
+
+    Args:
+        report, reference: evaluation reports of :func:`train_and_evaluate`.
+        positive: index of the positive class (malignant) in the probabilities.
+        n_bootstrap, seed: bootstrap resamples and their seed.
+
+    Raises:
+        MammoXAIError: the two reports did not score the same images.
+    """
+    scores, reference_scores = report["values"]["scores"], reference["values"]["scores"]
+    if scores["paths"] != reference_scores["paths"]:
+        raise MammoXAIError(
+            "AUC difference", "the two runs scored different images", "score both on the same held-out records"
+        )
+    y_true = np.asarray(scores["labels"]) == positive
+    difference = paired_auc_difference(
+        y_true,
+        np.asarray(scores["probabilities"])[:, positive],
+        np.asarray(reference_scores["probabilities"])[:, positive],
+        groups=scores["patients"],
+        n=n_bootstrap,
+        seed=seed,
+    )
+    return {"auc_difference": difference.estimate, "difference_low": difference.low, "difference_high": difference.high}
