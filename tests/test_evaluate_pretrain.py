@@ -144,6 +144,26 @@ def test_noisy_embeddings_give_an_auc_interval_around_the_estimate():
     assert values["auc_low"] < values["auc"] < values["auc_high"]
 
 
+def test_a_matcher_that_only_knows_the_system_is_exposed_by_the_within_system_auc():
+    identities = [record_identity(record, SPACE) for record in _records(40)]
+    systems = np.array([int(patient[1:]) % 2 for patient, _ in identities])  # two systems, one per patient
+    only_system = torch.eye(2)[systems]  # every image of a system looks the same to this matcher
+    values, _ = matching_metrics(only_system, identities, n_bootstrap=50, strata=systems, stratum_name="xray_system")
+    assert values["auc"] > 0.7  # random negatives come from the other system half of the time
+    assert values["within_xray_system_negatives"] > 0
+    assert values["within_xray_system_auc"] == pytest.approx(0.5)  # same-system negatives tie with positives
+    perfect, _ = matching_metrics(_study_embeddings(identities), identities, n_bootstrap=50, strata=systems, stratum_name="xray_system")
+    assert perfect["within_xray_system_auc"] == pytest.approx(1.0)
+
+
+def test_within_stratum_auc_leaves_out_unknown_strata_and_says_when_nothing_is_left():
+    identities = [record_identity(record, SPACE) for record in _records(10)]
+    unknown = np.full(len(identities), UNKNOWN)
+    values, _ = matching_metrics(_study_embeddings(identities), identities, n_bootstrap=10, strata=unknown, stratum_name="xray_system")
+    assert values["within_xray_system_negatives"] == 0
+    assert "not evaluated" in values["within_xray_system_note"] and "within_xray_system_auc" not in values
+
+
 def test_matching_without_same_study_pairs_is_reported_not_raised():
     identities = [(f"P{i}", f"S{i}") for i in range(6)]  # one image per study
     values, roc = matching_metrics(torch.randn(6, 4), identities, n_bootstrap=10)
@@ -253,6 +273,7 @@ def test_evaluation_config_runs_through_monai_bundle_and_writes_the_report(pretr
     matching = report["values"]["matching"]
     assert matching["test_patients"] + matching["threshold_patients"] == len({r["patient_id"] for r in held_out})
     assert matching["test_pairs"] > 0 and 0.0 <= matching["auc"] <= 1.0
+    assert "within_xray_system_negatives" in matching  # the default stratum: the X-ray system
     assert report["values"]["confusion_matrices"]["view"]["classes"] == label_space.class_names("view")
     for name in ["matching_roc", *(f"confusion_{field}" for field in FIELDS)]:
         assert (out / f"{name}.png").stat().st_size > 1000
@@ -274,6 +295,16 @@ def test_evaluation_on_another_manifest_leaves_out_the_training_patients(pretrai
     _, held_out = split_by_patient(read_manifest(manifest), label_space, val_fraction=0.5, seed=0)
     assert report["tables"]["fields"][1]["images"] == len(held_out)
     assert "manifest.csv" in report["description"]
+
+
+def test_a_matching_stratum_outside_the_label_space_is_refused_before_evaluating(pretrained_bundle, tmp_path, capsys):
+    bundle, studies, _ = pretrained_bundle
+    arguments = ["--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dir", str(tmp_path / "report")]
+    arguments += ["--matching_stratum", "density", *(item for key, value in TINY.items() for item in (f"--{key}", str(value)))]
+    assert main(arguments) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "'density' is not a field of the checkpoint's label space" in error[0]
+    assert not (tmp_path / "report").exists()
 
 
 def test_outputs_of_a_shuffling_loader_are_refused(pretrained_bundle):

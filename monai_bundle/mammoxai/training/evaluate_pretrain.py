@@ -11,7 +11,9 @@ on images of patients the network never saw and writes a report (:class:`mammoxa
   Pearson correlations of true and predicted bin; a confusion matrix per field;
 * matching: a balanced set of same / different pairs built deterministically from the manifest, scored by the
   cosine similarity of the ``match`` embeddings; ROC AUC with a bootstrap interval, and the accuracy at a
-  threshold **chosen on a separate part** of the held-out patients (the pairs of the other part are scored).
+  threshold **chosen on a separate part** of the held-out patients (the pairs of the other part are scored);
+  and the AUC against only those negatives whose two images share a field (the X-ray system by default), which
+  shows whether matching recognises the patient or merely the system both images came from.
 
 Run from the bundle root, with the manifest, ``val_fraction`` and ``seed`` of pretraining (so the split is
 the same)::
@@ -258,6 +260,8 @@ def matching_metrics(
     max_positives: int | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    strata: Sequence[int] | None = None,
+    stratum_name: str = "stratum",
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
     """Same-patient-and-study matching by cosine similarity of the ``match`` embeddings.
 
@@ -267,10 +271,26 @@ def matching_metrics(
     best balanced accuracy are reported on the test part too. When the threshold part yields no pair (too few
     patients), the test part's own best threshold is used and ``threshold_source`` says so.
 
+    Same-study images share the X-ray system (and the day's exposure habits) while a random negative usually does
+    not, so a matcher that only recognises the system scores well on balanced pairs. With ``strata`` (a class per
+    image, e.g. the encoded X-ray system; :data:`~mammoxai.io.fields.UNKNOWN` where unknown) the test positives
+    are also scored against only the negatives whose two images share a known class: the *within-stratum* AUC.
+
+    Args:
+        match: (N, M) matching embeddings.
+        identities: (patient, study) per image.
+        threshold_fraction: share of the patients on which the threshold is chosen.
+        max_positives: cap on positive pairs per part (None: all).
+        n_bootstrap: bootstrap resamples (patients are resampled).
+        seed: seed of the split, the pairs and the bootstrap.
+        strata: optional class per image for the within-stratum AUC.
+        stratum_name: what ``strata`` is, for the report (``within_<stratum_name>_...`` keys).
+
     Returns:
         ``(values, roc)``: the metrics (``auc`` with ``_low`` / ``_high``, ``accuracy``, ``threshold``,
-        ``threshold_source``, ``best_balanced_accuracy``, pair and patient counts), and the test ROC curve
-        ``(fpr, tpr)`` — None, with ``values["note"]`` saying why, when there are no pairs to score.
+        ``threshold_source``, ``best_balanced_accuracy``, pair and patient counts; with ``strata`` also
+        ``within_<stratum_name>_negatives`` and ``within_<stratum_name>_auc`` with ``_low`` / ``_high``), and the
+        test ROC curve ``(fpr, tpr)`` — None, with ``values["note"]`` saying why, when there are no pairs to score.
     """
     patients = [patient for patient, _ in identities]
     threshold_part, test_part = split_patients([p for p in patients if p is not None], threshold_fraction, seed)
@@ -307,8 +327,33 @@ def matching_metrics(
         threshold_source=source,
         best_balanced_accuracy=best,
     )
+    if strata is not None:
+        values.update(_within_stratum_auc(test_pairs, scores, patients, np.asarray(strata), stratum_name, n_bootstrap, seed))
     fpr, tpr, _ = roc_curve(labels, scores)
     return values, (fpr, tpr)
+
+
+def _within_stratum_auc(
+    pairs: np.ndarray,
+    scores: np.ndarray,
+    patients: Sequence[str | None],
+    strata: np.ndarray,
+    name: str,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """AUC of the positive pairs against the negatives whose two images share a known stratum."""
+    first, second, same = pairs[:, 0], pairs[:, 1], pairs[:, 2].astype(bool)
+    hard = ~same & (strata[first] == strata[second]) & (strata[first] != UNKNOWN)
+    values: dict[str, Any] = {f"within_{name}_negatives": int(hard.sum())}
+    if not hard.any():
+        values[f"within_{name}_note"] = f"no negative pair shares its {name}: not evaluated"
+        return values
+    kept = same | hard
+    groups = [patients[i] for i in first[kept]]
+    auc = bootstrap_ci(roc_auc, same[kept].astype(np.int64), scores[kept], n=n_bootstrap, seed=seed, groups=groups)
+    values.update({f"within_{name}_auc": auc.estimate, f"within_{name}_auc_low": auc.low, f"within_{name}_auc_high": auc.high})
+    return values
 
 
 class PretrainEvaluator:
@@ -324,6 +369,8 @@ class PretrainEvaluator:
         amp: mixed precision on CUDA.
         threshold_fraction: share of the held-out patients on which the matching threshold is chosen.
         max_positive_pairs: cap on positive matching pairs per part (None: all same-study pairs).
+        matching_stratum: a field of ``label_space`` (default ``xray_system``) whose shared value makes a
+            negative pair hard: matching is also scored against those negatives only. None: not scored.
         n_bootstrap: resamples of the bootstrap intervals (patients are resampled).
         seed: seed of the pair construction and of the bootstrap.
         data_description: what the held-out images are, for the report (e.g. that they are pretraining's
@@ -341,11 +388,18 @@ class PretrainEvaluator:
         amp: bool = False,
         threshold_fraction: float = 0.5,
         max_positive_pairs: int | None = None,
+        matching_stratum: str | None = "xray_system",
         n_bootstrap: int = 1000,
         seed: int = 0,
         data_description: str = "",
         command: str | None = None,
     ):
+        if matching_stratum is not None and matching_stratum not in label_space.fields:
+            raise MammoXAIError(
+                "matching_stratum",
+                f"{matching_stratum!r} is not a field of the checkpoint's label space {list(label_space.fields)}",
+                "name one of them, or null to skip the within-stratum matching AUC",
+            )
         self.network = network
         self.label_space = label_space
         self.dataloader = dataloader
@@ -354,6 +408,7 @@ class PretrainEvaluator:
         self.amp = amp
         self.threshold_fraction = threshold_fraction
         self.max_positive_pairs = max_positive_pairs
+        self.matching_stratum = matching_stratum
         self.n_bootstrap = n_bootstrap
         self.seed = seed
         self.data_description = data_description
@@ -370,7 +425,14 @@ class PretrainEvaluator:
             self.label_space, outputs.logits, targets, [patient or "" for patient, _ in identities], self.n_bootstrap, self.seed
         )
         matching, roc = matching_metrics(
-            outputs.match, identities, self.threshold_fraction, self.max_positive_pairs, self.n_bootstrap, self.seed
+            outputs.match,
+            identities,
+            self.threshold_fraction,
+            self.max_positive_pairs,
+            self.n_bootstrap,
+            self.seed,
+            strata=None if self.matching_stratum is None else targets[self.matching_stratum],
+            stratum_name=self.matching_stratum or "stratum",
         )
         report = self._report(len(records), len({p for p, _ in identities}), rows, matrices, matching, roc)
         report.write(self.output_dir)
@@ -407,7 +469,10 @@ class PretrainEvaluator:
             "Pairs are balanced: every pair of images of the same patient and study is a positive, and each "
             "positive's first image is paired with an image of another patient as a negative. Scores are cosine "
             "similarities of the matching embeddings. The accuracy uses a threshold chosen as stated in "
-            "threshold_source; best_balanced_accuracy is the test pairs' own best, an optimistic upper bound.",
+            "threshold_source; best_balanced_accuracy is the test pairs' own best, an optimistic upper bound. "
+            "The within_<field> AUC scores the same positives against only the negatives whose two images share "
+            "that field (both from one X-ray system, by default): images of one study always do, so an AUC that "
+            "falls there shows how much of the matching rests on recognising the field rather than the patient.",
         )
         if roc is not None:
             curve = roc_figure({"same patient and study": (*roc, matching["auc"])}, "Matching ROC (test pairs)")
