@@ -183,6 +183,8 @@ def test_demo_prints_how_to_connect_and_stops_cleanly_on_ctrl_c(app_server, tmp_
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job has
+        # and Ctrl-C's default action, which a suite started in the background (SIGINT ignored) would not pass on
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: list[str] = []
     ready = threading.Event()
