@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -20,17 +19,8 @@ from mammoxai.training.corrections import correction_records, finetune, replace_
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "mammography"))
 from lib.scoring.uncertainty import TTA_TRANSFORMS, uncertainty  # noqa: E402
+from clinician import simulator  # noqa: E402
 
-
-def _load_simulator():
-    spec = importlib.util.spec_from_file_location("simulate_clinician", REPO / "scripts" / "simulate_clinician.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-simulator = _load_simulator()
 CLASSES = ["normal", "benign", "malignant"]
 
 

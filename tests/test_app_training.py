@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import requests
 
+from clinician import simulator
 from mammoxai.data.synth import synthesize
 
 pytest_plugins = ["server_fixture"]
 
-REPO = Path(__file__).resolve().parents[1]
 LABEL = {"annotator": "dr.test", "timestamp": "2024-05-01T09:30:00+00:00"}
-
-
-def _load_simulator():
-    spec = importlib.util.spec_from_file_location("simulate_clinician", REPO / "scripts" / "simulate_clinician.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-simulator = _load_simulator()
 
 
 @pytest.fixture(scope="module")

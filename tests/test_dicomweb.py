@@ -2,14 +2,15 @@
 
 Orthanc must run before these tests: ``scripts/orthanc.sh start`` installs and starts it and prints its DICOMweb
 URL, which the tests read from ``MAMMOXAI_ORTHANC_URL`` (default http://127.0.0.1:8042/dicom-web). Each run uploads
-its own synthetic patient under a fresh PatientID and starts the server with that PatientID as a QIDO-RS filter, so
-whatever else the PACS holds does not change what the tests see.
+its own two synthetic patients under fresh PatientIDs, with a StudyDescription of its own, and starts the server with
+that StudyDescription as a QIDO-RS filter, so whatever else the PACS holds does not change what the tests see.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import uuid
 
@@ -21,6 +22,7 @@ from dicomweb_client import DICOMwebClient
 from monailabel.client import MONAILabelClient
 from pydicom.uid import CTImageStorage, generate_uid
 
+from clinician import simulator
 from dicom_factory import write_mammo_dicom
 from mammoxai.data.synth import synthesize
 from mammoxai.io import read_mammogram
@@ -31,6 +33,7 @@ pytest_plugins = ["server_fixture"]
 
 ORTHANC_URL = os.environ.get("MAMMOXAI_ORTHANC_URL", "http://127.0.0.1:8042/dicom-web")
 STUDY_ROWS = 320  # as server_fixture: keeps the synthetic detector's pixel spacing
+CORRECTION = {"annotator": "dr.pacs", "timestamp": "2024-05-02T10:00:00+00:00"}
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +51,22 @@ def pacs() -> DICOMwebClient:
 
 @pytest.fixture(scope="module")
 def uploaded(pacs, tmp_path_factory):
-    """One synthetic patient (4 MG views, the left CC and MLO in ONE series as vendors do) and a CT, sent by STOW-RS."""
+    """Two synthetic patients (4 MG views each, the left CC and MLO in ONE series as vendors do) and a CT of the
+    first, sent by STOW-RS. Two patients are the fewest a training run accepts."""
     folder = tmp_path_factory.mktemp("pacs_upload")
-    synthesize(folder, patients=1, seed=7, size=STUDY_ROWS)
-    patient = f"MXT{uuid.uuid4().hex[:12]}"
+    synthesize(folder, patients=2, seed=7, size=STUDY_ROWS, prior_fraction=0.0)
+    prefix = f"MXT{uuid.uuid4().hex[:12]}"
     mammograms = [pydicom.dcmread(path) for path in sorted(folder.glob("*.dcm"))]
-    shared_series, study = generate_uid(), generate_uid()
+    original_ids = sorted({dataset.PatientID for dataset in mammograms})
+    studies = {original: (f"{prefix}-{original}", generate_uid(), generate_uid()) for original in original_ids}
     for dataset in mammograms:  # fresh UIDs: a PACS keeps the first copy of an instance it already holds
+        patient, study, shared_series = studies[dataset.PatientID]
         dataset.PatientID = patient
         dataset.StudyInstanceUID = study
+        dataset.StudyDescription = prefix  # what the server filters on (dicomweb-client escapes a * wildcard)
         dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         dataset.SeriesInstanceUID = shared_series if dataset.ImageLaterality == "L" else generate_uid()
+    patient, study, shared_series = studies[min(studies)]
     ct_path = write_mammo_dicom(
         folder / "ct.dcm",
         np.full((32, 32), 100, np.uint16),
@@ -66,6 +74,7 @@ def uploaded(pacs, tmp_path_factory):
         SOPClassUID=CTImageStorage,
         PatientID=patient,
         StudyInstanceUID=study,
+        StudyDescription=prefix,  # passes the server's filter: only its modality may keep it out
         ImageLaterality=None,
         ViewPosition=None,
         PresentationIntentType=None,
@@ -73,31 +82,36 @@ def uploaded(pacs, tmp_path_factory):
     ct = pydicom.dcmread(ct_path)
     ct.file_meta.MediaStorageSOPClassUID = CTImageStorage
     pacs.store_instances([*mammograms, ct])
-    originals = {}
+    originals, patients = {}, {}
     for dataset in mammograms:
         path = folder / f"{dataset.SOPInstanceUID}.dcm"
         dataset.save_as(path)
         originals[str(dataset.SOPInstanceUID)] = path
-    return {"patient": patient, "mammograms": originals, "ct": str(ct.SOPInstanceUID), "series": shared_series}
+        patients[str(dataset.SOPInstanceUID)] = dataset.PatientID
+    ct_uid = str(ct.SOPInstanceUID)
+    return {"prefix": prefix, "patients": patients, "mammograms": originals, "ct": ct_uid, "series": shared_series}
 
 
 @pytest.fixture(scope="module")
 def pacs_server(app_server, uploaded, tmp_path_factory):
-    """The app started with ``--studies <DICOMweb URL>``, the bundle (random weights) of the shared app server."""
+    """The app started with ``--studies <DICOMweb URL>`` on a copy of the shared app server's bundle (random weights),
+    which its training may replace."""
     root = tmp_path_factory.mktemp("pacs_server")
+    bundle = shutil.copytree(app_server.bundle, root / "bundle")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     conf = {
-        "bundle": str(app_server.bundle),
+        "bundle": str(bundle),
+        "device": "cpu",
         "dicomweb_cache": str(root / "cache"),
-        "dicomweb_filter": json.dumps({"PatientID": uploaded["patient"]}),
+        "dicomweb_filter": json.dumps({"StudyDescription": uploaded["prefix"]}),
     }
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
     server = type(app_server.server)(ORTHANC_URL, port=port, conf=conf, log=root / "server.log", env=env)
     assert server.studies == ORTHANC_URL  # a URL passes through to --studies unchanged, not folded as a path
     with server:
-        yield server, root / "cache"
+        yield server, root / "cache", bundle
 
 
 @pytest.fixture
@@ -108,8 +122,8 @@ def client(pacs_server, tmp_path):
 def test_datastore_lists_one_image_per_mg_instance_and_leaves_out_the_ct(client, uploaded):
     objects = client.datastore()["objects"]
 
-    assert set(objects) == set(uploaded["mammograms"])  # 4 ids, though two views share one series
-    assert uploaded["ct"] not in objects
+    assert set(objects) == set(uploaded["mammograms"])  # 8 ids, though two views of each patient share one series
+    assert len(objects) == 8 and uploaded["ct"] not in objects
     in_shared_series = [info for info in objects.values() if info["image"]["info"]["SeriesInstanceUID"] == uploaded["series"]]
     assert sorted(info["image"]["info"]["view"] for info in in_shared_series) == ["CC", "MLO"]
 
@@ -120,7 +134,7 @@ def test_image_info_keeps_the_dicom_header(client, uploaded):
 
     info = client.datastore()["objects"][sop]["image"]["info"]
 
-    assert info["header"]["PatientID"] == uploaded["patient"]
+    assert info["header"]["PatientID"] == uploaded["patients"][sop]
     assert info["header"]["SOPInstanceUID"] == sop
     assert info["header"]["Manufacturer"] == original.header["Manufacturer"]
     assert (info["laterality"], info["view"]) == (original.laterality, original.view)
@@ -173,3 +187,39 @@ def test_upload_to_a_pacs_datastore_is_refused_with_the_way_to_add_images(pacs_s
 
     assert response.status_code == 422, response.text
     assert "STOW-RS" in response.json()["detail"]
+
+
+def test_the_loop_runs_on_the_pacs_next_case_correct_train_and_serve(client, pacs_server, uploaded):
+    server, cache, bundle = pacs_server
+    checkpoint = bundle / "models" / "model.pt"
+    before = checkpoint.stat().st_mtime_ns
+
+    case = requests.post(f"{server.url}/activelearning/uncertainty", json={}, timeout=300).json()
+    assert case["id"] in uploaded["mammograms"]
+    served_before = _served_checkpoint(server.url, case["id"])
+    first_patient = min(set(uploaded["patients"].values()))
+    for sop, patient in uploaded["patients"].items():  # the clinician's corrections: one class per patient
+        label = {"class": "normal" if patient == first_patient else "malignant", **CORRECTION}
+        response = requests.put(
+            f"{server.url}/datastore/label",
+            params={"image": sop, "tag": "final"},
+            files={"label": ("label.json", json.dumps(label).encode())},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+    settings = {"epochs": 1, "accept": "valid", "num_workers": 0}
+    started = requests.post(f"{server.url}/train/mammoxai", json=settings, timeout=60)
+    assert started.status_code == 200, started.text
+    task = simulator.wait_for_training(server.url, timeout=300)
+
+    assert task["status"] == "DONE", list(task.get("details", []))
+    assert checkpoint.stat().st_mtime_ns != before  # new weights, served without a restart
+    stats = json.loads((bundle / "models" / "train_stats.json").read_text())
+    assert stats["accepted"] is True and stats["corrections"] == len(uploaded["mammograms"])
+    assert len(list(cache.rglob("labels/final/*.json"))) == len(uploaded["mammograms"])  # kept in the cache's store
+    assert _served_checkpoint(server.url, case["id"]) != served_before
+
+
+def _served_checkpoint(url: str, image_id: str) -> str:
+    response = requests.post(f"{url}/infer/mammoxai", params={"image": image_id, "output": "json"}, timeout=300)
+    return response.json()["model"]["checkpoint_mtime"]

@@ -213,6 +213,16 @@ def _evaluate(studies, tmp_path, *overrides):
     )
 
 
+def _evaluate_network(studies, tmp_path, network, *overrides, name="model.pt"):
+    """Save ``network``'s weights as the one checkpoint and evaluate it; the exit status."""
+    torch.save(network.state_dict(), tmp_path / name)
+    return _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(tmp_path / name)]), *overrides)
+
+
+def _report(tmp_path):
+    return json.loads((tmp_path / "report" / "report.json").read_text())
+
+
 def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
     paths = []
     for seed in (0, 1):
@@ -220,7 +230,7 @@ def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
         paths.append(str(tmp_path / f"model{seed}.pt"))
         torch.save(served_network(CLASSES).state_dict(), paths[-1])
     assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps(paths)) == 0
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    report = _report(tmp_path)
     assert report["values"]["checkpoints"] == paths
     assert [row["level"] for row in report["tables"]["binary"]][0] == "image"
     assert report["tables"]["binary"][0]["images"] == 40
@@ -236,9 +246,8 @@ def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
 
 def test_positives_are_broken_down_by_lesion_type_against_every_negative(studies, tmp_path):
     torch.manual_seed(0)
-    torch.save(served_network(CLASSES).state_dict(), tmp_path / "model.pt")
-    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(tmp_path / "model.pt")])) == 0
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert _evaluate_network(studies, tmp_path, served_network(CLASSES)) == 0
+    report = _report(tmp_path)
     overall, kinds = report["tables"]["binary"][0], report["tables"]["positives_by_lesion_types"]
     records = read_manifest(studies / "manifest.csv")
     malignant = [r["lesion_types"] or "unspecified" for r in records if r["case_label"] == "malignant"]
@@ -255,10 +264,8 @@ def test_metadata_heads_are_scored_against_the_header_with_their_qc_flags(studie
     with torch.no_grad():  # a view head sure of "MLO" whatever the image: every CC image is a confident mismatch
         network.heads["view"].weight.zero_()
         network.heads["view"].bias.copy_(torch.tensor([-20.0, 20.0, -20.0, -20.0]))
-    torch.save(network.state_dict(), tmp_path / "model.pt")
-    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(tmp_path / "model.pt")])) == 0
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
-    rows = {row["field"]: row for row in report["tables"]["metadata_heads"]}
+    assert _evaluate_network(studies, tmp_path, network) == 0
+    rows = {row["field"]: row for row in _report(tmp_path)["tables"]["metadata_heads"]}
     assert list(rows) == ["view", "thickness", "compression_force", "kvp", "age"]
     views = [r["view"] for r in read_manifest(studies / "manifest.csv")]
     assert rows["view"]["images"] == len(views)
@@ -271,44 +278,25 @@ def test_metadata_heads_are_scored_against_the_header_with_their_qc_flags(studie
 
 def test_a_network_without_metadata_heads_has_no_metadata_table(studies, tmp_path):
     torch.manual_seed(0)
-    torch.save(MammoClassifier(num_classes=3).state_dict(), tmp_path / "plain.pt")
-    code = _evaluate(
-        studies,
-        tmp_path,
-        "--checkpoints",
-        json.dumps([str(tmp_path / "plain.pt")]),
-        "--network_def",
-        json.dumps({"_target_": "mammoxai.nets.MammoClassifier", "num_classes": 3}),
-    )
-    assert code == 0
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    plain = {"_target_": "mammoxai.nets.MammoClassifier", "num_classes": 3}
+    assert _evaluate_network(studies, tmp_path, MammoClassifier(num_classes=3), "--network_def", json.dumps(plain)) == 0
+    report = _report(tmp_path)
     assert "metadata_heads" not in report["tables"]
     assert "binary" in report["tables"]
 
 
 def test_binary_task_has_no_per_class_table(studies, tmp_path):
     torch.manual_seed(0)
-    torch.save(served_network(["other", "malignant"]).state_dict(), tmp_path / "binary.pt")
     label_map = {"normal": "other", "benign": "other", "recalled_benign": "other"}
-    code = _evaluate(
-        studies,
-        tmp_path,
-        "--checkpoints",
-        json.dumps([str(tmp_path / "binary.pt")]),
-        "--class_names",
-        '["other", "malignant"]',
-        "--label_map",
-        json.dumps(label_map),
-    )
-    assert code == 0
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    options = ["--class_names", '["other", "malignant"]', "--label_map", json.dumps(label_map)]
+    assert _evaluate_network(studies, tmp_path, served_network(["other", "malignant"]), *options) == 0
+    report = _report(tmp_path)
     assert "per_class" not in report["tables"]
     assert report["tables"]["binary"][0]["positives"] == 4
 
 
 def test_a_checkpoint_of_another_class_count_is_one_line_on_stderr(studies, tmp_path, capsys):
-    torch.save(served_network(["other", "malignant"]).state_dict(), tmp_path / "two.pt")
-    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(tmp_path / "two.pt")])) == 1
+    assert _evaluate_network(studies, tmp_path, served_network(["other", "malignant"]), name="two.pt") == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "two.pt" in error[0] and "class_names" in error[0]
     assert not (tmp_path / "report").exists()

@@ -144,22 +144,25 @@ def test_noisy_embeddings_give_an_auc_interval_around_the_estimate():
     assert values["auc_low"] < values["auc"] < values["auc_high"]
 
 
+SYSTEM = "xray_system"
+
+
 def test_a_matcher_that_only_knows_the_system_is_exposed_by_the_within_system_auc():
     identities = [record_identity(record, SPACE) for record in _records(40)]
     systems = np.array([int(patient[1:]) % 2 for patient, _ in identities])  # two systems, one per patient
     only_system = torch.eye(2)[systems]  # every image of a system looks the same to this matcher
-    values, _ = matching_metrics(only_system, identities, n_bootstrap=50, strata=systems, stratum_name="xray_system")
+    values, _ = matching_metrics(only_system, identities, n_bootstrap=50, strata=systems, stratum_name=SYSTEM)
     assert values["auc"] > 0.7  # random negatives come from the other system half of the time
     assert values["within_xray_system_negatives"] > 0
     assert values["within_xray_system_auc"] == pytest.approx(0.5)  # same-system negatives tie with positives
-    perfect, _ = matching_metrics(_study_embeddings(identities), identities, n_bootstrap=50, strata=systems, stratum_name="xray_system")
+    perfect, _ = matching_metrics(_study_embeddings(identities), identities, n_bootstrap=50, strata=systems, stratum_name=SYSTEM)
     assert perfect["within_xray_system_auc"] == pytest.approx(1.0)
 
 
 def test_within_stratum_auc_leaves_out_unknown_strata_and_says_when_nothing_is_left():
     identities = [record_identity(record, SPACE) for record in _records(10)]
     unknown = np.full(len(identities), UNKNOWN)
-    values, _ = matching_metrics(_study_embeddings(identities), identities, n_bootstrap=10, strata=unknown, stratum_name="xray_system")
+    values, _ = matching_metrics(_study_embeddings(identities), identities, n_bootstrap=10, strata=unknown, stratum_name=SYSTEM)
     assert values["within_xray_system_negatives"] == 0
     assert "not evaluated" in values["within_xray_system_note"] and "within_xray_system_auc" not in values
 
