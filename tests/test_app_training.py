@@ -8,7 +8,7 @@ import os
 import pytest
 import requests
 
-from clinician import simulator
+from clinician import save_final, served_checkpoint, simulator
 from mammoxai.data.synth import synthesize
 
 pytest_plugins = ["server_fixture"]
@@ -30,13 +30,6 @@ def loop_server(tmp_path_factory):
     )
     with server:
         yield server.url, bundle, truth
-
-
-def save_final(url: str, image_id: str, label: str) -> requests.Response:
-    content = json.dumps({**LABEL, "class": label}).encode()
-    return requests.put(
-        f"{url}/datastore/label", params={"image": image_id, "tag": "final"}, files={"label": ("l.json", content)}, timeout=60
-    )
 
 
 def image_info(url: str, image_id: str) -> dict:
@@ -80,9 +73,7 @@ def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(lo
     checkpoint = bundle / "models" / "model.pt"
     for image_id in sorted(truth)[::2]:  # every other image: images of all three patients
         assert save_final(url, image_id, truth[image_id]).status_code == 200
-    served_before = requests.post(
-        f"{url}/infer/mammoxai", params={"image": sorted(truth)[1], "output": "json"}, timeout=300
-    ).json()["model"]["checkpoint_mtime"]
+    served_before = served_checkpoint(url, sorted(truth)[1])
     before = checkpoint.stat().st_mtime_ns
 
     started = requests.post(f"{url}/train/mammoxai", json={"epochs": 1, "accept": "valid", "num_workers": 0}, timeout=60)
@@ -96,10 +87,7 @@ def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(lo
     assert checkpoint.stat().st_mtime_ns != before
     stats = json.loads((bundle / "models" / "train_stats.json").read_text())
     assert stats["accepted"] is True and stats["corrections"] == len(sorted(truth)[::2])
-    served_after = requests.post(
-        f"{url}/infer/mammoxai", params={"image": sorted(truth)[1], "output": "json"}, timeout=300
-    ).json()["model"]["checkpoint_mtime"]
-    assert served_after != served_before
+    assert served_checkpoint(url, sorted(truth)[1]) != served_before
     case = requests.post(f"{url}/activelearning/uncertainty", json={}, timeout=300).json()
     assert case["id"] not in sorted(truth)[::2]  # labelled images are never proposed again
 

@@ -22,7 +22,7 @@ from dicomweb_client import DICOMwebClient
 from monailabel.client import MONAILabelClient
 from pydicom.uid import CTImageStorage, generate_uid
 
-from clinician import simulator
+from clinician import save_final, served_checkpoint, simulator
 from dicom_factory import write_mammo_dicom
 from mammoxai.data.synth import synthesize
 from mammoxai.io import read_mammogram
@@ -33,7 +33,6 @@ pytest_plugins = ["server_fixture"]
 
 ORTHANC_URL = os.environ.get("MAMMOXAI_ORTHANC_URL", "http://127.0.0.1:8042/dicom-web")
 STUDY_ROWS = 320  # as server_fixture: keeps the synthetic detector's pixel spacing
-CORRECTION = {"annotator": "dr.pacs", "timestamp": "2024-05-02T10:00:00+00:00"}
 
 
 @pytest.fixture(scope="module")
@@ -196,16 +195,10 @@ def test_the_loop_runs_on_the_pacs_next_case_correct_train_and_serve(client, pac
 
     case = requests.post(f"{server.url}/activelearning/uncertainty", json={}, timeout=300).json()
     assert case["id"] in uploaded["mammograms"]
-    served_before = _served_checkpoint(server.url, case["id"])
+    served_before = served_checkpoint(server.url, case["id"])
     first_patient = min(set(uploaded["patients"].values()))
     for sop, patient in uploaded["patients"].items():  # the clinician's corrections: one class per patient
-        label = {"class": "normal" if patient == first_patient else "malignant", **CORRECTION}
-        response = requests.put(
-            f"{server.url}/datastore/label",
-            params={"image": sop, "tag": "final"},
-            files={"label": ("label.json", json.dumps(label).encode())},
-            timeout=60,
-        )
+        response = save_final(server.url, sop, "normal" if patient == first_patient else "malignant")
         assert response.status_code == 200, response.text
     settings = {"epochs": 1, "accept": "valid", "num_workers": 0}
     started = requests.post(f"{server.url}/train/mammoxai", json=settings, timeout=60)
@@ -217,9 +210,4 @@ def test_the_loop_runs_on_the_pacs_next_case_correct_train_and_serve(client, pac
     stats = json.loads((bundle / "models" / "train_stats.json").read_text())
     assert stats["accepted"] is True and stats["corrections"] == len(uploaded["mammograms"])
     assert len(list(cache.rglob("labels/final/*.json"))) == len(uploaded["mammograms"])  # kept in the cache's store
-    assert _served_checkpoint(server.url, case["id"]) != served_before
-
-
-def _served_checkpoint(url: str, image_id: str) -> str:
-    response = requests.post(f"{url}/infer/mammoxai", params={"image": image_id, "output": "json"}, timeout=300)
-    return response.json()["model"]["checkpoint_mtime"]
+    assert served_checkpoint(server.url, case["id"]) != served_before
