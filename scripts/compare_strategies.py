@@ -9,7 +9,9 @@ stratified by class and nested, so the 5 % patients are among the 25 % ones) and
 scores it on the same held-out test patients. The table and plot give the test ROC AUC (malignant vs rest) with
 its patient-bootstrap 95 % interval per strategy and fraction, and each strategy's AUC minus scratch's at the
 same fraction with a paired interval (both scored on the same patients, so the paired interval is the one that
-says whether a start beat scratch).
+says whether a start beat scratch). That interval covers the test patients' sampling, not training noise:
+``--seeds 0 1 2`` repeats every run with a new labelled draw and initialisation per seed (the metadata pretraining
+runs once) and adds the mean, spread and sign counts over the seeds.
 
 Strategies (``--strategies``): ``scratch``; ``pretrained`` (metadata-pretrained backbone); ``pretrained_frozen``
 (the same with the stem frozen); ``external`` (``--external_weights``, e.g. ImageNet weights on disk);
@@ -45,6 +47,7 @@ from mammoxai.reports import Report
 from mammoxai.training.experiments import (
     HOLDOUT,
     TASKS,
+    across_seeds,
     add_run_arguments,
     auc_difference,
     bundle_run,
@@ -83,25 +86,30 @@ def pretrain(bundle_root: Path, manifest: Path, work: Path, settings: Mapping[st
 
 
 def comparison_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
-    """Test AUC with its 95 % interval against the labelled fraction, one line per strategy."""
+    """Test AUC with its 95 % interval against the labelled fraction, one colour per strategy: a point per run
+    (seed), joined through the mean over seeds."""
     figure = Figure(figsize=(5.5, 4.0))
     axes = figure.add_subplot()
     strategies = list(dict.fromkeys(row["strategy"] for row in rows))
+    fractions = sorted({row["fraction"] for row in rows})
+    seeds = sorted({row["seed"] for row in rows})
     for offset, name in zip(np.linspace(-0.03, 0.03, len(strategies)), strategies):
         mine = [row for row in rows if row["strategy"] == name]
-        x = np.log10([row["fraction"] for row in mine]) + offset
-        auc = np.array([np.nan if row["auc"] is None else row["auc"] for row in mine], dtype=np.float64)
-        low = np.array([np.nan if row["auc_low"] is None else row["auc_low"] for row in mine], dtype=np.float64)
-        high = np.array([np.nan if row["auc_high"] is None else row["auc_high"] for row in mine], dtype=np.float64)
+        x = np.log10([row["fraction"] for row in mine]) + offset + 0.004 * np.array([seeds.index(row["seed"]) for row in mine])
+        auc, low, high = (
+            np.array([np.nan if row[key] is None else row[key] for row in mine], dtype=np.float64)
+            for key in ("auc", "auc_low", "auc_high")
+        )
         errors = np.nan_to_num(np.stack([auc - low, high - auc]).clip(min=0.0))
-        axes.errorbar(x, auc, yerr=errors, marker="o", capsize=3, label=name)
-    fractions = sorted({row["fraction"] for row in rows})
+        points = axes.errorbar(x, auc, yerr=errors, fmt="o", capsize=3, alpha=0.6 if len(seeds) > 1 else 1.0)
+        means = [np.nanmean([a for a, row in zip(auc, mine) if row["fraction"] == f]) for f in fractions]
+        axes.plot(np.log10(fractions) + offset, means, color=points.lines[0].get_color(), label=name)
     axes.set_xticks(np.log10(fractions), [f"{100 * f:g} %" for f in fractions])
     axes.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
     axes.set_ylim(0, 1.02)
     axes.set_xlabel("labelled share of the training patients")
     axes.set_ylabel("test ROC AUC (malignant vs rest), 95 % CI")
-    axes.set_title("Initialisation strategies")
+    axes.set_title("Initialisation strategies" + (f", {len(seeds)} seeds (line: their mean)" if len(seeds) > 1 else ""))
     axes.legend(loc="lower right")
     return figure
 
@@ -121,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--external_weights", help="local state dict of the backbone, for the external strategy")
     parser.add_argument("--incremental_weights", help="pretrained.pt started from external weights, for incremental")
     parser.add_argument("--pretrain_epochs", type=int, default=30)
+    parser.add_argument(
+        "--seeds", nargs="+", type=int,
+        help="repeat every run with each seed (new labelled draw and initialisation; default: --seed once)",
+    )  # fmt: skip
     add_run_arguments(parser, BUNDLE_ROOT)
     return parser
 
@@ -150,21 +162,22 @@ def compare(args: argparse.Namespace, command: str) -> Report:
             pretrain(bundle_root, pretrain_manifest, out / "runs" / "pretrain", settings, args.pretrain_epochs)
         )
     rows, reports = [], {}
-    for fraction in sorted(args.fractions):
-        subset = labelled_subset(records, fraction, args.seed, label_map=task["label_map"])
-        subset_manifest = write_manifest(subset, out / "runs" / f"labelled_{fraction:g}.csv")
-        patients = len({record.get("patient_id") for record in subset if not is_held_out(record)})
-        for name in args.strategies:
-            strategy = {key: value for key, value in STRATEGIES[name].items() if key != "weights"}
-            if "weights" in STRATEGIES[name]:
-                strategy["init_weights"] = weights[STRATEGIES[name]["weights"]]
-            logger.info("strategy %s, %g of the labelled patients (%d)", name, fraction, patients)
-            work = out / "runs" / f"{name}_{fraction:g}"
-            reports[name, fraction] = train_and_evaluate(
-                bundle_root, subset_manifest, work, strategy, settings, args.n_bootstrap, command
-            )
-            result = reports[name, fraction]["tables"]["binary"][0]
-            rows.append({"strategy": name, "fraction": fraction, "labelled_patients": patients, **result})
+    for seed in args.seeds or [args.seed]:
+        for fraction in sorted(args.fractions):
+            subset = labelled_subset(records, fraction, seed, label_map=task["label_map"])
+            subset_manifest = write_manifest(subset, out / "runs" / f"labelled_{fraction:g}_seed{seed}.csv")
+            patients = len({record.get("patient_id") for record in subset if not is_held_out(record)})
+            for name in args.strategies:
+                strategy = {key: value for key, value in STRATEGIES[name].items() if key != "weights"}
+                if "weights" in STRATEGIES[name]:
+                    strategy["init_weights"] = weights[STRATEGIES[name]["weights"]]
+                logger.info("seed %d, strategy %s, %g of the labelled patients (%d)", seed, name, fraction, patients)
+                work = out / "runs" / f"{name}_{fraction:g}_seed{seed}"
+                reports[name, fraction, seed] = train_and_evaluate(
+                    bundle_root, subset_manifest, work, strategy, {**settings, "seed": seed}, args.n_bootstrap, command
+                )
+                result = reports[name, fraction, seed]["tables"]["binary"][0]
+                rows.append({"strategy": name, "fraction": fraction, "seed": seed, "labelled_patients": patients, **result})
     report = Report(
         "Initialisation strategies by labelled fraction",
         f"Task {args.task}, backbone {args.backbone}, {args.epochs} fine-tuning epochs at {args.image_size[0]}x{args.image_size[1]}; "
@@ -173,21 +186,34 @@ def compare(args: argparse.Namespace, command: str) -> Report:
         command=command,
     )
     report.add_table(
-        "strategies", rows, title="Test AUC per strategy and labelled fraction",
-        columns=["strategy", "fraction", "labelled_patients", "images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"],
+        "strategies", rows, title="Test AUC per strategy, labelled fraction and seed",
+        columns=["strategy", "fraction", "seed", "labelled_patients", "images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"],
     )  # fmt: skip
+    repeated = len(args.seeds or []) > 1
+    if repeated:
+        report.add_table(
+            "auc_across_seeds", across_seeds(rows, ("strategy", "fraction"), "auc"),
+            title="Test AUC over the seeds: mean, sample SD and range (the spread of training and labelled draw)",
+        )  # fmt: skip
     if "scratch" in args.strategies:
         positive = task["class_names"].index("malignant")
         differences = [
-            {"strategy": name, "fraction": fraction, **auc_difference(reports[name, fraction], reports["scratch", fraction], positive, args.n_bootstrap, args.seed)}
-            for name, fraction in reports
+            {"strategy": name, "fraction": fraction, "seed": seed, **auc_difference(reports[name, fraction, seed], reports["scratch", fraction, seed], positive, args.n_bootstrap, args.seed)}
+            for name, fraction, seed in reports
             if name != "scratch"
         ]  # fmt: skip
         report.add_table(
             "difference_from_scratch", differences,
-            title="Test AUC minus scratch's at the same fraction, paired patient-bootstrap 95 % interval (an interval "
-            "above 0: better than scratch beyond the test set's sampling noise; training seeds not included)",
+            title="Test AUC minus scratch's at the same fraction and seed, paired patient-bootstrap 95 % interval (an "
+            "interval above 0: better than scratch beyond the test set's sampling noise, for that seed)",
         )  # fmt: skip
+        if repeated:
+            report.add_table(
+                "difference_across_seeds",
+                across_seeds(differences, ("strategy", "fraction"), "auc_difference", low="difference_low"),
+                title="AUC minus scratch's over the seeds: mean, sample SD, range, seeds above 0 and seeds whose "
+                "paired interval is above 0",
+            )  # fmt: skip
     report.add_values("weights", {key: value or "" for key, value in weights.items()}, title="Starting weights")
     report.add_figure("auc_by_fraction", comparison_figure(rows), title="AUC by labelled fraction")
     report.write(out)

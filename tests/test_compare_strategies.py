@@ -5,6 +5,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import MetadataNet
-from mammoxai.training.experiments import labelled_subset
+from mammoxai.training.experiments import across_seeds, labelled_subset
 from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_fields
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_strategies.py"
@@ -71,21 +72,48 @@ def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
         [
             "--dataset_dir", str(studies), "--out", str(out), "--strategies", "scratch", "pretrained_frozen",
             "--fractions", "1.0", "--pretrained", str(tmp_path / "pre.pt"), "--epochs", "1", "--image_size", "32", "32",
-            "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--task", "binary",
+            "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--task", "binary", "--seeds", "0", "1",
         ]
     )  # fmt: skip
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     rows = report["tables"]["strategies"]
-    assert [(row["strategy"], row["fraction"]) for row in rows] == [("scratch", 1.0), ("pretrained_frozen", 1.0)]
+    assert [(row["strategy"], row["fraction"], row["seed"]) for row in rows] == [
+        ("scratch", 1.0, 0), ("pretrained_frozen", 1.0, 0), ("scratch", 1.0, 1), ("pretrained_frozen", 1.0, 1)
+    ]  # fmt: skip
     assert all(row["images"] == 8 and row["positives"] == 2 for row in rows)  # the 2 test patients, malignant breast
-    (difference,) = report["tables"]["difference_from_scratch"]
-    assert (difference["strategy"], difference["fraction"]) == ("pretrained_frozen", 1.0)
-    assert difference["auc_difference"] == pytest.approx(rows[1]["auc"] - rows[0]["auc"])
-    run_report = json.loads((out / "runs" / "pretrained_frozen_1" / "evaluation" / "report.json").read_text())
+    differences = report["tables"]["difference_from_scratch"]
+    assert [(row["strategy"], row["seed"]) for row in differences] == [("pretrained_frozen", 0), ("pretrained_frozen", 1)]
+    for difference, (scratch, frozen) in zip(differences, [rows[:2], rows[2:]]):
+        assert difference["auc_difference"] == pytest.approx(frozen["auc"] - scratch["auc"])
+    (spread,) = report["tables"]["difference_across_seeds"]
+    assert spread["runs"] == 2
+    assert spread["mean"] == pytest.approx((differences[0]["auc_difference"] + differences[1]["auc_difference"]) / 2)
+    scratch_spread = report["tables"]["auc_across_seeds"][0]
+    assert (scratch_spread["strategy"], scratch_spread["min"]) == ("scratch", min(rows[0]["auc"], rows[2]["auc"]))
+    run = out / "runs" / "pretrained_frozen_1_seed1"
+    run_report = json.loads((run / "evaluation" / "report.json").read_text())
     assert run_report["command"].startswith("python scripts/compare_strategies.py ")
+    assert (out / "runs" / "labelled_1_seed1.csv").is_file()
     assert (out / "auc_by_fraction.png").is_file()
-    assert (out / "runs" / "pretrained_frozen_1" / "evaluation" / "report.md").is_file()
+    assert (run / "evaluation" / "report.md").is_file()
+
+
+def test_spread_across_seeds_counts_differences_above_zero():
+    runs = [
+        {"strategy": "pretrained", "fraction": 0.25, "auc_difference": 0.08, "difference_low": 0.04},
+        {"strategy": "pretrained", "fraction": 0.25, "auc_difference": 0.02, "difference_low": -0.01},
+        {"strategy": "pretrained", "fraction": 0.25, "auc_difference": -0.01, "difference_low": -0.05},
+        {"strategy": "pretrained", "fraction": 1.0, "auc_difference": None, "difference_low": None},
+    ]
+    quarter, full = across_seeds(runs, ("strategy", "fraction"), "auc_difference", low="difference_low")
+    assert (quarter["runs"], quarter["above_0"], quarter["interval_above_0"]) == (3, 2, 1)
+    assert quarter["mean"] == pytest.approx(0.03)
+    assert quarter["sd"] == pytest.approx(np.std([0.08, 0.02, -0.01], ddof=1))
+    assert (quarter["min"], quarter["max"]) == (-0.01, 0.08)
+    assert (full["runs"], full["mean"], full["above_0"]) == (1, None, 0)  # a run without an AUC counts, unscored
+    (single,) = across_seeds(runs[:1], ("strategy",), "auc_difference")
+    assert single["sd"] == 0.0 and "above_0" not in single
 
 
 def test_a_strategy_without_its_weights_is_one_line_on_stderr(studies, tmp_path, capsys):

@@ -35,6 +35,7 @@ __all__ = [
     "bundle_run",
     "train_and_evaluate",
     "auc_difference",
+    "across_seeds",
 ]
 
 TASKS: dict[str, dict[str, Any]] = {
@@ -230,3 +231,38 @@ def auc_difference(
         seed=seed,
     )
     return {"auc_difference": difference.estimate, "difference_low": difference.low, "difference_high": difference.high}
+
+
+def across_seeds(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], value: str, low: str | None = None
+) -> list[dict[str, Any]]:
+    """Spread of ``value`` over repeated runs (seeds) of each setting: one row per distinct ``keys`` tuple.
+
+    A bootstrap interval covers the test patients' sampling only; whether a result survives another labelled draw
+    and another initialisation is read from its repeats. Each row gives the number of runs, the mean, the sample
+    standard deviation (0 for one run) and the range of ``value``. For a difference (``low`` names the column of
+    its interval's lower bound) it also counts the runs above 0 and the runs whose whole interval is above 0.
+
+    Args:
+        rows: one row per run, with the ``keys`` columns and ``value`` (``None`` where it could not be computed).
+        keys: the columns that name a setting, e.g. ``("strategy", "fraction")``.
+        value: the column to summarise, e.g. ``"auc"`` or ``"auc_difference"``.
+        low: the lower-bound column of ``value``'s interval, for differences (e.g. ``"difference_low"``).
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[key] for key in keys)].append(row)
+    summary = []
+    for setting, group in groups.items():
+        values = np.array([row[value] for row in group if row.get(value) is not None], dtype=np.float64)
+        row = {**dict(zip(keys, setting)), "runs": len(group)}
+        row.update(
+            {"mean": values.mean(), "sd": values.std(ddof=1) if values.size > 1 else 0.0, "min": values.min(), "max": values.max()}
+            if values.size
+            else dict.fromkeys(("mean", "sd", "min", "max"))
+        )  # fmt: skip
+        if low is not None:
+            row["above_0"] = int((values > 0).sum())
+            row["interval_above_0"] = sum(1 for run in group if run.get(low) is not None and run[low] > 0)
+        summary.append({key: float(item) if isinstance(item, np.floating) else item for key, item in row.items()})
+    return summary
