@@ -54,6 +54,7 @@ from mammoxai.training.experiments import (
     is_held_out,
     labelled_subset,
     read_study_manifest,
+    repeat_seeds,
     run_settings,
     train_and_evaluate,
 )
@@ -129,10 +130,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--external_weights", help="local state dict of the backbone, for the external strategy")
     parser.add_argument("--incremental_weights", help="pretrained.pt started from external weights, for incremental")
     parser.add_argument("--pretrain_epochs", type=int, default=30)
-    parser.add_argument(
-        "--seeds", nargs="+", type=int,
-        help="repeat every run with each seed (new labelled draw and initialisation; default: --seed once)",
-    )  # fmt: skip
     add_run_arguments(parser, BUNDLE_ROOT)
     return parser
 
@@ -162,7 +159,8 @@ def compare(args: argparse.Namespace, command: str) -> Report:
             pretrain(bundle_root, pretrain_manifest, out / "runs" / "pretrain", settings, args.pretrain_epochs)
         )
     rows, reports = [], {}
-    for seed in args.seeds or [args.seed]:
+    seeds = repeat_seeds(args)
+    for seed in seeds:
         for fraction in sorted(args.fractions):
             subset = labelled_subset(records, fraction, seed, label_map=task["label_map"])
             subset_manifest = write_manifest(subset, out / "runs" / f"labelled_{fraction:g}_seed{seed}.csv")
@@ -189,7 +187,7 @@ def compare(args: argparse.Namespace, command: str) -> Report:
         "strategies", rows, title="Test AUC per strategy, labelled fraction and seed",
         columns=["strategy", "fraction", "seed", "labelled_patients", "images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"],
     )  # fmt: skip
-    repeated = len(args.seeds or []) > 1
+    repeated = len(seeds) > 1
     if repeated:
         report.add_table(
             "auc_across_seeds", across_seeds(rows, ("strategy", "fraction"), "auc"),

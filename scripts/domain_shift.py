@@ -13,7 +13,9 @@ bundle's own configs on a study set:
 4. ``adaptation only``: train from scratch on the adaptation part alone, the baseline the transfer must beat.
 
 All three are scored on the same target test patients (AUC with a patient-bootstrap 95 % interval), and the
-adapted model is compared with the other two by paired AUC differences. Example::
+adapted model is compared with the other two by paired AUC differences. ``--seeds 0 1 2`` repeats the whole
+experiment with a new split of the target patients and new initialisations per seed, and adds the spread of the
+differences over the seeds. Example::
 
     python scripts/domain_shift.py --dataset_dir synth --out eval/domain_shift \\
         --target_system "Castellan Systems Veritas M" --epochs 30 --adapt_epochs 10
@@ -38,10 +40,12 @@ from mammoxai.reports import Report, bar_figure
 from mammoxai.training.experiments import (
     HOLDOUT,
     TASKS,
+    across_seeds,
     add_run_arguments,
     auc_difference,
     labelled_subset,
     read_study_manifest,
+    repeat_seeds,
     run_settings,
     train_and_evaluate,
 )
@@ -107,57 +111,68 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, command: str) -> Report:
-    """The experiment of the module docstring; returns the written report."""
+    """The experiment of the module docstring, once per seed; returns the written report."""
     bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
     task = TASKS[args.task]
-    source, adaptation, test = split_by_system(
-        read_study_manifest(args.dataset_dir), args.target_system, args.adapt_fraction, args.seed,
-        label_map=task["label_map"],
-    )
+    records = read_study_manifest(args.dataset_dir)
+    seeds = repeat_seeds(args)
+    splits = {
+        seed: split_by_system(records, args.target_system, args.adapt_fraction, seed, label_map=task["label_map"])
+        for seed in seeds
+    }  # every split is checked before the first training starts
     settings = run_settings(args, out)
-    runs = out / "runs"
-    source_manifest = write_manifest(source + test, runs / "source.csv")
-    adapt_manifest = write_manifest(adaptation + test, runs / "adaptation.csv")
-    adapt_settings = {**settings, "epochs": args.adapt_epochs}
-    source_model = str(runs / "source" / "models" / "model.pt")
-    plan = [
-        ("source", source, source_manifest, {"init": args.init, "init_weights": args.init_weights}, settings),
-        ("source + adaptation", adaptation, adapt_manifest, {"init": "classifier", "init_weights": source_model}, adapt_settings),
-        ("adaptation only", adaptation, adapt_manifest, {"init": "scratch"}, adapt_settings),
-    ]  # fmt: skip
-    rows, reports = [], {}
-    for name, trained_on, subset, strategy, step_settings in plan:
-        logger.info("%s: training on %s", name, subset.name)
-        work = runs / name.replace(" + ", "_").replace(" ", "_")
-        reports[name] = train_and_evaluate(bundle_root, subset, work, strategy, step_settings, args.n_bootstrap, command)
-        result = reports[name]["tables"]["binary"][0]
-        patients = len({record.get("patient_id") for record in trained_on})
-        rows.append({"setting": name, "training_images": len(trained_on), "training_patients": patients, **result})
+    positive = task["class_names"].index("malignant")
+    rows, differences = [], []
+    for seed, (source, adaptation, test) in splits.items():
+        runs = out / "runs" / f"seed{seed}"
+        seed_settings = {**settings, "seed": seed}
+        source_manifest = write_manifest(source + test, runs / "source.csv")
+        adapt_manifest = write_manifest(adaptation + test, runs / "adaptation.csv")
+        adapt_settings = {**seed_settings, "epochs": args.adapt_epochs}
+        source_model = str(runs / "source" / "models" / "model.pt")
+        plan = [
+            ("source", source, source_manifest, {"init": args.init, "init_weights": args.init_weights}, seed_settings),
+            ("source + adaptation", adaptation, adapt_manifest, {"init": "classifier", "init_weights": source_model}, adapt_settings),
+            ("adaptation only", adaptation, adapt_manifest, {"init": "scratch"}, adapt_settings),
+        ]  # fmt: skip
+        reports = {}
+        for name, trained_on, subset, strategy, step_settings in plan:
+            logger.info("seed %d, %s: training on %s", seed, name, subset.name)
+            work = runs / name.replace(" + ", "_").replace(" ", "_")
+            reports[name] = train_and_evaluate(bundle_root, subset, work, strategy, step_settings, args.n_bootstrap, command)
+            result = reports[name]["tables"]["binary"][0]
+            patients = len({record.get("patient_id") for record in trained_on})
+            rows.append({"setting": name, "seed": seed, "training_images": len(trained_on), "training_patients": patients, **result})
+        differences += [
+            {"comparison": f"{name} - {reference}", "seed": seed, **auc_difference(reports[name], reports[reference], positive, args.n_bootstrap, args.seed)}
+            for name, reference in COMPARISONS
+        ]  # fmt: skip
     report = Report(
         f"Domain shift to {args.target_system}",
         f"Task {args.task}, backbone {args.backbone}, init {args.init}; {args.epochs} epochs on the source systems, "
-        f"{args.adapt_epochs} on the adaptation part ({args.adapt_fraction:g} of the target patients). Every row is scored "
-        f"on the same {len(test)} images of the remaining target patients; AUC is malignant vs rest with a 95 % "
-        "patient-bootstrap interval.",
+        f"{args.adapt_epochs} on the adaptation part ({args.adapt_fraction:g} of the target patients). The rows of a seed "
+        "are scored on the same images, those of the target patients outside its adaptation part; AUC is malignant "
+        "vs rest with a 95 % patient-bootstrap interval.",
         command=command,
     )
-    columns = ["setting", "training_images", "training_patients", "images", "positives", "auc", "auc_low", "auc_high"]
+    columns = ["setting", "seed", "training_images", "training_patients", "images", "positives", "auc", "auc_low", "auc_high"]
     report.add_table(
         "settings", rows, title="Target test AUC (training counts: the run's own data; 'source + adaptation' starts "
         "from the source model)", columns=[*columns, "sensitivity", "specificity"],
     )  # fmt: skip
-    positive = task["class_names"].index("malignant")
-    differences = [
-        {"comparison": f"{name} - {reference}", **auc_difference(reports[name], reports[reference], positive, args.n_bootstrap, args.seed)}
-        for name, reference in COMPARISONS
-    ]  # fmt: skip
     report.add_table(
         "differences", differences,
-        title="AUC differences on the same target test patients, paired patient-bootstrap 95 % interval (training "
-        "seeds not included)",
+        title="AUC differences on the same target test patients, paired patient-bootstrap 95 % interval (test "
+        "sampling only; the spread over seeds is the next table when several ran)",
     )  # fmt: skip
+    if len(seeds) > 1:
+        report.add_table(
+            "differences_across_seeds", across_seeds(differences, ("comparison",), "auc_difference", low="difference_low"),
+            title="AUC differences over the seeds: mean, sample SD, range, seeds above 0 and seeds whose paired "
+            "interval is above 0",
+        )  # fmt: skip
     figure = bar_figure(
-        [row["setting"] for row in rows],
+        [row["setting"] if len(seeds) == 1 else f"{row['setting']}, seed {row['seed']}" for row in rows],
         [row["auc"] if row["auc"] is not None else float("nan") for row in rows],
         f"Test AUC on {args.target_system}",
         "ROC AUC (95 % CI)",

@@ -56,16 +56,21 @@ def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_pat
         [
             "--dataset_dir", str(studies), "--out", str(out), "--target_system", target, "--adapt_fraction", "0.25",
             "--epochs", "1", "--adapt_epochs", "1", "--image_size", "32", "32", "--batch_size", "8",
-            "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20",
+            "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--seeds", "0", "1",
         ]
     )  # fmt: skip
     assert code == 0
     tables = json.loads((out / "report.json").read_text())["tables"]
-    rows = tables["settings"]
-    assert [row["setting"] for row in rows] == ["source", "source + adaptation", "adaptation only"]
-    assert len({row["images"] for row in rows}) == 1 and rows[0]["images"] > 0
-    assert rows[1]["training_images"] == rows[2]["training_images"] < rows[0]["training_images"]
-    differences = {row["comparison"]: row["auc_difference"] for row in tables["differences"]}
-    assert differences["source + adaptation - source"] == pytest.approx(rows[1]["auc"] - rows[0]["auc"])
-    assert differences["source + adaptation - adaptation only"] == pytest.approx(rows[1]["auc"] - rows[2]["auc"])
+    for seed in (0, 1):
+        rows = [row for row in tables["settings"] if row["seed"] == seed]
+        assert [row["setting"] for row in rows] == ["source", "source + adaptation", "adaptation only"]
+        assert len({row["images"] for row in rows}) == 1 and rows[0]["images"] > 0
+        assert rows[1]["training_images"] == rows[2]["training_images"] < rows[0]["training_images"]
+        differences = {row["comparison"]: row["auc_difference"] for row in tables["differences"] if row["seed"] == seed}
+        assert differences["source + adaptation - source"] == pytest.approx(rows[1]["auc"] - rows[0]["auc"])
+        assert differences["source + adaptation - adaptation only"] == pytest.approx(rows[1]["auc"] - rows[2]["auc"])
+    spread = {row["comparison"]: row for row in tables["differences_across_seeds"]}
+    assert spread["source + adaptation - source"]["runs"] == 2
+    mean = sum(row["auc_difference"] for row in tables["differences"] if row["comparison"] == "source + adaptation - source") / 2
+    assert spread["source + adaptation - source"]["mean"] == pytest.approx(mean)
     assert (out / "auc_by_setting.png").is_file()

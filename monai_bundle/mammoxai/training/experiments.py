@@ -30,6 +30,7 @@ __all__ = [
     "is_held_out",
     "labelled_subset",
     "add_run_arguments",
+    "repeat_seeds",
     "read_study_manifest",
     "run_settings",
     "bundle_run",
@@ -105,7 +106,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, bundle_root: Path) -> Non
     parser.add_argument("--device", default="auto")
     parser.add_argument("--n_bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", nargs="+", type=int,
+        help="repeat the experiment with each seed (new data draw and initialisation per seed; default: --seed once)",
+    )  # fmt: skip
     parser.add_argument("--bundle_root", default=str(bundle_root))
+
+
+def repeat_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds an experiment runs with: ``--seeds``, else ``--seed`` once."""
+    return list(args.seeds or [args.seed])
 
 
 def read_study_manifest(dataset_dir: str | Path) -> list[dict[str, Any]]:
