@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import shlex
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -47,6 +45,7 @@ from monai.bundle import ConfigParser
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import resolve_device
+from mammoxai.benchmarks import image_size, record_section
 from mammoxai.reports import hardware_description
 from mammoxai.cli import BUNDLE_ROOT
 
@@ -172,39 +171,14 @@ def markdown_table(results: list[Result], args: argparse.Namespace) -> list[str]
 def record(
     results: list[Result], args: argparse.Namespace, device: torch.device, data: str, fills: dict, notes: list[str]
 ) -> None:
-    """Append this run as a section of BENCHMARKS.md (created with a title when absent).
-
-    The system load average is recorded with the figures: other processes competing for the CPU (or feeding
-    the GPU) slow a run down, and a reader comparing two sections needs to know.
-    """
-    load = "load average (1, 5, 15 min) " + ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "load unknown"
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    command = shlex.join(["python", "scripts/bench_pretrain.py", *sys.argv[1:]])
+    """Write this run as the section of BENCHMARKS.md for its hardware."""
     fill = ", ".join(f"{h} x {w}: {rate:.1f} images/s" for (h, w), rate in fills.items())
-    lines = [
-        f"## {SECTION}: {hardware_description(device)}, {when}",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Hardware: {hardware_description(device)}; torch {torch.__version__}; {load}. Data: {data}. "
-        f"Timed {args.iterations} training iterations after {args.warmup} warm-up iterations per row, with the "
-        f"preprocessed-tensor cache filled beforehand (cache fill, one process: {fill}).",
-        "",
-        *markdown_table(results, args),
-        "",
-        *[f"- {note}" for note in notes],
-        "",
-    ]
-    existing = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.is_file() else "# Benchmarks\n\nEvery figure with the command that produced it and the hardware it ran on.\n"
-    BENCHMARKS.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
-
-
-def image_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HxW, e.g. 512x416") from None
-    return height, width
+    description = (
+        f"Data: {data}. Timed {args.iterations} training iterations after {args.warmup} warm-up iterations per row, "
+        f"with the preprocessed-tensor cache filled beforehand (cache fill, one process: {fill})."
+    )
+    command = shlex.join(["python", "scripts/bench_pretrain.py", *sys.argv[1:]])
+    record_section(BENCHMARKS, SECTION, device, command, description, markdown_table(results, args), notes)
 
 
 def on_off(text: str) -> bool:

@@ -43,13 +43,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -61,6 +59,7 @@ from torch import nn
 
 from mammoxai.inference import resolve_device
 from mammoxai.nets.backbones import adapt_input_channels
+from mammoxai.benchmarks import image_size, record_section
 from mammoxai.reports import hardware_description
 from mammoxai.saliency import PRESETS, RELAX, GradCAM, RandomMasks, get_method
 from mammoxai.saliency.gradcam import normalise_maps
@@ -275,48 +274,14 @@ def markdown_table(rows: list[tuple[str, str, str]]) -> list[str]:
 
 
 def record(rows: list[tuple[str, str, str]], notes: list[str], device: torch.device) -> None:
-    """Write this run as the section of BENCHMARKS.md for its hardware (replacing an earlier run's, appended when
-    there is none), with the load average: other processes slow a run down."""
-    load = "load average (1, 5, 15 min) " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    """Write this run as the section of BENCHMARKS.md for its hardware."""
+    description = (
+        f"Model: torchvision ResNet-18, one input channel, random weights; Grad-CAM at `{TARGET_LAYER}`, RELAX and "
+        f"CorRELAX representation `{REPRESENTATION_LAYER}`. Medians of timed runs after warm-up, device synchronised, "
+        "the rows of a group taking turns."
+    )
     command = shlex.join(["python", "scripts/bench_saliency.py", *sys.argv[1:]])
-    heading = f"## {SECTION}: {hardware_description(device)},"
-    lines = [
-        f"{heading} {when}",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Hardware: {hardware_description(device)}; torch {torch.__version__}; {load}. Model: torchvision ResNet-18, "
-        f"one input channel, random weights; Grad-CAM at `{TARGET_LAYER}`, RELAX and CorRELAX representation "
-        f"`{REPRESENTATION_LAYER}`. Medians of timed runs after warm-up, device synchronised, the rows of a group "
-        "taking turns.",
-        "",
-        *markdown_table(rows),
-        "",
-        *[f"- {note}" for note in notes],
-        "",
-    ]
-    existing = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.is_file() else "# Benchmarks\n"
-    BENCHMARKS.write_text(replace_section(existing, heading, "\n".join(lines)), encoding="utf-8")
-
-
-def replace_section(text: str, heading: str, section: str) -> str:
-    """``text`` with the ``##`` section whose heading starts with ``heading`` replaced by ``section``, or with
-    ``section`` appended when there is none."""
-    start = text.find(f"\n{heading}")
-    if start < 0:
-        return text.rstrip("\n") + "\n\n" + section
-    end = text.find("\n## ", start + 1)
-    rest = text[end:] if end >= 0 else ""
-    return text[: start + 1] + section.rstrip("\n") + ("\n" + rest if rest else "\n")
-
-
-def image_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HxW, e.g. 1024x832") from None
-    return height, width
+    record_section(BENCHMARKS, SECTION, device, command, description, markdown_table(rows), notes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
