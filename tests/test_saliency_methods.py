@@ -22,6 +22,7 @@ from mammoxai.saliency import (
     RandomMasks,
     get_method,
 )
+from mammoxai.saliency.gradcam import normalise_maps
 
 
 class ToyEncoder(nn.Module):
@@ -154,6 +155,19 @@ def test_correlax_skips_background_views_and_refines_the_most_suspicious():
     assert every.views == [3] and every.refined == [3]
     assert fast.refined == [2]
     assert torch.all(every.prediction[0, :, :, 16:] == 0)  # no view over the background, nothing assembled there
+
+
+def test_correlax_prediction_map_runs_no_masked_pass():
+    net = ToyEncoder().eval()
+    image = torch.rand(1, 1, 40, 48) + 0.1  # all breast: 3 x 4 views
+    settings = dict(view_size=24, stride=8, num_masks=40, grid=4, background_class=None, seed=2)
+    full = CorRELAX(net, "pool", **settings).explain(image)
+    passes = []
+    net.register_forward_hook(lambda _module, inputs, _output: passes.append(len(inputs[0])))
+    maps, scores = CorRELAX(net, "pool", map="prediction", **settings)(image, class_idx=[1])
+    assert sum(passes) == 12  # one unmasked pass per view; the correlation map's 12 x 40 masked passes are skipped
+    torch.testing.assert_close(maps[0, 0], normalise_maps(full.prediction[:, 1:2])[0, 0])
+    torch.testing.assert_close(scores, full.prediction.amax(dim=(2, 3)))
 
 
 def test_cam_equals_gradcam_for_a_gap_linear_network():

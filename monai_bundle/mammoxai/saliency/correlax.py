@@ -18,7 +18,9 @@ Two savings make the ``fast`` preset: views with little breast are skipped (``mi
 coarse-to-fine refinement (``refine_fraction``): every view gets its cheap unmasked prediction (the coarse level),
 but only the views whose strongest lesion-class prediction ranks in the top ``refine_fraction`` get the masked
 passes (the fine level); the others add nothing to the correlation map. All masked passes of a batch of views run
-through the shared engine (:mod:`mammoxai.saliency.masking`); the assembly is one transposed convolution.
+through the shared engine (:mod:`mammoxai.saliency.masking`); the assembly is one transposed convolution. The
+prediction map needs no masked pass at all: asked for it alone (``map="prediction"``), CorRELAX runs none, so its
+cost is one pass per view whatever the preset's masks.
 """
 
 from __future__ import annotations
@@ -131,15 +133,18 @@ class CorRELAX:
     def __call__(self, x: torch.Tensor, class_idx: ClassIndex = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(maps (B, K, H, W) in [0, 1], scores (B, C))``: the chosen global map of each requested class, and each
         class's highest value of the prediction map (the image-level score: its most suspicious region)."""
-        result = self.explain(x)
+        result = self.explain(x, correlation=self.map == "correlation")
         scores = result.prediction.amax(dim=(2, 3))
         targets = torch.stack(class_indices(scores, class_idx), dim=1)  # (B, K)
         chosen = result.prediction if self.map == "prediction" else result.correlation.clamp_min(0.0)
         maps = chosen.gather(1, targets[:, :, None, None].expand(-1, -1, *chosen.shape[2:]))
         return normalise_maps(maps), scores
 
-    def explain(self, x: torch.Tensor) -> CorRELAXResult:
+    def explain(self, x: torch.Tensor, correlation: bool = True) -> CorRELAXResult:
         """Global prediction and correlation maps of the batch ``x`` (B, channels, H, W), image by image.
+
+        ``correlation=False`` skips the masked passes, the expensive part that only the correlation map needs: the
+        correlation map is then 0 and no view is refined.
 
         Raises:
             MammoXAIError: the image is smaller than one view, or has no breast pixel.
@@ -148,7 +153,7 @@ class CorRELAX:
         if height < self.view_size or width < self.view_size:
             problem = f"{height}x{width} pixels is smaller than one {self.view_size}x{self.view_size} local view"
             raise MammoXAIError("CorRELAX input", problem, "give the full-resolution image or a smaller view_size")
-        results = [self._explain_one(image[None]) for image in x]
+        results = [self._explain_one(image[None], correlation) for image in x]
         return CorRELAXResult(
             torch.cat([result[0] for result in results]),
             torch.cat([result[1] for result in results]),
@@ -156,7 +161,7 @@ class CorRELAX:
             [result[3] for result in results],
         )
 
-    def _explain_one(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    def _explain_one(self, image: torch.Tensor, correlation: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         height, width = image.shape[2:]
         size, stride = self.view_size, self.stride
         rows, cols = (math.ceil((length - size) / stride) + 1 for length in (height, width))
@@ -173,11 +178,13 @@ class CorRELAX:
             features.append(batch_features)
             probabilities.append(torch.softmax(batch_logits, dim=1))
         features, probabilities = torch.cat(features), torch.cat(probabilities)
-        refined = self._refined(probabilities)
-        correlation = self._correlations(views[refined], features[refined])
+        refined = self._refined(probabilities) if correlation else selected.new_zeros(0)
+        correlations = (
+            self._correlations(views[refined], features[refined]) if len(refined) else probabilities[:0]
+        )
         grid = (rows, cols)
         prediction_map = self._assemble(probabilities, selected, grid)
-        correlation_map = self._assemble(correlation, selected[refined], grid)
+        correlation_map = self._assemble(correlations, selected[refined], grid)
         return prediction_map[..., :height, :width], correlation_map[..., :height, :width], len(views), len(refined)
 
     def _refined(self, probabilities: torch.Tensor) -> torch.Tensor:
