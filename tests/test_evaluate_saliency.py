@@ -16,6 +16,7 @@ from mammoxai.data.findings import LESION_CLASSES
 from mammoxai.data.synth import synthesize
 from mammoxai.metrics import pointing_game, randomise_weights
 from mammoxai.nets import MammoClassifier
+from mammoxai.saliency.comparison import main as compare_main
 from mammoxai.saliency.evaluation import SaliencyEvaluator, main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -191,3 +192,85 @@ def test_a_missing_lesion_mask_is_refused(synthetic, tmp_path, capsys):
     (synthetic / "studies" / "broken.csv").write_text("\n".join(broken) + "\n")
     assert _run(synthetic, tmp_path, "--select", '["gradcam"]', "--findings_csv", str(synthetic / "studies" / "broken.csv")) == 1
     assert "lesion mask not found" in capsys.readouterr().err
+
+
+# -- comparing two maps finding by finding: scripts/compare_saliency.py ----------------------------------------------
+def _compare(tmp_path, *arguments):
+    return compare_main([*arguments, "--n_bootstrap", "200", "--out", str(tmp_path / "comparison")])
+
+
+def _comparison(tmp_path):
+    report = json.loads((tmp_path / "comparison" / "report.json").read_text())
+    return {row["measure"]: row for row in report["tables"]["pointing_game_difference"]}, report["values"]["findings"]
+
+
+def test_two_methods_of_one_evaluation_compare_finding_by_finding(synthetic, tmp_path):
+    assert _run(synthetic, tmp_path, "--select", '["cam", "gradcam"]') == 0
+    report = tmp_path / "saliency_evaluation" / "report.json"
+    assert _compare(tmp_path, "--reports", str(report), "--methods", "cam", "gradcam") == 0
+    rows, findings = _comparison(tmp_path)
+    methods = {row["method"]: row for row in json.loads(report.read_text())["tables"]["methods"]}
+    assert list(rows)[-2:] == ["class mean", "overall"] and set(list(rows)[:-2]) <= {"mass", "calcification"}
+    assert rows["overall"]["findings"] == findings["paired"] == methods["cam"]["findings"]
+    # CAM and Grad-CAM coincide for a network that pools globally before one linear layer: equal on every finding
+    assert rows["overall"]["first"] == rows["overall"]["second"] == pytest.approx(methods["cam"]["overall"])
+    assert rows["overall"]["low"] == rows["overall"]["high"] == 0.0
+
+
+def test_one_method_in_two_evaluations_compares_finding_by_finding(synthetic, tmp_path):
+    assert _run(synthetic, tmp_path / "exact", "--select", '["gradcam"]') == 0
+    assert _run(synthetic, tmp_path / "tolerant", "--select", '["gradcam"]', "--tolerance", "30") == 0
+    exact, tolerant = (tmp_path / name / "saliency_evaluation" / "report.json" for name in ("exact", "tolerant"))
+    assert _compare(tmp_path, "--reports", str(exact), str(tolerant), "--methods", "gradcam", "--margin", "0") == 0
+    rows, findings = _comparison(tmp_path)
+    scores = [next(row for row in json.loads(path.read_text())["tables"]["methods"] if row["method"] == "gradcam") for path in (exact, tolerant)]
+    assert findings == {"paired": scores[0]["findings"], "only_first": 0, "only_second": 0}
+    assert rows["overall"]["first"] == pytest.approx(scores[0]["overall"])
+    assert rows["overall"]["second"] == pytest.approx(scores[1]["overall"])
+    assert rows["overall"]["second"] >= rows["overall"]["first"]  # a tolerance can only add hits
+    assert rows["overall"]["difference"] == pytest.approx(scores[0]["overall"] - scores[1]["overall"])
+    assert rows["overall"]["low"] <= rows["overall"]["difference"] <= rows["overall"]["high"]
+    patients = set(json.loads(exact.read_text())["values"]["finding_hits"]["gradcam"]["patient"])
+    assert rows["overall"]["patients"] == len(patients) and rows["overall"]["verdict"] == "inconclusive"  # too few to tell
+
+
+def _hits_report(path: Path, method: str, findings: list[tuple[str, int, str, bool]]) -> Path:
+    """A saliency report.json holding only ``method``'s per-finding outcomes (image, finding, category, hit)."""
+    columns = {"image": [], "patient": [], "finding": [], "category": [], "hit": []}
+    for image, finding, category, hit in findings:
+        for key, value in zip(columns, (image, image, finding, category, hit)):
+            columns[key].append(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"values": {"finding_hits": {method: columns}}, "tables": {}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "second, arguments, message",
+    [
+        ([("a.png", 0, "mass", True)], ("--methods", "gradcam", "rise"), "has no method 'rise'"),
+        ([("b.png", 0, "mass", True)], ("--methods", "gradcam"), "share no finding"),
+        ([("a.png", 0, "calcification", True)], ("--methods", "gradcam"), "is a mass in one evaluation and a calcification"),
+        ([("a.png", 0, "mass", True)], ("--methods", "gradcam", "--margin", "-0.1"), "margin: is -0.1"),
+        ([("a.png", 0, "mass", True)], ("--methods", "gradcam", "cam", "rise"), "do not name two maps"),
+    ],
+)
+def test_comparisons_that_cannot_be_made_are_one_line_errors(tmp_path, capsys, second, arguments, message):
+    first = _hits_report(tmp_path / "first" / "report.json", "gradcam", [("a.png", 0, "mass", False)])
+    second = _hits_report(tmp_path / "second" / "report.json", "gradcam", second)
+    assert _compare(tmp_path, "--reports", str(first), str(second), *arguments) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+    assert not (tmp_path / "comparison").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "report not found"), ("not json", "is not a JSON report"), ('{"tables": {}}', "holds no per-finding outcomes")],
+)
+def test_a_report_without_per_finding_outcomes_is_refused(tmp_path, capsys, content, message):
+    report = tmp_path / "report.json"
+    if content is not None:
+        report.write_text(content)
+    assert _compare(tmp_path, "--reports", str(report), "--methods", "cam", "gradcam") == 1
+    assert message in capsys.readouterr().err

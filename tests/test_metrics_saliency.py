@@ -7,13 +7,16 @@ import pytest
 import torch
 
 from mammoxai.metrics import (
+    ConfidenceInterval,
     deletion_insertion_auc,
     energy_pointing_game,
+    paired_pointing_difference,
     pointing_game,
     pointing_game_summary,
     randomisation_sanity,
     widen_box,
 )
+from mammoxai.saliency.comparison import verdict
 
 
 def lesion() -> np.ndarray:
@@ -97,3 +100,41 @@ def test_randomisation_sanity_is_high_for_identical_maps_and_low_for_unrelated()
     assert randomisation_sanity(maps, maps * 2) == pytest.approx(1.0)
     assert abs(randomisation_sanity(maps, rng.random((16, 16)))) < 0.2
     assert randomisation_sanity(maps, np.zeros((16, 16))) == 0.0
+
+
+def test_paired_pointing_difference_sees_a_small_shift_that_unpaired_rates_cannot():
+    # 400 findings of 200 patients; the second map misses 12 more (3 %) of the findings the first finds
+    rng = np.random.default_rng(0)
+    first = rng.random(400) < 0.5
+    second = first.copy()
+    second[np.flatnonzero(first)[:12]] = False
+    categories = ["mass", "calcification"] * 200
+    patients = [f"p{i // 2}" for i in range(400)]
+    difference = paired_pointing_difference(categories, first, second, patients, n=500)
+    assert difference["overall"].estimate == pytest.approx(12 / 400)
+    assert 0.0 < difference["overall"].low <= difference["overall"].high < 0.06
+    by_class = {name: first[np.array(categories) == name].mean() - second[np.array(categories) == name].mean() for name in ("mass", "calcification")}
+    assert difference["class_mean"].estimate == pytest.approx(np.mean(list(by_class.values())))
+    same = paired_pointing_difference(categories, first, first, patients, n=200)
+    assert same["overall"].low == same["overall"].high == 0.0
+
+
+def test_paired_pointing_difference_needs_every_finding_paired():
+    with pytest.raises(ValueError, match="pair every finding"):
+        paired_pointing_difference(["mass", "mass"], [True, False], [True])
+
+
+@pytest.mark.parametrize(
+    "low, high, patients, expected",
+    [
+        (-0.01, 0.015, 40, "within"),
+        (0.03, 0.08, 40, "beyond"),
+        (-0.09, -0.025, 40, "beyond"),
+        (-0.01, 0.03, 40, "inconclusive"),
+        (0.0, 0.0, 3, "inconclusive"),  # one tight interval over three patients says little
+        (float("nan"), float("nan"), 40, "inconclusive"),
+    ],
+)
+def test_a_difference_is_read_against_the_margin(low, high, patients, expected):
+    interval = ConfidenceInterval((low + high) / 2, low, high, 0.95, 100)
+    assert verdict(interval, 0.02, patients) == expected

@@ -18,6 +18,7 @@ from mammoxai.metrics.classification import (
 from mammoxai.metrics.saliency import (
     deletion_insertion_auc,
     energy_pointing_game,
+    paired_pointing_difference,
     pointing_game,
     pointing_game_summary,
     randomisation_sanity,
@@ -40,6 +41,7 @@ __all__ = [
     "spearman",
     "pointing_game",
     "pointing_game_summary",
+    "paired_pointing_difference",
     "widen_box",
     "energy_pointing_game",
     "deletion_insertion_auc",

@@ -5,6 +5,7 @@
   map's maximum lies within a tolerance (pixels, or millimetres with the pixel spacing) of the lesion.
   :func:`pointing_game_summary` gives per-class accuracy and the class mean; CorRELAX's aggregate (Mellado et al.
   2025) widens lesion boxes by the view stride and can ignore maps whose score is below a threshold.
+  :func:`paired_pointing_difference` compares two maps of the same findings with a paired bootstrap interval.
 - :func:`energy_pointing_game` — Wang et al., Score-CAM, CVPRW 2020: the fraction of the map's energy inside.
 - :func:`deletion_insertion_auc` — Petsiuk et al., RISE, BMVC 2018: the class probability as the most salient
   pixels are removed (deletion, lower is better) or revealed (insertion, higher is better), restricted here to
@@ -23,12 +24,15 @@ import copy
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import nn
 from scipy.stats import spearmanr
+from torch import nn
+
+from mammoxai.metrics.classification import ConfidenceInterval, bootstrap_ci
 
 __all__ = [
     "pointing_game",
     "pointing_game_summary",
+    "paired_pointing_difference",
     "widen_box",
     "energy_pointing_game",
     "deletion_insertion_auc",
@@ -94,6 +98,56 @@ def pointing_game_summary(
     summary["overall"] = float(np.mean(everything)) if everything else float("nan")
     summary["n"] = float(len(everything))
     return summary
+
+
+def paired_pointing_difference(
+    categories: Sequence[str],
+    hits_a: Sequence[bool],
+    hits_b: Sequence[bool],
+    groups: Sequence[str] | None = None,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, ConfidenceInterval]:
+    """Pointing game of map A minus that of map B on the same findings, overall and as the class mean, with paired
+    bootstrap intervals.
+
+    Both maps' outcomes of a finding are resampled together (whole images or patients when ``groups`` is given),
+    so which findings happen to be easy is shared and cancels in the difference. That is what makes a claim such as
+    "the fast preset points within 0.02 of the faithful one" testable on a few hundred findings: two unpaired hit
+    rates of that size carry intervals of about ±0.05 each. A resample that loses a finding class leaves the class
+    mean undefined and is dropped (:func:`~mammoxai.metrics.bootstrap_ci`).
+
+    Args:
+        categories: (N,) finding class of each finding.
+        hits_a, hits_b: (N,) pointing-game outcomes of the two maps on the same findings, in the same order.
+        groups: (N,) cluster ids (image or patient of each finding); ``None`` resamples findings.
+        n, seed, level: as in :func:`~mammoxai.metrics.bootstrap_ci`.
+
+    Returns:
+        ``{"overall": interval, "class_mean": interval}`` of A - B.
+
+    Raises:
+        ValueError: the three sequences differ in length.
+    """
+    if not len(categories) == len(hits_a) == len(hits_b):
+        raise ValueError(f"{len(categories)} categories, {len(hits_a)} and {len(hits_b)} hits: pair every finding")
+    pairs = np.stack([np.asarray(hits_a, dtype=np.float64), np.asarray(hits_b, dtype=np.float64)], axis=1)
+    codes = np.unique(np.asarray(categories, dtype=str), return_inverse=True)[1]
+    classes = np.unique(codes)
+
+    def class_mean(pair: np.ndarray, code: np.ndarray) -> float:
+        if not np.isin(classes, code).all():
+            return float("nan")
+        return float(np.mean([pair[code == c, 0].mean() - pair[code == c, 1].mean() for c in classes]))
+
+    def overall(pair: np.ndarray, _code: np.ndarray) -> float:
+        return float(pair[:, 0].mean() - pair[:, 1].mean()) if len(pair) else float("nan")
+
+    return {
+        name: bootstrap_ci(statistic, pairs, codes, n=n, seed=seed, level=level, groups=groups)
+        for name, statistic in (("overall", overall), ("class_mean", class_mean))
+    }
 
 
 def energy_pointing_game(heatmap: np.ndarray, region: np.ndarray) -> float:

@@ -22,7 +22,9 @@ image with annotated findings, the method's map of the target class is restored 
 Two baselines any useful map must beat by a wide margin take the same pointing game: the **centre** of the
 breast's bounding box (the model grid's centre), and a **random point in the breast** (``baseline_draws`` draws
 per image). The result is a report (``report.json``, ``report.md``: one row per method and baseline) and overlay
-PNGs of the first ``overlays`` lesion images with every method's map.
+PNGs of the first ``overlays`` lesion images with every method's map; ``report.json`` also keeps each method's
+outcome per finding (``finding_hits``), so two methods or two runs can be compared finding by finding
+(:mod:`mammoxai.saliency.comparison`).
 
 Example:
     evaluator = SaliencyEvaluator(
@@ -42,7 +44,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,7 @@ from mammoxai.saliency.registry import SaliencyMethod, get_method
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TARGETS", "LesionRegion", "MethodSpec", "view_scores", "SaliencyEvaluator", "main"]
+__all__ = ["TARGETS", "LesionRegion", "FindingHit", "MethodSpec", "view_scores", "SaliencyEvaluator", "main"]
 
 #: what a method's map explains besides a class name: the image's labelled class, the class of each finding
 #: (a lesion-crop classifier's mass / calcification maps), or the predicted class
@@ -93,6 +95,18 @@ class LesionRegion:
     category: str
     box: tuple[float, float, float, float]
     region: np.ndarray
+
+
+@dataclass(frozen=True)
+class FindingHit:
+    """One pointing-game outcome: the finding (its ``image``, ``patient`` and index among the image's regions),
+    its ``category`` and whether the map pointed at it."""
+
+    image: str
+    patient: str
+    finding: int
+    category: str
+    hit: bool
 
 
 @dataclass
@@ -331,7 +345,7 @@ class SaliencyEvaluator:
 
     def run(self) -> dict[str, Any]:
         """Evaluate every method and baseline and write the report; returns its per-method rows."""
-        hits: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+        hits: dict[str, list[FindingHit]] = defaultdict(list)
         aggregate: dict[str, list[tuple[str, bool, float]]] = defaultdict(list)
         values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         overlays = []
@@ -350,11 +364,11 @@ class SaliencyEvaluator:
                     spec, record, x, geometry, regions, spacing, index, hits, aggregate, values
                 )
             geometry = batch_geometries(next(iter(samples.values())))[0]
-            self._score_baselines(geometry, segment_breast(mammogram.pixels), regions, spacing, index, hits)
+            self._score_baselines(geometry, segment_breast(mammogram.pixels), record, regions, spacing, index, hits)
             if index < self.overlays:
                 overlays.append((record, mammogram.pixels, regions, maps_of_image))
         rows = self._rows(hits, aggregate, values)
-        self._write(rows, overlays)
+        self._write(rows, overlays, {spec.label: hits[spec.label] for spec in self.methods})
         return {"methods": rows}
 
     def _spacing(self, mammogram: Any) -> tuple[float, float] | None:
@@ -373,7 +387,7 @@ class SaliencyEvaluator:
         regions: Sequence[LesionRegion],
         spacing: tuple[float, float] | None,
         index: int,
-        hits: dict[str, list],
+        hits: dict[str, list[FindingHit]],
         aggregate: dict[str, list],
         values: dict[str, dict[str, list[float]]],
     ) -> np.ndarray:
@@ -395,7 +409,7 @@ class SaliencyEvaluator:
             for member in members:
                 region = regions[member]
                 hit = pointing_game(restored, region.region, self.tolerance, spacing)
-                hits[spec.label].append((region.category, hit))
+                hits[spec.label].append(_finding_hit(record, member, region, hit))
                 values[spec.label]["energy"].append(energy_pointing_game(restored, region.region))
             widened = np.any([widen_box(regions[m].box, margin, restored.shape) for m in members], axis=0)
             category = regions[members[0]].category if spec.target == "finding" else "image"
@@ -419,10 +433,11 @@ class SaliencyEvaluator:
         self,
         geometry: ImageGeometry,
         breast: np.ndarray,
+        record: Mapping[str, Any],
         regions: Sequence[LesionRegion],
         spacing: tuple[float, float] | None,
         index: int,
-        hits: dict[str, list],
+        hits: dict[str, list[FindingHit]],
     ) -> None:
         """The centre of the breast's bounding box (the model grid's centre), and random points of the ``breast``
         mask, in the same pointing game."""
@@ -432,23 +447,25 @@ class SaliencyEvaluator:
         centre[(y0 + y1) // 2, (x0 + x1) // 2] = 1.0
         rows, cols = np.nonzero(breast)
         rng = np.random.default_rng((self.seed, index))
-        for region in regions:
+        for member, region in enumerate(regions):
             hit = pointing_game(centre, region.region, self.tolerance, spacing)
-            hits["centre (baseline)"].append((region.category, hit))
+            hits["centre (baseline)"].append(_finding_hit(record, member, region, hit))
             for pick in rng.integers(len(rows), size=self.baseline_draws):
                 point = np.zeros(shape)
                 point[rows[pick], cols[pick]] = 1.0
-                hits["random in breast (baseline)"].append(
-                    (region.category, pointing_game(point, region.region, self.tolerance, spacing))
-                )
+                hit = pointing_game(point, region.region, self.tolerance, spacing)
+                hits["random in breast (baseline)"].append(_finding_hit(record, member, region, hit))
 
     def _rows(
-        self, hits: dict[str, list], aggregate: dict[str, list], values: dict[str, dict[str, list[float]]]
+        self,
+        hits: dict[str, list[FindingHit]],
+        aggregate: dict[str, list],
+        values: dict[str, dict[str, list[float]]],
     ) -> list[dict[str, Any]]:
         rows = []
         for label in [spec.label for spec in self.methods] + ["centre (baseline)", "random in breast (baseline)"]:
             spec = next((spec for spec in self.methods if spec.label == label), None)
-            summary = pointing_game_summary(hits[label])
+            summary = pointing_game_summary([(outcome.category, outcome.hit) for outcome in hits[label]])
             row: dict[str, Any] = {"method": label, "model": "", "target": ""}
             if spec is not None:
                 row.update(model=spec.model, target=spec.target)
@@ -462,7 +479,7 @@ class SaliencyEvaluator:
             rows.append(row)
         return rows
 
-    def _write(self, rows: list[dict[str, Any]], overlays: list) -> None:
+    def _write(self, rows: list[dict[str, Any]], overlays: list, hits: Mapping[str, Sequence[FindingHit]]) -> None:
         unit = "mm" if self.tolerance_unit == "mm" else "pixels"
         report = Report(
             "Saliency evaluation",
@@ -481,11 +498,21 @@ class SaliencyEvaluator:
         columns = ["method", "model", "target", *self.finding_classes, "class_mean", "overall", "findings"]
         columns += ["correlax_aggregate", "energy", "deletion", "insertion", "sanity", "seconds"]
         report.add_table("methods", rows, "Methods and baselines", columns=columns)
+        keys = [column.name for column in fields(FindingHit)]
+        report.add_data(
+            "finding_hits",
+            {label: {key: [getattr(hit, key) for hit in outcomes] for key in keys} for label, outcomes in hits.items()},
+        )
         for number, (record, pixels, regions, maps) in enumerate(overlays, start=1):
             name = Path(record["path"]).name
             report.add_figure(f"overlay_{number}", _overlay_figure(pixels, regions, maps, name), name)
         report.write(self.output_dir)
         logger.info("saliency evaluation of %d images -> %s", len(self.records), self.output_dir)
+
+
+def _finding_hit(record: Mapping[str, Any], member: int, region: LesionRegion, hit: bool) -> FindingHit:
+    image = str(record["path"])
+    return FindingHit(image, str(record.get("patient_id") or image), member, region.category, bool(hit))
 
 
 def _selected(methods: list[MethodSpec], select: Sequence[str] | None) -> list[MethodSpec]:
