@@ -154,7 +154,8 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
     report = json.loads((tmp_path / "saliency_evaluation" / "report.json").read_text())
     rows = {row["method"]: row for row in report["tables"]["methods"]}
     assert list(rows) == ["gradcam", "correlax prediction", "centre (baseline)", "random in breast (baseline)"]
-    assert rows["correlax prediction"]["settings"]["stride"] == 8  # the fast preset's view_size / 4
+    assert rows["correlax prediction"]["settings"]["stride"] == 4  # view_size / 8, as published
+    assert rows["correlax prediction"]["settings"]["refine_fraction"] == 0.0625  # the fast preset's
     assert all(0.0 <= rows[name]["overall"] <= 1.0 for name in rows)
     assert rows["gradcam"]["findings"] == rows["centre (baseline)"]["findings"] > 0
 

@@ -59,9 +59,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "view_size": 256, "stride": 32, "num_masks": 1280, "grid": 8, "keep_prob": 0.5,
             "min_breast_fraction": 0.0, "refine_fraction": 1.0,
         },
+        # The published stride: a coarser one costs the pointing game (stride 64 lost 4.5 points on calcifications
+        # against 32, model card), while the prediction map needs no masked pass and so stays cheap. The savings
+        # are in the masks: a fifth of them, on the most suspicious 1/16 of the views (as many as 1/4 at stride 64).
         "fast": {
-            "view_size": 256, "stride": 64, "num_masks": 256, "grid": 8, "keep_prob": 0.5,
-            "min_breast_fraction": 0.25, "refine_fraction": 0.25,
+            "view_size": 256, "stride": 32, "num_masks": 256, "grid": 8, "keep_prob": 0.5,
+            "min_breast_fraction": 0.25, "refine_fraction": 0.0625,
         },
     },
 }
