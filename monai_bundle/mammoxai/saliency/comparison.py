@@ -28,6 +28,7 @@ import json
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,8 @@ def load_finding_hits(report: str | Path, method: str) -> dict[tuple[str, int], 
         )
     if method not in methods:
         raise MammoXAIError(path, f"has no method {method!r}", f"use one of {sorted(methods)}")
-    columns = methods[method]
-    outcomes = [FindingHit(str(i), str(p), int(f), str(c), bool(h)) for i, p, f, c, h in zip(
-        columns["image"], columns["patient"], columns["finding"], columns["category"], columns["hit"]
-    )]  # fmt: skip
+    keys = [column.name for column in fields(FindingHit)]
+    outcomes = [FindingHit(**dict(zip(keys, values))) for values in zip(*(methods[method][key] for key in keys))]
     return {(outcome.image, outcome.finding): outcome for outcome in outcomes}
 
 
