@@ -117,11 +117,15 @@ def test_paired_pointing_difference_sees_a_small_shift_that_unpaired_rates_canno
     assert difference["class_mean"].estimate == pytest.approx(np.mean(list(by_class.values())))
     same = paired_pointing_difference(categories, first, first, patients, n=200)
     assert same["overall"].low == same["overall"].high == 0.0
+    only_overall = paired_pointing_difference(categories, first, second, patients, n=500, statistics=("overall",))
+    assert only_overall == {"overall": difference["overall"]}
 
 
 def test_paired_pointing_difference_needs_every_finding_paired():
     with pytest.raises(ValueError, match="pair every finding"):
         paired_pointing_difference(["mass", "mass"], [True, False], [True])
+    with pytest.raises(ValueError, match="unknown statistics"):
+        paired_pointing_difference(["mass"], [True], [False], statistics=("median",))
 
 
 @pytest.mark.parametrize(

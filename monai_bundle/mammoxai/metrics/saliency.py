@@ -108,6 +108,7 @@ def paired_pointing_difference(
     n: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    statistics: Sequence[str] = ("overall", "class_mean"),
 ) -> dict[str, ConfidenceInterval]:
     """Pointing game of map A minus that of map B on the same findings, overall and as the class mean, with paired
     bootstrap intervals.
@@ -123,15 +124,20 @@ def paired_pointing_difference(
         hits_a, hits_b: (N,) pointing-game outcomes of the two maps on the same findings, in the same order.
         groups: (N,) cluster ids (image or patient of each finding); ``None`` resamples findings.
         n, seed, level: as in :func:`~mammoxai.metrics.bootstrap_ci`.
+        statistics: which differences to bootstrap, ``"overall"`` and / or ``"class_mean"`` (each costs ``n``
+            resamples; for the findings of one class the two coincide).
 
     Returns:
-        ``{"overall": interval, "class_mean": interval}`` of A - B.
+        ``{statistic: interval}`` of A - B, for each of ``statistics``.
 
     Raises:
-        ValueError: the three sequences differ in length.
+        ValueError: the three sequences differ in length, or a statistic is unknown.
     """
     if not len(categories) == len(hits_a) == len(hits_b):
         raise ValueError(f"{len(categories)} categories, {len(hits_a)} and {len(hits_b)} hits: pair every finding")
+    unknown = sorted(set(statistics) - {"overall", "class_mean"})
+    if unknown:
+        raise ValueError(f"unknown statistics {unknown}: use 'overall' and / or 'class_mean'")
     pairs = np.stack([np.asarray(hits_a, dtype=np.float64), np.asarray(hits_b, dtype=np.float64)], axis=1)
     codes = np.unique(np.asarray(categories, dtype=str), return_inverse=True)[1]
     classes = np.unique(codes)
@@ -144,9 +150,10 @@ def paired_pointing_difference(
     def overall(pair: np.ndarray, _code: np.ndarray) -> float:
         return float(pair[:, 0].mean() - pair[:, 1].mean()) if len(pair) else float("nan")
 
+    functions = {"overall": overall, "class_mean": class_mean}
     return {
-        name: bootstrap_ci(statistic, pairs, codes, n=n, seed=seed, level=level, groups=groups)
-        for name, statistic in (("overall", overall), ("class_mean", class_mean))
+        name: bootstrap_ci(functions[name], pairs, codes, n=n, seed=seed, level=level, groups=groups)
+        for name in statistics
     }
 
 

@@ -137,7 +137,7 @@ def compare_pointing_games(
         chosen = [i for i, name in enumerate(categories) if name == category]
         interval = paired_pointing_difference(
             [category] * len(chosen), [hits_first[i] for i in chosen], [hits_second[i] for i in chosen],
-            [patients[i] for i in chosen], n=n_bootstrap, seed=seed,
+            [patients[i] for i in chosen], n=n_bootstrap, seed=seed, statistics=("overall",),
         )["overall"]  # fmt: skip
         rows.append(row(category, chosen, interval, rates(chosen)))
     everything = list(range(len(keys)))
