@@ -23,7 +23,15 @@ from mammoxai.data.synth.lesions import FINDINGS, KINDS, Lesion, place_lesions, 
 from mammoxai.data.synth.phantom import BreastModel, ViewLayout, render_anatomy
 from mammoxai.data.synth.vendors import Exposure, XraySystem, choose_exposure, system_by_key
 
-__all__ = ["synthesize_patient"]
+__all__ = [
+    "AGE_RANGE",
+    "PatientBody",
+    "compress",
+    "density_probabilities",
+    "draw_body",
+    "patient_body",
+    "synthesize_patient",
+]
 
 _SIDES, _VIEWS = ("L", "R"), ("CC", "MLO")
 _CODES = {"L": 1, "R": 2, "CC": 1, "MLO": 2}
@@ -31,6 +39,27 @@ _CODES = {"L": 1, "R": 2, "CC": 1, "MLO": 2}
 _PATIENT, _BREAST, _EXPOSURE, _LESIONS, _NOISE = range(1, 6)
 _FIRST_DAY = datetime.date(2019, 1, 2)
 _DENSITY_NAMES = "ABCD"
+AGE_RANGE = (40, 76)  # screening ages, drawn uniformly; the upper end is exclusive
+_NOMINAL_SIZE = 512  # image rows for a layout nobody renders: the size changes the framing, not the compression
+
+
+@dataclass(frozen=True)
+class PatientBody:
+    """What a patient brings to every exposure of every study.
+
+    Attributes:
+        age: age in years at the current study.
+        density: BI-RADS density category, 0..3 for A..D.
+        depth_mm: nipple-to-chest-wall depth of the breast.
+        height_mm: cranio-caudal extent of the breast.
+        thickness_mm: typical compressed thickness; each exposure varies around it.
+    """
+
+    age: int
+    density: int
+    depth_mm: float
+    height_mm: float
+    thickness_mm: float
 
 
 @dataclass(frozen=True)
@@ -68,15 +97,9 @@ def synthesize_patient(
     """
     out = Path(out)
     rng = np.random.default_rng([seed, _PATIENT, plan.index])
-    age = int(rng.integers(40, 76))
-    density = _density(age, rng)
-    depth_mm = float(np.clip(rng.normal(95.0, 18.0), 55.0, 150.0))
-    height_mm = float(np.clip(depth_mm * rng.uniform(1.55, 2.05), 90.0, 250.0))
-    thickness_mm = float(
-        np.clip(12.0 + 0.3 * depth_mm + 0.1 * (height_mm - 120.0) + 2.5 * density + rng.normal(0, 4), 20, 95)
-    )
+    body = draw_body(rng)
     current = _FIRST_DAY + datetime.timedelta(days=int(rng.integers(0, 5 * 365)))
-    birth = current - datetime.timedelta(days=int(age * 365.25 + rng.integers(1, 364)))
+    birth = current - datetime.timedelta(days=int(body.age * 365.25 + rng.integers(1, 364)))
     studies = [_Study(1, current, int(rng.integers(8 * 3600, 17 * 3600)), system_by_key(plan.system), False)]
     if plan.prior_system is not None:
         earlier = current - datetime.timedelta(days=int(365 * rng.integers(1, 3) + rng.integers(-30, 31)))
@@ -85,12 +108,17 @@ def synthesize_patient(
             _Study(2, current, studies[0].time_s, studies[0].system, False),
         ]
     breasts = {
-        side: BreastModel.sample(np.random.default_rng([seed, _BREAST, plan.index, _CODES[side]]), density)
+        side: BreastModel.sample(np.random.default_rng([seed, _BREAST, plan.index, _CODES[side]]), body.density)
         for side in _SIDES
     }
     exposures = {
         (study.number, side, view): _expose(
-            study, side, view, depth_mm, height_mm, thickness_mm, size, seed, plan.index
+            study,
+            side,
+            view,
+            body,
+            size,
+            np.random.default_rng([seed, _EXPOSURE, plan.index, study.number, _CODES[side], _CODES[view]]),
         )
         for study in studies
         for side in _SIDES
@@ -108,7 +136,17 @@ def synthesize_patient(
         for series_number, (side, view) in enumerate(((s, v) for s in _SIDES for v in _VIEWS), start=1):
             exposure = exposures[(study.number, side, view)]
             record, rows = _write_image(
-                plan, seed, study, exposure, breasts[side], shown[side], density, birth, study_uid, series_number, out
+                plan,
+                seed,
+                study,
+                exposure,
+                breasts[side],
+                shown[side],
+                body.density,
+                birth,
+                study_uid,
+                series_number,
+                out,
             )
             record["study_label"] = _worst(labels.values())
             records.append(record)
@@ -116,26 +154,44 @@ def synthesize_patient(
     return records, findings
 
 
-def _density(age: int, rng: np.random.Generator) -> int:
-    """BI-RADS density category (0..3 = A..D): about 10/40/40/10 %, denser in younger women."""
+def patient_body(seed: int, index: int) -> PatientBody:
+    """The body of patient ``index`` of the cohort with this seed, as :func:`synthesize_patient` draws it."""
+    return draw_body(np.random.default_rng([seed, _PATIENT, index]))
+
+
+def draw_body(rng: np.random.Generator) -> PatientBody:
+    """Draw a patient's age, density and breast size; the order of the draws is part of every synthesized file."""
+    age = int(rng.integers(*AGE_RANGE))
+    density = int(rng.choice(4, p=density_probabilities(age)))
+    depth_mm = float(np.clip(rng.normal(95.0, 18.0), 55.0, 150.0))
+    height_mm = float(np.clip(depth_mm * rng.uniform(1.55, 2.05), 90.0, 250.0))
+    thickness_mm = float(
+        np.clip(12.0 + 0.3 * depth_mm + 0.1 * (height_mm - 120.0) + 2.5 * density + rng.normal(0, 4), 20, 95)
+    )
+    return PatientBody(age, density, depth_mm, height_mm, thickness_mm)
+
+
+def density_probabilities(age: int) -> np.ndarray:
+    """P(BI-RADS density category 0..3 = A..D | age): about 10/40/40/10 %, denser in younger women."""
     logits = np.array([-1.4, 0.0, 0.0, -1.0]) + np.array([-0.6, -0.2, 0.2, 0.6]) * (55.0 - age) / 10.0
-    probabilities = np.exp(logits) / np.exp(logits).sum()
-    return int(rng.choice(4, p=probabilities))
+    return np.exp(logits) / np.exp(logits).sum()
+
+
+def compress(body: PatientBody, view: str, system: XraySystem, rng: np.random.Generator) -> tuple[float, float]:
+    """Compressed thickness (mm) and compression force (N) of one exposure of this breast, drawn as for an image.
+
+    The force is recorded in the header and nowhere in the pixels; :mod:`mammoxai.data.synth.ceilings` draws it
+    again and again for one breast to measure how well any model could predict it.
+    """
+    exposure = _expose(_Study(1, _FIRST_DAY, 0, system, False), "L", view, body, _NOMINAL_SIZE, rng)
+    return exposure.layout.thickness_mm, exposure.compression_force_n
 
 
 def _expose(
-    study: _Study,
-    side: str,
-    view: str,
-    depth_mm: float,
-    height_mm: float,
-    thickness_mm: float,
-    size: int,
-    seed: int,
-    index: int,
+    study: _Study, side: str, view: str, body: PatientBody, size: int, rng: np.random.Generator
 ) -> _Exposure:
     """Position and compress the breast for one view: layout, thickness and force vary from exposure to exposure."""
-    rng = np.random.default_rng([seed, _EXPOSURE, index, study.number, _CODES[side], _CODES[view]])
+    depth_mm, height_mm, thickness_mm = body.depth_mm, body.height_mm, body.thickness_mm
     shape, spacing = study.system.shape_and_spacing(size)
     rows_mm = shape[0] * spacing
     force = 45.0 + 0.6 * depth_mm + 0.15 * (height_mm - 120.0) + rng.normal(0.0, 12.0)
