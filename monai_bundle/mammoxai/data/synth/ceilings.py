@@ -11,9 +11,10 @@ measures it with the generator's own draws (:func:`~mammoxai.data.synth.study.dr
 that :func:`~mammoxai.data.synth.synthesize` makes with the same ``patients`` and ``seed``.
 
 **kVp** is given from the exposure control's inputs (X-ray system, compressed thickness, density). That is not a
-bound: kVp also shapes contrast and noise in the pixels. It says how much of kVp the generator's scatter and
-rounding leave readable to a model that recovers those inputs. Thickness, system and view are drawn into the
-pixels directly (noise and technique, detector and processing, anatomy), so the generator sets them no ceiling.
+bound: kVp also sets the tissue contrast in the pixels (about 4 % per kV). It says how much of kVp the
+generator's scatter and rounding leave readable to a model that recovers those inputs and nothing else. Thickness,
+system and view are drawn into the pixels directly (noise level and technique, detector and processing, anatomy),
+so the generator sets them no ceiling.
 
 Every figure is on the current study's images (every patient has one; a prior study repeats the same draws a year
 or two earlier).
