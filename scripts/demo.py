@@ -217,8 +217,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def stop_on_termination_signals() -> None:
+    """Make ``kill``, a closed terminal and a service manager stop the demo the way Ctrl-C does.
+
+    The server runs in its own session, out of reach of signals sent to the demo; without this, SIGTERM or SIGHUP
+    would end the demo at once and leave the server holding its port.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for termination in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(termination, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    stop_on_termination_signals()
     studies, bundle = args.studies.resolve(), args.bundle.resolve()
     server = ServerProcess(studies, host=args.host, port=args.port, conf={"bundle": str(bundle)}, log=args.log)
     try:

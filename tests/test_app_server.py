@@ -169,7 +169,14 @@ def test_newly_trained_checkpoint_is_served_without_restart(client, app_server, 
         os.utime(app_server.checkpoint, (time.time(), stamp + 10))
 
 
-def test_demo_prints_how_to_connect_and_stops_cleanly_on_ctrl_c(app_server, tmp_path, free_port):
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda pid: os.killpg(pid, signal.SIGINT), id="ctrl-c"),  # what Ctrl-C in the terminal does
+        pytest.param(lambda pid: os.kill(pid, signal.SIGTERM), id="kill"),  # `kill <pid>`, a service manager
+    ],
+)
+def test_demo_prints_how_to_connect_and_stops_itself_and_the_server(app_server, tmp_path, free_port, stop):
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(app_server.studies / f"{app_server.study_ids()[0]}.dcm", studies)
@@ -201,9 +208,11 @@ def test_demo_prints_how_to_connect_and_stops_cleanly_on_ctrl_c(app_server, tmp_
         assert ready.wait(180), "".join(lines)
         assert requests.get(f"{url}/info/", timeout=30).status_code == 200
 
-        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        stop(demo.pid)
 
         assert demo.wait(60) == 0
+        with pytest.raises(requests.ConnectionError):  # the server went with it: nothing holds the port
+            requests.get(f"{url}/info/", timeout=5)
     finally:
         if demo.poll() is None:
             demo.kill()
