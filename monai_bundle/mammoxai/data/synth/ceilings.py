@@ -124,7 +124,7 @@ def _replicated_ceiling(
     if patients < 1:
         raise ValueError(f"patients is {patients}; use at least 1")
     if replicates < 2:
-        raise ValueError(f"replicates is {replicates}; use at least 2: a single draw says nothing about how the value scatters")
+        raise ValueError(f"replicates is {replicates}; use at least 2: one draw says nothing of how the value scatters")
     field = _binned(label_space, name)
     plans = plan_cohort(patients, seed, [system.key for system in SYSTEMS])
     hits, groups, counts = [], [], np.zeros(len(field.class_names))
