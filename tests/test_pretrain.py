@@ -196,6 +196,14 @@ def test_every_image_is_seen_once_per_epoch_in_batches_of_whole_study_pairs():
         assert all(known.count(group) % 2 == 0 for group in known)  # pairs of the same study, never split
 
 
+@pytest.mark.parametrize("views", [1, 3, 5, 7])
+def test_every_image_of_a_study_with_an_odd_number_of_images_is_seen_exactly_once(views):
+    groups = [0] * views + [1] * 4  # a study missing a view (3) or with extra views (5, 7), and a full one
+    for shuffle in (False, True):
+        batches = StudyBatchSampler(groups, batch_size=4, views_per_study=2, shuffle=shuffle).batches()
+        assert sorted(index for batch in batches for index in batch) == list(range(views + 4))
+
+
 def test_each_epoch_is_shuffled_differently_but_reproducibly():
     sampler = StudyBatchSampler([index // 2 for index in range(40)], batch_size=8, seed=0)
     first = list(sampler)

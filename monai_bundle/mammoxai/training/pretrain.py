@@ -375,8 +375,9 @@ class StudyBatchSampler(Sampler[list[int]]):
             if self.shuffle:
                 rng.shuffle(study)
             pieces = [study[start : start + size] for start in range(0, len(study), size)]
-            if len(pieces) > 1 and len(pieces[-1]) == 1:
-                pieces[-2] += pieces.pop()
+            if len(pieces) > 1 and len(pieces[-1]) == 1:  # a lone image joins the study's previous piece
+                lone = pieces.pop()
+                pieces[-1] += lone
             chunks += pieces
         if self.shuffle:
             rng.shuffle(chunks)
