@@ -2,6 +2,7 @@
 label checks, and train.json running them."""
 
 import csv
+import re
 import shutil
 
 import monai.bundle
@@ -144,6 +145,19 @@ def test_starting_weights_that_do_not_fit_are_refused_naming_the_file(tmp_path, 
     with pytest.raises(MammoXAIError, match=message) as error:
         initialise(BackboneClassifier("resnet18", 3), init, path)
     assert "weights.pt" in str(error.value)
+
+
+@pytest.mark.parametrize("init", ["external", "classifier", "pretrained"])
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [(b"", "EOFError"), (b"these are not weights\n", "pop from empty list"), (b"PK\x03\x04 truncated", "")],
+    ids=["empty", "text", "truncated zip"],
+)
+def test_a_file_that_is_not_a_checkpoint_at_all_is_refused_naming_it(tmp_path, init, content, detail):
+    path = tmp_path / "weights.pt"  # what an interrupted save or a wrong path leaves
+    path.write_bytes(content)
+    with pytest.raises(MammoXAIError, match=r"weights\.pt: is not a readable .*" + re.escape(detail)):
+        initialise(BackboneClassifier("resnet18", 3), init, path)
 
 
 def test_a_classifier_checkpoint_continues_a_previous_fine_tune(tmp_path):

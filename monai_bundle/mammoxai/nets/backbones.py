@@ -31,6 +31,7 @@ from torch import nn
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets.classifier import MammoClassifier
+from mammoxai.nets.files import read_torch_file
 
 __all__ = ["BACKBONES", "build_backbone", "adapt_input_channels"]
 
@@ -116,10 +117,7 @@ def _load_weights(model: nn.Module, path: Path, name: str, stem_name: str, head_
     fix = f"pass a state dict of a {name} network, saved with torch.save(model.state_dict(), path)"
     if not path.is_file():
         raise MammoXAIError(path, "backbone weights file not found", f"{fix}, or null to start from random weights")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise MammoXAIError(path, f"is not a readable PyTorch weights file ({error})", fix) from error
+    state = read_torch_file(path, "PyTorch weights file", fix)
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):

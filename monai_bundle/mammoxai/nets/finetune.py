@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from torch import nn
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets.backbones import build_backbone
+from mammoxai.nets.files import read_torch_file
 from mammoxai.nets.metadata_net import MetadataNet
 
 __all__ = [
@@ -367,11 +367,7 @@ def load_checkpoint(
         MammoXAIError: the file is not a readable PyTorch checkpoint, or it does not fit ``network``.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        reason = f"is not a readable PyTorch checkpoint ({str(error).splitlines()[0]})"
-        raise MammoXAIError(path, reason, fix) from error
+    state = read_torch_file(path, "PyTorch checkpoint", fix, map_location)
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     problems = state_dict_problems(network, state)

@@ -47,6 +47,7 @@ from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataLabelSpace
+from mammoxai.nets.files import read_torch_file
 from mammoxai.nets.metadata_net import MetadataNet
 from mammoxai.training.losses import PretrainingLoss
 
@@ -728,11 +729,8 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise MammoXAIError(path, "pretrained checkpoint not found", f"pretrain first: {PRETRAIN_COMMAND}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        fix = f"pass the pretrained.pt that pretraining wrote ({PRETRAIN_COMMAND})"
-        raise MammoXAIError(path, f"is not a readable checkpoint ({error})", fix) from error
+    fix = f"pass the pretrained.pt that pretraining wrote ({PRETRAIN_COMMAND})"
+    checkpoint = read_torch_file(path, "checkpoint", fix, map_location)
     if not isinstance(checkpoint, Mapping) or "network" not in checkpoint or "info" not in checkpoint:
         problem = "is not a metadata-pretraining checkpoint (it has no 'network' and 'info' entries)"
         raise MammoXAIError(path, problem, "pass the pretrained.pt that pretraining wrote")
