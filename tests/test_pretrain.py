@@ -31,6 +31,7 @@ from mammoxai.training.pretrain import (
     MetadataAccuracy,
     MetadataDataset,
     PretrainBatch,
+    Resume,
     StudyBatchSampler,
     fit_label_space,
     load_pretrained,
@@ -182,6 +183,19 @@ def test_a_manifest_with_a_missing_file_is_refused_listing_it(cohort, tmp_path):
     write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")
     with pytest.raises(MammoXAIError, match=r"1 listed images do not exist: .*gone\.dcm"):
         load_records(tmp_path / "manifest.csv")
+
+
+def test_strict_and_resume_written_as_words_on_the_command_line_mean_what_they_say(cohort, tmp_path):
+    records = cohort_records(cohort)
+    write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")
+    assert len(load_records(tmp_path / "manifest.csv", strict="false")) == len(records)  # skipped, not refused
+    with pytest.raises(MammoXAIError, match="listed images do not exist"):
+        load_records(tmp_path / "manifest.csv", strict="True")
+    assert [Resume(tmp_path, {}, enabled=word).enabled for word in ("false", "No", "0", "true", "YES")] == [
+        False, False, False, True, True
+    ]
+    with pytest.raises(MammoXAIError, match="resume: is 'ja', not a boolean"):
+        Resume(tmp_path, {}, enabled="ja")
 
 
 # -- study batches ------------------------------------------------------------------------------------------------

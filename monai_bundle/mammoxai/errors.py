@@ -30,3 +30,23 @@ class MammoXAIError(ValueError):
         if fix:
             message += f" ({fix})"
         super().__init__(message)
+
+
+_FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def parse_flag(value: object, name: str) -> bool:
+    """A boolean setting as the user wrote it: ``True``/``False``, or the words a command line passes as text.
+
+    ``python -m monai.bundle run ... --resume false`` hands the config the *string* ``'false'``, which Python
+    takes as true; settings that change what a run does on disk read their value through here instead.
+
+    Raises:
+        MammoXAIError: the value is neither a boolean nor one of true/false, yes/no, 1/0 (any case).
+    """
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word not in _FLAG_WORDS:
+        raise MammoXAIError(name, f"is {value!r}, not a boolean", "use true or false")
+    return _FLAG_WORDS[word]

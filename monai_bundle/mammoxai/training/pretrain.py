@@ -45,7 +45,7 @@ from torch.utils.data import Sampler
 import mammoxai
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, parse_flag
 from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataLabelSpace
 from mammoxai.nets.files import read_torch_file
 from mammoxai.nets.metadata_net import MetadataNet
@@ -102,7 +102,7 @@ def load_records(
     Raises:
         MammoXAIError: no manifest, missing files (``strict``), a CSV that cannot be joined, or no image left.
     """
-    manifest = Path(manifest)
+    manifest, strict = Path(manifest), parse_flag(strict, "strict")
     if not manifest.is_file():
         raise MammoXAIError(
             manifest,
@@ -651,7 +651,7 @@ class Resume:
     ) -> None:
         self.ckpt_dir = Path(ckpt_dir)
         self.objects = dict(objects)
-        self.enabled = enabled
+        self.enabled = parse_flag(enabled, "resume")
         self.file_prefix = file_prefix
         self.best_file = Path(best_file) if best_file is not None else None
         self.best_saver = best_saver
