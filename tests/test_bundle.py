@@ -366,6 +366,7 @@ def test_default_target_layer_is_the_networks_last_block(tmp_path):
         ({"method": "lime"}, "saliency method: 'lime' is not available"),
         ({"method": "occlusion", "preset": "huge"}, "saliency preset for occlusion: 'huge' is not a preset"),
         ({"target_layer": "features.block9"}, "saliency target_layer: the network has no layer named 'features.blo"),
+        ({"method": "correlax"}, "saliency method correlax: the model runs on 256x208 pixels, smaller than one 256x256"),
     ],
 )
 def test_bad_saliency_settings_are_named(tmp_path, saliency, message):

@@ -47,7 +47,7 @@ from mammoxai.io.heatmap import write_heatmap_nrrd
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.preprocess import prepare_image
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
-from mammoxai.saliency import SaliencyMethod, get_method, method_settings
+from mammoxai.saliency import SaliencyMethod, check_grid, get_method, method_settings
 from mammoxai.schema import SCHEMA_VERSION, validate_prediction
 
 logger = logging.getLogger(__name__)
@@ -322,7 +322,9 @@ class MammogramPredictor:
                 settings.setdefault("target_layer", self.saliency["target_layer"])
             if "amp" in accepted:
                 settings.setdefault("amp", self.amp)
-            self._methods[key] = get_method(name, self.network, preset=preset, **settings)
+            method = get_method(name, self.network, preset=preset, **settings)
+            check_grid(method, self.image_size, f"saliency method {name}")
+            self._methods[key] = method
         return name, preset, self._methods[key]
 
     def _autocast(self) -> torch.autocast:

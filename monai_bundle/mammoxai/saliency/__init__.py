@@ -11,7 +11,7 @@ from mammoxai.saliency.correlax import CorRELAX, CorRELAXResult
 from mammoxai.saliency.gradcam import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, normalise_maps
 from mammoxai.saliency.masking import MaskedForward, PatchMasks, RandomMasks
 from mammoxai.saliency.occlusion import Occlusion
-from mammoxai.saliency.registry import METHODS, PRESETS, SaliencyMethod, get_method, method_settings
+from mammoxai.saliency.registry import METHODS, PRESETS, SaliencyMethod, check_grid, get_method, method_settings
 from mammoxai.saliency.relax import RELAX, RELAXResult
 from mammoxai.saliency.rise import RISE
 
@@ -32,6 +32,7 @@ __all__ = [
     "SaliencyMethod",
     "METHODS",
     "PRESETS",
+    "check_grid",
     "get_method",
     "method_settings",
     "normalise_maps",

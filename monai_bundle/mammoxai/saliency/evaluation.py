@@ -76,7 +76,7 @@ from mammoxai.metrics.saliency import (
 from mammoxai.reports import Report
 from mammoxai.training.evaluate_classifier import load_checkpoints
 from mammoxai.saliency.correlax import CorRELAX
-from mammoxai.saliency.registry import SaliencyMethod, get_method
+from mammoxai.saliency.registry import SaliencyMethod, check_grid, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -280,14 +280,8 @@ class SaliencyEvaluator:
 
     def _explainer(self, spec: MethodSpec, network: nn.Module) -> SaliencyMethod:
         explainer = get_method(spec.name, network, spec.preset, **spec.settings)
-        view = getattr(explainer, "view_size", None)
         grid = self.models[spec.model]["image_size"]
-        if view is not None and min(grid) < view:
-            raise MammoXAIError(
-                f"saliency method {spec.label}",
-                f"model {spec.model!r} runs on {grid[0]}x{grid[1]} pixels, smaller than one {view}x{view} local view",
-                "raise the model's image_size to the full-resolution grid, or lower view_size",
-            )
+        check_grid(explainer, grid, f"saliency method {spec.label}", f"model {spec.model!r}")
         return explainer
 
     def _findings(self, csv_path: Path) -> dict[str, list[tuple[str, tuple[float, ...], str | None]]]:

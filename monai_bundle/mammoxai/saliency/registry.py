@@ -20,7 +20,7 @@ from mammoxai.saliency.occlusion import Occlusion
 from mammoxai.saliency.relax import RELAX
 from mammoxai.saliency.rise import RISE
 
-__all__ = ["SaliencyMethod", "METHODS", "PRESETS", "get_method", "method_settings"]
+__all__ = ["SaliencyMethod", "METHODS", "PRESETS", "check_grid", "get_method", "method_settings"]
 
 
 class SaliencyMethod(Protocol):
@@ -97,6 +97,23 @@ def get_method(name: str, nn_module: nn.Module, preset: str | None = None, **set
     if unknown:
         raise MammoXAIError(f"saliency settings for {name}", f"{unknown} are not settings", f"use {sorted(method_settings(name))}")
     return method(nn_module, **arguments)
+
+
+def check_grid(method: SaliencyMethod, grid: tuple[int, int], source: str, model: str = "the model") -> None:
+    """Refuse a method whose local views (CorRELAX) do not fit the model grid, before any image is read.
+
+    The grid is fixed by the config, so this is a settings error, known once: not a warning per image.
+
+    Raises:
+        MammoXAIError: the grid is smaller than one local view; the message names the grid, the view and the fix.
+    """
+    view = getattr(method, "view_size", None)
+    if view is not None and min(grid) < view:
+        raise MammoXAIError(
+            source,
+            f"{model} runs on {grid[0]}x{grid[1]} pixels, smaller than one {view}x{view} local view",
+            "raise the model's image_size to the full-resolution grid, or lower view_size in the saliency settings",
+        )
 
 
 def _method_class(name: str) -> type:
