@@ -151,6 +151,9 @@ def compare(args: argparse.Namespace, command: str) -> Report:
             raise MammoXAIError(
                 f"strategy {name!r}", f"needs --{option}", f"pass --{option} <local weights file> or drop {name}"
             )
+    for option, path in weights.items():  # before any fine-tune, not when the first strategy that needs it starts
+        if path and not Path(path).is_file():
+            raise MammoXAIError(path, f"--{option} file not found", "pass an existing weights file")
     if any(STRATEGIES[name].get("weights") == "pretrained" for name in args.strategies) and not weights["pretrained"]:
         unlabelled = [record for record in records if not is_held_out(record)]
         logger.info("metadata pretraining on %d images of the non-test patients", len(unlabelled))

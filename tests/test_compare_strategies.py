@@ -121,3 +121,11 @@ def test_a_strategy_without_its_weights_is_one_line_on_stderr(studies, tmp_path,
     assert code == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "--external_weights" in error[0]
+
+
+def test_a_missing_pretrained_checkpoint_is_refused_before_scratch_trains(studies, tmp_path, capsys):
+    missing = tmp_path / "runs" / "pretrain" / "pretrained.pt"
+    arguments = ["--dataset_dir", str(studies), "--out", str(tmp_path), "--strategies", "scratch", "pretrained"]
+    assert compare_strategies.main([*arguments, "--pretrained", str(missing)]) == 1
+    assert "pretrained.pt: --pretrained file not found" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("model.pt"))  # scratch never started
