@@ -91,7 +91,9 @@ def test_train_json_writes_checkpoint_logs_and_cache_where_it_is_told(training_r
     work, before, after = training_run
     network = served_network()
     # the layout the predictor loads
-    network.load_state_dict(torch.load(work / "models" / "model.pt", weights_only=True))
+    saved = torch.load(work / "models" / "model.pt", weights_only=True)
+    network.load_state_dict(saved["model"])
+    assert saved["grid"] == {"image_size": [256, 208]}  # the training grid, which inference and evaluation check
     assert any((work / "eval").glob("events.out.tfevents.*"))  # TensorBoard
     assert any((work / "eval" / "cache").rglob("*.pt"))  # preprocessed tensors
     assert after == before  # nothing written into the repository's bundle
@@ -126,6 +128,18 @@ def test_inference_json_explains_dicom_and_png_and_reports_bad_files(tmp_path, s
         assert spacing == (mammogram.spacing or (1.0, 1.0))
         assert 0.0 <= heatmap.min() <= heatmap.max() <= 1.0
     assert json.loads((output / "spaced.json").read_text())["image"]["spacing_mm"] == [0.08, 0.1]
+
+
+def test_inference_json_refuses_a_model_trained_on_another_grid_before_reading_any_image(tmp_path, studies, trained):
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--input_dir", str(studies), "--checkpoint", str(trained / "model.pt")]
+    command += ["--output_dir", str(tmp_path / "out"), "--image_size", "[128, 104]"]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert 'model.pt: was trained on a 256x208 grid, not the 128x104 of this run (pass --image_size "[256, 208]")' in (
+        result.stdout + result.stderr
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_inference_json_explains_with_the_saliency_method_named_on_the_command_line(tmp_path):

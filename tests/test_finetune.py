@@ -17,7 +17,7 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
 from mammoxai.data.findings import read_findings
 from mammoxai.nets import BackboneClassifier, MammoClassifier, MetadataNet, build_backbone
-from mammoxai.nets.finetune import MultiViewClassifier
+from mammoxai.nets.finetune import MultiViewClassifier, load_checkpoint
 from mammoxai.cli import BUNDLE_ROOT, user_error
 from mammoxai.training.finetune import (
     UnfreezeAt,
@@ -160,6 +160,16 @@ def test_a_file_that_is_not_a_checkpoint_at_all_is_refused_naming_it(tmp_path, i
         initialise(BackboneClassifier("resnet18", 3), init, path)
 
 
+def test_a_checkpoint_that_records_its_training_grid_is_refused_on_another(tmp_path):
+    network = BackboneClassifier("mammo_cnn", 3)
+    torch.save({"model": network.state_dict(), "grid": {"image_size": [64, 52]}}, tmp_path / "model.pt")
+    load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "model.pt", "x", "y", image_size=(64, 52))
+    with pytest.raises(MammoXAIError, match=r"was trained on a 64x52 grid, not the 256x208 of this run .*\[64, 52\]"):
+        load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "model.pt", "x", "y", image_size=(256, 208))
+    torch.save(network.state_dict(), tmp_path / "bare.pt")  # no record (an older checkpoint): nothing to check
+    load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "bare.pt", "x", "y", image_size=(256, 208))
+
+
 def test_a_classifier_checkpoint_continues_a_previous_fine_tune(tmp_path):
     torch.manual_seed(0)
     previous = BackboneClassifier("mammo_cnn", 3)
@@ -229,7 +239,7 @@ def test_train_json_fine_tunes_the_pretrained_backbone_with_freezing_and_samplin
         class_balance="sampler",
     )
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    BackboneClassifier("mammo_cnn", 3).load_state_dict(state)
+    BackboneClassifier("mammo_cnn", 3).load_state_dict(state["model"])
 
 
 def test_train_json_refuses_a_label_csv_with_unknown_ids_before_training(studies, tmp_path):
@@ -284,7 +294,7 @@ def test_multi_view_samples_stack_cc_then_mlo_of_one_breast(studies):
 def test_train_json_trains_a_multi_view_classifier(studies, tmp_path):
     _train(studies, tmp_path, network_def="@finetune_network_def", views=["CC", "MLO"], epochs=1)
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    MultiViewClassifier("mammo_cnn", 3, num_views=2).load_state_dict(state)
+    MultiViewClassifier("mammo_cnn", 3, num_views=2).load_state_dict(state["model"])
 
 
 # -- patch -> whole image -----------------------------------------------------------------------------------------
@@ -339,7 +349,7 @@ def test_the_patch_classifier_starts_the_whole_image_classifier(studies, tmp_pat
     patch_model = tmp_path / "patches" / "models" / "model.pt"
     whole = build_finetune_classifier("mammo_cnn", 3, init="classifier", init_weights=patch_model)
     state = torch.load(patch_model, weights_only=True)
-    torch.testing.assert_close(whole.fc.weight, state["fc.weight"])
+    torch.testing.assert_close(whole.fc.weight, state["model"]["fc.weight"])
     _train(
         studies,
         tmp_path / "whole",

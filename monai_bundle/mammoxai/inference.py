@@ -345,7 +345,9 @@ class MammogramPredictor:
             return
         path = self.checkpoint.path
         fix = f"serve it with the network_def and metadata_fields it was trained with, or retrain: {TRAIN_COMMAND}"
-        load_checkpoint(self.network, path, "cannot be loaded into the network", fix, map_location=self.device)
+        load_checkpoint(
+            self.network, path, "cannot be loaded into the network", fix, self.device, image_size=self.image_size
+        )
         self.network.eval()
         self.checkpoint.stamp = stamp
         logger.info("loaded weights %s (modified %s)", path, self.checkpoint.mtime_iso)

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +349,7 @@ def load_checkpoint(
     problem: str,
     fix: str,
     map_location: str | torch.device = "cpu",
+    image_size: Sequence[int] | None = None,
 ) -> nn.Module:
     """Load a checkpoint as ``train.json`` writes it (a state dict, or one under ``"model"``) into ``network``.
 
@@ -362,13 +363,22 @@ def load_checkpoint(
             the reasons follow it.
         fix: what the user should do, in both errors.
         map_location: where the tensors are loaded.
+        image_size: the (height, width) grid the caller will run the network on; refused when the checkpoint
+            records another training grid (``"grid"``, see :class:`~mammoxai.training.checkpoints.TrainingGrid`).
+            Checkpoints without the record (older ones, bare state dicts) are not checked.
 
     Raises:
-        MammoXAIError: the file is not a readable PyTorch checkpoint, or it does not fit ``network``.
+        MammoXAIError: the file is not a readable PyTorch checkpoint, it does not fit ``network``, or it was
+            trained on another grid than ``image_size``.
     """
     path = Path(path)
     state = read_torch_file(path, "PyTorch checkpoint", fix, map_location)
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        trained = state.get("grid", {}).get("image_size") if isinstance(state.get("grid"), Mapping) else None
+        if image_size is not None and trained is not None and list(trained) != [int(side) for side in image_size]:
+            here = "x".join(str(int(side)) for side in image_size)
+            problem = f"was trained on a {trained[0]}x{trained[1]} grid, not the {here} of this run"
+            raise MammoXAIError(path, problem, f'pass --image_size "[{trained[0]}, {trained[1]}]"')
         state = state["model"]
     problems = state_dict_problems(network, state)
     if problems:

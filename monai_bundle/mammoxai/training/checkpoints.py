@@ -10,13 +10,13 @@ is the same handler, configured the same way, with both orders fixed.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
-__all__ = ["SafeCheckpointSaver"]
+__all__ = ["SafeCheckpointSaver", "TrainingGrid"]
 
 
 class _ReplaceThenRemove(DiskSaver):
@@ -52,3 +52,24 @@ class SafeCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler = _ReplaceThenRemove(self.save_dir, checkpoint.save_handler.filename)
+
+
+class TrainingGrid:
+    """The model grid a classifier was trained on, saved as ``"grid"`` in ``model.pt`` next to ``"model"``.
+
+    A CNN runs on any grid, so a model trained at 512 x 416 and served at the default 256 x 208 gives numbers with
+    no error; :func:`~mammoxai.nets.finetune.load_checkpoint` compares this record with the grid of the run that
+    loads the weights and refuses a mismatch. An object with ``state_dict`` so ``CheckpointSaver`` saves it.
+
+    Args:
+        image_size: (height, width) of the training grid.
+    """
+
+    def __init__(self, image_size: Sequence[int]) -> None:
+        self.image_size = [int(side) for side in image_size]
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {"image_size": list(self.image_size)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.image_size = [int(side) for side in state["image_size"]]

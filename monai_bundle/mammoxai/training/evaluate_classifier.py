@@ -99,15 +99,17 @@ def select_records(
     return kept
 
 
-def load_checkpoints(network: nn.Module, paths: Sequence[str | Path] | str | Path) -> list[nn.Module]:
+def load_checkpoints(
+    network: nn.Module, paths: Sequence[str | Path] | str | Path, image_size: Sequence[int] | None = None
+) -> list[nn.Module]:
     """One copy of ``network`` per checkpoint, with its weights loaded and in eval mode: the ensemble members.
 
     A checkpoint is a state dict, or a dict holding one under ``"model"`` (what ``train.json``'s
-    ``CheckpointSaver`` writes).
+    ``CheckpointSaver`` writes, with the training grid, which must equal ``image_size`` when both are known).
 
     Raises:
-        MammoXAIError: no path, a missing file, or weights that do not fit ``network`` (another architecture or
-            class count); the message names the file.
+        MammoXAIError: no path, a missing file, weights that do not fit ``network`` (another architecture or
+            class count) or were trained on another grid; the message names the file.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
@@ -121,6 +123,7 @@ def load_checkpoints(network: nn.Module, paths: Sequence[str | Path] | str | Pat
             path,
             "does not fit the configured network",
             "evaluate with the network_def and class_names it was trained with",
+            image_size=image_size,
         )
         members.append(member.eval())
     return members
