@@ -58,6 +58,10 @@ def test_replace_checkpoint_refuses_non_finite_weights_and_keeps_the_old_file(tm
         replace_checkpoint({"w": torch.tensor([1.0, float("nan")])}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
+    with pytest.raises(MammoXAIError, match="not finite"):  # train.json's layout: the weights under "model"
+        replace_checkpoint({"model": {"w": torch.tensor([float("inf")])}, "grid": {"image_size": [8, 8]}}, path)
+    replace_checkpoint({"model": {"w": torch.zeros(2)}, "grid": {"image_size": [8, 8]}}, path)
+    assert torch.load(path, weights_only=True)["grid"] == {"image_size": [8, 8]}  # kept whole
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +105,8 @@ def test_finetune_not_worse_policy_compares_with_the_current_weights_on_the_same
     assert result.accepted == (result.metric >= result.baseline_metric)
     assert (checkpoint.read_bytes() != before) == result.accepted
     assert result.train_images + result.val_images == len(triples)
+    if result.accepted:  # the served file keeps train.json's layout, its training grid included
+        assert torch.load(checkpoint, weights_only=True)["grid"] == {"image_size": [48, 48]}
 
 
 def test_simulated_clinician_runs_two_rounds_against_the_real_server(tmp_path):

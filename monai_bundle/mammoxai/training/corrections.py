@@ -179,7 +179,7 @@ def finetune(
     elif not candidate.is_file():
         result.reason = "the checkpoint saver wrote no weights; the served model is unchanged"
     else:
-        replace_checkpoint(_load_state(candidate), checkpoint)
+        replace_checkpoint(torch.load(candidate, map_location="cpu", weights_only=True), checkpoint)
         result.accepted = True
         result.reason = f"validation {metric_name} {result.metric:.4f}: saved as {checkpoint.name}"
     logger.info("fine-tuning on %d corrections: %s", len(records), result.reason)
@@ -218,8 +218,11 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
         )
 
 
-def replace_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """Write a state dict over ``path`` atomically: into a temporary file in the same folder, then ``os.replace``.
+def replace_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write a checkpoint over ``path`` atomically: into a temporary file in the same folder, then ``os.replace``.
+
+    ``state`` is a state dict, or what ``train.json`` saves (the state dict under ``"model"``, the training grid
+    under ``"grid"``), kept whole so the served file still records its grid.
 
     A reader (the predictor's hot reload, a second server) sees either the old file or the complete new one,
     never a partial write, and a crash mid-write leaves the old weights in place.
@@ -228,7 +231,8 @@ def replace_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLik
         MammoXAIError: a tensor in ``state`` is not finite (NaN or infinite weights are never served).
     """
     path = Path(path)
-    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    weights = state["model"] if isinstance(state.get("model"), Mapping) else state
+    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if bad:
         raise MammoXAIError(path, f"new weights {bad[:3]} are not finite", "retrain with a lower learning_rate")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,11 +247,6 @@ def replace_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLik
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
-
-
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(state["model"]) if isinstance(state.get("model"), Mapping) else dict(state)
 
 
 def _key_metric(engine: Any) -> float:
