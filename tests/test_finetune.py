@@ -291,6 +291,13 @@ def test_multi_view_samples_stack_cc_then_mlo_of_one_breast(studies):
         MultiViewDataset(images, views=["CC", "XCCL"])
 
 
+def test_train_json_refuses_multi_view_input_for_the_single_image_served_network(studies, tmp_path):
+    with pytest.raises(Exception) as error:
+        _train(studies, tmp_path, views=["CC", "MLO"], epochs=1)
+    assert "views: is ['CC', 'MLO'], but the served network reads one image" in str(user_error(error.value))
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
 def test_train_json_trains_a_multi_view_classifier(studies, tmp_path):
     _train(studies, tmp_path, network_def="@finetune_network_def", views=["CC", "MLO"], epochs=1)
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)

@@ -220,14 +220,21 @@ def build_metadata_classifier(
     matching_dim: int = 32,
     in_channels: int = 1,
     dropout: float = 0.2,
+    views: Sequence[str] | None = None,
 ) -> MetadataClassifier:
     """The served network of ``configs/train.json``: a :class:`~mammoxai.nets.MetadataClassifier` with one
     metadata head per field of ``label_space``, initialised (:func:`initialise`) and frozen as configured.
 
+    ``views`` is the config's multi-view setting, passed here so that asking this single-image network for
+    several views is refused now, not as a convolution shape error in the first iteration.
+
     Raises:
-        MammoXAIError: no label space, a learned vocabulary that was not fitted (its head size is unknown), or a
-            start that does not fit (see :func:`initialise`).
+        MammoXAIError: multi-view ``views``, no label space, a learned vocabulary that was not fitted (its head size
+            is unknown), or a start that does not fit (see :func:`initialise`).
     """
+    if views:
+        problem = f"is {list(views)}, but the served network reads one image"
+        raise MammoXAIError("views", problem, "add --network_def @finetune_network_def")
     if label_space is None:
         raise MammoXAIError("metadata_label_space", "is not set", "name the served fields in metadata_fields")
     fields = {name: label_space.num_classes(name) for name in label_space.fields}
