@@ -374,7 +374,8 @@ def load_checkpoint(
     path = Path(path)
     state = read_torch_file(path, "PyTorch checkpoint", fix, map_location)
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        trained = state.get("grid", {}).get("image_size") if isinstance(state.get("grid"), Mapping) else None
+        grid = state.get("grid")
+        trained = grid.get("image_size") if isinstance(grid, Mapping) else None
         if image_size is not None and trained is not None and list(trained) != [int(side) for side in image_size]:
             here = "x".join(str(int(side)) for side in image_size)
             problem = f"was trained on a {trained[0]}x{trained[1]} grid, not the {here} of this run"
