@@ -45,7 +45,12 @@ class _ReplaceThenRemove(DiskSaver):
 
 
 class SafeCheckpointSaver(CheckpointSaver):
-    """``monai.handlers.CheckpointSaver`` (same arguments) whose files are never half-written or lost mid-save."""
+    """``monai.handlers.CheckpointSaver`` (same arguments) whose files are never half-written or lost mid-save.
+
+    It swaps the save handler of the ignite ``Checkpoint`` objects MONAI builds (``_final_checkpoint``,
+    ``_key_metric_checkpoint``, ``_interval_checkpoint``, private in MONAI 1.x), keeping each one's fixed file name;
+    ``tests/test_checkpoints.py`` fails if a MONAI release renames them.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
