@@ -42,6 +42,7 @@ from monai.handlers import from_engine
 
 from mammoxai.data.manifest import read_record, write_manifest
 from mammoxai.errors import MammoXAIError
+from mammoxai.nets.files import read_torch_file
 from mammoxai.nets.finetune import load_checkpoint
 from mammoxai.schema import validate_label
 
@@ -179,7 +180,7 @@ def finetune(
     elif not candidate.is_file():
         result.reason = "the checkpoint saver wrote no weights; the served model is unchanged"
     else:
-        replace_checkpoint(torch.load(candidate, map_location="cpu", weights_only=True), checkpoint)
+        replace_checkpoint(read_torch_file(candidate, "checkpoint", "rerun the fine-tuning"), checkpoint)
         result.accepted = True
         result.reason = f"validation {metric_name} {result.metric:.4f}: saved as {checkpoint.name}"
     logger.info("fine-tuning on %d corrections: %s", len(records), result.reason)
