@@ -51,6 +51,7 @@ from mammoxai.training.experiments import (
     add_run_arguments,
     auc_difference,
     bundle_run,
+    claim_out,
     is_held_out,
     labelled_subset,
     read_study_manifest,
@@ -73,7 +74,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 
 def pretrain(bundle_root: Path, manifest: Path, work: Path, settings: Mapping[str, Any], epochs: int) -> Path:
     """Metadata pretraining (``configs/pretrain.json``) of the backbone on ``manifest``; the checkpoint path."""
-    keys = ("backbone", "image_size", "batch_size", "num_workers", "device", "seed", "cache_dir")
+    keys = ("backbone", "image_size", "batch_size", "num_workers", "device", "seed", "cache_dir", "overwrite")
     bundle_run(
         ["pretrain.json"],
         bundle_root,
@@ -139,6 +140,7 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
     records = read_study_manifest(args.dataset_dir)
     task = TASKS[args.task]
+    claim_out(out, args.overwrite)
     settings = run_settings(args, out)
     weights = {
         "pretrained": args.pretrained,

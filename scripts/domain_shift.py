@@ -43,6 +43,7 @@ from mammoxai.training.experiments import (
     across_seeds,
     add_run_arguments,
     auc_difference,
+    claim_out,
     labelled_subset,
     read_study_manifest,
     repeat_seeds,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
         seed: split_by_system(records, args.target_system, args.adapt_fraction, seed, label_map=task["label_map"])
         for seed in seeds
     }  # every split is checked before the first training starts
+    claim_out(out, args.overwrite)
     settings = run_settings(args, out)
     positive = task["class_names"].index("malignant")
     rows, differences = [], []

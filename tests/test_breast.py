@@ -7,7 +7,7 @@ import torch
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.breast import breast_geometry, chest_wall_side, segment_breast
 from mammoxai.io.mammogram import Mammogram
-from mammoxai.io.preprocess import prepare_image
+from mammoxai.io.preprocess import grid_shape, prepare_image
 
 SHAPE = (160, 128)
 MODEL_SHAPE = (64, 48)
@@ -198,6 +198,17 @@ def test_breast_geometry_on_a_blank_image_raises():
 
 
 # -- prepare_image --------------------------------------------------------------------------------------------
+def test_a_grid_size_is_height_and_width_or_one_int_for_a_square():
+    assert grid_shape([512, 416]) == (512, 416) and grid_shape((64, 48)) == (64, 48)
+    assert grid_shape(64) == (64, 64) and grid_shape(np.int64(32)) == (32, 32)
+
+
+@pytest.mark.parametrize("size", [0, [64], [64, 64, 3], [64, 0], "64", [64.5, 64], True, None])
+def test_a_grid_size_of_any_other_shape_is_refused_by_its_setting_name(size):
+    with pytest.raises(MammoXAIError, match=r"lesion_image_size: is .*, not a grid size \(give \"\[height, width\]\""):
+        grid_shape(size, "lesion_image_size")
+
+
 def test_prepared_image_is_a_unit_range_tensor_with_a_zero_background():
     pixels, breast = draw_breast()
     image, geometry = prepare_image(Mammogram(pixels=add_label(pixels)), MODEL_SHAPE)

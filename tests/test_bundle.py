@@ -142,6 +142,23 @@ def test_inference_json_refuses_a_model_trained_on_another_grid_before_reading_a
     assert not (tmp_path / "out").exists()
 
 
+def test_train_json_into_a_folder_holding_a_model_refuses_before_training_and_keeps_the_model(
+    tmp_path, studies, trained
+):
+    models = tmp_path / "models"
+    shutil.copytree(trained, models)
+    before = (models / "model.pt").read_bytes()
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    command += ["--dataset_dir", str(studies), "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "eval")]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    expected = f"ckpt_dir {models}: holds model.pt of an earlier run (pass --overwrite true to replace them, or give"
+    assert expected in result.stdout + result.stderr
+    assert "--resume" not in result.stdout + result.stderr  # fine-tuning cannot resume: not offered
+    assert (models / "model.pt").read_bytes() == before
+    assert not (tmp_path / "eval" / "cache").exists()  # refused before a single image was read
+
+
 def test_inference_json_explains_with_the_saliency_method_named_on_the_command_line(tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()

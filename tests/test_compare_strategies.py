@@ -13,7 +13,7 @@ from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import MetadataNet
-from mammoxai.training.experiments import across_seeds, labelled_subset
+from mammoxai.training.experiments import across_seeds, labelled_subset, run_settings
 from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_fields
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_strategies.py"
@@ -129,3 +129,16 @@ def test_a_missing_pretrained_checkpoint_is_refused_before_scratch_trains(studie
     assert compare_strategies.main([*arguments, "--pretrained", str(missing)]) == 1
     assert "pretrained.pt: --pretrained file not found" in capsys.readouterr().err
     assert not list(tmp_path.rglob("model.pt"))  # scratch never started
+
+
+def test_an_out_folder_holding_an_earlier_experiment_is_refused_unless_overwrite(studies, tmp_path, capsys):
+    (tmp_path / "report.json").write_text("{}")
+    arguments = ["--dataset_dir", str(studies), "--out", str(tmp_path), "--strategies", "external"]
+    assert compare_strategies.main(arguments) == 1
+    assert "holds report.json of an earlier experiment (pass --overwrite" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report.json"]
+
+    assert compare_strategies.main([*arguments, "--overwrite"]) == 1
+    assert "--external_weights" in capsys.readouterr().err  # past the --out check, stopped by the next one
+    args = compare_strategies._parser().parse_args([*arguments, "--overwrite"])
+    assert run_settings(args, tmp_path)["overwrite"] is True  # and every bundle run may replace its checkpoints

@@ -282,6 +282,19 @@ def test_matching_accuracy_counts_nearest_neighbours_from_the_same_study():
     assert metric.compute() == 0.5
 
 
+@pytest.mark.parametrize("word, meaning", [("false", False), ("No", False), ("true", True)])
+def test_amp_channels_last_and_deterministic_written_as_words_mean_what_they_say(cohort, tmp_path, word, meaning):
+    workflow = pretrain_workflow(cohort, tmp_path, amp=word, channels_last=word, deterministic=word)
+    parsed = workflow.parser.get_parsed_content
+    assert parsed("amp_enabled") is meaning and parsed("channels_last_enabled") is meaning
+    assert parsed("deterministic_enabled") is meaning
+    memory_format = torch.channels_last if meaning else torch.preserve_format
+    assert parsed("memory_format") == memory_format and parsed("prepare_batch").memory_format == memory_format
+    with pytest.raises(Exception) as error:
+        pretrain_workflow(cohort, tmp_path, amp="sometimes").parser.get_parsed_content("amp_enabled")
+    assert "amp: is 'sometimes', not a boolean" in str(user_error(error.value))
+
+
 # -- the bundle workflow ------------------------------------------------------------------------------------------
 def test_pretraining_bundle_checkpoints_logs_and_yields_a_loadable_model(cohort, tmp_path):
     workflow = run(pretrain_workflow(cohort, tmp_path, epochs=2))
@@ -306,6 +319,34 @@ def test_pretraining_bundle_checkpoints_logs_and_yields_a_loadable_model(cohort,
     assert {name: logits.shape[1] for name, logits in out["logits"].items()} == {
         name: pretrained.label_space.num_classes(name) for name in pretrained.label_space.fields
     }
+
+
+@pytest.mark.parametrize("fields", [["view", "thickness"], "view"])
+def test_fields_given_as_names_train_those_heads_with_weight_one(cohort, tmp_path, fields):
+    workflow = run(pretrain_workflow(cohort, tmp_path, epochs=1, fields=fields))
+    names = [fields] if isinstance(fields, str) else fields
+    assert workflow.parser.get_parsed_content("loss").metadata.weights == dict.fromkeys(names, 1.0)
+    assert load_pretrained(tmp_path / "models" / "pretrained.pt").label_space.fields == names
+
+
+def test_one_int_image_size_is_a_square_grid_recorded_as_such(cohort, tmp_path):
+    run(pretrain_workflow(cohort, tmp_path, epochs=1, image_size=SIZE[0]))
+    assert load_pretrained(tmp_path / "models" / "pretrained.pt").image_size == (SIZE[0], SIZE[0])
+
+
+def test_a_second_run_into_the_same_folder_needs_overwrite_and_leaves_no_epoch_of_the_first(cohort, tmp_path):
+    run(pretrain_workflow(cohort, tmp_path, epochs=2))
+    models = tmp_path / "models"
+    first = {path.name: path.read_bytes() for path in models.iterdir()}
+    with pytest.raises(Exception) as error:
+        run(pretrain_workflow(cohort, tmp_path, epochs=1))
+    message = str(user_error(error.value))
+    assert "pretrained.pt of an earlier run" in message and "--overwrite true" in message and "--resume true" in message
+    assert {path.name: path.read_bytes() for path in models.iterdir()} == first
+
+    run(pretrain_workflow(cohort, tmp_path, epochs=1, overwrite="true", seed=1))  # another seed: other weights
+    assert sorted(path.name for path in models.iterdir()) == ["pretrain_checkpoint_epoch=1.pt", "pretrained.pt"]
+    assert (models / "pretrained.pt").read_bytes() != first["pretrained.pt"]
 
 
 def test_an_interrupted_run_resumes_with_its_epoch_count_and_optimizer_state(cohort, tmp_path):
@@ -357,6 +398,24 @@ def field_absent_everywhere(cohort: Path, tmp_path: Path) -> dict:
     return {"manifest": str(manifest)}
 
 
+def absent_gpu(cohort: Path, tmp_path: Path) -> dict:
+    return {"device": "cuda:99"}
+
+
+def grid_of_three_sides(cohort: Path, tmp_path: Path) -> dict:
+    return {"image_size": [64, 64, 3]}
+
+
+def output_dir_is_a_file(cohort: Path, tmp_path: Path) -> dict:
+    (tmp_path / "logs.txt").write_text("a file where the logs should go")
+    return {"output_dir": str(tmp_path / "logs.txt" / "run")}
+
+
+def ckpt_dir_is_a_file(cohort: Path, tmp_path: Path) -> dict:
+    (tmp_path / "models.txt").write_text("a file where the checkpoints should go")
+    return {"ckpt_dir": str(tmp_path / "models.txt")}
+
+
 @pytest.mark.parametrize(
     "bad_input, message",
     [
@@ -364,6 +423,10 @@ def field_absent_everywhere(cohort: Path, tmp_path: Path) -> dict:
         (unknown_backbone, r"backbone 'vgg16': is not a known backbone .*resnet18"),
         (missing_file, r"listed images do not exist: .*gone\.dcm"),
         (field_absent_everywhere, r"field 'kvp': is absent from all \d+ training images"),
+        (absent_gpu, r"device 'cuda:99': asks for (a CUDA GPU, and this machine has none|CUDA GPU 99)"),
+        (grid_of_three_sides, r"image_size: is \[64, 64, 3\], not a grid size"),
+        (output_dir_is_a_file, r"output_dir .*logs\.txt: is a file, not a folder"),
+        (ckpt_dir_is_a_file, r"ckpt_dir .*models\.txt: is a file, not a folder"),
     ],
 )
 def test_bad_input_stops_the_bundle_before_training(cohort, tmp_path, bad_input, message):

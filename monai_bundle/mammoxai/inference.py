@@ -45,7 +45,7 @@ from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.heatmap import write_heatmap_nrrd
 from mammoxai.io.mammogram import Mammogram
-from mammoxai.io.preprocess import prepare_image
+from mammoxai.io.preprocess import grid_shape, prepare_image
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.saliency import SaliencyMethod, check_grid, get_method, method_settings
 from mammoxai.schema import SCHEMA_VERSION, validate_prediction
@@ -73,15 +73,29 @@ PREDICTED = "predicted"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → the first GPU when one is present, else the CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
+    """``"auto"`` → the first GPU when one is present, else the CPU; anything else is passed to ``torch.device``.
+
+    A GPU the machine lacks is refused here, by name, rather than by the driver error of the first ``.to()``
+    (which comes after the manifest has been read and every image cached).
+
+    Raises:
+        MammoXAIError: the device name is not one torch knows, or names a CUDA GPU this machine does not have.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as error:
         raise MammoXAIError(f"device {device!r}", str(error), "use auto, cpu, cuda or cuda:<index>") from error
+    if resolved.type == "cuda":
+        source = f"device {str(device)!r}"
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise MammoXAIError(source, "asks for a CUDA GPU, and this machine has none", "use auto or cpu")
+        if (resolved.index or 0) >= count:
+            problem = f"asks for CUDA GPU {resolved.index}, and this machine has {count}"
+            raise MammoXAIError(source, problem, f"use auto, or cuda:0 to cuda:{count - 1}")
+    return resolved
 
 
 @dataclass
@@ -130,7 +144,7 @@ class MammogramPredictor:
         checkpoint: its weights, a state dict as ``train.json`` saves it (``{"model": state_dict}`` is also
             accepted). Reloaded when the file's modification time or size changes.
         class_names: name of each output logit, in order.
-        image_size: (h, w) of the model grid.
+        image_size: (h, w) of the model grid, or one int for a square grid.
         saliency: ``{"method": <name>, "preset": <preset> | None, "settings": {...}, "target_layer": <layer name>,
             "target_class": "predicted" | <class>}``. ``method`` is a name of :data:`mammoxai.saliency.METHODS`
             (default ``"gradcam"``), ``preset`` one of its presets (``"faithful"``, ``"fast"``; default none) and
@@ -166,7 +180,7 @@ class MammogramPredictor:
         network: nn.Module,
         checkpoint: str | os.PathLike,
         class_names: Sequence[str],
-        image_size: Sequence[int],
+        image_size: int | Sequence[int],
         saliency: Mapping[str, Any] | None = None,
         metadata_label_space: MetadataLabelSpace | None = None,
         qc_min_probability: float = 0.9,
@@ -178,9 +192,7 @@ class MammogramPredictor:
         self.class_names = tuple(class_names)
         if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
             raise MammoXAIError("class_names", f"{list(class_names)} must name two or more distinct classes")
-        if len(image_size) != 2 or min(image_size) < 1:
-            raise MammoXAIError("image_size", f"{list(image_size)} must be [height, width] in pixels")
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size = grid_shape(image_size)
         default_layer = getattr(network, "last_block", None)  # MammoClassifier names its last convolutional block
         self.saliency = {
             "method": "gradcam", "preset": None, "settings": {}, "target_layer": default_layer, "target_class": PREDICTED,

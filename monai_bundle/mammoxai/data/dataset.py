@@ -25,6 +25,7 @@ from mammoxai.data.cache import PreprocessedCache, preprocess_file
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
+from mammoxai.io.preprocess import grid_shape
 
 __all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries"]
 
@@ -74,7 +75,7 @@ class MammogramDataset(monai.data.Dataset):
         if isinstance(records, (str, os.PathLike)):
             records = read_manifest(records)
         super().__init__(data=list(records), transform=transform)
-        self.image_size = (int(image_size),) * 2 if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        self.image_size = grid_shape(image_size)
         self.label_key = label_key
         self.label_map = dict(label_map or {})
         self.cache = PreprocessedCache(cache_dir, self.image_size, file_key) if cache_dir is not None else None

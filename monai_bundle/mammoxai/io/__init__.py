@@ -9,7 +9,7 @@ from mammoxai.io.dicom import HeaderWarning, read_dicom, read_dicom_header
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
-from mammoxai.io.preprocess import prepare_image
+from mammoxai.io.preprocess import grid_shape, prepare_image
 from mammoxai.io.raster import read_raster
 from mammoxai.io.read import iter_mammograms, read_mammogram, read_mammograms
 
@@ -20,6 +20,7 @@ __all__ = [
     "MetadataLabelSpace",
     "breast_geometry",
     "chest_wall_side",
+    "grid_shape",
     "iter_mammograms",
     "prepare_image",
     "read_dicom",

@@ -7,14 +7,40 @@ heatmap must map back through the same geometry, so this module is the only plac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
+from mammoxai.errors import MammoXAIError
 from mammoxai.io.breast import breast_geometry, segment_breast
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 
-__all__ = ["prepare_image"]
+__all__ = ["grid_shape", "prepare_image"]
+
+
+def grid_shape(image_size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
+    """The model grid ``(height, width)`` from a config value: ``[height, width]``, or one int for a square grid.
+
+    Every setting that names a grid (``image_size`` of training, inference, the cache, the saliency evaluation) is
+    read through here, so ``--image_size 64`` means 64 x 64 everywhere, as MONAI's ``spatial_size`` does, and a
+    value of any other shape is refused by name before a network or a cache sees it.
+
+    Raises:
+        MammoXAIError: the value is not one positive int or two.
+    """
+    sides = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else image_size
+    valid = (
+        isinstance(sides, Sequence)
+        and not isinstance(sides, str)
+        and len(sides) == 2
+        and all(isinstance(side, (int, np.integer)) and not isinstance(side, bool) and side >= 1 for side in sides)
+    )
+    if not valid:
+        fix = 'give "[height, width]" in pixels, e.g. "[512, 416]"'
+        raise MammoXAIError(name, f"is {image_size!r}, not a grid size", fix)
+    return int(sides[0]), int(sides[1])
 
 
 def prepare_image(

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.backbones import build_backbone
 from mammoxai.nets.files import read_torch_file
 from mammoxai.nets.metadata_net import MetadataNet
@@ -376,8 +377,8 @@ def load_checkpoint(
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         grid = state.get("grid")
         trained = grid.get("image_size") if isinstance(grid, Mapping) else None
-        if image_size is not None and trained is not None and list(trained) != [int(side) for side in image_size]:
-            here = "x".join(str(int(side)) for side in image_size)
+        if image_size is not None and trained is not None and list(trained) != list(grid_shape(image_size)):
+            here = "x".join(str(side) for side in grid_shape(image_size))
             problem = f"was trained on a {trained[0]}x{trained[1]} grid, not the {here} of this run"
             raise MammoXAIError(path, problem, f'pass --image_size "[{trained[0]}, {trained[1]}]"')
         state = state["model"]

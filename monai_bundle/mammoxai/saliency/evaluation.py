@@ -64,6 +64,7 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
 from mammoxai.io.geometry import ImageGeometry
+from mammoxai.io.preprocess import grid_shape
 from mammoxai.metrics.saliency import (
     deletion_insertion_auc,
     energy_pointing_game,
@@ -245,8 +246,7 @@ class SaliencyEvaluator:
         if missing:
             fix = "give network, class_names and image_size"
             raise MammoXAIError(f"saliency model {name!r}", f"lacks {missing}", fix)
-        size = model["image_size"]
-        size = (int(size),) * 2 if isinstance(size, int) else tuple(int(s) for s in size)
+        size = grid_shape(model["image_size"], f"image_size of saliency model {name!r}")
         network = model["network"]
         if used and model.get("checkpoint"):
             network = load_checkpoints(network, model["checkpoint"])[0]

@@ -1,20 +1,30 @@
-"""Checkpoints that survive being interrupted while they are written.
+"""Checkpoints that survive being interrupted while they are written, and never replace an earlier run's unasked.
 
 MONAI's ``CheckpointSaver`` writes in place (``atomic=False``) and ignite's ``Checkpoint`` deletes the file a new
 one supersedes *before* writing the new one. A run killed in that moment - a job scheduler's time limit, a
 Ctrl-C at the wrong second - is left with an empty new file and no old one: the epoch checkpoint a resume needs,
-or the best model (``models/model.pt``, the file the server hot-reloads) is gone. :class:`SafeCheckpointSaver`
-is the same handler, configured the same way, with both orders fixed.
+or the best model (``models/model.pt``, the file the server hot-reloads) is gone. And a second run into the same
+``ckpt_dir`` overwrote the first run's best model, and left its epoch checkpoints beside the new ones for a later
+resume to pick up. :class:`SafeCheckpointSaver` is the same handler, configured the same way, with both orders
+fixed and a run's earlier files replaced only when the user says so.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from ignite.handlers import DiskSaver
+from ignite.engine import Engine
+from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
+
+from mammoxai.errors import MammoXAIError, parse_flag
+from mammoxai.io.preprocess import grid_shape
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SafeCheckpointSaver", "TrainingGrid"]
 
@@ -45,18 +55,71 @@ class _ReplaceThenRemove(DiskSaver):
 
 
 class SafeCheckpointSaver(CheckpointSaver):
-    """``monai.handlers.CheckpointSaver`` (same arguments) whose files are never half-written or lost mid-save.
+    """``monai.handlers.CheckpointSaver`` whose files are never half-written, lost mid-save or replaced unasked.
 
     It swaps the save handler of the ignite ``Checkpoint`` objects MONAI builds (``_final_checkpoint``,
     ``_key_metric_checkpoint``, ``_interval_checkpoint``, private in MONAI 1.x), keeping each one's fixed file name;
     ``tests/test_checkpoints.py`` fails if a MONAI release renames them.
+
+    When it is attached, before the first iteration, it looks in ``save_dir`` for the files it would write (its
+    fixed file names, and its ``<file_prefix>_..._<epoch|key_metric|final_iteration>=<n>.pt`` series) left by an
+    earlier run. A run that resumes keeps them; otherwise they are refused unless ``overwrite`` is set, as ignite's
+    ``ModelCheckpoint`` refuses a folder that is not empty. With ``overwrite``, the earlier run's numbered series is
+    removed at once (so a later resume cannot pick up its epochs) and its fixed-name files are replaced atomically
+    by this run's first save (so a served ``model.pt`` stays in place meanwhile).
+
+    Args:
+        args, kwargs: those of ``CheckpointSaver``.
+        overwrite: replace an earlier run's files in ``save_dir``. Accepts the words a command line passes.
+        resume: this run continues the earlier one, whose files it needs; ``None`` for workflows that cannot resume.
+
+    Raises:
+        MammoXAIError: at ``attach``: ``save_dir`` is a file, or holds an earlier run's files and neither
+            ``overwrite`` nor ``resume`` is set.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, overwrite: bool | str = False, resume: bool | str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                checkpoint.save_handler = _ReplaceThenRemove(self.save_dir, checkpoint.save_handler.filename)
+        self.overwrite = parse_flag(overwrite, "overwrite")
+        self.resume = None if resume is None else parse_flag(resume, "resume")
+        for checkpoint in self._checkpoints():
+            checkpoint.save_handler = _ReplaceThenRemove(self.save_dir, checkpoint.save_handler.filename)
+
+    def _checkpoints(self) -> list[Checkpoint]:
+        candidates = (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint)
+        return [checkpoint for checkpoint in candidates if checkpoint is not None]
+
+    def earlier_files(self) -> tuple[list[Path], list[Path]]:
+        """Files in ``save_dir`` this saver would write: ``(numbered series, fixed names)``, each sorted."""
+        folder = Path(self.save_dir)
+        series, fixed = set(), set()
+        for checkpoint in self._checkpoints():
+            if checkpoint.save_handler.filename is not None:
+                fixed.update(path for path in [folder / checkpoint.save_handler.filename] if path.is_file())
+            else:
+                prefix = f"{checkpoint.filename_prefix}_" if checkpoint.filename_prefix else ""
+                series.update(folder.glob(f"{prefix}*{checkpoint.score_name}=*.{checkpoint.ext}"))
+        return sorted(series), sorted(fixed)
+
+    def attach(self, engine: Engine) -> None:
+        folder = Path(self.save_dir)
+        if folder.exists() and not folder.is_dir():
+            raise MammoXAIError(f"ckpt_dir {folder}", "is a file, not a folder", "give a folder for the checkpoints")
+        series, fixed = self.earlier_files()
+        if (series or fixed) and not self.resume:
+            if not self.overwrite:
+                names = ", ".join(path.name for path in series + fixed)
+                fix = "pass --overwrite true to replace them"
+                fix += ", --resume true to continue that run" if self.resume is not None else ""
+                problem = f"holds {names} of an earlier run"
+                raise MammoXAIError(f"ckpt_dir {folder}", problem, f"{fix}, or give another --ckpt_dir")
+            for path in series:
+                path.unlink(missing_ok=True)  # every rank of a multi-GPU run gets here
+            if series:
+                logger.warning("overwrite: removed the earlier run's %s", ", ".join(path.name for path in series))
+        super().attach(engine)
 
 
 class TrainingGrid:
@@ -67,11 +130,11 @@ class TrainingGrid:
     loads the weights and refuses a mismatch. An object with ``state_dict`` so ``CheckpointSaver`` saves it.
 
     Args:
-        image_size: (height, width) of the training grid.
+        image_size: (height, width) of the training grid, or one int for a square grid.
     """
 
-    def __init__(self, image_size: Sequence[int]) -> None:
-        self.image_size = [int(side) for side in image_size]
+    def __init__(self, image_size: int | Sequence[int]) -> None:
+        self.image_size = list(grid_shape(image_size))
 
     def state_dict(self) -> dict[str, list[int]]:
         return {"image_size": list(self.image_size)}

@@ -32,6 +32,7 @@ __all__ = [
     "add_run_arguments",
     "repeat_seeds",
     "read_study_manifest",
+    "claim_out",
     "run_settings",
     "bundle_run",
     "train_and_evaluate",
@@ -110,6 +111,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bundle_root: Path) -> Non
         "--seeds", nargs="+", type=int,
         help="repeat the experiment with each seed (new data draw and initialisation per seed; default: --seed once)",
     )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the runs and report of an earlier experiment in --out"
+    )
     parser.add_argument("--bundle_root", default=str(bundle_root))
 
 
@@ -134,6 +138,22 @@ def read_study_manifest(dataset_dir: str | Path) -> list[dict[str, Any]]:
     return read_manifest(manifest)
 
 
+def claim_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that holds an earlier experiment's runs or report, unless ``--overwrite``.
+
+    Checked before the first run, so that a repeated command stops at once with this message instead of at its
+    first bundle run, whose checkpoint folder already holds a model (``SafeCheckpointSaver``); with
+    ``--overwrite`` the bundle runs replace their earlier checkpoints (:func:`run_settings`).
+
+    Raises:
+        MammoXAIError: ``out`` holds ``report.json`` or ``runs/`` and ``overwrite`` is not set.
+    """
+    earlier = [path.name for path in (out / "report.json", out / "runs") if path.exists()]
+    if earlier and not overwrite:
+        problem = f"holds {' and '.join(earlier)} of an earlier experiment"
+        raise MammoXAIError(f"--out {out}", problem, "pass --overwrite to replace them, or give another --out")
+
+
 def run_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """train.json overrides shared by every run of an experiment (options of :func:`add_run_arguments`, the
     task's classes), with one preprocessing cache under ``out`` for all of them."""
@@ -146,6 +166,7 @@ def run_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "device": args.device,
         "seed": args.seed,
         "cache_dir": str(out / "cache"),
+        "overwrite": args.overwrite,
         "holdout": HOLDOUT,
         **TASKS[args.task],
     }

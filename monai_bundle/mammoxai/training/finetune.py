@@ -322,7 +322,7 @@ class MetadataClassifierLoss(nn.Module):
         total = loss(MetadataInferer()(images, network), {"label": labels, "fields": {"view": v, "kvp": k}})
     """
 
-    def __init__(self, classification: nn.Module, field_weights: Mapping[str, float]) -> None:
+    def __init__(self, classification: nn.Module, field_weights: Mapping[str, float] | Sequence[str]) -> None:
         super().__init__()
         self.classification = classification
         self.metadata = MetadataLoss(field_weights)

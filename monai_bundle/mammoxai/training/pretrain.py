@@ -47,6 +47,7 @@ from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
 from mammoxai.errors import MammoXAIError, parse_flag
 from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataLabelSpace
+from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.files import read_torch_file
 from mammoxai.nets.metadata_net import MetadataNet
 from mammoxai.training.losses import PretrainingLoss
@@ -134,14 +135,14 @@ def record_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def select_fields(
-    fields: Sequence[str],
+    fields: Sequence[str] | Mapping[str, float] | str,
     config_file: str | os.PathLike | None = None,
     extra_fields: Sequence[Mapping[str, Any]] = (),
 ) -> MetadataLabelSpace:
     """The label space of ``fields`` (in head order), before any vocabulary is learned.
 
     Args:
-        fields: names of the fields to pretrain on.
+        fields: names of the fields to pretrain on: a list, one name, or the keys of a field → loss weight dict.
         config_file: the field definitions (``configs/metadata_fields.json`` format); default the bundle's.
         extra_fields: more definitions in the same format, added to or replacing (by name) those of the file,
             e.g. ``{"name": "density", "type": "categorical", "keys": ["density"], "classes": ["A", "B", "C", "D"]}``
@@ -159,7 +160,7 @@ def select_fields(
             fix = f"give field definitions with a 'name', as in {source}"
             raise MammoXAIError("extra_fields", f"holds {entry!r}", fix)
         definitions[entry["name"]] = dict(entry)
-    names = list(fields)
+    names = [fields] if isinstance(fields, str) else list(fields)
     if not names:
         raise MammoXAIError("fields", "is empty", f"name at least one of {list(definitions)}")
     repeated = sorted(name for name, count in Counter(names).items() if count > 1)
@@ -580,13 +581,15 @@ class CheckpointInfo:
     Args:
         network: the pretrained network (unwrapped from DistributedDataParallel).
         label_space: the fitted label space whose classes the heads predict.
-        image_size: (h, w) of the model grid.
+        image_size: (h, w) of the model grid, or one int for a square grid.
     """
 
-    def __init__(self, network: MetadataNet, label_space: MetadataLabelSpace, image_size: Sequence[int]) -> None:
+    def __init__(
+        self, network: MetadataNet, label_space: MetadataLabelSpace, image_size: int | Sequence[int]
+    ) -> None:
         self.network_config = dict(network.config)
         self.label_space = label_space
-        self.image_size = [int(size) for size in image_size]
+        self.image_size = list(grid_shape(image_size))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -684,12 +687,18 @@ def log_to_file(path: str | os.PathLike) -> logging.Handler:
 
     The root logger is lowered to INFO if it was higher, so the handlers' epoch and metric lines reach the
     file; calling again with the same path adds nothing.
+
+    Raises:
+        MammoXAIError: a file stands where the log's folder should be.
     """
     path = Path(path).resolve()
     root = logging.getLogger()
     for handler in root.handlers:
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path:
             return handler
+    blocking = next((folder for folder in path.parents if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise MammoXAIError(f"output_dir {blocking}", "is a file, not a folder", "give a folder for the logs")
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)
