@@ -11,8 +11,9 @@ combination of batch size, image size, AMP and channels-last asked for. Per sett
   ``GET_BATCH_STARTED`` and ``GET_BATCH_COMPLETED``) over the total. Near zero means loading keeps up with the
   accelerator; a large share means more ``--num_workers`` or a faster disk, not a faster GPU, would help.
 
-The preprocessed-tensor cache is filled before timing, as it is after pretraining's first epoch; the fill rate
-(decoding and preprocessing in one process) is reported separately. AMP is CUDA-only in MONAI's trainer, so
+The preprocessed-tensor cache is filled before timing, by the readability check pretraining runs before its
+first epoch (``load_records`` with the run's grid, ``--num-workers`` processes); that fill rate is reported
+separately. AMP is CUDA-only in MONAI's trainer, so
 on a CPU ``--amp on`` settings are skipped. A table is printed and, unless ``--no-record``, appended as a
 section to ``BENCHMARKS.md`` at the repository root with the command and the hardware.
 
@@ -132,12 +133,10 @@ def pretrain_parser(args: argparse.Namespace, setting: Setting, work: Path, data
 
 
 def fill_cache(parser: ConfigParser) -> float:
-    """Preprocess every training image into the cache (as the first epoch does); returns images per second."""
-    dataset = parser.get_parsed_content("train#dataset")
+    """Read every listed image into the cache, as pretraining does before its first epoch; images per second."""
     start = time.perf_counter()
-    for index in range(len(dataset)):
-        dataset[index]
-    return len(dataset) / (time.perf_counter() - start)
+    records = parser.get_parsed_content("records")
+    return len(records) / (time.perf_counter() - start)
 
 
 def measure(args: argparse.Namespace, setting: Setting, work: Path, dataset_dir: Path) -> Result:
@@ -173,9 +172,10 @@ def record(
 ) -> None:
     """Write this run as the section of BENCHMARKS.md for its hardware."""
     fill = ", ".join(f"{h} x {w}: {rate:.1f} images/s" for (h, w), rate in fills.items())
+    workers = f"{args.num_workers} worker processes" if args.num_workers else "in the main process"
     description = (
         f"Data: {data}. Timed {args.iterations} training iterations after {args.warmup} warm-up iterations per row, "
-        f"with the preprocessed-tensor cache filled beforehand (cache fill, one process: {fill})."
+        f"with the preprocessed-tensor cache filled beforehand (cache fill, {workers}: {fill})."
     )
     command = shlex.join(["python", "scripts/bench_pretrain.py", *sys.argv[1:]])
     record_section(BENCHMARKS, SECTION, device, command, description, markdown_table(results, args), notes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -207,6 +208,17 @@ def test_configs_and_metadata_agree_on_classes_and_input_size():
     assert metadata["version"] in metadata["changelog"]
 
 
+@pytest.mark.parametrize("config", ["train.json", "train_lesion_crops.json"])
+def test_the_early_checkpoint_folder_check_names_what_the_savers_write(config, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser.update({"bundle_root": str(BUNDLE), "output_dir": str(tmp_path), "ckpt_dir": str(tmp_path / "models")})
+    savers = [handler for handler in parser.get_parsed_content("validate#handlers") if hasattr(handler, "file_names")]
+    assert len(savers) == 1
+    assert savers[0].file_names() == (parser.get_parsed_content("checkpoint_folder#fixed"), [])
+    assert "@checkpoint_folder" in parser.get("initialize")  # refused before the data sets read a single image
+
+
 # -- the training helpers train.json uses ------------------------------------------------------------------------
 def manifest_records() -> list[dict]:
     """11 patients x 4 images (6 normal, 2 malignant, 2 (recalled) benign, 1 held-out test) and 1 unlabelled image."""
@@ -234,6 +246,21 @@ def test_patient_split_keeps_patients_whole_and_every_class_in_validation():
     assert {"benign", "recalled_benign"} & {r["case_label"] for r in val}
     assert len(train) + len(val) == 40
     assert patient_split(manifest_records(), seed=0) == patient_split(manifest_records(), seed=0)
+
+
+@pytest.mark.parametrize(
+    "holdout, reason",
+    [({"splt": "test"}, r"no record has \['splt'\]"), ({"split": "tset"}, "no record has these values")],
+)
+def test_a_holdout_that_holds_nothing_out_is_a_warning_naming_why(holdout, reason, caplog):
+    train, val = patient_split(manifest_records(), seed=0, holdout=holdout)
+    assert len(train) + len(val) == 44  # the test patient trains: what the warning is about
+    warning = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warning) == 1 and re.search(rf"holdout .* holds nothing out \({reason}\)", warning[0])
+    caplog.clear()
+    patient_split(manifest_records(), seed=0, holdout={"split": "test"})
+    patient_split(manifest_records(), seed=0, holdout={})
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
 
 
 def test_patient_split_needs_two_patients():

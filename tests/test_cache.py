@@ -9,7 +9,7 @@ import torch
 from dicom_factory import write_mammo_dicom
 
 import mammoxai.data.cache as cache_module
-from mammoxai.data.cache import PreprocessedCache, preprocess_file
+from mammoxai.data.cache import PreprocessedCache, preprocess_all, preprocess_file
 from mammoxai.errors import MammoXAIError
 
 SHAPE = (64, 48)
@@ -115,9 +115,33 @@ def test_a_damaged_entry_is_recomputed(scan, tmp_path):
     assert torch.equal(torch.load(cache.entry(scan), weights_only=True)["image"], image)
 
 
-def test_a_missing_file_names_the_path(tmp_path):
+@pytest.mark.parametrize("method", ["get", "fill"])
+def test_a_missing_file_names_the_path(tmp_path, method):
     with pytest.raises(MammoXAIError, match="gone.dcm: does not exist"):
-        PreprocessedCache(tmp_path / "cache", SHAPE).get(tmp_path / "gone.dcm")
+        getattr(PreprocessedCache(tmp_path / "cache", SHAPE), method)(tmp_path / "gone.dcm")
+
+
+def test_fill_stores_a_missing_entry_and_leaves_a_stored_one_unread(scan, tmp_path, monkeypatch):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE)
+    cache.fill(scan)
+    image, _ = preprocess_file(scan, SHAPE)
+    assert torch.equal(torch.load(cache.entry(scan), weights_only=True)["image"], image)
+    forbid_reading(monkeypatch)
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("a stored entry was loaded"))
+    cache.fill(scan)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_preprocess_all_names_each_unreadable_file_with_its_reason_and_caches_the_rest(scan, tmp_path, cached):
+    other = write_mammo_dicom(tmp_path / "other.dcm", breast_pixels(seed=1))
+    (tmp_path / "notes.dcm").write_text("not an image")
+    cache_dir = tmp_path / "cache" if cached else None
+    failures = preprocess_all([scan, tmp_path / "notes.dcm", other], SHAPE, cache_dir, num_workers=0)
+    assert list(failures) == [str(tmp_path / "notes.dcm")] and failures[str(tmp_path / "notes.dcm")].startswith("is not")
+    if cached:
+        cache = PreprocessedCache(cache_dir, SHAPE)
+        assert cache.entry(scan).is_file() and cache.entry(other).is_file()
+    assert (tmp_path / "cache").exists() is cached
 
 
 def test_an_unknown_file_key_is_refused(tmp_path):

@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_cache import breast_pixels
 from torch.utils.data import DataLoader
 
+from mammoxai.data.cache import PreprocessedCache
 from mammoxai.data.manifest import build_manifest, read_manifest, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
@@ -185,6 +186,17 @@ def test_a_manifest_with_a_missing_file_is_refused_listing_it(cohort, tmp_path):
         load_records(tmp_path / "manifest.csv")
 
 
+def test_unreadable_images_are_found_before_training_and_the_readable_ones_cached_on_the_way(cohort, tmp_path):
+    records = cohort_records(cohort)
+    manifest = write_manifest([*records, *damaged_images(records[0], tmp_path)], tmp_path / "manifest.csv")
+    with pytest.warns(UserWarning, match=r"2 listed images cannot be read: .*truncated\.dcm.*; they are skipped"):
+        usable = load_records(manifest, strict=False, image_size=SIZE, cache_dir=tmp_path / "cache", num_workers=2)
+    assert [record["path"] for record in usable] == [record["path"] for record in records]
+    cache = PreprocessedCache(tmp_path / "cache", SIZE)
+    assert all(cache.entry(record["path"]).is_file() for record in records)
+    assert len(load_records(manifest, strict=False)) == len(records) + 2  # without a grid: existence only
+
+
 def test_strict_and_resume_written_as_words_on_the_command_line_mean_what_they_say(cohort, tmp_path):
     records = cohort_records(cohort)
     write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")
@@ -310,6 +322,12 @@ def test_pretraining_bundle_checkpoints_logs_and_yields_a_loadable_model(cohort,
     events.Reload()
     assert {"loss", "loss/view", "loss/contrastive"} <= set(events.Tags()["scalars"])
 
+    parsed = workflow.parser.get_parsed_content
+    written = [parsed(saver).file_names() for saver in ("validate#checkpoint", "train#checkpoint")]
+    assert (parsed("checkpoint_folder#fixed"), parsed("checkpoint_folder#series")) == tuple(
+        [name for names in kind for name in names] for kind in zip(*written)
+    )  # the check in initialize, before any image is read, guards exactly the files the savers write
+
     pretrained = load_pretrained(models / "pretrained.pt")
     train_records = workflow.parser.get_parsed_content("split")[0]
     systems = sorted({f"{record['manufacturer']} {record['model']}".upper() for record in train_records})
@@ -393,6 +411,20 @@ def missing_file(cohort: Path, tmp_path: Path) -> dict:
     return {"manifest": str(manifest)}
 
 
+def damaged_images(record: dict, folder: Path) -> list[dict]:
+    """Two manifest records of ``record``'s patient whose files cannot be read: a truncated DICOM and a text file."""
+    truncated, text = folder / "truncated.dcm", folder / "notes.dcm"
+    data = Path(record["path"]).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    text.write_text("not an image")
+    return [dict(record, path=str(truncated), sop_uid="1.2.3.1"), dict(record, path=str(text), sop_uid="1.2.3.2")]
+
+
+def damaged_files(cohort: Path, tmp_path: Path) -> dict:
+    records = cohort_records(cohort)
+    return {"manifest": str(write_manifest([*records, *damaged_images(records[0], tmp_path)], tmp_path / "m.csv"))}
+
+
 def field_absent_everywhere(cohort: Path, tmp_path: Path) -> dict:
     manifest = write_manifest([dict(record, kvp=None) for record in cohort_records(cohort)], tmp_path / "manifest.csv")
     return {"manifest": str(manifest)}
@@ -422,6 +454,7 @@ def ckpt_dir_is_a_file(cohort: Path, tmp_path: Path) -> dict:
         (unknown_field, r"fields: names \['colour'\]"),
         (unknown_backbone, r"backbone 'vgg16': is not a known backbone .*resnet18"),
         (missing_file, r"listed images do not exist: .*gone\.dcm"),
+        (damaged_files, r"2 listed images cannot be read: .*truncated\.dcm \(has .*pixel data.*notes\.dcm \(is not"),
         (field_absent_everywhere, r"field 'kvp': is absent from all \d+ training images"),
         (absent_gpu, r"device 'cuda:99': asks for (a CUDA GPU, and this machine has none|CUDA GPU 99)"),
         (grid_of_three_sides, r"image_size: is \[64, 64, 3\], not a grid size"),
@@ -437,9 +470,13 @@ def test_bad_input_stops_the_bundle_before_training(cohort, tmp_path, bad_input,
 
 
 def test_multi_gpu_config_trains_with_two_processes_under_torchrun(cohort, tmp_path):
-    """DistributedDataParallel on the CPU (gloo): each process gets half the batches, rank 0 writes the models."""
+    """DistributedDataParallel on the CPU (gloo): each process gets half the batches, rank 0 writes the models;
+    each checks half the images, and both learn of every unreadable one."""
+    records = cohort_records(cohort)
+    damaged = damaged_images(records[0], tmp_path)  # the last two records: one for each process
     arguments = {
-        "dataset_dir": cohort / "studies",
+        "manifest": write_manifest([*records, *damaged], tmp_path / "manifest.csv"),
+        "strict": False,
         "ckpt_dir": tmp_path / "models",
         "output_dir": tmp_path / "logs",
         "cache_dir": cohort / "cache",
@@ -457,6 +494,9 @@ def test_multi_gpu_config_trains_with_two_processes_under_torchrun(cohort, tmp_p
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     assert (tmp_path / "models" / "pretrained.pt").is_file()
     assert {path.name for path in (tmp_path / "logs").glob("*.log")} == {"pretrain_rank0.log", "pretrain_rank1.log"}
+    for rank in (0, 1):
+        log = (tmp_path / "logs" / f"pretrain_rank{rank}.log").read_text()
+        assert f"{len(records)} of {len(records) + 2} listed images read" in log
     train, _ = split_by_patient(cohort_records(cohort), select_fields(["view"]), val_fraction=0.2, seed=0)
     state = torch.load(tmp_path / "models" / "pretrain_checkpoint_epoch=1.pt", weights_only=True)
     assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(len(train) / 8) / 2)

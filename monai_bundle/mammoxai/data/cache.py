@@ -43,7 +43,7 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
 from mammoxai.io.preprocess import prepare_image
 
-__all__ = ["PreprocessedCache", "preprocess_file", "preprocessing_version"]
+__all__ = ["PreprocessedCache", "preprocess_all", "preprocess_file", "preprocessing_version"]
 
 _CHUNK = 1 << 20
 
@@ -88,7 +88,13 @@ class PreprocessedCache:
         self._settings = json.dumps(settings, sort_keys=True).encode()
 
     def key(self, path: str | os.PathLike) -> str:
-        """The entry name for ``path`` under this cache's settings."""
+        """The entry name for ``path`` under this cache's settings.
+
+        Raises:
+            MammoXAIError: ``path`` does not exist.
+        """
+        if not Path(path).is_file():
+            raise MammoXAIError(path, "does not exist", "check the manifest's path column")
         digest = hashlib.sha1(self._settings)
         if self.file_key == "stat":
             stat = os.stat(path)
@@ -104,14 +110,21 @@ class PreprocessedCache:
         key = self.key(path)
         return self.cache_dir / key[:2] / f"{key}.pt"
 
+    def fill(self, path: str | os.PathLike) -> None:
+        """Preprocess ``path`` into the cache unless its entry is stored: a stored entry is not loaded."""
+        entry = self.entry(path)
+        if not entry.is_file():
+            self._preprocess(path, entry)
+
     def get(self, path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
         """The preprocessed (1, h, w) image of ``path`` and its geometry dict, from the cache when stored."""
-        if not Path(path).is_file():
-            raise MammoXAIError(path, "does not exist", "check the manifest's path column")
         entry = self.entry(path)
         stored = self._load(entry)
         if stored is not None:
             return stored["image"], stored["geometry"]
+        return self._preprocess(path, entry)
+
+    def _preprocess(self, path: str | os.PathLike, entry: Path) -> tuple[torch.Tensor, dict[str, Any]]:
         image, geometry = preprocess_file(path, self.output_shape)
         self._store(entry, {"image": image, "geometry": geometry, "source": str(path)})
         return image, geometry
@@ -136,3 +149,52 @@ class PreprocessedCache:
         except BaseException:
             os.unlink(temporary)
             raise
+
+
+class _Preprocessing(torch.utils.data.Dataset):
+    """Item ``i``: ``""`` once file ``i`` is preprocessed (into the cache when there is one), else why it failed."""
+
+    def __init__(self, paths: Sequence[str], output_shape: tuple[int, int], cache_dir: str | os.PathLike | None):
+        self.paths, self.output_shape = list(paths), output_shape
+        self.cache = PreprocessedCache(cache_dir, output_shape) if cache_dir is not None else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> str:
+        try:
+            if self.cache is not None:
+                self.cache.fill(self.paths[index])
+            else:
+                preprocess_file(self.paths[index], self.output_shape)
+        except MammoXAIError as error:
+            return error.problem
+        return ""
+
+
+def preprocess_all(
+    paths: Sequence[str | os.PathLike],
+    output_shape: Sequence[int],
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
+) -> dict[str, str]:
+    """Preprocess every file up front, into the cache when there is one; the files that cannot be, with the reason.
+
+    A damaged or foreign file in a training manifest otherwise ends the run when a data-loader worker first
+    reads it, somewhere in the first epoch, after the work before it. Done here, the same decoding fills the
+    cache the first epoch then reads (stored entries are only looked up, not loaded), so with a cache it costs
+    nothing extra; without one every file is decoded once more.
+
+    Args:
+        paths: the image files.
+        output_shape: (h, w) of the model grid.
+        cache_dir: the :class:`PreprocessedCache` folder of the run, or None.
+        num_workers: worker processes, as for the run's DataLoader.
+
+    Returns:
+        path -> the reader's reason (:class:`~mammoxai.errors.MammoXAIError` message without the file), for
+        each file that cannot be read or preprocessed; empty when all can.
+    """
+    attempts = _Preprocessing([str(path) for path in paths], tuple(output_shape), cache_dir)
+    loader = torch.utils.data.DataLoader(attempts, batch_size=None, num_workers=num_workers)
+    return {path: reason for path, reason in zip(attempts.paths, loader) if reason}

@@ -26,7 +26,53 @@ from mammoxai.io.preprocess import grid_shape
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SafeCheckpointSaver", "TrainingGrid"]
+__all__ = ["SafeCheckpointSaver", "TrainingGrid", "claim_checkpoint_folder"]
+
+
+def claim_checkpoint_folder(
+    folder: str | os.PathLike,
+    fixed: Sequence[str] = (),
+    series: Sequence[str] = (),
+    overwrite: bool | str = False,
+    resume: bool | str | None = None,
+) -> None:
+    """Make sure a run may write its checkpoints into ``folder`` without replacing an earlier run's unasked.
+
+    :class:`SafeCheckpointSaver` calls this when it is attached; the training configs also call it in their
+    ``initialize`` section with the same names, so that a taken folder is refused before any image is read
+    (the savers are built after the data sets, since the networks they save are).
+
+    Args:
+        folder: the checkpoint folder (``ckpt_dir``).
+        fixed: file names the run writes, e.g. ``["model.pt"]``; with ``overwrite`` they stay until the run's first
+            save replaces them atomically (a served model stays in place meanwhile).
+        series: glob patterns of the run's numbered files, e.g. ``["pretrain_*epoch=*.pt"]``; with ``overwrite``
+            the earlier run's are removed at once, so a later resume cannot pick up its epochs.
+        overwrite: replace an earlier run's files. Accepts the words a command line passes.
+        resume: the run continues the earlier one, whose files it needs; ``None`` for workflows that cannot resume.
+
+    Raises:
+        MammoXAIError: ``folder`` is a file, or holds an earlier run's files and neither ``overwrite`` nor
+            ``resume`` is set.
+    """
+    folder = Path(folder)
+    overwrite = parse_flag(overwrite, "overwrite")
+    resuming = resume is not None and parse_flag(resume, "resume")
+    if folder.exists() and not folder.is_dir():
+        raise MammoXAIError(f"ckpt_dir {folder}", "is a file, not a folder", "give a folder for the checkpoints")
+    numbered = sorted({path for pattern in series for path in folder.glob(pattern)})
+    named = [folder / name for name in fixed if (folder / name).is_file()]
+    if resuming or not (numbered or named):
+        return
+    if not overwrite:
+        fix = "pass --overwrite true to replace them"
+        fix += ", --resume true to continue that run" if resume is not None else ""
+        problem = f"holds {', '.join(path.name for path in numbered + named)} of an earlier run"
+        raise MammoXAIError(f"ckpt_dir {folder}", problem, f"{fix}, or give another --ckpt_dir")
+    for path in numbered:
+        path.unlink(missing_ok=True)  # every rank of a multi-GPU run gets here
+    if numbered:
+        logger.warning("overwrite: removed the earlier run's %s", ", ".join(path.name for path in numbered))
 
 
 class _ReplaceThenRemove(DiskSaver):
@@ -63,10 +109,8 @@ class SafeCheckpointSaver(CheckpointSaver):
 
     When it is attached, before the first iteration, it looks in ``save_dir`` for the files it would write (its
     fixed file names, and its ``<file_prefix>_..._<epoch|key_metric|final_iteration>=<n>.pt`` series) left by an
-    earlier run. A run that resumes keeps them; otherwise they are refused unless ``overwrite`` is set, as ignite's
-    ``ModelCheckpoint`` refuses a folder that is not empty. With ``overwrite``, the earlier run's numbered series is
-    removed at once (so a later resume cannot pick up its epochs) and its fixed-name files are replaced atomically
-    by this run's first save (so a served ``model.pt`` stays in place meanwhile).
+    earlier run (:func:`claim_checkpoint_folder`): a run that resumes keeps them; otherwise they are refused unless
+    ``overwrite`` is set, as ignite's ``ModelCheckpoint`` refuses a folder that is not empty.
 
     Args:
         args, kwargs: those of ``CheckpointSaver``.
@@ -74,8 +118,8 @@ class SafeCheckpointSaver(CheckpointSaver):
         resume: this run continues the earlier one, whose files it needs; ``None`` for workflows that cannot resume.
 
     Raises:
-        MammoXAIError: at ``attach``: ``save_dir`` is a file, or holds an earlier run's files and neither
-            ``overwrite`` nor ``resume`` is set.
+        MammoXAIError: ``overwrite`` or ``resume`` is not a boolean; at ``attach``, the refusals of
+            :func:`claim_checkpoint_folder`.
     """
 
     def __init__(
@@ -83,7 +127,7 @@ class SafeCheckpointSaver(CheckpointSaver):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.overwrite = parse_flag(overwrite, "overwrite")
-        self.resume = None if resume is None else parse_flag(resume, "resume")
+        self.resume = resume if resume is None else parse_flag(resume, "resume")
         for checkpoint in self._checkpoints():
             checkpoint.save_handler = _ReplaceThenRemove(self.save_dir, checkpoint.save_handler.filename)
 
@@ -91,34 +135,20 @@ class SafeCheckpointSaver(CheckpointSaver):
         candidates = (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint)
         return [checkpoint for checkpoint in candidates if checkpoint is not None]
 
-    def earlier_files(self) -> tuple[list[Path], list[Path]]:
-        """Files in ``save_dir`` this saver would write: ``(numbered series, fixed names)``, each sorted."""
-        folder = Path(self.save_dir)
-        series, fixed = set(), set()
+    def file_names(self) -> tuple[list[str], list[str]]:
+        """What this saver writes into ``save_dir``: ``(fixed file names, glob patterns of numbered series)``."""
+        fixed, series = [], []
         for checkpoint in self._checkpoints():
             if checkpoint.save_handler.filename is not None:
-                fixed.update(path for path in [folder / checkpoint.save_handler.filename] if path.is_file())
+                fixed.append(checkpoint.save_handler.filename)
             else:
                 prefix = f"{checkpoint.filename_prefix}_" if checkpoint.filename_prefix else ""
-                series.update(folder.glob(f"{prefix}*{checkpoint.score_name}=*.{checkpoint.ext}"))
-        return sorted(series), sorted(fixed)
+                series.append(f"{prefix}*{checkpoint.score_name}=*.{checkpoint.ext}")
+        return fixed, series
 
     def attach(self, engine: Engine) -> None:
-        folder = Path(self.save_dir)
-        if folder.exists() and not folder.is_dir():
-            raise MammoXAIError(f"ckpt_dir {folder}", "is a file, not a folder", "give a folder for the checkpoints")
-        series, fixed = self.earlier_files()
-        if (series or fixed) and not self.resume:
-            if not self.overwrite:
-                names = ", ".join(path.name for path in series + fixed)
-                fix = "pass --overwrite true to replace them"
-                fix += ", --resume true to continue that run" if self.resume is not None else ""
-                problem = f"holds {names} of an earlier run"
-                raise MammoXAIError(f"ckpt_dir {folder}", problem, f"{fix}, or give another --ckpt_dir")
-            for path in series:
-                path.unlink(missing_ok=True)  # every rank of a multi-GPU run gets here
-            if series:
-                logger.warning("overwrite: removed the earlier run's %s", ", ".join(path.name for path in series))
+        fixed, series = self.file_names()
+        claim_checkpoint_folder(self.save_dir, fixed, series, self.overwrite, self.resume)
         super().attach(engine)
 
 

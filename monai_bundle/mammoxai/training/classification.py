@@ -62,6 +62,14 @@ def patient_split(
     holdout = dict(holdout or {})
     candidates = [record for record in records if not any(record.get(key) == value for key, value in holdout.items())]
     labelled = [dict(record) for record in candidates if record.get(label_key) not in (None, "")]
+    if holdout and len(candidates) == len(records):
+        absent = [key for key in holdout if all(record.get(key) in (None, "") for record in records)]
+        reason = f"no record has {absent}" if absent else "no record has these values"
+        logger.warning(
+            "holdout %s holds nothing out (%s): every image is used for training or validation and none is left "
+            "for the final test; check the setting against the manifest's columns, or set holdout to {}",
+            holdout, reason,
+        )  # fmt: skip
     logger.info(
         "%d of %d records are held out (%s), %d have no %s",
         len(records) - len(candidates), len(records), holdout, len(candidates) - len(labelled), label_key,

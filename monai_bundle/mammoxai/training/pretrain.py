@@ -35,6 +35,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
@@ -43,6 +44,7 @@ from monai.utils import CommonKeys
 from torch.utils.data import Sampler
 
 import mammoxai
+from mammoxai.data.cache import preprocess_all
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
 from mammoxai.errors import MammoXAIError, parse_flag
@@ -86,11 +88,17 @@ def load_records(
     id_column: str | Sequence[str] = "sop_uid",
     column_map: Mapping[str, str] | None = None,
     strict: bool = True,
+    image_size: int | Sequence[int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
 ) -> list[dict[str, Any]]:
-    """The manifest's records, joined with ``label_csv`` when given, with every image file checked to exist.
+    """The manifest's records, joined with ``label_csv`` when given, with every image file checked to exist and,
+    given ``image_size``, to be readable.
 
-    Checking up front turns a moved or deleted file into one error listing the missing files before
-    training starts, instead of a crash in a data-loader worker hours later.
+    Checking up front turns a moved, deleted or damaged file into one error listing every such file before
+    training starts, instead of a crash in a data-loader worker hours later. The readability check preprocesses
+    each image into ``cache_dir`` (:func:`~mammoxai.data.cache.preprocess_all`), the work the first epoch would
+    do; under ``torchrun`` each process checks its share of the images.
 
     Args:
         manifest: a manifest CSV (:mod:`mammoxai.data.manifest`).
@@ -98,10 +106,15 @@ def load_records(
             records, see :func:`mammoxai.data.manifest.join_labels`.
         id_column: the CSV column(s) that identify an image.
         column_map: renames CSV columns to manifest fields before joining.
-        strict: missing files and unmatched CSV rows are an error (True) or are skipped with a warning.
+        strict: missing or unreadable files and unmatched CSV rows are an error (True) or are skipped with a
+            warning.
+        image_size: the model grid of the run; None checks that files exist, not that they can be read.
+        cache_dir: the run's preprocessed-image cache, filled by the check; None decodes each image once more.
+        num_workers: processes that read the images, as the run's DataLoader has.
 
     Raises:
-        MammoXAIError: no manifest, missing files (``strict``), a CSV that cannot be joined, or no image left.
+        MammoXAIError: no manifest, missing or unreadable files (``strict``), a CSV that cannot be joined, or no
+            image left.
     """
     manifest, strict = Path(manifest), parse_flag(strict, "strict")
     if not manifest.is_file():
@@ -118,9 +131,35 @@ def load_records(
     missing = [str(record["path"]) for record, present in zip(records, exists) if not present]
     report_unusable(manifest, "listed images do not exist", missing, strict, "restore them or rebuild the manifest")
     records = [record for record, present in zip(records, exists) if present]
+    if records and image_size is not None:
+        records = _readable(manifest, records, grid_shape(image_size), cache_dir, num_workers, strict)
     if not records:
         raise MammoXAIError(manifest, "lists no existing image", "check the manifest's path column")
     return records
+
+
+def _readable(
+    manifest: Path,
+    records: list[dict[str, Any]],
+    image_size: tuple[int, int],
+    cache_dir: str | os.PathLike | None,
+    num_workers: int,
+    strict: bool,
+) -> list[dict[str, Any]]:
+    """``records`` whose images preprocess onto ``image_size``; the others reported (:func:`report_unusable`)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = [str(record["path"]) for record in records[rank::world]]
+    failures = preprocess_all(mine, image_size, cache_dir, num_workers)
+    if world > 1:
+        shares: list[dict[str, str] | None] = [None] * world
+        dist.all_gather_object(shares, failures)
+        failures = {path: reason for share in shares for path, reason in share.items()}
+    readable = len(records) - len(failures)
+    logger.info("%d of %d listed images read and preprocessed onto %s", readable, len(records), image_size)
+    unreadable = [f"{path} ({reason})" for path, reason in failures.items()]
+    fix = "replace them or rebuild the manifest"
+    report_unusable(manifest, "listed images cannot be read", unreadable, strict, fix)
+    return [record for record in records if str(record["path"]) not in failures]
 
 
 def record_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
