@@ -160,6 +160,22 @@ def test_train_json_into_a_folder_holding_a_model_refuses_before_training_and_ke
     assert not (tmp_path / "eval" / "cache").exists()  # refused before a single image was read
 
 
+def test_ckpt_export_writes_a_torchscript_model_that_gives_the_trained_network_s_logits(tmp_path, trained):
+    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def"]
+    command += ["--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(trained / "model.pt")]
+    command += ["--key_in_ckpt", "model", "--use_trace", "True"]
+    command += ["--input_shape", "[1, 1, 256, 208]", "--meta_file", "configs/metadata.json"]
+    command += ["--config_file", "configs/inference.json"]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    network = served_network()
+    network.load_state_dict(torch.load(trained / "model.pt", weights_only=True)["model"])
+    exported = torch.jit.load(tmp_path / "model.ts")
+    images = torch.rand(2, 1, 256, 208)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(images), network.eval()(images))
+
+
 def test_inference_json_explains_with_the_saliency_method_named_on_the_command_line(tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
