@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -497,6 +498,16 @@ def test_multi_gpu_config_trains_with_two_processes_under_torchrun(cohort, tmp_p
     for rank in (0, 1):
         log = (tmp_path / "logs" / f"pretrain_rank{rank}.log").read_text()
         assert f"{len(records)} of {len(records) + 2} listed images read" in log
+        assert ("Saved checkpoint" in log) is (rank == 0)  # rank 1 saves nothing and says so
+    config = json.loads((CONFIGS / "pretrain.json").read_text())  # the handlers multi_gpu_pretrain.json disables
+    disabled = [config["train"]["handlers"][3], config["train"]["handlers"][4], config["validate"]["handlers"][1]]
+    assert [handler["_target_"] for handler in disabled] == [
+        "StatsHandler", "TensorBoardStatsHandler", "TensorBoardStatsHandler"
+    ]
+    for events in (tmp_path / "logs").glob("events.out.tfevents.*"):  # only rank 0 writes TensorBoard files
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        assert accumulator.Tags()["scalars"], f"{events.name} holds no scalar"
     train, _ = split_by_patient(cohort_records(cohort), select_fields(["view"]), val_fraction=0.2, seed=0)
     state = torch.load(tmp_path / "models" / "pretrain_checkpoint_epoch=1.pt", weights_only=True)
     assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(len(train) / 8) / 2)
