@@ -109,6 +109,21 @@ def test_finetune_not_worse_policy_compares_with_the_current_weights_on_the_same
         assert torch.load(checkpoint, weights_only=True)["grid"] == {"image_size": [48, 48]}
 
 
+def test_finetune_not_worse_refuses_a_validation_split_of_one_class_before_training(corrections, tmp_path):
+    root, triples = corrections
+    bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
+    before = (bundle / "models" / "model.pt").read_bytes()
+    normal = tmp_path / "normal.json"
+    normal.write_text(json.dumps({"class": "normal", "annotator": "t", "timestamp": "2024-05-01T09:30:00+00:00"}))
+    records = correction_records([(image_id, image, normal) for image_id, image, _ in triples], CLASSES)
+    overrides = {"epochs": 1, "num_workers": 0, "device": "cpu", "image_size": [48, 48]}
+
+    with pytest.raises(MammoXAIError, match=r"validation split of \d+ image\(s\) of class \['normal'\] only"):
+        finetune(bundle, records, tmp_path / "work", overrides=overrides)
+    assert (bundle / "models" / "model.pt").read_bytes() == before
+    assert not (tmp_path / "work" / "models").exists()  # refused before a single epoch
+
+
 def test_simulated_clinician_runs_two_rounds_against_the_real_server(tmp_path):
     synthesize(tmp_path / "synth", patients=4, seed=2, size=128)
     truth, held_out = simulator.split_studies(tmp_path / "synth", tmp_path / "studies")

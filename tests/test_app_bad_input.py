@@ -117,6 +117,16 @@ def test_truncated_dicom_upload_is_422(app_server, unchanged):
     assert_server_up(app_server)
 
 
+def test_upload_under_an_id_in_use_is_409_and_keeps_the_image_and_its_labels(app_server, unchanged):
+    first, second = app_server.study_ids()[:2]
+    other = (app_server.studies / f"{second}.dcm").read_bytes()
+
+    response = upload(app_server, first, "replacement.dcm", other)
+
+    assert_refused(response, 409, f"image id '{first}'", "in the datastore already", "DELETE /datastore/image")
+    assert_server_up(app_server)
+
+
 def test_image_id_that_is_a_path_is_422(app_server, unchanged):
     study = app_server.studies / f"{app_server.study_ids()[0]}.dcm"
 

@@ -68,6 +68,19 @@ def test_uncertainty_strategy_proposes_the_most_uncertain_unlabeled_image(loop_s
     assert {s["measure"] for s in scores.values()} == {"entropy"}
 
 
+def test_train_on_final_labels_of_one_class_is_422_before_any_run(loop_server):
+    url, bundle, truth = loop_server
+    before = (bundle / "models" / "model.pt").stat().st_mtime_ns
+    for image_id in sorted(truth)[::2]:  # the next test labels the same images with their true classes
+        assert save_final(url, image_id, "normal").status_code == 200
+
+    response = requests.post(f"{url}/train/mammoxai", json={"epochs": 1}, timeout=60)
+
+    assert response.status_code == 422, response.text
+    assert "two classes" in response.json()["detail"] and "class ['normal']" in response.json()["detail"]
+    assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
+
+
 def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(loop_server):
     url, bundle, truth = loop_server
     checkpoint = bundle / "models" / "model.pt"

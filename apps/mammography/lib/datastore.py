@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from lib.http_errors import client_errors, not_found
+from lib.http_errors import client_errors, conflict, not_found
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
 from mammoxai.errors import MammoXAIError
@@ -57,7 +57,8 @@ class MammogramDatastore(LocalDatastore):
     """:class:`LocalDatastore` over a folder of mammograms that validates what it stores.
 
     An upload is stored under its own suffix, or as ``.dcm`` when it is DICOM without one (PACS exports often
-    are); its image info records the shape, laterality and view read from it. A label must be MammoXAI label
+    are); its image info records the shape, laterality and view read from it. An id in use is refused (409):
+    replacing the image would leave its labels describing another image. A label must be MammoXAI label
     JSON whose class is one of the model's classes and whose lesions lie inside the image; it is stored as
     ``labels/<tag>/<image id>.json``.
 
@@ -110,6 +111,12 @@ class MammogramDatastore(LocalDatastore):
             "name": name,
         }
         with self._latest_index():
+            if image_id in self._datastore.objects:  # replacing it would orphan its labels, a clinician's work
+                raise conflict(
+                    f"image id {image_id!r}",
+                    "is in the datastore already",
+                    f"upload under another id, or delete it first (DELETE /datastore/image?id={image_id})",
+                )
             _atomic_write(os.path.join(self._datastore.image_path(), name), Path(image_filename).read_bytes())
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=suffix))
             self._update_datastore_file()

@@ -21,7 +21,7 @@ from fastapi import HTTPException
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["client_errors", "not_found"]
+__all__ = ["client_errors", "conflict", "not_found"]
 
 
 @contextmanager
@@ -36,3 +36,8 @@ def client_errors(status: HTTPStatus = HTTPStatus.UNPROCESSABLE_ENTITY) -> Itera
 def not_found(source: str, fix: str) -> HTTPException:
     """A 404 for an image, label or model id the server does not have, worded like a :class:`MammoXAIError`."""
     return HTTPException(status_code=HTTPStatus.NOT_FOUND, detail=str(MammoXAIError(source, "not found", fix)))
+
+
+def conflict(source: str, problem: str, fix: str) -> HTTPException:
+    """A 409: the request collides with the server's state (an id in use, a run in progress); nothing was changed."""
+    return HTTPException(status_code=HTTPStatus.CONFLICT, detail=str(MammoXAIError(source, problem, fix)))

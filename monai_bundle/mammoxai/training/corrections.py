@@ -136,7 +136,8 @@ def finetune(
         accept: one of :data:`ACCEPT_POLICIES`.
 
     Raises:
-        MammoXAIError: an unknown policy, or records that cannot be split (fewer than two patients).
+        MammoXAIError: an unknown policy, records that cannot be split (fewer than two patients), or, under
+            ``not_worse``, a validation split of one class, on which the AUC cannot tell better weights from worse.
     """
     if accept not in ACCEPT_POLICIES:
         raise MammoXAIError(f"accept policy {accept!r}", "is unknown", f"use one of {list(ACCEPT_POLICIES)}")
@@ -145,6 +146,8 @@ def finetune(
     manifest = write_manifest(records, work_dir / "manifest.csv")
     parser = _train_parser(bundle, work_dir, manifest, overrides)
     train_records, val_records = parser.get_parsed_content("split")
+    if accept == "not_worse":
+        _check_validation_can_judge(parser, val_records)
     result = FinetuneResult(False, "", train_images=len(train_records), val_images=len(val_records))
     metric_name = next(iter(parser.get("validate#key_metric")))
 
@@ -185,6 +188,20 @@ def finetune(
         result.reason = f"validation {metric_name} {result.metric:.4f}: saved as {checkpoint.name}"
     logger.info("fine-tuning on %d corrections: %s", len(records), result.reason)
     return result
+
+
+def _check_validation_can_judge(parser: ConfigParser, val_records: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a validation split of one class before training: its AUC is undefined (the metric reports chance,
+    0.5, for it), so the new weights would be judged against the served ones by a number that means nothing."""
+    label_key, label_map = parser.get_parsed_content("label_key"), parser.get_parsed_content("label_map")
+    classes = sorted({label_map.get(record[label_key], record[label_key]) for record in val_records})
+    if len(classes) < 2:
+        raise MammoXAIError(
+            "corrections",
+            f"leave a validation split of {len(val_records)} image(s) of class {classes} only, on which the "
+            "validation AUC cannot judge new weights",
+            "save final labels of another class for at least two patients, or train with accept 'valid'",
+        )
 
 
 def _train_parser(

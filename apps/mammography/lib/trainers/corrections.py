@@ -24,12 +24,11 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
-from lib.http_errors import client_errors, not_found
+from fastapi import APIRouter, Depends, FastAPI
+from lib.http_errors import client_errors, conflict, not_found
 from monailabel.config import settings
 from monailabel.endpoints import train as train_endpoints
 from monailabel.endpoints.user.auth import RBAC, User
@@ -107,15 +106,18 @@ class CorrectionsTrainer(TrainTask):
         """The training records of the corrections (reads the labels and the image headers, not the pixels).
 
         Raises:
-            MammoXAIError: the ``final`` labels cover fewer than :data:`MIN_PATIENTS` patients.
+            MammoXAIError: the ``final`` labels cover fewer than :data:`MIN_PATIENTS` patients, or one class only
+                (the validation AUC that decides whether new weights are served needs two).
         """
         records = correction_records(final_corrections(datastore), self.predictor.class_names)
         patients = {record["patient_id"] for record in records}
-        if len(patients) < MIN_PATIENTS:
+        classes = sorted({record["case_label"] for record in records})
+        if len(patients) < MIN_PATIENTS or len(classes) < 2:
             raise MammoXAIError(
                 "training request",
-                f"needs final labels of at least {MIN_PATIENTS} patients (one to validate on), "
-                f"the datastore has {len(records)} final label(s) of {len(patients)} patient(s)",
+                f"needs final labels of at least {MIN_PATIENTS} patients (one to validate on) and two classes (for "
+                f"the validation AUC), the datastore has {len(records)} final label(s) of {len(patients)} patient(s), "
+                f"class {classes}",
                 "correct more cases and save them with tag final (PUT /datastore/label?tag=final), then train",
             )
         return records
@@ -185,14 +187,11 @@ def install_train_guard(
         with client_errors():
             trainer.check_ready(datastore())
         if processes("train") and not enqueue:
-            detail = str(
-                MammoXAIError(
-                    f"training of {model!r}",
-                    "is already running",
-                    "wait for it to finish (GET /train/), stop it (DELETE /train/) or pass enqueue=true to queue this one",
-                )
+            raise conflict(
+                f"training of {model!r}",
+                "is already running",
+                "wait for it to finish (GET /train/), stop it (DELETE /train/) or pass enqueue=true to queue this one",
             )
-            raise HTTPException(status_code=HTTPStatus.CONFLICT, detail=detail)
         with client_errors():
             return train_endpoints.run_model(model, params, run_sync, enqueue)
 
