@@ -74,6 +74,42 @@ def test_infer_with_an_unknown_model_is_404_listing_the_models(app_server, uncha
     assert_server_up(app_server)
 
 
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ("{bad json", ["is not JSON", "params"]),
+        (json.dumps({"saliency": {"method": "gradcam", "target_class": "cancer"}}), ["['target_class']", "only method"]),
+    ],
+    ids=["params_not_json", "saliency_key_a_request_cannot_set"],
+)
+def test_infer_params_that_cannot_be_honoured_are_422(app_server, unchanged, params, words):
+    response = requests.post(
+        f"{app_server.url}/infer/{app_server.model}",
+        params={"image": app_server.study_ids()[0], "output": "json"},
+        data={"params": params},
+        timeout=120,
+    )
+
+    assert_refused(response, 422, *words)
+    assert_server_up(app_server)
+
+
+@pytest.mark.parametrize(
+    "method, path, params",
+    [
+        ("delete", "/datastore/image", {"id": "no_such_image"}),
+        ("delete", "/datastore/label", {"id": "no_such_image", "tag": "final"}),
+        ("put", "/datastore/updatelabelinfo", {"label": "no_such_image", "tag": "final"}),
+    ],
+    ids=["delete_image", "delete_label", "update_label_info"],
+)
+def test_changing_an_unknown_image_or_label_is_404(app_server, unchanged, method, path, params):
+    response = requests.request(method, f"{app_server.url}{path}", params=params, timeout=60)
+
+    assert_refused(response, 404, "'no_such_image'", "not found")
+    assert_server_up(app_server)
+
+
 def test_text_file_upload_is_422_through_the_client(app_server, unchanged, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a mammogram\n")

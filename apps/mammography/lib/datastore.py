@@ -154,12 +154,28 @@ class MammogramDatastore(LocalDatastore):
             self._update_datastore_file()
         return image_id
 
+    def remove_image(self, image_id: str) -> None:
+        with self._latest_index():
+            if image_id not in self._datastore.objects:
+                raise _image_not_found(image_id)
+            super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        with self._latest_index():
+            if self._datastore.label(label_id, label_tag) is None:
+                raise _label_not_found(label_id, label_tag)
+            super().remove_label(label_id, label_tag)
+
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         with self._latest_index():
+            if image_id not in self._datastore.objects:
+                raise _image_not_found(image_id)
             super().update_image_info(image_id, info)
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         with self._latest_index():
+            if self._datastore.label(label_id, label_tag) is None:
+                raise _label_not_found(label_id, label_tag)
             super().update_label_info(label_id, label_tag, info)
 
     def _reconcile_datastore(self) -> None:
@@ -212,6 +228,10 @@ class MammogramDatastore(LocalDatastore):
 
 def _image_not_found(image_id: str) -> Exception:
     return not_found(f"image {image_id!r}", "save labels only for images in the datastore (GET /datastore/?output=all)")
+
+
+def _label_not_found(image_id: str, tag: str) -> Exception:
+    return not_found(f"label {tag!r} of image {image_id!r}", "list the labels with GET /datastore/?output=all")
 
 
 def _check_name(kind: str, name: str) -> None:

@@ -13,15 +13,17 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
 
-from fastapi import HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["client_errors", "conflict", "not_found"]
+__all__ = ["client_errors", "conflict", "install_bad_json_handler", "not_found"]
 
 
 @contextmanager
@@ -41,3 +43,24 @@ def not_found(source: str, fix: str) -> HTTPException:
 def conflict(source: str, problem: str, fix: str) -> HTTPException:
     """A 409: the request collides with the server's state (an id in use, a run in progress); nothing was changed."""
     return HTTPException(status_code=HTTPStatus.CONFLICT, detail=str(MammoXAIError(source, problem, fix)))
+
+
+def install_bad_json_handler(server: FastAPI) -> None:
+    """Answer a request whose JSON form field does not parse with 422 instead of 500.
+
+    MONAI Label's endpoints ``json.loads`` their ``params`` (``/infer``, ``/datastore/label``, ``/datastore/image``)
+    and ``info`` fields themselves, outside any code of this app, so the error is caught where FastAPI handles
+    exceptions. MONAI Label builds the app while the server starts, after Starlette has built its middleware stack
+    with the exception handlers of the time, so the stack is built again; call this before wrapping the stack
+    (:func:`~lib.security.install_request_size_limit`).
+    """
+
+    async def bad_json(request: Request, error: json.JSONDecodeError) -> JSONResponse:
+        problem = f"a JSON field of the request (params, info) is not JSON ({error})"
+        fix = 'send a JSON object, e.g. params={"saliency": {"method": "gradcam"}}'
+        detail = str(MammoXAIError(f"{request.method} {request.url.path}", problem, fix))
+        return JSONResponse(status_code=HTTPStatus.UNPROCESSABLE_ENTITY, content={"detail": detail})
+
+    server.add_exception_handler(json.JSONDecodeError, bad_json)
+    if server.middleware_stack is not None:
+        server.middleware_stack = server.build_middleware_stack()

@@ -90,6 +90,10 @@ class MammogramClassification(InferTask):
         with client_errors():
             if not isinstance(saliency, dict):
                 raise MammoXAIError("saliency params", f"{saliency!r} is not an object", 'send {"method": <name>}')
+            unknown = sorted(set(saliency) - {"method", "preset"})
+            if unknown:  # answered, not ignored: the heatmap would silently explain something else than asked
+                problem = f"name {unknown}, which a request cannot set (only method and preset)"
+                raise MammoXAIError("saliency params", problem, "set the others in the bundle's configs/inference.json")
             method, preset = saliency.get("method"), saliency.get("preset")
             prediction = self.predictor.predict(request["image"], saliency_method=method, saliency_preset=preset)
         inferred = time.perf_counter()
