@@ -68,6 +68,26 @@ def test_uncertainty_strategy_proposes_the_most_uncertain_unlabeled_image(loop_s
     assert {s["measure"] for s in scores.values()} == {"entropy"}
 
 
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"epochs": 0}, ["epochs: is 0, not a positive whole number"]),
+        ({"epochs": 1, "learning_rate": "fast"}, ["learning_rate: is 'fast'"]),
+        ({"epochs": 1, "accept": "always"}, ["accept 'always'", "not_worse"]),
+    ],
+    ids=["no_epochs", "learning_rate_a_word", "unknown_policy"],
+)
+def test_train_request_no_run_can_use_is_422_before_any_run(loop_server, body, words):
+    url, bundle, _ = loop_server
+    before = (bundle / "models" / "model.pt").stat().st_mtime_ns
+
+    response = requests.post(f"{url}/train/mammoxai", json=body, timeout=60)
+
+    assert response.status_code == 422, response.text
+    assert all(word in response.json()["detail"] for word in words), response.json()["detail"]
+    assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
+
+
 def test_train_on_final_labels_of_one_class_is_422_before_any_run(loop_server):
     url, bundle, truth = loop_server
     before = (bundle / "models" / "model.pt").stat().st_mtime_ns

@@ -153,10 +153,11 @@ def test_a_case_is_corrected_with_a_ras_box_saved_and_read_back(session, app_ser
 
 def test_training_on_final_labels_of_two_patients_starts_reports_running_and_stops(session, app_server):
     weights = app_server.checkpoint.read_bytes()
-    for image_id, *_ in app_server.study_ids_by_patient().values():  # one image of each patient
-        shape = read_mammogram(app_server.studies / f"{image_id}.dcm").shape
-        label = session.make_label(app_server.class_names[0], image_shape=shape)
-        assert session.submit(image_id, label)["label"] == image_id
+    for images in app_server.study_ids_by_patient().values():  # two images of each patient, of two classes
+        for image_id, class_name in zip(images, app_server.class_names[:2]):
+            shape = read_mammogram(app_server.studies / f"{image_id}.dcm").shape
+            label = session.make_label(class_name, image_shape=shape)
+            assert session.submit(image_id, label)["label"] == image_id
 
     assert app_server.model in session.info.trainers
     session.start_training({"epochs": 1})

@@ -39,6 +39,7 @@ from monailabel.utils.async_tasks.utils import processes
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor
 from mammoxai.training.corrections import ACCEPT_POLICIES, correction_records, finetune
+from mammoxai.training.settings import check_run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,21 @@ class CorrectionsTrainer(TrainTask):
             return json.loads(self.stats_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return {}
+
+    def check_request(self, request: Mapping[str, Any]) -> None:
+        """Refuse a request body no run can use, before MONAI Label starts one that would fail in its log.
+
+        Raises:
+            MammoXAIError: an unknown ``accept`` policy, or a training option out of range (checked over the
+                recipe's values, as :func:`~mammoxai.training.settings.check_run_settings` checks a bundle run).
+        """
+        accept = request.get("accept", "not_worse")
+        if accept not in ACCEPT_POLICIES:
+            raise MammoXAIError(f"accept {accept!r}", "is not a policy", f"use one of {list(ACCEPT_POLICIES)}")
+        recipe = json.loads((self.bundle / "configs" / "train.json").read_text(encoding="utf-8"))
+        keys = ("epochs", "batch_size", "learning_rate", "weight_decay", "num_workers", "val_interval", "val_fraction")
+        options = {**recipe, **self.defaults, **{key: request[key] for key in TRAIN_OPTIONS if key in request}}
+        check_run_settings(**{key: options[key] for key in keys})
 
     def check_ready(self, datastore: Datastore) -> list[dict[str, Any]]:
         """The training records of the corrections (reads the labels and the image headers, not the pixels).
@@ -166,7 +182,8 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 def install_train_guard(
     server: FastAPI, trainers: Mapping[str, CorrectionsTrainer], datastore: Callable[[], Datastore]
 ) -> None:
-    """Answer ``POST /train/<model>`` with 404 / 422 / 409 before MONAI Label starts a background run.
+    """Answer ``POST /train/<model>`` with 404 / 422 / 409 before MONAI Label starts a background run: an unknown
+    model, a request body no run can use, too few or one-class corrections, a run in progress.
 
     The route is put in front of MONAI Label's own, with the same role requirement, and passes a request it
     accepts on to MONAI Label's handler, so status and stop work as documented by MONAI Label.
@@ -185,6 +202,7 @@ def install_train_guard(
         if trainer is None:
             raise not_found(f"trainer {model!r}", f"use one of {sorted(trainers)} (GET /info/)")
         with client_errors():
+            trainer.check_request(params or {})
             trainer.check_ready(datastore())
         if processes("train") and not enqueue:
             raise conflict(

@@ -1,0 +1,87 @@
+"""Training settings that no run can use are refused by name, first thing, in every training config."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigWorkflow
+
+from mammoxai.errors import MammoXAIError
+from mammoxai.training.settings import check_run_settings
+
+BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
+CONFIGS = BUNDLE / "configs"
+TRAINING_CONFIGS = [
+    ["train.json"],
+    ["train_lesion_crops.json"],
+    ["pretrain.json"],
+    ["pretrain.json", "multi_gpu_pretrain.json"],
+]
+USABLE = dict(
+    epochs=1, batch_size=1, learning_rate=1, weight_decay=0, num_workers=0, val_interval=1, val_fraction=0.5
+)
+
+
+def user_error(error: BaseException | None) -> MammoXAIError | None:
+    """The MammoXAIError behind the RuntimeError that MONAI's config parser wraps it in."""
+    while error is not None and not isinstance(error, MammoXAIError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("epochs", 0, r"epochs: is 0, not a positive whole number \(e\.g\. --epochs 30\)"),
+        ("batch_size", -1, r"batch_size: is -1, not a positive whole number"),
+        ("num_workers", -1, r"num_workers: is -1, not a whole number of 0 or more"),
+        ("learning_rate", "abc", r"learning_rate: is 'abc', not a positive number \(e\.g\. --learning_rate 0\.001\)"),
+    ],
+)
+@pytest.mark.parametrize("configs", TRAINING_CONFIGS, ids="+".join)
+def test_an_impossible_setting_is_named_before_the_manifest_is_read(configs, setting, value, message, tmp_path):
+    """The dataset folder does not exist: had initialize read a single record, the error would name it instead."""
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / name) for name in configs],
+        logging_file=False,
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(tmp_path / "no studies here"),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "logs"),
+        **{setting: value},
+    )
+    with pytest.raises(Exception) as error:
+        workflow.initialize()
+    assert re.fullmatch(message + ".*", str(user_error(error.value))), error.value
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("epochs", True),  # Python counts a bool as an int
+        ("epochs", 2.0),
+        ("batch_size", "16"),
+        ("learning_rate", math.nan),
+        ("learning_rate", 0),
+        ("weight_decay", -0.1),
+        ("val_interval", 0),
+        ("val_fraction", 1.0),
+    ],
+)
+def test_wrong_types_and_edge_values_are_refused(setting, value):
+    with pytest.raises(MammoXAIError, match=rf"^{setting}: is {re.escape(repr(value))}, not "):
+        check_run_settings(**{**USABLE, setting: value})
+
+
+def test_the_smallest_usable_values_pass():
+    check_run_settings(**USABLE)
+
+
+@pytest.mark.parametrize("name", ["train.json", "train_lesion_crops.json", "pretrain.json", "multi_gpu_pretrain.json"])
+def test_every_training_config_checks_its_settings_before_anything_else(name):
+    assert json.loads((CONFIGS / name).read_text())["initialize"][0] == "@run_settings"
