@@ -214,6 +214,30 @@ def test_command_line_writes_the_manifest_and_reports_failures(archive, tmp_path
     assert "is not a folder" in capsys.readouterr().err
 
 
+def one_line_error(capsys) -> str:
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and "\n" not in error, error
+    return error
+
+
+def test_command_line_refuses_a_folder_or_a_path_under_a_file_as_out_before_reading_a_header(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "taken.txt").write_text("a file")
+    assert main([str(archive), "--out", str(out)]) == 1
+    assert f"--out {out}: is a folder, not a file" in one_line_error(capsys)
+    assert main([str(archive), "--out", str(out / "taken.txt" / "manifest.csv")]) == 1
+    assert "taken.txt: is a file, not a folder" in one_line_error(capsys)
+    assert list(out.iterdir()) == [out / "taken.txt"]
+
+
+def test_command_line_refuses_an_image_given_as_the_label_csv(archive, tmp_path, capsys):
+    dicom_file = archive / "study1" / "a.dcm"
+    assert main([str(archive), "--out", str(tmp_path / "manifest.csv"), "--labels", str(dicom_file)]) == 1
+    assert f"{dicom_file}: is not a CSV text file" in one_line_error(capsys)
+    assert not (tmp_path / "manifest.csv").exists()
+
+
 def test_a_synthetic_cohort_folder_gives_back_the_manifest_synth_wrote(tmp_path):
     written = sorted(read_manifest(synthesize(tmp_path, patients=1, seed=0, size=128)), key=lambda r: r["path"])
     built = build_manifest(tmp_path, exclude=["masks/*"]).records

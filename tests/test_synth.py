@@ -327,6 +327,36 @@ def test_refuses_to_mix_two_cohorts_unless_told_to_overwrite(tmp_path):
     assert len(list(tmp_path.glob("*.dcm"))) == 4
 
 
+def test_a_folder_of_other_files_is_refused_naming_them_not_calling_it_a_synthetic_cohort(tmp_path):
+    (tmp_path / "manifest.csv").write_text("path\n")  # a user's own manifest, of the name synthesize writes
+    with pytest.raises(MammoXAIError, match=r"already holds files of the names a synthetic cohort writes \(manifest"):
+        synthesize(tmp_path, patients=1, seed=0, size=128)
+    assert (tmp_path / "manifest.csv").read_text() == "path\n"
+
+
+LABEL = "labels/final/P0000_S1_L_CC.json"  # where a MONAI Label server files a label of the image P0000_S1_L_CC.dcm
+
+
+@pytest.mark.parametrize("served", [[LABEL], ["datastore_v2.json"], [LABEL, "datastore_v2.json"]])
+def test_overwrite_refuses_a_folder_a_monai_label_server_kept_labels_in(tmp_path, served):
+    synthesize(tmp_path, patients=1, seed=0, size=128, prior_fraction=0.0)
+    for name in served:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    message = r"holds (labels/|datastore_v2\.json).* of a MONAI Label server.*choose an empty folder"
+    with pytest.raises(MammoXAIError, match=message):  # the new P0000_S1_L_CC.dcm would inherit the old label
+        synthesize(tmp_path, patients=1, seed=1, size=128, prior_fraction=0.0, overwrite=True)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_command_line_refuses_a_file_as_out_with_one_line(tmp_path, capsys):
+    (tmp_path / "cohort").write_text("a file")
+    assert main(["--out", str(tmp_path / "cohort"), "--patients", "1", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and "\n" not in error and "cohort: is a file, not a folder" in error
+
+
 def test_command_line_writes_a_cohort_and_prints_a_summary(tmp_path, capsys):
     assert (
         main(["--out", str(tmp_path), "--patients", "1", "--seed", "3", "--size", "128", "--workers", "1", "--quiet"])

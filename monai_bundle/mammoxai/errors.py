@@ -8,6 +8,7 @@ is a bug in MammoXAI, not in the user's data.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 class MammoXAIError(ValueError):
@@ -50,3 +51,32 @@ def parse_flag(value: object, name: str) -> bool:
     if word not in _FLAG_WORDS:
         raise MammoXAIError(name, f"is {value!r}, not a boolean", "use true or false")
     return _FLAG_WORDS[word]
+
+
+def check_output_path(path: str | os.PathLike, name: str, fix: str, folder: bool = True) -> Path:
+    """``path`` as an output a tool is about to create or write into, refused before any work is spent on it.
+
+    A file where a folder must stand (``path`` itself when it is a folder, or any folder above it), or a folder
+    where a file must be written, would otherwise surface as ``NotADirectoryError`` / ``IsADirectoryError`` from
+    the ``mkdir`` or ``open`` at the end of minutes of reading, rendering or training.
+
+    Args:
+        path: the output folder or file.
+        name: the setting that gave it (``"--out"``, ``"ckpt_dir"``), shown before the path at fault.
+        fix: what to tell the user, e.g. "give a folder for the checkpoints".
+        folder: whether ``path`` is a folder (created if missing) or a file.
+
+    Raises:
+        MammoXAIError: ``path`` or a folder above it is a file, or (``folder=False``) ``path`` is a folder.
+
+    Example:
+        out = check_output_path(args.out, "--out", "give the CSV file to write", folder=False)
+    """
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise MammoXAIError(f"{name} {path}", "is a folder, not a file", fix)
+    folders = (path, *path.parents) if folder else path.parents
+    blocking = next((above for above in folders if above.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise MammoXAIError(f"{name} {blocking}", "is a file, not a folder", fix)
+    return path

@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import dicom, read_mammogram
 
 logger = logging.getLogger(__name__)
@@ -350,8 +350,11 @@ def write_manifest(records: Sequence[Mapping[str, Any]], csv_path: str | os.Path
 
     Known columns come first in :data:`MANIFEST_COLUMNS` order, other fields follow in order of appearance;
     ``None`` is written as an empty cell.
+
+    Raises:
+        MammoXAIError: ``csv_path`` is a folder, or a folder above it is a file.
     """
-    csv_path = Path(csv_path)
+    csv_path = check_output_path(csv_path, "manifest", "give the CSV file to write, e.g. manifest.csv", folder=False)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     present = dict.fromkeys(key for record in records for key in record)
     header = [column for column in MANIFEST_COLUMNS if column in present]
@@ -394,13 +397,17 @@ def read_table(
         rename: maps each header cell to the column name used, e.g. to merge spellings of one column.
 
     Raises:
-        MammoXAIError: the file is missing or empty, or lacks a required column (the message lists those it has).
+        MammoXAIError: the file is missing, empty or not CSV text, or lacks a required column (the message lists
+            those it has).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise MammoXAIError(csv_path, "does not exist", "check the path")
-    with open(csv_path, newline="", encoding="utf-8-sig") as stream:
-        lines = list(csv.reader(stream))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as stream:
+            lines = list(csv.reader(stream))
+    except (UnicodeDecodeError, csv.Error) as error:  # an image or a spreadsheet passed for the CSV
+        raise MammoXAIError(csv_path, "is not a CSV text file", "pass a CSV file saved as UTF-8 text") from error
     if not lines:
         raise MammoXAIError(csv_path, "is empty", "a header row is needed")
     header = [(rename or str)(name.strip()) for name in lines[0]]
@@ -454,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--exclude", nargs="+", default=[], help="shell patterns of paths to skip, e.g. 'masks/*'")
     args = parser.parse_args(argv)
     try:
+        fix = "give the CSV file to write, e.g. --out exports/manifest.csv"
+        check_output_path(args.out, "--out", fix, folder=False)  # before minutes of reading headers
         manifest = build_manifest(
             args.folder,
             label_csv=args.labels,

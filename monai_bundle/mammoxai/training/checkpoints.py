@@ -21,7 +21,7 @@ from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
-from mammoxai.errors import MammoXAIError, parse_flag
+from mammoxai.errors import MammoXAIError, check_output_path, parse_flag
 from mammoxai.io.preprocess import grid_shape
 
 logger = logging.getLogger(__name__)
@@ -52,14 +52,13 @@ def claim_checkpoint_folder(
         resume: the run continues the earlier one, whose files it needs; ``None`` for workflows that cannot resume.
 
     Raises:
-        MammoXAIError: ``folder`` is a file, or holds an earlier run's files and neither ``overwrite`` nor
-            ``resume`` is set.
+        MammoXAIError: ``folder`` (or a folder above it) is a file, or it holds an earlier run's files and neither
+            ``overwrite`` nor ``resume`` is set.
     """
     folder = Path(folder)
     overwrite = parse_flag(overwrite, "overwrite")
     resuming = resume is not None and parse_flag(resume, "resume")
-    if folder.exists() and not folder.is_dir():
-        raise MammoXAIError(f"ckpt_dir {folder}", "is a file, not a folder", "give a folder for the checkpoints")
+    check_output_path(folder, "ckpt_dir", "give a folder for the checkpoints")
     numbered = sorted({path for pattern in series for path in folder.glob(pattern)})
     named = [folder / name for name in fixed if (folder / name).is_file()]
     if resuming or not (numbered or named):

@@ -47,7 +47,7 @@ import mammoxai
 from mammoxai.data.cache import preprocess_all
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
-from mammoxai.errors import MammoXAIError, parse_flag
+from mammoxai.errors import MammoXAIError, check_output_path, parse_flag
 from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataLabelSpace
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.files import read_torch_file
@@ -735,9 +735,7 @@ def log_to_file(path: str | os.PathLike) -> logging.Handler:
     for handler in root.handlers:
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path:
             return handler
-    blocking = next((folder for folder in path.parents if folder.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise MammoXAIError(f"output_dir {blocking}", "is a file, not a folder", "give a folder for the logs")
+    check_output_path(path.parent, "output_dir", "give a folder for the logs")
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)

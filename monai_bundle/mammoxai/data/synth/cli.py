@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--test-fraction", type=float, default=0.2, help="share of patients in the test split (default 0.2)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic cohort in --out")
+    parser.add_argument("--overwrite", action="store_true", help="delete the files an earlier run wrote into --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from mammoxai.data.synth.cohort import plan_cohort
 from mammoxai.data.synth.study import synthesize_patient
 from mammoxai.data.synth.vendors import SYSTEMS
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 
 __all__ = ["FINDING_COLUMNS", "MIN_SIZE", "synthesize"]
 
@@ -29,6 +29,9 @@ FINDING_COLUMNS: tuple[str, ...] = (
 MIN_SIZE = 128
 
 _OUTPUTS = ("P*_S*_*.dcm", "manifest.csv", "finding_annotations.csv", "masks/*.png")
+#: what a MONAI Label server keeps in its studies folder: labels filed under image ids (file stems), which new
+#: images of the same names would inherit, and the index that ties them together
+_SERVER_FILES = ("labels/", "datastore_v2.json")
 
 
 def synthesize(
@@ -66,12 +69,14 @@ def synthesize(
             "malignant": 0.25}`` (the default).
         prior_fraction: share of patients that also have a prior study one or two years earlier.
         test_fraction: share of patients in the ``test`` split (the rest are ``training``).
-        overwrite: replace the files of an earlier run in ``out`` instead of refusing to touch them.
+        overwrite: delete the files of the names a run writes (DICOM files ``P*_S*_*.dcm``, the two CSVs,
+            ``masks/*.png``) from ``out`` instead of refusing to touch them; nothing else in ``out`` is touched.
         progress: show a progress bar.
 
     Raises:
-        MammoXAIError: an argument is out of range, or ``out`` already holds a synthetic cohort and
-            ``overwrite`` is False.
+        MammoXAIError: an argument is out of range, ``out`` is a file, ``out`` holds a MONAI Label server's
+            ``labels/`` or ``datastore_v2.json``, or it holds files of the names a run writes and ``overwrite``
+            is False.
 
     Example:
         manifest = synthesize("synth", patients=20, seed=1, size=512)
@@ -104,11 +109,21 @@ def synthesize(
 
 
 def _clear(out: Path, overwrite: bool) -> None:
-    """Refuse to mix two cohorts in one folder; with ``overwrite``, delete only files an earlier run wrote."""
+    """Refuse to mix two cohorts in one folder; with ``overwrite``, delete only the files a run writes.
+
+    A MONAI Label server's labels are refused whatever ``overwrite`` says: they are a clinician's work, not
+    something a rerun writes again, and left in place they would describe the new images that take the old names.
+    """
+    check_output_path(out, "out", "give a folder for the synthetic studies")
+    served = [name for name in _SERVER_FILES if (out / name).exists()]
+    if served:
+        problem = f"holds {' and '.join(served)} of a MONAI Label server, whose labels new images would inherit"
+        raise MammoXAIError(out, problem, "choose an empty folder, or delete them first")
     earlier = [path for pattern in _OUTPUTS for path in sorted(out.glob(pattern))]
     if earlier and not overwrite:
-        raise MammoXAIError(
-            out, "already holds a synthetic cohort", "pass another folder, or overwrite=True (--overwrite)"
-        )
+        names = [path.relative_to(out).as_posix() for path in earlier]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        problem = f"already holds files of the names a synthetic cohort writes ({shown})"
+        raise MammoXAIError(out, problem, "pass another folder, or overwrite=True (--overwrite) to delete them")
     for path in earlier:
         path.unlink()
