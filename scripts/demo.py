@@ -33,7 +33,7 @@ from pathlib import Path
 
 from mammoxai.data.manifest import find_images
 from mammoxai.data.synth import synthesize
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "apps" / "mammography"
@@ -41,6 +41,8 @@ BUNDLE_DIR = REPO / "monai_bundle"
 DEMO_DIR = REPO / ".demo"
 #: study outcome shares of the demo's synthetic studies: enriched, as a training set for a rare class is
 DEMO_PREVALENCE = {"normal": 0.3, "benign": 0.15, "recalled_benign": 0.1, "malignant": 0.45}
+#: how the traceback of a subprocess stopped by a user error begins its last line
+USER_ERROR_LINE = f"{MammoXAIError.__module__}.{MammoXAIError.__qualname__}: "
 
 
 class ServerProcess:
@@ -91,9 +93,12 @@ class ServerProcess:
         return command
 
     def start(self, timeout: float = 300.0) -> ServerProcess:
-        """Start the server and wait until ``GET /info/`` answers; raise ``RuntimeError`` with the log if it dies."""
-        if port_in_use(self.host, self.port):
-            raise RuntimeError(f"{self.host}:{self.port} is already in use; pass another --port")
+        """Start the server and wait until ``GET /info/`` answers; raise ``RuntimeError`` with the log if it dies.
+
+        Raises:
+            MammoXAIError: something already listens on the port.
+        """
+        check_port_free(self.host, self.port)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
@@ -153,6 +158,32 @@ def port_in_use(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on (an earlier demo, another server).
+
+    Raises:
+        MammoXAIError: the port is in use.
+    """
+    if port_in_use(host, port):
+        fix = "pass another --port, or stop what listens there"
+        raise MammoXAIError(f"--port {port}", f"{host}:{port} is already in use", fix)
+
+
+def check_paths(studies: Path, bundle: Path, log: Path) -> None:
+    """Refuse paths the demo cannot use before minutes of synthesising and training, not at the step that needs them.
+
+    Raises:
+        MammoXAIError: ``studies`` (or a folder above it) is a file, ``bundle`` has no ``configs/inference.json``,
+            or ``log`` is a folder or lies under a file.
+    """
+    check_output_path(studies, "--studies", "give a folder of mammograms, or a new folder for synthetic ones")
+    check_output_path(log, "--log", "give a file for the server log", folder=False)
+    if not (bundle / "configs" / "inference.json").is_file():
+        problem = "is not a MammoXAI bundle (it has no configs/inference.json)" if bundle.exists() else "does not exist"
+        fix = f"pass a bundle folder such as {BUNDLE_DIR}, or leave --bundle out"
+        raise MammoXAIError(f"--bundle {bundle}", problem, fix)
+
+
 def ensure_studies(studies: Path, patients: int, size: int, seed: int = 0) -> None:
     """Write a synthetic study set into ``studies`` unless it already holds images."""
     if studies.is_dir() and next(find_images(studies, exclude=["masks/*"]), None) is not None:
@@ -176,9 +207,29 @@ def ensure_weights(bundle: Path, studies: Path) -> None:
     print(f"weights: training demo weights into {checkpoint} on the synthetic phantoms (NOT for clinical use) ...")
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
     command += ["--dataset_dir", str(studies)]
-    subprocess.run(command, cwd=bundle, check=True)
+    run_showing_user_error(command, cwd=bundle, what="training")
     if not checkpoint.is_file():
         raise RuntimeError(f"training finished but wrote no {checkpoint}; see the output above")
+
+
+def run_showing_user_error(command: Sequence[str], cwd: Path, what: str) -> None:
+    """Run ``command``, passing its stderr through; if it fails, raise with its :class:`MammoXAIError` message.
+
+    A bundle run stopped by a user error ends in a long chained traceback whose useful line (the
+    ``MammoXAIError``) sits above MONAI's ``RuntimeError``; the demo's own last line says what to fix instead.
+
+    Raises:
+        RuntimeError: the command exited with a non-zero status; the message is its last ``MammoXAIError`` line,
+            or its exit status if it printed none.
+    """
+    user_error = None
+    with subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace") as process:
+        for line in process.stderr:
+            sys.stderr.write(line)
+            if line.startswith(USER_ERROR_LINE):
+                user_error = line[len(USER_ERROR_LINE):].strip()
+    if process.returncode != 0:
+        raise RuntimeError(f"{what} stopped: {user_error or f'exit status {process.returncode}, see the output above'}")
 
 
 def first_image_id(server_url: str) -> str | None:
@@ -237,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     studies, bundle = args.studies.resolve(), args.bundle.resolve()
     server = ServerProcess(studies, host=args.host, port=args.port, conf={"bundle": str(bundle)}, log=args.log)
     try:
+        check_port_free(args.host, args.port)  # before minutes of synthesising and training, not after
+        check_paths(studies, bundle, server.log)
         ensure_studies(studies, args.patients, args.size)
         ensure_weights(bundle, studies)
         print(f"server: starting on {server.url} (log: {server.log}) ...")
@@ -250,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.stop()
         print("stopped")
         return 0
-    except (MammoXAIError, RuntimeError, subprocess.CalledProcessError) as error:
+    except (MammoXAIError, RuntimeError) as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
     finally:
