@@ -285,6 +285,14 @@ def test_patient_split_needs_two_patients():
         patient_split(records)
 
 
+def test_a_manifest_without_the_label_column_is_named_as_such_not_as_too_few_patients():
+    records = [{key: value for key, value in record.items() if key != "case_label"} for record in manifest_records()]
+    with pytest.raises(MammoXAIError, match=r"^case_label: none of the 45 records has this column \(.*label_key"):
+        patient_split(records)
+    with pytest.raises(MammoXAIError, match="0 labelled images"):  # the column is there, its cells are empty
+        patient_split([dict(record, case_label=None) for record in records])
+
+
 def test_class_weights_give_every_present_class_the_same_total_weight():
     weights = class_weights([0, 0, 0, 1, -1], num_classes=3)
     assert torch.allclose(weights, torch.tensor([4 / 6, 4 / 2, 0.0]))

@@ -54,10 +54,14 @@ def patient_split(
         ``(train_records, val_records)``.
 
     Raises:
-        MammoXAIError: no labelled records, or fewer than two patients.
+        MammoXAIError: no record has the ``label_key`` column, or the labelled records are of fewer than two
+            patients.
     """
     if not 0.0 < val_fraction < 1.0:
         raise MammoXAIError("val_fraction", f"is {val_fraction}", "use a fraction between 0 and 1, e.g. 0.2")
+    if records and not any(label_key in record for record in records):  # a wrong column, not too few labels
+        fix = "give a manifest with this column, set label_key to the column of labels, or join them with label_csv"
+        raise MammoXAIError(label_key, f"none of the {len(records)} records has this column", fix)
     label_map = dict(label_map or {})
     holdout = dict(holdout or {})
     candidates = [record for record in records if not any(record.get(key) == value for key, value in holdout.items())]
