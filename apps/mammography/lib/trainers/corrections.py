@@ -29,6 +29,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from lib.http_errors import client_errors, conflict, not_found
+from monai.bundle import ConfigParser
 from monailabel.config import settings
 from monailabel.endpoints import train as train_endpoints
 from monailabel.endpoints.user.auth import RBAC, User
@@ -113,10 +114,11 @@ class CorrectionsTrainer(TrainTask):
         accept = request.get("accept", "not_worse")
         if accept not in ACCEPT_POLICIES:
             raise MammoXAIError(f"accept {accept!r}", "is not a policy", f"use one of {list(ACCEPT_POLICIES)}")
-        recipe = json.loads((self.bundle / "configs" / "train.json").read_text(encoding="utf-8"))
+        recipe = ConfigParser()
+        recipe.read_config(str(self.bundle / "configs" / "train.json"))
+        options = {**self.defaults, **{key: request[key] for key in TRAIN_OPTIONS if key in request}}
         keys = ("epochs", "batch_size", "learning_rate", "weight_decay", "num_workers", "val_interval", "val_fraction")
-        options = {**recipe, **self.defaults, **{key: request[key] for key in TRAIN_OPTIONS if key in request}}
-        check_run_settings(**{key: options[key] for key in keys})
+        check_run_settings(**{key: options[key] if key in options else recipe.get_parsed_content(key) for key in keys})
 
     def check_ready(self, datastore: Datastore) -> list[dict[str, Any]]:
         """The training records of the corrections (reads the labels and the image headers, not the pixels).
