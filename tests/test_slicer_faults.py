@@ -44,6 +44,14 @@ def test_a_malformed_url_is_refused_before_any_request(url):
     assert "http://127.0.0.1:8000" in raised.value.message  # the message shows what a URL looks like
 
 
+@pytest.mark.parametrize("name", ["moved_away.dcm", "."])
+def test_an_image_file_that_cannot_be_read_is_refused_as_input_before_any_request(tmp_path, free_port, name):
+    client = MammoXAIClient(f"http://127.0.0.1:{free_port}")  # nothing listens: the file is checked first
+    with pytest.raises(MammoXAIClientError) as raised:
+        client.upload_image(str(tmp_path / name), "case1")
+    assert raised.value.kind == "input" and "choose an image file" in str(raised.value)
+
+
 def test_a_missing_scheme_means_http():
     assert MammoXAIClient("127.0.0.1:8000/").url == "http://127.0.0.1:8000"
 

@@ -120,8 +120,11 @@ class MammoXAIClient:
 
     def upload_image(self, path: str, image_id: str) -> dict[str, Any]:
         """``PUT /datastore/image?image=<id>`` with the file as form field ``file``."""
-        with open(path, "rb") as stream:
-            files = {"file": (os.path.basename(path), stream.read(), "application/octet-stream")}
+        try:
+            with open(path, "rb") as stream:
+                files = {"file": (os.path.basename(path), stream.read(), "application/octet-stream")}
+        except OSError as error:  # a moved file, a folder, no permission: the user's input, not the server's
+            raise MammoXAIClientError(f"Cannot read {path} ({error.strerror}): choose an image file", "input") from error
         body, content_type = _multipart({"params": "{}"}, files)
         headers = {"Content-Type": content_type}
         query = {"image": image_id}
