@@ -110,6 +110,16 @@ def test_changing_an_unknown_image_or_label_is_404(app_server, unchanged, method
     assert_server_up(app_server)
 
 
+@pytest.mark.parametrize(
+    "path, words", [("/scoring/nosuch", ["scoring method 'nosuch'", "uncertainty"]), ("/batch/infer/nosuch", ["model 'nosuch'"])]
+)
+def test_a_background_task_of_an_unknown_name_is_404_not_a_submitted_task_that_fails(app_server, unchanged, path, words):
+    response = requests.post(f"{app_server.url}{path}", json={}, timeout=60)
+
+    assert_refused(response, 404, *words)
+    assert_server_up(app_server)
+
+
 def test_text_file_upload_is_422_through_the_client(app_server, unchanged, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a mammogram\n")

@@ -125,6 +125,16 @@ def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(lo
     assert case["id"] not in sorted(truth)[::2]  # labelled images are never proposed again
 
 
+def test_a_known_scoring_method_passes_the_guard_and_scores_every_image(loop_server):
+    url, _, truth = loop_server
+
+    response = requests.post(f"{url}/scoring/uncertainty", params={"run_sync": "true"}, json={}, timeout=600)
+
+    assert response.status_code == 200, response.text
+    assert '"scored"' in response.text and '"skipped"' in response.text, response.text  # the app's scoring ran
+    assert all(image_info(url, image_id).get("uncertainty") for image_id in truth)
+
+
 def test_batch_infer_stores_heatmaps_under_the_prediction_tag_not_as_corrections(loop_server):
     url, _, truth = loop_server
     unlabeled = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()
