@@ -35,7 +35,6 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
@@ -147,13 +146,11 @@ def _readable(
     strict: bool,
 ) -> list[dict[str, Any]]:
     """``records`` whose images preprocess onto ``image_size``; the others reported (:func:`report_unusable`)."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = idist.get_rank(), idist.get_world_size()
     mine = [str(record["path"]) for record in records[rank::world]]
     failures = preprocess_all(mine, image_size, cache_dir, num_workers)
     if world > 1:
-        shares: list[dict[str, str] | None] = [None] * world
-        dist.all_gather_object(shares, failures)
-        failures = {path: reason for share in shares for path, reason in share.items()}
+        failures = {path: reason for share in idist.all_gather(failures) for path, reason in share.items()}
     readable = len(records) - len(failures)
     logger.info("%d of %d listed images read and preprocessed onto %s", readable, len(records), image_size)
     unreadable = [f"{path} ({reason})" for path, reason in failures.items()]
