@@ -48,11 +48,29 @@ from mammoxai.schema import validate_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ACCEPT_POLICIES", "FinetuneResult", "correction_records", "finetune", "replace_checkpoint"]
+__all__ = [
+    "ACCEPT_POLICIES",
+    "FinetuneResult",
+    "check_accept_policy",
+    "correction_records",
+    "finetune",
+    "replace_checkpoint",
+]
 
 ACCEPT_POLICIES = ("not_worse", "valid")
 """``not_worse`` (default): keep the new weights only when their best validation metric is at least that of the
 current weights on the same split; ``valid``: keep the best epoch of any run whose loss and metric are finite."""
+
+
+def check_accept_policy(accept: str) -> None:
+    """Refuse a policy that is not one of :data:`ACCEPT_POLICIES`; the server checks a request with it too, before
+    a run starts.
+
+    Raises:
+        MammoXAIError: ``accept`` is not a policy.
+    """
+    if accept not in ACCEPT_POLICIES:
+        raise MammoXAIError(f"accept {accept!r}", "is not a policy", f"use one of {list(ACCEPT_POLICIES)}")
 
 
 def correction_records(
@@ -139,8 +157,7 @@ def finetune(
         MammoXAIError: an unknown policy, records that cannot be split (fewer than two patients), or, under
             ``not_worse``, a validation split of one class, on which the AUC cannot tell better weights from worse.
     """
-    if accept not in ACCEPT_POLICIES:
-        raise MammoXAIError(f"accept policy {accept!r}", "is unknown", f"use one of {list(ACCEPT_POLICIES)}")
+    check_accept_policy(accept)
     bundle, work_dir = Path(bundle).resolve(), Path(work_dir).resolve()
     checkpoint = Path(checkpoint) if checkpoint is not None else bundle / "models" / "model.pt"
     manifest = write_manifest(records, work_dir / "manifest.csv")

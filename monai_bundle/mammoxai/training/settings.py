@@ -13,13 +13,14 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from numbers import Integral, Real
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["check_run_settings"]
+__all__ = ["RUN_SETTINGS", "check_run_settings"]
 
 
 def check_run_settings(
@@ -55,6 +56,10 @@ def check_run_settings(
     _require("num_workers", num_workers, Integral, lambda value: value >= 0, "a whole number of 0 or more", "2")
     _require("val_interval", val_interval, Integral, lambda value: value >= 1, "a positive whole number", "1")
     _require("val_fraction", val_fraction, Real, lambda value: 0 < value < 1, "a number between 0 and 1", "0.2")
+
+
+RUN_SETTINGS: tuple[str, ...] = tuple(inspect.signature(check_run_settings).parameters)
+"""The settings :func:`check_run_settings` takes, for a caller that gathers them from a config and its overrides."""
 
 
 def _require(

@@ -39,8 +39,8 @@ from monailabel.utils.async_tasks.utils import processes
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor
-from mammoxai.training.corrections import ACCEPT_POLICIES, correction_records, finetune
-from mammoxai.training.settings import check_run_settings
+from mammoxai.training.corrections import ACCEPT_POLICIES, check_accept_policy, correction_records, finetune
+from mammoxai.training.settings import RUN_SETTINGS, check_run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +111,13 @@ class CorrectionsTrainer(TrainTask):
             MammoXAIError: an unknown ``accept`` policy, or a training option out of range (checked over the
                 recipe's values, as :func:`~mammoxai.training.settings.check_run_settings` checks a bundle run).
         """
-        accept = request.get("accept", "not_worse")
-        if accept not in ACCEPT_POLICIES:
-            raise MammoXAIError(f"accept {accept!r}", "is not a policy", f"use one of {list(ACCEPT_POLICIES)}")
+        check_accept_policy(request.get("accept", "not_worse"))
         recipe = ConfigParser()
         recipe.read_config(str(self.bundle / "configs" / "train.json"))
         options = {**self.defaults, **{key: request[key] for key in TRAIN_OPTIONS if key in request}}
-        keys = ("epochs", "batch_size", "learning_rate", "weight_decay", "num_workers", "val_interval", "val_fraction")
-        check_run_settings(**{key: options[key] if key in options else recipe.get_parsed_content(key) for key in keys})
+        check_run_settings(
+            **{key: options[key] if key in options else recipe.get_parsed_content(key) for key in RUN_SETTINGS}
+        )
 
     def check_ready(self, datastore: Datastore) -> list[dict[str, Any]]:
         """The training records of the corrections (reads the labels and the image headers, not the pixels).
