@@ -78,9 +78,10 @@ def test_infer_with_an_unknown_model_is_404_listing_the_models(app_server, uncha
     "params, words",
     [
         ("{bad json", ["is not JSON", "params"]),
+        ("[1, 2]", ["params", "is not a JSON object"]),
         (json.dumps({"saliency": {"method": "gradcam", "target_class": "cancer"}}), ["['target_class']", "only method"]),
     ],
-    ids=["params_not_json", "saliency_key_a_request_cannot_set"],
+    ids=["params_not_json", "params_not_an_object", "saliency_key_a_request_cannot_set"],
 )
 def test_infer_params_that_cannot_be_honoured_are_422(app_server, unchanged, params, words):
     response = requests.post(
@@ -92,6 +93,21 @@ def test_infer_params_that_cannot_be_honoured_are_422(app_server, unchanged, par
 
     assert_refused(response, 422, *words)
     assert_server_up(app_server)
+
+
+def test_infer_naming_no_image_is_422_saying_how_to_name_one(app_server, unchanged):
+    response = requests.post(f"{app_server.url}/infer/{app_server.model}", data={"params": "{}"}, timeout=60)
+
+    assert_refused(response, 422, "names no image", "?image=<id>")
+    assert_server_up(app_server)
+
+
+def test_info_of_an_unknown_image_is_404_and_of_a_stored_one_its_record(app_server, unchanged):
+    unknown = requests.get(f"{app_server.url}/datastore/image/info", params={"image": "no_such_image"}, timeout=30)
+    stored = requests.get(f"{app_server.url}/datastore/image/info", params={"image": app_server.study_ids()[0]}, timeout=30)
+
+    assert_refused(unknown, 404, "'no_such_image'", "not found")
+    assert stored.status_code == 200 and stored.json()["name"].startswith(app_server.study_ids()[0])
 
 
 @pytest.mark.parametrize(

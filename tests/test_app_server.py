@@ -99,6 +99,23 @@ def test_uploaded_png_is_stored_and_explained_in_its_own_geometry(client, app_se
     assert params["image"]["spacing_mm"] is None
 
 
+def test_image_sent_with_the_infer_request_is_explained_and_not_stored(client, app_server, tmp_path):
+    png = write_png(tmp_path / "sent.png", shape=(140, 110))
+    before = sorted(client.datastore()["objects"])
+
+    response = requests.post(
+        f"{app_server.url}/infer/{app_server.model}",
+        params={"output": "json"},
+        files={"file": ("sent.png", png.read_bytes())},
+        data={"params": "{}"},
+        timeout=300,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["image"]["shape"] == [140, 110]
+    assert sorted(client.datastore()["objects"]) == before
+
+
 def test_final_label_is_stored_and_read_back(client, app_server, dicom_id, tmp_path):
     label = {
         "class": app_server.class_names[-1],

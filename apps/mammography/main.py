@@ -28,7 +28,7 @@ from lib.batch import StoredPredictionsBatchInfer
 from lib.infers import MammogramClassification, load_predictor
 from lib.scoring import UncertaintyScoring
 from lib.security import check_auth_realm, install_request_size_limit, install_token_verifier
-from lib.task_guard import install_task_guard
+from lib.route_guards import install_route_guards
 from lib.trainers import CorrectionsTrainer, install_train_guard
 from monailabel.app import app as fastapi_app
 from monailabel.config import settings
@@ -150,7 +150,7 @@ class MammographyApp(MONAILabelApp):
     def on_init_complete(self) -> None:
         super().on_init_complete()
         install_train_guard(fastapi_app, self._trainers, self.datastore)
-        install_task_guard(fastapi_app, self._scoring_methods, self._infers)
+        install_route_guards(fastapi_app, self._scoring_methods, self._infers, self.datastore)
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer an unknown strategy with 404 (MONAI Label would answer 500), then propose the next case."""

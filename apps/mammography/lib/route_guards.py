@@ -1,0 +1,101 @@
+"""Requests MONAI Label would answer with 500, or with a task that fails later, answered with 404 / 422 up front.
+
+MONAI Label's ``POST /scoring/<method>`` and ``POST /batch/infer/<model>`` hand any name to a background task and
+answer 200 ``SUBMITTED``; the task then fails in its log (``GET /scoring/`` says ``ERROR``) and the client never
+learns that the name was the problem. Its ``POST /infer/<model>`` answers 500 for a request that names no image
+and for ``params`` that are JSON but not an object (``[1, 2]``), and ``GET /datastore/image/info`` answers 200
+``{}`` for an image it does not have. :func:`install_route_guards` puts a route in front of each, with the same
+role and parameters, that refuses what the app cannot serve and passes every other request on to MONAI Label's
+own handler, as :func:`~lib.trainers.install_train_guard` does for ``POST /train/<model>``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Collection
+from typing import Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
+from lib.http_errors import client_errors, not_found
+from monailabel.config import settings
+from monailabel.endpoints import batch_infer as batch_endpoints
+from monailabel.endpoints import infer as infer_endpoints
+from monailabel.endpoints import scoring as scoring_endpoints
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
+
+from mammoxai.errors import MammoXAIError
+
+__all__ = ["install_route_guards"]
+
+BATCH_DEFAULTS: dict[str, Any] = inspect.signature(batch_endpoints.api_run).parameters["params"].default
+"""MONAI Label's batch-inference params when a request sends none, kept so the guard changes nothing else."""
+
+
+def install_route_guards(
+    server: FastAPI,
+    scoring_methods: Collection[str],
+    infer_models: Collection[str],
+    datastore: Callable[[], Datastore],
+) -> None:
+    """Put the guard routes in front of MONAI Label's ``/infer``, ``/scoring``, ``/batch/infer`` and image-info routes."""
+    router = APIRouter()
+    api = settings.MONAI_LABEL_API_STR
+
+    @router.post(f"{api}/infer/{{model}}", summary="Classify one mammogram and explain it")
+    async def infer(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        params: str = Form("{}"),
+        file: UploadFile = File(None),
+        label: UploadFile = File(None),
+        output: infer_endpoints.ResultType | None = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ) -> Any:
+        with client_errors():
+            if not (image or file or session_id):
+                raise MammoXAIError(
+                    f"POST /infer/{model}",
+                    "names no image",
+                    "pass ?image=<id> (GET /datastore/?output=all) or send the image as the form field file",
+                )
+            if params and not isinstance(json.loads(params), dict):  # text that is not JSON: the bad-JSON handler
+                fix = 'send a JSON object, e.g. params={"saliency": {"method": "gradcam"}}'
+                raise MammoXAIError(f"POST /infer/{model} params", f"{params[:80]!r} is not a JSON object", fix)
+        return infer_endpoints.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+    @router.get(f"{api}/datastore/image/info", summary="The stored information of one image")
+    async def image_info(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))) -> Any:
+        info = datastore().get_image_info(image)
+        if not info:  # every stored image has at least its name and timestamp; {} means MONAI Label found none
+            raise not_found(f"image {image!r}", "pick an id from GET /datastore/?output=all")
+        return info
+
+    @router.post(f"{api}/scoring/{{method}}", summary="Run a scoring method over the datastore")
+    async def scoring(
+        method: str,
+        params: dict | None = None,
+        run_sync: bool = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ) -> Any:
+        if method not in scoring_methods:
+            raise not_found(f"scoring method {method!r}", f"use one of {sorted(scoring_methods)} (GET /info/)")
+        return scoring_endpoints.run_method(method, params, run_sync)
+
+    @router.post(f"{api}/batch/infer/{{model}}", summary="Infer every selected image and store the results")
+    async def batch_infer(
+        model: str,
+        images: BatchInferImageType = BatchInferImageType.IMAGES_ALL,
+        params: dict | None = None,
+        run_sync: bool = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ) -> Any:
+        if model not in infer_models:
+            raise not_found(f"model {model!r}", f"use one of {sorted(infer_models)} (GET /info/)")
+        return batch_endpoints.run(model, images, BATCH_DEFAULTS if params is None else params, run_sync)
+
+    server.router.routes[0:0] = router.routes
