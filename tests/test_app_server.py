@@ -53,6 +53,10 @@ def test_info_lists_one_classification_model_with_the_bundle_class_names(client,
     assert model["labels"] == app_server.class_names
     assert model["dimension"] == 2
     assert info["labels"] == app_server.class_names
+    # what a request may choose: the test bundle's 256 x 208 grid holds no 256 x 256 CorRELAX view
+    assert model["saliency"]["method"] == "gradcam" and model["saliency"]["preset"] is None
+    assert model["saliency"]["methods"]["rise"] == ["faithful", "fast"]
+    assert "gradcam" in model["saliency"]["methods"] and "correlax" not in model["saliency"]["methods"]
 
 
 def test_datastore_serves_the_dicom_studies_folder(client, app_server):

@@ -441,6 +441,17 @@ def test_default_target_layer_is_the_networks_last_block(tmp_path):
     assert predictor.saliency["target_layer"] == network.last_block == "features.block2"
 
 
+@pytest.mark.parametrize("grid, has_correlax", [((256, 208), False), ((288, 256), True)])
+def test_saliency_choices_are_every_method_the_grid_can_run_with_its_presets(tmp_path, grid, has_correlax):
+    predictor = MammogramPredictor(MammoClassifier(channels=(4, 8, 8)), tmp_path / "model.pt", CLASSES, grid, device="cpu")
+
+    choices = predictor.saliency_choices()
+
+    assert ("correlax" in choices) == has_correlax
+    assert choices["gradcam"] == [] and choices["occlusion"] == ["faithful", "fast"]
+    assert set(choices) | {"correlax"} == {"cam", "gradcam", "gradcampp", "hirescam", "occlusion", "rise", "relax", "correlax"}
+
+
 @pytest.mark.parametrize(
     "saliency, message",
     [

@@ -79,6 +79,18 @@ def test_connect_names_the_model_its_classes_and_strategies(session, app_server)
     assert "random" in info.strategies
     assert info.url == app_server.url
     assert app_server.model in info.summary
+    assert info.saliency_method == "gradcam"
+    assert info.saliency_methods[:2] == ["cam", "gradcam"] and "correlax" not in info.saliency_methods
+
+
+def test_a_saliency_method_the_server_cannot_run_is_refused_before_any_request(session, app_server):
+    session.client.url = "http://127.0.0.1:9"  # a request would now fail as unreachable, not as input
+
+    with pytest.raises(MammoXAIClientError) as raised:
+        session.run(app_server.study_ids()[0], saliency_method="correlax")
+
+    assert raised.value.kind == "input"
+    assert "'correlax'" in raised.value.message and "gradcam" in raised.value.message
 
 
 def test_next_case_downloads_the_image_the_strategy_picks_byte_for_byte(session, app_server, unlabelled):

@@ -19,7 +19,7 @@ sys.path[:0] = [str(REPO / "tests" / "slicer_stub"), str(REPO / "slicer_extensio
 import MammoXAI  # noqa: E402
 import qt  # noqa: E402  (the stand-in)
 import slicer  # noqa: E402  (the stand-in)
-from MammoXAILib import SALIENCY_METHODS, STRATEGIES, MammoXAIClient  # noqa: E402
+from MammoXAILib import STRATEGIES, MammoXAIClient  # noqa: E402
 
 pytest_plugins = ["server_fixture"]
 
@@ -55,7 +55,7 @@ def test_setup_fills_the_selectors_and_disables_what_needs_a_server(widget):
     assert ui.serverUrlEdit.text == MammoXAI.DEFAULT_URL
     assert ui.strategyComboBox.items == list(STRATEGIES)
     assert ui.strategyComboBox.currentText == "uncertainty"
-    assert ui.saliencyComboBox.items == list(SALIENCY_METHODS)
+    assert ui.saliencyComboBox.items == []  # filled with what the server can run when connecting
     assert ui.biradsComboBox.items == ["", "0", "1", "2", "3", "4", "5", "6"]
     assert not ui.nextCaseButton.enabled and not ui.runButton.enabled and not ui.saveButton.enabled
     assert ui.opacitySlider.value == 0.5  # designer defaults from the .ui
@@ -86,6 +86,8 @@ def test_review_from_connect_to_saved_label_through_the_panel(widget, app_server
     assert app_server.model in ui.serverInfoLabel.text
     assert qt.QSettings().value(MammoXAI.SETTINGS_URL) == app_server.url
     assert [button.text for button in widget.classGroup.buttons()] == app_server.class_names
+    assert ui.saliencyComboBox.items == widget.logic.session.info.saliency_methods
+    assert ui.saliencyComboBox.currentText == "gradcam" and "correlax" not in ui.saliencyComboBox.items
 
     ui.strategyComboBox.currentText = "random"
     ui.nextCaseButton.clicked.emit()

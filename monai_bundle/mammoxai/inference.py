@@ -47,7 +47,7 @@ from mammoxai.io.heatmap import write_heatmap_nrrd
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.preprocess import grid_shape, prepare_image
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
-from mammoxai.saliency import SaliencyMethod, check_grid, get_method, method_settings
+from mammoxai.saliency import METHODS, PRESETS, SaliencyMethod, check_grid, get_method, method_settings
 from mammoxai.schema import SCHEMA_VERSION, validate_prediction
 
 logger = logging.getLogger(__name__)
@@ -313,6 +313,26 @@ class MammogramPredictor:
         """
         stamp = self.checkpoint.stamp
         return "" if stamp is None else f"{stamp[0]}-{stamp[1]}"
+
+    def saliency_choices(self) -> dict[str, list[str]]:
+        """The saliency methods a request may name for this model, each with the presets it may name (``[]``: none).
+
+        A method or preset whose needs the model grid cannot meet (CorRELAX's local views on a grid smaller than
+        one view) is left out, so that a client offers only what :meth:`predict` can run; ``/info`` advertises this.
+        """
+        choices = {}
+        for name in METHODS:
+            runnable = [preset for preset in (None, *PRESETS.get(name, {})) if self._can_run(name, preset)]
+            if runnable:
+                choices[name] = [preset for preset in runnable if preset is not None]
+        return choices
+
+    def _can_run(self, name: str, preset: str | None) -> bool:
+        try:
+            self._saliency_method(name, preset)
+        except MammoXAIError:
+            return False
+        return True
 
     def _saliency_method(
         self, name: str | None = None, preset: str | None = None

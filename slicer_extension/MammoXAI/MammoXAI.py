@@ -22,7 +22,6 @@ import slicer
 import vtk
 from MammoXAILib import (
     BIRADS,
-    SALIENCY_METHODS,
     STRATEGIES,
     MammoXAIClientError,
     ReviewSession,
@@ -84,7 +83,6 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         self.ui.annotatorEdit.text = settings.value(SETTINGS_ANNOTATOR, "")
         self.ui.strategyComboBox.addItems(list(STRATEGIES))
         self.ui.strategyComboBox.currentText = settings.value(SETTINGS_STRATEGY, STRATEGIES[0])
-        self.ui.saliencyComboBox.addItems(list(SALIENCY_METHODS))
         self.ui.biradsComboBox.addItems(["", *BIRADS])
 
         self.ui.connectButton.clicked.connect(self.onConnect)
@@ -118,6 +116,9 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
             settings.setValue(SETTINGS_ANNOTATOR, self.ui.annotatorEdit.text)
             self.ui.serverInfoLabel.text = info.summary
             self._setClassButtons(info.class_names)
+            self.ui.saliencyComboBox.clear()  # what this server can run on its grid; empty: its configured method
+            self.ui.saliencyComboBox.addItems(info.saliency_methods)
+            self.ui.saliencyComboBox.currentText = info.saliency_method
             pending = len(self.logic.session.pending.pending())
             self._status(f"Connected. {pending} unsent correction(s) kept." if pending else "Connected.")
         self._updateButtons()

@@ -59,6 +59,9 @@ class QWidget:
         self.items.extend(items)
         self._current = self._current or (items[0] if items else "")
 
+    def clear(self) -> None:
+        self.items, self._current = [], ""
+
     @property
     def currentText(self) -> str:
         return self._current

@@ -12,11 +12,10 @@ from .corrections import PendingCorrection, PendingCorrections
 from .errors import MammoXAIClientError
 from .geometry import box_lesion, check_heatmap, ijk_to_ras, point_lesion, ras_to_pixel, read_nrrd_geometry
 from .prediction import PredictionRow, PredictionView, parse_prediction
-from .review import BIRADS, SALIENCY_METHODS, STRATEGIES, Case, InferenceOutcome, ReviewSession, ServerInfo
+from .review import BIRADS, STRATEGIES, Case, InferenceOutcome, ReviewSession, ServerInfo
 
 __all__ = [
     "BIRADS",
-    "SALIENCY_METHODS",
     "STRATEGIES",
     "Case",
     "InferResult",

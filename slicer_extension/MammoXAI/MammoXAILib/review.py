@@ -32,13 +32,10 @@ from .errors import MammoXAIClientError
 from .geometry import check_heatmap
 from .prediction import PredictionView, parse_prediction
 
-__all__ = ["BIRADS", "STRATEGIES", "SALIENCY_METHODS", "Case", "InferenceOutcome", "ReviewSession", "ServerInfo"]
+__all__ = ["BIRADS", "STRATEGIES", "Case", "InferenceOutcome", "ReviewSession", "ServerInfo"]
 
 STRATEGIES = ("uncertainty", "random", "first")
 """Active-learning strategies in the order the panel prefers them; a strategy the server lacks falls back."""
-
-SALIENCY_METHODS = ("gradcam", "occlusion", "rise", "correlax")
-"""Methods the panel can ask for; the server may answer with its configured method, which the panel reports."""
 
 BIRADS = ("0", "1", "2", "3", "4", "5", "6")
 
@@ -55,6 +52,10 @@ class ServerInfo:
     strategies: list[str]
     trainers: list[str]
     description: str
+    saliency_methods: list[str]
+    """Methods the server can explain with on its model grid (its ``/info``), in the server's order."""
+    saliency_method: str
+    """The server's configured method, used when a request names none."""
 
     @property
     def summary(self) -> str:
@@ -115,6 +116,8 @@ class ReviewSession:
         """Read the server's info and send any correction left from before; see :attr:`info`."""
         raw = self.client.info()
         model = self.client.mammoxai_model(raw)
+        saliency = raw["models"][model].get("saliency")
+        saliency = saliency if isinstance(saliency, dict) else {}
         self.info = ServerInfo(
             url=self.client.url,
             name=str(raw.get("name", "")),
@@ -124,6 +127,8 @@ class ReviewSession:
             strategies=sorted(raw.get("strategies") or {}),
             trainers=sorted(raw.get("trainers") or {}),
             description=str(raw["models"][model].get("description", "")),
+            saliency_methods=[str(name) for name in saliency.get("methods") or {}],
+            saliency_method=str(saliency.get("method") or ""),
         )
         self.pending.send_all(self.client)
         return self.info
@@ -162,8 +167,16 @@ class ReviewSession:
 
     # ---------------------------------------------------------------- prediction
     def run(self, image_id: str, saliency_method: str | None = None) -> InferenceOutcome:
-        """Infer ``image_id`` on the server; the heatmap is checked to lie on the image's grid."""
+        """Infer ``image_id`` on the server; the heatmap is checked to lie on the image's grid.
+
+        A ``saliency_method`` the server does not advertise for its model grid is refused before the request.
+        """
         info = self._connected()
+        if saliency_method and info.saliency_methods and saliency_method not in info.saliency_methods:
+            offered = ", ".join(info.saliency_methods)
+            raise MammoXAIClientError(
+                f"The server cannot explain with '{saliency_method}' on its model grid: choose one of {offered}", "input"
+            )
         params = {"saliency": {"method": saliency_method}} if saliency_method else {}
         result = self.client.infer(info.model, image_id, os.path.join(self.work_folder, "heatmaps"), params)
         view = parse_prediction(result.prediction)

@@ -56,6 +56,7 @@ class MammogramClassification(InferTask):
     ``label_names`` (the class names) and ``latencies`` (seconds). A request may choose the saliency method and
     preset with the params ``{"saliency": {"method": "occlusion", "preset": "fast"}}`` (what the 3D Slicer panel
     sends; MONAI Label merges the params into the request); without them the bundle's configured method is used.
+    ``/info`` lists the methods and presets the model's grid can run under the model's ``saliency`` key.
     A file the predictor rejects (wrong modality, unreadable pixels, ...) or an unknown saliency method or preset
     is answered with 422; missing or unloadable weights with 503; both carry the predictor's message.
 
@@ -77,6 +78,13 @@ class MammogramClassification(InferTask):
             description=description,
         )
         self.predictor = predictor
+
+    def info(self) -> dict[str, Any]:
+        """MONAI Label's model info plus ``saliency``: the configured method and preset, and the methods (each with
+        its presets) a request may choose on this model's grid, so a client offers only what the server can run."""
+        configured = self.predictor.saliency
+        choices = {"method": configured["method"], "preset": configured["preset"], "methods": self.predictor.saliency_choices()}
+        return {**super().info(), "saliency": choices}
 
     def is_valid(self) -> bool:
         # listed even before weights exist, so /infer can say how to train them instead of the model vanishing
