@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from mammoxai.io import read_mammogram
 from mammoxai.io.heatmap import read_heatmap_nrrd
@@ -163,13 +164,18 @@ def test_a_case_is_corrected_with_a_ras_box_saved_and_read_back(session, app_ser
     assert session.pending.pending() == []
 
 
-def test_training_on_final_labels_of_two_patients_starts_reports_running_and_stops(session, app_server):
-    weights = app_server.checkpoint.read_bytes()
-    for images in app_server.study_ids_by_patient().values():  # two images of each patient, of two classes
+def save_two_patients_two_classes(session, app_server):
+    """Final labels a run accepts: two images of each patient, of two classes."""
+    for images in app_server.study_ids_by_patient().values():
         for image_id, class_name in zip(images, app_server.class_names[:2]):
             shape = read_mammogram(app_server.studies / f"{image_id}.dcm").shape
             label = session.make_label(class_name, image_shape=shape)
             assert session.submit(image_id, label)["label"] == image_id
+
+
+def test_training_on_final_labels_of_two_patients_starts_reports_running_and_stops(session, app_server):
+    weights = app_server.checkpoint.read_bytes()
+    save_two_patients_two_classes(session, app_server)
 
     assert app_server.model in session.info.trainers
     session.start_training({"epochs": 1})
@@ -182,6 +188,27 @@ def test_training_on_final_labels_of_two_patients_starts_reports_running_and_sto
     assert stopped["status"] == "STOPPED"
     assert session.training_status().startswith("training STOPPED")
     assert app_server.checkpoint.read_bytes() == weights  # a run stopped midway never replaces the weights
+
+
+def test_a_failed_training_run_is_reported_with_the_reason_from_its_log(session, app_server):
+    """A run that fails in the background process (here: pixels of a corrected image cut off after the labels were
+    saved, which the header-only check at the request cannot see) shows the run's own error line in the panel."""
+    broken = f"cut_{uuid.uuid4().hex[:8]}"
+    source = app_server.studies / f"{app_server.study_ids()[0]}.dcm"
+    session.client.upload_image(str(source), broken)
+    save_two_patients_two_classes(session, app_server)
+    session.submit(broken, session.make_label(app_server.class_names[0], image_shape=read_mammogram(source).shape))
+    stored = app_server.studies / f"{broken}.dcm"
+    stored.write_bytes(stored.read_bytes()[:-2000])
+    weights = app_server.checkpoint.read_bytes()
+    try:
+        session.start_training({"epochs": 1})
+        status = wait_for(session.training_status, lambda line: "SUBMITTED" not in line and "RUNNING" not in line, 300)
+    finally:
+        requests.delete(f"{app_server.url}/datastore/image", params={"id": broken}, timeout=60)
+    assert status.startswith("training ERROR (started "), status
+    assert f"{broken}.dcm" in status and "cannot be read" in status and "truncated" in status, status
+    assert app_server.checkpoint.read_bytes() == weights
 
 
 def test_a_server_without_training_is_reported_before_any_request(app_server, tmp_path):
@@ -200,3 +227,27 @@ def test_a_server_without_training_is_reported_before_any_request(app_server, tm
 
     assert raised.value.kind == "input"
     assert all(method == "GET" for method, _ in requests_seen)  # nothing was posted to /train/
+
+
+@pytest.mark.parametrize(
+    "details, reason",
+    [
+        (["Epoch 1/5", "Traceback (most recent call last):", "RuntimeError: CUDA out of memory"], "RuntimeError: CUDA out of memory"),
+        (["loading", "killed by the operating system"], "killed by the operating system"),
+        ([], ""),
+    ],
+    ids=["other_error_with_its_type", "no_error_line_the_last_line", "no_output"],
+)
+def test_a_failed_run_without_a_user_error_shows_its_last_error_line(app_server, tmp_path, details, reason):
+    info = MammoXAIClient(app_server.url).info()
+    task = {"id": "t1", "status": "ERROR", "start_ts": "2024-05-01 09:30:12", "details": details}
+
+    def respond(method, path):
+        return 200, "application/json", json_body(task if path.startswith("/train/") else info)
+
+    with StandInServer(respond) as server:
+        session = ReviewSession(server.url, str(tmp_path / "work"), str(tmp_path / "pending"))
+        session.connect()
+        status = session.training_status()
+
+    assert status == "training ERROR (started 2024-05-01 09:30:12)" + (f": {reason}" if reason else "")

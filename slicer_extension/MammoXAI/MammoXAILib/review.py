@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +39,9 @@ STRATEGIES = ("uncertainty", "random", "first")
 """Active-learning strategies in the order the panel prefers them; a strategy the server lacks falls back."""
 
 BIRADS = ("0", "1", "2", "3", "4", "5", "6")
+
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(\w*(?:Error|Exception)): (.+)$")
+"""The last line of a Python traceback, e.g. ``mammoxai.errors.MammoXAIError: <message>``: (type, message)."""
 
 
 @dataclass(frozen=True)
@@ -239,16 +243,35 @@ class ReviewSession:
         return self.client.train_start(model, params)
 
     def training_status(self) -> str:
-        """One line for the panel, e.g. "training RUNNING since 09:30:12" or "no training has run"."""
+        """One line for the panel, e.g. "training RUNNING (started 2024-05-01 09:30:12)", "no training has run", or
+        for a failed run "training ERROR (started …): <the run's error>"."""
         status = self.client.train_status()
         if not status:
             return "no training has run"
         state = str(status.get("status", "unknown"))
         started = str(status.get("start_ts", ""))
-        return f"training {state}" + (f" (started {started})" if started else "")
+        line = f"training {state}" + (f" (started {started})" if started else "")
+        reason = _failure_reason(status.get("details")) if state == "ERROR" else ""
+        return f"{line}: {reason}" if reason else line
 
     def stop_training(self) -> dict[str, Any]:
         return self.client.train_stop()
+
+
+def _failure_reason(details: Any) -> str:
+    """The error that ended a run, from the last lines of its output MONAI Label keeps (``details``).
+
+    The server's trainer ends a run that fails on a user's mistake with that error alone; anything else ends with
+    Python's last traceback line. A :class:`MammoXAIError`'s message is shown as it is (it names the input and the
+    fix), another error with its type; without an error line, the last line.
+    """
+    lines = [str(line).strip() for line in details or [] if str(line).strip()] if isinstance(details, list) else []
+    for line in reversed(lines):
+        match = _ERROR_LINE.match(line)
+        if match:
+            name, message = match.groups()
+            return message if name == "MammoXAIError" else f"{name}: {message}"
+    return lines[-1] if lines else ""
 
 
 def _check_lesions(lesions: list[dict[str, Any]], image_shape: Sequence[int]) -> None:

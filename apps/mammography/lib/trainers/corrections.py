@@ -37,6 +37,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.async_tasks.utils import processes
 
+from mammoxai.cli import user_error
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor
 from mammoxai.training.corrections import ACCEPT_POLICIES, check_accept_policy, correction_records, finetune
@@ -149,7 +150,7 @@ class CorrectionsTrainer(TrainTask):
             "cache_dir": str(self.bundle / "eval" / "cache"),
         }
         checkpoint = self.predictor.checkpoint.path
-        with _exclusive(checkpoint.with_name(".train.lock")):
+        with _exclusive(checkpoint.with_name(".train.lock")), _user_error_last():
             with tempfile.TemporaryDirectory(prefix="mammoxai-train-") as work:
                 result = finetune(
                     self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
@@ -161,6 +162,22 @@ class CorrectionsTrainer(TrainTask):
             json.dump(stats, stream, indent=2)
         os.replace(temporary, self.stats_path)
         return stats
+
+
+@contextmanager
+def _user_error_last() -> Iterator[None]:
+    """Re-raise the :class:`MammoXAIError` behind a failed run on its own, so that it ends the run's log.
+
+    MONAI's config parser wraps what a component raises in its own ``RuntimeError``, and ``GET /train/`` keeps
+    only the last 20 lines of the run's output: the user's error would be cut off above MONAI's traceback.
+    """
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - anything but a user error propagates unchanged
+        cause = user_error(error)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 @contextmanager
