@@ -4,7 +4,8 @@
                            [--host 127.0.0.1] [--port 8000]
 
 1. writes a synthetic study set (:mod:`mammoxai.data.synth`) to ``.demo/studies`` unless the folder already
-   holds images: 200 patients by default, enriched for cancers (:data:`DEMO_PREVALENCE`) so that the demo
+   holds images (a synthetic cohort of another size that no weights were trained from is written again):
+   200 patients by default, enriched for cancers (:data:`DEMO_PREVALENCE`) so that the demo
    weights learn something (screening prevalence would leave a handful of malignant training images);
 2. trains demo weights into ``monai_bundle/models/model.pt`` with the bundle's ``configs/train.json`` unless the
    file exists (about six minutes on two CPU cores for the default 200 patients; held-out malignant-vs-rest AUC
@@ -19,6 +20,7 @@ Nothing is downloaded. :class:`ServerProcess` is also what the app's tests use t
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import signal
@@ -184,13 +186,34 @@ def check_paths(studies: Path, bundle: Path, log: Path) -> None:
         raise MammoXAIError(f"--bundle {bundle}", problem, fix)
 
 
-def ensure_studies(studies: Path, patients: int, size: int, seed: int = 0) -> None:
-    """Write a synthetic study set into ``studies`` unless it already holds images."""
+def ensure_studies(studies: Path, patients: int, size: int, seed: int = 0, untrained: bool = False) -> None:
+    """Write a synthetic study set into ``studies`` unless it already holds images.
+
+    With ``untrained`` (no weights exist yet, so the studies are about to be trained on), a synthetic cohort of
+    another number of patients than asked for is written again: it is what an earlier demo left when its training
+    failed (``--patients 3`` holds too few patients to train on), and reusing it would fail the same way.
+    """
     if studies.is_dir() and next(find_images(studies, exclude=["masks/*"]), None) is not None:
-        print(f"studies: {studies} (existing)")
-        return
-    print(f"studies: writing {patients} synthetic patients ({size} rows) to {studies} ...")
-    synthesize(studies, patients, seed, size=size, prevalence=DEMO_PREVALENCE)
+        earlier = synthetic_patients(studies)
+        if not untrained or earlier in (None, patients):
+            print(f"studies: {studies} (existing)")
+            return
+        print(f"studies: {studies} holds an untrained synthetic cohort of {earlier} patients, not {patients}: rewriting it")
+    else:
+        print(f"studies: writing {patients} synthetic patients ({size} rows) to {studies} ...")
+    synthesize(studies, patients, seed, size=size, prevalence=DEMO_PREVALENCE, overwrite=True)
+
+
+def synthetic_patients(studies: Path) -> int | None:
+    """The number of patients of the synthetic cohort in ``studies`` (its manifest and finding CSV, as
+    :func:`~mammoxai.data.synth.synthesize` writes them); ``None`` for a folder that is not one."""
+    if not (studies / "finding_annotations.csv").is_file():
+        return None
+    try:
+        with open(studies / "manifest.csv", newline="", encoding="utf-8") as stream:
+            return len({row["patient_id"] for row in csv.DictReader(stream)})
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return None
 
 
 def ensure_weights(bundle: Path, studies: Path) -> None:
@@ -290,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_port_free(args.host, args.port)  # before minutes of synthesising and training, not after
         check_paths(studies, bundle, server.log)
-        ensure_studies(studies, args.patients, args.size)
+        ensure_studies(studies, args.patients, args.size, untrained=not (bundle / "models" / "model.pt").is_file())
         ensure_weights(bundle, studies)
         print(f"server: starting on {server.url} (log: {server.log}) ...")
         server.start()

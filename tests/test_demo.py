@@ -81,3 +81,32 @@ def test_training_that_stops_on_a_user_error_ends_the_demo_with_that_error(tmp_p
     expected = "demo: training stopped: epochs: is 0, not a positive whole number (e.g. --epochs 30)"
     assert last_error_line(capsys) == expected
     assert not (tmp_path / "server.log").exists()  # no server was started
+
+
+def test_an_untrained_synthetic_cohort_of_another_size_is_written_again(tmp_path, port, capsys):
+    """What a demo whose training failed left (``--patients 1``) is not reused by the next demo asking for more."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "monai_bundle" / "configs", bundle / "configs")
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    (bundle / "configs" / "train.json").write_text(json.dumps({**train, "epochs": 0}))  # stop before training
+    studies = tmp_path / "studies"
+    synthesize(studies, patients=1, seed=0, size=128, prior_fraction=0.0)
+    arguments = ["--studies", str(studies), "--bundle", str(bundle), "--port", str(port), "--size", "128"]
+
+    assert demo.main([*arguments, "--patients", "2"]) == 1
+
+    assert "holds an untrained synthetic cohort of 1 patients, not 2: rewriting it" in capsys.readouterr().out
+    assert demo.synthetic_patients(studies) == 2
+    assert demo.main([*arguments, "--patients", "2"]) == 1  # the same size: reused as it is
+    assert f"studies: {studies} (existing)" in capsys.readouterr().out
+
+
+def test_a_cohort_weights_were_trained_from_is_reused_whatever_its_size(tmp_path, capsys):
+    studies = tmp_path / "studies"
+    synthesize(studies, patients=1, seed=0, size=128, prior_fraction=0.0)
+    before = {path.name: path.stat().st_mtime_ns for path in studies.iterdir()}
+
+    demo.ensure_studies(studies, patients=2, size=128, untrained=False)
+
+    assert capsys.readouterr().out == f"studies: {studies} (existing)\n"
+    assert {path.name: path.stat().st_mtime_ns for path in studies.iterdir()} == before
