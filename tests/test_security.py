@@ -28,6 +28,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import mammoxai.io.atomic as atomic_module
 from mammoxai.data.synth import synthesize
 
 pytest_plugins = ["server_fixture"]
@@ -316,7 +317,7 @@ def test_label_save_interrupted_midway_leaves_the_previous_label_and_a_readable_
     def crash(*args):
         raise OSError("simulated crash: power lost before the file was moved into place")
 
-    monkeypatch.setattr(datastore_module.os, "replace", crash)
+    monkeypatch.setattr(atomic_module.os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         store.save_label(image, str(second), "final", {})
     monkeypatch.undo()
@@ -336,7 +337,7 @@ def test_index_write_interrupted_midway_keeps_the_previous_index(local_datastore
     def crash(*args):
         raise OSError("simulated crash while writing")
 
-    monkeypatch.setattr(datastore_module.os, "fsync", crash)
+    monkeypatch.setattr(atomic_module.os, "fsync", crash)
     with pytest.raises(OSError):
         store.update_image_info(image, {"note": "never written"})
     monkeypatch.undo()

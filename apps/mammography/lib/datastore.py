@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -41,6 +40,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import Mammogram, read_mammogram
+from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.schema import validate_label
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class MammogramDatastore(LocalDatastore):
                     "is in the datastore already",
                     f"upload under another id, or delete it first (DELETE /datastore/image?id={image_id})",
                 )
-            _atomic_write(os.path.join(self._datastore.image_path(), name), Path(image_filename).read_bytes())
+            atomic_write_bytes(os.path.join(self._datastore.image_path(), name), Path(image_filename).read_bytes())
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=suffix))
             self._update_datastore_file()
         return image_id
@@ -148,7 +148,7 @@ class MammogramDatastore(LocalDatastore):
             if image_entry is None:  # unknown, or removed by another process since the caller checked
                 raise _image_not_found(image_id)
             os.makedirs(folder, exist_ok=True)
-            _atomic_write(os.path.join(folder, name), Path(filename).read_bytes())
+            atomic_write_bytes(os.path.join(folder, name), Path(filename).read_bytes())
             info = {**(label_info or {}), "ts": int(time.time()), "name": name}
             image_entry.labels[tag] = DataModel(info=info, ext=suffix)
             self._update_datastore_file()
@@ -222,7 +222,7 @@ class MammogramDatastore(LocalDatastore):
         """Write the index atomically (LocalDatastore truncates it first); ``lock=False``: the caller holds the lock."""
         with self._lock() if lock else nullcontext():
             data = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str).encode("utf-8")
-            _atomic_write(self._datastore_config_path, data)
+            atomic_write_bytes(self._datastore_config_path, data)
             self._index_bytes = data
 
 
@@ -242,21 +242,6 @@ def _check_name(kind: str, name: str) -> None:
             "is not a plain file name",
             "use letters, digits, '.', '-' and '_', starting with a letter or digit",
         )
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old content or the new one, never a part."""
-    folder, name = os.path.split(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _storage_suffix(image_id: str, path: str, mammogram: Mammogram) -> str:

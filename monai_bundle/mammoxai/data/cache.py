@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import torch
 import mammoxai.io
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
+from mammoxai.io.atomic import atomic_write
 from mammoxai.io.preprocess import prepare_image
 
 __all__ = ["PreprocessedCache", "preprocess_all", "preprocess_file", "preprocessing_version"]
@@ -141,14 +141,8 @@ class PreprocessedCache:
     @staticmethod
     def _store(entry: Path, value: dict[str, Any]) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(value, stream)
-            os.replace(temporary, entry)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        with atomic_write(entry, durable=False) as stream:  # a lost entry is computed again
+            torch.save(value, stream)
 
 
 class _Preprocessing(torch.utils.data.Dataset):

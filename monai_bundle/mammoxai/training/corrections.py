@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from monai.handlers import from_engine
 
 from mammoxai.data.manifest import read_record, write_manifest
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.atomic import atomic_write
 from mammoxai.nets.files import read_torch_file
 from mammoxai.nets.finetune import load_checkpoint
 from mammoxai.schema import validate_label
@@ -271,16 +271,8 @@ def replace_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Pat
     if bad:
         raise MammoXAIError(path, f"new weights {bad[:3]} are not finite", "retrain with a lower learning_rate")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(dict(state), stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as stream:
+        torch.save(dict(state), stream)
     return path
 
 

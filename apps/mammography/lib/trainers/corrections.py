@@ -40,6 +40,7 @@ from monailabel.utils.async_tasks.utils import processes
 from mammoxai.cli import user_error
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor
+from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.training.corrections import ACCEPT_POLICIES, check_accept_policy, correction_records, finetune
 from mammoxai.training.settings import RUN_SETTINGS, check_run_settings
 
@@ -156,11 +157,7 @@ class CorrectionsTrainer(TrainTask):
                     self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
                 )
         stats = {**result.to_dict(), "corrections": len(records), "overrides": overrides}
-        # small, but read by /info while a later run writes it: same atomic replace as the weights
-        handle, temporary = tempfile.mkstemp(dir=self.stats_path.parent, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(stats, stream, indent=2)
-        os.replace(temporary, self.stats_path)
+        atomic_write_bytes(self.stats_path, json.dumps(stats, indent=2).encode("utf-8"))  # /info reads it any time
         return stats
 
 
