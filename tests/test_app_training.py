@@ -74,8 +74,9 @@ def test_uncertainty_strategy_proposes_the_most_uncertain_unlabeled_image(loop_s
         ({"epochs": 0}, ["epochs: is 0, not a positive whole number"]),
         ({"epochs": 1, "learning_rate": "fast"}, ["learning_rate: is 'fast'"]),
         ({"epochs": 1, "accept": "always"}, ["accept 'always'", "not_worse"]),
+        ({"epochs": 1, "strict": "maybe"}, ["strict: is 'maybe', not a boolean"]),
     ],
-    ids=["no_epochs", "learning_rate_a_word", "unknown_policy"],
+    ids=["no_epochs", "learning_rate_a_word", "unknown_policy", "strict_not_a_boolean"],
 )
 def test_train_request_no_run_can_use_is_422_before_any_run(loop_server, body, words):
     url, bundle, _ = loop_server

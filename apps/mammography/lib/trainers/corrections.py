@@ -38,7 +38,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.async_tasks.utils import processes
 
 from mammoxai.cli import user_error
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, parse_flag
 from mammoxai.inference import MammogramPredictor
 from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.training.corrections import ACCEPT_POLICIES, check_accept_policy, correction_records, finetune
@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CorrectionsTrainer", "final_corrections", "install_train_guard"]
 
-TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "weight_decay", "val_fraction", "num_workers", "seed")
-"""train.json keys a ``POST /train/<model>`` body may override."""
+TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "weight_decay", "val_fraction", "num_workers", "seed", "strict")
+"""train.json keys a ``POST /train/<model>`` body may override (``strict: false`` trains on the readable images
+when a corrected image's pixels can no longer be read, instead of stopping the run)."""
 
 MIN_PATIENTS = 2
 """Fewest patients with ``final`` labels a run needs: one to train on and one to validate on (the split is by
@@ -110,8 +111,9 @@ class CorrectionsTrainer(TrainTask):
         """Refuse a request body no run can use, before MONAI Label starts one that would fail in its log.
 
         Raises:
-            MammoXAIError: an unknown ``accept`` policy, or a training option out of range (checked over the
-                recipe's values, as :func:`~mammoxai.training.settings.check_run_settings` checks a bundle run).
+            MammoXAIError: an unknown ``accept`` policy, a training option out of range (checked over the
+                recipe's values, as :func:`~mammoxai.training.settings.check_run_settings` checks a bundle run), or
+                a ``strict`` that is not a boolean.
         """
         check_accept_policy(request.get("accept", "not_worse"))
         recipe = ConfigParser()
@@ -120,6 +122,7 @@ class CorrectionsTrainer(TrainTask):
         check_run_settings(
             **{key: options[key] if key in options else recipe.get_parsed_content(key) for key in RUN_SETTINGS}
         )
+        parse_flag(options.get("strict", True), "strict")
 
     def check_ready(self, datastore: Datastore) -> list[dict[str, Any]]:
         """The training records of the corrections (reads the labels and the image headers, not the pixels).
