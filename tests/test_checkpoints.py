@@ -152,6 +152,7 @@ def test_a_checkpoint_folder_that_is_a_file_is_refused_before_the_run(tmp_path):
         best_and_every_epoch(tmp_path / "models", torch.nn.Linear(2, 2)).attach(engine_with_scores([0.1]))
 
 
-def test_overwrite_written_as_an_unknown_word_is_refused():
+def test_overwrite_written_as_an_unknown_word_is_refused_before_the_folder_is_made(tmp_path):
     with pytest.raises(MammoXAIError, match=r"overwrite: is 'perhaps', not a boolean"):
-        best_and_every_epoch(Path("unused"), torch.nn.Linear(2, 2), overwrite="perhaps")
+        best_and_every_epoch(tmp_path / "models", torch.nn.Linear(2, 2), overwrite="perhaps")
+    assert not (tmp_path / "models").exists()

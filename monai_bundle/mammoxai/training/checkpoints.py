@@ -124,9 +124,9 @@ class SafeCheckpointSaver(CheckpointSaver):
     def __init__(
         self, *args: Any, overwrite: bool | str = False, resume: bool | str | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(*args, **kwargs)
-        self.overwrite = parse_flag(overwrite, "overwrite")
+        self.overwrite = parse_flag(overwrite, "overwrite")  # before MONAI's constructor creates save_dir
         self.resume = resume if resume is None else parse_flag(resume, "resume")
+        super().__init__(*args, **kwargs)
         for checkpoint in self._checkpoints():
             checkpoint.save_handler = _ReplaceThenRemove(self.save_dir, checkpoint.save_handler.filename)
 
