@@ -140,6 +140,31 @@ def test_label_csv_joined_by_patient_laterality_view_labels_every_matching_image
     assert labelled == ["a.dcm", "prior.dcm"]
 
 
+def test_a_copy_of_a_manifest_as_label_csv_adds_its_labels_but_keeps_the_scanned_paths(tmp_path):
+    cohort = tmp_path / "cohort"
+    written = {r["sop_uid"]: r for r in read_manifest(synthesize(cohort, patients=1, seed=0, size=128))}
+    (tmp_path / "man").mkdir()
+    labels = shutil.copy(cohort / "manifest.csv", tmp_path / "man" / "labels.csv")  # its paths: P0000_S1_L_CC.dcm
+    out = tmp_path / "man" / "manifest.csv"
+    assert main([str(cohort), "--out", str(out), "--labels", str(labels), "--exclude", "masks/*"]) == 0
+    records = read_manifest(out)
+    assert {r["path"] for r in records} == {r["path"] for r in written.values()}
+    assert all(r["case_label"] == written[r["sop_uid"]]["case_label"] for r in records)
+
+
+@pytest.mark.parametrize(("column", "value"), [("rows", "49"), ("image_id", "other"), ("cols", "31")])
+def test_a_label_row_that_gives_its_image_another_size_or_image_id_is_an_error(archive, tmp_path, column, value):
+    labels = write_csv(tmp_path / "labels.csv", ["sop_uid", column], [["1.2.3.1", value]])
+    with pytest.raises(MammoXAIError, match=rf"labels.csv: the row of .*a.dcm gives {column} .*but the image has"):
+        build_manifest(archive, label_csv=labels)
+
+
+def test_an_id_column_named_image_id_may_hold_file_names_without_renaming_the_image(archive, tmp_path):
+    labels = write_csv(tmp_path / "labels.csv", ["image_id", "path", "rows"], [["a.dcm", "elsewhere/a.dcm", "48"]])
+    record = next(r for r in build_manifest(archive, label_csv=labels, id_column="image_id").records if "a.dcm" in r["path"])
+    assert (record["image_id"], record["path"]) == ("1.2.3.1", str(archive / "study1" / "a.dcm"))
+
+
 def test_label_rows_without_an_image_raise_when_strict_and_warn_otherwise(archive, tmp_path):
     labels = write_csv(tmp_path / "labels.csv", ["sop_uid", "case_label"], [["1.2.3.1", "normal"], ["9.9.9", "benign"]])
     message = r"labels.csv: 1 of 2 rows match no image by sop_uid: 9\.9\.9.*strict=False"

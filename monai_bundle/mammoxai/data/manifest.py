@@ -85,6 +85,8 @@ _DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 _IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".pgm"})
 _LATERALITY = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
 _DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}
+#: record fields that describe the scanned file itself, which a label CSV never replaces (see :func:`join_labels`)
+_FILE_COLUMNS = ("path", "image_id", "rows", "cols")
 
 
 @dataclass
@@ -254,8 +256,14 @@ def join_labels(
     """Records with the fields of their row in ``label_csv`` merged in (non-empty CSV cells win).
 
     Public data sets often ship PNG / PGM images whose only metadata is such a CSV (patient, laterality, view,
-    density, label), so any column may supply or override a record field; laterality spellings ("LEFT", "l")
-    become "L" / "R" and views are upper-cased.
+    density, label), so a column may supply or override any header or label field; laterality spellings
+    ("LEFT", "l") become "L" / "R" and views are upper-cased.
+
+    The fields that describe the file itself are never replaced: ``path`` (where the file was found; a label
+    CSV's own ``path`` column, e.g. in a copy of another manifest, is relative to wherever that CSV was written,
+    so it is ignored), ``image_id`` (the image's name in finding tables) and the measured ``rows`` / ``cols``.
+    A row that gives another ``image_id``, ``rows`` or ``cols`` than its image has describes a different image
+    and is an error, except in an id column, whose value only has to name the image.
 
     Args:
         records: manifest records.
@@ -271,7 +279,8 @@ def join_labels(
 
     Raises:
         MammoXAIError: the CSV is missing or lacks the id column(s), an id appears on rows that disagree, an id
-            matches several images, or (``strict``) a row matches no image.
+            matches several images, a row disagrees with its image's ``image_id``, ``rows`` or ``cols``, or
+            (``strict``) a row matches no image.
     """
     columns = (id_column,) if isinstance(id_column, str) else tuple(id_column)
     rows = _read_label_rows(Path(label_csv), columns, column_map or {})
@@ -284,12 +293,28 @@ def join_labels(
             names = ", ".join(joined[i]["path"] for i in matches[:3])
             raise MammoXAIError(label_csv, f"id {key[0]!r} matches {len(matches)} images ({names})", "use a unique id")
         for i in matches:
-            joined[i].update(values)
+            joined[i].update(_label_fields(joined[i], values, columns, label_csv))
         if not matches:
             unmatched.append(key[0] if len(key) == 1 else "/".join(key))
     what = f"of {len(rows)} rows match no image by {'+'.join(columns)}"
     report_unusable(label_csv, what, unmatched, strict, "check the id column")
     return joined
+
+
+def _label_fields(
+    record: Mapping[str, Any], values: Mapping[str, Any], id_columns: tuple[str, ...], label_csv: str | os.PathLike
+) -> dict[str, Any]:
+    """The fields of a label row to merge into ``record``: all but those describing the file (``_FILE_COLUMNS``).
+
+    Raises:
+        MammoXAIError: the row gives the image another ``image_id``, ``rows`` or ``cols`` (outside an id column).
+    """
+    for column in _FILE_COLUMNS[1:]:
+        scanned = record.get(column)
+        if column in values and column not in id_columns and scanned is not None and values[column] != scanned:
+            problem = f"the row of {record['path']} gives {column} {values[column]!r}, but the image has {scanned!r}"
+            raise MammoXAIError(label_csv, problem, f"check the id column, or delete the {column!r} column")
+    return {name: value for name, value in values.items() if name not in _FILE_COLUMNS}
 
 
 def report_unusable(source: str | os.PathLike, what: str, items: Sequence[str], strict: bool, fix: str) -> None:
