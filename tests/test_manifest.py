@@ -235,8 +235,25 @@ def test_command_line_writes_the_manifest_and_reports_failures(archive, tmp_path
     assert main([str(archive), "--out", str(out)]) == 0
     assert len(read_manifest(out)) == 3
     assert "3 images" in capsys.readouterr().out
-    assert main([str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    assert main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "other.csv")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_command_line_refuses_an_existing_out_unless_told_to_overwrite(tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    manifest = synthesize(cohort, patients=1, seed=0, size=128)
+    labelled = manifest.read_bytes()
+    assert main([str(cohort), "--out", str(manifest), "--exclude", "masks/*"]) == 1
+    assert f"--out {manifest}: already exists (pass --overwrite" in one_line_error(capsys)
+    assert manifest.read_bytes() == labelled  # case_label, split, lesion_types... kept
+    assert main([str(cohort), "--out", str(manifest), "--exclude", "masks/*", "--overwrite"]) == 0
+    assert "case_label" not in read_manifest(manifest)[0]
+
+
+def test_command_line_usage_names_the_module(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m mammoxai.data.manifest ")
 
 
 def one_line_error(capsys) -> str:

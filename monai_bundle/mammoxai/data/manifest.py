@@ -10,7 +10,8 @@ Example:
     write_manifest(manifest.records, "exports/manifest.csv")
     records = read_manifest("exports/manifest.csv")
 
-From the command line (unreadable files are logged and left out, the manifest is written anyway)::
+From the command line (unreadable files are logged and left out, the manifest is written anyway; an existing
+``--out`` is replaced only with ``--overwrite``)::
 
     python -m mammoxai.data.manifest exports/ --out exports/manifest.csv --labels labels.csv --id-column sop_uid
 """
@@ -476,9 +477,12 @@ def relative_path(path: str | os.PathLike, folder: str | os.PathLike) -> str:
 
 # -- command line -----------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a manifest CSV for a folder of mammograms.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mammoxai.data.manifest", description="Write a manifest CSV for a folder of mammograms."
+    )
     parser.add_argument("folder", help="folder searched recursively for DICOM / PNG / TIFF / PGM files")
     parser.add_argument("--out", required=True, help="manifest CSV to write (paths are stored relative to it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     parser.add_argument("--labels", help="CSV of labels / fields to join")
     parser.add_argument("--id-column", nargs="+", default=["sop_uid"], help="label CSV column(s) naming each image")
     parser.add_argument("--lenient", action="store_true", help="warn instead of failing on label rows without an image")
@@ -487,7 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         fix = "give the CSV file to write, e.g. --out exports/manifest.csv"
-        check_output_path(args.out, "--out", fix, folder=False)  # before minutes of reading headers
+        out = check_output_path(args.out, "--out", fix, folder=False)  # before minutes of reading headers
+        if out.exists() and not args.overwrite:  # e.g. the labelled manifest.csv of a synthetic cohort
+            raise MammoXAIError(f"--out {out}", "already exists", "pass --overwrite to replace it, or another --out")
         manifest = build_manifest(
             args.folder,
             label_csv=args.labels,
