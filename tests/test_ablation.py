@@ -226,3 +226,15 @@ def test_explainer_of_another_network_is_a_clear_error(fitted):
     net, probe, means, _, _ = fitted
     with pytest.raises(MammoXAIError, match="refit it"):
         explain_image(net, probe, _images(torch.tensor([0]), seed=3)[0], {**means, "density": means["view"]})
+
+
+def test_ablation_on_a_split_other_than_pretrainings_is_refused(pretrained_bundle, tmp_path, capsys):
+    """The probe is scored on pretraining's held-out patients; another seed would score it on training ones."""
+    bundle, studies, _ = pretrained_bundle
+    arguments = ["--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dir", str(tmp_path / "out")]
+    arguments += [item for key, value in {**TINY, "seed": 7}.items() for item in (f"--{key}", str(value))]
+
+    assert main(arguments) == 1
+
+    assert "is not the one pretraining held out" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

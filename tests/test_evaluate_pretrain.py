@@ -252,7 +252,8 @@ def pretrained_bundle(tmp_path_factory):
     shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs")
     label_space = fit_label_space(select_fields(FIELDS), read_manifest(studies / "manifest.csv"))
     network = MetadataNet("resnet18", {name: label_space.num_classes(name) for name in label_space.fields}, embed_dim=16, matching_dim=8)
-    info = CheckpointInfo(network, label_space, (64, 52))
+    train, _ = split_by_patient(read_manifest(studies / "manifest.csv"), label_space, val_fraction=0.5, seed=0)
+    info = CheckpointInfo(network, label_space, (64, 52), train_records=train, seed=0, val_fraction=0.5)
     (bundle / "models").mkdir()
     torch.save({"network": network.state_dict(), "info": info.state_dict()}, bundle / "models" / "pretrained.pt")
     return bundle, studies, label_space
@@ -307,6 +308,21 @@ def test_a_matching_stratum_outside_the_label_space_is_refused_before_evaluating
     assert main(arguments) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "'density' is not a field of the checkpoint's label space" in error[0]
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("override", [("--seed", "3"), ("--val_fraction", "0.25")])
+def test_a_split_other_than_pretrainings_is_refused_before_evaluating(pretrained_bundle, tmp_path, capsys, override):
+    """Another seed or fraction would hold out patients pretraining trained on, and call them held out."""
+    bundle, studies, _ = pretrained_bundle
+    arguments = ["--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dir", str(tmp_path / "report")]
+    arguments += [item for key, value in TINY.items() for item in (f"--{key}", str(value))] + list(override)
+
+    assert main(arguments) == 1
+
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "is not the one pretraining held out" in error[0], error
+    assert "--seed 0 --val_fraction 0.5" in error[0]
     assert not (tmp_path / "report").exists()
 
 

@@ -41,6 +41,7 @@ from mammoxai.training.pretrain import (
     record_metadata,
     select_fields,
     split_by_patient,
+    split_fingerprint,
 )
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
@@ -334,6 +335,11 @@ def test_pretraining_bundle_checkpoints_logs_and_yields_a_loadable_model(cohort,
     systems = sorted({f"{record['manufacturer']} {record['model']}".upper() for record in train_records})
     assert pretrained.label_space.class_names("xray_system") == systems
     assert pretrained.image_size == SIZE and pretrained.network.config["backbone"] == "mammo_cnn"
+    seed, val_fraction = parsed("seed"), parsed("val_fraction")
+    assert pretrained.split == {  # what evaluations check their split against, without a patient id
+        "seed": seed, "val_fraction": val_fraction, "fingerprint": split_fingerprint(train_records, pretrained.label_space),
+        "train_patients": len({record["patient_id"] for record in train_records}),
+    }
     out = pretrained.network(torch.rand(2, 1, *SIZE))
     assert {name: logits.shape[1] for name, logits in out["logits"].items()} == {
         name: pretrained.label_space.num_classes(name) for name in pretrained.label_space.fields

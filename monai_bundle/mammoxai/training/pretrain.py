@@ -21,6 +21,7 @@ labels cost nothing, so a site can pretrain on its whole unlabelled archive. In 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -60,6 +61,7 @@ __all__ = [
     "record_metadata",
     "select_fields",
     "split_by_patient",
+    "split_fingerprint",
     "fit_label_space",
     "MetadataDataset",
     "StudyBatchSampler",
@@ -217,11 +219,19 @@ def _patient(label_space: MetadataLabelSpace, record: Mapping[str, Any]) -> str:
     return patient or study or str(record["path"])
 
 
+def split_fingerprint(train_records: Sequence[Mapping[str, Any]], label_space: MetadataLabelSpace) -> str:
+    """A short hash of the patients of a training split: recorded in the pretraining checkpoint so that an
+    evaluation can tell whether it re-made the same split, without the checkpoint holding a patient id."""
+    patients = sorted({_patient(label_space, record) for record in train_records})
+    return hashlib.sha256("\n".join(patients).encode("utf-8")).hexdigest()[:16]
+
+
 def split_by_patient(
     records: Sequence[Mapping[str, Any]],
     label_space: MetadataLabelSpace,
     val_fraction: float = 0.2,
     seed: int = 0,
+    pretrained_split: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training and validation records, with all images of a patient on the same side.
 
@@ -235,9 +245,13 @@ def split_by_patient(
         label_space: gives the patient identity keys.
         val_fraction: share of patients held out (at least one, and at least one left for training).
         seed: seed of the shuffle, so a split is reproducible.
+        pretrained_split: the split a pretraining checkpoint records (:attr:`PretrainedModel.split`). An
+            evaluation of that checkpoint must hold out what pretraining held out: a split whose training
+            patients differ (another seed, val_fraction or manifest) would report training patients as held out.
 
     Raises:
-        MammoXAIError: ``val_fraction`` outside (0, 1), or fewer than two patients.
+        MammoXAIError: ``val_fraction`` outside (0, 1), fewer than two patients, or a split other than
+            ``pretrained_split``.
     """
     if not 0.0 < val_fraction < 1.0:
         raise MammoXAIError("val_fraction", f"is {val_fraction}", "use a fraction between 0 and 1, e.g. 0.2")
@@ -254,6 +268,16 @@ def split_by_patient(
         "split by patient: %d images / %d patients for training, %d / %d for validation",
         len(train), len(patients) - len(held_out), len(val), len(held_out),
     )
+    if pretrained_split is not None and pretrained_split["fingerprint"] != split_fingerprint(train, label_space):
+        raise MammoXAIError(
+            "validation split",
+            f"is not the one pretraining held out: pretraining trained on {pretrained_split['train_patients']} "
+            f"patients split with seed {pretrained_split['seed']} and val_fraction {pretrained_split['val_fraction']}, "
+            f"this split trains on {len(patients) - len(held_out)} patients with seed {seed} and val_fraction "
+            f"{val_fraction}, so its held-out images could be training images",
+            f"pass --seed {pretrained_split['seed']} --val_fraction {pretrained_split['val_fraction']} with the "
+            "pretraining manifest, or --eval_manifest with patients pretraining never saw",
+        )
     return train, val
 
 
@@ -618,14 +642,31 @@ class CheckpointInfo:
         network: the pretrained network (unwrapped from DistributedDataParallel).
         label_space: the fitted label space whose classes the heads predict.
         image_size: (h, w) of the model grid, or one int for a square grid.
+        train_records, seed, val_fraction: the training split and how :func:`split_by_patient` made it; saved
+            as ``split`` (the seed, the fraction, the number of training patients and their
+            :func:`split_fingerprint`, no patient id) so that evaluations can check they hold out the same patients.
     """
 
     def __init__(
-        self, network: MetadataNet, label_space: MetadataLabelSpace, image_size: int | Sequence[int]
+        self,
+        network: MetadataNet,
+        label_space: MetadataLabelSpace,
+        image_size: int | Sequence[int],
+        train_records: Sequence[Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+        val_fraction: float | None = None,
     ) -> None:
         self.network_config = dict(network.config)
         self.label_space = label_space
         self.image_size = list(grid_shape(image_size))
+        self.split = None
+        if train_records is not None:
+            self.split = {
+                "seed": seed,
+                "val_fraction": val_fraction,
+                "train_patients": len({_patient(label_space, record) for record in train_records}),
+                "fingerprint": split_fingerprint(train_records, label_space),
+            }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -634,6 +675,7 @@ class CheckpointInfo:
             "label_space": self.label_space.to_config(),
             "class_names": {name: self.label_space.class_names(name) for name in self.label_space.fields},
             "image_size": self.image_size,
+            "split": self.split,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -751,11 +793,14 @@ class PretrainedModel:
         network: the network, in eval mode.
         label_space: the fitted label space (``label_space.decode(field, index)`` names a predicted class).
         image_size: (h, w) of the model grid it was trained on (:func:`mammoxai.io.prepare_image`).
+        split: the training split pretraining recorded (see :class:`CheckpointInfo`); ``None`` in checkpoints
+            written before splits were recorded.
     """
 
     network: MetadataNet
     label_space: MetadataLabelSpace
     image_size: tuple[int, int]
+    split: Mapping[str, Any] | None = None
 
 
 def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PretrainedModel:
@@ -781,4 +826,4 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     network = MetadataNet(**info["network_config"])
     network.load_state_dict(checkpoint["network"])
     label_space = MetadataLabelSpace.from_config(info["label_space"], source=path)
-    return PretrainedModel(network.eval(), label_space, tuple(info["image_size"]))
+    return PretrainedModel(network.eval(), label_space, tuple(info["image_size"]), info.get("split"))
