@@ -161,8 +161,8 @@ def test_a_label_row_that_gives_its_image_another_size_or_image_id_is_an_error(a
 
 def test_an_id_column_named_image_id_may_hold_file_names_without_renaming_the_image(archive, tmp_path):
     labels = write_csv(tmp_path / "labels.csv", ["image_id", "path", "rows"], [["a.dcm", "elsewhere/a.dcm", "48"]])
-    record = next(r for r in build_manifest(archive, label_csv=labels, id_column="image_id").records if "a.dcm" in r["path"])
-    assert (record["image_id"], record["path"]) == ("1.2.3.1", str(archive / "study1" / "a.dcm"))
+    records = build_manifest(archive, label_csv=labels, id_column="image_id").records
+    assert ("1.2.3.1", str(archive / "study1" / "a.dcm")) in [(r["image_id"], r["path"]) for r in records]
 
 
 def test_label_rows_without_an_image_raise_when_strict_and_warn_otherwise(archive, tmp_path):
@@ -280,8 +280,20 @@ def test_command_line_refuses_an_image_given_as_the_label_csv(archive, tmp_path,
     assert not (tmp_path / "manifest.csv").exists()
 
 
-def test_a_synthetic_cohort_folder_gives_back_the_manifest_synth_wrote(tmp_path):
+def test_a_synthetic_cohort_folder_gives_back_the_manifest_synth_wrote_without_its_masks(tmp_path, capsys):
     written = sorted(read_manifest(synthesize(tmp_path, patients=1, seed=0, size=128)), key=lambda r: r["path"])
-    built = build_manifest(tmp_path, exclude=["masks/*"]).records
+    manifest = build_manifest(tmp_path)
+    built = manifest.records
     assert [[r[k] for k in MANIFEST_COLUMNS] for r in built] == [[r[k] for k in MANIFEST_COLUMNS] for r in written]
-    assert len(build_manifest(tmp_path).records) == 2 * len(written)  # without exclude the lesion masks count too
+    assert sorted(manifest.masks) == sorted(str(tmp_path / r["mask"]) for r in written)  # masks/<SOPInstanceUID>.png
+    assert main([str(tmp_path), "--out", str(tmp_path / "rebuilt.csv")]) == 0
+    assert f"{len(written)} images -> " in capsys.readouterr().out
+
+
+def test_only_image_files_named_after_a_scanned_dicom_image_are_left_out_as_its_masks_unread(archive):
+    (archive / "masks").mkdir()
+    (archive / "masks" / "1.2.3.1.png").write_bytes(b"not even a PNG")  # read, it would be an error
+    Image.fromarray(PIXELS).save(archive / "masks" / "9.9.9.png")  # no DICOM image of that UID: a mammogram
+    manifest = build_manifest(archive)
+    assert manifest.masks == [str(archive / "masks" / "1.2.3.1.png")] and not manifest.errors
+    assert sorted(r["image_id"] for r in manifest.records) == ["1.2.3.1", "1.2.3.2", "9.9.9", "case7_L_CC"]

@@ -97,10 +97,13 @@ class Manifest:
     Args:
         records: one dict per readable image (see :data:`MANIFEST_COLUMNS`).
         errors: path of each unreadable file -> the :class:`MammoXAIError` message saying why.
+        masks: image files left out unread because they are named after the SOP Instance UID of a DICOM image
+            in the folder: its lesion mask (``masks/<SOPInstanceUID>.png`` of a synthetic cohort) or a copy.
     """
 
     records: list[dict[str, Any]]
     errors: dict[str, str] = field(default_factory=dict)
+    masks: list[str] = field(default_factory=list)
 
 
 # -- reading images ---------------------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ def find_images(folder: str | os.PathLike, exclude: Sequence[str] = ()) -> Itera
     DICOM is recognised by suffix (.dcm, .dicom, .dic) or, for extension-less files as PACS exports write them,
     by the ``DICM`` marker at byte 128; PNG / TIFF / PGM by suffix. Hidden files and folders, CSV files and
     anything else are ignored, as are paths (relative to ``folder``, "/"-separated) matching a shell pattern in
-    ``exclude``: lesion masks stored beside the images, e.g. ``exclude=["masks/*"]`` for a synthetic cohort.
+    ``exclude``: files stored beside the images that are not mammograms, e.g. ``exclude=["masks/*"]``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -124,6 +127,11 @@ def find_images(folder: str | os.PathLike, exclude: Sequence[str] = ()) -> Itera
                 continue
             if suffix in _DICOM_SUFFIXES or suffix in _IMAGE_SUFFIXES or (not suffix and _has_dicom_marker(path)):
                 yield path
+
+
+def _is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a PNG / TIFF / PGM file, not DICOM."""
+    return path.suffix.lower() in _IMAGE_SUFFIXES
 
 
 def _has_dicom_marker(path: Path) -> bool:
@@ -147,7 +155,7 @@ def read_record(path: str | os.PathLike, header_only: bool = True) -> dict[str, 
         MammoXAIError: the file cannot be read as a mammogram.
     """
     path = Path(path)
-    if header_only and path.suffix.lower() not in _IMAGE_SUFFIXES:
+    if header_only and not _is_image_file(path):
         return _record_from_dicom_header(path)
     mammogram = read_mammogram(path)
     return _record(path, mammogram.laterality, mammogram.view, mammogram.shape, mammogram.header)
@@ -205,9 +213,14 @@ def build_manifest(
 ) -> Manifest:
     """One record per mammogram under ``folder``, optionally joined with a CSV of labels.
 
+    A PNG / TIFF / PGM file named after the SOP Instance UID of a DICOM image found in the same scan is left out
+    unread (see :attr:`Manifest.masks`): it is that image's lesion mask, as a synthetic cohort keeps them in
+    ``masks/<SOPInstanceUID>.png``, or a copy of it; listed, it would be a second image of the same ``image_id``,
+    inheriting the DICOM image's findings and labels.
+
     Args:
         folder: searched recursively, see :func:`find_images`.
-        exclude: shell patterns of paths under ``folder`` that are not mammograms (masks), see :func:`find_images`.
+        exclude: shell patterns of paths under ``folder`` that are not mammograms, see :func:`find_images`.
         label_csv: optional CSV whose columns supply or override record fields (case label, density, view, ...);
             joined as in :func:`join_labels`.
         id_column: the CSV column(s) that identify an image; see :func:`join_labels`.
@@ -224,13 +237,27 @@ def build_manifest(
     if on_error not in ("collect", "raise"):
         raise MammoXAIError("on_error", f"is {on_error!r}", 'use "collect" or "raise"')
     manifest = Manifest(records=[])
-    for path in tqdm(list(find_images(folder, exclude)), desc="reading headers", unit="image", disable=None):
+    paths = list(find_images(folder, exclude))
+    records: dict[Path, dict[str, Any]] = {}
+    uids: set[str] = set()
+    # DICOM files first (the sort is stable), so that every SOP Instance UID is known before the first image file
+    for path in tqdm(sorted(paths, key=_is_image_file), desc="reading headers", unit="image", disable=None):
+        if _is_image_file(path) and path.stem in uids:
+            manifest.masks.append(str(path))
+            continue
         try:
-            manifest.records.append(read_record(path, header_only=header_only))
+            record = read_record(path, header_only=header_only)
         except MammoXAIError as error:
             if on_error == "raise":
                 raise
             manifest.errors[str(path)] = str(error)
+        else:
+            records[path] = record
+            if record["sop_uid"]:
+                uids.add(record["sop_uid"])
+    manifest.records = [records[path] for path in paths if path in records]
+    if manifest.masks:
+        logger.info("%d masks named after the SOP Instance UID of a DICOM image are left out", len(manifest.masks))
     if manifest.errors:
         logger.warning(
             "%d of %d files under %s could not be read and are left out:\n%s",
@@ -507,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     write_manifest(manifest.records, args.out)
     skipped = f", {len(manifest.errors)} unreadable files skipped (listed above)" if manifest.errors else ""
+    if manifest.masks:
+        skipped += f", {len(manifest.masks)} masks named after a DICOM image's SOP Instance UID left out"
     print(f"{len(manifest.records)} images -> {args.out}{skipped}")
     return 0
 
