@@ -331,7 +331,20 @@ def test_a_folder_of_other_files_is_refused_naming_them_not_calling_it_a_synthet
     (tmp_path / "manifest.csv").write_text("path\n")  # a user's own manifest, of the name synthesize writes
     with pytest.raises(MammoXAIError, match=r"already holds files of the names a synthetic cohort writes \(manifest"):
         synthesize(tmp_path, patients=1, seed=0, size=128)
+    with pytest.raises(MammoXAIError, match=r"no earlier run's manifest.csv lists \(manifest.csv\)"):
+        synthesize(tmp_path, patients=1, seed=0, size=128, overwrite=True)
     assert (tmp_path / "manifest.csv").read_text() == "path\n"
+
+
+def test_overwrite_deletes_only_what_the_earlier_run_listed_and_refuses_other_files_of_its_names(tmp_path):
+    synthesize(tmp_path, patients=1, seed=0, size=128, prior_fraction=0.0)
+    (tmp_path / "P0099_S1_L_CC.dcm").write_text("a user's file")
+    (tmp_path / "masks" / "mine.png").write_text("a user's mask")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    message = r"no earlier run's manifest.csv lists \(P0099_S1_L_CC.dcm, masks/mine.png\).*move them away"
+    with pytest.raises(MammoXAIError, match=message):
+        synthesize(tmp_path, patients=1, seed=1, size=128, prior_fraction=0.0, overwrite=True)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
 LABEL = "labels/final/P0000_S1_L_CC.json"  # where a MONAI Label server files a label of the image P0000_S1_L_CC.dcm

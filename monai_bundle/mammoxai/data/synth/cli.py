@@ -52,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--test-fraction", type=float, default=0.2, help="share of patients in the test split (default 0.2)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="delete the files an earlier run wrote into --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the cohort an earlier run wrote into --out: delete the two CSVs and the DICOM files and masks "
+        "its manifest.csv lists (other files of those names are refused, never deleted)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -69,14 +69,16 @@ def synthesize(
             "malignant": 0.25}`` (the default).
         prior_fraction: share of patients that also have a prior study one or two years earlier.
         test_fraction: share of patients in the ``test`` split (the rest are ``training``).
-        overwrite: delete the files of the names a run writes (DICOM files ``P*_S*_*.dcm``, the two CSVs,
-            ``masks/*.png``) from ``out`` instead of refusing to touch them; nothing else in ``out`` is touched.
+        overwrite: replace the cohort an earlier run wrote into ``out``: delete the DICOM files and masks its
+            ``manifest.csv`` lists, and the two CSVs, instead of refusing to touch them. Other files of the
+            names a run writes (``P*_S*_*.dcm``, ``masks/*.png``) are never deleted, and nothing else in ``out``
+            is touched.
         progress: show a progress bar.
 
     Raises:
         MammoXAIError: an argument is out of range, ``out`` is a file, ``out`` holds a MONAI Label server's
             ``labels/`` or ``datastore_v2.json``, or it holds files of the names a run writes and ``overwrite``
-            is False.
+            is False or the earlier run's ``manifest.csv`` does not list them all.
 
     Example:
         manifest = synthesize("synth", patients=20, seed=1, size=512)
@@ -109,10 +111,12 @@ def synthesize(
 
 
 def _clear(out: Path, overwrite: bool) -> None:
-    """Refuse to mix two cohorts in one folder; with ``overwrite``, delete only the files a run writes.
+    """Refuse to mix two cohorts in one folder; with ``overwrite``, delete the files an earlier run wrote.
 
-    A MONAI Label server's labels are refused whatever ``overwrite`` says: they are a clinician's work, not
-    something a rerun writes again, and left in place they would describe the new images that take the old names.
+    What an earlier run wrote is what its ``manifest.csv`` lists: a file of the same name pattern that it does not
+    list (a user's ``masks/*.png``, what an interrupted run left) is refused, not deleted. A MONAI Label server's
+    labels are refused whatever ``overwrite`` says: they are a clinician's work, not something a rerun writes
+    again, and left in place they would describe the new images that take the old names.
     """
     check_output_path(out, "out", "give a folder for the synthetic studies")
     served = [name for name in _SERVER_FILES if (out / name).exists()]
@@ -121,9 +125,32 @@ def _clear(out: Path, overwrite: bool) -> None:
         raise MammoXAIError(out, problem, "choose an empty folder, or delete them first")
     earlier = [path for pattern in _OUTPUTS for path in sorted(out.glob(pattern))]
     if earlier and not overwrite:
-        names = [path.relative_to(out).as_posix() for path in earlier]
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        problem = f"already holds files of the names a synthetic cohort writes ({shown})"
-        raise MammoXAIError(out, problem, "pass another folder, or overwrite=True (--overwrite) to delete them")
+        problem = f"already holds files of the names a synthetic cohort writes ({_shown(earlier, out)})"
+        fix = "pass another folder, or overwrite=True (--overwrite) to delete those an earlier run wrote"
+        raise MammoXAIError(out, problem, fix)
+    listed = _written_earlier(out)
+    unlisted = [path for path in earlier if path not in listed]
+    if unlisted:
+        problem = "holds files of the names a synthetic cohort writes that no earlier run's manifest.csv lists"
+        raise MammoXAIError(out, f"{problem} ({_shown(unlisted, out)})", "move them away, or pass another folder")
     for path in earlier:
         path.unlink()
+
+
+def _written_earlier(out: Path) -> set[Path]:
+    """The files an earlier run wrote into ``out``: the two CSVs and the images and masks its ``manifest.csv``
+    lists; none when ``out`` holds no manifest of a synthetic cohort (with ``path`` and ``mask`` columns)."""
+    from mammoxai.data.manifest import read_table
+
+    try:
+        rows = read_table(out / "manifest.csv", ("path", "mask"))
+    except MammoXAIError:
+        return set()
+    listed = {out / row[column] for row in rows for column in ("path", "mask") if row[column]}
+    return listed | {out / "manifest.csv", out / "finding_annotations.csv"}
+
+
+def _shown(paths: list[Path], out: Path) -> str:
+    """The first three of ``paths``, relative to ``out``, and how many more."""
+    names = [path.relative_to(out).as_posix() for path in paths]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
