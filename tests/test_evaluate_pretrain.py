@@ -356,3 +356,15 @@ def test_evaluation_script_reports_a_missing_checkpoint_in_one_line(pretrained_b
 def test_evaluation_script_rejects_a_dangling_override(capsys):
     assert main(["--dataset_dir"]) == 1
     assert "--key value" in capsys.readouterr().err
+
+
+def test_evaluation_script_refuses_a_mistyped_setting_before_reading_anything(pretrained_bundle, tmp_path, capsys):
+    """``monai.bundle run`` would add the key and write the report where the config's default says."""
+    bundle, studies, _ = pretrained_bundle
+    arguments = ["--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dri", str(tmp_path / "report")]
+
+    assert main(arguments) == 1
+
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["error: --output_dri: is not a setting of evaluate_pretrain.json (did you mean --output_dir?)"]
+    assert not (tmp_path / "report").exists()

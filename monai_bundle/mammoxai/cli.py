@@ -8,10 +8,11 @@ failure as one line on stderr and exits with status 1; anything else keeps its t
 
 from __future__ import annotations
 
+import difflib
 import json
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import monai.bundle
 import mammoxai
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["BUNDLE_ROOT", "config_overrides", "exit_status", "run_bundle_config", "user_error"]
+__all__ = ["BUNDLE_ROOT", "check_override_keys", "config_overrides", "exit_status", "run_bundle_config", "user_error"]
 
 #: the bundle this copy of ``mammoxai`` lives in (``monai_bundle/``)
 BUNDLE_ROOT = Path(mammoxai.__file__).resolve().parents[1]
@@ -63,6 +64,27 @@ def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
+def check_override_keys(config_files: Sequence[Path], overrides: Mapping[str, Any]) -> None:
+    """Refuse an override that names no setting of the configs (``--evalution_dir``), before anything runs.
+
+    ``monai.bundle run`` adds any key it is given, so a mistyped option would be silently ignored and the run
+    would write where the config's default says (often inside the bundle). Nested settings (``--a#b``) count
+    when their path exists; ``command`` is the record every run sets.
+
+    Raises:
+        MammoXAIError: an override key is not in the merged configs; the message suggests the closest keys.
+    """
+    parser = monai.bundle.ConfigParser()
+    parser.read_config([str(config_file) for config_file in config_files])
+    unknown = [key for key in overrides if key != "command" and key not in parser]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, [str(name) for name in parser.get()], n=3)
+        fix = f"did you mean {' or '.join(f'--{name}' for name in close)}?" if close else "see the config for its keys"
+        names = ", ".join(config_file.name for config_file in config_files)
+        raise MammoXAIError(f"--{key}", f"is not a setting of {names}", fix)
+
+
 def run_bundle_config(
     config_names: str | Sequence[str], argv: Sequence[str] | None = None, program: str | None = None
 ) -> int:
@@ -92,6 +114,7 @@ def run_bundle_config(
         for config_file in config_files:
             if not config_file.is_file():
                 raise MammoXAIError(config_file, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
+        check_override_keys(config_files, overrides)
         overrides.setdefault("command", shlex.join([*program.split(), *arguments]))
         monai.bundle.run(
             config_file=[str(config_file) for config_file in config_files],
