@@ -244,6 +244,17 @@ def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
     assert "scripts/evaluate.py" in report["command"]
 
 
+def test_exam_keys_no_image_has_are_refused_before_any_image_is_scored(studies, tmp_path, capsys):
+    """A misspelt key would group the images of a study, or all images, as one exam and report their AUC."""
+    torch.manual_seed(0)
+    status = _evaluate_network(studies, tmp_path, served_network(CLASSES), "--exam_keys", '["study_uid", "lat"]')
+
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "exam_keys ['lat']: are columns of no evaluated image" in error and "'laterality'" in error
+    assert not (tmp_path / "report").exists()
+
+
 def test_positives_are_broken_down_by_lesion_type_against_every_negative(studies, tmp_path):
     torch.manual_seed(0)
     assert _evaluate_network(studies, tmp_path, served_network(CLASSES)) == 0

@@ -1,4 +1,4 @@
-"""Training settings that no run can use are refused by name, first thing, in every training config."""
+"""Training and evaluation settings that no run can use are refused by name, first thing, in every config."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from monai.bundle import ConfigWorkflow
 
 from mammoxai.errors import MammoXAIError
-from mammoxai.training.settings import check_run_settings
+from mammoxai.training.settings import check_run_settings, check_settings
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
@@ -40,6 +40,7 @@ def user_error(error: BaseException | None) -> MammoXAIError | None:
         ("batch_size", -1, r"batch_size: is -1, not a positive whole number"),
         ("num_workers", -1, r"num_workers: is -1, not a whole number of 0 or more"),
         ("learning_rate", "abc", r"learning_rate: is 'abc', not a positive number \(e\.g\. --learning_rate 0\.001\)"),
+        ("val_interval", 5, r"val_interval: is 5, more than the 1 epochs: the run would never validate"),
     ],
 )
 @pytest.mark.parametrize("configs", TRAINING_CONFIGS, ids="+".join)
@@ -52,7 +53,7 @@ def test_an_impossible_setting_is_named_before_the_manifest_is_read(configs, set
         dataset_dir=str(tmp_path / "no studies here"),
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "logs"),
-        **{setting: value},
+        **{"epochs": 1, setting: value},
     )
     with pytest.raises(Exception) as error:
         workflow.initialize()
@@ -85,3 +86,88 @@ def test_the_smallest_usable_values_pass():
 @pytest.mark.parametrize("name", ["train.json", "train_lesion_crops.json", "pretrain.json", "multi_gpu_pretrain.json"])
 def test_every_training_config_checks_its_settings_before_anything_else(name):
     assert json.loads((CONFIGS / name).read_text())["initialize"][0] == "@run_settings"
+
+
+@pytest.mark.parametrize("configs", [["train.json"], ["pretrain.json"], ["pretrain.json", "multi_gpu_pretrain.json"]], ids="+".join)
+def test_a_seed_that_is_no_whole_number_is_named_before_the_manifest_is_read(configs, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / name) for name in configs],
+        logging_file=False,
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(tmp_path / "no studies here"),
+        ckpt_dir=str(tmp_path / "models"),
+        seed="abc",
+    )
+    with pytest.raises(Exception) as error:
+        workflow.initialize()
+    assert str(user_error(error.value)).startswith("seed: is 'abc', not a whole number of 0 or more"), error.value
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("keep_checkpoints", 0, r"keep_checkpoints: is 0, not a positive whole number"),
+        ("log_every", 0, r"log_every: is 0, not a positive whole number"),
+    ],
+)
+@pytest.mark.parametrize("configs", [["pretrain.json"], ["pretrain.json", "multi_gpu_pretrain.json"]], ids="+".join)
+def test_pretraining_progress_settings_are_checked_before_the_manifest_is_read(configs, setting, value, message, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / name) for name in configs],
+        logging_file=False,
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(tmp_path / "no studies here"),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "logs"),
+        **{setting: value},
+    )
+    with pytest.raises(Exception) as error:
+        workflow.initialize()
+    assert re.fullmatch(message + ".*", str(user_error(error.value))), error.value
+
+
+EVALUATION_CONFIGS = [["train.json", "evaluate.json"], ["evaluate_pretrain.json"], ["ablation.json"]]
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("n_bootstrap", "abc", r"n_bootstrap: is 'abc', not a positive whole number \(e\.g\. --n_bootstrap 1000\)"),
+        ("batch_size", 0, r"batch_size: is 0, not a positive whole number"),
+        ("num_workers", -1, r"num_workers: is -1, not a whole number of 0 or more"),
+    ],
+)
+@pytest.mark.parametrize("configs", EVALUATION_CONFIGS, ids="+".join)
+def test_an_evaluation_setting_no_run_can_use_is_named_before_anything_is_read(configs, setting, value, message, tmp_path):
+    """No checkpoint and no dataset exist: had initialize read either, the error would name it instead."""
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / name) for name in configs],
+        logging_file=False,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "no studies here"),
+        **{setting: value},
+    )
+    with pytest.raises(Exception) as error:
+        workflow.initialize()
+    assert re.fullmatch(message + ".*", str(user_error(error.value))), error.value
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("target_specificity", 1.5),
+        ("target_specificity", 0),
+        ("threshold", 2),
+        ("qc_min_probability", 5),
+        ("calibration_bins", 0),
+        ("threshold_fraction", 1.0),
+    ],
+)
+def test_probabilities_and_counts_of_an_evaluation_out_of_range_are_refused(setting, value):
+    with pytest.raises(MammoXAIError, match=rf"^{setting}: is {re.escape(repr(value))}, not "):
+        check_settings(**{setting: value})
+
+
+def test_every_evaluation_config_checks_its_settings_before_anything_else():
+    for configs in EVALUATION_CONFIGS:
+        assert json.loads((CONFIGS / configs[-1]).read_text())["initialize"][0] == "@evaluation_settings"

@@ -405,8 +405,9 @@ class ClassifierEvaluator:
 
     def run(self) -> dict[str, Any]:
         """Evaluate, write the report, and return its JSON document."""
-        probabilities, field_probabilities = predict_probabilities(self.members, self.dataloader, self.device, self.amp)
         dataset = self.dataloader.dataset
+        self._check_record_keys(dataset.data)
+        probabilities, field_probabilities = predict_probabilities(self.members, self.dataloader, self.device, self.amp)
         labels = np.asarray(dataset.labels)
         labelled = labels >= 0
         if not labelled.any():
@@ -427,6 +428,23 @@ class ClassifierEvaluator:
         return binary_metrics(
             y_true, y_score, patients, self.threshold, self.target_specificity, self.n_bootstrap, self.seed
         )
+
+    def _check_record_keys(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse exam keys no record has, before any image is scored; warn of breakdown keys no record has.
+
+        A missing exam key would group every image of a study (or every image) as one exam and report an exam AUC
+        of the wrong exams. A missing device or breakdown column only empties its section (every image "unknown"),
+        and the default ``xray_system`` column is absent from manifests built without the synthetic generator.
+        """
+        columns = set().union(*(record.keys() for record in records)) if records else set()
+        missing = [key for key in self.exam_keys if key not in columns]
+        if missing:
+            raise MammoXAIError(
+                f"exam_keys {missing}", "are columns of no evaluated image", f"use columns of the manifest: {sorted(columns)}"
+            )
+        for setting, key in [("device_key", self.device_key), *(("breakdown_keys", key) for key in self.breakdown_keys)]:
+            if key not in columns:
+                logger.warning("%s %r is a column of no evaluated image: its breakdown reports every image as unknown", setting, key)
 
     def _report(self, records: list[dict[str, Any]], labels: np.ndarray, probabilities: np.ndarray) -> Report:
         positive_name = self.class_names[self.positive]
