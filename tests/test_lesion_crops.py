@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import monai.bundle
@@ -12,10 +13,18 @@ import torch
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.findings import LESION_CLASSES, finding_class, read_findings
 from mammoxai.data.manifest import read_manifest
+from mammoxai.cli import user_error
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import per_class_scores
-from mammoxai.training.lesion_crops import MacroF1, check_crop_labels
+from mammoxai.nets import MammoClassifier
+from mammoxai.training.lesion_crops import (
+    LesionCropRecord,
+    MacroF1,
+    check_crop_labels,
+    check_crop_settings,
+    load_lesion_checkpoint,
+)
 from mammoxai.training.patches import PatchDataset
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
@@ -104,8 +113,8 @@ def test_crops_of_a_single_class_are_refused():
         check_crop_labels([3, 3, 3], LESION_CLASSES)
 
 
-def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
-    monai.bundle.run(
+def _train(studies, tmp_path, **overrides):
+    settings = dict(
         config_file=str(BUNDLE / "configs" / "train_lesion_crops.json"),
         bundle_root=str(BUNDLE),
         dataset_dir=str(studies),
@@ -120,6 +129,11 @@ def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
         holdout={},
         val_fraction=0.5,
     )
+    monai.bundle.run(**{**settings, **overrides})
+
+
+def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
+    _train(studies, tmp_path)
     assert (tmp_path / "models" / "lesion_crops.pt").is_file()
     report = json.loads((tmp_path / "lesion_crops" / "report.json").read_text())
     rows = {row["class"]: row for row in report["tables"]["per_class"]}
@@ -130,3 +144,74 @@ def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
     assert np.isclose(
         report["values"]["summary"]["crops"], sum(row["support"] for row in report["tables"]["per_class"])
     )
+    # what the saliency evaluation needs to check it runs the classifier as trained
+    record = torch.load(tmp_path / "models" / "lesion_crops.pt", weights_only=True)["crops"]
+    assert record == {"image_size": [128, 104], "view_size": 32, "class_names": list(LESION_CLASSES)}
+    network = MammoClassifier(num_classes=len(LESION_CLASSES))
+    load_lesion_checkpoint(network, tmp_path / "models" / "lesion_crops.pt", [128, 104], 32, LESION_CLASSES)
+    with pytest.raises(MammoXAIError, match=r"trained with image_size \[128, 104\], not the \[256, 208\]"):
+        load_lesion_checkpoint(network, tmp_path / "models" / "lesion_crops.pt", [256, 208], 32, LESION_CLASSES)
+
+
+@pytest.mark.parametrize(
+    "view_size, backgrounds, message",
+    [
+        (300, 2, "view_size: is 300, larger than the 128x104 grid"),
+        (0, 2, "view_size: is 0, not a positive whole number"),
+        ("abc", 2, "view_size: is 'abc', not a positive whole number"),
+        (32, -1, "backgrounds: is -1, not a whole number of 0 or more"),
+    ],
+)
+def test_crop_settings_no_training_can_use_are_refused(view_size, backgrounds, message):
+    with pytest.raises(MammoXAIError, match=message):
+        check_crop_settings([128, 104], view_size, backgrounds)
+
+
+def test_the_config_refuses_a_view_larger_than_the_grid_before_reading_an_image(studies, tmp_path):
+    with pytest.raises(Exception) as error:
+        _train(studies, tmp_path, view_size=300)
+    assert "larger than the 128x104 grid" in str(user_error(error.value)), error.value
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_unreadable_image_is_listed_before_the_first_epoch(studies, tmp_path):
+    copy = tmp_path / "studies"
+    shutil.copytree(studies, copy)
+    broken = copy / read_manifest(copy / "manifest.csv")[0]["path"]
+    broken.write_bytes(broken.read_bytes()[:300])
+    with pytest.raises(Exception) as error:
+        _train(copy, tmp_path)
+    assert f"1 listed images cannot be read: {broken}" in str(user_error(error.value)), error.value
+    assert not (tmp_path / "models" / "lesion_crops.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        (None, "lesion-crop checkpoint not found .*train_lesion_crops.json"),
+        ({}, "records no training grid, view size or class names .*train_lesion_crops.json"),
+    ],
+)
+def test_a_lesion_checkpoint_without_its_record_asks_for_training(tmp_path, state, message):
+    path = tmp_path / "lesion_crops.pt"
+    network = MammoClassifier(num_classes=len(LESION_CLASSES))
+    if state is not None:
+        torch.save({"model": network.state_dict(), **state}, path)
+    with pytest.raises(MammoXAIError, match=message):
+        load_lesion_checkpoint(network, path)
+
+
+@pytest.mark.parametrize(
+    "view_size, class_names, message",
+    [
+        (64, LESION_CLASSES, "trained with view_size 32, not the 64 of this run .*--view_size '32'"),
+        (32, LESION_CLASSES[::-1], "trained with class_names .*--lesion_class_names"),
+    ],
+)
+def test_a_lesion_checkpoint_of_other_settings_is_refused(tmp_path, view_size, class_names, message):
+    path = tmp_path / "lesion_crops.pt"
+    network = MammoClassifier(num_classes=len(LESION_CLASSES))
+    record = LesionCropRecord([128, 104], 32, LESION_CLASSES).state_dict()
+    torch.save({"model": network.state_dict(), "crops": record}, path)
+    with pytest.raises(MammoXAIError, match=message):
+        load_lesion_checkpoint(network, path, [128, 104], view_size, class_names)

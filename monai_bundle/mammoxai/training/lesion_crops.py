@@ -7,7 +7,9 @@ calcifications, 0.7392 for masses on VinDr-Mammo), so that is what validation me
 precision, recall and F1 and their macro mean, as the checkpoint's key metric and in a report.
 
 The crops themselves are :class:`~mammoxai.training.patches.PatchDataset` with ``labels="finding"`` and several
-``scales``; the classes are :data:`~mammoxai.data.findings.LESION_CLASSES`.
+``scales``; the classes are :data:`~mammoxai.data.findings.LESION_CLASSES`. The checkpoint records the grid, view
+size and class names it was trained with (:class:`LesionCropRecord`), which the saliency evaluation requires
+again (:func:`load_lesion_checkpoint`).
 
 Example:
     python -m monai.bundle run --config_file configs/train_lesion_crops.json --dataset_dir synth \\
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +32,131 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.preprocess import grid_shape
 from mammoxai.metrics import per_class_scores
+from mammoxai.nets.files import read_torch_file
 from mammoxai.reports import Report, confusion_matrix_figure
 from mammoxai.training.evaluate_classifier import load_checkpoints
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_crop_labels", "MacroF1", "LesionCropReport"]
+__all__ = [
+    "LESION_TRAIN_COMMAND",
+    "check_count",
+    "check_crop_settings",
+    "LesionCropRecord",
+    "load_lesion_checkpoint",
+    "check_crop_labels",
+    "MacroF1",
+    "LesionCropReport",
+]
+
+LESION_TRAIN_COMMAND = (
+    "python -m monai.bundle run --config_file configs/train_lesion_crops.json --dataset_dir <studies>"
+)
+#: the key of :class:`LesionCropRecord` in ``lesion_crops.pt``
+RECORD_KEY = "crops"
+
+
+def check_count(value: object, name: str, minimum: int, example: int) -> int:
+    """``value`` as a whole number of at least ``minimum``; the command line hands a config ``0``, ``-1`` or ``'abc'``
+    as given, and such a count otherwise surfaces as a torch error that names no setting, or is used as given.
+
+    Raises:
+        MammoXAIError: ``value`` is not a whole number (a bool is not one) or is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        wanted = "a positive whole number" if minimum == 1 else f"a whole number of {minimum} or more"
+        raise MammoXAIError(name, f"is {value!r}, not {wanted}", f"e.g. --{name} {example}")
+    return int(value)
+
+
+def check_crop_settings(image_size: int | Sequence[int], view_size: object, backgrounds: object) -> None:
+    """Refuse crop settings no training can use, in ``train_lesion_crops.json``'s ``initialize``, before any image
+    is read: a view larger than the grid trains on zero padding (macro F1 0), a negative background count would
+    silently give no background crop.
+
+    Raises:
+        MammoXAIError: ``view_size`` is not a positive whole number or exceeds the grid's shorter side;
+            ``backgrounds`` is not a whole number of 0 or more; ``image_size`` is not a grid.
+    """
+    grid = grid_shape(image_size, "image_size")
+    view = check_count(view_size, "view_size", 1, 256)
+    if view > min(grid):
+        raise MammoXAIError(
+            "view_size",
+            f"is {view}, larger than the {grid[0]}x{grid[1]} grid: its crops would be mostly zero padding",
+            f"give a view_size of at most {min(grid)}, or a larger --image_size",
+        )
+    check_count(backgrounds, "backgrounds", 0, 2)
+
+
+class LesionCropRecord:
+    """What a lesion-crop classifier was trained on, saved as ``"crops"`` in ``lesion_crops.pt`` beside ``"model"``.
+
+    CorRELAX runs the classifier over ``view_size`` local views of the ``image_size`` grid and reads its outputs by
+    class name. A CNN runs on any grid and view and gives as many outputs whatever their names, so a classifier
+    used at another grid, view size or class order gives maps and pointing-game scores with no error;
+    :func:`load_lesion_checkpoint` compares this record with the evaluation's settings and refuses a mismatch.
+    An object with ``state_dict`` so ``CheckpointSaver`` saves it.
+
+    Args:
+        image_size: (height, width) of the training grid, or one int for a square grid.
+        view_size: side of the square crops the classifier sees.
+        class_names: the classes, in output order.
+    """
+
+    def __init__(self, image_size: int | Sequence[int], view_size: int, class_names: Sequence[str]) -> None:
+        self.image_size = list(grid_shape(image_size))
+        self.view_size, self.class_names = int(view_size), list(class_names)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"image_size": list(self.image_size), "view_size": self.view_size, "class_names": list(self.class_names)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.image_size = [int(side) for side in state["image_size"]]
+        self.view_size, self.class_names = int(state["view_size"]), [str(name) for name in state["class_names"]]
+
+
+def load_lesion_checkpoint(
+    network: nn.Module,
+    path: str | os.PathLike,
+    image_size: int | Sequence[int] | None = None,
+    view_size: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> nn.Module:
+    """A copy of ``network`` with the weights of a ``train_lesion_crops.json`` checkpoint, in eval mode, refused
+    unless it was trained on the ``image_size`` grid, ``view_size`` views and ``class_names`` given (None: not
+    compared). The fixes name the settings of ``configs/evaluate_saliency.json``, the checkpoint's reader.
+
+    Checkpoints written before the record was kept (:class:`LesionCropRecord`) are refused: nothing says what
+    they were trained on, and a retraining is minutes.
+
+    Raises:
+        MammoXAIError: the file is missing or unreadable, lacks the record, records other settings, or its weights
+            do not fit ``network``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MammoXAIError(path, "lesion-crop checkpoint not found", f"train one first: {LESION_TRAIN_COMMAND}")
+    fix = f"retrain it: {LESION_TRAIN_COMMAND}"
+    state = read_torch_file(path, "PyTorch checkpoint", fix)
+    record = state.get(RECORD_KEY) if isinstance(state, Mapping) else None
+    if not isinstance(record, Mapping):
+        problem = "records no training grid, view size or class names (written by an older train_lesion_crops.json)"
+        raise MammoXAIError(path, problem, fix)
+    trained = LesionCropRecord(**record)
+    wanted = {
+        "lesion_image_size": (trained.image_size, None if image_size is None else list(grid_shape(image_size))),
+        "view_size": (trained.view_size, view_size),
+        "lesion_class_names": (trained.class_names, None if class_names is None else list(class_names)),
+    }
+    for setting, (recorded, here) in wanted.items():
+        if here is not None and recorded != here:
+            value = str(recorded).replace("'", '"')
+            problem = f"was trained with {setting.removeprefix('lesion_')} {recorded}, not the {here} of this run"
+            raise MammoXAIError(path, problem, f"pass --{setting} '{value}', or retrain with the run's settings")
+    return load_checkpoints(network, path)[0]
 
 
 def check_crop_labels(labels: Sequence[int], class_names: Sequence[str], source: str = "lesion crops") -> None:
@@ -109,7 +230,7 @@ class LesionCropReport:
 
     def run(self) -> Mapping[str, Any]:
         """Evaluate and write the report; returns its values (``macro_f1``, ``accuracy``, ``per_class``)."""
-        network = load_checkpoints(self.network, self.checkpoint)[0].to(self.device)
+        network = load_lesion_checkpoint(self.network, self.checkpoint).to(self.device)
         labels, predictions = [], []
         with torch.no_grad():
             for batch in self.dataloader:
