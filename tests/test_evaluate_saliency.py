@@ -14,10 +14,13 @@ from torch import nn
 from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.findings import LESION_CLASSES
 from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import pointing_game, randomise_weights
 from mammoxai.nets import MammoClassifier
 from mammoxai.saliency.comparison import main as compare_main
 from mammoxai.saliency.evaluation import SaliencyEvaluator, main
+from mammoxai.training.checkpoints import TrainingGrid
+from mammoxai.training.lesion_crops import LesionCropRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -87,6 +90,22 @@ def test_a_map_on_the_lesion_beats_the_centre_and_random_baselines(lesion_study,
     assert (tmp_path / "overlay_1.png").is_file() and "| gradcam |" in (tmp_path / "report.md").read_text()
 
 
+def test_local_views_larger_than_the_grid_are_refused(lesion_study, tmp_path):
+    records, csv = lesion_study
+    method = {"name": "correlax", "model": "lesion_crops", "target": "finding", "settings": {"view_size": 256}}
+    with pytest.raises(MammoXAIError, match="runs on 160x128 pixels, smaller than one 256x256 local view"):
+        SaliencyEvaluator(records, csv, _models(), [method], tmp_path)
+
+
+def test_a_lesion_crop_model_is_explained_with_the_view_it_was_trained_on(lesion_study, tmp_path):
+    records, csv = lesion_study
+    models = _models()
+    models["lesion_crops"]["view_size"] = 32
+    method = {"name": "correlax", "model": "lesion_crops", "target": "finding", "settings": {"view_size": 64}}
+    with pytest.raises(MammoXAIError, match="uses 64x64 local views; model 'lesion_crops' was trained on 32x32"):
+        SaliencyEvaluator(records, csv, models, [method], tmp_path)
+
+
 def test_a_tolerance_in_millimetres_reaches_a_lesion_the_peak_misses_in_pixels():
     lesion = np.zeros((20, 20), bool)
     lesion[5:8, 5:8] = True
@@ -122,12 +141,16 @@ def served_network() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    """Synthetic studies with lesions and random-weight checkpoints of both classifiers."""
+    """Synthetic studies with lesions and random-weight checkpoints of both classifiers, recording the grids (and
+    the lesion-crop view size and classes) that :func:`_run` evaluates at, as training does."""
     folder = tmp_path_factory.mktemp("saliency_studies")
     synthesize(folder / "studies", patients=3, seed=5, size=128, prevalence={"malignant": 1.0}, prior_fraction=0.0)
     (folder / "models").mkdir()
-    torch.save(served_network().state_dict(), folder / "models" / "model.pt")
-    torch.save(MammoClassifier(num_classes=4).state_dict(), folder / "models" / "lesion_crops.pt")
+    grid = TrainingGrid([64, 52]).state_dict()
+    torch.save({"model": served_network().state_dict(), "grid": grid}, folder / "models" / "model.pt")
+    record = LesionCropRecord([64, 52], 32, LESION_CLASSES).state_dict()
+    lesion = MammoClassifier(num_classes=4).state_dict()
+    torch.save({"model": lesion, "crops": record}, folder / "models" / "lesion_crops.pt")
     return folder
 
 
@@ -169,13 +192,36 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
             ("--methods", '[{"name": "gradcam", "model": "whole_image", "target": "mass", "settings": {"target_layer": "features.block4"}}]'),
             "target 'mass' is not a class of model 'whole_image'",
         ),
-        (("--select", '["correlax prediction"]', "--view_size", "256"), "smaller than one 256x256 local view"),
+        (("--select", '["correlax prediction"]', "--view_size", "256"), "trained with view_size 32, not the 256"),
+        # the models were trained at 64 x 52 (and on 32-pixel crops): other settings are refused, not evaluated
+        (("--select", '["gradcam"]', "--image_size", "[128, 104]"), 'trained on a 64x52 grid, not the 128x104 of this run (pass --image_size "[64, 52]")'),
+        (("--select", '["correlax prediction"]', "--lesion_image_size", "[128, 104]"), "trained with image_size [64, 52], not the [128, 104] of this run (pass --lesion_image_size '[64, 52]'"),
+        (("--select", '["correlax prediction"]', "--view_size", "16"), "trained with view_size 32, not the 16 of this run (pass --view_size '32'"),
+        (("--select", '["correlax prediction"]', "--lesion_class_names", '["calcification", "mass", "other", "no_finding"]'), "trained with class_names"),
+        (("--select", '["correlax prediction"]', "--lesion_checkpoint", "missing.pt"), "lesion-crop checkpoint not found (train one first: python -m monai.bundle run --config_file configs/train_lesion_crops.json"),
+        (("--select", '["gradcam"]', "--max_images", "0"), "max_images: is 0, not a positive whole number"),
+        (("--select", '["gradcam"]', "--tolerance", "-5"), "tolerance: is -5, not a distance of 0 or more"),
+        (("--select", '["gradcam"]', "--deletion_steps", "abc"), "deletion_steps: is 'abc', not a whole number of 0 or more"),
     ],
 )
 def test_bad_configurations_are_one_line_errors(synthetic, tmp_path, capsys, overrides, message):
     assert _run(synthetic, tmp_path, *overrides) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_one_selected_name_is_one_method_not_its_letters(synthetic, tmp_path):
+    assert _run(synthetic, tmp_path, "--select", "gradcam") == 0
+    report = json.loads((tmp_path / "saliency_evaluation" / "report.json").read_text())
+    assert [row["method"] for row in report["tables"]["methods"]][0] == "gradcam"
+    assert report["values"]["pointing_game"] == {"tolerance": 0.0, "tolerance_unit": "px"}
+
+
+def test_an_evaluation_dir_that_is_a_file_is_refused_before_any_image_is_read(synthetic, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a user's file\n")
+    assert _run(synthetic, tmp_path, "--select", '["gradcam"]', "--evaluation_dir", str(tmp_path / "taken")) == 1
+    assert f"evaluation_dir {tmp_path / 'taken'}: is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_study_set_without_annotations_is_refused(synthetic, tmp_path, capsys):

@@ -40,11 +40,13 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,7 @@ from tqdm import tqdm
 from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
 from mammoxai.data.findings import finding_class, read_findings
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
 from mammoxai.io.geometry import ImageGeometry
@@ -76,6 +78,7 @@ from mammoxai.metrics.saliency import (
 )
 from mammoxai.reports import Report
 from mammoxai.training.evaluate_classifier import load_checkpoints
+from mammoxai.training.lesion_crops import check_count, load_lesion_checkpoint
 from mammoxai.saliency.correlax import CorRELAX
 from mammoxai.saliency.registry import SaliencyMethod, check_grid, get_method
 
@@ -158,11 +161,14 @@ class SaliencyEvaluator:
             in ``findings_csv`` are left out.
         findings_csv: VinDr-style finding CSV (:mod:`mammoxai.data.findings`); its ``mask`` column, when present,
             gives lesion masks, which are used inside each finding's box.
-        models: name -> ``{"network", "class_names", "image_size"[, "checkpoint", "label_map"]}``: the networks
-            explained; ``checkpoint`` (a state dict file) is loaded into ``network`` when a selected method uses
-            the model; ``image_size`` is the grid it runs on (CorRELAX's: the full-resolution grid).
+        models: name -> ``{"network", "class_names", "image_size"[, "checkpoint", "label_map", "view_size"]}``: the
+            networks explained; ``checkpoint`` is loaded into ``network`` when a selected method uses the model,
+            and refused when it records another training grid than ``image_size``, the grid it runs on
+            (CorRELAX's: the full-resolution grid). ``view_size`` marks a lesion-crop classifier: its checkpoint
+            must record that view size, the grid and ``class_names``
+            (:func:`~mammoxai.training.lesion_crops.load_lesion_checkpoint`), and its methods must use that view.
         methods: :class:`MethodSpec` s or dicts of their fields.
-        select: labels or names of the methods to run (None: all of ``methods``).
+        select: labels or names of the methods to run (None: all of ``methods``; one name: that method).
         output_dir: where the report and overlays go.
         finding_classes: the finding classes scored (:func:`~mammoxai.data.findings.finding_class` names).
         label_key: the record field holding the image's label (target ``"label"``).
@@ -172,7 +178,7 @@ class SaliencyEvaluator:
         sanity_images: images that get the randomisation check (it runs every method twice); 0 skips it.
         baseline_draws: random breast points per image for the random baseline.
         overlays: lesion images drawn with every method's map.
-        max_images: evaluate at most this many lesion images (None: all).
+        max_images: evaluate at most this many lesion images, at least 1 (None: all).
         cache_dir: preprocessed-tensor cache (:mod:`mammoxai.data.cache`).
         device: where the networks run.
         seed: seed of the random baseline and of the randomised weights.
@@ -180,7 +186,8 @@ class SaliencyEvaluator:
 
     Raises:
         MammoXAIError: an unknown method, preset, setting, model or target; a target class the model lacks; an
-            input grid smaller than a method's local view; no image with a finding box; a missing mask file.
+            input grid smaller than a method's local view; a checkpoint trained on other settings; a negative
+            tolerance or count; an ``output_dir`` that is a file; no image with a finding box; a missing mask file.
     """
 
     def __init__(
@@ -190,7 +197,7 @@ class SaliencyEvaluator:
         models: Mapping[str, Mapping[str, Any]],
         methods: Sequence[MethodSpec | Mapping[str, Any]],
         output_dir: str | os.PathLike,
-        select: Sequence[str] | None = None,
+        select: str | Sequence[str] | None = None,
         finding_classes: Sequence[str] = ("mass", "calcification"),
         label_key: str = "case_label",
         tolerance: float = 0.0,
@@ -208,16 +215,22 @@ class SaliencyEvaluator:
     ) -> None:
         if tolerance_unit not in _TOLERANCE_UNITS:
             raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not 0 <= tolerance < math.inf:
+            raise MammoXAIError("tolerance", f"is {tolerance!r}, not a distance of 0 or more", "e.g. --tolerance 0")
+        self.deletion_steps = check_count(deletion_steps, "deletion_steps", 0, 20)
+        self.sanity_images = check_count(sanity_images, "sanity_images", 0, 10)
+        self.baseline_draws = check_count(baseline_draws, "baseline_draws", 1, 20)
+        self.overlays = check_count(overlays, "overlays", 0, 3)
+        max_images = None if max_images is None else check_count(max_images, "max_images", 1, 10)
+        self.output_dir = check_output_path(output_dir, "evaluation_dir", "give a folder for the saliency report")
         self.device = torch.device(device)
         self.methods = _selected([_method_spec(spec) for spec in methods], select)
         used = {spec.model for spec in self.methods}
         self.models = {name: self._model(name, model, name in used) for name, model in models.items()}
         self.finding_classes = tuple(finding_classes)
-        self.findings_csv, self.output_dir = Path(findings_csv), Path(output_dir)
+        self.findings_csv = Path(findings_csv)
         self.label_key, self.tolerance, self.tolerance_unit = label_key, float(tolerance), tolerance_unit
-        self.score_threshold, self.deletion_steps = score_threshold, int(deletion_steps)
-        self.sanity_images, self.baseline_draws, self.overlays = int(sanity_images), int(baseline_draws), int(overlays)
-        self.seed, self.command = int(seed), command
+        self.score_threshold, self.seed, self.command = score_threshold, int(seed), command
         self._check(self.methods)
         self.explainers = {
             spec.label: self._explainer(spec, self.models[spec.model]["network"]) for spec in self.methods
@@ -248,8 +261,11 @@ class SaliencyEvaluator:
             raise MammoXAIError(f"saliency model {name!r}", f"lacks {missing}", fix)
         size = grid_shape(model["image_size"], f"image_size of saliency model {name!r}")
         network = model["network"]
-        if used and model.get("checkpoint"):
-            network = load_checkpoints(network, model["checkpoint"])[0]
+        if used and model.get("checkpoint") and model.get("view_size") is not None:
+            checkpoint, names = model["checkpoint"], model["class_names"]
+            network = load_lesion_checkpoint(network, checkpoint, size, model["view_size"], names)
+        elif used and model.get("checkpoint"):
+            network = load_checkpoints(network, model["checkpoint"], image_size=size)[0]
         network = network.to(self.device).eval()
         return {**model, "network": network, "image_size": size, "class_names": list(model["class_names"])}
 
@@ -280,8 +296,12 @@ class SaliencyEvaluator:
 
     def _explainer(self, spec: MethodSpec, network: nn.Module) -> SaliencyMethod:
         explainer = get_method(spec.name, network, spec.preset, **spec.settings)
-        grid = self.models[spec.model]["image_size"]
-        check_grid(explainer, grid, f"saliency method {spec.label}", f"model {spec.model!r}")
+        model = self.models[spec.model]
+        check_grid(explainer, model["image_size"], f"saliency method {spec.label}", f"model {spec.model!r}")
+        trained, view = model.get("view_size"), getattr(explainer, "view_size", None)
+        if trained is not None and view is not None and view != trained:
+            problem = f"uses {view}x{view} local views; model {spec.model!r} was trained on {trained}x{trained} crops"
+            raise MammoXAIError(f"saliency method {spec.label}", problem, f"set its view_size to {trained}")
         return explainer
 
     def _findings(self, csv_path: Path) -> dict[str, list[tuple[str, tuple[float, ...], str | None]]]:
@@ -364,6 +384,11 @@ class SaliencyEvaluator:
         rows = self._rows(hits, aggregate, values)
         self._write(rows, overlays, {spec.label: hits[spec.label] for spec in self.methods})
         return {"methods": rows}
+
+    def pointing_game_settings(self) -> dict[str, Any]:
+        """What the per-finding outcomes depend on besides the maps, kept in ``report.json`` so that a comparison
+        of two evaluations (:mod:`mammoxai.saliency.comparison`) can refuse outcomes scored differently."""
+        return {"tolerance": self.tolerance, "tolerance_unit": self.tolerance_unit}
 
     def _spacing(self, mammogram: Any) -> tuple[float, float] | None:
         if self.tolerance_unit == "px":
@@ -492,6 +517,7 @@ class SaliencyEvaluator:
         columns = ["method", "model", "target", *self.finding_classes, "class_mean", "overall", "findings"]
         columns += ["correlax_aggregate", "energy", "deletion", "insertion", "sanity", "seconds"]
         report.add_table("methods", rows, "Methods and baselines", columns=columns)
+        report.add_values("pointing_game", self.pointing_game_settings(), "Pointing game")
         keys = [column.name for column in fields(FindingHit)]
         report.add_data(
             "finding_hits",
@@ -509,11 +535,13 @@ def _finding_hit(record: Mapping[str, Any], member: int, region: LesionRegion, h
     return FindingHit(image, str(record.get("patient_id") or image), member, region.category, bool(hit))
 
 
-def _selected(methods: list[MethodSpec], select: Sequence[str] | None) -> list[MethodSpec]:
-    """The methods whose label or name is in ``select`` (all when None)."""
+def _selected(methods: list[MethodSpec], select: str | Sequence[str] | None) -> list[MethodSpec]:
+    """The methods whose label or name is in ``select`` (all when None; a command line's ``--select gradcam``
+    arrives as one string, which would otherwise be read letter by letter)."""
     if select is None:
         chosen = methods
     else:
+        select = [select] if isinstance(select, str) else list(select)
         unknown = [name for name in select if not any(name in (spec.label, spec.name) for spec in methods)]
         if unknown:
             available = sorted({spec.label for spec in methods} | {spec.name for spec in methods})
