@@ -143,6 +143,17 @@ def test_inference_json_refuses_a_model_trained_on_another_grid_before_reading_a
     assert not (tmp_path / "out").exists()
 
 
+def test_inference_json_refuses_class_names_in_another_order_than_training_gave_the_logits(tmp_path, studies, trained):
+    assert torch.load(trained / "model.pt", weights_only=True)["classes"] == {"class_names": CLASSES}
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--input_dir", str(studies), "--checkpoint", str(trained / "model.pt")]
+    command += ["--output_dir", str(tmp_path / "out"), "--class_names", json.dumps(CLASSES[::-1])]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"model.pt: was trained with the classes {CLASSES} (in this order)" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_json_into_a_folder_holding_a_model_refuses_before_training_and_keeps_the_model(
     tmp_path, studies, trained
 ):

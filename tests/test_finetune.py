@@ -170,6 +170,20 @@ def test_a_checkpoint_that_records_its_training_grid_is_refused_on_another(tmp_p
     load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "bare.pt", "x", "y", image_size=(256, 208))
 
 
+def test_a_checkpoint_that_records_its_class_names_is_refused_under_other_names_or_order(tmp_path):
+    """The logits carry no names: in another order the normal logit would be reported as malignant."""
+    network = BackboneClassifier("mammo_cnn", 3)
+    classes = ["normal", "benign", "malignant"]
+    torch.save({"model": network.state_dict(), "classes": {"class_names": classes}}, tmp_path / "model.pt")
+    load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "model.pt", "x", "y", class_names=classes)
+    with pytest.raises(MammoXAIError) as raised:
+        load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "model.pt", "x", "y", class_names=classes[::-1])
+    assert str(raised.value) == (
+        f"{tmp_path / 'model.pt'}: was trained with the classes ['normal', 'benign', 'malignant'] (in this order), "
+        "not ['malignant', 'benign', 'normal'] (pass --class_names '[\"normal\", \"benign\", \"malignant\"]')"
+    )
+
+
 def test_a_classifier_checkpoint_continues_a_previous_fine_tune(tmp_path):
     torch.manual_seed(0)
     previous = BackboneClassifier("mammo_cnn", 3)

@@ -378,7 +378,13 @@ class MammogramPredictor:
         path = self.checkpoint.path
         fix = f"serve it with the network_def and metadata_fields it was trained with, or retrain: {TRAIN_COMMAND}"
         load_checkpoint(
-            self.network, path, "cannot be loaded into the network", fix, self.device, image_size=self.image_size
+            self.network,
+            path,
+            "cannot be loaded into the network",
+            fix,
+            self.device,
+            image_size=self.image_size,
+            class_names=self.class_names,
         )
         self.network.eval()
         self.checkpoint.stamp = stamp

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -351,6 +352,7 @@ def load_checkpoint(
     fix: str,
     map_location: str | torch.device = "cpu",
     image_size: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> nn.Module:
     """Load a checkpoint as ``train.json`` writes it (a state dict, or one under ``"model"``) into ``network``.
 
@@ -367,10 +369,13 @@ def load_checkpoint(
         image_size: the (height, width) grid the caller will run the network on; refused when the checkpoint
             records another training grid (``"grid"``, see :class:`~mammoxai.training.checkpoints.TrainingGrid`).
             Checkpoints without the record (older ones, bare state dicts) are not checked.
+        class_names: the names the caller gives the network's logits, in order; refused when the checkpoint records
+            other names or another order (``"classes"``, see :class:`~mammoxai.training.checkpoints.TrainingClasses`).
+            Checkpoints without the record are not checked.
 
     Raises:
         MammoXAIError: the file is not a readable PyTorch checkpoint, it does not fit ``network``, or it was
-            trained on another grid than ``image_size``.
+            trained on another grid than ``image_size`` or with other class names than ``class_names``.
     """
     path = Path(path)
     state = read_torch_file(path, "PyTorch checkpoint", fix, map_location)
@@ -381,6 +386,11 @@ def load_checkpoint(
             here = "x".join(str(side) for side in grid_shape(image_size))
             problem = f"was trained on a {trained[0]}x{trained[1]} grid, not the {here} of this run"
             raise MammoXAIError(path, problem, f'pass --image_size "[{trained[0]}, {trained[1]}]"')
+        classes = state.get("classes")
+        recorded = classes.get("class_names") if isinstance(classes, Mapping) else None
+        if class_names is not None and recorded is not None and list(recorded) != list(class_names):
+            problem = f"was trained with the classes {list(recorded)} (in this order), not {list(class_names)}"
+            raise MammoXAIError(path, problem, f"pass --class_names '{json.dumps(list(recorded))}'")
         state = state["model"]
     problems = state_dict_problems(network, state)
     if problems:

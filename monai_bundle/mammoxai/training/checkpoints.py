@@ -26,7 +26,7 @@ from mammoxai.io.preprocess import grid_shape
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SafeCheckpointSaver", "TrainingGrid", "claim_checkpoint_folder"]
+__all__ = ["SafeCheckpointSaver", "TrainingClasses", "TrainingGrid", "claim_checkpoint_folder"]
 
 
 def claim_checkpoint_folder(
@@ -170,3 +170,25 @@ class TrainingGrid:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.image_size = [int(side) for side in state["image_size"]]
+
+
+class TrainingClasses:
+    """The class names a classifier was trained with, in the order of its logits, saved as ``"classes"`` in
+    ``model.pt``.
+
+    Logits carry no names: served or evaluated with ``class_names`` in another order, the same weights would report
+    the normal logit as the malignant probability, with no error. :func:`~mammoxai.nets.finetune.load_checkpoint`
+    compares this record with the class names of the run that loads the weights and refuses a mismatch.
+
+    Args:
+        class_names: name of each logit, in order.
+    """
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.class_names = [str(name) for name in class_names]
+
+    def state_dict(self) -> dict[str, list[str]]:
+        return {"class_names": list(self.class_names)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.class_names = [str(name) for name in state["class_names"]]

@@ -250,6 +250,7 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
             checkpoint,
             "the served weights do not fit the configured network",
             "retrain them with the bundle's configs/train.json, or configure the network they were trained with",
+            class_names=parser.get_parsed_content("class_names"),
         )
 
 

@@ -100,16 +100,20 @@ def select_records(
 
 
 def load_checkpoints(
-    network: nn.Module, paths: Sequence[str | Path] | str | Path, image_size: Sequence[int] | None = None
+    network: nn.Module,
+    paths: Sequence[str | Path] | str | Path,
+    image_size: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[nn.Module]:
     """One copy of ``network`` per checkpoint, with its weights loaded and in eval mode: the ensemble members.
 
     A checkpoint is a state dict, or a dict holding one under ``"model"`` (what ``train.json``'s
-    ``CheckpointSaver`` writes, with the training grid, which must equal ``image_size`` when both are known).
+    ``CheckpointSaver`` writes, with the training grid and class names, which must equal ``image_size`` and
+    ``class_names`` when both are known).
 
     Raises:
         MammoXAIError: no path, a missing file, weights that do not fit ``network`` (another architecture or
-            class count) or were trained on another grid; the message names the file.
+            class count) or were trained on another grid or with other class names; the message names the file.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
@@ -124,6 +128,7 @@ def load_checkpoints(
             "does not fit the configured network",
             "evaluate with the network_def and class_names it was trained with",
             image_size=image_size,
+            class_names=class_names,
         )
         members.append(member.eval())
     return members
