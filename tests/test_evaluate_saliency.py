@@ -24,6 +24,7 @@ from mammoxai.training.lesion_crops import LesionCropRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+PIXEL_EXACT = {"tolerance": 0.0, "tolerance_unit": "px"}  # the evaluation's default pointing game
 LESION = (66, 116, 82, 132)  # x0, y0, x1, y1 of the bright lesion, far from the breast's centre
 
 
@@ -214,7 +215,7 @@ def test_one_selected_name_is_one_method_not_its_letters(synthetic, tmp_path):
     assert _run(synthetic, tmp_path, "--select", "gradcam") == 0
     report = json.loads((tmp_path / "saliency_evaluation" / "report.json").read_text())
     assert [row["method"] for row in report["tables"]["methods"]][0] == "gradcam"
-    assert report["values"]["pointing_game"] == {"tolerance": 0.0, "tolerance_unit": "px"}
+    assert report["values"]["pointing_game"] == PIXEL_EXACT
 
 
 def test_an_evaluation_dir_that_is_a_file_is_refused_before_any_image_is_read(synthetic, tmp_path, capsys):
@@ -265,30 +266,59 @@ def test_two_methods_of_one_evaluation_compare_finding_by_finding(synthetic, tmp
 
 
 def test_one_method_in_two_evaluations_compares_finding_by_finding(synthetic, tmp_path):
-    assert _run(synthetic, tmp_path / "exact", "--select", '["gradcam"]') == 0
-    assert _run(synthetic, tmp_path / "tolerant", "--select", '["gradcam"]', "--tolerance", "30") == 0
-    exact, tolerant = (tmp_path / name / "saliency_evaluation" / "report.json" for name in ("exact", "tolerant"))
-    assert _compare(tmp_path, "--reports", str(exact), str(tolerant), "--methods", "gradcam", "--margin", "0") == 0
+    assert _run(synthetic, tmp_path / "first", "--select", '["gradcam"]', "--tolerance", "30") == 0
+    # no deletion curves nor randomisation in the second run: other measures, the same pointing game
+    assert _run(synthetic, tmp_path / "second", "--select", "gradcam", "--tolerance", "30", "--deletion_steps", "0") == 0
+    first, second = (tmp_path / name / "saliency_evaluation" / "report.json" for name in ("first", "second"))
+    assert _compare(tmp_path, "--reports", str(first), str(second), "--methods", "gradcam", "--margin", "0") == 0
     rows, findings = _comparison(tmp_path)
-    scores = [next(row for row in json.loads(path.read_text())["tables"]["methods"] if row["method"] == "gradcam") for path in (exact, tolerant)]
-    assert findings == {"paired": scores[0]["findings"], "only_first": 0, "only_second": 0}
-    assert rows["overall"]["first"] == pytest.approx(scores[0]["overall"])
-    assert rows["overall"]["second"] == pytest.approx(scores[1]["overall"])
-    assert rows["overall"]["second"] >= rows["overall"]["first"]  # a tolerance can only add hits
-    assert rows["overall"]["difference"] == pytest.approx(scores[0]["overall"] - scores[1]["overall"])
-    assert rows["overall"]["low"] <= rows["overall"]["difference"] <= rows["overall"]["high"]
-    patients = set(json.loads(exact.read_text())["values"]["finding_hits"]["gradcam"]["patient"])
+    score = next(row for row in json.loads(first.read_text())["tables"]["methods"] if row["method"] == "gradcam")
+    assert findings == {"paired": score["findings"], "only_first": 0, "only_second": 0}
+    assert rows["overall"]["first"] == rows["overall"]["second"] == pytest.approx(score["overall"])
+    assert rows["overall"]["difference"] == rows["overall"]["low"] == rows["overall"]["high"] == 0.0
+    patients = set(json.loads(first.read_text())["values"]["finding_hits"]["gradcam"]["patient"])
     assert rows["overall"]["patients"] == len(patients) and rows["overall"]["verdict"] == "inconclusive"  # too few to tell
+    assert "Pointing game scored with tolerance 30 px in both" in (tmp_path / "comparison" / "report.md").read_text()
 
 
-def _hits_report(path: Path, method: str, findings: list[tuple[str, int, str, bool]]) -> Path:
-    """A saliency report.json holding only ``method``'s per-finding outcomes (image, finding, category, hit)."""
+def test_evaluations_with_different_tolerances_are_not_compared(synthetic, tmp_path, capsys):
+    assert _run(synthetic, tmp_path / "exact", "--select", "gradcam") == 0
+    assert _run(synthetic, tmp_path / "tolerant", "--select", "gradcam", "--tolerance", "40") == 0
+    exact, tolerant = (tmp_path / name / "saliency_evaluation" / "report.json" for name in ("exact", "tolerant"))
+    capsys.readouterr()
+    assert _compare(tmp_path, "--reports", str(exact), str(tolerant), "--methods", "gradcam") == 1
+    error = capsys.readouterr().err
+    assert "different pointing games (tolerance 0 px in the first, tolerance 40 px in the second)" in error
+    assert error.count("\n") == 1 and not (tmp_path / "comparison").exists()
+
+
+def test_reports_that_do_not_record_their_tolerance_are_compared_with_a_warning(tmp_path, caplog):
+    first = _hits_report(tmp_path / "first" / "report.json", "gradcam", [("a.png", 0, "mass", False)], None)
+    second = _hits_report(tmp_path / "second" / "report.json", "gradcam", [("a.png", 0, "mass", True)])
+    assert _compare(tmp_path, "--reports", str(first), str(second), "--methods", "gradcam") == 0
+    assert "NOT CHECKED" in caplog.text and "NOT CHECKED" in (tmp_path / "comparison" / "report.md").read_text()
+
+
+def test_a_comparison_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    first = _hits_report(tmp_path / "first" / "report.json", "gradcam", [("a.png", 0, "mass", False)])
+    (tmp_path / "comparison").write_text("a user's file\n")
+    assert _compare(tmp_path, "--reports", str(first), "--methods", "gradcam", "gradcam") == 1
+    error = capsys.readouterr().err
+    assert f"--out {tmp_path / 'comparison'}: is a file, not a folder" in error and error.count("\n") == 1
+
+
+def _hits_report(
+    path: Path, method: str, findings: list[tuple[str, int, str, bool]], scoring: dict | None = PIXEL_EXACT
+) -> Path:
+    """A saliency report.json holding only ``method``'s per-finding outcomes (image, finding, category, hit) and
+    its pointing game's ``scoring`` (None: an older report, without it)."""
     columns = {"image": [], "patient": [], "finding": [], "category": [], "hit": []}
     for image, finding, category, hit in findings:
         for key, value in zip(columns, (image, image, finding, category, hit)):
             columns[key].append(value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"values": {"finding_hits": {method: columns}}, "tables": {}}))
+    values = {"finding_hits": {method: columns}, **({"pointing_game": scoring} if scoring is not None else {})}
+    path.write_text(json.dumps({"values": values, "tables": {}}))
     return path
 
 

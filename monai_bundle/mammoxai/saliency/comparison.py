@@ -15,6 +15,11 @@ to differ by more), ``inconclusive`` otherwise (more findings are needed to tell
 from fewer than :data:`MIN_PATIENTS` patients, since a bootstrap over so few clusters understates the spread (over
 one patient its interval collapses to a point).
 
+Outcomes are only comparable when both evaluations scored them the same way: a hit within 40 pixels of a lesion is
+not a hit on it, so two runs with different pointing-game tolerances are refused (the tolerance each evaluation
+used is in its ``report.json``; reports written before it was kept are compared with a warning), and the report
+names the tolerance.
+
 Example::
 
     python scripts/compare_saliency.py --reports fast/saliency_evaluation/report.json \\
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -33,16 +39,42 @@ from pathlib import Path
 from typing import Any
 
 from mammoxai.cli import exit_status
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.metrics import ConfidenceInterval, paired_pointing_difference
 from mammoxai.reports import Report
 from mammoxai.saliency.evaluation import FindingHit
 
-__all__ = ["MIN_PATIENTS", "load_finding_hits", "verdict", "compare_pointing_games", "main"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MIN_PATIENTS",
+    "load_finding_hits",
+    "pointing_game_settings",
+    "check_same_scoring",
+    "verdict",
+    "compare_pointing_games",
+    "main",
+]
 
 EVALUATE_COMMAND = "python scripts/evaluate_saliency.py --dataset_dir <studies>"
 #: fewer patients than this and a difference is inconclusive, whatever its bootstrap interval says
 MIN_PATIENTS = 10
+
+
+def _read_values(path: Path) -> dict[str, Any]:
+    """The ``values`` of a ``report.json`` (empty when it has none).
+
+    Raises:
+        MammoXAIError: the file is missing or not JSON.
+    """
+    if not path.is_file():
+        raise MammoXAIError(path, "report not found", f"evaluate first: {EVALUATE_COMMAND}")
+    try:
+        document = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MammoXAIError(path, f"is not a JSON report ({error})", "give the report.json of a saliency evaluation") from None
+    values = document.get("values") if isinstance(document, dict) else None
+    return values if isinstance(values, dict) else {}
 
 
 def load_finding_hits(report: str | Path, method: str) -> dict[tuple[str, int], FindingHit]:
@@ -53,13 +85,7 @@ def load_finding_hits(report: str | Path, method: str) -> dict[tuple[str, int], 
             or one written before they were kept), or it did not evaluate ``method`` (the message lists those it did).
     """
     path = Path(report)
-    if not path.is_file():
-        raise MammoXAIError(path, "report not found", f"evaluate first: {EVALUATE_COMMAND}")
-    try:
-        document = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MammoXAIError(path, f"is not a JSON report ({error})", "give the report.json of a saliency evaluation") from None
-    methods = document.get("values", {}).get("finding_hits") if isinstance(document, dict) else None
+    methods = _read_values(path).get("finding_hits")
     if not isinstance(methods, dict):
         raise MammoXAIError(
             path, "holds no per-finding outcomes (finding_hits)", f"give a saliency evaluation's report.json, or rerun: {EVALUATE_COMMAND}"
@@ -69,6 +95,46 @@ def load_finding_hits(report: str | Path, method: str) -> dict[tuple[str, int], 
     keys = [column.name for column in fields(FindingHit)]
     outcomes = [FindingHit(**dict(zip(keys, values))) for values in zip(*(methods[method][key] for key in keys))]
     return {(outcome.image, outcome.finding): outcome for outcome in outcomes}
+
+
+def pointing_game_settings(report: str | Path) -> dict[str, Any] | None:
+    """The tolerance and unit a saliency evaluation's pointing game used
+    (:meth:`~mammoxai.saliency.evaluation.SaliencyEvaluator.pointing_game_settings`); None for a report written
+    before they were kept.
+
+    Raises:
+        MammoXAIError: the file is missing or not JSON.
+    """
+    settings = _read_values(Path(report)).get("pointing_game")
+    return dict(settings) if isinstance(settings, dict) else None
+
+
+def _describe(settings: Mapping[str, Any] | None) -> str:
+    if settings is None:
+        return "not recorded"
+    return f"tolerance {settings.get('tolerance', 0.0):g} {settings.get('tolerance_unit', 'px')}"
+
+
+def check_same_scoring(first: Mapping[str, Any] | None, second: Mapping[str, Any] | None) -> str:
+    """Refuse two evaluations whose pointing games were scored differently; returns the scoring in words, for the
+    report. A report that does not record its scoring (written before it was kept) cannot be checked: it is
+    compared with a warning, and the words say so.
+
+    Raises:
+        MammoXAIError: both record their scoring, and it differs (a tolerance adds hits the maps did not earn).
+    """
+    if first is not None and second is not None and first != second:
+        raise MammoXAIError(
+            "--reports",
+            f"were scored with different pointing games ({_describe(first)} in the first, {_describe(second)} in "
+            "the second): their hits would differ by the scoring, not by the maps",
+            "compare evaluations run with the same --tolerance and --tolerance_unit",
+        )
+    if first is None or second is None:
+        words = f"first: {_describe(first)}, second: {_describe(second)}; NOT CHECKED to be the same"
+        logger.warning("pointing game scoring %s: rerun the evaluation that does not record it", words)
+        return words
+    return f"{_describe(first)} in both"
 
 
 def verdict(interval: ConfidenceInterval, margin: float, patients: int = MIN_PATIENTS) -> str:
@@ -181,12 +247,15 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     sides = _sides(args.reports, args.methods)
     if args.n_bootstrap < 1:
         raise MammoXAIError("--n_bootstrap", f"is {args.n_bootstrap}", "give a positive number of resamples")
+    check_output_path(args.out, "--out", "give a folder for the comparison report")
     first, second = (load_finding_hits(report, method) for report, method in sides)
+    scoring = check_same_scoring(*(pointing_game_settings(report) for report, _ in sides))
     rows, counts = compare_pointing_games(first, second, args.margin, args.n_bootstrap, args.seed)
     names = [f"{method} in {report}" for report, method in sides]
     report = Report(
         "Pointing game, paired comparison",
-        f"first: {names[0]}; second: {names[1]}. {counts['paired']} findings scored by both "
+        f"first: {names[0]}; second: {names[1]}. Pointing game scored with {scoring}. "
+        f"{counts['paired']} findings scored by both "
         f"({counts['only_first']} only by the first, {counts['only_second']} only by the second, left out). "
         f"difference = first - second, with a {args.n_bootstrap}-resample patient-cluster bootstrap 95 % interval, "
         f"read against ±{args.margin:g}: within (equal to that margin), beyond (differ by more), inconclusive "
@@ -195,6 +264,7 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     )
     report.add_table("pointing_game_difference", rows, title="Pointing game, first vs second")
     report.add_values("findings", counts, title="Findings")
+    report.add_values("pointing_game", {"scoring": scoring}, title="Pointing game")
     report.write(args.out)
     return report
 
