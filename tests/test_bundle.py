@@ -290,6 +290,14 @@ def test_a_holdout_that_holds_nothing_out_is_a_warning_naming_why(holdout, reaso
     assert not [record for record in caplog.records if record.levelname == "WARNING"]
 
 
+def test_images_without_a_patient_id_are_a_warning_that_priors_may_leak(caplog):
+    records = manifest_records()
+    records[0] = {**records[0], "patient_id": ""}
+    patient_split(records, seed=0, holdout={"split": "test"})
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("1 of 40 images name no patient: each is split with its study")
+
+
 def test_patient_split_needs_two_patients():
     records = [{"path": "a.dcm", "patient_id": "P1", "case_label": "normal"}]
     with pytest.raises(MammoXAIError, match="1 labelled images from 1 patient"):

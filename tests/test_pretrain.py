@@ -169,6 +169,13 @@ def test_split_keeps_every_patient_on_one_side(cohort):
     assert len(train) + len(val) == len(records)
 
 
+def test_split_of_images_without_a_patient_id_warns_that_priors_may_leak(cohort, caplog):
+    records = [dict(record, patient_id="") for record in cohort_records(cohort)]
+    split_by_patient(records, select_fields(["view"]), val_fraction=0.25, seed=3)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any(message.startswith(f"{len(records)} of {len(records)} images name no patient") for message in warnings)
+
+
 def test_an_unknown_field_is_named_with_the_defined_ones():
     with pytest.raises(MammoXAIError, match=r"fields: names \['colour'\].*xray_system"):
         select_fields(["view", "colour"])

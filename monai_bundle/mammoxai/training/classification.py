@@ -20,7 +20,21 @@ from mammoxai.metrics import roc_auc
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["patient_split", "class_weights", "PresentClassesROCAUC"]
+__all__ = ["patient_split", "class_weights", "PresentClassesROCAUC", "warn_unknown_patients"]
+
+
+def warn_unknown_patients(unknown: int, total: int) -> None:
+    """Warn that ``unknown`` of ``total`` images name no patient, so the split cannot keep their patient together.
+
+    Such an image goes with its study (or alone), and a patient's other studies, priors included, can then fall on
+    both sides of a patient split: validation would see patients it trained on and overstate every score.
+    """
+    if unknown:
+        logger.warning(
+            "%d of %d images name no patient: each is split with its study, or alone, so a patient's other studies "
+            "can land on both sides and inflate validation; give a patient_id column (or join one with label_csv)",
+            unknown, total,
+        )  # fmt: skip
 
 
 def patient_split(
@@ -82,6 +96,7 @@ def patient_split(
     for record in labelled:
         patient = record.get("patient_id") or record.get("study_uid") or record["path"]
         by_patient[str(patient)].append(record)
+    warn_unknown_patients(sum(not record.get("patient_id") for record in labelled), len(labelled))
     if len(by_patient) < 2:
         problem = f"{len(labelled)} labelled images from {len(by_patient)} patient(s) cannot be split"
         raise MammoXAIError(label_key, problem, "add patients")

@@ -52,6 +52,7 @@ from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataL
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.files import read_torch_file
 from mammoxai.nets.metadata_net import MetadataNet
+from mammoxai.training.classification import warn_unknown_patients
 from mammoxai.training.losses import PretrainingLoss
 
 logger = logging.getLogger(__name__)
@@ -256,6 +257,7 @@ def split_by_patient(
     if not 0.0 < val_fraction < 1.0:
         raise MammoXAIError("val_fraction", f"is {val_fraction}", "use a fraction between 0 and 1, e.g. 0.2")
     owners = [_patient(label_space, record) for record in records]
+    warn_unknown_patients(sum(not label_space.identity(record_metadata(record))[0] for record in records), len(records))
     patients = sorted(set(owners))
     if len(patients) < 2:
         problem = f"{len(records)} images come from {len(patients)} patient(s)"
