@@ -2,7 +2,7 @@
 
     python scripts/simulate_clinician.py --out .simulation [--patients 24] [--size 256] [--image-size 128 104]
         [--rounds 5] [--per-round 8] [--epochs 3] [--batch-size 8] [--accept not_worse] [--studies DIR]
-        [--strategies uncertainty random] [--seed 0]
+        [--strategies uncertainty random] [--seed 0] [--overwrite]
 
 For each strategy the script writes a fresh copy of the bundle (same random-initialised weights for every strategy)
 and uses a synthetic study set (:mod:`mammoxai.data.synth`): ``--studies`` names one already written (e.g. enriched
@@ -14,6 +14,13 @@ until the round's budget is spent, then trains (``POST /train/mammoxai``, waitin
 that ``/infer`` serves the new weights. After every round it reports the held-out AUC of the served weights (macro
 one-vs-rest, :func:`mammoxai.metrics.roc_auc`, with a 95 % patient-bootstrap interval). Results go to
 ``<out>/results.csv`` and ``<out>/curve.png``; nothing is downloaded.
+
+The strategies are the app's (:data:`STRATEGIES`), each named once. An ``--out`` that holds an earlier
+simulation's results, strategy folders or synthetic studies is refused before anything is written, unless
+``--overwrite``: a rerun would otherwise replace hours of results without a word. With it, the script deletes
+only what it writes itself: ``results.csv``, ``curve.png``, the folders of the strategies it runs (and the files
+of a synthetic cohort in ``<out>/synth``, written again with the arguments given); anything else in ``--out`` is
+left alone.
 """
 
 from __future__ import annotations
@@ -36,13 +43,18 @@ import requests
 import torch
 from monai.bundle import ConfigParser
 
+from mammoxai.cli import exit_status
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.metrics import ConfidenceInterval, bootstrap_ci, roc_auc
 from mammoxai.training.corrections import ACCEPT_POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "mammoxai"
+STRATEGIES = ("uncertainty", "random", "first")
+"""The active-learning strategies the app offers (``POST /activelearning/<strategy>``, listed by ``GET /info/``);
+the script names its folders after them, so a name is never a path."""
 
 
 # demo.py beside this file, one module under one name (``demo``) however this file is loaded: as a script its folder
@@ -79,17 +91,28 @@ def make_bundle(folder: Path, image_size: Sequence[int], seed: int) -> Path:
 
 
 def split_studies(source: Path, pool: Path) -> tuple[dict[str, str], list[dict]]:
-    """Copy the non-test images of a synth folder into ``pool``; return their true classes and the test records."""
+    """Copy the non-test images of a synth folder into ``pool``; return their true classes and the test records.
+
+    Raises:
+        MammoXAIError: the manifest has no ``test`` patients (no held-out AUC to report) or no others (nothing
+            to propose): checked before a file is copied.
+    """
+    records = [
+        {**record, "class": {"recalled_benign": "benign"}.get(record["case_label"], record["case_label"])}
+        for record in read_manifest(source / "manifest.csv")
+    ]
+    held_out = [record for record in records if record.get("split") == "test"]
+    pool_records = [record for record in records if record.get("split") != "test"]
+    for name, part in (("held-out test split", held_out), ("pool (the patients outside the test split)", pool_records)):
+        if not part:
+            fix = "write more --patients, or pass --studies with patients in and outside the test split"
+            raise MammoXAIError(source / "manifest.csv", f"has no images in the {name}", fix)
     pool.mkdir(parents=True, exist_ok=True)
-    truth, held_out = {}, []
-    for record in read_manifest(source / "manifest.csv"):
-        label = {"recalled_benign": "benign"}.get(record["case_label"], record["case_label"])
-        if record.get("split") == "test":
-            held_out.append({**record, "class": label})
-            continue
+    truth = {}
+    for record in pool_records:
         path = Path(record["path"])
         shutil.copyfile(path, pool / path.name)
-        truth[path.stem] = label
+        truth[path.stem] = record["class"]
     return truth, held_out
 
 
@@ -149,7 +172,9 @@ def run_loop(
         for round_index in range(1, rounds + 1):
             start = time.monotonic()
             for _ in range(per_round):
-                case = requests.post(f"{url}/activelearning/{strategy}", json={}, timeout=600).json()
+                proposed = requests.post(f"{url}/activelearning/{strategy}", json={}, timeout=600)
+                proposed.raise_for_status()  # a strategy the server lacks must not pass for an exhausted pool
+                case = proposed.json()
                 if not case.get("id"):
                     break
                 image_id = case["id"]
@@ -235,32 +260,68 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--studies", type=Path, help="a folder written by mammoxai.data.synth to use instead of writing one"
     )
-    parser.add_argument("--strategies", nargs="+", default=["uncertainty", "random"])
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=["uncertainty", "random"])
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results, curve, strategy folders and synthetic studies of an earlier run in --out",
+    )
+    args = parser.parse_args(argv)
+    counts = {"--patients": args.patients, "--image-size": min(args.image_size), "--rounds": args.rounds,
+              "--per-round": args.per_round, "--epochs": args.epochs, "--batch-size": args.batch_size}  # fmt: skip
+    for name, value in counts.items():
+        if value < 1:
+            parser.error(f"{name} must be at least 1")
+    repeated = sorted({name for name in args.strategies if args.strategies.count(name) > 1})
+    if repeated:
+        parser.error(f"--strategies names {', '.join(repeated)} more than once")
+    return args
+
+
+def claim_out(out: Path, studies: Path | None, strategies: Sequence[str], overwrite: bool) -> None:
+    """Refuse an ``out`` holding what this run would replace, unless ``overwrite``: checked before anything is
+    written, so a repeated command stops at once instead of deleting the earlier run's results.
+
+    Raises:
+        MammoXAIError: ``out`` is or lies under a file, or it holds ``results.csv``, ``curve.png``, the folder of
+            one of ``strategies`` or (without ``studies``) a synthetic cohort in ``synth/``, and not ``overwrite``.
+    """
+    check_output_path(out, "--out", "give a folder for the simulation")
+    ours = ["results.csv", "curve.png", *strategies, *([] if studies else ["synth/manifest.csv"])]
+    earlier = [name for name in ours if (out / name).exists()]
+    if earlier and not overwrite:
+        problem = f"holds {', '.join(earlier)} of an earlier simulation"
+        raise MammoXAIError(f"--out {out}", problem, "pass --overwrite to replace them, or give another --out")
+
+
+def simulate(args: argparse.Namespace) -> None:
+    """The simulation the command line asks for; every path is made absolute first, since the server runs in
+    another working folder (its strategy folder) and would read a relative bundle path from there."""
+    out = args.out.resolve()
+    studies = args.studies.resolve() if args.studies is not None else None
+    if studies is not None and not (studies / "manifest.csv").is_file():
+        raise MammoXAIError(f"--studies {studies}", "has no manifest.csv", "write one with python -m mammoxai.data.synth")
+    claim_out(out, studies, args.strategies, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    source = studies or out / "synth"
+    if studies is None:
+        synthesize(source, patients=args.patients, seed=args.seed, size=args.size, overwrite=args.overwrite)
+    train_params = {"epochs": args.epochs, "batch_size": args.batch_size, "accept": args.accept, "num_workers": 0}
+    results: list[RoundResult] = []
+    for strategy in args.strategies:
+        run = out / strategy
+        shutil.rmtree(run, ignore_errors=True)  # an earlier run's, and only with --overwrite (claim_out)
+        truth, held_out = split_studies(source, run / "studies")
+        bundle = make_bundle(run / "bundle", args.image_size, args.seed)
+        results += run_loop(run, strategy, truth, held_out, run / "studies", bundle, args.rounds, args.per_round, train_params)
+    write_results(results, out)
+    print(f"results: {out / 'results.csv'}, curve: {out / 'curve.png'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    source = args.studies or args.out / "synth"
-    if args.studies is not None and not (source / "manifest.csv").is_file():
-        hint = "write one with python -m mammoxai.data.synth"
-        print(f"error: --studies {source}: no manifest.csv; {hint}", file=sys.stderr)
-        return 2
-    if not (source / "manifest.csv").is_file():
-        synthesize(source, patients=args.patients, seed=args.seed, size=args.size)
-    train_params = {"epochs": args.epochs, "batch_size": args.batch_size, "accept": args.accept, "num_workers": 0}
-    results: list[RoundResult] = []
-    for strategy in args.strategies:
-        run = args.out / strategy
-        shutil.rmtree(run, ignore_errors=True)
-        truth, held_out = split_studies(source, run / "studies")
-        bundle = make_bundle(run / "bundle", args.image_size, args.seed)
-        results += run_loop(run, strategy, truth, held_out, run / "studies", bundle, args.rounds, args.per_round, train_params)
-    write_results(results, args.out)
-    print(f"results: {args.out / 'results.csv'}, curve: {args.out / 'curve.png'}")
-    return 0
+    return exit_status(lambda: simulate(args))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -147,9 +148,120 @@ def test_simulated_clinician_runs_two_rounds_against_the_real_server(tmp_path):
 
 def test_simulated_clinician_refuses_a_studies_folder_without_manifest(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert simulator.main(["--out", str(tmp_path / "run"), "--studies", str(tmp_path / "empty")]) == 2
-    assert "no manifest.csv" in capsys.readouterr().err
-    assert not (tmp_path / "run" / "uncertainty").exists()
+    assert simulator.main(["--out", str(tmp_path / "run"), "--studies", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert "has no manifest.csv" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_simulated_clinician_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "results").write_text("not a folder")
+
+    assert simulator.main(["--out", str(tmp_path / "results"), "--strategies", "first"]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "results").read_text() == "not a folder"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Four synthetic patients, one of them held out (seed 2), for runs of the script whose server is faked."""
+    folder = tmp_path_factory.mktemp("cohort")
+    synthesize(folder, patients=4, seed=2, size=128)
+    return folder
+
+
+@pytest.fixture
+def fake_loop(monkeypatch) -> list[dict]:
+    """``run_loop`` replaced by one that records its arguments and returns a round-0 result: what the script does
+    around the server, without one."""
+    calls = []
+
+    def run_loop(out, strategy, truth, held_out, pool, bundle, rounds, per_round, train_params):
+        calls.append({"out": out, "pool": pool, "bundle": bundle, "cwd": Path.cwd()})
+        return [simulator.RoundResult(strategy, 0, 0, simulator.ConfidenceInterval(0.5, 0.4, 0.6, 0.95, 10), True, 0.0)]
+
+    monkeypatch.setattr(simulator, "run_loop", run_loop)
+    return calls
+
+
+def test_simulated_clinician_with_a_relative_out_gives_the_server_absolute_paths(cohort, fake_loop, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    studies = os.path.relpath(cohort, tmp_path)
+
+    status = simulator.main(["--out", "al_run", "--studies", studies, "--strategies", "first", "--image-size", "48", "48"])
+
+    assert status == 0
+    (call,) = fake_loop
+    for path in (call["out"], call["pool"], call["bundle"]):  # the server runs in the strategy folder, not here
+        assert path.is_absolute() and path.is_relative_to(tmp_path / "al_run" / "first")
+    assert (call["bundle"] / "configs" / "inference.json").is_file()
+    assert (tmp_path / "al_run" / "results.csv").read_text().splitlines()[1].startswith("first,0,0,0.5000")
+
+
+def test_simulated_clinician_refuses_an_out_with_earlier_results_unless_overwrite(cohort, fake_loop, tmp_path, capsys):
+    out = tmp_path / "run"
+    command = ["--out", str(out), "--studies", str(cohort), "--strategies", "random", "--image-size", "48", "48"]
+    assert simulator.main(command) == 0
+    (out / "random" / "notes.txt").write_text("the earlier run's")
+    (out / "mine.txt").write_text("a user's file")
+    before = (out / "results.csv").read_bytes()
+
+    assert simulator.main(command) == 1
+    err = capsys.readouterr().err
+    assert "results.csv, curve.png, random of an earlier simulation" in err and "--overwrite" in err
+    assert (out / "random" / "notes.txt").exists() and (out / "results.csv").read_bytes() == before
+    assert len(fake_loop) == 1
+
+    assert simulator.main([*command, "--overwrite"]) == 0
+    assert not (out / "random" / "notes.txt").exists()  # the script's own folder, replaced
+    assert (out / "mine.txt").read_text() == "a user's file"  # anything else left alone
+    assert len(fake_loop) == 2
+
+
+def test_simulated_clinician_refuses_earlier_synthetic_studies_and_writes_them_again_with_overwrite(fake_loop, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "synth").mkdir(parents=True)
+    synthesize(out / "synth", patients=4, seed=2, size=128)
+    command = ["--out", str(out), "--patients", "5", "--size", "128", "--seed", "2", "--strategies", "first", "--image-size", "48", "48"]
+
+    assert simulator.main(command) == 1
+    assert "synth/manifest.csv of an earlier simulation" in capsys.readouterr().err
+
+    assert simulator.main([*command, "--overwrite"]) == 0
+    assert len({record["patient_id"] for record in read_manifest(out / "synth" / "manifest.csv")}) == 5
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--strategies", "bogus"], "invalid choice: 'bogus'"),
+        (["--strategies", ".."], "invalid choice: '..'"),
+        (["--strategies", "random", "first", "random"], "--strategies names random more than once"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--per-round", "-1"], "--per-round must be at least 1"),
+        (["--patients", "0"], "--patients must be at least 1"),
+        (["--image-size", "0", "48"], "--image-size must be at least 1"),
+        (["--epochs", "many"], "invalid int value: 'many'"),
+    ],
+)
+def test_simulated_clinician_refuses_bad_arguments_before_touching_out(arguments, message, tmp_path, capsys):
+    sibling = tmp_path / "danger" / "keep.txt"
+    sibling.parent.mkdir()
+    sibling.write_text("user data")
+
+    with pytest.raises(SystemExit) as exit_info:
+        simulator.main(["--out", str(tmp_path / "danger" / "out"), *arguments])
+
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert sibling.read_text() == "user data" and not (tmp_path / "danger" / "out").exists()
+
+
+def test_simulated_clinician_refuses_studies_without_held_out_patients(tmp_path):
+    synthesize(tmp_path / "one", patients=1, seed=0, size=128)
+
+    with pytest.raises(MammoXAIError, match="has no images in the (held-out test split|pool)"):
+        simulator.split_studies(tmp_path / "one", tmp_path / "pool")
+    assert not (tmp_path / "pool").exists()
 
 
 def test_finetune_refuses_served_weights_of_another_network_and_keeps_them(corrections, tmp_path):
