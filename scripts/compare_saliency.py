@@ -8,7 +8,9 @@ Example::
     python scripts/compare_saliency.py --reports fast/saliency_evaluation/report.json \\
         faithful/saliency_evaluation/report.json --methods "correlax prediction" --margin 0.02 --out fast_vs_faithful
 
-Writes ``report.json`` and ``report.md`` into ``--out``.
+Writes ``report.json`` and ``report.md`` into ``--out``, naming the pointing game's tolerance. Two evaluations
+scored with different tolerances (``--tolerance`` / ``--tolerance_unit``) are refused: a tolerance adds hits the
+maps did not earn.
 """
 
 import sys
