@@ -17,7 +17,12 @@ Strategies (``--strategies``): ``scratch``; ``pretrained`` (metadata-pretrained 
 (the same with the stem frozen); ``external`` (``--external_weights``, e.g. ImageNet weights on disk);
 ``incremental`` (``--incremental_weights``: a pretrained.pt that pretraining started from external weights).
 Without ``--pretrained`` the metadata pretraining is run first, by ``configs/pretrain.json``, on the images of the
-non-test patients (it needs no labels).
+non-test patients (it needs no labels), into ``--out/runs/pretrain``.
+
+The options, the manifest (labels, a test split) and each strategy's settings and starting weights are checked
+before that pretraining, so a wrong command stops at once and leaves ``--out`` as it was. ``--overwrite`` is needed
+only where an earlier experiment left results (its report or checkpoints); where a run stopped after its
+pretraining, ``--pretrained <out>/runs/pretrain/pretrained.pt`` continues from it instead.
 
 Example (tiny CPU run; use the defaults of the configs on a GPU)::
 
@@ -46,16 +51,23 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report
 from mammoxai.training.experiments import (
     HOLDOUT,
+    PRETRAIN_CHECKS,
     TASKS,
+    TRAIN_CHECKS,
     across_seeds,
     add_run_arguments,
     auc_difference,
     bundle_run,
+    check_bundle_run,
+    check_task_labels,
     claim_out,
+    distinct,
+    earlier_results,
     is_held_out,
     labelled_subset,
     read_study_manifest,
     repeat_seeds,
+    require_epochs,
     run_settings,
     train_and_evaluate,
 )
@@ -72,24 +84,49 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 }
 
 
-def pretrain(bundle_root: Path, manifest: Path, work: Path, settings: Mapping[str, Any], epochs: int) -> Path:
-    """Metadata pretraining (``configs/pretrain.json``) of the backbone on ``manifest``; the checkpoint path."""
+def pretrain_overrides(manifest: Path, work: Path, settings: Mapping[str, Any], epochs: int) -> dict[str, Any]:
+    """``configs/pretrain.json`` overrides of the metadata pretraining on ``manifest`` into ``work``, with the
+    experiment's shared settings; the checkpoint is ``work/pretrained.pt``."""
     keys = ("backbone", "image_size", "batch_size", "num_workers", "device", "seed", "cache_dir", "overwrite")
-    bundle_run(
-        ["pretrain.json"],
-        bundle_root,
-        **{key: settings[key] for key in keys if key in settings},
-        manifest=str(manifest),
-        ckpt_dir=str(work),
-        output_dir=str(work),
-        epochs=epochs,
-    )
-    return work / "pretrained.pt"
+    shared = {key: settings[key] for key in keys if key in settings}
+    return {**shared, "manifest": str(manifest), "ckpt_dir": str(work), "output_dir": str(work), "epochs": epochs}
+
+
+def strategy_overrides(name: str, weights: Mapping[str, str | None]) -> dict[str, Any]:
+    """``configs/train.json`` overrides of strategy ``name`` (:data:`STRATEGIES`), its ``init_weights`` taken from
+    ``weights`` (command-line option -> file)."""
+    strategy = {key: value for key, value in STRATEGIES[name].items() if key != "weights"}
+    if "weights" in STRATEGIES[name]:
+        strategy["init_weights"] = weights[STRATEGIES[name]["weights"]]
+    return strategy
+
+
+def starting_weights(args: argparse.Namespace, strategies: Sequence[str]) -> dict[str, str | None]:
+    """The weights files of the command line, by option (``pretrained``, ``external_weights``,
+    ``incremental_weights``), checked before any fine-tune rather than when the first strategy that needs one
+    starts.
+
+    Raises:
+        MammoXAIError: a strategy's option is not given (``--pretrained`` may be left out: the script then
+            pretrains), or a given file does not exist.
+    """
+    weights = {option: getattr(args, option) for option in ("pretrained", "external_weights", "incremental_weights")}
+    for name in strategies:
+        option = STRATEGIES[name].get("weights")
+        if option not in (None, "pretrained") and not weights[option]:
+            raise MammoXAIError(
+                f"strategy {name!r}", f"needs --{option}", f"pass --{option} <local weights file> or drop {name}"
+            )
+    for option, path in weights.items():
+        if path and not Path(path).is_file():
+            raise MammoXAIError(path, f"--{option} file not found", "pass an existing weights file")
+    return weights
 
 
 def comparison_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """Test AUC with its 95 % interval against the labelled fraction, one colour per strategy: a point per run
-    (seed), joined through the mean over seeds."""
+    (seed), joined through the mean over seeds. Each fraction's tick also gives the patients drawn for it, which
+    the two-patient minimum per class makes more than the fraction of a small set."""
     figure = Figure(figsize=(5.5, 4.0))
     axes = figure.add_subplot()
     strategies = list(dict.fromkeys(row["strategy"] for row in rows))
@@ -106,10 +143,13 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
         points = axes.errorbar(x, auc, yerr=errors, fmt="o", capsize=3, alpha=0.6 if len(seeds) > 1 else 1.0)
         means = [np.nanmean([a for a, row in zip(auc, mine) if row["fraction"] == f]) for f in fractions]
         axes.plot(np.log10(fractions) + offset, means, color=points.lines[0].get_color(), label=name)
-    axes.set_xticks(np.log10(fractions), [f"{100 * f:g} %" for f in fractions])
+    drawn = {f: sorted({row["labelled_patients"] for row in rows if row["fraction"] == f}) for f in fractions}
+    total = rows[0]["available_patients"]
+    ticks = [f"{100 * f:g} %\n({'/'.join(map(str, drawn[f]))} of {total})" for f in fractions]
+    axes.set_xticks(np.log10(fractions), ticks)
     axes.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
     axes.set_ylim(0, 1.02)
-    axes.set_xlabel("labelled share of the training patients")
+    axes.set_xlabel("labelled share of the training patients (patients drawn)")
     axes.set_ylabel("test ROC AUC (malignant vs rest), 95 % CI")
     axes.set_title("Initialisation strategies" + (f", {len(seeds)} seeds (line: their mean)" if len(seeds) > 1 else ""))
     axes.legend(loc="lower right")
@@ -136,51 +176,77 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def compare(args: argparse.Namespace, command: str) -> Report:
-    """Run every strategy at every fraction and return the report (see the module docstring)."""
+    """Run every strategy at every fraction and return the report (see the module docstring).
+
+    Everything that can be checked without training is checked before the metadata pretraining and the first
+    fine-tune: the options, the manifest's labels and test split, every labelled draw, and each strategy's
+    settings and starting weights as train.json reads them. A command refused this way leaves nothing in
+    ``--out`` that blocks the corrected one.
+    """
     bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
+    manifest = Path(args.dataset_dir) / "manifest.csv"
     records = read_study_manifest(args.dataset_dir)
     task = TASKS[args.task]
-    claim_out(out, args.overwrite)
-    settings = run_settings(args, out)
-    weights = {
-        "pretrained": args.pretrained,
-        "external_weights": args.external_weights,
-        "incremental_weights": args.incremental_weights,
-    }
-    for name in args.strategies:
-        option = STRATEGIES[name].get("weights")
-        if option not in (None, "pretrained") and not weights[option]:
-            raise MammoXAIError(
-                f"strategy {name!r}", f"needs --{option}", f"pass --{option} <local weights file> or drop {name}"
-            )
-    for option, path in weights.items():  # before any fine-tune, not when the first strategy that needs it starts
-        if path and not Path(path).is_file():
-            raise MammoXAIError(path, f"--{option} file not found", "pass an existing weights file")
-    if any(STRATEGIES[name].get("weights") == "pretrained" for name in args.strategies) and not weights["pretrained"]:
-        unlabelled = [record for record in records if not is_held_out(record)]
-        logger.info("metadata pretraining on %d images of the non-test patients", len(unlabelled))
-        pretrain_manifest = write_manifest(unlabelled, out / "runs" / "pretrain_manifest.csv")
-        weights["pretrained"] = str(
-            pretrain(bundle_root, pretrain_manifest, out / "runs" / "pretrain", settings, args.pretrain_epochs)
-        )
-    rows, reports = [], {}
+    strategies, fractions = distinct(args.strategies, "--strategies"), sorted(distinct(args.fractions, "--fractions"))
     seeds = repeat_seeds(args)
-    for seed in seeds:
-        for fraction in sorted(args.fractions):
-            subset = labelled_subset(records, fraction, seed, label_map=task["label_map"])
-            subset_manifest = write_manifest(subset, out / "runs" / f"labelled_{fraction:g}_seed{seed}.csv")
-            patients = len({record.get("patient_id") for record in subset if not is_held_out(record)})
-            for name in args.strategies:
-                strategy = {key: value for key, value in STRATEGIES[name].items() if key != "weights"}
-                if "weights" in STRATEGIES[name]:
-                    strategy["init_weights"] = weights[STRATEGIES[name]["weights"]]
-                logger.info("seed %d, strategy %s, %g of the labelled patients (%d)", seed, name, fraction, patients)
-                work = out / "runs" / f"{name}_{fraction:g}_seed{seed}"
-                reports[name, fraction, seed] = train_and_evaluate(
-                    bundle_root, subset_manifest, work, strategy, {**settings, "seed": seed}, args.n_bootstrap, command
-                )
-                result = reports[name, fraction, seed]["tables"]["binary"][0]
-                rows.append({"strategy": name, "fraction": fraction, "seed": seed, "labelled_patients": patients, **result})
+    weights = starting_weights(args, strategies)
+    pretraining = any(STRATEGIES[name].get("weights") == "pretrained" for name in strategies) and not args.pretrained
+    require_epochs(args, "epochs", *(["pretrain_epochs"] if pretraining else []))
+    outside_test = [record for record in records if not is_held_out(record)]
+    check_task_labels(outside_test, args.task, f"{manifest} (patients outside the test split)")
+    if len(outside_test) == len(records):
+        raise MammoXAIError(
+            manifest,
+            f"has no held-out test records ({HOLDOUT}), on which every model is scored",
+            "add a split column that marks the patients to score with 'test', as mammoxai.data.synth manifests do",
+        )
+    subsets = {
+        (seed, fraction): labelled_subset(records, fraction, seed, label_map=task["label_map"], option="--fractions")
+        for seed in seeds
+        for fraction in fractions
+    }
+    labelled = labelled_subset(records, 1.0, label_map=task["label_map"])
+    available = len({record.get("patient_id") for record in labelled if not is_held_out(record)})
+    settings = run_settings(args, out)
+    pretrain_work = out / "runs" / "pretrain"
+    pretrain_manifest = out / "runs" / "pretrain_manifest.csv"
+    if pretraining:
+        overrides = pretrain_overrides(pretrain_manifest, pretrain_work, settings, args.pretrain_epochs)
+        check_bundle_run(["pretrain.json"], bundle_root, PRETRAIN_CHECKS, **overrides)
+    for name in strategies:
+        if not (pretraining and STRATEGIES[name].get("weights") == "pretrained"):  # else its weights are not made yet
+            check_bundle_run(["train.json"], bundle_root, TRAIN_CHECKS, **settings, **strategy_overrides(name, weights))
+    reuse = pretrain_work / "pretrained.pt"  # an earlier run's pretraining, when that is all it left
+    reusable = pretraining and reuse.is_file() and not earlier_results(out, [reuse])
+    reuse_fix = f"--pretrained {reuse} to reuse its pretraining" if reusable else None
+    claim_out(out, args.overwrite, list(weights.values()), reuse_fix)
+
+    if pretraining:
+        logger.info("metadata pretraining on %d images of the non-test patients", len(outside_test))
+        write_manifest(outside_test, pretrain_manifest)
+        bundle_run(["pretrain.json"], bundle_root, **overrides)
+        weights["pretrained"] = str(reuse)
+    rows, reports = [], {}
+    for (seed, fraction), subset in subsets.items():
+        subset_manifest = write_manifest(subset, out / "runs" / f"labelled_{fraction:g}_seed{seed}.csv")
+        trained_on = [record for record in subset if not is_held_out(record)]
+        counts = {
+            "labelled_patients": len({record.get("patient_id") for record in trained_on}),
+            "available_patients": available,
+            "labelled_images": len(trained_on),
+        }
+        for name in strategies:
+            logger.info(
+                "seed %d, strategy %s, fraction %g: %d of the %d labelled patients",
+                seed, name, fraction, counts["labelled_patients"], counts["available_patients"],
+            )  # fmt: skip
+            work = out / "runs" / f"{name}_{fraction:g}_seed{seed}"
+            strategy = strategy_overrides(name, weights)
+            reports[name, fraction, seed] = train_and_evaluate(
+                bundle_root, subset_manifest, work, strategy, {**settings, "seed": seed}, args.n_bootstrap, command
+            )
+            result = reports[name, fraction, seed]["tables"]["binary"][0]
+            rows.append({"strategy": name, "fraction": fraction, "seed": seed, **counts, **result})
     report = Report(
         "Initialisation strategies by labelled fraction",
         f"Task {args.task}, backbone {args.backbone}, {args.epochs} fine-tuning epochs at {args.image_size[0]}x{args.image_size[1]}; "
@@ -189,8 +255,11 @@ def compare(args: argparse.Namespace, command: str) -> Report:
         command=command,
     )
     report.add_table(
-        "strategies", rows, title="Test AUC per strategy, labelled fraction and seed",
-        columns=["strategy", "fraction", "seed", "labelled_patients", "images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"],
+        "strategies", rows,
+        title="Test AUC per strategy, labelled fraction and seed (fraction: the share asked for; labelled_patients of "
+        "the available_patients outside the test split were drawn, at least two per class, and trained on "
+        "labelled_images; the test columns count the held-out images scored)",
+        columns=["strategy", "fraction", "seed", "labelled_patients", "available_patients", "labelled_images", "images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"],
     )  # fmt: skip
     repeated = len(seeds) > 1
     if repeated:
@@ -198,7 +267,7 @@ def compare(args: argparse.Namespace, command: str) -> Report:
             "auc_across_seeds", across_seeds(rows, ("strategy", "fraction"), "auc"),
             title="Test AUC over the seeds: mean, sample SD and range (the spread of training and labelled draw)",
         )  # fmt: skip
-    if "scratch" in args.strategies:
+    if "scratch" in strategies:
         positive = task["class_names"].index("malignant")
         differences = [
             {"strategy": name, "fraction": fraction, "seed": seed, **auc_difference(reports[name, fraction, seed], reports["scratch", fraction, seed], positive, args.n_bootstrap, args.seed)}

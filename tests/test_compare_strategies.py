@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mammoxai.data.manifest import read_manifest
+from mammoxai.data.manifest import read_manifest, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
-from mammoxai.nets import MetadataNet
-from mammoxai.training.experiments import across_seeds, labelled_subset, run_settings
+from mammoxai.nets import BackboneClassifier, MetadataNet
+from mammoxai.training.experiments import across_seeds, claim_out, earlier_results, labelled_subset, run_settings
 from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_fields
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_strategies.py"
@@ -43,6 +43,31 @@ def _records(counts, test_patients=2):
     return records
 
 
+def _pretraining_checkpoint(records, path):
+    """A metadata-pretraining checkpoint of a tiny mammo_cnn, as configs/pretrain.json writes one."""
+    space = fit_label_space(select_fields(["view"]), records)
+    network = MetadataNet(
+        "mammo_cnn", {name: space.num_classes(name) for name in space.fields}, embed_dim=8, matching_dim=4
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"network": network.state_dict(), "info": CheckpointInfo(network, space, (32, 32)).state_dict()}, path)
+    return path
+
+
+def _study(folder, records):
+    """A study folder whose manifest lists ``records``; no image exists, so anything that reads one fails."""
+    write_manifest(records, folder / "manifest.csv")
+    return folder
+
+
+class _ReachedTraining(Exception):
+    pass
+
+
+def _stop_at_training(*args, **kwargs):
+    raise _ReachedTraining
+
+
 def test_labelled_fractions_are_nested_stratified_and_keep_the_test_split():
     records = _records({"normal": 40, "benign": 8, "malignant": 4})
     small = labelled_subset(records, 0.05, seed=0)
@@ -53,20 +78,12 @@ def test_labelled_fractions_are_nested_stratified_and_keep_the_test_split():
     assert per_class == {"normal": 2, "benign": 2, "malignant": 2}  # 5 % rounds up, and at least two per class
     assert sum(r["split"] == "test" for r in small) == sum(r["split"] == "test" for r in records)
     assert len(patients(labelled_subset(records, 1.0))) == 52
-    with pytest.raises(MammoXAIError, match="fractions"):
-        labelled_subset(records, 0.0)
+    with pytest.raises(MammoXAIError, match="--adapt_fraction: is 0"):
+        labelled_subset(records, 0.0, option="--adapt_fraction")
 
 
 def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
-    records = read_manifest(studies / "manifest.csv")
-    space = fit_label_space(select_fields(["view"]), records)
-    network = MetadataNet(
-        "mammo_cnn", {name: space.num_classes(name) for name in space.fields}, embed_dim=8, matching_dim=4
-    )
-    torch.save(
-        {"network": network.state_dict(), "info": CheckpointInfo(network, space, (32, 32)).state_dict()},
-        tmp_path / "pre.pt",
-    )
+    _pretraining_checkpoint(read_manifest(studies / "manifest.csv"), tmp_path / "pre.pt")
     out = tmp_path / "compare"
     code = compare_strategies.main(
         [
@@ -131,14 +148,98 @@ def test_a_missing_pretrained_checkpoint_is_refused_before_scratch_trains(studie
     assert not list(tmp_path.rglob("model.pt"))  # scratch never started
 
 
-def test_an_out_folder_holding_an_earlier_experiment_is_refused_unless_overwrite(studies, tmp_path, capsys):
-    (tmp_path / "report.json").write_text("{}")
-    arguments = ["--dataset_dir", str(studies), "--out", str(tmp_path), "--strategies", "external"]
+def test_an_out_folder_holding_an_earlier_experiment_is_refused_unless_overwrite(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(compare_strategies, "train_and_evaluate", _stop_at_training)
+    study = _study(tmp_path / "study", _records({"normal": 4, "benign": 2, "malignant": 2}))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    arguments = ["--dataset_dir", str(study), "--out", str(out), "--strategies", "scratch", "--fractions", "1.0"]
     assert compare_strategies.main(arguments) == 1
     assert "holds report.json of an earlier experiment (pass --overwrite" in capsys.readouterr().err
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["report.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["report.json"]
 
-    assert compare_strategies.main([*arguments, "--overwrite"]) == 1
-    assert "--external_weights" in capsys.readouterr().err  # past the --out check, stopped by the next one
+    with pytest.raises(_ReachedTraining):  # past the --out check
+        compare_strategies.main([*arguments, "--overwrite"])
     args = compare_strategies._parser().parse_args([*arguments, "--overwrite"])
-    assert run_settings(args, tmp_path)["overwrite"] is True  # and every bundle run may replace its checkpoints
+    assert run_settings(args, out)["overwrite"] is True  # and every bundle run may replace its checkpoints
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--fractions", "1.5"], "--fractions: is 1.5"),
+        (["--strategies", "scratch", "scratch"], "--strategies: gives scratch more than once"),
+        (["--fractions", "1.0", "1"], "--fractions: gives 1 more than once"),
+        (["--seeds", "0", "0"], "--seeds: gives 0 more than once"),
+        (["--pretrain_epochs", "0"], "--pretrain_epochs: is 0"),
+        (["--batch_size", "0"], "batch_size: is 0"),
+        (["--pretrained", "CLASSIFIER"], "is not a metadata-pretraining checkpoint"),
+    ],
+)
+def test_a_wrong_command_is_refused_before_pretraining_and_leaves_out_untouched(tmp_path, capsys, options, message):
+    """Each of these used to be found only after the metadata pretraining or the first fine-tune had run."""
+    classifier = tmp_path / "model.pt"
+    torch.save(BackboneClassifier("mammo_cnn", 3).state_dict(), classifier)
+    study = _study(tmp_path / "study", _records({"normal": 4, "benign": 2, "malignant": 2}))
+    out = tmp_path / "out"
+    options = [str(classifier) if option == "CLASSIFIER" else option for option in options]
+    arguments = ["--dataset_dir", str(study), "--out", str(out), "--device", "cpu", *options]
+    assert compare_strategies.main(arguments) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0]
+    assert not out.exists()
+
+
+def test_a_manifest_without_labels_or_test_split_is_refused_before_pretraining(tmp_path, capsys):
+    records = _records({"normal": 4, "benign": 2, "malignant": 2})
+    unlabelled = _study(tmp_path / "unlabelled", [{**record, "case_label": None} for record in records])
+    unsplit = _study(tmp_path / "unsplit", [{**record, "split": None} for record in records])
+    out = tmp_path / "out"
+    assert compare_strategies.main(["--dataset_dir", str(unlabelled), "--out", str(out), "--device", "cpu"]) == 1
+    assert "(patients outside the test split): has no case_label" in capsys.readouterr().err
+    assert compare_strategies.main(["--dataset_dir", str(unsplit), "--out", str(out), "--device", "cpu"]) == 1
+    assert "has no held-out test records" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_run_that_stopped_before_any_checkpoint_does_not_block_the_corrected_one(tmp_path):
+    out = tmp_path / "out"
+    for leftover in ("runs/pretrain_manifest.csv", "runs/labelled_1_seed0.csv", "runs/scratch_1_seed0/train.log", "cache/x.pt"):
+        (out / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (out / leftover).write_text("")
+    claim_out(out, overwrite=False)  # manifests, logs and the cache are no results (the cache is not under runs/)
+    (out / "runs" / "scratch_1_seed0" / "models").mkdir()
+    (out / "runs" / "scratch_1_seed0" / "models" / "model.pt").write_text("")
+    with pytest.raises(MammoXAIError, match="holds runs/scratch_1_seed0/models/model.pt of an earlier experiment"):
+        claim_out(out, overwrite=False)
+
+
+def test_a_pretraining_left_by_a_failed_run_is_offered_for_reuse(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(compare_strategies, "train_and_evaluate", _stop_at_training)
+    records = _records({"normal": 4, "benign": 2, "malignant": 2})
+    study = _study(tmp_path / "study", records)
+    out = tmp_path / "out"
+    viewed = [{**record, "view": ("CC", "MLO")[index % 2]} for index, record in enumerate(records)]
+    pretrained = _pretraining_checkpoint(viewed, out / "runs" / "pretrain" / "pretrained.pt")
+    (out / "runs" / "pretrain" / "pretrain_checkpoint_epoch=1.pt").write_bytes(pretrained.read_bytes())
+    assert earlier_results(out) == ["runs/pretrain/pretrain_checkpoint_epoch=1.pt", "runs/pretrain/pretrained.pt"]
+    assert earlier_results(out, [pretrained]) == []
+    arguments = ["--dataset_dir", str(study), "--out", str(out), "--fractions", "1.0", "--image_size", "32", "32"]
+    assert compare_strategies.main([*arguments, "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert f"--pretrained {pretrained} to reuse its pretraining" in error and "2 more" not in error
+    with pytest.raises(_ReachedTraining):  # its own --out is no obstacle to a run that starts from it
+        compare_strategies.main([*arguments, "--device", "cpu", "--pretrained", str(pretrained)])
+
+
+def test_the_report_gives_the_patients_drawn_next_to_the_fraction_asked_for(tmp_path, monkeypatch):
+    result = {"images": 8, "positives": 2, "auc": 0.6, "auc_low": 0.5, "auc_high": 0.7, "sensitivity": 0.5, "specificity": 0.5}
+    monkeypatch.setattr(compare_strategies, "train_and_evaluate", lambda *args, **kwargs: {"tables": {"binary": [result]}})
+    study = _study(tmp_path / "study", _records({"normal": 40, "benign": 8, "malignant": 4}))
+    out = tmp_path / "out"
+    arguments = ["--dataset_dir", str(study), "--out", str(out), "--strategies", "scratch", "--fractions", "0.05", "1.0"]
+    assert compare_strategies.main([*arguments, "--device", "cpu"]) == 0
+    rows = json.loads((out / "report.json").read_text())["tables"]["strategies"]
+    counts = [(row["fraction"], row["labelled_patients"], row["available_patients"], row["labelled_images"]) for row in rows]
+    assert counts == [(0.05, 6, 52, 24), (1.0, 52, 52, 208)]  # 5 % of 52 is 3 patients; two per class make it 6

@@ -23,17 +23,25 @@ import numpy as np
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import paired_auc_difference
+from mammoxai.training.finetune import check_labels
 
 __all__ = [
     "TASKS",
     "HOLDOUT",
+    "PRETRAIN_CHECKS",
+    "TRAIN_CHECKS",
     "is_held_out",
     "labelled_subset",
+    "check_task_labels",
     "add_run_arguments",
+    "require_epochs",
+    "distinct",
     "repeat_seeds",
     "read_study_manifest",
+    "earlier_results",
     "claim_out",
     "run_settings",
+    "check_bundle_run",
     "bundle_run",
     "train_and_evaluate",
     "auc_difference",
@@ -50,6 +58,13 @@ TASKS: dict[str, dict[str, Any]] = {
 """train.json ``class_names`` and ``label_map`` of the two tasks of the Pittsburgh study: 3-class (negative /
 recalled-benign / malignant) and binary (malignant vs the rest)."""
 
+PRETRAIN_CHECKS = ("run_settings", "torch_device")
+"""pretrain.json components that check a run's settings without reading an image (:func:`check_bundle_run`)."""
+
+TRAIN_CHECKS = ("run_settings", "torch_device", "finetune_network_def")
+"""train.json components that check a fine-tune's settings and load its starting weights without reading an image
+(:func:`check_bundle_run`; the experiments train ``finetune_network_def``)."""
+
 HOLDOUT = {"split": "test"}
 """The records every experiment scores and never trains on (the test split of synthetic and VinDr sets)."""
 
@@ -65,16 +80,22 @@ def labelled_subset(
     seed: int = 0,
     label_key: str = "case_label",
     label_map: Mapping[str, str] | None = None,
+    option: str = "fraction",
 ) -> list[dict[str, Any]]:
     """The held-out test records plus ``fraction`` of the other patients, stratified by each patient's rarest
     class, at least two patients per class (so training and validation both see it).
 
     The draw is nested: patients are ranked once per class by the seed, and a fraction takes the first of them,
     so a larger fraction adds patients to a smaller one and the comparison across fractions is not confounded by
-    different patients.
+    different patients. Because of the two-patient minimum a small fraction of a small set takes more than asked:
+    report the patients drawn, not the fraction.
+
+    Raises:
+        MammoXAIError: ``fraction`` is not in (0, 1]; the message names it as ``option`` (the command-line option
+            that gave it).
     """
     if not 0.0 < fraction <= 1.0:
-        raise MammoXAIError("--fractions", f"has {fraction}", "use fractions in (0, 1], e.g. 0.05 0.25 1.0")
+        raise MammoXAIError(option, f"is {fraction:g}", "use a share of the patients in (0, 1], e.g. 0.25")
     label_map = dict(label_map or {})
     held_out = [dict(r) for r in records if is_held_out(r)]
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -97,6 +118,43 @@ def labelled_subset(
     return [record for patient in sorted(chosen) for record in by_patient[patient]] + held_out
 
 
+def check_task_labels(
+    records: Sequence[Mapping[str, Any]], task: str, source: str, label_key: str = "case_label"
+) -> None:
+    """Refuse training records that the runs of ``task`` (:data:`TASKS`) cannot learn from: none labelled, a label
+    that is no class of the task, or a class without an image.
+
+    ``train.json`` refuses the same, but only when its run starts, which in an experiment comes after metadata
+    pretraining or another run; the experiment scripts call this on their training data before the first run.
+
+    Args:
+        records: the records one run will train on.
+        task: a key of :data:`TASKS`.
+        source: where the records come from, shown first in the message (e.g. the manifest and the split).
+        label_key: the record field holding the label.
+
+    Raises:
+        MammoXAIError: naming ``source`` and the missing labels or classes.
+    """
+    class_names, label_map = TASKS[task]["class_names"], TASKS[task]["label_map"]
+    labels = [
+        label_map.get(str(record[label_key]), str(record[label_key]))
+        for record in records
+        if record.get(label_key) not in (None, "")
+    ]
+    if not labels:
+        raise MammoXAIError(
+            source,
+            f"has no {label_key} (no image is labelled)",
+            "join labels to the manifest: python -m mammoxai.data.manifest <folder> --out manifest.csv --labels <csv>",
+        )
+    unknown = sorted(set(labels) - set(class_names))
+    if unknown:
+        problem = f"has {label_key} {unknown}, which are not classes of the {task} task ({', '.join(class_names)})"
+        raise MammoXAIError(source, problem, "use the labels normal, benign, recalled_benign and malignant")
+    check_labels([class_names.index(label) for label in labels], class_names, source)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, bundle_root: Path) -> None:
     """The command-line options every experiment script shares: how each bundle run trains and is scored."""
     parser.add_argument("--backbone", default="mammo_cnn")
@@ -117,9 +175,44 @@ def add_run_arguments(parser: argparse.ArgumentParser, bundle_root: Path) -> Non
     parser.add_argument("--bundle_root", default=str(bundle_root))
 
 
+def require_epochs(args: argparse.Namespace, *options: str) -> None:
+    """Refuse an epoch count below 1 in the ``options`` of ``args`` (e.g. ``"epochs"``, ``"adapt_epochs"``).
+
+    The bundle run refuses it too, but only when that run starts (the adaptation runs come after the source
+    training), and under its config key ``epochs``, which is not the option the user typed.
+
+    Raises:
+        MammoXAIError: naming the first such option.
+    """
+    for option in options:
+        value = getattr(args, option)
+        if value < 1:
+            raise MammoXAIError(f"--{option}", f"is {value}", "train for at least 1 epoch")
+
+
+def distinct(values: Sequence[Any], option: str) -> list[Any]:
+    """The values of a command-line option whose every value names its own runs (and run folders).
+
+    A repeated value would run into the folder of its first run, and stop there at the end of that run's
+    training, when ``SafeCheckpointSaver`` finds the model it has just written.
+
+    Raises:
+        MammoXAIError: a value is given more than once (floats compared as the run folders name them, ``%g``).
+    """
+    names = [f"{value:g}" if isinstance(value, float) else str(value) for value in values]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise MammoXAIError(option, f"gives {', '.join(repeated)} more than once", "give each value once")
+    return list(values)
+
+
 def repeat_seeds(args: argparse.Namespace) -> list[int]:
-    """The seeds an experiment runs with: ``--seeds``, else ``--seed`` once."""
-    return list(args.seeds or [args.seed])
+    """The seeds an experiment runs with: ``--seeds``, else ``--seed`` once.
+
+    Raises:
+        MammoXAIError: ``--seeds`` repeats a seed (see :func:`distinct`).
+    """
+    return distinct(args.seeds or [args.seed], "--seeds")
 
 
 def read_study_manifest(dataset_dir: str | Path) -> list[dict[str, Any]]:
@@ -138,20 +231,43 @@ def read_study_manifest(dataset_dir: str | Path) -> list[dict[str, Any]]:
     return read_manifest(manifest)
 
 
-def claim_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``--out`` that holds an earlier experiment's runs or report, unless ``--overwrite``.
+def earlier_results(out: Path, reused: Sequence[str | Path | None] = ()) -> list[str]:
+    """What an earlier experiment into ``out`` left that a new one would replace: its ``report.json``, and the
+    checkpoints (``*.pt``) under ``runs/`` outside the folders of the ``reused`` weights files, which the new
+    experiment starts from (e.g. a pretraining an earlier run into the same ``out`` wrote). Manifests, logs and
+    the preprocessing cache are not results: a new run rewrites or reuses them. Paths are relative to ``out``."""
+    kept = {Path(path).resolve().parent for path in reused if path}
+    checkpoints = [path for path in sorted((out / "runs").rglob("*.pt")) if path.resolve().parent not in kept]
+    report = ["report.json"] if (out / "report.json").exists() else []
+    return report + [str(path.relative_to(out)) for path in checkpoints]
+
+
+def claim_out(out: Path, overwrite: bool, reused: Sequence[str | Path | None] = (), fix: str | None = None) -> None:
+    """Refuse an ``--out`` that holds an earlier experiment's results (:func:`earlier_results`), unless
+    ``--overwrite``.
 
     Checked before the first run, so that a repeated command stops at once with this message instead of at its
     first bundle run, whose checkpoint folder already holds a model (``SafeCheckpointSaver``); with
-    ``--overwrite`` the bundle runs replace their earlier checkpoints (:func:`run_settings`).
+    ``--overwrite`` the bundle runs replace their earlier checkpoints (:func:`run_settings`). A run that stopped
+    before its first checkpoint (a wrong setting, a crash in the first epoch) left no result, so the corrected
+    command runs without ``--overwrite``.
+
+    Args:
+        out: the experiment's report folder.
+        overwrite: ``--overwrite``.
+        reused: weights files the new experiment starts from (``None`` entries are skipped).
+        fix: another way out, added to the message (e.g. how to reuse a result instead of replacing it).
 
     Raises:
-        MammoXAIError: ``out`` holds ``report.json`` or ``runs/`` and ``overwrite`` is not set.
+        MammoXAIError: ``out`` holds results and ``overwrite`` is not set.
     """
-    earlier = [path.name for path in (out / "report.json", out / "runs") if path.exists()]
-    if earlier and not overwrite:
-        problem = f"holds {' and '.join(earlier)} of an earlier experiment"
-        raise MammoXAIError(f"--out {out}", problem, "pass --overwrite to replace them, or give another --out")
+    results = earlier_results(out, reused)
+    if results and not overwrite:
+        named = results[:2] + ([f"{len(results) - 2} more checkpoints"] if len(results) > 2 else [])
+        listed = f"{', '.join(named[:-1])} and {named[-1]}" if len(named) > 1 else named[0]
+        problem = f"holds {listed} of an earlier experiment"
+        fixes = ["pass --overwrite to replace them", *([fix] if fix else []), "give another --out"]
+        raise MammoXAIError(f"--out {out}", problem, f"{', '.join(fixes[:-1])}, or {fixes[-1]}")
 
 
 def run_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -172,9 +288,43 @@ def run_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
 
 
+def _config_files(configs: Sequence[str], bundle_root: Path) -> list[str]:
+    """The paths of the bundle's ``configs``.
+
+    Raises:
+        MammoXAIError: one of them is missing (``--bundle_root`` is not a MammoXAI bundle).
+    """
+    files = [bundle_root / "configs" / name for name in configs]
+    for file in files:
+        if not file.is_file():
+            raise MammoXAIError(file, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
+    return [str(file) for file in files]
+
+
+def check_bundle_run(configs: Sequence[str], bundle_root: Path, components: Sequence[str], **overrides: Any) -> None:
+    """Build ``components`` of the bundle run that :func:`bundle_run` would start with the same arguments, and
+    nothing else: the config's own checks of its settings and starting weights, made for every planned run
+    before the first one spends minutes training.
+
+    Only components that read no image belong here (:data:`TRAIN_CHECKS`, :data:`PRETRAIN_CHECKS`): the run's
+    ``run_settings`` (epochs, batch size, workers), ``torch_device``, and train.json's ``finetune_network_def``
+    (the network with its ``init_weights`` loaded: a missing file, or a classifier passed for a pretraining
+    checkpoint, is refused here).
+
+    Raises:
+        MammoXAIError: what the component refuses (behind MONAI's wrapper; :func:`mammoxai.cli.exit_status`
+            prints it as one line).
+    """
+    parser = monai.bundle.ConfigParser()
+    parser.read_config(_config_files(configs, bundle_root))
+    parser.update({"bundle_root": str(bundle_root), **overrides})
+    for component in components:
+        parser.get_parsed_content(component)
+
+
 def bundle_run(configs: Sequence[str], bundle_root: Path, **overrides: Any) -> None:
     """Run the bundle's ``configs`` (merged in order) in this process with top-level ``overrides``."""
-    files = [str(bundle_root / "configs" / name) for name in configs]
+    files = _config_files(configs, bundle_root)
     monai.bundle.run(
         config_file=files if len(files) > 1 else files[0], bundle_root=str(bundle_root), logging_file=False, **overrides
     )
