@@ -6,8 +6,9 @@ often loses AUC on a new one; Shen et al. (Sci Rep 2019, doi:10.1038/s41598-019-
 device (INbreast) by fine-tuning with a small labelled set. This script runs that transfer experiment with the
 bundle's own configs on a study set:
 
-1. the patients imaged on ``--target_system`` are split, class-stratified, into an *adaptation* part
-   (``--adapt_fraction`` of them, at least two per class) and a *test* part; every other patient is *source*;
+1. the patients imaged on ``--target_system`` (a value of the manifest column ``--system_column``, by default
+   ``xray_system``) are split, class-stratified, into an *adaptation* part (``--adapt_fraction`` of them, at least
+   two per class; the report gives the patients drawn) and a *test* part; every other patient is *source*;
 2. ``source``: fine-tune on the source patients (``train.json``, init ``--init``), score the target test part;
 3. ``source + adaptation``: continue from that model (init ``classifier``) on the adaptation part;
 4. ``adaptation only``: train from scratch on the adaptation part alone, the baseline the transfer must beat.
@@ -40,13 +41,17 @@ from mammoxai.reports import Report, bar_figure
 from mammoxai.training.experiments import (
     HOLDOUT,
     TASKS,
+    TRAIN_CHECKS,
     across_seeds,
     add_run_arguments,
     auc_difference,
+    check_bundle_run,
+    check_task_labels,
     claim_out,
     labelled_subset,
     read_study_manifest,
     repeat_seeds,
+    require_epochs,
     run_settings,
     train_and_evaluate,
 )
@@ -71,18 +76,25 @@ def split_by_system(
     :data:`HOLDOUT`, so a manifest of ``source + test`` or ``adaptation + test`` trains and scores as intended.
 
     Raises:
-        MammoXAIError: ``target_system`` images no patient, or leaves no source or no test patient.
+        MammoXAIError: no record has a ``system_key``, ``target_system`` images no patient, ``adapt_fraction`` is
+            not in (0, 1], or the split leaves no source or no test patient.
     """
-    systems = sorted({str(record.get(system_key)) for record in records})
+    if not any(record.get(system_key) not in (None, "") for record in records):
+        raise MammoXAIError(
+            f"--system_column {system_key}",
+            "is not a column of the manifest (or every cell is empty), so no image has an X-ray system",
+            "name the manifest column that tells the systems apart, e.g. --system_column model",
+        )
+    systems = sorted({str(record[system_key]) for record in records if record.get(system_key) not in (None, "")})
     target_patients = {record.get("patient_id") for record in records if str(record.get(system_key)) == target_system}
     if not target_patients:
         raise MammoXAIError(
-            f"--target_system {target_system!r}", f"is not a {system_key} of the data", f"use one of {systems}"
+            f"--target_system {target_system!r}", f"is no {system_key} of the data", f"use one of {systems}"
         )
     training = {key: "training" for key in HOLDOUT}
     source = [{**record, **training} for record in records if record.get("patient_id") not in target_patients]
     target = [{**record, **training} for record in records if record.get("patient_id") in target_patients]
-    adaptation = labelled_subset(target, adapt_fraction, seed, label_map=label_map)
+    adaptation = labelled_subset(target, adapt_fraction, seed, label_map=label_map, option="--adapt_fraction")
     chosen = {record["path"] for record in adaptation}
     test = [{**record, **HOLDOUT} for record in target if record["path"] not in chosen]
     if not source or not test:
@@ -93,15 +105,36 @@ def split_by_system(
     return source, adaptation, test
 
 
+def _patients(records: Sequence[Mapping[str, Any]]) -> set[Any]:
+    """The patient ids of ``records``."""
+    return {record.get("patient_id") for record in records}
+
+
+def adaptation_share(splits: Mapping[int, tuple[list[dict[str, Any]], ...]]) -> str:
+    """The adaptation part as drawn, e.g. "4 of the 6 target patients, 8 images": the two-patient minimum per
+    class makes it more than ``--adapt_fraction`` of a small target. Seeds that drew differently are listed."""
+    shares = {
+        seed: f"{len(_patients(adaptation))} of the {len(_patients(adaptation) | _patients(test))} target patients, "
+        f"{len(adaptation)} images"
+        for seed, (_, adaptation, test) in splits.items()
+    }
+    if len(set(shares.values())) == 1:
+        return next(iter(shares.values()))
+    return "; ".join(f"seed {seed}: {share}" for seed, share in shares.items())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset_dir", required=True, help="study folder with manifest.csv")
     parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--target_system", required=True, help="the held-out X-ray system (a value of --system_column)")
     parser.add_argument(
-        "--target_system", required=True, help="the held-out X-ray system (manifest column xray_system)"
-    )
+        "--system_column", default="xray_system",
+        help="manifest column naming each image's X-ray system (mammoxai.data.synth writes xray_system; a manifest of "
+        "python -m mammoxai.data.manifest has manufacturer and model)",
+    )  # fmt: skip
     parser.add_argument("--adapt_fraction", type=float, default=0.25, help="share of its patients used for fine-tuning")
     parser.add_argument("--task", choices=list(TASKS), default="binary")
     parser.add_argument("--init", default="scratch", choices=["scratch", "pretrained", "external", "incremental"])
@@ -111,18 +144,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_init(args: argparse.Namespace) -> None:
+    """Refuse an ``--init`` without its ``--init_weights``, and ``--init_weights`` with ``--init scratch``, which
+    would train from random weights while the user believes a file was loaded.
+
+    Raises:
+        MammoXAIError: naming the option to add or drop.
+    """
+    if args.init == "scratch" and args.init_weights:
+        raise MammoXAIError(
+            f"--init_weights {args.init_weights}",
+            "is given, but --init scratch starts from random weights",
+            "drop --init_weights, or pass the --init it is for (pretrained, external or incremental)",
+        )
+    if args.init != "scratch" and not args.init_weights:
+        raise MammoXAIError(f"--init {args.init}", "needs --init_weights", "pass --init_weights <weights file>")
+
+
 def run(args: argparse.Namespace, command: str) -> Report:
-    """The experiment of the module docstring, once per seed; returns the written report."""
+    """The experiment of the module docstring, once per seed; returns the written report.
+
+    Everything that can be checked without training is checked before the first run: the options, every seed's
+    split and the labels of each training set, and the source run's settings and starting weights as train.json
+    reads them. A command refused this way leaves nothing in ``--out`` that blocks the corrected one.
+    """
     bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
     task = TASKS[args.task]
+    require_epochs(args, "epochs", "adapt_epochs")
+    check_init(args)
+    manifest = Path(args.dataset_dir) / "manifest.csv"
     records = read_study_manifest(args.dataset_dir)
     seeds = repeat_seeds(args)
     splits = {
-        seed: split_by_system(records, args.target_system, args.adapt_fraction, seed, label_map=task["label_map"])
+        seed: split_by_system(
+            records, args.target_system, args.adapt_fraction, seed, args.system_column, label_map=task["label_map"]
+        )
         for seed in seeds
-    }  # every split is checked before the first training starts
-    claim_out(out, args.overwrite)
+    }
+    for seed, (source, adaptation, _) in splits.items():
+        check_task_labels(source, args.task, f"{manifest} (source systems)")
+        check_task_labels(adaptation, args.task, f"{manifest} (adaptation part of {args.target_system}, seed {seed})")
     settings = run_settings(args, out)
+    source_init = {"init": args.init, "init_weights": args.init_weights}
+    check_bundle_run(["train.json"], bundle_root, TRAIN_CHECKS, **settings, **source_init)
+    claim_out(out, args.overwrite, [args.init_weights])
     positive = task["class_names"].index("malignant")
     rows, differences = [], []
     for seed, (source, adaptation, test) in splits.items():
@@ -133,7 +198,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
         adapt_settings = {**seed_settings, "epochs": args.adapt_epochs}
         source_model = str(runs / "source" / "models" / "model.pt")
         plan = [
-            ("source", source, source_manifest, {"init": args.init, "init_weights": args.init_weights}, seed_settings),
+            ("source", source, source_manifest, source_init, seed_settings),
             ("source + adaptation", adaptation, adapt_manifest, {"init": "classifier", "init_weights": source_model}, adapt_settings),
             ("adaptation only", adaptation, adapt_manifest, {"init": "scratch"}, adapt_settings),
         ]  # fmt: skip
@@ -143,7 +208,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
             work = runs / name.replace(" + ", "_").replace(" ", "_")
             reports[name] = train_and_evaluate(bundle_root, subset, work, strategy, step_settings, args.n_bootstrap, command)
             result = reports[name]["tables"]["binary"][0]
-            patients = len({record.get("patient_id") for record in trained_on})
+            patients = len(_patients(trained_on))
             rows.append({"setting": name, "seed": seed, "training_images": len(trained_on), "training_patients": patients, **result})
         differences += [
             {"comparison": f"{name} - {reference}", "seed": seed, **auc_difference(reports[name], reports[reference], positive, args.n_bootstrap, args.seed)}
@@ -152,9 +217,10 @@ def run(args: argparse.Namespace, command: str) -> Report:
     report = Report(
         f"Domain shift to {args.target_system}",
         f"Task {args.task}, backbone {args.backbone}, init {args.init}; {args.epochs} epochs on the source systems, "
-        f"{args.adapt_epochs} on the adaptation part ({args.adapt_fraction:g} of the target patients). The rows of a seed "
-        "are scored on the same images, those of the target patients outside its adaptation part; AUC is malignant "
-        "vs rest with a 95 % patient-bootstrap interval.",
+        f"{args.adapt_epochs} on the adaptation part: {adaptation_share(splits)} (asked: --adapt_fraction "
+        f"{args.adapt_fraction:g}, with at least two patients per class). The rows of a seed are scored on the same "
+        "images, those of the target patients outside its adaptation part; AUC is malignant vs rest with a 95 % "
+        "patient-bootstrap interval.",
         command=command,
     )
     columns = ["setting", "seed", "training_images", "training_patients", "images", "positives", "auc", "auc_low", "auc_high"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mammoxai.data.manifest import read_manifest
+from mammoxai.data.manifest import read_manifest, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 
@@ -46,6 +46,53 @@ def test_an_unknown_or_exhausted_target_system_is_a_clear_error():
         domain_shift.split_by_system(_records(), "B", 1.0)
 
 
+def test_a_manifest_without_the_system_column_says_so_and_another_column_may_name_the_systems():
+    records = [{("model" if key == "xray_system" else key): value for key, value in row.items()} for row in _records()]
+    with pytest.raises(MammoXAIError, match="--system_column xray_system: is not a column of the manifest"):
+        domain_shift.split_by_system(records, "A", 0.25)
+    source, _, _ = domain_shift.split_by_system(records, "A", 0.25, system_key="model")
+    assert {row["patient_id"] for row in source} == {"P10", "P11", "P12", "P13"}
+
+
+def test_the_report_gives_the_adaptation_part_as_drawn():
+    splits = {seed: domain_shift.split_by_system(_records(), "A", 0.25, seed=seed) for seed in (0, 1)}
+    # 25 % of the 4 malignant and 6 normal target patients would be 1 and 2; two per class make it 4
+    assert domain_shift.adaptation_share(splits) == "4 of the 10 target patients, 8 images"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--init", "pretrained"], "--init pretrained: needs --init_weights"),
+        (["--init", "external", "--init_weights", "nosuch.pt"], "nosuch.pt: backbone weights file not found"),
+        (["--init_weights", "nosuch.pt"], "--init_weights nosuch.pt: is given, but --init scratch"),
+        (["--epochs", "0"], "--epochs: is 0"),
+        (["--adapt_epochs", "0"], "--adapt_epochs: is 0"),
+        (["--adapt_fraction", "0"], "--adapt_fraction: is 0"),
+        (["--seeds", "1", "1"], "--seeds: gives 1 more than once"),
+        (["--system_column", "model"], "--system_column model: is not a column of the manifest"),
+    ],
+)
+def test_a_wrong_command_is_refused_before_training_and_leaves_out_untouched(tmp_path, capsys, options, message):
+    """Each of these used to be found only when a run started (the adaptation runs after the source training),
+    named an option of another script, or (a scratch start with weights) was not found at all."""
+    records = [
+        {
+            "path": f"P{p}_{i}.dcm", "patient_id": f"P{p}", "xray_system": "A" if p < 8 else "B",
+            "case_label": "malignant" if p % 2 else "normal", "split": "training",
+        }
+        for p in range(16)
+        for i in range(2)
+    ]  # fmt: skip
+    write_manifest(records, tmp_path / "manifest.csv")  # no image exists: anything that reads one fails
+    out = tmp_path / "out"
+    arguments = ["--dataset_dir", str(tmp_path), "--out", str(out), "--target_system", "B", "--device", "cpu", *options]
+    assert domain_shift.main(arguments) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0]
+    assert not out.exists()
+
+
 def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_patients(tmp_path):
     studies = tmp_path / "studies"
     synthesize(studies, patients=30, seed=0, size=128, prevalence={"normal": 0.5, "malignant": 0.5})
@@ -60,7 +107,9 @@ def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_pat
         ]
     )  # fmt: skip
     assert code == 0
-    tables = json.loads((out / "report.json").read_text())["tables"]
+    report = json.loads((out / "report.json").read_text())
+    assert "on the adaptation part: " in report["description"] and " target patients, " in report["description"]
+    tables = report["tables"]
     for seed in (0, 1):
         rows = [row for row in tables["settings"] if row["seed"] == seed]
         assert [row["setting"] for row in rows] == ["source", "source + adaptation", "adaptation only"]
