@@ -238,3 +238,19 @@ def test_ablation_on_a_split_other_than_pretrainings_is_refused(pretrained_bundl
 
     assert "is not the one pretraining held out" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_explainer_is_replaced_only_when_asked(pretrained_bundle, tmp_path, capsys):
+    bundle, studies, _ = pretrained_bundle
+    explainer = tmp_path / "explainer.pt"
+    arguments = ["--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dir", str(tmp_path / "out")]
+    arguments += ["--explainer", str(explainer), *(item for key, value in TINY.items() for item in (f"--{key}", str(value)))]
+    assert main(arguments) == 0
+    first = explainer.read_bytes()
+
+    assert main([*arguments, "--target", "view"]) == 1
+
+    assert f"explainer {explainer}: holds the explainer of an earlier run (pass --overwrite true" in capsys.readouterr().err
+    assert explainer.read_bytes() == first
+    assert main([*arguments, "--target", "view", "--overwrite", "true"]) == 0
+    assert load_explainer(explainer)[0].target == "view"

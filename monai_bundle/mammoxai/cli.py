@@ -12,6 +12,7 @@ import difflib
 import json
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,11 +117,15 @@ def run_bundle_config(
                 raise MammoXAIError(config_file, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
         check_override_keys(config_files, overrides)
         overrides.setdefault("command", shlex.join([*program.split(), *arguments]))
-        monai.bundle.run(
-            config_file=[str(config_file) for config_file in config_files],
-            logging_file=str(bundle_root / "configs" / "logging.conf"),
-            bundle_root=str(bundle_root),
-            **overrides,
-        )
+        # through a file: monai.bundle.run drops keyword overrides whose value is None, so "--explainer null"
+        # would silently keep the config's value, while the values of an args file are applied as they are
+        with tempfile.TemporaryDirectory(prefix="mammoxai-args-") as folder:
+            args_file = Path(folder) / "overrides.json"
+            args_file.write_text(json.dumps({**overrides, "bundle_root": str(bundle_root)}), encoding="utf-8")
+            monai.bundle.run(
+                config_file=[str(config_file) for config_file in config_files],
+                logging_file=str(bundle_root / "configs" / "logging.conf"),
+                args_file=str(args_file),
+            )
 
     return exit_status(run)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from mammoxai.data.manifest import find_images
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.io.geometry import ImageGeometry
@@ -582,7 +582,7 @@ class InferenceRunner:
     ) -> None:
         self.predictor = predictor
         self.input_files = [Path(path) for path in input_files]
-        self.output_dir = Path(output_dir)
+        self.output_dir = check_output_path(output_dir, "output_dir", "give a folder for the predictions")
 
     def run(self) -> InferenceSummary:
         self.predictor.load_weights()  # no weights is one error for the run, not one per file

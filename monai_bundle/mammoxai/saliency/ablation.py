@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path, parse_flag
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
 from mammoxai.reports import Report, bar_figure
@@ -349,6 +349,9 @@ class AblationStudy:
         test_dataloader: images on which the effects are measured: other patients (not shuffled).
         output_dir: where ``report.json``, ``report.md`` and ``ablation_effects.png`` go.
         explainer_path: where the probe and task means are saved for :func:`explain_image` (None: not saved).
+        overwrite: replace an explainer already at ``explainer_path``; without it an earlier run's explainer
+            (perhaps of another target) is refused before anything is fitted, as training refuses earlier weights.
+            Accepts the words a command line passes.
         target: the downstream label, a metadata field or a manifest column (see :func:`downstream_labels`).
         label_map: raw value -> class, for a manifest-column target (e.g. ``{"recalled_benign": "benign"}``).
         device, amp: where and how the network runs.
@@ -365,6 +368,7 @@ class AblationStudy:
         test_dataloader: torch.utils.data.DataLoader,
         output_dir: str | os.PathLike,
         explainer_path: str | os.PathLike | None = None,
+        overwrite: bool | str = False,
         target: str = "xray_system",
         label_map: Mapping[str, str] | None = None,
         device: torch.device | str = "cpu",
@@ -378,8 +382,14 @@ class AblationStudy:
         self.label_space = label_space
         self.train_dataloader = train_dataloader
         self.test_dataloader = test_dataloader
-        self.output_dir = Path(output_dir)
-        self.explainer_path = None if explainer_path is None else Path(explainer_path)
+        self.output_dir = check_output_path(output_dir, "output_dir", "give a folder for the report")
+        self.explainer_path = None
+        if explainer_path is not None:
+            fix = "give a file for the explainer, or --explainer null to save none"
+            self.explainer_path = check_output_path(explainer_path, "explainer", fix, folder=False)
+            if self.explainer_path.exists() and not parse_flag(overwrite, "overwrite"):
+                problem = "holds the explainer of an earlier run"
+                raise MammoXAIError(f"explainer {self.explainer_path}", problem, f"pass --overwrite true to replace it, or {fix}")
         self.target = target
         self.label_map = label_map
         self.device = torch.device(device)

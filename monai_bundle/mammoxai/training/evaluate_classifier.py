@@ -48,7 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, roc_auc
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
@@ -399,7 +399,8 @@ class ClassifierEvaluator:
             )
         self.members, self.dataloader = list(members), dataloader
         self.positive = self.class_names.index(positive_class)
-        self.output_dir, self.device, self.amp = Path(output_dir), torch.device(device), amp
+        self.output_dir = check_output_path(output_dir, "evaluation_dir", "give a folder for the report")
+        self.device, self.amp = torch.device(device), amp
         self.threshold, self.target_specificity = threshold, target_specificity
         self.exam_keys, self.exam_aggregation, self.device_key = list(exam_keys), exam_aggregation, device_key
         self.breakdown_keys = list(breakdown_keys)

@@ -41,7 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import UNKNOWN, BinnedField, MetadataLabelSpace
 from mammoxai.metrics import (
     accuracy,
@@ -403,7 +403,7 @@ class PretrainEvaluator:
         self.network = network
         self.label_space = label_space
         self.dataloader = dataloader
-        self.output_dir = Path(output_dir)
+        self.output_dir = check_output_path(output_dir, "output_dir", "give a folder for the report")
         self.device = torch.device(device)
         self.amp = amp
         self.threshold_fraction = threshold_fraction

@@ -34,6 +34,7 @@ import numpy as np
 from mammoxai.data.synth.cohort import plan_cohort
 from mammoxai.data.synth.study import AGE_RANGE, PatientBody, compress, density_probabilities, patient_body
 from mammoxai.data.synth.vendors import SYSTEMS, XraySystem, choose_exposure, system_by_key
+from mammoxai.errors import check_output_path
 from mammoxai.io.fields import BinnedField, MetadataLabelSpace
 from mammoxai.metrics.classification import ConfidenceInterval, bootstrap_ci
 
@@ -203,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output_dir", default="field_ceilings", help="where report.json and report.md go")
     args = parser.parse_args(argv)
     try:
+        check_output_path(args.output_dir, "--output_dir", "give a folder for the report")
         label_space = MetadataLabelSpace.from_file(args.fields) if args.fields else MetadataLabelSpace.default()
         ceilings = field_ceilings(label_space, args.patients, args.seed, args.replicates)
     except (ValueError, OSError) as error:
