@@ -88,7 +88,7 @@ def test_every_training_config_checks_its_settings_before_anything_else(name):
     assert json.loads((CONFIGS / name).read_text())["initialize"][0] == "@run_settings"
 
 
-@pytest.mark.parametrize("configs", [["train.json"], ["pretrain.json"], ["pretrain.json", "multi_gpu_pretrain.json"]], ids="+".join)
+@pytest.mark.parametrize("configs", TRAINING_CONFIGS, ids="+".join)
 def test_a_seed_that_is_no_whole_number_is_named_before_the_manifest_is_read(configs, tmp_path):
     workflow = ConfigWorkflow(
         config_file=[str(CONFIGS / name) for name in configs],

@@ -40,13 +40,11 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +76,8 @@ from mammoxai.metrics.saliency import (
 )
 from mammoxai.reports import Report
 from mammoxai.training.evaluate_classifier import load_checkpoints
-from mammoxai.training.lesion_crops import check_count, load_lesion_checkpoint
+from mammoxai.training.lesion_crops import load_lesion_checkpoint
+from mammoxai.training.settings import check_settings
 from mammoxai.saliency.correlax import CorRELAX
 from mammoxai.saliency.registry import SaliencyMethod, check_grid, get_method
 
@@ -215,13 +214,14 @@ class SaliencyEvaluator:
     ) -> None:
         if tolerance_unit not in _TOLERANCE_UNITS:
             raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
-        if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not 0 <= tolerance < math.inf:
-            raise MammoXAIError("tolerance", f"is {tolerance!r}, not a distance of 0 or more", "e.g. --tolerance 0")
-        self.deletion_steps = check_count(deletion_steps, "deletion_steps", 0, 20)
-        self.sanity_images = check_count(sanity_images, "sanity_images", 0, 10)
-        self.baseline_draws = check_count(baseline_draws, "baseline_draws", 1, 20)
-        self.overlays = check_count(overlays, "overlays", 0, 3)
-        max_images = None if max_images is None else check_count(max_images, "max_images", 1, 10)
+        check_settings(
+            tolerance=tolerance, deletion_steps=deletion_steps, sanity_images=sanity_images,
+            baseline_draws=baseline_draws, overlays=overlays,
+        )
+        if max_images is not None:
+            check_settings(max_images=max_images)
+        self.deletion_steps, self.sanity_images = int(deletion_steps), int(sanity_images)
+        self.baseline_draws, self.overlays = int(baseline_draws), int(overlays)
         self.output_dir = check_output_path(output_dir, "evaluation_dir", "give a folder for the saliency report")
         self.device = torch.device(device)
         self.methods = _selected([_method_spec(spec) for spec in methods], select)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,12 @@ from mammoxai.metrics import per_class_scores
 from mammoxai.nets.files import read_torch_file
 from mammoxai.reports import Report, confusion_matrix_figure
 from mammoxai.training.evaluate_classifier import load_checkpoints
+from mammoxai.training.settings import check_settings
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LESION_TRAIN_COMMAND",
-    "check_count",
     "check_crop_settings",
     "LesionCropRecord",
     "load_lesion_checkpoint",
@@ -58,19 +57,6 @@ LESION_TRAIN_COMMAND = (
 RECORD_KEY = "crops"
 
 
-def check_count(value: object, name: str, minimum: int, example: int) -> int:
-    """``value`` as a whole number of at least ``minimum``; the command line hands a config ``0``, ``-1`` or ``'abc'``
-    as given, and such a count otherwise surfaces as a torch error that names no setting, or is used as given.
-
-    Raises:
-        MammoXAIError: ``value`` is not a whole number (a bool is not one) or is below ``minimum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        wanted = "a positive whole number" if minimum == 1 else f"a whole number of {minimum} or more"
-        raise MammoXAIError(name, f"is {value!r}, not {wanted}", f"e.g. --{name} {example}")
-    return int(value)
-
-
 def check_crop_settings(image_size: int | Sequence[int], view_size: object, backgrounds: object) -> None:
     """Refuse crop settings no training can use, in ``train_lesion_crops.json``'s ``initialize``, before any image
     is read: a view larger than the grid trains on zero padding (macro F1 0), a negative background count would
@@ -81,14 +67,14 @@ def check_crop_settings(image_size: int | Sequence[int], view_size: object, back
             ``backgrounds`` is not a whole number of 0 or more; ``image_size`` is not a grid.
     """
     grid = grid_shape(image_size, "image_size")
-    view = check_count(view_size, "view_size", 1, 256)
+    check_settings(view_size=view_size, backgrounds=backgrounds)
+    view = int(view_size)
     if view > min(grid):
         raise MammoXAIError(
             "view_size",
             f"is {view}, larger than the {grid[0]}x{grid[1]} grid: its crops would be mostly zero padding",
             f"give a view_size of at most {min(grid)}, or a larger --image_size",
         )
-    check_count(backgrounds, "backgrounds", 0, 2)
 
 
 class LesionCropRecord:

@@ -71,6 +71,14 @@ SETTING_RULES: dict[str, SettingRule] = {
     "target_specificity": SettingRule(Real, lambda value: 0 < value <= 1, "a specificity above 0, at most 1", "0.9"),
     "qc_min_probability": _fraction("0.9", closed=True),
     "threshold_fraction": _fraction("0.5"),
+    "view_size": _count(1, "256"),
+    "backgrounds": _count(0, "2"),
+    "max_images": _count(1, "10"),
+    "deletion_steps": _count(0, "20"),
+    "sanity_images": _count(0, "10"),
+    "baseline_draws": _count(1, "20"),
+    "overlays": _count(0, "3"),
+    "tolerance": SettingRule(Real, lambda value: value >= 0, "a distance of 0 or more", "0"),
 }
 """Setting name → its rule; a config's setting of one of these names is checked with :func:`check_settings`."""
 
