@@ -101,6 +101,14 @@ def test_unfreeze_handler_thaws_the_backbone_at_the_given_epoch():
     assert not any(_frozen(network, ""))
 
 
+def test_an_unfreeze_epoch_after_the_last_epoch_is_refused_when_attached():
+    """MONAI's SupervisedTrainer knows its max_epochs when the handlers attach, before any batch."""
+    engine = Engine(lambda engine, batch: None)
+    engine.state.max_epochs = 2
+    with pytest.raises(MammoXAIError, match=r"unfreeze_epoch: is 3, after the last of the 2 epochs.*from 1 to 2"):
+        UnfreezeAt(BackboneClassifier("mammo_cnn", num_classes=3), epoch=3).attach(engine)
+
+
 # -- initialisation -----------------------------------------------------------------------------------------------
 def test_pretrained_init_copies_the_metadata_backbone(studies, tmp_path):
     pretrained = _pretrained(tmp_path / "pretrained.pt", studies=studies)

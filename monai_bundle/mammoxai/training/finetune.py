@@ -352,6 +352,11 @@ class UnfreezeAt:
         self.network, self.epoch = network, epoch
 
     def attach(self, engine: Engine) -> None:
+        """Raises MammoXAIError: ``epoch`` comes after the run's last epoch, so the freeze would never be lifted."""
+        last = engine.state.max_epochs
+        if self.epoch is not None and last is not None and self.epoch > last:
+            problem = f"is {self.epoch}, after the last of the {last} epochs: the backbone would never unfreeze"
+            raise MammoXAIError("unfreeze_epoch", problem, f"use an epoch from 1 to {last}, or null to keep the freeze")
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
