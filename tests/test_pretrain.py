@@ -188,6 +188,12 @@ def test_a_field_absent_from_every_training_image_is_refused(cohort):
         fit_label_space(select_fields(["view", "kvp"]), records)
 
 
+def test_a_dataset_dir_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "studies.zip").write_bytes(b"PK")
+    with pytest.raises(MammoXAIError, match=r"studies\.zip: is a file, not a folder of images \(set dataset_dir"):
+        load_records(tmp_path / "studies.zip" / "manifest.csv")
+
+
 def test_a_manifest_with_a_missing_file_is_refused_listing_it(cohort, tmp_path):
     records = cohort_records(cohort)
     write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")

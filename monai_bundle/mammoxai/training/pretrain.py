@@ -119,6 +119,8 @@ def load_records(
             image left.
     """
     manifest, strict = Path(manifest), parse_flag(strict, "strict")
+    if manifest.parent.is_file():  # dataset_dir names a file: "<file>/manifest.csv: not found" would hide that
+        raise MammoXAIError(manifest.parent, "is a file, not a folder of images", "set dataset_dir to the images' folder")
     if not manifest.is_file():
         raise MammoXAIError(
             manifest,
