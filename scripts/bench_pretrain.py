@@ -13,14 +13,18 @@ combination of batch size, image size, AMP and channels-last asked for. Per sett
 
 The preprocessed-tensor cache is filled before timing, by the readability check pretraining runs before its
 first epoch (``load_records`` with the run's grid, ``--num-workers`` processes); that fill rate is reported
-separately. AMP is CUDA-only in MONAI's trainer, so
-on a CPU ``--amp on`` settings are skipped. A table is printed and, unless ``--no-record``, appended as a
-section to ``BENCHMARKS.md`` at the repository root with the command and the hardware.
+separately. AMP is CUDA-only in MONAI's trainer, so on a CPU ``--amp on`` settings are skipped.
+
+A table is printed; nothing else is written unless ``--record`` is given. With it, the run is written with its
+command, hardware and load as a section of ``BENCHMARKS.md`` at the repository root (or of the file named by
+``--record FILE``): an earlier section of the same hardware and the same settings (every option but
+``--device`` and ``--record``, defaults filled in) is replaced, and a run of other settings, such as the reduced
+CPU example below, is added beside the figures already there instead of replacing them.
 
 Example (GPU, the figure the model card quotes)::
 
     python scripts/bench_pretrain.py --patients 24 --size 1024 --image-sizes 512x416 --batch-sizes 16 32 \\
-        --amp off on --channels-last off on --num-workers 8
+        --amp off on --channels-last off on --num-workers 8 --record
 
 Example (CPU, reduced)::
 
@@ -43,12 +47,13 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
+from mammoxai.benchmarks import command_settings, image_size, record_section
+from mammoxai.cli import BUNDLE_ROOT, exit_status
 from mammoxai.data.synth import synthesize
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import check_output_path
 from mammoxai.inference import resolve_device
-from mammoxai.benchmarks import image_size, record_section
+from mammoxai.nets.backbones import build_backbone
 from mammoxai.reports import hardware_description
-from mammoxai.cli import BUNDLE_ROOT
 
 REPO = BUNDLE_ROOT.parent
 BENCHMARKS = REPO / "BENCHMARKS.md"
@@ -123,12 +128,16 @@ def pretrain_parser(args: argparse.Namespace, setting: Setting, work: Path, data
         "amp": setting.amp,
         "channels_last": setting.channels_last,
         "epochs": 1,
-        "val_interval": 10**9,  # timing training steps: never validate
         "log_every": 10**9,
         "train#trainer#epoch_length": args.warmup + args.iterations,
     }
     for key, value in overrides.items():
         parser[key] = value
+    # timing training steps: no validation after them (a val_interval beyond the epochs is refused, rightly, since
+    # a real run would then save no weights; the benchmark saves none anyway)
+    parser["train#handlers"] = [
+        handler for handler in parser["train#handlers"] if handler.get("_target_") != "ValidationHandler"
+    ]
     return parser
 
 
@@ -168,17 +177,23 @@ def markdown_table(results: list[Result], args: argparse.Namespace) -> list[str]
 
 
 def record(
-    results: list[Result], args: argparse.Namespace, device: torch.device, data: str, fills: dict, notes: list[str]
+    path: Path,
+    results: list[Result],
+    args: argparse.Namespace,
+    command: str,
+    device: torch.device,
+    data: str,
+    fills: dict,
+    notes: list[str],
 ) -> None:
-    """Write this run as the section of BENCHMARKS.md for its hardware."""
+    """Write this run as the section of ``path`` (BENCHMARKS.md) for its hardware and settings."""
     fill = ", ".join(f"{h} x {w}: {rate:.1f} images/s" for (h, w), rate in fills.items())
     workers = f"{args.num_workers} worker processes" if args.num_workers else "in the main process"
     description = (
         f"Data: {data}. Timed {args.iterations} training iterations after {args.warmup} warm-up iterations per row, "
         f"with the preprocessed-tensor cache filled beforehand (cache fill, {workers}: {fill})."
     )
-    command = shlex.join(["python", "scripts/bench_pretrain.py", *sys.argv[1:]])
-    record_section(BENCHMARKS, SECTION, device, command, description, markdown_table(results, args), notes)
+    record_section(path, SECTION, device, command, description, markdown_table(results, args), notes, recorded_settings)
 
 
 def on_off(text: str) -> bool:
@@ -187,7 +202,7 @@ def on_off(text: str) -> bool:
     return text == "on"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset_dir", type=Path, help="studies with a manifest.csv (default: synthesize them)")
     parser.add_argument("--patients", type=int, default=8, help="synthetic patients when no --dataset_dir")
@@ -201,16 +216,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--record", nargs="?", type=Path, const=BENCHMARKS, metavar="FILE",
+        help="write the run into BENCHMARKS.md (or FILE) as a section that replaces an earlier one of the same "
+        "hardware and settings, or is added beside the others; without --record the table is only printed",
+    )  # fmt: skip
+    return parser
+
+
+recorded_settings = command_settings(build_parser, ignore={"device", "record"})
+"""What a recorded command measured: its options, defaults filled in, but ``--device`` and ``--record``, which change no
+figure. BENCHMARKS.md keeps one section per hardware and these settings."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.iterations < 1:
         parser.error("--warmup and --iterations must be at least 1")
+    if min(args.batch_sizes) < 1 or args.patients < 1:
+        parser.error("--batch-sizes and --patients must be at least 1")
+    if args.num_workers < 0:
+        parser.error("--num-workers must be at least 0")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def benchmark(args: argparse.Namespace, command: str) -> None:
+    """Measure every setting and print the table; record it when ``--record`` asks."""
     device = resolve_device(args.device)
+    # refused now, not after minutes of synthesis, cache fill and timing
+    build_backbone(args.backbone)
+    if args.record is not None:
+        check_output_path(args.record, "--record", "give the Markdown file to write the run into", folder=False)
     notes = []
     if device.type != "cuda" and True in args.amp:
         args.amp = [False]
@@ -221,30 +258,32 @@ def main(argv: list[str] | None = None) -> int:
     results, fills = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as scratch:
         work = Path(scratch)
-        try:
-            if args.dataset_dir is None:
-                dataset_dir = work / "studies"
-                synthesize(dataset_dir, patients=args.patients, seed=0, size=args.size, workers=max(1, args.num_workers))
-                data = f"{args.patients} synthetic patients, {args.size} rows (mammoxai.data.synth, seed 0)"
-            else:
-                dataset_dir, data = args.dataset_dir, f"the studies in {args.dataset_dir.name}"
-            for setting in settings:
-                if setting.image_size not in fills:
-                    fills[setting.image_size] = fill_cache(pretrain_parser(args, setting, work, dataset_dir))
-                result = measure(args, setting, work, dataset_dir)
-                results.append(result)
-                print("\n".join(markdown_table([result], args)[2:]), flush=True)
-        except MammoXAIError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        if args.dataset_dir is None:
+            dataset_dir = work / "studies"
+            synthesize(dataset_dir, patients=args.patients, seed=0, size=args.size, workers=max(1, args.num_workers))
+            data = f"{args.patients} synthetic patients, {args.size} rows (mammoxai.data.synth, seed 0)"
+        else:
+            dataset_dir = args.dataset_dir.resolve()
+            data = f"the studies in {dataset_dir.name}"
+        for setting in settings:
+            if setting.image_size not in fills:
+                fills[setting.image_size] = fill_cache(pretrain_parser(args, setting, work, dataset_dir))
+            result = measure(args, setting, work, dataset_dir)
+            results.append(result)
+            print("\n".join(markdown_table([result], args)[2:]), flush=True)
     print(f"\n{hardware_description(device)}")
     print("\n".join(markdown_table(results, args)))
     for note in notes:
         print(note)
-    if not args.no_record:
-        record(results, args, device, data, fills, notes)
-        print(f"recorded in {BENCHMARKS}")
-    return 0
+    if args.record is not None:
+        record(args.record, results, args, command, device, data, fills, notes)
+        print(f"recorded in {args.record}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(arguments)
+    return exit_status(lambda: benchmark(args, shlex.join(["python", "scripts/bench_pretrain.py", *arguments])))
 
 
 if __name__ == "__main__":

@@ -22,15 +22,19 @@ downloaded) and the same random input:
 
 Times are medians over ``--repeats`` runs after ``--warmup`` untimed ones (cuDNN autotuning and allocator growth
 are not steady state), with the device synchronised before each clock reading; the rows of a group (Grad-CAM,
-RELAX) take turns within each round, so load that comes and goes on a shared machine slows them alike. A table is
-printed and, unless ``--no-record``, written with the command and the hardware as the section of ``BENCHMARKS.md``
-(repository root) for that hardware: appended, or replacing an earlier run's on the same hardware. pytorch-grad-cam
-and Captum come with the ``bench`` extra (``pip install -e .[bench]``).
+RELAX) take turns within each round, so load that comes and goes on a shared machine slows them alike.
+pytorch-grad-cam and Captum come with the ``bench`` extra (``pip install -e .[bench]``).
+
+A table is printed; nothing else is written unless ``--record`` is given. With it, the run is written with its
+command, hardware and load as a section of ``BENCHMARKS.md`` at the repository root (or of the file named by
+``--record FILE``): an earlier section of the same hardware and the same settings (every option but ``--device``,
+``--note`` and ``--record``, defaults filled in) is replaced, and a run of other settings, such as the reduced CPU
+example below, is added beside the figures already there instead of replacing them.
 
 Example (GPU, the issue's full-field size)::
 
     python scripts/bench_saliency.py --image-size 1024x832 --batch-size 16 --relax-size 256x256 \\
-        --relax-masks 3000 --correlax-size 3000x2400
+        --relax-masks 3000 --correlax-size 3000x2400 --record
 
 Example (CPU, reduced)::
 
@@ -57,9 +61,11 @@ from monai.visualize import GradCAM as MonaiGradCAM
 from pytorch_grad_cam import GradCAM as ReferenceGradCAM
 from torch import nn
 
+from mammoxai.benchmarks import command_settings, image_size, record_section
+from mammoxai.cli import exit_status
+from mammoxai.errors import check_output_path
 from mammoxai.inference import resolve_device
 from mammoxai.nets.backbones import adapt_input_channels
-from mammoxai.benchmarks import image_size, record_section
 from mammoxai.reports import hardware_description
 from mammoxai.saliency import PRESETS, RELAX, GradCAM, RandomMasks, get_method
 from mammoxai.saliency.gradcam import normalise_maps
@@ -273,18 +279,17 @@ def markdown_table(rows: list[tuple[str, str, str]]) -> list[str]:
     return ["| what | setting | speed |", "|---|---|---|", *(f"| {what} | {setting} | {figure} |" for what, setting, figure in rows)]
 
 
-def record(rows: list[tuple[str, str, str]], notes: list[str], device: torch.device) -> None:
-    """Write this run as the section of BENCHMARKS.md for its hardware."""
+def record(path: Path, rows: list[tuple[str, str, str]], notes: list[str], command: str, device: torch.device) -> None:
+    """Write this run as the section of ``path`` (BENCHMARKS.md) for its hardware and settings."""
     description = (
         f"Model: torchvision ResNet-18, one input channel, random weights; Grad-CAM at `{TARGET_LAYER}`, RELAX and "
         f"CorRELAX representation `{REPRESENTATION_LAYER}`. Medians of timed runs after warm-up, device synchronised, "
         "the rows of a group taking turns."
     )
-    command = shlex.join(["python", "scripts/bench_saliency.py", *sys.argv[1:]])
-    record_section(BENCHMARKS, SECTION, device, command, description, markdown_table(rows), notes)
+    record_section(path, SECTION, device, command, description, markdown_table(rows), notes, recorded_settings)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=image_size, default=(1024, 832), help="HxW of the Grad-CAM input")
     parser.add_argument("--batch-size", type=int, default=16, help="Grad-CAM batch")
@@ -297,20 +302,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before the Grad-CAM and RELAX timings")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per Grad-CAM and RELAX row")
     parser.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not write to BENCHMARKS.md")
+    parser.add_argument(
+        "--record", nargs="?", type=Path, const=BENCHMARKS, metavar="FILE",
+        help="write the run into BENCHMARKS.md (or FILE) as a section that replaces an earlier one of the same "
+        "hardware and settings, or is added beside the others; without --record the table is only printed",
+    )  # fmt: skip
     parser.add_argument(
         "--note", action="append", default=[], metavar="TEXT",
         help="a sentence added to the run's notes, e.g. that the machine was shared with other jobs (repeatable)",
     )
+    return parser
+
+
+recorded_settings = command_settings(build_parser, ignore={"device", "note", "record"})
+"""What a recorded command measured: its options, defaults filled in, but ``--device``, ``--note`` and ``--record``, which change no
+figure. BENCHMARKS.md keeps one section per hardware and these settings."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if min(args.batch_size, args.relax_masks, args.chunk_size, args.repeats, args.correlax_repeats) < 1 or args.warmup < 0:
         parser.error("sizes, masks and repeats must be at least 1, --warmup at least 0")
+    if args.correlax_mask_fraction <= 0:
+        parser.error("--correlax-mask-fraction must be above 0")
+    view = max(preset["view_size"] for preset in PRESETS["correlax"].values())
+    if min(args.correlax_size) < view:
+        parser.error(f"--correlax-size must be at least {view}x{view}, one local view of the CorRELAX presets")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def benchmark(args: argparse.Namespace, command: str) -> None:
+    """Measure, print the table and notes; record them when ``--record`` asks."""
     device = resolve_device(args.device)
+    if args.record is not None:  # refused now, not after minutes of timing
+        check_output_path(args.record, "--record", "give the Markdown file to write the run into", folder=False)
     rows, notes = measure(args, device)
     notes.extend(args.note)
     if device.type != "cuda":
@@ -322,10 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(markdown_table(rows)))
     for note in notes:
         print(f"- {note}")
-    if not args.no_record:
-        record(rows, notes, device)
-        print(f"recorded in {BENCHMARKS}")
-    return 0
+    if args.record is not None:
+        record(args.record, rows, notes, command, device)
+        print(f"recorded in {args.record}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(arguments)
+    return exit_status(lambda: benchmark(args, shlex.join(["python", "scripts/bench_saliency.py", *arguments])))
 
 
 if __name__ == "__main__":

@@ -1,25 +1,187 @@
-"""BENCHMARKS.md sections: one per benchmark and hardware, replaced by a rerun, others left alone."""
+"""BENCHMARKS.md sections: one per benchmark, hardware and settings, written only when a run asks; the benchmark
+scripts' bad input as one line."""
 
 import argparse
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from mammoxai.benchmarks import image_size, record_section
+import mammoxai.benchmarks
+from mammoxai.benchmarks import command_settings, image_size, record_section
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+RECORDED_HARDWARE = "CPU AMD EPYC (2 logical cores, 2 torch threads)"  # the hardware of the committed sections
 
 
-def test_a_rerun_replaces_its_section_and_leaves_the_others(tmp_path):
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_pretrain():
+    return sys.modules.get("bench_pretrain") or load_script("bench_pretrain")
+
+
+@pytest.fixture(scope="module")
+def bench_saliency():
+    return sys.modules.get("bench_saliency") or load_script("bench_saliency")
+
+
+def toy_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=1)
+    parser.add_argument("--note", action="append", default=[])
+    return parser
+
+
+TOY = command_settings(toy_parser, ignore={"note"})
+
+
+def record_toy(path: Path, command: str, description: str, row: str) -> None:
+    record_section(path, "Saliency speed", CPU, command, description, ["| a |", "|---|", row], settings=TOY)
+
+
+def test_a_rerun_of_the_same_settings_replaces_its_section_and_leaves_the_others(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
-    cpu = torch.device("cpu")
-    record_section(path, "Saliency speed", cpu, "python bench_a.py --old", "Old run.", ["| a |", "|---|", "| 1 |"])
-    record_section(path, "Pretraining", cpu, "python bench_b.py", "Other benchmark.", ["| b |", "|---|", "| 2 |"], ["a note"])
-    record_section(path, "Saliency speed", cpu, "python bench_a.py --new", "New run.", ["| a |", "|---|", "| 3 |"])
+    record_toy(path, "python bench_a.py --size 2 --note old", "Old run.", "| 1 |")
+    record_section(path, "Pretraining", CPU, "python bench_b.py", "Other benchmark.", ["| b |", "|---|", "| 2 |"], ["a note"])
+    record_toy(path, "python bench_a.py --note new --size 2", "New run.", "| 3 |")
     text = path.read_text()
     assert text.startswith("# Benchmarks\n")
     assert text.count("## Saliency speed: CPU") == 1 and text.count("## Pretraining: CPU") == 1
-    assert "--new" in text and "| 3 |" in text and "--old" not in text and "| 1 |" not in text
+    assert "--note new" in text and "| 3 |" in text and "--note old" not in text and "| 1 |" not in text
     assert "| 2 |" in text and "- a note" in text and "load average" in text
     assert text.index("## Saliency speed") < text.index("## Pretraining")  # replaced in place
+    assert "\n\n\n" not in text and text.endswith("- a note\n")
+
+
+def test_a_run_of_other_settings_is_added_after_its_kin_and_replaces_nothing(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    record_toy(path, "python bench_a.py --size 2", "Full size.", "| 1 |")
+    record_section(path, "Pretraining", CPU, "python bench_b.py", "Other benchmark.", ["| b |", "|---|", "| 2 |"])
+    record_toy(path, "python bench_a.py --size 1", "Smoke run.", "| 3 |")
+    text = path.read_text()
+    assert text.count("## Saliency speed: CPU") == 2 and "| 1 |" in text and "| 3 |" in text
+    assert text.index("| 1 |") < text.index("| 3 |") < text.index("## Pretraining")
+
+
+def test_a_recorded_command_that_no_longer_parses_matches_nothing(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    record_section(path, "Saliency speed", CPU, "python bench_a.py --gone 3", "Old options.", ["| 1 |"])
+    record_section(path, "Saliency speed", CPU, "python bench_a.py", "New run.", ["| 2 |"], settings=TOY)
+    assert path.read_text().count("## Saliency speed: CPU") == 2
+    assert TOY("python bench_a.py --size x") is None and TOY("no script here") is None
+    assert TOY("python bench_a.py") == TOY("python bench_a.py --size 1 --note 'a b'") == {"size": 1}
+
+
+def committed_section(module) -> tuple[str, str]:
+    """The heading and text of ``module``'s section of the committed BENCHMARKS.md."""
+    text = (REPO / "BENCHMARKS.md").read_text()
+    heading = f"## {module.SECTION}: {RECORDED_HARDWARE}"
+    return heading, text[text.index(heading) :].split("\n## ")[0]
+
+
+def reduced_example(module) -> str:
+    """The script's docstring example "CPU, reduced": the smoke run a user copies."""
+    example = module.__doc__.split("Example (CPU, reduced)::")[1]
+    return " ".join(example.replace("\\\n", " ").split())
+
+
+@pytest.mark.parametrize("script", ["bench_pretrain", "bench_saliency"])
+def test_the_reduced_example_leaves_the_committed_figures_and_a_rerun_of_them_replaces_them(
+    script, request, tmp_path, monkeypatch
+):
+    module = request.getfixturevalue(script)
+    monkeypatch.setattr(mammoxai.benchmarks, "hardware_description", lambda device: RECORDED_HARDWARE)
+    path = shutil.copyfile(REPO / "BENCHMARKS.md", tmp_path / "BENCHMARKS.md")
+    heading, committed = committed_section(module)
+    command = next(line for line in committed.splitlines() if line.startswith("Command: `"))[len("Command: `") : -1]
+    settings = module.recorded_settings
+
+    record_section(path, module.SECTION, CPU, reduced_example(module), "Smoke run.", ["| x |"], settings=settings)
+    assert path.read_text().count(heading) == 2 and committed in path.read_text()  # every committed figure kept
+
+    rerun = f"{command} --device cpu --record"  # the committed settings, spelled otherwise
+    record_section(path, module.SECTION, CPU, rerun, "Rerun.", ["| y |"], settings=settings)
+    text = path.read_text()
+    assert text.count(heading) == 2 and "Rerun." in text and "Smoke run." in text and committed not in text
+
+
+def fake_saliency_measure(args, device):
+    return [("forward only (ceiling)", f"batch {args.batch_size}", "1.0 images/s")], []
+
+
+def test_bench_saliency_writes_nothing_unless_asked_to_record(bench_saliency, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_saliency, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
+    monkeypatch.setattr(bench_saliency, "measure", fake_saliency_measure)
+
+    assert bench_saliency.main(["--batch-size", "2", "--device", "cpu"]) == 0
+    assert "forward only" in capsys.readouterr().out and not (tmp_path / "BENCHMARKS.md").exists()
+
+    assert bench_saliency.main(["--batch-size", "2", "--device", "cpu", "--record"]) == 0
+    assert bench_saliency.main(["--batch-size", "4", "--record", str(tmp_path / "other.md")]) == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "Command: `python scripts/bench_saliency.py --batch-size 2 --device cpu --record`" in text
+    assert "batch 4" in (tmp_path / "other.md").read_text() and "batch 4" not in text
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--backbone", "resnet999"], "backbone 'resnet999': is not a known backbone"),
+        (["--dataset_dir", "nosuch"], "nosuch"),  # what the bundle says of a missing or unusable folder varies
+        (["--dataset_dir", "README.md"], "README.md"),
+        (["--dataset_dir", "scripts"], "scripts"),
+        (["--record", "scripts"], "--record scripts: is a folder, not a file"),
+    ],
+)
+def test_bench_pretrain_says_what_is_wrong_in_one_line(arguments, message, bench_pretrain, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert bench_pretrain.main([*arguments, "--num-workers", "0", "--image-sizes", "32x32"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "script, arguments, message",
+    [
+        ("bench_pretrain", ["--batch-sizes", "8", "0"], "--batch-sizes and --patients must be at least 1"),
+        ("bench_pretrain", ["--num-workers", "-1"], "--num-workers must be at least 0"),
+        ("bench_saliency", ["--correlax-size", "128x128"], "--correlax-size must be at least 256x256"),
+        ("bench_saliency", ["--correlax-mask-fraction", "0"], "--correlax-mask-fraction must be above 0"),
+    ],
+)
+def test_bench_scripts_refuse_settings_no_run_can_use(script, arguments, message, request, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        request.getfixturevalue(script).parse_args(arguments)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU this machine lacks")
+def test_bench_saliency_on_a_missing_gpu_says_so_in_one_line(bench_saliency, monkeypatch, capsys):
+    monkeypatch.setattr(bench_saliency, "measure", fake_saliency_measure)
+    assert bench_saliency.main(["--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "asks for a CUDA GPU, and this machine has none" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_pretrain_times_a_tiny_run_and_writes_nothing(bench_pretrain, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_pretrain, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
+    arguments = ["--patients", "2", "--size", "128", "--image-sizes", "32x32", "--batch-sizes", "2"]
+    arguments += ["--iterations", "1", "--warmup", "1", "--num-workers", "0", "--device", "cpu"]
+
+    assert bench_pretrain.main(arguments) == 0
+    assert "| resnet18 | 2 | 32 x 32 | off | on | 0 |" in capsys.readouterr().out
+    assert not (tmp_path / "BENCHMARKS.md").exists()
 
 
 @pytest.mark.parametrize("text", ["512", "512x", "axb", "0x416"])

@@ -1,23 +1,28 @@
 """What the benchmark scripts share: their sections of ``BENCHMARKS.md`` and their ``HxW`` arguments.
 
 A benchmark figure is only worth its command, its hardware and what else ran on that hardware, so every section
-carries the three. Each script keeps one section per hardware: a rerun on the same hardware replaces its earlier
-section (a stale figure beside a fresh one invites reading the wrong one), a run on other hardware adds one.
+carries the three. The scripts write a section only when asked (``--record``), and keep one section per hardware
+and settings: a rerun of the same settings on the same hardware replaces its earlier section (a stale figure beside
+a fresh one invites reading the wrong one); a run on other hardware, or of other settings (a reduced-size check of
+a full-size figure), adds one beside it and leaves the earlier figures alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import re
+import shlex
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mammoxai.reports import hardware_description
 
-__all__ = ["load_average", "record_section", "replace_section", "image_size"]
+__all__ = ["load_average", "command_settings", "record_section", "replace_section", "image_size"]
 
 TITLE = "# Benchmarks\n\nEvery figure with the command that produced it and the hardware it ran on.\n"
 
@@ -30,6 +35,35 @@ def load_average() -> str:
     return "load average (1, 5, 15 min) " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
+def command_settings(
+    build_parser: Callable[[], argparse.ArgumentParser], ignore: Collection[str]
+) -> Callable[[str], dict[str, Any] | None]:
+    """The ``settings`` function of :func:`record_section` for a script: a recorded command line
+    (``python scripts/bench_x.py --option value ...``) -> its options as the script's parser reads them, defaults
+    filled in, except the ``ignore`` destinations (those that change no figure: ``device``, ``note``, ``record``).
+
+    Two spellings of one run (``--warmup 5`` or the default, options in another order) thus match, and a command
+    that no longer parses (an option since renamed) matches nothing: its section is left alone.
+    """
+
+    def settings(command: str) -> dict[str, Any] | None:
+        words = shlex.split(command)
+        script = next((index for index, word in enumerate(words) if word.endswith(".py")), None)
+        if script is None:
+            return None
+        parser = build_parser()
+        parser.exit_on_error = False  # an unreadable recorded command is no match, not the end of this run
+        try:
+            parsed, unknown = parser.parse_known_args(words[script + 1 :])
+        except argparse.ArgumentError:
+            return None
+        if unknown:
+            return None
+        return {name: value for name, value in vars(parsed).items() if name not in ignore}
+
+    return settings
+
+
 def record_section(
     path: Path,
     section: str,
@@ -38,11 +72,15 @@ def record_section(
     description: str,
     table: Sequence[str],
     notes: Sequence[str] = (),
+    settings: Callable[[str], object] = str,
 ) -> None:
-    """Write a run as the ``section`` of ``path`` for the hardware of ``device``, dated, with its ``command``,
-    the hardware and load, ``description`` (what was measured and how), the Markdown ``table`` lines and ``notes``.
+    """Write a run as the ``section`` of ``path`` for the hardware of ``device`` and the run's settings, dated,
+    with its ``command``, the hardware and load, ``description`` (what was measured and how), the Markdown
+    ``table`` lines and ``notes``.
 
-    The file is created with a title when absent; an earlier section of the same name and hardware is replaced.
+    The file is created with a title when absent. An earlier section of the same name and hardware whose recorded
+    command has the same ``settings`` (default: the very same command; see :func:`command_settings`) is replaced;
+    otherwise the section is added after the last one of its name, or at the end.
     """
     heading = f"## {section}: {hardware_description(device)},"
     lines = [
@@ -57,19 +95,32 @@ def record_section(
         *[f"- {note}" for note in notes],
         "",
     ]
+    mine = settings(command)
+
+    def same_run(earlier: str) -> bool:
+        recorded = re.search(r"^Command: `(.*)`$", earlier, re.MULTILINE)
+        return earlier.startswith(heading) and recorded is not None and settings(recorded.group(1)) == mine
+
     existing = path.read_text(encoding="utf-8") if path.is_file() else TITLE
-    path.write_text(replace_section(existing, heading, "\n".join(lines)), encoding="utf-8")
+    text = replace_section(existing, "\n".join(lines), same_run, lambda earlier: earlier.startswith(f"## {section}:"))
+    path.write_text(text, encoding="utf-8")
 
 
-def replace_section(text: str, heading: str, section: str) -> str:
-    """``text`` with the ``##`` section whose heading starts with ``heading`` replaced by ``section``, or with
-    ``section`` appended when there is none."""
-    start = text.find(f"\n{heading}")
-    if start < 0:
-        return text.rstrip("\n") + "\n\n" + section
-    end = text.find("\n## ", start + 1)
-    rest = text[end:] if end >= 0 else ""
-    return text[: start + 1] + section.rstrip("\n") + ("\n" + rest if rest else "\n")
+def replace_section(
+    text: str, section: str, same: Callable[[str], bool], kin: Callable[[str], bool] = lambda earlier: False
+) -> str:
+    """``text`` with its first ``##`` section for which ``same(section text)`` holds replaced by ``section``; when
+    none does, ``section`` inserted after the last section for which ``kin`` holds, or appended."""
+    starts = [match.start() + 1 for match in re.finditer(r"\n## ", text)]
+    spans = list(zip(starts, [*starts[1:], len(text)]))
+    replaced = next(((start, end) for start, end in spans if same(text[start:end])), None)
+    if replaced is None:
+        after = [end for start, end in spans if kin(text[start:end])]
+        position = after[-1] if after else len(text)
+        replaced = position, position
+    start, end = replaced
+    before, rest = text[:start].rstrip("\n"), text[end:].lstrip("\n")
+    return before + "\n\n" + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
 
 
 def image_size(text: str) -> tuple[int, int]:
