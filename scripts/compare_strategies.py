@@ -216,9 +216,13 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     for name in strategies:
         if not (pretraining and STRATEGIES[name].get("weights") == "pretrained"):  # else its weights are not made yet
             check_bundle_run(["train.json"], bundle_root, TRAIN_CHECKS, **settings, **strategy_overrides(name, weights))
-    reuse = pretrain_work / "pretrained.pt"  # an earlier run's pretraining, when that is all it left
-    reusable = pretraining and reuse.is_file() and not earlier_results(out, [reuse])
-    reuse_fix = f"--pretrained {reuse} to reuse its pretraining" if reusable else None
+    reuse, reuse_fix = pretrain_work / "pretrained.pt", None  # an earlier run's pretraining need not be redone
+    if pretraining and reuse.is_file():
+        reuse_fix = (
+            f"--overwrite --pretrained {reuse} to replace all but its pretraining"
+            if earlier_results(out, [reuse])
+            else f"--pretrained {reuse} to reuse its pretraining"
+        )
     claim_out(out, args.overwrite, list(weights.values()), reuse_fix)
 
     if pretraining:

@@ -232,6 +232,11 @@ def test_a_pretraining_left_by_a_failed_run_is_offered_for_reuse(tmp_path, capsy
     with pytest.raises(_ReachedTraining):  # its own --out is no obstacle to a run that starts from it
         compare_strategies.main([*arguments, "--device", "cpu", "--pretrained", str(pretrained)])
 
+    (out / "runs" / "scratch_1_seed0" / "models").mkdir(parents=True)  # the run got further: keep only the pretraining
+    (out / "runs" / "scratch_1_seed0" / "models" / "model.pt").write_text("")
+    assert compare_strategies.main([*arguments, "--device", "cpu"]) == 1
+    assert f"--overwrite --pretrained {pretrained} to replace all but its pretraining" in capsys.readouterr().err
+
 
 def test_the_report_gives_the_patients_drawn_next_to_the_fraction_asked_for(tmp_path, monkeypatch):
     result = {"images": 8, "positives": 2, "auc": 0.6, "auc_low": 0.5, "auc_high": 0.7, "sensitivity": 0.5, "specificity": 0.5}
