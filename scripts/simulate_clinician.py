@@ -73,6 +73,29 @@ class RoundResult:
     seconds: float
 
 
+def network_def(configs: Path) -> torch.nn.Module:
+    """The served network of the bundle configs in ``configs`` (``inference.json``'s ``network_def``)."""
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    return parser.get_parsed_content("network_def")
+
+
+def check_image_size(image_size: Sequence[int]) -> None:
+    """Refuse a model grid the bundle's network cannot run on, before minutes of synthesis: its downsampling would
+    leave less than a pixel, and the first forward pass (round 0's AUC) would fail with PyTorch's traceback.
+
+    Raises:
+        MammoXAIError: a forward pass of one blank image on ``image_size`` fails.
+    """
+    network = network_def(REPO / "monai_bundle" / "configs").eval()
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, 1, *image_size))
+    except RuntimeError as error:
+        problem = "is too small for the network's downsampling"
+        raise MammoXAIError(f"--image-size {' '.join(map(str, image_size))}", problem, "use e.g. 128 104") from error
+
+
 def make_bundle(folder: Path, image_size: Sequence[int], seed: int) -> Path:
     """A copy of the repository bundle's configs on ``image_size``, with random-initialised weights (``seed``)."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -82,11 +105,9 @@ def make_bundle(folder: Path, image_size: Sequence[int], seed: int) -> Path:
         config = json.loads(path.read_text())
         config["image_size"] = list(image_size)
         path.write_text(json.dumps(config, indent=4))
-    parser = ConfigParser()
-    parser.read_config(str(folder / "configs" / "inference.json"))
     torch.manual_seed(seed)
     (folder / "models").mkdir(parents=True)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), folder / "models" / "model.pt")
+    torch.save(network_def(folder / "configs").state_dict(), folder / "models" / "model.pt")
     return folder
 
 
@@ -303,6 +324,7 @@ def simulate(args: argparse.Namespace) -> None:
     if studies is not None and not (studies / "manifest.csv").is_file():
         raise MammoXAIError(f"--studies {studies}", "has no manifest.csv", "write one with python -m mammoxai.data.synth")
     claim_out(out, studies, args.strategies, args.overwrite)
+    check_image_size(args.image_size)
     out.mkdir(parents=True, exist_ok=True)
     source = studies or out / "synth"
     if studies is None:

@@ -162,6 +162,13 @@ def test_simulated_clinician_refuses_an_out_that_is_a_file(tmp_path, capsys):
     assert (tmp_path / "results").read_text() == "not a folder"
 
 
+def test_simulated_clinician_refuses_a_model_grid_the_network_cannot_run_on(tmp_path, capsys):
+    assert simulator.main(["--out", str(tmp_path / "run"), "--image-size", "8", "8", "--strategies", "first"]) == 1
+    err = capsys.readouterr().err
+    assert "--image-size 8 8: is too small for the network's downsampling" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before the synthetic studies
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """Four synthetic patients, one of them held out (seed 2), for runs of the script whose server is faked."""
