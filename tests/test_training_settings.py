@@ -33,6 +33,23 @@ def user_error(error: BaseException | None) -> MammoXAIError | None:
     return error
 
 
+def initialize_error(configs: list[str], tmp_path: Path, bundle_root: Path = BUNDLE, **overrides: object) -> str:
+    """The user error ``initialize`` stops on, for configs run on a dataset folder that does not exist: had
+    initialize read a single record, the error would name the folder instead."""
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / name) for name in configs],
+        logging_file=False,
+        bundle_root=str(bundle_root),
+        dataset_dir=str(tmp_path / "no studies here"),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "logs"),
+        **overrides,
+    )
+    with pytest.raises(Exception) as error:
+        workflow.initialize()
+    return str(user_error(error.value))
+
+
 @pytest.mark.parametrize(
     "setting, value, message",
     [
@@ -45,19 +62,8 @@ def user_error(error: BaseException | None) -> MammoXAIError | None:
 )
 @pytest.mark.parametrize("configs", TRAINING_CONFIGS, ids="+".join)
 def test_an_impossible_setting_is_named_before_the_manifest_is_read(configs, setting, value, message, tmp_path):
-    """The dataset folder does not exist: had initialize read a single record, the error would name it instead."""
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in configs],
-        logging_file=False,
-        bundle_root=str(BUNDLE),
-        dataset_dir=str(tmp_path / "no studies here"),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "logs"),
-        **{"epochs": 1, setting: value},
-    )
-    with pytest.raises(Exception) as error:
-        workflow.initialize()
-    assert re.fullmatch(message + ".*", str(user_error(error.value))), error.value
+    error = initialize_error(configs, tmp_path, **{"epochs": 1, setting: value})
+    assert re.fullmatch(message + ".*", error), error
     assert not (tmp_path / "models").exists()
 
 
@@ -90,17 +96,8 @@ def test_every_training_config_checks_its_settings_before_anything_else(name):
 
 @pytest.mark.parametrize("configs", TRAINING_CONFIGS, ids="+".join)
 def test_a_seed_that_is_no_whole_number_is_named_before_the_manifest_is_read(configs, tmp_path):
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in configs],
-        logging_file=False,
-        bundle_root=str(BUNDLE),
-        dataset_dir=str(tmp_path / "no studies here"),
-        ckpt_dir=str(tmp_path / "models"),
-        seed="abc",
-    )
-    with pytest.raises(Exception) as error:
-        workflow.initialize()
-    assert str(user_error(error.value)).startswith("seed: is 'abc', not a whole number of 0 or more"), error.value
+    error = initialize_error(configs, tmp_path, seed="abc")
+    assert error.startswith("seed: is 'abc', not a whole number of 0 or more"), error
 
 
 @pytest.mark.parametrize(
@@ -112,18 +109,8 @@ def test_a_seed_that_is_no_whole_number_is_named_before_the_manifest_is_read(con
 )
 @pytest.mark.parametrize("configs", [["pretrain.json"], ["pretrain.json", "multi_gpu_pretrain.json"]], ids="+".join)
 def test_pretraining_progress_settings_are_checked_before_the_manifest_is_read(configs, setting, value, message, tmp_path):
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in configs],
-        logging_file=False,
-        bundle_root=str(BUNDLE),
-        dataset_dir=str(tmp_path / "no studies here"),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "logs"),
-        **{setting: value},
-    )
-    with pytest.raises(Exception) as error:
-        workflow.initialize()
-    assert re.fullmatch(message + ".*", str(user_error(error.value))), error.value
+    error = initialize_error(configs, tmp_path, **{setting: value})
+    assert re.fullmatch(message + ".*", error), error
 
 
 EVALUATION_CONFIGS = [["train.json", "evaluate.json"], ["evaluate_pretrain.json"], ["ablation.json"]]
@@ -139,17 +126,9 @@ EVALUATION_CONFIGS = [["train.json", "evaluate.json"], ["evaluate_pretrain.json"
 )
 @pytest.mark.parametrize("configs", EVALUATION_CONFIGS, ids="+".join)
 def test_an_evaluation_setting_no_run_can_use_is_named_before_anything_is_read(configs, setting, value, message, tmp_path):
-    """No checkpoint and no dataset exist: had initialize read either, the error would name it instead."""
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in configs],
-        logging_file=False,
-        bundle_root=str(tmp_path),
-        dataset_dir=str(tmp_path / "no studies here"),
-        **{setting: value},
-    )
-    with pytest.raises(Exception) as error:
-        workflow.initialize()
-    assert re.fullmatch(message + ".*", str(user_error(error.value))), error.value
+    """The bundle root holds no checkpoint either: had initialize loaded one, the error would name it instead."""
+    error = initialize_error(configs, tmp_path, bundle_root=tmp_path, **{setting: value})
+    assert re.fullmatch(message + ".*", error), error
 
 
 @pytest.mark.parametrize(
