@@ -1,15 +1,20 @@
-"""The metadata label space: config validation, header encoding, learned vocabularies, identity."""
+"""The metadata label space: config validation, header encoding, learned vocabularies, identity, the fitted file."""
 
 import copy
 import json
 
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from mammoxai.errors import MammoXAIError
+from mammoxai.io import fitted_fields
 from mammoxai.io.fields import DEFAULT_CONFIG, UNKNOWN, MetadataLabelSpace
+from mammoxai.nets import MetadataNet
+from mammoxai.training.finetune import build_metadata_classifier
+from mammoxai.training.pretrain import CheckpointInfo, select_fields
 
 HEADER = {
     "Manufacturer": "HOLOGIC, Inc.",
@@ -309,3 +314,60 @@ def test_a_binned_field_without_a_range_accepts_every_number(config):
     space = MetadataLabelSpace.from_config(unbounded)
     assert space.encode(with_header(KVP=500.0))["kvp"] == space.num_classes("kvp") - 1
     assert "range" not in space.to_config()["fields"][0]
+
+
+# -- the fitted file of a pretraining checkpoint (python -m mammoxai.io.fitted_fields) ---------------------------
+PRETRAINED_FIELDS = ["xray_system", "view"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A pretraining checkpoint as configs/pretrain.json writes it, its X-ray systems learned from two headers."""
+    torch.manual_seed(0)
+    space = select_fields(PRETRAINED_FIELDS).fit([HEADER, OTHER_SYSTEM])
+    network = MetadataNet("mammo_cnn", {name: space.num_classes(name) for name in space.fields}, 8, 4)
+    path = tmp_path_factory.mktemp("models") / "pretrained.pt"
+    torch.save({"network": network.state_dict(), "info": CheckpointInfo(network, space, (64, 48)).state_dict()}, path)
+    return path
+
+
+def test_the_fitted_file_serves_the_learned_xray_systems_from_the_pretrained_heads(pretrained, tmp_path, capsys):
+    out = tmp_path / "configs" / "metadata_fields_fitted.json"
+    assert fitted_fields.main(["--checkpoint", str(pretrained), "--out", str(out)]) == 0
+    assert "xray_system (2), view (4)" in capsys.readouterr().out
+    assert str(pretrained.resolve()) in json.loads(out.read_text())["description"]
+    # what train.json and inference.json build from metadata_fields and metadata_fields_file
+    served = select_fields({"xray_system": 0.1, "view": 0.1}, config_file=out)
+    systems = ["GE MEDICAL SYSTEMS SENOGRAPHE PRISTINA", "HOLOGIC, INC. SELENIA DIMENSIONS"]
+    assert served.class_names("xray_system") == systems
+    assert served.encode(OTHER_SYSTEM)["xray_system"] == 0
+    network = build_metadata_classifier(
+        "mammo_cnn", 3, served, init="pretrained", init_weights=pretrained, embed_dim=8, matching_dim=4
+    )  # refuses a served field whose classes differ from the pretrained head's
+    assert network.config["fields"] == {"xray_system": 2, "view": 4}
+
+
+def test_an_existing_out_is_kept_unless_overwrite(pretrained, tmp_path, capsys):
+    out = tmp_path / "metadata_fields.json"
+    out.write_text("{}")
+    assert fitted_fields.main(["--checkpoint", str(pretrained), "--out", str(out)]) == 1
+    fix = "pass --overwrite to replace it, or another --out"
+    assert capsys.readouterr().err == f"error: --out {out}: already exists ({fix})\n"
+    assert out.read_text() == "{}"
+    assert fitted_fields.main(["--checkpoint", str(pretrained), "--out", str(out), "--overwrite"]) == 0
+    assert MetadataLabelSpace.from_file(out).fields == PRETRAINED_FIELDS
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "pretrained checkpoint not found"), ({"model": {}}, "is not a metadata-pretraining checkpoint")],
+)
+def test_a_missing_or_foreign_checkpoint_is_named(tmp_path, capsys, content, message):
+    checkpoint = tmp_path / "model.pt"
+    if content is not None:
+        torch.save(content, checkpoint)
+    out = tmp_path / "fitted.json"
+    assert fitted_fields.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {checkpoint}: {message}") and error.count("\n") == 1
+    assert not out.exists()
