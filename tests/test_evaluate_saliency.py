@@ -19,7 +19,7 @@ from mammoxai.metrics import pointing_game, randomise_weights
 from mammoxai.nets import MammoClassifier
 from mammoxai.saliency.comparison import main as compare_main
 from mammoxai.saliency.evaluation import SaliencyEvaluator, main
-from mammoxai.training.checkpoints import TrainingGrid
+from mammoxai.training.checkpoints import TrainingClasses, TrainingGrid
 from mammoxai.training.lesion_crops import LesionCropRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -147,8 +147,8 @@ def synthetic(tmp_path_factory):
     folder = tmp_path_factory.mktemp("saliency_studies")
     synthesize(folder / "studies", patients=3, seed=5, size=128, prevalence={"malignant": 1.0}, prior_fraction=0.0)
     (folder / "models").mkdir()
-    grid = TrainingGrid([64, 52]).state_dict()
-    torch.save({"model": served_network().state_dict(), "grid": grid}, folder / "models" / "model.pt")
+    grid, classes = TrainingGrid([64, 52]).state_dict(), TrainingClasses(["normal", "benign", "malignant"]).state_dict()
+    torch.save({"model": served_network().state_dict(), "grid": grid, "classes": classes}, folder / "models" / "model.pt")
     record = LesionCropRecord([64, 52], 32, LESION_CLASSES).state_dict()
     lesion = MammoClassifier(num_classes=4).state_dict()
     torch.save({"model": lesion, "crops": record}, folder / "models" / "lesion_crops.pt")
@@ -196,6 +196,7 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
         (("--select", '["correlax prediction"]', "--view_size", "256"), "trained with view_size 32, not the 256"),
         # the models were trained at 64 x 52 (and on 32-pixel crops): other settings are refused, not evaluated
         (("--select", '["gradcam"]', "--image_size", "[128, 104]"), 'trained on a 64x52 grid, not the 128x104 of this run (pass --image_size "[64, 52]")'),
+        (("--select", '["gradcam"]', "--class_names", '["malignant", "benign", "normal"]'), "was trained with the classes ['normal', 'benign', 'malignant'] (in this order)"),
         (("--select", '["correlax prediction"]', "--lesion_image_size", "[128, 104]"), "trained with image_size [64, 52], not the [128, 104] of this run (pass --lesion_image_size '[64, 52]'"),
         (("--select", '["correlax prediction"]', "--view_size", "16"), "trained with view_size 32, not the 16 of this run (pass --view_size '32'"),
         (("--select", '["correlax prediction"]', "--lesion_class_names", '["calcification", "mass", "other", "no_finding"]'), "trained with class_names"),

@@ -265,7 +265,7 @@ class SaliencyEvaluator:
             checkpoint, names = model["checkpoint"], model["class_names"]
             network = load_lesion_checkpoint(network, checkpoint, size, model["view_size"], names)
         elif used and model.get("checkpoint"):
-            network = load_checkpoints(network, model["checkpoint"], image_size=size)[0]
+            network = load_checkpoints(network, model["checkpoint"], image_size=size, class_names=model["class_names"])[0]
         network = network.to(self.device).eval()
         return {**model, "network": network, "image_size": size, "class_names": list(model["class_names"])}
 

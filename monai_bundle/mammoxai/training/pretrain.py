@@ -28,7 +28,7 @@ import os
 import random
 import re
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -218,15 +218,20 @@ def select_fields(
 
 
 def _patient(label_space: MetadataLabelSpace, record: Mapping[str, Any]) -> str:
-    patient, study = label_space.identity(record_metadata(record))
+    return _owner(label_space.identity(record_metadata(record)), record)
+
+
+def _owner(identity: tuple[str | None, str | None], record: Mapping[str, Any]) -> str:
+    """Whose image a record is, for a split: its patient, else its study, else the image itself."""
+    patient, study = identity
     return patient or study or str(record["path"])
 
 
-def split_fingerprint(train_records: Sequence[Mapping[str, Any]], label_space: MetadataLabelSpace) -> str:
-    """A short hash of the patients of a training split: recorded in the pretraining checkpoint so that an
-    evaluation can tell whether it re-made the same split, without the checkpoint holding a patient id."""
-    patients = sorted({_patient(label_space, record) for record in train_records})
-    return hashlib.sha256("\n".join(patients).encode("utf-8")).hexdigest()[:16]
+def split_fingerprint(train_patients: Iterable[str]) -> str:
+    """A short hash of the patients of a training split (as :func:`split_by_patient` identifies them): recorded in
+    the pretraining checkpoint so that an evaluation can tell whether it re-made the same split, without the
+    checkpoint holding a patient id."""
+    return hashlib.sha256("\n".join(sorted(set(train_patients))).encode("utf-8")).hexdigest()[:16]
 
 
 def split_by_patient(
@@ -258,8 +263,9 @@ def split_by_patient(
     """
     if not 0.0 < val_fraction < 1.0:
         raise MammoXAIError("val_fraction", f"is {val_fraction}", "use a fraction between 0 and 1, e.g. 0.2")
-    owners = [_patient(label_space, record) for record in records]
-    warn_unknown_patients(sum(not label_space.identity(record_metadata(record))[0] for record in records), len(records))
+    identities = [label_space.identity(record_metadata(record)) for record in records]
+    warn_unknown_patients(sum(patient is None for patient, _ in identities), len(records))
+    owners = [_owner(identity, record) for identity, record in zip(identities, records)]
     patients = sorted(set(owners))
     if len(patients) < 2:
         problem = f"{len(records)} images come from {len(patients)} patient(s)"
@@ -272,7 +278,7 @@ def split_by_patient(
         "split by patient: %d images / %d patients for training, %d / %d for validation",
         len(train), len(patients) - len(held_out), len(val), len(held_out),
     )
-    if pretrained_split is not None and pretrained_split["fingerprint"] != split_fingerprint(train, label_space):
+    if pretrained_split is not None and pretrained_split["fingerprint"] != split_fingerprint(set(patients) - held_out):
         raise MammoXAIError(
             "validation split",
             f"is not the one pretraining held out: pretraining trained on {pretrained_split['train_patients']} "
@@ -280,7 +286,7 @@ def split_by_patient(
             f"this split trains on {len(patients) - len(held_out)} patients with seed {seed} and val_fraction "
             f"{val_fraction}, so its held-out images could be training images",
             f"pass --seed {pretrained_split['seed']} --val_fraction {pretrained_split['val_fraction']} with the "
-            "pretraining manifest, or --eval_manifest with patients pretraining never saw",
+            "pretraining manifest",
         )
     return train, val
 
@@ -665,11 +671,12 @@ class CheckpointInfo:
         self.image_size = list(grid_shape(image_size))
         self.split = None
         if train_records is not None:
+            patients = {_patient(label_space, record) for record in train_records}
             self.split = {
                 "seed": seed,
                 "val_fraction": val_fraction,
-                "train_patients": len({_patient(label_space, record) for record in train_records}),
-                "fingerprint": split_fingerprint(train_records, label_space),
+                "train_patients": len(patients),
+                "fingerprint": split_fingerprint(patients),
             }
 
     def state_dict(self) -> dict[str, Any]:
