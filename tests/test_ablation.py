@@ -250,7 +250,7 @@ def test_an_earlier_explainer_is_replaced_only_when_asked(pretrained_bundle, tmp
 
     assert main([*arguments, "--target", "view"]) == 1
 
-    assert f"explainer {explainer}: holds the explainer of an earlier run (pass --overwrite true" in capsys.readouterr().err
+    assert f"explainer {explainer}: already exists (pass --overwrite true to replace it" in capsys.readouterr().err
     assert explainer.read_bytes() == first
     assert main([*arguments, "--target", "view", "--overwrite", "true"]) == 0
     assert load_explainer(explainer)[0].target == "view"

@@ -11,7 +11,7 @@ from pydicom.pixel_data_handlers import numpy_handler
 from pydicom.uid import CTImageStorage, JPEG2000Lossless, MPEG2MPML, RLELossless
 
 from dicom_factory import spoil_decimal_string, write_mammo_dicom
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import Mammogram, iter_mammograms, read_mammogram, read_mammograms
 
 SHAPE = (64, 48)
@@ -241,3 +241,14 @@ def test_iter_mammograms_yields_a_result_per_file_in_order(tmp_path, pixels):
 
     assert [type(r) for r in results] == [Mammogram, MammoXAIError, Mammogram, MammoXAIError]
     np.testing.assert_array_equal(results[2].pixels, pixels)
+
+
+def test_an_existing_output_file_is_refused_unless_overwrite_and_a_bad_word_always(tmp_path):
+    out = tmp_path / "manifest.csv"
+    out.write_text("labelled\n")
+    with pytest.raises(MammoXAIError, match=r"--out .*manifest\.csv: already exists \(pass --overwrite to replace it, or another --out\)"):
+        check_output_path(out, "--out", "give a CSV", folder=False, overwrite=False)
+    assert check_output_path(out, "--out", "give a CSV", folder=False, overwrite="true") == out
+    assert check_output_path(out, "--out", "give a CSV", folder=False) == out  # not asked: the caller decides
+    with pytest.raises(MammoXAIError, match="overwrite: is 'perhaps', not a boolean"):
+        check_output_path(tmp_path / "new.csv", "--out", "give a CSV", folder=False, overwrite="perhaps")

@@ -53,7 +53,14 @@ def parse_flag(value: object, name: str) -> bool:
     return _FLAG_WORDS[word]
 
 
-def check_output_path(path: str | os.PathLike, name: str, fix: str, folder: bool = True) -> Path:
+def check_output_path(
+    path: str | os.PathLike,
+    name: str,
+    fix: str,
+    folder: bool = True,
+    overwrite: bool | str | None = None,
+    overwrite_option: str = "--overwrite",
+) -> Path:
     """``path`` as an output a tool is about to create or write into, refused before any work is spent on it.
 
     A file where a folder must stand (``path`` itself when it is a folder, or any folder above it), or a folder
@@ -65,16 +72,23 @@ def check_output_path(path: str | os.PathLike, name: str, fix: str, folder: bool
         name: the setting that gave it (``"--out"``, ``"ckpt_dir"``), shown before the path at fault.
         fix: what to tell the user, e.g. "give a folder for the checkpoints".
         folder: whether ``path`` is a folder (created if missing) or a file.
+        overwrite: for a file, whether an existing one may be replaced (``None``: not asked; a word from a command
+            line is read with :func:`parse_flag`). A file an earlier run wrote, or a user's, is refused without it.
+        overwrite_option: how the user says ``overwrite``, for the message (``"--overwrite true"`` in a config).
 
     Raises:
-        MammoXAIError: ``path`` or a folder above it is a file, or (``folder=False``) ``path`` is a folder.
+        MammoXAIError: ``path`` or a folder above it is a file, (``folder=False``) ``path`` is a folder, or it
+            exists and ``overwrite`` is false.
 
     Example:
         out = check_output_path(args.out, "--out", "give the CSV file to write", folder=False)
     """
     path = Path(path)
+    replace = overwrite is None or parse_flag(overwrite, "overwrite")  # a bad word is refused whatever exists
     if not folder and path.is_dir():
         raise MammoXAIError(f"{name} {path}", "is a folder, not a file", fix)
+    if not folder and path.exists() and not replace:
+        raise MammoXAIError(f"{name} {path}", "already exists", f"pass {overwrite_option} to replace it, or another {name}")
     folders = (path, *path.parents) if folder else path.parents
     blocking = next((above for above in folders if above.exists()), None)
     if blocking is not None and not blocking.is_dir():

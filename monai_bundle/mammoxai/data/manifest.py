@@ -518,9 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         fix = "give the CSV file to write, e.g. --out exports/manifest.csv"
-        out = check_output_path(args.out, "--out", fix, folder=False)  # before minutes of reading headers
-        if out.exists() and not args.overwrite:  # e.g. the labelled manifest.csv of a synthetic cohort
-            raise MammoXAIError(f"--out {out}", "already exists", "pass --overwrite to replace it, or another --out")
+        # before minutes of reading headers; an existing one may be the labelled manifest.csv of a synthetic cohort
+        check_output_path(args.out, "--out", fix, folder=False, overwrite=args.overwrite)
         manifest = build_manifest(
             args.folder,
             label_csv=args.labels,

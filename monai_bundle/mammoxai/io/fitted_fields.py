@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mammoxai.cli import exit_status
-from mammoxai.errors import MammoXAIError, check_output_path
+from mammoxai.errors import check_output_path
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.training.pretrain import load_pretrained
 
@@ -49,9 +49,7 @@ def write_fitted_fields(
             not a metadata-pretraining checkpoint.
     """
     fix = "give the JSON file to write, e.g. --out configs/metadata_fields_fitted.json"
-    out = check_output_path(out, "--out", fix, folder=False)
-    if out.exists() and not overwrite:
-        raise MammoXAIError(f"--out {out}", "already exists", "pass --overwrite to replace it, or another --out")
+    out = check_output_path(out, "--out", fix, folder=False, overwrite=overwrite)
     fitted = load_pretrained(checkpoint).label_space
     origin = f"The fitted label space of {Path(checkpoint).resolve()}: its heads' fields and classes."
     description = f"{origin} {fitted.description}".strip()

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammoxai.errors import MammoXAIError, check_output_path, parse_flag
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
 from mammoxai.reports import Report, bar_figure
@@ -386,10 +386,9 @@ class AblationStudy:
         self.explainer_path = None
         if explainer_path is not None:
             fix = "give a file for the explainer, or --explainer null to save none"
-            self.explainer_path = check_output_path(explainer_path, "explainer", fix, folder=False)
-            if self.explainer_path.exists() and not parse_flag(overwrite, "overwrite"):
-                problem = "holds the explainer of an earlier run"
-                raise MammoXAIError(f"explainer {self.explainer_path}", problem, f"pass --overwrite true to replace it, or {fix}")
+            self.explainer_path = check_output_path(
+                explainer_path, "explainer", fix, folder=False, overwrite=overwrite, overwrite_option="--overwrite true"
+            )
         self.target = target
         self.label_map = label_map
         self.device = torch.device(device)
