@@ -22,7 +22,16 @@ import monai.bundle
 import mammoxai
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["BUNDLE_ROOT", "check_override_keys", "config_overrides", "exit_status", "run_bundle_config", "user_error"]
+__all__ = [
+    "BUNDLE_ROOT",
+    "bundle_config_files",
+    "check_override_keys",
+    "config_overrides",
+    "exit_status",
+    "run_bundle",
+    "run_bundle_config",
+    "user_error",
+]
 
 #: the bundle this copy of ``mammoxai`` lives in (``monai_bundle/``)
 BUNDLE_ROOT = Path(mammoxai.__file__).resolve().parents[1]
@@ -63,6 +72,36 @@ def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             overrides[key[2:]] = value
     return overrides
+
+
+def bundle_config_files(bundle_root: Path, names: Sequence[str]) -> list[Path]:
+    """``<bundle_root>/configs/<name>`` for each of ``names``.
+
+    Raises:
+        MammoXAIError: one of them is missing (``bundle_root`` is not a MammoXAI bundle).
+    """
+    files = [bundle_root / "configs" / name for name in names]
+    for file in files:
+        if not file.is_file():
+            raise MammoXAIError(file, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
+    return files
+
+
+def run_bundle(
+    config_files: Sequence[Path], bundle_root: Path, overrides: Mapping[str, Any], logging_file: str | bool = False
+) -> None:
+    """``monai.bundle.run`` of ``config_files`` (merged in order) in this process, with top-level ``overrides``.
+
+    The overrides travel in an args file: ``monai.bundle.run`` drops keyword overrides whose value is None, so
+    ``--explainer null`` would silently keep the config's value, while an args file's values apply as they are.
+    """
+    with tempfile.TemporaryDirectory(prefix="mammoxai-args-") as folder:
+        args_file = Path(folder) / "overrides.json"
+        values = {**overrides, "bundle_root": str(bundle_root)}
+        args_file.write_text(json.dumps(values, default=str), encoding="utf-8")  # paths as text
+        monai.bundle.run(
+            config_file=[str(file) for file in config_files], logging_file=logging_file, args_file=str(args_file)
+        )
 
 
 def check_override_keys(config_files: Sequence[Path], overrides: Mapping[str, Any]) -> None:
@@ -111,21 +150,9 @@ def run_bundle_config(
     def run() -> None:
         overrides = config_overrides(arguments)
         bundle_root = Path(overrides.pop("bundle_root", BUNDLE_ROOT)).resolve()
-        config_files = [bundle_root / "configs" / name for name in names]
-        for config_file in config_files:
-            if not config_file.is_file():
-                raise MammoXAIError(config_file, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
+        config_files = bundle_config_files(bundle_root, names)
         check_override_keys(config_files, overrides)
         overrides.setdefault("command", shlex.join([*program.split(), *arguments]))
-        # through a file: monai.bundle.run drops keyword overrides whose value is None, so "--explainer null"
-        # would silently keep the config's value, while the values of an args file are applied as they are
-        with tempfile.TemporaryDirectory(prefix="mammoxai-args-") as folder:
-            args_file = Path(folder) / "overrides.json"
-            args_file.write_text(json.dumps({**overrides, "bundle_root": str(bundle_root)}), encoding="utf-8")
-            monai.bundle.run(
-                config_file=[str(config_file) for config_file in config_files],
-                logging_file=str(bundle_root / "configs" / "logging.conf"),
-                args_file=str(args_file),
-            )
+        run_bundle(config_files, bundle_root, overrides, logging_file=str(bundle_root / "configs" / "logging.conf"))
 
     return exit_status(run)

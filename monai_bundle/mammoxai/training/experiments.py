@@ -20,6 +20,7 @@ from typing import Any
 import monai.bundle
 import numpy as np
 
+from mammoxai.cli import bundle_config_files, run_bundle
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import paired_auc_difference
@@ -288,19 +289,6 @@ def run_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
 
 
-def _config_files(configs: Sequence[str], bundle_root: Path) -> list[str]:
-    """The paths of the bundle's ``configs``.
-
-    Raises:
-        MammoXAIError: one of them is missing (``--bundle_root`` is not a MammoXAI bundle).
-    """
-    files = [bundle_root / "configs" / name for name in configs]
-    for file in files:
-        if not file.is_file():
-            raise MammoXAIError(file, "not found", "pass --bundle_root <folder of a MammoXAI bundle>")
-    return [str(file) for file in files]
-
-
 def check_bundle_run(configs: Sequence[str], bundle_root: Path, components: Sequence[str], **overrides: Any) -> None:
     """Build ``components`` of the bundle run that :func:`bundle_run` would start with the same arguments, and
     nothing else: the config's own checks of its settings and starting weights, made for every planned run
@@ -316,7 +304,7 @@ def check_bundle_run(configs: Sequence[str], bundle_root: Path, components: Sequ
             prints it as one line).
     """
     parser = monai.bundle.ConfigParser()
-    parser.read_config(_config_files(configs, bundle_root))
+    parser.read_config([str(file) for file in bundle_config_files(bundle_root, configs)])
     parser.update({"bundle_root": str(bundle_root), **overrides})
     for component in components:
         parser.get_parsed_content(component)
@@ -324,10 +312,7 @@ def check_bundle_run(configs: Sequence[str], bundle_root: Path, components: Sequ
 
 def bundle_run(configs: Sequence[str], bundle_root: Path, **overrides: Any) -> None:
     """Run the bundle's ``configs`` (merged in order) in this process with top-level ``overrides``."""
-    files = _config_files(configs, bundle_root)
-    monai.bundle.run(
-        config_file=files if len(files) > 1 else files[0], bundle_root=str(bundle_root), logging_file=False, **overrides
-    )
+    run_bundle(bundle_config_files(bundle_root, configs), bundle_root, overrides)
 
 
 def train_and_evaluate(
