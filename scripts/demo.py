@@ -20,7 +20,6 @@ Nothing is downloaded. :class:`ServerProcess` is also what the app's tests use t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import signal
@@ -33,7 +32,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from mammoxai.data.manifest import find_images
+from mammoxai.data.manifest import find_images, read_table
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError, check_output_path
 
@@ -210,9 +209,8 @@ def synthetic_patients(studies: Path) -> int | None:
     if not (studies / "finding_annotations.csv").is_file():
         return None
     try:
-        with open(studies / "manifest.csv", newline="", encoding="utf-8") as stream:
-            return len({row["patient_id"] for row in csv.DictReader(stream)})
-    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return len({row["patient_id"] for row in read_table(studies / "manifest.csv", ["patient_id"])})
+    except MammoXAIError:  # no manifest, or not the generator's
         return None
 
 
