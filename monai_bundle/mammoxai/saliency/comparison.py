@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MIN_PATIENTS",
-    "load_finding_hits",
+    "finding_hits",
     "pointing_game_settings",
     "check_same_scoring",
     "verdict",
@@ -77,15 +77,15 @@ def _read_values(path: Path) -> dict[str, Any]:
     return values if isinstance(values, dict) else {}
 
 
-def load_finding_hits(report: str | Path, method: str) -> dict[tuple[str, int], FindingHit]:
-    """The per-finding outcomes of ``method`` in a saliency evaluation's ``report.json``, keyed by (image, finding).
+def finding_hits(values: Mapping[str, Any], method: str, path: Path) -> dict[tuple[str, int], FindingHit]:
+    """The per-finding outcomes of ``method`` in the ``values`` of the saliency evaluation report at ``path``,
+    keyed by (image, finding).
 
     Raises:
-        MammoXAIError: the file is missing or not JSON, it holds no per-finding outcomes (not a saliency evaluation,
-            or one written before they were kept), or it did not evaluate ``method`` (the message lists those it did).
+        MammoXAIError: the report holds no per-finding outcomes (not a saliency evaluation, or one written before
+            they were kept), or it did not evaluate ``method`` (the message lists those it did).
     """
-    path = Path(report)
-    methods = _read_values(path).get("finding_hits")
+    methods = values.get("finding_hits")
     if not isinstance(methods, dict):
         raise MammoXAIError(
             path, "holds no per-finding outcomes (finding_hits)", f"give a saliency evaluation's report.json, or rerun: {EVALUATE_COMMAND}"
@@ -97,15 +97,11 @@ def load_finding_hits(report: str | Path, method: str) -> dict[tuple[str, int], 
     return {(outcome.image, outcome.finding): outcome for outcome in outcomes}
 
 
-def pointing_game_settings(report: str | Path) -> dict[str, Any] | None:
+def pointing_game_settings(values: Mapping[str, Any]) -> dict[str, Any] | None:
     """The tolerance and unit a saliency evaluation's pointing game used
-    (:meth:`~mammoxai.saliency.evaluation.SaliencyEvaluator.pointing_game_settings`); None for a report written
-    before they were kept.
-
-    Raises:
-        MammoXAIError: the file is missing or not JSON.
-    """
-    settings = _read_values(Path(report)).get("pointing_game")
+    (:meth:`~mammoxai.saliency.evaluation.SaliencyEvaluator.pointing_game_settings`), from its report's
+    ``values``; None for a report written before they were kept."""
+    settings = values.get("pointing_game")
     return dict(settings) if isinstance(settings, dict) else None
 
 
@@ -248,8 +244,9 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     if args.n_bootstrap < 1:
         raise MammoXAIError("--n_bootstrap", f"is {args.n_bootstrap}", "give a positive number of resamples")
     check_output_path(args.out, "--out", "give a folder for the comparison report")
-    first, second = (load_finding_hits(report, method) for report, method in sides)
-    scoring = check_same_scoring(*(pointing_game_settings(report) for report, _ in sides))
+    values = {report: _read_values(Path(report)) for report, _ in sides}  # each report read once
+    first, second = (finding_hits(values[report], method, Path(report)) for report, method in sides)
+    scoring = check_same_scoring(*(pointing_game_settings(values[report]) for report, _ in sides))
     rows, counts = compare_pointing_games(first, second, args.margin, args.n_bootstrap, args.seed)
     names = [f"{method} in {report}" for report, method in sides]
     report = Report(
