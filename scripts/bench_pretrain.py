@@ -47,7 +47,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from mammoxai.benchmarks import command_settings, image_size, record_section
+from mammoxai.benchmarks import add_record_option, command_settings, image_size, record_section
 from mammoxai.cli import BUNDLE_ROOT, exit_status
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import check_output_path
@@ -216,11 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--record", nargs="?", type=Path, const=BENCHMARKS, metavar="FILE",
-        help="write the run into BENCHMARKS.md (or FILE) as a section that replaces an earlier one of the same "
-        "hardware and settings, or is added beside the others; without --record the table is only printed",
-    )  # fmt: skip
+    add_record_option(parser, BENCHMARKS)
     return parser
 
 

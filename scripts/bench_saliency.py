@@ -61,7 +61,7 @@ from monai.visualize import GradCAM as MonaiGradCAM
 from pytorch_grad_cam import GradCAM as ReferenceGradCAM
 from torch import nn
 
-from mammoxai.benchmarks import command_settings, image_size, record_section
+from mammoxai.benchmarks import add_record_option, command_settings, image_size, record_section
 from mammoxai.cli import exit_status
 from mammoxai.errors import check_output_path
 from mammoxai.inference import resolve_device
@@ -302,11 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before the Grad-CAM and RELAX timings")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per Grad-CAM and RELAX row")
     parser.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--record", nargs="?", type=Path, const=BENCHMARKS, metavar="FILE",
-        help="write the run into BENCHMARKS.md (or FILE) as a section that replaces an earlier one of the same "
-        "hardware and settings, or is added beside the others; without --record the table is only printed",
-    )  # fmt: skip
+    add_record_option(parser, BENCHMARKS)
     parser.add_argument(
         "--note", action="append", default=[], metavar="TEXT",
         help="a sentence added to the run's notes, e.g. that the machine was shared with other jobs (repeatable)",

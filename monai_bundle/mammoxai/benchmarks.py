@@ -22,7 +22,7 @@ import torch
 
 from mammoxai.reports import hardware_description
 
-__all__ = ["load_average", "command_settings", "record_section", "replace_section", "image_size"]
+__all__ = ["add_record_option", "load_average", "command_settings", "record_section", "replace_section", "image_size"]
 
 TITLE = "# Benchmarks\n\nEvery figure with the command that produced it and the hardware it ran on.\n"
 
@@ -33,6 +33,16 @@ def load_average() -> str:
     if not hasattr(os, "getloadavg"):
         return "load unknown"
     return "load average (1, 5, 15 min) " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def add_record_option(parser: argparse.ArgumentParser, default: Path) -> None:
+    """The benchmark scripts' ``--record [FILE]``: recording is asked for, never a side effect of a run, so a reduced
+    smoke run cannot replace the recorded figures (:func:`record_section` keys sections by hardware and settings)."""
+    parser.add_argument(
+        "--record", nargs="?", type=Path, const=default, metavar="FILE",
+        help=f"write the run into {default.name} (or FILE) as a section that replaces an earlier one of the same "
+        "hardware and settings, or is added beside the others; without --record the table is only printed",
+    )  # fmt: skip
 
 
 def command_settings(
