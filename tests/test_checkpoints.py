@@ -109,6 +109,15 @@ def test_a_new_run_into_an_earlier_runs_folder_is_refused_naming_its_files_and_t
     assert contents(earlier_run) == before
 
 
+def test_a_resumed_run_still_keeps_only_n_saved_epoch_files(earlier_run):
+    (earlier_run / "run_network_epoch=1.pt").write_bytes(b"older")  # as a run with n_saved=2 would have left
+    engine = engine_with_scores([0.5, 0.9, 0.4, 0.3])
+    best_and_every_epoch(earlier_run, torch.nn.Linear(2, 2), resume=True).attach(engine)
+    engine.load_state_dict({"epoch": 2, "epoch_length": 1, "max_epochs": 4})  # what the resume handler restores
+    engine.run([0])
+    assert sorted(contents(earlier_run)) == ["model.pt", "notes.txt", "run_network_epoch=4.pt"]
+
+
 def test_resume_is_offered_only_where_the_workflow_can_resume(earlier_run):
     for resume, offered in ((False, True), (None, False)):
         with pytest.raises(MammoXAIError) as error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,9 @@ class SafeCheckpointSaver(CheckpointSaver):
     When it is attached, before the first iteration, it looks in ``save_dir`` for the files it would write (its
     fixed file names, and its ``<file_prefix>_..._<epoch|key_metric|final_iteration>=<n>.pt`` series) left by an
     earlier run (:func:`claim_checkpoint_folder`): a run that resumes keeps them; otherwise they are refused unless
-    ``overwrite`` is set, as ignite's ``ModelCheckpoint`` refuses a folder that is not empty.
+    ``overwrite`` is set, as ignite's ``ModelCheckpoint`` refuses a folder that is not empty. A resumed run counts
+    the earlier run's epoch (or iteration) files as its own, so ``n_saved`` still bounds them: ignite's list of
+    saved files starts empty, and the files before the interruption would otherwise stay for good.
 
     Args:
         args, kwargs: those of ``CheckpointSaver``.
@@ -141,14 +144,34 @@ class SafeCheckpointSaver(CheckpointSaver):
             if checkpoint.save_handler.filename is not None:
                 fixed.append(checkpoint.save_handler.filename)
             else:
-                prefix = f"{checkpoint.filename_prefix}_" if checkpoint.filename_prefix else ""
-                series.append(f"{prefix}*{checkpoint.score_name}=*.{checkpoint.ext}")
+                series.append(f"{_series_prefix(checkpoint)}*{checkpoint.score_name}=*.{checkpoint.ext}")
         return fixed, series
 
     def attach(self, engine: Engine) -> None:
         fixed, series = self.file_names()
         claim_checkpoint_folder(self.save_dir, fixed, series, self.overwrite, self.resume)
+        if self.resume:
+            self._adopt_numbered_files()
         super().attach(engine)
+
+    def _adopt_numbered_files(self) -> None:
+        """Enter the earlier run's newest ``n_saved`` numbered files into the ``Checkpoint`` that writes them, and
+        have any older ones removed with its first save (never before: the resume reads the newest)."""
+        for checkpoint in self._checkpoints():
+            if checkpoint.save_handler.filename is not None or checkpoint.score_name not in ("epoch", "iteration"):
+                continue
+            number = re.compile(rf"{re.escape(_series_prefix(checkpoint))}.*{checkpoint.score_name}=(\d+)\.{re.escape(checkpoint.ext)}")
+            found = [(number.fullmatch(path.name), path.name) for path in Path(self.save_dir).iterdir()]
+            saved = sorted(Checkpoint.Item(int(match.group(1)), name) for match, name in found if match)
+            excess = 0 if checkpoint.n_saved is None else max(0, len(saved) - checkpoint.n_saved)
+            for item in saved[:excess]:
+                checkpoint.save_handler.remove(item.filename)  # once this run's first file is written
+            checkpoint.load_state_dict({"_saved": saved[excess:]})
+
+
+def _series_prefix(checkpoint: Checkpoint) -> str:
+    """The start of the names ignite gives a ``Checkpoint``'s numbered files."""
+    return f"{checkpoint.filename_prefix}_" if checkpoint.filename_prefix else ""
 
 
 class TrainingGrid:
