@@ -3,7 +3,8 @@
 The grayscale pipeline of DICOM PS3.4 Annex N is applied in order: stored values → Modality LUT (or Rescale
 Slope / Intercept) → VOI LUT (the VOI LUT Sequence, else Window Center / Width with its VOI LUT Function) →
 MONOCHROME1 inverted across the range the pipeline can output, so that bright always means dense. pydicom's
-``apply_modality_lut`` / ``apply_voi`` / ``apply_windowing`` do the arithmetic.
+``apply_modality_lut`` / ``apply_voi`` / ``apply_windowing`` do the arithmetic; the bits above BitsStored are
+dropped first, as the standard leaves them undefined.
 
 "For Processing" images (raw detector data, typically linear or logarithmic in exposure) go through the same
 pipeline: they usually carry no VOI, so they come back with their stored values (inverted when MONOCHROME1), and
@@ -291,7 +292,22 @@ def _stored_values(ds: Dataset, path: Path) -> np.ndarray:
             f"has pixel data that cannot be decoded as {_transfer_syntax(ds).name} ({error})",
             "the file is damaged or truncated; re-export it from the archive",
         ) from error
-    return stored
+    return _within_bits_stored(stored, int(ds.BitsStored), signed=ds.get("PixelRepresentation", 0) == 1)
+
+
+def _within_bits_stored(stored: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """``stored`` with the bits above BitsStored cleared, or, for signed pixels, filled with the sign bit.
+
+    PS3.5 8.1.1 leaves those bits undefined: older modalities kept overlays there and some writers leave other
+    data, and pydicom 2.4 returns uncompressed values with the bits as they are, so a 12-bit 3000 with its top
+    nibble set would read as 64440, and a 12-bit -100 written with its sign in bit 11 only as 3996.
+    """
+    allocated = stored.dtype.itemsize * 8
+    if bits >= allocated:
+        return stored
+    shift = allocated - bits
+    shifted_up = stored.view(f"u{stored.dtype.itemsize}") << shift  # the undefined bits fall off the top
+    return (shifted_up.view(f"i{stored.dtype.itemsize}") if signed else shifted_up) >> shift
 
 
 def _display_values(ds: Dataset, stored: np.ndarray, path: Path) -> np.ndarray:
