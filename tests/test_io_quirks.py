@@ -34,3 +34,29 @@ def test_signed_pixels_take_their_sign_from_the_high_bit(tmp_path, high_bits):
 
     np.testing.assert_array_equal(read_mammogram(path).pixels, values)
 
+
+# -- pixel padding -----------------------------------------------------------------------------------------------
+def test_monochrome1_padding_at_the_white_end_is_black(tmp_path, pixels):
+    stored = np.clip(pixels, 1, None)
+    stored[:, -4:] = 0
+    path = write_mammo_dicom(
+        tmp_path / "image.dcm", stored, photometric="MONOCHROME1", bits_stored=12, PixelPaddingValue=0
+    )
+    expected = 4095.0 - stored
+    expected[:, -4:] = 0.0
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, expected)
+
+
+def test_padding_range_is_black_after_rescale_and_window(tmp_path, pixels):
+    stored = np.clip(pixels, 0, 3999)
+    stored[:3] = np.arange(4000, 4000 + SHAPE[1])  # padding anywhere in 4000-4095, at the white end
+    path = write_mammo_dicom(
+        tmp_path / "image.dcm", stored, bits_stored=12, PixelPaddingValue=4095, PixelPaddingRangeLimit=4000,
+        RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=1000, WindowWidth=2000, VOILUTFunction="LINEAR_EXACT",
+    )  # fmt: skip
+    # the window maps onto the rescaled range [-1000, 3095]; padding goes to its black end
+    expected = np.clip((stored - 1000.0 - 1000.0) / 2000.0 + 0.5, 0, 1) * 4095.0 - 1000.0
+    expected[:3] = -1000.0
+
+    np.testing.assert_allclose(read_mammogram(path).pixels, expected, atol=1e-3)

@@ -2,9 +2,9 @@
 
 The grayscale pipeline of DICOM PS3.4 Annex N is applied in order: stored values → Modality LUT (or Rescale
 Slope / Intercept) → VOI LUT (the VOI LUT Sequence, else Window Center / Width with its VOI LUT Function) →
-MONOCHROME1 inverted across the range the pipeline can output, so that bright always means dense. pydicom's
-``apply_modality_lut`` / ``apply_voi`` / ``apply_windowing`` do the arithmetic; the bits above BitsStored are
-dropped first, as the standard leaves them undefined.
+MONOCHROME1 inverted across the range the pipeline can output, so that bright always means dense → Pixel Padding
+set to black. pydicom's ``apply_modality_lut`` / ``apply_voi`` / ``apply_windowing`` do the arithmetic; the bits
+above BitsStored are dropped first, as the standard leaves them undefined.
 
 "For Processing" images (raw detector data, typically linear or logarithmic in exposure) go through the same
 pipeline: they usually carry no VOI, so they come back with their stored values (inverted when MONOCHROME1), and
@@ -311,7 +311,7 @@ def _within_bits_stored(stored: np.ndarray, bits: int, signed: bool) -> np.ndarr
 
 
 def _display_values(ds: Dataset, stored: np.ndarray, path: Path) -> np.ndarray:
-    """Modality LUT → VOI LUT or window → MONOCHROME1 inversion (PS3.4 Annex N), as float32."""
+    """Modality LUT → VOI LUT or window → MONOCHROME1 inversion (PS3.4 Annex N) → padding to black, as float32."""
     try:
         values = apply_modality_lut(stored, ds)
         value_range = _modality_output_range(ds)
@@ -333,7 +333,25 @@ def _display_values(ds: Dataset, stored: np.ndarray, path: Path) -> np.ndarray:
             _warn(path, f"window cannot be applied ({error}); the image is shown without it")
     if ds.PhotometricInterpretation == "MONOCHROME1":  # minimum is white: mirror across the output range
         values = value_range[0] + value_range[1] - np.asarray(values, dtype=np.float64)
+    values = np.where(_padding(ds, stored), value_range[0], values)
     return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | bool:
+    """Where ``stored`` holds the Pixel Padding Value, or lies within it and the Pixel Padding Range Limit.
+
+    Padding (the area outside the detector's or collimator's field, PS3.3 C.7.5.1.1.2) is not part of the image.
+    The standard asks writers to put it at the black end of the stored range, but not every writer does, and
+    MONOCHROME1 padding stored at 0 would come out of the inversion white: a background as bright as dense
+    tissue, which the breast segmentation would take for the breast. So padding is set to the black end of the
+    output whatever its stored value.
+    """
+    value = _int_or_none(ds.get("PixelPaddingValue"))
+    if value is None:
+        return False
+    limit = _int_or_none(ds.get("PixelPaddingRangeLimit"))
+    low, high = sorted((value, value if limit is None else limit))
+    return (stored >= low) & (stored <= high)
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
