@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -154,6 +157,23 @@ def _encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: str, bits_stored: 
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = transfer_syntax
     ds.is_little_endian, ds.is_implicit_VR = True, False
+
+
+def without_preamble(source: str | os.PathLike, path: str | os.PathLike, file_meta: bool = True) -> Path:
+    """Write the dataset of DICOM file ``source`` to ``path`` without the 128-byte preamble and ``DICM`` marker,
+    as legacy writers do; ``file_meta=False`` also leaves out the file meta group, so the file starts with the
+    dataset's first element in Implicit VR Little Endian, as ACR-NEMA-era archives hold it."""
+    dataset = pydicom.dcmread(source)
+    stream = DicomBytesIO()
+    if file_meta:
+        dataset.preamble = None
+        dcmwrite(stream, dataset, write_like_original=True)
+    else:
+        stream.is_little_endian, stream.is_implicit_VR = True, True
+        write_dataset(stream, dataset)
+    path = Path(path)
+    path.write_bytes(stream.getvalue())
+    return path
 
 
 def code_item(value: str, scheme: str = "SCT", meaning: str = "") -> Dataset:

@@ -4,7 +4,7 @@ writes it, then read as a user would, and the pixels and facts are checked again
 import numpy as np
 import pytest
 
-from dicom_factory import write_mammo_dicom
+from dicom_factory import without_preamble, write_mammo_dicom
 from mammoxai.io import read_mammogram
 
 SHAPE = (16, 24)
@@ -60,3 +60,16 @@ def test_padding_range_is_black_after_rescale_and_window(tmp_path, pixels):
     expected[:3] = -1000.0
 
     np.testing.assert_allclose(read_mammogram(path).pixels, expected, atol=1e-3)
+
+
+# -- file format ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("file_meta", [True, False])
+def test_dicom_without_preamble_named_by_its_uid_is_read_as_dicom(tmp_path, pixels, file_meta):
+    source = write_mammo_dicom(tmp_path / "source.dcm", pixels)
+    path = without_preamble(source, tmp_path / "1.2.840.113619.2.55.3.604688", file_meta=file_meta)
+    assert path.read_bytes()[128:132] != b"DICM"
+
+    mammogram = read_mammogram(path)
+
+    np.testing.assert_array_equal(mammogram.pixels, pixels)
+    assert (mammogram.laterality, mammogram.view) == ("L", "CC")

@@ -1,8 +1,9 @@
 """One entry point for every mammogram file: :func:`read_mammogram` picks the reader from the file's content.
 
 The first bytes decide, not the name: a PACS export called ``IM0001`` with no extension is DICOM, a ``.dcm``
-that is really a PNG is read as PNG. Only files whose content says nothing (DICOM written without its
-128-byte preamble) fall back to the extension.
+that is really a PNG is read as PNG. DICOM written without its 128-byte preamble, as older archives hold it under
+names like ``1.2.840.113619.2.55.3.604``, is known by its first element: a file meta (0002) or identifying
+(0008) group tag. Only files whose content says nothing fall back to the extension.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from mammoxai.io.raster import read_raster
 __all__ = ["read_mammogram", "iter_mammograms", "read_mammograms"]
 
 _DICOM_MARKER = (128, b"DICM")
+#: The first group of a DICOM stream without preamble: file meta (always little endian), else the dataset's
+#: identifying group 0008, little or big endian.
+_BARE_DICOM_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
 _RASTER_SIGNATURES = (
     b"\x89PNG\r\n\x1a\n",  # PNG
     b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF and BigTIFF, little and big endian
@@ -59,7 +63,7 @@ def read_mammogram(path: str | os.PathLike) -> Mammogram:
         return read_dicom(path)
     if head.startswith(_RASTER_SIGNATURES):
         return read_raster(path)
-    if path.suffix.lower() in _DICOM_SUFFIXES:
+    if head.startswith(_BARE_DICOM_GROUPS) or path.suffix.lower() in _DICOM_SUFFIXES:
         return read_dicom(path)
     raise MammoXAIError(path, "is neither DICOM nor a PNG, TIFF or PGM image", "convert it to one of these formats")
 
