@@ -131,8 +131,8 @@ def test_label_csv_supplies_what_a_png_lacks_by_file_name(archive, tmp_path):
 
 
 def test_label_csv_joined_by_patient_laterality_view_labels_every_matching_image(archive, tmp_path):
-    shutil.copy(archive / "study1" / "a.dcm", archive / "prior.dcm")  # same patient, breast and view
-    records = [dict(r, sop_uid=f"uid{i}") for i, r in enumerate(build_manifest(archive).records)]
+    write_mammo_dicom(archive / "prior.dcm", PIXELS, SOPInstanceUID="1.2.3.0", PatientID="00123")  # same breast, view
+    records = build_manifest(archive).records
     header = ["patient_id", "laterality", "view", "case_label"]
     labels = write_csv(tmp_path / "labels.csv", header, [["00123", "L", "CC", "normal"]])
     joined = join_labels(records, labels, id_column=("patient_id", "laterality", "view"))
@@ -190,7 +190,7 @@ def test_rows_that_disagree_about_one_image_are_an_error(archive, tmp_path):
 
 def test_an_id_naming_several_images_is_an_error(archive, tmp_path):
     (archive / "other").mkdir()
-    shutil.copy(archive / "study1" / "a.dcm", archive / "other" / "a.dcm")
+    write_mammo_dicom(archive / "other" / "a.dcm", PIXELS, SOPInstanceUID="1.2.3.9")  # another image of that name
     labels = write_csv(tmp_path / "labels.csv", ["file", "case_label"], [["a.dcm", "normal"]])
     with pytest.raises(MammoXAIError, match="'a.dcm' matches 2 images"):
         build_manifest(archive, label_csv=labels, id_column="file")
@@ -297,3 +297,75 @@ def test_only_image_files_named_after_a_scanned_dicom_image_are_left_out_as_its_
     manifest = build_manifest(archive)
     assert manifest.masks == [str(archive / "masks" / "1.2.3.1.png")] and not manifest.errors
     assert sorted(r["image_id"] for r in manifest.records) == ["1.2.3.1", "1.2.3.2", "9.9.9", "case7_L_CC"]
+
+
+# -- one image, one row -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("repeat", "message"),
+    [
+        (lambda r: dict(r), r"lists the same path more than once: .*study1/a.dcm \(2 times\)"),
+        (lambda r: dict(r, image_id="renamed"), r"lists the same path more than once: .*study1/a.dcm \(2 times\)"),
+        (lambda r: dict(r, path=r["path"] + ".copy"), r"lists the same image_id more than once: 1.2.3.1 \(2 times\)"),
+    ],
+    ids=["repeated row", "same path, other id", "same image_id, other path"],
+)
+def test_a_manifest_listing_an_image_twice_is_refused_naming_the_image(archive, repeat, message):
+    records = build_manifest(archive).records
+    first = next(r for r in records if r["image_id"] == "1.2.3.1")
+    manifest = write_manifest([*records, repeat(first)], archive / "manifest.csv")
+    with pytest.raises(MammoXAIError, match=rf"manifest.csv: {message} \(keep one row per image"):
+        read_manifest(manifest)
+
+
+def test_one_file_spelled_two_ways_in_a_manifest_is_listed_twice(tmp_path):
+    (tmp_path / "manifest.csv").write_text("path,image_id\nstudy1/a.dcm,a\n./study1/../study1/a.dcm,b\n")
+    with pytest.raises(MammoXAIError, match=r"lists the same path more than once: .*study1/a.dcm \(2 times\)"):
+        read_manifest(tmp_path / "manifest.csv")
+
+
+def test_a_folder_holding_one_image_twice_is_refused_before_a_manifest_is_written(archive, tmp_path, capsys):
+    shutil.copy(archive / "study1" / "a.dcm", archive / "a_exported_again.dcm")  # same SOP Instance UID
+    with pytest.raises(MammoXAIError, match=r"archive: lists the same image_id more than once: 1.2.3.1 \(2 times\)"):
+        build_manifest(archive)
+    out = tmp_path / "manifest.csv"
+    assert main([str(archive), "--out", str(out)]) == 1
+    assert "--exclude" in one_line_error(capsys) and not out.exists()
+    assert main([str(archive), "--out", str(out), "--exclude", "a_exported_again.dcm"]) == 0
+
+
+def test_a_manifest_row_without_a_path_is_named(tmp_path):
+    (tmp_path / "manifest.csv").write_text("path,image_id\na.dcm,a\n,b\n")
+    with pytest.raises(MammoXAIError, match="manifest.csv: data row 2 has no path"):
+        read_manifest(tmp_path / "manifest.csv")
+
+
+# -- CSV files as spreadsheets and other tools save them ---------------------------------------------------------
+def test_a_label_csv_with_byte_order_mark_and_windows_line_endings_joins_like_a_plain_one(archive, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("sop_uid,case_label\r\n1.2.3.1,malignant\r\n1.2.3.2,benign\r\n".encode("utf-8-sig"))
+    records = {r["image_id"]: r for r in build_manifest(archive, label_csv=labels).records}
+    assert (records["1.2.3.1"]["case_label"], records["1.2.3.2"]["case_label"]) == ("malignant", "benign")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sop_uid,case_label\n1.2.3.1;malignant\n", "line 2 has 1 cells, the header has 2 columns"),
+        ("sop_uid,case_label\n1.2.3.1,malignant\n1.2.3.2,benign,BI-RADS 2\n", "line 3 has 3 cells, the header has 2"),
+        ('sop_uid,note,case_label\n"1.2.3.1","two\nlines",normal\n1.2.3.2,benign\n', "line 4 has 2 cells"),
+        ("sop_uid;case_label\n1.2.3.1;malignant\n", "separated by ';', not by commas .*save it as comma-separated"),
+        ("sop_uid\tcase_label\n1.2.3.1\tmalignant\n", r"separated by '\\t', not by commas"),
+        ("sop_uid,case_label,case_label\n1.2.3.1,normal,malignant\n", "names the column.* 'case_label' more than once"),
+    ],
+    ids=["mixed separators", "extra cell", "line after a quoted line break", "semicolons", "tabs", "column twice"],
+)
+def test_a_label_csv_whose_cells_do_not_line_up_with_its_header_is_refused(archive, tmp_path, text, message):
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(MammoXAIError, match=f"labels.csv: .*{message}"):
+        build_manifest(archive, label_csv=tmp_path / "labels.csv")
+
+
+def test_empty_cells_past_the_last_column_as_spreadsheets_leave_them_are_read(archive, tmp_path):
+    (tmp_path / "labels.csv").write_text("sop_uid,case_label,,\n1.2.3.1,malignant,,\n")
+    records = {r["image_id"]: r for r in build_manifest(archive, label_csv=tmp_path / "labels.csv").records}
+    assert records["1.2.3.1"]["case_label"] == "malignant"

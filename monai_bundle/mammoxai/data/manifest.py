@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -51,6 +52,7 @@ __all__ = [
     "report_unusable",
     "write_manifest",
     "read_manifest",
+    "check_unique",
     "relative_path",
     "read_table",
 ]
@@ -218,6 +220,9 @@ def build_manifest(
     ``masks/<SOPInstanceUID>.png``, or a copy of it; listed, it would be a second image of the same ``image_id``,
     inheriting the DICOM image's findings and labels.
 
+    Two files of one ``image_id`` - a DICOM image exported twice (same SOP Instance UID), or two PNG files of one
+    name in different folders - are refused (:func:`check_unique`): the manifest could not be read back.
+
     Args:
         folder: searched recursively, see :func:`find_images`.
         exclude: shell patterns of paths under ``folder`` that are not mammograms, see :func:`find_images`.
@@ -231,8 +236,8 @@ def build_manifest(
         header_only: DICOM header fast path, see :func:`read_record`.
 
     Raises:
-        MammoXAIError: the folder holds no readable image, ``on_error="raise"`` and a file is bad, or the label
-            CSV cannot be joined.
+        MammoXAIError: the folder holds no readable image, ``on_error="raise"`` and a file is bad, two files
+            have one ``image_id``, or the label CSV cannot be joined.
     """
     if on_error not in ("collect", "raise"):
         raise MammoXAIError("on_error", f"is {on_error!r}", 'use "collect" or "raise"')
@@ -268,6 +273,7 @@ def build_manifest(
         )
     if not manifest.records:
         raise MammoXAIError(folder, "holds no readable mammogram (DICOM, PNG, TIFF or PGM)", "check the folder")
+    check_unique(manifest.records, folder, "delete the copies, or leave them out with exclude= (--exclude)")
     if label_csv is not None:
         manifest.records = join_labels(manifest.records, label_csv, id_column, column_map=column_map, strict=strict)
     return manifest
@@ -424,15 +430,46 @@ def write_manifest(records: Sequence[Mapping[str, Any]], csv_path: str | os.Path
 def read_manifest(csv_path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records from a manifest CSV, with paths resolved against the CSV's folder (the inverse of
     :func:`write_manifest`): counts and measurements come back as numbers, empty cells as ``None``, everything
-    else as text."""
+    else as text.
+
+    A manifest that lists one image twice - a repeated row, or two rows with the same ``path`` or ``image_id`` -
+    is refused (:func:`check_unique`), not read: training would weight that image double, and when the copies
+    fall on both sides of a split, validate on an image it trained on. Every reader of a manifest (training,
+    evaluation, the MONAI Label trainer) comes through here.
+
+    Raises:
+        MammoXAIError: the file is not a manifest, a row has no path or a cell that cannot be parsed, or an image
+            is listed twice.
+    """
     csv_path = Path(csv_path)
     records = []
     fix = "a manifest is written by write_manifest or python -m mammoxai.data.manifest"
-    for row in read_table(csv_path, ("path",), fix):
+    for number, row in enumerate(read_table(csv_path, ("path",), fix), start=1):
         record = {name: _parse_cell(name, text, csv_path) for name, text in row.items()}
+        if record["path"] is None:
+            raise MammoXAIError(csv_path, f"data row {number} has no path", "fill in the image file or delete the row")
         record["path"] = os.path.normpath(csv_path.parent / record["path"])
         records.append(record)
+    check_unique(records, csv_path, "keep one row per image: rebuild the manifest, or delete the repeated rows")
     return records
+
+
+def check_unique(records: Sequence[Mapping[str, Any]], source: str | os.PathLike, fix: str) -> None:
+    """Refuse records that list one image more than once: the same ``path``, or the same ``image_id``.
+
+    Either way the image would be seen twice per epoch (and could land in both the training and the validation
+    split), and an ``image_id`` names one image to the finding tables and the label CSVs, so it must be unique.
+
+    Raises:
+        MammoXAIError: naming ``source``, the repeated paths or ids (the first ten) and how often each occurs.
+    """
+    for column in ("path", "image_id"):
+        values = [str(record[column]) for record in records if record.get(column) is not None]
+        counts = Counter(values)
+        repeated = [f"{value} ({counts[value]} times)" for value in dict.fromkeys(values) if counts[value] > 1]
+        if repeated:
+            shown = ", ".join(repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
+            raise MammoXAIError(source, f"lists the same {column} more than once: {shown}", fix)
 
 
 def read_table(
@@ -441,39 +478,69 @@ def read_table(
     fix: str = "check the file",
     rename: Callable[[str], str] | None = None,
 ) -> list[dict[str, str]]:
-    """Rows of a CSV file as {column: stripped text}; blank lines are dropped, short rows padded with "".
+    """Rows of a CSV file as {column: stripped text}; blank lines are dropped.
+
+    Every row must have one cell per column (empty cells past the last column, as spreadsheets leave them, are
+    allowed): a row with more or fewer cells was saved with another separator or has an unquoted comma, and
+    read by position its cells would land in the wrong columns.
 
     Args:
-        csv_path: the file; UTF-8, with or without the byte-order mark Excel writes.
+        csv_path: the file; UTF-8, with or without the byte-order mark Excel writes, any line endings.
         required: columns (named after ``rename``) that must be present.
         fix: what to tell the user when one is missing.
         rename: maps each header cell to the column name used, e.g. to merge spellings of one column.
 
     Raises:
-        MammoXAIError: the file is missing, empty or not CSV text, or lacks a required column (the message lists
-            those it has).
+        MammoXAIError: the file is missing, empty or not CSV text, is separated by something other than commas,
+            names a column twice, lacks a required column (the message lists those it has), or has a row whose
+            cells do not match the header.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise MammoXAIError(csv_path, "does not exist", "check the path")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as stream:
-            lines = list(csv.reader(stream))
+            reader = csv.reader(stream)
+            lines, start = [], 1
+            for row in reader:  # with the line each row starts on: a quoted cell may hold line breaks
+                lines.append((start, row))
+                start = reader.line_num + 1
     except (UnicodeDecodeError, csv.Error) as error:  # an image or a spreadsheet passed for the CSV
         raise MammoXAIError(csv_path, "is not a CSV text file", "pass a CSV file saved as UTF-8 text") from error
     if not lines:
         raise MammoXAIError(csv_path, "is empty", "a header row is needed")
-    header = [(rename or str)(name.strip()) for name in lines[0]]
+    header = [(rename or str)(name.strip()) for name in lines[0][1]]
+    _check_header(csv_path, header, required, fix)
+    return [_table_row(csv_path, header, line, row) for line, row in lines[1:] if any(cell.strip() for cell in row)]
+
+
+def _check_header(csv_path: Path, header: list[str], required: Sequence[str], fix: str) -> None:
+    """Refuse a header that names a column twice (one would silently hide the other) or lacks a required one."""
+    named = [name for name in header if name]
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        problem = f"names the column(s) {', '.join(map(repr, repeated))} more than once"
+        raise MammoXAIError(csv_path, problem, "delete or rename the extra columns")
     missing = [column for column in required if column not in header]
-    if missing:
-        problem = f"has no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})"
+    if not missing:
+        return
+    problem = f"has no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})"
+    separator = next((s for s in ";\t|" if len(header) == 1 and s in header[0]), None)
+    if separator is not None:
+        problem += f"; its columns are separated by {separator!r}, not by commas"
+        fix = "save it as comma-separated CSV, e.g. a spreadsheet's CSV UTF-8 format"
+    raise MammoXAIError(csv_path, problem, fix)
+
+
+def _table_row(csv_path: Path, header: list[str], line: int, row: list[str]) -> dict[str, str]:
+    """One data row as {column: stripped text}, refused when its cells do not line up with the header."""
+    cells = [cell.strip() for cell in row]
+    extra = cells[len(header) :]
+    if len(cells) < len(header) or any(extra):
+        problem = f"line {line} has {len(cells)} cells, the header has {len(header)} columns"
+        fix = "give every row one cell per column, comma-separated; quote cells that contain a comma"
         raise MammoXAIError(csv_path, problem, fix)
-    padding = [""] * len(header)
-    return [
-        dict(zip(header, [cell.strip() for cell in row] + padding))
-        for row in lines[1:]
-        if any(cell.strip() for cell in row)
-    ]
+    return dict(zip(header, cells))
 
 
 def _parse_cell(column: str, text: str, csv_path: Path) -> Any:
