@@ -185,6 +185,18 @@ def code_item(value: str, scheme: str = "SCT", meaning: str = "") -> Dataset:
     return item
 
 
+def functional_group(**macros: dict[str, Any]) -> Dataset:
+    """One item of a Shared or Per-Frame Functional Groups Sequence: macro keyword -> its attributes, e.g.
+    ``functional_group(FrameAnatomySequence={"FrameLaterality": "R"})``."""
+    group = Dataset()
+    for keyword, attributes in macros.items():
+        macro = Dataset()
+        for name, value in attributes.items():
+            setattr(macro, name, value)
+        setattr(group, keyword, [macro])
+    return group
+
+
 def voi_lut_item(lut: np.ndarray, first_mapped: int = 0, bits: int = 16) -> Dataset:
     """One VOI LUT Sequence item mapping stored values ``first_mapped + i`` to ``lut[i]``."""
     item = Dataset()

@@ -4,10 +4,12 @@ writes it, then read as a user would, and the pixels and facts are checked again
 import numpy as np
 import pytest
 
-from dicom_factory import without_preamble, write_mammo_dicom
+from dicom_factory import functional_group, without_preamble, write_mammo_dicom
 from mammoxai.io import read_mammogram
+from mammoxai.io.dicom import header_fields, laterality, pixel_spacing, read_dicom_header
 
 SHAPE = (16, 24)
+BREAST_PROJECTION_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.13.1.4"  # an enhanced (functional group) IOD
 
 
 @pytest.fixture
@@ -73,3 +75,38 @@ def test_dicom_without_preamble_named_by_its_uid_is_read_as_dicom(tmp_path, pixe
 
     np.testing.assert_array_equal(mammogram.pixels, pixels)
     assert (mammogram.laterality, mammogram.view) == ("L", "CC")
+
+
+# -- enhanced (functional group) images ----------------------------------------------------------------------------
+def test_one_frame_enhanced_image_takes_its_facts_and_pipeline_from_the_functional_groups(tmp_path, pixels):
+    path = write_mammo_dicom(
+        tmp_path / "image.dcm", pixels, bits_stored=12, NumberOfFrames=1, SOPClassUID=BREAST_PROJECTION_FOR_PRESENTATION,
+        ImageLaterality=None, PatientOrientation=None, ImagerPixelSpacing=None, PresentationIntentType=None,
+        SharedFunctionalGroupsSequence=[functional_group(
+            FrameAnatomySequence={"FrameLaterality": "R"}, PixelMeasuresSequence={"PixelSpacing": [0.07, 0.065]},
+        )],
+        PerFrameFunctionalGroupsSequence=[functional_group(
+            PixelValueTransformationSequence={"RescaleSlope": 2, "RescaleIntercept": -100, "RescaleType": "US"},
+            FrameVOILUTSequence={"WindowCenter": 4000, "WindowWidth": 4000, "VOILUTFunction": "LINEAR_EXACT"},
+        )],
+    )  # fmt: skip
+    # the window maps onto the rescaled range [-100, 8090]
+    expected = np.clip((2.0 * pixels - 100 - 4000) / 4000 + 0.5, 0, 1) * 8190 - 100
+
+    mammogram = read_mammogram(path)
+
+    np.testing.assert_allclose(mammogram.pixels, expected, atol=1e-3)
+    assert (mammogram.laterality, mammogram.spacing) == ("R", (0.07, 0.065))
+    assert mammogram.header["PresentationIntentType"] == "FOR PRESENTATION"
+    header = read_dicom_header(path)  # the manifest's header-only scan sees the same facts
+    assert (laterality(header), pixel_spacing(header, path)) == ("R", (0.07, 0.065))
+    assert header_fields(header, path)["RescaleSlope"] == 2.0
+
+
+def test_top_level_facts_win_over_the_functional_groups(tmp_path, pixels):
+    path = write_mammo_dicom(
+        tmp_path / "image.dcm", pixels, NumberOfFrames=1, ImageLaterality="L",
+        SharedFunctionalGroupsSequence=[functional_group(FrameAnatomySequence={"FrameLaterality": "R"})],
+    )  # fmt: skip
+
+    assert read_mammogram(path).laterality == "L"

@@ -103,6 +103,8 @@ _INTENT_BY_SOP_CLASS = {
     "1.2.840.10008.5.1.4.1.1.1.1.1": "FOR PROCESSING",
     "1.2.840.10008.5.1.4.1.1.1.2": "FOR PRESENTATION",  # Digital Mammography X-Ray
     "1.2.840.10008.5.1.4.1.1.1.2.1": "FOR PROCESSING",
+    "1.2.840.10008.5.1.4.1.1.13.1.4": "FOR PRESENTATION",  # Breast Projection X-Ray Image
+    "1.2.840.10008.5.1.4.1.1.13.1.5": "FOR PROCESSING",
 }
 
 #: ViewCodeSequence codes of DICOM CID 4014 "View for Mammography": SNOMED CT, and the SNOMED-RT codes older
@@ -197,7 +199,26 @@ def _read_dataset(path: Path, stop_before_pixels: bool = False) -> Dataset:
         raise MammoXAIError(path, f"is not a readable DICOM file ({error})", "re-export it from the archive") from error
     if "SOPClassUID" not in ds and "Modality" not in ds:
         raise MammoXAIError(path, "is not a DICOM image (no SOP Class UID, no Modality)", "pass a DICOM mammogram")
+    _lift_functional_groups(ds)
     return ds
+
+
+def _lift_functional_groups(ds: Dataset) -> None:
+    """Copy the attributes in the functional group macros of an enhanced image up to the top level.
+
+    Enhanced multi-frame IODs (Breast Projection X-Ray Image, converted legacy images) keep frame laterality,
+    pixel spacing, rescale and window in macros of the Per-Frame and Shared Functional Groups Sequences (PS3.3
+    C.7.6.16), not where a 2D mammogram keeps them; read only at the top level, a one-frame file of this kind
+    would lose its laterality and spacing and be shown without its rescale or window. Only one-frame files are
+    read, so the first frame's groups are the image's. A top-level value is kept, and a per-frame value wins
+    over a shared one.
+    """
+    for keyword in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = ds.get(keyword)
+        for macro in groups[0] if groups else ():
+            for element in macro.value[0] if macro.VR == "SQ" and macro.value else ():
+                if element.tag not in ds:
+                    ds.add(element)
 
 
 def _check_is_mammogram(ds: Dataset, path: Path) -> None:
@@ -396,7 +417,8 @@ def pixel_spacing(ds: Dataset, source: str | os.PathLike = "") -> tuple[float, f
 
 
 def laterality(ds: Dataset) -> str | None:
-    """"L" or "R": ImageLaterality, else (series) Laterality, else read from PatientOrientation; None if unknown.
+    """"L" or "R": ImageLaterality, else FrameLaterality (of enhanced images), else (series) Laterality, else read
+    from PatientOrientation; None if unknown.
 
     Mammograms hang with the lateral (CC) or superolateral (MLO) side up and the chest wall towards the other
     breast (ACR / IHE Mammography display), so the column direction of PatientOrientation points medially: to
@@ -405,7 +427,7 @@ def laterality(ds: Dataset) -> str | None:
     left-right axis; for them the row direction says where the chest wall is: "A" (chest wall on the left of
     the image) for the left breast, "P" for the right.
     """
-    for keyword in ("ImageLaterality", "Laterality"):
+    for keyword in ("ImageLaterality", "FrameLaterality", "Laterality"):
         value = str(ds.get(keyword, "") or "").strip().upper()
         if value:
             return value if value in ("L", "R") else None  # "B" (both) or "U" (unpaired) name no single breast
