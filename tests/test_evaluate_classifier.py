@@ -38,12 +38,13 @@ def studies(tmp_path_factory):
     return folder
 
 
-def served_network(class_names: list[str]) -> nn.Module:
-    """The network ``configs/train.json`` trains (with its metadata heads), freshly initialised."""
+def served_network(class_names: list[str], views: list[str] | None = None) -> nn.Module:
+    """The network ``configs/train.json`` trains, freshly initialised: the served one with its metadata heads, or
+    the multi-view fine-tuning network of ``views``."""
     parser = ConfigParser()
     parser.read_config(BUNDLE_ROOT / "configs" / "train.json")
-    parser.update({"bundle_root": str(BUNDLE_ROOT), "class_names": class_names})
-    return parser.get_parsed_content("network_def")
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "class_names": class_names, "views": views})
+    return parser.get_parsed_content("network_def" if views is None else "finetune_network_def")
 
 
 class Constant(nn.Module):
@@ -221,6 +222,18 @@ def _evaluate_network(studies, tmp_path, network, *overrides, name="model.pt"):
 
 def _report(tmp_path):
     return json.loads((tmp_path / "report" / "report.json").read_text())
+
+
+def test_a_multi_view_evaluation_reports_breasts_where_it_scored_breasts(studies, tmp_path):
+    views = ["CC", "MLO"]
+    network = served_network(CLASSES, views)
+    assert _evaluate_network(studies, tmp_path, network, "--views", json.dumps(views), "--network_def", "@finetune_network_def") == 0
+    report = _report(tmp_path)
+    breast_row, exam_row = report["tables"]["binary"]
+    assert breast_row["level"] == "breast" and breast_row["images"] == exam_row["images"] == 20
+    assert report["description"].startswith("20 labelled held-out breasts of 8 patients")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Each sample is a breast, its views CC+MLO scored together" in markdown
 
 
 def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):

@@ -54,6 +54,7 @@ from mammoxai.metrics import bootstrap_ci, roc_auc
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.reports import Report, roc_figure
 from mammoxai.training.evaluate_pretrain import field_metrics
+from mammoxai.training.multiview import MultiViewDataset
 from mammoxai.training.pretrain import record_metadata
 
 logger = logging.getLogger(__name__)
@@ -452,20 +453,24 @@ class ClassifierEvaluator:
             if key not in columns:
                 logger.warning("%s %r is a column of no evaluated image: its breakdown reports every image as unknown", setting, key)
 
+    def _sample_name(self) -> str:
+        """What one scored sample is: a breast when a multi-view network fuses its views, otherwise an image."""
+        return "breast" if isinstance(self.dataloader.dataset, MultiViewDataset) else "image"
+
     def _report(self, records: list[dict[str, Any]], labels: np.ndarray, probabilities: np.ndarray) -> Report:
-        positive_name = self.class_names[self.positive]
+        positive_name, sample = self.class_names[self.positive], self._sample_name()
         patients = [str(record.get("patient_id") or record["path"]) for record in records]
         y_true, y_score = (labels == self.positive).astype(np.int64), probabilities[:, self.positive]
         report = Report(
             "Malignancy classifier evaluation",
-            f"{len(records)} labelled held-out images of {len(set(patients))} patients, scored by "
+            f"{len(records)} labelled held-out {sample}s of {len(set(patients))} patients, scored by "
             f"{'an ensemble of ' + str(len(self.members)) + ' checkpoints (mean probability)' if len(self.members) > 1 else 'one checkpoint'}. "
             f"Binary metrics are {positive_name} against the rest on the {positive_name} probability; intervals are "
             "95 % patient-cluster bootstrap intervals.",
             command=self.command,
             device=self.device,
         )
-        image_values = {"level": "image", **self._binary(y_true, y_score, patients)}
+        image_values = {"level": sample, **self._binary(y_true, y_score, patients)}
         exams, exam_scores, exam_labels, exam_patients = aggregate_exams(
             records, y_score, y_true, self.exam_keys, self.exam_aggregation
         )
@@ -483,7 +488,13 @@ class ClassifierEvaluator:
             f"their scores and positive when any image is (its row counts exams as images). Sensitivity and "
             f"specificity are at the fixed threshold {self.threshold}; the _at_target columns at the lowest threshold "
             f"reaching specificity {self.target_specificity} on these images, chosen on the data it is applied to "
-            "and so optimistic on small sets. report.json holds every interval.",
+            "and so optimistic on small sets. report.json holds every interval."
+            + (
+                f" Each sample is a breast, its views {'+'.join(self.dataloader.dataset.views)} scored together by the "
+                "network: the images columns count breasts."
+                if sample == "breast"
+                else ""
+            ),
         )
         if len(self.class_names) > 2:
             rows = []
@@ -540,12 +551,12 @@ class ClassifierEvaluator:
                 report.add_table(
                     f"positives_by_{key}",
                     self._positive_kinds(records, key, y_true, y_score, patients),
-                    title=f"{positive_name} images by {key}, each kind against every non-{positive_name} image",
+                    title=f"{positive_name} {sample}s by {key}, each kind against every non-{positive_name} {sample}",
                     columns=[key, *_BINARY_COLUMNS],
                 )
         curves = {}
         for name, truth, score, values in (
-            ("image", y_true, y_score, image_values),
+            (sample, y_true, y_score, image_values),
             ("exam", exam_labels, exam_scores, exam_values),
         ):
             if np.unique(truth).size == 2:
