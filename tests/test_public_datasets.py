@@ -100,6 +100,100 @@ def test_vindr_folder_without_the_annotation_csv_or_a_column_is_named(vindr, tmp
         read_vindr(vindr)
 
 
+def breast_rows(change=None):
+    """BREASTS with cell ``column`` of the first row replaced: ``change`` = (column, value)."""
+    rows = [list(row) for row in BREASTS]
+    if change is not None:
+        rows[0][BREAST_COLUMNS.index(change[0])] = change[1]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("breast_birads", "BIRADS 4", "breast_birads is 'BIRADS 4', not BI-RADS 1..5"),
+        ("breast_birads", "BI-RADS 0", "breast_birads is 'BI-RADS 0', not BI-RADS 1..5"),
+        ("laterality", "B", "laterality is 'B', not L or R"),
+        ("breast_density", "DENSITY E", "breast_density is 'DENSITY E', not DENSITY A..D"),
+        ("height", "n/a", "height x width is 'n/a' x '64', not a size in pixels"),
+        ("image_id", "", "image_id is empty"),
+    ],
+)
+def test_vindr_rows_outside_its_vocabulary_are_refused_naming_the_line(vindr, column, value, message):
+    write_csv(vindr / "breast-level_annotations.csv", BREAST_COLUMNS, breast_rows((column, value)))
+    with pytest.raises(MammoXAIError, match=f"breast-level_annotations.csv: line 2: {message} \\(fix the row"):
+        read_vindr(vindr)
+
+
+def test_vindr_an_image_listed_twice_is_refused(vindr):
+    write_csv(vindr / "breast-level_annotations.csv", BREAST_COLUMNS, [*BREASTS, BREASTS[1]])
+    with pytest.raises(MammoXAIError, match=r"breast-level_annotations.csv: lists the same path more than once: .*img2"):
+        read_vindr(vindr)
+    write_csv(vindr / "breast-level_annotations.csv", BREAST_COLUMNS, [*BREASTS, ["s9", *BREASTS[1][1:]]])
+    with pytest.raises(MammoXAIError, match=r"lists the same image_id more than once: img2 \(2 times\)"):
+        read_vindr(vindr)
+
+
+def test_vindr_a_split_the_csv_does_not_have_is_named_with_those_it_has(vindr):
+    with pytest.raises(MammoXAIError, match=r"has no image of split 'train' \(splits: test, training\)"):
+        read_vindr(vindr, split="train")
+
+
+def test_vindr_a_table_without_images_is_refused_not_read_as_an_empty_data_set(vindr):
+    write_csv(vindr / "breast-level_annotations.csv", BREAST_COLUMNS, [])
+    with pytest.raises(MammoXAIError, match="breast-level_annotations.csv: lists no image"):
+        read_vindr(vindr)
+    write_csv(vindr / "breast-level_annotations.csv", BREAST_COLUMNS, BREASTS)
+    shutil.rmtree(vindr / "images")
+    with pytest.warns(UserWarning), pytest.raises(MammoXAIError, match="images: holds none of the 3 images listed"):
+        read_vindr(vindr, strict=False)
+
+
+def test_vindr_tables_saved_with_byte_order_mark_and_windows_line_endings_read_the_same(vindr):
+    expected = read_vindr(vindr)
+    for name in ("breast-level_annotations.csv", "finding_annotations.csv"):
+        text = (vindr / name).read_text().replace("\r\n", "\n").replace("\n", "\r\n")
+        (vindr / name).write_bytes(text.encode("utf-8-sig"))
+    assert read_vindr(vindr) == expected
+
+
+def finding_row(image_row, categories="['Mass']", box=("1", "2", "3", "4")):
+    return [*image_row[:-1], categories, "BI-RADS 4", *box, image_row[-1]]
+
+
+def test_vindr_findings_on_unlisted_images_or_outside_their_image_are_refused_or_skipped(vindr):
+    rows = [finding_row(BREASTS[1]), finding_row(["s9", "se9", "img9", *BREASTS[1][3:]])]
+    write_csv(vindr / "finding_annotations.csv", FINDING_COLUMNS, rows)
+    with pytest.raises(MammoXAIError, match="finding_annotations.csv: 1 findings are on images not in breast-level.*img9"):
+        read_vindr(vindr)
+    rows = [finding_row(BREASTS[1]), finding_row(BREASTS[2], box=("10", "50", "65", "96"))]  # 65 > width 64
+    write_csv(vindr / "finding_annotations.csv", FINDING_COLUMNS, rows)
+    with pytest.raises(MammoXAIError, match=r"1 boxes reach outside their image: img3 \(10.0, 50.0, 65.0, 96.0\)"):
+        read_vindr(vindr)
+    with pytest.warns(UserWarning, match="img3"):
+        _, findings = read_vindr(vindr, strict=False)
+    assert findings == [Finding("img2", ("Mass",), (1.0, 2.0, 3.0, 4.0), birads="4")]
+
+
+@pytest.mark.parametrize(
+    ("categories", "box", "message"),
+    [
+        ("['Mass']", ("10", "", "30", "44"), r"line 2 has a non-numeric or partial box \['10', '', '30', '44'\]"),
+        ("['Mass']", ("30", "20", "10", "44"), "line 2 has the box .*, not 0 <= xmin < xmax, 0 <= ymin < ymax"),
+        ("['Mass']", ("10", "20", "10", "44"), "line 2 has the box .*, not 0 <= xmin < xmax"),
+        ("['Mass']", ("-1", "20", "10", "44"), "line 2 has the box .*, not 0 <= xmin < xmax"),
+        ("['Mass']", ("nan", "20", "30", "44"), "line 2 has the box .*, not 0 <= xmin < xmax"),
+        ("['Mass', 'Suspicious", ("10", "20", "30", "44"), "line 2 has finding_categories .*, not a list"),
+    ],
+    ids=["partial", "swapped", "empty", "negative", "nan", "cut-off categories"],
+)
+def test_a_finding_row_with_a_malformed_box_or_category_list_is_refused_naming_the_line(tmp_path, categories, box,
+                                                                                        message):  # fmt: skip
+    write_csv(tmp_path / "f.csv", FINDING_COLUMNS, [finding_row(BREASTS[1], categories, box)])
+    with pytest.raises(MammoXAIError, match=f"f.csv: {message}"):
+        read_findings(tmp_path / "f.csv")
+
+
 # -- CBIS-DDSM --------------------------------------------------------------------------------------------------
 UID = "1.3.6.1.4.1.9590.100.1.2.{}"
 MASS_COLUMNS = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",

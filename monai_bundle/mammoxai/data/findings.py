@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -85,32 +86,48 @@ def parse_birads(value: object) -> str | None:
 def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
     """The boxes of a VinDr-style finding CSV; rows without a box ("No Finding") are skipped.
 
+    A row with only some of its box cells filled, or whose box is not ``0 <= xmin < xmax``, ``0 <= ymin < ymax``
+    in finite pixel coordinates (swapped corners, a "nan" from a spreadsheet), is refused rather than skipped or
+    kept: a localisation metric would silently lose the lesion or score against a box that is not there.
+
     Raises:
-        MammoXAIError: the file is missing, lacks ``image_id`` or a box column, or a box cell is not a number.
+        MammoXAIError: the file is missing, lacks ``image_id`` or a box column, or a row has no image id, a partial
+            or malformed box, or an unreadable category list.
     """
     csv_path = Path(csv_path)
     rows = read_table(csv_path, ("image_id", *_BOX), "expected VinDr-Mammo finding columns")
     findings = []
     for line, row in enumerate(rows, start=2):
         cells = [row[column] for column in _BOX]
-        if not all(cells):
+        if not any(cells):
             continue
-        try:
-            box = tuple(float(cell) for cell in cells)
-        except ValueError as error:
-            raise MammoXAIError(csv_path, f"line {line} has a non-numeric box {cells}", "fix the row") from error
+        if not row["image_id"]:
+            raise MammoXAIError(csv_path, f"line {line} has a box but no image_id", "fill it in or delete the row")
         mask = row.get("mask")
         findings.append(
             Finding(
                 image_id=row["image_id"],
-                categories=_parse_categories(row.get("finding_categories")),
-                box=box,  # type: ignore[arg-type]
+                categories=_parse_categories(row.get("finding_categories"), csv_path, line),
+                box=_parse_box(cells, csv_path, line),
                 birads=parse_birads(row.get("finding_birads")),
                 label=row.get("label") or None,
                 mask=os.path.normpath(csv_path.parent / mask) if mask else None,
             )
         )
     return findings
+
+
+def _parse_box(cells: list[str], csv_path: Path, line: int) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a row's box cells, refused unless a finite, non-empty box in the image quadrant."""
+    fix = "give all four of xmin, ymin, xmax, ymax in pixels of the original image, or none for no finding"
+    try:
+        box = tuple(float(cell) for cell in cells)
+    except ValueError as error:
+        raise MammoXAIError(csv_path, f"line {line} has a non-numeric or partial box {cells}", fix) from error
+    x0, y0, x1, y1 = box
+    if not all(math.isfinite(value) for value in box) or not (0 <= x0 < x1 and 0 <= y0 < y1):
+        raise MammoXAIError(csv_path, f"line {line} has the box {cells}, not 0 <= xmin < xmax, 0 <= ymin < ymax", fix)
+    return x0, y0, x1, y1
 
 
 def write_findings(findings: Iterable[Finding], csv_path: str | os.PathLike) -> Path:
@@ -135,12 +152,21 @@ def write_findings(findings: Iterable[Finding], csv_path: str | os.PathLike) -> 
     return csv_path
 
 
-def _parse_categories(text: str | None) -> tuple[str, ...]:
-    """VinDr writes Python list literals ("['Mass', 'Suspicious Calcification']"); plain text is one category."""
+def _parse_categories(text: str | None, csv_path: Path, line: int) -> tuple[str, ...]:
+    """VinDr writes Python list literals ("['Mass', 'Suspicious Calcification']"); plain text is one category.
+
+    Raises:
+        MammoXAIError: the cell starts like a list but is not one (a cut-off or hand-edited cell), which read as
+            text would become a category no finding class knows.
+    """
     text = (text or "").strip()
-    if text.startswith("["):
-        try:
-            return tuple(str(item).strip() for item in ast.literal_eval(text))
-        except (ValueError, SyntaxError):
-            pass
-    return (text,) if text else ()
+    if not text.startswith("["):
+        return (text,) if text else ()
+    try:
+        items = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        items = None
+    if not isinstance(items, list):
+        problem = f"line {line} has finding_categories {text!r}, not a list"
+        raise MammoXAIError(csv_path, problem, "write it as VinDr-Mammo does: ['Mass', 'Suspicious Calcification']")
+    return tuple(str(item).strip() for item in items)
