@@ -197,12 +197,13 @@ def functional_group(**macros: dict[str, Any]) -> Dataset:
     return group
 
 
-def voi_lut_item(lut: np.ndarray, first_mapped: int = 0, bits: int = 16) -> Dataset:
-    """One VOI LUT Sequence item mapping stored values ``first_mapped + i`` to ``lut[i]``."""
+def voi_lut_item(lut: np.ndarray, first_mapped: int = 0, bits: int = 16, descriptor_vr: str = "US") -> Dataset:
+    """One VOI LUT Sequence item mapping stored values ``first_mapped + i`` to ``lut[i]``; with the LUT Descriptor
+    written as US (as most writers do), a negative ``first_mapped`` is stored in two's complement."""
     item = Dataset()
-    item.LUTDescriptor = [len(lut), first_mapped, bits]
+    item.LUTDescriptor = [len(lut), first_mapped if descriptor_vr == "SS" else first_mapped & 0xFFFF, bits]
     item.LUTData = [int(v) for v in lut]
-    item["LUTDescriptor"].VR = "US"
+    item["LUTDescriptor"].VR = descriptor_vr
     item["LUTData"].VR = "US"
     return item
 

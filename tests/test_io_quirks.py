@@ -4,7 +4,7 @@ writes it, then read as a user would, and the pixels and facts are checked again
 import numpy as np
 import pytest
 
-from dicom_factory import functional_group, without_preamble, write_mammo_dicom
+from dicom_factory import functional_group, voi_lut_item, without_preamble, write_mammo_dicom
 from mammoxai.io import read_mammogram
 from mammoxai.io.dicom import header_fields, laterality, pixel_spacing, read_dicom_header
 
@@ -35,6 +35,18 @@ def test_signed_pixels_take_their_sign_from_the_high_bit(tmp_path, high_bits):
     path = write_mammo_dicom(tmp_path / "image.dcm", stored.view(np.int16), bits_stored=12)
 
     np.testing.assert_array_equal(read_mammogram(path).pixels, values)
+
+
+@pytest.mark.parametrize("descriptor_vr", ["US", "SS"])
+def test_voi_lut_of_a_signed_image_starts_at_a_negative_value_whatever_the_descriptor_vr(tmp_path, descriptor_vr):
+    values = np.random.default_rng(5).integers(-2048, 2048, SHAPE).astype(np.int16)
+    lut = np.arange(4096) // 2
+    path = write_mammo_dicom(
+        tmp_path / "image.dcm", values, bits_stored=12,
+        VOILUTSequence=[voi_lut_item(lut, first_mapped=-2048, bits=12, descriptor_vr=descriptor_vr)],
+    )  # fmt: skip
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, lut[values + 2048])
 
 
 # -- pixel padding -----------------------------------------------------------------------------------------------

@@ -343,6 +343,7 @@ def _display_values(ds: Dataset, stored: np.ndarray, path: Path) -> np.ndarray:
     # A malformed VOI module is a header error: the display hint is skipped with a warning, the values stay right.
     if _has_voi_lut(ds):
         try:  # LUT entries are indexed by integers: rescale to integral floats is undone first
+            _sign_first_mapped_value(ds)
             lut_range = (0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1))
             values, value_range = apply_voi(np.rint(values).astype(np.int64), ds), lut_range
         except Exception as error:
@@ -373,6 +374,18 @@ def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | bool:
     limit = _int_or_none(ds.get("PixelPaddingRangeLimit"))
     low, high = sorted((value, value if limit is None else limit))
     return (stored >= low) & (stored <= high)
+
+
+def _sign_first_mapped_value(ds: Dataset) -> None:
+    """Read the VOI LUT's first mapped value as signed where Pixel Representation says the values are.
+
+    The second LUT Descriptor value takes its sign from Pixel Representation (PS3.3 C.11.2.1.1), but Explicit VR
+    gives all three values one VR and writers often choose US, so a signed image's -2048 arrives as 63488. Taken
+    as written, every pixel would lie below the LUT and map to its first entry: a blank image.
+    """
+    descriptor = ds.VOILUTSequence[0].LUTDescriptor
+    if ds.get("PixelRepresentation", 0) == 1 and int(descriptor[1]) >= 2**15:
+        descriptor[1] = int(descriptor[1]) - 2**16
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
