@@ -127,7 +127,7 @@ def test_vindr_rows_outside_its_vocabulary_are_refused_naming_the_line(vindr, co
 
 def test_vindr_an_image_listed_twice_is_refused(vindr):
     write_csv(vindr / "breast-level_annotations.csv", BREAST_COLUMNS, [*BREASTS, BREASTS[1]])
-    with pytest.raises(MammoXAIError, match=r"breast-level_annotations.csv: lists the same path more than once: .*img2"):
+    with pytest.raises(MammoXAIError, match=r"annotations.csv: lists the same path more than once: .*img2"):
         read_vindr(vindr)
     write_csv(vindr / "breast-level_annotations.csv", BREAST_COLUMNS, [*BREASTS, ["s9", *BREASTS[1][1:]]])
     with pytest.raises(MammoXAIError, match=r"lists the same image_id more than once: img2 \(2 times\)"):
@@ -164,7 +164,7 @@ def finding_row(image_row, categories="['Mass']", box=("1", "2", "3", "4")):
 def test_vindr_findings_on_unlisted_images_or_outside_their_image_are_refused_or_skipped(vindr):
     rows = [finding_row(BREASTS[1]), finding_row(["s9", "se9", "img9", *BREASTS[1][3:]])]
     write_csv(vindr / "finding_annotations.csv", FINDING_COLUMNS, rows)
-    with pytest.raises(MammoXAIError, match="finding_annotations.csv: 1 findings are on images not in breast-level.*img9"):
+    with pytest.raises(MammoXAIError, match="finding_annotations.csv: 1 findings are on images not in .*: img9"):
         read_vindr(vindr)
     rows = [finding_row(BREASTS[1]), finding_row(BREASTS[2], box=("10", "50", "65", "96"))]  # 65 > width 64
     write_csv(vindr / "finding_annotations.csv", FINDING_COLUMNS, rows)
@@ -305,6 +305,36 @@ def test_cbis_unknown_pathology_and_missing_csvs_are_named(cbis, tmp_path):
     write_csv(tmp_path / "bad.csv", ["patient_id", "pathology"], [["P_1", "BENIGN"]])
     with pytest.raises(MammoXAIError, match="bad.csv: has no column 'left_or_right_breast'"):
         read_cbis_ddsm(cbis, description_csvs=[tmp_path / "bad.csv"])
+
+
+def test_cbis_an_abnormality_listed_twice_is_refused_naming_both_csvs(cbis):
+    mass_csv = cbis / "mass_case_description_train_set.csv"
+    copy = shutil.copy(mass_csv, cbis / "mass_case_description_train_set (1).csv")  # the download made twice
+    with pytest.raises(MammoXAIError, match=r"lists the abnormality Mass-Training_P_00001_LEFT_CC_1 again \(also in"):
+        read_cbis_ddsm(cbis)
+    Path(copy).unlink()
+    with open(mass_csv, newline="") as stream:
+        rows = list(csv.reader(stream))
+    write_csv(mass_csv, rows[0], [*rows[1:], rows[2]])
+    with pytest.raises(MammoXAIError, match="mass_case_description_train_set.csv: lists the abnormality .*LEFT_CC_2"):
+        read_cbis_ddsm(cbis)
+
+
+def test_cbis_csvs_with_a_header_only_are_refused_not_read_as_an_empty_data_set(cbis):
+    for name, columns in (("mass_case_description_train_set.csv", MASS_COLUMNS),
+                          ("calc_case_description_test_set.csv", CALC_COLUMNS)):  # fmt: skip
+        write_csv(cbis / name, columns, [])
+    with pytest.raises(MammoXAIError, match="calc_case_description_test_set.csv, .*mass_.*: list no abnormality"):
+        read_cbis_ddsm(cbis)
+
+
+def test_cbis_a_row_whose_roi_mask_belongs_to_another_image_is_refused(cbis):
+    calc_csv = cbis / "calc_case_description_test_set.csv"
+    text = calc_csv.read_text()
+    calc_csv.write_text(text.replace("Calc-Test_P_00038_RIGHT_MLO_1/", "Mass-Training_P_00001_LEFT_CC_1/"))
+    message = "Calc-Test_P_00038_RIGHT_MLO: has the ROI mask folder Mass-Training_P_00001_LEFT_CC_1"
+    with pytest.raises(MammoXAIError, match=message):
+        read_cbis_ddsm(cbis, description_csvs=[calc_csv])
 
 
 # -- findings files ---------------------------------------------------------------------------------------------

@@ -78,17 +78,17 @@ def read_cbis_ddsm(
             with ``patient_id`` ("P_00001"), ``density`` ("A".."D"), ``birads`` (highest assessment),
             ``case_label``, ``abnormality`` ("mass" / "calcification") and ``split`` ("training" / "test").
         findings: one per abnormality, the box of its ROI mask and the mask's path.
+
+    Raises:
+        MammoXAIError: no description CSV, CSVs that list no abnormality or one abnormality twice (a repeated row,
+            a CSV downloaded twice), or (``strict``) an image that cannot be used - its folder or ROI mask missing,
+            an unknown pathology, or a ROI mask folder of another image on its row.
     """
     root = Path(root)
     csv_paths = [Path(path) for path in description_csvs or sorted(root.rglob("*case_description*.csv"))]
     if not csv_paths:
         raise MammoXAIError(root, "holds no *case_description*.csv", "pass description_csvs= or put them in the folder")
-    rows_by_image: dict[str, list[dict[str, str]]] = {}
-    for csv_path in csv_paths:
-        # the mass and calc CSVs spell some columns differently ("breast_density" / "breast density")
-        rows = read_table(csv_path, _REQUIRED, "pass CBIS-DDSM case description CSVs", rename=_column_name)
-        for row in rows:
-            rows_by_image.setdefault(_folder_name(row["image_file_path"]), []).append(row)
+    rows_by_image = _rows_by_image(csv_paths)
     folders = _index_folders(root)
     records, findings, unusable = [], [], []
     for image_id in tqdm(sorted(rows_by_image), desc="reading CBIS-DDSM", unit="image", disable=None):
@@ -99,8 +99,33 @@ def read_cbis_ddsm(
             continue
         records.append(record)
         findings.extend(image_findings)
-    report_unusable(root, "images could not be used", unusable, strict, "complete the download")
+    report_unusable(root, "images could not be used", unusable, strict, "complete the download or correct their rows")
     return records, findings
+
+
+def _rows_by_image(csv_paths: Sequence[Path]) -> dict[str, list[dict[str, str]]]:
+    """The description rows of every image folder, each abnormality (ROI mask folder) once.
+
+    A row listed twice - a repeated line, or a CSV downloaded twice ("mass_case_description_train_set (1).csv")
+    under ``root`` - would box the lesion twice and count it twice in localisation metrics, so it is refused.
+
+    Raises:
+        MammoXAIError: a CSV cannot be read, the CSVs list no abnormality, or one abnormality is listed twice.
+    """
+    rows_by_image: dict[str, list[dict[str, str]]] = {}
+    listed_in: dict[str, Path] = {}
+    for csv_path in csv_paths:
+        # the mass and calc CSVs spell some columns differently ("breast_density" / "breast density")
+        for row in read_table(csv_path, _REQUIRED, "pass CBIS-DDSM case description CSVs", rename=_column_name):
+            abnormality = _folder_name(row["roi_mask_file_path"])
+            if abnormality in listed_in:
+                problem = f"lists the abnormality {abnormality} again (also in {listed_in[abnormality]})"
+                raise MammoXAIError(csv_path, problem, "keep one row per abnormality: delete the repeat or the copy")
+            listed_in[abnormality] = csv_path
+            rows_by_image.setdefault(_folder_name(row["image_file_path"]), []).append(row)
+    if not rows_by_image:
+        raise MammoXAIError(", ".join(map(str, csv_paths)), "list no abnormality", "pass the CSVs of the download")
+    return rows_by_image
 
 
 def mask_box(path: str | os.PathLike) -> tuple[float, float, float, float]:
@@ -130,7 +155,10 @@ def _read_image(
             expected = f"expected one of {sorted(PATHOLOGY_CASE_LABELS)}"
             raise MammoXAIError(image_id, f"has pathology {row['pathology']!r}", expected)
         labels.append(PATHOLOGY_CASE_LABELS[pathology])
-        mask = _find_mask(_folder_name(row["roi_mask_file_path"]), folders, shape)
+        abnormality = _folder_name(row["roi_mask_file_path"])
+        if not abnormality.startswith(f"{image_id}_"):  # a row whose cells were shifted or pasted from another
+            raise MammoXAIError(image_id, f"has the ROI mask folder {abnormality}", "check its ROI mask file path")
+        mask = _find_mask(abnormality, folders, shape)
         category = _CATEGORIES.get(row["abnormality_type"].lower(), row["abnormality_type"])
         birads = parse_birads(row.get("assessment"))
         findings.append(Finding(image_id, (category,), mask_box(mask), birads, labels[-1], str(mask)))
