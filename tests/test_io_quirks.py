@@ -3,6 +3,7 @@ writes it, then read as a user would, and the pixels and facts are checked again
 
 import numpy as np
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicom_factory import functional_group, voi_lut_item, without_preamble, write_mammo_dicom
 from mammoxai.io import read_mammogram
@@ -19,11 +20,23 @@ def pixels():
 
 
 # -- stored values -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless])
 @pytest.mark.parametrize("bits", [10, 12, 14])
-def test_undefined_bits_above_bits_stored_are_ignored(tmp_path, bits):
+def test_undefined_bits_above_bits_stored_are_ignored(tmp_path, bits, syntax):
     values = np.random.default_rng(bits).integers(0, 2**bits, SHAPE).astype(np.uint16)
     garbage = np.random.default_rng(0).integers(0, 2 ** (16 - bits), SHAPE).astype(np.uint16) << bits
-    path = write_mammo_dicom(tmp_path / "image.dcm", values | garbage, bits_stored=bits)
+    path = write_mammo_dicom(tmp_path / "image.dcm", values | garbage, transfer_syntax=syntax, bits_stored=bits)
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, values)
+
+
+@pytest.mark.filterwarnings("ignore:The \\(0028,0101\\) 'Bits Stored' value")  # pydicom notes the mismatch
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
+def test_code_stream_precision_above_an_understated_bits_stored_is_kept(tmp_path, syntax):
+    values = np.random.default_rng(2).integers(0, 2**14, (32, 32)).astype(np.uint16)
+    path = write_mammo_dicom(
+        tmp_path / "image.dcm", values, transfer_syntax=syntax, bits_stored=14, BitsStored=12, HighBit=11
+    )
 
     np.testing.assert_array_equal(read_mammogram(path).pixels, values)
 

@@ -125,6 +125,8 @@ VIEW_CODES: dict[str, str] = {
 _UNCOMPRESSED = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
 )
+#: Encodings whose decoded words are the stored words, bits above BitsStored included.
+_RAW_WORDS = _UNCOMPRESSED | {RLELossless}
 
 #: The pylibjpeg plugin that decodes each compressed transfer syntax pydicom 2.4 knows.
 _DECODER_PACKAGES = {
@@ -313,6 +315,8 @@ def _stored_values(ds: Dataset, path: Path) -> np.ndarray:
             f"has pixel data that cannot be decoded as {_transfer_syntax(ds).name} ({error})",
             "the file is damaged or truncated; re-export it from the archive",
         ) from error
+    if _transfer_syntax(ds) not in _RAW_WORDS:
+        return stored
     return _within_bits_stored(stored, int(ds.BitsStored), signed=ds.get("PixelRepresentation", 0) == 1)
 
 
@@ -321,7 +325,10 @@ def _within_bits_stored(stored: np.ndarray, bits: int, signed: bool) -> np.ndarr
 
     PS3.5 8.1.1 leaves those bits undefined: older modalities kept overlays there and some writers leave other
     data, and pydicom 2.4 returns uncompressed values with the bits as they are, so a 12-bit 3000 with its top
-    nibble set would read as 64440, and a 12-bit -100 written with its sign in bit 11 only as 3996.
+    nibble set would read as 64440, and a 12-bit -100 written with its sign in bit 11 only as 3996. This holds
+    for the encodings that carry the stored words as they are (:data:`_RAW_WORDS`); JPEG, JPEG-LS and JPEG 2000
+    code streams state their own precision and sign, which their decoders apply, and a header that understates
+    the precision must not cut their values.
     """
     allocated = stored.dtype.itemsize * 8
     if bits >= allocated:
