@@ -2,6 +2,7 @@
 writes it, then read as a user would, and the pixels and facts are checked against what the quirk means."""
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
@@ -135,3 +136,18 @@ def test_top_level_facts_win_over_the_functional_groups(tmp_path, pixels):
     )  # fmt: skip
 
     assert read_mammogram(path).laterality == "L"
+
+
+@pytest.mark.parametrize("padding_vr", ["US", "SS"])
+def test_padding_of_a_signed_image_is_found_whatever_the_vr_it_was_written_with(tmp_path, padding_vr):
+    values = np.random.default_rng(4).integers(-1000, 2048, SHAPE).astype(np.int16)
+    values[:, :5] = -2000
+    path = write_mammo_dicom(tmp_path / "image.dcm", values, bits_stored=12, PixelPaddingValue=-2000)
+    dataset = pydicom.dcmread(path)
+    dataset["PixelPaddingValue"].VR = padding_vr  # US: -2000 is written as 63536
+    dataset.PixelPaddingValue = -2000 & 0xFFFF if padding_vr == "US" else -2000
+    dataset.save_as(path)
+    expected = values.astype(np.float32)
+    expected[:, :5] = -2048.0  # the black end of the signed 12-bit range
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, expected)

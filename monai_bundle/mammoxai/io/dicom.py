@@ -379,7 +379,7 @@ def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | bool:
     if value is None:
         return False
     limit = _int_or_none(ds.get("PixelPaddingRangeLimit"))
-    low, high = sorted((value, value if limit is None else limit))
+    low, high = sorted(_as_pixel_value(end, ds) for end in (value, value if limit is None else limit))
     return (stored >= low) & (stored <= high)
 
 
@@ -387,12 +387,19 @@ def _sign_first_mapped_value(ds: Dataset) -> None:
     """Read the VOI LUT's first mapped value as signed where Pixel Representation says the values are.
 
     The second LUT Descriptor value takes its sign from Pixel Representation (PS3.3 C.11.2.1.1), but Explicit VR
-    gives all three values one VR and writers often choose US, so a signed image's -2048 arrives as 63488. Taken
-    as written, every pixel would lie below the LUT and map to its first entry: a blank image.
+    gives all three values one VR and writers often choose US. Taken as written, every pixel would lie below the
+    LUT and map to its first entry: a blank image.
     """
     descriptor = ds.VOILUTSequence[0].LUTDescriptor
-    if ds.get("PixelRepresentation", 0) == 1 and int(descriptor[1]) >= 2**15:
-        descriptor[1] = int(descriptor[1]) - 2**16
+    descriptor[1] = _as_pixel_value(int(descriptor[1]), ds)
+
+
+def _as_pixel_value(value: int, ds: Dataset) -> int:
+    """An attribute given in stored pixel values ("US or SS" in the dictionary), with the sign of the pixels.
+
+    Writers that choose US for such an attribute of a signed image store its two's complement: -2048 as 63488.
+    """
+    return value - 2**16 if ds.get("PixelRepresentation", 0) == 1 and value >= 2**15 else value
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
