@@ -107,6 +107,12 @@ def test_records_may_be_a_manifest_csv(records, tmp_path):
     assert dataset[2]["path"] == records[2]["path"]
 
 
+def test_a_manifest_csv_listing_an_image_twice_is_refused_before_it_is_trained_on_twice(records, tmp_path):
+    manifest = write_manifest([*records, dict(records[2], case_label="normal")], tmp_path / "manifest.csv")
+    with pytest.raises(MammoXAIError, match=r"manifest.csv: lists the same path more than once: .*2\.dcm \(2 times\)"):
+        MammogramDataset(manifest, 32)
+
+
 def test_the_transform_is_applied_to_each_sample(records):
     dataset = MammogramDataset(records, SIZE, transform=ScaleIntensityd(keys="image", minv=0.0, maxv=2.0))
     sample = dataset[0]
