@@ -11,6 +11,7 @@ Any header field can be overridden or removed by keyword, so a test states only 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
@@ -23,9 +24,12 @@ from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     JPEGLSLossless,
     PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
@@ -74,8 +78,10 @@ def write_mammo_dicom(
         path: file to write.
         pixels: integer array (rows, columns), or (frames, rows, columns) for a multi-frame file. ``uint8``
             gives 8 bits allocated, ``uint16`` / ``int16`` give 16 (signed for ``int16``).
-        transfer_syntax: Explicit or Implicit VR Little Endian, RLE Lossless, JPEG 2000 Lossless (at least 32
-            pixels a side, for OpenJPEG's six resolution levels) or JPEG-LS Lossless (needs ``pyjpegls``).
+        transfer_syntax: Explicit or Implicit VR Little Endian, Explicit VR Big Endian, Deflated Explicit VR
+            Little Endian, RLE Lossless, JPEG 2000 Lossless (at least 32 pixels a side, for OpenJPEG's six
+            resolution levels), JPEG-LS Lossless (needs ``pyjpegls``) or, for ``uint8``, lossy JPEG Baseline
+            (Pillow, quality 95).
         photometric: ``"MONOCHROME2"`` or ``"MONOCHROME1"``; the pixels are stored as given either way.
         presentation_intent: ``"FOR PRESENTATION"`` or ``"FOR PROCESSING"``; sets the SOP Class to match.
         bits_stored: defaults to the fewest bits that hold the pixel values (at least 8), as detectors write
@@ -134,9 +140,14 @@ def write_mammo_dicom(
 
 def _encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: str, bits_stored: int) -> None:
     """Re-encode the uncompressed Pixel Data of ``ds`` in ``transfer_syntax``."""
-    if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+        ds.file_meta.TransferSyntaxUID = transfer_syntax  # pydicom deflates the dataset as it writes it
         ds.is_little_endian, ds.is_implicit_VR = True, transfer_syntax == ImplicitVRLittleEndian
+        return
+    if transfer_syntax == ExplicitVRBigEndian:
+        ds.PixelData = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder(">")).tobytes()
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        ds.is_little_endian, ds.is_implicit_VR = False, False
         return
     if transfer_syntax == RLELossless:
         ds.compress(RLELossless, encoding_plugin="pydicom")
@@ -150,6 +161,9 @@ def _encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: str, bits_stored: 
         import jpeg_ls  # the pyjpegls package: CharLS, the JPEG-LS reference implementation
 
         encoded = [bytes(jpeg_ls.encode_array(frame)) for frame in frames]
+    elif transfer_syntax == JPEGBaseline8Bit:
+        encoded = [_jpeg_baseline(frame) for frame in frames]
+        ds.LossyImageCompression = "01"
     else:
         raise ValueError(f"no encoder for transfer syntax {transfer_syntax}")
     ds.PixelData = encapsulate(encoded)
@@ -157,6 +171,17 @@ def _encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: str, bits_stored: 
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = transfer_syntax
     ds.is_little_endian, ds.is_implicit_VR = True, False
+
+
+def _jpeg_baseline(frame: np.ndarray) -> bytes:
+    """One 8-bit grayscale frame as a lossy JPEG Baseline code stream."""
+    from PIL import Image
+
+    if frame.dtype != np.uint8:
+        raise ValueError(f"JPEG Baseline holds 8-bit pixels, not {frame.dtype}")
+    stream = io.BytesIO()
+    Image.fromarray(frame).save(stream, "JPEG", quality=95)
+    return stream.getvalue()
 
 
 def without_preamble(source: str | os.PathLike, path: str | os.PathLike, file_meta: bool = True) -> Path:

@@ -7,6 +7,8 @@ import pydicom
 import pytest
 from pydicom.pixel_data_handlers import numpy_handler, pylibjpeg_handler
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -36,8 +38,12 @@ def ramp(bits=12):
 
 # -- decoding ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLSLossless]
-)
+    "syntax",
+    [
+        ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
+        RLELossless, JPEG2000Lossless, JPEGLSLossless,
+    ],
+)  # fmt: skip
 @pytest.mark.parametrize("bits", [12, 16])
 def test_lossless_transfer_syntaxes_decode_to_the_original_pixels(tmp_path, syntax, bits):
     pixels = np.random.default_rng(bits).integers(0, 2**bits, SHAPE).astype(np.uint16)

@@ -334,6 +334,7 @@ def _within_bits_stored(stored: np.ndarray, bits: int, signed: bool) -> np.ndarr
     if bits >= allocated:
         return stored
     shift = allocated - bits
+    stored = stored.astype(stored.dtype.newbyteorder("="), copy=False)  # big endian files decode big endian
     shifted_up = stored.view(f"u{stored.dtype.itemsize}") << shift  # the undefined bits fall off the top
     return (shifted_up.view(f"i{stored.dtype.itemsize}") if signed else shifted_up) >> shift
 
