@@ -4,13 +4,14 @@ writes it, then read as a user would, and the pixels and facts are checked again
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from dicom_factory import functional_group, voi_lut_item, without_preamble, write_mammo_dicom
 from mammoxai.io import read_mammogram
 from mammoxai.io.dicom import header_fields, laterality, pixel_spacing, read_dicom_header
 
 SHAPE = (16, 24)
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # how CBIS-DDSM and screen captures are stored
 BREAST_PROJECTION_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.13.1.4"  # an enhanced (functional group) IOD
 
 
@@ -61,6 +62,29 @@ def test_voi_lut_of_a_signed_image_starts_at_a_negative_value_whatever_the_descr
     )  # fmt: skip
 
     np.testing.assert_array_equal(read_mammogram(path).pixels, lut[values + 2048])
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_lossy_8_bit_jpeg_baseline_is_read_close_to_the_original_and_says_it_is_lossy(tmp_path, photometric):
+    smooth = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8) * 4  # lossy JPEG keeps smooth images close
+    path = write_mammo_dicom(tmp_path / "image.dcm", smooth, transfer_syntax=JPEGBaseline8Bit, photometric=photometric)
+    expected = smooth if photometric == "MONOCHROME2" else 255 - smooth
+
+    mammogram = read_mammogram(path)
+
+    np.testing.assert_allclose(mammogram.pixels, expected, atol=3)
+    assert mammogram.header["LossyImageCompression"] == "01"
+
+
+def test_burned_in_annotation_of_a_secondary_capture_is_in_the_header(tmp_path, pixels):
+    path = write_mammo_dicom(
+        tmp_path / "image.dcm", pixels, SOPClassUID=SECONDARY_CAPTURE, BurnedInAnnotation="YES", ImagerPixelSpacing=None
+    )
+
+    mammogram = read_mammogram(path)
+
+    np.testing.assert_array_equal(mammogram.pixels, pixels)
+    assert (mammogram.header["BurnedInAnnotation"], mammogram.spacing) == ("YES", None)
 
 
 # -- pixel padding -----------------------------------------------------------------------------------------------

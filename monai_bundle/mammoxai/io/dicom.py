@@ -67,7 +67,8 @@ class HeaderWarning(UserWarning):
 
 
 #: Header fields copied into :attr:`Mammogram.header` (when present): identifiers, acquisition physics used as
-#: metadata-pretraining targets (Litchfield et al., SPIE 2022), and the facts that say how the pixels were made.
+#: metadata-pretraining targets (Litchfield et al., SPIE 2022), and the facts that say how the pixels were made,
+#: including whether they were lossy-compressed or carry burned-in text, which quality control must see.
 HEADER_KEYWORDS: tuple[str, ...] = (
     "PatientID", "PatientAge", "PatientSex", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
     "SOPClassUID", "AccessionNumber", "StudyDate", "Modality", "BodyPartExamined", "PresentationIntentType",
@@ -77,7 +78,7 @@ HEADER_KEYWORDS: tuple[str, ...] = (
     "PatientOrientation", "ImagerPixelSpacing", "PixelSpacing", "EstimatedRadiographicMagnificationFactor",
     "Rows", "Columns", "BitsStored", "PhotometricInterpretation", "PixelIntensityRelationship",
     "PixelIntensityRelationshipSign", "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth",
-    "VOILUTFunction",
+    "VOILUTFunction", "LossyImageCompression", "BurnedInAnnotation",
 )  # fmt: skip
 
 #: Plausible ranges (inclusive) of numeric header facts; a value outside is a header error, not a mammogram.
