@@ -114,7 +114,7 @@ def test_padding_range_is_black_after_rescale_and_window(tmp_path, pixels):
     np.testing.assert_allclose(read_mammogram(path).pixels, expected, atol=1e-3)
 
 
-# -- file format ---------------------------------------------------------------------------------------------------
+# -- file format -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("file_meta", [True, False])
 def test_dicom_without_preamble_named_by_its_uid_is_read_as_dicom(tmp_path, pixels, file_meta):
     source = write_mammo_dicom(tmp_path / "source.dcm", pixels)
@@ -127,11 +127,11 @@ def test_dicom_without_preamble_named_by_its_uid_is_read_as_dicom(tmp_path, pixe
     assert (mammogram.laterality, mammogram.view) == ("L", "CC")
 
 
-# -- enhanced (functional group) images ----------------------------------------------------------------------------
+# -- enhanced (functional group) images --------------------------------------------------------------------------
 def test_one_frame_enhanced_image_takes_its_facts_and_pipeline_from_the_functional_groups(tmp_path, pixels):
     path = write_mammo_dicom(
-        tmp_path / "image.dcm", pixels, bits_stored=12, NumberOfFrames=1, SOPClassUID=BREAST_PROJECTION_FOR_PRESENTATION,
-        ImageLaterality=None, PatientOrientation=None, ImagerPixelSpacing=None, PresentationIntentType=None,
+        tmp_path / "image.dcm", pixels, bits_stored=12, NumberOfFrames=1,
+        SOPClassUID=BREAST_PROJECTION_FOR_PRESENTATION, ImageLaterality=None, PatientOrientation=None, ImagerPixelSpacing=None, PresentationIntentType=None,
         SharedFunctionalGroupsSequence=[functional_group(
             FrameAnatomySequence={"FrameLaterality": "R"}, PixelMeasuresSequence={"PixelSpacing": [0.07, 0.065]},
         )],
