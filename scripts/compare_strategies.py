@@ -22,7 +22,9 @@ non-test patients (it needs no labels), into ``--out/runs/pretrain``.
 The options, the manifest (labels, a test split) and each strategy's settings and starting weights are checked
 before that pretraining, so a wrong command stops at once and leaves ``--out`` as it was. ``--overwrite`` is needed
 only where an earlier experiment left results (its report or checkpoints); where a run stopped after its
-pretraining, ``--pretrained <out>/runs/pretrain/pretrained.pt`` continues from it instead.
+pretraining, ``--pretrained <out>/runs/pretrain/pretrained.pt`` continues from it instead. ``--resume`` continues
+an interrupted experiment with the same command: the pretraining resumes from its last epoch (or is kept, when it
+had finished) and every fine-tune that had written its evaluation is reused.
 
 Example (tiny CPU run; use the defaults of the configs on a GPU)::
 
@@ -212,18 +214,19 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     pretrain_manifest = out / "runs" / "pretrain_manifest.csv"
     if pretraining:
         overrides = pretrain_overrides(pretrain_manifest, pretrain_work, settings, args.pretrain_epochs)
+        overrides["resume"] = args.resume
         check_bundle_run(["pretrain.json"], bundle_root, PRETRAIN_CHECKS, **overrides)
     for name in strategies:
         if not (pretraining and STRATEGIES[name].get("weights") == "pretrained"):  # else its weights are not made yet
             check_bundle_run(["train.json"], bundle_root, TRAIN_CHECKS, **settings, **strategy_overrides(name, weights))
     reuse, reuse_fix = pretrain_work / "pretrained.pt", None  # an earlier run's pretraining need not be redone
-    if pretraining and reuse.is_file():
+    if pretraining and reuse.is_file() and not args.resume:
         reuse_fix = (
             f"--overwrite --pretrained {reuse} to replace all but its pretraining"
             if earlier_results(out, [reuse])
             else f"--pretrained {reuse} to reuse its pretraining"
         )
-    claim_out(out, args.overwrite, list(weights.values()), reuse_fix)
+    claim_out(out, args.overwrite, list(weights.values()), reuse_fix, args.resume)
 
     if pretraining:
         logger.info("metadata pretraining on %d images of the non-test patients", len(outside_test))
@@ -247,8 +250,9 @@ def compare(args: argparse.Namespace, command: str) -> Report:
             work = out / "runs" / f"{name}_{fraction:g}_seed{seed}"
             strategy = strategy_overrides(name, weights)
             reports[name, fraction, seed] = train_and_evaluate(
-                bundle_root, subset_manifest, work, strategy, {**settings, "seed": seed}, args.n_bootstrap, command
-            )
+                bundle_root, subset_manifest, work, strategy, {**settings, "seed": seed}, args.n_bootstrap, command,
+                resume=args.resume,
+            )  # fmt: skip
             result = reports[name, fraction, seed]["tables"]["binary"][0]
             rows.append({"strategy": name, "fraction": fraction, "seed": seed, **counts, **result})
     report = Report(

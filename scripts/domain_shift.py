@@ -16,7 +16,8 @@ bundle's own configs on a study set:
 All three are scored on the same target test patients (AUC with a patient-bootstrap 95 % interval), and the
 adapted model is compared with the other two by paired AUC differences. ``--seeds 0 1 2`` repeats the whole
 experiment with a new split of the target patients and new initialisations per seed, and adds the spread of the
-differences over the seeds. Example::
+differences over the seeds; ``--resume`` continues an interrupted experiment with the same command, reusing every
+run that had written its evaluation. Example::
 
     python scripts/domain_shift.py --dataset_dir synth --out eval/domain_shift \\
         --target_system "Castellan Systems Veritas M" --epochs 30 --adapt_epochs 10
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
     settings = run_settings(args, out)
     source_init = {"init": args.init, "init_weights": args.init_weights}
     check_bundle_run(["train.json"], bundle_root, TRAIN_CHECKS, **settings, **source_init)
-    claim_out(out, args.overwrite, [args.init_weights])
+    claim_out(out, args.overwrite, [args.init_weights], resume=args.resume)
     positive = task["class_names"].index("malignant")
     rows, differences = [], []
     for seed, (source, adaptation, test) in splits.items():
@@ -206,7 +207,9 @@ def run(args: argparse.Namespace, command: str) -> Report:
         for name, trained_on, subset, strategy, step_settings in plan:
             logger.info("seed %d, %s: training on %s", seed, name, subset.name)
             work = runs / name.replace(" + ", "_").replace(" ", "_")
-            reports[name] = train_and_evaluate(bundle_root, subset, work, strategy, step_settings, args.n_bootstrap, command)
+            reports[name] = train_and_evaluate(
+                bundle_root, subset, work, strategy, step_settings, args.n_bootstrap, command, resume=args.resume
+            )
             result = reports[name]["tables"]["binary"][0]
             patients = len(_patients(trained_on))
             rows.append({"setting": name, "seed": seed, "training_images": len(trained_on), "training_patients": patients, **result})

@@ -116,6 +116,34 @@ def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
     assert (run / "evaluation" / "report.md").is_file()
 
 
+def test_an_interrupted_experiment_resumes_reusing_its_finished_runs_and_pretraining(studies, tmp_path, capsys):
+    out = tmp_path / "compare"
+    arguments = [
+        "--dataset_dir", str(studies), "--out", str(out), "--strategies", "scratch", "pretrained", "--fractions", "1.0",
+        "--epochs", "1", "--pretrain_epochs", "1", "--image_size", "32", "32", "--batch_size", "8", "--num_workers", "0",
+        "--device", "cpu", "--n_bootstrap", "20", "--task", "binary",
+    ]  # fmt: skip
+    assert compare_strategies.main(arguments) == 0
+    first = json.loads((out / "report.json").read_text())["tables"]["strategies"]
+    scratch, pretrained = out / "runs" / "scratch_1_seed0", out / "runs" / "pretrained_1_seed0"
+    kept = {path: path.stat().st_mtime_ns for path in (scratch / "models" / "model.pt", out / "runs" / "pretrain" / "pretrained.pt")}
+    for unfinished in (pretrained / "run.json", pretrained / "evaluation" / "report.json"):  # killed while evaluating
+        unfinished.unlink()
+
+    assert compare_strategies.main([*arguments, "--resume"]) == 0
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # the finished run and the pretraining reused
+    assert (pretrained / "run.json").is_file()  # the unfinished run was done again, over its own leftovers
+    rows = json.loads((out / "report.json").read_text())["tables"]["strategies"]
+    assert rows[0] == first[0] and rows[1]["strategy"] == "pretrained"
+    capsys.readouterr()
+
+    assert compare_strategies.main([*arguments, "--n_bootstrap", "30", "--resume"]) == 1  # the last one counts
+    assert "holds a finished run made with other settings, data or weights (n_bootstrap)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: one or the other
+        compare_strategies.main([*arguments, "--resume", "--overwrite"])
+    assert "argument --overwrite: not allowed with argument --resume" in capsys.readouterr().err
+
+
 def test_spread_across_seeds_counts_differences_above_zero():
     runs = [
         {"strategy": "pretrained", "fraction": 0.25, "auc_difference": 0.08, "difference_low": 0.04},

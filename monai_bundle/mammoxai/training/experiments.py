@@ -4,12 +4,18 @@ The building blocks of ``scripts/compare_strategies.py`` (initialisation strateg
 the Pittsburgh study, J Digit Imaging 2020) and ``scripts/domain_shift.py`` (transfer to an unseen X-ray system,
 after Shen et al., Sci Rep 2019): a nested, class-stratified labelled subset, and one train-then-evaluate run
 whose every setting is a config override, so an experiment runs exactly what a user of the bundle runs.
+
+An experiment is dozens of fine-tunes, and hours on a GPU; ``--resume`` continues an interrupted one. Each run
+records what it was made from (``run.json``: its overrides and the SHA-1 of its manifest and starting weights) once
+its evaluation report is written, and a resumed experiment reuses exactly the runs whose record matches.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import math
 import random
 from collections import defaultdict
@@ -23,8 +29,11 @@ import numpy as np
 from mammoxai.cli import bundle_config_files, run_bundle
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.metrics import paired_auc_difference
 from mammoxai.training.finetune import check_labels
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TASKS",
@@ -45,6 +54,8 @@ __all__ = [
     "check_bundle_run",
     "bundle_run",
     "train_and_evaluate",
+    "run_record",
+    "finished_run",
     "auc_difference",
     "across_seeds",
 ]
@@ -170,9 +181,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, bundle_root: Path) -> Non
         "--seeds", nargs="+", type=int,
         help="repeat the experiment with each seed (new data draw and initialisation per seed; default: --seed once)",
     )  # fmt: skip
-    parser.add_argument(
+    earlier = parser.add_mutually_exclusive_group()
+    earlier.add_argument(
         "--overwrite", action="store_true", help="replace the runs and report of an earlier experiment in --out"
     )
+    earlier.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted experiment in --out: keep its finished runs of the same settings, do the rest",
+    )  # fmt: skip
     parser.add_argument("--bundle_root", default=str(bundle_root))
 
 
@@ -243,9 +259,11 @@ def earlier_results(out: Path, reused: Sequence[str | Path | None] = ()) -> list
     return report + [str(path.relative_to(out)) for path in checkpoints]
 
 
-def claim_out(out: Path, overwrite: bool, reused: Sequence[str | Path | None] = (), fix: str | None = None) -> None:
+def claim_out(
+    out: Path, overwrite: bool, reused: Sequence[str | Path | None] = (), fix: str | None = None, resume: bool = False
+) -> None:
     """Refuse an ``--out`` that holds an earlier experiment's results (:func:`earlier_results`), unless
-    ``--overwrite``.
+    ``--overwrite``, or ``--resume``, which reuses those of its runs that match (:func:`train_and_evaluate`).
 
     Checked before the first run, so that a repeated command stops at once with this message instead of at its
     first bundle run, whose checkpoint folder already holds a model (``SafeCheckpointSaver``); with
@@ -258,16 +276,22 @@ def claim_out(out: Path, overwrite: bool, reused: Sequence[str | Path | None] = 
         overwrite: ``--overwrite``.
         reused: weights files the new experiment starts from (``None`` entries are skipped).
         fix: another way out, added to the message (e.g. how to reuse a result instead of replacing it).
+        resume: ``--resume``.
 
     Raises:
-        MammoXAIError: ``out`` holds results and ``overwrite`` is not set.
+        MammoXAIError: ``out`` holds results and neither ``overwrite`` nor ``resume`` is set.
     """
     results = earlier_results(out, reused)
-    if results and not overwrite:
+    if results and not (overwrite or resume):
         named = results[:2] + ([f"{len(results) - 2} more checkpoints"] if len(results) > 2 else [])
         listed = f"{', '.join(named[:-1])} and {named[-1]}" if len(named) > 1 else named[0]
         problem = f"holds {listed} of an earlier experiment"
-        fixes = ["pass --overwrite to replace them", *([fix] if fix else []), "give another --out"]
+        fixes = [
+            "pass --overwrite to replace them",
+            "--resume to keep its finished runs and do the rest",
+            *([fix] if fix else []),
+            "give another --out",
+        ]
         raise MammoXAIError(f"--out {out}", problem, f"{', '.join(fixes[:-1])}, or {fixes[-1]}")
 
 
@@ -323,8 +347,12 @@ def train_and_evaluate(
     settings: Mapping[str, Any],
     n_bootstrap: int,
     command: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune with ``train.json`` on ``manifest`` and evaluate the result on its held-out records.
+
+    The run's record (``work/run.json``, :func:`run_record`) is written once the report is: with ``resume``, a run
+    whose record matches this one's is not run again, and its report is returned.
 
     Args:
         bundle_root: the bundle whose configs run.
@@ -335,10 +363,15 @@ def train_and_evaluate(
         n_bootstrap: bootstrap resamples of the evaluation.
         command: the experiment's command, recorded in the evaluation report (the bundle run happens in this
             process, so its own command line would be the experiment script's arguments under another name).
+        resume: reuse this run if an earlier experiment finished it with the same record; otherwise run it,
+            replacing what an unfinished attempt left in ``work``.
 
     Returns:
         the evaluation report's JSON document (``tables["binary"][0]``: the image-level AUC and interval,
         sensitivity, specificity and counts; ``values["scores"]``: every held-out image's probabilities).
+
+    Raises:
+        MammoXAIError: with ``resume``, ``work`` holds a finished run of other settings, data or weights.
     """
     overrides = {
         **settings,
@@ -348,6 +381,13 @@ def train_and_evaluate(
         "output_dir": str(work),
         "network_def": "@finetune_network_def",
     }
+    record, report = run_record(overrides, n_bootstrap), work / "evaluation" / "report.json"
+    if resume:
+        if finished_run(work, record):
+            logger.info("resume: %s finished earlier with the same settings, data and weights; reusing it", work.name)
+            return json.loads(report.read_text())
+        overrides["overwrite"] = True  # what is in work is this run's own unfinished attempt
+    (work / "run.json").unlink(missing_ok=True)
     bundle_run(["train.json"], bundle_root, **overrides)
     bundle_run(
         ["train.json", "evaluate.json"],
@@ -359,7 +399,43 @@ def train_and_evaluate(
         n_bootstrap=n_bootstrap,
         **({"command": f"{command} (run {work.name})"} if command else {}),
     )
-    return json.loads((work / "evaluation" / "report.json").read_text())
+    atomic_write_bytes(work / "run.json", json.dumps(record, indent=2).encode())
+    return json.loads(report.read_text())
+
+
+def run_record(overrides: Mapping[str, Any], n_bootstrap: int) -> dict[str, Any]:
+    """What a run's result depends on: its train.json overrides (but ``overwrite`` and ``num_workers``), the
+    evaluation's bootstrap count, and the SHA-1 of its manifest and of its starting weights, so a manifest or a
+    pretraining made again under the same name is not mistaken for the one the run used."""
+    settings = {key: value for key, value in overrides.items() if key not in ("overwrite", "num_workers")}
+    files = {"manifest": settings.get("manifest"), "init_weights": settings.get("init_weights")}
+    digests = {f"{name}_sha1": _file_sha1(path) for name, path in files.items() if path}
+    return json.loads(json.dumps({**settings, "n_bootstrap": n_bootstrap, **digests}, sort_keys=True))
+
+
+def finished_run(work: Path, record: Mapping[str, Any]) -> bool:
+    """Whether ``work`` holds a finished run (its ``run.json`` and evaluation report) made with ``record``.
+
+    Raises:
+        MammoXAIError: it holds a finished run made with another record: resuming would mix two experiments.
+    """
+    path, report = work / "run.json", work / "evaluation" / "report.json"
+    if not (path.is_file() and report.is_file()):
+        return False
+    earlier = json.loads(path.read_text())
+    if earlier != record:
+        changed = sorted(key for key in {*earlier, *record} if earlier.get(key) != record.get(key))
+        problem = f"holds a finished run made with other settings, data or weights ({', '.join(changed)})"
+        raise MammoXAIError(work, problem, "run the earlier command to resume it, pass --overwrite, or give another --out")
+    return True
+
+
+def _file_sha1(path: str | Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def auc_difference(
