@@ -196,7 +196,7 @@ def test_a_dataset_dir_that_is_a_file_is_named_as_such(tmp_path):
 
 def test_a_manifest_with_a_missing_file_is_refused_listing_it(cohort, tmp_path):
     records = cohort_records(cohort)
-    write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")
+    write_manifest([*records, missing_image(records[0], tmp_path)], tmp_path / "manifest.csv")
     with pytest.raises(MammoXAIError, match=r"1 listed images do not exist: .*gone\.dcm"):
         load_records(tmp_path / "manifest.csv")
 
@@ -214,7 +214,7 @@ def test_unreadable_images_are_found_before_training_and_the_readable_ones_cache
 
 def test_strict_and_resume_written_as_words_on_the_command_line_mean_what_they_say(cohort, tmp_path):
     records = cohort_records(cohort)
-    write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")
+    write_manifest([*records, missing_image(records[0], tmp_path)], tmp_path / "manifest.csv")
     assert len(load_records(tmp_path / "manifest.csv", strict="false")) == len(records)  # skipped, not refused
     with pytest.raises(MammoXAIError, match="listed images do not exist"):
         load_records(tmp_path / "manifest.csv", strict="True")
@@ -427,8 +427,13 @@ def unknown_backbone(cohort: Path, tmp_path: Path) -> dict:
 
 def missing_file(cohort: Path, tmp_path: Path) -> dict:
     records = cohort_records(cohort)
-    manifest = write_manifest([*records, dict(records[0], path=str(tmp_path / "gone.dcm"))], tmp_path / "manifest.csv")
+    manifest = write_manifest([*records, missing_image(records[0], tmp_path)], tmp_path / "manifest.csv")
     return {"manifest": str(manifest)}
+
+
+def missing_image(record: dict, folder: Path) -> dict:
+    """A manifest record of ``record``'s patient whose file does not exist."""
+    return dict(record, path=str(folder / "gone.dcm"), image_id="gone", sop_uid="1.2.3.0")
 
 
 def damaged_images(record: dict, folder: Path) -> list[dict]:
@@ -437,7 +442,10 @@ def damaged_images(record: dict, folder: Path) -> list[dict]:
     data = Path(record["path"]).read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     text.write_text("not an image")
-    return [dict(record, path=str(truncated), sop_uid="1.2.3.1"), dict(record, path=str(text), sop_uid="1.2.3.2")]
+    return [
+        dict(record, path=str(truncated), image_id="truncated", sop_uid="1.2.3.1"),
+        dict(record, path=str(text), image_id="notes", sop_uid="1.2.3.2"),
+    ]
 
 
 def damaged_files(cohort: Path, tmp_path: Path) -> dict:
