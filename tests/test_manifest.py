@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from dicom_factory import write_mammo_dicom
+from dicom_factory import without_preamble, write_mammo_dicom
 from PIL import Image
 
 from mammoxai.data.manifest import (
@@ -369,3 +369,38 @@ def test_empty_cells_past_the_last_column_as_spreadsheets_leave_them_are_read(ar
     (tmp_path / "labels.csv").write_text("sop_uid,case_label,,\n1.2.3.1,malignant,,\n")
     records = {r["image_id"]: r for r in build_manifest(archive, label_csv=tmp_path / "labels.csv").records}
     assert records["1.2.3.1"]["case_label"] == "malignant"
+
+
+def test_dicom_files_named_by_their_uid_or_without_preamble_are_scanned_and_other_files_are_not(tmp_path):
+    """Older archives name files by SOP Instance UID (suffix ``.604``) and may omit the preamble; both are read."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    source = write_mammo_dicom(tmp_path / "source.dcm", PIXELS, SOPInstanceUID="1.2.840.113619.2.55.3.604")
+    shutil.copy(source, folder / "1.2.840.113619.2.55.3.604")
+    without_preamble(
+        write_mammo_dicom(tmp_path / "bare.dcm", PIXELS, SOPInstanceUID="1.2.3.605"), folder / "1.2.3.605", file_meta=False
+    )  # fmt: skip
+    (folder / "report.txt").write_text("1.2.3 not an image\n")
+    (folder / "empty.bin").write_bytes(b"")
+    assert [path.name for path in find_images(folder)] == ["1.2.3.605", "1.2.840.113619.2.55.3.604"]
+    ids = {record["image_id"] for record in build_manifest(folder).records}
+    assert ids == {"1.2.3.605", "1.2.840.113619.2.55.3.604"}
+
+
+def test_a_dcm_file_that_is_really_a_png_is_scanned_as_the_png_it_is(tmp_path):
+    Image.fromarray(PIXELS).save(tmp_path / "scan.png")
+    (tmp_path / "scan.png").rename(tmp_path / "scan.dcm")
+    record = read_record(tmp_path / "scan.dcm", header_only=True)
+    assert (record["image_id"], record["rows"], record["cols"]) == ("scan", 48, 32)
+
+
+def test_image_files_of_one_name_in_case_folders_are_named_by_their_path(tmp_path):
+    for case in ("Mass-Training_P_00001_LEFT_CC", "Mass-Training_P_00004_RIGHT_MLO"):
+        (tmp_path / case).mkdir()
+        Image.fromarray(PIXELS).save(tmp_path / case / "1-1.png")
+    Image.fromarray(PIXELS).save(tmp_path / "single.png")
+    records = build_manifest(tmp_path).records
+    ids = sorted(record["image_id"] for record in records)
+    assert ids == ["Mass-Training_P_00001_LEFT_CC/1-1", "Mass-Training_P_00004_RIGHT_MLO/1-1", "single"]
+    write_manifest(records, tmp_path / "manifest.csv")
+    assert len(read_manifest(tmp_path / "manifest.csv")) == 3

@@ -34,7 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mammoxai.errors import MammoXAIError, check_output_path
-from mammoxai.io import dicom, read_mammogram
+from mammoxai.io import dicom, read_mammogram, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +112,9 @@ class Manifest:
 def find_images(folder: str | os.PathLike, exclude: Sequence[str] = ()) -> Iterator[Path]:
     """Yield, in sorted order, every mammogram file under ``folder`` (recursively).
 
-    DICOM is recognised by suffix (.dcm, .dicom, .dic) or, for extension-less files as PACS exports write them,
-    by the ``DICM`` marker at byte 128; PNG / TIFF / PGM by suffix. Hidden files and folders, CSV files and
+    DICOM is recognised by suffix (.dcm, .dicom, .dic) or, for other names as PACS exports and older archives
+    write them (``IM0001``, ``1.2.840.113619.2.55.3.604``), by content (:func:`mammoxai.io.sniff_format`: the
+    ``DICM`` marker, or a preamble-less DICOM stream); PNG / TIFF / PGM by suffix. Hidden files and folders, CSV files and
     anything else are ignored, as are paths (relative to ``folder``, "/"-separated) matching a shell pattern in
     ``exclude``: files stored beside the images that are not mammograms, e.g. ``exclude=["masks/*"]``.
     """
@@ -127,7 +128,7 @@ def find_images(folder: str | os.PathLike, exclude: Sequence[str] = ()) -> Itera
             suffix = path.suffix.lower()
             if name.startswith(".") or any(fnmatch(path.relative_to(folder).as_posix(), p) for p in exclude):
                 continue
-            if suffix in _DICOM_SUFFIXES or suffix in _IMAGE_SUFFIXES or (not suffix and _has_dicom_marker(path)):
+            if suffix in _DICOM_SUFFIXES or suffix in _IMAGE_SUFFIXES or _is_dicom_by_content(path):
                 yield path
 
 
@@ -136,9 +137,11 @@ def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() in _IMAGE_SUFFIXES
 
 
-def _has_dicom_marker(path: Path) -> bool:
-    with open(path, "rb") as stream:
-        return stream.read(132)[128:] == b"DICM"
+def _is_dicom_by_content(path: Path) -> bool:
+    try:
+        return sniff_format(path) == "dicom"
+    except MammoXAIError:  # empty or unreadable: nothing says it is an image
+        return False
 
 
 def read_record(path: str | os.PathLike, header_only: bool = True) -> dict[str, Any]:
@@ -157,7 +160,7 @@ def read_record(path: str | os.PathLike, header_only: bool = True) -> dict[str, 
         MammoXAIError: the file cannot be read as a mammogram.
     """
     path = Path(path)
-    if header_only and not _is_image_file(path):
+    if header_only and sniff_format(path) == "dicom":  # by content: a .dcm that is really a PNG is read as one
         return _record_from_dicom_header(path)
     mammogram = read_mammogram(path)
     return _record(path, mammogram.laterality, mammogram.view, mammogram.shape, mammogram.header)
@@ -220,8 +223,10 @@ def build_manifest(
     ``masks/<SOPInstanceUID>.png``, or a copy of it; listed, it would be a second image of the same ``image_id``,
     inheriting the DICOM image's findings and labels.
 
-    Two files of one ``image_id`` - a DICOM image exported twice (same SOP Instance UID), or two PNG files of one
-    name in different folders - are refused (:func:`check_unique`): the manifest could not be read back.
+    An image file (PNG, TIFF, PGM) has no UID and is named by its file stem; where stems repeat, as in data sets
+    that keep one ``1-1.png`` per case folder, those files are named by their path under ``folder`` without the
+    suffix (``Mass-Training_P_00001_LEFT_CC/1-1``) instead. A DICOM image exported twice (same SOP Instance UID) is
+    refused (:func:`check_unique`): the manifest could not be read back.
 
     Args:
         folder: searched recursively, see :func:`find_images`.
@@ -273,10 +278,19 @@ def build_manifest(
         )
     if not manifest.records:
         raise MammoXAIError(folder, "holds no readable mammogram (DICOM, PNG, TIFF or PGM)", "check the folder")
+    _name_repeated_stems_by_path(manifest.records, Path(folder))
     check_unique(manifest.records, folder, "delete the copies, or leave them out with exclude= (--exclude)")
     if label_csv is not None:
         manifest.records = join_labels(manifest.records, label_csv, id_column, column_map=column_map, strict=strict)
     return manifest
+
+
+def _name_repeated_stems_by_path(records: Sequence[dict[str, Any]], folder: Path) -> None:
+    """Give files without a SOP Instance UID whose stem names another image too their path under ``folder``."""
+    counts = Counter(record["image_id"] for record in records)
+    for record in records:
+        if not record["sop_uid"] and counts[record["image_id"]] > 1:
+            record["image_id"] = Path(record["path"]).relative_to(folder).with_suffix("").as_posix()
 
 
 # -- joining labels ---------------------------------------------------------------------------------------------

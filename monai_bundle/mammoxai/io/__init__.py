@@ -11,7 +11,7 @@ from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.preprocess import grid_shape, prepare_image
 from mammoxai.io.raster import read_raster
-from mammoxai.io.read import iter_mammograms, read_mammogram, read_mammograms
+from mammoxai.io.read import iter_mammograms, read_mammogram, read_mammograms, sniff_format
 
 __all__ = [
     "HeaderWarning",
@@ -29,4 +29,5 @@ __all__ = [
     "read_mammograms",
     "read_raster",
     "segment_breast",
+    "sniff_format",
 ]

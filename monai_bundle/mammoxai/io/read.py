@@ -17,7 +17,7 @@ from mammoxai.io.dicom import read_dicom
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.raster import read_raster
 
-__all__ = ["read_mammogram", "iter_mammograms", "read_mammograms"]
+__all__ = ["read_mammogram", "iter_mammograms", "read_mammograms", "sniff_format"]
 
 _DICOM_MARKER = (128, b"DICM")
 #: The first group of a DICOM stream without preamble: file meta (always little endian), else the dataset's
@@ -50,7 +50,24 @@ def read_mammogram(path: str | os.PathLike) -> Mammogram:
         mammogram.pixels.shape, mammogram.spacing, mammogram.laterality, mammogram.view
     """
     path = Path(path)
-    if not path.is_file():
+    kind = sniff_format(path)
+    if kind == "raster":
+        return read_raster(path)
+    if kind == "dicom" or path.suffix.lower() in _DICOM_SUFFIXES:
+        return read_dicom(path)
+    raise MammoXAIError(path, "is neither DICOM nor a PNG, TIFF or PGM image", "convert it to one of these formats")
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """What the first bytes of a file say it is: ``"dicom"``, ``"raster"`` (PNG, TIFF, PGM) or None.
+
+    The folder scan of :mod:`mammoxai.data.manifest` asks this of files whose name says nothing, so that it lists
+    exactly what :func:`read_mammogram` reads.
+
+    Raises:
+        MammoXAIError: the file is missing, cannot be read, or is empty.
+    """
+    if not Path(path).is_file():
         raise MammoXAIError(path, "does not exist or is not a file", "check the path")
     try:
         with open(path, "rb") as stream:
@@ -59,13 +76,11 @@ def read_mammogram(path: str | os.PathLike) -> Mammogram:
         raise MammoXAIError(path, f"cannot be read ({error.strerror})", "check its permissions") from error
     if not head:
         raise MammoXAIError(path, "is empty (0 bytes)", "copy or export the image again")
-    if head[_DICOM_MARKER[0] :] == _DICOM_MARKER[1]:
-        return read_dicom(path)
+    if head[_DICOM_MARKER[0] :] == _DICOM_MARKER[1] or head.startswith(_BARE_DICOM_GROUPS):
+        return "dicom"
     if head.startswith(_RASTER_SIGNATURES):
-        return read_raster(path)
-    if head.startswith(_BARE_DICOM_GROUPS) or path.suffix.lower() in _DICOM_SUFFIXES:
-        return read_dicom(path)
-    raise MammoXAIError(path, "is neither DICOM nor a PNG, TIFF or PGM image", "convert it to one of these formats")
+        return "raster"
+    return None
 
 
 def iter_mammograms(paths: Iterable[str | os.PathLike]) -> Iterator[Mammogram | MammoXAIError]:
