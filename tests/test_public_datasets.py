@@ -270,6 +270,37 @@ def test_cbis_records_take_ids_from_the_folder_and_the_most_severe_pathology(cbi
     assert (mass["rows"], mass["cols"]) == FULL and mass["path"].endswith("full mammogram images-24515/1-1.dcm")
 
 
+def add_calc_case(root, folder, patient, side, view, box):
+    """A calcification case of ``folder`` (its full image and one abnormality), as a second test-set CSV."""
+    write_mammo_dicom(tcia_file(root, folder, "1.000000-full mammogram images-24515"), mammogram(), PatientID=patient)
+    write_abnormality(root, f"{folder}_1", box, mask_name="1-1.dcm", crop_name="1-2.dcm")
+    row = [patient, "3", side, view, "1", "calcification", "PLEOMORPHIC", "CLUSTERED", "4", "MALIGNANT", "2",
+           *csv_paths(folder, f"{folder}_1")]  # fmt: skip
+    write_csv(root / f"calc_case_description_test_set_{folder}.csv", CALC_COLUMNS, [row])
+
+
+def test_cbis_a_scan_with_a_mass_and_calcifications_is_one_record_in_the_test_split(cbis, caplog):
+    """CBIS-DDSM lists such a scan twice, in the mass training set and the calcification test set here."""
+    add_calc_case(cbis, "Calc-Test_P_00001_LEFT_CC", "P_00001", "LEFT", "CC", (30, 5, 40, 15))
+    with caplog.at_level("INFO", logger="mammoxai.data.cbis_ddsm"):
+        records, findings = read_cbis_ddsm(cbis)
+    scan = next(record for record in records if record["patient_id"] == "P_00001")
+    assert len(records) == 2 and scan["image_id"] == "Calc-Test_P_00001_LEFT_CC"
+    assert (scan["split"], scan["case_label"], scan["abnormality"]) == ("test", "malignant", "calcification+mass")
+    assert sorted(finding.box for finding in findings if finding.image_id == scan["image_id"]) == [
+        (5.0, 10.0, 25.0, 30.0), (30.0, 5.0, 40.0, 15.0), (40.0, 60.0, 50.0, 90.0)
+    ]  # fmt: skip
+    assert {finding.image_id for finding in findings} <= {record["image_id"] for record in records}
+    assert "both the training and the test split" not in caplog.text  # the patient has no other image
+
+
+def test_cbis_patients_with_images_on_both_sides_of_the_published_split_are_counted(cbis, caplog):
+    add_calc_case(cbis, "Calc-Test_P_00001_RIGHT_MLO", "P_00001", "RIGHT", "MLO", (30, 5, 40, 15))
+    records, _ = read_cbis_ddsm(cbis)
+    assert sorted(record["split"] for record in records if record["patient_id"] == "P_00001") == ["test", "training"]
+    assert "1 patients (P_00001) have images in both the training and the test split" in caplog.text
+
+
 def test_cbis_masks_are_told_from_crops_by_size_and_boxed(cbis):
     _, findings = read_cbis_ddsm(cbis)
     by_box = {finding.box: finding for finding in findings}

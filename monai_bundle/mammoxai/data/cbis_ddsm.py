@@ -21,6 +21,13 @@ worked up, proven benign) -> ``recalled_benign``; ``BENIGN_WITHOUT_CALLBACK`` (b
 ``benign``. An image with several abnormalities takes the most severe label (malignant > recalled_benign >
 benign). CBIS-DDSM has no normal images.
 
+A mammogram with both a mass and calcifications is in the download twice, as ``Mass-..._P_00001_LEFT_CC`` and
+``Calc-..._P_00001_LEFT_CC``: one scan, and the mass and calcification sets were split into training and test
+separately. Listed twice, the scan would be trained on twice or, split both ways, trained on and then scored. So
+the copies become one record (the first folder's), with every abnormality's finding, the most severe label, and
+the test split when either copy is in it. Patients whose other images still fall on both sides of the published
+split are counted in a warning.
+
 Example:
     records, findings = read_cbis_ddsm("CBIS-DDSM/")
     write_manifest(records, "cbis/manifest.csv")
@@ -29,8 +36,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +54,8 @@ from mammoxai.data.manifest import normalise_density, normalise_laterality, read
 from mammoxai.errors import MammoXAIError
 
 __all__ = ["PATHOLOGY_CASE_LABELS", "read_cbis_ddsm", "mask_box"]
+
+logger = logging.getLogger(__name__)
 
 #: CBIS-DDSM pathology -> case label (see the module docstring).
 PATHOLOGY_CASE_LABELS: dict[str, str] = {
@@ -76,13 +88,15 @@ def read_cbis_ddsm(
     Returns:
         records: one per full mammogram, ``image_id`` = its folder name (``Mass-Training_P_00001_LEFT_CC``),
             with ``patient_id`` ("P_00001"), ``density`` ("A".."D"), ``birads`` (highest assessment),
-            ``case_label``, ``abnormality`` ("mass" / "calcification") and ``split`` ("training" / "test").
+            ``case_label``, ``abnormality`` ("mass", "calcification", or "calcification+mass" for a scan in both
+            sets) and ``split`` ("training" / "test").
         findings: one per abnormality, the box of its ROI mask and the mask's path.
 
     Raises:
         MammoXAIError: no description CSV, CSVs that list no abnormality or one abnormality twice (a repeated row,
             a CSV downloaded twice), or (``strict``) an image that cannot be used - its folder or ROI mask missing,
-            an unknown pathology, or a ROI mask folder of another image on its row.
+            an unknown pathology, or a ROI mask folder of another image on its row; the mass and calcification
+            copies of one scan differ in size.
     """
     root = Path(root)
     csv_paths = [Path(path) for path in description_csvs or sorted(root.rglob("*case_description*.csv"))]
@@ -100,7 +114,56 @@ def read_cbis_ddsm(
         records.append(record)
         findings.extend(image_findings)
     report_unusable(root, "images could not be used", unusable, strict, "complete the download or correct their rows")
+    records, findings = _one_record_per_scan(records, findings)
+    _warn_of_patients_in_both_splits(records)
     return records, findings
+
+
+def _one_record_per_scan(
+    records: list[dict[str, Any]], findings: list[Finding]
+) -> tuple[list[dict[str, Any]], list[Finding]]:
+    """Merge the mass and calcification copies of one scan (patient, side, view) into its first record.
+
+    Raises:
+        MammoXAIError: two copies differ in size, so they cannot be one scan and their boxes would not agree.
+    """
+    copies: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        copies[record["patient_id"], record["laterality"], record["view"]].append(record)
+    kept, merged_into = [], {}
+    for scan in copies.values():
+        first = scan[0]
+        for other in scan[1:]:
+            if (other["rows"], other["cols"]) != (first["rows"], first["cols"]):
+                problem = f"is {other['rows']}x{other['cols']}, its copy {first['image_id']} {first['rows']}x{first['cols']}"
+                raise MammoXAIError(other["image_id"], problem, "re-download both image folders")
+            merged_into[other["image_id"]] = first["image_id"]
+        assessments = [record["birads"] for record in scan if record["birads"]]
+        first.update(
+            birads=max(assessments, default=None),
+            case_label=max((record["case_label"] for record in scan), key=_SEVERITY.index),
+            abnormality="+".join(sorted({record["abnormality"] for record in scan})),
+            split="test" if any(record["split"] == "test" for record in scan) else first["split"],
+        )
+        kept.append(first)
+    if merged_into:
+        logger.info("CBIS-DDSM: %d scans listed as both mass and calcification cases are read once", len(merged_into))
+    moved = [dataclasses.replace(finding, image_id=merged_into.get(finding.image_id, finding.image_id)) for finding in findings]
+    return kept, moved
+
+
+def _warn_of_patients_in_both_splits(records: list[dict[str, Any]]) -> None:
+    splits: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        splits[record["patient_id"]].add(record["split"])
+    both = sorted(patient for patient, names in splits.items() if len(names) > 1)
+    if both:
+        logger.warning(
+            "CBIS-DDSM: %d patients (%s) have images in both the training and the test split, as published; a model "
+            "trained on the training split has seen other images of these test patients",
+            len(both),
+            ", ".join(both[:5]) + (" ..." if len(both) > 5 else ""),
+        )
 
 
 def _rows_by_image(csv_paths: Sequence[Path]) -> dict[str, list[dict[str, str]]]:
