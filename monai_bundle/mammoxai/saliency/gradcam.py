@@ -25,7 +25,7 @@ CAM included, so that maps of different members are comparable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from numbers import Integral
 
 import torch
@@ -56,15 +56,16 @@ def class_indices(scores: torch.Tensor, class_idx: ClassIndex) -> list[torch.Ten
 
     Args:
         scores: logits or probabilities (B, C) of the unmodified images.
-        class_idx: see :data:`ClassIndex`.
+        class_idx: see :data:`ClassIndex`; a 0-d tensor counts as an ``int``.
 
     Raises:
-        MammoXAIError: a class index the model does not have, or a per-image tensor of the wrong length.
+        MammoXAIError: a class index the model does not have, a class name or other non-integer where an index
+            belongs, an empty list of classes, or a per-image tensor of the wrong length.
     """
     batch, num_classes = scores.shape
     if class_idx is None:
         return [scores.argmax(dim=1)]
-    if isinstance(class_idx, torch.Tensor):
+    if isinstance(class_idx, torch.Tensor) and class_idx.ndim > 0:
         per_image = class_idx.to(device=scores.device, dtype=torch.long).reshape(-1)
         if per_image.numel() != batch:
             problem = f"has {per_image.numel()} entries for a batch of {batch} images"
@@ -72,7 +73,11 @@ def class_indices(scores: torch.Tensor, class_idx: ClassIndex) -> list[torch.Ten
         indices = per_image.unique().tolist()
         selected = [per_image]
     else:
-        indices = [int(class_idx)] if isinstance(class_idx, Integral) else [int(index) for index in class_idx]
+        several = isinstance(class_idx, Iterable) and not isinstance(class_idx, (str, torch.Tensor))
+        listed = list(class_idx) if several else [class_idx]
+        if not listed:
+            raise MammoXAIError("saliency class_idx", "is an empty list", "give at least one class, or None for the predicted one")
+        indices = [_class_index(index) for index in listed]
         selected = [torch.full((batch,), index, dtype=torch.long, device=scores.device) for index in indices]
     for index in indices:
         if not 0 <= index < num_classes:
@@ -81,9 +86,29 @@ def class_indices(scores: torch.Tensor, class_idx: ClassIndex) -> list[torch.Ten
     return selected
 
 
+def _class_index(value: object) -> int:
+    """An integer class index as an ``int``; a name (the config's way of naming classes) or a float is refused
+    rather than read letter by letter or truncated."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        return int(value)
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)
+    fix = "give the class's position in the model's class names, e.g. class_names.index(name)"
+    raise MammoXAIError("saliency class_idx", f"{value!r} is not a class index", fix)
+
+
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each (image, class) map of (B, K, H, W) to [0, 1] on its device; constant maps become zeros."""
+    """Min-max scale each (image, class) map of (B, K, H, W) to [0, 1] on its device; constant maps become zeros.
+
+    Raises:
+        MammoXAIError: a map holds NaN, which min-max scaling would otherwise turn into an all-zero map that looks
+            like "no evidence" (it comes from non-finite pixels or logits, e.g. an overflow in float16).
+    """
     maps = maps.float()
+    if maps.isnan().any():
+        problem = "is NaN: the network's output on the image is not finite"
+        fix = "check the image for NaN / infinite pixels, and run without mixed precision if the network overflows"
+        raise MammoXAIError("saliency map", problem, fix)
     low = maps.amin(dim=(2, 3), keepdim=True)
     span = maps.amax(dim=(2, 3), keepdim=True) - low
     return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
@@ -123,10 +148,12 @@ class _ActivationMaps:
         was_training = self.nn_module.training
         self.nn_module.eval()
         try:
-            with torch.set_grad_enabled(self.needs_gradients):
+            # a caller's torch.inference_mode() would forbid the backward pass, and its tensors cannot join a graph
+            with torch.inference_mode(False), torch.set_grad_enabled(self.needs_gradients):
+                inputs = x.clone() if x.is_inference() else x.detach()
                 # the input requires grad so the activations do even when the network's weights are frozen
-                logits = self.nn_module(x.detach().requires_grad_(self.needs_gradients))
-                activations = captured[-1]
+                logits = self.nn_module(inputs.requires_grad_(self.needs_gradients))
+                activations = self._activations(captured)
                 targets = class_indices(logits.detach(), class_idx)
                 last = len(targets) - 1
                 maps = [self._map(activations, logits, target, retain=i < last) for i, target in enumerate(targets)]
@@ -136,12 +163,30 @@ class _ActivationMaps:
         cams = F.interpolate(torch.stack(maps, dim=1), size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
         return normalise_maps(cams), logits.detach()
 
+    def _activations(self, captured: list) -> torch.Tensor:
+        """The target layer's output of the forward pass, checked to be a feature map the maps can be made from."""
+        fix = "name a convolutional layer or block the forward pass runs, e.g. the last one before global pooling"
+        if not captured:
+            raise MammoXAIError("saliency target_layer", f"{self.target_layer!r} did not run in the forward pass", fix)
+        activations = captured[-1]
+        if not isinstance(activations, torch.Tensor) or activations.ndim != 4:
+            shape = tuple(activations.shape) if isinstance(activations, torch.Tensor) else type(activations).__name__
+            problem = f"{self.target_layer!r} gives {shape}, not a feature map (B, K, h, w)"
+            raise MammoXAIError("saliency target_layer", problem, fix)
+        if self.needs_gradients and not activations.requires_grad:
+            problem = f"{self.target_layer!r} gives no gradient (it runs without autograd or after a detach)"
+            raise MammoXAIError("saliency target_layer", problem, fix)
+        return activations
+
     def _map(self, activations: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, retain: bool) -> torch.Tensor:
         """The (B, h, w) map of each image's ``target`` class."""
         gradients = None
         if self.needs_gradients:
             score = logits.gather(1, target[:, None]).sum()  # images are independent: per-image gradients
-            (gradients,) = torch.autograd.grad(score, activations, retain_graph=retain)
+            (gradients,) = torch.autograd.grad(score, activations, retain_graph=retain, allow_unused=True)
+            if gradients is None:
+                problem = f"the logits do not depend on {self.target_layer!r}"
+                raise MammoXAIError("saliency target_layer", problem, "name a layer on the path to the logits")
             gradients = gradients.float()
         return F.relu(self._combine(activations.detach().float(), gradients, target))
 
