@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
+from mammoxai.metrics import deletion_insertion_auc, energy_pointing_game, pointing_game, widen_box
 from mammoxai.nets import MammoClassifier
 from mammoxai.saliency import CAM, RISE, GradCAM, HiResCAM, Occlusion
 
@@ -94,3 +95,99 @@ def test_a_nan_pixel_is_an_error_not_an_all_zero_map(net, images):
     for method in (GradCAM(net, TARGET), RISE(net, num_masks=8, grid=4)):
         with pytest.raises(MammoXAIError, match="saliency map: is NaN.*check the image for NaN"):
             method(images)
+
+
+# -- pointing game and its ground truth -------------------------------------------------------------------------
+def _peak(shape: tuple[int, int], row: int, col: int) -> np.ndarray:
+    heatmap = np.zeros(shape)
+    heatmap[row, col] = 1.0
+    return heatmap
+
+
+def test_a_box_outside_the_image_is_empty_not_counted_from_the_far_edge():
+    assert not widen_box((-20, -20, -10, -10), 0, (100, 100)).any()
+    assert not widen_box((120, 5, 130, 9), 0, (100, 100)).any()
+    inside = widen_box((-4, 95, 3, 104), 0, (100, 100))  # over the corner: clipped to it
+    assert np.array_equal(np.argwhere(inside).min(axis=0), [95, 0]) and inside.sum() == 5 * 3
+
+
+def test_a_point_annotation_is_its_pixel():
+    assert np.array_equal(np.argwhere(widen_box((7, 4, 7, 4), 0, (10, 10))), [[4, 7]])
+
+
+def test_a_region_on_the_border_is_hit_by_a_peak_on_the_border():
+    region = widen_box((8, 0, 12, 3), 0, (10, 12))
+    assert pointing_game(_peak((10, 12), 0, 11), region)
+    assert not pointing_game(_peak((10, 12), 3, 11), region)
+
+
+def test_tolerance_in_mm_follows_anisotropic_spacing():
+    """Peak at column 0, lesion at column 5 of the same row: 5 columns of 0.1 mm are 0.5 mm, 5 rows would be 5 mm."""
+    region = np.zeros((10, 10), bool)
+    region[0, 5] = True
+    peak = _peak((10, 10), 0, 0)
+    assert not pointing_game(peak, region, 0.49, spacing=(1.0, 0.1))
+    assert pointing_game(peak, region, 0.51, spacing=(1.0, 0.1))
+    assert not pointing_game(peak, region, 0.51, spacing=(0.1, 1.0))  # the same pixels with the axes swapped
+
+
+@pytest.mark.parametrize(
+    ("heatmap", "region", "settings", "message"),
+    [
+        (np.full((10, 12), np.nan), np.ones((10, 12)), {}, "pointing game heatmap: holds NaN"),
+        (_peak((10, 12), 3, 4), np.zeros((10, 12)), {}, "pointing game region: is empty"),
+        (_peak((10, 12), 3, 4), np.ones((12, 10)), {}, "heatmap: is 10x12 pixels, the ground truth 12x10"),
+        (_peak((10, 12), 3, 4), np.ones((10, 12)), {"tolerance": -1.0}, "tolerance: is -1"),
+        (_peak((10, 12), 3, 4), np.ones((10, 12)), {"spacing": (0.0, 0.1)}, r"spacing: is \[0.0, 0.1\]"),
+    ],
+)
+def test_a_pointing_game_that_cannot_be_scored_is_an_error_not_a_miss(heatmap, region, settings, message):
+    with pytest.raises(MammoXAIError, match=message):
+        pointing_game(heatmap, region, **settings)
+
+
+def test_a_nan_in_a_map_is_an_error_for_the_energy_pointing_game():
+    heatmap = _peak((10, 12), 3, 4)
+    heatmap[0, 0] = np.nan
+    with pytest.raises(MammoXAIError, match="energy pointing game heatmap: holds NaN"):
+        energy_pointing_game(heatmap, np.ones((10, 12)))
+
+
+# -- deletion / insertion ---------------------------------------------------------------------------------------
+class NormalisedMean(nn.Module):
+    """Class 1's logit is the batch-normalised mean brightness, behind dropout: train mode would change its curves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.norm = nn.BatchNorm1d(1)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.norm(x.mean(dim=(2, 3)))))
+
+
+def test_deletion_runs_a_network_in_eval_mode_and_restores_its_mode():
+    image, heatmap = torch.rand(1, 8, 8), torch.rand(8, 8)
+    network = NormalisedMean().eval()
+    expected = deletion_insertion_auc(network, image, heatmap, class_index=1, steps=4)
+    network.train()
+    assert deletion_insertion_auc(network, image, heatmap, class_index=1, steps=4) == expected
+    assert network.training
+
+
+@pytest.mark.parametrize(
+    ("image", "heatmap", "settings", "message"),
+    [
+        (torch.zeros(1, 8, 8), torch.rand(8, 8), {}, "deletion/insertion breast: has no pixel"),
+        (torch.rand(1, 8, 8), torch.full((8, 8), float("nan")), {}, "deletion/insertion heatmap: holds NaN"),
+        (torch.rand(1, 8, 8), torch.rand(4, 4), {}, "heatmap: is 4x4 pixels, the image 8x8"),
+        (torch.rand(1, 8, 8), torch.rand(8, 8), {"steps": 0}, "deletion/insertion steps: is 0"),
+        (torch.rand(1, 8, 8), torch.rand(8, 8), {"class_index": 2}, "class_index: 2 is not one of.*use 0 to 1"),
+    ],
+)
+def test_deletion_that_cannot_be_measured_is_an_error(image, heatmap, settings, message):
+    arguments = {"class_index": 1, "steps": 4, **settings}
+    with pytest.raises(MammoXAIError, match=message):
+        deletion_insertion_auc(NormalisedMean().eval(), image, heatmap, **arguments)

@@ -27,6 +27,7 @@ from scipy import ndimage
 from scipy.stats import spearmanr
 from torch import nn
 
+from mammoxai.errors import MammoXAIError
 from mammoxai.metrics.classification import ConfidenceInterval, bootstrap_ci
 
 __all__ = [
@@ -55,11 +56,17 @@ def pointing_game(
         region: (H, W) boolean lesion mask (a box can be drawn into one).
         tolerance: distance allowed from the region, in pixels, or in millimetres when ``spacing`` is given.
         spacing: (row, column) pixel spacing in mm; distances are then measured in mm (anisotropic pixels work).
+
+    Raises:
+        MammoXAIError: an empty region, a heatmap of another shape or holding NaN (either would silently score a
+            miss), a negative tolerance or a spacing that is not positive.
     """
-    region = np.asarray(region, dtype=bool)
-    if not region.any():
-        raise ValueError("the ground-truth region is empty")
+    region = _checked_region(heatmap, region, "pointing game")
     heatmap = np.asarray(heatmap, dtype=np.float64)
+    if tolerance < 0:
+        raise MammoXAIError("pointing game tolerance", f"is {tolerance}", "use a distance of 0 or more")
+    if spacing is not None and not (len(spacing) == 2 and min(spacing) > 0):
+        raise MammoXAIError("pointing game spacing", f"is {list(spacing)}", "give (row, column) spacing in mm, both > 0")
     if heatmap.max() <= heatmap.min():
         return False
     peaks = heatmap >= heatmap.max()
@@ -67,15 +74,39 @@ def pointing_game(
     return bool((distance[peaks] <= tolerance).any())
 
 
+def _checked_region(
+    heatmap: np.ndarray | torch.Tensor, region: np.ndarray, metric: str, grid: str = "ground truth"
+) -> np.ndarray:
+    """``region`` as a boolean array, once it and ``heatmap`` are known to be scoreable together: same shape, a
+    non-empty region, no NaN in the map (NaN compares false, so a NaN map would quietly score a miss)."""
+    region = np.asarray(region, dtype=bool)
+    shape = tuple(heatmap.shape)
+    if shape != region.shape:
+        problem = f"is {shape[0]}x{shape[1]} pixels, the {grid} {region.shape[0]}x{region.shape[1]}"
+        raise MammoXAIError(f"{metric} heatmap", problem, f"give the map on the grid of the {grid}")
+    if not region.any():
+        raise MammoXAIError(f"{metric} region", "is empty", "draw the lesion's mask or box inside the image")
+    if bool(np.isnan(np.asarray(heatmap, dtype=np.float64)).any()):
+        raise MammoXAIError(f"{metric} heatmap", "holds NaN", "score finite maps: NaN comes from non-finite pixels")
+    return region
+
+
 def widen_box(box: Sequence[float], margin: float, shape: Sequence[int]) -> np.ndarray:
     """Boolean (H, W) mask of box ``(xmin, ymin, xmax, ymax)`` widened by ``margin`` pixels on every side (CorRELAX
-    widens boxes by the view stride, the resolution of its maps)."""
+    widens boxes by the view stride, the resolution of its maps), clipped to the image: a box wholly outside gives
+    an empty mask, a box of zero width or height (a point) its pixel."""
     x0, y0, x1, y1 = box
     mask = np.zeros(tuple(shape), dtype=bool)
-    rows = slice(max(0, int(np.floor(y0 - margin))), int(np.ceil(y1 + margin)))
-    cols = slice(max(0, int(np.floor(x0 - margin))), int(np.ceil(x1 + margin)))
-    mask[rows, cols] = True
+    mask[_span(y0, y1, margin), _span(x0, x1, margin)] = True
     return mask
+
+
+def _span(low: float, high: float, margin: float) -> slice:
+    """The pixels from ``low - margin`` to ``high + margin``, at least the one at ``low`` (a point annotation), both
+    ends clipped at 0: a negative end would count from the far edge of the image."""
+    start = int(np.floor(low - margin))
+    stop = max(int(np.ceil(high + margin)), start + 1)
+    return slice(max(0, start), max(0, stop))
 
 
 def pointing_game_summary(
@@ -158,10 +189,15 @@ def paired_pointing_difference(
 
 
 def energy_pointing_game(heatmap: np.ndarray, region: np.ndarray) -> float:
-    """Fraction of the (non-negative part of the) map's sum that lies inside ``region``; 0 for an all-zero map."""
+    """Fraction of the (non-negative part of the) map's sum that lies inside ``region``; 0 for an all-zero map.
+
+    Raises:
+        MammoXAIError: as :func:`pointing_game`, for an empty region or a heatmap of another shape or holding NaN.
+    """
+    region = _checked_region(heatmap, region, "energy pointing game")
     heatmap = np.clip(np.asarray(heatmap, dtype=np.float64), 0.0, None)
     total = heatmap.sum()
-    return float(heatmap[np.asarray(region, dtype=bool)].sum() / total) if total > 0 else 0.0
+    return float(heatmap[region].sum() / total) if total > 0 else 0.0
 
 
 def deletion_insertion_auc(
@@ -189,9 +225,19 @@ def deletion_insertion_auc(
 
     Returns:
         ``(deletion_auc, insertion_auc)`` by the trapezoidal rule over the fraction of breast pixels in [0, 1].
+
+    Raises:
+        MammoXAIError: no breast pixel to rank (e.g. an all-zero image), a heatmap of another shape than the image
+            or holding NaN, fewer than 1 step, or a class the model does not score.
     """
+    if steps < 1:
+        raise MammoXAIError("deletion/insertion steps", f"is {steps}", "use 1 or more points per curve")
     if breast is None:
         breast = image.abs().sum(dim=0) > 0
+    if not breast.any():
+        problem = "has no pixel (the image is all background): there is nothing to delete or insert"
+        raise MammoXAIError("deletion/insertion breast", problem, "pass a breast mask, or an image with a breast")
+    _checked_region(heatmap.detach().cpu(), breast.cpu().numpy(), "deletion/insertion", "image")
     order = torch.argsort(heatmap.flatten().masked_fill(~breast.flatten(), float("-inf")), descending=True)
     count = int(breast.sum())
     rank = torch.empty_like(order)
@@ -201,11 +247,27 @@ def deletion_insertion_auc(
     empty = torch.full_like(image, baseline)
     deleted = torch.where(top, empty, image)
     inserted = torch.where(top, image, torch.where(breast, empty, image))  # outside the breast stays as it was
-    with torch.no_grad():
-        outputs = model(torch.cat([deleted, inserted])).float()
+    outputs = _evaluated(model, torch.cat([deleted, inserted]))
+    if not 0 <= class_index < outputs.shape[1]:
+        fix = f"use 0 to {outputs.shape[1] - 1}"
+        raise MammoXAIError("deletion/insertion class_index", f"{class_index} is not one of the model's classes", fix)
     probabilities = (torch.softmax(outputs, dim=1) if softmax else outputs)[:, class_index].cpu()
     x = np.linspace(0.0, 1.0, steps + 1)
     return float(np.trapz(probabilities[: steps + 1].numpy(), x)), float(np.trapz(probabilities[steps + 1 :].numpy(), x))
+
+
+def _evaluated(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Float32 outputs of ``model`` on ``images`` without gradients, a network in eval mode and put back as it was:
+    in train mode, BatchNorm would normalise the curve's images by each other and dropout would add noise."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
+    try:
+        with torch.no_grad():
+            return model(images).float()
+    finally:
+        if was_training:
+            model.train()
 
 
 def randomisation_sanity(original: np.ndarray, randomised: np.ndarray) -> float:
