@@ -119,3 +119,31 @@ def test_a_change_made_by_another_process_is_seen_by_the_next_step_here(studies)
     info = index_on_disk(studies)["objects"][image]["image"]["info"]
     assert info["written_by"] == "training" and info["score"] == 0.5
     assert server.get_image_info(image)["written_by"] == "training"
+
+
+def save_final_label(datastore: MammogramDatastore, image_id: str, folder: Path) -> None:
+    label = folder / "label.json"
+    label.write_text(json.dumps({"class": "benign", "annotator": "t", "timestamp": "2024-05-01T09:30:00+00:00"}))
+    datastore.save_label(image_id, str(label), "final", {})
+
+
+def test_a_saved_label_is_indexed_again_when_the_index_is_lost(studies, tmp_path):
+    image = sorted(path.stem for path in studies.glob("P*.dcm"))[0]
+    save_final_label(open_datastore(studies), image, tmp_path)
+
+    (studies / "datastore_v2.json").unlink()  # deleted, or restored from a backup older than the label
+    reopened = open_datastore(studies)
+
+    assert reopened.get_labeled_images("final") == [image]
+    assert json.loads(Path(reopened.get_label_uri(image, "final")).read_text())["class"] == "benign"
+
+
+def test_a_label_survives_its_image_leaving_the_folder_and_coming_back(studies, tmp_path):
+    image = sorted(path.stem for path in studies.glob("P*.dcm"))[0]
+    save_final_label(open_datastore(studies), image, tmp_path)
+
+    (studies / f"{image}.dcm").rename(tmp_path / "away.dcm")  # a share unmounted, a file moved by hand
+    assert image not in open_datastore(studies).list_images()
+    (tmp_path / "away.dcm").rename(studies / f"{image}.dcm")
+
+    assert open_datastore(studies).get_labeled_images("final") == [image]

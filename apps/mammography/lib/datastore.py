@@ -183,6 +183,25 @@ class MammogramDatastore(LocalDatastore):
         with self._latest_index():
             super()._reconcile_datastore()
 
+    def _add_non_existing_labels(self, tag: str) -> int:
+        """Index the files of ``labels/<tag>/`` that name an image but are missing from its entry.
+
+        LocalDatastore looks there only for files with an image suffix, and labels here are ``.json`` (model output
+        keeps its own suffix): a correction whose index entry was lost (the index deleted or restored from a backup,
+        its image moved away and back) would stay on disk unseen, its image offered again as unlabeled and left out
+        of training. Temporary files of an interrupted save (``.<name>.<random>.tmp``) name no image id.
+        """
+        added = 0
+        for path in sorted(Path(self._datastore.label_path(tag)).iterdir()):
+            image_id = path.name[: -len(path.suffix)] if path.suffix else ""
+            entry = self._datastore.objects.get(image_id)
+            if entry is None or tag in entry.labels or not path.is_file():
+                continue
+            logger.info(f"indexing label {tag!r} of image {image_id!r} found on disk: {path.name}")
+            entry.labels[tag] = DataModel(info={"ts": int(path.stat().st_mtime), "name": path.name}, ext=path.suffix)
+            added += 1
+        return added
+
     @contextmanager
     def _latest_index(self) -> Iterator[None]:
         """Hold the datastore lock with the in-memory index equal to the file; a change made inside and written
