@@ -12,7 +12,8 @@ from torch import nn
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import deletion_insertion_auc, energy_pointing_game, pointing_game, widen_box
 from mammoxai.nets import MammoClassifier
-from mammoxai.saliency import CAM, RISE, GradCAM, HiResCAM, Occlusion
+from mammoxai.saliency import CAM, RISE, CorRELAX, GradCAM, HiResCAM, Occlusion, RandomMasks
+from test_saliency_methods import ToyEncoder, reference_correlax
 
 TARGET = "features.block2"
 
@@ -191,3 +192,42 @@ def test_deletion_that_cannot_be_measured_is_an_error(image, heatmap, settings, 
     arguments = {"class_index": 1, "steps": 4, **settings}
     with pytest.raises(MammoXAIError, match=message):
         deletion_insertion_auc(NormalisedMean().eval(), image, heatmap, **arguments)
+
+
+# -- CorRELAX ---------------------------------------------------------------------------------------------------
+def test_correlax_of_an_odd_sized_image_is_the_reference_on_the_zero_padded_image():
+    """41 x 50 pixels do not tile into 24-pixel views 8 apart: the last row and column of views reach into zero
+    padding, so every pixel is covered, and the maps are cropped back to the image."""
+    net = ToyEncoder().eval()
+    image = torch.rand(1, 1, 41, 50, generator=torch.Generator().manual_seed(1)) + 0.1
+    correlax = CorRELAX(net, "pool", view_size=24, stride=8, num_masks=12, grid=4, kernel_sigma=None, seed=3)
+    result = correlax.explain(image)
+    masks = RandomMasks(12, (24, 24), grid=4, keep_prob=0.5, seed=3)(0, 12)
+    prediction, correlation = reference_correlax(net, F.pad(image, (0, 6, 0, 7)), 24, 8, masks)
+    assert result.prediction.shape == (1, 3, 41, 50) and result.views == [4 * 5]
+    assert torch.allclose(result.prediction[0].double(), prediction[:, :41, :50], atol=1e-5)
+    assert torch.allclose(result.correlation[0].double(), correlation[:, :41, :50], atol=1e-4)
+
+
+def test_an_all_background_image_of_a_batch_is_named():
+    images = torch.rand(2, 1, 16, 16) + 0.1
+    images[1] = 0.0
+    with pytest.raises(MammoXAIError, match="CorRELAX input: image 1 of the batch has no breast pixel"):
+        CorRELAX(ToyEncoder().eval(), "pool", view_size=8, stride=4)(images)
+
+
+def test_a_breast_too_small_for_the_views_names_min_breast_fraction():
+    image = torch.zeros(1, 1, 16, 16)
+    image[..., :2, :2] = 1.0  # 4 of a view's 64 pixels
+    correlax = CorRELAX(ToyEncoder().eval(), "pool", view_size=8, stride=4, min_breast_fraction=0.25)
+    with pytest.raises(MammoXAIError, match="min_breast_fraction: no 8x8 view of image 0.*more than 25% breast.*at most 6%"):
+        correlax(image)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"kernel_sigma": 0.0}, "kernel_sigma: is 0.0"), ({"background_class": 3}, "background_class: 3 is not one of the network's 3")],
+)
+def test_correlax_settings_that_would_give_zeros_or_crash_are_refused(settings, message):
+    with pytest.raises(MammoXAIError, match=message):
+        CorRELAX(ToyEncoder().eval(), "pool", view_size=8, stride=4, num_masks=4, **settings)(torch.rand(1, 1, 16, 16))

@@ -115,6 +115,9 @@ class CorRELAX:
         if view_size < 1 or stride < 1 or not 0.0 < refine_fraction <= 1.0:
             problem = f"view_size={view_size}, stride={stride}, refine_fraction={refine_fraction}"
             raise MammoXAIError("saliency correlax", problem, "use positive sizes and 0 < refine_fraction <= 1")
+        if kernel_sigma is not None and not kernel_sigma > 0:
+            problem = f"is {kernel_sigma}: a kernel of zero width gives every pixel zero weight"
+            raise MammoXAIError("saliency kernel_sigma", problem, "use a fraction of view_size > 0, or None (uniform)")
         self.view_size, self.stride = int(view_size), int(stride)
         self.num_masks, self.grid, self.keep_prob, self.seed = int(num_masks), int(grid), float(keep_prob), int(seed)
         self.min_breast_fraction, self.refine_fraction = float(min_breast_fraction), float(refine_fraction)
@@ -147,13 +150,14 @@ class CorRELAX:
         correlation map is then 0 and no view is refined.
 
         Raises:
-            MammoXAIError: the image is smaller than one view, or has no breast pixel.
+            MammoXAIError: the image is smaller than one view, has no breast pixel or no view with more than
+                ``min_breast_fraction`` breast; ``background_class`` is not a class of the network.
         """
         height, width = x.shape[2:]
         if height < self.view_size or width < self.view_size:
             problem = f"{height}x{width} pixels is smaller than one {self.view_size}x{self.view_size} local view"
             raise MammoXAIError("CorRELAX input", problem, "give the full-resolution image or a smaller view_size")
-        results = [self._explain_one(image[None], correlation) for image in x]
+        results = [self._explain_one(image[None], correlation, number) for number, image in enumerate(x)]
         return CorRELAXResult(
             torch.cat([result[0] for result in results]),
             torch.cat([result[1] for result in results]),
@@ -161,15 +165,15 @@ class CorRELAX:
             [result[3] for result in results],
         )
 
-    def _explain_one(self, image: torch.Tensor, correlation: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    def _explain_one(
+        self, image: torch.Tensor, correlation: bool, number: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         height, width = image.shape[2:]
         size, stride = self.view_size, self.stride
         rows, cols = (math.ceil((length - size) / stride) + 1 for length in (height, width))
         padded = F.pad(image, (0, (cols - 1) * stride + size - width, 0, (rows - 1) * stride + size - height))
         breast = F.avg_pool2d((padded.abs().sum(dim=1, keepdim=True) > 0).float(), size, stride)[0, 0]  # (rows, cols)
-        selected = torch.nonzero(breast > self.min_breast_fraction)
-        if selected.numel() == 0:
-            raise MammoXAIError("CorRELAX input", "has no breast pixel (the image is all background)")
+        selected = self._selected(breast, number)
         views = padded[0].unfold(1, size, stride).unfold(2, size, stride)  # (channels, rows, cols, size, size)
         views = views[:, selected[:, 0], selected[:, 1]].transpose(0, 1)  # (V, channels, size, size)
         features, probabilities = [], []
@@ -178,6 +182,7 @@ class CorRELAX:
             features.append(batch_features)
             probabilities.append(torch.softmax(batch_logits, dim=1))
         features, probabilities = torch.cat(features), torch.cat(probabilities)
+        self._check_background_class(probabilities.shape[1])
         refined = self._refined(probabilities) if correlation else selected.new_zeros(0)
         correlations = (
             self._correlations(views[refined], features[refined]) if len(refined) else probabilities[:0]
@@ -186,6 +191,27 @@ class CorRELAX:
         prediction_map = self._assemble(probabilities, selected, grid)
         correlation_map = self._assemble(correlations, selected[refined], grid)
         return prediction_map[..., :height, :width], correlation_map[..., :height, :width], len(views), len(refined)
+
+    def _selected(self, breast: torch.Tensor, number: int) -> torch.Tensor:
+        """View-grid positions (V, 2) of the views with more than ``min_breast_fraction`` breast, from the breast
+        fraction of every view (rows, cols); an image without one is an error, not an all-zero map."""
+        selected = torch.nonzero(breast > self.min_breast_fraction)
+        if selected.numel() == 0 and not breast.any():
+            problem = f"image {number} of the batch has no breast pixel (it is all background)"
+            raise MammoXAIError("CorRELAX input", problem, "explain images that show a breast")
+        if selected.numel() == 0:
+            size = self.view_size
+            problem = (
+                f"no {size}x{size} view of image {number} of the batch is more than {self.min_breast_fraction:.0%} "
+                f"breast (at most {float(breast.max()):.0%})"
+            )
+            raise MammoXAIError("saliency min_breast_fraction", problem, "lower it, or use the faithful preset")
+        return selected
+
+    def _check_background_class(self, classes: int) -> None:
+        if self.background_class is not None and not 0 <= self.background_class < classes:
+            problem = f"{self.background_class} is not one of the network's {classes} classes"
+            raise MammoXAIError("saliency background_class", problem, f"use 0 to {classes - 1}, or None")
 
     def _refined(self, probabilities: torch.Tensor) -> torch.Tensor:
         """Indices of the views given masked passes: all, or the top fraction by strongest lesion prediction."""
