@@ -226,15 +226,30 @@ def test_label_for_an_unknown_image_is_404(app_server, unchanged):
     assert_server_up(app_server)
 
 
-def test_infer_before_weights_exist_is_503_saying_how_to_train(app_server, unchanged):
+def post_without_weights(app_server, path: str, **params: str) -> requests.Response:
+    """``POST <path>`` while the served checkpoint is moved away, as before the first training run."""
     aside = app_server.checkpoint.with_name("model.pt.aside")
     app_server.checkpoint.rename(aside)
     try:
-        response = requests.post(
-            f"{app_server.url}/infer/{app_server.model}", params={"image": app_server.study_ids()[0]}, timeout=60
-        )
+        return requests.post(f"{app_server.url}{path}", params=params, json={}, timeout=60)
     finally:
         aside.rename(app_server.checkpoint)
 
+
+def test_infer_before_weights_exist_is_503_saying_how_to_train(app_server, unchanged):
+    response = post_without_weights(app_server, f"/infer/{app_server.model}", image=app_server.study_ids()[0])
+
     assert_refused(response, 503, "model.pt", "configs/train.json")
+    assert_server_up(app_server)
+
+
+@pytest.mark.parametrize(
+    "path, params",
+    [("/activelearning/uncertainty", {}), ("/scoring/uncertainty", {"run_sync": "true"})],
+    ids=["next_case", "scoring"],
+)
+def test_uncertainty_before_weights_exist_is_503_naming_the_strategies_that_need_none(app_server, unchanged, path, params):
+    response = post_without_weights(app_server, path, **params)
+
+    assert_refused(response, 503, "model.pt: no trained weights", "/activelearning/random", "tag final")
     assert_server_up(app_server)

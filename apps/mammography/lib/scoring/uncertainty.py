@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 import torch
+from lib.http_errors import client_errors
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
@@ -104,7 +106,7 @@ class UncertaintyScoring(ScoringMethod):
         self.measure = measure
 
     def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> dict[str, Any]:
-        self.predictor.load_weights()
+        self._load_weights()
         current = self.predictor.checkpoint_id
         transforms = TTA_TRANSFORMS if self.measure == "tta" else ()
         result: dict[str, Any] = {"scored": 0, "skipped": 0, "failed": {}}
@@ -133,3 +135,13 @@ class UncertaintyScoring(ScoringMethod):
             result["scored"] += 1
         logger.info("uncertainty (%s): %s", self.measure, result)
         return result
+
+    def _load_weights(self) -> None:
+        """Load the served weights, or answer 503 as ``/infer`` does: before the first training run there is no model to
+        be uncertain with, and the first cases are proposed by the ``random`` or ``first`` strategy instead."""
+        with client_errors(HTTPStatus.SERVICE_UNAVAILABLE):
+            try:
+                self.predictor.load_weights()
+            except MammoXAIError as error:
+                fix = "propose the first cases with POST /activelearning/random (or first), save their labels with tag final, then train (POST /train/<model>)"
+                raise MammoXAIError(error.source, error.problem, fix) from error
