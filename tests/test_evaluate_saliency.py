@@ -46,18 +46,25 @@ class Brightness(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-@pytest.fixture(scope="module")
-def lesion_study(tmp_path_factory):
-    """A 160 x 128 PNG: breast tissue on the left, a bright 16-pixel mass near its lower edge, and its finding CSV."""
-    folder = tmp_path_factory.mktemp("lesion_study")
+def write_lesion_study(folder: Path, mirrored: bool = False, box: tuple[int, int, int, int] | None = None):
+    """A 160 x 128 PNG: breast tissue on the left (the right, ``mirrored``: a right breast), a bright 16-pixel mass
+    near its lower edge, and its finding CSV (with the mass's box, or ``box``)."""
     pixels = np.zeros((160, 128), np.uint8)
     pixels[10:150, :100] = np.linspace(95, 85, 100).astype(np.uint8)  # tissue thinning towards the skin
     x0, y0, x1, y1 = LESION
     pixels[y0:y1, x0:x1] = 250
+    if mirrored:
+        pixels, x0, x1 = np.ascontiguousarray(pixels[:, ::-1]), 128 - x1, 128 - x0
     Image.fromarray(pixels).save(folder / "case1.png")
     csv = folder / "finding_annotations.csv"
+    x0, y0, x1, y1 = box or (x0, y0, x1, y1)
     csv.write_text(f"image_id,finding_categories,xmin,ymin,xmax,ymax\ncase1,['Mass'],{x0},{y0},{x1},{y1}\n")
     return [{"path": str(folder / "case1.png"), "image_id": "case1", "case_label": "malignant"}], csv
+
+
+@pytest.fixture(scope="module")
+def lesion_study(tmp_path_factory):
+    return write_lesion_study(tmp_path_factory.mktemp("lesion_study"))
 
 
 def _models():
@@ -89,6 +96,32 @@ def test_a_map_on_the_lesion_beats_the_centre_and_random_baselines(lesion_study,
     report = json.loads((tmp_path / "report.json").read_text())
     assert [row["method"] for row in report["tables"]["methods"]] == list(rows)
     assert (tmp_path / "overlay_1.png").is_file() and "| gradcam |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
+    """The mirrored image is flipped onto the model grid; its maps must come back onto the mass where the CSV has it."""
+    records, csv = write_lesion_study(tmp_path, mirrored=True)
+    methods = [
+        {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}},
+        {
+            "name": "correlax", "model": "lesion_crops", "target": "finding",
+            "settings": {"representation_layer": "pool", "view_size": 32, "stride": 16, "num_masks": 8},
+        },
+    ]  # fmt: skip
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), methods, tmp_path / "out", deletion_steps=0, sanity_images=0, overlays=0
+    )
+    rows = {row["method"]: row for row in evaluator.run()["methods"]}
+    assert rows["gradcam"]["mass"] == 1.0 and rows["correlax"]["mass"] == 1.0
+
+
+def test_a_box_outside_the_image_names_the_csv_and_the_image(tmp_path):
+    records, csv = write_lesion_study(tmp_path, box=(200, 10, 220, 30))
+    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    evaluator = SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0)
+    with pytest.raises(MammoXAIError, match=r"finding_annotations.csv: the mass box \(200.0, 10.0, 220.0, 30.0\) "
+                       "of image case1 lies outside its 160x128 pixels"):
+        evaluator.run()
 
 
 def test_local_views_larger_than_the_grid_are_refused(lesion_study, tmp_path):

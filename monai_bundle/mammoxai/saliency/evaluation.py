@@ -320,6 +320,10 @@ class SaliencyEvaluator:
         regions = []
         for category, box, mask_path in self.findings[key]:
             region = widen_box(box, 0, shape)
+            if not region.any():
+                problem = f"the {category} box {tuple(box)} of image {key} lies outside its {shape[0]}x{shape[1]} pixels"
+                fix = "give xmin, ymin, xmax, ymax in pixels of the original image (columns, then rows)"
+                raise MammoXAIError(self.findings_csv, problem, fix)
             if mask_path:
                 if not Path(mask_path).is_file():
                     fix = f"fix the mask column of {self.findings_csv}"
