@@ -12,7 +12,7 @@ from torch import nn
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import deletion_insertion_auc, energy_pointing_game, pointing_game, widen_box
 from mammoxai.nets import MammoClassifier
-from mammoxai.saliency import CAM, RISE, CorRELAX, GradCAM, HiResCAM, Occlusion, RandomMasks
+from mammoxai.saliency import CAM, RISE, CorRELAX, GradCAM, HiResCAM, Occlusion, RandomMasks, get_method
 from test_saliency_methods import ToyEncoder, reference_correlax
 
 TARGET = "features.block2"
@@ -231,3 +231,46 @@ def test_a_breast_too_small_for_the_views_names_min_breast_fraction():
 def test_correlax_settings_that_would_give_zeros_or_crash_are_refused(settings, message):
     with pytest.raises(MammoXAIError, match=message):
         CorRELAX(ToyEncoder().eval(), "pool", view_size=8, stride=4, num_masks=4, **settings)(torch.rand(1, 1, 16, 16))
+
+
+# -- batches, modes, seeds and precision ------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["occlusion", "rise", "gradcampp"])
+def test_each_image_of_a_batch_gets_its_own_class(net, images, method):
+    settings = {"gradcampp": {"target_layer": TARGET}, "rise": {"num_masks": 16, "grid": 4}}.get(method, {})
+    explain = get_method(method, net, preset="fast" if method == "occlusion" else None, **settings)
+    maps, _ = explain(images, class_idx=torch.tensor([2, 0]))
+    for index, target in enumerate((2, 0)):
+        single, _ = explain(images[index : index + 1], class_idx=target)
+        assert torch.allclose(maps[index], single[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "occlusion", "rise", "relax"])
+def test_train_mode_changes_no_map_and_is_restored(net, images, method):
+    """MammoClassifier has BatchNorm: in train mode it would normalise the images of a batch by each other."""
+    settings = {
+        "gradcam": {"target_layer": TARGET}, "rise": {"num_masks": 32}, "relax": {"representation_layer": "pool", "num_masks": 32}
+    }.get(method, {})
+    explain = get_method(method, net, preset=None if method == "gradcam" else "fast", **settings)
+    expected, _ = explain(images, class_idx=1)
+    net.train()
+    maps, _ = explain(images, class_idx=1)
+    assert net.training and torch.equal(maps, expected)
+
+
+@pytest.mark.parametrize("method", ["rise", "relax", "correlax"])
+def test_a_seed_gives_the_same_map_twice_and_another_seed_another_map(method):
+    net, image = ToyEncoder().eval(), torch.rand(1, 1, 24, 20, generator=torch.Generator().manual_seed(2)) + 0.1
+    settings = {"num_masks": 16, "grid": 4}
+    if method != "rise":
+        settings["representation_layer"] = "pool"
+    if method == "correlax":
+        settings.update(view_size=16, stride=4, map="correlation")
+    maps = [get_method(method, net, seed=seed, **settings)(image)[0] for seed in (5, 5, 6)]
+    assert torch.equal(maps[0], maps[1]) and (maps[0] - maps[2]).abs().max() > 0.05
+
+
+def test_gradcam_under_cpu_bfloat16_autocast_is_close_to_float32(net, images):
+    expected, _ = GradCAM(net, TARGET)(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps, _ = GradCAM(net, TARGET)(images)
+    assert maps.dtype == torch.float32 and (maps - expected).abs().max() < 0.05
