@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 
@@ -124,6 +125,25 @@ def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(lo
     assert served_checkpoint(url, sorted(truth)[1]) != served_before
     case = requests.post(f"{url}/activelearning/uncertainty", json={}, timeout=300).json()
     assert case["id"] not in sorted(truth)[::2]  # labelled images are never proposed again
+
+
+@pytest.mark.parametrize("enqueue", [False, True], ids=["now", "enqueued"])
+def test_train_while_a_run_the_server_does_not_know_holds_the_weights_is_409(loop_server, enqueue):
+    url, bundle, _ = loop_server
+    last = requests.get(f"{url}/train/", timeout=30).json()["id"]
+    before = (bundle / "models" / "model.pt").stat().st_mtime_ns
+
+    with open(bundle / "models" / ".train.lock", "w") as lock:  # what a run started before a restart holds
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        response = requests.post(
+            f"{url}/train/mammoxai", params={"enqueue": str(enqueue).lower()}, json={"epochs": 1}, timeout=60
+        )
+
+    assert response.status_code == 409, response.text
+    assert "is being trained by another run" in response.json()["detail"]
+    assert "before the server restarted" in response.json()["detail"]
+    assert requests.get(f"{url}/train/", timeout=30).json()["id"] == last  # no run was started
+    assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
 
 
 def test_a_known_scoring_method_passes_the_guard_and_scores_every_image(loop_server):

@@ -12,7 +12,8 @@ Two questions MONAI Label answers late or vaguely are answered up front by :func
 request when there is nothing to train on is a 422 naming the fix (instead of a background task that fails in
 its log), and a request while a run is in progress is a 409 (MONAI Label says 429, "too many requests", which
 invites retrying at once). A lock file next to the checkpoint makes the same guarantee for runs started any
-other way: two runs never write the weights at the same time.
+other way: two runs never write the weights at the same time; the guard checks it too, so a run that outlived a
+restart of the server (MONAI Label no longer lists it) is a 409 as well, not a new run that fails in its log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,21 @@ class CorrectionsTrainer(TrainTask):
     def stats_path(self) -> Path:
         return self.predictor.checkpoint.path.with_name("train_stats.json")
 
+    @property
+    def lock_path(self) -> Path:
+        """Held by a run while it trains; a run outlives the server that started it (MONAI Label's run is a process of
+        its own), so after a restart only this lock tells that one is still going."""
+        return self.predictor.checkpoint.path.with_name(".train.lock")
+
+    def check_idle(self) -> None:
+        """Refuse to start while any run holds :attr:`lock_path`, also one this server does not know of.
+
+        Raises:
+            MammoXAIError: a run holds the lock.
+        """
+        with _exclusive(self.lock_path):
+            pass
+
     def config(self) -> dict[str, Any]:
         return {"epochs": 5, "accept": list(ACCEPT_POLICIES)}
 
@@ -154,7 +171,7 @@ class CorrectionsTrainer(TrainTask):
             "cache_dir": str(self.bundle / "eval" / "cache"),
         }
         checkpoint = self.predictor.checkpoint.path
-        with _exclusive(checkpoint.with_name(".train.lock")), _user_error_last():
+        with _exclusive(self.lock_path), _user_error_last():
             with tempfile.TemporaryDirectory(prefix="mammoxai-train-") as work:
                 result = finetune(
                     self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
@@ -188,9 +205,11 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
-            raise MammoXAIError(
-                lock_path.parent, "is being trained by another run", "wait for it (GET /train/) or stop it (DELETE /train/)"
-            ) from error
+            fix = (
+                "wait for it (GET /train/) or stop it (DELETE /train/); a run started before the server restarted, or "
+                f"from the command line, is not listed there and holds {lock_path.name} until it ends"
+            )
+            raise MammoXAIError(lock_path.parent, "is being trained by another run", fix) from error
         try:
             yield
         finally:
@@ -222,12 +241,16 @@ def install_train_guard(
         with client_errors():
             trainer.check_request(params or {})
             trainer.check_ready(datastore())
-        if processes("train") and not enqueue:
-            raise conflict(
-                f"training of {model!r}",
-                "is already running",
-                "wait for it to finish (GET /train/), stop it (DELETE /train/) or pass enqueue=true to queue this one",
-            )
+        if processes("train"):
+            if not enqueue:
+                raise conflict(
+                    f"training of {model!r}",
+                    "is already running",
+                    "wait for it to finish (GET /train/), stop it (DELETE /train/) or pass enqueue=true to queue this one",
+                )
+        else:  # no run of this server: one it does not know of would make this one fail in its log
+            with client_errors(HTTPStatus.CONFLICT):
+                trainer.check_idle()
         with client_errors():
             return train_endpoints.run_model(model, params, run_sync, enqueue)
 
