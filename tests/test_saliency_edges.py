@@ -220,13 +220,17 @@ def test_a_breast_too_small_for_the_views_names_min_breast_fraction():
     image = torch.zeros(1, 1, 16, 16)
     image[..., :2, :2] = 1.0  # 4 of a view's 64 pixels
     correlax = CorRELAX(ToyEncoder().eval(), "pool", view_size=8, stride=4, min_breast_fraction=0.25)
-    with pytest.raises(MammoXAIError, match="min_breast_fraction: no 8x8 view of image 0.*more than 25% breast.*at most 6%"):
+    message = "min_breast_fraction: no 8x8 view of image 0.*more than 25% breast.*at most 6%"
+    with pytest.raises(MammoXAIError, match=message):
         correlax(image)
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"kernel_sigma": 0.0}, "kernel_sigma: is 0.0"), ({"background_class": 3}, "background_class: 3 is not one of the network's 3")],
+    [
+        ({"kernel_sigma": 0.0}, "kernel_sigma: is 0.0"),
+        ({"background_class": 3}, "background_class: 3 is not one of the network's 3"),
+    ],
 )
 def test_correlax_settings_that_would_give_zeros_or_crash_are_refused(settings, message):
     with pytest.raises(MammoXAIError, match=message):
@@ -248,7 +252,9 @@ def test_each_image_of_a_batch_gets_its_own_class(net, images, method):
 def test_train_mode_changes_no_map_and_is_restored(net, images, method):
     """MammoClassifier has BatchNorm: in train mode it would normalise the images of a batch by each other."""
     settings = {
-        "gradcam": {"target_layer": TARGET}, "rise": {"num_masks": 32}, "relax": {"representation_layer": "pool", "num_masks": 32}
+        "gradcam": {"target_layer": TARGET},
+        "rise": {"num_masks": 32},
+        "relax": {"representation_layer": "pool", "num_masks": 32},
     }.get(method, {})
     explain = get_method(method, net, preset=None if method == "gradcam" else "fast", **settings)
     expected, _ = explain(images, class_idx=1)

@@ -66,7 +66,8 @@ def pointing_game(
     if tolerance < 0:
         raise MammoXAIError("pointing game tolerance", f"is {tolerance}", "use a distance of 0 or more")
     if spacing is not None and not (len(spacing) == 2 and min(spacing) > 0):
-        raise MammoXAIError("pointing game spacing", f"is {list(spacing)}", "give (row, column) spacing in mm, both > 0")
+        fix = "give (row, column) spacing in mm, both > 0"
+        raise MammoXAIError("pointing game spacing", f"is {list(spacing)}", fix)
     if heatmap.max() <= heatmap.min():
         return False
     peaks = heatmap >= heatmap.max()

@@ -76,7 +76,8 @@ def class_indices(scores: torch.Tensor, class_idx: ClassIndex) -> list[torch.Ten
         several = isinstance(class_idx, Iterable) and not isinstance(class_idx, (str, torch.Tensor))
         listed = list(class_idx) if several else [class_idx]
         if not listed:
-            raise MammoXAIError("saliency class_idx", "is an empty list", "give at least one class, or None for the predicted one")
+            fix = "give at least one class, or None for the predicted one"
+            raise MammoXAIError("saliency class_idx", "is an empty list", fix)
         indices = [_class_index(index) for index in listed]
         selected = [torch.full((batch,), index, dtype=torch.long, device=scores.device) for index in indices]
     for index in indices:
