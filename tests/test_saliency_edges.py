@@ -280,3 +280,14 @@ def test_gradcam_under_cpu_bfloat16_autocast_is_close_to_float32(net, images):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         maps, _ = GradCAM(net, TARGET)(images)
     assert maps.dtype == torch.float32 and (maps - expected).abs().max() < 0.05
+
+
+def test_random_masks_of_a_size_the_grid_does_not_divide_are_the_per_mask_crops():
+    """37 x 29 pixels on a 4 x 4 grid: cells of 10 x 8 pixels, each mask the upsampled grid cropped at its shift."""
+    masks = RandomMasks(6, (37, 29), grid=4, keep_prob=0.5, seed=4)
+    made = masks(0, 6)
+    assert masks.cell == (10, 8)
+    for index in range(6):
+        upsampled = F.interpolate(masks.cells[index : index + 1], size=(50, 40), mode="bilinear", align_corners=False)
+        row, col = masks.shifts[index].tolist()
+        assert torch.equal(made[index], upsampled[0, 0, row : row + 37, col : col + 29])
