@@ -136,11 +136,36 @@ def test_inference_json_refuses_a_model_trained_on_another_grid_before_reading_a
     command += ["--input_dir", str(studies), "--checkpoint", str(trained / "model.pt")]
     command += ["--output_dir", str(tmp_path / "out"), "--image_size", "[128, 104]"]
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert 'model.pt: was trained on a 256x208 grid, not the 128x104 of this run (pass --image_size "[256, 208]")' in (
-        result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # one line, not MONAI's chained traceback
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'error: {trained / "model.pt"}: was trained on a 256x208 grid, not the 128x104 of this run '
+        '(pass --image_size "[256, 208]")'
     )
     assert not (tmp_path / "out").exists()
+
+
+#: configs that run merged over another (python scripts/evaluate.py, the multi-GPU command of the model card)
+MERGED_OVER = {"evaluate.json": "train.json", "multi_gpu_pretrain.json": "pretrain.json"}
+
+
+@pytest.mark.parametrize("config", sorted(path.name for path in CONFIGS.glob("*.json") if path.stem != "metadata" and "fields" not in path.stem))
+def test_every_config_hooks_one_line_user_errors_before_anything_else(config):
+    """``python -m monai.bundle run`` is MONAI's command: the configs make its user errors one line themselves."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in (MERGED_OVER.get(config), config) if name])
+    assert parser.get("initialize", [None])[0] == "@user_errors"
+    assert parser.get("user_errors") == {"_target_": "mammoxai.cli.brief_user_errors"}
+
+
+def test_a_user_error_keeps_its_traceback_when_asked_and_a_bug_always_does(tmp_path):
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    command += ["--dataset_dir", str(tmp_path / "missing"), "--ckpt_dir", str(tmp_path / "models")]
+    environment = {**os.environ, "MAMMOXAI_TRACEBACK": "1"}
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "manifest not found" in result.stderr
+    bug = "import sys, mammoxai.cli; mammoxai.cli.brief_user_errors(); raise KeyError('a bug')"
+    result = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError: 'a bug'" in result.stderr
 
 
 def test_inference_json_refuses_class_names_in_another_order_than_training_gave_the_logits(tmp_path, studies, trained):

@@ -1,15 +1,18 @@
-"""Running bundle configs from the command-line scripts: one-line user errors instead of tracebacks.
+"""Running bundle configs from the command line: one-line user errors instead of tracebacks.
 
 ``python -m monai.bundle run`` wraps whatever a component raises in the config parser's own exception, so a
 user's mistake (a missing file, an unknown field) arrives as a long traceback. The scripts in ``scripts/`` run
 their configs through :func:`run_bundle_config`, which prints the :class:`~mammoxai.MammoXAIError` behind such a
 failure as one line on stderr and exits with status 1; anything else keeps its traceback, since it is a bug.
+``monai.bundle run`` itself is MONAI's command, so the bundle's configs call :func:`brief_user_errors` first in
+their ``initialize`` section, which gives its uncaught user errors the same one line.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -24,6 +27,7 @@ from mammoxai.errors import MammoXAIError
 
 __all__ = [
     "BUNDLE_ROOT",
+    "brief_user_errors",
     "bundle_config_files",
     "check_override_keys",
     "config_overrides",
@@ -44,6 +48,31 @@ def user_error(error: BaseException) -> MammoXAIError | None:
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def brief_user_errors() -> None:
+    """Have an uncaught exception with a :class:`~mammoxai.MammoXAIError` behind it end the process with that
+    error's one line on stderr (exit status 1, as any uncaught exception), instead of the chained traceback.
+
+    Behind ``python -m monai.bundle run`` a user's mistake is wrapped twice by MONAI's config parser and printed
+    as some forty lines of MONAI and ``fire`` frames, the message that says what to fix in their middle. Any other
+    exception keeps its traceback, since it is a bug; ``MAMMOXAI_TRACEBACK=1`` keeps it for user errors too.
+    Calling this again changes nothing.
+    """
+    global _excepthook_before
+    if sys.excepthook is not _print_user_error_briefly:
+        _excepthook_before, sys.excepthook = sys.excepthook, _print_user_error_briefly
+
+
+_excepthook_before = sys.__excepthook__
+
+
+def _print_user_error_briefly(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
+    cause = user_error(error)
+    if cause is None or os.environ.get("MAMMOXAI_TRACEBACK", "").strip() not in ("", "0"):
+        _excepthook_before(kind, error, traceback)
+    else:
+        print(f"error: {cause}", file=sys.stderr)
 
 
 def exit_status(action: Callable[[], object]) -> int:
