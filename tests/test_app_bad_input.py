@@ -219,6 +219,19 @@ def test_invalid_label_is_422_and_not_stored(app_server, unchanged, content, wor
     assert_server_up(app_server)
 
 
+def test_label_params_that_are_json_but_not_an_object_are_422(app_server, unchanged):
+    response = requests.put(
+        f"{app_server.url}/datastore/label",
+        params={"image": app_server.study_ids()[0], "tag": "final"},
+        data={"params": "[1, 2]"},
+        files={"label": ("label.json", json.dumps(VALID_LABEL).encode())},
+        timeout=60,
+    )
+
+    assert_refused(response, 422, "params of label 'final'", "[1, 2] is not a JSON object")
+    assert_server_up(app_server)
+
+
 def test_label_for_an_unknown_image_is_404(app_server, unchanged):
     response = save_label(app_server, "no_such_image", json.dumps(VALID_LABEL).encode())
 
