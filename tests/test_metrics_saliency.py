@@ -55,6 +55,8 @@ def test_boxes_are_widened_by_the_stride():
     mask = widen_box((5, 5, 8, 8), margin=2, shape=(20, 20))
     assert mask.sum() == 7 * 7 and mask[3, 3] and not mask[2, 3]
     assert pointing_game(peak_at(9, 9), mask) and not pointing_game(peak_at(9, 9), widen_box((5, 5, 8, 8), 0, (20, 20)))
+    rows_then_columns = widen_box((5, 5, 8, 8), margin=(1, 3), shape=(20, 20))  # a stride over a resized crop
+    assert rows_then_columns.sum() == 5 * 9 and rows_then_columns[4, 2] and not rows_then_columns[3, 5]
 
 
 def test_energy_pointing_game_is_the_share_inside():

@@ -92,13 +92,16 @@ def _checked_region(
     return region
 
 
-def widen_box(box: Sequence[float], margin: float, shape: Sequence[int]) -> np.ndarray:
+def widen_box(box: Sequence[float], margin: float | tuple[float, float], shape: Sequence[int]) -> np.ndarray:
     """Boolean (H, W) mask of box ``(xmin, ymin, xmax, ymax)`` widened by ``margin`` pixels on every side (CorRELAX
     widens boxes by the view stride, the resolution of its maps), clipped to the image: a box wholly outside gives
-    an empty mask, a box of zero width or height (a point) its pixel."""
+    an empty mask, a box of zero width or height (a point) its pixel. ``margin`` may be ``(rows, columns)``: a stride
+    on the model grid spans another number of original pixels down than across when the crop was not resized
+    with its aspect ratio."""
     x0, y0, x1, y1 = box
+    row_margin, column_margin = (margin, margin) if np.isscalar(margin) else margin
     mask = np.zeros(tuple(shape), dtype=bool)
-    mask[_span(y0, y1, margin), _span(x0, x1, margin)] = True
+    mask[_span(y0, y1, row_margin), _span(x0, x1, column_margin)] = True
     return mask
 
 

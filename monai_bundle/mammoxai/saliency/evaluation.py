@@ -424,7 +424,8 @@ class SaliencyEvaluator:
         correlax = isinstance(explainer, CorRELAX)
         probabilities = (scores if correlax else torch.softmax(scores.float(), dim=1))[0].cpu()
         chosen = [int(probabilities.argmax()) if target is None else target for target, _ in targets]
-        margin = getattr(explainer, "stride", 0) * geometry.crop_shape[0] / geometry.output_shape[0]
+        stride = getattr(explainer, "stride", 0)  # CorRELAX's map resolution, in model-grid pixels, per axis
+        margin = tuple(stride * crop / output for crop, output in zip(geometry.crop_shape, geometry.output_shape))
         first = None
         for k, (target, (_, members)) in enumerate(zip(chosen, targets)):
             restored = geometry.restore(maps[0, k].cpu()).numpy()
