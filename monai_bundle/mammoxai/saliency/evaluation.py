@@ -133,7 +133,9 @@ def view_scores(
     network: nn.Module, view_size: int, stride: int, chunk: int = 256
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Image scores of a lesion-crop classifier: per image (n, channels, H, W), each class's highest softmax
-    probability over its ``view_size`` local views ``stride`` apart - the score of CorRELAX's prediction map."""
+    probability over all its ``view_size`` local views ``stride`` apart - the per-view values CorRELAX spreads into
+    its prediction map, before the overlap kernel smooths them, and background views included (the deletion
+    curve blanks the image, so which views hold breast changes along it)."""
 
     def score(images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[2:]
