@@ -23,7 +23,7 @@ from dicomweb_client.session_utils import create_session_from_user_pass
 from lib.datastore import MammogramDatastore
 from lib.dicomweb import DICOMwebMammogramDatastore
 from lib.http_errors import install_bad_json_handler, not_found
-from lib.activelearning import UncertaintyStrategy
+from lib.activelearning import Random, ReadableOnly, UncertaintyStrategy
 from lib.batch import StoredPredictionsBatchInfer
 from lib.infers import MammogramClassification, load_predictor
 from lib.scoring import UncertaintyScoring
@@ -40,7 +40,6 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 import mammoxai
 from mammoxai.errors import MammoXAIError
@@ -142,7 +141,11 @@ class MammographyApp(MONAILabelApp):
         return {"uncertainty": self.uncertainty}
 
     def init_strategies(self) -> dict[str, Strategy]:
-        return {"uncertainty": UncertaintyStrategy(self.uncertainty), "random": Random(), "first": First()}
+        return {
+            "uncertainty": UncertaintyStrategy(self.uncertainty),
+            "random": ReadableOnly(Random()),
+            "first": ReadableOnly(First()),
+        }
 
     def init_batch_infer(self) -> BatchInferTask:
         return StoredPredictionsBatchInfer()

@@ -45,10 +45,13 @@ from mammoxai.schema import validate_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "MammogramDatastore"]
+__all__ = ["IMAGE_SUFFIXES", "UNREADABLE_KEY", "MammogramDatastore"]
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".dic", ".png", ".tif", ".tiff", ".pgm")
 """File types :func:`mammoxai.io.read_mammogram` reads; the studies folder is scanned for these."""
+
+UNREADABLE_KEY = "unreadable"
+"""Image-info key of an image found not to be a readable mammogram: ``{"problem": <message>, "file": <stamp>}``."""
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -157,6 +160,28 @@ class MammogramDatastore(LocalDatastore):
             image_entry.labels[tag] = DataModel(info=info, ext=suffix)
             self._update_datastore_file()
         return image_id
+
+    def mark_unreadable(self, image_id: str, problem: str) -> None:
+        """Record that ``image_id`` is not a readable mammogram (a CT, a damaged file dropped into the studies folder):
+        :meth:`get_unlabeled_images` leaves it out from now on, until its file changes."""
+        self.update_image_info(image_id, {UNREADABLE_KEY: {"problem": problem, "file": self._file_stamp(image_id)}})
+
+    def get_unlabeled_images(self, label_tag: str | None = None, labels: Sequence[str] | None = None) -> list[str]:
+        """Images without a ``final`` label, but those marked unreadable (:meth:`mark_unreadable`): a strategy would
+        propose a case that can be neither explained nor labelled, again and again."""
+        return [image_id for image_id in super().get_unlabeled_images(label_tag, labels) if not self._unreadable(image_id)]
+
+    def _unreadable(self, image_id: str) -> bool:
+        mark = self._datastore.objects[image_id].image.info.get(UNREADABLE_KEY)
+        return bool(mark) and mark.get("file") == self._file_stamp(image_id)
+
+    def _file_stamp(self, image_id: str) -> str:
+        """``"<mtime_ns>-<size>"`` of the image's file (``""`` when it is gone): a replaced file is read anew."""
+        try:
+            stat = os.stat(self.get_image_uri(image_id))
+        except OSError:
+            return ""
+        return f"{stat.st_mtime_ns}-{stat.st_size}"
 
     def remove_image(self, image_id: str) -> None:
         with self._latest_index():

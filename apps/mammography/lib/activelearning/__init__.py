@@ -1,3 +1,4 @@
+from .baselines import Random, ReadableOnly
 from .uncertainty import UncertaintyStrategy
 
-__all__ = ["UncertaintyStrategy"]
+__all__ = ["Random", "ReadableOnly", "UncertaintyStrategy"]

@@ -1,0 +1,98 @@
+"""The app's ``random`` and ``first`` strategies over a studies folder that holds files which are not mammograms."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from pydicom.uid import CTImageStorage
+
+from clinician import simulator
+from dicom_factory import write_mammo_dicom
+from mammoxai.data.synth import synthesize
+
+
+def write_ct(path):
+    """A CT slice as a PACS export puts it next to a study: a DICOM file of another modality."""
+    write_mammo_dicom(
+        path,
+        np.full((64, 64), 1024, dtype=np.int16),
+        Modality="CT",
+        SOPClassUID=CTImageStorage,
+        BodyPartExamined="CHEST",
+        ImageLaterality=None,
+        ViewPosition=None,
+        PresentationIntentType=None,
+    )
+    dataset = pydicom.dcmread(path)
+    dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    dataset.save_as(path)
+
+
+@pytest.fixture(scope="module")
+def mixed_server(tmp_path_factory):
+    """A server over one patient's four images, a CT and a damaged PNG; the last two sort first."""
+    root = tmp_path_factory.mktemp("mixed_server")
+    synthesize(root / "synth", patients=1, seed=4, size=128, prior_fraction=0.0)
+    studies = root / "studies"
+    studies.mkdir()
+    for path in (root / "synth").glob("*.dcm"):
+        shutil.copyfile(path, studies / path.name)
+    write_ct(studies / "0_chest_ct.dcm")
+    (studies / "0_damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest of a PNG")
+    bundle = simulator.make_bundle(root / "bundle", (64, 64), seed=0)
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+    server = simulator.demo.ServerProcess(
+        studies, port=simulator._free_port(), conf={"bundle": str(bundle), "device": "cpu"}, log=root / "server.log", env=env
+    )
+    with server:
+        yield server.url, studies
+
+
+def image_info(url: str, image_id: str) -> dict:
+    return requests.get(f"{url}/datastore/image/info", params={"image": image_id}, timeout=30).json()
+
+
+def test_first_and_random_propose_only_images_that_read_as_mammograms(mixed_server):
+    url, studies = mixed_server
+    mammograms = {path.stem for path in studies.glob("P*.dcm")}
+
+    first = requests.post(f"{url}/activelearning/first", json={}, timeout=60)
+    randoms = [requests.post(f"{url}/activelearning/random", json={}, timeout=60) for _ in range(8)]
+
+    assert first.status_code == 200, first.text
+    assert first.json()["id"] == min(mammograms)
+    assert all(response.status_code == 200 for response in randoms), [response.text for response in randoms]
+    assert {response.json()["id"] for response in randoms} <= mammograms
+    assert "Modality CT" in image_info(url, "0_chest_ct")["unreadable"]["problem"]
+    assert "0_damaged" in requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]
+
+
+def test_random_answers_when_every_image_was_proposed_this_second_or_later(mixed_server):
+    url, studies = mixed_server
+    mammograms = sorted(path.stem for path in studies.glob("P*.dcm"))
+    later = {"strategy": {"random": {"ts": int(time.time()) + 60}}}  # as if the clock was set back since
+    for image_id in mammograms:
+        requests.put(f"{url}/datastore/image/info", params={"image": image_id}, data={"info": json.dumps(later)}, timeout=30)
+
+    proposed = requests.post(f"{url}/activelearning/random", json={}, timeout=60)
+
+    assert proposed.status_code == 200, proposed.text
+    assert proposed.json()["id"] in mammograms and proposed.json()["weight"] == 1
+
+
+def test_an_unreadable_file_replaced_by_a_mammogram_is_proposed_again(mixed_server):
+    url, studies = mixed_server
+    requests.post(f"{url}/activelearning/first", json={}, timeout=60)  # marks the CT and the damaged PNG
+    shutil.copyfile(sorted(studies.glob("P*.dcm"))[0], studies / "0_chest_ct.dcm")
+
+    proposed = requests.post(f"{url}/activelearning/first", json={}, timeout=60)
+
+    assert proposed.status_code == 200, proposed.text
+    assert proposed.json()["id"] == "0_chest_ct"
