@@ -193,3 +193,21 @@ def test_label_with_a_box_outside_the_image_is_422_and_not_stored(loop_server):
     assert "final" not in requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"][
         image_id
     ].get("labels", {})
+
+
+def test_a_run_that_fails_leaves_the_served_model_and_says_why_in_train_status_and_info(loop_server):
+    url, bundle, truth = loop_server
+    checkpoint = bundle / "models" / "model.pt"
+    patients = sorted({image_id.split("_")[0] for image_id in truth})
+    for image_id in truth:  # a class per patient: the validation split, one patient, holds one class
+        assert save_final(url, image_id, "normal" if image_id.startswith(patients[0]) else "benign").status_code == 200
+    before = checkpoint.read_bytes()
+
+    started = requests.post(f"{url}/train/mammoxai", json={"epochs": 1, "num_workers": 0}, timeout=60)
+    task = simulator.wait_for_training(url, timeout=300)
+
+    assert started.status_code == 200, started.text  # the guard cannot know the split: the run finds out
+    assert task["status"] == "ERROR" and "validation AUC cannot judge new weights" in task["details"][-1]
+    assert checkpoint.read_bytes() == before
+    stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["mammoxai"]
+    assert stats["accepted"] is False and "the run failed" in stats["reason"] and "validation AUC" in stats["reason"]

@@ -43,7 +43,13 @@ from mammoxai.cli import user_error
 from mammoxai.errors import MammoXAIError, parse_flag
 from mammoxai.inference import MammogramPredictor
 from mammoxai.io.atomic import atomic_write_bytes
-from mammoxai.training.corrections import ACCEPT_POLICIES, check_accept_policy, correction_records, finetune
+from mammoxai.training.corrections import (
+    ACCEPT_POLICIES,
+    FinetuneResult,
+    check_accept_policy,
+    correction_records,
+    finetune,
+)
 from mammoxai.training.settings import RUN_SETTINGS, check_run_settings
 
 logger = logging.getLogger(__name__)
@@ -76,7 +82,8 @@ class CorrectionsTrainer(TrainTask):
     The request body of ``POST /train/<model>`` may set any of :data:`TRAIN_OPTIONS` (e.g. ``{"epochs": 2}``)
     and ``accept``: ``not_worse`` (default: keep the new weights only when their validation AUC is at least the
     current model's on the same patient-level split) or ``valid`` (keep any run with a finite loss and a computed
-    metric). The last run's result is kept in ``models/train_stats.json`` and shown by ``GET /info/``.
+    metric). The last run's result, or why it failed, is kept in ``models/train_stats.json`` and shown by
+    ``GET /info/``.
 
     Args:
         bundle: the bundle folder; its ``configs/train.json`` is the recipe and ``models/model.pt`` the weights.
@@ -171,14 +178,22 @@ class CorrectionsTrainer(TrainTask):
             "cache_dir": str(self.bundle / "eval" / "cache"),
         }
         checkpoint = self.predictor.checkpoint.path
-        with _exclusive(self.lock_path), _user_error_last():
-            with tempfile.TemporaryDirectory(prefix="mammoxai-train-") as work:
-                result = finetune(
-                    self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
-                )
+        with _exclusive(self.lock_path):
+            try:
+                with _user_error_last(), tempfile.TemporaryDirectory(prefix="mammoxai-train-") as work:
+                    result = finetune(
+                        self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
+                    )
+            except MammoXAIError as error:  # /info must not go on showing the run before as the last one
+                failed = FinetuneResult(False, f"the run failed: {error}; the served model is unchanged")
+                self._save_stats({**failed.to_dict(), "corrections": len(records), "overrides": overrides})
+                raise
         stats = {**result.to_dict(), "corrections": len(records), "overrides": overrides}
-        atomic_write_bytes(self.stats_path, json.dumps(stats, indent=2).encode("utf-8"))  # /info reads it any time
+        self._save_stats(stats)
         return stats
+
+    def _save_stats(self, stats: Mapping[str, Any]) -> None:
+        atomic_write_bytes(self.stats_path, json.dumps(stats, indent=2).encode("utf-8"))  # /info reads it any time
 
 
 @contextmanager
