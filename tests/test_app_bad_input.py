@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 from pydicom.uid import CTImageStorage
@@ -216,6 +217,19 @@ def test_invalid_label_is_422_and_not_stored(app_server, unchanged, content, wor
     response = save_label(app_server, app_server.study_ids()[0], content)
 
     assert_refused(response, 422, *words)
+    assert_server_up(app_server)
+
+
+def test_uncertainty_with_weights_of_another_network_is_503_saying_so(app_server, unchanged):
+    served = app_server.checkpoint.read_bytes()
+    torch.save({"some_layer.weight": torch.zeros(2)}, app_server.checkpoint)
+    try:
+        response = requests.post(f"{app_server.url}/activelearning/uncertainty", json={}, timeout=60)
+    finally:
+        app_server.checkpoint.write_bytes(served)
+
+    assert_refused(response, 503, "model.pt: cannot be loaded into the network")
+    assert "/activelearning/random" not in response.json()["detail"]  # training on top of them would fail too
     assert_server_up(app_server)
 
 
