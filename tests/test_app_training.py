@@ -5,6 +5,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -211,3 +214,23 @@ def test_a_run_that_fails_leaves_the_served_model_and_says_why_in_train_status_a
     assert checkpoint.read_bytes() == before
     stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["mammoxai"]
     assert stats["accepted"] is False and "the run failed" in stats["reason"] and "validation AUC" in stats["reason"]
+
+
+def test_a_stopped_run_leaves_no_scratch_files_once_the_next_run_ends(loop_server):
+    url, bundle, _ = loop_server
+    temporary = lambda: set(Path(tempfile.gettempdir()).glob("mammoxai-train-*"))  # noqa: E731
+    before = temporary()
+    params = {"num_workers": 0, "accept": "valid"}
+    assert requests.post(f"{url}/train/mammoxai", json={**params, "epochs": 500}, timeout=60).status_code == 200
+    deadline = time.monotonic() + 120
+    while not any("Epoch[" in line for line in requests.get(f"{url}/train/", timeout=30).json().get("details", [])):
+        assert time.monotonic() < deadline, "the run never started an epoch"
+        time.sleep(0.5)
+
+    assert requests.delete(f"{url}/train/", timeout=60).json()["status"] == "STOPPED"  # kills the run's process
+    assert requests.post(f"{url}/train/mammoxai", json={**params, "epochs": 1}, timeout=60).status_code == 200
+    task = simulator.wait_for_training(url, timeout=300)
+
+    assert task["status"] == "DONE", task.get("details")
+    assert not (bundle / "eval" / "train_run").exists()
+    assert temporary() == before

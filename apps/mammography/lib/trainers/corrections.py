@@ -22,7 +22,7 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -180,7 +180,7 @@ class CorrectionsTrainer(TrainTask):
         checkpoint = self.predictor.checkpoint.path
         with _exclusive(self.lock_path):
             try:
-                with _user_error_last(), tempfile.TemporaryDirectory(prefix="mammoxai-train-") as work:
+                with _user_error_last(), _scratch(self.bundle / "eval" / "train_run") as work:
                     result = finetune(
                         self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
                     )
@@ -210,6 +210,19 @@ def _user_error_last() -> Iterator[None]:
         if cause is None:
             raise
         raise cause from None
+
+
+@contextmanager
+def _scratch(folder: Path) -> Iterator[Path]:
+    """An empty ``folder`` for one run, removed after it. ``DELETE /train/`` kills the run's process, so no clean-up
+    of its own runs: what a stopped run left (its manifest, logs and candidate checkpoint) is removed here, by the
+    next run, which holds the training lock; a temporary folder would be left behind for good."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
