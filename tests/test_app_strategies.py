@@ -1,21 +1,30 @@
-"""The app's ``random`` and ``first`` strategies over a studies folder that holds files which are not mammograms."""
+"""The app's ``random`` and ``first`` strategies over a studies folder that holds files which are not mammograms, and
+the unlabeled images they pick from in a PACS datastore."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import requests
+from dicomweb_client import DICOMwebClient
+from monailabel.utils.others.generic import md5_digest
 from pydicom.uid import CTImageStorage
 
 from clinician import simulator
 from dicom_factory import write_mammo_dicom
+from loopback_servers import StandInServer, json_body
 from mammoxai.data.synth import synthesize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "mammography"))
+from lib.dicomweb import DICOMwebMammogramDatastore  # noqa: E402
 
 
 def write_ct(path):
@@ -96,3 +105,19 @@ def test_an_unreadable_file_replaced_by_a_mammogram_is_proposed_again(mixed_serv
 
     assert proposed.status_code == 200, proposed.text
     assert proposed.json()["id"] == "0_chest_ct"
+
+
+def test_a_dicomweb_datastore_lists_its_cached_unlabeled_images(tmp_path):
+    """The PACS datastore keeps its own set of unreadable instances; the strategies' listing must work beside it."""
+    with StandInServer(lambda method, path: (200, "application/dicom+json", json_body([]))) as pacs:
+        client = DICOMwebClient(url=pacs.url)
+        cache = tmp_path / "cache" / md5_digest(client.base_url)
+        synthesize(tmp_path / "synth", patients=1, seed=4, size=128, prior_fraction=0.0)
+        cached = sorted((tmp_path / "synth").glob("*.dcm"))[0]
+        cache.mkdir(parents=True)
+        shutil.copyfile(cached, cache / cached.name)  # fetched from the PACS on an earlier day
+
+        classes = ["normal", "benign", "malignant"]
+        datastore = DICOMwebMammogramDatastore(client, class_names=classes, cache_path=str(tmp_path / "cache"))
+
+        assert datastore.get_unlabeled_images() == [cached.stem]

@@ -169,9 +169,10 @@ class MammogramDatastore(LocalDatastore):
     def get_unlabeled_images(self, label_tag: str | None = None, labels: Sequence[str] | None = None) -> list[str]:
         """Images without a ``final`` label, but those marked unreadable (:meth:`mark_unreadable`): a strategy would
         propose a case that can be neither explained nor labelled, again and again."""
-        return [image_id for image_id in super().get_unlabeled_images(label_tag, labels) if not self._unreadable(image_id)]
+        unlabeled = super().get_unlabeled_images(label_tag, labels)
+        return [image_id for image_id in unlabeled if not self._marked_unreadable(image_id)]
 
-    def _unreadable(self, image_id: str) -> bool:
+    def _marked_unreadable(self, image_id: str) -> bool:
         mark = self._datastore.objects[image_id].image.info.get(UNREADABLE_KEY)
         return bool(mark) and mark.get("file") == self._file_stamp(image_id)
 
