@@ -1,5 +1,5 @@
 """The app's ``random`` and ``first`` strategies over a studies folder that holds files which are not mammograms, and
-the unlabeled images they pick from in a PACS datastore."""
+the unlabeled images they pick from: in a PACS datastore, and after a correction is deleted."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dicomweb_client import DICOMwebClient
 from monailabel.utils.others.generic import md5_digest
 from pydicom.uid import CTImageStorage
 
-from clinician import simulator
+from clinician import save_final, simulator
 from dicom_factory import write_mammo_dicom
 from loopback_servers import StandInServer, json_body
 from mammoxai.data.synth import synthesize
@@ -121,3 +121,17 @@ def test_a_dicomweb_datastore_lists_its_cached_unlabeled_images(tmp_path):
         datastore = DICOMwebMammogramDatastore(client, class_names=classes, cache_path=str(tmp_path / "cache"))
 
         assert datastore.get_unlabeled_images() == [cached.stem]
+
+
+def test_a_deleted_correction_is_no_longer_listed_and_its_image_is_offered_again(mixed_server):
+    url, _ = mixed_server
+    image_id = requests.post(f"{url}/activelearning/first", json={}, timeout=60).json()["id"]
+    assert save_final(url, image_id, "benign").status_code == 200
+    assert requests.post(f"{url}/activelearning/first", json={}, timeout=60).json()["id"] != image_id
+
+    deleted = requests.delete(f"{url}/datastore/label", params={"id": image_id, "tag": "final"}, timeout=60)
+
+    assert deleted.status_code == 200, deleted.text
+    index = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()
+    assert "final" not in index["objects"][image_id]["labels"]
+    assert requests.post(f"{url}/activelearning/first", json={}, timeout=60).json()["id"] == image_id

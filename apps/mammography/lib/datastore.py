@@ -191,10 +191,15 @@ class MammogramDatastore(LocalDatastore):
             super().remove_image(image_id)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
+        """Delete the label's file and its index entry in one step. LocalDatastore deletes the file and, when it
+        watches the folder, leaves the entry to the watcher, which looks for image suffixes only: a deleted ``.json``
+        correction stayed listed, its image never offered again and every training request refused for it."""
         with self._latest_index():
             if self._datastore.label(label_id, label_tag) is None:
                 raise _label_not_found(label_id, label_tag)
             super().remove_label(label_id, label_tag)
+            self._datastore.objects[label_id].labels.pop(label_tag, None)
+            self._update_datastore_file()
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         with self._latest_index():
