@@ -57,8 +57,9 @@ def mixed_server(tmp_path_factory):
     (studies / "0_damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest of a PNG")
     bundle = simulator.make_bundle(root / "bundle", (64, 64), seed=0)
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+    conf = {"bundle": str(bundle), "device": "cpu"}
     server = simulator.demo.ServerProcess(
-        studies, port=simulator._free_port(), conf={"bundle": str(bundle), "device": "cpu"}, log=root / "server.log", env=env
+        studies, port=simulator._free_port(), conf=conf, log=root / "server.log", env=env
     )
     with server:
         yield server.url, studies
@@ -88,7 +89,8 @@ def test_random_answers_when_every_image_was_proposed_this_second_or_later(mixed
     mammograms = sorted(path.stem for path in studies.glob("P*.dcm"))
     later = {"strategy": {"random": {"ts": int(time.time()) + 60}}}  # as if the clock was set back since
     for image_id in mammograms:
-        requests.put(f"{url}/datastore/image/info", params={"image": image_id}, data={"info": json.dumps(later)}, timeout=30)
+        info = {"info": json.dumps(later)}
+        requests.put(f"{url}/datastore/image/info", params={"image": image_id}, data=info, timeout=30)
 
     proposed = requests.post(f"{url}/activelearning/random", json={}, timeout=60)
 

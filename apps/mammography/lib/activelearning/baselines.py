@@ -47,7 +47,8 @@ class Random(Strategy):
         if not images:
             return None
         now = int(time.time())
-        proposed = [datastore.get_image_info(image).get("strategy", {}).get(request["strategy"], {}) for image in images]
+        strategy = request["strategy"]
+        proposed = [datastore.get_image_info(image).get("strategy", {}).get(strategy, {}) for image in images]
         weights = [max(1, now - info.get("ts", 0)) for info in proposed]
         index = random.choices(range(len(images)), weights=weights)[0]
         logger.info("random: selected %s (weight %d)", images[index], weights[index])

@@ -137,14 +137,17 @@ class UncertaintyScoring(ScoringMethod):
         return result
 
     def _load_weights(self) -> None:
-        """Load the served weights, or answer 503 as ``/infer`` does: before the first training run there is no model to
-        be uncertain with, and the first cases are proposed by the ``random`` or ``first`` strategy instead. Weights that
-        do not fit the network are a 503 too, with the predictor's own message."""
+        """Load the served weights, or answer 503 as ``/infer`` does: before the first training run there is no model
+        to be uncertain with, and the first cases are proposed by the ``random`` or ``first`` strategy instead.
+        Weights that do not fit the network are a 503 too, with the predictor's own message."""
         with client_errors(HTTPStatus.SERVICE_UNAVAILABLE):
             try:
                 self.predictor.load_weights()
             except MammoXAIError as error:
                 if self.predictor.checkpoint.path.is_file():
                     raise
-                fix = "propose the first cases with POST /activelearning/random (or first), save their labels with tag final, then train (POST /train/<model>)"
+                fix = (
+                    "propose the first cases with POST /activelearning/random (or first), save their labels with tag "
+                    "final, then train (POST /train/<model>)"
+                )
                 raise MammoXAIError(error.source, error.problem, fix) from error
