@@ -137,3 +137,15 @@ def test_a_deleted_correction_is_no_longer_listed_and_its_image_is_offered_again
     index = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()
     assert "final" not in index["objects"][image_id]["labels"]
     assert requests.post(f"{url}/activelearning/first", json={}, timeout=60).json()["id"] == image_id
+
+
+def test_an_image_renamed_into_the_studies_folder_is_listed(mixed_server):
+    url, studies = mixed_server
+    incoming = studies / ".incoming.dcm.part"  # rsync and many copy tools write under a temporary name, then rename
+    shutil.copyfile(sorted(studies.glob("P*.dcm"))[0], incoming)
+    incoming.rename(studies / "arrived.dcm")
+
+    deadline = time.monotonic() + 30
+    while "arrived" not in requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]:
+        assert time.monotonic() < deadline, "the renamed image was never listed"
+        time.sleep(0.5)

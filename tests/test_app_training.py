@@ -40,6 +40,12 @@ def image_info(url: str, image_id: str) -> dict:
     return requests.get(f"{url}/datastore/image/info", params={"image": image_id}, timeout=30).json()
 
 
+def scored_with(url: str, image_id: str) -> str:
+    """The checkpoint of the uncertainty score the datastore listing shows for ``image_id``."""
+    index = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()
+    return index["objects"][image_id]["image"]["info"]["uncertainty"]["checkpoint"]
+
+
 def test_unknown_strategy_is_404_listing_the_strategies(loop_server):
     url, _, _ = loop_server
     response = requests.post(f"{url}/activelearning/cleverest", json={}, timeout=60)
@@ -147,6 +153,23 @@ def test_train_while_a_run_the_server_does_not_know_holds_the_weights_is_409(loo
     assert "before the server restarted" in response.json()["detail"]
     assert requests.get(f"{url}/train/", timeout=30).json()["id"] == last  # no run was started
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
+
+
+def test_scores_written_by_a_background_scoring_run_are_served(loop_server):
+    url, bundle, truth = loop_server
+    stat = (bundle / "models" / "model.pt").stat()
+    served = f"{stat.st_mtime_ns}-{stat.st_size}"  # the trained weights: every stored score is stale
+    unlabeled = sorted(set(truth) - set(sorted(truth)[::2]))
+
+    started = requests.post(f"{url}/scoring/uncertainty", json={}, timeout=60)  # MONAI Label runs it in a process
+    assert started.status_code == 200, started.text
+    deadline = time.monotonic() + 120
+    while requests.get(f"{url}/scoring/", timeout=30).json().get("status") not in ("DONE", "ERROR"):
+        assert time.monotonic() < deadline, "the scoring run did not end"
+        time.sleep(0.5)
+    while (stored := {scored_with(url, image_id) for image_id in unlabeled}) != {served}:
+        assert time.monotonic() < deadline, f"the server still shows scores of {stored}, not of {served}"
+        time.sleep(0.5)
 
 
 def test_a_known_scoring_method_passes_the_guard_and_scores_every_image(loop_server):

@@ -37,6 +37,7 @@ from typing import Any
 from filelock import FileLock
 from lib.http_errors import client_errors, conflict, not_found
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
+from watchdog.events import FileSystemMovedEvent
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import Mammogram, read_mammogram
@@ -94,6 +95,16 @@ class MammogramDatastore(LocalDatastore):
             read_only=read_only,
         )
         self.class_names = list(class_names)
+        if auto_reload:  # LocalDatastore's watcher handles files created, deleted and modified, not moved into place
+            self._handler.on_moved = self._on_moved_event
+
+    def _on_moved_event(self, event: FileSystemMovedEvent) -> None:
+        """A file moved into place: the index, replaced by another process's atomic write (a training or scoring run),
+        is reloaded; an image renamed into the folder (rsync, a copy finished under a temporary name) is indexed."""
+        if event.dest_path == self._datastore_config_path:
+            self._init_from_datastore_file()
+        else:
+            self.refresh()
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         with client_errors():
