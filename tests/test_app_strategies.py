@@ -1,5 +1,6 @@
 """The app's ``random`` and ``first`` strategies over a studies folder that holds files which are not mammograms, and
-the unlabeled images they pick from: in a PACS datastore, and after a correction is deleted."""
+the unlabeled images they pick from: in a PACS datastore, after a correction is deleted, and images renamed into the
+studies folder while the server runs."""
 
 from __future__ import annotations
 
