@@ -158,9 +158,18 @@ def label_json(label: str) -> bytes:
 
 
 def wait_for_training(url: str, timeout: float = 1800.0) -> dict:
+    """The server's last training task once it has ended (done, failed or stopped).
+
+    Raises:
+        RuntimeError: the server lists no training task (the request that should have started one failed).
+        TimeoutError: the task is still running after ``timeout`` seconds.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        task = requests.get(f"{url}/train/", timeout=30).json()
+        response = requests.get(f"{url}/train/", timeout=30)
+        if response.status_code == 404:
+            raise RuntimeError(f"the server lists no training task: {response.text}")
+        task = response.json()
         if task.get("status") in ("DONE", "ERROR", "STOPPED"):
             return task
         time.sleep(1.0)

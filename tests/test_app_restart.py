@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import requests
 
 from clinician import save_final, served_checkpoint, simulator
@@ -28,6 +29,8 @@ def test_corrections_scores_and_trained_weights_are_served_after_a_restart(tmp_p
     with server:
         for image_id in corrected:
             assert save_final(server.url, image_id, "normal" if image_id.startswith("P0000") else "malignant").ok
+        with pytest.raises(RuntimeError, match="the server lists no training task"):  # not a 30-minute wait
+            simulator.wait_for_training(server.url, timeout=300)
         settings = {"epochs": 1, "num_workers": 0, "accept": "valid"}
         started = requests.post(f"{server.url}/train/mammoxai", json=settings, timeout=60)
         assert started.status_code == 200, started.text
