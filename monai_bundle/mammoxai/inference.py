@@ -260,16 +260,17 @@ class MammogramPredictor:
                 maps, _ = cam(batch, class_idx=target)
             heatmap = geometry.restore(maps[0, 0]).cpu().numpy().astype(np.float32)
             explained = time.perf_counter()
-        timings = {
-            "read": read - start,
-            "preprocess": prepared - read,
-            "forward": forwarded - prepared,
-            "saliency": explained - forwarded,
-            "total": explained - start,
-        }
-        saliency = {"method": method, "preset": preset, **cam.settings}
-        metadata = self._metadata_predictions(fields, mammogram.header)
-        record = self._record(mammogram, geometry, probabilities, target, heatmap, saliency, timings, metadata)
+            timings = {
+                "read": read - start,
+                "preprocess": prepared - read,
+                "forward": forwarded - prepared,
+                "saliency": explained - forwarded,
+                "total": explained - start,
+            }
+            saliency = {"method": method, "preset": preset, **cam.settings}
+            metadata = self._metadata_predictions(fields, mammogram.header)
+            # under the lock: a reload right after it would give the record another checkpoint's name and time
+            record = self._record(mammogram, geometry, probabilities, target, heatmap, saliency, timings, metadata)
         validate_prediction(record, source=f"prediction for {mammogram.source or path}")
         return Prediction(record=record, heatmap=heatmap, mammogram=mammogram)
 
