@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from mammoxai.cli import USER_ERROR_PREFIX
 from mammoxai.data.manifest import find_images, read_table
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError, check_output_path
@@ -42,8 +43,9 @@ BUNDLE_DIR = REPO / "monai_bundle"
 DEMO_DIR = REPO / ".demo"
 #: study outcome shares of the demo's synthetic studies: enriched, as a training set for a rare class is
 DEMO_PREVALENCE = {"normal": 0.3, "benign": 0.15, "recalled_benign": 0.1, "malignant": 0.45}
-#: how the traceback of a subprocess stopped by a user error begins its last line
-USER_ERROR_LINE = f"{MammoXAIError.__module__}.{MammoXAIError.__qualname__}: "
+#: how a bundle run stopped by a user error gives its message: one line (mammoxai.cli.brief_user_errors), or with
+#: MAMMOXAI_TRACEBACK=1 the last line of the traceback
+USER_ERROR_LINES = (USER_ERROR_PREFIX, f"{MammoXAIError.__module__}.{MammoXAIError.__qualname__}: ")
 
 
 class ServerProcess:
@@ -236,8 +238,8 @@ def ensure_weights(bundle: Path, studies: Path) -> None:
 def run_showing_user_error(command: Sequence[str], cwd: Path, what: str) -> None:
     """Run ``command``, passing its stderr through; if it fails, raise with its :class:`MammoXAIError` message.
 
-    A bundle run stopped by a user error ends in a long chained traceback whose useful line (the
-    ``MammoXAIError``) sits above MONAI's ``RuntimeError``; the demo's own last line says what to fix instead.
+    A bundle run stopped by a user error prints it as one line among the run's log (or, with
+    ``MAMMOXAI_TRACEBACK=1``, as a line of a long chained traceback); the demo's own last line repeats it.
 
     Raises:
         RuntimeError: the command exited with a non-zero status; the message is its last ``MammoXAIError`` line,
@@ -247,8 +249,9 @@ def run_showing_user_error(command: Sequence[str], cwd: Path, what: str) -> None
     with subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace") as process:
         for line in process.stderr:
             sys.stderr.write(line)
-            if line.startswith(USER_ERROR_LINE):
-                user_error = line[len(USER_ERROR_LINE):].strip()
+            prefix = next((prefix for prefix in USER_ERROR_LINES if line.startswith(prefix)), None)
+            if prefix is not None:
+                user_error = line[len(prefix):].strip()
     if process.returncode != 0:
         raise RuntimeError(f"{what} stopped: {user_error or f'exit status {process.returncode}, see the output above'}")
 

@@ -91,7 +91,7 @@ def test_the_smallest_usable_values_pass():
 
 @pytest.mark.parametrize("name", ["train.json", "train_lesion_crops.json", "pretrain.json", "multi_gpu_pretrain.json"])
 def test_every_training_config_checks_its_settings_before_anything_else(name):
-    assert json.loads((CONFIGS / name).read_text())["initialize"][0] == "@run_settings"
+    assert json.loads((CONFIGS / name).read_text())["initialize"][:2] == ["@user_errors", "@run_settings"]
 
 
 @pytest.mark.parametrize("configs", TRAINING_CONFIGS, ids="+".join)
@@ -149,4 +149,4 @@ def test_probabilities_and_counts_of_an_evaluation_out_of_range_are_refused(sett
 
 def test_every_evaluation_config_checks_its_settings_before_anything_else():
     for configs in EVALUATION_CONFIGS:
-        assert json.loads((CONFIGS / configs[-1]).read_text())["initialize"][0] == "@evaluation_settings"
+        assert json.loads((CONFIGS / configs[-1]).read_text())["initialize"][:2] == ["@user_errors", "@evaluation_settings"]

@@ -27,6 +27,7 @@ from mammoxai.errors import MammoXAIError
 
 __all__ = [
     "BUNDLE_ROOT",
+    "USER_ERROR_PREFIX",
     "brief_user_errors",
     "bundle_config_files",
     "check_override_keys",
@@ -36,6 +37,9 @@ __all__ = [
     "run_bundle_config",
     "user_error",
 ]
+
+#: how the one line of a user error begins on stderr (:func:`exit_status`, :func:`brief_user_errors`)
+USER_ERROR_PREFIX = "error: "
 
 #: the bundle this copy of ``mammoxai`` lives in (``monai_bundle/``)
 BUNDLE_ROOT = Path(mammoxai.__file__).resolve().parents[1]
@@ -72,7 +76,7 @@ def _print_user_error_briefly(kind: type[BaseException], error: BaseException, t
     if cause is None or os.environ.get("MAMMOXAI_TRACEBACK", "").strip() not in ("", "0"):
         _excepthook_before(kind, error, traceback)
     else:
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"{USER_ERROR_PREFIX}{cause}", file=sys.stderr)
 
 
 def exit_status(action: Callable[[], object]) -> int:
@@ -84,7 +88,7 @@ def exit_status(action: Callable[[], object]) -> int:
         cause = user_error(error)
         if cause is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"{USER_ERROR_PREFIX}{cause}", file=sys.stderr)
         return 1
     return 0
 
