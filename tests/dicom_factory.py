@@ -24,6 +24,7 @@ from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import (
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -241,3 +242,22 @@ def spoil_decimal_string(path: Path, group: int, element: int, value: bytes) -> 
     if data.count(encoded) != 1:
         raise ValueError(f"({group:04X},{element:04X}) = {value!r} is not in {path} exactly once")
     path.write_bytes(data.replace(encoded, encoded[: -len(value)] + b"x" * len(value)))
+
+
+def write_ct_dicom(path: str | os.PathLike) -> Path:
+    """A CT slice as a PACS export puts it beside a study: a DICOM file of another modality, its file meta naming
+    the CT storage class too."""
+    write_mammo_dicom(
+        path,
+        np.full((64, 64), 1024, dtype=np.int16),
+        Modality="CT",
+        SOPClassUID=CTImageStorage,
+        BodyPartExamined="CHEST",
+        ImageLaterality=None,
+        ViewPosition=None,
+        PresentationIntentType=None,
+    )
+    dataset = pydicom.dcmread(path)
+    dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    dataset.save_as(path)
+    return Path(path)

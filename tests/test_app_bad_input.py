@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pydicom
 import pytest
 import requests
 import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
-from pydicom.uid import CTImageStorage
 
-from dicom_factory import write_mammo_dicom
+from dicom_factory import write_ct_dicom
 
 pytest_plugins = ["server_fixture"]
 
@@ -150,20 +147,7 @@ def test_text_file_upload_is_422_through_the_client(app_server, unchanged, tmp_p
 
 
 def test_ct_dicom_upload_is_422_naming_the_modality(app_server, unchanged, tmp_path):
-    ct = write_mammo_dicom(
-        tmp_path / "ct.dcm",
-        np.full((64, 64), 1024, dtype=np.int16),
-        Modality="CT",
-        SOPClassUID=CTImageStorage,
-        BodyPartExamined="CHEST",
-        ImageLaterality=None,
-        ViewPosition=None,
-        PresentationIntentType=None,
-    )
-    dataset = pydicom.dcmread(ct)
-    dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    dataset.save_as(ct)
-
+    ct = write_ct_dicom(tmp_path / "ct.dcm")
     response = upload(app_server, "chest_ct", "ct.dcm", ct.read_bytes())
 
     assert_refused(response, 422, "'chest_ct'", "CT")

@@ -11,38 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pydicom
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 from monailabel.utils.others.generic import md5_digest
-from pydicom.uid import CTImageStorage
 
 from clinician import save_final, simulator
-from dicom_factory import write_mammo_dicom
+from dicom_factory import write_ct_dicom
 from loopback_servers import StandInServer, json_body
 from mammoxai.data.synth import synthesize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "mammography"))
 from lib.dicomweb import DICOMwebMammogramDatastore  # noqa: E402
-
-
-def write_ct(path):
-    """A CT slice as a PACS export puts it next to a study: a DICOM file of another modality."""
-    write_mammo_dicom(
-        path,
-        np.full((64, 64), 1024, dtype=np.int16),
-        Modality="CT",
-        SOPClassUID=CTImageStorage,
-        BodyPartExamined="CHEST",
-        ImageLaterality=None,
-        ViewPosition=None,
-        PresentationIntentType=None,
-    )
-    dataset = pydicom.dcmread(path)
-    dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    dataset.save_as(path)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +34,7 @@ def mixed_server(tmp_path_factory):
     studies.mkdir()
     for path in (root / "synth").glob("*.dcm"):
         shutil.copyfile(path, studies / path.name)
-    write_ct(studies / "0_chest_ct.dcm")
+    write_ct_dicom(studies / "0_chest_ct.dcm")
     (studies / "0_damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest of a PNG")
     bundle = simulator.make_bundle(root / "bundle", (64, 64), seed=0)
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}

@@ -74,15 +74,19 @@ def _models():
     }
 
 
+#: Grad-CAM of the whole-image model and CorRELAX of the lesion-crop model, at the tiny study's sizes
+GRADCAM_AND_CORRELAX = [
+    {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}},
+    {
+        "name": "correlax", "model": "lesion_crops", "target": "finding",
+        "settings": {"representation_layer": "pool", "view_size": 32, "stride": 16, "num_masks": 8},
+    },
+]  # fmt: skip
+
+
 def test_a_map_on_the_lesion_beats_the_centre_and_random_baselines(lesion_study, tmp_path):
     records, csv = lesion_study
-    methods = [
-        {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}},
-        {
-            "name": "correlax", "model": "lesion_crops", "target": "finding",
-            "settings": {"representation_layer": "pool", "view_size": 32, "stride": 16, "num_masks": 8},
-        },
-    ]  # fmt: skip
+    methods = GRADCAM_AND_CORRELAX
     evaluator = SaliencyEvaluator(
         records, csv, _models(), methods, tmp_path, deletion_steps=4, sanity_images=1, baseline_draws=50, overlays=1
     )
@@ -101,13 +105,7 @@ def test_a_map_on_the_lesion_beats_the_centre_and_random_baselines(lesion_study,
 def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
     """The mirrored image is flipped onto the model grid; its maps must come back onto the mass where the CSV has it."""
     records, csv = write_lesion_study(tmp_path, mirrored=True)
-    methods = [
-        {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}},
-        {
-            "name": "correlax", "model": "lesion_crops", "target": "finding",
-            "settings": {"representation_layer": "pool", "view_size": 32, "stride": 16, "num_masks": 8},
-        },
-    ]  # fmt: skip
+    methods = GRADCAM_AND_CORRELAX
     evaluator = SaliencyEvaluator(
         records, csv, _models(), methods, tmp_path / "out", deletion_steps=0, sanity_images=0, overlays=0
     )
