@@ -68,6 +68,22 @@ def test_an_impossible_setting_is_named_before_the_manifest_is_read(configs, set
 
 
 @pytest.mark.parametrize(
+    "configs, overrides, message",
+    [
+        (["train.json"], {"image_size": 8}, 'image_size: is 8x8; mammo_cnn needs 16 pixels a side'),
+        (["pretrain.json"], {"image_size": [512, 16]}, "image_size: is 512x16; resnet18 needs 32 pixels a side"),
+        (["pretrain.json", "multi_gpu_pretrain.json"], {"image_size": 31, "backbone": "efficientnet-b0"},
+         "image_size: is 31x31; efficientnet-b0 needs 32 pixels a side"),
+    ],
+)  # fmt: skip
+def test_a_grid_too_small_for_the_backbone_is_named_before_the_manifest_is_read(configs, overrides, message, tmp_path):
+    """It failed in the first training step, after every image was read, with "output size is too small"."""
+    error = initialize_error(configs, tmp_path, **overrides)
+    assert error.startswith(message) and '(give at least "[' in error, error
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
     "setting, value",
     [
         ("epochs", True),  # Python counts a bool as an int

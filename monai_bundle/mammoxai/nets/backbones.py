@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -30,10 +30,11 @@ import torchvision
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.classifier import MammoClassifier
 from mammoxai.nets.files import read_torch_file
 
-__all__ = ["BACKBONES", "build_backbone", "adapt_input_channels"]
+__all__ = ["BACKBONES", "build_backbone", "adapt_input_channels", "check_backbone_grid"]
 
 # family -> (qualified name of the first convolution, of the classifier that is removed)
 _FAMILIES: dict[str, tuple[str, str]] = {
@@ -61,6 +62,39 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 BACKBONES: tuple[str, ...] = tuple(_BUILDERS)
 """Backbone names :func:`build_backbone` accepts (``-`` and ``_`` are interchangeable: ``efficientnet-b0``)."""
 
+# family -> the smallest grid side it runs on: mammo_cnn's stem and three poolings halve the image four times and
+# fail below one pixel; torchvision's five halvings leave one pixel at 32, below which a batch of one image (a
+# run's last batch) cannot be batch-normalised in training
+_MIN_SIDE: dict[str, int] = {"resnet": 32, "efficientnet": 32, "mammo_cnn": 16}
+
+
+def _family(name: str) -> tuple[str, str]:
+    """``(key, family)`` of a backbone name, e.g. ``("efficientnet_b0", "efficientnet")`` for "EfficientNet-B0".
+
+    Raises:
+        MammoXAIError: the name is no backbone.
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key not in _BUILDERS:
+        raise MammoXAIError(f"backbone {name!r}", "is not a known backbone", f"use one of {', '.join(BACKBONES)}")
+    return key, next(family for family in _FAMILIES if key.startswith(family))
+
+
+def check_backbone_grid(backbone: str, image_size: int | Sequence[int]) -> None:
+    """Refuse a grid smaller than ``backbone`` runs on, before a run reads an image: the network would otherwise
+    fail in its first training step, after every image was read and cached, with PyTorch's "output size is too
+    small".
+
+    Raises:
+        MammoXAIError: an unknown backbone, a value that is no grid, or a side below the backbone's minimum.
+    """
+    _, family = _family(backbone)
+    height, width = grid_shape(image_size)
+    smallest = _MIN_SIDE[family]
+    if min(height, width) < smallest:
+        problem = f"is {height}x{width}; {backbone} needs {smallest} pixels a side, which its downsampling makes one"
+        raise MammoXAIError("image_size", problem, f'give at least "[{smallest}, {smallest}]", e.g. "[256, 208]"')
+
 
 def build_backbone(
     name: str, in_channels: int = 1, weights: str | os.PathLike | None = None
@@ -80,12 +114,10 @@ def build_backbone(
     Raises:
         MammoXAIError: unknown ``name``; ``weights`` missing, unreadable or of another architecture.
     """
-    key = name.strip().lower().replace("-", "_")
-    if key not in _BUILDERS:
-        raise MammoXAIError(f"backbone {name!r}", "is not a known backbone", f"use one of {', '.join(BACKBONES)}")
+    key, family = _family(name)
     if in_channels < 1:
         raise MammoXAIError("in_channels", f"is {in_channels}", "use 1 for mammograms")
-    stem_name, head_name = next(names for family, names in _FAMILIES.items() if key.startswith(family))
+    stem_name, head_name = _FAMILIES[family]
     model = _BUILDERS[key](weights=None)
     linears = [module for module in model.get_submodule(head_name).modules() if isinstance(module, nn.Linear)]
     num_features = linears[-1].in_features
