@@ -23,6 +23,7 @@ import copy
 
 import numpy as np
 import torch
+from monai.networks import eval_mode
 from scipy import ndimage
 from scipy.stats import spearmanr
 from torch import nn
@@ -263,15 +264,8 @@ def deletion_insertion_auc(
 def _evaluated(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
     """Float32 outputs of ``model`` on ``images`` without gradients, a network in eval mode and put back as it was:
     in train mode, BatchNorm would normalise the curve's images by each other and dropout would add noise."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if was_training:
-        model.eval()
-    try:
-        with torch.no_grad():
-            return model(images).float()
-    finally:
-        if was_training:
-            model.train()
+    with eval_mode(model):
+        return model(images).float()
 
 
 def randomisation_sanity(original: np.ndarray, randomised: np.ndarray) -> float:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.networks import eval_mode
 from torch import nn
 
 from mammoxai.errors import MammoXAIError, check_output_path
@@ -253,13 +254,8 @@ def explain_image(
         raise MammoXAIError("image", f"has shape {tuple(image.shape)}; explain_image takes one image", "pass (1, h, w)")
     parameter = next(net.parameters(), None)
     x = x.to(parameter.device if parameter is not None else "cpu")
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            outputs = net(x)
-    finally:
-        net.train(was_training)
+    with eval_mode(net):
+        outputs = net(x)
     unknown = sorted(set(means) - set(outputs["z_tasks"]))
     if unknown:
         raise MammoXAIError(

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from monai.networks import eval_mode
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
@@ -144,11 +145,8 @@ def view_scores(
         padded = F.pad(images, padding)
         views = padded.unfold(2, view_size, stride).unfold(3, view_size, stride)  # (n, c, rows, cols, size, size)
         views = views.permute(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1], view_size, view_size)
-        was_training = network.training
-        network.eval()
-        with torch.no_grad():
+        with eval_mode(network):
             logits = torch.cat([network(views[i : i + chunk]).float() for i in range(0, len(views), chunk)])
-        network.train(was_training)
         return torch.softmax(logits, dim=1).reshape(len(images), rows * cols, -1).amax(dim=1)
 
     return score

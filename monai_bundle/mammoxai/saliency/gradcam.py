@@ -30,6 +30,7 @@ from numbers import Integral
 
 import torch
 import torch.nn.functional as F
+from monai.networks import eval_mode
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
@@ -146,11 +147,10 @@ class _ActivationMaps:
         """
         captured: list[torch.Tensor] = []
         handle = self._layer.register_forward_hook(lambda _module, _input, output: captured.append(output))
-        was_training = self.nn_module.training
-        self.nn_module.eval()
         try:
-            # a caller's torch.inference_mode() would forbid the backward pass, and its tensors cannot join a graph
-            with torch.inference_mode(False), torch.set_grad_enabled(self.needs_gradients):
+            # eval_mode turns gradients off; they are turned back on where the maps need them. A caller's
+            # torch.inference_mode() would forbid the backward pass, and its tensors cannot join a graph
+            with eval_mode(self.nn_module), torch.inference_mode(False), torch.set_grad_enabled(self.needs_gradients):
                 inputs = x.clone() if x.is_inference() else x.detach()
                 # the input requires grad so the activations do even when the network's weights are frozen
                 logits = self.nn_module(inputs.requires_grad_(self.needs_gradients))
@@ -160,7 +160,6 @@ class _ActivationMaps:
                 maps = [self._map(activations, logits, target, retain=i < last) for i, target in enumerate(targets)]
         finally:
             handle.remove()
-            self.nn_module.train(was_training)
         cams = F.interpolate(torch.stack(maps, dim=1), size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
         return normalise_maps(cams), logits.detach()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from monai.networks import eval_mode
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
@@ -219,16 +220,14 @@ class MaskedForward:
         handle = None
         if self._layer is not None:
             handle = self._layer.register_forward_hook(lambda _module, _input, output: captured.append(output))
-        was_training = self.nn_module.training
-        self.nn_module.eval()
         device_type = images.device.type
         dtype = torch.bfloat16 if device_type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+        autocast = torch.autocast(device_type, dtype=dtype, enabled=self.amp and device_type == "cuda")
         try:
-            with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=self.amp and device_type == "cuda"):
+            with eval_mode(self.nn_module), autocast:
                 logits = self.nn_module(images)
         finally:
             if handle is not None:
                 handle.remove()
-            self.nn_module.train(was_training)
         logits = logits.float()
         return (captured[-1].flatten(1).float() if captured else logits), logits
