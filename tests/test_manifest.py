@@ -334,8 +334,8 @@ def test_a_folder_holding_one_image_twice_is_refused_before_a_manifest_is_writte
 
 
 def test_a_manifest_row_without_a_path_is_named(tmp_path):
-    (tmp_path / "manifest.csv").write_text("path,image_id\na.dcm,a\n,b\n")
-    with pytest.raises(MammoXAIError, match="manifest.csv: data row 2 has no path"):
+    (tmp_path / "manifest.csv").write_text('path,image_id,note\na.dcm,a,"two\nlines"\n\n,b,\n')
+    with pytest.raises(MammoXAIError, match="manifest.csv: line 5 has no path"):  # the line an editor shows
         read_manifest(tmp_path / "manifest.csv")
 
 

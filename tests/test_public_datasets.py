@@ -194,6 +194,15 @@ def test_a_finding_row_with_a_malformed_box_or_category_list_is_refused_naming_t
         read_findings(tmp_path / "f.csv")
 
 
+def test_a_finding_error_names_the_line_an_editor_shows_after_blank_lines_and_multi_line_cells(tmp_path):
+    write_csv(tmp_path / "f.csv", FINDING_COLUMNS, [finding_row(BREASTS[1], "['Mass',\n'Asymmetry']"),
+                                                    finding_row(BREASTS[1], "['Mass']", ("9", "2", "3", "4"))])
+    text = (tmp_path / "f.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "f.csv").write_text("".join([*text[:3], "\n", *text[3:]]))  # header, 2-line row, blank, bad row
+    with pytest.raises(MammoXAIError, match="f.csv: line 5 has the box"):
+        read_findings(tmp_path / "f.csv")
+
+
 # -- CBIS-DDSM --------------------------------------------------------------------------------------------------
 UID = "1.3.6.1.4.1.9590.100.1.2.{}"
 MASS_COLUMNS = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",

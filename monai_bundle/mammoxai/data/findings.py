@@ -97,8 +97,8 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
     csv_path = Path(csv_path)
     rows = read_table(csv_path, ("image_id", *_BOX), "expected VinDr-Mammo finding columns")
     findings = []
-    for line, row in enumerate(rows, start=2):
-        cells = [row[column] for column in _BOX]
+    for row in rows:
+        line, cells = row.line, [row[column] for column in _BOX]
         if not any(cells):
             continue
         if not row["image_id"]:

@@ -25,7 +25,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -390,12 +390,12 @@ def _read_label_rows(
         rename=lambda name: column_map.get(name, name),
     )  # fmt: skip
     keyed: dict[tuple[str, ...], dict[str, Any]] = {}
-    for line, row in enumerate(rows, start=2):
+    for row in rows:
         values = {name: _parse_cell(name, text, label_csv) for name, text in row.items()}
         values = {name: value for name, value in values.items() if value is not None}
         key = tuple(str(values.get(column, "")) for column in columns)
         if not all(key):
-            raise MammoXAIError(label_csv, f"line {line} has an empty id ({'+'.join(columns)})", "fill it in")
+            raise MammoXAIError(label_csv, f"line {row.line} has an empty id ({'+'.join(columns)})", "fill it in")
         if key in keyed and keyed[key] != values:
             raise MammoXAIError(label_csv, f"id {'/'.join(key)!r} is on rows that disagree", "keep one row per image")
         keyed[key] = values
@@ -458,10 +458,10 @@ def read_manifest(csv_path: str | os.PathLike) -> list[dict[str, Any]]:
     csv_path = Path(csv_path)
     records = []
     fix = "a manifest is written by write_manifest or python -m mammoxai.data.manifest"
-    for number, row in enumerate(read_table(csv_path, ("path",), fix), start=1):
+    for row in read_table(csv_path, ("path",), fix):
         record = {name: _parse_cell(name, text, csv_path) for name, text in row.items()}
         if record["path"] is None:
-            raise MammoXAIError(csv_path, f"data row {number} has no path", "fill in the image file or delete the row")
+            raise MammoXAIError(csv_path, f"line {row.line} has no path", "fill in the image file or delete the row")
         record["path"] = os.path.normpath(csv_path.parent / record["path"])
         records.append(record)
     check_unique(records, csv_path, "keep one row per image: rebuild the manifest, or delete the repeated rows")
@@ -486,13 +486,25 @@ def check_unique(records: Sequence[Mapping[str, Any]], source: str | os.PathLike
             raise MammoXAIError(source, f"lists the same {column} more than once: {shown}", fix)
 
 
+class TableRow(dict):
+    """One CSV data row as {column: stripped text}, knowing the file line it starts on.
+
+    Readers name that line in their errors; counting data rows instead is off after a blank line or a quoted cell
+    holding a line break, and the user opens the file at the wrong row.
+    """
+
+    def __init__(self, cells: Iterable[tuple[str, str]], line: int):
+        super().__init__(cells)
+        self.line = line
+
+
 def read_table(
     csv_path: str | os.PathLike,
     required: Sequence[str] = (),
     fix: str = "check the file",
     rename: Callable[[str], str] | None = None,
-) -> list[dict[str, str]]:
-    """Rows of a CSV file as {column: stripped text}; blank lines are dropped.
+) -> list[TableRow]:
+    """Rows of a CSV file as {column: stripped text} with their line (``row.line``); blank lines are dropped.
 
     Every row must have one cell per column (empty cells past the last column, as spreadsheets leave them, are
     allowed): a row with more or fewer cells was saved with another separator or has an unquoted comma, and
@@ -546,7 +558,7 @@ def _check_header(csv_path: Path, header: list[str], required: Sequence[str], fi
     raise MammoXAIError(csv_path, problem, fix)
 
 
-def _table_row(csv_path: Path, header: list[str], line: int, row: list[str]) -> dict[str, str]:
+def _table_row(csv_path: Path, header: list[str], line: int, row: list[str]) -> TableRow:
     """One data row as {column: stripped text}, refused when its cells do not line up with the header."""
     cells = [cell.strip() for cell in row]
     extra = cells[len(header) :]
@@ -554,7 +566,7 @@ def _table_row(csv_path: Path, header: list[str], line: int, row: list[str]) -> 
         problem = f"line {line} has {len(cells)} cells, the header has {len(header)} columns"
         fix = "give every row one cell per column, comma-separated; quote cells that contain a comma"
         raise MammoXAIError(csv_path, problem, fix)
-    return dict(zip(header, cells))
+    return TableRow(zip(header, cells), line)
 
 
 def _parse_cell(column: str, text: str, csv_path: Path) -> Any:

@@ -29,6 +29,7 @@ from mammoxai.data.manifest import (
     normalise_density,
     normalise_laterality,
     read_record,
+    TableRow,
     read_table,
     report_unusable,
 )
@@ -80,7 +81,7 @@ def read_vindr(
     if split is not None and split not in splits:
         raise MammoXAIError(breast_csv, f"has no image of split {split!r} (splits: {', '.join(splits) or 'none'})",
                             "pass split= one of those, or None for all")  # fmt: skip
-    every = [_breast_record(root, row, breast_csv, line) for line, row in enumerate(rows, start=2)]
+    every = [_breast_record(root, row, breast_csv) for row in rows]
     check_unique(every, breast_csv, "keep one row per image")
     records, missing = [], []
     for record in every:
@@ -101,7 +102,7 @@ def read_vindr(
     return records, [finding for finding in findings if finding.image_id in kept]
 
 
-def _breast_record(root: Path, row: dict[str, str], breast_csv: Path, line: int) -> dict[str, Any]:
+def _breast_record(root: Path, row: TableRow, breast_csv: Path) -> dict[str, Any]:
     """The record of one breast-level row, refused when a value it needs is missing or outside VinDr's vocabulary."""
     birads, laterality = parse_birads(row["breast_birads"]), normalise_laterality(row["laterality"])
     problems = [f"{column} is empty" for column in ("study_id", "image_id") if not row[column]]
@@ -119,7 +120,7 @@ def _breast_record(root: Path, row: dict[str, str], breast_csv: Path, line: int)
     if rows <= 0 or cols <= 0:
         problems.append(f"height x width is {row['height']!r} x {row['width']!r}, not a size in pixels")
     if problems:
-        raise MammoXAIError(breast_csv, f"line {line}: {'; '.join(problems)}", "fix the row as VinDr-Mammo wrote it")
+        raise MammoXAIError(breast_csv, f"line {row.line}: {'; '.join(problems)}", "fix the row as VinDr-Mammo wrote it")
     return {
         "path": str(root / "images" / row["study_id"] / f"{row['image_id']}.dicom"),
         "image_id": row["image_id"],
