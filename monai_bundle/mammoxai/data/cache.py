@@ -43,7 +43,7 @@ from mammoxai.io import read_mammogram
 from mammoxai.io.atomic import atomic_write
 from mammoxai.io.preprocess import prepare_image
 
-__all__ = ["PreprocessedCache", "preprocess_all", "preprocess_file", "preprocessing_version"]
+__all__ = ["PreprocessedCache", "preprocess_all", "preprocess_file", "preprocessing_version", "update_with_file"]
 
 _CHUNK = 1 << 20
 
@@ -55,6 +55,18 @@ def preprocess_file(path: str | os.PathLike, output_shape: Sequence[int]) -> tup
 
 
 @functools.lru_cache(maxsize=1)
+def update_with_file(digest: Any, path: str | os.PathLike) -> Any:
+    """Feed the bytes of ``path`` to the ``hashlib`` object ``digest`` a chunk at a time and return it.
+
+    Mammograms and checkpoints run to hundreds of MB; reading them whole to hash them would hold that in memory.
+    (``hashlib.file_digest`` does this from Python 3.11 on, without a way to seed the digest with settings.)
+    """
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest
+
+
 def preprocessing_version() -> str:
     """SHA-1 of the ``mammoxai.io`` package source: changes whenever reading or preprocessing code changes."""
     digest = hashlib.sha1()
@@ -100,9 +112,7 @@ class PreprocessedCache:
             stat = os.stat(path)
             digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
         else:
-            with open(path, "rb") as stream:
-                while chunk := stream.read(_CHUNK):
-                    digest.update(chunk)
+            update_with_file(digest, path)
         return digest.hexdigest()
 
     def entry(self, path: str | os.PathLike) -> Path:

@@ -27,6 +27,7 @@ import monai.bundle
 import numpy as np
 
 from mammoxai.cli import bundle_config_files, run_bundle
+from mammoxai.data.cache import update_with_file
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write_bytes
@@ -409,7 +410,8 @@ def run_record(overrides: Mapping[str, Any], n_bootstrap: int) -> dict[str, Any]
     pretraining made again under the same name is not mistaken for the one the run used."""
     settings = {key: value for key, value in overrides.items() if key not in ("overwrite", "num_workers")}
     files = {"manifest": settings.get("manifest"), "init_weights": settings.get("init_weights")}
-    digests = {f"{name}_sha1": _file_sha1(path) for name, path in files.items() if path}
+    digests = {f"{name}_sha1": update_with_file(hashlib.sha1(), path).hexdigest() for name, path in files.items()
+               if path}  # fmt: skip
     return json.loads(json.dumps({**settings, "n_bootstrap": n_bootstrap, **digests}, sort_keys=True))
 
 
@@ -428,14 +430,6 @@ def finished_run(work: Path, record: Mapping[str, Any]) -> bool:
         problem = f"holds a finished run made with other settings, data or weights ({', '.join(changed)})"
         raise MammoXAIError(work, problem, "run the earlier command to resume it, pass --overwrite, or give another --out")
     return True
-
-
-def _file_sha1(path: str | Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def auc_difference(
