@@ -149,7 +149,7 @@ def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
     assert record == {"image_size": [128, 104], "view_size": 32, "class_names": list(LESION_CLASSES)}
     network = MammoClassifier(num_classes=len(LESION_CLASSES))
     load_lesion_checkpoint(network, tmp_path / "models" / "lesion_crops.pt", [128, 104], 32, LESION_CLASSES)
-    with pytest.raises(MammoXAIError, match=r"trained with image_size \[128, 104\], not the \[256, 208\]"):
+    with pytest.raises(MammoXAIError, match=r"trained with lesion_image_size \[128, 104\], not the \[256, 208\]"):
         load_lesion_checkpoint(network, tmp_path / "models" / "lesion_crops.pt", [256, 208], 32, LESION_CLASSES)
 
 
@@ -205,7 +205,7 @@ def test_a_lesion_checkpoint_without_its_record_asks_for_training(tmp_path, stat
     "view_size, class_names, message",
     [
         (64, LESION_CLASSES, "trained with view_size 32, not the 64 of this run .*--view_size '32'"),
-        (32, LESION_CLASSES[::-1], "trained with class_names .*--lesion_class_names"),
+        (32, LESION_CLASSES[::-1], "trained with lesion_class_names .* another order.*--lesion_class_names"),
     ],
 )
 def test_a_lesion_checkpoint_of_other_settings_is_refused(tmp_path, view_size, class_names, message):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import torch
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["read_torch_file"]
+__all__ = ["check_recorded_settings", "read_torch_file"]
 
 
 def read_torch_file(
@@ -36,3 +38,32 @@ def read_torch_file(
     except Exception as error:  # noqa: BLE001 - see the docstring: the type says nothing useful
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise MammoXAIError(path, f"is not a readable {description} ({detail})", fix) from error
+
+
+def check_recorded_settings(path: str | os.PathLike, settings: Mapping[str, tuple[Any, Any]]) -> None:
+    """Refuse weights that record other training settings than those of the run loading them.
+
+    A CNN runs on any grid and its logits carry no names, so weights trained at another image or view size, or
+    with the class names in another order, give numbers and no error. Checkpoints record what they were trained
+    with; every reader compares that record with its own settings here, so the refusal reads the same everywhere.
+
+    Args:
+        path: the checkpoint, named in the error.
+        settings: flag of the loading run -> (value recorded in the checkpoint, value of the run); ``None`` on
+            either side is not compared (a checkpoint older than the record, a run that leaves it open).
+            Tuples and lists compare equal.
+
+    Raises:
+        MammoXAIError: naming the first setting that differs and the flag value that fits the weights.
+    """
+    for flag, (recorded, here) in settings.items():
+        if recorded is None or here is None:
+            continue
+        recorded, here = json.loads(json.dumps(recorded)), json.loads(json.dumps(here))
+        if recorded == here:
+            continue
+        problem = f"was trained with {flag} {json.dumps(recorded)}, not the {json.dumps(here)} of this run"
+        if isinstance(recorded, list) and isinstance(here, list) and sorted(recorded) == sorted(here):
+            problem += " (the same values in another order)"
+        fix = f"pass --{flag} '{json.dumps(recorded)}', or retrain with this run's settings"
+        raise MammoXAIError(path, problem, fix)

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from torch import nn
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.backbones import build_backbone
-from mammoxai.nets.files import read_torch_file
+from mammoxai.nets.files import check_recorded_settings, read_torch_file
 from mammoxai.nets.metadata_net import MetadataNet
 
 __all__ = [
@@ -380,17 +379,13 @@ def load_checkpoint(
     path = Path(path)
     state = read_torch_file(path, "PyTorch checkpoint", fix, map_location)
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        grid = state.get("grid")
-        trained = grid.get("image_size") if isinstance(grid, Mapping) else None
-        if image_size is not None and trained is not None and list(trained) != list(grid_shape(image_size)):
-            here = "x".join(str(side) for side in grid_shape(image_size))
-            problem = f"was trained on a {trained[0]}x{trained[1]} grid, not the {here} of this run"
-            raise MammoXAIError(path, problem, f'pass --image_size "[{trained[0]}, {trained[1]}]"')
-        classes = state.get("classes")
-        recorded = classes.get("class_names") if isinstance(classes, Mapping) else None
-        if class_names is not None and recorded is not None and list(recorded) != list(class_names):
-            problem = f"was trained with the classes {list(recorded)} (in this order), not {list(class_names)}"
-            raise MammoXAIError(path, problem, f"pass --class_names '{json.dumps(list(recorded))}'")
+        grid, classes = state.get("grid"), state.get("classes")
+        recorded = {
+            "image_size": grid.get("image_size") if isinstance(grid, Mapping) else None,
+            "class_names": classes.get("class_names") if isinstance(classes, Mapping) else None,
+        }
+        here = {"image_size": None if image_size is None else grid_shape(image_size), "class_names": class_names}
+        check_recorded_settings(path, {flag: (recorded[flag], here[flag]) for flag in recorded})
         state = state["model"]
     problems = state_dict_problems(network, state)
     if problems:

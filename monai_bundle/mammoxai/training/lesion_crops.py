@@ -33,7 +33,7 @@ from torch import nn
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.metrics import per_class_scores
-from mammoxai.nets.files import read_torch_file
+from mammoxai.nets.files import check_recorded_settings, read_torch_file
 from mammoxai.reports import Report, confusion_matrix_figure
 from mammoxai.training.evaluate_classifier import load_checkpoints
 from mammoxai.training.settings import check_settings
@@ -132,16 +132,12 @@ def load_lesion_checkpoint(
         problem = "records no training grid, view size or class names (written by an older train_lesion_crops.json)"
         raise MammoXAIError(path, problem, fix)
     trained = LesionCropRecord(**record)
-    wanted = {
-        "lesion_image_size": (trained.image_size, None if image_size is None else list(grid_shape(image_size))),
+    settings = {
+        "lesion_image_size": (trained.image_size, None if image_size is None else grid_shape(image_size)),
         "view_size": (trained.view_size, view_size),
-        "lesion_class_names": (trained.class_names, None if class_names is None else list(class_names)),
+        "lesion_class_names": (trained.class_names, class_names),
     }
-    for setting, (recorded, here) in wanted.items():
-        if here is not None and recorded != here:
-            value = str(recorded).replace("'", '"')
-            problem = f"was trained with {setting.removeprefix('lesion_')} {recorded}, not the {here} of this run"
-            raise MammoXAIError(path, problem, f"pass --{setting} '{value}', or retrain with the run's settings")
+    check_recorded_settings(path, settings)
     return load_checkpoints(network, path)[0]
 
 
