@@ -153,11 +153,17 @@ def test_a_constant_map_points_nowhere():
     assert not pointing_game(np.zeros((20, 20)), lesion)
 
 
-def test_randomised_weights_differ_and_leave_the_network_alone():
-    network = MammoClassifier(num_classes=2)
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+)
+def test_randomised_weights_differ_and_leave_the_network_and_the_random_state_alone(device):
+    network = MammoClassifier(num_classes=2).to(device)
     before = {name: value.clone() for name, value in network.state_dict().items()}
+    states = torch.get_rng_state(), torch.cuda.get_rng_state() if device == "cuda" else None
     randomised = randomise_weights(network, seed=1)
     assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert device == "cpu" or torch.equal(torch.cuda.get_rng_state(), states[1])
     assert not torch.equal(randomised.fc.weight, network.fc.weight)
     torch.testing.assert_close(randomise_weights(network, seed=1).fc.weight, randomised.fc.weight)
 

@@ -283,11 +283,16 @@ def randomise_weights(network: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of ``network`` with every layer re-initialised (Adebayo et al.'s full model randomisation), seeded.
 
     Every sub-module with ``reset_parameters`` (convolutions, linear and normalisation layers, whose running
-    statistics are reset too) gets fresh weights; the original is left untouched.
+    statistics are reset too) gets fresh weights; the original is left untouched, and so are the random states of
+    the CPU and of the GPUs the network is on: the draws the caller makes next (RISE or RELAX masks, a sampler)
+    stay as the caller's seed made them.
     """
     randomised = copy.deepcopy(network)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    gpus = sorted({p.device.index for p in randomised.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=gpus):
+        torch.random.default_generator.manual_seed(seed)
+        for gpu in gpus:
+            torch.cuda.default_generators[gpu].manual_seed(seed)
         for module in randomised.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
