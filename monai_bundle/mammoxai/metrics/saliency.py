@@ -256,9 +256,10 @@ def deletion_insertion_auc(
     if not 0 <= class_index < outputs.shape[1]:
         fix = f"use 0 to {outputs.shape[1] - 1}"
         raise MammoXAIError("deletion/insertion class_index", f"{class_index} is not one of the model's classes", fix)
-    probabilities = (torch.softmax(outputs, dim=1) if softmax else outputs)[:, class_index].cpu()
-    x = np.linspace(0.0, 1.0, steps + 1)
-    return float(np.trapz(probabilities[: steps + 1].numpy(), x)), float(np.trapz(probabilities[steps + 1 :].numpy(), x))
+    probabilities = (torch.softmax(outputs, dim=1) if softmax else outputs)[:, class_index].double().cpu()
+    curves = probabilities.reshape(2, steps + 1)  # deletion, insertion over the fraction of the breast changed
+    areas = torch.trapezoid(curves, dx=1.0 / steps, dim=1)  # np.trapz is deprecated in NumPy 2 and later removed
+    return float(areas[0]), float(areas[1])
 
 
 def _evaluated(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
