@@ -204,15 +204,32 @@ def test_invalid_label_is_422_and_not_stored(app_server, unchanged, content, wor
     assert_server_up(app_server)
 
 
-def test_uncertainty_with_weights_of_another_network_is_503_saying_so(app_server, unchanged):
+UNCERTAINTY_CALLS = pytest.mark.parametrize(
+    "path, params",
+    [("/activelearning/uncertainty", {}), ("/scoring/uncertainty", {"run_sync": "true"}), ("/scoring/uncertainty", {})],
+    ids=["next_case", "scoring", "scoring_in_background"],
+)
+"""The calls that need the served weights to rank cases; ``POST /scoring/<method>`` runs in the background unless
+``run_sync=true``, and must be refused as the synchronous call is, at submission."""
+
+
+def scoring_tasks(app_server) -> str:
+    """The scoring tasks the server lists (a 404 text before the first): a refused request must start none."""
+    return requests.get(f"{app_server.url}/scoring/", params={"all": "true"}, timeout=30).text
+
+
+@UNCERTAINTY_CALLS
+def test_uncertainty_with_weights_of_another_network_is_503_saying_so(app_server, unchanged, path, params):
     served = app_server.checkpoint.read_bytes()
+    tasks = scoring_tasks(app_server)
     torch.save({"some_layer.weight": torch.zeros(2)}, app_server.checkpoint)
     try:
-        response = requests.post(f"{app_server.url}/activelearning/uncertainty", json={}, timeout=60)
+        response = requests.post(f"{app_server.url}{path}", params=params, json={}, timeout=60)
     finally:
         app_server.checkpoint.write_bytes(served)
 
     assert_refused(response, 503, "model.pt: cannot be loaded into the network")
+    assert scoring_tasks(app_server) == tasks
     assert "/activelearning/random" not in response.json()["detail"]  # training on top of them would fail too
     assert_server_up(app_server)
 
@@ -254,13 +271,13 @@ def test_infer_before_weights_exist_is_503_saying_how_to_train(app_server, uncha
     assert_server_up(app_server)
 
 
-@pytest.mark.parametrize(
-    "path, params",
-    [("/activelearning/uncertainty", {}), ("/scoring/uncertainty", {"run_sync": "true"})],
-    ids=["next_case", "scoring"],
-)
+@UNCERTAINTY_CALLS
 def test_uncertainty_before_weights_exist_is_503_naming_the_strategies_that_need_none(app_server, unchanged, path, params):
+    tasks = scoring_tasks(app_server)
+
     response = post_without_weights(app_server, path, **params)
 
     assert_refused(response, 503, "model.pt: no trained weights", "/activelearning/random", "tag final")
+    assert scoring_tasks(app_server) == tasks
     assert_server_up(app_server)
+

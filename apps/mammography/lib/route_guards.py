@@ -1,23 +1,26 @@
-"""Requests MONAI Label would answer with 500, or with a task that fails later, answered with 404 / 422 up front.
+"""Requests MONAI Label would answer with 500, or with a task that fails later, answered with a 4xx / 503 up front.
 
 MONAI Label's ``POST /scoring/<method>`` and ``POST /batch/infer/<model>`` hand any name to a background task and
 answer 200 ``SUBMITTED``; the task then fails in its log (``GET /scoring/`` says ``ERROR``) and the client never
-learns that the name was the problem. Its ``POST /infer/<model>`` answers 500 for a request that names no image
-and for ``params`` that are JSON but not an object (``[1, 2]``), and ``GET /datastore/image/info`` answers 200
-``{}`` for an image it does not have. :func:`install_route_guards` puts a route in front of each, with the same
-role and parameters, that refuses what the app cannot serve and passes every other request on to MONAI Label's
-own handler, as :func:`~lib.trainers.install_train_guard` does for ``POST /train/<model>``.
+learns that the name was the problem. ``POST /scoring/uncertainty`` fails the same way before there are weights to
+score with, or when they do not fit the network (503 here, as with ``run_sync=true``). Its ``POST /infer/<model>``
+answers 500 for a request that names no image and for ``params`` that are JSON but not an object (``[1, 2]``), and
+``GET /datastore/image/info`` answers 200 ``{}`` for an image it does not have. :func:`install_route_guards` puts a
+route in front of each, with the same role and parameters, that refuses what the app cannot serve and passes every
+other request on to MONAI Label's own handler, as :func:`~lib.trainers.install_train_guard` does for
+``POST /train/<model>``.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
 from lib.http_errors import client_errors, not_found
+from lib.scoring import UncertaintyScoring
 from monailabel.config import settings
 from monailabel.endpoints import batch_infer as batch_endpoints
 from monailabel.endpoints import infer as infer_endpoints
@@ -25,6 +28,7 @@ from monailabel.endpoints import scoring as scoring_endpoints
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from mammoxai.errors import MammoXAIError
 
@@ -36,7 +40,7 @@ BATCH_DEFAULTS: dict[str, Any] = inspect.signature(batch_endpoints.api_run).para
 
 def install_route_guards(
     server: FastAPI,
-    scoring_methods: Collection[str],
+    scoring_methods: Mapping[str, ScoringMethod],
     infer_models: Collection[str],
     datastore: Callable[[], Datastore],
 ) -> None:
@@ -82,8 +86,11 @@ def install_route_guards(
         run_sync: bool = False,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
     ) -> Any:
-        if method not in scoring_methods:
+        scorer = scoring_methods.get(method)
+        if scorer is None:
             raise not_found(f"scoring method {method!r}", f"use one of {sorted(scoring_methods)} (GET /info/)")
+        if isinstance(scorer, UncertaintyScoring):  # 503 now, not a background run that fails in its log
+            scorer.load_weights()
         return scoring_endpoints.run_method(method, params, run_sync)
 
     @router.post(f"{api}/batch/infer/{{model}}", summary="Infer every selected image and store the results")

@@ -106,7 +106,7 @@ class UncertaintyScoring(ScoringMethod):
         self.measure = measure
 
     def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> dict[str, Any]:
-        self._load_weights()
+        self.load_weights()
         current = self.predictor.checkpoint_id
         transforms = TTA_TRANSFORMS if self.measure == "tta" else ()
         result: dict[str, Any] = {"scored": 0, "skipped": 0, "failed": {}}
@@ -136,10 +136,14 @@ class UncertaintyScoring(ScoringMethod):
         logger.info("uncertainty (%s): %s", self.measure, result)
         return result
 
-    def _load_weights(self) -> None:
+    def load_weights(self) -> None:
         """Load the served weights, or answer 503 as ``/infer`` does: before the first training run there is no model
         to be uncertain with, and the first cases are proposed by the ``random`` or ``first`` strategy instead.
-        Weights that do not fit the network are a 503 too, with the predictor's own message."""
+        Weights that do not fit the network are a 503 too, with the predictor's own message.
+
+        ``POST /scoring/uncertainty`` calls this before it submits a background run (see
+        :func:`~lib.route_guards.install_route_guards`): the run builds the app again in a process of its own, where
+        the 503 would only end the task in its log."""
         with client_errors(HTTPStatus.SERVICE_UNAVAILABLE):
             try:
                 self.predictor.load_weights()
