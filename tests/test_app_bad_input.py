@@ -281,3 +281,30 @@ def test_uncertainty_before_weights_exist_is_503_naming_the_strategies_that_need
     assert scoring_tasks(app_server) == tasks
     assert_server_up(app_server)
 
+
+@pytest.mark.parametrize("value", ["[1, 2]", '"x"', "{bad json"], ids=["a_list", "a_string", "not_json"])
+@pytest.mark.parametrize(
+    "path, field, params",
+    [
+        ("/datastore/image", "params", {"image": "params_check"}),
+        ("/datastore/", "params", {"image": "params_check"}),  # MONAI Label's older upload route
+        ("/datastore/image/info", "info", {}),
+        ("/datastore/label/info", "info", {"label": "no_such_image", "tag": "final"}),
+        ("/datastore/updatelabelinfo", "params", {"label": "no_such_image", "tag": "final"}),
+    ],
+    ids=["upload", "upload_deprecated_route", "image_info", "label_info", "label_info_deprecated_route"],
+)
+def test_datastore_json_field_that_is_not_an_object_is_422_and_nothing_is_stored(
+    app_server, unchanged, path, field, params, value
+):
+    """MONAI Label adds the user's name to the field's value before storing it, which fails with 500 for a list."""
+    study = app_server.studies / f"{app_server.study_ids()[0]}.dcm"
+    params = params or {"image": app_server.study_ids()[0]}
+    files = {"file": ("study.dcm", study.read_bytes())} if path in ("/datastore/image", "/datastore/") else None
+
+    response = requests.put(f"{app_server.url}{path}", params=params, data={field: value}, files=files, timeout=60)
+
+    words = ["is not JSON"] if value.startswith("{") else [field, f"{value} is not a JSON object"]
+    assert_refused(response, 422, *words)
+    assert_server_up(app_server)
+

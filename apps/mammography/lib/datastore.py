@@ -142,10 +142,6 @@ class MammogramDatastore(LocalDatastore):
             raise _image_not_found(image_id)
         with client_errors():
             _check_name("label tag", label_tag)
-            if not isinstance(label_info, dict):  # MONAI Label hands on any JSON; the index entry is merged from it
-                source = f"params of label {label_tag!r} of image {image_id!r}"
-                problem = f"{json.dumps(label_info)[:80]} is not a JSON object"
-                raise MammoXAIError(source, problem, 'send an object, e.g. {"note": "..."}')
             record = _read_json(label_filename)
             validate_label(record, class_names=self.class_names, image_shape=read_mammogram(image).shape)
         return self._store_label(image_id, label_filename, label_tag, label_info, ".json")

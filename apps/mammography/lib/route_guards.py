@@ -4,10 +4,12 @@ MONAI Label's ``POST /scoring/<method>`` and ``POST /batch/infer/<model>`` hand 
 answer 200 ``SUBMITTED``; the task then fails in its log (``GET /scoring/`` says ``ERROR``) and the client never
 learns that the name was the problem. ``POST /scoring/uncertainty`` fails the same way before there are weights to
 score with, or when they do not fit the network (503 here, as with ``run_sync=true``). Its ``POST /infer/<model>``
-answers 500 for a request that names no image and for ``params`` that are JSON but not an object (``[1, 2]``), and
-``GET /datastore/image/info`` answers 200 ``{}`` for an image it does not have. :func:`install_route_guards` puts a
-route in front of each, with the same role and parameters, that refuses what the app cannot serve and passes every
-other request on to MONAI Label's own handler, as :func:`~lib.trainers.install_train_guard` does for
+answers 500 for a request that names no image, and ``GET /datastore/image/info`` answers 200 ``{}`` for an image it
+does not have. Every route that takes a JSON form field (``params`` of ``/infer``, of an image upload and of a label;
+``info`` of an image or a label) answers 500 when the field is JSON but not an object (``[1, 2]``, ``"x"``): MONAI
+Label adds the user's name to it or merges it into the datastore index. :func:`install_route_guards` puts a route in
+front of each, with the same role and parameters, that refuses what the app cannot serve and passes every other
+request on to MONAI Label's own handler, as :func:`~lib.trainers.install_train_guard` does for
 ``POST /train/<model>``.
 """
 
@@ -23,10 +25,11 @@ from lib.http_errors import client_errors, not_found
 from lib.scoring import UncertaintyScoring
 from monailabel.config import settings
 from monailabel.endpoints import batch_infer as batch_endpoints
+from monailabel.endpoints import datastore as datastore_endpoints
 from monailabel.endpoints import infer as infer_endpoints
 from monailabel.endpoints import scoring as scoring_endpoints
 from monailabel.endpoints.user.auth import RBAC, User
-from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
@@ -38,13 +41,33 @@ BATCH_DEFAULTS: dict[str, Any] = inspect.signature(batch_endpoints.api_run).para
 """MONAI Label's batch-inference params when a request sends none, kept so the guard changes nothing else."""
 
 
+def _json_object(text: str, source: str, example: str) -> dict[str, Any]:
+    """The JSON object a form field holds, or a :class:`MammoXAIError` (422 in :func:`~lib.http_errors.client_errors`)
+    for JSON that is not an object, raised before MONAI Label's handler copies an upload or stores anything.
+
+    Text that is not JSON at all raises :class:`json.JSONDecodeError`, answered with 422 by
+    :func:`~lib.http_errors.install_bad_json_handler`; an empty field is MONAI Label's default, ``{}``.
+
+    Args:
+        text: the field as sent.
+        source: the field, named for the user (``"params of upload 'case1'"``).
+        example: a valid field, shown in the fix (``'params={"note": "..."}'``).
+    """
+    value = json.loads(text) if text else {}
+    if not isinstance(value, dict):
+        problem = f"{json.dumps(value)[:80]} is not a JSON object"
+        raise MammoXAIError(source, problem, f"send a JSON object, e.g. {example}")
+    return value
+
+
 def install_route_guards(
     server: FastAPI,
     scoring_methods: Mapping[str, ScoringMethod],
     infer_models: Collection[str],
     datastore: Callable[[], Datastore],
 ) -> None:
-    """Put the guard routes in front of MONAI Label's ``/infer``, ``/scoring``, ``/batch/infer`` and image-info routes."""
+    """Put the guard routes in front of MONAI Label's ``/infer``, ``/scoring``, ``/batch/infer`` and ``/datastore``
+    routes that the module docstring lists."""
     router = APIRouter()
     api = settings.MONAI_LABEL_API_STR
 
@@ -67,9 +90,7 @@ def install_route_guards(
                     "names no image",
                     "pass ?image=<id> (GET /datastore/?output=all) or send the image as the form field file",
                 )
-            if params and not isinstance(json.loads(params), dict):  # text that is not JSON: the bad-JSON handler
-                fix = 'send a JSON object, e.g. params={"saliency": {"method": "gradcam"}}'
-                raise MammoXAIError(f"POST /infer/{model} params", f"{params[:80]!r} is not a JSON object", fix)
+            _json_object(params, f"POST /infer/{model} params", 'params={"saliency": {"method": "gradcam"}}')
         return infer_endpoints.run_inference(background_tasks, model, image, session_id, params, file, label, output)
 
     @router.get(f"{api}/datastore/image/info", summary="The stored information of one image")
@@ -104,5 +125,62 @@ def install_route_guards(
         if model not in infer_models:
             raise not_found(f"model {model!r}", f"use one of {sorted(infer_models)} (GET /info/)")
         return batch_endpoints.run(model, images, BATCH_DEFAULTS if params is None else params, run_sync)
+
+    # MONAI Label serves an upload under two paths, the older one deprecated; both are guarded
+    @router.put(f"{api}/datastore/", include_in_schema=False, deprecated=True)
+    @router.put(f"{api}/datastore/image", summary="Upload a mammogram")
+    async def add_image(
+        background_tasks: BackgroundTasks,
+        image: str | None = None,
+        params: str = Form("{}"),
+        file: UploadFile = File(...),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ) -> Any:
+        with client_errors():
+            _json_object(params, f"params of upload {image or file.filename!r}", 'params={"note": "..."}')
+        return datastore_endpoints.add_image(background_tasks, image, params, file, user.username)
+
+    @router.put(f"{api}/datastore/label", summary="Save a clinician's label")
+    async def save_label(
+        background_tasks: BackgroundTasks,
+        image: str,
+        params: str = Form("{}"),
+        tag: str = DefaultLabelTag.FINAL.value,
+        label: UploadFile = File(...),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ) -> Any:
+        with client_errors():
+            _json_object(params, f"params of label {tag!r} of image {image!r}", 'params={"note": "..."}')
+        return datastore_endpoints.save_label(background_tasks, image, params, tag, label, user.username)
+
+    @router.put(f"{api}/datastore/image/info", summary="Add to the stored information of one image")
+    async def update_image_info(
+        image: str, info: str = Form("{}"), user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))
+    ) -> Any:
+        with client_errors():
+            _json_object(info, f"info of image {image!r}", 'info={"note": "..."}')
+        return datastore_endpoints.update_image_info(image, info, user.username)
+
+    @router.put(f"{api}/datastore/label/info", summary="Add to the stored information of one label")
+    async def update_label_info(
+        label: str,
+        tag: str,
+        info: str = Form("{}"),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ) -> Any:
+        with client_errors():
+            _json_object(info, f"info of label {tag!r} of image {label!r}", 'info={"note": "..."}')
+        return datastore_endpoints.update_label_info(label, tag, info, user.username)
+
+    @router.put(f"{api}/datastore/updatelabelinfo", include_in_schema=False, deprecated=True)
+    async def update_label_info_deprecated(
+        label: str,
+        tag: str,
+        params: str = Form("{}"),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ) -> Any:
+        with client_errors():
+            _json_object(params, f"params of label {tag!r} of image {label!r}", 'params={"note": "..."}')
+        return datastore_endpoints.update_label_info(label, tag, params, user.username)
 
     server.router.routes[0:0] = router.routes
