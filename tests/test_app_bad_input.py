@@ -308,3 +308,49 @@ def test_datastore_json_field_that_is_not_an_object_is_422_and_nothing_is_stored
     assert_refused(response, 422, *words)
     assert_server_up(app_server)
 
+
+@pytest.mark.parametrize(
+    "wsi, status, words",
+    [
+        ("[1, 2]", 422, ["wsi", "[1, 2] is not a JSON object"]),
+        ('"x"', 422, ["wsi", '"x" is not a JSON object']),
+        ('{"level": "top"}', 422, ["wsi", "level: Input should be a valid integer", "min_poly_area"]),
+        ("{bad json", 422, ["is not JSON"]),
+    ],
+    ids=["a_list", "a_string", "a_field_of_the_wrong_type", "not_json"],
+)
+def test_wsi_infer_field_that_is_not_a_wsi_request_is_422(app_server, unchanged, wsi, status, words):
+    response = requests.post(
+        f"{app_server.url}/infer/wsi_v2/{app_server.model}",
+        params={"image": app_server.study_ids()[0], "output": "json"},
+        data={"wsi": wsi},
+        timeout=60,
+    )
+
+    assert_refused(response, status, *words)
+    assert_server_up(app_server)
+
+
+@pytest.mark.parametrize("path", ["/infer/wsi_v2", "/infer/wsi"], ids=["wsi_v2", "wsi_deprecated_route"])
+def test_wsi_infer_of_an_unknown_model_is_404_and_naming_no_image_422(app_server, unchanged, path):
+    """MONAI Label's whole-slide-image routes serve the model on a mammogram too, and answered both with 500."""
+    unknown = requests.post(f"{app_server.url}{path}/resnet", params={"image": app_server.study_ids()[0]}, timeout=60)
+    no_image = requests.post(f"{app_server.url}{path}/{app_server.model}", timeout=60)
+
+    assert_refused(unknown, 404, "model 'resnet'", app_server.model)
+    assert_refused(no_image, 422, "names no image", "?image=<id>")
+    assert_server_up(app_server)
+
+
+def test_wsi_infer_of_a_stored_image_is_the_prediction_with_the_params_it_names(app_server, unchanged):
+    """The guard passes a request it accepts on to MONAI Label, which serves the model as ``/infer`` does."""
+    response = requests.post(
+        f"{app_server.url}/infer/wsi_v2/{app_server.model}",
+        params={"image": app_server.study_ids()[0], "output": "json"},
+        data={"wsi": json.dumps({"params": {"saliency": {"method": "occlusion", "preset": "fast"}}})},
+        timeout=120,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["class_names"] == app_server.class_names
+    assert response.json()["saliency"]["method"] == "occlusion"

@@ -4,13 +4,14 @@ MONAI Label's ``POST /scoring/<method>`` and ``POST /batch/infer/<model>`` hand 
 answer 200 ``SUBMITTED``; the task then fails in its log (``GET /scoring/`` says ``ERROR``) and the client never
 learns that the name was the problem. ``POST /scoring/uncertainty`` fails the same way before there are weights to
 score with, or when they do not fit the network (503 here, as with ``run_sync=true``). Its ``POST /infer/<model>``
-answers 500 for a request that names no image, and ``GET /datastore/image/info`` answers 200 ``{}`` for an image it
-does not have. Every route that takes a JSON form field (``params`` of ``/infer``, of an image upload and of a label;
-``info`` of an image or a label) answers 500 when the field is JSON but not an object (``[1, 2]``, ``"x"``): MONAI
-Label adds the user's name to it or merges it into the datastore index. :func:`install_route_guards` puts a route in
-front of each, with the same role and parameters, that refuses what the app cannot serve and passes every other
-request on to MONAI Label's own handler, as :func:`~lib.trainers.install_train_guard` does for
-``POST /train/<model>``.
+answers 500 for a request that names no image, its WSI routes (``/infer/wsi_v2/<model>``, ``/infer/wsi/<model>``)
+also for a model it does not have, and ``GET /datastore/image/info`` answers 200 ``{}`` for an image it does not
+have. Every route that takes a JSON form field (``params`` of ``/infer``, of an image upload and of a label;
+``info`` of an image or a label; ``wsi``) answers 500 when the field is JSON but not an object (``[1, 2]``,
+``"x"``): MONAI Label adds the user's name to it, merges it into the datastore index or reads fields from it.
+:func:`install_route_guards` puts a route in front of each, with the same role and parameters, that refuses what the
+app cannot serve and passes every other request on to MONAI Label's own handler, as
+:func:`~lib.trainers.install_train_guard` does for ``POST /train/<model>``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from monailabel.endpoints import batch_infer as batch_endpoints
 from monailabel.endpoints import datastore as datastore_endpoints
 from monailabel.endpoints import infer as infer_endpoints
 from monailabel.endpoints import scoring as scoring_endpoints
+from monailabel.endpoints import wsi_infer as wsi_endpoints
+from monailabel.endpoints.wsi_infer import WSIInput
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 from monailabel.interfaces.tasks.scoring import ScoringMethod
+from pydantic import ValidationError
 
 from mammoxai.errors import MammoXAIError
 
@@ -71,6 +75,16 @@ def install_route_guards(
     router = APIRouter()
     api = settings.MONAI_LABEL_API_STR
 
+    def check_infer(route: str, model: str, names_image: bool) -> None:
+        """404 for a model the app does not serve, 422 for a request that names no image (MONAI Label: 500 for both on
+        its WSI routes, 500 for the second on ``/infer``)."""
+        if model not in infer_models:
+            raise not_found(f"model {model!r}", f"use one of {sorted(infer_models)} (GET /info/)")
+        if not names_image:
+            fix = "pass ?image=<id> (GET /datastore/?output=all) or send the image as the form field file"
+            with client_errors():
+                raise MammoXAIError(route, "names no image", fix)
+
     @router.post(f"{api}/infer/{{model}}", summary="Classify one mammogram and explain it")
     async def infer(
         background_tasks: BackgroundTasks,
@@ -83,15 +97,48 @@ def install_route_guards(
         output: infer_endpoints.ResultType | None = None,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
     ) -> Any:
+        check_infer(f"POST /infer/{model}", model, bool(image or file or session_id))
         with client_errors():
-            if not (image or file or session_id):
-                raise MammoXAIError(
-                    f"POST /infer/{model}",
-                    "names no image",
-                    "pass ?image=<id> (GET /datastore/?output=all) or send the image as the form field file",
-                )
             _json_object(params, f"POST /infer/{model} params", 'params={"saliency": {"method": "gradcam"}}')
         return infer_endpoints.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+    # MONAI Label's whole-slide-image routes run the same inference on a mammogram (it is not a slide)
+    @router.post(f"{api}/infer/wsi_v2/{{model}}", summary="Classify one mammogram and explain it (WSI route)")
+    async def infer_wsi(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        file: UploadFile = File(None),
+        wsi: str = Form(WSIInput().model_dump_json()),
+        output: wsi_endpoints.ResultType | None = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ) -> Any:
+        route = f"POST /infer/wsi_v2/{model}"
+        check_infer(route, model, bool(image or file or session_id))
+        example = 'wsi={"params": {"saliency": {"method": "gradcam"}}}'
+        with client_errors():
+            fields = _json_object(wsi, f"{route} wsi", example)
+            try:
+                region = WSIInput.model_validate(fields)
+            except ValidationError as error:  # MONAI Label: 500
+                problems = "; ".join(f"{'/'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                fix = f"send the fields {sorted(WSIInput.model_fields)} with these types, e.g. {example}"
+                raise MammoXAIError(f"{route} wsi", problems, fix) from error
+        return wsi_endpoints.run_wsi_inference(background_tasks, model, image, session_id, file, region, output)
+
+    @router.post(f"{api}/infer/wsi/{{model}}", include_in_schema=False, deprecated=True)
+    async def infer_wsi_deprecated(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        wsi: WSIInput = WSIInput(),
+        output: wsi_endpoints.ResultType | None = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ) -> Any:
+        check_infer(f"POST /infer/wsi/{model}", model, bool(image or session_id))
+        return wsi_endpoints.run_wsi_inference(background_tasks, model, image, session_id, None, wsi, output)
 
     @router.get(f"{api}/datastore/image/info", summary="The stored information of one image")
     async def image_info(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))) -> Any:
