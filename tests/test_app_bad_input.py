@@ -206,11 +206,17 @@ def test_invalid_label_is_422_and_not_stored(app_server, unchanged, content, wor
 
 UNCERTAINTY_CALLS = pytest.mark.parametrize(
     "path, params",
-    [("/activelearning/uncertainty", {}), ("/scoring/uncertainty", {"run_sync": "true"}), ("/scoring/uncertainty", {})],
-    ids=["next_case", "scoring", "scoring_in_background"],
+    [
+        ("/activelearning/uncertainty", {}),
+        ("/scoring/uncertainty", {"run_sync": "true"}),
+        ("/scoring/uncertainty", {}),
+        ("/scoring/", {}),
+    ],
+    ids=["next_case", "scoring", "scoring_in_background", "every_scoring_method"],
 )
-"""The calls that need the served weights to rank cases; ``POST /scoring/<method>`` runs in the background unless
-``run_sync=true``, and must be refused as the synchronous call is, at submission."""
+"""The calls that need the served weights to rank cases; ``POST /scoring/<method>`` (and MONAI Label's older
+``POST /scoring/``, every method) runs in the background unless ``run_sync=true``, and must be refused as the
+synchronous call is, at submission."""
 
 
 def scoring_tasks(app_server) -> str:

@@ -2,8 +2,9 @@
 
 MONAI Label's ``POST /scoring/<method>`` and ``POST /batch/infer/<model>`` hand any name to a background task and
 answer 200 ``SUBMITTED``; the task then fails in its log (``GET /scoring/`` says ``ERROR``) and the client never
-learns that the name was the problem. ``POST /scoring/uncertainty`` fails the same way before there are weights to
-score with, or when they do not fit the network (503 here, as with ``run_sync=true``). Its ``POST /infer/<model>``
+learns that the name was the problem. ``POST /scoring/uncertainty`` (and ``POST /scoring/``, which runs every
+method) fails the same way before there are weights to score with, or when they do not fit the network (503 here,
+as with ``run_sync=true``). Its ``POST /infer/<model>``
 answers 500 for a request that names no image, its WSI routes (``/infer/wsi_v2/<model>``, ``/infer/wsi/<model>``)
 also for a model it does not have, and ``GET /datastore/image/info`` answers 200 ``{}`` for an image it does not
 have. Every route that takes a JSON form field (``params`` of ``/infer``, of an image upload and of a label;
@@ -62,6 +63,13 @@ def _json_object(text: str, source: str, example: str) -> dict[str, Any]:
         problem = f"{json.dumps(value)[:80]} is not a JSON object"
         raise MammoXAIError(source, problem, f"send a JSON object, e.g. {example}")
     return value
+
+
+def _check_ready(scorer: ScoringMethod) -> None:
+    """503 now (:meth:`UncertaintyScoring.load_weights`) for a scoring method that needs weights the server cannot
+    load, not a background run that fails in its log."""
+    if isinstance(scorer, UncertaintyScoring):
+        scorer.load_weights()
 
 
 def install_route_guards(
@@ -157,9 +165,18 @@ def install_route_guards(
         scorer = scoring_methods.get(method)
         if scorer is None:
             raise not_found(f"scoring method {method!r}", f"use one of {sorted(scoring_methods)} (GET /info/)")
-        if isinstance(scorer, UncertaintyScoring):  # 503 now, not a background run that fails in its log
-            scorer.load_weights()
+        _check_ready(scorer)
         return scoring_endpoints.run_method(method, params, run_sync)
+
+    @router.post(f"{api}/scoring/", include_in_schema=False, deprecated=True)
+    async def scoring_all(
+        params: dict | None = None,
+        run_sync: bool = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ) -> Any:
+        for scorer in scoring_methods.values():
+            _check_ready(scorer)
+        return scoring_endpoints.run(params, run_sync)
 
     @router.post(f"{api}/batch/infer/{{model}}", summary="Infer every selected image and store the results")
     async def batch_infer(
