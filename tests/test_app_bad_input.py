@@ -360,3 +360,22 @@ def test_wsi_infer_of_a_stored_image_is_the_prediction_with_the_params_it_names(
     assert response.status_code == 200, response.text
     assert response.json()["class_names"] == app_server.class_names
     assert response.json()["saliency"]["method"] == "occlusion"
+
+
+@pytest.mark.parametrize(
+    "method, path, params, body, words",
+    [
+        ("post", "/activelearning/random", {}, [1, 2], ["POST /activelearning/random: body: Input should be a valid dictionary"]),
+        ("post", "/scoring/uncertainty", {"run_sync": "maybe"}, {}, ["query/run_sync: Input should be a valid boolean"]),
+        ("get", "/datastore/", {"output": "everything"}, None, ["GET /datastore/: query/output: Input should be", "/docs"]),
+    ],
+    ids=["body_not_an_object", "query_not_a_boolean", "query_not_a_choice"],
+)
+def test_requests_fastapi_refuses_are_one_line_422s_like_every_other(app_server, unchanged, method, path, params, body,
+                                                                      words):  # fmt: skip
+    """FastAPI answered these with a list of Pydantic records, which clients (the Slicer module) show as a dump."""
+    response = requests.request(method, f"{app_server.url}{path}", params=params, json=body, timeout=60)
+
+    assert isinstance(response.json()["detail"], str), response.text
+    assert_refused(response, 422, *words)
+    assert_server_up(app_server)

@@ -22,7 +22,7 @@ from dicomweb_client import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
 from lib.datastore import MammogramDatastore
 from lib.dicomweb import DICOMwebMammogramDatastore
-from lib.http_errors import install_bad_json_handler, not_found
+from lib.http_errors import install_request_error_handlers, not_found
 from lib.activelearning import Random, ReadableOnly, UncertaintyStrategy
 from lib.batch import StoredPredictionsBatchInfer
 from lib.infers import MammogramClassification, load_predictor
@@ -82,7 +82,7 @@ class MammographyApp(MONAILabelApp):
         bundle = Path(conf.get("bundle", DEFAULT_BUNDLE)).expanduser().resolve()
         check_auth_realm()
         install_token_verifier()
-        install_bad_json_handler(fastapi_app)
+        install_request_error_handlers(fastapi_app)
         install_request_size_limit(fastapi_app, int(float(conf.get("max_upload_mb", 512)) * 2**20))
         self.bundle = bundle
         self.predictor = load_predictor(bundle, conf.get("device", "auto"))

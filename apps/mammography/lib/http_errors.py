@@ -14,16 +14,18 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["client_errors", "conflict", "install_bad_json_handler", "not_found"]
+__all__ = ["client_errors", "conflict", "install_request_error_handlers", "not_found", "validation_problems"]
 
 
 @contextmanager
@@ -45,22 +47,40 @@ def conflict(source: str, problem: str, fix: str) -> HTTPException:
     return HTTPException(status_code=HTTPStatus.CONFLICT, detail=str(MammoXAIError(source, problem, fix)))
 
 
-def install_bad_json_handler(server: FastAPI) -> None:
-    """Answer a request whose JSON form field does not parse with 422 instead of 500.
+def validation_problems(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic's validation errors as one line, ``"body/run_sync: Input should be a valid boolean; ..."``."""
+    return "; ".join(f"{'/'.join(map(str, error['loc']))}: {error['msg']}" for error in errors)
+
+
+def install_request_error_handlers(server: FastAPI) -> None:
+    """Answer a request whose JSON does not parse with 422 instead of 500, and word FastAPI's own 422s as ours.
 
     MONAI Label's endpoints ``json.loads`` their ``params`` (``/infer``, ``/datastore/label``, ``/datastore/image``)
     and ``info`` fields themselves, outside any code of this app, so the error is caught where FastAPI handles
-    exceptions. MONAI Label builds the app while the server starts, after Starlette has built its middleware stack
-    with the exception handlers of the time, so the stack is built again; call this before wrapping the stack
+    exceptions. FastAPI refuses a JSON body of the wrong shape (``[1, 2]`` for ``/activelearning/<strategy>``,
+    ``/train/<model>``, ``/scoring/<method>``) with a list of Pydantic records; every other refusal of the server is
+    one line naming the input and the fix, which is what clients (the Slicer module) show, so these are too.
+
+    MONAI Label builds the app while the server starts, after Starlette has built its middleware stack with the
+    exception handlers of the time, so the stack is built again; call this before wrapping the stack
     (:func:`~lib.security.install_request_size_limit`).
     """
 
     async def bad_json(request: Request, error: json.JSONDecodeError) -> JSONResponse:
         problem = f"a JSON field of the request (params, info) is not JSON ({error})"
         fix = 'send a JSON object, e.g. params={"saliency": {"method": "gradcam"}}'
-        detail = str(MammoXAIError(f"{request.method} {request.url.path}", problem, fix))
-        return JSONResponse(status_code=HTTPStatus.UNPROCESSABLE_ENTITY, content={"detail": detail})
+        return _unprocessable(request, problem, fix)
+
+    async def bad_shape(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _unprocessable(request, validation_problems(error.errors()), "send it as the server's GET /docs shows")
 
     server.add_exception_handler(json.JSONDecodeError, bad_json)
+    server.add_exception_handler(RequestValidationError, bad_shape)
     if server.middleware_stack is not None:
         server.middleware_stack = server.build_middleware_stack()
+
+
+def _unprocessable(request: Request, problem: str, fix: str) -> JSONResponse:
+    """A 422 whose ``detail`` names the route, the problem and the fix, like every refusal of this app."""
+    detail = str(MammoXAIError(f"{request.method} {request.url.path}", problem, fix))
+    return JSONResponse(status_code=HTTPStatus.UNPROCESSABLE_ENTITY, content={"detail": detail})

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
-from lib.http_errors import client_errors, not_found
+from lib.http_errors import client_errors, not_found, validation_problems
 from lib.scoring import UncertaintyScoring
 from monailabel.config import settings
 from monailabel.endpoints import batch_infer as batch_endpoints
@@ -51,7 +51,7 @@ def _json_object(text: str, source: str, example: str) -> dict[str, Any]:
     for JSON that is not an object, raised before MONAI Label's handler copies an upload or stores anything.
 
     Text that is not JSON at all raises :class:`json.JSONDecodeError`, answered with 422 by
-    :func:`~lib.http_errors.install_bad_json_handler`; an empty field is MONAI Label's default, ``{}``.
+    :func:`~lib.http_errors.install_request_error_handlers`; an empty field is MONAI Label's default, ``{}``.
 
     Args:
         text: the field as sent.
@@ -130,7 +130,7 @@ def install_route_guards(
             try:
                 region = WSIInput.model_validate(fields)
             except ValidationError as error:  # MONAI Label: 500
-                problems = "; ".join(f"{'/'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                problems = validation_problems(error.errors())
                 fix = f"send the fields {sorted(WSIInput.model_fields)} with these types, e.g. {example}"
                 raise MammoXAIError(f"{route} wsi", problems, fix) from error
         return wsi_endpoints.run_wsi_inference(background_tasks, model, image, session_id, file, region, output)
