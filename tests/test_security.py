@@ -2,8 +2,9 @@
 upload limit, concurrent inference, and saves and crashes that never leave a broken datastore.
 
 Authentication is MONAI Label's OpenID Connect mechanism, exercised for real and offline: the test serves a
-Keycloak-style realm document (its RSA public key) on loopback, signs tokens with the matching private key, and
-starts the server with ``MONAI_LABEL_AUTH_ENABLE`` pointing at that realm.
+Keycloak-style realm on loopback (its document with the RSA public key, its OpenID configuration and a token
+endpoint for the password grant), signs tokens with the matching private key, and starts the server with
+``MONAI_LABEL_AUTH_ENABLE`` pointing at that realm.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,8 +35,10 @@ from mammoxai.data.synth import synthesize
 
 pytest_plugins = ["server_fixture"]
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "mammography"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "apps" / "mammography"), str(REPO / "slicer_extension" / "MammoXAI")]
 from lib import datastore as datastore_module  # noqa: E402  (the app's lib/ is not an installed package)
+from MammoXAILib import MammoXAIClientError, ReviewSession  # noqa: E402  (the Slicer module's logic)
 
 USER, ANNOTATOR, ADMIN = "monailabel-user", "monailabel-annotator", "monailabel-admin"  # MONAI Label's role names
 LABEL = {"class": "benign", "annotator": "dr.test", "timestamp": "2024-05-01T09:30:00+00:00"}
@@ -48,21 +52,49 @@ def _free_port() -> int:
 
 
 class Realm:
-    """An OpenID Connect realm as MONAI Label reads it (Keycloak's realm document), served on loopback."""
+    """An OpenID Connect realm as MONAI Label reads it (Keycloak's realm document, OpenID configuration and password
+    grant), served on loopback.
 
-    def __init__(self) -> None:
+    Its accounts (:data:`ACCOUNTS`) log in with the password ``secret``; ``dr.brief``'s tokens expire after
+    ``brief_seconds``, and ``dr.broken``'s login makes the realm fail with 500.
+    """
+
+    ACCOUNTS = {"dr.test": (USER, ANNOTATOR), "dr.brief": (USER,), "dr.broken": ()}
+    PASSWORD = "secret"
+
+    def __init__(self, brief_seconds: float = 3.0) -> None:
+        self.brief_seconds = brief_seconds
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         public = self.key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        document = json.dumps({"realm": "mammoxai", "public_key": base64.b64encode(public).decode()}).encode()
+        document = {"realm": "mammoxai", "public_key": base64.b64encode(public).decode()}
+        realm = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                self.send_response(200)
+                if self.path.endswith("/.well-known/openid-configuration"):
+                    self.answer(200, {"token_endpoint": f"{realm.uri}/protocol/openid-connect/token"})
+                else:
+                    self.answer(200, document)
+
+            def do_POST(self) -> None:  # noqa: N802
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+                user, roles = form.get("username"), realm.ACCOUNTS.get(form.get("username"))
+                if form.get("grant_type") != "password" or roles is None or form.get("password") != realm.PASSWORD:
+                    self.answer(401, {"error": "invalid_grant", "error_description": "Invalid user credentials"})
+                elif user == "dr.broken":
+                    self.answer(500, {"error": "unknown_error"})
+                else:
+                    expires_in = brief_seconds if user == "dr.brief" else 600
+                    token = realm.token(*roles, expires_in=expires_in, username=user)
+                    self.answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+
+            def answer(self, status: int, body: dict) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(document)
+                self.wfile.write(json.dumps(body).encode())
 
             def log_message(self, *args) -> None:
                 pass
@@ -71,8 +103,8 @@ class Realm:
         self.uri = f"http://127.0.0.1:{self.http.server_address[1]}/realms/mammoxai"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
-    def token(self, *roles: str, expires_in: float = 600, key=None) -> str:
-        claims = {"preferred_username": "dr.test", "realm_access": {"roles": list(roles)}, "exp": time.time() + expires_in}
+    def token(self, *roles: str, expires_in: float = 600, key=None, username: str = "dr.test") -> str:
+        claims = {"preferred_username": username, "realm_access": {"roles": list(roles)}, "exp": time.time() + expires_in}
         return jwt.encode(claims, key or self.key, algorithm="RS256")
 
     def headers(self, *roles: str) -> dict[str, str]:
@@ -186,6 +218,64 @@ def test_annotator_may_save_labels_but_not_train(secured, realm, image_id):
 
 
 TRAVERSALS = ["../escaped", "..%2Fescaped", "%2e%2e%2fescaped", "/tmp/escaped", "labels/../../escaped", "..\\escaped"]
+
+
+def login(server, username: str, password: str = Realm.PASSWORD) -> requests.Response:
+    return requests.post(f"{server.url}/auth/token", data={"username": username, "password": password}, timeout=60)
+
+
+def test_login_through_the_server_gives_a_token_the_server_accepts(secured):
+    response = login(secured, "dr.test")
+
+    assert response.status_code == 200, response.text
+    headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+    assert requests.get(f"{secured.url}/info/", headers=headers, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "username, password, status, words",
+    [
+        ("dr.test", "wrong", 401, ["refused the user name 'dr.test' or its password", "check both"]),
+        ("dr.nobody", Realm.PASSWORD, 401, ["refused the user name 'dr.nobody' or its password"]),
+        ("dr.broken", Realm.PASSWORD, 502, ["answered the login with HTTP 500", "identity provider's log"]),
+    ],
+    ids=["wrong_password", "unknown_user", "identity_provider_failing"],
+)
+def test_a_login_that_fails_says_why_instead_of_500(secured, username, password, status, words):
+    response = login(secured, username, password)
+
+    assert response.status_code == status, response.text
+    assert all(word in response.json()["detail"] for word in words), response.json()["detail"]
+
+
+def review(server, tmp_path: Path) -> ReviewSession:
+    return ReviewSession(server.url, str(tmp_path / "work"), str(tmp_path / "pending"))
+
+
+def test_slicer_logs_in_with_user_name_and_password_and_labels_under_that_name(secured, tmp_path):
+    session = review(secured, tmp_path)
+
+    info = session.connect("dr.test", Realm.PASSWORD)
+
+    assert info.model == "mammoxai" and session.annotator == "dr.test"
+    assert jwt.decode(session.client.token, options={"verify_signature": False})["preferred_username"] == "dr.test"
+
+
+def test_slicer_without_a_login_or_with_a_wrong_password_says_what_to_do(secured, tmp_path):
+    with pytest.raises(MammoXAIClientError, match="asks for a login: enter your user name and password"):
+        review(secured, tmp_path).connect()
+    with pytest.raises(MammoXAIClientError, match=r"^The login failed: .*refused the user name 'dr.test' or its password"):
+        review(secured, tmp_path).connect("dr.test", "wrong")
+
+
+def test_slicer_renews_a_token_that_expires_during_the_reading_session(secured, realm, tmp_path):
+    session = review(secured, tmp_path)
+    session.connect("dr.brief", Realm.PASSWORD)
+    first = session.client.token
+    time.sleep(realm.brief_seconds + 0.5)  # the server now answers 401 to that token
+
+    assert session.client.info()["name"] == "MammoXAI"  # logged in again and sent once more
+    assert session.client.token != first
 
 
 @pytest.mark.parametrize("image", TRAVERSALS)

@@ -71,6 +71,19 @@ def test_the_server_url_is_remembered_in_the_settings(tmp_path, monkeypatch):
     assert panel.ui.serverUrlEdit.text == "http://pacs-ai:8000"
 
 
+def test_the_login_fields_hide_the_password_and_remember_only_the_user_name(widget, app_server):
+    assert widget.ui.passwordEdit.echoMode == "QLineEdit::Password"
+    widget.ui.usernameEdit.text = "dr.widget"
+    widget.ui.passwordEdit.text = "secret"
+
+    connect(widget, app_server.url)  # a server without authentication: the login is accepted and changes nothing
+
+    assert widget.ui.statusLabel.text.startswith("Connected"), widget.ui.statusLabel.text
+    assert qt.QSettings.store[MammoXAI.SETTINGS_USERNAME] == "dr.widget"
+    assert "secret" not in repr(qt.QSettings.store)
+    assert widget.logic.session.client.token is None
+
+
 def test_a_server_that_is_down_is_reported_in_the_status_line(widget, free_port):
     connect(widget, f"http://127.0.0.1:{free_port}")
 

@@ -27,7 +27,7 @@ from lib.activelearning import Random, ReadableOnly, UncertaintyStrategy
 from lib.batch import StoredPredictionsBatchInfer
 from lib.infers import MammogramClassification, load_predictor
 from lib.scoring import UncertaintyScoring
-from lib.security import check_auth_realm, install_request_size_limit, install_token_verifier
+from lib.security import check_auth_realm, install_login_guard, install_request_size_limit, install_token_verifier
 from lib.route_guards import install_route_guards
 from lib.trainers import CorrectionsTrainer, install_train_guard
 from monailabel.app import app as fastapi_app
@@ -82,6 +82,7 @@ class MammographyApp(MONAILabelApp):
         bundle = Path(conf.get("bundle", DEFAULT_BUNDLE)).expanduser().resolve()
         check_auth_realm()
         install_token_verifier()
+        install_login_guard(fastapi_app)
         install_request_error_handlers(fastapi_app)
         install_request_size_limit(fastapi_app, int(float(conf.get("max_upload_mb", 512)) * 2**20))
         self.bundle = bundle

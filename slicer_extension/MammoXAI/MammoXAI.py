@@ -39,6 +39,7 @@ from slicer.ScriptedLoadableModule import (
 SETTINGS_URL = "MammoXAI/serverUrl"
 SETTINGS_STRATEGY = "MammoXAI/strategy"
 SETTINGS_ANNOTATOR = "MammoXAI/annotator"
+SETTINGS_USERNAME = "MammoXAI/username"
 DEFAULT_URL = "http://127.0.0.1:8000"
 HEATMAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"  # perceptually uniform, readable in grey print
 TRAIN_POLL_MS = 5000
@@ -81,6 +82,7 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         settings = qt.QSettings()
         self.ui.serverUrlEdit.text = settings.value(SETTINGS_URL, DEFAULT_URL)
         self.ui.annotatorEdit.text = settings.value(SETTINGS_ANNOTATOR, "")
+        self.ui.usernameEdit.text = settings.value(SETTINGS_USERNAME, "")
         self.ui.strategyComboBox.addItems(list(STRATEGIES))
         self.ui.strategyComboBox.currentText = settings.value(SETTINGS_STRATEGY, STRATEGIES[0])
         self.ui.biradsComboBox.addItems(["", *BIRADS])
@@ -110,10 +112,13 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
     def onConnect(self):
         url = self.ui.serverUrlEdit.text.strip()
         with self._busy(f"Connecting to {url}…"):
-            info = self.logic.connect(url, annotator=self.ui.annotatorEdit.text)
+            username = self.ui.usernameEdit.text.strip()
+            info = self.logic.connect(url, annotator=self.ui.annotatorEdit.text, username=username,
+                                      password=self.ui.passwordEdit.text)  # fmt: skip
             settings = qt.QSettings()
             settings.setValue(SETTINGS_URL, info.url)
             settings.setValue(SETTINGS_ANNOTATOR, self.ui.annotatorEdit.text)
+            settings.setValue(SETTINGS_USERNAME, username)  # never the password
             self.ui.serverInfoLabel.text = info.summary
             self._setClassButtons(info.class_names)
             self.ui.saliencyComboBox.clear()  # what this server can run on its grid; empty: its configured method
@@ -263,9 +268,10 @@ class MammoXAILogic(ScriptedLoadableModuleLogic):
         self.opacity = 0.5
         self.lesionNodes = []
 
-    def connect(self, url, token=None, annotator=""):
+    def connect(self, url, token=None, annotator="", username="", password=""):
+        """Connect a new review session; log in first with ``username`` and ``password`` when given."""
         session = ReviewSession(url, self.workFolder, self.pendingFolder, token=token, annotator=annotator)
-        info = session.connect()
+        info = session.connect(username, password)
         self.session = session
         return info
 

@@ -5,8 +5,9 @@ every endpoint requires an OpenID Connect bearer token signed by the realm at ``
 (Keycloak's realm document, whose ``public_key`` verifies the RS256 signature), and each endpoint requires one
 role from the token: ``/infer`` and reading the datastore ``MONAI_LABEL_AUTH_ROLE_USER``, saving a label
 ``MONAI_LABEL_AUTH_ROLE_ANNOTATOR``, ``/train`` ``MONAI_LABEL_AUTH_ROLE_ADMIN``. A hospital runs its identity
-provider (Keycloak, or one federating its directory), so no password ever reaches this server. Three gaps remain,
-which this module closes:
+provider (Keycloak, or one federating its directory); a password passes through this server only on
+``POST /auth/token`` (how the Slicer module and scripts log in), which hands it to the provider and keeps nothing.
+Four gaps remain, which this module closes:
 
 * MONAI Label 0.8.5 verifies tokens with ``jwt.decode(token, key, options=...)`` and no ``algorithms``, which
   PyJWT 2 refuses for every token: with authentication on, every request would be answered 401.
@@ -15,6 +16,9 @@ which this module closes:
 
 * MONAI Label fetches the realm key at the first request; a wrong realm URI then makes every request fail with
   500. :func:`check_auth_realm` fetches it at start-up and stops the server with a message naming the setting.
+* MONAI Label's ``POST /auth/token`` answers 500 when the provider refuses the user name or password, and when the
+  provider cannot be reached: the user cannot tell a typo from a broken server. :func:`install_login_guard` answers
+  401 and 502 / 503 with what to do.
 * Request bodies are unbounded: FastAPI spools an upload of any size to disk before the datastore sees it.
   :class:`RequestSizeLimit` answers 413 as soon as the declared or received body exceeds the limit.
 
@@ -31,14 +35,23 @@ from typing import Any
 
 import jwt
 import requests
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi.security import OAuth2PasswordRequestForm
 from monailabel.config import settings
+from monailabel.endpoints import login
 from monailabel.endpoints.user import auth
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["RequestSizeLimit", "check_auth_realm", "install_request_size_limit", "install_token_verifier", "verify_token"]
+__all__ = [
+    "RequestSizeLimit",
+    "check_auth_realm",
+    "install_login_guard",
+    "install_request_size_limit",
+    "install_token_verifier",
+    "verify_token",
+]
 
 TOKEN_ALGORITHMS = ["RS256"]
 """Signature algorithms accepted for access tokens: Keycloak's default, and the one its realm public key serves."""
@@ -176,3 +189,40 @@ def verify_token(token: str) -> auth.User:
 def install_token_verifier() -> None:
     """Make MONAI Label's endpoints verify tokens with :func:`verify_token` (its dependency looks the function up per call)."""
     auth.from_token = verify_token
+
+
+def install_login_guard(app: FastAPI) -> None:
+    """Put a route in front of MONAI Label's ``POST /auth/token`` that passes the login on to it and answers its
+    failures (500 there) as: 401 when the identity provider refuses the user name or password, 502 when it answers
+    with an error or with something that is not JSON, 503 when it cannot be reached."""
+    router = APIRouter()
+    summary = "Fetch an access token from the identity provider"
+
+    @router.post(f"{settings.MONAI_LABEL_API_STR}/auth/token", summary=summary)
+    async def access_token(form_data: OAuth2PasswordRequestForm = Depends()) -> Any:
+        realm = f"identity provider {settings.MONAI_LABEL_AUTH_REALM_URI}"
+        try:
+            return await login.access_token(form_data)
+        except requests.HTTPError as error:
+            status = error.response.status_code if error.response is not None else None
+            if status in (HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED):  # Keycloak: 401 invalid_grant
+                problem = f"refused the user name {form_data.username!r} or its password"
+                fix = "check both; the realm's administrator can reset them"
+                raise _refusal(HTTPStatus.UNAUTHORIZED, realm, problem, fix) from error
+            fix = "see the identity provider's log"
+            raise _refusal(HTTPStatus.BAD_GATEWAY, realm, f"answered the login with HTTP {status}", fix) from error
+        except requests.RequestException as error:
+            problem = f"cannot be reached ({type(error).__name__})"
+            fix = "start the identity provider, or check MONAI_LABEL_AUTH_REALM_URI"
+            raise _refusal(HTTPStatus.SERVICE_UNAVAILABLE, realm, problem, fix) from error
+        except ValueError as error:  # its openid-configuration or its answer is not JSON
+            problem = "answered the login with something that is not JSON"
+            fix = "check that MONAI_LABEL_AUTH_REALM_URI names an OpenID Connect realm"
+            raise _refusal(HTTPStatus.BAD_GATEWAY, realm, problem, fix) from error
+
+    app.router.routes[0:0] = router.routes
+
+
+def _refusal(status: HTTPStatus, source: str, problem: str, fix: str) -> HTTPException:
+    """An ``HTTPException`` whose ``detail`` names the source, the problem and the fix, as every refusal here."""
+    return HTTPException(status_code=status, detail=str(MammoXAIError(source, problem, fix)))

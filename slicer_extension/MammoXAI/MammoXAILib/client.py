@@ -68,6 +68,7 @@ class MammoXAIClient:
         self.token = token
         self.timeout = timeout
         self.infer_timeout = infer_timeout
+        self._credentials: tuple[str, str] | None = None
 
     # ---------------------------------------------------------------- server
     def info(self) -> dict[str, Any]:
@@ -89,16 +90,24 @@ class MammoXAIClient:
             raise self._not_mammoxai("it serves no classification model")
         return "mammoxai" if "mammoxai" in models else sorted(models)[0]
 
-    def login(self, username: str, password: str) -> str:
-        """Fetch a token from MONAI Label's ``POST /auth/token`` and use it for every later call."""
+    def login(self, username: str, password: str) -> str | None:
+        """Fetch a token from MONAI Label's ``POST /auth/token`` and use it for every later call.
+
+        The user name and password are kept in memory so that a token that expires during a reading session (the
+        identity provider's tokens last minutes) is renewed by logging in again, once, when the server answers 401.
+
+        Returns:
+            the token, or ``None`` for a server without authentication (it answers ``{"access_token": null}``):
+            every call works without one.
+        """
         body = urllib.parse.urlencode({"username": username, "password": password}).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        answer = self._json("POST", "/auth/token", body=body, headers=headers, what="login")
-        token = answer.get("access_token") if isinstance(answer, dict) else None
-        if not token:
-            raise MammoXAIClientError(f"{self.url} gave no token for user {username!r}: check the name and password", "http")
-        self.token = token
-        return token
+        answer = self._json("POST", "/auth/token", body=body, headers=headers, what="login", renew=False)
+        if not isinstance(answer, dict) or "access_token" not in answer:
+            raise self._not_mammoxai("its answer to the login is not a token")
+        self.token = answer["access_token"] or None
+        self._credentials = (username, password) if self.token else None
+        return self.token
 
     # ---------------------------------------------------------------- datastore
     def datastore(self) -> dict[str, Any]:
@@ -211,9 +220,10 @@ class MammoXAIClient:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        renew: bool = True,
     ) -> Any:
         url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        headers = {"Accept": "application/json", **(headers or {})}
+        given, headers = headers, {"Accept": "application/json", **(headers or {})}
         if body is not None and "Content-Type" not in headers:
             headers["Content-Type"] = "application/json"
         if self.token:
@@ -223,6 +233,10 @@ class MammoXAIClient:
         try:
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as error:
+            if error.code == 401 and renew and self._credentials:
+                error.close()
+                self.login(*self._credentials)  # the token expired: renew it and send the request once more
+                return self._request(method, path, what, query, body, given, timeout, renew=False)
             raise self._http_error(error, what) from error
         except (TimeoutError, socket.timeout) as error:
             raise self._timeout(what, timeout) from error
@@ -255,9 +269,13 @@ class MammoXAIClient:
             detail = detail if isinstance(detail, str) else json.dumps(detail)
         except (UnicodeDecodeError, json.JSONDecodeError, OSError):
             pass
+        if error.code == 401 and what == "login":
+            detail = detail or "the user name or password was refused"
+            return MammoXAIClientError(f"The login failed: {detail}", "http", 401)
         if error.code in (401, 403):
-            detail = detail or "not authorised"
-            return MammoXAIClientError(f"The server refused the {what}: {detail} (log in or set a token)", "http", error.code)
+            fix = "log in with your user name and password" if error.code == 401 else "ask the server's administrator"
+            detail = detail or ("not logged in" if error.code == 401 else "your account lacks the role for it")
+            return MammoXAIClientError(f"The server refused the {what}: {detail} ({fix})", "http", error.code)
         if error.code == 404 and not detail:
             return self._not_mammoxai(f"it has no {error.url.split('?')[0][len(self.url):]} endpoint", status=404)
         detail = detail or error.reason or "no explanation"

@@ -116,9 +116,29 @@ class ReviewSession:
         self.info: ServerInfo | None = None
 
     # ---------------------------------------------------------------- connect
-    def connect(self) -> ServerInfo:
-        """Read the server's info and send any correction left from before; see :attr:`info`."""
-        raw = self.client.info()
+    def connect(self, username: str = "", password: str = "") -> ServerInfo:
+        """Log in when a user name is given, read the server's info and send any correction left from before.
+
+        Args:
+            username: for a server with authentication (``POST /auth/token`` through its identity provider); the
+                token is renewed with these credentials when it expires during the session. Ignored by a server
+                without authentication.
+            password: the user's password.
+
+        Raises:
+            MammoXAIClientError: the server cannot be reached or is no MammoXAI server, the login is refused, or
+                the server asks for a login and no user name was given.
+        """
+        if username.strip():
+            self.client.login(username.strip(), password)
+            self.annotator = self.annotator if self.annotator != "unknown" else username.strip()
+        try:
+            raw = self.client.info()
+        except MammoXAIClientError as error:
+            if error.status == 401 and not self.client.token:
+                message = f"{self.client.url} asks for a login: enter your user name and password, then connect"
+                raise MammoXAIClientError(message, "input", 401) from error
+            raise
         model = self.client.mammoxai_model(raw)
         saliency = raw["models"][model].get("saliency")
         saliency = saliency if isinstance(saliency, dict) else {}

@@ -15,7 +15,7 @@ import slicer
 layers: dict[str, Any] = {}
 """What the last ``setSliceViewerLayers`` calls set, merged (background, foreground, foregroundOpacity)."""
 
-_PROPERTY_READERS = {"string": str, "bool": lambda text: text == "true", "double": float, "number": int}
+_PROPERTY_READERS = {"string": str, "bool": lambda text: text == "true", "double": float, "number": int, "enum": str}
 
 
 def loadUI(path: str) -> qt.QWidget:
