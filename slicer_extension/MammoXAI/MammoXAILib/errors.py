@@ -24,14 +24,10 @@ class MammoXAIClientError(Exception):
     """
 
     TRANSIENT_KINDS = ("unreachable", "timeout")
+    """Kinds after which trying again later may succeed: the server was down or slow."""
 
     def __init__(self, message: str, kind: str, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.status = status
-
-    @property
-    def transient(self) -> bool:
-        """Whether trying again later may succeed (the server was down or slow, or overloaded with 5xx)."""
-        return self.kind in self.TRANSIENT_KINDS or (self.status is not None and self.status >= 500)

@@ -137,7 +137,7 @@ class ReviewSession:
         except MammoXAIClientError as error:
             if error.status == 401 and not self.client.token:
                 message = f"{self.client.url} asks for a login: enter your user name and password, then connect"
-                raise MammoXAIClientError(message, "input", 401) from error
+                raise MammoXAIClientError(message, "http", 401) from error
             raise
         model = self.client.mammoxai_model(raw)
         saliency = raw["models"][model].get("saliency")
