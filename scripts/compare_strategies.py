@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mammoxai.cli import BUNDLE_ROOT, exit_status
+from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.manifest import write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report
@@ -65,6 +64,7 @@ from mammoxai.training.experiments import (
     claim_out,
     distinct,
     earlier_results,
+    experiment_main,
     is_held_out,
     labelled_subset,
     read_study_manifest,
@@ -301,13 +301,7 @@ def compare(args: argparse.Namespace, command: str) -> Report:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(arguments)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    status = exit_status(lambda: compare(args, shlex.join(["python", "scripts/compare_strategies.py", *arguments])))
-    if status == 0:
-        print(f"report written to {Path(args.out) / 'report.md'}")
-    return status
+    return experiment_main(argv, _parser(), compare, "scripts/compare_strategies.py")
 
 
 if __name__ == "__main__":

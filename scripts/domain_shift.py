@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mammoxai.cli import BUNDLE_ROOT, exit_status
+from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.manifest import write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report, bar_figure
@@ -49,6 +48,7 @@ from mammoxai.training.experiments import (
     check_bundle_run,
     check_task_labels,
     claim_out,
+    experiment_main,
     labelled_subset,
     read_study_manifest,
     repeat_seeds,
@@ -256,13 +256,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(arguments)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    status = exit_status(lambda: run(args, shlex.join(["python", "scripts/domain_shift.py", *arguments])))
-    if status == 0:
-        print(f"report written to {Path(args.out) / 'report.md'}")
-    return status
+    return experiment_main(argv, _parser(), run, "scripts/domain_shift.py")
 
 
 if __name__ == "__main__":

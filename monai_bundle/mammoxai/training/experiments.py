@@ -18,15 +18,17 @@ import json
 import logging
 import math
 import random
+import shlex
+import sys
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import monai.bundle
 import numpy as np
 
-from mammoxai.cli import bundle_config_files, run_bundle
+from mammoxai.cli import bundle_config_files, exit_status, run_bundle
 from mammoxai.data.cache import update_with_file
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
@@ -37,6 +39,7 @@ from mammoxai.training.finetune import check_labels
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "experiment_main",
     "TASKS",
     "HOLDOUT",
     "PRETRAIN_CHECKS",
@@ -502,3 +505,27 @@ def across_seeds(
             row["interval_above_0"] = sum(1 for run in group if run.get(low) is not None and run[low] > 0)
         summary.append({key: float(item) if isinstance(item, np.floating) else item for key, item in row.items()})
     return summary
+
+
+def experiment_main(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    experiment: Callable[[argparse.Namespace, str], object],
+    script: str,
+) -> int:
+    """The ``main`` of an experiment script: parse ``argv``, run ``experiment(args, command)`` with the command line
+    that reproduces it (written into the report), and return the exit status of :func:`~mammoxai.cli.exit_status`.
+
+    Args:
+        argv: the arguments; ``None`` reads ``sys.argv``.
+        parser: the script's argument parser; its ``--out`` folder receives ``report.md``.
+        experiment: runs the experiment and writes the report.
+        script: the script's path from the repository root, e.g. ``"scripts/domain_shift.py"``.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(arguments)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    status = exit_status(lambda: experiment(args, shlex.join(["python", script, *arguments])))
+    if status == 0:
+        print(f"report written to {Path(args.out) / 'report.md'}")
+    return status
