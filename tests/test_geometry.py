@@ -183,6 +183,17 @@ def test_restore_fills_outside_the_crop():
     assert (restored == -1.0).sum() == 100 - 6 * 6
 
 
+def test_restore_keeps_each_map_in_its_own_range_through_the_rounding_of_the_resampling_weights():
+    """Downsampled by an antialiasing filter, a map of ones came back as 1.0000001 (weights summing to 1 - 1 ulp)."""
+    geometry = ImageGeometry((96, 75), crop=(19, 0, 78, 48), flip=False, output_shape=(64, 52))
+    maps = torch.stack([torch.ones(64, 52), torch.linspace(-2.0, 3.0, 64 * 52).reshape(64, 52)])
+
+    restored = geometry.restore(maps)
+
+    assert restored[0].max() == 1.0 and restored[0, 19:78, 0:48].min() == 1.0
+    assert restored[1].min() >= -2.0 and restored[1].max() <= 3.0
+
+
 # -- serialisation and validation -----------------------------------------------------------------------------
 @FAST
 @given(geometries())

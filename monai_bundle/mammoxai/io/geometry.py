@@ -124,11 +124,14 @@ class ImageGeometry:
     def restore(self, heatmap: np.ndarray | torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Map a model-grid map (..., h, w) back onto the original pixel grid (..., H, W).
 
-        Outside the crop (background, labels, markers) the map is ``fill``.
+        Outside the crop (background, labels, markers) the map is ``fill``. Inside, each map keeps its own range:
+        the resampling weights sum to one only up to rounding, which took a [0, 1] map to 1.0000001.
         """
         tensor = torch.as_tensor(heatmap)
         self._check_trailing_shape(tensor, self.output_shape, "heatmap")
-        tensor = _resize(tensor.float(), self.crop_shape)
+        tensor = tensor.float()
+        low, high = tensor.amin(dim=(-2, -1), keepdim=True), tensor.amax(dim=(-2, -1), keepdim=True)
+        tensor = _resize(tensor, self.crop_shape).clamp(low, high)
         if self.flip:
             tensor = tensor.flip(-1)
         out = tensor.new_full((*tensor.shape[:-2], *self.original_shape), fill)
