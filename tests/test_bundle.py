@@ -271,6 +271,39 @@ def test_the_early_checkpoint_folder_check_names_what_the_savers_write(config, t
     assert "@checkpoint_folder" in parser.get("initialize")  # refused before the data sets read a single image
 
 
+# -- what the MONAI model zoo checks before it accepts a bundle (its ci/verify_bundle.py) -----------------------------
+def run_monai_bundle(*arguments: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <arguments>`` from the bundle root; the caller checks the outcome."""
+    command = [sys.executable, "-m", "monai.bundle", *arguments]
+    return subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+
+
+def test_ckpt_export_turns_the_trained_checkpoint_into_torchscript_as_the_zoo_runs_it(tmp_path, trained):
+    """The zoo's call takes MONAI's defaults: ``torch.jit.script`` (no ``--use_trace``) and the whole checkpoint
+    file (no ``--key_in_ckpt``); the traced export with both flags is tested above."""
+    exported = tmp_path / "verify_model.ts"
+    result = run_monai_bundle(
+        "ckpt_export", "network_def",
+        "--filepath", str(exported),
+        "--ckpt_file", str(trained / "model.pt"),  # as train.json writes it; the zoo passes no --key_in_ckpt
+        "--meta_file", "configs/metadata.json",
+        "--config_file", "configs/inference.json",
+        "--bundle_root", str(BUNDLE),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    extra_files = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(exported), _extra_files=extra_files)
+    assert json.loads(extra_files["metadata.json"])["version"] == json.loads((CONFIGS / "metadata.json").read_text())[
+        "version"
+    ]
+    network = served_network().eval()
+    network.load_state_dict(torch.load(trained / "model.pt", weights_only=True))  # the whole file, as the zoo does
+    images = torch.rand(2, 1, 256, 208)
+    with torch.no_grad():
+        assert torch.equal(scripted.eval()(images), network.forward_with_metadata(images)[0])
+
+
 # -- the training helpers train.json uses ------------------------------------------------------------------------
 def manifest_records() -> list[dict]:
     """11 patients x 4 images (6 normal, 2 malignant, 2 (recalled) benign, 1 held-out test) and 1 unlabelled image."""

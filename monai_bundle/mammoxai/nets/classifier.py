@@ -63,6 +63,9 @@ class MammoClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels[-1], num_classes)
 
+    # TorchScript (the model zoo's export of a network with this backbone) would compile it, and cannot
+    __jit_unused_properties__ = ["last_block"]
+
     @property
     def last_block(self) -> str:
         """Name of the last convolutional block, the usual Grad-CAM target."""

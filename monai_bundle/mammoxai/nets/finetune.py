@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -74,10 +74,11 @@ class StageFreezing:
         frozen: the number of frozen stages (0: none; ``num_stages``: the whole backbone).
     """
 
-    backbone: nn.Module
-    stages: list[list[str]]
-    frozen: int
-    config: dict[str, Any]
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads class annotations and cannot resolve these
+        backbone: nn.Module
+        stages: list[list[str]]
+        frozen: int
+        config: dict[str, Any]
 
     @property
     def num_stages(self) -> int:
@@ -248,8 +249,11 @@ class MetadataClassifier(StageFreezing, MetadataNet):
 
     ``forward`` returns the class logits alone, so the trainer, the evaluator, Grad-CAM and ``verify_net_in_out``
     see an ordinary classifier; :meth:`forward_with_metadata` returns the metadata logits of the same pass too.
-    The state dict is a :class:`~mammoxai.nets.MetadataNet`'s plus ``fc``, so a pretraining checkpoint loads into
-    it unchanged. Stage-wise freezing of the backbone is that of :class:`BackboneClassifier`.
+    ``forward`` compiles with ``torch.jit.script``, which the model zoo's ``monai.bundle ckpt_export`` check runs on
+    ``network_def`` (the TorchScript module gives the class logits; the metadata heads and saliency need the
+    Python network). The state dict is a :class:`~mammoxai.nets.MetadataNet`'s plus ``fc``, so a pretraining
+    checkpoint loads into it unchanged, and :meth:`load_state_dict` also takes ``models/model.pt`` as a whole.
+    Stage-wise freezing of the backbone is that of :class:`BackboneClassifier`.
 
     Args:
         backbone: backbone name, one of :data:`mammoxai.nets.BACKBONES`.
@@ -293,14 +297,46 @@ class MetadataClassifier(StageFreezing, MetadataNet):
         self.frozen = 0
         self.config.update(num_classes=int(num_classes), dropout=dropout)
 
+    # properties TorchScript would otherwise compile: they read module names, which it cannot
+    __jit_unused_properties__ = ["last_block", "num_stages", "task_names"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """Class logits (B, num_classes)."""
-        return self.forward_with_metadata(x)[0]
+        """Class logits (B, num_classes): those of :meth:`forward_with_metadata`, without running the metadata heads.
+
+        Written out rather than calling :meth:`forward_with_metadata` so that TorchScript compiles it (no ``super()``,
+        no dict of mixed values); ``z`` is summed in the order :class:`~mammoxai.nets.MetadataNet` sums it, so the
+        logits are the same to the bit.
+        """
+        features = self.backbone(x)
+        z_tasks = []
+        for projection in self.projections.values():
+            z_tasks.append(projection(features))
+        return self.fc(self.dropout(torch.stack(z_tasks).sum(dim=0)))
 
     def forward_with_metadata(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Class logits (B, num_classes) and field → metadata logits (B, classes), from one backbone pass."""
         out = super().forward(x)
         return self.fc(self.dropout(out["z"])), out["logits"]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, which also takes a checkpoint as ``train.json`` saves it (``models/model.pt``:
+        the state dict under ``"model"``, beside the training ``"grid"`` and ``"classes"``).
+
+        MONAI's ``ckpt_export``, which the model zoo runs on every submitted bundle without ``key_in_ckpt``, and the
+        zoo's usual ``net.load_state_dict(torch.load("models/model.pt"))`` pass the whole file. The recorded grid and
+        classes are not checked here; :func:`load_checkpoint`, through which the bundle's own readers load, checks
+        them.
+        """
+        if _is_training_checkpoint(state_dict):
+            state_dict = state_dict["model"]
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _is_training_checkpoint(state: Mapping[str, Any]) -> bool:
+    """Whether ``state`` is ``train.json``'s checkpoint layout (weights under ``"model"``) rather than a state dict,
+    whose values are tensors."""
+    weights = state.get("model")
+    return isinstance(weights, Mapping) and not any(isinstance(value, torch.Tensor) for value in state.values())
 
 
 def state_dict_problems(network: nn.Module, state: Mapping[str, Any]) -> list[str]:
