@@ -450,6 +450,25 @@ def test_heatmap_lands_on_the_breast_of_a_flipped_image(tmp_path):
     assert prediction.heatmap[:, 250:].max() > 0.5
 
 
+def test_inference_json_names_its_inferer_and_the_scores_come_from_it(tmp_path):
+    """The zoo asks an inference config for ``bundle_root``, ``device``, ``network_def``, ``inferer`` and
+    ``output_dir``; ``inferer`` is called as a MONAI Inferer, ``inferer(inputs, network)``, for every score."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    assert [key for key in ("bundle_root", "device", "network_def", "inferer", "output_dir") if key not in parser] == []
+
+    def towards_malignant(inputs: torch.Tensor, network) -> torch.Tensor | tuple:
+        shift = torch.tensor([0.0, 0.0, 1000.0])
+        out = network(inputs)
+        return (out[0] + shift, out[1]) if isinstance(out, tuple) else out + shift  # forward_with_metadata: both
+
+    predictor = make_predictor(save_weights(tmp_path / "model.pt", favour=0), inferer=towards_malignant)
+    image = write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())
+    assert predictor.predict(image).record["predicted_class"] == "malignant"
+    assert predictor.predict_probabilities(image)[0].argmax() == 2
+    assert make_predictor(tmp_path / "model.pt").predict(image).record["predicted_class"] == "normal"
+
+
 def test_weights_are_reloaded_when_the_checkpoint_changes(tmp_path):
     image = write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())
     checkpoint = save_weights(tmp_path / "model.pt", favour=0)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.inferers import SimpleInferer
 from torch import nn
 
 from mammoxai.data.manifest import find_images
@@ -162,6 +163,9 @@ class MammogramPredictor:
         amp: use automatic mixed precision (and channels-last memory) on a GPU; ignored on the CPU.
         model_name: recorded in every prediction.
         model_version: recorded in every prediction (the bundle version).
+        inferer: runs the network for the class and metadata logits, called as ``inferer(inputs, network)`` like a
+            MONAI ``Inferer`` (``network`` may be ``forward_with_metadata``, which returns both); default
+            ``SimpleInferer()``. The saliency pass runs the network itself: it explains the network, not the inferer.
 
     Example:
         parser = ConfigParser()
@@ -188,6 +192,7 @@ class MammogramPredictor:
         amp: bool = True,
         model_name: str = "mammoxai_classifier",
         model_version: str = "unversioned",
+        inferer: Callable[..., Any] | None = None,
     ) -> None:
         self.class_names = tuple(class_names)
         if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
@@ -210,6 +215,7 @@ class MammogramPredictor:
         self.amp = amp and self.device.type == "cuda"
         self.model_name = model_name
         self.model_version = model_version
+        self.inferer = SimpleInferer() if inferer is None else inferer
         self.network = network.to(self.device).eval()
         if self.amp:
             self.network = self.network.to(memory_format=torch.channels_last)
@@ -248,9 +254,9 @@ class MammogramPredictor:
             prepared = time.perf_counter()
             with torch.no_grad(), self._autocast():
                 if self.metadata_label_space is None:
-                    logits, field_logits = self.network(batch), {}
+                    logits, field_logits = self.inferer(batch, self.network), {}
                 else:
-                    logits, field_logits = self.network.forward_with_metadata(batch)
+                    logits, field_logits = self.inferer(batch, self.network.forward_with_metadata)
                 probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
                 fields = {name: torch.softmax(value.float(), dim=1)[0].cpu() for name, value in field_logits.items()}
             forwarded = time.perf_counter()
@@ -302,7 +308,7 @@ class MammogramPredictor:
             if self.amp:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.no_grad(), self._autocast():
-                probabilities = torch.softmax(self.network(batch).float(), dim=1).cpu()
+                probabilities = torch.softmax(self.inferer(batch, self.network).float(), dim=1).cpu()
             checkpoint = self.checkpoint_id
         return probabilities, checkpoint
 
