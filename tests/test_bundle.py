@@ -304,6 +304,26 @@ def test_ckpt_export_turns_the_trained_checkpoint_into_torchscript_as_the_zoo_ru
         assert torch.equal(scripted.eval()(images), network.forward_with_metadata(images)[0])
 
 
+def test_train_configs_have_the_workflow_properties_monai_checks(tmp_path, studies):
+    """MONAI's ``check_properties`` of a training workflow (what MONAI FL and MONAI Label ask of a bundle): the
+    required parts exist, and the optional ones (``train#preprocessing``, ``validate#postprocessing``, ...) are
+    where the trainer and evaluator refer to them. It builds the parts, so it runs on the synthetic studies."""
+    script = (
+        "import json, sys\n"
+        "from monai.bundle import create_workflow\n"
+        "config, ckpt_dir = sys.argv[1:]\n"
+        "workflow = create_workflow(workflow_type='train', config_file=f'configs/{config}',"
+        " meta_file='configs/metadata.json', logging_file='configs/logging.conf', bundle_root='.',"
+        f" dataset_dir={str(studies)!r}, output_dir={str(tmp_path / 'eval')!r}, ckpt_dir=ckpt_dir)\n"
+        "print('missing or misplaced:', json.dumps(workflow.check_properties()))\n"
+    )
+    for config in ("train.json", "train_lesion_crops.json", "pretrain.json"):
+        command = [sys.executable, "-c", script, config, str(tmp_path / config)]
+        result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "missing or misplaced: []" in result.stdout, (config, result.stdout[-2000:])
+
+
 # -- the training helpers train.json uses ------------------------------------------------------------------------
 def manifest_records() -> list[dict]:
     """11 patients x 4 images (6 normal, 2 malignant, 2 (recalled) benign, 1 held-out test) and 1 unlabelled image."""
