@@ -6,6 +6,7 @@ through the configs' own top-level keys (``--ckpt_dir``, ``--output_dir``, ``--c
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -272,10 +273,126 @@ def test_the_early_checkpoint_folder_check_names_what_the_savers_write(config, t
 
 
 # -- what the MONAI model zoo checks before it accepts a bundle (its ci/verify_bundle.py) -----------------------------
+# The requirements of the schema the zoo validates metadata.json against (meta_schema_20240725.json, named by our
+# "schema" key and downloaded by ``verify_metadata``, which cannot download here): its required keys and their
+# types, and the fields every tensor of network_data_format must describe.
+_TENSOR = {
+    "type": "object",
+    "required": ["type", "format", "num_channels", "spatial_shape", "dtype", "value_range"],
+    "properties": {
+        "type": {"type": "string"},
+        "format": {"type": "string"},
+        "num_channels": {"type": "integer"},
+        "spatial_shape": {"type": "array", "items": {"type": ["string", "integer"]}},
+        "dtype": {"type": "string"},
+        "value_range": {"type": "array", "items": {"type": "number"}},
+        "is_patch_data": {"type": "boolean"},
+        "channel_def": {"type": "object"},
+    },
+}
+ZOO_METADATA_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "required": [
+        "schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+        "task", "description", "authors", "copyright", "network_data_format",
+    ],
+    "properties": {
+        **{key: {"type": "string"} for key in (
+            "schema", "version", "monai_version", "pytorch_version", "numpy_version", "task", "description",
+            "authors", "copyright", "data_source", "data_type", "image_classes", "label_classes", "pred_classes",
+            "intended_use",
+        )},
+        **{key: {"type": "object"} for key in (
+            "changelog", "required_packages_version", "optional_packages_version", "eval_metrics", "supported_apps",
+        )},
+        "references": {"type": "array", "items": {"type": "string"}},
+        "network_data_format": {
+            "type": "object",
+            "required": ["inputs", "outputs"],
+            "properties": {
+                "inputs": {"type": "object", "additionalProperties": _TENSOR},
+                "outputs": {"type": "object", "additionalProperties": _TENSOR},
+            },
+        },
+    },
+}
+
+
 def run_monai_bundle(*arguments: str) -> subprocess.CompletedProcess:
     """``python -m monai.bundle <arguments>`` from the bundle root; the caller checks the outcome."""
     command = [sys.executable, "-m", "monai.bundle", *arguments]
     return subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+
+
+def test_metadata_passes_monai_verify_metadata_and_a_missing_required_key_fails_it(tmp_path):
+    schema = tmp_path / "schema.json"  # where the zoo's CI puts the schema it downloaded (eval/schema.json)
+    schema.write_text(json.dumps(ZOO_METADATA_SCHEMA))
+    passed = run_monai_bundle("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema))
+    assert passed.returncode == 0 and "metadata is verified with no error" in passed.stdout + passed.stderr, (
+        passed.stdout[-3000:] + passed.stderr[-3000:]
+    )
+
+    broken = json.loads((CONFIGS / "metadata.json").read_text())
+    del broken["numpy_version"]
+    (tmp_path / "metadata.json").write_text(json.dumps(broken))
+    arguments = ["--meta_file", str(tmp_path / "metadata.json"), "--filepath", str(schema)]
+    failed = run_monai_bundle("verify_metadata", *arguments)
+    assert failed.returncode != 0 and "'numpy_version' is a required property" in failed.stderr
+
+
+def _version(text: str) -> tuple[int, ...]:
+    assert re.fullmatch(r"\d+\.\d+\.\d+", text), f"{text!r} is not MAJOR.MINOR.PATCH"
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_changelog_lists_versions_newest_first_starting_with_the_current_one():
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    versions = [_version(key) for key in metadata["changelog"]]
+    assert list(metadata["changelog"])[0] == metadata["version"]
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+
+
+def _distribution(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Pillow`` and ``pillow``, ``pylibjpeg_rle`` and
+    ``pylibjpeg-rle`` are one package."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_metadata_pins_every_package_the_bundle_imports_at_the_installed_version():
+    """The zoo's CI installs exactly monai_version, pytorch_version, numpy_version and the packages of
+    required_packages_version / optional_packages_version into a clean environment, then imports the bundle's code
+    through its configs: a package imported but not pinned fails there (and for a user of the zoo's download),
+    and a pin other than the version the tests ran with is untested."""
+    import importlib.metadata
+
+    import monai
+
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    assert metadata["monai_version"] == monai.__version__
+    assert metadata["pytorch_version"] == torch.__version__.split("+")[0]  # the zoo installs torch==<this>
+    assert metadata["numpy_version"] == np.__version__
+    pinned = {**metadata.get("optional_packages_version", {}), **metadata["required_packages_version"]}
+    for name, version in pinned.items():
+        assert importlib.metadata.version(name) == version, name
+
+    modules = {"tensorboard"} if "TensorBoardStatsHandler" in "".join(
+        path.read_text() for path in CONFIGS.glob("*.json")
+    ) else set()  # MONAI's handler imports it, not our code
+    for source in (BUNDLE / "mammoxai").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    imported = {
+        _distribution(dist)
+        for module in modules - set(sys.stdlib_module_names) - {"mammoxai", "__future__"}
+        for dist in distributions[module]
+    }
+    assert {"torchvision", "scikit-learn", "pydicom"} <= imported  # the scan sees imports
+    assert imported - {"monai", "torch", "numpy"} <= {_distribution(name) for name in pinned}
 
 
 def test_ckpt_export_turns_the_trained_checkpoint_into_torchscript_as_the_zoo_runs_it(tmp_path, trained):
