@@ -7,6 +7,8 @@ behind them is real: the module file, ``MammoXAILib`` and the MammoXAI server.
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import sys
 import uuid
 from pathlib import Path
@@ -43,6 +45,13 @@ def unlabelled(app_server):
     return image_id
 
 
+def finish_run(widget):
+    """Wait for the inference on the worker thread, then let the run timer's next tick show it, as Qt would."""
+    future, _, _ = widget.running
+    concurrent.futures.wait([future], timeout=300)
+    widget.runTimer.timeout.emit()
+
+
 def connect(widget, url):
     widget.ui.serverUrlEdit.text = url
     widget.ui.annotatorEdit.text = "dr.widget"
@@ -58,6 +67,7 @@ def test_setup_fills_the_selectors_and_disables_what_needs_a_server(widget):
     assert ui.saliencyComboBox.items == []  # filled with what the server can run when connecting
     assert ui.biradsComboBox.items == ["", "0", "1", "2", "3", "4", "5", "6"]
     assert not ui.nextCaseButton.enabled and not ui.runButton.enabled and not ui.saveButton.enabled
+    assert not ui.cancelRunButton.enabled
     assert ui.opacitySlider.value == 0.5  # designer defaults from the .ui
 
 
@@ -110,6 +120,11 @@ def test_review_from_connect_to_saved_label_through_the_panel(widget, app_server
     assert volume is widget.logic.volumeNode
 
     ui.runButton.clicked.emit()
+    assert widget.runTimer.isActive() and ui.cancelRunButton.enabled  # the panel stays usable while it runs
+    assert not ui.runButton.enabled and not ui.nextCaseButton.enabled and not ui.saveButton.enabled
+    assert ui.statusLabel.text.startswith(f"Running the model on {case.image_id}")
+    finish_run(widget)
+    assert not widget.runTimer.isActive() and ui.runButton.enabled and not ui.cancelRunButton.enabled
     view = widget.outcome.view
     assert ui.predictionTable.rowCount == len(view.rows)
     for index, row in enumerate(view.rows):
@@ -158,3 +173,34 @@ def test_saving_without_a_class_says_what_to_do_and_sends_nothing(widget, app_se
 
     assert widget.ui.statusLabel.text.startswith("Choose a class")
     assert widget.logic.session.pending.pending() == []
+
+
+def test_a_run_can_be_cancelled_and_its_late_answer_is_dropped(widget, app_server, unlabelled):
+    ui = widget.ui
+    connect(widget, app_server.url)
+    ui.nextCaseButton.clicked.emit()
+    ui.runButton.clicked.emit()
+    future, image_id, _ = widget.running
+
+    ui.cancelRunButton.clicked.emit()
+    concurrent.futures.wait([future], timeout=300)  # the server still answers
+    widget.runTimer.timeout.emit()
+
+    assert ui.statusLabel.text.startswith(f"Cancelled the run on {image_id}")
+    assert widget.outcome is None and slicer.util.layers.get("foreground") is None  # no heatmap laid over the image
+    assert ui.runButton.enabled and ui.nextCaseButton.enabled and not ui.cancelRunButton.enabled
+    assert not widget.runTimer.isActive()
+
+
+def test_a_failed_run_is_shown_in_the_status_line_and_the_panel_is_usable_again(widget, app_server, unlabelled):
+    ui = widget.ui
+    connect(widget, app_server.url)
+    ui.nextCaseButton.clicked.emit()
+    widget.case = dataclasses.replace(widget.case, image_id="no_such_image")  # removed from the server meanwhile
+    ui.runButton.clicked.emit()
+
+    finish_run(widget)
+
+    assert "no_such_image" in ui.statusLabel.text and "b00020" in ui.statusLabel.styleSheet
+    assert widget.outcome is None and ui.runButton.enabled and not ui.cancelRunButton.enabled
+    assert qt.QApplication.cursors == []

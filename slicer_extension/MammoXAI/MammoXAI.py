@@ -6,8 +6,11 @@ the mammogram, and lets the reader correct the class, mark lesions with markups,
 training. All server work is done by the plain-Python :mod:`MammoXAILib`; this file only turns clicks into
 logic calls and logic results into MRML nodes and table rows.
 
-Long calls (download, inference) run in the GUI thread behind a busy cursor and a status line, bounded by the
-client's timeouts; training status is polled by a ``qt.QTimer``, so the panel stays usable while training runs.
+Inference, which takes seconds to minutes with the slower saliency methods, runs on a worker thread: the panel
+stays usable, the status line counts the seconds, and **Cancel** stops waiting for it (the server finishes the run
+and its answer is dropped). A ``qt.QTimer`` polls it, and the result reaches MRML in the GUI thread. Short calls
+(connect, next case, save) run in the GUI thread behind a busy cursor and a status line, bounded by the client's
+timeouts; training status is polled by a timer too, so the panel stays usable while training runs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import qt
 import slicer
@@ -43,6 +48,7 @@ SETTINGS_USERNAME = "MammoXAI/username"
 DEFAULT_URL = "http://127.0.0.1:8000"
 HEATMAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"  # perceptually uniform, readable in grey print
 TRAIN_POLL_MS = 5000
+RUN_POLL_MS = 200
 
 
 class MammoXAI(ScriptedLoadableModule):
@@ -77,6 +83,8 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         self.logic = MammoXAILogic()
         self.case = None
         self.outcome = None
+        self.running = None  # (future, image id, start time) of the inference in flight
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="MammoXAI")
         self.classGroup = qt.QButtonGroup(uiWidget)
 
         settings = qt.QSettings()
@@ -90,6 +98,7 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         self.ui.connectButton.clicked.connect(self.onConnect)
         self.ui.nextCaseButton.clicked.connect(self.onNextCase)
         self.ui.runButton.clicked.connect(self.onRun)
+        self.ui.cancelRunButton.clicked.connect(self.onCancelRun)
         self.ui.heatmapVisibleCheckBox.toggled.connect(self.logic.setHeatmapVisible)
         self.ui.opacitySlider.valueChanged.connect(self.logic.setHeatmapOpacity)
         self.ui.thresholdSlider.valueChanged.connect(self.logic.setHeatmapThreshold)
@@ -103,10 +112,15 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         self.trainTimer = qt.QTimer()
         self.trainTimer.setInterval(TRAIN_POLL_MS)
         self.trainTimer.timeout.connect(self.onTrainPoll)
+        self.runTimer = qt.QTimer()
+        self.runTimer.setInterval(RUN_POLL_MS)
+        self.runTimer.timeout.connect(self.onRunPoll)
         self._updateButtons()
 
     def cleanup(self):
         self.trainTimer.stop()
+        self.runTimer.stop()
+        self.worker.shutdown(wait=False)
 
     # ---------------------------------------------------------------- handlers
     def onConnect(self):
@@ -146,8 +160,28 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         if self.case is None:
             self._status("Open a case first (Next case).", error=True)
             return
+        if self.running is not None:
+            return
         with self._busy(f"Running the model on {self.case.image_id}…"):
-            self.outcome = self.logic.run(self.case.image_id, self.ui.saliencyComboBox.currentText)
+            session = self.logic.session_or_fail()
+            future = self.worker.submit(session.run, self.case.image_id, self.ui.saliencyComboBox.currentText)
+            self.running = (future, self.case.image_id, time.monotonic())
+            self.runTimer.start()
+        self._updateButtons()
+
+    def onRunPoll(self):
+        """Count the seconds of the inference in flight; show its outcome (in the GUI thread) once it is back."""
+        if self.running is None:
+            self.runTimer.stop()
+            return
+        future, imageId, started = self.running
+        if not future.done():
+            self._status(f"Running the model on {imageId}… {time.monotonic() - started:.0f} s (Cancel stops waiting)")
+            return
+        self.runTimer.stop()
+        self.running = None
+        with self._busy(f"Showing the prediction of {imageId}…"):
+            self.outcome = self.logic.showOutcome(future.result())
             self._showPrediction(self.outcome.view)
             self.logic.setHeatmapOpacity(self.ui.opacitySlider.value)
             self.logic.setHeatmapThreshold(self.ui.thresholdSlider.value)
@@ -155,6 +189,16 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
             self.ui.timingLabel.text = self.outcome.view.timing_text
             notes = "; ".join(self.outcome.notes)
             self._status(f"Predicted {self.outcome.view.predicted_class}." + (f" Note: {notes}." if notes else ""))
+        self._updateButtons()
+
+    def onCancelRun(self):
+        """Stop waiting for the inference in flight: the server finishes it, and its answer is dropped."""
+        if self.running is None:
+            return
+        _, imageId, _ = self.running
+        self.running = None
+        self.runTimer.stop()
+        self._status(f"Cancelled the run on {imageId}: the server may still finish it; its result is not shown.")
         self._updateButtons()
 
     def onSave(self):
@@ -221,10 +265,12 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         self.ui.timingLabel.text = ""
 
     def _updateButtons(self):
-        connected = self.logic.session is not None
-        self.ui.nextCaseButton.enabled = connected
-        self.ui.runButton.enabled = connected and self.case is not None
-        self.ui.saveButton.enabled = connected and self.case is not None
+        connected, idle = self.logic.session is not None, self.running is None
+        self.ui.connectButton.enabled = idle
+        self.ui.nextCaseButton.enabled = connected and idle
+        self.ui.runButton.enabled = connected and idle and self.case is not None
+        self.ui.cancelRunButton.enabled = not idle
+        self.ui.saveButton.enabled = connected and idle and self.case is not None
         trainable = connected and bool(self.logic.session.info.trainers)
         self.ui.trainButton.enabled = trainable
         self.ui.stopTrainButton.enabled = trainable
@@ -298,8 +344,12 @@ class MammoXAILogic(ScriptedLoadableModuleLogic):
         return node
 
     def run(self, imageId, saliencyMethod=None):
-        """Infer on the server, then lay the heatmap over the image on the geometry the server reports."""
-        outcome = self.session_or_fail().run(imageId, saliencyMethod)
+        """Infer on the server, then lay the heatmap over the image (:meth:`showOutcome`)."""
+        return self.showOutcome(self.session_or_fail().run(imageId, saliencyMethod))
+
+    def showOutcome(self, outcome):
+        """Lay the heatmap of an inference outcome over the image, on the geometry the server reports; MRML work,
+        so in the GUI thread."""
         if self.volumeNode is not None:
             self._setGeometry(self.volumeNode, outcome.view.spacing_mm)
         self._removeNode(self.heatmapNode)
