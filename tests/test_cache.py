@@ -1,5 +1,6 @@
 """The preprocessed-tensor cache serves stored tensors without decoding, and re-reads what has changed."""
 
+import hashlib
 import os
 import shutil
 
@@ -9,7 +10,7 @@ import torch
 from dicom_factory import write_mammo_dicom
 
 import mammoxai.data.cache as cache_module
-from mammoxai.data.cache import PreprocessedCache, preprocess_all, preprocess_file
+from mammoxai.data.cache import PreprocessedCache, preprocess_all, preprocess_file, update_with_file
 from mammoxai.errors import MammoXAIError
 
 SHAPE = (64, 48)
@@ -147,3 +148,13 @@ def test_preprocess_all_names_each_unreadable_file_with_its_reason_and_caches_th
 def test_an_unknown_file_key_is_refused(tmp_path):
     with pytest.raises(MammoXAIError, match="file_key"):
         PreprocessedCache(tmp_path, SHAPE, file_key="mtime")
+
+
+def test_a_file_fed_twice_to_one_digest_is_hashed_twice(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "_CHUNK", 2)  # several chunks
+    (tmp_path / "f.bin").write_bytes(b"abcde")
+    digest = hashlib.sha1()
+
+    update_with_file(update_with_file(digest, tmp_path / "f.bin"), tmp_path / "f.bin")
+
+    assert digest.hexdigest() == hashlib.sha1(b"abcdeabcde").hexdigest()

@@ -54,7 +54,6 @@ def preprocess_file(path: str | os.PathLike, output_shape: Sequence[int]) -> tup
     return image, geometry.to_dict()
 
 
-@functools.lru_cache(maxsize=1)
 def update_with_file(digest: Any, path: str | os.PathLike) -> Any:
     """Feed the bytes of ``path`` to the ``hashlib`` object ``digest`` a chunk at a time and return it.
 
@@ -67,6 +66,7 @@ def update_with_file(digest: Any, path: str | os.PathLike) -> Any:
     return digest
 
 
+@functools.lru_cache(maxsize=1)
 def preprocessing_version() -> str:
     """SHA-1 of the ``mammoxai.io`` package source: changes whenever reading or preprocessing code changes."""
     digest = hashlib.sha1()
