@@ -56,10 +56,17 @@ class Realm:
     grant), served on loopback.
 
     Its accounts (:data:`ACCOUNTS`) log in with the password ``secret``; ``dr.brief``'s tokens expire after
-    ``brief_seconds``, and ``dr.broken``'s login makes the realm fail with 500.
+    ``brief_seconds``; the others stand for what a provider does wrong: ``dr.disabled`` is refused with Keycloak's
+    400, ``dr.broken`` makes it fail with 500, ``dr.html`` answers with a web page, ``dr.gone`` hangs up.
     """
 
-    ACCOUNTS = {"dr.test": (USER, ANNOTATOR), "dr.brief": (USER,), "dr.broken": ()}
+    ACCOUNTS = {"dr.test": (USER, ANNOTATOR), "dr.brief": (USER,)}
+    FAULTS = {
+        "dr.disabled": (400, {"error": "invalid_grant", "error_description": "Account disabled"}),
+        "dr.broken": (500, {"error": "unknown_error"}),
+        "dr.html": (200, "<html><body>Sign in</body></html>"),
+        "dr.gone": (None, None),
+    }
     PASSWORD = "secret"
 
     def __init__(self, brief_seconds: float = 3.0) -> None:
@@ -81,20 +88,26 @@ class Realm:
             def do_POST(self) -> None:  # noqa: N802
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
                 user, roles = form.get("username"), realm.ACCOUNTS.get(form.get("username"))
-                if form.get("grant_type") != "password" or roles is None or form.get("password") != realm.PASSWORD:
+                if user in realm.FAULTS:
+                    status, body = realm.FAULTS[user]
+                    if status is None:
+                        self.close_connection = True  # no answer at all
+                    else:
+                        self.answer(status, body)
+                elif form.get("grant_type") != "password" or roles is None or form.get("password") != realm.PASSWORD:
                     self.answer(401, {"error": "invalid_grant", "error_description": "Invalid user credentials"})
-                elif user == "dr.broken":
-                    self.answer(500, {"error": "unknown_error"})
                 else:
                     expires_in = brief_seconds if user == "dr.brief" else 600
                     token = realm.token(*roles, expires_in=expires_in, username=user)
-                    self.answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+                    refresh = realm.token(*roles, expires_in=1800, username=user)
+                    self.answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": expires_in,
+                                      "refresh_token": refresh, "session_state": "s1"})  # fmt: skip
 
-            def answer(self, status: int, body: dict) -> None:
+            def answer(self, status: int, body: dict | str) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html" if isinstance(body, str) else "application/json")
                 self.end_headers()
-                self.wfile.write(json.dumps(body).encode())
+                self.wfile.write((body if isinstance(body, str) else json.dumps(body)).encode())
 
             def log_message(self, *args) -> None:
                 pass
@@ -224,10 +237,11 @@ def login(server, username: str, password: str = Realm.PASSWORD) -> requests.Res
     return requests.post(f"{server.url}/auth/token", data={"username": username, "password": password}, timeout=60)
 
 
-def test_login_through_the_server_gives_a_token_the_server_accepts(secured):
+def test_login_through_the_server_gives_an_access_token_the_server_accepts_and_nothing_more(secured):
     response = login(secured, "dr.test")
 
     assert response.status_code == 200, response.text
+    assert sorted(response.json()) == ["access_token", "token_type"]  # the realm's refresh token stays with the server
     headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
     assert requests.get(f"{secured.url}/info/", headers=headers, timeout=60).status_code == 200
 
@@ -235,11 +249,15 @@ def test_login_through_the_server_gives_a_token_the_server_accepts(secured):
 @pytest.mark.parametrize(
     "username, password, status, words",
     [
-        ("dr.test", "wrong", 401, ["refused the user name 'dr.test' or its password", "check both"]),
-        ("dr.nobody", Realm.PASSWORD, 401, ["refused the user name 'dr.nobody' or its password"]),
-        ("dr.broken", Realm.PASSWORD, 502, ["answered the login with HTTP 500", "identity provider's log"]),
+        ("dr.test", "wrong", 401, ["refused the login of 'dr.test' (invalid_grant: Invalid user credentials)",
+                                   "check the user name and password"]),
+        ("dr.nobody", Realm.PASSWORD, 401, ["refused the login of 'dr.nobody'"]),
+        ("dr.disabled", Realm.PASSWORD, 401, ["refused the login of 'dr.disabled' (invalid_grant: Account disabled)"]),
+        ("dr.broken", Realm.PASSWORD, 502, ["answered the login with HTTP 500 (unknown_error)", "provider's log"]),
+        ("dr.html", Realm.PASSWORD, 502, ["answered with something that is not JSON", "OpenID Connect realm"]),
+        ("dr.gone", Realm.PASSWORD, 503, ["cannot be reached (ConnectionError)", "start it"]),
     ],
-    ids=["wrong_password", "unknown_user", "identity_provider_failing"],
+    ids=["wrong_password", "unknown_user", "disabled_account", "provider_failing", "not_a_realm", "provider_gone"],
 )
 def test_a_login_that_fails_says_why_instead_of_500(secured, username, password, status, words):
     response = login(secured, username, password)
@@ -264,7 +282,7 @@ def test_slicer_logs_in_with_user_name_and_password_and_labels_under_that_name(s
 def test_slicer_without_a_login_or_with_a_wrong_password_says_what_to_do(secured, tmp_path):
     with pytest.raises(MammoXAIClientError, match="asks for a login: enter your user name and password"):
         review(secured, tmp_path).connect()
-    with pytest.raises(MammoXAIClientError, match=r"^The login failed: .*refused the user name 'dr.test' or its password"):
+    with pytest.raises(MammoXAIClientError, match=r"^The login failed: .*refused the login of 'dr.test'"):
         review(secured, tmp_path).connect("dr.test", "wrong")
 
 

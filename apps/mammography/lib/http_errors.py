@@ -25,7 +25,14 @@ from fastapi.responses import JSONResponse
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["client_errors", "conflict", "install_request_error_handlers", "not_found", "validation_problems"]
+__all__ = [
+    "client_errors",
+    "conflict",
+    "install_request_error_handlers",
+    "not_found",
+    "refusal",
+    "validation_problems",
+]
 
 
 @contextmanager
@@ -37,14 +44,19 @@ def client_errors(status: HTTPStatus = HTTPStatus.UNPROCESSABLE_ENTITY) -> Itera
         raise HTTPException(status_code=status, detail=str(error)) from error
 
 
+def refusal(status: HTTPStatus, source: str, problem: str, fix: str) -> HTTPException:
+    """An ``HTTPException`` whose ``detail`` is worded like a :class:`MammoXAIError`: the input, the problem, the fix."""
+    return HTTPException(status_code=status, detail=str(MammoXAIError(source, problem, fix)))
+
+
 def not_found(source: str, fix: str) -> HTTPException:
-    """A 404 for an image, label or model id the server does not have, worded like a :class:`MammoXAIError`."""
-    return HTTPException(status_code=HTTPStatus.NOT_FOUND, detail=str(MammoXAIError(source, "not found", fix)))
+    """A 404 for an image, label or model id the server does not have."""
+    return refusal(HTTPStatus.NOT_FOUND, source, "not found", fix)
 
 
 def conflict(source: str, problem: str, fix: str) -> HTTPException:
     """A 409: the request collides with the server's state (an id in use, a run in progress); nothing was changed."""
-    return HTTPException(status_code=HTTPStatus.CONFLICT, detail=str(MammoXAIError(source, problem, fix)))
+    return refusal(HTTPStatus.CONFLICT, source, problem, fix)
 
 
 def validation_problems(errors: Iterable[Mapping[str, Any]]) -> str:

@@ -1,4 +1,5 @@
-"""What the app adds to MONAI Label's own security: a request-size limit and a fail-fast check of the login realm.
+"""What the app adds to MONAI Label's own security: token verification that works, a login that says why it failed,
+a fail-fast check of the login realm and a request-size limit.
 
 Authentication and roles are MONAI Label's (``monailabel.endpoints.user.auth``): with ``MONAI_LABEL_AUTH_ENABLE``
 every endpoint requires an OpenID Connect bearer token signed by the realm at ``MONAI_LABEL_AUTH_REALM_URI``
@@ -17,8 +18,9 @@ Four gaps remain, which this module closes:
 * MONAI Label fetches the realm key at the first request; a wrong realm URI then makes every request fail with
   500. :func:`check_auth_realm` fetches it at start-up and stops the server with a message naming the setting.
 * MONAI Label's ``POST /auth/token`` answers 500 when the provider refuses the user name or password, and when the
-  provider cannot be reached: the user cannot tell a typo from a broken server. :func:`install_login_guard` answers
-  401 and 502 / 503 with what to do.
+  provider cannot be reached: the user cannot tell a typo from a broken server. It also hands the client the
+  provider's refresh token. :func:`install_login_guard` answers 401, 502 or 503 with what to do, and the access
+  token alone.
 * Request bodies are unbounded: FastAPI spools an upload of any size to disk before the datastore sees it.
   :class:`RequestSizeLimit` answers 413 as soon as the declared or received body exceeds the limit.
 
@@ -35,10 +37,10 @@ from typing import Any
 
 import jwt
 import requests
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.security import OAuth2PasswordRequestForm
+from lib.http_errors import refusal
 from monailabel.config import settings
-from monailabel.endpoints import login
 from monailabel.endpoints.user import auth
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -50,6 +52,7 @@ __all__ = [
     "install_login_guard",
     "install_request_size_limit",
     "install_token_verifier",
+    "request_token",
     "verify_token",
 ]
 
@@ -192,37 +195,59 @@ def install_token_verifier() -> None:
 
 
 def install_login_guard(app: FastAPI) -> None:
-    """Put a route in front of MONAI Label's ``POST /auth/token`` that passes the login on to it and answers its
-    failures (500 there) as: 401 when the identity provider refuses the user name or password, 502 when it answers
-    with an error or with something that is not JSON, 503 when it cannot be reached."""
-    router = APIRouter()
-    summary = "Fetch an access token from the identity provider"
+    """Put :func:`request_token` in front of MONAI Label's ``POST /auth/token``.
 
-    @router.post(f"{settings.MONAI_LABEL_API_STR}/auth/token", summary=summary)
-    async def access_token(form_data: OAuth2PasswordRequestForm = Depends()) -> Any:
-        realm = f"identity provider {settings.MONAI_LABEL_AUTH_REALM_URI}"
-        try:
-            return await login.access_token(form_data)
-        except requests.HTTPError as error:
-            status = error.response.status_code if error.response is not None else None
-            if status in (HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED):  # Keycloak: 401 invalid_grant
-                problem = f"refused the user name {form_data.username!r} or its password"
-                fix = "check both; the realm's administrator can reset them"
-                raise _refusal(HTTPStatus.UNAUTHORIZED, realm, problem, fix) from error
-            fix = "see the identity provider's log"
-            raise _refusal(HTTPStatus.BAD_GATEWAY, realm, f"answered the login with HTTP {status}", fix) from error
-        except requests.RequestException as error:
-            problem = f"cannot be reached ({type(error).__name__})"
-            fix = "start the identity provider, or check MONAI_LABEL_AUTH_REALM_URI"
-            raise _refusal(HTTPStatus.SERVICE_UNAVAILABLE, realm, problem, fix) from error
-        except ValueError as error:  # its openid-configuration or its answer is not JSON
-            problem = "answered the login with something that is not JSON"
-            fix = "check that MONAI_LABEL_AUTH_REALM_URI names an OpenID Connect realm"
-            raise _refusal(HTTPStatus.BAD_GATEWAY, realm, problem, fix) from error
+    MONAI Label's route answers 500 whenever the provider refuses the login or cannot be reached, returns the
+    provider's whole answer (refresh and ID tokens included) to the client, and waits for the provider inside the
+    server's event loop. This route is a plain function, which FastAPI runs in its thread pool.
+    """
+    router = APIRouter()
+
+    @router.post(f"{settings.MONAI_LABEL_API_STR}/auth/token", summary="Fetch an access token from the realm")
+    def access_token(form_data: OAuth2PasswordRequestForm = Depends()) -> dict[str, str | None]:
+        if not settings.MONAI_LABEL_AUTH_ENABLE:
+            return {"access_token": None, "token_type": None}  # MONAI Label's answer: every call works without one
+        return request_token(form_data.username, form_data.password)
 
     app.router.routes[0:0] = router.routes
 
 
-def _refusal(status: HTTPStatus, source: str, problem: str, fix: str) -> HTTPException:
-    """An ``HTTPException`` whose ``detail`` names the source, the problem and the fix, as every refusal here."""
-    return HTTPException(status_code=status, detail=str(MammoXAIError(source, problem, fix)))
+def request_token(username: str, password: str, config: Any = settings) -> dict[str, str]:
+    """An access token from the realm's token endpoint by the OAuth 2 password grant, as MONAI Label asks for it.
+
+    Only ``access_token`` and ``token_type`` are returned: a refresh token would let whoever holds it mint access
+    tokens without the password, and the client needs none (the Slicer module logs in again when a token expires).
+
+    Raises:
+        HTTPException: 401 when the provider refuses the user (a wrong password, an unknown or disabled account,
+            with the provider's reason), 502 when it answers with another error or not with JSON, 503 when it
+            cannot be reached.
+    """
+    realm = f"identity provider {config.MONAI_LABEL_AUTH_REALM_URI}"
+    form = {"client_id": config.MONAI_LABEL_AUTH_CLIENT_ID, "username": username, "password": password}
+    try:
+        endpoint = auth.open_id_configuration(config.MONAI_LABEL_AUTH_REALM_URI).get("token_endpoint")
+        if not endpoint:
+            problem = "names no token_endpoint in its OpenID configuration"
+            raise refusal(HTTPStatus.BAD_GATEWAY, realm, problem, "check MONAI_LABEL_AUTH_REALM_URI")
+        form["grant_type"] = "password"
+        response = requests.post(endpoint, data=form, timeout=config.MONAI_LABEL_AUTH_TIMEOUT)
+        answer = response.json()
+    except ValueError as error:  # before RequestException: requests' JSONDecodeError is both
+        problem = "answered with something that is not JSON (a web page?)"
+        fix = "check that MONAI_LABEL_AUTH_REALM_URI names an OpenID Connect realm"
+        raise refusal(HTTPStatus.BAD_GATEWAY, realm, problem, fix) from error
+    except requests.RequestException as error:
+        problem = f"cannot be reached ({type(error).__name__})"
+        fix = "start it, or check MONAI_LABEL_AUTH_REALM_URI"
+        raise refusal(HTTPStatus.SERVICE_UNAVAILABLE, realm, problem, fix) from error
+    answer = answer if isinstance(answer, dict) else {}
+    reason = ": ".join(str(answer[key]) for key in ("error", "error_description") if answer.get(key))
+    if response.ok and answer.get("access_token"):
+        return {"access_token": str(answer["access_token"]), "token_type": str(answer.get("token_type") or "bearer")}
+    if response.status_code == HTTPStatus.UNAUTHORIZED or answer.get("error") == "invalid_grant":  # Keycloak's two
+        problem = f"refused the login of {username!r} ({reason or 'wrong user name or password'})"
+        fix = "check the user name and password; the realm's administrator can reset them"
+        raise refusal(HTTPStatus.UNAUTHORIZED, realm, problem, fix)
+    problem = f"answered the login with HTTP {response.status_code}" + (f" ({reason})" if reason else "")
+    raise refusal(HTTPStatus.BAD_GATEWAY, realm, problem, "check MONAI_LABEL_AUTH_CLIENT_ID and the provider's log")
