@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -204,3 +205,39 @@ def test_a_failed_run_is_shown_in_the_status_line_and_the_panel_is_usable_again(
     assert "no_such_image" in ui.statusLabel.text and "b00020" in ui.statusLabel.styleSheet
     assert widget.outcome is None and ui.runButton.enabled and not ui.cancelRunButton.enabled
     assert qt.QApplication.cursors == []
+
+
+def test_a_run_after_a_cancelled_one_does_not_wait_for_it(widget, app_server, unlabelled, monkeypatch):
+    ui = widget.ui
+    connect(widget, app_server.url)
+    ui.nextCaseButton.clicked.emit()
+    session, release = widget.logic.session, threading.Event()
+    answer = session.run
+    monkeypatch.setattr(session, "run", lambda *args: release.wait(60) and answer(*args))  # a server that hangs
+    ui.runButton.clicked.emit()
+    ui.cancelRunButton.clicked.emit()
+    monkeypatch.setattr(session, "run", answer)
+
+    ui.runButton.clicked.emit()
+    finish_run(widget)  # while the cancelled run still waits
+    release.set()
+
+    assert widget.outcome is not None and ui.statusLabel.text.startswith("Predicted")
+
+
+def test_an_unexpected_failure_of_a_run_is_reported_and_leaves_the_panel_usable(widget, app_server, unlabelled,
+                                                                                   monkeypatch):  # fmt: skip
+    ui = widget.ui
+    connect(widget, app_server.url)
+    ui.nextCaseButton.clicked.emit()
+
+    def full_disk(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(widget.logic.session, "run", full_disk)
+
+    ui.runButton.clicked.emit()
+    finish_run(widget)
+
+    assert "failed: No space left" in ui.statusLabel.text and "b00020" in ui.statusLabel.styleSheet
+    assert ui.runButton.enabled and ui.nextCaseButton.enabled and ui.connectButton.enabled

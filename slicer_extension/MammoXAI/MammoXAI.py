@@ -19,8 +19,9 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import qt
 import slicer
@@ -84,7 +85,6 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         self.case = None
         self.outcome = None
         self.running = None  # (future, image id, start time) of the inference in flight
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="MammoXAI")
         self.classGroup = qt.QButtonGroup(uiWidget)
 
         settings = qt.QSettings()
@@ -120,7 +120,6 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
     def cleanup(self):
         self.trainTimer.stop()
         self.runTimer.stop()
-        self.worker.shutdown(wait=False)
 
     # ---------------------------------------------------------------- handlers
     def onConnect(self):
@@ -160,13 +159,16 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         if self.case is None:
             self._status("Open a case first (Next case).", error=True)
             return
-        if self.running is not None:
+        if self.running is not None:  # a second click before the buttons were updated
             return
-        with self._busy(f"Running the model on {self.case.image_id}…"):
-            session = self.logic.session_or_fail()
-            future = self.worker.submit(session.run, self.case.image_id, self.ui.saliencyComboBox.currentText)
-            self.running = (future, self.case.image_id, time.monotonic())
-            self.runTimer.start()
+        session = self.logic.session
+        if session is None:
+            self._status("Not connected: press Connect first", error=True)
+            return
+        future = _inBackground(session.run, self.case.image_id, self.ui.saliencyComboBox.currentText)
+        self.running = (future, self.case.image_id, time.monotonic())
+        self._status(f"Running the model on {self.case.image_id}…")
+        self.runTimer.start()
         self._updateButtons()
 
     def onRunPoll(self):
@@ -180,16 +182,21 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
             return
         self.runTimer.stop()
         self.running = None
-        with self._busy(f"Showing the prediction of {imageId}…"):
-            self.outcome = self.logic.showOutcome(future.result())
-            self._showPrediction(self.outcome.view)
-            self.logic.setHeatmapOpacity(self.ui.opacitySlider.value)
-            self.logic.setHeatmapThreshold(self.ui.thresholdSlider.value)
-            self.logic.setHeatmapVisible(self.ui.heatmapVisibleCheckBox.checked)
-            self.ui.timingLabel.text = self.outcome.view.timing_text
-            notes = "; ".join(self.outcome.notes)
-            self._status(f"Predicted {self.outcome.view.predicted_class}." + (f" Note: {notes}." if notes else ""))
-        self._updateButtons()
+        try:
+            with self._busy(f"Showing the prediction of {imageId}…"):
+                self.outcome = self.logic.showOutcome(future.result())
+                self._showPrediction(self.outcome.view)
+                self.logic.setHeatmapOpacity(self.ui.opacitySlider.value)
+                self.logic.setHeatmapThreshold(self.ui.thresholdSlider.value)
+                self.logic.setHeatmapVisible(self.ui.heatmapVisibleCheckBox.checked)
+                self.ui.timingLabel.text = self.outcome.view.timing_text
+                notes = "; ".join(self.outcome.notes)
+                self._status(f"Predicted {self.outcome.view.predicted_class}." + (f" Note: {notes}." if notes else ""))
+        except Exception as error:  # not a server answer (a full disk, a bug): say so, with the traceback in the log
+            logging.exception(f"MammoXAI: the run on {imageId} failed")
+            self._status(f"The run on {imageId} failed: {error}", error=True)
+        finally:
+            self._updateButtons()  # the panel stays usable whatever happened
 
     def onCancelRun(self):
         """Stop waiting for the inference in flight: the server finishes it, and its answer is dropped."""
@@ -294,6 +301,24 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
             qt.QApplication.restoreOverrideCursor()
 
 
+def _inBackground(function, *args):
+    """Run ``function(*args)`` on a daemon thread of its own; the returned future holds its result or exception.
+
+    Not a pool: a run the user cancelled keeps its thread until the server answers, and must neither hold up the
+    next run nor keep Slicer from quitting.
+    """
+    future = Future()
+
+    def work():
+        try:
+            future.set_result(function(*args))
+        except BaseException as error:  # noqa: BLE001 - handed to the GUI thread, which reports it
+            future.set_exception(error)
+
+    threading.Thread(target=work, name="MammoXAI inference", daemon=True).start()
+    return future
+
+
 class MammoXAILogic(ScriptedLoadableModuleLogic):
     """MRML side of the review: volumes, the heatmap layer and lesion markups; the rest is :class:`ReviewSession`.
 
@@ -343,13 +368,9 @@ class MammoXAILogic(ScriptedLoadableModuleLogic):
         slicer.util.setSliceViewerLayers(background=node, foreground=None, fit=True)
         return node
 
-    def run(self, imageId, saliencyMethod=None):
-        """Infer on the server, then lay the heatmap over the image (:meth:`showOutcome`)."""
-        return self.showOutcome(self.session_or_fail().run(imageId, saliencyMethod))
-
     def showOutcome(self, outcome):
-        """Lay the heatmap of an inference outcome over the image, on the geometry the server reports; MRML work,
-        so in the GUI thread."""
+        """Lay the heatmap of an inference outcome (:meth:`ReviewSession.run`) over the image, on the geometry the
+        server reports; MRML work, so in the GUI thread."""
         if self.volumeNode is not None:
             self._setGeometry(self.volumeNode, outcome.view.spacing_mm)
         self._removeNode(self.heatmapNode)
