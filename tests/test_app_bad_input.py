@@ -214,14 +214,16 @@ UNCERTAINTY_CALLS = pytest.mark.parametrize(
     ],
     ids=["next_case", "scoring", "scoring_in_background", "every_scoring_method"],
 )
-"""The calls that need the served weights to rank cases; ``POST /scoring/<method>`` (and MONAI Label's older
-``POST /scoring/``, every method) runs in the background unless ``run_sync=true``, and must be refused as the
-synchronous call is, at submission."""
+# The calls that need the served weights to rank cases; POST /scoring/<method> (and MONAI Label's older
+# POST /scoring/, every method) runs in the background unless run_sync=true, and must be refused as the
+# synchronous call is, at submission.
 
 
-def scoring_tasks(app_server) -> str:
-    """The scoring tasks the server lists (a 404 text before the first): a refused request must start none."""
-    return requests.get(f"{app_server.url}/scoring/", params={"all": "true"}, timeout=30).text
+def scoring_tasks(app_server) -> list[str]:
+    """The ids of the scoring tasks the server lists (none: a 404 before the first): a refused request must start
+    none. Ids, not the listing, which changes when an earlier task ends."""
+    response = requests.get(f"{app_server.url}/scoring/", params={"all": "true"}, timeout=30)
+    return [task["id"] for task in response.json()] if response.status_code == 200 else []
 
 
 @UNCERTAINTY_CALLS

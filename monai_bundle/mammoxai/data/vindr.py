@@ -25,11 +25,11 @@ from typing import Any
 
 from mammoxai.data.findings import Finding, parse_birads, read_findings
 from mammoxai.data.manifest import (
+    TableRow,
     check_unique,
     normalise_density,
     normalise_laterality,
     read_record,
-    TableRow,
     read_table,
     report_unusable,
 )
