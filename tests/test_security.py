@@ -296,6 +296,20 @@ def test_slicer_renews_a_token_that_expires_during_the_reading_session(secured, 
     assert session.client.token != first
 
 
+def test_two_calls_that_find_the_token_expired_log_in_once(secured, realm, tmp_path):
+    """The panel's inference thread and its training poll can both be answered 401 at once."""
+    session = review(secured, tmp_path)
+    session.connect("dr.brief", Realm.PASSWORD)
+    logins, login = [], session.client.login
+    session.client.login = lambda *credentials: logins.append(credentials[0]) or login(*credentials)
+    time.sleep(realm.brief_seconds + 0.5)
+
+    with ThreadPoolExecutor(2) as pool:
+        names = list(pool.map(lambda _: session.client.info()["name"], range(2)))
+
+    assert names == ["MammoXAI", "MammoXAI"] and logins == ["dr.brief"]
+
+
 @pytest.mark.parametrize("image", TRAVERSALS)
 def test_upload_with_a_traversing_image_id_is_refused_and_writes_nothing_outside(secured, realm, image, tmp_path):
     before = studies_tree(secured.studies)

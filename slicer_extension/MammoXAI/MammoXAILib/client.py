@@ -23,6 +23,7 @@ import json
 import os
 import re
 import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -69,6 +70,7 @@ class MammoXAIClient:
         self.timeout = timeout
         self.infer_timeout = infer_timeout
         self._credentials: tuple[str, str] | None = None
+        self._renewal = threading.Lock()  # the inference thread and the GUI thread may both find the token expired
 
     # ---------------------------------------------------------------- server
     def info(self) -> dict[str, Any]:
@@ -226,8 +228,9 @@ class MammoXAIClient:
         given, headers = headers, {"Accept": "application/json", **(headers or {})}
         if body is not None and "Content-Type" not in headers:
             headers["Content-Type"] = "application/json"
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        sent_token = self.token
+        if sent_token:
+            headers["Authorization"] = f"Bearer {sent_token}"
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
         timeout = timeout or self.timeout
         try:
@@ -235,7 +238,9 @@ class MammoXAIClient:
         except urllib.error.HTTPError as error:
             if error.code == 401 and renew and self._credentials:
                 error.close()
-                self.login(*self._credentials)  # the token expired: renew it and send the request once more
+                with self._renewal:  # the token expired: renew it, unless another call just did, and send once more
+                    if self.token == sent_token:
+                        self.login(*self._credentials)
                 return self._request(method, path, what, query, body, given, timeout, renew=False)
             raise self._http_error(error, what) from error
         except (TimeoutError, socket.timeout) as error:
