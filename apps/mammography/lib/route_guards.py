@@ -155,8 +155,10 @@ def install_route_guards(
             raise not_found(f"image {image!r}", "pick an id from GET /datastore/?output=all")
         return info
 
+    # the scoring routes are plain functions, which FastAPI runs in its thread pool: loading the weights, and a whole
+    # scoring run with run_sync=true, would otherwise hold up every other request of the server
     @router.post(f"{api}/scoring/{{method}}", summary="Run a scoring method over the datastore")
-    async def scoring(
+    def scoring(
         method: str,
         params: dict | None = None,
         run_sync: bool = False,
@@ -169,7 +171,7 @@ def install_route_guards(
         return scoring_endpoints.run_method(method, params, run_sync)
 
     @router.post(f"{api}/scoring/", include_in_schema=False, deprecated=True)
-    async def scoring_all(
+    def scoring_all(
         params: dict | None = None,
         run_sync: bool = False,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
