@@ -246,3 +246,19 @@ def test_demo_prints_how_to_connect_and_stops_itself_and_the_server(app_server, 
     assert output.rstrip().endswith("stopped")
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/info/", timeout=5)
+
+
+def test_a_tiff_mammogram_sent_to_the_wsi_route_is_explained_like_any_mammogram(app_server, tmp_path):
+    """MONAI Label hands a .tif to its whole-slide tiling (openslide) before the app sees it; a mammogram is one
+    image, so the app serves the WSI routes as /infer."""
+    tiff = write_png(tmp_path / "sent.tif", shape=(140, 110))
+
+    response = requests.post(
+        f"{app_server.url}/infer/wsi_v2/{app_server.model}",
+        params={"output": "json"},
+        files={"file": ("sent.tif", tiff.read_bytes())},
+        timeout=300,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["image"]["shape"] == [140, 110]

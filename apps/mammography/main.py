@@ -183,6 +183,16 @@ class MammographyApp(MONAILabelApp):
                 )
         return super().infer({**request, "image": image, "save_label": False}, datastore)
 
+    def infer_wsi(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """Serve MONAI Label's whole-slide routes (``/infer/wsi_v2/<model>``) as ``/infer``: a mammogram is one image.
+
+        MONAI Label does so for a DICOM or PNG, but hands a ``.tif`` / ``.tiff`` to openslide's tiling (500 here, and
+        tiles of a mammogram would be classified one by one if it were installed). The task's config is merged in
+        first, as MONAI Label's own path does.
+        """
+        task = self._infers.get(request.get("model"))
+        return self.infer({**(task.config() if task else {}), **request}, datastore)
+
 
 def _is_request_upload(path: str) -> bool:
     """Whether ``path`` is the temporary file MONAI Label's ``/infer`` endpoint wrote for an image sent with it."""
