@@ -134,7 +134,7 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
     strategies = list(dict.fromkeys(row["strategy"] for row in rows))
     fractions = sorted({row["fraction"] for row in rows})
     seeds = sorted({row["seed"] for row in rows})
-    for offset, name in zip(np.linspace(-0.03, 0.03, len(strategies)), strategies):
+    for offset, name in zip(np.linspace(-0.03, 0.03, len(strategies)), strategies, strict=True):
         mine = [row for row in rows if row["strategy"] == name]
         x = np.log10([row["fraction"] for row in mine]) + offset + 0.004 * np.array([seeds.index(row["seed"]) for row in mine])
         auc, low, high = (
@@ -143,7 +143,7 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
         )
         errors = np.nan_to_num(np.stack([auc - low, high - auc]).clip(min=0.0))
         points = axes.errorbar(x, auc, yerr=errors, fmt="o", capsize=3, alpha=0.6 if len(seeds) > 1 else 1.0)
-        means = [np.nanmean([a for a, row in zip(auc, mine) if row["fraction"] == f]) for f in fractions]
+        means = [np.nanmean([a for a, row in zip(auc, mine, strict=True) if row["fraction"] == f]) for f in fractions]
         axes.plot(np.log10(fractions) + offset, means, color=points.lines[0].get_color(), label=name)
     drawn = {f: sorted({row["labelled_patients"] for row in rows if row["fraction"] == f}) for f in fractions}
     total = rows[0]["available_patients"]

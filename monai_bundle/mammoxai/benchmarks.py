@@ -122,7 +122,7 @@ def replace_section(
     """``text`` with its first ``##`` section for which ``same(section text)`` holds replaced by ``section``; when
     none does, ``section`` inserted after the last section for which ``kin`` holds, or appended."""
     starts = [match.start() + 1 for match in re.finditer(r"\n## ", text)]
-    spans = list(zip(starts, [*starts[1:], len(text)]))
+    spans = list(zip(starts, [*starts[1:], len(text)], strict=False))  # no section: no span, len(text) unpaired
     replaced = next(((start, end) for start, end in spans if same(text[start:end])), None)
     if replaced is None:
         after = [end for start, end in spans if kin(text[start:end])]

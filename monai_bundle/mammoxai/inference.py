@@ -424,7 +424,7 @@ class MammogramPredictor:
                 "view": mammogram.view,
             },
             "class_names": list(self.class_names),
-            "probabilities": {name: float(p) for name, p in zip(self.class_names, probabilities.tolist())},
+            "probabilities": {name: float(p) for name, p in zip(self.class_names, probabilities.tolist(), strict=True)},
             "predicted_class": self.class_names[int(probabilities.argmax())],
             "metadata_predictions": metadata,
             "qc_flags": _orientation_flags(mammogram, geometry) + self._metadata_flags(metadata),

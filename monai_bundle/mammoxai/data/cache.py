@@ -201,4 +201,4 @@ def preprocess_all(
     """
     attempts = _Preprocessing([str(path) for path in paths], tuple(output_shape), cache_dir)
     loader = torch.utils.data.DataLoader(attempts, batch_size=None, num_workers=num_workers)
-    return {path: reason for path, reason in zip(attempts.paths, loader) if reason}
+    return {path: reason for path, reason in zip(attempts.paths, loader, strict=True) if reason}

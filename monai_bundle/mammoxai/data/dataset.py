@@ -81,7 +81,7 @@ class MammogramDataset(monai.data.Dataset):
         self.cache = PreprocessedCache(cache_dir, self.image_size, file_key) if cache_dir is not None else None
         names = [self._class_name(record) for record in self.data]
         self.class_names = tuple(class_names) if class_names is not None else tuple(sorted({n for n in names if n}))
-        self.labels = [self._label_index(name, record) for name, record in zip(names, self.data)]
+        self.labels = [self._label_index(name, record) for name, record in zip(names, self.data, strict=True)]
 
     def _class_name(self, record: Mapping[str, Any]) -> str | None:
         if "path" not in record:

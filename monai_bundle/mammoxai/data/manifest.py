@@ -567,7 +567,7 @@ def _table_row(csv_path: Path, header: list[str], line: int, row: list[str]) -> 
         problem = f"line {line} has {len(cells)} cells, the header has {len(header)} columns"
         fix = "give every row one cell per column, comma-separated; quote cells that contain a comma"
         raise MammoXAIError(csv_path, problem, fix)
-    return TableRow(zip(header, cells), line)
+    return TableRow(zip(header, cells, strict=False), line)
 
 
 def _parse_cell(column: str, text: str, csv_path: Path) -> Any:

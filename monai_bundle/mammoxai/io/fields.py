@@ -259,7 +259,7 @@ class BinnedField(_Field):
     def class_names(self) -> tuple[str, ...]:
         units = f" {self.units}" if self.units else ""
         edges = [f"{edge:g}" for edge in self.edges]
-        middle = [f"{low}-{high}{units}" for low, high in zip(edges, edges[1:])]
+        middle = [f"{low}-{high}{units}" for low, high in zip(edges, edges[1:], strict=False)]
         return (f"<{edges[0]}{units}", *middle, f">={edges[-1]}{units}")
 
     @classmethod
@@ -267,7 +267,7 @@ class BinnedField(_Field):
         edges = _numbers(_entry_value(entry, "edges", list), "edges")
         if not edges:
             raise _ConfigError("edges", "must hold at least one bin edge")
-        if any(low >= high for low, high in zip(edges, edges[1:])):
+        if any(low >= high for low, high in zip(edges, edges[1:], strict=False)):
             raise _ConfigError("edges", f"must be strictly increasing, not {list(edges)}")
         valid_range = (-math.inf, math.inf)
         if "range" in entry:

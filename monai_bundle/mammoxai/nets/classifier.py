@@ -52,7 +52,7 @@ class MammoClassifier(nn.Module):
             raise ValueError(f"channels needs the stem and at least one block, got {list(channels)}")
         stem = _conv_bn_relu(in_channels, channels[0], kernel_size=5, stride=2)
         layers: OrderedDict[str, nn.Module] = OrderedDict(stem=stem)
-        blocks = list(zip(channels[:-1], channels[1:]))
+        blocks = list(zip(channels[:-1], channels[1:], strict=True))
         for index, (block_in, block_out) in enumerate(blocks, start=1):
             block = [_conv_bn_relu(block_in, block_out), _conv_bn_relu(block_out, block_out)]
             if index < len(blocks):

@@ -93,7 +93,7 @@ def finding_hits(values: Mapping[str, Any], method: str, path: Path) -> dict[tup
     if method not in methods:
         raise MammoXAIError(path, f"has no method {method!r}", f"use one of {sorted(methods)}")
     keys = [column.name for column in fields(FindingHit)]
-    outcomes = [FindingHit(**dict(zip(keys, values))) for values in zip(*(methods[method][key] for key in keys))]
+    outcomes = [FindingHit(**dict(zip(keys, values, strict=True))) for values in zip(*(methods[method][key] for key in keys), strict=True)]
     return {(outcome.image, outcome.finding): outcome for outcome in outcomes}
 
 
@@ -230,7 +230,7 @@ def _sides(reports: Sequence[str], methods: Sequence[str]) -> list[tuple[str, st
     if len(reports) == 1 and len(methods) == 2:
         return [(reports[0], methods[0]), (reports[0], methods[1])]
     if len(reports) == 2 and len(methods) in (1, 2):
-        return list(zip(reports, methods if len(methods) == 2 else [methods[0], methods[0]]))
+        return list(zip(reports, methods if len(methods) == 2 else [methods[0], methods[0]], strict=True))
     raise MammoXAIError(
         f"--reports ({len(reports)}) and --methods ({len(methods)})",
         "do not name two maps",

@@ -421,7 +421,7 @@ class ClassifierEvaluator:
             raise MammoXAIError(
                 "evaluation data set", "has no labelled image", "check label_key and the manifest's labels"
             )
-        records = [record for record, keep in zip(dataset.data, labelled) if keep]
+        records = [record for record, keep in zip(dataset.data, labelled, strict=True) if keep]
         labels, probabilities = labels[labelled], probabilities[labelled]
         report = self._report(records, labels, probabilities)
         if field_probabilities and self.metadata_label_space is not None:
@@ -536,7 +536,7 @@ class ClassifierEvaluator:
         devices = [str(record.get(self.device_key) or "unknown") for record in records]
         for name in sorted(set(devices)):
             chosen = np.asarray([device == name for device in devices])
-            device_patients = [patient for patient, keep in zip(patients, chosen) if keep]
+            device_patients = [patient for patient, keep in zip(patients, chosen, strict=True) if keep]
             device_rows.append(
                 {self.device_key: name, **self._binary(y_true[chosen], y_score[chosen], device_patients)}
             )
@@ -597,7 +597,7 @@ class ClassifierEvaluator:
         rows = []
         for kind in sorted(set(kinds[y_true == 1])):
             chosen = (y_true == 0) | (kinds == kind)
-            kind_patients = [patient for patient, keep in zip(patients, chosen) if keep]
+            kind_patients = [patient for patient, keep in zip(patients, chosen, strict=True) if keep]
             rows.append({key: kind, **self._binary(y_true[chosen], y_score[chosen], kind_patients)})
         return rows
 

@@ -494,7 +494,7 @@ def across_seeds(
     summary = []
     for setting, group in groups.items():
         values = np.array([row[value] for row in group if row.get(value) is not None], dtype=np.float64)
-        row = {**dict(zip(keys, setting)), "runs": len(group)}
+        row = {**dict(zip(keys, setting, strict=True)), "runs": len(group)}
         row.update(
             {"mean": values.mean(), "sd": values.std(ddof=1) if values.size > 1 else 0.0, "min": values.min(), "max": values.max()}
             if values.size

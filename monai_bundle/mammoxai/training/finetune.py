@@ -380,9 +380,9 @@ def check_labels(labels: Sequence[int], class_names: Sequence[str], source: str 
         raise MammoXAIError(
             source, "has no labelled image", "check label_key and the manifest's (or label CSV's) labels"
         )
-    empty = [name for name, count in zip(class_names, counts) if count == 0]
+    empty = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
     if empty:
-        found = ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))
+        found = ", ".join(f"{name} {count}" for name, count in zip(class_names, counts, strict=True))
         raise MammoXAIError(
             source,
             f"has no image of class {', '.join(map(repr, empty))} ({found})",

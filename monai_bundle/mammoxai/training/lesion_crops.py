@@ -152,10 +152,10 @@ def check_crop_labels(labels: Sequence[int], class_names: Sequence[str], source:
         MammoXAIError: fewer than two classes have crops.
     """
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
-    found = ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))
+    found = ", ".join(f"{name} {count}" for name, count in zip(class_names, counts, strict=True))
     if (counts > 0).sum() < 2:
         raise MammoXAIError(source, f"has crops of fewer than two classes ({found})", "add annotated findings")
-    empty = [name for name, count in zip(class_names, counts) if count == 0]
+    empty = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
     if empty:
         logger.warning("%s: no crop of class %s (%s); it is not learnt", source, ", ".join(empty), found)
 

@@ -117,7 +117,7 @@ class PatchDataset(torch.utils.data.Dataset):
                 box_labels[finding.image_id].append(self._class_index(finding_class(finding.categories), findings_csv))
         self.items: list[tuple[int, np.ndarray, int | None, int]] = []
         self.item_scales: list[float] = []
-        for index, (record, label) in enumerate(zip(images.data, images.labels)):
+        for index, (record, label) in enumerate(zip(images.data, images.labels, strict=True)):
             if label < 0 and not by_finding:
                 continue
             ids = [str(record.get(field) or "") for field in ("image_id", "sop_uid")]

@@ -132,9 +132,9 @@ def load_records(
     if label_csv:
         records = join_labels(records, label_csv, id_column, column_map=column_map, strict=strict)
     exists = [Path(record["path"]).is_file() for record in records]
-    missing = [str(record["path"]) for record, present in zip(records, exists) if not present]
+    missing = [str(record["path"]) for record, present in zip(records, exists, strict=True) if not present]
     report_unusable(manifest, "listed images do not exist", missing, strict, "restore them or rebuild the manifest")
-    records = [record for record, present in zip(records, exists) if present]
+    records = [record for record, present in zip(records, exists, strict=True) if present]
     if records and image_size is not None:
         records = _readable(manifest, records, grid_shape(image_size), cache_dir, num_workers, strict)
     if not records:
@@ -265,15 +265,15 @@ def split_by_patient(
         raise MammoXAIError("val_fraction", f"is {val_fraction}", "use a fraction between 0 and 1, e.g. 0.2")
     identities = [label_space.identity(record_metadata(record)) for record in records]
     warn_unknown_patients(sum(patient is None for patient, _ in identities), len(records))
-    owners = [_owner(identity, record) for identity, record in zip(identities, records)]
+    owners = [_owner(identity, record) for identity, record in zip(identities, records, strict=True)]
     patients = sorted(set(owners))
     if len(patients) < 2:
         problem = f"{len(records)} images come from {len(patients)} patient(s)"
         raise MammoXAIError("validation split", problem, "use images of at least two patients")
     random.Random(seed).shuffle(patients)
     held_out = set(patients[: min(len(patients) - 1, max(1, round(val_fraction * len(patients))))])
-    train = [dict(record) for record, owner in zip(records, owners) if owner not in held_out]
-    val = [dict(record) for record, owner in zip(records, owners) if owner in held_out]
+    train = [dict(record) for record, owner in zip(records, owners, strict=True) if owner not in held_out]
+    val = [dict(record) for record, owner in zip(records, owners, strict=True) if owner in held_out]
     logger.info(
         "split by patient: %d images / %d patients for training, %d / %d for validation",
         len(train), len(patients) - len(held_out), len(val), len(held_out),

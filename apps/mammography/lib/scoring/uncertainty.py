@@ -129,7 +129,7 @@ class UncertaintyScoring(ScoringMethod):
                 "measure": self.measure,
                 "score": score,
                 "checkpoint": checkpoint,
-                "probabilities": dict(zip(names, probabilities[0].tolist())),
+                "probabilities": dict(zip(names, probabilities[0].tolist(), strict=True)),
             }
             datastore.update_image_info(image_id, {INFO_KEY: info})
             result["scored"] += 1

@@ -99,7 +99,7 @@ def age_ceiling(label_space: MetadataLabelSpace) -> FieldCeiling:
     ages = np.arange(*AGE_RANGE)
     bins = np.array([_bin(field, age) for age in ages])
     joint = np.zeros((len(field.class_names), 4))  # P(age bin, density)
-    for age, age_bin in zip(ages, bins):
+    for age, age_bin in zip(ages, bins, strict=True):
         joint[age_bin] += density_probabilities(int(age)) / len(ages)
     accuracy = float(joint.max(axis=0).sum())
     exact = ConfidenceInterval(accuracy, accuracy, accuracy, 0.95, 0)
