@@ -93,7 +93,8 @@ def finding_hits(values: Mapping[str, Any], method: str, path: Path) -> dict[tup
     if method not in methods:
         raise MammoXAIError(path, f"has no method {method!r}", f"use one of {sorted(methods)}")
     keys = [column.name for column in fields(FindingHit)]
-    outcomes = [FindingHit(**dict(zip(keys, values, strict=True))) for values in zip(*(methods[method][key] for key in keys), strict=True)]
+    columns = zip(*(methods[method][key] for key in keys), strict=True)
+    outcomes = [FindingHit(**dict(zip(keys, values, strict=True))) for values in columns]
     return {(outcome.image, outcome.finding): outcome for outcome in outcomes}
 
 

@@ -425,7 +425,8 @@ class SaliencyEvaluator:
         probabilities = (scores if correlax else torch.softmax(scores.float(), dim=1))[0].cpu()
         chosen = [int(probabilities.argmax()) if target is None else target for target, _ in targets]
         stride = getattr(explainer, "stride", 0)  # CorRELAX's map resolution, in model-grid pixels, per axis
-        margin = tuple(stride * crop / output for crop, output in zip(geometry.crop_shape, geometry.output_shape, strict=True))
+        sides = zip(geometry.crop_shape, geometry.output_shape, strict=True)
+        margin = tuple(stride * crop / output for crop, output in sides)
         first = None
         for k, (target, (_, members)) in enumerate(zip(chosen, targets, strict=True)):
             restored = geometry.restore(maps[0, k].cpu()).numpy()
