@@ -22,7 +22,7 @@ from dicomweb_client import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
 from lib.datastore import MammogramDatastore
 from lib.dicomweb import DICOMwebMammogramDatastore
-from lib.http_errors import install_request_error_handlers, not_found
+from lib.http_errors import check_offered, install_request_error_handlers, not_found
 from lib.activelearning import Random, ReadableOnly, UncertaintyStrategy
 from lib.batch import StoredPredictionsBatchInfer
 from lib.infers import MammogramClassification, load_predictor
@@ -158,9 +158,7 @@ class MammographyApp(MONAILabelApp):
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer an unknown strategy with 404 (MONAI Label would answer 500), then propose the next case."""
-        strategy = request.get("strategy")
-        if strategy not in self._strategies:
-            raise not_found(f"strategy {strategy!r}", f"use one of {sorted(self._strategies)} (GET /info/)")
+        check_offered("strategy", request.get("strategy"), self._strategies)
         return super().next_sample(request)
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
@@ -168,9 +166,7 @@ class MammographyApp(MONAILabelApp):
 
         The heatmap is an explanation, not a label: it is returned and never saved into the datastore.
         """
-        model = request.get("model")
-        if model not in self._infers:
-            raise not_found(f"model {model!r}", f"use one of {sorted(self._infers)} (GET /info/)")
+        check_offered("model", request.get("model"), self._infers)
         image = request.get("image")
         datastore = datastore or self.datastore()
         if isinstance(image, str) and not _is_request_upload(image):

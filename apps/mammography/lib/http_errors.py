@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from mammoxai.errors import MammoXAIError
 
 __all__ = [
+    "check_offered",
     "client_errors",
     "conflict",
     "install_request_error_handlers",
@@ -52,6 +53,13 @@ def refusal(status: HTTPStatus, source: str, problem: str, fix: str) -> HTTPExce
 def not_found(source: str, fix: str) -> HTTPException:
     """A 404 for an image, label or model id the server does not have."""
     return refusal(HTTPStatus.NOT_FOUND, source, "not found", fix)
+
+
+def check_offered(kind: str, name: Any, offered: Collection[str]) -> None:
+    """404 for a model, strategy, scoring method or trainer the server does not offer, listing those it does (MONAI
+    Label answers an unknown name with 500, or with a background task that fails in its log)."""
+    if name not in offered:
+        raise not_found(f"{kind} {name!r}", f"use one of {sorted(offered)} (GET /info/)")
 
 
 def conflict(source: str, problem: str, fix: str) -> HTTPException:

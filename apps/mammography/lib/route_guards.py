@@ -4,10 +4,9 @@ MONAI Label's ``POST /scoring/<method>`` and ``POST /batch/infer/<model>`` hand 
 answer 200 ``SUBMITTED``; the task then fails in its log (``GET /scoring/`` says ``ERROR``) and the client never
 learns that the name was the problem. ``POST /scoring/uncertainty`` (and ``POST /scoring/``, which runs every
 method) fails the same way before there are weights to score with, or when they do not fit the network (503 here,
-as with ``run_sync=true``). Its ``POST /infer/<model>``
-answers 500 for a request that names no image, its WSI routes (``/infer/wsi_v2/<model>``, ``/infer/wsi/<model>``)
-also for a model it does not have, and ``GET /datastore/image/info`` answers 200 ``{}`` for an image it does not
-have. Every route that takes a JSON form field (``params`` of ``/infer``, of an image upload and of a label;
+as with ``run_sync=true``). Its ``POST /infer/<model>`` answers 500 for a request that names no image, its WSI
+routes (``/infer/wsi_v2/<model>``, ``/infer/wsi/<model>``) also for a model it does not have, and
+``GET /datastore/image/info`` answers 200 ``{}`` for an image it does not have. Every route that takes a JSON form field (``params`` of ``/infer``, of an image upload and of a label;
 ``info`` of an image or a label; ``wsi``) answers 500 when the field is JSON but not an object (``[1, 2]``,
 ``"x"``): MONAI Label adds the user's name to it, merges it into the datastore index or reads fields from it.
 :func:`install_route_guards` puts a route in front of each, with the same role and parameters, that refuses what the
@@ -23,7 +22,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
-from lib.http_errors import client_errors, not_found, validation_problems
+from lib.http_errors import check_offered, client_errors, not_found, validation_problems
 from lib.scoring import UncertaintyScoring
 from monailabel.config import settings
 from monailabel.endpoints import batch_infer as batch_endpoints
@@ -86,8 +85,7 @@ def install_route_guards(
     def check_infer(route: str, model: str, names_image: bool) -> None:
         """404 for a model the app does not serve, 422 for a request that names no image (MONAI Label: 500 for both on
         its WSI routes, 500 for the second on ``/infer``)."""
-        if model not in infer_models:
-            raise not_found(f"model {model!r}", f"use one of {sorted(infer_models)} (GET /info/)")
+        check_offered("model", model, infer_models)
         if not names_image:
             fix = "pass ?image=<id> (GET /datastore/?output=all) or send the image as the form field file"
             with client_errors():
@@ -164,10 +162,8 @@ def install_route_guards(
         run_sync: bool = False,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
     ) -> Any:
-        scorer = scoring_methods.get(method)
-        if scorer is None:
-            raise not_found(f"scoring method {method!r}", f"use one of {sorted(scoring_methods)} (GET /info/)")
-        _check_ready(scorer)
+        check_offered("scoring method", method, scoring_methods)
+        _check_ready(scoring_methods[method])
         return scoring_endpoints.run_method(method, params, run_sync)
 
     @router.post(f"{api}/scoring/", include_in_schema=False, deprecated=True)
@@ -188,8 +184,7 @@ def install_route_guards(
         run_sync: bool = False,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
     ) -> Any:
-        if model not in infer_models:
-            raise not_found(f"model {model!r}", f"use one of {sorted(infer_models)} (GET /info/)")
+        check_offered("model", model, infer_models)
         return batch_endpoints.run(model, images, BATCH_DEFAULTS if params is None else params, run_sync)
 
     # MONAI Label serves an upload under two paths, the older one deprecated; both are guarded

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from lib.http_errors import client_errors, conflict, not_found
+from lib.http_errors import check_offered, client_errors, conflict
 from monai.bundle import ConfigParser
 from monailabel.config import settings
 from monailabel.endpoints import train as train_endpoints
@@ -263,9 +263,8 @@ def install_train_guard(
         enqueue: bool = False,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
     ) -> Any:
-        trainer = trainers.get(model)
-        if trainer is None:
-            raise not_found(f"trainer {model!r}", f"use one of {sorted(trainers)} (GET /info/)")
+        check_offered("trainer", model, trainers)
+        trainer = trainers[model]
         with client_errors():
             trainer.check_request(params or {})
             trainer.check_ready(datastore())
