@@ -54,6 +54,17 @@ def test_unknown_strategy_is_404_listing_the_strategies(loop_server):
     assert "'cleverest'" in response.json()["detail"] and "uncertainty" in response.json()["detail"]
 
 
+def test_unknown_trainer_is_404_listing_the_trainers_and_starts_nothing(loop_server):
+    url, bundle, _ = loop_server
+    before = (bundle / "models" / "model.pt").stat().st_mtime_ns
+
+    response = requests.post(f"{url}/train/segmentation", json={"epochs": 1}, timeout=60)
+
+    assert response.status_code == 404, response.text
+    assert "trainer 'segmentation'" in response.json()["detail"] and "mammoxai" in response.json()["detail"]
+    assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
+
+
 def test_train_without_final_labels_is_422_saying_how_to_label(loop_server):
     url, bundle, _ = loop_server
     before = (bundle / "models" / "model.pt").stat().st_mtime_ns
