@@ -12,7 +12,7 @@ import torch
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["check_recorded_settings", "read_torch_file"]
+__all__ = ["check_recorded_settings", "checkpoint_weights", "read_torch_file"]
 
 
 def read_torch_file(
@@ -67,3 +67,10 @@ def check_recorded_settings(path: str | os.PathLike, settings: Mapping[str, tupl
             problem += " (the same values in another order)"
         fix = f"pass --{flag} '{json.dumps(recorded)}', or retrain with this run's settings"
         raise MammoXAIError(path, problem, fix)
+
+
+def checkpoint_weights(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The state dict of a checkpoint: the one under ``"model"`` where ``train.json`` saved it (beside the training
+    ``"grid"`` and ``"classes"``), else ``state`` itself, a bare state dict."""
+    weights = state.get("model")
+    return weights if isinstance(weights, Mapping) else state

@@ -38,7 +38,7 @@ from torch import nn
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.backbones import build_backbone
-from mammoxai.nets.files import check_recorded_settings, read_torch_file
+from mammoxai.nets.files import check_recorded_settings, checkpoint_weights, read_torch_file
 from mammoxai.nets.metadata_net import MetadataNet
 
 __all__ = [
@@ -327,16 +327,7 @@ class MetadataClassifier(StageFreezing, MetadataNet):
         classes are not checked here; :func:`load_checkpoint`, through which the bundle's own readers load, checks
         them.
         """
-        if _is_training_checkpoint(state_dict):
-            state_dict = state_dict["model"]
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def _is_training_checkpoint(state: Mapping[str, Any]) -> bool:
-    """Whether ``state`` is ``train.json``'s checkpoint layout (weights under ``"model"``) rather than a state dict,
-    whose values are tensors."""
-    weights = state.get("model")
-    return isinstance(weights, Mapping) and not any(isinstance(value, torch.Tensor) for value in state.values())
+        return super().load_state_dict(checkpoint_weights(state_dict), strict=strict, assign=assign)
 
 
 def state_dict_problems(network: nn.Module, state: Mapping[str, Any]) -> list[str]:
@@ -422,7 +413,7 @@ def load_checkpoint(
         }
         here = {"image_size": None if image_size is None else grid_shape(image_size), "class_names": class_names}
         check_recorded_settings(path, {flag: (recorded[flag], here[flag]) for flag in recorded})
-        state = state["model"]
+        state = checkpoint_weights(state)
     problems = state_dict_problems(network, state)
     if problems:
         raise MammoXAIError(path, f"{problem}: {'; '.join(problems)}", fix)

@@ -42,7 +42,7 @@ from monai.handlers import from_engine
 from mammoxai.data.manifest import read_record, write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write
-from mammoxai.nets.files import read_torch_file
+from mammoxai.nets.files import checkpoint_weights, read_torch_file
 from mammoxai.nets.finetune import load_checkpoint
 from mammoxai.schema import validate_label
 
@@ -267,7 +267,7 @@ def replace_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Pat
         MammoXAIError: a tensor in ``state`` is not finite (NaN or infinite weights are never served).
     """
     path = Path(path)
-    weights = state["model"] if isinstance(state.get("model"), Mapping) else state
+    weights = checkpoint_weights(state)
     bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if bad:
         raise MammoXAIError(path, f"new weights {bad[:3]} are not finite", "retrain with a lower learning_rate")
