@@ -113,7 +113,7 @@ def test_inference_json_explains_dicom_and_png_and_reports_bad_files(tmp_path, s
 
     result = run_bundle(
         "inference.json",
-        "--input_dir", str(inputs),
+        "--dataset_dir", str(inputs),
         "--checkpoint", str(trained / "model.pt"),
         "--output_dir", str(output),
     )
@@ -134,7 +134,7 @@ def test_inference_json_explains_dicom_and_png_and_reports_bad_files(tmp_path, s
 
 def test_inference_json_refuses_a_model_trained_on_another_grid_before_reading_any_image(tmp_path, studies, trained):
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-    command += ["--input_dir", str(studies), "--checkpoint", str(trained / "model.pt")]
+    command += ["--dataset_dir", str(studies), "--checkpoint", str(trained / "model.pt")]
     command += ["--output_dir", str(tmp_path / "out"), "--image_size", "[128, 104]"]
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr  # one line, not MONAI's chained traceback
@@ -172,7 +172,7 @@ def test_a_user_error_keeps_its_traceback_when_asked_and_a_bug_always_does(tmp_p
 def test_inference_json_refuses_class_names_in_another_order_than_training_gave_the_logits(tmp_path, studies, trained):
     assert torch.load(trained / "model.pt", weights_only=True)["classes"] == {"class_names": CLASSES}
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-    command += ["--input_dir", str(studies), "--checkpoint", str(trained / "model.pt")]
+    command += ["--dataset_dir", str(studies), "--checkpoint", str(trained / "model.pt")]
     command += ["--output_dir", str(tmp_path / "out"), "--class_names", json.dumps(CLASSES[::-1])]
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
@@ -221,7 +221,7 @@ def test_inference_json_explains_with_the_saliency_method_named_on_the_command_l
 
     run_bundle(
         "inference.json",
-        "--input_dir", str(inputs),
+        "--dataset_dir", str(inputs),
         "--checkpoint", str(save_weights(tmp_path / "model.pt")),
         "--output_dir", str(output),
         "--saliency#method", "occlusion",
@@ -425,21 +425,23 @@ def test_ckpt_export_turns_the_trained_checkpoint_into_torchscript_as_the_zoo_ru
         assert torch.equal(scripted.eval()(images), network.forward_with_metadata(images)[0])
 
 
-def test_train_configs_have_the_workflow_properties_monai_checks(tmp_path, studies):
-    """MONAI's ``check_properties`` of a training workflow (what MONAI FL and MONAI Label ask of a bundle): the
-    required parts exist, and the optional ones (``train#preprocessing``, ``validate#postprocessing``, ...) are
-    where the trainer and evaluator refer to them. It builds the parts, so it runs on the synthetic studies."""
+def test_configs_have_the_workflow_properties_monai_checks(tmp_path, studies):
+    """MONAI's ``check_properties`` of a training or inference workflow (what MONAI FL, MONAI Label and the model
+    zoo ask of a bundle): the required parts exist (for inference ``dataset_dir``, ``dataset``, ``evaluator``), and
+    the optional ones (``train#preprocessing``, ``validate#postprocessing``, ...) are where the trainer and
+    evaluator refer to them. It builds the parts, so it runs on the synthetic studies."""
     script = (
         "import json, sys\n"
         "from monai.bundle import create_workflow\n"
-        "config, ckpt_dir = sys.argv[1:]\n"
-        "workflow = create_workflow(workflow_type='train', config_file=f'configs/{config}',"
+        "workflow_type, config, ckpt_dir = sys.argv[1:]\n"
+        "workflow = create_workflow(workflow_type=workflow_type, config_file=f'configs/{config}',"
         " meta_file='configs/metadata.json', logging_file='configs/logging.conf', bundle_root='.',"
         f" dataset_dir={str(studies)!r}, output_dir={str(tmp_path / 'eval')!r}, ckpt_dir=ckpt_dir)\n"
         "print('missing or misplaced:', json.dumps(workflow.check_properties()))\n"
     )
-    for config in ("train.json", "train_lesion_crops.json", "pretrain.json"):
-        command = [sys.executable, "-c", script, config, str(tmp_path / config)]
+    workflows = [("train", "train.json"), ("train", "train_lesion_crops.json"), ("train", "pretrain.json")]
+    for workflow_type, config in [*workflows, ("infer", "inference.json")]:
+        command = [sys.executable, "-c", script, workflow_type, config, str(tmp_path / config)]
         result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "missing or misplaced: []" in result.stdout, (config, result.stdout[-2000:])

@@ -542,16 +542,16 @@ def _orientation_flags(mammogram: Mammogram, geometry: ImageGeometry) -> list[di
     ]
 
 
-def list_inputs(input_dir: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """The mammogram files (DICOM, PNG, TIFF, PGM) in ``input_dir``, sorted.
+def list_inputs(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The mammogram files (DICOM, PNG, TIFF, PGM) in ``folder``, sorted.
 
     Not recursive by default: a folder written by ``mammoxai.data.synth`` keeps lesion masks in ``masks/``,
     which are PNG files but not mammograms.
     """
-    folder = Path(input_dir)
+    folder = Path(folder)
     files = [path for path in find_images(folder) if recursive or path.parent == folder]
     if not files:
-        raise MammoXAIError(folder, "holds no DICOM, PNG, TIFF or PGM file", "pass --input_dir <folder of mammograms>")
+        raise MammoXAIError(folder, "holds no DICOM, PNG, TIFF or PGM file", "pass --dataset_dir <folder of mammograms>")
     return files
 
 
@@ -575,9 +575,13 @@ class InferenceRunner:
     :class:`MammoXAIError` message and skipped; the others are still processed. Two inputs with the same stem
     (``case.dcm`` and ``case.png``) keep their suffix in the output name.
 
+    It is ``inference.json``'s ``evaluator``, the inference engine MONAI's bundle workflow properties ask for
+    (with ``dataset_dir`` and ``dataset``): MONAI's ignite evaluators batch tensors, while explaining a mammogram
+    needs the file itself, to keep its geometry for the heatmap and its header for the prediction record.
+
     Args:
         predictor: a :class:`MammogramPredictor`.
-        input_files: the files to explain, e.g. ``list_inputs(input_dir)``.
+        dataset: the files to explain, e.g. ``list_inputs(folder)`` or a ``monai.data.Dataset`` of them.
         output_dir: created when missing.
 
     Example:
@@ -585,10 +589,10 @@ class InferenceRunner:
     """
 
     def __init__(
-        self, predictor: MammogramPredictor, input_files: Iterable[str | os.PathLike], output_dir: str | os.PathLike
+        self, predictor: MammogramPredictor, dataset: Iterable[str | os.PathLike], output_dir: str | os.PathLike
     ) -> None:
         self.predictor = predictor
-        self.input_files = [Path(path) for path in input_files]
+        self.input_files = [Path(path) for path in dataset]
         self.output_dir = check_output_path(output_dir, "output_dir", "give a folder for the predictions")
 
     def run(self) -> InferenceSummary:
