@@ -23,7 +23,7 @@ class MammoXAIError(ValueError):
         raise MammoXAIError("scan.dcm", "Modality is CT, not a mammogram (MG/DX)", "pass an MG or DX image")
     """
 
-    def __init__(self, source: str | os.PathLike, problem: str, fix: str | None = None):
+    def __init__(self, source: str | os.PathLike, problem: str, fix: str | None = None):  # noqa: B042 (__reduce__)
         self.source = str(source)
         self.problem = problem
         self.fix = fix
@@ -31,6 +31,11 @@ class MammoXAIError(ValueError):
         if fix:
             message += f" ({fix})"
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
+        """Rebuild from the three parts, so the error survives pickling (worker processes send it to their parent);
+        the default would call ``__init__`` with the message alone."""
+        return type(self), (self.source, self.problem, self.fix)
 
 
 _FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -88,7 +93,9 @@ def check_output_path(
     if not folder and path.is_dir():
         raise MammoXAIError(f"{name} {path}", "is a folder, not a file", fix)
     if not folder and path.exists() and not replace:
-        raise MammoXAIError(f"{name} {path}", "already exists", f"pass {overwrite_option} to replace it, or another {name}")
+        raise MammoXAIError(
+            f"{name} {path}", "already exists", f"pass {overwrite_option} to replace it, or another {name}"
+        )
     folders = (path, *path.parents) if folder else path.parents
     blocking = next((above for above in folders if above.exists()), None)
     if blocking is not None and not blocking.is_dir():
