@@ -45,6 +45,13 @@ DEV = [
     "hypothesis>=6.100,<7",
     "SimpleITK>=2.3",  # the NRRD reader Slicer uses, to check heatmap geometry
     "pyjpegls>=1.4,<1.5",  # JPEG-LS encoder for the reader tests; 1.5 needs numpy 2
+    # the MONAI model zoo's formatters and linter (tests/test_code_style.py)
+    "black==26.10.1",
+    "isort==9.0.2",
+    "flake8==7.5.0",
+    "flake8-bugbear==26.11.22",
+    "flake8-comprehensions==3.17.0",
+    "pep8-naming==0.15.1",
     *BENCH,
 ]
 

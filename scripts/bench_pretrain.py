@@ -249,8 +249,12 @@ def benchmark(args: argparse.Namespace, command: str) -> None:
         args.amp = [False]
         notes.append("AMP settings skipped: MONAI's SupervisedTrainer autocasts on CUDA only.")
     if device.type != "cuda":
-        notes.append("Measured on a CPU at a reduced size: the GPU figure (batch 16-32, 512 x 416, AMP on/off) is still owed.")
-    settings = [Setting(*combo) for combo in itertools.product(args.batch_sizes, args.image_sizes, args.amp, args.channels_last)]
+        notes.append(
+            "Measured on a CPU at a reduced size: the GPU figure (batch 16-32, 512 x 416, AMP on/off) is still owed."
+        )
+    settings = [
+        Setting(*combo) for combo in itertools.product(args.batch_sizes, args.image_sizes, args.amp, args.channels_last)
+    ]
     results, fills = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as scratch:
         work = Path(scratch)

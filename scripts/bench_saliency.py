@@ -124,11 +124,15 @@ def median_seconds(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def relax_per_mask_loop(network: nn.Module, image: torch.Tensor, masks: RandomMasks) -> tuple[torch.Tensor, torch.Tensor]:
+def relax_per_mask_loop(
+    network: nn.Module, image: torch.Tensor, masks: RandomMasks
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RELAX as the official code computes it: one masked forward pass per mask, importance and uncertainty updated
     after each (a weighted Welford recursion)."""
     features: list[torch.Tensor] = []
-    hook = getattr(network, REPRESENTATION_LAYER).register_forward_hook(lambda _m, _i, out: features.append(out.flatten(1)))
+    hook = getattr(network, REPRESENTATION_LAYER).register_forward_hook(
+        lambda _m, _i, out: features.append(out.flatten(1))
+    )
     try:
         with torch.no_grad():
             network(image)
@@ -234,13 +238,19 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
     crop_h, crop_w = args.relax_size
     crop = breast_image(crop_h, crop_w, device)
     masks = RandomMasks(args.relax_masks, (crop_h, crop_w), grid=7, keep_prob=0.5, seed=0, device=device)
-    engine = RELAX(classifier, REPRESENTATION_LAYER, num_masks=args.relax_masks, grid=7, chunk_size=args.chunk_size, amp=amp)
+    engine = RELAX(
+        classifier, REPRESENTATION_LAYER, num_masks=args.relax_masks, grid=7, chunk_size=args.chunk_size, amp=amp
+    )
     relax_setting = f"1 image {crop_h} x {crop_w}, {args.relax_masks} masks, grid 7, chunk {args.chunk_size}"
-    relax = timed({
-        "raw forward of the crops (ceiling)": lambda: raw_forward(classifier, crop, args.relax_masks, args.chunk_size),
-        "RELAX, masking engine": lambda: engine.explain(crop),
-        "RELAX, official per-mask loop": lambda: relax_per_mask_loop(classifier, crop, masks),
-    })
+    relax = timed(
+        {
+            "raw forward of the crops (ceiling)": lambda: raw_forward(
+                classifier, crop, args.relax_masks, args.chunk_size
+            ),
+            "RELAX, masking engine": lambda: engine.explain(crop),
+            "RELAX, official per-mask loop": lambda: relax_per_mask_loop(classifier, crop, masks),
+        }
+    )
     for what, seconds in relax.items():
         rows.append((what, relax_setting, f"{args.relax_masks / seconds:.1f} masked images/s"))
     notes.append(
@@ -255,8 +265,14 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
     for preset in ("faithful", "fast"):
         masks_used = max(2, round(PRESETS["correlax"][preset]["num_masks"] * args.correlax_mask_fraction))
         correlax = get_method(
-            "correlax", lesion_net, preset=preset, representation_layer=REPRESENTATION_LAYER, num_masks=masks_used,
-            background_class=3, chunk_size=args.chunk_size, amp=amp,
+            "correlax",
+            lesion_net,
+            preset=preset,
+            representation_layer=REPRESENTATION_LAYER,
+            num_masks=masks_used,
+            background_class=3,
+            chunk_size=args.chunk_size,
+            amp=amp,
         )
         result = correlax.explain(mammogram)
         timings = median_seconds({preset: lambda: correlax.explain(mammogram)}, device, 0, args.correlax_repeats)
@@ -276,7 +292,11 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
 
 
 def markdown_table(rows: list[tuple[str, str, str]]) -> list[str]:
-    return ["| what | setting | speed |", "|---|---|---|", *(f"| {what} | {setting} | {figure} |" for what, setting, figure in rows)]
+    return [
+        "| what | setting | speed |",
+        "|---|---|---|",
+        *(f"| {what} | {setting} | {figure} |" for what, setting, figure in rows),
+    ]
 
 
 def record(path: Path, rows: list[tuple[str, str, str]], notes: list[str], command: str, device: torch.device) -> None:
@@ -304,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
     add_record_option(parser, BENCHMARKS)
     parser.add_argument(
-        "--note", action="append", default=[], metavar="TEXT",
+        "--note",
+        action="append",
+        default=[],
+        metavar="TEXT",
         help="a sentence added to the run's notes, e.g. that the machine was shared with other jobs (repeatable)",
     )
     return parser
@@ -318,7 +341,10 @@ figure. BENCHMARKS.md keeps one section per hardware and these settings."""
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if min(args.batch_size, args.relax_masks, args.chunk_size, args.repeats, args.correlax_repeats) < 1 or args.warmup < 0:
+    if (
+        min(args.batch_size, args.relax_masks, args.chunk_size, args.repeats, args.correlax_repeats) < 1
+        or args.warmup < 0
+    ):
         parser.error("sizes, masks and repeats must be at least 1, --warmup at least 0")
     if args.correlax_mask_fraction <= 0:
         parser.error("--correlax-mask-fraction must be above 0")

@@ -136,7 +136,11 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
     seeds = sorted({row["seed"] for row in rows})
     for offset, name in zip(np.linspace(-0.03, 0.03, len(strategies)), strategies, strict=True):
         mine = [row for row in rows if row["strategy"] == name]
-        x = np.log10([row["fraction"] for row in mine]) + offset + 0.004 * np.array([seeds.index(row["seed"]) for row in mine])
+        x = (
+            np.log10([row["fraction"] for row in mine])
+            + offset
+            + 0.004 * np.array([seeds.index(row["seed"]) for row in mine])
+        )
         auc, low, high = (
             np.array([np.nan if row[key] is None else row[key] for row in mine], dtype=np.float64)
             for key in ("auc", "auc_low", "auc_high")
@@ -257,7 +261,8 @@ def compare(args: argparse.Namespace, command: str) -> Report:
             rows.append({"strategy": name, "fraction": fraction, "seed": seed, **counts, **result})
     report = Report(
         "Initialisation strategies by labelled fraction",
-        f"Task {args.task}, backbone {args.backbone}, {args.epochs} fine-tuning epochs at {args.image_size[0]}x{args.image_size[1]}; "
+        f"Task {args.task}, backbone {args.backbone}, {args.epochs} fine-tuning epochs at "
+        f"{args.image_size[0]}x{args.image_size[1]}; "
         f"every model is scored on the same held-out test patients ({HOLDOUT}). AUC is malignant vs rest with a 95 % "
         "patient-bootstrap interval.",
         command=command,
@@ -267,7 +272,10 @@ def compare(args: argparse.Namespace, command: str) -> Report:
         title="Test AUC per strategy, labelled fraction and seed (fraction: the share asked for; labelled_patients of "
         "the available_patients outside the test split were drawn, at least two per class, and trained on "
         "labelled_images; the test columns count the held-out images scored)",
-        columns=["strategy", "fraction", "seed", "labelled_patients", "available_patients", "labelled_images", "images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"],
+        columns=[
+            *("strategy", "fraction", "seed", "labelled_patients", "available_patients", "labelled_images"),
+            *("images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"),
+        ],
     )  # fmt: skip
     repeated = len(seeds) > 1
     if repeated:
@@ -278,10 +286,21 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     if "scratch" in strategies:
         positive = task["class_names"].index("malignant")
         differences = [
-            {"strategy": name, "fraction": fraction, "seed": seed, **auc_difference(reports[name, fraction, seed], reports["scratch", fraction, seed], positive, args.n_bootstrap, args.seed)}
+            {
+                "strategy": name,
+                "fraction": fraction,
+                "seed": seed,
+                **auc_difference(
+                    reports[name, fraction, seed],
+                    reports["scratch", fraction, seed],
+                    positive,
+                    args.n_bootstrap,
+                    args.seed,
+                ),
+            }
             for name, fraction, seed in reports
             if name != "scratch"
-        ]  # fmt: skip
+        ]
         report.add_table(
             "difference_from_scratch", differences,
             title="Test AUC minus scratch's at the same fraction and seed, paired patient-bootstrap 95 % interval (an "

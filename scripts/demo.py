@@ -199,7 +199,9 @@ def ensure_studies(studies: Path, patients: int, size: int, seed: int = 0, untra
         if not untrained or earlier in (None, patients):
             print(f"studies: {studies} (existing)")
             return
-        print(f"studies: {studies} holds an untrained synthetic cohort of {earlier} patients, not {patients}: rewriting it")
+        print(
+            f"studies: {studies} holds an untrained synthetic cohort of {earlier} patients, not {patients}: rewriting it"
+        )
     else:
         print(f"studies: writing {patients} synthetic patients ({size} rows) to {studies} ...")
     synthesize(studies, patients, seed, size=size, prevalence=DEMO_PREVALENCE, overwrite=True)
@@ -251,7 +253,7 @@ def run_showing_user_error(command: Sequence[str], cwd: Path, what: str) -> None
             sys.stderr.write(line)
             prefix = next((prefix for prefix in USER_ERROR_LINES if line.startswith(prefix)), None)
             if prefix is not None:
-                user_error = line[len(prefix):].strip()
+                user_error = line[len(prefix) :].strip()
     if process.returncode != 0:
         raise RuntimeError(f"{what} stopped: {user_error or f'exit status {process.returncode}, see the output above'}")
 
@@ -271,8 +273,8 @@ MammoXAI is serving on {server_url}   (demo weights: synthetic phantoms, NOT for
                 {server_url}/            API documentation (the page loads its viewer from a CDN)
   3D Slicer     MammoXAI module, server URL {server_url}
   Python        from monailabel.client import MONAILabelClient
-                client = MONAILabelClient("{server_url}")
-                heatmap_nrrd, prediction = client.infer("mammoxai", "{image_id}", {{}})
+                client = MONAILabelClient({server_url!r})
+                heatmap_nrrd, prediction = client.infer("mammoxai", {image_id!r}, {{}})
   curl          curl -X POST "{server_url}/infer/mammoxai?image={image_id}&output=json"
   Server log    {log}
 
@@ -282,11 +284,19 @@ Press Ctrl-C to stop.
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--studies", type=Path, default=DEMO_DIR / "studies", help="folder of mammograms (default: %(default)s)")
+    parser.add_argument(
+        "--studies", type=Path, default=DEMO_DIR / "studies", help="folder of mammograms (default: %(default)s)"
+    )
     parser.add_argument("--patients", type=int, default=200, help="synthetic patients to write when --studies is empty")
-    parser.add_argument("--size", type=int, default=512, help="rows of the largest synthetic images (default: %(default)s)")
-    parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="the MammoXAI bundle to serve (default: %(default)s)")
-    parser.add_argument("--log", type=Path, default=DEMO_DIR / "server.log", help="server log file (default: %(default)s)")
+    parser.add_argument(
+        "--size", type=int, default=512, help="rows of the largest synthetic images (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--bundle", type=Path, default=BUNDLE_DIR, help="the MammoXAI bundle to serve (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--log", type=Path, default=DEMO_DIR / "server.log", help="server log file (default: %(default)s)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     return parser.parse_args(argv)

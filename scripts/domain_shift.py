@@ -92,7 +92,7 @@ def split_by_system(
         raise MammoXAIError(
             f"--target_system {target_system!r}", f"is no {system_key} of the data", f"use one of {systems}"
         )
-    training = {key: "training" for key in HOLDOUT}
+    training = dict.fromkeys(HOLDOUT, "training")
     source = [{**record, **training} for record in records if record.get("patient_id") not in target_patients]
     target = [{**record, **training} for record in records if record.get("patient_id") in target_patients]
     adaptation = labelled_subset(target, adapt_fraction, seed, label_map=label_map, option="--adapt_fraction")
@@ -200,7 +200,8 @@ def run(args: argparse.Namespace, command: str) -> Report:
         source_model = str(runs / "source" / "models" / "model.pt")
         plan = [
             ("source", source, source_manifest, source_init, seed_settings),
-            ("source + adaptation", adaptation, adapt_manifest, {"init": "classifier", "init_weights": source_model}, adapt_settings),
+            ("source + adaptation", adaptation, adapt_manifest, {"init": "classifier", "init_weights": source_model},
+             adapt_settings),
             ("adaptation only", adaptation, adapt_manifest, {"init": "scratch"}, adapt_settings),
         ]  # fmt: skip
         reports = {}
@@ -212,11 +213,23 @@ def run(args: argparse.Namespace, command: str) -> Report:
             )
             result = reports[name]["tables"]["binary"][0]
             patients = len(_patients(trained_on))
-            rows.append({"setting": name, "seed": seed, "training_images": len(trained_on), "training_patients": patients, **result})
+            rows.append(
+                {
+                    "setting": name,
+                    "seed": seed,
+                    "training_images": len(trained_on),
+                    "training_patients": patients,
+                    **result,
+                }
+            )
         differences += [
-            {"comparison": f"{name} - {reference}", "seed": seed, **auc_difference(reports[name], reports[reference], positive, args.n_bootstrap, args.seed)}
+            {
+                "comparison": f"{name} - {reference}",
+                "seed": seed,
+                **auc_difference(reports[name], reports[reference], positive, args.n_bootstrap, args.seed),
+            }
             for name, reference in COMPARISONS
-        ]  # fmt: skip
+        ]
     report = Report(
         f"Domain shift to {args.target_system}",
         f"Task {args.task}, backbone {args.backbone}, init {args.init}; {args.epochs} epochs on the source systems, "
@@ -226,7 +239,17 @@ def run(args: argparse.Namespace, command: str) -> Report:
         "patient-bootstrap interval.",
         command=command,
     )
-    columns = ["setting", "seed", "training_images", "training_patients", "images", "positives", "auc", "auc_low", "auc_high"]
+    columns = [
+        "setting",
+        "seed",
+        "training_images",
+        "training_patients",
+        "images",
+        "positives",
+        "auc",
+        "auc_low",
+        "auc_high",
+    ]
     report.add_table(
         "settings", rows, title="Target test AUC (training counts: the run's own data; 'source + adaptation' starts "
         "from the source model)", columns=[*columns, "sensitivity", "specificity"],

@@ -208,7 +208,9 @@ def run_loop(
                 if not case.get("id"):
                     break
                 image_id = case["id"]
-                inferred = requests.post(f"{url}/infer/{MODEL}", params={"image": image_id, "output": "json"}, timeout=600)
+                inferred = requests.post(
+                    f"{url}/infer/{MODEL}", params={"image": image_id, "output": "json"}, timeout=600
+                )
                 inferred.raise_for_status()
                 saved = requests.put(
                     f"{url}/datastore/label",
@@ -230,9 +232,12 @@ def run_loop(
             accepted = (bundle / "models" / "model.pt").stat().st_mtime_ns != before
             auc = held_out_auc(bundle, held_out, class_names)
             results.append(RoundResult(strategy, round_index, labelled, auc, accepted, time.monotonic() - start))
-            print(f"{strategy}: round {round_index}, {labelled} labels, held-out AUC {auc.estimate:.3f} "
-                  f"({auc.low:.3f}-{auc.high:.3f}), "
-                  f"new weights {'served' if accepted else 'rejected'}", flush=True)
+            print(
+                f"{strategy}: round {round_index}, {labelled} labels, held-out AUC {auc.estimate:.3f} "
+                f"({auc.low:.3f}-{auc.high:.3f}), "
+                f"new weights {'served' if accepted else 'rejected'}",
+                flush=True,
+            )
     return results
 
 
@@ -331,7 +336,9 @@ def simulate(args: argparse.Namespace) -> None:
     out = args.out.resolve()
     studies = args.studies.resolve() if args.studies is not None else None
     if studies is not None and not (studies / "manifest.csv").is_file():
-        raise MammoXAIError(f"--studies {studies}", "has no manifest.csv", "write one with python -m mammoxai.data.synth")
+        raise MammoXAIError(
+            f"--studies {studies}", "has no manifest.csv", "write one with python -m mammoxai.data.synth"
+        )
     claim_out(out, studies, args.strategies, args.overwrite)
     check_image_size(args.image_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -345,7 +352,9 @@ def simulate(args: argparse.Namespace) -> None:
         shutil.rmtree(run, ignore_errors=True)  # an earlier run's, and only with --overwrite (claim_out)
         truth, held_out = split_studies(source, run / "studies")
         bundle = make_bundle(run / "bundle", args.image_size, args.seed)
-        results += run_loop(run, strategy, truth, held_out, run / "studies", bundle, args.rounds, args.per_round, train_params)
+        results += run_loop(
+            run, strategy, truth, held_out, run / "studies", bundle, args.rounds, args.per_round, train_params
+        )
     write_results(results, out)
     print(f"results: {out / 'results.csv'}, curve: {out / 'curve.png'}")
 

@@ -37,6 +37,8 @@ def save_final(url: str, image_id: str, label: str) -> requests.Response:
 
 def served_checkpoint(url: str, image_id: str) -> str:
     """The checkpoint time named by the server's prediction of ``image_id``: it changes when new weights are served."""
-    response = requests.post(f"{url}/infer/{simulator.MODEL}", params={"image": image_id, "output": "json"}, timeout=300)
+    response = requests.post(
+        f"{url}/infer/{simulator.MODEL}", params={"image": image_id, "output": "json"}, timeout=300
+    )
     response.raise_for_status()
     return response.json()["model"]["checkpoint_mtime"]

@@ -107,7 +107,9 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
     synthesize(studies, patients=STUDY_PATIENTS, seed=0, size=STUDY_ROWS, prior_fraction=0.0)
     class_names = json.loads((bundle / "configs" / "inference.json").read_text())["class_names"]
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
-    server = demo.ServerProcess(studies, port=_free_port(), conf={"bundle": str(bundle)}, log=root / "server.log", env=env)
+    server = demo.ServerProcess(
+        studies, port=_free_port(), conf={"bundle": str(bundle)}, log=root / "server.log", env=env
+    )
     app_server = AppServer(server.url, studies, bundle, class_names, server)
     app_server.save_random_weights(seed=0)
     with server:

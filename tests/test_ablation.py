@@ -11,6 +11,7 @@ import monai.bundle
 import numpy as np
 import pytest
 import torch
+from test_evaluate_pretrain import SPACE, TINY, pretrained_bundle  # noqa: F401 - the tiny bundle fixture
 from torch import nn
 
 from mammoxai.data.dataset import MammogramDataset
@@ -28,7 +29,6 @@ from mammoxai.saliency.ablation import (
     task_means,
 )
 from mammoxai.training.pretrain import load_pretrained
-from test_evaluate_pretrain import SPACE, TINY, pretrained_bundle  # noqa: F401 - the tiny bundle fixture
 
 TASKS = ("xray_system", "view", "laterality", "thickness")
 DIM = 8
@@ -45,7 +45,12 @@ class QuadrantNet(nn.Module):
     def forward(self, x):
         h, w = x.shape[-2] // 2, x.shape[-1] // 2
         quadrants = torch.stack(
-            [x[..., :h, :w].mean((1, 2, 3)), x[..., :h, w:].mean((1, 2, 3)), x[..., h:, :w].mean((1, 2, 3)), x[..., h:, w:].mean((1, 2, 3))],
+            [
+                x[..., :h, :w].mean((1, 2, 3)),
+                x[..., :h, w:].mean((1, 2, 3)),
+                x[..., h:, :w].mean((1, 2, 3)),
+                x[..., h:, w:].mean((1, 2, 3)),
+            ],
             dim=1,
         )
         z_tasks = {task: quadrants[:, k, None] * self.directions[k] for k, task in enumerate(TASKS)}
@@ -56,7 +61,9 @@ def _images(labels, seed):
     """Top-left quadrant = label + small noise; the other quadrants = noise of the same scale as the signal."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(len(labels), 1, 16, 16, generator=generator) * 3.0
-    images[:, :, :8, :8] = torch.as_tensor(labels, dtype=torch.float32)[:, None, None, None] + 0.1 * torch.rand(len(labels), 1, 8, 8, generator=generator)
+    images[:, :, :8, :8] = torch.as_tensor(labels, dtype=torch.float32)[:, None, None, None] + 0.1 * torch.rand(
+        len(labels), 1, 8, 8, generator=generator
+    )
     return images
 
 
@@ -162,7 +169,12 @@ def test_downstream_labels_of_a_metadata_field_use_the_header_and_the_heads_clas
 
 
 def test_downstream_labels_of_a_manifest_column_follow_the_label_map_and_given_classes():
-    records = [{"case_label": "recalled_benign"}, {"case_label": "malignant"}, {"case_label": None}, {"case_label": "benign"}]
+    records = [
+        {"case_label": "recalled_benign"},
+        {"case_label": "malignant"},
+        {"case_label": None},
+        {"case_label": "benign"},
+    ]
     labels, classes = downstream_labels(records, "case_label", SPACE, label_map={"recalled_benign": "benign"})
     assert classes == ["benign", "malignant"]
     assert labels.tolist() == [0, 1, -1, 0]
@@ -197,7 +209,9 @@ def test_ablation_arithmetic_equals_the_networks_own_ablation():
 
 def test_ablation_config_runs_through_monai_bundle_and_saves_a_usable_explainer(pretrained_bundle):
     bundle, studies, label_space = pretrained_bundle
-    monai.bundle.run(config_file=str(bundle / "configs" / "ablation.json"), bundle_root=str(bundle), dataset_dir=str(studies), **TINY)
+    monai.bundle.run(
+        config_file=str(bundle / "configs" / "ablation.json"), bundle_root=str(bundle), dataset_dir=str(studies), **TINY
+    )
     report = json.loads((bundle / "eval" / "ablation" / "report.json").read_text())
     rows = report["tables"]["effects"]
     assert sorted(row["task"] for row in rows) == sorted(label_space.fields)
@@ -244,7 +258,11 @@ def test_an_earlier_explainer_is_replaced_only_when_asked(pretrained_bundle, tmp
     bundle, studies, _ = pretrained_bundle
     explainer = tmp_path / "explainer.pt"
     arguments = ["--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dir", str(tmp_path / "out")]
-    arguments += ["--explainer", str(explainer), *(item for key, value in TINY.items() for item in (f"--{key}", str(value)))]
+    arguments += [
+        "--explainer",
+        str(explainer),
+        *(item for key, value in TINY.items() for item in (f"--{key}", str(value))),
+    ]
     assert main(arguments) == 0
     first = explainer.read_bytes()
 

@@ -19,8 +19,9 @@ from mammoxai.training.corrections import correction_records, finetune, replace_
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "mammography"))
-from lib.scoring.uncertainty import TTA_TRANSFORMS, uncertainty  # noqa: E402
 from clinician import simulator  # noqa: E402
+
+from lib.scoring.uncertainty import TTA_TRANSFORMS, uncertainty  # noqa: E402
 
 CLASSES = ["normal", "benign", "malignant"]
 
@@ -132,7 +133,14 @@ def test_simulated_clinician_runs_two_rounds_against_the_real_server(tmp_path):
     served = (bundle / "models" / "model.pt").stat().st_mtime_ns
 
     results = simulator.run_loop(
-        tmp_path, "uncertainty", truth, held_out, tmp_path / "studies", bundle, rounds=2, per_round=6,
+        tmp_path,
+        "uncertainty",
+        truth,
+        held_out,
+        tmp_path / "studies",
+        bundle,
+        rounds=2,
+        per_round=6,
         train_params={"epochs": 1, "num_workers": 0, "accept": "valid"},
     )
 
@@ -191,11 +199,15 @@ def fake_loop(monkeypatch) -> list[dict]:
     return calls
 
 
-def test_simulated_clinician_with_a_relative_out_gives_the_server_absolute_paths(cohort, fake_loop, tmp_path, monkeypatch):
+def test_simulated_clinician_with_a_relative_out_gives_the_server_absolute_paths(
+    cohort, fake_loop, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     studies = os.path.relpath(cohort, tmp_path)
 
-    status = simulator.main(["--out", "al_run", "--studies", studies, "--strategies", "first", "--image-size", "48", "48"])
+    status = simulator.main(
+        ["--out", "al_run", "--studies", studies, "--strategies", "first", "--image-size", "48", "48"]
+    )
 
     assert status == 0
     (call,) = fake_loop
@@ -225,11 +237,27 @@ def test_simulated_clinician_refuses_an_out_with_earlier_results_unless_overwrit
     assert len(fake_loop) == 2
 
 
-def test_simulated_clinician_refuses_earlier_synthetic_studies_and_writes_them_again_with_overwrite(fake_loop, tmp_path, capsys):
+def test_simulated_clinician_refuses_earlier_synthetic_studies_and_writes_them_again_with_overwrite(
+    fake_loop, tmp_path, capsys
+):
     out = tmp_path / "run"
     (out / "synth").mkdir(parents=True)
     synthesize(out / "synth", patients=4, seed=2, size=128)
-    command = ["--out", str(out), "--patients", "5", "--size", "128", "--seed", "2", "--strategies", "first", "--image-size", "48", "48"]
+    command = [
+        "--out",
+        str(out),
+        "--patients",
+        "5",
+        "--size",
+        "128",
+        "--seed",
+        "2",
+        "--strategies",
+        "first",
+        "--image-size",
+        "48",
+        "48",
+    ]
 
     assert simulator.main(command) == 1
     assert "synth/manifest.csv of an earlier simulation" in capsys.readouterr().err

@@ -8,10 +8,9 @@ import json
 import pytest
 import requests
 import torch
+from dicom_factory import write_ct_dicom
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
-
-from dicom_factory import write_ct_dicom
 
 pytest_plugins = ["server_fixture"]
 
@@ -77,7 +76,10 @@ def test_infer_with_an_unknown_model_is_404_listing_the_models(app_server, uncha
     [
         ("{bad json", ["is not JSON", "params"]),
         ("[1, 2]", ["params", "is not a JSON object"]),
-        (json.dumps({"saliency": {"method": "gradcam", "target_class": "cancer"}}), ["['target_class']", "only method"]),
+        (
+            json.dumps({"saliency": {"method": "gradcam", "target_class": "cancer"}}),
+            ["['target_class']", "only method"],
+        ),
     ],
     ids=["params_not_json", "params_not_an_object", "saliency_key_a_request_cannot_set"],
 )
@@ -102,7 +104,9 @@ def test_infer_naming_no_image_is_422_saying_how_to_name_one(app_server, unchang
 
 def test_info_of_an_unknown_image_is_404_and_of_a_stored_one_its_record(app_server, unchanged):
     unknown = requests.get(f"{app_server.url}/datastore/image/info", params={"image": "no_such_image"}, timeout=30)
-    stored = requests.get(f"{app_server.url}/datastore/image/info", params={"image": app_server.study_ids()[0]}, timeout=30)
+    stored = requests.get(
+        f"{app_server.url}/datastore/image/info", params={"image": app_server.study_ids()[0]}, timeout=30
+    )
 
     assert_refused(unknown, 404, "'no_such_image'", "not found")
     assert stored.status_code == 200 and stored.json()["name"].startswith(app_server.study_ids()[0])
@@ -125,9 +129,12 @@ def test_changing_an_unknown_image_or_label_is_404(app_server, unchanged, method
 
 
 @pytest.mark.parametrize(
-    "path, words", [("/scoring/nosuch", ["scoring method 'nosuch'", "uncertainty"]), ("/batch/infer/nosuch", ["model 'nosuch'"])]
+    "path, words",
+    [("/scoring/nosuch", ["scoring method 'nosuch'", "uncertainty"]), ("/batch/infer/nosuch", ["model 'nosuch'"])],
 )
-def test_a_background_task_of_an_unknown_name_is_404_not_a_submitted_task_that_fails(app_server, unchanged, path, words):
+def test_a_background_task_of_an_unknown_name_is_404_not_a_submitted_task_that_fails(
+    app_server, unchanged, path, words
+):
     response = requests.post(f"{app_server.url}{path}", json={}, timeout=60)
 
     assert_refused(response, 404, *words)
@@ -280,7 +287,9 @@ def test_infer_before_weights_exist_is_503_saying_how_to_train(app_server, uncha
 
 
 @UNCERTAINTY_CALLS
-def test_uncertainty_before_weights_exist_is_503_naming_the_strategies_that_need_none(app_server, unchanged, path, params):
+def test_uncertainty_before_weights_exist_is_503_naming_the_strategies_that_need_none(
+    app_server, unchanged, path, params
+):
     tasks = scoring_tasks(app_server)
 
     response = post_without_weights(app_server, path, **params)
@@ -367,9 +376,27 @@ def test_wsi_infer_of_a_stored_image_is_the_prediction_with_the_params_it_names(
 @pytest.mark.parametrize(
     "method, path, params, body, words",
     [
-        ("post", "/activelearning/random", {}, [1, 2], ["POST /activelearning/random: body: Input should be a valid dictionary"]),
-        ("post", "/scoring/uncertainty", {"run_sync": "maybe"}, {}, ["query/run_sync: Input should be a valid boolean"]),
-        ("get", "/datastore/", {"output": "everything"}, None, ["GET /datastore/: query/output: Input should be", "/docs"]),
+        (
+            "post",
+            "/activelearning/random",
+            {},
+            [1, 2],
+            ["POST /activelearning/random: body: Input should be a valid dictionary"],
+        ),
+        (
+            "post",
+            "/scoring/uncertainty",
+            {"run_sync": "maybe"},
+            {},
+            ["query/run_sync: Input should be a valid boolean"],
+        ),
+        (
+            "get",
+            "/datastore/",
+            {"output": "everything"},
+            None,
+            ["GET /datastore/: query/output: Input should be", "/docs"],
+        ),
     ],
     ids=["body_not_an_object", "query_not_a_boolean", "query_not_a_choice"],
 )

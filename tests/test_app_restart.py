@@ -7,8 +7,8 @@ import os
 
 import pytest
 import requests
-
 from clinician import save_final, served_checkpoint, simulator
+
 from mammoxai.data.synth import synthesize
 
 
@@ -21,8 +21,11 @@ def test_corrections_scores_and_trained_weights_are_served_after_a_restart(tmp_p
     bundle = simulator.make_bundle(tmp_path / "bundle", (64, 64), seed=0)
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(tmp_path / "sessions")}
     server = simulator.demo.ServerProcess(
-        tmp_path / "studies", port=simulator._free_port(), conf={"bundle": str(bundle), "device": "cpu"},
-        log=tmp_path / "server.log", env=env,
+        tmp_path / "studies",
+        port=simulator._free_port(),
+        conf={"bundle": str(bundle), "device": "cpu"},
+        log=tmp_path / "server.log",
+        env=env,
     )
     images = sorted(path.stem for path in (tmp_path / "studies").glob("P*.dcm"))
     corrected = images[::2]  # both patients, one class each

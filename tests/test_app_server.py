@@ -124,7 +124,10 @@ def test_final_label_is_stored_and_read_back(client, app_server, dicom_id, tmp_p
     label = {
         "class": app_server.class_names[-1],
         "birads": "4",
-        "lesions": [{"type": "box", "box": [10, 20, 40, 60], "finding": "mass"}, {"type": "point", "point": [30.5, 44.0]}],
+        "lesions": [
+            {"type": "box", "box": [10, 20, 40, 60], "finding": "mass"},
+            {"type": "point", "point": [30.5, 44.0]},
+        ],
         "annotator": "dr.test",
         "timestamp": "2024-05-01T09:30:00+00:00",
     }
@@ -143,7 +146,9 @@ def test_final_label_is_stored_and_read_back(client, app_server, dicom_id, tmp_p
 
 
 def test_infer_request_chooses_the_saliency_method_and_an_unknown_one_is_422(client, app_server, dicom_id):
-    heatmap_file, params = client.infer(app_server.model, dicom_id, {"saliency": {"method": "occlusion", "preset": "fast"}})
+    heatmap_file, params = client.infer(
+        app_server.model, dicom_id, {"saliency": {"method": "occlusion", "preset": "fast"}}
+    )
 
     validate_prediction(params, source="server response")
     assert params["saliency"]["method"] == "occlusion"

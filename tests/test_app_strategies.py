@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from dicomweb_client import DICOMwebClient
-from monailabel.utils.others.generic import md5_digest
-
 from clinician import save_final, simulator
 from dicom_factory import write_ct_dicom
+from dicomweb_client import DICOMwebClient
 from loopback_servers import StandInServer, json_body
+from monailabel.utils.others.generic import md5_digest
+
 from mammoxai.data.synth import synthesize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "mammography"))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from clinician import save_final, served_checkpoint, simulator
+
 from mammoxai.data.synth import synthesize
 
 pytest_plugins = ["server_fixture"]
@@ -29,8 +29,11 @@ def loop_server(tmp_path_factory):
     bundle = simulator.make_bundle(root / "bundle", (64, 64), seed=0)
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
     server = simulator.demo.ServerProcess(
-        root / "studies", port=simulator._free_port(), conf={"bundle": str(bundle), "device": "cpu"},
-        log=root / "server.log", env=env,
+        root / "studies",
+        port=simulator._free_port(),
+        conf={"bundle": str(bundle), "device": "cpu"},
+        log=root / "server.log",
+        env=env,
     )
     with server:
         yield server.url, bundle, truth
@@ -131,7 +134,9 @@ def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(lo
     served_before = served_checkpoint(url, sorted(truth)[1])
     before = checkpoint.stat().st_mtime_ns
 
-    started = requests.post(f"{url}/train/mammoxai", json={"epochs": 1, "accept": "valid", "num_workers": 0}, timeout=60)
+    started = requests.post(
+        f"{url}/train/mammoxai", json={"epochs": 1, "accept": "valid", "num_workers": 0}, timeout=60
+    )
     second = requests.post(f"{url}/train/mammoxai", json={"epochs": 1}, timeout=60)
     task = simulator.wait_for_training(url, timeout=300)
 
@@ -222,7 +227,10 @@ def test_label_with_a_box_outside_the_image_is_422_and_not_stored(loop_server):
     content = json.dumps({**LABEL, "class": "benign", "lesions": [{"type": "box", "box": [1, 1, 5000, 20]}]}).encode()
 
     response = requests.put(
-        f"{url}/datastore/label", params={"image": image_id, "tag": "final"}, files={"label": ("l.json", content)}, timeout=60
+        f"{url}/datastore/label",
+        params={"image": image_id, "tag": "final"},
+        files={"label": ("l.json", content)},
+        timeout=60,
     )
 
     assert response.status_code == 422, response.text

@@ -53,7 +53,9 @@ def record_toy(path: Path, command: str, description: str, row: str) -> None:
 def test_a_rerun_of_the_same_settings_replaces_its_section_and_leaves_the_others(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     record_toy(path, "python bench_a.py --size 2 --note old", "Old run.", "| 1 |")
-    record_section(path, "Pretraining", CPU, "python bench_b.py", "Other benchmark.", ["| b |", "|---|", "| 2 |"], ["a note"])
+    record_section(
+        path, "Pretraining", CPU, "python bench_b.py", "Other benchmark.", ["| b |", "|---|", "| 2 |"], ["a note"]
+    )
     record_toy(path, "python bench_a.py --note new --size 2", "New run.", "| 3 |")
     text = path.read_text()
     assert text.startswith("# Benchmarks\n")

@@ -75,10 +75,14 @@ def training_run(tmp_path_factory, studies) -> tuple[Path, dict[str, int], dict[
     before = bundle_outputs()
     run_bundle(
         "train.json",
-        "--dataset_dir", str(studies),
-        "--ckpt_dir", str(work / "models"),
-        "--output_dir", str(work / "eval"),
-        "--epochs", "1",
+        "--dataset_dir",
+        str(studies),
+        "--ckpt_dir",
+        str(work / "models"),
+        "--output_dir",
+        str(work / "eval"),
+        "--epochs",
+        "1",
     )
     return work, before, bundle_outputs()
 
@@ -113,9 +117,12 @@ def test_inference_json_explains_dicom_and_png_and_reports_bad_files(tmp_path, s
 
     result = run_bundle(
         "inference.json",
-        "--dataset_dir", str(inputs),
-        "--checkpoint", str(trained / "model.pt"),
-        "--output_dir", str(output),
+        "--dataset_dir",
+        str(inputs),
+        "--checkpoint",
+        str(trained / "model.pt"),
+        "--output_dir",
+        str(output),
     )
 
     assert "broken.dcm" in result.stdout + result.stderr  # reported with its reason, the rest still processed
@@ -149,7 +156,10 @@ def test_inference_json_refuses_a_model_trained_on_another_grid_before_reading_a
 MERGED_OVER = {"evaluate.json": "train.json", "multi_gpu_pretrain.json": "pretrain.json"}
 
 
-@pytest.mark.parametrize("config", sorted(path.name for path in CONFIGS.glob("*.json") if path.stem != "metadata" and "fields" not in path.stem))
+@pytest.mark.parametrize(
+    "config",
+    sorted(path.name for path in CONFIGS.glob("*.json") if path.stem != "metadata" and "fields" not in path.stem),
+)
 def test_every_config_hooks_one_line_user_errors_before_anything_else(config):
     """``python -m monai.bundle run`` is MONAI's command: the configs make its user errors one line themselves."""
     parser = ConfigParser()
@@ -221,11 +231,16 @@ def test_inference_json_explains_with_the_saliency_method_named_on_the_command_l
 
     run_bundle(
         "inference.json",
-        "--dataset_dir", str(inputs),
-        "--checkpoint", str(save_weights(tmp_path / "model.pt")),
-        "--output_dir", str(output),
-        "--saliency#method", "occlusion",
-        "--saliency#preset", "fast",
+        "--dataset_dir",
+        str(inputs),
+        "--checkpoint",
+        str(save_weights(tmp_path / "model.pt")),
+        "--output_dir",
+        str(output),
+        "--saliency#method",
+        "occlusion",
+        "--saliency#preset",
+        "fast",
     )
 
     record = json.loads((output / "case.json").read_text())
@@ -294,18 +309,49 @@ ZOO_METADATA_SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "type": "object",
     "required": [
-        "schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-        "task", "description", "authors", "copyright", "network_data_format",
+        "schema",
+        "version",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
     ],
     "properties": {
-        **{key: {"type": "string"} for key in (
-            "schema", "version", "monai_version", "pytorch_version", "numpy_version", "task", "description",
-            "authors", "copyright", "data_source", "data_type", "image_classes", "label_classes", "pred_classes",
-            "intended_use",
-        )},
-        **{key: {"type": "object"} for key in (
-            "changelog", "required_packages_version", "optional_packages_version", "eval_metrics", "supported_apps",
-        )},
+        **{
+            key: {"type": "string"}
+            for key in (
+                "schema",
+                "version",
+                "monai_version",
+                "pytorch_version",
+                "numpy_version",
+                "task",
+                "description",
+                "authors",
+                "copyright",
+                "data_source",
+                "data_type",
+                "image_classes",
+                "label_classes",
+                "pred_classes",
+                "intended_use",
+            )
+        },
+        **{
+            key: {"type": "object"}
+            for key in (
+                "changelog",
+                "required_packages_version",
+                "optional_packages_version",
+                "eval_metrics",
+                "supported_apps",
+            )
+        },
         "references": {"type": "array", "items": {"type": "string"}},
         "network_data_format": {
             "type": "object",
@@ -380,9 +426,11 @@ def test_metadata_pins_every_package_the_bundle_imports_at_the_tested_version():
     for name, version in pinned.items():
         assert tested.get(_distribution(name)) == version, name
 
-    modules = {"tensorboard"} if "TensorBoardStatsHandler" in "".join(
-        path.read_text() for path in CONFIGS.glob("*.json")
-    ) else set()  # MONAI's handler imports it, not our code
+    modules = (
+        {"tensorboard"}
+        if "TensorBoardStatsHandler" in "".join(path.read_text() for path in CONFIGS.glob("*.json"))
+        else set()
+    )  # MONAI's handler imports it, not our code
     for source in (BUNDLE / "mammoxai").rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
@@ -404,20 +452,27 @@ def test_ckpt_export_turns_the_trained_checkpoint_into_torchscript_as_the_zoo_ru
     file (no ``--key_in_ckpt``); the traced export with both flags is tested above."""
     exported = tmp_path / "verify_model.ts"
     result = run_monai_bundle(
-        "ckpt_export", "network_def",
-        "--filepath", str(exported),
-        "--ckpt_file", str(trained / "model.pt"),  # as train.json writes it; the zoo passes no --key_in_ckpt
-        "--meta_file", "configs/metadata.json",
-        "--config_file", "configs/inference.json",
-        "--bundle_root", str(BUNDLE),
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        str(trained / "model.pt"),  # as train.json writes it; the zoo passes no --key_in_ckpt
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--bundle_root",
+        str(BUNDLE),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     extra_files = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(exported), _extra_files=extra_files)
-    assert json.loads(extra_files["metadata.json"])["version"] == json.loads((CONFIGS / "metadata.json").read_text())[
-        "version"
-    ]
+    assert (
+        json.loads(extra_files["metadata.json"])["version"]
+        == json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    )
     network = served_network().eval()
     network.load_state_dict(torch.load(trained / "model.pt", weights_only=True))  # the whole file, as the zoo does
     images = torch.rand(2, 1, 256, 208)
@@ -669,7 +724,10 @@ def test_runner_keeps_the_suffix_when_two_inputs_share_a_stem(tmp_path):
     Image.fromarray(breast_pixels()).save(files[1])
     summary = InferenceRunner(make_predictor(save_weights(tmp_path / "model.pt")), files, tmp_path / "out").run()
     assert sorted(path.name for pair in summary.written.values() for path in pair) == [
-        "case.dcm.json", "case.dcm_heatmap.nrrd", "case.png.json", "case.png_heatmap.nrrd",
+        "case.dcm.json",
+        "case.dcm_heatmap.nrrd",
+        "case.png.json",
+        "case.png_heatmap.nrrd",
     ]
     assert summary.errors == {}
 
@@ -682,13 +740,24 @@ def test_default_target_layer_is_the_networks_last_block(tmp_path):
 
 @pytest.mark.parametrize("grid, has_correlax", [((256, 208), False), ((288, 256), True)])
 def test_saliency_choices_are_every_method_the_grid_can_run_with_its_presets(tmp_path, grid, has_correlax):
-    predictor = MammogramPredictor(MammoClassifier(channels=(4, 8, 8)), tmp_path / "model.pt", CLASSES, grid, device="cpu")
+    predictor = MammogramPredictor(
+        MammoClassifier(channels=(4, 8, 8)), tmp_path / "model.pt", CLASSES, grid, device="cpu"
+    )
 
     choices = predictor.saliency_choices()
 
     assert ("correlax" in choices) == has_correlax
     assert choices["gradcam"] == [] and choices["occlusion"] == ["faithful", "fast"]
-    assert set(choices) | {"correlax"} == {"cam", "gradcam", "gradcampp", "hirescam", "occlusion", "rise", "relax", "correlax"}
+    assert set(choices) | {"correlax"} == {
+        "cam",
+        "gradcam",
+        "gradcampp",
+        "hirescam",
+        "occlusion",
+        "rise",
+        "relax",
+        "correlax",
+    }
 
 
 @pytest.mark.parametrize(
@@ -698,7 +767,10 @@ def test_saliency_choices_are_every_method_the_grid_can_run_with_its_presets(tmp
         ({"method": "lime"}, "saliency method: 'lime' is not available"),
         ({"method": "occlusion", "preset": "huge"}, "saliency preset for occlusion: 'huge' is not a preset"),
         ({"target_layer": "features.block9"}, "saliency target_layer: the network has no layer named 'features.blo"),
-        ({"method": "correlax"}, "saliency method correlax: the model runs on 256x208 pixels, smaller than one 256x256"),
+        (
+            {"method": "correlax"},
+            "saliency method correlax: the model runs on 256x208 pixels, smaller than one 256x256",
+        ),
     ],
 )
 def test_bad_saliency_settings_are_named(tmp_path, saliency, message):

@@ -138,7 +138,9 @@ def test_preprocess_all_names_each_unreadable_file_with_its_reason_and_caches_th
     (tmp_path / "notes.dcm").write_text("not an image")
     cache_dir = tmp_path / "cache" if cached else None
     failures = preprocess_all([scan, tmp_path / "notes.dcm", other], SHAPE, cache_dir, num_workers=0)
-    assert list(failures) == [str(tmp_path / "notes.dcm")] and failures[str(tmp_path / "notes.dcm")].startswith("is not")
+    assert list(failures) == [str(tmp_path / "notes.dcm")] and failures[str(tmp_path / "notes.dcm")].startswith(
+        "is not"
+    )
     if cached:
         cache = PreprocessedCache(cache_dir, SHAPE)
         assert cache.entry(scan).is_file() and cache.entry(other).is_file()

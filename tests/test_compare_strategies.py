@@ -100,7 +100,10 @@ def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
     ]  # fmt: skip
     assert all(row["images"] == 8 and row["positives"] == 2 for row in rows)  # the 2 test patients, malignant breast
     differences = report["tables"]["difference_from_scratch"]
-    assert [(row["strategy"], row["seed"]) for row in differences] == [("pretrained_frozen", 0), ("pretrained_frozen", 1)]
+    assert [(row["strategy"], row["seed"]) for row in differences] == [
+        ("pretrained_frozen", 0),
+        ("pretrained_frozen", 1),
+    ]
     for difference, (scratch, frozen) in zip(differences, [rows[:2], rows[2:]]):
         assert difference["auc_difference"] == pytest.approx(frozen["auc"] - scratch["auc"])
     (spread,) = report["tables"]["difference_across_seeds"]
@@ -126,7 +129,10 @@ def test_an_interrupted_experiment_resumes_reusing_its_finished_runs_and_pretrai
     assert compare_strategies.main(arguments) == 0
     first = json.loads((out / "report.json").read_text())["tables"]["strategies"]
     scratch, pretrained = out / "runs" / "scratch_1_seed0", out / "runs" / "pretrained_1_seed0"
-    kept = {path: path.stat().st_mtime_ns for path in (scratch / "models" / "model.pt", out / "runs" / "pretrain" / "pretrained.pt")}
+    kept = {
+        path: path.stat().st_mtime_ns
+        for path in (scratch / "models" / "model.pt", out / "runs" / "pretrain" / "pretrained.pt")
+    }
     for unfinished in (pretrained / "run.json", pretrained / "evaluation" / "report.json"):  # killed while evaluating
         unfinished.unlink()
 
@@ -233,7 +239,12 @@ def test_a_manifest_without_labels_or_test_split_is_refused_before_pretraining(t
 
 def test_a_run_that_stopped_before_any_checkpoint_does_not_block_the_corrected_one(tmp_path):
     out = tmp_path / "out"
-    for leftover in ("runs/pretrain_manifest.csv", "runs/labelled_1_seed0.csv", "runs/scratch_1_seed0/train.log", "cache/x.pt"):
+    for leftover in (
+        "runs/pretrain_manifest.csv",
+        "runs/labelled_1_seed0.csv",
+        "runs/scratch_1_seed0/train.log",
+        "cache/x.pt",
+    ):
         (out / leftover).parent.mkdir(parents=True, exist_ok=True)
         (out / leftover).write_text("")
     claim_out(out, overwrite=False)  # manifests, logs and the cache are no results (the cache is not under runs/)
@@ -267,12 +278,34 @@ def test_a_pretraining_left_by_a_failed_run_is_offered_for_reuse(tmp_path, capsy
 
 
 def test_the_report_gives_the_patients_drawn_next_to_the_fraction_asked_for(tmp_path, monkeypatch):
-    result = {"images": 8, "positives": 2, "auc": 0.6, "auc_low": 0.5, "auc_high": 0.7, "sensitivity": 0.5, "specificity": 0.5}
-    monkeypatch.setattr(compare_strategies, "train_and_evaluate", lambda *args, **kwargs: {"tables": {"binary": [result]}})
+    result = {
+        "images": 8,
+        "positives": 2,
+        "auc": 0.6,
+        "auc_low": 0.5,
+        "auc_high": 0.7,
+        "sensitivity": 0.5,
+        "specificity": 0.5,
+    }
+    monkeypatch.setattr(
+        compare_strategies, "train_and_evaluate", lambda *args, **kwargs: {"tables": {"binary": [result]}}
+    )
     study = _study(tmp_path / "study", _records({"normal": 40, "benign": 8, "malignant": 4}))
     out = tmp_path / "out"
-    arguments = ["--dataset_dir", str(study), "--out", str(out), "--strategies", "scratch", "--fractions", "0.05", "1.0"]
+    arguments = [
+        "--dataset_dir",
+        str(study),
+        "--out",
+        str(out),
+        "--strategies",
+        "scratch",
+        "--fractions",
+        "0.05",
+        "1.0",
+    ]
     assert compare_strategies.main([*arguments, "--device", "cpu"]) == 0
     rows = json.loads((out / "report.json").read_text())["tables"]["strategies"]
-    counts = [(row["fraction"], row["labelled_patients"], row["available_patients"], row["labelled_images"]) for row in rows]
+    counts = [
+        (row["fraction"], row["labelled_patients"], row["available_patients"], row["labelled_images"]) for row in rows
+    ]
     assert counts == [(0.05, 6, 52, 24), (1.0, 52, 52, 208)]  # 5 % of 52 is 3 patients; two per class make it 6

@@ -18,12 +18,12 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from clinician import save_final, served_checkpoint, simulator
+from dicom_factory import write_mammo_dicom
 from dicomweb_client import DICOMwebClient
 from monailabel.client import MONAILabelClient
 from pydicom.uid import CTImageStorage, generate_uid
 
-from clinician import save_final, served_checkpoint, simulator
-from dicom_factory import write_mammo_dicom
 from mammoxai.data.synth import synthesize
 from mammoxai.io import read_mammogram
 from mammoxai.io.heatmap import read_heatmap_nrrd
@@ -123,7 +123,9 @@ def test_datastore_lists_one_image_per_mg_instance_and_leaves_out_the_ct(client,
 
     assert set(objects) == set(uploaded["mammograms"])  # 8 ids, though two views of each patient share one series
     assert len(objects) == 8 and uploaded["ct"] not in objects
-    in_shared_series = [info for info in objects.values() if info["image"]["info"]["SeriesInstanceUID"] == uploaded["series"]]
+    in_shared_series = [
+        info for info in objects.values() if info["image"]["info"]["SeriesInstanceUID"] == uploaded["series"]
+    ]
     assert sorted(info["image"]["info"]["view"] for info in in_shared_series) == ["CC", "MLO"]
 
 

@@ -120,6 +120,13 @@ def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_pat
         assert differences["source + adaptation - adaptation only"] == pytest.approx(rows[1]["auc"] - rows[2]["auc"])
     spread = {row["comparison"]: row for row in tables["differences_across_seeds"]}
     assert spread["source + adaptation - source"]["runs"] == 2
-    mean = sum(row["auc_difference"] for row in tables["differences"] if row["comparison"] == "source + adaptation - source") / 2
+    mean = (
+        sum(
+            row["auc_difference"]
+            for row in tables["differences"]
+            if row["comparison"] == "source + adaptation - source"
+        )
+        / 2
+    )
     assert spread["source + adaptation - source"]["mean"] == pytest.approx(mean)
     assert (out / "auc_by_setting.png").is_file()

@@ -6,9 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from monai.bundle import ConfigParser
+from torch import nn
 
 from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.dataset import MammogramDataset
@@ -227,7 +226,12 @@ def _report(tmp_path):
 def test_a_multi_view_evaluation_reports_breasts_where_it_scored_breasts(studies, tmp_path):
     views = ["CC", "MLO"]
     network = served_network(CLASSES, views)
-    assert _evaluate_network(studies, tmp_path, network, "--views", json.dumps(views), "--network_def", "@finetune_network_def") == 0
+    assert (
+        _evaluate_network(
+            studies, tmp_path, network, "--views", json.dumps(views), "--network_def", "@finetune_network_def"
+        )
+        == 0
+    )
     report = _report(tmp_path)
     breast_row, exam_row = report["tables"]["binary"]
     assert breast_row["level"] == "breast" and breast_row["images"] == exam_row["images"] == 20

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import read_manifest, record_header
-from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
@@ -155,14 +155,18 @@ def test_a_matcher_that_only_knows_the_system_is_exposed_by_the_within_system_au
     assert values["auc"] > 0.7  # random negatives come from the other system half of the time
     assert values["within_xray_system_negatives"] > 0
     assert values["within_xray_system_auc"] == pytest.approx(0.5)  # same-system negatives tie with positives
-    perfect, _ = matching_metrics(_study_embeddings(identities), identities, n_bootstrap=50, strata=systems, stratum_name=SYSTEM)
+    perfect, _ = matching_metrics(
+        _study_embeddings(identities), identities, n_bootstrap=50, strata=systems, stratum_name=SYSTEM
+    )
     assert perfect["within_xray_system_auc"] == pytest.approx(1.0)
 
 
 def test_within_stratum_auc_leaves_out_unknown_strata_and_says_when_nothing_is_left():
     identities = [record_identity(record, SPACE) for record in _records(10)]
     unknown = np.full(len(identities), UNKNOWN)
-    values, _ = matching_metrics(_study_embeddings(identities), identities, n_bootstrap=10, strata=unknown, stratum_name=SYSTEM)
+    values, _ = matching_metrics(
+        _study_embeddings(identities), identities, n_bootstrap=10, strata=unknown, stratum_name=SYSTEM
+    )
     assert values["within_xray_system_negatives"] == 0
     assert "not evaluated" in values["within_xray_system_note"] and "within_xray_system_auc" not in values
 
@@ -216,7 +220,9 @@ def test_report_writes_json_markdown_and_figures(tmp_path):
     report.add_table("rows", [{"task": "view", "d": 1.23456}, {"task": "a|b", "d": None}], title="Ranked")
     report.add_data("matrix", np.eye(2, dtype=np.int64))
     report.add_figure("cm", confusion_matrix_figure([[3, 1], [0, 2]], ["A", "B"], "field"))
-    report.add_figure("bars", bar_figure(["x", "y"], [1.0, float("inf")], "t", "effect", low=[0.5, 1.0], high=[1.5, 2.0]))
+    report.add_figure(
+        "bars", bar_figure(["x", "y"], [1.0, float("inf")], "t", "effect", low=[0.5, 1.0], high=[1.5, 2.0])
+    )
     out = report.write(tmp_path / "report")
     document = json.loads((out / "report.json").read_text())
     assert document["values"]["summary"] == {"auc": 0.875, "undefined": None, "n": 3}
@@ -251,7 +257,9 @@ def pretrained_bundle(tmp_path_factory):
     bundle = root / "bundle"
     shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs")
     label_space = fit_label_space(select_fields(FIELDS), read_manifest(studies / "manifest.csv"))
-    network = MetadataNet("resnet18", {name: label_space.num_classes(name) for name in label_space.fields}, embed_dim=16, matching_dim=8)
+    network = MetadataNet(
+        "resnet18", {name: label_space.num_classes(name) for name in label_space.fields}, embed_dim=16, matching_dim=8
+    )
     train, _ = split_by_patient(read_manifest(studies / "manifest.csv"), label_space, val_fraction=0.5, seed=0)
     info = CheckpointInfo(network, label_space, (64, 52), train_records=train, seed=0, val_fraction=0.5)
     (bundle / "models").mkdir()
@@ -266,7 +274,10 @@ TINY = {"val_fraction": 0.5, "num_workers": 0, "n_bootstrap": 50, "device": "cpu
 def test_evaluation_config_runs_through_monai_bundle_and_writes_the_report(pretrained_bundle):
     bundle, studies, label_space = pretrained_bundle
     monai.bundle.run(
-        config_file=str(bundle / "configs" / "evaluate_pretrain.json"), bundle_root=str(bundle), dataset_dir=str(studies), **TINY
+        config_file=str(bundle / "configs" / "evaluate_pretrain.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(studies),
+        **TINY,
     )
     out = bundle / "eval" / "pretrain_evaluation"
     report = json.loads((out / "report.json").read_text())
@@ -304,7 +315,11 @@ def test_evaluation_on_another_manifest_leaves_out_the_training_patients(pretrai
 def test_a_matching_stratum_outside_the_label_space_is_refused_before_evaluating(pretrained_bundle, tmp_path, capsys):
     bundle, studies, _ = pretrained_bundle
     arguments = ["--bundle_root", str(bundle), "--dataset_dir", str(studies), "--output_dir", str(tmp_path / "report")]
-    arguments += ["--matching_stratum", "density", *(item for key, value in TINY.items() for item in (f"--{key}", str(value)))]
+    arguments += [
+        "--matching_stratum",
+        "density",
+        *(item for key, value in TINY.items() for item in (f"--{key}", str(value))),
+    ]
     assert main(arguments) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "'density' is not a field of the checkpoint's label space" in error[0]

@@ -69,7 +69,11 @@ def lesion_study(tmp_path_factory):
 
 def _models():
     return {
-        "whole_image": {"network": Brightness(3, 2), "class_names": ["normal", "benign", "malignant"], "image_size": [80, 64]},
+        "whole_image": {
+            "network": Brightness(3, 2),
+            "class_names": ["normal", "benign", "malignant"],
+            "image_size": [80, 64],
+        },
         "lesion_crops": {"network": Brightness(4, 0), "class_names": list(LESION_CLASSES), "image_size": [160, 128]},
     }
 
@@ -116,9 +120,14 @@ def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
 def test_a_box_outside_the_image_names_the_csv_and_the_image(tmp_path):
     records, csv = write_lesion_study(tmp_path, box=(200, 10, 220, 30))
     method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
-    evaluator = SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0)
-    with pytest.raises(MammoXAIError, match=r"finding_annotations.csv: the mass box \(200.0, 10.0, 220.0, 30.0\) "
-                       "of image case1 lies outside its 160x128 pixels"):
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
+    )
+    with pytest.raises(
+        MammoXAIError,
+        match=r"finding_annotations.csv: the mass box \(200.0, 10.0, 220.0, 30.0\) "
+        "of image case1 lies outside its 160x128 pixels",
+    ):
         evaluator.run()
 
 
@@ -185,7 +194,9 @@ def synthetic(tmp_path_factory):
     synthesize(folder / "studies", patients=3, seed=5, size=128, prevalence={"malignant": 1.0}, prior_fraction=0.0)
     (folder / "models").mkdir()
     grid, classes = TrainingGrid([64, 52]).state_dict(), TrainingClasses(["normal", "benign", "malignant"]).state_dict()
-    torch.save({"model": served_network().state_dict(), "grid": grid, "classes": classes}, folder / "models" / "model.pt")
+    torch.save(
+        {"model": served_network().state_dict(), "grid": grid, "classes": classes}, folder / "models" / "model.pt"
+    )
     record = LesionCropRecord([64, 52], 32, LESION_CLASSES).state_dict()
     lesion = MammoClassifier(num_classes=4).state_dict()
     torch.save({"model": lesion, "crops": record}, folder / "models" / "lesion_crops.pt")
@@ -227,20 +238,49 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
         (("--methods", '[{"name": "gradcam++", "model": "whole_image"}]'), "'gradcam++' is not available"),
         (("--select", '["scorecam"]'), "names unknown methods ['scorecam']"),
         (
-            ("--methods", '[{"name": "gradcam", "model": "whole_image", "target": "mass", "settings": {"target_layer": "features.block4"}}]'),
+            (
+                "--methods",
+                '[{"name": "gradcam", "model": "whole_image", "target": "mass", "settings": {"target_layer": "features.block4"}}]',
+            ),
             "target 'mass' is not a class of model 'whole_image'",
         ),
         (("--select", '["correlax prediction"]', "--view_size", "256"), "trained with view_size 32, not the 256"),
         # the models were trained at 64 x 52 (and on 32-pixel crops): other settings are refused, not evaluated
-        (("--select", '["gradcam"]', "--image_size", "[128, 104]"), "trained with image_size [64, 52], not the [128, 104] of this run (pass --image_size '[64, 52]'"),
-        (("--select", '["gradcam"]', "--class_names", '["malignant", "benign", "normal"]'), 'was trained with class_names ["normal", "benign", "malignant"], not the ["malignant", "benign", "normal"] of this run (the same values in another order)'),
-        (("--select", '["correlax prediction"]', "--lesion_image_size", "[128, 104]"), "trained with lesion_image_size [64, 52], not the [128, 104] of this run (pass --lesion_image_size '[64, 52]'"),
-        (("--select", '["correlax prediction"]', "--view_size", "16"), "trained with view_size 32, not the 16 of this run (pass --view_size '32'"),
-        (("--select", '["correlax prediction"]', "--lesion_class_names", '["calcification", "mass", "other", "no_finding"]'), "trained with lesion_class_names"),
-        (("--select", '["correlax prediction"]', "--lesion_checkpoint", "missing.pt"), "lesion-crop checkpoint not found (train one first: python -m monai.bundle run --config_file configs/train_lesion_crops.json"),
+        (
+            ("--select", '["gradcam"]', "--image_size", "[128, 104]"),
+            "trained with image_size [64, 52], not the [128, 104] of this run (pass --image_size '[64, 52]'",
+        ),
+        (
+            ("--select", '["gradcam"]', "--class_names", '["malignant", "benign", "normal"]'),
+            'was trained with class_names ["normal", "benign", "malignant"], not the ["malignant", "benign", "normal"] of this run (the same values in another order)',
+        ),
+        (
+            ("--select", '["correlax prediction"]', "--lesion_image_size", "[128, 104]"),
+            "trained with lesion_image_size [64, 52], not the [128, 104] of this run (pass --lesion_image_size '[64, 52]'",
+        ),
+        (
+            ("--select", '["correlax prediction"]', "--view_size", "16"),
+            "trained with view_size 32, not the 16 of this run (pass --view_size 32,",
+        ),
+        (
+            (
+                "--select",
+                '["correlax prediction"]',
+                "--lesion_class_names",
+                '["calcification", "mass", "other", "no_finding"]',
+            ),
+            "trained with lesion_class_names",
+        ),
+        (
+            ("--select", '["correlax prediction"]', "--lesion_checkpoint", "missing.pt"),
+            "lesion-crop checkpoint not found (train one first: python -m monai.bundle run --config_file configs/train_lesion_crops.json",
+        ),
         (("--select", '["gradcam"]', "--max_images", "0"), "max_images: is 0, not a positive whole number"),
         (("--select", '["gradcam"]', "--tolerance", "-5"), "tolerance: is -5, not a distance of 0 or more"),
-        (("--select", '["gradcam"]', "--deletion_steps", "abc"), "deletion_steps: is 'abc', not a whole number of 0 or more"),
+        (
+            ("--select", '["gradcam"]', "--deletion_steps", "abc"),
+            "deletion_steps: is 'abc', not a whole number of 0 or more",
+        ),
     ],
 )
 def test_bad_configurations_are_one_line_errors(synthetic, tmp_path, capsys, overrides, message):
@@ -274,9 +314,17 @@ def test_a_missing_lesion_mask_is_refused(synthetic, tmp_path, capsys):
     rows = (synthetic / "studies" / "finding_annotations.csv").read_text().splitlines()
     header = rows[0].split(",")
     mask = header.index("mask")
-    broken = [rows[0]] + [",".join(row.split(",")[:mask] + ["masks/missing.png"]) if "Mass" in row or "Calc" in row else row for row in rows[1:]]
+    broken = [rows[0]] + [
+        ",".join(row.split(",")[:mask] + ["masks/missing.png"]) if "Mass" in row or "Calc" in row else row
+        for row in rows[1:]
+    ]
     (synthetic / "studies" / "broken.csv").write_text("\n".join(broken) + "\n")
-    assert _run(synthetic, tmp_path, "--select", '["gradcam"]', "--findings_csv", str(synthetic / "studies" / "broken.csv")) == 1
+    assert (
+        _run(
+            synthetic, tmp_path, "--select", '["gradcam"]', "--findings_csv", str(synthetic / "studies" / "broken.csv")
+        )
+        == 1
+    )
     assert "lesion mask not found" in capsys.readouterr().err
 
 
@@ -306,7 +354,9 @@ def test_two_methods_of_one_evaluation_compare_finding_by_finding(synthetic, tmp
 def test_one_method_in_two_evaluations_compares_finding_by_finding(synthetic, tmp_path):
     assert _run(synthetic, tmp_path / "first", "--select", '["gradcam"]', "--tolerance", "30") == 0
     # no deletion curves nor randomisation in the second run: other measures, the same pointing game
-    assert _run(synthetic, tmp_path / "second", "--select", "gradcam", "--tolerance", "30", "--deletion_steps", "0") == 0
+    assert (
+        _run(synthetic, tmp_path / "second", "--select", "gradcam", "--tolerance", "30", "--deletion_steps", "0") == 0
+    )
     first, second = (tmp_path / name / "saliency_evaluation" / "report.json" for name in ("first", "second"))
     assert _compare(tmp_path, "--reports", str(first), str(second), "--methods", "gradcam", "--margin", "0") == 0
     rows, findings = _comparison(tmp_path)
@@ -315,7 +365,9 @@ def test_one_method_in_two_evaluations_compares_finding_by_finding(synthetic, tm
     assert rows["overall"]["first"] == rows["overall"]["second"] == pytest.approx(score["overall"])
     assert rows["overall"]["difference"] == rows["overall"]["low"] == rows["overall"]["high"] == 0.0
     patients = set(json.loads(first.read_text())["values"]["finding_hits"]["gradcam"]["patient"])
-    assert rows["overall"]["patients"] == len(patients) and rows["overall"]["verdict"] == "inconclusive"  # too few to tell
+    assert (
+        rows["overall"]["patients"] == len(patients) and rows["overall"]["verdict"] == "inconclusive"
+    )  # too few to tell
     assert "Pointing game scored with tolerance 30 px in both" in (tmp_path / "comparison" / "report.md").read_text()
 
 
@@ -365,7 +417,11 @@ def _hits_report(
     [
         ([("a.png", 0, "mass", True)], ("--methods", "gradcam", "rise"), "has no method 'rise'"),
         ([("b.png", 0, "mass", True)], ("--methods", "gradcam"), "share no finding"),
-        ([("a.png", 0, "calcification", True)], ("--methods", "gradcam"), "is a mass in one evaluation and a calcification"),
+        (
+            [("a.png", 0, "calcification", True)],
+            ("--methods", "gradcam"),
+            "is a mass in one evaluation and a calcification",
+        ),
         ([("a.png", 0, "mass", True)], ("--methods", "gradcam", "--margin", "-0.1"), "margin: is -0.1"),
         ([("a.png", 0, "mass", True)], ("--methods", "gradcam", "cam", "rise"), "do not name two maps"),
     ],
@@ -381,7 +437,11 @@ def test_comparisons_that_cannot_be_made_are_one_line_errors(tmp_path, capsys, s
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "report not found"), ("not json", "is not a JSON report"), ('{"tables": {}}', "holds no per-finding outcomes")],
+    [
+        (None, "report not found"),
+        ("not json", "is not a JSON report"),
+        ('{"tables": {}}', "holds no per-finding outcomes"),
+    ],
 )
 def test_a_report_without_per_finding_outcomes_is_refused(tmp_path, capsys, content, message):
     report = tmp_path / "report.json"

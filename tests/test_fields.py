@@ -110,7 +110,9 @@ def test_a_header_with_nothing_is_all_unknown(space):
 
 
 # -- binned fields --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("thickness, expected", [(5, 0), (39.9, 0), (40, 1), ("55.0", 2), (69.99, 3), (70, 4), (200, 4)])
+@pytest.mark.parametrize(
+    "thickness, expected", [(5, 0), (39.9, 0), (40, 1), ("55.0", 2), (69.99, 3), (70, 4), (200, 4)]
+)
 def test_thickness_falls_into_half_open_bins(space, thickness, expected):
     assert space.encode(with_header(BodyPartThickness=thickness))["thickness"] == expected
 
@@ -135,8 +137,16 @@ def test_missing_unreadable_or_implausible_numbers_are_unknown(space, changes, f
 
 @pytest.mark.parametrize(
     "age, expected",
-    [("056Y", "50-60 years"), ("065y", "60-70 years"), ("600M", "50-60 years"), ("999W", "<50 years"),
-     ("999D", "unknown"), ("1000W", "unknown"), (65, "60-70 years"), ("72", ">=70 years")],
+    [
+        ("056Y", "50-60 years"),
+        ("065y", "60-70 years"),
+        ("600M", "50-60 years"),
+        ("999W", "<50 years"),
+        ("999D", "unknown"),
+        ("1000W", "unknown"),
+        (65, "60-70 years"),
+        ("72", ">=70 years"),
+    ],
 )
 def test_patient_age_strings_are_read_in_years(space, age, expected):
     assert space.decode("age", space.encode(with_header(PatientAge=age))["age"]) == expected
@@ -152,8 +162,15 @@ def test_values_straight_from_pydicom_encode_like_plain_ones(tmp_path, space):
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset = FileDataset(str(tmp_path / "mg.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-    for keyword in ("Manufacturer", "ManufacturerModelName", "ViewPosition", "ImageLaterality", "PatientAge",
-                    "PatientID", "StudyInstanceUID"):
+    for keyword in (
+        "Manufacturer",
+        "ManufacturerModelName",
+        "ViewPosition",
+        "ImageLaterality",
+        "PatientAge",
+        "PatientID",
+        "StudyInstanceUID",
+    ):
         setattr(dataset, keyword, HEADER[keyword])
     dataset.BodyPartThickness, dataset.CompressionForce, dataset.KVP = "55", "110.0", "29"
     dataset.save_as(tmp_path / "mg.dcm", write_like_original=False)
@@ -295,8 +312,13 @@ def test_missing_or_broken_config_files_are_named(tmp_path):
 def test_a_site_can_add_a_field_by_config(config):
     extended = copy.deepcopy(config)
     extended["fields"].append(
-        {"name": "target_filter", "type": "categorical", "keys": ["AnodeTargetMaterial", "FilterMaterial"],
-         "combine": "join", "classes": "learned"}
+        {
+            "name": "target_filter",
+            "type": "categorical",
+            "keys": ["AnodeTargetMaterial", "FilterMaterial"],
+            "combine": "join",
+            "classes": "learned",
+        }
     )
     space = MetadataLabelSpace.from_config(extended).fit(
         [with_header(AnodeTargetMaterial="TUNGSTEN", FilterMaterial="SILVER")]

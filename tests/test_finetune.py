@@ -11,14 +11,14 @@ import pytest
 import torch
 from ignite.engine import Engine
 
+from mammoxai.cli import BUNDLE_ROOT, user_error
+from mammoxai.data.dataset import MammogramDataset, batch_geometries
+from mammoxai.data.findings import read_findings
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
-from mammoxai.data.dataset import MammogramDataset, batch_geometries
-from mammoxai.data.findings import read_findings
 from mammoxai.nets import BackboneClassifier, MammoClassifier, MetadataNet, build_backbone
 from mammoxai.nets.finetune import MultiViewClassifier, load_checkpoint
-from mammoxai.cli import BUNDLE_ROOT, user_error
 from mammoxai.training.finetune import (
     UnfreezeAt,
     balanced_sampler,
@@ -142,8 +142,16 @@ def test_external_weights_initialise_the_backbone_from_a_local_file(tmp_path):
         ("external", lambda: {"not": "tensors"}, "does not hold a state dict"),
         ("external", lambda: MammoClassifier().state_dict(), "does not fit resnet18"),
         ("classifier", lambda: [1, 2, 3], "does not hold a state dict"),
-        ("classifier", lambda: BackboneClassifier("resnet18", 2).state_dict(), "trained for 2 classes, this network has 3"),
-        ("classifier", lambda: BackboneClassifier("mammo_cnn", 3).state_dict(), "does not fit this resnet18 classifier"),
+        (
+            "classifier",
+            lambda: BackboneClassifier("resnet18", 2).state_dict(),
+            "trained for 2 classes, this network has 3",
+        ),
+        (
+            "classifier",
+            lambda: BackboneClassifier("mammo_cnn", 3).state_dict(),
+            "does not fit this resnet18 classifier",
+        ),
         ("pretrained", lambda: BackboneClassifier("resnet18", 3).state_dict(), "not a metadata-pretraining checkpoint"),
     ],
 )
@@ -172,7 +180,10 @@ def test_a_checkpoint_that_records_its_training_grid_is_refused_on_another(tmp_p
     network = BackboneClassifier("mammo_cnn", 3)
     torch.save({"model": network.state_dict(), "grid": {"image_size": [64, 52]}}, tmp_path / "model.pt")
     load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "model.pt", "x", "y", image_size=(64, 52))
-    with pytest.raises(MammoXAIError, match=r"with image_size \[64, 52\], not the \[256, 208\] of this run \(pass --image_size '\[64, 52\]'"):
+    with pytest.raises(
+        MammoXAIError,
+        match=r"with image_size \[64, 52\], not the \[256, 208\] of this run \(pass --image_size '\[64, 52\]'",
+    ):
         load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "model.pt", "x", "y", image_size=(256, 208))
     torch.save(network.state_dict(), tmp_path / "bare.pt")  # no record (an older checkpoint): nothing to check
     load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "bare.pt", "x", "y", image_size=(256, 208))

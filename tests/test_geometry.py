@@ -205,13 +205,27 @@ def test_to_dict_and_from_dict_round_trip_through_json(geometry):
 
 def test_numpy_integers_are_stored_as_plain_ints():
     geometry = ImageGeometry(np.array([10, 12]), np.array([0, 1, 9, 11]), np.bool_(True), (np.int64(4), np.int64(4)))
-    assert geometry.to_dict() == {"original_shape": [10, 12], "crop": [0, 1, 9, 11], "flip": True, "output_shape": [4, 4]}
+    assert geometry.to_dict() == {
+        "original_shape": [10, 12],
+        "crop": [0, 1, 9, 11],
+        "flip": True,
+        "output_shape": [4, 4],
+    }
     assert all(type(value) is int for value in geometry.crop)
 
 
 @pytest.mark.parametrize(
     "crop",
-    [(5, 0, 5, 10), (6, 0, 4, 10), (-1, 0, 5, 10), (0, 0, 11, 10), (0, 3, 10, 2), (0, 0, 10), (0.5, 0, 5, 10), "0,0,5,5"],
+    [
+        (5, 0, 5, 10),
+        (6, 0, 4, 10),
+        (-1, 0, 5, 10),
+        (0, 0, 11, 10),
+        (0, 3, 10, 2),
+        (0, 0, 10),
+        (0.5, 0, 5, 10),
+        "0,0,5,5",
+    ],
 )
 def test_invalid_crops_raise_a_clear_error(crop):
     with pytest.raises(MammoXAIError, match="crop"):

@@ -5,12 +5,12 @@ import re
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import spoil_decimal_string, write_mammo_dicom
 from PIL import Image
 from pydicom.encaps import decode_data_sequence, encapsulate
 from pydicom.pixel_data_handlers import numpy_handler
-from pydicom.uid import CTImageStorage, JPEG2000Lossless, MPEG2MPML, RLELossless
+from pydicom.uid import MPEG2MPML, CTImageStorage, JPEG2000Lossless, RLELossless
 
-from dicom_factory import spoil_decimal_string, write_mammo_dicom
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import Mammogram, iter_mammograms, read_mammogram, read_mammograms
 
@@ -246,7 +246,10 @@ def test_iter_mammograms_yields_a_result_per_file_in_order(tmp_path, pixels):
 def test_an_existing_output_file_is_refused_unless_overwrite_and_a_bad_word_always(tmp_path):
     out = tmp_path / "manifest.csv"
     out.write_text("labelled\n")
-    with pytest.raises(MammoXAIError, match=r"--out .*manifest\.csv: already exists \(pass --overwrite to replace it, or another --out\)"):
+    with pytest.raises(
+        MammoXAIError,
+        match=r"--out .*manifest\.csv: already exists \(pass --overwrite to replace it, or another --out\)",
+    ):
         check_output_path(out, "--out", "give a CSV", folder=False, overwrite=False)
     assert check_output_path(out, "--out", "give a CSV", folder=False, overwrite="true") == out
     assert check_output_path(out, "--out", "give a CSV", folder=False) == out  # not asked: the caller decides

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import code_item, spoil_decimal_string, voi_lut_item, write_mammo_dicom
 from pydicom.pixel_data_handlers import numpy_handler, pylibjpeg_handler
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -16,7 +17,6 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicom_factory import code_item, spoil_decimal_string, voi_lut_item, write_mammo_dicom
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import HeaderWarning, read_mammogram
 from mammoxai.io.dicom import header_fields, laterality, pixel_spacing, read_dicom_header, view
@@ -429,7 +429,11 @@ def test_header_reading_gives_the_facts_of_a_full_read_without_the_pixels(tmp_pa
 
 @pytest.mark.parametrize(
     "header, problem",
-    [({"Modality": "CT"}, "not a mammogram"), ({"NumberOfFrames": 5}, "5 frames"), ({"BitsStored": 20}, "BitsStored 20")],
+    [
+        ({"Modality": "CT"}, "not a mammogram"),
+        ({"NumberOfFrames": 5}, "5 frames"),
+        ({"BitsStored": 20}, "BitsStored 20"),
+    ],
 )
 def test_header_reading_refuses_what_the_header_already_rules_out(tmp_path, pixels, header, problem):
     path = write_mammo_dicom(tmp_path / "image.dcm", pixels, **header)

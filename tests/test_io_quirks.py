@@ -4,9 +4,9 @@ writes it, then read as a user would, and the pixels and facts are checked again
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import functional_group, voi_lut_item, without_preamble, write_mammo_dicom
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
-from dicom_factory import functional_group, voi_lut_item, without_preamble, write_mammo_dicom
 from mammoxai.io import read_mammogram
 from mammoxai.io.dicom import header_fields, laterality, pixel_spacing, read_dicom_header
 

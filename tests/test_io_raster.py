@@ -4,9 +4,9 @@ import struct
 
 import numpy as np
 import pytest
+from dicom_factory import write_mammo_dicom
 from PIL import Image
 
-from dicom_factory import write_mammo_dicom
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
 

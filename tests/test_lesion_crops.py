@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from mammoxai.cli import user_error
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.findings import LESION_CLASSES, finding_class, read_findings
 from mammoxai.data.manifest import read_manifest
-from mammoxai.cli import user_error
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import per_class_scores
@@ -65,7 +65,9 @@ def test_finding_crops_take_their_category_at_every_scale(studies):
     images = len(crops.images)
     assert len(crops) == 3 * (len(findings) + images)  # every finding and one background per image, per scale
     expected = sorted(LESION_CLASSES.index(finding_class(f.categories)) for f in findings) * 3
-    assert sorted(label for label, (_, _, box, _) in zip(crops.labels, crops.items) if box is not None) == sorted(expected)
+    assert sorted(label for label, (_, _, box, _) in zip(crops.labels, crops.items) if box is not None) == sorted(
+        expected
+    )
     assert crops.labels.count(LESION_CLASSES.index("no_finding")) == 3 * images
     assert sorted(set(crops.item_scales)) == [0.5, 1.0, 2.0]
     assert all(crops[i]["image"].shape == (1, 32, 32) for i in (0, len(crops) - 1))
@@ -204,7 +206,7 @@ def test_a_lesion_checkpoint_without_its_record_asks_for_training(tmp_path, stat
 @pytest.mark.parametrize(
     "view_size, class_names, message",
     [
-        (64, LESION_CLASSES, "trained with view_size 32, not the 64 of this run .*--view_size '32'"),
+        (64, LESION_CLASSES, "trained with view_size 32, not the 64 of this run .*--view_size 32"),
         (32, LESION_CLASSES[::-1], "trained with lesion_class_names .* another order.*--lesion_class_names"),
     ],
 )

@@ -167,7 +167,9 @@ def test_an_id_column_named_image_id_may_hold_file_names_without_renaming_the_im
 
 def test_label_rows_without_an_image_raise_when_strict_and_warn_otherwise(archive, tmp_path):
     labels = write_csv(tmp_path / "labels.csv", ["sop_uid", "case_label"], [["1.2.3.1", "normal"], ["9.9.9", "benign"]])
-    message = r"labels.csv: 1 of 2 rows match no image by sop_uid: 9\.9\.9.*strict=False \(a bundle config: --strict false"
+    message = (
+        r"labels.csv: 1 of 2 rows match no image by sop_uid: 9\.9\.9.*strict=False \(a bundle config: --strict false"
+    )
     with pytest.raises(MammoXAIError, match=message):
         build_manifest(archive, label_csv=labels)
     with pytest.warns(UserWarning, match=r"9\.9\.9"):

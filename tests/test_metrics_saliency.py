@@ -93,7 +93,9 @@ def test_deletion_ignores_pixels_outside_the_breast():
     deletion, _ = deletion_insertion_auc(BrightBox(), image, heatmap, class_index=1, breast=breast, steps=8)
     outside_first = heatmap.clone()
     outside_first[8:, 8:] = 10.0  # the background ranks first, but is never deleted
-    assert deletion_insertion_auc(BrightBox(), image, outside_first, 1, breast=breast, steps=8)[0] == pytest.approx(deletion)
+    assert deletion_insertion_auc(BrightBox(), image, outside_first, 1, breast=breast, steps=8)[0] == pytest.approx(
+        deletion
+    )
 
 
 def test_randomisation_sanity_is_high_for_identical_maps_and_low_for_unrelated():
@@ -115,7 +117,10 @@ def test_paired_pointing_difference_sees_a_small_shift_that_unpaired_rates_canno
     difference = paired_pointing_difference(categories, first, second, patients, n=500)
     assert difference["overall"].estimate == pytest.approx(12 / 400)
     assert 0.0 < difference["overall"].low <= difference["overall"].high < 0.06
-    by_class = {name: first[np.array(categories) == name].mean() - second[np.array(categories) == name].mean() for name in ("mass", "calcification")}
+    by_class = {
+        name: first[np.array(categories) == name].mean() - second[np.array(categories) == name].mean()
+        for name in ("mass", "calcification")
+    }
     assert difference["class_mean"].estimate == pytest.approx(np.mean(list(by_class.values())))
     same = paired_pointing_difference(categories, first, first, patients, n=200)
     assert same["overall"].low == same["overall"].high == 0.0

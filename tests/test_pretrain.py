@@ -219,7 +219,11 @@ def test_strict_and_resume_written_as_words_on_the_command_line_mean_what_they_s
     with pytest.raises(MammoXAIError, match="listed images do not exist"):
         load_records(tmp_path / "manifest.csv", strict="True")
     assert [Resume(tmp_path, {}, enabled=word).enabled for word in ("false", "No", "0", "true", "YES")] == [
-        False, False, False, True, True
+        False,
+        False,
+        False,
+        True,
+        True,
     ]
     with pytest.raises(MammoXAIError, match="resume: is 'ja', not a boolean"):
         Resume(tmp_path, {}, enabled="ja")
@@ -350,7 +354,9 @@ def test_pretraining_bundle_checkpoints_logs_and_yields_a_loadable_model(cohort,
     assert pretrained.image_size == SIZE and pretrained.network.config["backbone"] == "mammo_cnn"
     seed, val_fraction = parsed("seed"), parsed("val_fraction")
     assert pretrained.split == {  # what evaluations check their split against, without a patient id
-        "seed": seed, "val_fraction": val_fraction, "fingerprint": split_fingerprint({record["patient_id"] for record in train_records}),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "fingerprint": split_fingerprint({record["patient_id"] for record in train_records}),
         "train_patients": len({record["patient_id"] for record in train_records}),
     }
     out = pretrained.network(torch.rand(2, 1, *SIZE))
@@ -529,7 +535,9 @@ def test_multi_gpu_config_trains_with_two_processes_under_torchrun(cohort, tmp_p
     config = json.loads((CONFIGS / "pretrain.json").read_text())  # the handlers multi_gpu_pretrain.json disables
     disabled = [config["train"]["handlers"][3], config["train"]["handlers"][4], config["validate"]["handlers"][1]]
     assert [handler["_target_"] for handler in disabled] == [
-        "StatsHandler", "TensorBoardStatsHandler", "TensorBoardStatsHandler"
+        "StatsHandler",
+        "TensorBoardStatsHandler",
+        "TensorBoardStatsHandler",
     ]
     for events in (tmp_path / "logs").glob("events.out.tfevents.*"):  # only rank 0 writes TensorBoard files
         accumulator = EventAccumulator(str(events))

@@ -195,8 +195,11 @@ def test_a_finding_row_with_a_malformed_box_or_category_list_is_refused_naming_t
 
 
 def test_a_finding_error_names_the_line_an_editor_shows_after_blank_lines_and_multi_line_cells(tmp_path):
-    write_csv(tmp_path / "f.csv", FINDING_COLUMNS, [finding_row(BREASTS[1], "['Mass',\n'Asymmetry']"),
-                                                    finding_row(BREASTS[1], "['Mass']", ("9", "2", "3", "4"))])
+    write_csv(
+        tmp_path / "f.csv",
+        FINDING_COLUMNS,
+        [finding_row(BREASTS[1], "['Mass',\n'Asymmetry']"), finding_row(BREASTS[1], "['Mass']", ("9", "2", "3", "4"))],
+    )
     text = (tmp_path / "f.csv").read_text().splitlines(keepends=True)
     (tmp_path / "f.csv").write_text("".join([*text[:3], "\n", *text[3:]]))  # header, 2-line row, blank, bad row
     with pytest.raises(MammoXAIError, match="f.csv: line 5 has the box"):
@@ -253,17 +256,55 @@ def cbis(tmp_path):
         root / "mass_case_description_train_set.csv",
         MASS_COLUMNS,
         [
-            ["P_00001", "3", "LEFT", "CC", "1", "mass", "IRREGULAR", "SPICULATED", "4", "MALIGNANT", "4",
-             *csv_paths(mass, f"{mass}_1")],
-            ["P_00001", "3", "LEFT", "CC", "2", "mass", "OVAL", "CIRCUMSCRIBED", "3", "BENIGN", "5",
-             *csv_paths(mass, f"{mass}_2")],
+            [
+                "P_00001",
+                "3",
+                "LEFT",
+                "CC",
+                "1",
+                "mass",
+                "IRREGULAR",
+                "SPICULATED",
+                "4",
+                "MALIGNANT",
+                "4",
+                *csv_paths(mass, f"{mass}_1"),
+            ],
+            [
+                "P_00001",
+                "3",
+                "LEFT",
+                "CC",
+                "2",
+                "mass",
+                "OVAL",
+                "CIRCUMSCRIBED",
+                "3",
+                "BENIGN",
+                "5",
+                *csv_paths(mass, f"{mass}_2"),
+            ],
         ],
     )
     write_csv(
         root / "calc_case_description_test_set.csv",
         CALC_COLUMNS,
-        [["P_00038", "2", "RIGHT", "MLO", "1", "calcification", "PUNCTATE", "CLUSTERED", "2", "BENIGN_WITHOUT_CALLBACK",
-          "3", *csv_paths(calc, f"{calc}_1")]],
+        [
+            [
+                "P_00038",
+                "2",
+                "RIGHT",
+                "MLO",
+                "1",
+                "calcification",
+                "PUNCTATE",
+                "CLUSTERED",
+                "2",
+                "BENIGN_WITHOUT_CALLBACK",
+                "3",
+                *csv_paths(calc, f"{calc}_1"),
+            ]
+        ],
     )
     return root
 
@@ -316,7 +357,10 @@ def test_cbis_masks_are_told_from_crops_by_size_and_boxed(cbis):
     assert set(by_box) == {(5.0, 10.0, 25.0, 30.0), (40.0, 60.0, 50.0, 90.0), (0.0, 0.0, 64.0, 3.0)}
     first = by_box[(5.0, 10.0, 25.0, 30.0)]
     assert (first.image_id, first.categories, first.birads, first.label) == (
-        "Mass-Training_P_00001_LEFT_CC", ("Mass",), "4", "malignant"
+        "Mass-Training_P_00001_LEFT_CC",
+        ("Mass",),
+        "4",
+        "malignant",
     )
     assert first.mask.endswith("LEFT_CC_1/07-20-2016-DDSM-74994/1.000000-ROI mask images-12345/1-2.dcm")
     second = by_box[(40.0, 60.0, 50.0, 90.0)]

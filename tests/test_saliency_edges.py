@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_saliency_methods import ToyEncoder, reference_correlax
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import deletion_insertion_auc, energy_pointing_game, pointing_game, widen_box
 from mammoxai.nets import MammoClassifier
 from mammoxai.saliency import CAM, RISE, CorRELAX, GradCAM, HiResCAM, Occlusion, RandomMasks, get_method
-from test_saliency_methods import ToyEncoder, reference_correlax
 
 TARGET = "features.block2"
 

@@ -134,8 +134,17 @@ def test_correlax_matches_the_per_view_per_mask_reference():
     net = ToyEncoder().eval()
     image = torch.rand(1, 1, 40, 48) + 0.1  # all breast: every view is run
     correlax = CorRELAX(
-        net, "pool", view_size=24, stride=8, num_masks=40, grid=4, keep_prob=0.5, kernel_sigma=None, view_batch=3,
-        chunk_size=50, seed=2,
+        net,
+        "pool",
+        view_size=24,
+        stride=8,
+        num_masks=40,
+        grid=4,
+        keep_prob=0.5,
+        kernel_sigma=None,
+        view_batch=3,
+        chunk_size=50,
+        seed=2,
     )
     result = correlax.explain(image)
     masks = RandomMasks(40, (24, 24), grid=4, keep_prob=0.5, seed=2)(0, 40)

@@ -37,8 +37,9 @@ pytest_plugins = ["server_fixture"]
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "apps" / "mammography"), str(REPO / "slicer_extension" / "MammoXAI")]
-from lib import datastore as datastore_module  # noqa: E402  (the app's lib/ is not an installed package)
 from MammoXAILib import MammoXAIClientError, ReviewSession  # noqa: E402  (the Slicer module's logic)
+
+from lib import datastore as datastore_module  # noqa: E402  (the app's lib/ is not an installed package)
 
 USER, ANNOTATOR, ADMIN = "monailabel-user", "monailabel-annotator", "monailabel-admin"  # MONAI Label's role names
 LABEL = {"class": "benign", "annotator": "dr.test", "timestamp": "2024-05-01T09:30:00+00:00"}
@@ -117,7 +118,11 @@ class Realm:
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
     def token(self, *roles: str, expires_in: float = 600, key=None, username: str = "dr.test") -> str:
-        claims = {"preferred_username": username, "realm_access": {"roles": list(roles)}, "exp": time.time() + expires_in}
+        claims = {
+            "preferred_username": username,
+            "realm_access": {"roles": list(roles)},
+            "exp": time.time() + expires_in,
+        }
         return jwt.encode(claims, key or self.key, algorithm="RS256")
 
     def headers(self, *roles: str) -> dict[str, str]:
@@ -176,12 +181,16 @@ def image_id(secured):
 
 
 def infer(server, image, headers):
-    return requests.post(f"{server.url}/infer/mammoxai", params={"image": image, "output": "json"}, headers=headers, timeout=300)
+    return requests.post(
+        f"{server.url}/infer/mammoxai", params={"image": image, "output": "json"}, headers=headers, timeout=300
+    )
 
 
 def save_label(server, image, headers, tag="final", label=LABEL):
     files = {"label": ("label.json", json.dumps(label).encode())}
-    return requests.put(f"{server.url}/datastore/label", params={"image": image, "tag": tag}, files=files, headers=headers, timeout=60)
+    return requests.put(
+        f"{server.url}/datastore/label", params={"image": image, "tag": tag}, files=files, headers=headers, timeout=60
+    )
 
 
 def train(server, headers):
@@ -249,8 +258,15 @@ def test_login_through_the_server_gives_an_access_token_the_server_accepts_and_n
 @pytest.mark.parametrize(
     "username, password, status, words",
     [
-        ("dr.test", "wrong", 401, ["refused the login of 'dr.test' (invalid_grant: Invalid user credentials)",
-                                   "check the user name and password"]),
+        (
+            "dr.test",
+            "wrong",
+            401,
+            [
+                "refused the login of 'dr.test' (invalid_grant: Invalid user credentials)",
+                "check the user name and password",
+            ],
+        ),
         ("dr.nobody", Realm.PASSWORD, 401, ["refused the login of 'dr.nobody'"]),
         ("dr.disabled", Realm.PASSWORD, 401, ["refused the login of 'dr.disabled' (invalid_grant: Account disabled)"]),
         ("dr.broken", Realm.PASSWORD, 502, ["answered the login with HTTP 500 (unknown_error)", "provider's log"]),
@@ -349,7 +365,13 @@ def test_infer_reads_no_file_outside_the_datastore(secured, realm, image_id, tmp
     shutil.copy(secured.studies / f"{image_id}.dcm", outside)  # a readable mammogram, but not a datastore image
     relative = os.path.relpath(outside, secured.log.parent)  # the server's working folder
 
-    for image in (str(outside), relative, f"../{secured.studies.name}/{image_id}.dcm", "/etc/passwd", "%2Fetc%2Fpasswd"):
+    for image in (
+        str(outside),
+        relative,
+        f"../{secured.studies.name}/{image_id}.dcm",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+    ):
         response = infer(secured, image, realm.headers(USER))
         assert response.status_code == 404, (image, response.text)
 
@@ -424,11 +446,15 @@ def test_eight_concurrent_infer_requests_all_answer_the_same_prediction(secured,
 @pytest.fixture
 def local_datastore(tmp_path):
     synthesize(tmp_path / "studies", patients=1, seed=2, size=256)
-    store = datastore_module.MammogramDatastore(str(tmp_path / "studies"), class_names=["normal", "benign", "malignant"], auto_reload=False)
+    store = datastore_module.MammogramDatastore(
+        str(tmp_path / "studies"), class_names=["normal", "benign", "malignant"], auto_reload=False
+    )
     return store, sorted(path.stem for path in (tmp_path / "studies").glob("P*.dcm"))[0]
 
 
-def test_label_save_interrupted_midway_leaves_the_previous_label_and_a_readable_index(local_datastore, tmp_path, monkeypatch):
+def test_label_save_interrupted_midway_leaves_the_previous_label_and_a_readable_index(
+    local_datastore, tmp_path, monkeypatch
+):
     store, image = local_datastore
     first = tmp_path / "first.json"
     first.write_text(json.dumps(LABEL))
@@ -447,7 +473,9 @@ def test_label_save_interrupted_midway_leaves_the_previous_label_and_a_readable_
     label_path = Path(store.get_label_uri(image, "final"))
     assert json.loads(label_path.read_text()) == LABEL
     assert not [path for path in label_path.parent.iterdir() if path.suffix == ".tmp"]
-    reopened = datastore_module.MammogramDatastore(store._datastore_path, class_names=store.class_names, auto_reload=False)
+    reopened = datastore_module.MammogramDatastore(
+        store._datastore_path, class_names=store.class_names, auto_reload=False
+    )
     assert reopened.get_labeled_images() == [image]
 
 
@@ -483,7 +511,9 @@ def test_server_killed_during_training_loses_no_label_and_no_model(app_server, r
         assert json.loads((tmp_path / "studies" / "labels" / "final" / f"{image}.json").read_text()) == LABEL
 
         server = _start(app_server, realm, tmp_path / "studies", tmp_path)
-        labels = requests.get(f"{server.url}/datastore/", params={"output": "all"}, headers=realm.headers(USER), timeout=30)
+        labels = requests.get(
+            f"{server.url}/datastore/", params={"output": "all"}, headers=realm.headers(USER), timeout=30
+        )
         assert "final" in labels.json()["objects"][image]["labels"]
         assert infer(server, image, realm.headers(USER)).status_code == 200
     finally:

@@ -66,7 +66,11 @@ def test_a_web_server_that_is_not_mammoxai_is_named_as_such(tmp_path):
 
 
 def test_a_monai_label_server_without_a_classification_model_is_not_mammoxai(tmp_path):
-    info = {"name": "Segmentation", "labels": ["spleen"], "models": {"seg": {"type": "segmentation", "labels": ["spleen"]}}}
+    info = {
+        "name": "Segmentation",
+        "labels": ["spleen"],
+        "models": {"seg": {"type": "segmentation", "labels": ["spleen"]}},
+    }
     with StandInServer(lambda method, path: (200, "application/json", json_body(info))) as other:
         with pytest.raises(MammoXAIClientError, match="serves no classification model") as raised:
             session_for(other.url, tmp_path).connect()

@@ -23,6 +23,7 @@ from mammoxai.io.heatmap import read_heatmap_nrrd
 from mammoxai.schema import validate_label, validate_prediction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" / "MammoXAI"))
+from loopback_servers import StandInServer, json_body  # noqa: E402
 from MammoXAILib import (  # noqa: E402
     MammoXAIClient,
     MammoXAIClientError,
@@ -32,8 +33,6 @@ from MammoXAILib import (  # noqa: E402
     point_lesion,
     read_nrrd_geometry,
 )
-
-from loopback_servers import StandInServer, json_body  # noqa: E402
 
 pytest_plugins = ["server_fixture"]
 
@@ -147,13 +146,19 @@ def test_a_case_is_corrected_with_a_ras_box_saved_and_read_back(session, app_ser
     to_ras = ijk_to_ras(outcome.view.spacing_mm)
     ras_to_ijk = np.linalg.inv(np.asarray(to_ras)).tolist()
     corner_a, corner_b = ras_corner(to_ras, 10, 20), ras_corner(to_ras, 40, 60)
-    bounds = [coordinate for pair in zip(np.minimum(corner_a, corner_b), np.maximum(corner_a, corner_b)) for coordinate in pair]
+    bounds = [
+        coordinate
+        for pair in zip(np.minimum(corner_a, corner_b), np.maximum(corner_a, corner_b))
+        for coordinate in pair
+    ]
     box = box_lesion(ras_to_ijk, bounds, (rows, columns), finding="mass")
     point = point_lesion(ras_to_ijk, ras_corner(to_ras, 30.5, 44.0), (rows, columns))
     assert box["box"] == pytest.approx([10, 20, 40, 60])
     assert point["point"] == pytest.approx([30.5, 44.0])
 
-    label = session.make_label(app_server.class_names[-1], birads="4", lesions=[box, point], image_shape=(rows, columns))
+    label = session.make_label(
+        app_server.class_names[-1], birads="4", lesions=[box, point], image_shape=(rows, columns)
+    )
     validate_label(label, class_names=app_server.class_names, image_shape=(rows, columns), source="slicer label")
     answer = session.submit(case.image_id, label)
 
@@ -243,7 +248,10 @@ def test_a_server_without_training_is_reported_before_any_request(app_server, tm
 @pytest.mark.parametrize(
     "details, reason",
     [
-        (["Epoch 1/5", "Traceback (most recent call last):", "RuntimeError: CUDA out of memory"], "RuntimeError: CUDA out of memory"),
+        (
+            ["Epoch 1/5", "Traceback (most recent call last):", "RuntimeError: CUDA out of memory"],
+            "RuntimeError: CUDA out of memory",
+        ),
         (["loading", "killed by the operating system"], "killed by the operating system"),
         ([], ""),
     ],

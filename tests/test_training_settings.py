@@ -21,9 +21,7 @@ TRAINING_CONFIGS = [
     ["pretrain.json"],
     ["pretrain.json", "multi_gpu_pretrain.json"],
 ]
-USABLE = dict(
-    epochs=1, batch_size=1, learning_rate=1, weight_decay=0, num_workers=0, val_interval=1, val_fraction=0.5
-)
+USABLE = dict(epochs=1, batch_size=1, learning_rate=1, weight_decay=0, num_workers=0, val_interval=1, val_fraction=0.5)
 
 
 def user_error(error: BaseException | None) -> MammoXAIError | None:
@@ -124,7 +122,9 @@ def test_a_seed_that_is_no_whole_number_is_named_before_the_manifest_is_read(con
     ],
 )
 @pytest.mark.parametrize("configs", [["pretrain.json"], ["pretrain.json", "multi_gpu_pretrain.json"]], ids="+".join)
-def test_pretraining_progress_settings_are_checked_before_the_manifest_is_read(configs, setting, value, message, tmp_path):
+def test_pretraining_progress_settings_are_checked_before_the_manifest_is_read(
+    configs, setting, value, message, tmp_path
+):
     error = initialize_error(configs, tmp_path, **{setting: value})
     assert re.fullmatch(message + ".*", error), error
 
@@ -141,7 +141,9 @@ EVALUATION_CONFIGS = [["train.json", "evaluate.json"], ["evaluate_pretrain.json"
     ],
 )
 @pytest.mark.parametrize("configs", EVALUATION_CONFIGS, ids="+".join)
-def test_an_evaluation_setting_no_run_can_use_is_named_before_anything_is_read(configs, setting, value, message, tmp_path):
+def test_an_evaluation_setting_no_run_can_use_is_named_before_anything_is_read(
+    configs, setting, value, message, tmp_path
+):
     """The bundle root holds no checkpoint either: had initialize loaded one, the error would name it instead."""
     error = initialize_error(configs, tmp_path, bundle_root=tmp_path, **{setting: value})
     assert re.fullmatch(message + ".*", error), error
@@ -165,4 +167,7 @@ def test_probabilities_and_counts_of_an_evaluation_out_of_range_are_refused(sett
 
 def test_every_evaluation_config_checks_its_settings_before_anything_else():
     for configs in EVALUATION_CONFIGS:
-        assert json.loads((CONFIGS / configs[-1]).read_text())["initialize"][:2] == ["@user_errors", "@evaluation_settings"]
+        assert json.loads((CONFIGS / configs[-1]).read_text())["initialize"][:2] == [
+            "@user_errors",
+            "@evaluation_settings",
+        ]

@@ -20,16 +20,6 @@ from typing import Any
 
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
-from lib.datastore import MammogramDatastore
-from lib.dicomweb import DICOMwebMammogramDatastore
-from lib.http_errors import check_offered, install_request_error_handlers, not_found
-from lib.activelearning import Random, ReadableOnly, UncertaintyStrategy
-from lib.batch import StoredPredictionsBatchInfer
-from lib.infers import MammogramClassification, load_predictor
-from lib.scoring import UncertaintyScoring
-from lib.security import check_auth_realm, install_login_guard, install_request_size_limit, install_token_verifier
-from lib.route_guards import install_route_guards
-from lib.trainers import CorrectionsTrainer, install_train_guard
 from monailabel.app import app as fastapi_app
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -42,6 +32,16 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 
 import mammoxai
+from lib.activelearning import Random, ReadableOnly, UncertaintyStrategy
+from lib.batch import StoredPredictionsBatchInfer
+from lib.datastore import MammogramDatastore
+from lib.dicomweb import DICOMwebMammogramDatastore
+from lib.http_errors import check_offered, install_request_error_handlers, not_found
+from lib.infers import MammogramClassification, load_predictor
+from lib.route_guards import install_route_guards
+from lib.scoring import UncertaintyScoring
+from lib.security import check_auth_realm, install_login_guard, install_request_size_limit, install_token_verifier
+from lib.trainers import CorrectionsTrainer, install_train_guard
 from mammoxai.errors import MammoXAIError
 
 logger = logging.getLogger(__name__)

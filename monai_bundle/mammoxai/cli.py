@@ -99,7 +99,9 @@ def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     for position in range(0, len(arguments), 2):
         key, value = arguments[position], arguments[position + 1] if position + 1 < len(arguments) else None
         if not key.startswith("--") or value is None:
-            raise MammoXAIError(" ".join(arguments), f"cannot read {key!r} as --key value", "give config overrides as --key value pairs")
+            raise MammoXAIError(
+                " ".join(arguments), f"cannot read {key!r} as --key value", "give config overrides as --key value pairs"
+            )
         try:
             overrides[key[2:]] = json.loads(value)
         except json.JSONDecodeError:
@@ -178,8 +180,11 @@ def run_bundle_config(
     program = program or f"python {sys.argv[0]}"
     if arguments[:1] in (["-h"], ["--help"]):
         print(f"usage: {program} --dataset_dir <studies> [--<config key> <value> ...]")
-        print(f"runs {' merged with '.join(f'configs/{name}' for name in names)}; every top-level key can be overridden")
+        print(
+            f"runs {' merged with '.join(f'configs/{name}' for name in names)}; every top-level key can be overridden"
+        )
         return 0
+
     def run() -> None:
         overrides = config_overrides(arguments)
         bundle_root = Path(overrides.pop("bundle_root", BUNDLE_ROOT)).resolve()

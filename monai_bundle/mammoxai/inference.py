@@ -200,7 +200,11 @@ class MammogramPredictor:
         self.image_size = grid_shape(image_size)
         default_layer = getattr(network, "last_block", None)  # MammoClassifier names its last convolutional block
         self.saliency = {
-            "method": "gradcam", "preset": None, "settings": {}, "target_layer": default_layer, "target_class": PREDICTED,
+            "method": "gradcam",
+            "preset": None,
+            "settings": {},
+            "target_layer": default_layer,
+            "target_class": PREDICTED,
         }
         self.saliency.update(saliency or {})
         target = self.saliency["target_class"]
@@ -443,7 +447,6 @@ class MammogramPredictor:
             "timings_ms": {name: round(seconds * 1000.0, 3) for name, seconds in timings.items()},
         }
 
-
     def _metadata_predictions(
         self, probabilities: Mapping[str, torch.Tensor], header: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
@@ -551,7 +554,9 @@ def list_inputs(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     folder = Path(folder)
     files = [path for path in find_images(folder) if recursive or path.parent == folder]
     if not files:
-        raise MammoXAIError(folder, "holds no DICOM, PNG, TIFF or PGM file", "pass --dataset_dir <folder of mammograms>")
+        raise MammoXAIError(
+            folder, "holds no DICOM, PNG, TIFF or PGM file", "pass --dataset_dir <folder of mammograms>"
+        )
     return files
 
 

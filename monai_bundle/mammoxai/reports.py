@@ -96,7 +96,9 @@ class Report:
         device: the device the numbers were computed on, for the hardware line.
     """
 
-    def __init__(self, title: str, description: str = "", command: str | None = None, device: torch.device | str | None = None):
+    def __init__(
+        self, title: str, description: str = "", command: str | None = None, device: torch.device | str | None = None
+    ):
         self.title = title
         self.description = description
         self.command = command
@@ -122,7 +124,9 @@ class Report:
         """A Markdown paragraph under a heading (method notes, caveats); not part of the JSON results."""
         self._blocks.append(_Block("text", title, text))
 
-    def add_values(self, name: str, values: Mapping[str, Any], title: str | None = None, float_format: str = ".3f") -> None:
+    def add_values(
+        self, name: str, values: Mapping[str, Any], title: str | None = None, float_format: str = ".3f"
+    ) -> None:
         """Named scalars (or small nested values), shown as a two-column table."""
         self._claim(name)
         self.values[name] = dict(values)
@@ -197,7 +201,9 @@ class Report:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, figure in self.figures.items():
             figure.savefig(out_dir / f"{name}.png", dpi=dpi, bbox_inches="tight")
-        (out_dir / "report.json").write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        (out_dir / "report.json").write_text(
+            json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
         (out_dir / "report.md").write_text(self.to_markdown(), encoding="utf-8")
         return out_dir
 
@@ -211,7 +217,9 @@ def _markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], f
 
 
 # -- figures ----------------------------------------------------------------------------------------------------
-def confusion_matrix_figure(matrix: np.ndarray | Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> Figure:
+def confusion_matrix_figure(
+    matrix: np.ndarray | Sequence[Sequence[int]], class_names: Sequence[str], title: str
+) -> Figure:
     """Confusion matrix as a heat map of row-normalised rates (recall per true class), annotated with counts.
 
     Colouring by rate rather than count keeps a rare class's row readable next to a frequent one.
@@ -224,7 +232,9 @@ def confusion_matrix_figure(matrix: np.ndarray | Sequence[Sequence[int]], class_
     axes = figure.add_subplot()
     image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     for (row, column), count in np.ndenumerate(matrix):
-        axes.text(column, row, str(count), ha="center", va="center", color="white" if rates[row, column] > 0.5 else "black")
+        axes.text(
+            column, row, str(count), ha="center", va="center", color="white" if rates[row, column] > 0.5 else "black"
+        )
     axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     axes.set_yticks(range(len(class_names)), class_names)
     axes.set_xlabel("predicted")
@@ -266,7 +276,9 @@ def bar_figure(
     positions = np.arange(len(labels))[::-1]
     errors = None
     if low is not None and high is not None:
-        spans = np.stack([shown - np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64) - shown]).clip(min=0.0)
+        spans = np.stack([shown - np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64) - shown]).clip(
+            min=0.0
+        )
         errors = np.where(np.isfinite(spans), spans, 0.0)
     axes.barh(positions, shown, xerr=errors, color="tab:blue", capsize=3)
     axes.set_yticks(positions, labels)

@@ -157,6 +157,7 @@ PREDICTION_SCHEMA: dict[str, Any] = {
     },
 }
 
+
 def _lesion_shape(kind: str, length: int) -> dict[str, Any]:
     """The rule for a lesion of one ``type``: its coordinate list under the key of the same name, nothing else."""
     return {

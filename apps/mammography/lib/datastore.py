@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from lib.http_errors import client_errors, conflict, not_found
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from watchdog.events import FileSystemMovedEvent
 
+from lib.http_errors import client_errors, conflict, not_found
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import Mammogram, read_mammogram
 from mammoxai.io.atomic import atomic_write_bytes

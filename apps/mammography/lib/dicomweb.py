@@ -33,11 +33,11 @@ from typing import Any
 
 import requests
 from dicomweb_client import DICOMwebClient
-from lib.datastore import MammogramDatastore
-from lib.http_errors import client_errors
 from monailabel.utils.others.generic import md5_digest
 from pydicom.dataset import Dataset
 
+from lib.datastore import MammogramDatastore
+from lib.http_errors import client_errors
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
 

@@ -6,9 +6,10 @@ learns that the name was the problem. ``POST /scoring/uncertainty`` (and ``POST 
 method) fails the same way before there are weights to score with, or when they do not fit the network (503 here,
 as with ``run_sync=true``). Its ``POST /infer/<model>`` answers 500 for a request that names no image, its WSI
 routes (``/infer/wsi_v2/<model>``, ``/infer/wsi/<model>``) also for a model it does not have, and
-``GET /datastore/image/info`` answers 200 ``{}`` for an image it does not have. Every route that takes a JSON form field (``params`` of ``/infer``, of an image upload and of a label;
-``info`` of an image or a label; ``wsi``) answers 500 when the field is JSON but not an object (``[1, 2]``,
-``"x"``): MONAI Label adds the user's name to it, merges it into the datastore index or reads fields from it.
+``GET /datastore/image/info`` answers 200 ``{}`` for an image it does not have. Every route that takes a JSON form
+field (``params`` of ``/infer``, of an image upload and of a label; ``info`` of an image or a label; ``wsi``)
+answers 500 when the field is JSON but not an object (``[1, 2]``, ``"x"``): MONAI Label adds the user's name to it,
+merges it into the datastore index or reads fields from it.
 :func:`install_route_guards` puts a route in front of each, with the same role and parameters, that refuses what the
 app cannot serve and passes every other request on to MONAI Label's own handler, as
 :func:`~lib.trainers.install_train_guard` does for ``POST /train/<model>``.
@@ -22,21 +23,21 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
-from lib.http_errors import check_offered, client_errors, not_found, validation_problems
-from lib.scoring import UncertaintyScoring
 from monailabel.config import settings
 from monailabel.endpoints import batch_infer as batch_endpoints
 from monailabel.endpoints import datastore as datastore_endpoints
 from monailabel.endpoints import infer as infer_endpoints
 from monailabel.endpoints import scoring as scoring_endpoints
 from monailabel.endpoints import wsi_infer as wsi_endpoints
-from monailabel.endpoints.wsi_infer import WSIInput
 from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.endpoints.wsi_infer import WSIInput
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from pydantic import ValidationError
 
+from lib.http_errors import check_offered, client_errors, not_found, validation_problems
+from lib.scoring import UncertaintyScoring
 from mammoxai.errors import MammoXAIError
 
 __all__ = ["install_route_guards"]

@@ -39,11 +39,11 @@ import jwt
 import requests
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.security import OAuth2PasswordRequestForm
-from lib.http_errors import refusal
 from monailabel.config import settings
 from monailabel.endpoints.user import auth
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lib.http_errors import refusal
 from mammoxai.errors import MammoXAIError
 
 __all__ = [
@@ -148,7 +148,9 @@ def install_request_size_limit(app: FastAPI, max_bytes: int) -> None:
 def check_auth_realm(config: Any = settings) -> None:
     """With authentication enabled, fetch the realm's public key now, or stop with a message naming the setting."""
     if not config.MONAI_LABEL_AUTH_ENABLE:
-        logger.warning("authentication is disabled (MONAI_LABEL_AUTH_ENABLE): anyone who reaches this server can use it")
+        logger.warning(
+            "authentication is disabled (MONAI_LABEL_AUTH_ENABLE): anyone who reaches this server can use it"
+        )
         return
     realm = config.MONAI_LABEL_AUTH_REALM_URI
     try:

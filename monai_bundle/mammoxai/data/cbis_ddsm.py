@@ -135,7 +135,9 @@ def _one_record_per_scan(
         first = scan[0]
         for other in scan[1:]:
             if (other["rows"], other["cols"]) != (first["rows"], first["cols"]):
-                problem = f"is {other['rows']}x{other['cols']}, its copy {first['image_id']} {first['rows']}x{first['cols']}"
+                problem = (
+                    f"is {other['rows']}x{other['cols']}, its copy {first['image_id']} {first['rows']}x{first['cols']}"
+                )
                 raise MammoXAIError(other["image_id"], problem, "re-download both image folders")
             merged_into[other["image_id"]] = first["image_id"]
         assessments = [record["birads"] for record in scan if record["birads"]]
@@ -148,7 +150,10 @@ def _one_record_per_scan(
         kept.append(first)
     if merged_into:
         logger.info("CBIS-DDSM: %d scans listed as both mass and calcification cases are read once", len(merged_into))
-    moved = [dataclasses.replace(finding, image_id=merged_into.get(finding.image_id, finding.image_id)) for finding in findings]
+    moved = [
+        dataclasses.replace(finding, image_id=merged_into.get(finding.image_id, finding.image_id))
+        for finding in findings
+    ]
     return kept, moved
 
 
@@ -245,7 +250,8 @@ def _find_mask(folder_name: str, folders: dict[str, Path], shape: tuple[int, int
     candidates = [path for path in _dicom_files(folder_name, folders) if _dicom_shape(path) == shape]
     if len(candidates) != 1:
         raise MammoXAIError(
-            folder_name, f"has {len(candidates)} DICOM files of the mammogram's size {shape}, expected one ROI mask",
+            folder_name,
+            f"has {len(candidates)} DICOM files of the mammogram's size {shape}, expected one ROI mask",
             _REDOWNLOAD,
         )
     return candidates[0]

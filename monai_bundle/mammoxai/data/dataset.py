@@ -96,7 +96,8 @@ class MammogramDataset(monai.data.Dataset):
             return -1
         if name not in self.class_names:
             raise MammoXAIError(
-                record["path"], f"has {self.label_key} {record[self.label_key]!r}, not one of {list(self.class_names)}",
+                record["path"],
+                f"has {self.label_key} {record[self.label_key]!r}, not one of {list(self.class_names)}",
                 "add it to class_names or map it with label_map",
             )
         return self.class_names.index(name)

@@ -120,7 +120,9 @@ def _breast_record(root: Path, row: TableRow, breast_csv: Path) -> dict[str, Any
     if rows <= 0 or cols <= 0:
         problems.append(f"height x width is {row['height']!r} x {row['width']!r}, not a size in pixels")
     if problems:
-        raise MammoXAIError(breast_csv, f"line {row.line}: {'; '.join(problems)}", "fix the row as VinDr-Mammo wrote it")
+        raise MammoXAIError(
+            breast_csv, f"line {row.line}: {'; '.join(problems)}", "fix the row as VinDr-Mammo wrote it"
+        )
     return {
         "path": str(root / "images" / row["study_id"] / f"{row['image_id']}.dicom"),
         "image_id": row["image_id"],

@@ -27,9 +27,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 from pydicom.pixel_data_handlers import pylibjpeg_handler
 from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi, apply_windowing, get_expected_length
+from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -446,7 +446,7 @@ def pixel_spacing(ds: Dataset, source: str | os.PathLike = "") -> tuple[float, f
 
 
 def laterality(ds: Dataset) -> str | None:
-    """"L" or "R": ImageLaterality, else FrameLaterality (of enhanced images), else (series) Laterality, else read
+    """ "L" or "R": ImageLaterality, else FrameLaterality (of enhanced images), else (series) Laterality, else read
     from PatientOrientation; None if unknown.
 
     Mammograms hang with the lateral (CC) or superolateral (MLO) side up and the chest wall towards the other
@@ -536,4 +536,4 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _warn(source: str | os.PathLike, message: str) -> None:
-    warnings.warn(f"{source}: {message}", HeaderWarning)
+    warnings.warn(f"{source}: {message}", HeaderWarning, stacklevel=2)

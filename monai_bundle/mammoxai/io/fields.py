@@ -23,8 +23,9 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 

@@ -54,7 +54,9 @@ class ImageGeometry:
         height, width = self.original_shape
         y0, x0, y1, x1 = self.crop
         if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
-            raise MammoXAIError("geometry", f"crop {self.crop} does not lie inside an image of shape {self.original_shape}")
+            raise MammoXAIError(
+                "geometry", f"crop {self.crop} does not lie inside an image of shape {self.original_shape}"
+            )
         if min(self.output_shape) < 1:
             raise MammoXAIError("geometry", f"output shape {self.output_shape} must be positive")
 

@@ -138,7 +138,9 @@ def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     if y_score.ndim == 1:
         return float(skm.roc_auc_score(y_true, y_score)) if np.unique(y_true).size == 2 else math.nan
     aucs = [
-        skm.roc_auc_score(y_true == c, y_score[:, c]) for c in range(y_score.shape[1]) if 0 < (y_true == c).sum() < y_true.size
+        skm.roc_auc_score(y_true == c, y_score[:, c])
+        for c in range(y_score.shape[1])
+        if 0 < (y_true == c).sum() < y_true.size
     ]
     return float(np.mean(aucs)) if aucs else math.nan
 

@@ -16,10 +16,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-
-import copy
 
 import numpy as np
 import torch

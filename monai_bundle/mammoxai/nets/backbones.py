@@ -96,9 +96,7 @@ def check_backbone_grid(backbone: str, image_size: int | Sequence[int]) -> None:
         raise MammoXAIError("image_size", problem, f'give at least "[{smallest}, {smallest}]", e.g. "[256, 208]"')
 
 
-def build_backbone(
-    name: str, in_channels: int = 1, weights: str | os.PathLike | None = None
-) -> tuple[nn.Module, int]:
+def build_backbone(name: str, in_channels: int = 1, weights: str | os.PathLike | None = None) -> tuple[nn.Module, int]:
     """The backbone ``name`` for ``in_channels``-channel images, and the size of the features it returns.
 
     Args:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def check_recorded_settings(path: str | os.PathLike, settings: Mapping[str, tupl
         problem = f"was trained with {flag} {json.dumps(recorded)}, not the {json.dumps(here)} of this run"
         if isinstance(recorded, list) and isinstance(here, list) and sorted(recorded) == sorted(here):
             problem += " (the same values in another order)"
-        fix = f"pass --{flag} '{json.dumps(recorded)}', or retrain with this run's settings"
+        fix = f"pass --{flag} {shlex.quote(json.dumps(recorded))}, or retrain with this run's settings"
         raise MammoXAIError(path, problem, fix)
 
 

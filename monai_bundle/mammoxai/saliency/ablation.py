@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from monai.networks import eval_mode
 from torch import nn
 
+from mammoxai.cli import run_bundle_config
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
 from mammoxai.reports import Report, bar_figure
-from mammoxai.cli import run_bundle_config
 from mammoxai.training.evaluate_pretrain import collect_outputs, record_identity
 from mammoxai.training.pretrain import record_metadata
 
@@ -259,7 +259,9 @@ def explain_image(
     unknown = sorted(set(means) - set(outputs["z_tasks"]))
     if unknown:
         raise MammoXAIError(
-            "ablation explainer", f"has means of tasks {unknown} that the network lacks", "refit it on this network's checkpoint"
+            "ablation explainer",
+            f"has means of tasks {unknown} that the network lacks",
+            "refit it on this network's checkpoint",
         )
     z = outputs["z"].float()
     if target is None:
@@ -299,7 +301,9 @@ def load_explainer(path: str | os.PathLike) -> tuple[LinearProbe, dict[str, torc
     except FileNotFoundError:
         raise MammoXAIError(path, "no ablation explainer here", "run configs/ablation.json first") from None
     except (KeyError, RuntimeError, OSError) as error:
-        raise MammoXAIError(path, f"is not an ablation explainer file ({error})", "rerun configs/ablation.json") from None
+        raise MammoXAIError(
+            path, f"is not an ablation explainer file ({error})", "rerun configs/ablation.json"
+        ) from None
     return probe.eval(), dict(saved["means"])
 
 
@@ -397,14 +401,18 @@ class AblationStudy:
     def run(self) -> dict[str, Any]:
         """Fit, ablate, write the report (and the explainer); return the report's JSON document."""
         train_records, test_records = list(self.train_dataloader.dataset.data), list(self.test_dataloader.dataset.data)
-        train_labels, classes = downstream_labels(train_records, self.target, self.label_space, label_map=self.label_map)
+        train_labels, classes = downstream_labels(
+            train_records, self.target, self.label_space, label_map=self.label_map
+        )
         test_labels, _ = downstream_labels(test_records, self.target, self.label_space, classes, self.label_map)
         train = collect_outputs(self.network, self.train_dataloader, self.device, self.amp)
         test = collect_outputs(self.network, self.test_dataloader, self.device, self.amp)
         means = task_means(train.z_tasks)
         probe = fit_probe(train.z, train_labels, classes, self.target, self.weight_decay)
         patients = [record_identity(record, self.label_space)[0] or "" for record in test_records]
-        baseline, rows = ablation_effects(probe, test.z_tasks, test_labels, means, self.n_bootstrap, self.seed, groups=patients)
+        baseline, rows = ablation_effects(
+            probe, test.z_tasks, test_labels, means, self.n_bootstrap, self.seed, groups=patients
+        )
         if self.explainer_path is not None:
             save_explainer(self.explainer_path, probe, means)
         report = Report(

@@ -72,7 +72,9 @@ def _read_values(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MammoXAIError(path, f"is not a JSON report ({error})", "give the report.json of a saliency evaluation") from None
+        raise MammoXAIError(
+            path, f"is not a JSON report ({error})", "give the report.json of a saliency evaluation"
+        ) from None
     values = document.get("values") if isinstance(document, dict) else None
     return values if isinstance(values, dict) else {}
 
@@ -88,7 +90,9 @@ def finding_hits(values: Mapping[str, Any], method: str, path: Path) -> dict[tup
     methods = values.get("finding_hits")
     if not isinstance(methods, dict):
         raise MammoXAIError(
-            path, "holds no per-finding outcomes (finding_hits)", f"give a saliency evaluation's report.json, or rerun: {EVALUATE_COMMAND}"
+            path,
+            "holds no per-finding outcomes (finding_hits)",
+            f"give a saliency evaluation's report.json, or rerun: {EVALUATE_COMMAND}",
         )
     if method not in methods:
         raise MammoXAIError(path, f"has no method {method!r}", f"use one of {sorted(methods)}")
@@ -170,7 +174,9 @@ def compare_pointing_games(
     keys = [key for key in first if key in second]
     if not keys:
         raise MammoXAIError(
-            "the two evaluations", "share no finding", "evaluate the same study set (same manifest, eval_where and findings)"
+            "the two evaluations",
+            "share no finding",
+            "evaluate the same study set (same manifest, eval_where and findings)",
         )
     mismatched = [key for key in keys if first[key].category != second[key].category]
     if mismatched:
@@ -184,7 +190,9 @@ def compare_pointing_games(
     patients = [first[key].patient for key in keys]
     hits_first, hits_second = [first[key].hit for key in keys], [second[key].hit for key in keys]
 
-    def row(measure: str, chosen: Sequence[int], interval: ConfidenceInterval, rates: tuple[float, float]) -> dict[str, Any]:
+    def row(
+        measure: str, chosen: Sequence[int], interval: ConfidenceInterval, rates: tuple[float, float]
+    ) -> dict[str, Any]:
         group = len({patients[i] for i in chosen})
         return {
             "measure": measure, "findings": len(chosen), "patients": group, "first": rates[0], "second": rates[1],
@@ -216,9 +224,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--reports", nargs="+", required=True, help="one saliency report.json (two methods), or two (one method each)")
-    parser.add_argument("--methods", nargs="+", required=True, help="the method label in both reports, or one per report / side")
-    parser.add_argument("--margin", type=float, default=0.02, help="the difference in hit rate that still counts as equal")
+    parser.add_argument(
+        "--reports", nargs="+", required=True, help="one saliency report.json (two methods), or two (one method each)"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", required=True, help="the method label in both reports, or one per report / side"
+    )
+    parser.add_argument(
+        "--margin", type=float, default=0.02, help="the difference in hit rate that still counts as equal"
+    )
     parser.add_argument("--n_bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="folder for report.json and report.md")

@@ -128,10 +128,22 @@ class CorRELAX:
     @property
     def settings(self) -> dict[str, object]:
         names = (
-            "view_size", "stride", "num_masks", "grid", "keep_prob", "min_breast_fraction", "refine_fraction",
-            "background_class", "kernel_sigma", "map", "seed",
+            "view_size",
+            "stride",
+            "num_masks",
+            "grid",
+            "keep_prob",
+            "min_breast_fraction",
+            "refine_fraction",
+            "background_class",
+            "kernel_sigma",
+            "map",
+            "seed",
         )
-        return {"representation_layer": self.engine.representation_layer, **{name: getattr(self, name) for name in names}}
+        return {
+            "representation_layer": self.engine.representation_layer,
+            **{name: getattr(self, name) for name in names},
+        }
 
     def __call__(self, x: torch.Tensor, class_idx: ClassIndex = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(maps (B, K, H, W) in [0, 1], scores (B, C))``: the chosen global map of each requested class, and each
@@ -184,9 +196,7 @@ class CorRELAX:
         features, probabilities = torch.cat(features), torch.cat(probabilities)
         self._check_background_class(probabilities.shape[1])
         refined = self._refined(probabilities) if correlation else selected.new_zeros(0)
-        correlations = (
-            self._correlations(views[refined], features[refined]) if len(refined) else probabilities[:0]
-        )
+        correlations = self._correlations(views[refined], features[refined]) if len(refined) else probabilities[:0]
         grid = (rows, cols)
         prediction_map = self._assemble(probabilities, selected, grid)
         correlation_map = self._assemble(correlations, selected[refined], grid)
@@ -230,7 +240,9 @@ class CorRELAX:
         for start in range(0, len(views), self.view_batch):
             batch = views[start : start + self.view_batch]
             chunks = list(self.engine(batch, masks))
-            similarities = torch.cat([similarity(chunk.features, features[start : start + len(batch)]) for chunk in chunks], dim=1)
+            similarities = torch.cat(
+                [similarity(chunk.features, features[start : start + len(batch)]) for chunk in chunks], dim=1
+            )
             probabilities = torch.cat([torch.softmax(chunk.logits, dim=2) for chunk in chunks], dim=1)
             correlations.append(pearson_over_masks(similarities, probabilities))
         return torch.cat(correlations)
@@ -245,7 +257,9 @@ class CorRELAX:
         kernel = self._kernel(device).expand(classes + 1, 1, size, size)
         spread = F.conv_transpose2d(impulses, kernel, stride=self.stride, groups=classes + 1)
         weight = spread[:, classes:]
-        return torch.where(weight > 0, spread[:, :classes] / weight.clamp_min(1e-12), torch.zeros_like(spread[:, :classes]))
+        return torch.where(
+            weight > 0, spread[:, :classes] / weight.clamp_min(1e-12), torch.zeros_like(spread[:, :classes])
+        )
 
     def _kernel(self, device: torch.device) -> torch.Tensor:
         size = self.view_size
@@ -254,4 +268,3 @@ class CorRELAX:
         centre = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
         profile = torch.exp(-0.5 * (centre / (self.kernel_sigma * size)).square())
         return (profile[:, None] * profile[None, :])[None, None]
-

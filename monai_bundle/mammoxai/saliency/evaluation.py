@@ -76,11 +76,11 @@ from mammoxai.metrics.saliency import (
     widen_box,
 )
 from mammoxai.reports import Report
+from mammoxai.saliency.correlax import CorRELAX
+from mammoxai.saliency.registry import SaliencyMethod, check_grid, get_method
 from mammoxai.training.evaluate_classifier import load_checkpoints
 from mammoxai.training.lesion_crops import load_lesion_checkpoint
 from mammoxai.training.settings import check_settings
-from mammoxai.saliency.correlax import CorRELAX
-from mammoxai.saliency.registry import SaliencyMethod, check_grid, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -215,8 +215,11 @@ class SaliencyEvaluator:
         if tolerance_unit not in _TOLERANCE_UNITS:
             raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
         check_settings(
-            tolerance=tolerance, deletion_steps=deletion_steps, sanity_images=sanity_images,
-            baseline_draws=baseline_draws, overlays=overlays,
+            tolerance=tolerance,
+            deletion_steps=deletion_steps,
+            sanity_images=sanity_images,
+            baseline_draws=baseline_draws,
+            overlays=overlays,
         )
         if max_images is not None:
             check_settings(max_images=max_images)
@@ -265,7 +268,9 @@ class SaliencyEvaluator:
             checkpoint, names = model["checkpoint"], model["class_names"]
             network = load_lesion_checkpoint(network, checkpoint, size, model["view_size"], names)
         elif used and model.get("checkpoint"):
-            network = load_checkpoints(network, model["checkpoint"], image_size=size, class_names=model["class_names"])[0]
+            network = load_checkpoints(network, model["checkpoint"], image_size=size, class_names=model["class_names"])[
+                0
+            ]
         network = network.to(self.device).eval()
         return {**model, "network": network, "image_size": size, "class_names": list(model["class_names"])}
 
@@ -321,7 +326,9 @@ class SaliencyEvaluator:
         for category, box, mask_path in self.findings[key]:
             region = widen_box(box, 0, shape)
             if not region.any():
-                problem = f"the {category} box {tuple(box)} of image {key} lies outside its {shape[0]}x{shape[1]} pixels"
+                problem = (
+                    f"the {category} box {tuple(box)} of image {key} lies outside its {shape[0]}x{shape[1]} pixels"
+                )
                 fix = "give xmin, ymin, xmax, ymax in pixels of the original image (columns, then rows)"
                 raise MammoXAIError(self.findings_csv, problem, fix)
             if mask_path:

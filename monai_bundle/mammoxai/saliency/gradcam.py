@@ -35,7 +35,16 @@ from torch import nn
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["CAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM", "ClassIndex", "class_indices", "find_layer", "normalise_maps"]
+__all__ = [
+    "CAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "ClassIndex",
+    "class_indices",
+    "find_layer",
+    "normalise_maps",
+]
 
 ClassIndex = int | Sequence[int] | torch.Tensor | None
 """Which class each map explains: ``None`` (each image's predicted class), an ``int`` (that class for every image),

@@ -92,7 +92,9 @@ class RandomMasks(MaskSource):
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         grid = self.cells.shape[-1]
         upsampled = F.interpolate(
-            self.cells[start:stop], size=((grid + 1) * self.cell[0], (grid + 1) * self.cell[1]), mode="bilinear",
+            self.cells[start:stop],
+            size=((grid + 1) * self.cell[0], (grid + 1) * self.cell[1]),
+            mode="bilinear",
             align_corners=False,
         )[:, 0]
         device = upsampled.device
@@ -185,7 +187,11 @@ class MaskedForward:
             raise MammoXAIError("saliency chunk_size", f"{chunk_size} is not a positive number of images")
         self.nn_module = nn_module
         self.representation_layer = representation_layer
-        self._layer = None if representation_layer is None else find_layer(nn_module, representation_layer, "representation_layer")
+        self._layer = (
+            None
+            if representation_layer is None
+            else find_layer(nn_module, representation_layer, "representation_layer")
+        )
         self.chunk_size = int(chunk_size)
         self.amp = amp
         self.fill = float(fill)

@@ -34,7 +34,9 @@ class Occlusion:
         maps, logits = Occlusion(net, patch=32, stride=16)(images, class_idx=[2])
     """
 
-    def __init__(self, nn_module: nn.Module, patch: int = 32, stride: int = 16, chunk_size: int = 256, amp: bool = True):
+    def __init__(
+        self, nn_module: nn.Module, patch: int = 32, stride: int = 16, chunk_size: int = 256, amp: bool = True
+    ):
         self.patch, self.stride = int(patch), int(stride)
         self.engine = MaskedForward(nn_module, chunk_size=chunk_size, amp=amp)
 

@@ -81,8 +81,12 @@ class RELAX:
     @property
     def settings(self) -> dict[str, int | float | str | None]:
         return {
-            "representation_layer": self.engine.representation_layer, "num_masks": self.num_masks, "grid": self.grid,
-            "keep_prob": self.keep_prob, "seed": self.seed, "score": "cosine similarity of representations",
+            "representation_layer": self.engine.representation_layer,
+            "num_masks": self.num_masks,
+            "grid": self.grid,
+            "keep_prob": self.keep_prob,
+            "seed": self.seed,
+            "score": "cosine similarity of representations",
         }
 
     def explain(self, x: torch.Tensor) -> RELAXResult:

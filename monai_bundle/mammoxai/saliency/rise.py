@@ -52,7 +52,10 @@ class RISE:
     @property
     def settings(self) -> dict[str, int | float | str]:
         return {
-            "num_masks": self.num_masks, "grid": self.grid, "keep_prob": self.keep_prob, "seed": self.seed,
+            "num_masks": self.num_masks,
+            "grid": self.grid,
+            "keep_prob": self.keep_prob,
+            "seed": self.seed,
             "score": "softmax probability",
         }
 

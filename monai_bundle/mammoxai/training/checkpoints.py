@@ -160,7 +160,9 @@ class SafeCheckpointSaver(CheckpointSaver):
         for checkpoint in self._checkpoints():
             if checkpoint.save_handler.filename is not None or checkpoint.score_name not in ("epoch", "iteration"):
                 continue
-            number = re.compile(rf"{re.escape(_series_prefix(checkpoint))}.*{checkpoint.score_name}=(\d+)\.{re.escape(checkpoint.ext)}")
+            number = re.compile(
+                rf"{re.escape(_series_prefix(checkpoint))}.*{checkpoint.score_name}=(\d+)\.{re.escape(checkpoint.ext)}"
+            )
             found = [(number.fullmatch(path.name), path.name) for path in Path(self.save_dir).iterdir()]
             saved = sorted(Checkpoint.Item(int(match.group(1)), name) for match, name in found if match)
             excess = 0 if checkpoint.n_saved is None else max(0, len(saved) - checkpoint.n_saved)

@@ -90,7 +90,11 @@ def patient_split(
         )  # fmt: skip
     logger.info(
         "%d of %d records are held out (%s), %d have no %s",
-        len(records) - len(candidates), len(records), holdout, len(candidates) - len(labelled), label_key,
+        len(records) - len(candidates),
+        len(records),
+        holdout,
+        len(candidates) - len(labelled),
+        label_key,
     )
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in labelled:
@@ -122,7 +126,10 @@ def patient_split(
     val = [record for patient, group in sorted(by_patient.items()) if patient in val_patients for record in group]
     logger.info(
         "patient split: %d images / %d patients for training, %d / %d for validation",
-        len(train), len(by_patient) - len(val_patients), len(val), len(val_patients),
+        len(train),
+        len(by_patient) - len(val_patients),
+        len(val),
+        len(val_patients),
     )
     return train, val
 

@@ -143,7 +143,8 @@ def finetune(
     The network starts from ``checkpoint`` when the file exists (else from its initialisation); train.json's
     own ``CheckpointSaver`` writes the best-validated weights into ``work_dir``. Under policy ``not_worse`` the
     starting weights are validated first on the same split (by a second copy of the evaluator without the saver)
-    and the new weights are kept only when they are not worse. Nothing is held out for testing: the records are split into training and validation by patient.
+    and the new weights are kept only when they are not worse. Nothing is held out for testing: the records are
+    split into training and validation by patient.
 
     Args:
         bundle: the bundle folder (holding ``configs/train.json``).
@@ -221,9 +222,7 @@ def _check_validation_can_judge(parser: ConfigParser, val_records: Sequence[Mapp
         )
 
 
-def _train_parser(
-    bundle: Path, work_dir: Path, manifest: Path, overrides: Mapping[str, Any] | None
-) -> ConfigParser:
+def _train_parser(bundle: Path, work_dir: Path, manifest: Path, overrides: Mapping[str, Any] | None) -> ConfigParser:
     """train.json of ``bundle`` reading ``manifest``, writing logs and the candidate checkpoint into ``work_dir``."""
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))

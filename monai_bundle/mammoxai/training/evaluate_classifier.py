@@ -447,11 +447,20 @@ class ClassifierEvaluator:
         missing = [key for key in self.exam_keys if key not in columns]
         if missing:
             raise MammoXAIError(
-                f"exam_keys {missing}", "are columns of no evaluated image", f"use columns of the manifest: {sorted(columns)}"
+                f"exam_keys {missing}",
+                "are columns of no evaluated image",
+                f"use columns of the manifest: {sorted(columns)}",
             )
-        for setting, key in [("device_key", self.device_key), *(("breakdown_keys", key) for key in self.breakdown_keys)]:
+        for setting, key in [
+            ("device_key", self.device_key),
+            *(("breakdown_keys", key) for key in self.breakdown_keys),
+        ]:
             if key not in columns:
-                logger.warning("%s %r is a column of no evaluated image: its breakdown reports every image as unknown", setting, key)
+                logger.warning(
+                    "%s %r is a column of no evaluated image: its breakdown reports every image as unknown",
+                    setting,
+                    key,
+                )
 
     def _sample_name(self) -> str:
         """What one scored sample is: a breast when a multi-view network fuses its views, otherwise an image."""
@@ -461,10 +470,11 @@ class ClassifierEvaluator:
         positive_name, sample = self.class_names[self.positive], self._sample_name()
         patients = [str(record.get("patient_id") or record["path"]) for record in records]
         y_true, y_score = (labels == self.positive).astype(np.int64), probabilities[:, self.positive]
+        members = len(self.members)
+        scorer = f"an ensemble of {members} checkpoints (mean probability)" if members > 1 else "one checkpoint"
         report = Report(
             "Malignancy classifier evaluation",
-            f"{len(records)} labelled held-out {sample}s of {len(set(patients))} patients, scored by "
-            f"{'an ensemble of ' + str(len(self.members)) + ' checkpoints (mean probability)' if len(self.members) > 1 else 'one checkpoint'}. "
+            f"{len(records)} labelled held-out {sample}s of {len(set(patients))} patients, scored by {scorer}. "
             f"Binary metrics are {positive_name} against the rest on the {positive_name} probability; intervals are "
             "95 % patient-cluster bootstrap intervals.",
             command=self.command,
@@ -480,7 +490,13 @@ class ClassifierEvaluator:
             "binary",
             [image_values, exam_values],
             title=f"{positive_name} vs rest",
-            columns=["level", *_BINARY_COLUMNS, "threshold_at_target", "sensitivity_at_target", "specificity_at_target"],
+            columns=[
+                "level",
+                *_BINARY_COLUMNS,
+                "threshold_at_target",
+                "sensitivity_at_target",
+                "specificity_at_target",
+            ],
         )
         report.add_text(
             "How to read it",

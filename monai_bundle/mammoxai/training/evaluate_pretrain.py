@@ -149,10 +149,16 @@ def held_out_records(
     seen = {value for record in train_records for value in record_identity(record, label_space)} - {None}
     kept = [dict(record) for record in records if not seen.intersection(record_identity(record, label_space))]
     if len(kept) < len(records):
-        logger.warning("%d of %d evaluation images belong to training patients and are left out", len(records) - len(kept), len(records))
+        logger.warning(
+            "%d of %d evaluation images belong to training patients and are left out",
+            len(records) - len(kept),
+            len(records),
+        )
     if not kept:
         raise MammoXAIError(
-            "evaluation split", f"all {len(records)} images belong to patients in the training split", "evaluate on other patients"
+            "evaluation split",
+            f"all {len(records)} images belong to patients in the training split",
+            "evaluate on other patients",
         )
     return kept
 
@@ -191,7 +197,9 @@ def matching_pairs(
     for index, (patient, study) in enumerate(identities):
         if patient is not None:
             by_study[(patient, study or "")].append(index)
-    positives = [(i, j) for key in sorted(by_study) for a, i in enumerate(by_study[key]) for j in by_study[key][a + 1 :]]
+    positives = [
+        (i, j) for key in sorted(by_study) for a, i in enumerate(by_study[key]) for j in by_study[key][a + 1 :]
+    ]
     if max_positives is not None and len(positives) > max_positives:
         positives = sorted(rng.sample(positives, max_positives))
     images = [index for key in sorted(by_study) for index in by_study[key]]
@@ -226,7 +234,9 @@ def field_metrics(
     groups = np.asarray(patients)
     for name in space.fields:
         if name not in logits:
-            raise MammoXAIError(name, "is in the label space but the network has no head for it", "use the checkpoint's label space")
+            raise MammoXAIError(
+                name, "is in the label space but the network has no head for it", "use the checkpoint's label space"
+            )
         truth = np.asarray(targets[name])
         known = truth != UNKNOWN
         truth, predicted = truth[known], logits[name].argmax(1).numpy()[known]
@@ -298,7 +308,9 @@ def matching_metrics(
     def pairs_of(part: set[str]) -> np.ndarray:
         members = [index for index, patient in enumerate(patients) if patient in part]
         local = matching_pairs([identities[index] for index in members], seed=seed, max_positives=max_positives)
-        return np.column_stack([np.asarray(members, dtype=np.int64)[local[:, :2]], local[:, 2]]) if len(local) else local
+        return (
+            np.column_stack([np.asarray(members, dtype=np.int64)[local[:, :2]], local[:, 2]]) if len(local) else local
+        )
 
     test_pairs, threshold_pairs = pairs_of(test_part), pairs_of(threshold_part)
     values: dict[str, Any] = {
@@ -311,7 +323,9 @@ def matching_metrics(
         values["note"] = "no same-study image pairs among the test patients: matching not evaluated"
         return values, None
     labels, scores = test_pairs[:, 2], _pair_scores(match, test_pairs)
-    auc = bootstrap_ci(roc_auc, labels, scores, n=n_bootstrap, seed=seed, groups=[patients[i] for i in test_pairs[:, 0]])
+    auc = bootstrap_ci(
+        roc_auc, labels, scores, n=n_bootstrap, seed=seed, groups=[patients[i] for i in test_pairs[:, 0]]
+    )
     best_threshold, best = balanced_threshold(labels, scores)
     if len(threshold_pairs):
         threshold, _ = balanced_threshold(threshold_pairs[:, 2], _pair_scores(match, threshold_pairs))
@@ -328,7 +342,9 @@ def matching_metrics(
         best_balanced_accuracy=best,
     )
     if strata is not None:
-        values.update(_within_stratum_auc(test_pairs, scores, patients, np.asarray(strata), stratum_name, n_bootstrap, seed))
+        values.update(
+            _within_stratum_auc(test_pairs, scores, patients, np.asarray(strata), stratum_name, n_bootstrap, seed)
+        )
     fpr, tpr, _ = roc_curve(labels, scores)
     return values, (fpr, tpr)
 
@@ -352,7 +368,9 @@ def _within_stratum_auc(
     kept = same | hard
     groups = [patients[i] for i in first[kept]]
     auc = bootstrap_ci(roc_auc, same[kept].astype(np.int64), scores[kept], n=n_bootstrap, seed=seed, groups=groups)
-    values.update({f"within_{name}_auc": auc.estimate, f"within_{name}_auc_low": auc.low, f"within_{name}_auc_high": auc.high})
+    values.update(
+        {f"within_{name}_auc": auc.estimate, f"within_{name}_auc_low": auc.low, f"within_{name}_auc_high": auc.high}
+    )
     return values
 
 
@@ -420,9 +438,16 @@ class PretrainEvaluator:
         outputs = collect_outputs(self.network, self.dataloader, self.device, self.amp)
         identities = [record_identity(record, self.label_space) for record in records]
         encoded = [self.label_space.encode(record_metadata(record)) for record in records]
-        targets = {name: np.array([labels[name] for labels in encoded], dtype=np.int64) for name in self.label_space.fields}
+        targets = {
+            name: np.array([labels[name] for labels in encoded], dtype=np.int64) for name in self.label_space.fields
+        }
         rows, matrices = field_metrics(
-            self.label_space, outputs.logits, targets, [patient or "" for patient, _ in identities], self.n_bootstrap, self.seed
+            self.label_space,
+            outputs.logits,
+            targets,
+            [patient or "" for patient, _ in identities],
+            self.n_bootstrap,
+            self.seed,
         )
         matching, roc = matching_metrics(
             outputs.match,
@@ -461,7 +486,17 @@ class PretrainEvaluator:
             "fields",
             rows,
             title="Metadata fields",
-            columns=["field", "images", "accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy", "majority_baseline", "spearman", "pearson"],
+            columns=[
+                "field",
+                "images",
+                "accuracy",
+                "accuracy_low",
+                "accuracy_high",
+                "balanced_accuracy",
+                "majority_baseline",
+                "spearman",
+                "pearson",
+            ],
         )
         report.add_values("matching", matching, title="Same patient and study matching")
         report.add_text(
@@ -479,7 +514,10 @@ class PretrainEvaluator:
             report.add_figure("matching_roc", curve, title="Matching ROC")
         report.add_data(
             "confusion_matrices",
-            {name: {"classes": self.label_space.class_names(name), "matrix": matrix} for name, matrix in matrices.items()},
+            {
+                name: {"classes": self.label_space.class_names(name), "matrix": matrix}
+                for name, matrix in matrices.items()
+            },
         )
         for name, matrix in matrices.items():
             figure = confusion_matrix_figure(matrix, self.label_space.class_names(name), name)

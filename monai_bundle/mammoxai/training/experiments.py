@@ -20,7 +20,7 @@ import math
 import random
 import shlex
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,10 +118,11 @@ def labelled_subset(
     for record in records:
         if not is_held_out(record) and record.get(label_key) not in (None, ""):
             by_patient[str(record.get("patient_id") or record["path"])].append(dict(record))
-    frequency = defaultdict(int)
-    for group in by_patient.values():
-        for record in group:
-            frequency[label_map.get(str(record[label_key]), str(record[label_key]))] += 1
+    frequency = Counter(
+        label_map.get(str(record[label_key]), str(record[label_key]))
+        for group in by_patient.values()
+        for record in group
+    )
     strata: dict[str, list[str]] = defaultdict(list)
     for patient, group in sorted(by_patient.items()):
         names = {label_map.get(str(record[label_key]), str(record[label_key])) for record in group}
@@ -431,7 +432,9 @@ def finished_run(work: Path, record: Mapping[str, Any]) -> bool:
     if earlier != record:
         changed = sorted(key for key in {*earlier, *record} if earlier.get(key) != record.get(key))
         problem = f"holds a finished run made with other settings, data or weights ({', '.join(changed)})"
-        raise MammoXAIError(work, problem, "run the earlier command to resume it, pass --overwrite, or give another --out")
+        raise MammoXAIError(
+            work, problem, "run the earlier command to resume it, pass --overwrite, or give another --out"
+        )
     return True
 
 

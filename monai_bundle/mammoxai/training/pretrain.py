@@ -120,7 +120,9 @@ def load_records(
     """
     manifest, strict = Path(manifest), parse_flag(strict, "strict")
     if manifest.parent.is_file():  # dataset_dir names a file: "<file>/manifest.csv: not found" would hide that
-        raise MammoXAIError(manifest.parent, "is a file, not a folder of images", "set dataset_dir to the images' folder")
+        raise MammoXAIError(
+            manifest.parent, "is a file, not a folder of images", "set dataset_dir to the images' folder"
+        )
     if not manifest.is_file():
         raise MammoXAIError(
             manifest,
@@ -276,7 +278,10 @@ def split_by_patient(
     val = [dict(record) for record, owner in zip(records, owners, strict=True) if owner in held_out]
     logger.info(
         "split by patient: %d images / %d patients for training, %d / %d for validation",
-        len(train), len(patients) - len(held_out), len(val), len(held_out),
+        len(train),
+        len(patients) - len(held_out),
+        len(val),
+        len(held_out),
     )
     if pretrained_split is not None and pretrained_split["fingerprint"] != split_fingerprint(set(patients) - held_out):
         raise MammoXAIError(

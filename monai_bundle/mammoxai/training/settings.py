@@ -128,8 +128,14 @@ def check_run_settings(
         MammoXAIError: a setting is of the wrong type or out of range; the message names the first such one.
     """
     check_settings(
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-        num_workers=num_workers, val_interval=val_interval, val_fraction=val_fraction, seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        num_workers=num_workers,
+        val_interval=val_interval,
+        val_fraction=val_fraction,
+        seed=seed,
     )
     if val_interval > epochs:
         problem = f"is {val_interval}, more than the {epochs} epochs: the run would never validate, so it would save no weights"

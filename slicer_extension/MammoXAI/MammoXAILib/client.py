@@ -59,7 +59,9 @@ class MammoXAIClient:
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, infer_timeout: float = 300.0) -> None:
         url = (url or "").strip()
         if not url:
-            raise MammoXAIClientError("No server URL: enter the MammoXAI server address, e.g. http://127.0.0.1:8000", "input")
+            raise MammoXAIClientError(
+                "No server URL: enter the MammoXAI server address, e.g. http://127.0.0.1:8000", "input"
+            )
         if "://" not in url:
             url = f"http://{url}"
         parts = urllib.parse.urlsplit(url)
@@ -135,7 +137,9 @@ class MammoXAIClient:
             with open(path, "rb") as stream:
                 files = {"file": (os.path.basename(path), stream.read(), "application/octet-stream")}
         except OSError as error:  # a moved file, a folder, no permission: the user's input, not the server's
-            raise MammoXAIClientError(f"Cannot read {path} ({error.strerror}): choose an image file", "input") from error
+            raise MammoXAIClientError(
+                f"Cannot read {path} ({error.strerror}): choose an image file", "input"
+            ) from error
         body, content_type = _multipart({"params": "{}"}, files)
         headers = {"Content-Type": content_type}
         query = {"image": image_id}
@@ -147,11 +151,15 @@ class MammoXAIClient:
         body, content_type = _multipart({"params": "{}"}, files)
         query = {"image": image_id, "tag": tag}
         headers = {"Content-Type": content_type}
-        return self._json("PUT", "/datastore/label", query=query, body=body, headers=headers, what=f"label of {image_id!r}")
+        return self._json(
+            "PUT", "/datastore/label", query=query, body=body, headers=headers, what=f"label of {image_id!r}"
+        )
 
     def get_label(self, image_id: str, tag: str = "final") -> dict[str, Any]:
         """``GET /datastore/label``: a stored label, decoded."""
-        return self._json("GET", "/datastore/label", query={"label": image_id, "tag": tag}, what=f"label of {image_id!r}")
+        return self._json(
+            "GET", "/datastore/label", query={"label": image_id, "tag": tag}, what=f"label of {image_id!r}"
+        )
 
     # ---------------------------------------------------------------- inference
     def infer(self, model: str, image_id: str, folder: str, params: dict[str, Any] | None = None) -> InferResult:
@@ -184,7 +192,9 @@ class MammoXAIClient:
             elif filename:
                 heatmap_path = _write(folder, f"{_safe_name(image_id)}_heatmap{_suffix(filename)}", payload)
         if not isinstance(prediction, dict):
-            raise MammoXAIClientError(f"{self.url} answered inference on {image_id!r} without a prediction", "bad_response")
+            raise MammoXAIClientError(
+                f"{self.url} answered inference on {image_id!r} without a prediction", "bad_response"
+            )
         return InferResult(prediction, heatmap_path)
 
     # ---------------------------------------------------------------- training
@@ -347,6 +357,10 @@ def _parse_multipart(content_type: str, data: bytes) -> list[tuple[str | None, s
     if not message.is_multipart():
         return []
     return [
-        (part.get_param("name", header="content-disposition"), part.get_filename(), part.get_payload(decode=True) or b"")
+        (
+            part.get_param("name", header="content-disposition"),
+            part.get_filename(),
+            part.get_payload(decode=True) or b"",
+        )
         for part in message.iter_parts()
     ]

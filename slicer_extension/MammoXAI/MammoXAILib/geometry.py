@@ -103,7 +103,9 @@ def read_nrrd_geometry(path: str) -> tuple[tuple[int, int], tuple[float, float]]
     with open(path, "rb") as stream:  # the header is plain text even when the data is gzip-encoded
         magic = stream.readline()
         if not magic.startswith(b"NRRD"):
-            raise MammoXAIClientError(f"The heatmap {path} is not an NRRD file: the server sent something else", "bad_response")
+            raise MammoXAIClientError(
+                f"The heatmap {path} is not an NRRD file: the server sent something else", "bad_response"
+            )
         for line in stream:
             text = line.decode("latin-1").rstrip("\r\n")
             if not text:
@@ -119,7 +121,9 @@ def read_nrrd_geometry(path: str) -> tuple[tuple[int, int], tuple[float, float]]
         else:
             spacings = [float(value) for value in fields.get("spacings", "1 1").split()]
     except (KeyError, ValueError) as error:
-        raise MammoXAIClientError(f"The heatmap {path} has no readable size or spacing ({error})", "bad_response") from error
+        raise MammoXAIClientError(
+            f"The heatmap {path} has no readable size or spacing ({error})", "bad_response"
+        ) from error
     if len(sizes) != 2 or len(spacings) != 2:
         raise MammoXAIClientError(f"The heatmap {path} is not a 2D image (sizes {sizes})", "bad_response")
     # NRRD lists the fastest axis (columns) first

@@ -73,7 +73,9 @@ def parse_prediction(record: Any) -> PredictionView:
             _fail("metadata_predictions", "has an entry without a field")
         mismatch = item.get("agrees") is False
         value = f"{_text(item.get('predicted'))} ({100 * float(item.get('probability', 0)):.0f} %)"
-        rows.append(PredictionRow("metadata", str(item["field"]), value, _text(item.get("header_value")), mismatch, mismatch))
+        rows.append(
+            PredictionRow("metadata", str(item["field"]), value, _text(item.get("header_value")), mismatch, mismatch)
+        )
     qc_messages = [str(flag.get("message", flag)) for flag in _get(record, "qc_flags", list) if isinstance(flag, dict)]
     saliency = _get(record, "saliency", dict)
     image = _get(record, "image", dict)

@@ -199,7 +199,8 @@ class ReviewSession:
         if saliency_method and info.saliency_methods and saliency_method not in info.saliency_methods:
             offered = ", ".join(info.saliency_methods)
             raise MammoXAIClientError(
-                f"The server cannot explain with '{saliency_method}' on its model grid: choose one of {offered}", "input"
+                f"The server cannot explain with '{saliency_method}' on its model grid: choose one of {offered}",
+                "input",
             )
         params = {"saliency": {"method": saliency_method}} if saliency_method else {}
         result = self.client.infer(info.model, image_id, os.path.join(self.work_folder, "heatmaps"), params)

@@ -7,8 +7,8 @@ test can check it; volumes are read from the real files with pydicom / pynrrd, a
 from __future__ import annotations
 
 import types
-import numpy as np
 
+import numpy as np
 import vtk
 
 

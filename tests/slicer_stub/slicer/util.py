@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import nrrd
-
 import qt
 import slicer
 

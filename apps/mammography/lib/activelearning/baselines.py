@@ -19,10 +19,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from lib.datastore import MammogramDatastore
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from lib.datastore import MammogramDatastore
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
 

@@ -12,9 +12,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from lib.scoring.uncertainty import INFO_KEY, UncertaintyScoring
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.strategy import Strategy
+
+from lib.scoring.uncertainty import INFO_KEY, UncertaintyScoring
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ class UncertaintyStrategy(Strategy):
     """The unlabeled image with the highest uncertainty under the served weights (ties: the smallest id).
 
     Images not yet scored by the served weights are scored first, in the server, by ``scoring``; an image that
-    cannot be scored is never proposed. The answer carries the score: ``{"id", "score", "measure"}`` (MONAI Label adds the image info).
+    cannot be scored is never proposed. The answer carries the score: ``{"id", "score", "measure"}`` (MONAI Label
+    adds the image info).
 
     Args:
         scoring: the app's :class:`~lib.scoring.uncertainty.UncertaintyScoring`.

@@ -17,10 +17,10 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from lib.http_errors import client_errors
 from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from lib.http_errors import client_errors
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor, write_heatmap
 
@@ -83,7 +83,11 @@ class MammogramClassification(InferTask):
         """MONAI Label's model info plus ``saliency``: the configured method and preset, and the methods (each with
         its presets) a request may choose on this model's grid, so a client offers only what the server can run."""
         configured = self.predictor.saliency
-        choices = {"method": configured["method"], "preset": configured["preset"], "methods": self.predictor.saliency_choices()}
+        choices = {
+            "method": configured["method"],
+            "preset": configured["preset"],
+            "methods": self.predictor.saliency_choices(),
+        }
         return {**super().info(), "saliency": choices}
 
     def is_valid(self) -> bool:

@@ -26,10 +26,10 @@ from http import HTTPStatus
 from typing import Any
 
 import torch
-from lib.http_errors import client_errors
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from lib.http_errors import client_errors
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor
 

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from lib.http_errors import check_offered, client_errors, conflict
 from monai.bundle import ConfigParser
 from monailabel.config import settings
 from monailabel.endpoints import train as train_endpoints
@@ -39,6 +38,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.async_tasks.utils import processes
 
+from lib.http_errors import check_offered, client_errors, conflict
 from mammoxai.cli import user_error
 from mammoxai.errors import MammoXAIError, parse_flag
 from mammoxai.inference import MammogramPredictor
@@ -56,7 +56,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CorrectionsTrainer", "final_corrections", "install_train_guard"]
 
-TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "weight_decay", "val_fraction", "num_workers", "seed", "strict")
+TRAIN_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "val_fraction",
+    "num_workers",
+    "seed",
+    "strict",
+)
 """train.json keys a ``POST /train/<model>`` body may override (``strict: false`` trains on the readable images
 when a corrected image's pixels can no longer be read, instead of stopping the run)."""
 
@@ -98,7 +107,9 @@ class CorrectionsTrainer(TrainTask):
     def __init__(
         self, bundle: str | os.PathLike, predictor: MammogramPredictor, defaults: Mapping[str, Any] | None = None
     ) -> None:
-        super().__init__("Fine-tune the classifier on the final labels (class per image), starting from the served model")
+        super().__init__(
+            "Fine-tune the classifier on the final labels (class per image), starting from the served model"
+        )
         self.bundle = Path(bundle)
         self.predictor = predictor
         self.defaults = dict(defaults or {})

@@ -187,9 +187,7 @@ def compress(body: PatientBody, view: str, system: XraySystem, rng: np.random.Ge
     return exposure.layout.thickness_mm, exposure.compression_force_n
 
 
-def _expose(
-    study: _Study, side: str, view: str, body: PatientBody, size: int, rng: np.random.Generator
-) -> _Exposure:
+def _expose(study: _Study, side: str, view: str, body: PatientBody, size: int, rng: np.random.Generator) -> _Exposure:
     """Position and compress the breast for one view: layout, thickness and force vary from exposure to exposure."""
     depth_mm, height_mm, thickness_mm = body.depth_mm, body.height_mm, body.thickness_mm
     shape, spacing = study.system.shape_and_spacing(size)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.uid import JPEG2000Lossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 __all__ = ["Exposure", "XraySystem", "SYSTEMS", "system_by_key", "choose_exposure"]
 
