@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_manifest import write_csv
 
 from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.dataset import MammogramDataset
-from mammoxai.data.manifest import read_manifest, record_header
+from mammoxai.data.manifest import read_manifest, record_header, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
@@ -383,3 +384,28 @@ def test_evaluation_script_refuses_a_mistyped_setting_before_reading_anything(pr
     error = capsys.readouterr().err.strip().splitlines()
     assert error == ["error: --output_dri: is not a setting of evaluate_pretrain.json (did you mean --output_dir?)"]
     assert not (tmp_path / "report").exists()
+
+
+def test_another_manifest_is_joined_with_the_label_csv_so_its_training_patients_are_left_out(
+    pretrained_bundle, tmp_path
+):
+    """A PNG data set's patient ids live in the label CSV only: without the join, every image of the eval manifest
+    had an unknown patient, so the training patients' images were evaluated as held out."""
+    bundle, studies, label_space = pretrained_bundle
+    records = read_manifest(studies / "manifest.csv")
+    write_csv(tmp_path / "labels.csv", ["image_id", "patient_id"], [[r["image_id"], r["patient_id"]] for r in records])
+    without_patients = [{"path": r["path"], "image_id": r["image_id"], "view": r["view"]} for r in records]
+    write_manifest(without_patients, tmp_path / "eval_manifest.csv")
+    monai.bundle.run(
+        config_file=str(bundle / "configs" / "evaluate_pretrain.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(studies),
+        eval_manifest=str(tmp_path / "eval_manifest.csv"),
+        label_csv=str(tmp_path / "labels.csv"),
+        label_id_column="image_id",
+        output_dir=str(tmp_path / "report"),
+        **TINY,
+    )
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    _, held_out = split_by_patient(records, label_space, val_fraction=0.5, seed=0)
+    assert report["tables"]["fields"][1]["images"] == len(held_out) < len(records)
