@@ -406,3 +406,16 @@ def test_image_files_of_one_name_in_case_folders_are_named_by_their_path(tmp_pat
     assert ids == ["Mass-Training_P_00001_LEFT_CC/1-1", "Mass-Training_P_00004_RIGHT_MLO/1-1", "single"]
     write_manifest(records, tmp_path / "manifest.csv")
     assert len(read_manifest(tmp_path / "manifest.csv")) == 3
+
+
+@pytest.mark.parametrize("marker", ["NA", "N/A", "n/a", "NaN", "null", "#N/A"])
+def test_missing_value_markers_of_r_pandas_and_spreadsheets_are_read_as_empty_cells(archive, tmp_path, marker):
+    """Read as text, 'NA' was a patient owning every image without an id, and a number column refused the CSV."""
+    labels = write_csv(
+        tmp_path / "labels.csv",
+        ["image_id", "patient_id", "laterality", "view", "kvp", "density"],
+        [["case7_L_CC", marker, marker, marker, marker, marker]],
+    )
+    png = build_manifest(archive, label_csv=labels, id_column="image_id").records[0]
+    assert png["image_id"] == "case7_L_CC"
+    assert [png.get(name) for name in ("patient_id", "laterality", "view", "kvp", "density")] == [None] * 5

@@ -88,6 +88,9 @@ _DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 _IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".pgm"})
 _LATERALITY = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
 _DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}
+#: cell texts that mean "no value" (upper-cased): what R, pandas and spreadsheets write for a missing value. Read
+#: as text they would be a value: a patient "NA" owning every image without one, a view "N/A" counted as present.
+_MISSING = frozenset({"NA", "N/A", "#N/A", "<NA>", "NAN", "NULL", "NONE"})
 #: record fields that describe the scanned file itself, which a label CSV never replaces (see :func:`join_labels`)
 _FILE_COLUMNS = ("path", "image_id", "rows", "cols")
 
@@ -305,7 +308,8 @@ def join_labels(
 
     Public data sets often ship PNG / PGM images whose only metadata is such a CSV (patient, laterality, view,
     density, label), so a column may supply or override any header or label field; laterality spellings
-    ("LEFT", "l") become "L" / "R" and views are upper-cased.
+    ("LEFT", "l") become "L" / "R" and views are upper-cased. An empty cell, or one holding a missing-value marker
+    as R, pandas and spreadsheets write them ("NA", "N/A", "NaN", "null", "#N/A"), supplies nothing.
 
     The fields that describe the file itself are never replaced: ``path`` (where the file was found; a label
     CSV's own ``path`` column, e.g. in a copy of another manifest, is relative to wherever that CSV was written,
@@ -571,8 +575,9 @@ def _table_row(csv_path: Path, header: list[str], line: int, row: list[str]) -> 
 
 
 def _parse_cell(column: str, text: str, csv_path: Path) -> Any:
-    """A manifest cell as the record value: None when empty, normalised laterality / view, typed numbers."""
-    if not text:
+    """A manifest cell as the record value: None when empty or a missing-value marker ("NA", "N/A", "null", ...),
+    normalised laterality / view, typed numbers."""
+    if not text or text.upper() in _MISSING:
         return None
     if column == "laterality":
         return normalise_laterality(text) or text
