@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "mammography"))
 from clinician import simulator  # noqa: E402
 
-from lib.scoring.uncertainty import TTA_TRANSFORMS, uncertainty  # noqa: E402
+from lib.activelearning import UncertaintyStrategy  # noqa: E402
+from lib.scoring.uncertainty import TTA_TRANSFORMS, UncertaintyScoring, uncertainty  # noqa: E402
 
 CLASSES = ["normal", "benign", "malignant"]
 
@@ -51,6 +52,60 @@ def test_tta_transforms_keep_the_model_input_shape_and_range():
     for transform in TTA_TRANSFORMS:
         out = transform(image)
         assert out.shape == image.shape and 0 <= out.min() and out.max() <= 1
+
+
+class ReloadedMidPass:
+    """A predictor whose weights another request replaces (version 1 to 2) after its first ``reload_after`` forward
+    passes, as an ``/infer`` beside a scoring pass does once a training run wrote new weights; version 2 is unsure
+    of ``case_a`` only, version 1 of nothing."""
+
+    class_names = tuple(CLASSES)
+
+    def __init__(self, reload_after: int) -> None:
+        self.reload_after, self.passes, self.version = reload_after, 0, 1
+
+    @property
+    def checkpoint_id(self) -> str:
+        return f"v{self.version}"
+
+    def load_weights(self) -> None:
+        pass
+
+    def predict_probabilities(self, path, transforms=()):
+        if self.passes == self.reload_after:
+            self.version = 2
+        self.passes += 1
+        unsure = self.version == 2 and Path(path).stem == "case_a"
+        return torch.tensor([[1 / 3] * 3 if unsure else [0.8, 0.1, 0.1]]), self.checkpoint_id
+
+
+class DictDatastore:
+    """The four datastore calls scoring and ranking make, over a dict of image infos (no labels)."""
+
+    def __init__(self, image_ids) -> None:
+        self.infos = {image_id: {} for image_id in image_ids}
+
+    def get_unlabeled_images(self, label_tag=None, labels=None):
+        return list(self.infos)
+
+    def get_image_info(self, image_id):
+        return self.infos[image_id]
+
+    def get_image_uri(self, image_id):
+        return f"{image_id}.dcm"
+
+    def update_image_info(self, image_id, info):
+        self.infos[image_id].update(info)
+
+
+def test_uncertainty_strategy_ranks_every_image_when_new_weights_load_during_its_scoring_pass():
+    predictor = ReloadedMidPass(reload_after=1)  # case_a is scored by version 1, the others by version 2
+    datastore = DictDatastore(["case_a", "case_b", "case_c"])
+
+    proposal = UncertaintyStrategy(UncertaintyScoring(predictor, "entropy"))({}, datastore)
+
+    assert proposal["id"] == "case_a" and proposal["score"] == pytest.approx(1.0)  # not the best of b and c
+    assert {info["uncertainty"]["checkpoint"] for info in datastore.infos.values()} == {"v2"}
 
 
 def test_replace_checkpoint_refuses_non_finite_weights_and_keeps_the_old_file(tmp_path):

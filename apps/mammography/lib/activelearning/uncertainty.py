@@ -19,7 +19,11 @@ from lib.scoring.uncertainty import INFO_KEY, UncertaintyScoring
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UncertaintyStrategy"]
+__all__ = ["MAX_PASSES", "UncertaintyStrategy"]
+
+MAX_PASSES = 3
+"""Most scoring passes one proposal runs while the weights keep changing under it
+(:meth:`UncertaintyStrategy.score_with_one_checkpoint`)."""
 
 
 class UncertaintyStrategy(Strategy):
@@ -42,7 +46,7 @@ class UncertaintyStrategy(Strategy):
         self.scoring = scoring
 
     def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> dict[str, Any] | None:
-        self.scoring(request, datastore)
+        self.score_with_one_checkpoint(request, datastore)
         current = self.scoring.predictor.checkpoint_id
         candidates = []
         for image_id in datastore.get_unlabeled_images(DefaultLabelTag.FINAL):
@@ -54,3 +58,17 @@ class UncertaintyStrategy(Strategy):
         score, image_id = min(candidates)
         logger.info("uncertainty: selected %s (%s %.4f)", image_id, self.scoring.measure, -score)
         return {"id": image_id, "score": -score, "measure": self.scoring.measure}
+
+    def score_with_one_checkpoint(self, request: Mapping[str, Any], datastore: Datastore) -> None:
+        """Score until a whole pass ran on the weights it started with.
+
+        A request served beside the pass (an ``/infer`` after a training run replaced the weights) reloads the shared
+        predictor; the images scored before that keep the old weights' scores, which the ranking leaves out as stale,
+        so one pass would rank only the images scored after the reload. The next pass rescores just those. At most
+        :data:`MAX_PASSES` passes: weights replaced again and again rank what the last pass scored.
+        """
+        for _ in range(MAX_PASSES):
+            result = self.scoring(request, datastore)
+            if self.scoring.predictor.checkpoint_id == result["checkpoint"]:
+                return
+            logger.info("uncertainty: new weights were loaded while scoring; scoring again")

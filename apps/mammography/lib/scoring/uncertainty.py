@@ -92,9 +92,13 @@ class UncertaintyScoring(ScoringMethod):
         predictor: the served predictor.
         measure: one of :data:`MEASURES`.
 
+    The result counts the images scored and skipped and names those that failed; ``checkpoint`` is the identity of
+    the weights the pass started with (another request may load newer weights during the pass, and the images
+    scored after that are scored with those).
+
     Example:
         scoring = UncertaintyScoring(predictor, "margin")
-        scoring({}, datastore)  # {"scored": 12, "skipped": 3, "failed": {}}
+        scoring({}, datastore)  # {"scored": 12, "skipped": 3, "failed": {}, "checkpoint": "1733500000000000000-816597"}
         datastore.get_image_info("case1")["uncertainty"]["score"]
     """
 
@@ -109,7 +113,7 @@ class UncertaintyScoring(ScoringMethod):
         self.load_weights()
         current = self.predictor.checkpoint_id
         transforms = TTA_TRANSFORMS if self.measure == "tta" else ()
-        result: dict[str, Any] = {"scored": 0, "skipped": 0, "failed": {}}
+        result: dict[str, Any] = {"scored": 0, "skipped": 0, "failed": {}, "checkpoint": current}
         for image_id in sorted(datastore.get_unlabeled_images(DefaultLabelTag.FINAL)):
             stored = datastore.get_image_info(image_id).get(INFO_KEY) or {}
             if stored.get("checkpoint") == current and stored.get("measure") == self.measure:
