@@ -1,6 +1,7 @@
 """Reading PNG, TIFF and PGM mammograms: exact 8 / 16-bit values, grayscale only, no header."""
 
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -118,6 +119,33 @@ def test_grayscale_saved_as_colour_is_read_exactly(tmp_path, mode):
     assert Image.open(path).mode == mode
 
     np.testing.assert_array_equal(read_mammogram(path).pixels, pixels)
+
+
+def write_png(path, samples, colour_type):
+    """A 16-bit PNG of (H, W, channels) ``samples`` in PNG ``colour_type`` (2 RGB, 4 gray + alpha, 6 RGBA), written
+    by hand: Pillow cannot write 16-bit colour, but data sets converted with OpenCV or ImageMagick ship it."""
+    height, width, _ = samples.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)  # filter type 0 on every row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.mark.parametrize(("colour_type", "gray", "alpha"), [(2, 3, 0), (6, 3, 1), (4, 1, 1)], ids=["RGB", "RGBA", "LA"])
+def test_16_bit_colour_png_is_refused_not_read_with_its_low_byte_dropped(tmp_path, colour_type, gray, alpha):
+    """Pillow reads 16-bit colour with 8 bits per channel: a grayscale mammogram saved that way lost 8 of its bits."""
+    pixels = random_image(np.uint16)
+    samples = np.stack([pixels] * gray + [np.full(SHAPE, 65535, np.uint16)] * alpha, axis=-1)
+    path = write_png(tmp_path / "gray16_as_colour.png", samples, colour_type)
+
+    with pytest.raises(MammoXAIError, match="gray16_as_colour.png: is a 16-bit PNG .*save it as 16-bit grayscale"):
+        read_mammogram(path)
 
 
 def test_colour_image_is_refused(tmp_path):

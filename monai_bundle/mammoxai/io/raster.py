@@ -6,9 +6,10 @@ mini-MIAS exports are written. TIFF's WhiteIsZero photometric is honoured.
 
 Colour is refused rather than converted to luminance: a mammogram has no colour, so colour in the file means
 burned-in annotations, rulers or overlays that a model would learn as if they were tissue. Grayscale saved in
-RGB (all channels equal, alpha, if any, fully opaque) is read exactly. PGM files with a maximum value other
-than 255 or 65535 are stretched to the full 8 / 16-bit range by Pillow; the stretch is linear, so contrast and
-order are kept.
+RGB (all channels equal, alpha, if any, fully opaque) is read exactly when it is 8-bit; 16-bit colour (RGB, RGBA,
+gray + alpha) is refused, because Pillow reads it with 8 bits per channel and would silently drop the low byte of
+every pixel. PGM files with a maximum value other than 255 or 65535 are stretched to the full 8 / 16-bit range by
+Pillow; the stretch is linear, so contrast and order are kept.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def read_raster(path: str | os.PathLike) -> Mammogram:
     path = Path(path)
     try:
         with Image.open(path) as image:
+            kind = image.format  # Pillow reads 16-bit colour as 8-bit: only the stored raw mode tells
+            wide_colour = image.mode in _GRAY_AS_COLOUR_MODES and any(";16" in mode for mode in _raw_modes(image))
             image.load()
             pages, mode = getattr(image, "n_frames", 1), image.mode
             white_is_zero = image.format == "TIFF" and image.tag_v2.get(262) == _TIFF_WHITE_IS_ZERO
@@ -49,6 +52,9 @@ def read_raster(path: str | os.PathLike) -> Mammogram:
     except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError, ... on damaged files
         problem = f"is not a readable PNG, TIFF or PGM image ({error})"
         raise MammoXAIError(path, problem, "re-export the image") from error
+    if wide_colour:
+        problem = f"is a 16-bit {kind} in colour mode {mode}, which can only be read with 8 bits per channel"
+        raise MammoXAIError(path, problem, "save it as 16-bit grayscale (one channel), e.g. a 16-bit grayscale PNG")
     if pages > 1:
         problem = f"holds {pages} pages (a stack or volume); only 2D mammograms are supported"
         raise MammoXAIError(path, problem, "save one image per file")
@@ -56,6 +62,15 @@ def read_raster(path: str | os.PathLike) -> Mammogram:
     if white_is_zero and pixels.dtype.itemsize == 2:  # Pillow inverts 8-bit WhiteIsZero TIFFs itself, not 16-bit
         pixels = np.iinfo(pixels.dtype).max - pixels
     return Mammogram(pixels=np.ascontiguousarray(pixels, dtype=np.float32), source=str(path))
+
+
+def _raw_modes(image: Image.Image) -> list[str]:
+    """How the file stores its pixels (Pillow's raw modes, e.g. ``RGB;16B``), known before the image is loaded."""
+    modes = []
+    for tile in image.tile:
+        args = tile[3]
+        modes.append(args if isinstance(args, str) else str(args[0]) if isinstance(args, tuple) and args else "")
+    return modes
 
 
 def _grayscale(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
