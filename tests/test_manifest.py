@@ -419,3 +419,14 @@ def test_missing_value_markers_of_r_pandas_and_spreadsheets_are_read_as_empty_ce
     png = build_manifest(archive, label_csv=labels, id_column="image_id").records[0]
     assert png["image_id"] == "case7_L_CC"
     assert [png.get(name) for name in ("patient_id", "laterality", "view", "kvp", "density")] == [None] * 5
+
+
+def test_rows_naming_one_image_by_different_ids_must_agree(archive, tmp_path):
+    """By file name and by stem, one image had two rows; the later one silently replaced the earlier's label."""
+    rows = [["case7_L_CC.png", "P1", "benign"], ["case7_L_CC", "P1", "malignant"]]
+    labels = write_csv(tmp_path / "labels.csv", ["image_id", "patient_id", "case_label"], rows)
+    with pytest.raises(MammoXAIError, match="rows 'case7_L_CC.png' and 'case7_L_CC' both name .*case7_L_CC.png"):
+        build_manifest(archive, label_csv=labels, id_column="image_id")
+    write_csv(labels, ["image_id", "patient_id", "case_label"], [rows[0], [rows[1][0], *rows[0][1:]]])
+    png = build_manifest(archive, label_csv=labels, id_column="image_id").records[0]
+    assert (png["image_id"], png["case_label"]) == ("case7_L_CC", "benign")  # the same row twice is fine

@@ -330,27 +330,48 @@ def join_labels(
             Images without a row keep their fields and get no label.
 
     Raises:
-        MammoXAIError: the CSV is missing or lacks the id column(s), an id appears on rows that disagree, an id
-            matches several images, a row disagrees with its image's ``image_id``, ``rows`` or ``cols``, or
-            (``strict``) a row matches no image.
+        MammoXAIError: the CSV is missing or lacks the id column(s), an id appears on rows that disagree, rows
+            naming one image by different ids disagree, an id matches several images, a row disagrees with its
+            image's ``image_id``, ``rows`` or ``cols``, or (``strict``) a row matches no image.
     """
     columns = (id_column,) if isinstance(id_column, str) else tuple(id_column)
     rows = _read_label_rows(Path(label_csv), columns, column_map or {})
     index = _image_index(records, columns)
     joined = [dict(record) for record in records]
     unmatched = []
+    labelled_by: dict[int, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for key, values in rows.items():
         matches = index.get(key, [])
         if len(columns) == 1 and len(matches) > 1:
             names = ", ".join(joined[i]["path"] for i in matches[:3])
             raise MammoXAIError(label_csv, f"id {key[0]!r} matches {len(matches)} images ({names})", "use a unique id")
+        fields = {name: value for name, value in values.items() if name not in columns}
         for i in matches:
+            _check_one_labelling(labelled_by.setdefault(i, (key, fields)), (key, fields), joined[i], label_csv)
             joined[i].update(_label_fields(joined[i], values, columns, label_csv))
         if not matches:
             unmatched.append(key[0] if len(key) == 1 else "/".join(key))
     what = f"of {len(rows)} rows match no image by {'+'.join(columns)}"
     report_unusable(label_csv, what, unmatched, strict, "check the id column")
     return joined
+
+
+def _check_one_labelling(
+    first: tuple[tuple[str, ...], dict[str, Any]],
+    row: tuple[tuple[str, ...], dict[str, Any]],
+    record: Mapping[str, Any],
+    label_csv: str | os.PathLike,
+) -> None:
+    """Refuse two rows that name one image by different ids (``a.png`` and ``a``, its UID and its file name) and
+    give it different fields: merged in CSV order, the later row would silently win.
+
+    Raises:
+        MammoXAIError: naming both ids and the image.
+    """
+    (first_key, first_fields), (key, fields) = first, row
+    if key != first_key and fields != first_fields:
+        problem = f"rows {'/'.join(first_key)!r} and {'/'.join(key)!r} both name {record['path']} and disagree"
+        raise MammoXAIError(label_csv, problem, "keep one row per image")
 
 
 def _label_fields(
