@@ -430,3 +430,24 @@ def test_rows_naming_one_image_by_different_ids_must_agree(archive, tmp_path):
     write_csv(labels, ["image_id", "patient_id", "case_label"], [rows[0], [rows[1][0], *rows[0][1:]]])
     png = build_manifest(archive, label_csv=labels, id_column="image_id").records[0]
     assert (png["image_id"], png["case_label"]) == ("case7_L_CC", "benign")  # the same row twice is fine
+
+
+def test_a_label_csv_names_images_by_their_path_under_the_data_set_folder_with_or_without_extension(tmp_path):
+    """Where every case folder holds a 1-1.png, the path is the only unique name; it matched no image."""
+    root = tmp_path / "download"
+    for case in ("Calc-Test_P_00038_LEFT_CC", "Calc-Test_P_00038_RIGHT_MLO"):
+        (root / "images" / case).mkdir(parents=True)
+        Image.fromarray(PIXELS).save(root / "images" / case / "1-1.png")
+    rows = [
+        ["images/Calc-Test_P_00038_LEFT_CC/1-1.png", "L"],  # from the download's root
+        ["Calc-Test_P_00038_RIGHT_MLO\\1-1", "R"],  # Windows separators, no extension
+    ]
+    labels = write_csv(tmp_path / "labels.csv", ["file", "laterality"], rows)
+    records = build_manifest(root / "images", label_csv=labels, id_column="file").records
+    assert {record["image_id"]: record["laterality"] for record in records} == {
+        "Calc-Test_P_00038_LEFT_CC/1-1": "L",
+        "Calc-Test_P_00038_RIGHT_MLO/1-1": "R",
+    }
+    write_csv(labels, ["file", "laterality"], [["1-1.png", "L"]])
+    with pytest.raises(MammoXAIError, match="id '1-1.png' matches 2 images .*the image's path under the data set"):
+        build_manifest(root / "images", label_csv=labels, id_column="file")

@@ -320,8 +320,9 @@ def join_labels(
     Args:
         records: manifest records.
         label_csv: the CSV file.
-        id_column: either one column holding, per row, an image's SOP Instance UID, its ``image_id`` or its
-            file name (with or without extension) - each must name one image; or several columns that are all
+        id_column: either one column holding, per row, an image's SOP Instance UID, its ``image_id``, its
+            file name or its path under any folder above it (``P000/a.png``, "/" or "\\" separated), with or
+            without extension - each must name one image; or several columns that are all
             manifest fields, e.g. ``("patient_id", "laterality", "view")``, in which case a row labels every
             image that agrees on all of them (prior exams of the same breast and view included).
         column_map: renames CSV columns to manifest fields before anything else, e.g.
@@ -341,10 +342,11 @@ def join_labels(
     unmatched = []
     labelled_by: dict[int, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for key, values in rows.items():
-        matches = index.get(key, [])
+        matches = index.get(_id_key(key), [])
         if len(columns) == 1 and len(matches) > 1:
             names = ", ".join(joined[i]["path"] for i in matches[:3])
-            raise MammoXAIError(label_csv, f"id {key[0]!r} matches {len(matches)} images ({names})", "use a unique id")
+            fix = "use a unique id, e.g. the image's path under the data set's folder"
+            raise MammoXAIError(label_csv, f"id {key[0]!r} matches {len(matches)} images ({names})", fix)
         fields = {name: value for name, value in values.items() if name not in columns}
         for i in matches:
             _check_one_labelling(labelled_by.setdefault(i, (key, fields)), (key, fields), joined[i], label_csv)
@@ -433,14 +435,34 @@ def _image_index(records: Sequence[Mapping[str, Any]], columns: tuple[str, ...])
     index: dict[tuple[str, ...], list[int]] = {}
     for i, record in enumerate(records):
         if len(columns) == 1:
-            path = Path(record["path"])
-            names = {record.get("sop_uid"), record.get("image_id"), path.name, path.stem}
+            names = {record.get("sop_uid"), record.get("image_id"), *_path_names(Path(record["path"]))}
             keys = {(str(name),) for name in names if name}
         else:
             keys = {tuple(str(record.get(column) or "") for column in columns)}
         for key in keys:
             index.setdefault(key, []).append(i)
     return index
+
+
+def _path_names(path: Path) -> set[str]:
+    """The names a CSV may give an image file by: its name and every longer trailing part of its path, each with and
+    without the suffix (``a.png``, ``a``, ``P000/a.png``, ``P000/a``, ``images/P000/a.png``, ...).
+
+    Public data sets name images by their path under the download's root, the only unique name where one file name
+    repeats in every case folder (``Mass-Training_P_00001_LEFT_CC/1-1.png``); which folder that root is, the CSV
+    does not say.
+    """
+    parts = path.parts
+    tails = [Path(*parts[start:]) for start in range(len(parts))]
+    return {name for tail in tails for name in (tail.as_posix(), tail.with_suffix("").as_posix())}
+
+
+def _id_key(key: tuple[str, ...]) -> tuple[str, ...]:
+    """A CSV id as :func:`_image_index` names images: a path written with Windows separators or from ``./``."""
+    if len(key) != 1:
+        return key
+    text = key[0].replace("\\", "/")
+    return (text[2:] if text.startswith("./") else text,)
 
 
 # -- CSV files --------------------------------------------------------------------------------------------------
