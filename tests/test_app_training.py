@@ -258,10 +258,11 @@ def test_a_run_that_fails_leaves_the_served_model_and_says_why_in_train_status_a
     assert stats["accepted"] is False and "the run failed" in stats["reason"] and "validation AUC" in stats["reason"]
 
 
-def test_a_stopped_run_leaves_no_scratch_files_once_the_next_run_ends(loop_server):
+def test_a_stopped_run_keeps_the_served_model_says_it_did_not_end_and_leaves_no_scratch_files(loop_server):
     url, bundle, _ = loop_server
     temporary = lambda: set(Path(tempfile.gettempdir()).glob("mammoxai-train-*"))  # noqa: E731
     before = temporary()
+    served = (bundle / "models" / "model.pt").read_bytes()
     params = {"num_workers": 0, "accept": "valid"}
     assert requests.post(f"{url}/train/mammoxai", json={**params, "epochs": 500}, timeout=60).status_code == 200
     deadline = time.monotonic() + 120
@@ -270,6 +271,9 @@ def test_a_stopped_run_leaves_no_scratch_files_once_the_next_run_ends(loop_serve
         time.sleep(0.5)
 
     assert requests.delete(f"{url}/train/", timeout=60).json()["status"] == "STOPPED"  # kills the run's process
+    assert (bundle / "models" / "model.pt").read_bytes() == served
+    stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["mammoxai"]  # not the run before's
+    assert stats["accepted"] is False and "has not ended" in stats["reason"] and "stopped" in stats["reason"]
     assert requests.post(f"{url}/train/mammoxai", json={**params, "epochs": 1}, timeout=60).status_code == 200
     task = simulator.wait_for_training(url, timeout=300)
 

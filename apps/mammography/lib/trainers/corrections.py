@@ -25,6 +25,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,12 @@ TRAIN_OPTIONS = (
 """train.json keys a ``POST /train/<model>`` body may override (``strict: false`` trains on the readable images
 when a corrected image's pixels can no longer be read, instead of stopping the run)."""
 
+UNFINISHED = (
+    "the run started {started} has not ended: it is in progress (GET /train/), or it was stopped (DELETE /train/) or "
+    "its process died; the served model is unchanged"
+)
+"""The last run's reason in ``GET /info/`` from the moment it starts until it ends (a stopped run keeps it)."""
+
 MIN_PATIENTS = 2
 """Fewest patients with ``final`` labels a run needs: one to train on and one to validate on (the split is by
 patient; an image whose header names no patient counts as its own)."""
@@ -92,7 +99,8 @@ class CorrectionsTrainer(TrainTask):
     and ``accept``: ``not_worse`` (default: keep the new weights only when their validation AUC is at least the
     current model's on the same patient-level split) or ``valid`` (keep any run with a finite loss and a computed
     metric). The last run's result, or why it failed, is kept in ``models/train_stats.json`` and shown by
-    ``GET /info/``.
+    ``GET /info/``; from the moment a run starts until it ends they say so (:data:`UNFINISHED`), which a stopped run
+    keeps.
 
     Args:
         bundle: the bundle folder; its ``configs/train.json`` is the recipe and ``models/model.pt`` the weights.
@@ -190,13 +198,18 @@ class CorrectionsTrainer(TrainTask):
         }
         checkpoint = self.predictor.checkpoint.path
         with _exclusive(self.lock_path):
+            # /info must not go on showing the run before as the last one: a run stopped with DELETE /train/ (its
+            # process is killed) or whose process dies writes nothing more, so the stats say it has not ended first
+            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            unfinished = FinetuneResult(False, UNFINISHED.format(started=started))
+            self._save_stats({**unfinished.to_dict(), "corrections": len(records), "overrides": overrides})
             try:
                 with _user_error_last(), _scratch(self.bundle / "eval" / "train_run") as work:
                     result = finetune(
                         self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
                     )
-            except MammoXAIError as error:  # /info must not go on showing the run before as the last one
-                failed = FinetuneResult(False, f"the run failed: {error}; the served model is unchanged")
+            except Exception as error:  # noqa: BLE001 - said in the stats, then raised unchanged
+                failed = FinetuneResult(False, f"the run failed: {_one_line(error)}; the served model is unchanged")
                 self._save_stats({**failed.to_dict(), "corrections": len(records), "overrides": overrides})
                 raise
         stats = {**result.to_dict(), "corrections": len(records), "overrides": overrides}
@@ -205,6 +218,15 @@ class CorrectionsTrainer(TrainTask):
 
     def _save_stats(self, stats: Mapping[str, Any]) -> None:
         atomic_write_bytes(self.stats_path, json.dumps(stats, indent=2).encode("utf-8"))  # /info reads it any time
+
+
+def _one_line(error: Exception) -> str:
+    """A user error's message, or the first line of another error with its type (MONAI's config parser wraps what a
+    component raises in a message that goes on with the component's whole config)."""
+    if isinstance(error, MammoXAIError):
+        return str(error)
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 @contextmanager
