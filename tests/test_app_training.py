@@ -133,6 +133,7 @@ def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(lo
         assert save_final(url, image_id, truth[image_id]).status_code == 200
     served_before = served_checkpoint(url, sorted(truth)[1])
     before = checkpoint.stat().st_mtime_ns
+    info_before = requests.get(f"{url}/info/", timeout=30).json()
 
     started = requests.post(
         f"{url}/train/mammoxai", json={"epochs": 1, "accept": "valid", "num_workers": 0}, timeout=60
@@ -150,6 +151,12 @@ def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(lo
     assert served_checkpoint(url, sorted(truth)[1]) != served_before
     case = requests.post(f"{url}/activelearning/uncertainty", json={}, timeout=300).json()
     assert case["id"] not in sorted(truth)[::2]  # labelled images are never proposed again
+    info = requests.get(f"{url}/info/", timeout=30).json()
+    assert info["version"] == info_before["version"]  # the app's: the served weights are named apart
+    served = info["models"]["mammoxai"]["checkpoint"]
+    assert served["id"] != info_before["models"]["mammoxai"]["checkpoint"]["id"]
+    assert served["id"] == case["uncertainty"]["checkpoint"]  # ranked by the new weights
+    assert served["modified"] == served_checkpoint(url, sorted(truth)[1])
 
 
 @pytest.mark.parametrize("enqueue", [False, True], ids=["now", "enqueued"])

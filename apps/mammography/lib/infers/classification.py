@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -81,14 +82,37 @@ class MammogramClassification(InferTask):
 
     def info(self) -> dict[str, Any]:
         """MONAI Label's model info plus ``saliency``: the configured method and preset, and the methods (each with
-        its presets) a request may choose on this model's grid, so a client offers only what the server can run."""
+        its presets) a request may choose on this model's grid, so a client offers only what the server can run; and
+        ``checkpoint``: the weights served (:meth:`checkpoint_info`)."""
         configured = self.predictor.saliency
         choices = {
             "method": configured["method"],
             "preset": configured["preset"],
             "methods": self.predictor.saliency_choices(),
         }
-        return {**super().info(), "saliency": choices}
+        return {**super().info(), "saliency": choices, "checkpoint": self.checkpoint_info()}
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """``{"file", "id", "modified"}`` of the weights file the next request serves (it reloads the file when it
+        changed), or ``id`` and ``modified`` None before there is one.
+
+        The model's ``version`` is the bundle's and stays the same when a training run replaces the weights: this is
+        how a client sees that it did. ``id`` is the identity the uncertainty scores are stored with
+        (:attr:`~mammoxai.inference.MammogramPredictor.checkpoint_id`), ``modified`` the ``model.checkpoint_mtime``
+        of the prediction records. Read from the file, not from the predictor, so ``/info`` never waits for an
+        inference in progress.
+        """
+        path = self.predictor.checkpoint.path
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return {"file": path.name, "id": None, "modified": None}
+        modified = datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=timezone.utc)
+        return {
+            "file": path.name,
+            "id": f"{stat.st_mtime_ns}-{stat.st_size}",
+            "modified": modified.isoformat(timespec="milliseconds"),
+        }
 
     def is_valid(self) -> bool:
         # listed even before weights exist, so /infer can say how to train them instead of the model vanishing
