@@ -188,6 +188,28 @@ def test_a_field_absent_from_every_training_image_is_refused(cohort):
         fit_label_space(select_fields(["view", "kvp"]), records)
 
 
+@pytest.mark.parametrize(
+    ("definition", "values", "message"),
+    [
+        (
+            {"type": "categorical", "classes": ["A", "B", "C", "D"]},
+            "323",
+            r"'3', '2'\), but none is one of its classes",
+        ),
+        ({"type": "binned", "edges": [10, 20], "range": [0, 100]}, ["250", "300", "250"], "none is a number from 0 to"),
+    ],
+    ids=["categorical", "binned"],
+)
+def test_a_field_whose_values_all_fall_outside_its_classes_is_refused_saying_so_not_as_absent(
+    definition, values, message
+):
+    """A CSV gave every image a density, 1 to 4 for a field of classes A-D: the error said the column was absent."""
+    records = [{"path": f"{i}.png", "density": value} for i, value in enumerate(values)]
+    density = {"name": "density", "keys": ["density"], **definition}
+    with pytest.raises(MammoXAIError, match=f"field 'density': has values in 3 training images .*{message}"):
+        fit_label_space(select_fields(["density"], extra_fields=[density]), records)
+
+
 def test_a_dataset_dir_that_is_a_file_is_named_as_such(tmp_path):
     (tmp_path / "studies.zip").write_bytes(b"PK")
     with pytest.raises(MammoXAIError, match=r"studies\.zip: is a file, not a folder of images \(set dataset_dir"):

@@ -309,11 +309,7 @@ def fit_label_space(label_space: MetadataLabelSpace, records: Sequence[Mapping[s
     for name in label_space.fields:
         field = label_space.field(name)
         if not any(_has_label(field, header) for header in headers):
-            raise MammoXAIError(
-                f"field {name!r}",
-                f"is absent from all {len(headers)} training images (read from {' + '.join(field.keys)})",
-                "remove it from 'fields' in the config, or supply its values in a label CSV",
-            )
+            _refuse_unlabelled(name, field, headers)
     fitted = label_space.fit(headers)
     for name in fitted.fields:
         counts = Counter(fitted.encode(header)[name] for header in headers)
@@ -323,6 +319,31 @@ def fit_label_space(label_space: MetadataLabelSpace, records: Sequence[Mapping[s
         if len(counts) < 2:
             logger.warning("field %s has a single class in the training images; its head learns nothing", name)
     return fitted
+
+
+def _refuse_unlabelled(name: str, field: CategoricalField | BinnedField, headers: Sequence[Mapping[str, Any]]) -> None:
+    """Say why no training image gives field ``name`` a class: the column is absent, or none of its values is one of
+    the field's classes (or in its range), e.g. densities written "3" for a field of classes A-D.
+
+    Raises:
+        MammoXAIError: always.
+    """
+    source = " + ".join(field.keys)
+    values = Counter(str(value) for value in (field.raw(header) for header in headers) if value is not None)
+    if not values:
+        problem = f"is absent from all {len(headers)} training images (read from {source})"
+        raise MammoXAIError(
+            f"field {name!r}", problem, "remove it from 'fields' in the config, or supply its values in a label CSV"
+        )
+    shown = ", ".join(repr(value) for value, _ in values.most_common(5))
+    if isinstance(field, BinnedField):
+        expected = f"a number from {field.valid_range[0]:g} to {field.valid_range[1]:g}"
+        fix = "correct the column, or the field's 'range' (in extra_fields)"
+    else:
+        expected = f"one of its classes {list(field.class_names)}"
+        fix = "map them onto the classes with 'aliases' in the field's definition (extra_fields), or correct the column"
+    problem = f"has values in {sum(values.values())} training images ({source}: {shown}), but none is {expected}"
+    raise MammoXAIError(f"field {name!r}", problem, fix)
 
 
 def _has_label(field: CategoricalField | BinnedField, header: Mapping[str, Any]) -> bool:
