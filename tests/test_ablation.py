@@ -272,3 +272,19 @@ def test_an_earlier_explainer_is_replaced_only_when_asked(pretrained_bundle, tmp
     assert explainer.read_bytes() == first
     assert main([*arguments, "--target", "view", "--overwrite", "true"]) == 0
     assert load_explainer(explainer)[0].target == "view"
+
+
+def test_downstream_labels_of_a_manifest_column_match_regardless_of_case_and_spacing():
+    """'Malignant' and 'malignant ' were two classes, and a held-out spelling the training rows lack went unlabelled."""
+    train = [
+        {"case_label": "malignant"},
+        {"case_label": "Malignant"},
+        {"case_label": "malignant"},
+        {"case_label": "Recalled  Benign"},
+    ]
+    labels, classes = downstream_labels(train, "case_label", SPACE, label_map={"recalled benign": "benign"})
+    assert classes == ["benign", "malignant"]
+    assert labels.tolist() == [1, 1, 1, 0]
+    test = [{"case_label": "MALIGNANT"}, {"case_label": " Benign"}, {"case_label": "normal"}]
+    labels, _ = downstream_labels(test, "case_label", SPACE, class_names=classes)
+    assert labels.tolist() == [1, 0, -1]

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +319,10 @@ def downstream_labels(
 
     ``target`` is either a field of ``label_space`` (``"xray_system"``, ``"view"``, ...: labels from the
     header, classes those of the pretrained heads) or a manifest column (``"case_label"``, ``"density"``,
-    ...: classes ``class_names``, default the sorted distinct values of ``records`` after ``label_map``).
+    ...: classes ``class_names``, default the sorted distinct values of ``records`` after ``label_map``). Column
+    values, ``label_map`` keys and ``class_names`` are matched regardless of case and spacing, as the metadata
+    fields' header values are: a CSV that writes "Malignant" on some rows and "malignant" on others (or only in
+    the held-out split) names one class, the spelling most rows use.
 
     Raises:
         MammoXAIError: ``target`` is neither a field nor a column of any record.
@@ -334,9 +338,26 @@ def downstream_labels(
             "is neither a metadata field nor a filled manifest column",
             f"use one of the fields {label_space.fields} or a manifest column such as case_label",
         )
-    names = [None if value in (None, "") else label_map.get(str(value), str(value)) for value in values]
-    classes = list(class_names) if class_names is not None else sorted({name for name in names if name is not None})
-    return torch.tensor([classes.index(name) if name in classes else -1 for name in names]), classes
+    mapped = {_class_key(raw): name for raw, name in label_map.items()}
+    names = [None if value in (None, "") else mapped.get(_class_key(value), str(value).strip()) for value in values]
+    classes = list(class_names) if class_names is not None else _spellings(name for name in names if name is not None)
+    index = {_class_key(name): i for i, name in enumerate(classes)}
+    return torch.tensor([-1 if name is None else index.get(_class_key(name), -1) for name in names]), classes
+
+
+def _class_key(value: Any) -> str:
+    """A label as compared with the classes of a manifest-column target: spacing collapsed, case folded."""
+    return " ".join(str(value).split()).casefold()
+
+
+def _spellings(names: Iterable[str]) -> list[str]:
+    """One class per label up to case and spacing, named by its most common spelling (ties: the first in sort
+    order), sorted."""
+    counts = Counter(names)
+    by_key: dict[str, list[str]] = {}
+    for name in sorted(counts):
+        by_key.setdefault(_class_key(name), []).append(name)
+    return sorted(max(spellings, key=lambda name: counts[name]) for spellings in by_key.values())
 
 
 class AblationStudy:
