@@ -451,3 +451,11 @@ def test_a_label_csv_names_images_by_their_path_under_the_data_set_folder_with_o
     write_csv(labels, ["file", "laterality"], [["1-1.png", "L"]])
     with pytest.raises(MammoXAIError, match="id '1-1.png' matches 2 images .*the image's path under the data set"):
         build_manifest(root / "images", label_csv=labels, id_column="file")
+
+
+def test_a_density_column_written_as_numbers_or_vindr_text_is_read_as_birads_letters(archive, tmp_path):
+    """CBIS-DDSM writes densities 1-4, VinDr-Mammo "DENSITY C": a density field of classes A-D knew neither."""
+    for value, letter in [("3", "C"), ("DENSITY B", "B"), ("d", "D"), ("35%", "35%")]:
+        labels = write_csv(tmp_path / "labels.csv", ["image_id", "density"], [["case7_L_CC", value]])
+        png = build_manifest(archive, label_csv=labels, id_column="image_id").records[0]
+        assert png["density"] == letter

@@ -308,7 +308,8 @@ def join_labels(
 
     Public data sets often ship PNG / PGM images whose only metadata is such a CSV (patient, laterality, view,
     density, label), so a column may supply or override any header or label field; laterality spellings
-    ("LEFT", "l") become "L" / "R" and views are upper-cased. An empty cell, or one holding a missing-value marker
+    ("LEFT", "l") become "L" / "R", views are upper-cased, and a ``density`` column's BI-RADS densities written as
+    in CBIS-DDSM ("3") or VinDr-Mammo ("DENSITY C") become "A".."D". An empty cell, or one holding a missing-value marker
     as R, pandas and spreadsheets write them ("NA", "N/A", "NaN", "null", "#N/A"), supplies nothing.
 
     The fields that describe the file itself are never replaced: ``path`` (where the file was found; a label
@@ -619,13 +620,15 @@ def _table_row(csv_path: Path, header: list[str], line: int, row: list[str]) -> 
 
 def _parse_cell(column: str, text: str, csv_path: Path) -> Any:
     """A manifest cell as the record value: None when empty or a missing-value marker ("NA", "N/A", "null", ...),
-    normalised laterality / view, typed numbers."""
+    normalised laterality / view / BI-RADS density ("3", "DENSITY C" -> "C"), typed numbers."""
     if not text or text.upper() in _MISSING:
         return None
     if column == "laterality":
         return normalise_laterality(text) or text
     if column == "view":
         return text.upper()
+    if column == "density":  # one spelling whichever data set's CSV it came from
+        return normalise_density(text) or text
     try:
         if column in _INT_COLUMNS:
             return int(float(text))
