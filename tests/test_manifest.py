@@ -179,8 +179,11 @@ def test_label_rows_without_an_image_raise_when_strict_and_warn_otherwise(archiv
 
 def test_a_missing_id_column_names_the_csv_and_the_column(archive, tmp_path):
     labels = write_csv(tmp_path / "labels.csv", ["image", "case_label"], [["1.2.3.1", "normal"]])
-    with pytest.raises(MammoXAIError, match=r"labels.csv: has no column 'sop_uid' \(columns: image, case_label\)"):
+    with pytest.raises(
+        MammoXAIError, match=r"labels.csv: has no column 'sop_uid' \(columns: image, case_label\)"
+    ) as error:
         build_manifest(archive, label_csv=labels)
+    assert "--label_id_column" in str(error.value) and "--id-column" in str(error.value)  # the bundle's and the CLI's
 
 
 def test_rows_that_disagree_about_one_image_are_an_error(archive, tmp_path):

@@ -414,10 +414,11 @@ def _read_label_rows(
     label_csv: Path, columns: tuple[str, ...], column_map: Mapping[str, str]
 ) -> dict[tuple[str, ...], dict[str, Any]]:
     """CSV rows keyed by their id, cells parsed like manifest cells, empty cells dropped."""
-    rows = read_table(
-        label_csv, columns, "pass id_column= (and column_map=) naming the column that identifies each image",
-        rename=lambda name: column_map.get(name, name),
-    )  # fmt: skip
+    fix = (
+        "name the column that identifies each image with id_column= (a bundle config: --label_id_column, "
+        "python -m mammoxai.data.manifest: --id-column)"
+    )  # each way in, as report_unusable names strict: a bundle user has no id_column= to pass
+    rows = read_table(label_csv, columns, fix, rename=lambda name: column_map.get(name, name))
     keyed: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
         values = {name: _parse_cell(name, text, label_csv) for name, text in row.items()}
