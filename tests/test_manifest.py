@@ -462,3 +462,12 @@ def test_a_density_column_written_as_numbers_or_vindr_text_is_read_as_birads_let
         labels = write_csv(tmp_path / "labels.csv", ["image_id", "density"], [["case7_L_CC", value]])
         png = build_manifest(archive, label_csv=labels, id_column="image_id").records[0]
         assert png["density"] == letter
+
+
+def test_label_csv_headers_name_manifest_fields_in_any_case_or_spacing(archive, tmp_path):
+    """INbreast-style headers ("Laterality", "View") were joined under their own names: the fields stayed missing."""
+    header = ["Image_ID", "Patient ID", "Laterality", "View", "Density", "KVP", "Case_Label", "Note"]
+    labels = write_csv(tmp_path / "labels.csv", header, [["case7_L_CC", "0042", "l", "cc", "C", "28", "normal", "x"]])
+    png = build_manifest(archive, label_csv=labels, id_column="Image_ID").records[0]
+    fields = ("image_id", "patient_id", "laterality", "view", "density", "kvp", "case_label", "Note")
+    assert [png.get(field) for field in fields] == ["case7_L_CC", "0042", "L", "CC", "C", 28.0, "normal", "x"]

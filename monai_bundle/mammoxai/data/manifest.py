@@ -91,6 +91,9 @@ _DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}
 #: cell texts that mean "no value" (upper-cased): what R, pandas and spreadsheets write for a missing value. Read
 #: as text they would be a value: a patient "NA" owning every image without one, a view "N/A" counted as present.
 _MISSING = frozenset({"NA", "N/A", "#N/A", "<NA>", "NAN", "NULL", "NONE"})
+#: the fields a label CSV column supplies when its header names one in another case or spacing ("Laterality",
+#: "Patient ID", "KVP"), as INbreast's and many spreadsheets' headers are written
+_KNOWN_COLUMNS = frozenset({*MANIFEST_COLUMNS, "density", "case_label", "split"})
 #: record fields that describe the scanned file itself, which a label CSV never replaces (see :func:`join_labels`)
 _FILE_COLUMNS = ("path", "image_id", "rows", "cols")
 
@@ -309,8 +312,9 @@ def join_labels(
     Public data sets often ship PNG / PGM images whose only metadata is such a CSV (patient, laterality, view,
     density, label), so a column may supply or override any header or label field; laterality spellings
     ("LEFT", "l") become "L" / "R", views are upper-cased, and a ``density`` column's BI-RADS densities written as
-    in CBIS-DDSM ("3") or VinDr-Mammo ("DENSITY C") become "A".."D". An empty cell, or one holding a missing-value marker
-    as R, pandas and spreadsheets write them ("NA", "N/A", "NaN", "null", "#N/A"), supplies nothing.
+    in CBIS-DDSM ("3") or VinDr-Mammo ("DENSITY C") become "A".."D". A header names a manifest field in any case
+    or spacing ("Laterality", "Patient ID"). An empty cell, or one holding a missing-value marker as R, pandas and
+    spreadsheets write them ("NA", "N/A", "NaN", "null", "#N/A"), supplies nothing.
 
     The fields that describe the file itself are never replaced: ``path`` (where the file was found; a label
     CSV's own ``path`` column, e.g. in a copy of another manifest, is relative to wherever that CSV was written,
@@ -336,7 +340,7 @@ def join_labels(
             naming one image by different ids disagree, an id matches several images, a row disagrees with its
             image's ``image_id``, ``rows`` or ``cols``, or (``strict``) a row matches no image.
     """
-    columns = (id_column,) if isinstance(id_column, str) else tuple(id_column)
+    columns = tuple(_field_name(column) for column in ((id_column,) if isinstance(id_column, str) else id_column))
     rows = _read_label_rows(Path(label_csv), columns, column_map or {})
     index = _image_index(records, columns)
     joined = [dict(record) for record in records]
@@ -418,7 +422,7 @@ def _read_label_rows(
         "name the column that identifies each image with id_column= (a bundle config: --label_id_column, "
         "python -m mammoxai.data.manifest: --id-column)"
     )  # each way in, as report_unusable names strict: a bundle user has no id_column= to pass
-    rows = read_table(label_csv, columns, fix, rename=lambda name: column_map.get(name, name))
+    rows = read_table(label_csv, columns, fix, rename=lambda name: _field_name(column_map.get(name, name)))
     keyed: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
         values = {name: _parse_cell(name, text, label_csv) for name, text in row.items()}
@@ -430,6 +434,14 @@ def _read_label_rows(
             raise MammoXAIError(label_csv, f"id {'/'.join(key)!r} is on rows that disagree", "keep one row per image")
         keyed[key] = values
     return keyed
+
+
+def _field_name(name: str) -> str:
+    """A label CSV header as the manifest field it names in any case or spacing (``"Patient ID"`` ->
+    ``"patient_id"``, ``"View"`` -> ``"view"``); other headers unchanged. Read as written, such a column was
+    joined under its own name, and the field it supplies stayed missing."""
+    key = "_".join(name.lower().split())
+    return key if key in _KNOWN_COLUMNS else name
 
 
 def _image_index(records: Sequence[Mapping[str, Any]], columns: tuple[str, ...]) -> dict[tuple[str, ...], list[int]]:
