@@ -113,6 +113,19 @@ def test_train_request_no_run_can_use_is_422_before_any_run(loop_server, body, w
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
 
 
+def test_train_every_model_with_a_body_no_run_can_use_is_422_before_any_run(loop_server):
+    url, bundle, _ = loop_server
+    before = (bundle / "models" / "model.pt").stat().st_mtime_ns
+
+    # MONAI Label's deprecated POST /train/ (its client's train_start without a model) trains each model
+    response = requests.post(f"{url}/train/", json={"mammoxai": {"epochs": 0}}, timeout=60)
+
+    assert response.status_code == 422, response.text
+    assert "epochs: is 0, not a positive whole number" in response.json()["detail"]
+    assert requests.get(f"{url}/train/", timeout=30).status_code == 404  # no run was started
+    assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
+
+
 def test_train_on_final_labels_of_one_class_is_422_before_any_run(loop_server):
     url, bundle, truth = loop_server
     before = (bundle / "models" / "model.pt").stat().st_mtime_ns

@@ -283,10 +283,36 @@ def install_train_guard(
     """Answer ``POST /train/<model>`` with 404 / 422 / 409 before MONAI Label starts a background run: an unknown
     model, a request body no run can use, too few or one-class corrections, a run in progress.
 
-    The route is put in front of MONAI Label's own, with the same role requirement, and passes a request it
-    accepts on to MONAI Label's handler, so status and stop work as documented by MONAI Label.
+    ``POST /train/`` (MONAI Label's "train every model", what its client sends when it names no model) is checked the
+    same way for each trainer, with the request MONAI Label builds for it (``params[<model>]`` and then the
+    top-level ``params``); MONAI Label queues it behind a run in progress, so that is no 409. Unguarded, it
+    answered 200 to a body no run can use and the run failed in its log.
+
+    The routes are put in front of MONAI Label's own, with the same role requirement, and pass a request they
+    accept on to MONAI Label's handler, so status and stop work as documented by MONAI Label.
     """
     router = APIRouter()
+
+    def check_idle(trainer: CorrectionsTrainer) -> None:
+        if not processes("train"):  # no run of this server: one it does not know of would make this one fail in its log
+            with client_errors(HTTPStatus.CONFLICT):
+                trainer.check_idle()
+
+    @router.post(f"{settings.MONAI_LABEL_API_STR}/train/", include_in_schema=False)
+    async def train_all(
+        params: dict | None = None,
+        run_sync: bool = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ) -> Any:
+        params = params or {}
+        for model, trainer in trainers.items():
+            own = params.get(model)
+            with client_errors():
+                trainer.check_request({**(own if isinstance(own, dict) else {}), **params})
+                trainer.check_ready(datastore())
+            check_idle(trainer)
+        with client_errors():
+            return train_endpoints.run(params, run_sync)
 
     @router.post(f"{settings.MONAI_LABEL_API_STR}/train/{{model}}", summary="Fine-tune the model on the final labels")
     async def train(
@@ -301,16 +327,13 @@ def install_train_guard(
         with client_errors():
             trainer.check_request(params or {})
             trainer.check_ready(datastore())
-        if processes("train"):
-            if not enqueue:
-                raise conflict(
-                    f"training of {model!r}",
-                    "is already running",
-                    "wait for it to finish (GET /train/), stop it (DELETE /train/) or pass enqueue=true to queue this one",
-                )
-        else:  # no run of this server: one it does not know of would make this one fail in its log
-            with client_errors(HTTPStatus.CONFLICT):
-                trainer.check_idle()
+        if processes("train") and not enqueue:
+            raise conflict(
+                f"training of {model!r}",
+                "is already running",
+                "wait for it to finish (GET /train/), stop it (DELETE /train/) or pass enqueue=true to queue this one",
+            )
+        check_idle(trainer)
         with client_errors():
             return train_endpoints.run_model(model, params, run_sync, enqueue)
 
