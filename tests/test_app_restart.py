@@ -1,5 +1,5 @@
 """A server restarted in the middle of the active-learning loop serves what the loop had made: the corrections, the
-datastore index with its uncertainty scores, and the weights trained from the corrections."""
+datastore index with its uncertainty scores (so the same next case), and the weights trained from the corrections."""
 
 from __future__ import annotations
 
@@ -40,14 +40,20 @@ def test_corrections_scores_and_trained_weights_are_served_after_a_restart(tmp_p
         assert simulator.wait_for_training(server.url, timeout=300)["status"] == "DONE"
         trained = served_checkpoint(server.url, images[1])
         requests.post(f"{server.url}/scoring/uncertainty", params={"run_sync": "true"}, json={}, timeout=300)
+        proposed = requests.post(f"{server.url}/activelearning/uncertainty", json={}, timeout=300).json()
+        weights = requests.get(f"{server.url}/info/", timeout=30).json()["models"]["mammoxai"]["checkpoint"]
         before = datastore_index(server.url)
 
     with server:  # the same folders and port, a new process
         after = datastore_index(server.url)
         rescored = requests.post(f"{server.url}/scoring/uncertainty", params={"run_sync": "true"}, json={}, timeout=300)
+        proposed_again = requests.post(f"{server.url}/activelearning/uncertainty", json={}, timeout=300).json()
+        weights_again = requests.get(f"{server.url}/info/", timeout=30).json()["models"]["mammoxai"]["checkpoint"]
         served = served_checkpoint(server.url, images[1])
 
     assert after == before
+    assert (proposed_again["id"], proposed_again["score"]) == (proposed["id"], proposed["score"])
+    assert weights_again == weights and weights["modified"] == trained
     assert sorted(k for k, v in after.items() if "final" in v["labels"]) == corrected
     assert served == trained
     assert rescored.json()["scored"] == 0 and rescored.json()["skipped"] == len(images) - len(corrected)
