@@ -471,3 +471,10 @@ def test_label_csv_headers_name_manifest_fields_in_any_case_or_spacing(archive, 
     png = build_manifest(archive, label_csv=labels, id_column="Image_ID").records[0]
     fields = ("image_id", "patient_id", "laterality", "view", "density", "kvp", "case_label", "Note")
     assert [png.get(field) for field in fields] == ["case7_L_CC", "0042", "L", "CC", "C", 28.0, "normal", "x"]
+
+
+def test_none_in_a_label_csv_is_a_value_not_a_missing_cell(archive, tmp_path):
+    """A finding or label column may say "None" (no abnormality); only NA-style markers mean missing."""
+    labels = write_csv(tmp_path / "labels.csv", ["image_id", "abnormality"], [["case7_L_CC", "None"]])
+    png = build_manifest(archive, label_csv=labels, id_column="image_id").records[0]
+    assert png["abnormality"] == "None"

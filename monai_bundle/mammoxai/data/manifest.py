@@ -90,7 +90,8 @@ _LATERALITY = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
 _DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}
 #: cell texts that mean "no value" (upper-cased): what R, pandas and spreadsheets write for a missing value. Read
 #: as text they would be a value: a patient "NA" owning every image without one, a view "N/A" counted as present.
-_MISSING = frozenset({"NA", "N/A", "#N/A", "<NA>", "NAN", "NULL", "NONE"})
+#: "None" is not among them: as a finding or a label it may be a value ("no abnormality").
+_MISSING = frozenset({"NA", "N/A", "#N/A", "<NA>", "NAN", "NULL"})
 #: the fields a label CSV column supplies when its header names one in another case or spacing ("Laterality",
 #: "Patient ID", "KVP"), as INbreast's and many spreadsheets' headers are written
 _KNOWN_COLUMNS = frozenset({*MANIFEST_COLUMNS, "density", "case_label", "split"})
