@@ -99,6 +99,14 @@ def test_evaluating_only_training_patients_is_a_clear_error():
         held_out_records(train, train, SPACE)
 
 
+def test_evaluation_images_naming_no_patient_are_kept_with_a_warning_that_they_cannot_be_checked(caplog):
+    """Such images were reported as held out, "none of whom is in the training split", without a word."""
+    train = _records(3)
+    anonymous = [{"path": record["path"]} for record in train]
+    assert len(held_out_records([*anonymous, *_records(2, prefix="Q")], train, SPACE)) == 20
+    assert "12 of 20 evaluation images name neither a patient nor a study" in caplog.text
+
+
 def test_patient_split_is_disjoint_complete_and_seeded():
     patients = [f"P{i}" for i in range(10)] * 2
     first, second = split_patients(patients, 0.3, seed=1)

@@ -141,13 +141,25 @@ def held_out_records(
     """``records`` without any image of a patient (or, where no patient is known, a study) of ``train_records``.
 
     The guarantee behind every held-out number: a patient seen in training (any view, any study) would let the
-    network recognise anatomy rather than metadata, and would make same-patient matching trivial.
+    network recognise anatomy rather than metadata, and would make same-patient matching trivial. An image that
+    names neither patient nor study cannot be checked; it is kept, with a warning that says how many there are.
 
     Raises:
         MammoXAIError: no record is left.
     """
     seen = {value for record in train_records for value in record_identity(record, label_space)} - {None}
-    kept = [dict(record) for record in records if not seen.intersection(record_identity(record, label_space))]
+    identities = [record_identity(record, label_space) for record in records]
+    unknown = sum(identity == (None, None) for identity in identities)
+    if unknown:  # e.g. an eval manifest of PNG files whose patient ids are in a label CSV it was not joined with
+        logger.warning(
+            "%d of %d evaluation images name neither a patient nor a study, so nothing shows whether they belong to "
+            "training patients; give their manifest a patient_id column (or join one with label_csv)",
+            unknown,
+            len(records),
+        )
+    kept = [
+        dict(record) for record, identity in zip(records, identities, strict=True) if not seen.intersection(identity)
+    ]
     if len(kept) < len(records):
         logger.warning(
             "%d of %d evaluation images belong to training patients and are left out",
