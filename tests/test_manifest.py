@@ -478,3 +478,22 @@ def test_none_in_a_label_csv_is_a_value_not_a_missing_cell(archive, tmp_path):
     labels = write_csv(tmp_path / "labels.csv", ["image_id", "abnormality"], [["case7_L_CC", "None"]])
     png = build_manifest(archive, label_csv=labels, id_column="image_id").records[0]
     assert png["abnormality"] == "None"
+
+
+def test_the_manifest_command_names_its_own_flag_for_skipping_unmatched_label_rows(archive, tmp_path, capsys):
+    """The error said '--strict false', which the command does not have; its flag is --lenient."""
+    labels = write_csv(
+        tmp_path / "labels.csv", ["image_id", "case_label"], [["case7_L_CC", "normal"], ["gone", "benign"]]
+    )
+    arguments = [
+        str(archive),
+        "--out",
+        str(tmp_path / "manifest.csv"),
+        "--labels",
+        str(labels),
+        "--id-column",
+        "image_id",
+    ]
+    assert main(arguments) == 1
+    assert "--lenient" in capsys.readouterr().err
+    assert main([*arguments, "--lenient"]) == 0

@@ -410,7 +410,7 @@ def report_unusable(source: str | os.PathLike, what: str, items: Sequence[str], 
     shown = ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
     problem = f"{len(items)} {what}: {shown}"
     if strict:
-        skip = "or pass strict=False (a bundle config: --strict false) to skip them"
+        skip = "or pass strict=False (a bundle config: --strict false; python -m mammoxai.data.manifest: --lenient) to skip them"
         raise MammoXAIError(source, problem, f"{fix}, {skip}")
     warnings.warn(f"{source}: {problem}; they are skipped", stacklevel=3)
 
