@@ -497,3 +497,12 @@ def test_the_manifest_command_names_its_own_flag_for_skipping_unmatched_label_ro
     assert main(arguments) == 1
     assert "--lenient" in capsys.readouterr().err
     assert main([*arguments, "--lenient"]) == 0
+
+
+def test_a_manifest_written_on_windows_finds_its_images_in_subfolders(tmp_path):
+    """Paths such as images\\P000\\a.png named files that exist nowhere outside Windows."""
+    (tmp_path / "images" / "P000").mkdir(parents=True)
+    Image.fromarray(PIXELS).save(tmp_path / "images" / "P000" / "a.png")
+    write_csv(tmp_path / "manifest.csv", ["path", "image_id"], [["images\\P000\\a.png", "a"]])
+    (record,) = read_manifest(tmp_path / "manifest.csv")
+    assert record["path"] == str(tmp_path / "images" / "P000" / "a.png")

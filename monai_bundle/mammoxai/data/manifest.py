@@ -506,8 +506,8 @@ def write_manifest(records: Sequence[Mapping[str, Any]], csv_path: str | os.Path
 
 def read_manifest(csv_path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records from a manifest CSV, with paths resolved against the CSV's folder (the inverse of
-    :func:`write_manifest`): counts and measurements come back as numbers, empty cells as ``None``, everything
-    else as text.
+    :func:`write_manifest`; "/" or "\\" separated): counts and measurements come back as numbers, empty cells as
+    ``None``, everything else as text.
 
     A manifest that lists one image twice - a repeated row, or two rows with the same ``path`` or ``image_id`` -
     is refused (:func:`check_unique`), not read: training would weight that image double, and when the copies
@@ -525,10 +525,16 @@ def read_manifest(csv_path: str | os.PathLike) -> list[dict[str, Any]]:
         record = {name: _parse_cell(name, text, csv_path) for name, text in row.items()}
         if record["path"] is None:
             raise MammoXAIError(csv_path, f"line {row.line} has no path", "fill in the image file or delete the row")
-        record["path"] = os.path.normpath(csv_path.parent / record["path"])
+        record["path"] = os.path.normpath(csv_path.parent / _portable_path(record["path"]))
         records.append(record)
     check_unique(records, csv_path, "keep one row per image: rebuild the manifest, or delete the repeated rows")
     return records
+
+
+def _portable_path(text: str) -> str:
+    """A manifest's path cell with "\\" read as a separator where the system does not read it so: a manifest written
+    on Windows (``images\\P000\\a.png``) otherwise names files that exist nowhere on Linux or macOS."""
+    return text if os.sep == "\\" else text.replace("\\", "/")
 
 
 def check_unique(records: Sequence[Mapping[str, Any]], source: str | os.PathLike, fix: str) -> None:
