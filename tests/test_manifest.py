@@ -506,3 +506,10 @@ def test_a_manifest_written_on_windows_finds_its_images_in_subfolders(tmp_path):
     write_csv(tmp_path / "manifest.csv", ["path", "image_id"], [["images\\P000\\a.png", "a"]])
     (record,) = read_manifest(tmp_path / "manifest.csv")
     assert record["path"] == str(tmp_path / "images" / "P000" / "a.png")
+
+
+def test_a_label_csv_id_in_another_case_names_the_image_as_a_windows_or_macos_file_system_would(archive, tmp_path):
+    """A CSV written where file names ignore case (CASE7_L_CC.PNG for case7_L_CC.png) matched no image."""
+    labels = write_csv(tmp_path / "labels.csv", ["file", "view"], [["CASE7_L_CC.PNG", "CC"], ["Study1/A.DCM", "MLO"]])
+    records = {r["image_id"]: r for r in build_manifest(archive, label_csv=labels, id_column="file").records}
+    assert (records["case7_L_CC"]["view"], records["1.2.3.1"]["view"]) == ("CC", "MLO")

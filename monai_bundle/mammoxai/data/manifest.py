@@ -328,9 +328,10 @@ def join_labels(
         label_csv: the CSV file.
         id_column: either one column holding, per row, an image's SOP Instance UID, its ``image_id``, its
             file name or its path under any folder above it (``P000/a.png``, "/" or "\\" separated), with or
-            without extension - each must name one image; or several columns that are all
-            manifest fields, e.g. ``("patient_id", "laterality", "view")``, in which case a row labels every
-            image that agrees on all of them (prior exams of the same breast and view included).
+            without extension, in any case where the exact spelling names no image - each must name one image;
+            or several columns that are all manifest fields, e.g. ``("patient_id", "laterality", "view")``, in
+            which case a row labels every image that agrees on all of them (prior exams of the same breast and view
+            included).
         column_map: renames CSV columns to manifest fields before anything else, e.g.
             ``{"left or right breast": "laterality", "pathology": "case_label"}``.
         strict: CSV rows that match no image raise (True) or warn (False); their ids are listed either way.
@@ -344,11 +345,14 @@ def join_labels(
     columns = tuple(_field_name(column) for column in ((id_column,) if isinstance(id_column, str) else id_column))
     rows = _read_label_rows(Path(label_csv), columns, column_map or {})
     index = _image_index(records, columns)
+    folded: dict[tuple[str, ...], set[int]] = {}
+    for name, positions in index.items():
+        folded.setdefault(_folded(name), set()).update(positions)
     joined = [dict(record) for record in records]
     unmatched = []
     labelled_by: dict[int, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for key, values in rows.items():
-        matches = index.get(_id_key(key), [])
+        matches = index.get(_id_key(key)) or sorted(folded.get(_folded(_id_key(key)), ()))
         if len(columns) == 1 and len(matches) > 1:
             names = ", ".join(joined[i]["path"] for i in matches[:3])
             fix = "use a unique id, e.g. the image's path under the data set's folder"
@@ -470,6 +474,13 @@ def _path_names(path: Path) -> set[str]:
     parts = path.parts
     tails = [Path(*parts[start:]) for start in range(len(parts))]
     return {name for tail in tails for name in (tail.as_posix(), tail.with_suffix("").as_posix())}
+
+
+def _folded(key: tuple[str, ...]) -> tuple[str, ...]:
+    """An id compared regardless of case, as a case-insensitive file system (Windows, macOS) names files: a CSV that
+    writes ``IMG_001.PNG`` or ``mdb001`` names the file ``IMG_001.png`` or ``MDB001.pgm``. Used only where the id
+    as written matches nothing."""
+    return tuple(part.casefold() for part in key)
 
 
 def _id_key(key: tuple[str, ...]) -> tuple[str, ...]:
