@@ -245,7 +245,7 @@ def test_demo_prints_how_to_connect_and_stops_itself_and_the_server(app_server, 
     reader.join(10)
     output = "".join(lines)
     assert f"weights: {app_server.checkpoint.resolve()} (existing)" in output  # nothing was trained
-    assert f'client = MONAILabelClient("{url}")' in output
+    assert f"client = MONAILabelClient({url!r})" in output
     assert f'curl -X POST "{url}/infer/{app_server.model}?image={app_server.study_ids()[0]}&output=json"' in output
     assert "NOT for clinical use" in output
     assert output.rstrip().endswith("stopped")
