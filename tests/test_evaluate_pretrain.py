@@ -183,7 +183,21 @@ def test_within_stratum_auc_leaves_out_unknown_strata_and_says_when_nothing_is_l
 def test_matching_without_same_study_pairs_is_reported_not_raised():
     identities = [(f"P{i}", f"S{i}") for i in range(6)]  # one image per study
     values, roc = matching_metrics(torch.randn(6, 4), identities, n_bootstrap=10)
-    assert roc is None and "not evaluated" in values["note"]
+    assert roc is None and values["note"] == "no test patient has two images of one study: matching not evaluated"
+
+
+@pytest.mark.parametrize(
+    ("identities", "reason"),
+    [
+        ([(None, None)] * 8, "no evaluation image names a patient (give a patient_id column"),
+        ([("P1", None)] * 4 + [("P2", None)] * 4, "the test part holds 1 patient(s), and a negative pair needs two"),
+    ],
+    ids=["no patient column", "one test patient"],
+)
+def test_matching_that_cannot_be_evaluated_says_what_to_change(identities, reason):
+    """Both said "no same-study image pairs", though the one patient's four images are all same-study pairs."""
+    values, roc = matching_metrics(torch.randn(len(identities), 4), identities, n_bootstrap=10)
+    assert roc is None and values["note"].startswith(reason) and values["note"].endswith(": matching not evaluated")
 
 
 # -- field metrics ----------------------------------------------------------------------------------------------

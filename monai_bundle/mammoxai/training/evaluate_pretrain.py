@@ -275,6 +275,19 @@ def _pair_scores(match: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
     return (embeddings[index[:, 0]] * embeddings[index[:, 1]]).sum(1).numpy()
 
 
+def _no_pairs_reason(patients: Sequence[str | None], test_part: set[str]) -> str:
+    """Why the test part yields no pair, in words that say what to change: a PNG data set's CSV without a patient
+    column, and a held-out set of one test patient, looked alike as "no same-study image pairs"."""
+    if all(patient is None for patient in patients):
+        return "no evaluation image names a patient (give a patient_id column, or join one with label_csv)"
+    if len(test_part) < 2:
+        return (
+            f"the test part holds {len(test_part)} patient(s), and a negative pair needs two (hold out more "
+            "patients: a larger val_fraction, or an eval_manifest)"
+        )
+    return "no test patient has two images of one study"
+
+
 def matching_metrics(
     match: torch.Tensor,
     identities: Sequence[tuple[str | None, str | None]],
@@ -332,7 +345,7 @@ def matching_metrics(
         "threshold_pairs": int(len(threshold_pairs)),
     }
     if not len(test_pairs):
-        values["note"] = "no same-study image pairs among the test patients: matching not evaluated"
+        values["note"] = f"{_no_pairs_reason(patients, test_part)}: matching not evaluated"
         return values, None
     labels, scores = test_pairs[:, 2], _pair_scores(match, test_pairs)
     auc = bootstrap_ci(
