@@ -28,6 +28,7 @@ from mammoxai.saliency.ablation import (
     save_explainer,
     task_means,
 )
+from mammoxai.training.evaluate_pretrain import bootstrap_groups
 from mammoxai.training.pretrain import load_pretrained
 
 TASKS = ("xray_system", "view", "laterality", "thickness")
@@ -288,3 +289,15 @@ def test_downstream_labels_of_a_manifest_column_match_regardless_of_case_and_spa
     test = [{"case_label": "MALIGNANT"}, {"case_label": " Benign"}, {"case_label": "normal"}]
     labels, _ = downstream_labels(test, "case_label", SPACE, class_names=classes)
     assert labels.tolist() == [1, 0, -1]
+
+
+def test_images_naming_no_patient_are_each_their_own_bootstrap_unit_not_one_shared_patient(fitted):
+    """Clustered under one empty id, a data set without a patient column got effect intervals of zero width."""
+    _, probe, means, test, labels = fitted
+    records = [{"path": f"image{i}.png"} for i in range(len(labels))]
+    groups = bootstrap_groups(records, SPACE)
+    assert len(set(groups)) == len(records)
+    _, rows = ablation_effects(probe, test["z_tasks"], labels, means, n_bootstrap=100, seed=0, groups=groups)
+    assert all(row["mean_logprob_drop_high"] > row["mean_logprob_drop_low"] for row in rows)
+    _, shared = ablation_effects(probe, test["z_tasks"], labels, means, n_bootstrap=100, seed=0, groups=[""] * 60)
+    assert all(row["mean_logprob_drop_high"] == row["mean_logprob_drop_low"] for row in shared)  # the old grouping

@@ -20,6 +20,7 @@ from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.nets import MetadataNet
 from mammoxai.reports import Report, bar_figure, confusion_matrix_figure
 from mammoxai.training.evaluate_pretrain import (
+    bootstrap_groups,
     collect_outputs,
     field_metrics,
     held_out_records,
@@ -105,6 +106,30 @@ def test_evaluation_images_naming_no_patient_are_kept_with_a_warning_that_they_c
     anonymous = [{"path": record["path"]} for record in train]
     assert len(held_out_records([*anonymous, *_records(2, prefix="Q")], train, SPACE)) == 20
     assert "12 of 20 evaluation images name neither a patient nor a study" in caplog.text
+
+
+def test_bootstrap_units_are_the_patient_else_the_study_else_the_image():
+    records = [
+        {"path": "a.png", "patient_id": "P1"},
+        {"path": "b.png", "patient_id": "P1", "study_uid": "S9"},
+        {"path": "c.png", "study_uid": "S9"},
+        {"path": "d.png"},
+        {"path": "e.png"},
+    ]
+    groups = bootstrap_groups(records, SPACE)
+    assert groups[0] == groups[1] and len(set(groups)) == 4  # the study of c is not the patient P1
+
+
+def test_field_intervals_of_images_naming_no_patient_are_not_of_zero_width():
+    """Every such image was one shared "patient", so every resample was the whole set: intervals of zero width."""
+    records = [{"path": f"{i}.png", "view": "CC" if i % 2 else "MLO"} for i in range(40)]
+    encoded = [SPACE.encode(record_header(record)) for record in records]
+    targets = {name: np.array([labels[name] for labels in encoded]) for name in SPACE.fields}
+    generator = torch.Generator().manual_seed(0)
+    logits = {name: torch.randn(40, SPACE.num_classes(name), generator=generator) for name in SPACE.fields}
+    rows, _ = field_metrics(SPACE, logits, targets, bootstrap_groups(records, SPACE), n_bootstrap=100)
+    view = next(row for row in rows if row["field"] == "view")
+    assert view["images"] == 40 and view["accuracy_high"] > view["accuracy_low"]
 
 
 def test_patient_split_is_disjoint_complete_and_seeded():

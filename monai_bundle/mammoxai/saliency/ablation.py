@@ -46,7 +46,7 @@ from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
 from mammoxai.reports import Report, bar_figure
-from mammoxai.training.evaluate_pretrain import collect_outputs, record_identity
+from mammoxai.training.evaluate_pretrain import bootstrap_groups, collect_outputs
 from mammoxai.training.pretrain import record_metadata
 
 logger = logging.getLogger(__name__)
@@ -430,7 +430,7 @@ class AblationStudy:
         test = collect_outputs(self.network, self.test_dataloader, self.device, self.amp)
         means = task_means(train.z_tasks)
         probe = fit_probe(train.z, train_labels, classes, self.target, self.weight_decay)
-        patients = [record_identity(record, self.label_space)[0] or "" for record in test_records]
+        patients = bootstrap_groups(test_records, self.label_space)
         baseline, rows = ablation_effects(
             probe, test.z_tasks, test_labels, means, self.n_bootstrap, self.seed, groups=patients
         )

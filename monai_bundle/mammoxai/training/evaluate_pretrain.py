@@ -66,6 +66,7 @@ __all__ = [
     "matching_pairs",
     "split_patients",
     "field_metrics",
+    "bootstrap_groups",
     "matching_metrics",
     "PretrainEvaluator",
     "main",
@@ -133,6 +134,21 @@ def record_identity(record: Mapping[str, Any], label_space: MetadataLabelSpace) 
     """(patient, study) of a manifest record, as pretraining groups images (header or CSV columns); None where
     unknown."""
     return label_space.identity(record_metadata(record))
+
+
+def bootstrap_groups(records: Sequence[Mapping[str, Any]], label_space: MetadataLabelSpace) -> list[str]:
+    """The unit each record is resampled with by a patient-level bootstrap: its patient, else its study, else the
+    image itself, as :func:`~mammoxai.training.pretrain.split_by_patient` divides them.
+
+    An image that names neither patient nor study is its own unit of evidence. Under one shared empty id, all such
+    images were a single "patient": on a data set without a patient column every resample was the whole set, and
+    each interval had zero width.
+    """
+    groups = []
+    for record in records:
+        patient, study = record_identity(record, label_space)
+        groups.append(f"patient {patient}" if patient else f"study {study}" if study else f"image {record['path']}")
+    return groups
 
 
 def held_out_records(
@@ -470,7 +486,7 @@ class PretrainEvaluator:
             self.label_space,
             outputs.logits,
             targets,
-            [patient or "" for patient, _ in identities],
+            bootstrap_groups(records, self.label_space),
             self.n_bootstrap,
             self.seed,
         )
