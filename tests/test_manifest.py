@@ -353,16 +353,43 @@ def test_a_label_csv_with_byte_order_mark_and_windows_line_endings_joins_like_a_
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "sop_uid;case_label;kvp;note\r\n1.2.3.1;malignant;28,5;ok, checked\r\n1.2.3.2;benign;;\r\n",
+        "sop_uid\tcase_label\tkvp\tnote\n1.2.3.1\tmalignant\t28.5\tok, checked\n1.2.3.2\tbenign\t\t\n",
+        'sop_uid,case_label,kvp,note\n1.2.3.1,malignant,28.5,"ok, checked"\n1.2.3.2,benign,,\n',
+    ],
+    ids=["semicolons with decimal commas", "tabs", "commas"],
+)
+def test_a_label_csv_separated_by_semicolons_or_tabs_joins_like_a_comma_separated_one(archive, tmp_path, text):
+    """Spreadsheets save "CSV" with semicolons and decimal commas where the comma is the decimal mark (most of
+    Europe); a table copied out of one is tab-separated. Each joins as the comma-separated file does."""
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(text.encode("utf-8-sig"))
+    records = {r["image_id"]: r for r in build_manifest(archive, label_csv=labels).records}
+    assert [records["1.2.3.1"][name] for name in ("case_label", "kvp", "note")] == ["malignant", 28.5, "ok, checked"]
+    header_kvp = {r["image_id"]: r for r in build_manifest(archive).records}["1.2.3.2"]["kvp"]
+    assert (records["1.2.3.2"]["case_label"], records["1.2.3.2"]["kvp"]) == ("benign", header_kvp)  # empty: no value
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("sop_uid,case_label\n1.2.3.1;malignant\n", "line 2 has 1 cells, the header has 2 columns"),
         ("sop_uid,case_label\n1.2.3.1,malignant\n1.2.3.2,benign,BI-RADS 2\n", "line 3 has 3 cells, the header has 2"),
         ('sop_uid,note,case_label\n"1.2.3.1","two\nlines",normal\n1.2.3.2,benign\n', "line 4 has 2 cells"),
-        ("sop_uid;case_label\n1.2.3.1;malignant\n", "separated by ';', not by commas .*save it as comma-separated"),
-        ("sop_uid\tcase_label\n1.2.3.1\tmalignant\n", r"separated by '\\t', not by commas"),
+        ("sop_uid|case_label\n1.2.3.1|malignant\n", r"separated by '\|', not by commas.*save it as comma-separated"),
+        ("sop_uid;case_label\n1.2.3.1;malignant;BI-RADS 5\n", "line 2 has 3 cells.*semicolon-separated as the header"),
         ("sop_uid,case_label,case_label\n1.2.3.1,normal,malignant\n", "names the column.* 'case_label' more than once"),
     ],
-    ids=["mixed separators", "extra cell", "line after a quoted line break", "semicolons", "tabs", "column twice"],
+    ids=[
+        "mixed separators",
+        "extra cell",
+        "line after a quoted line break",
+        "pipes",
+        "extra semicolon",
+        "column twice",
+    ],
 )
 def test_a_label_csv_whose_cells_do_not_line_up_with_its_header_is_refused(archive, tmp_path, text, message):
     (tmp_path / "labels.csv").write_text(text)
@@ -513,3 +540,20 @@ def test_a_label_csv_id_in_another_case_names_the_image_as_a_windows_or_macos_fi
     labels = write_csv(tmp_path / "labels.csv", ["file", "view"], [["CASE7_L_CC.PNG", "CC"], ["Study1/A.DCM", "MLO"]])
     records = {r["image_id"]: r for r in build_manifest(archive, label_csv=labels, id_column="file").records}
     assert (records["case7_L_CC"]["view"], records["1.2.3.1"]["view"]) == ("CC", "MLO")
+
+
+def test_the_manifest_command_renames_label_csv_columns_to_manifest_fields(archive, tmp_path, capsys):
+    """A data set's CSV names its columns its own way (INbreast's ``ACR`` is the BI-RADS density): ``--rename``
+    reads them as manifest fields, where editing the header of a published CSV was the only way."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("File Name;ACR;Image View\ncase7_L_CC;3;cc\n", encoding="utf-8")
+    out = tmp_path / "manifest.csv"
+    renames = ["--rename", "File Name=file", "ACR = density", "Image View=view"]
+
+    assert main([str(archive), "--out", str(out), "--labels", str(labels), "--id-column", "file", *renames]) == 0
+
+    png = {record["image_id"]: record for record in read_manifest(out)}["case7_L_CC"]
+    assert (png["density"], png["view"]) == ("C", "CC")
+    assert main([str(archive), "--out", str(tmp_path / "other.csv"), "--labels", str(labels), "--rename", "ACR"]) == 1
+    assert "error: --rename 'ACR': is not COLUMN=FIELD (e.g. --rename 'ACR=density')" in capsys.readouterr().err
+    assert not (tmp_path / "other.csv").exists()

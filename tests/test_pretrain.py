@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cache import breast_pixels
@@ -158,6 +158,39 @@ def test_png_images_with_a_label_csv_get_csv_labels_and_patient_groups(tmp_path)
     groups = {Path(record["path"]).name: group for record, group in zip(dataset.data, dataset.groups)}
     assert groups["a.png"] == groups["b.png"] != groups["c.png"] == groups["d.png"]
     assert dataset[2]["image"].shape == (1, *SIZE)
+
+
+@pytest.mark.parametrize("config", ["pretrain.json", "evaluate_pretrain.json", "ablation.json", "train.json"])
+def test_every_config_joining_a_label_csv_renames_its_columns_by_label_column_map(tmp_path, config):
+    """A published CSV names its columns its own way (``ACR`` for the BI-RADS density, ``File Name``): each config
+    that joins ``--label_csv`` reads them as manifest fields with ``--label_column_map``."""
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for seed, name in enumerate(("a", "b")):
+        Image.fromarray((breast_pixels(seed=seed) // 16).astype(np.uint8)).save(folder / f"{name}.png")
+    write_manifest(build_manifest(folder).records, folder / "manifest.csv")
+    (tmp_path / "labels.csv").write_text("File Name;ACR;Patient\na.png;2;P1\nb.png;4;P2\n", encoding="utf-8")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser.update(
+        {
+            "bundle_root": str(BUNDLE),
+            "dataset_dir": str(folder),
+            "output_dir": str(tmp_path / "out"),
+            "cache_dir": str(tmp_path / "cache"),
+            "num_workers": 0,
+            "label_csv": str(tmp_path / "labels.csv"),
+            "label_id_column": "file",
+            "label_column_map": {"File Name": "file", "ACR": "density", "Patient": "patient_id"},
+        }
+    )
+
+    records = {Path(record["path"]).name: record for record in parser.get_parsed_content("records")}
+
+    assert [(records[name]["density"], records[name]["patient_id"]) for name in ("a.png", "b.png")] == [
+        ("B", "P1"),
+        ("D", "P2"),
+    ]
 
 
 def test_split_keeps_every_patient_on_one_side(cohort):

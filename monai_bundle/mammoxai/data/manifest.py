@@ -430,7 +430,7 @@ def _read_label_rows(
     rows = read_table(label_csv, columns, fix, rename=lambda name: _field_name(column_map.get(name, name)))
     keyed: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
-        values = {name: _parse_cell(name, text, label_csv) for name, text in row.items()}
+        values = {name: _parse_cell(name, text, label_csv, row.decimal_comma) for name, text in row.items()}
         values = {name: value for name, value in values.items() if value is not None}
         key = tuple(str(values.get(column, "")) for column in columns)
         if not all(key):
@@ -533,7 +533,7 @@ def read_manifest(csv_path: str | os.PathLike) -> list[dict[str, Any]]:
     records = []
     fix = "a manifest is written by write_manifest or python -m mammoxai.data.manifest"
     for row in read_table(csv_path, ("path",), fix):
-        record = {name: _parse_cell(name, text, csv_path) for name, text in row.items()}
+        record = {name: _parse_cell(name, text, csv_path, row.decimal_comma) for name, text in row.items()}
         if record["path"] is None:
             raise MammoXAIError(csv_path, f"line {row.line} has no path", "fill in the image file or delete the row")
         record["path"] = os.path.normpath(csv_path.parent / _portable_path(record["path"]))
@@ -567,15 +567,21 @@ def check_unique(records: Sequence[Mapping[str, Any]], source: str | os.PathLike
 
 
 class TableRow(dict):
-    """One CSV data row as {column: stripped text}, knowing the file line it starts on.
+    """One CSV data row as {column: stripped text}, knowing the file line it starts on and its file's separator.
 
     Readers name that line in their errors; counting data rows instead is off after a blank line or a quoted cell
-    holding a line break, and the user opens the file at the wrong row.
+    holding a line break, and the user opens the file at the wrong row. A file separated by semicolons comes from a
+    locale whose decimal mark is the comma, so its numbers are read with one (:attr:`decimal_comma`).
     """
 
-    def __init__(self, cells: Iterable[tuple[str, str]], line: int):
+    def __init__(self, cells: Iterable[tuple[str, str]], line: int, separator: str = ","):
         super().__init__(cells)
         self.line = line
+        self.separator = separator
+
+    @property
+    def decimal_comma(self) -> bool:
+        return self.separator == ";"
 
 
 def read_table(
@@ -586,8 +592,10 @@ def read_table(
 ) -> list[TableRow]:
     """Rows of a CSV file as {column: stripped text} with their line (``row.line``); blank lines are dropped.
 
-    Every row must have one cell per column (empty cells past the last column, as spreadsheets leave them, are
-    allowed): a row with more or fewer cells was saved with another separator or has an unquoted comma, and
+    Cells are separated by commas, or by semicolons or tabs when the header row holds no comma: spreadsheets save
+    "CSV" with semicolons in the locales whose decimal mark is the comma (most of Europe), and tab-separated text
+    is what a table copied out of one is. Every row must have one cell per column (empty cells past the last
+    column, as spreadsheets leave them, are allowed): a row with more or fewer cells has a stray separator, and
     read by position its cells would land in the wrong columns.
 
     Args:
@@ -598,7 +606,7 @@ def read_table(
 
     Raises:
         MammoXAIError: the file is missing, empty or not CSV text, is separated by something other than commas,
-            names a column twice, lacks a required column (the message lists those it has), or has a row whose
+            semicolons or tabs, names a column twice, lacks a required column (the message lists those it has), or has a row whose
             cells do not match the header.
     """
     csv_path = Path(csv_path)
@@ -606,7 +614,9 @@ def read_table(
         raise MammoXAIError(csv_path, "does not exist", "check the path")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as stream:
-            reader = csv.reader(stream)
+            separator = _separator(stream.readline())
+            stream.seek(0)
+            reader = csv.reader(stream, delimiter=separator)
             lines, start = [], 1
             for row in reader:  # with the line each row starts on: a quoted cell may hold line breaks
                 lines.append((start, row))
@@ -617,7 +627,15 @@ def read_table(
         raise MammoXAIError(csv_path, "is empty", "a header row is needed")
     header = [(rename or str)(name.strip()) for name in lines[0][1]]
     _check_header(csv_path, header, required, fix)
-    return [_table_row(csv_path, header, line, row) for line, row in lines[1:] if any(cell.strip() for cell in row)]
+    rows = [(line, row) for line, row in lines[1:] if any(cell.strip() for cell in row)]
+    return [_table_row(csv_path, header, line, row, separator) for line, row in rows]
+
+
+def _separator(header_line: str) -> str:
+    """The cell separator of a CSV file, told by its header row: the commonest of comma, semicolon and tab there
+    (a comma on a tie, and for a one-column file)."""
+    counts = {separator: header_line.count(separator) for separator in ",;\t"}
+    return max(counts, key=counts.__getitem__)
 
 
 def _check_header(csv_path: Path, header: list[str], required: Sequence[str], fix: str) -> None:
@@ -631,27 +649,30 @@ def _check_header(csv_path: Path, header: list[str], required: Sequence[str], fi
     if not missing:
         return
     problem = f"has no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})"
-    separator = next((s for s in ";\t|" if len(header) == 1 and s in header[0]), None)
-    if separator is not None:
-        problem += f"; its columns are separated by {separator!r}, not by commas"
+    if len(header) == 1 and "|" in header[0]:
+        problem += "; its columns are separated by '|', not by commas, semicolons or tabs"
         fix = "save it as comma-separated CSV, e.g. a spreadsheet's CSV UTF-8 format"
     raise MammoXAIError(csv_path, problem, fix)
 
 
-def _table_row(csv_path: Path, header: list[str], line: int, row: list[str]) -> TableRow:
+def _table_row(csv_path: Path, header: list[str], line: int, row: list[str], separator: str) -> TableRow:
     """One data row as {column: stripped text}, refused when its cells do not line up with the header."""
     cells = [cell.strip() for cell in row]
     extra = cells[len(header) :]
     if len(cells) < len(header) or any(extra):
         problem = f"line {line} has {len(cells)} cells, the header has {len(header)} columns"
-        fix = "give every row one cell per column, comma-separated; quote cells that contain a comma"
+        name = {",": "comma", ";": "semicolon", "\t": "tab"}[separator]
+        fix = (
+            f"give every row one cell per column, {name}-separated as the header is; quote cells that contain a {name}"
+        )
         raise MammoXAIError(csv_path, problem, fix)
-    return TableRow(zip(header, cells, strict=False), line)
+    return TableRow(zip(header, cells, strict=False), line, separator)
 
 
-def _parse_cell(column: str, text: str, csv_path: Path) -> Any:
+def _parse_cell(column: str, text: str, csv_path: Path, decimal_comma: bool = False) -> Any:
     """A manifest cell as the record value: None when empty or a missing-value marker ("NA", "N/A", "null", ...),
-    normalised laterality / view / BI-RADS density ("3", "DENSITY C" -> "C"), typed numbers."""
+    normalised laterality / view / BI-RADS density ("3", "DENSITY C" -> "C"), typed numbers (``decimal_comma``:
+    "28,5" is 28.5, as a semicolon-separated file writes it)."""
     if not text or text.upper() in _MISSING:
         return None
     if column == "laterality":
@@ -660,11 +681,12 @@ def _parse_cell(column: str, text: str, csv_path: Path) -> Any:
         return text.upper()
     if column == "density":  # one spelling whichever data set's CSV it came from
         return normalise_density(text) or text
+    number = text.replace(",", ".") if decimal_comma else text
     try:
         if column in _INT_COLUMNS:
-            return int(float(text))
+            return int(float(number))
         if column in _FLOAT_COLUMNS:
-            return float(text)
+            return float(number)
     except ValueError as error:
         raise MammoXAIError(csv_path, f"column {column!r} holds {text!r}, not a number", "fix the cell") from error
     return text
@@ -679,6 +701,21 @@ def relative_path(path: str | os.PathLike, folder: str | os.PathLike) -> str:
 
 
 # -- command line -----------------------------------------------------------------------------------------------
+def parse_renames(renames: Sequence[str]) -> dict[str, str]:
+    """``--rename`` arguments ``COLUMN=FIELD`` as the ``column_map`` of :func:`join_labels`.
+
+    Raises:
+        MammoXAIError: an argument without ``=`` or with an empty side.
+    """
+    column_map = {}
+    for rename in renames:
+        column, _, field_name = (part.strip() for part in rename.partition("="))
+        if not column or not field_name:
+            raise MammoXAIError(f"--rename {rename!r}", "is not COLUMN=FIELD", "e.g. --rename 'ACR=density'")
+        column_map[column] = field_name
+    return column_map
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mammoxai.data.manifest", description="Write a manifest CSV for a folder of mammograms."
@@ -688,6 +725,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     parser.add_argument("--labels", help="CSV of labels / fields to join")
     parser.add_argument("--id-column", nargs="+", default=["sop_uid"], help="label CSV column(s) naming each image")
+    parser.add_argument(
+        "--rename",
+        nargs="+",
+        default=[],
+        metavar="COLUMN=FIELD",
+        help="label CSV columns to read as manifest fields, e.g. 'ACR=density' 'image view=view'",
+    )
     parser.add_argument("--lenient", action="store_true", help="warn instead of failing on label rows without an image")
     parser.add_argument("--full-read", action="store_true", help="decode every image instead of reading headers only")
     parser.add_argument("--exclude", nargs="+", default=[], help="shell patterns of paths to skip, e.g. 'masks/*'")
@@ -700,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.folder,
             label_csv=args.labels,
             id_column=args.id_column,
+            column_map=parse_renames(args.rename),
             strict=not args.lenient,
             header_only=not args.full_read,
             exclude=args.exclude,
