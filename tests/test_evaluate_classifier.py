@@ -112,6 +112,16 @@ def test_separable_scores_give_auc_one_with_a_patient_level_interval():
     assert values["sensitivity_at_target"] == 1.0 and values["specificity_at_target"] >= 0.9
 
 
+def test_a_row_resting_on_one_patient_has_no_interval_rather_than_one_of_zero_width():
+    """A device only one test patient was imaged on: every patient resample is that patient."""
+    labels, scores = np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.3, 0.2])
+    values = binary_metrics(labels, scores, ["P1"] * 4, n_bootstrap=50)
+    assert values["auc"] == pytest.approx(0.75) and values["sensitivity"] == pytest.approx(0.5)
+    assert all(np.isnan(values[key]) for key in ("auc_low", "auc_high", "sensitivity_low", "specificity_high"))
+    two = binary_metrics(labels, scores, ["P1", "P1", "P2", "P2"], n_bootstrap=50)
+    assert not np.isnan(two["specificity_low"])
+
+
 def test_select_records_keeps_the_holdout_and_refuses_an_empty_selection():
     records = [{"path": "a", "split": "test"}, {"path": "b", "split": "training"}]
     assert [r["path"] for r in select_records(records, {"split": "test"})] == ["a"]

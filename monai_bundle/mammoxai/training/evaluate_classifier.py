@@ -36,7 +36,7 @@ import copy
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from tqdm import tqdm
 from mammoxai.cli import run_bundle_config
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
-from mammoxai.metrics import bootstrap_ci, roc_auc
+from mammoxai.metrics import ConfidenceInterval, bootstrap_ci, roc_auc
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.reports import Report, roc_figure
 from mammoxai.training.evaluate_pretrain import field_metrics
@@ -68,6 +68,7 @@ __all__ = [
     "calibration_bins",
     "reliability_figure",
     "aggregate_exams",
+    "patient_bootstrap",
     "binary_metrics",
     "ClassifierEvaluator",
     "main",
@@ -292,6 +293,26 @@ def aggregate_exams(
     return exams, exam_scores, exam_labels, patients
 
 
+def patient_bootstrap(
+    metric_fn: Callable[..., float],
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    patients: Sequence[str],
+    n: int,
+    seed: int,
+) -> ConfidenceInterval:
+    """:func:`mammoxai.metrics.bootstrap_ci` resampling ``patients``; no interval (NaN bounds) from one patient.
+
+    Every resample of a single patient is that patient, so the bootstrap spread is zero: on a device or a lesion
+    kind that only one test patient has, the report would state the estimate as certain (e.g. AUC 0.750, 95 % CI
+    0.750-0.750) when it rests on the least evidence of any row.
+    """
+    if len(set(patients)) < 2:
+        estimate = bootstrap_ci(metric_fn, y_true, y_score, n=1, seed=seed).estimate
+        return ConfidenceInterval(estimate, math.nan, math.nan, 0.95, 0)
+    return bootstrap_ci(metric_fn, y_true, y_score, n=n, seed=seed, groups=patients)
+
+
 def binary_metrics(
     y_true: np.ndarray,
     y_score: np.ndarray,
@@ -304,7 +325,7 @@ def binary_metrics(
     """AUC with a patient-cluster bootstrap interval, and sensitivity / specificity (with intervals) at
     ``threshold`` and at the threshold reaching ``target_specificity``."""
     y_true, y_score = np.asarray(y_true).astype(np.int64), np.asarray(y_score, dtype=np.float64)
-    auc = bootstrap_ci(roc_auc, y_true, y_score, n=n_bootstrap, seed=seed, groups=patients)
+    auc = patient_bootstrap(roc_auc, y_true, y_score, patients, n_bootstrap, seed)
     values: dict[str, Any] = {
         "images": int(y_true.size),
         "positives": int(y_true.sum()),
@@ -316,13 +337,13 @@ def binary_metrics(
     operating_points = {"": threshold, "_at_target": threshold_for_specificity(y_true, y_score, target_specificity)}
     for suffix, point in operating_points.items():
         for position, name in enumerate(("sensitivity", "specificity")):
-            interval = bootstrap_ci(
+            interval = patient_bootstrap(
                 lambda t, s, p=point, i=position: sensitivity_specificity(t, s, p)[i],
                 y_true,
                 y_score,
-                n=n_bootstrap,
-                seed=seed,
-                groups=patients,
+                patients,
+                n_bootstrap,
+                seed,
             )
             values.update(
                 {
@@ -515,13 +536,8 @@ class ClassifierEvaluator:
         if len(self.class_names) > 2:
             rows = []
             for index, name in enumerate(self.class_names):
-                interval = bootstrap_ci(
-                    roc_auc,
-                    labels == index,
-                    probabilities[:, index],
-                    n=self.n_bootstrap,
-                    seed=self.seed,
-                    groups=patients,
+                interval = patient_bootstrap(
+                    roc_auc, labels == index, probabilities[:, index], patients, self.n_bootstrap, self.seed
                 )
                 rows.append(
                     {
@@ -532,7 +548,7 @@ class ClassifierEvaluator:
                         "auc_high": interval.high,
                     }
                 )
-            macro = bootstrap_ci(roc_auc, labels, probabilities, n=self.n_bootstrap, seed=self.seed, groups=patients)
+            macro = patient_bootstrap(roc_auc, labels, probabilities, patients, self.n_bootstrap, self.seed)
             rows.append(
                 {
                     "class": "macro average",
