@@ -102,6 +102,21 @@ def test_exam_score_is_the_max_or_mean_of_its_views_and_positive_if_any_view_is(
         aggregate_exams(records, scores, labels, ["study_uid"], "median")
 
 
+def test_an_exam_never_groups_images_of_several_patients_or_a_blank_study():
+    """Blank study_uid cells grouped every such image of one side into one exam, across patients."""
+    records = [
+        {"path": "a", "patient_id": "P1", "study_uid": "", "laterality": "L"},
+        {"path": "b", "patient_id": "P2", "study_uid": "", "laterality": "L"},
+        {"path": "c", "patient_id": "P3", "study_uid": "s3", "laterality": "L"},
+        {"path": "d", "patient_id": "P3", "study_uid": "s3", "laterality": "L"},
+        {"path": "e", "patient_id": "P4", "study_uid": "s3", "laterality": "L"},  # a study uid reused by a site
+    ]
+    scores, labels = np.array([0.1, 0.9, 0.5, 0.7, 0.2]), np.array([0, 1, 0, 0, 0])
+    exams, maxima, exam_labels, patients = aggregate_exams(records, scores, labels, ["study_uid", "laterality"])
+    assert patients == ["P1", "P2", "P3", "P4"] and len(set(exams)) == 4
+    assert maxima.tolist() == [0.1, 0.9, 0.7, 0.2] and exam_labels.tolist() == [0, 1, 0, 0]
+
+
 def test_separable_scores_give_auc_one_with_a_patient_level_interval():
     labels = np.array([0, 0, 1, 1] * 5)
     scores = labels * 0.5 + np.linspace(0, 0.4, 20)

@@ -274,6 +274,11 @@ def aggregate_exams(
     ``max`` follows the reader, who recalls on the most suspicious view; ``mean`` rewards a finding seen in both
     views. An exam is positive when any of its images is.
 
+    An exam never spans patients: the images are grouped within their ``patient_id``, and an image with an empty
+    value of a key (a manifest whose ``study_uid`` is blank for some rows) is an exam of its own, with a warning.
+    Grouped on the blank value, every such image of one side, whatever its patient, would be one "exam" scored
+    by the most suspicious of them.
+
     Returns:
         ``(exam ids, scores, labels, patients)`` in first-appearance order.
 
@@ -282,14 +287,28 @@ def aggregate_exams(
     """
     if how not in ("max", "mean"):
         raise MammoXAIError("exam_aggregation", f"is {how!r}", "use 'max' or 'mean'")
-    members: dict[str, list[int]] = defaultdict(list)
+    members: dict[tuple[str, str], list[int]] = defaultdict(list)
+    alone = 0
     for index, record in enumerate(records):
-        members["/".join(str(record.get(key) or "") for key in keys)].append(index)
+        values = [str(record.get(key) or "") for key in keys]
+        if not all(values):
+            values, alone = [str(record.get("path") or index)], alone + 1
+        members[(str(record.get("patient_id") or ""), "/".join(values))].append(index)
+    if alone:
+        logger.warning(
+            "%d of %d images have no value of an exam key %s: each is scored as an exam of its own",
+            alone,
+            len(records),
+            list(keys),
+        )
     reduce = np.max if how == "max" else np.mean
-    exams = list(members)
-    exam_scores = np.array([reduce(scores[members[exam]]) for exam in exams])
-    exam_labels = np.array([int(labels[members[exam]].max()) for exam in exams])
-    patients = [str(records[members[exam][0]].get("patient_id") or exam) for exam in exams]
+    groups = list(members.values())
+    exams = [exam for _, exam in members]
+    if len(set(exams)) < len(exams):  # one key value in several patients: name the exam by its patient too
+        exams = [f"{patient}/{exam}" for patient, exam in members]
+    exam_scores = np.array([reduce(scores[group]) for group in groups])
+    exam_labels = np.array([int(labels[group].max()) for group in groups])
+    patients = [str(patient or records[group[0]].get("path") or exam) for (patient, exam), group in members.items()]
     return exams, exam_scores, exam_labels, patients
 
 
@@ -521,8 +540,9 @@ class ClassifierEvaluator:
         )
         report.add_text(
             "How to read it",
-            f"An exam is the images sharing {' and '.join(self.exam_keys)}, scored by the {self.exam_aggregation} of "
-            f"their scores and positive when any image is (its row counts exams as images). Sensitivity and "
+            f"An exam is the images of one patient sharing {' and '.join(self.exam_keys)}, scored by the "
+            f"{self.exam_aggregation} of their scores and positive when any image is (its row counts exams as images). "
+            "Sensitivity and "
             f"specificity are at the fixed threshold {self.threshold}; the _at_target columns at the lowest threshold "
             f"reaching specificity {self.target_specificity} on these images, chosen on the data it is applied to "
             "and so optimistic on small sets. report.json holds every interval."
