@@ -117,6 +117,18 @@ def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
     assert rows["gradcam"]["mass"] == 1.0 and rows["correlax"]["mass"] == 1.0
 
 
+def test_a_finding_named_by_its_file_name_in_another_case_is_scored(tmp_path):
+    """The CSV names the image CASE1.PNG, the manifest case1: matched as written, the lesion was not scored."""
+    records, csv = write_lesion_study(tmp_path)
+    csv.write_text(csv.read_text().replace("\ncase1,", "\nCASE1.PNG,"))
+    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
+    )
+    rows = {row["method"]: row for row in evaluator.run()["methods"]}
+    assert rows["gradcam"]["findings"] == 1 and rows["gradcam"]["mass"] == 1.0
+
+
 def test_a_box_outside_the_image_names_the_csv_and_the_image(tmp_path):
     records, csv = write_lesion_study(tmp_path, box=(200, 10, 220, 30))
     method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}

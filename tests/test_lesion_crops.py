@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import monai.bundle
@@ -12,7 +13,7 @@ import torch
 
 from mammoxai.cli import user_error
 from mammoxai.data.dataset import MammogramDataset
-from mammoxai.data.findings import LESION_CLASSES, finding_class, read_findings
+from mammoxai.data.findings import LESION_CLASSES, finding_class, read_findings, write_findings
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
@@ -71,6 +72,18 @@ def test_finding_crops_take_their_category_at_every_scale(studies):
     assert crops.labels.count(LESION_CLASSES.index("no_finding")) == 3 * images
     assert sorted(set(crops.item_scales)) == [0.5, 1.0, 2.0]
     assert all(crops[i]["image"].shape == (1, 32, 32) for i in (0, len(crops) - 1))
+
+
+def test_findings_named_by_file_stem_give_finding_crops_not_no_finding_crops_on_the_lesion(studies, tmp_path):
+    """Half the findings name their image by file stem (VinDr's image_id), in upper case: matched by SOP Instance
+    UID only, their images gave background crops labelled no finding, drawn anywhere, the lesion included."""
+    records = read_manifest(studies / "manifest.csv")
+    stems = {record["image_id"]: Path(record["path"]).stem.upper() for record in records}
+    findings = read_findings(studies / "finding_annotations.csv")
+    renamed = [replace(f, image_id=stems[f.image_id]) if i % 2 else f for i, f in enumerate(findings)]
+    write_findings(renamed, tmp_path / "findings.csv")
+    crops = PatchDataset(_images(studies), tmp_path / "findings.csv", patch_size=16, labels="finding")
+    assert sum(box is not None for _, _, box, _ in crops.items) == len(findings)
 
 
 def test_a_larger_scale_crop_shows_more_surroundings_shrunk_to_the_view(studies):

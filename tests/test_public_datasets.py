@@ -10,7 +10,7 @@ from dicom_factory import write_mammo_dicom
 from test_manifest import write_csv
 
 from mammoxai.data.cbis_ddsm import read_cbis_ddsm
-from mammoxai.data.findings import Finding, read_findings, write_findings
+from mammoxai.data.findings import Finding, match_findings, read_findings, write_findings
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.data.vindr import read_vindr
@@ -204,6 +204,25 @@ def test_a_finding_error_names_the_line_an_editor_shows_after_blank_lines_and_mu
     (tmp_path / "f.csv").write_text("".join([*text[:3], "\n", *text[3:]]))  # header, 2-line row, blank, bad row
     with pytest.raises(MammoXAIError, match="f.csv: line 5 has the box"):
         read_findings(tmp_path / "f.csv")
+
+
+def test_findings_name_their_image_by_id_or_by_file_name_in_any_case():
+    """A manifest names a DICOM file by its SOP Instance UID and a PNG by its stem; VinDr-style CSVs name the file
+    (stem), spreadsheets change case. Matched as written only, these findings were silently dropped."""
+    records = [
+        {"path": "images/s1/4f2a.dicom", "image_id": "1.2.3.4", "sop_uid": "1.2.3.4"},
+        {"path": "png/Case2.png", "image_id": "Case2"},
+        {"path": "png/case3.png", "image_id": "case3"},
+    ]
+    findings = [Finding(image_id, ("Mass",), (1.0, 2.0, 3.0, 4.0)) for image_id in ("1.2.3.4", "4f2a", "CASE2.PNG")]
+    matched = match_findings(records, [*findings, Finding("elsewhere", ("Mass",), (1.0, 2.0, 3.0, 4.0))])
+    assert matched == [findings[:2], findings[2:], []]
+
+
+def test_a_finding_id_that_names_two_images_by_file_name_is_refused():
+    records = [{"path": f"{case}/1-1.png", "image_id": f"{case}/1-1"} for case in ("Mass_P_1", "Mass_P_2")]
+    with pytest.raises(MammoXAIError, match=r"f.csv: image_id '1-1' names 2 images \(Mass_P_1/1-1.png, Mass_P_2"):
+        match_findings(records, [Finding("1-1", ("Mass",), (1.0, 2.0, 3.0, 4.0))], "f.csv")
 
 
 # -- CBIS-DDSM --------------------------------------------------------------------------------------------------

@@ -23,14 +23,24 @@ import ast
 import csv
 import math
 import os
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mammoxai.data.manifest import read_table, relative_path
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["LESION_CLASSES", "Finding", "finding_class", "parse_birads", "read_findings", "write_findings"]
+__all__ = [
+    "LESION_CLASSES",
+    "Finding",
+    "finding_class",
+    "parse_birads",
+    "read_findings",
+    "write_findings",
+    "match_findings",
+]
 
 #: the classes of CorRELAX's lesion-crop classifier (Mellado et al., Frontiers in Oncology 2025), in its order:
 #: VinDr-Mammo's finding categories grouped into masses, calcifications, every other finding, and no finding
@@ -150,6 +160,43 @@ def write_findings(findings: Iterable[Finding], csv_path: str | os.PathLike) -> 
                 ]
             )
     return csv_path
+
+
+def match_findings(
+    records: Sequence[Mapping[str, Any]], findings: Iterable[Finding], source: object = "finding annotations"
+) -> list[list[Finding]]:
+    """The findings of each record, in the records' order.
+
+    A finding names its image by the record's ``image_id`` or ``sop_uid``; failing that, by the image file's name
+    with or without its extension (``case1.png``, ``case1``), and in any case (``CASE1.PNG``, ``Case1``).
+    VinDr-Mammo's ``image_id`` is the file stem while a manifest names a DICOM file by its SOP Instance UID, and ids
+    typed into a spreadsheet change case. Matched only as written, such a finding was left out without a word: its
+    lesion went unscored, and a lesion image without its boxes gave "no finding" crops drawn on the lesion.
+
+    Raises:
+        MammoXAIError: an id that matches no record as written names several of them by file name or case (one file
+            name in two folders): which image is meant cannot be told.
+    """
+    exact: dict[str, set[int]] = defaultdict(set)
+    loose: dict[str, set[int]] = defaultdict(set)
+    for index, record in enumerate(records):
+        ids = {str(record.get(key) or "") for key in ("image_id", "sop_uid")} - {""}
+        path = Path(str(record.get("path") or ""))
+        names = {path.name, path.stem} if path.suffix[1:].isalpha() else {path.name}  # "1.2.840.1": no extension
+        for name in ids:
+            exact[name].add(index)
+        for name in ids | (names - {""}):
+            loose[name.casefold()].add(index)
+    matched: list[list[Finding]] = [[] for _ in records]
+    for finding in findings:
+        indices = exact.get(finding.image_id) or loose.get(finding.image_id.casefold(), set())
+        if len(indices) > 1:
+            paths = ", ".join(sorted(str(records[index].get("path")) for index in indices))
+            problem = f"image_id {finding.image_id!r} names {len(indices)} images ({paths})"
+            raise MammoXAIError(source, problem, "name each image by its manifest image_id")
+        for index in indices:
+            matched[index].append(finding)
+    return matched
 
 
 def _parse_categories(text: str | None, csv_path: Path, line: int) -> tuple[str, ...]:

@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
-from mammoxai.data.findings import finding_class, read_findings
+from mammoxai.data.findings import Finding, finding_class, match_findings, read_findings
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
@@ -157,7 +157,8 @@ class SaliencyEvaluator:
 
     Args:
         records: manifest records (``path``, ``image_id`` / ``sop_uid``, the label); those without a finding box
-            in ``findings_csv`` are left out.
+            in ``findings_csv`` are left out. A finding names its image as
+            :func:`~mammoxai.data.findings.match_findings` reads it: by id, else by file name in any case.
         findings_csv: VinDr-style finding CSV (:mod:`mammoxai.data.findings`); its ``mask`` column, when present,
             gives lesion masks, which are used inside each finding's box.
         models: name -> ``{"network", "class_names", "image_size"[, "checkpoint", "label_map", "view_size"]}``: the
@@ -238,11 +239,10 @@ class SaliencyEvaluator:
         self.explainers = {
             spec.label: self._explainer(spec, self.models[spec.model]["network"]) for spec in self.methods
         }
-        self.findings = self._findings(self.findings_csv)
-        ids = ("image_id", "sop_uid")
-        self.records = [
-            dict(record) for record in records if any(str(record.get(key) or "") in self.findings for key in ids)
-        ][:max_images]
+        matched = match_findings(records, self._findings(self.findings_csv), self.findings_csv)
+        lesion_images = [(dict(record), found) for record, found in zip(records, matched, strict=True) if found]
+        self.records = [record for record, _ in lesion_images][:max_images]
+        self.findings = [found for _, found in lesion_images][:max_images]
         if not self.records:
             raise MammoXAIError(
                 self.findings_csv,
@@ -309,26 +309,22 @@ class SaliencyEvaluator:
             raise MammoXAIError(f"saliency method {spec.label}", problem, f"set its view_size to {trained}")
         return explainer
 
-    def _findings(self, csv_path: Path) -> dict[str, list[tuple[str, tuple[float, ...], str | None]]]:
-        by_image: dict[str, list[tuple[str, tuple[float, ...], str | None]]] = defaultdict(list)
-        for finding in read_findings(csv_path):
-            category = finding_class(finding.categories)
-            if category in self.finding_classes:
-                by_image[finding.image_id].append((category, finding.box, finding.mask))
-        return by_image
+    def _findings(self, csv_path: Path) -> list[Finding]:
+        """The CSV's findings of the scored classes."""
+        return [
+            finding for finding in read_findings(csv_path) if finding_class(finding.categories) in self.finding_classes
+        ]
 
     # -- evaluation ---------------------------------------------------------------------------------------------
-    def _regions(self, record: Mapping[str, Any], shape: tuple[int, int]) -> list[LesionRegion]:
+    def _regions(self, findings: Sequence[Finding], shape: tuple[int, int]) -> list[LesionRegion]:
         """The image's findings as regions on the original grid: the mask inside the box, else the box."""
-        ids = [str(record.get(field) or "") for field in ("image_id", "sop_uid")]
-        key = next(image_id for image_id in ids if image_id in self.findings)
         regions = []
-        for category, box, mask_path in self.findings[key]:
+        for finding in findings:
+            category, box, mask_path = finding_class(finding.categories), finding.box, finding.mask
             region = widen_box(box, 0, shape)
             if not region.any():
-                problem = (
-                    f"the {category} box {tuple(box)} of image {key} lies outside its {shape[0]}x{shape[1]} pixels"
-                )
+                image, size = finding.image_id, f"{shape[0]}x{shape[1]}"
+                problem = f"the {category} box {tuple(box)} of image {image} lies outside its {size} pixels"
                 fix = "give xmin, ymin, xmax, ymax in pixels of the original image (columns, then rows)"
                 raise MammoXAIError(self.findings_csv, problem, fix)
             if mask_path:
@@ -378,7 +374,7 @@ class SaliencyEvaluator:
             mammogram = read_mammogram(record["path"])
             shape = tuple(mammogram.pixels.shape)
             spacing = self._spacing(mammogram)
-            regions = self._regions(record, shape)
+            regions = self._regions(self.findings[index], shape)
             samples = {name: dataset[index] for name, dataset in self.datasets.items()}
             maps_of_image = {}
             for spec in self.methods:

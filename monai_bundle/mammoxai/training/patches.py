@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
-from mammoxai.data.findings import LESION_CLASSES, finding_class, read_findings
+from mammoxai.data.findings import LESION_CLASSES, finding_class, match_findings, read_findings
 from mammoxai.errors import MammoXAIError
 
 __all__ = ["PATCH_LABELS", "PatchDataset"]
@@ -63,7 +62,9 @@ class PatchDataset(torch.utils.data.Dataset):
 
     Args:
         images: the images (without spatial augmentation: boxes must stay where the geometry says).
-        findings_csv: VinDr-style finding CSV; its ``image_id`` matches the records' ``image_id`` or ``sop_uid``.
+        findings_csv: VinDr-style finding CSV; its ``image_id`` names the records as
+            :func:`~mammoxai.data.findings.match_findings` reads it (the ``image_id`` or ``sop_uid``, else the file
+            name in any case).
         patch_size: side of the square patches, in model-grid pixels; parts outside the image are zero.
         backgrounds: background patches per image and scale.
         background_class: class name of background patches (default ``class_names[0]`` for image labels,
@@ -109,21 +110,16 @@ class PatchDataset(torch.utils.data.Dataset):
         self.class_names = tuple(class_names or LESION_CLASSES) if by_finding else tuple(images.class_names)
         background_class = background_class or ("no_finding" if by_finding else self.class_names[0])
         background = self._class_index(background_class, "background_class")
-        boxes: dict[str, list[tuple[float, ...]]] = defaultdict(list)
-        box_labels: dict[str, list[int]] = defaultdict(list)
-        for finding in read_findings(findings_csv):
-            boxes[finding.image_id].append(finding.box)
-            if by_finding:
-                box_labels[finding.image_id].append(self._class_index(finding_class(finding.categories), findings_csv))
+        findings = read_findings(findings_csv)
+        classes = {f: self._class_index(finding_class(f.categories), findings_csv) for f in findings if by_finding}
+        matched = match_findings(images.data, findings, findings_csv)
         self.items: list[tuple[int, np.ndarray, int | None, int]] = []
         self.item_scales: list[float] = []
-        for index, (record, label) in enumerate(zip(images.data, images.labels, strict=True)):
+        for index, (found, label) in enumerate(zip(matched, images.labels, strict=True)):
             if label < 0 and not by_finding:
                 continue
-            ids = [str(record.get(field) or "") for field in ("image_id", "sop_uid")]
-            key = next((image_id for image_id in ids if image_id in boxes), "")
-            image_boxes = np.asarray(boxes.get(key, []), dtype=np.float64).reshape(-1, 4)
-            finding_labels = box_labels.get(key) or [label] * len(image_boxes)
+            image_boxes = np.asarray([finding.box for finding in found], dtype=np.float64).reshape(-1, 4)
+            finding_labels = [classes.get(finding, label) for finding in found]
             for scale in scales:
                 items = [(index, image_boxes, box, finding_labels[box]) for box in range(len(image_boxes))]
                 items += [(index, image_boxes, None, background)] * backgrounds
