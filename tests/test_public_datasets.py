@@ -206,6 +206,12 @@ def test_a_finding_error_names_the_line_an_editor_shows_after_blank_lines_and_mu
         read_findings(tmp_path / "f.csv")
 
 
+def test_finding_boxes_of_a_semicolon_separated_csv_are_read_with_a_decimal_comma(tmp_path):
+    """Spreadsheets in comma-decimal locales save CSV with semicolons and write 10,5; that box was refused."""
+    (tmp_path / "f.csv").write_text("image_id;finding_categories;xmin;ymin;xmax;ymax\nimg2;['Mass'];10,5;20;30,25;44\n")
+    assert read_findings(tmp_path / "f.csv") == [Finding("img2", ("Mass",), (10.5, 20.0, 30.25, 44.0))]
+
+
 def test_findings_name_their_image_by_id_or_by_file_name_in_any_case():
     """A manifest names a DICOM file by its SOP Instance UID and a PNG by its stem; VinDr-style CSVs name the file
     (stem), spreadsheets change case. Matched as written only, these findings were silently dropped."""

@@ -118,7 +118,7 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
             Finding(
                 image_id=row["image_id"],
                 categories=_parse_categories(row.get("finding_categories"), csv_path, line),
-                box=_parse_box(cells, csv_path, line),
+                box=_parse_box(cells, csv_path, line, row.decimal_comma),
                 birads=parse_birads(row.get("finding_birads")),
                 label=row.get("label") or None,
                 mask=os.path.normpath(csv_path.parent / mask) if mask else None,
@@ -127,11 +127,17 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
     return findings
 
 
-def _parse_box(cells: list[str], csv_path: Path, line: int) -> tuple[float, float, float, float]:
-    """(xmin, ymin, xmax, ymax) of a row's box cells, refused unless a finite, non-empty box in the image quadrant."""
+def _parse_box(
+    cells: list[str], csv_path: Path, line: int, decimal_comma: bool = False
+) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a row's box cells, refused unless a finite, non-empty box in the image quadrant.
+
+    ``decimal_comma``: the file is separated by semicolons, as spreadsheets save CSV where the decimal mark is the
+    comma (:class:`~mammoxai.data.manifest.TableRow`), so "66,5" is 66.5; read with a point, such a box was refused.
+    """
     fix = "give all four of xmin, ymin, xmax, ymax in pixels of the original image, or none for no finding"
     try:
-        box = tuple(float(cell) for cell in cells)
+        box = tuple(float(cell.replace(",", ".") if decimal_comma else cell) for cell in cells)
     except ValueError as error:
         raise MammoXAIError(csv_path, f"line {line} has a non-numeric or partial box {cells}", fix) from error
     x0, y0, x1, y1 = box
