@@ -325,6 +325,73 @@ def test_multi_view_samples_stack_cc_then_mlo_of_one_breast(studies):
         MultiViewDataset(images, views=["CC", "XCCL"])
 
 
+def test_multi_view_never_pairs_views_of_two_patients_or_of_a_blank_study_or_side():
+    """Grouped on blank keys, one patient's CC was fused with another's MLO, or a left CC with a right MLO."""
+    records = [
+        {"path": "p1_cc", "patient_id": "P1", "study_uid": "", "laterality": "L", "view": "CC", "case_label": "normal"},
+        {
+            "path": "p2_mlo",
+            "patient_id": "P2",
+            "study_uid": "",
+            "laterality": "L",
+            "view": "MLO",
+            "case_label": "malignant",
+        },
+        {
+            "path": "p3_cc",
+            "patient_id": "P3",
+            "study_uid": "s3",
+            "laterality": "",
+            "view": "CC",
+            "case_label": "normal",
+        },
+        {
+            "path": "p3_mlo",
+            "patient_id": "P3",
+            "study_uid": "s3",
+            "laterality": "",
+            "view": "MLO",
+            "case_label": "normal",
+        },
+        {
+            "path": "p4_cc",
+            "patient_id": "P4",
+            "study_uid": "s",
+            "laterality": "R",
+            "view": "CC",
+            "case_label": "normal",
+        },
+        {
+            "path": "p5_mlo",
+            "patient_id": "P5",
+            "study_uid": "s",
+            "laterality": "R",
+            "view": "MLO",
+            "case_label": "normal",
+        },
+        {
+            "path": "p6_cc",
+            "patient_id": "P6",
+            "study_uid": "s6",
+            "laterality": "R",
+            "view": "CC",
+            "case_label": "benign",
+        },
+        {
+            "path": "p6_mlo",
+            "patient_id": "P6",
+            "study_uid": "s6",
+            "laterality": "R",
+            "view": "MLO",
+            "case_label": "normal",
+        },
+    ]
+    images = MammogramDataset(records, image_size=32, class_names=["normal", "benign", "malignant"])
+    breasts = MultiViewDataset(images, views=["CC", "MLO"])
+    assert [[images.data[i]["path"] for i in group] for group in breasts.groups] == [["p6_cc", "p6_mlo"]]
+    assert breasts.labels == [1] and breasts.incomplete == 2 + 4
+
+
 def test_train_json_refuses_multi_view_input_for_the_single_image_served_network(studies, tmp_path):
     with pytest.raises(Exception) as error:
         _train(studies, tmp_path, views=["CC", "MLO"], epochs=1)

@@ -35,8 +35,10 @@ __all__ = ["MultiViewDataset", "build_dataset"]
 class MultiViewDataset(torch.utils.data.Dataset):
     """One sample per breast: the images of ``views`` in that order, stacked (views, 1, h, w).
 
-    Images are grouped by ``group_keys`` (default: ``study_uid`` and ``laterality``, one breast at one exam). A
-    group without every view, or with a view twice, is left out with a warning (counted in ``incomplete``). The
+    Images are grouped by ``group_keys`` (default: ``study_uid`` and ``laterality``, one breast at one exam), within
+    their ``patient_id``. A group without every view, or with a view twice, is left out with a warning (counted in
+    ``incomplete``), and so is an image with a blank group key: grouped on the blank, the CC of one patient's breast
+    was fused with the MLO of another patient's (blank ``study_uid``) or of the other side (blank ``laterality``). The
     breast's label is the most severe of its images' (the highest class index: ``class_names`` are ordered
     from normal to malignant), -1 when no image is labelled.
 
@@ -62,21 +64,29 @@ class MultiViewDataset(torch.utils.data.Dataset):
     ) -> None:
         self.images, self.views = images, [str(view).upper() for view in views]
         members: dict[tuple[str, ...], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        unplaced = 0
         for index, record in enumerate(images.data):
             key = tuple(str(record.get(field) or "") for field in group_keys)
-            members[key][str(record.get("view") or "").upper()].append(index)
+            if not all(key):
+                unplaced += 1
+                continue
+            members[(str(record.get("patient_id") or ""), *key)][str(record.get("view") or "").upper()].append(index)
         self.groups = [
             [found[view][0] for view in self.views]
             for found in members.values()
             if all(len(found.get(view, ())) == 1 for view in self.views)
         ]
-        self.incomplete = len(members) - len(self.groups)
-        if self.incomplete:
+        self.incomplete = len(members) - len(self.groups) + unplaced
+        if self.incomplete - unplaced:
             logger.warning(
                 "%d of %d breasts lack one of the views %s (or have one twice) and are left out",
-                self.incomplete,
+                self.incomplete - unplaced,
                 len(members),
                 self.views,
+            )
+        if unplaced:
+            logger.warning(
+                "%d images have no %s and are left out: their breast is unknown", unplaced, " or ".join(group_keys)
             )
         if not self.groups:
             raise MammoXAIError(
