@@ -554,6 +554,27 @@ def test_images_without_a_patient_id_are_a_warning_that_priors_may_leak(caplog):
     assert len(warnings) == 1 and warnings[0].startswith("1 of 40 images name no patient: each is split with its study")
 
 
+def test_a_held_out_patient_is_neither_trained_nor_validated_on_through_an_image_outside_the_holdout(caplog):
+    """A prior study in the training split of a patient whose current study is in the test split: the evaluation
+    would score the current study of a patient the model was trained or validated on."""
+    records = [
+        {"path": f"{patient}{study}{view}", "patient_id": patient, "study_uid": patient + study, "case_label": label,
+         "split": split, "fold": fold}
+        for patient, study, label, split, fold in [
+            ("A", "prior", "normal", "training", "1"), ("A", "now", "malignant", "test", "0"),
+            ("B", "1", "normal", "training", "1"), ("C", "1", "malignant", "training", "1"),
+            ("D", "1", "normal", "training", "1"), ("E", "1", "malignant", "training", "1"),
+        ]
+        for view in ("CC", "MLO")
+    ]  # fmt: skip
+    for seed in range(4):
+        train, val = patient_split(records, val_fraction=0.3, seed=seed, holdout={"split": "test"})
+        assert {r["patient_id"] for r in train + val} == {"B", "C", "D", "E"}
+    assert "2 images of 1 held-out patients are not themselves held out" in caplog.text
+    train, val = patient_split(records, val_fraction=0.3, seed=0, holdout={"fold": 0})  # as evaluate.json selects
+    assert {r["patient_id"] for r in train + val} == {"B", "C", "D", "E"}
+
+
 def test_patient_split_needs_two_patients():
     records = [{"path": "a.dcm", "patient_id": "P1", "case_label": "normal"}]
     with pytest.raises(MammoXAIError, match="1 labelled images from 1 patient"):

@@ -53,7 +53,11 @@ def patient_split(
     gets at least one validation patient, so the validation AUC of each class is defined.
     ``monai.data.partition_dataset_classes`` rounds such small classes down to none.
 
-    Records without a label, and the held-out test records (``holdout``), are left out of both sets.
+    Records without a label, and the held-out test records (``holdout``), are left out of both sets, and so are
+    the other records of a held-out patient (a prior study in the training split of a patient whose current study
+    is in the test split, as in CBIS-DDSM's published split): trained on, they would put the patient's anatomy in
+    the model that the test split then scores as unseen. Holdout values match a record's as text, as
+    ``configs/evaluate.json`` selects them (``{"fold": 0}`` holds out the manifest's ``0``).
 
     Args:
         records: manifest records with ``patient_id`` (``study_uid`` or ``path`` stand in when it is missing).
@@ -78,9 +82,27 @@ def patient_split(
         raise MammoXAIError(label_key, f"none of the {len(records)} records has this column", fix)
     label_map = dict(label_map or {})
     holdout = dict(holdout or {})
-    candidates = [record for record in records if not any(record.get(key) == value for key, value in holdout.items())]
+
+    def patient_of(record: Mapping[str, Any]) -> str:
+        return str(record.get("patient_id") or record.get("study_uid") or record["path"])
+
+    def held_out(record: Mapping[str, Any]) -> bool:
+        return any(str(record.get(key)) == str(value) for key, value in holdout.items())
+
+    held_out_patients = {patient_of(record) for record in records if held_out(record)}
+    candidates = [record for record in records if not held_out(record)]
+    if held_out_patients:
+        kept = [record for record in candidates if patient_of(record) not in held_out_patients]
+        if len(kept) < len(candidates):
+            logger.warning(
+                "%d images of %d held-out patients are not themselves held out (e.g. a prior study in the training "
+                "split): they are left out of training and validation, so the held-out patients stay unseen",
+                len(candidates) - len(kept),
+                len({patient_of(record) for record in candidates} & held_out_patients),
+            )
+        candidates = kept
     labelled = [dict(record) for record in candidates if record.get(label_key) not in (None, "")]
-    if holdout and len(candidates) == len(records):
+    if holdout and not held_out_patients:
         absent = [key for key in holdout if all(record.get(key) in (None, "") for record in records)]
         reason = f"no record has {absent}" if absent else "no record has these values"
         logger.warning(
@@ -98,8 +120,7 @@ def patient_split(
     )
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in labelled:
-        patient = record.get("patient_id") or record.get("study_uid") or record["path"]
-        by_patient[str(patient)].append(record)
+        by_patient[patient_of(record)].append(record)
     warn_unknown_patients(sum(not record.get("patient_id") for record in labelled), len(labelled))
     if len(by_patient) < 2:
         problem = f"{len(labelled)} labelled images from {len(by_patient)} patient(s) cannot be split"
