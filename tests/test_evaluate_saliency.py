@@ -168,6 +168,16 @@ def test_a_tolerance_in_millimetres_reaches_a_lesion_the_peak_misses_in_pixels()
     assert pointing_game(heatmap, lesion, tolerance=2.0, spacing=(0.5, 0.5))
 
 
+def test_a_tolerance_in_millimetres_on_png_images_is_refused_before_any_map(tmp_path):
+    """A PNG has no header to give its pixel spacing: refused up front, not at the first such image of a long run."""
+    records, csv = write_lesion_study(tmp_path)
+    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    with pytest.raises(
+        MammoXAIError, match=r"tolerance_unit 'mm': needs .* 1 PNG, TIFF or PGM file\(s\) lack: .*case1"
+    ):
+        SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out", tolerance=5, tolerance_unit="mm")
+
+
 def test_a_constant_map_points_nowhere():
     lesion = np.zeros((20, 20), bool)
     lesion[5:8, 5:8] = True

@@ -66,6 +66,7 @@ from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.preprocess import grid_shape
+from mammoxai.io.read import sniff_format
 from mammoxai.metrics.saliency import (
     deletion_insertion_auc,
     energy_pointing_game,
@@ -90,6 +91,7 @@ __all__ = ["TARGETS", "LesionRegion", "FindingHit", "MethodSpec", "view_scores",
 #: (a lesion-crop classifier's mass / calcification maps), or the predicted class
 TARGETS = ("label", "finding", "predicted")
 _TOLERANCE_UNITS = ("px", "mm")
+_PIXEL_TOLERANCE = "give the tolerance in pixels of the original image: --tolerance_unit px --tolerance <pixels>"
 
 
 @dataclass
@@ -250,6 +252,8 @@ class SaliencyEvaluator:
                 "evaluate on studies with lesion annotations (e.g. python -m mammoxai.data.synth ... --prevalence "
                 "malignant=0.5,normal=0.5) and check the CSV's image_id column against the manifest",
             )
+        if self.tolerance_unit == "mm":
+            self._check_spacing_possible()
         self.datasets = {
             name: MammogramDataset(self.records, model["image_size"], cache_dir=cache_dir)
             for name, model in self.models.items()
@@ -397,11 +401,22 @@ class SaliencyEvaluator:
         of two evaluations (:mod:`mammoxai.saliency.comparison`) can refuse outcomes scored differently."""
         return {"tolerance": self.tolerance, "tolerance_unit": self.tolerance_unit}
 
+    def _check_spacing_possible(self) -> None:
+        """Refuse, before any map is made, lesion images whose format has no header to give a pixel spacing (PNG,
+        TIFF, PGM): a tolerance in mm cannot be measured on them, and the run stopped only at the first of them,
+        losing every image scored before it."""
+        raster = [str(record["path"]) for record in self.records if sniff_format(record["path"]) != "dicom"]
+        if raster:
+            shown = ", ".join(raster[:3]) + (f" and {len(raster) - 3} more" if len(raster) > 3 else "")
+            problem = f"needs each image's pixel spacing, which {len(raster)} PNG, TIFF or PGM file(s) lack: {shown}"
+            raise MammoXAIError("tolerance_unit 'mm'", problem, _PIXEL_TOLERANCE)
+
     def _spacing(self, mammogram: Any) -> tuple[float, float] | None:
         if self.tolerance_unit == "px":
             return None
         if mammogram.spacing is None:
-            raise MammoXAIError(mammogram.source, "has no pixel spacing", "use tolerance_unit 'px'")
+            problem = "has no pixel spacing in its header, which a tolerance in mm needs"
+            raise MammoXAIError(mammogram.source, problem, _PIXEL_TOLERANCE)
         return tuple(mammogram.spacing)
 
     def _score_method(
