@@ -106,6 +106,19 @@ def test_a_map_on_the_lesion_beats_the_centre_and_random_baselines(lesion_study,
     assert (tmp_path / "overlay_1.png").is_file() and "| gradcam |" in (tmp_path / "report.md").read_text()
 
 
+def test_the_report_says_the_random_baselines_findings_column_counts_draws(lesion_study, tmp_path):
+    records, csv = lesion_study
+    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), [method], tmp_path, deletion_steps=0, sanity_images=0, baseline_draws=7, overlays=0
+    )
+    rows = {row["method"]: row for row in evaluator.run()["methods"]}
+    assert rows["gradcam"]["findings"] == 1 and rows["random in breast (baseline)"]["findings"] == 7
+    assert (
+        "draws 7 breast points per finding, so its findings column counts draws" in (tmp_path / "report.md").read_text()
+    )
+
+
 def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
     """The mirrored image is flipped onto the model grid; its maps must come back onto the mass where the CSV has it."""
     records, csv = write_lesion_study(tmp_path, mirrored=True)

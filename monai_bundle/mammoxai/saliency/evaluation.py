@@ -529,7 +529,9 @@ class SaliencyEvaluator:
             f"{len(self.records)} images with {' / '.join(self.finding_classes)} findings "
             f"from {self.findings_csv.name}. "
             f"Pointing game with a tolerance of {self.tolerance:g} {unit} on the original pixel grid, per finding; "
-            "class_mean is the mean over finding classes; correlax_aggregate counts one hit per image and target "
+            "class_mean is the mean over finding classes; the random baseline draws "
+            f"{self.baseline_draws} breast points per finding, so its findings column counts draws; "
+            "correlax_aggregate counts one hit per image and target "
             "class inside its boxes widened by the method's stride"
             + (f", leaving out scores below {self.score_threshold}" if self.score_threshold is not None else "")
             + "; energy is the energy pointing game; deletion (lower is better) and insertion (higher is better) "
