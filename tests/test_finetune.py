@@ -26,7 +26,7 @@ from mammoxai.training.finetune import (
     check_labels,
     initialise,
 )
-from mammoxai.training.multiview import MultiViewDataset
+from mammoxai.training.multiview import MultiViewDataset, build_dataset
 from mammoxai.training.patches import PatchDataset
 from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_fields
 
@@ -390,6 +390,17 @@ def test_multi_view_never_pairs_views_of_two_patients_or_of_a_blank_study_or_sid
     breasts = MultiViewDataset(images, views=["CC", "MLO"])
     assert [[images.data[i]["path"] for i in group] for group in breasts.groups] == [["p6_cc", "p6_mlo"]]
     assert breasts.labels == [1] and breasts.incomplete == 2 + 4
+
+
+@pytest.mark.parametrize("views", ["['CC','MLO']", "CC", 2, ["CC", ""]])
+def test_views_given_as_text_are_refused_by_name_not_read_as_one_view_per_character(views):
+    """``--views "['CC','MLO']"`` through a JSON command line is the text: twelve views, and a right checkpoint
+    refused as one of another size."""
+    with pytest.raises(MammoXAIError, match=r"^views: is .* \(give a list of view names"):
+        build_finetune_classifier("mammo_cnn", 3, views=views)
+    with pytest.raises(MammoXAIError, match="^views: "):
+        build_dataset([{"path": "a.dcm", "view": "CC"}], views=views, image_size=32)
+    assert build_finetune_classifier("mammo_cnn", 3, views=("cc", "MLO")).num_views == 2
 
 
 def test_train_json_refuses_multi_view_input_for_the_single_image_served_network(studies, tmp_path):

@@ -54,6 +54,7 @@ from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.nets.backbones import build_backbone
 from mammoxai.nets.finetune import BackboneClassifier, MetadataClassifier, MultiViewClassifier, load_checkpoint
 from mammoxai.training.losses import MetadataLoss
+from mammoxai.training.multiview import check_views
 from mammoxai.training.pretrain import PretrainedModel, load_pretrained, record_metadata
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,13 @@ def build_finetune_classifier(
 ) -> BackboneClassifier:
     """The fine-tuning network of ``configs/train.json``: a :class:`BackboneClassifier` or, with ``views``, a
     :class:`MultiViewClassifier` over that many views, initialised (:func:`initialise`) and frozen
-    (:meth:`BackboneClassifier.freeze`) as configured."""
+    (:meth:`BackboneClassifier.freeze`) as configured.
+
+    Raises:
+        MammoXAIError: ``views`` that is no list of view names (:func:`~mammoxai.training.multiview.check_views`),
+            or a start that does not fit (see :func:`initialise`).
+    """
+    views = check_views(views)
     if views is None:
         network = BackboneClassifier(backbone, num_classes, in_channels, dropout)
     else:
@@ -233,8 +240,9 @@ def build_metadata_classifier(
         MammoXAIError: multi-view ``views``, no label space, a learned vocabulary that was not fitted (its head size
             is unknown), or a start that does not fit (see :func:`initialise`).
     """
+    views = check_views(views)
     if views:
-        problem = f"is {list(views)}, but the served network reads one image"
+        problem = f"is {views}, but the served network reads one image"
         raise MammoXAIError("views", problem, "add --network_def @finetune_network_def")
     if label_space is None:
         raise MammoXAIError("metadata_label_space", "is not set", "name the served fields in metadata_fields")

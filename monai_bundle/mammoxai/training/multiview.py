@@ -29,7 +29,28 @@ from mammoxai.training.patches import PatchDataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MultiViewDataset", "build_dataset"]
+__all__ = ["MultiViewDataset", "build_dataset", "check_views"]
+
+
+def check_views(views: Sequence[str] | str | None) -> list[str] | None:
+    """The ``views`` setting as a list of view names (upper case), or None for single-image input.
+
+    A text value is refused: ``--views "['CC','MLO']"`` reaches the config as the 12-character text when a command
+    line parses its values as JSON (``scripts/evaluate.py``), and taken as a sequence it asked for twelve views, so
+    the run failed later on a checkpoint "of another size" that was in fact the right one.
+
+    Raises:
+        MammoXAIError: ``views`` is text, or not a list of non-empty names.
+    """
+    if views is None:
+        return None
+    fix = 'give a list of view names in JSON, e.g. --views \'["CC", "MLO"]\', or null for one image per sample'
+    if isinstance(views, str) or not isinstance(views, Sequence):
+        raise MammoXAIError("views", f"is {views!r}, not a list of view names", fix)
+    names = [str(view).strip().upper() for view in views]
+    if not names or not all(names):
+        raise MammoXAIError("views", f"is {list(views)!r}", fix)
+    return names
 
 
 class MultiViewDataset(torch.utils.data.Dataset):
@@ -126,8 +147,10 @@ def build_dataset(
     stage of patch → whole-image training), augmented by ``transform`` after cropping.
 
     Raises:
-        MammoXAIError: both ``views`` and ``patch_size``, or ``patch_size`` without ``findings_csv``.
+        MammoXAIError: ``views`` that is no list of names (:func:`check_views`), both ``views`` and ``patch_size``,
+            or ``patch_size`` without ``findings_csv``.
     """
+    views = check_views(views)
     if patch_size is None:
         images = MammogramDataset(records, transform=transform, **kwargs)
         return images if views is None else MultiViewDataset(images, views)
