@@ -142,6 +142,24 @@ def test_a_finding_named_by_its_file_name_in_another_case_is_scored(tmp_path):
     assert rows["gradcam"]["findings"] == 1 and rows["gradcam"]["mass"] == 1.0
 
 
+def test_boxes_drawn_on_another_size_of_the_image_are_refused(tmp_path):
+    """VinDr-style height and width of 320 x 256: the boxes are in pixels of a copy twice this PNG's size. Scored on
+    the 160 x 128 file, a box that still lies inside it would be scored against other anatomy, without a word."""
+    records, csv = write_lesion_study(tmp_path, box=(33, 58, 41, 66))
+    header, row = csv.read_text().splitlines()
+    csv.write_text(f"{header},height,width\n{row},320,256\n")
+    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
+    )
+    with pytest.raises(MammoXAIError, match=r"gives image case1 as 320x256 pixels, but .*case1.png has 160x128"):
+        evaluator.run()
+    with pytest.raises(MammoXAIError, match=r"scale xmin, xmax by 128/256 and ymin, ymax by 160/320"):
+        SaliencyEvaluator([dict(records[0], rows=160, cols=128)], csv, _models(), [method], tmp_path / "out")
+    csv.write_text(f"{header},height,width\n{row},160,128\n")  # the file's own size is scored as before
+    SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0).run()
+
+
 def test_a_box_outside_the_image_names_the_csv_and_the_image(tmp_path):
     records, csv = write_lesion_study(tmp_path, box=(200, 10, 220, 30))
     method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}

@@ -1,5 +1,6 @@
 """CorRELAX's lesion-crop classifier: finding classes, multi-scale crops, per-class F1, and its bundle config."""
 
+import csv
 import json
 import math
 import shutil
@@ -84,6 +85,22 @@ def test_findings_named_by_file_stem_give_finding_crops_not_no_finding_crops_on_
     write_findings(renamed, tmp_path / "findings.csv")
     crops = PatchDataset(_images(studies), tmp_path / "findings.csv", patch_size=16, labels="finding")
     assert sum(box is not None for _, _, box, _ in crops.items) == len(findings)
+
+
+def test_boxes_drawn_on_another_size_of_the_images_are_refused_before_training(studies, tmp_path):
+    """The CSV's VinDr-style height and width say the boxes are in pixels of copies twice the size of these files."""
+    rows = (studies / "finding_annotations.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    doubled = []
+    for line in csv.reader(rows[1:]):
+        line[header.index("height")], line[header.index("width")] = (
+            str(2 * int(line[header.index(c)])) for c in ("height", "width")
+        )
+        doubled.append(line)
+    with open(tmp_path / "findings.csv", "w", newline="") as stream:
+        csv.writer(stream).writerows([header, *doubled])
+    with pytest.raises(MammoXAIError, match=r"findings.csv: gives image .* as \d+x\d+ pixels, but .* has \d+x\d+"):
+        PatchDataset(_images(studies), tmp_path / "findings.csv", patch_size=16, labels="finding")
 
 
 def test_a_larger_scale_crop_shows_more_surroundings_shrunk_to_the_view(studies):

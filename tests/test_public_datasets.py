@@ -212,6 +212,15 @@ def test_finding_boxes_of_a_semicolon_separated_csv_are_read_with_a_decimal_comm
     assert read_findings(tmp_path / "f.csv") == [Finding("img2", ("Mass",), (10.5, 20.0, 30.25, 44.0))]
 
 
+def test_a_finding_rows_height_and_width_are_the_size_its_boxes_are_in(tmp_path):
+    header = "image_id,height,width,finding_categories,xmin,ymin,xmax,ymax\n"
+    (tmp_path / "f.csv").write_text(header + "img2,96,64,['Mass'],1,2,3,4\nimg3,,,['Mass'],1,2,3,4\n")
+    assert [finding.image_shape for finding in read_findings(tmp_path / "f.csv")] == [(96, 64), None]
+    (tmp_path / "f.csv").write_text(header + "img2,96,wide,['Mass'],1,2,3,4\n")
+    with pytest.raises(MammoXAIError, match="f.csv: line 2 has height x width '96' x 'wide', not a size in pixels"):
+        read_findings(tmp_path / "f.csv")
+
+
 def test_findings_name_their_image_by_id_or_by_file_name_in_any_case():
     """A manifest names a DICOM file by its SOP Instance UID and a PNG by its stem; VinDr-style CSVs name the file
     (stem), spreadsheets change case. Matched as written only, these findings were silently dropped."""

@@ -25,7 +25,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "read_findings",
     "write_findings",
     "match_findings",
+    "check_image_shape",
 ]
 
 #: the classes of CorRELAX's lesion-crop classifier (Mellado et al., Frontiers in Oncology 2025), in its order:
@@ -61,6 +62,9 @@ class Finding:
         birads: BI-RADS assessment of the finding ("0".."5", "4A", ...), when given.
         label: case label of the finding when pathology is known ("malignant", "benign", "recalled_benign").
         mask: path of a lesion mask image (same size as the mammogram, non-zero inside), when there is one.
+        image_shape: (height, width) of the image the box was drawn on, when the CSV says (VinDr-Mammo's ``height``
+            and ``width`` columns); :func:`check_image_shape` compares it with the file scored. Not compared
+            between findings: it describes the image, not the lesion.
     """
 
     image_id: str
@@ -69,6 +73,7 @@ class Finding:
     birads: str | None = None
     label: str | None = None
     mask: str | None = None
+    image_shape: tuple[int, int] | None = field(default=None, compare=False)
 
 
 def finding_class(categories: Iterable[str]) -> str:
@@ -122,9 +127,50 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
                 birads=parse_birads(row.get("finding_birads")),
                 label=row.get("label") or None,
                 mask=os.path.normpath(csv_path.parent / mask) if mask else None,
+                image_shape=_parse_shape(row.get("height"), row.get("width"), csv_path, line),
             )
         )
     return findings
+
+
+def _parse_shape(height: str | None, width: str | None, csv_path: Path, line: int) -> tuple[int, int] | None:
+    """(height, width) of a row's image when both cells are filled, refused unless two positive pixel counts."""
+    if not height or not width:
+        return None
+    try:
+        shape = (int(float(height)), int(float(width)))
+    except ValueError:
+        shape = (0, 0)
+    if min(shape) <= 0:
+        problem = f"line {line} has height x width {height!r} x {width!r}, not a size in pixels"
+        raise MammoXAIError(csv_path, problem, "give the image's rows and columns, or leave both empty")
+    return shape
+
+
+def check_image_shape(finding: Finding, shape: Sequence[int] | None, image: object, source: object) -> None:
+    """Refuse a finding whose CSV gives its image another size than the file ``image`` scored (``shape``: rows,
+    columns; None: unknown, not checked).
+
+    Boxes are in pixels of the image they were drawn on. Published tables keep the size of the original download
+    (VinDr-Mammo's ``height`` and ``width``); on a copy of another size (images converted to smaller PNGs, a
+    different export) every box lands on other anatomy, and most still lie inside the image, so nothing else
+    would show it.
+
+    Raises:
+        MammoXAIError: the sizes differ.
+    """
+    if finding.image_shape is None or shape is None or tuple(int(side) for side in shape) == finding.image_shape:
+        return
+    (height, width), (rows, columns) = finding.image_shape, shape
+    problem = (
+        f"gives image {finding.image_id} as {height}x{width} pixels, but {image} has {rows}x{columns}: "
+        "its boxes are in pixels of another copy of the image"
+    )
+    fix = (
+        f"scale xmin, xmax by {columns}/{width} and ymin, ymax by {rows}/{height} and correct height and width, "
+        "or score the images the boxes were drawn on"
+    )
+    raise MammoXAIError(source, problem, fix)
 
 
 def _parse_box(

@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
-from mammoxai.data.findings import Finding, finding_class, match_findings, read_findings
+from mammoxai.data.findings import Finding, check_image_shape, finding_class, match_findings, read_findings
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
@@ -189,7 +189,9 @@ class SaliencyEvaluator:
     Raises:
         MammoXAIError: an unknown method, preset, setting, model or target; a target class the model lacks; an
             input grid smaller than a method's local view; a checkpoint trained on other settings; a negative
-            tolerance or count; an ``output_dir`` that is a file; no image with a finding box; a missing mask file.
+            tolerance or count; an ``output_dir`` that is a file; no image with a finding box; a missing mask file;
+            a finding CSV whose ``height`` and ``width`` are not the size of the image file
+            (:func:`~mammoxai.data.findings.check_image_shape`).
     """
 
     def __init__(
@@ -252,6 +254,9 @@ class SaliencyEvaluator:
                 "evaluate on studies with lesion annotations (e.g. python -m mammoxai.data.synth ... --prevalence "
                 "malignant=0.5,normal=0.5) and check the CSV's image_id column against the manifest",
             )
+        for record, found in zip(self.records, self.findings, strict=True):  # the manifest's size, before any map
+            for finding in found:
+                check_image_shape(finding, _record_shape(record), record["path"], self.findings_csv)
         if self.tolerance_unit == "mm":
             self._check_spacing_possible()
         self.datasets = {
@@ -320,10 +325,11 @@ class SaliencyEvaluator:
         ]
 
     # -- evaluation ---------------------------------------------------------------------------------------------
-    def _regions(self, findings: Sequence[Finding], shape: tuple[int, int]) -> list[LesionRegion]:
+    def _regions(self, findings: Sequence[Finding], shape: tuple[int, int], image: object) -> list[LesionRegion]:
         """The image's findings as regions on the original grid: the mask inside the box, else the box."""
         regions = []
         for finding in findings:
+            check_image_shape(finding, shape, image, self.findings_csv)
             category, box, mask_path = finding_class(finding.categories), finding.box, finding.mask
             region = widen_box(box, 0, shape)
             if not region.any():
@@ -378,7 +384,7 @@ class SaliencyEvaluator:
             mammogram = read_mammogram(record["path"])
             shape = tuple(mammogram.pixels.shape)
             spacing = self._spacing(mammogram)
-            regions = self._regions(self.findings[index], shape)
+            regions = self._regions(self.findings[index], shape, record["path"])
             samples = {name: dataset[index] for name, dataset in self.datasets.items()}
             maps_of_image = {}
             for spec in self.methods:
@@ -554,6 +560,12 @@ class SaliencyEvaluator:
             report.add_figure(f"overlay_{number}", _overlay_figure(pixels, regions, maps, name), name)
         report.write(self.output_dir)
         logger.info("saliency evaluation of %d images -> %s", len(self.records), self.output_dir)
+
+
+def _record_shape(record: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(rows, columns) of a manifest record's image, when it gives them."""
+    rows, columns = record.get("rows"), record.get("cols")
+    return (int(rows), int(columns)) if rows and columns else None
 
 
 def _finding_hit(record: Mapping[str, Any], member: int, region: LesionRegion, hit: bool) -> FindingHit:

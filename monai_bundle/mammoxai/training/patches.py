@@ -37,7 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
-from mammoxai.data.findings import LESION_CLASSES, finding_class, match_findings, read_findings
+from mammoxai.data.findings import (
+    LESION_CLASSES,
+    check_image_shape,
+    finding_class,
+    match_findings,
+    read_findings,
+)
 from mammoxai.errors import MammoXAIError
 
 __all__ = ["PATCH_LABELS", "PatchDataset"]
@@ -84,7 +90,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     Raises:
         MammoXAIError: no finding matches an image, ``background_class`` is not a class, a finding's class is not
-            one of ``class_names``, or ``labels`` / ``scales`` are invalid.
+            one of ``class_names``, the CSV gives an image another height and width than the record's ``rows`` and
+            ``cols`` (:func:`~mammoxai.data.findings.check_image_shape`), or ``labels`` / ``scales`` are invalid.
     """
 
     def __init__(
@@ -118,6 +125,10 @@ class PatchDataset(torch.utils.data.Dataset):
         for index, (found, label) in enumerate(zip(matched, images.labels, strict=True)):
             if label < 0 and not by_finding:
                 continue
+            record = images.data[index]
+            shape = (record["rows"], record["cols"]) if record.get("rows") and record.get("cols") else None
+            for finding in found:
+                check_image_shape(finding, shape, record["path"], findings_csv)
             image_boxes = np.asarray([finding.box for finding in found], dtype=np.float64).reshape(-1, 4)
             finding_labels = [classes.get(finding, label) for finding in found]
             for scale in scales:
