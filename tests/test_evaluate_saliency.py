@@ -160,6 +160,17 @@ def test_boxes_drawn_on_another_size_of_the_image_are_refused(tmp_path):
     SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0).run()
 
 
+def test_a_box_without_finding_categories_is_refused_not_left_out(tmp_path):
+    """The CSV names its category column 'category': every box read as no finding, and the lesion went unscored."""
+    records, csv = write_lesion_study(tmp_path)
+    csv.write_text(csv.read_text().replace("finding_categories", "category"))
+    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    with pytest.raises(
+        MammoXAIError, match=r"finding_annotations.csv: the box .* of image case1 has no finding_categories"
+    ):
+        SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out")
+
+
 def test_a_box_outside_the_image_names_the_csv_and_the_image(tmp_path):
     records, csv = write_lesion_study(tmp_path, box=(200, 10, 220, 30))
     method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}

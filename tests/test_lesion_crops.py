@@ -103,6 +103,13 @@ def test_boxes_drawn_on_another_size_of_the_images_are_refused_before_training(s
         PatchDataset(_images(studies), tmp_path / "findings.csv", patch_size=16, labels="finding")
 
 
+def test_boxes_without_finding_categories_are_refused_not_trained_on_as_no_finding(studies, tmp_path):
+    text = (studies / "finding_annotations.csv").read_text()
+    (tmp_path / "findings.csv").write_text(text.replace("finding_categories", "category", 1))
+    with pytest.raises(MammoXAIError, match=r"findings.csv: the box .* has no finding_categories"):
+        PatchDataset(_images(studies), tmp_path / "findings.csv", patch_size=16, labels="finding")
+
+
 def test_a_larger_scale_crop_shows_more_surroundings_shrunk_to_the_view(studies):
     crops = PatchDataset(_images(studies), studies / "finding_annotations.csv", patch_size=8, labels="finding")
     image = torch.zeros(1, 40, 40)

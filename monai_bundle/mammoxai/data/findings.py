@@ -36,6 +36,7 @@ __all__ = [
     "LESION_CLASSES",
     "Finding",
     "finding_class",
+    "box_class",
     "parse_birads",
     "read_findings",
     "write_findings",
@@ -90,6 +91,23 @@ def finding_class(categories: Iterable[str]) -> str:
         if category.endswith("calcification") or category.endswith("calcifications"):
             return "calcification"
     return "other" if any(category != "no finding" for category in named) else "no_finding"
+
+
+def box_class(finding: Finding, source: object = "finding annotations") -> str:
+    """The :data:`LESION_CLASSES` name of an annotated box, refused when the box names no category.
+
+    :func:`finding_class` reads no category as no finding, which is right for a row without a box; a box is drawn
+    around something. Read the same way, a CSV whose ``finding_categories`` column is missing or named otherwise
+    (``category``) made every lesion a "no finding" crop to train on and left it out of the saliency evaluation.
+
+    Raises:
+        MammoXAIError: the finding has a box but no category.
+    """
+    if not finding.categories:
+        problem = f"the box {finding.box} of image {finding.image_id} has no finding_categories"
+        fix = "give each box its categories in a finding_categories column, as VinDr-Mammo does: ['Mass']"
+        raise MammoXAIError(source, problem, fix)
+    return finding_class(finding.categories)
 
 
 def parse_birads(value: object) -> str | None:

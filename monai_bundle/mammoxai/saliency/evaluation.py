@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
-from mammoxai.data.findings import Finding, check_image_shape, finding_class, match_findings, read_findings
+from mammoxai.data.findings import Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
@@ -320,9 +320,7 @@ class SaliencyEvaluator:
 
     def _findings(self, csv_path: Path) -> list[Finding]:
         """The CSV's findings of the scored classes."""
-        return [
-            finding for finding in read_findings(csv_path) if finding_class(finding.categories) in self.finding_classes
-        ]
+        return [finding for finding in read_findings(csv_path) if box_class(finding, csv_path) in self.finding_classes]
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def _regions(self, findings: Sequence[Finding], shape: tuple[int, int], image: object) -> list[LesionRegion]:
@@ -330,7 +328,7 @@ class SaliencyEvaluator:
         regions = []
         for finding in findings:
             check_image_shape(finding, shape, image, self.findings_csv)
-            category, box, mask_path = finding_class(finding.categories), finding.box, finding.mask
+            category, box, mask_path = box_class(finding), finding.box, finding.mask
             region = widen_box(box, 0, shape)
             if not region.any():
                 image, size = finding.image_id, f"{shape[0]}x{shape[1]}"

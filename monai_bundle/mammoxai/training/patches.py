@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
 from mammoxai.data.findings import (
     LESION_CLASSES,
+    box_class,
     check_image_shape,
-    finding_class,
     match_findings,
     read_findings,
 )
@@ -58,7 +58,8 @@ class PatchDataset(torch.utils.data.Dataset):
     With ``labels="image"`` a finding patch takes its image's class (a lesion of a malignant breast is a malignant
     patch), only labelled images are used, and a background patch takes ``background_class`` (default the first
     class, ``normal``). With ``labels="finding"`` a finding patch takes the class of its finding's categories
-    (:func:`~mammoxai.data.findings.finding_class`), every image is used whatever its label, and background
+    (:func:`~mammoxai.data.findings.box_class`: a box without one is refused), every image is used whatever its
+    label, and background
     patches are ``no_finding``. Background positions are drawn from breast pixels (non-zero after preprocessing)
     outside every finding box, seeded per patch, so an epoch is reproducible.
 
@@ -118,7 +119,7 @@ class PatchDataset(torch.utils.data.Dataset):
         background_class = background_class or ("no_finding" if by_finding else self.class_names[0])
         background = self._class_index(background_class, "background_class")
         findings = read_findings(findings_csv)
-        classes = {f: self._class_index(finding_class(f.categories), findings_csv) for f in findings if by_finding}
+        classes = {f: self._class_index(box_class(f, findings_csv), findings_csv) for f in findings if by_finding}
         matched = match_findings(images.data, findings, findings_csv)
         self.items: list[tuple[int, np.ndarray, int | None, int]] = []
         self.item_scales: list[float] = []
