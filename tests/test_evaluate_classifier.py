@@ -260,7 +260,7 @@ def test_a_multi_view_evaluation_reports_breasts_where_it_scored_breasts(studies
     report = _report(tmp_path)
     breast_row, exam_row = report["tables"]["binary"]
     assert breast_row["level"] == "breast" and breast_row["images"] == exam_row["images"] == 20
-    assert report["description"].startswith("20 labelled held-out breasts of 8 patients")
+    assert report["description"].startswith("20 labelled breasts of 8 patients, every record of the manifest")
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "Each sample is a breast, its views CC+MLO scored together" in markdown
 
@@ -284,6 +284,19 @@ def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):
     for name in ("report.md", "roc.png", "reliability.png"):
         assert (tmp_path / "report" / name).is_file()
     assert "scripts/evaluate.py" in report["command"]
+
+
+def test_a_report_of_every_record_does_not_call_them_held_out(studies, tmp_path, capfd):
+    """With holdout and eval_where {}, the manifest's training images are scored: the report must not say held-out."""
+    torch.manual_seed(0)
+    network = served_network(CLASSES)
+    assert _evaluate_network(studies, tmp_path, network, "--holdout", "{}", "--n_bootstrap", "5") == 0
+    description = _report(tmp_path)["description"]
+    assert "held-out" not in description and "eval_where is empty: images training used are scored too" in description
+    logged = capfd.readouterr()
+    assert "eval_where is empty: every record of the manifest is scored" in logged.out + logged.err
+    assert _evaluate_network(studies, tmp_path, network, "--eval_where", '{"split": "test"}', "--n_bootstrap", "5") == 0
+    assert " labelled held-out images of " in _report(tmp_path)["description"]
 
 
 def test_exam_keys_no_image_has_are_refused_before_any_image_is_scored(studies, tmp_path, capsys):

@@ -404,6 +404,10 @@ class ClassifierEvaluator:
         n_bootstrap, seed: bootstrap resamples and their seed.
         checkpoints: the checkpoint paths, for the record.
         command: the command that produced the report, for the record.
+        eval_where: the selection the records were chosen by (``configs/evaluate.json``'s ``eval_where``), for
+            the report's first line. An empty one scores every record of the manifest, and on the manifest a model
+            was trained with ``holdout`` ``{}`` that includes its training and validation images: the report then
+            says so and a warning is logged, instead of calling them held out.
 
     Example:
         members = load_checkpoints(MammoClassifier(num_classes=3), ["models/model.pt"])
@@ -432,6 +436,7 @@ class ClassifierEvaluator:
         seed: int = 0,
         checkpoints: Sequence[str] | str = (),
         command: str | None = None,
+        eval_where: Mapping[str, Any] | None = None,
     ) -> None:
         self.class_names = list(class_names)
         if positive_class not in self.class_names:
@@ -448,7 +453,13 @@ class ClassifierEvaluator:
         self.metadata_label_space, self.qc_min_probability = metadata_label_space, qc_min_probability
         self.n_bins, self.n_bootstrap, self.seed = calibration_bins, n_bootstrap, seed
         self.checkpoints = [checkpoints] if isinstance(checkpoints, str) else [str(path) for path in checkpoints]
-        self.command = command
+        self.command, self.eval_where = command, eval_where
+        if eval_where is not None and not eval_where:
+            logger.warning(
+                "eval_where is empty: every record of the manifest is scored, including any image the checkpoint "
+                'was trained or validated on; give the held-out records, e.g. --eval_where \'{"split": "test"}\', '
+                "unless this manifest is another data set"
+            )
 
     def run(self) -> dict[str, Any]:
         """Evaluate, write the report, and return its JSON document."""
@@ -512,9 +523,14 @@ class ClassifierEvaluator:
         y_true, y_score = (labels == self.positive).astype(np.int64), probabilities[:, self.positive]
         members = len(self.members)
         scorer = f"an ensemble of {members} checkpoints (mean probability)" if members > 1 else "one checkpoint"
+        held_out, everything = "held-out ", ""
+        if self.eval_where is not None and not self.eval_where:
+            held_out = ""
+            everything = ", every record of the manifest (eval_where is empty: images training used are scored too)"
         report = Report(
             "Malignancy classifier evaluation",
-            f"{len(records)} labelled held-out {sample}s of {len(set(patients))} patients, scored by {scorer}. "
+            f"{len(records)} labelled {held_out}{sample}s of {len(set(patients))} patients{everything}, scored by "
+            f"{scorer}. "
             f"Binary metrics are {positive_name} against the rest on the {positive_name} probability; intervals are "
             "95 % patient-cluster bootstrap intervals.",
             command=self.command,
