@@ -171,6 +171,19 @@ def test_a_box_without_finding_categories_is_refused_not_left_out(tmp_path):
         SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out")
 
 
+def test_a_lesion_mask_that_is_not_an_image_is_a_one_line_error(tmp_path):
+    records, csv = write_lesion_study(tmp_path)
+    (tmp_path / "mask.png").write_text("not an image")
+    header, row = csv.read_text().splitlines()
+    csv.write_text(f"{header},mask\n{row},mask.png\n")
+    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
+    )
+    with pytest.raises(MammoXAIError, match=r"mask.png: is not an image that can be read as a lesion mask \(give"):
+        evaluator.run()
+
+
 def test_a_box_outside_the_image_names_the_csv_and_the_image(tmp_path):
     records, csv = write_lesion_study(tmp_path, box=(200, 10, 220, 30))
     method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}

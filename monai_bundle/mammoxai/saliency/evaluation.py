@@ -339,7 +339,7 @@ class SaliencyEvaluator:
                 if not Path(mask_path).is_file():
                     fix = f"fix the mask column of {self.findings_csv}"
                     raise MammoXAIError(mask_path, "lesion mask not found", fix)
-                mask = np.asarray(Image.open(mask_path)) > 0
+                mask = _read_mask(mask_path, self.findings_csv)
                 if mask.shape[:2] != shape:
                     problem = f"is {mask.shape[:2]}, the image {shape}"
                     raise MammoXAIError(mask_path, problem, "give masks of the image's size")
@@ -558,6 +558,16 @@ class SaliencyEvaluator:
             report.add_figure(f"overlay_{number}", _overlay_figure(pixels, regions, maps, name), name)
         report.write(self.output_dir)
         logger.info("saliency evaluation of %d images -> %s", len(self.records), self.output_dir)
+
+
+def _read_mask(path: str | os.PathLike, findings_csv: Path) -> np.ndarray:
+    """A lesion mask as a boolean array (non-zero inside), refused with a one-line error when it is not an image."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image) > 0
+    except OSError as error:  # PIL's UnidentifiedImageError included: a text file, a truncated or foreign file
+        fix = f"give a mask image (e.g. PNG, non-zero inside the lesion) in the mask column of {findings_csv}"
+        raise MammoXAIError(path, "is not an image that can be read as a lesion mask", fix) from error
 
 
 def _record_shape(record: Mapping[str, Any]) -> tuple[int, int] | None:
