@@ -14,6 +14,7 @@ from mammoxai.data.manifest import read_manifest, read_record, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
+from mammoxai.training.classification import patient_split
 
 SIZE = (64, 48)
 LABELS = ["normal", "recalled_benign", "malignant", None]
@@ -48,6 +49,19 @@ def test_label_map_folds_raw_labels_onto_the_class_names(records):
     classes = ["benign", "malignant", "normal"]
     dataset = MammogramDataset(records, SIZE, class_names=classes, label_map={"recalled_benign": "benign"})
     assert dataset.labels == [2, 0, 1, -1]
+
+
+def test_a_label_map_with_number_keys_maps_the_text_labels_of_a_manifest():
+    """``--label_map "{5: 'malignant'}"`` on the bundle command line: the keys are numbers, the cells text."""
+    records = [
+        {"path": f"{patient}.dcm", "patient_id": patient, "case_label": label}
+        for patient, label in [("P1", "1"), ("P2", "5"), ("P3", "1"), ("P4", "5")]
+    ]
+    label_map = {1: "normal", 5: "malignant"}
+    dataset = MammogramDataset(records, image_size=32, class_names=["normal", "malignant"], label_map=label_map)
+    assert dataset.labels == [0, 1, 0, 1]
+    train, val = patient_split(records, val_fraction=0.5, seed=0, label_map=label_map)
+    assert sorted(r["case_label"] for r in val) == ["1", "5"]  # stratified by the mapped classes
 
 
 def test_default_class_names_are_the_sorted_labels_present(records):

@@ -27,10 +27,19 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.preprocess import grid_shape
 
-__all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries"]
+__all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries", "text_label_map"]
 
 #: record fields copied into every sample ("" when unknown, so the default collate keeps them as lists of str).
 ID_KEYS: tuple[str, ...] = ("image_id", "patient_id", "study_uid", "sop_uid", "laterality", "view")
+
+
+def text_label_map(label_map: Mapping[Any, Any] | None) -> dict[str, str]:
+    """``label_map`` with its keys and values as text, as the manifest's labels are.
+
+    A manifest cell is always text (``"5"``), but ``python -m monai.bundle run ... --label_map "{5: 'malignant'}"``
+    gives number keys, which matched no label: every image was refused as unmapped although the map named it.
+    """
+    return {str(key).strip(): str(value) for key, value in (label_map or {}).items()}
 
 
 class MammogramDataset(monai.data.Dataset):
@@ -77,7 +86,7 @@ class MammogramDataset(monai.data.Dataset):
         super().__init__(data=list(records), transform=transform)
         self.image_size = grid_shape(image_size)
         self.label_key = label_key
-        self.label_map = dict(label_map or {})
+        self.label_map = text_label_map(label_map)
         self.cache = PreprocessedCache(cache_dir, self.image_size, file_key) if cache_dir is not None else None
         names = [self._class_name(record) for record in self.data]
         self.class_names = tuple(class_names) if class_names is not None else tuple(sorted({n for n in names if n}))

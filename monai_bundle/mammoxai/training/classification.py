@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from monai.metrics import ROCAUCMetric
 
+from mammoxai.data.dataset import text_label_map
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import roc_auc
 
@@ -80,7 +81,7 @@ def patient_split(
     if records and not any(label_key in record for record in records):  # a wrong column, not too few labels
         fix = "give a manifest with this column, set label_key to the column of labels, or join them with label_csv"
         raise MammoXAIError(label_key, f"none of the {len(records)} records has this column", fix)
-    label_map = dict(label_map or {})
+    label_map = text_label_map(label_map)
     holdout = dict(holdout or {})
 
     def patient_of(record: Mapping[str, Any]) -> str:
