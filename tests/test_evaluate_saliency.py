@@ -355,6 +355,10 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
         (("--select", '["gradcam"]', "--max_images", "0"), "max_images: is 0, not a positive whole number"),
         (("--select", '["gradcam"]', "--tolerance", "-5"), "tolerance: is -5, not a distance of 0 or more"),
         (
+            ("--select", '["gradcam"]', "--finding_classes", '["mass", "calcifications"]'),
+            "finding_classes: names ['calcifications'], not finding classes (use names of ['mass', 'calcification',",
+        ),
+        (
             ("--select", '["gradcam"]', "--deletion_steps", "abc"),
             "deletion_steps: is 'abc', not a whole number of 0 or more",
         ),

@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
-from mammoxai.data.findings import Finding, box_class, check_image_shape, match_findings, read_findings
+from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
@@ -219,6 +219,12 @@ class SaliencyEvaluator:
     ) -> None:
         if tolerance_unit not in _TOLERANCE_UNITS:
             raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
+        unknown = [name for name in finding_classes if name not in LESION_CLASSES]
+        if unknown or not finding_classes:
+            # a misspelt class ("calcifications") matches no finding: its column is n/a and the class mean is that of
+            # the other classes, which reads like a result
+            problem = f"names {unknown}, not finding classes" if unknown else "is empty"
+            raise MammoXAIError("finding_classes", problem, f"use names of {list(LESION_CLASSES)}")
         check_settings(
             tolerance=tolerance,
             deletion_steps=deletion_steps,
