@@ -87,14 +87,14 @@ def split_by_system(
             "name the manifest column that tells the systems apart, e.g. --system_column model",
         )
     systems = sorted({str(record[system_key]) for record in records if record.get(system_key) not in (None, "")})
-    target_patients = {record.get("patient_id") for record in records if str(record.get(system_key)) == target_system}
+    target_patients = {_patient(record) for record in records if str(record.get(system_key)) == target_system}
     if not target_patients:
         raise MammoXAIError(
             f"--target_system {target_system!r}", f"is no {system_key} of the data", f"use one of {systems}"
         )
     training = dict.fromkeys(HOLDOUT, "training")
-    source = [{**record, **training} for record in records if record.get("patient_id") not in target_patients]
-    target = [{**record, **training} for record in records if record.get("patient_id") in target_patients]
+    source = [{**record, **training} for record in records if _patient(record) not in target_patients]
+    target = [{**record, **training} for record in records if _patient(record) in target_patients]
     adaptation = labelled_subset(target, adapt_fraction, seed, label_map=label_map, option="--adapt_fraction")
     chosen = {record["path"] for record in adaptation}
     test = [{**record, **HOLDOUT} for record in target if record["path"] not in chosen]
@@ -106,9 +106,18 @@ def split_by_system(
     return source, adaptation, test
 
 
-def _patients(records: Sequence[Mapping[str, Any]]) -> set[Any]:
-    """The patient ids of ``records``."""
-    return {record.get("patient_id") for record in records}
+def _patient(record: Mapping[str, Any]) -> str:
+    """Who an image is of: its ``patient_id``, else its study, else the image alone (as the patient split has it).
+
+    Keyed on a blank ``patient_id``, every image naming no patient was one "patient": one such image of the target
+    system pulled all of them, whatever their system, into the target test set, and none trained the source model.
+    """
+    return str(record.get("patient_id") or record.get("study_uid") or record["path"])
+
+
+def _patients(records: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The patients of ``records`` (:func:`_patient`)."""
+    return {_patient(record) for record in records}
 
 
 def adaptation_share(splits: Mapping[int, tuple[list[dict[str, Any]], ...]]) -> str:

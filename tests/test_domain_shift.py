@@ -39,6 +39,20 @@ def test_target_patients_are_split_into_adaptation_and_test_and_never_trained_on
     assert {row["split"] for row in source + adaptation} == {"training"} and {row["split"] for row in test} == {"test"}
 
 
+def test_images_naming_no_patient_go_with_their_study_not_all_into_the_target():
+    """Blank patient ids were one patient: one target image pulled every such image of system A into the target."""
+    records = [{**row, "study_uid": row["patient_id"]} for row in _records()]
+    for row in records:
+        if row["patient_id"] in ("P5", "P11"):  # one patient of each system without an id
+            row["patient_id"] = ""
+    source, adaptation, test = domain_shift.split_by_system(records, "B", 0.5, seed=0)
+    assert {row["xray_system"] for row in adaptation + test} == {"B"}
+    assert {row["study_uid"] for row in source} == {f"P{p}" for p in range(10)}
+    assert "P11" in {row["study_uid"] for row in adaptation + test}
+    studies = lambda rows: {row["study_uid"] for row in rows}  # noqa: E731
+    assert not studies(adaptation) & studies(test)
+
+
 def test_an_unknown_or_exhausted_target_system_is_a_clear_error():
     with pytest.raises(MammoXAIError, match="use one of"):
         domain_shift.split_by_system(_records(), "C", 0.25)

@@ -99,7 +99,8 @@ def labelled_subset(
     option: str = "fraction",
 ) -> list[dict[str, Any]]:
     """The held-out test records plus ``fraction`` of the other patients, stratified by each patient's rarest
-    class, at least two patients per class (so training and validation both see it).
+    class, at least two patients per class (so training and validation both see it). An image naming no patient
+    goes with its study, or alone, as in the patient split, so the views of one study are drawn together.
 
     The draw is nested: patients are ranked once per class by the seed, and a fraction takes the first of them,
     so a larger fraction adds patients to a smaller one and the comparison across fractions is not confounded by
@@ -117,7 +118,7 @@ def labelled_subset(
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         if not is_held_out(record) and record.get(label_key) not in (None, ""):
-            by_patient[str(record.get("patient_id") or record["path"])].append(dict(record))
+            by_patient[str(record.get("patient_id") or record.get("study_uid") or record["path"])].append(dict(record))
     frequency = Counter(
         label_map.get(str(record[label_key]), str(record[label_key]))
         for group in by_patient.values()
