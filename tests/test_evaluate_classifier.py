@@ -11,7 +11,7 @@ from torch import nn
 
 from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.dataset import MammogramDataset
-from mammoxai.data.manifest import read_manifest
+from mammoxai.data.manifest import read_manifest, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import MammoClassifier
@@ -297,6 +297,18 @@ def test_a_report_of_every_record_does_not_call_them_held_out(studies, tmp_path,
     assert "eval_where is empty: every record of the manifest is scored" in logged.out + logged.err
     assert _evaluate_network(studies, tmp_path, network, "--eval_where", '{"split": "test"}', "--n_bootstrap", "5") == 0
     assert " labelled held-out images of " in _report(tmp_path)["description"]
+
+
+def test_images_naming_no_patient_are_resampled_with_their_study_not_one_by_one(studies, tmp_path):
+    """Without a patient column the CC and MLO of a study counted as independent patients: intervals too narrow."""
+    records = [{**record, "patient_id": ""} for record in read_manifest(studies / "manifest.csv")]
+    folder = tmp_path / "no_patients"
+    write_manifest(records, folder / "manifest.csv")
+    torch.manual_seed(0)
+    assert _evaluate_network(folder, tmp_path, served_network(CLASSES), "--n_bootstrap", "5") == 0
+    image_row, exam_row = _report(tmp_path)["tables"]["binary"]
+    assert image_row["images"] == 40 and image_row["patients"] == len({r["study_uid"] for r in records}) < 40
+    assert exam_row["patients"] == image_row["patients"]
 
 
 def test_exam_keys_no_image_has_are_refused_before_any_image_is_scored(studies, tmp_path, capsys):
