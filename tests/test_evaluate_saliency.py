@@ -119,6 +119,13 @@ def test_the_report_says_the_random_baselines_findings_column_counts_draws(lesio
     )
 
 
+def test_one_finding_class_is_one_class_not_its_letters(lesion_study, tmp_path):
+    records, csv = lesion_study
+    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    evaluator = SaliencyEvaluator(records, csv, _models(), [method], tmp_path, finding_classes="mass")
+    assert evaluator.finding_classes == ("mass",)
+
+
 def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
     """The mirrored image is flipped onto the model grid; its maps must come back onto the mass where the CSV has it."""
     records, csv = write_lesion_study(tmp_path, mirrored=True)

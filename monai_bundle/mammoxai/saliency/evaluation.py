@@ -172,7 +172,8 @@ class SaliencyEvaluator:
         methods: :class:`MethodSpec` s or dicts of their fields.
         select: labels or names of the methods to run (None: all of ``methods``; one name: that method).
         output_dir: where the report and overlays go.
-        finding_classes: the finding classes scored (:func:`~mammoxai.data.findings.finding_class` names).
+        finding_classes: the finding classes scored (:data:`~mammoxai.data.findings.LESION_CLASSES` names; one name
+            is one class).
         label_key: the record field holding the image's label (target ``"label"``).
         tolerance, tolerance_unit: the pointing game's tolerance, in ``"px"`` of the original image or ``"mm"``.
         score_threshold: CorRELAX's aggregate leaves out image-class pairs scored below it (None keeps all).
@@ -202,7 +203,7 @@ class SaliencyEvaluator:
         methods: Sequence[MethodSpec | Mapping[str, Any]],
         output_dir: str | os.PathLike,
         select: str | Sequence[str] | None = None,
-        finding_classes: Sequence[str] = ("mass", "calcification"),
+        finding_classes: str | Sequence[str] = ("mass", "calcification"),
         label_key: str = "case_label",
         tolerance: float = 0.0,
         tolerance_unit: str = "px",
@@ -219,6 +220,8 @@ class SaliencyEvaluator:
     ) -> None:
         if tolerance_unit not in _TOLERANCE_UNITS:
             raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
+        # one class from the command line (--finding_classes mass) arrives as a string, not to be read letter by letter
+        finding_classes = [finding_classes] if isinstance(finding_classes, str) else list(finding_classes)
         unknown = [name for name in finding_classes if name not in LESION_CLASSES]
         if unknown or not finding_classes:
             # a misspelt class ("calcifications") matches no finding: its column is n/a and the class mean is that of
