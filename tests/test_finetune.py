@@ -403,6 +403,19 @@ def test_views_given_as_text_are_refused_by_name_not_read_as_one_view_per_charac
     assert build_finetune_classifier("mammo_cnn", 3, views=("cc", "MLO")).num_views == 2
 
 
+def test_a_breast_whose_views_disagree_takes_the_later_class_with_a_warning_naming_the_order(caplog):
+    """With class_names in alphabetical order a malignant CC beside a normal MLO made a 'normal' breast, unsaid."""
+    records = [
+        {"path": f"{view}.dcm", "patient_id": "P1", "study_uid": "s1", "laterality": "L", "view": view,
+         "case_label": label}
+        for view, label in [("CC", "malignant"), ("MLO", "normal")]
+    ]  # fmt: skip
+    images = MammogramDataset(records, image_size=32, class_names=["benign", "malignant", "normal"])
+    breasts = MultiViewDataset(images, views=["CC", "MLO"])
+    assert breasts.labels == [2]
+    assert "1 breasts have views of different classes" in caplog.text and "'normal' over 'malignant'" in caplog.text
+
+
 def test_train_json_refuses_multi_view_input_for_the_single_image_served_network(studies, tmp_path):
     with pytest.raises(Exception) as error:
         _train(studies, tmp_path, views=["CC", "MLO"], epochs=1)

@@ -61,7 +61,8 @@ class MultiViewDataset(torch.utils.data.Dataset):
     ``incomplete``), and so is an image with a blank group key: grouped on the blank, the CC of one patient's breast
     was fused with the MLO of another patient's (blank ``study_uid``) or of the other side (blank ``laterality``). The
     breast's label is the most severe of its images' (the highest class index: ``class_names`` are ordered
-    from normal to malignant), -1 when no image is labelled.
+    from normal to malignant), -1 when no image is labelled. Breasts whose views disagree are counted in a warning
+    that names the order, since class names listed otherwise (alphabetically) would make the later one win.
 
     Args:
         images: the per-image data set.
@@ -117,6 +118,18 @@ class MultiViewDataset(torch.utils.data.Dataset):
             )
         self.data = [images.data[group[0]] for group in self.groups]
         self.labels = [max(images.labels[index] for index in group) for group in self.groups]
+        mixed = [group for group in self.groups if len({images.labels[index] for index in group} - {-1}) > 1]
+        if mixed:
+            names = list(images.class_names)
+            logger.warning(
+                "%d breasts have views of different classes; each takes the later one in class_names %s (e.g. %s), "
+                "so list the classes from least to most severe",
+                len(mixed),
+                names,
+                " over ".join(
+                    repr(names[i]) for i in sorted({images.labels[i] for i in mixed[0]} - {-1}, reverse=True)
+                ),
+            )
         self.class_names = images.class_names
 
     def __len__(self) -> int:
