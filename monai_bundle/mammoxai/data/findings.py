@@ -10,11 +10,13 @@ Boxes are continuous ``(x0, y0, x1, y1)`` coordinates, the convention of
 :class:`~mammoxai.io.geometry.ImageGeometry`: a box covering pixel columns 3..7 has ``x0 = 3, x1 = 8``, and
 ``geometry.to_model_boxes`` maps it onto the model grid exactly.
 
+Which image a row is on: :func:`match_findings` (by ``image_id`` / ``sop_uid``, else by file name in any case),
+not a dictionary keyed by ``image_id`` as written, which drops the rows that name their image otherwise.
+
 Example:
     findings = read_findings("vindr/finding_annotations.csv")
-    by_image = {}
-    for finding in findings:
-        by_image.setdefault(finding.image_id, []).append(finding.box)
+    per_record = match_findings(records, findings, "vindr/finding_annotations.csv")  # one list per record
+    boxes = [[box_class(finding) for finding in found] for found in per_record]
 """
 
 from __future__ import annotations
