@@ -96,8 +96,8 @@ def split_by_system(
     source = [{**record, **training} for record in records if _patient(record) not in target_patients]
     target = [{**record, **training} for record in records if _patient(record) in target_patients]
     adaptation = labelled_subset(target, adapt_fraction, seed, label_map=label_map, option="--adapt_fraction")
-    chosen = {record["path"] for record in adaptation}
-    test = [{**record, **HOLDOUT} for record in target if record["path"] not in chosen]
+    chosen = _patients(adaptation)  # whole patients: an unlabelled image of theirs is not a test image
+    test = [{**record, **HOLDOUT} for record in target if _patient(record) not in chosen]
     if not source or not test:
         problem = f"leaves {len(source)} source and {len(test)} target test images"
         raise MammoXAIError(

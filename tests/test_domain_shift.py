@@ -53,6 +53,19 @@ def test_images_naming_no_patient_go_with_their_study_not_all_into_the_target():
     assert not studies(adaptation) & studies(test)
 
 
+def test_an_unlabelled_image_of_an_adaptation_patient_is_not_a_target_test_image():
+    """Held out, it made the patient a test patient, and the patient split then dropped the patient's adaptation
+    images from training."""
+    records = _records() + [
+        {"path": f"P{p}_unlabelled.dcm", "patient_id": f"P{p}", "xray_system": "A", "case_label": "", "split": ""}
+        for p in range(10)
+    ]
+    _, adaptation, test = domain_shift.split_by_system(records, "A", 0.25, seed=0)
+    adapted = {row["patient_id"] for row in adaptation}
+    assert adapted and not adapted & {row["patient_id"] for row in test}
+    assert len(test) == 2 * (10 - len(adapted)) + (10 - len(adapted))
+
+
 def test_an_unknown_or_exhausted_target_system_is_a_clear_error():
     with pytest.raises(MammoXAIError, match="use one of"):
         domain_shift.split_by_system(_records(), "C", 0.25)
