@@ -16,7 +16,7 @@ not a dictionary keyed by ``image_id`` as written, which drops the rows that nam
 Example:
     findings = read_findings("vindr/finding_annotations.csv")
     per_record = match_findings(records, findings, "vindr/finding_annotations.csv")  # one list per record
-    boxes = [[box_class(finding) for finding in found] for found in per_record]
+    classes = [[box_class(finding) for finding in found] for found in per_record]  # "mass", ... per record
 """
 
 from __future__ import annotations
