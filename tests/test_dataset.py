@@ -64,6 +64,18 @@ def test_a_label_map_with_number_keys_maps_the_text_labels_of_a_manifest():
     assert sorted(r["case_label"] for r in val) == ["1", "5"]  # stratified by the mapped classes
 
 
+@pytest.mark.parametrize("name", ["label_map", "holdout"])
+def test_a_mapping_setting_given_as_text_is_named_with_how_to_write_it(name):
+    """``--label_map "{'Cancer': 'malignant'}"`` reaches scripts/evaluate.py as text: a traceback in the data set."""
+    records = [{"path": f"P{i}.dcm", "patient_id": f"P{i}", "case_label": "Cancer"} for i in range(2)]
+    text = "{'Cancer': 'malignant'}" if name == "label_map" else "{'split': 'test'}"
+    with pytest.raises(MammoXAIError, match=rf"^{name}: is .*, not a mapping \(write it as a JSON object"):
+        if name == "label_map":
+            MammogramDataset(records, image_size=32, class_names=["malignant"], label_map=text)
+        else:
+            patient_split(records, holdout=text)
+
+
 def test_default_class_names_are_the_sorted_labels_present(records):
     dataset = MammogramDataset(records, SIZE)
     assert dataset.class_names == ("malignant", "normal", "recalled_benign")

@@ -143,6 +143,8 @@ def test_select_records_keeps_the_holdout_and_refuses_an_empty_selection():
     assert len(select_records(records, {})) == 2
     with pytest.raises(MammoXAIError, match="match none"):
         select_records(records, {"split": "validation"})
+    with pytest.raises(MammoXAIError, match=r"^eval_where: is \"{'split': 'test'}\", not a mapping"):
+        select_records(records, "{'split': 'test'}")  # Python quotes through scripts/evaluate.py's JSON reading
 
 
 # -- checkpoints and ensembles ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.preprocess import grid_shape
 
-__all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries", "text_label_map"]
+__all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries", "text_label_map", "setting_mapping"]
 
 #: record fields copied into every sample ("" when unknown, so the default collate keeps them as lists of str).
 ID_KEYS: tuple[str, ...] = ("image_id", "patient_id", "study_uid", "sop_uid", "laterality", "view")
@@ -39,7 +40,30 @@ def text_label_map(label_map: Mapping[Any, Any] | None) -> dict[str, str]:
     A manifest cell is always text (``"5"``), but ``python -m monai.bundle run ... --label_map "{5: 'malignant'}"``
     gives number keys, which matched no label: every image was refused as unmapped although the map named it.
     """
-    return {str(key).strip(): str(value) for key, value in (label_map or {}).items()}
+    return {
+        str(key).strip(): str(value)
+        for key, value in setting_mapping(label_map, "label_map", '{"Cancer": "malignant"}').items()
+    }
+
+
+def setting_mapping(value: Mapping[Any, Any] | None, name: str, example: str = '{"split": "test"}') -> dict[Any, Any]:
+    """A mapping setting (``label_map``, ``holdout``, ``eval_where``) as a dict; None is empty.
+
+    ``scripts/evaluate.py`` reads option values as JSON, so ``--label_map "{'Cancer': 'malignant'}"`` (Python
+    quotes, as ``monai.bundle run`` takes them) arrives as text, which ended in a traceback deep in the data set.
+
+    Raises:
+        MammoXAIError: ``value`` is not a mapping, naming the setting and how to write it.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MammoXAIError(
+            name,
+            f"is {value!r}, not a mapping",
+            f"write it as a JSON object with double quotes, e.g. --{name} {shlex.quote(example)}",
+        )
+    return dict(value)
 
 
 class MammogramDataset(monai.data.Dataset):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from monai.metrics import ROCAUCMetric
 
-from mammoxai.data.dataset import text_label_map
+from mammoxai.data.dataset import setting_mapping, text_label_map
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import roc_auc
 
@@ -82,7 +82,7 @@ def patient_split(
         fix = "give a manifest with this column, set label_key to the column of labels, or join them with label_csv"
         raise MammoXAIError(label_key, f"none of the {len(records)} records has this column", fix)
     label_map = text_label_map(label_map)
-    holdout = dict(holdout or {})
+    holdout = setting_mapping(holdout, "holdout")
 
     def patient_of(record: Mapping[str, Any]) -> str:
         return str(record.get("patient_id") or record.get("study_uid") or record["path"])

@@ -48,6 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
+from mammoxai.data.dataset import setting_mapping
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.metrics import ConfidenceInterval, bootstrap_ci, roc_auc
@@ -91,7 +92,7 @@ def select_records(
     Raises:
         MammoXAIError: no record matches.
     """
-    where = dict(where or {})
+    where = setting_mapping(where, "eval_where")
     kept = [
         dict(record) for record in records if all(str(record.get(key)) == str(value) for key, value in where.items())
     ]
