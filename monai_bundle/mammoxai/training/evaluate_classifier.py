@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import shlex
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -460,8 +461,9 @@ class ClassifierEvaluator:
         self.output_dir = check_output_path(output_dir, "evaluation_dir", "give a folder for the report")
         self.device, self.amp = torch.device(device), amp
         self.threshold, self.target_specificity = threshold, target_specificity
-        self.exam_keys, self.exam_aggregation, self.device_key = list(exam_keys), exam_aggregation, device_key
-        self.breakdown_keys = list(breakdown_keys)
+        self.exam_keys = _column_list(exam_keys, "exam_keys", '["study_uid", "laterality"]')
+        self.exam_aggregation, self.device_key = exam_aggregation, device_key
+        self.breakdown_keys = _column_list(breakdown_keys, "breakdown_keys", '["lesion_types"]')
         self.metadata_label_space, self.qc_min_probability = metadata_label_space, qc_min_probability
         self.n_bins, self.n_bootstrap, self.seed = calibration_bins, n_bootstrap, seed
         self.checkpoints = [checkpoints] if isinstance(checkpoints, str) else [str(path) for path in checkpoints]
@@ -717,6 +719,16 @@ class ClassifierEvaluator:
             f"would score. qc_flags counts images whose head disagrees with the header at probability >= "
             f"{self.qc_min_probability}, the QC flags a prediction would carry: on correct headers, false alarms.",
         )
+
+
+def _column_list(value: Sequence[str] | str, name: str, example: str) -> list[str]:
+    """A list-of-columns setting as a list; text is refused, since each of its characters would become a column
+    (``--exam_keys "['study_uid']"`` reaches ``scripts/evaluate.py``, which reads values as JSON, as text)."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise MammoXAIError(
+            name, f"is {value!r}, not a list of columns", f"write a JSON list, e.g. --{name} {shlex.quote(example)}"
+        )
+    return [str(key) for key in value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
