@@ -35,6 +35,7 @@ from mammoxai.training.classification import PresentClassesROCAUC, class_weights
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
 CLASSES = ["normal", "benign", "malignant"]
+LABEL_MAP = {"recalled_benign": "benign"}  # train.json's
 
 
 def run_bundle(config: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -536,20 +537,20 @@ def test_patient_split_keeps_patients_whole_and_every_class_in_validation():
     [({"splt": "test"}, r"no record has \['splt'\]"), ({"split": "tset"}, "no record has these values")],
 )
 def test_a_holdout_that_holds_nothing_out_is_a_warning_naming_why(holdout, reason, caplog):
-    train, val = patient_split(manifest_records(), seed=0, holdout=holdout)
+    train, val = patient_split(manifest_records(), seed=0, holdout=holdout, label_map=LABEL_MAP)
     assert len(train) + len(val) == 44  # the test patient trains: what the warning is about
     warning = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert len(warning) == 1 and re.search(rf"holdout .* holds nothing out \({reason}\)", warning[0])
     caplog.clear()
-    patient_split(manifest_records(), seed=0, holdout={"split": "test"})
-    patient_split(manifest_records(), seed=0, holdout={})
+    patient_split(manifest_records(), seed=0, holdout={"split": "test"}, label_map=LABEL_MAP)
+    patient_split(manifest_records(), seed=0, holdout={}, label_map=LABEL_MAP)
     assert not [record for record in caplog.records if record.levelname == "WARNING"]
 
 
 def test_images_without_a_patient_id_are_a_warning_that_priors_may_leak(caplog):
     records = manifest_records()
     records[0] = {**records[0], "patient_id": ""}
-    patient_split(records, seed=0, holdout={"split": "test"})
+    patient_split(records, seed=0, holdout={"split": "test"}, label_map=LABEL_MAP)
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert len(warnings) == 1 and warnings[0].startswith("1 of 40 images name no patient: each is split with its study")
 
@@ -573,6 +574,21 @@ def test_a_held_out_patient_is_neither_trained_nor_validated_on_through_an_image
     assert "2 images of 1 held-out patients are not themselves held out" in caplog.text
     train, val = patient_split(records, val_fraction=0.3, seed=0, holdout={"fold": 0})  # as evaluate.json selects
     assert {r["patient_id"] for r in train + val} == {"B", "C", "D", "E"}
+
+
+def test_a_class_no_validation_patient_has_is_a_warning_that_model_selection_ignores_it(caplog):
+    """One malignant patient trains only: model.pt is then chosen by the other classes' AUC alone."""
+    records = [
+        {"path": f"P{p}_{i}.dcm", "patient_id": f"P{p}", "case_label": label}
+        for p, label in enumerate(["malignant", "normal", "normal", "benign", "benign", "normal"])
+        for i in range(2)
+    ]
+    train, val = patient_split(records, val_fraction=0.3, seed=0)
+    assert {r["case_label"] for r in train} - {r["case_label"] for r in val} == {"malignant"}
+    assert "validation has no image of ['malignant']" in caplog.text and "one class in validation" not in caplog.text
+    caplog.clear()
+    patient_split([r for r in records if r["case_label"] != "benign"], val_fraction=0.3, seed=0)
+    assert "validation has no image of ['malignant']" in caplog.text and "one class in validation" in caplog.text
 
 
 def test_patient_split_needs_two_patients():

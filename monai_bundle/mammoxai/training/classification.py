@@ -146,6 +146,7 @@ def patient_split(
         val_patients.add(max(strata.values(), key=len)[0])
     train = [record for patient, group in sorted(by_patient.items()) if patient not in val_patients for record in group]
     val = [record for patient, group in sorted(by_patient.items()) if patient in val_patients for record in group]
+    _warn_unvalidated_classes({label(record) for record in train}, {label(record) for record in val})
     logger.info(
         "patient split: %d images / %d patients for training, %d / %d for validation",
         len(train),
@@ -154,6 +155,28 @@ def patient_split(
         len(val_patients),
     )
     return train, val
+
+
+def _warn_unvalidated_classes(trained: set[str], validated: set[str]) -> None:
+    """Warn of classes that training sees and validation does not: model selection cannot score them.
+
+    The validation AUC (:class:`PresentClassesROCAUC`) averages the classes validation has; a class of one patient
+    (a rare malignant class) is trained on only, so the saved model is chosen without regard to it, and with a
+    single class left in validation no AUC is defined at all and ``model.pt`` stays the first validated epoch's.
+    """
+    missing = sorted(trained - validated)
+    if missing:
+        logger.warning(
+            "validation has no image of %s (too few patients of it to put one in validation): the validation AUC "
+            "that picks model.pt leaves it out%s",
+            missing,
+            (
+                ""
+                if len(validated) > 1
+                else "; with one class in validation it scores nothing and model.pt stays "
+                "the first validated epoch's"
+            ),
+        )
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
