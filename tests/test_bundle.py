@@ -23,6 +23,7 @@ from monai.bundle import ConfigParser, verify_net_in_out
 from monai.metrics import ROCAUCMetric, compute_roc_auc
 from PIL import Image
 
+from mammoxai.cli import config_overrides
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import InferenceRunner, MammogramPredictor
@@ -167,6 +168,23 @@ def test_every_config_hooks_one_line_user_errors_before_anything_else(config):
     parser.read_config([str(CONFIGS / name) for name in (MERGED_OVER.get(config), config) if name])
     assert parser.get("initialize", [None])[0] == "@user_errors"
     assert parser.get("user_errors") == {"_target_": "mammoxai.cli.brief_user_errors"}
+
+
+def test_script_options_are_read_as_monai_bundle_run_reads_them():
+    """The scripts' ``--key value`` options take what the model card writes for ``monai.bundle run``: Python
+    literals (``"['CC', 'MLO']"`` reached scripts/evaluate.py as text, and asked for one view per character),
+    JSON, and plain text for anything else."""
+    arguments = ["--views", "['CC', 'MLO']", "--label_map", "{5: 'malignant'}", "--amp", "False", "--epochs", "3"]
+    arguments += ["--holdout", '{"split": "test"}', "--checkpoint", "models/model.pt", "--patient", "001"]
+    assert config_overrides(arguments) == {
+        "views": ["CC", "MLO"],
+        "label_map": {5: "malignant"},
+        "amp": False,
+        "epochs": 3,
+        "holdout": {"split": "test"},
+        "checkpoint": "models/model.pt",
+        "patient": "001",
+    }
 
 
 def test_a_user_error_keeps_its_traceback_when_asked_and_a_bug_always_does(tmp_path):

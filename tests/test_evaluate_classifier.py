@@ -316,10 +316,10 @@ def test_images_naming_no_patient_are_resampled_with_their_study_not_one_by_one(
 @pytest.mark.parametrize("setting", ["--exam_keys", "--breakdown_keys"])
 def test_column_lists_given_as_text_are_refused_not_read_one_character_per_column(studies, tmp_path, capsys, setting):
     torch.manual_seed(0)
-    status = _evaluate_network(studies, tmp_path, served_network(CLASSES), setting, "['study_uid']")
+    status = _evaluate_network(studies, tmp_path, served_network(CLASSES), setting, "study_uid")
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"{setting[2:]}: is \"['study_uid']\", not a list of columns (write a JSON list" in error
+    assert f"{setting[2:]}: is 'study_uid', not a list of columns (write a JSON list" in error
     assert not (tmp_path / "report").exists()
 
 

@@ -10,6 +10,7 @@ their ``initialize`` section, which gives its uncaught user errors the same one 
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import os
@@ -94,7 +95,9 @@ def exit_status(action: Callable[[], object]) -> int:
 
 
 def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
-    """``--key value`` pairs as ``monai.bundle run`` takes them; values are JSON where they parse as JSON."""
+    """``--key value`` pairs as ``monai.bundle run`` takes them: a value is JSON where it parses as JSON, else a
+    Python literal where it parses as one (``"['CC', 'MLO']"``, ``"{5: 'malignant'}"``, ``True``, as the model
+    card writes them for ``monai.bundle run``, whose command line reads Python literals), else the text itself."""
     overrides: dict[str, Any] = {}
     for position in range(0, len(arguments), 2):
         key, value = arguments[position], arguments[position + 1] if position + 1 < len(arguments) else None
@@ -102,11 +105,19 @@ def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
             raise MammoXAIError(
                 " ".join(arguments), f"cannot read {key!r} as --key value", "give config overrides as --key value pairs"
             )
-        try:
-            overrides[key[2:]] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key[2:]] = value
+        overrides[key[2:]] = _parse_value(value)
     return overrides
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):  # plain text: a path, a name, a word
+        return text
 
 
 def bundle_config_files(bundle_root: Path, names: Sequence[str]) -> list[Path]:
