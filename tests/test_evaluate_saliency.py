@@ -67,6 +67,16 @@ def lesion_study(tmp_path_factory):
     return write_lesion_study(tmp_path_factory.mktemp("lesion_study"))
 
 
+#: Grad-CAM on the whole-image model of :func:`_models`, the method most tests here score
+GRADCAM = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+
+
+def add_columns(csv: Path, **values: object) -> None:
+    """Add columns to the one-finding CSV of :func:`write_lesion_study`, with the row's value for each."""
+    header, row = csv.read_text().splitlines()
+    csv.write_text(f"{header},{','.join(values)}\n{row},{','.join(map(str, values.values()))}\n")
+
+
 def _models():
     return {
         "whole_image": {
@@ -108,7 +118,7 @@ def test_a_map_on_the_lesion_beats_the_centre_and_random_baselines(lesion_study,
 
 def test_the_report_says_the_random_baselines_findings_column_counts_draws(lesion_study, tmp_path):
     records, csv = lesion_study
-    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    method = GRADCAM
     evaluator = SaliencyEvaluator(
         records, csv, _models(), [method], tmp_path, deletion_steps=0, sanity_images=0, baseline_draws=7, overlays=0
     )
@@ -121,7 +131,7 @@ def test_the_report_says_the_random_baselines_findings_column_counts_draws(lesio
 
 def test_one_finding_class_is_one_class_not_its_letters(lesion_study, tmp_path):
     records, csv = lesion_study
-    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    method = GRADCAM
     evaluator = SaliencyEvaluator(records, csv, _models(), [method], tmp_path, finding_classes="mass")
     assert evaluator.finding_classes == ("mass",)
 
@@ -141,7 +151,7 @@ def test_a_finding_named_by_its_file_name_in_another_case_is_scored(tmp_path):
     """The CSV names the image CASE1.PNG, the manifest case1: matched as written, the lesion was not scored."""
     records, csv = write_lesion_study(tmp_path)
     csv.write_text(csv.read_text().replace("\ncase1,", "\nCASE1.PNG,"))
-    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    method = GRADCAM
     evaluator = SaliencyEvaluator(
         records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
     )
@@ -153,9 +163,8 @@ def test_boxes_drawn_on_another_size_of_the_image_are_refused(tmp_path):
     """VinDr-style height and width of 320 x 256: the boxes are in pixels of a copy twice this PNG's size. Scored on
     the 160 x 128 file, a box that still lies inside it would be scored against other anatomy, without a word."""
     records, csv = write_lesion_study(tmp_path, box=(33, 58, 41, 66))
-    header, row = csv.read_text().splitlines()
-    csv.write_text(f"{header},height,width\n{row},320,256\n")
-    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    add_columns(csv, height=320, width=256)
+    method = GRADCAM
     evaluator = SaliencyEvaluator(
         records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
     )
@@ -163,7 +172,7 @@ def test_boxes_drawn_on_another_size_of_the_image_are_refused(tmp_path):
         evaluator.run()
     with pytest.raises(MammoXAIError, match=r"scale xmin, xmax by 128/256 and ymin, ymax by 160/320"):
         SaliencyEvaluator([dict(records[0], rows=160, cols=128)], csv, _models(), [method], tmp_path / "out")
-    csv.write_text(f"{header},height,width\n{row},160,128\n")  # the file's own size is scored as before
+    csv.write_text(csv.read_text().replace(",320,256", ",160,128"))  # the file's own size is scored as before
     SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0).run()
 
 
@@ -171,7 +180,7 @@ def test_a_box_without_finding_categories_is_refused_not_left_out(tmp_path):
     """The CSV names its category column 'category': every box read as no finding, and the lesion went unscored."""
     records, csv = write_lesion_study(tmp_path)
     csv.write_text(csv.read_text().replace("finding_categories", "category"))
-    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    method = GRADCAM
     with pytest.raises(
         MammoXAIError, match=r"finding_annotations.csv: the box .* of image case1 has no finding_categories"
     ):
@@ -181,9 +190,8 @@ def test_a_box_without_finding_categories_is_refused_not_left_out(tmp_path):
 def test_a_lesion_mask_that_is_not_an_image_is_a_one_line_error(tmp_path):
     records, csv = write_lesion_study(tmp_path)
     (tmp_path / "mask.png").write_text("not an image")
-    header, row = csv.read_text().splitlines()
-    csv.write_text(f"{header},mask\n{row},mask.png\n")
-    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    add_columns(csv, mask="mask.png")
+    method = GRADCAM
     evaluator = SaliencyEvaluator(
         records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
     )
@@ -193,7 +201,7 @@ def test_a_lesion_mask_that_is_not_an_image_is_a_one_line_error(tmp_path):
 
 def test_a_box_outside_the_image_names_the_csv_and_the_image(tmp_path):
     records, csv = write_lesion_study(tmp_path, box=(200, 10, 220, 30))
-    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    method = GRADCAM
     evaluator = SaliencyEvaluator(
         records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
     )
@@ -233,7 +241,7 @@ def test_a_tolerance_in_millimetres_reaches_a_lesion_the_peak_misses_in_pixels()
 def test_a_tolerance_in_millimetres_on_png_images_is_refused_before_any_map(tmp_path):
     """A PNG has no header to give its pixel spacing: refused up front, not at the first such image of a long run."""
     records, csv = write_lesion_study(tmp_path)
-    method = {"name": "gradcam", "model": "whole_image", "settings": {"target_layer": "features"}}
+    method = GRADCAM
     with pytest.raises(
         MammoXAIError, match=r"tolerance_unit 'mm': needs .* 1 PNG, TIFF or PGM file\(s\) lack: .*case1"
     ):
