@@ -174,6 +174,14 @@ def test_bootstrap_reports_no_interval_when_the_metric_is_mostly_undefined():
     assert math.isnan(interval.low) and math.isnan(interval.high)
 
 
+def test_bootstrap_of_one_cluster_reports_no_interval_rather_than_one_of_zero_width():
+    """Every resample of a single patient is that patient: the spread is zero, and a report would state an estimate
+    resting on the least evidence as certain (AUC 0.750, 95 % CI 0.750-0.750)."""
+    interval = bootstrap_ci(roc_auc, [0, 1, 0, 1], [0.3, 0.2, 0.1, 0.9], n=200, seed=0, groups=["P1"] * 4)
+    assert interval.estimate == pytest.approx(0.75)
+    assert math.isnan(interval.low) and math.isnan(interval.high) and interval.resamples == 0
+
+
 def test_bootstrap_rejects_arrays_of_different_length():
     with pytest.raises(ValueError, match="y_score has 2"):
         bootstrap_ci(roc_auc, [0, 1, 1], [0.1, 0.2])

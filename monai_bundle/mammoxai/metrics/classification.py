@@ -229,7 +229,8 @@ def bootstrap_ci(
         seed: seed of the resampling; the same seed gives the same interval.
         level: confidence level of the interval.
         groups: (N,) cluster ids (patient ids): whole clusters are resampled (cluster bootstrap), so correlated
-            images of one patient count as one unit of evidence.
+            images of one patient count as one unit of evidence. With a single cluster every resample is that
+            cluster, so no interval is reported (NaN bounds) rather than one of zero width.
         min_defined: the smallest share of defined resamples for which an interval is reported; below it the
             bounds are NaN, since the surviving resamples are no longer a fair sample.
 
@@ -259,6 +260,8 @@ def bootstrap_ci(
             raise ValueError(f"y_true has {len(y_true)} samples but groups has {len(groups)}")
         _, cluster = np.unique(groups, return_inverse=True)
         members = np.split(np.argsort(cluster, kind="stable"), np.cumsum(np.bincount(cluster))[:-1])
+        if len(members) < 2:
+            return ConfidenceInterval(metric(slice(None)), math.nan, math.nan, level, 0)
         draws = (np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))]) for _ in range(n))
     values = np.array([metric(index) for index in draws]) if len(y_true) else np.full(n, math.nan)
     values = values[np.isfinite(values)]

@@ -37,7 +37,7 @@ import logging
 import math
 import shlex
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import setting_mapping
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
-from mammoxai.metrics import ConfidenceInterval, bootstrap_ci, roc_auc
+from mammoxai.metrics import bootstrap_ci, roc_auc
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.reports import Report, roc_figure
 from mammoxai.training.evaluate_pretrain import field_metrics
@@ -71,7 +71,6 @@ __all__ = [
     "reliability_figure",
     "bootstrap_unit",
     "aggregate_exams",
-    "patient_bootstrap",
     "binary_metrics",
     "ClassifierEvaluator",
     "main",
@@ -325,26 +324,6 @@ def aggregate_exams(
     return exams, exam_scores, exam_labels, patients
 
 
-def patient_bootstrap(
-    metric_fn: Callable[..., float],
-    y_true: np.ndarray,
-    y_score: np.ndarray,
-    patients: Sequence[str],
-    n: int,
-    seed: int,
-) -> ConfidenceInterval:
-    """:func:`mammoxai.metrics.bootstrap_ci` resampling ``patients``; no interval (NaN bounds) from one patient.
-
-    Every resample of a single patient is that patient, so the bootstrap spread is zero: on a device or a lesion
-    kind that only one test patient has, the report would state the estimate as certain (e.g. AUC 0.750, 95 % CI
-    0.750-0.750) when it rests on the least evidence of any row.
-    """
-    if len(set(patients)) < 2:
-        estimate = bootstrap_ci(metric_fn, y_true, y_score, n=1, seed=seed).estimate
-        return ConfidenceInterval(estimate, math.nan, math.nan, 0.95, 0)
-    return bootstrap_ci(metric_fn, y_true, y_score, n=n, seed=seed, groups=patients)
-
-
 def binary_metrics(
     y_true: np.ndarray,
     y_score: np.ndarray,
@@ -357,7 +336,7 @@ def binary_metrics(
     """AUC with a patient-cluster bootstrap interval, and sensitivity / specificity (with intervals) at
     ``threshold`` and at the threshold reaching ``target_specificity``."""
     y_true, y_score = np.asarray(y_true).astype(np.int64), np.asarray(y_score, dtype=np.float64)
-    auc = patient_bootstrap(roc_auc, y_true, y_score, patients, n_bootstrap, seed)
+    auc = bootstrap_ci(roc_auc, y_true, y_score, n=n_bootstrap, seed=seed, groups=patients)
     values: dict[str, Any] = {
         "images": int(y_true.size),
         "positives": int(y_true.sum()),
@@ -369,13 +348,13 @@ def binary_metrics(
     operating_points = {"": threshold, "_at_target": threshold_for_specificity(y_true, y_score, target_specificity)}
     for suffix, point in operating_points.items():
         for position, name in enumerate(("sensitivity", "specificity")):
-            interval = patient_bootstrap(
+            interval = bootstrap_ci(
                 lambda t, s, p=point, i=position: sensitivity_specificity(t, s, p)[i],
                 y_true,
                 y_score,
-                patients,
-                n_bootstrap,
-                seed,
+                n=n_bootstrap,
+                seed=seed,
+                groups=patients,
             )
             values.update(
                 {
@@ -586,8 +565,13 @@ class ClassifierEvaluator:
         if len(self.class_names) > 2:
             rows = []
             for index, name in enumerate(self.class_names):
-                interval = patient_bootstrap(
-                    roc_auc, labels == index, probabilities[:, index], patients, self.n_bootstrap, self.seed
+                interval = bootstrap_ci(
+                    roc_auc,
+                    labels == index,
+                    probabilities[:, index],
+                    n=self.n_bootstrap,
+                    seed=self.seed,
+                    groups=patients,
                 )
                 rows.append(
                     {
@@ -598,7 +582,7 @@ class ClassifierEvaluator:
                         "auc_high": interval.high,
                     }
                 )
-            macro = patient_bootstrap(roc_auc, labels, probabilities, patients, self.n_bootstrap, self.seed)
+            macro = bootstrap_ci(roc_auc, labels, probabilities, n=self.n_bootstrap, seed=self.seed, groups=patients)
             rows.append(
                 {
                     "class": "macro average",
