@@ -542,6 +542,40 @@ def test_a_label_csv_id_in_another_case_names_the_image_as_a_windows_or_macos_fi
     assert (records["case7_L_CC"]["view"], records["1.2.3.1"]["view"]) == ("CC", "MLO")
 
 
+def test_ids_of_several_columns_match_as_written_so_patients_differing_in_case_stay_apart(tmp_path):
+    """Case is ignored only for a one-column id (a file name on a case-insensitive file system): a row keyed on
+    patient, laterality and view labelled patients AB1 and Ab1 both, and made them one patient."""
+    records = [
+        {"path": f"{name}.png", "image_id": name, "patient_id": patient, "laterality": "L", "view": "CC"}
+        for name, patient in (("a", "AB1"), ("b", "Ab1"))
+    ]
+    columns = ["patient_id", "laterality", "view", "case_label"]
+    labels = write_csv(
+        tmp_path / "labels.csv", columns, [["AB1", "L", "CC", "benign"], ["ab1", "L", "CC", "malignant"]]
+    )
+    with pytest.warns(UserWarning, match="1 of 2 rows match no image"):
+        joined = join_labels(records, labels, ("patient_id", "laterality", "view"), strict=False)
+    assert [(r["patient_id"], r.get("case_label")) for r in joined] == [("AB1", "benign"), ("Ab1", None)]
+
+
+@pytest.mark.parametrize(
+    ("text", "column"),
+    [
+        (
+            'sop_uid,case_label,"note (mass; calc; other; none)"\n1.2.3.1,malignant,x\n',
+            "note (mass; calc; other; none)",
+        ),
+        ('sop_uid;case_label;"kvp, kV, tube, nominal"\n1.2.3.1;malignant;28,5\n', "kvp, kV, tube, nominal"),
+    ],
+    ids=["semicolons in a quoted name of a comma file", "commas in a quoted name of a semicolon file"],
+)
+def test_separators_inside_quoted_header_names_do_not_decide_the_separator(archive, tmp_path, text, column):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(text, encoding="utf-8")
+    record = {r["image_id"]: r for r in build_manifest(archive, label_csv=labels).records}["1.2.3.1"]
+    assert record["case_label"] == "malignant" and column in record
+
+
 def test_the_manifest_command_renames_label_csv_columns_to_manifest_fields(archive, tmp_path, capsys):
     """A data set's CSV names its columns its own way (INbreast's ``ACR`` is the BI-RADS density): ``--rename``
     reads them as manifest fields, where editing the header of a published CSV was the only way."""

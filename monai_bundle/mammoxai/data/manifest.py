@@ -22,6 +22,7 @@ import argparse
 import csv
 import logging
 import os
+import re
 import sys
 import warnings
 from collections import Counter
@@ -352,7 +353,9 @@ def join_labels(
     unmatched = []
     labelled_by: dict[int, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for key, values in rows.items():
-        matches = index.get(_id_key(key)) or sorted(folded.get(_folded(_id_key(key)), ()))
+        matches = index.get(_id_key(key)) or (
+            sorted(folded.get(_folded(_id_key(key)), ())) if len(columns) == 1 else []
+        )
         if len(columns) == 1 and len(matches) > 1:
             names = ", ".join(joined[i]["path"] for i in matches[:3])
             fix = "use a unique id, e.g. the image's path under the data set's folder"
@@ -592,7 +595,7 @@ def read_table(
 ) -> list[TableRow]:
     """Rows of a CSV file as {column: stripped text} with their line (``row.line``); blank lines are dropped.
 
-    Cells are separated by commas, or by semicolons or tabs when the header row holds no comma: spreadsheets save
+    Cells are separated by commas, or by semicolons or tabs where the header row has more of those: spreadsheets save
     "CSV" with semicolons in the locales whose decimal mark is the comma (most of Europe), and tab-separated text
     is what a table copied out of one is. Every row must have one cell per column (empty cells past the last
     column, as spreadsheets leave them, are allowed): a row with more or fewer cells has a stray separator, and
@@ -632,9 +635,10 @@ def read_table(
 
 
 def _separator(header_line: str) -> str:
-    """The cell separator of a CSV file, told by its header row: the commonest of comma, semicolon and tab there
-    (a comma on a tie, and for a one-column file)."""
-    counts = {separator: header_line.count(separator) for separator in ",;\t"}
+    """The cell separator of a CSV file, told by its header row: the commonest of comma, semicolon and tab outside
+    quoted names (``"finding (mass; calc)"`` holds no separator), a comma on a tie and for a one-column file."""
+    unquoted = re.sub(r'"[^"]*"', "", header_line)
+    counts = {separator: unquoted.count(separator) for separator in ",;\t"}
     return max(counts, key=counts.__getitem__)
 
 
