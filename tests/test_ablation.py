@@ -300,4 +300,5 @@ def test_images_naming_no_patient_are_each_their_own_bootstrap_unit_not_one_shar
     _, rows = ablation_effects(probe, test["z_tasks"], labels, means, n_bootstrap=100, seed=0, groups=groups)
     assert all(row["mean_logprob_drop_high"] > row["mean_logprob_drop_low"] for row in rows)
     _, shared = ablation_effects(probe, test["z_tasks"], labels, means, n_bootstrap=100, seed=0, groups=[""] * 60)
-    assert all(math.isnan(row["mean_logprob_drop_high"]) for row in shared)  # one unit: no interval, not a zero-width one
+    # one unit of evidence: no interval, not a zero-width one
+    assert all(math.isnan(row["mean_logprob_drop_high"]) for row in shared)

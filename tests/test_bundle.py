@@ -176,6 +176,7 @@ def test_script_options_are_read_as_monai_bundle_run_reads_them():
     JSON, and plain text for anything else."""
     arguments = ["--views", "['CC', 'MLO']", "--label_map", "{5: 'malignant'}", "--amp", "False", "--epochs", "3"]
     arguments += ["--holdout", '{"split": "test"}', "--checkpoint", "models/model.pt", "--patient", "001"]
+    arguments += ["--output_dir", "2024_01", "--study", "0x1F", "--seed", "None"]
     assert config_overrides(arguments) == {
         "views": ["CC", "MLO"],
         "label_map": {5: "malignant"},
@@ -184,6 +185,9 @@ def test_script_options_are_read_as_monai_bundle_run_reads_them():
         "holdout": {"split": "test"},
         "checkpoint": "models/model.pt",
         "patient": "001",
+        "output_dir": "2024_01",  # Python reads 202401, JSON and the user a folder name
+        "study": "0x1F",
+        "seed": None,
     }
 
 

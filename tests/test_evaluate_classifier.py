@@ -319,7 +319,7 @@ def test_column_lists_given_as_text_are_refused_not_read_one_character_per_colum
     status = _evaluate_network(studies, tmp_path, served_network(CLASSES), setting, "study_uid")
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"{setting[2:]}: is 'study_uid', not a list of columns (write a JSON list" in error
+    assert f"{setting[2:]}: is 'study_uid', not a list of columns (write a list, e.g." in error
     assert not (tmp_path / "report").exists()
 
 

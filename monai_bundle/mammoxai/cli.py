@@ -96,8 +96,10 @@ def exit_status(action: Callable[[], object]) -> int:
 
 def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     """``--key value`` pairs as ``monai.bundle run`` takes them: a value is JSON where it parses as JSON, else a
-    Python literal where it parses as one (``"['CC', 'MLO']"``, ``"{5: 'malignant'}"``, ``True``, as the model
-    card writes them for ``monai.bundle run``, whose command line reads Python literals), else the text itself."""
+    Python list, tuple, dict, set, boolean or None where it parses as one (``"['CC', 'MLO']"``, ``"{5: 'malignant'}"``,
+    ``True``, as the model card writes them for ``monai.bundle run``, whose command line reads Python literals), else
+    the text itself. Python's other number spellings stay text (``2024_01``, ``0x1F``): JSON reads the numbers a
+    user means, and those are ids and folder names."""
     overrides: dict[str, Any] = {}
     for position in range(0, len(arguments), 2):
         key, value = arguments[position], arguments[position + 1] if position + 1 < len(arguments) else None
@@ -115,9 +117,10 @@ def _parse_value(text: str) -> Any:
     except json.JSONDecodeError:
         pass
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):  # plain text: a path, a name, a word
         return text
+    return value if value is None or isinstance(value, (bool, list, tuple, dict, set)) else text
 
 
 def bundle_config_files(bundle_root: Path, names: Sequence[str]) -> list[Path]:

@@ -49,8 +49,8 @@ def text_label_map(label_map: Mapping[Any, Any] | None) -> dict[str, str]:
 def setting_mapping(value: Mapping[Any, Any] | None, name: str, example: str = '{"split": "test"}') -> dict[Any, Any]:
     """A mapping setting (``label_map``, ``holdout``, ``eval_where``) as a dict; None is empty.
 
-    ``scripts/evaluate.py`` reads option values as JSON, so ``--label_map "{'Cancer': 'malignant'}"`` (Python
-    quotes, as ``monai.bundle run`` takes them) arrives as text, which ended in a traceback deep in the data set.
+    A value that is not a mapping (text a command line could not read as one, e.g. ``--label_map Cancer``) is
+    refused here; it ended in a traceback deep in the data set.
 
     Raises:
         MammoXAIError: ``value`` is not a mapping, naming the setting and how to write it.
@@ -61,7 +61,7 @@ def setting_mapping(value: Mapping[Any, Any] | None, name: str, example: str = '
         raise MammoXAIError(
             name,
             f"is {value!r}, not a mapping",
-            f"write it as a JSON object with double quotes, e.g. --{name} {shlex.quote(example)}",
+            f"write it as a JSON object or a Python dict, e.g. --{name} {shlex.quote(example)}",
         )
     return dict(value)
 

@@ -707,10 +707,10 @@ class ClassifierEvaluator:
 
 def _column_list(value: Sequence[str] | str, name: str, example: str) -> list[str]:
     """A list-of-columns setting as a list; text is refused, since each of its characters would become a column
-    (``--exam_keys "['study_uid']"`` reaches ``scripts/evaluate.py``, which reads values as JSON, as text)."""
+    (``--exam_keys study_uid``, or a list the command line could not read, reaches the config as text)."""
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise MammoXAIError(
-            name, f"is {value!r}, not a list of columns", f"write a JSON list, e.g. --{name} {shlex.quote(example)}"
+            name, f"is {value!r}, not a list of columns", f"write a list, e.g. --{name} {shlex.quote(example)}"
         )
     return [str(key) for key in value]
 

@@ -35,16 +35,16 @@ __all__ = ["MultiViewDataset", "build_dataset", "check_views"]
 def check_views(views: Sequence[str] | str | None) -> list[str] | None:
     """The ``views`` setting as a list of view names (upper case), or None for single-image input.
 
-    A text value is refused: ``--views "['CC','MLO']"`` reaches the config as the 12-character text when a command
-    line parses its values as JSON (``scripts/evaluate.py``), and taken as a sequence it asked for twelve views, so
-    the run failed later on a checkpoint "of another size" that was in fact the right one.
+    A text value is refused: a list the command line could not read (``--views CC,MLO``) reaches the config as
+    text, and taken as a sequence it asked for one view per character, so the run failed later on a checkpoint "of
+    another size" that was in fact the right one.
 
     Raises:
         MammoXAIError: ``views`` is text, or not a list of non-empty names.
     """
     if views is None:
         return None
-    fix = 'give a list of view names in JSON, e.g. --views \'["CC", "MLO"]\', or null for one image per sample'
+    fix = 'give a list of view names, e.g. --views \'["CC", "MLO"]\', or null for one image per sample'
     if isinstance(views, str) or not isinstance(views, Sequence):
         raise MammoXAIError("views", f"is {views!r}, not a list of view names", fix)
     names = [str(view).strip().upper() for view in views]
