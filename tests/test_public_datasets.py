@@ -212,6 +212,16 @@ def test_finding_boxes_of_a_semicolon_separated_csv_are_read_with_a_decimal_comm
     assert read_findings(tmp_path / "f.csv") == [Finding("img2", ("Mass",), (10.5, 20.0, 30.25, 44.0))]
 
 
+def test_a_no_finding_row_whose_box_r_or_pandas_wrote_as_na_is_skipped_like_an_empty_one(tmp_path):
+    """R writes a missing box as NA and pandas can write NaN: such a "No Finding" row refused the whole CSV."""
+    header = "image_id,finding_categories,xmin,ymin,xmax,ymax\n"
+    (tmp_path / "f.csv").write_text(header + "img1,['No Finding'],NA,NA,NA,NA\nimg2,['Mass'],1,2,3,4\n")
+    assert read_findings(tmp_path / "f.csv") == [Finding("img2", ("Mass",), (1.0, 2.0, 3.0, 4.0))]
+    (tmp_path / "f.csv").write_text(header + "img1,['Mass'],NA,2,3,4\n")  # a box with one corner missing
+    with pytest.raises(MammoXAIError, match=r"f.csv: line 2 has a non-numeric or partial box \['NA', '2', '3', '4'\]"):
+        read_findings(tmp_path / "f.csv")
+
+
 def test_a_finding_rows_height_and_width_are_the_size_its_boxes_are_in(tmp_path):
     header = "image_id,height,width,finding_categories,xmin,ymin,xmax,ymax\n"
     (tmp_path / "f.csv").write_text(header + "img2,96,64,['Mass'],1,2,3,4\nimg3,,,['Mass'],1,2,3,4\n")

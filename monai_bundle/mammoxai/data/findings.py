@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mammoxai.data.manifest import read_table, relative_path
+from mammoxai.data.manifest import is_missing, read_table, relative_path
 from mammoxai.errors import MammoXAIError
 
 __all__ = [
@@ -119,7 +119,7 @@ def parse_birads(value: object) -> str | None:
 
 
 def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
-    """The boxes of a VinDr-style finding CSV; rows without a box ("No Finding") are skipped.
+    """The boxes of a VinDr-style finding CSV; rows without a box ("No Finding", box cells empty or NA) are skipped.
 
     A row with only some of its box cells filled, or whose box is not ``0 <= xmin < xmax``, ``0 <= ymin < ymax``
     in finite pixel coordinates (swapped corners, a "nan" from a spreadsheet), is refused rather than skipped or
@@ -134,7 +134,7 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
     findings = []
     for row in rows:
         line, cells = row.line, [row[column] for column in _BOX]
-        if not any(cells):
+        if all(is_missing(cell) for cell in cells):  # "No Finding", its box written empty or NA
             continue
         if not row["image_id"]:
             raise MammoXAIError(csv_path, f"line {line} has a box but no image_id", "fill it in or delete the row")

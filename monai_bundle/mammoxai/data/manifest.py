@@ -48,6 +48,7 @@ __all__ = [
     "read_record",
     "record_header",
     "join_labels",
+    "is_missing",
     "normalise_laterality",
     "normalise_density",
     "report_unusable",
@@ -673,11 +674,17 @@ def _table_row(csv_path: Path, header: list[str], line: int, row: list[str], sep
     return TableRow(zip(header, cells, strict=False), line, separator)
 
 
+def is_missing(text: str) -> bool:
+    """Whether a CSV cell holds no value: empty, or a missing-value marker as R, pandas and spreadsheets write one
+    ("NA", "N/A", "NaN", "null", "#N/A")."""
+    return not text or text.upper() in _MISSING
+
+
 def _parse_cell(column: str, text: str, csv_path: Path, decimal_comma: bool = False) -> Any:
     """A manifest cell as the record value: None when empty or a missing-value marker ("NA", "N/A", "null", ...),
     normalised laterality / view / BI-RADS density ("3", "DENSITY C" -> "C"), typed numbers (``decimal_comma``:
     "28,5" is 28.5, as a semicolon-separated file writes it)."""
-    if not text or text.upper() in _MISSING:
+    if is_missing(text):
         return None
     if column == "laterality":
         return normalise_laterality(text) or text
