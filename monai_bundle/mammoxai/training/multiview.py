@@ -121,7 +121,9 @@ class MultiViewDataset(torch.utils.data.Dataset):
         mixed = [group for group in self.groups if len({images.labels[index] for index in group} - {-1}) > 1]
         if mixed:
             names = list(images.class_names)
-            logger.warning(
+            # a warning where the order looks alphabetical, not chosen; with a severity order it is the rule, as meant
+            logger.log(
+                logging.WARNING if names == sorted(names) else logging.INFO,
                 "%d breasts have views of different classes; each takes the later one in class_names %s (e.g. %s), "
                 "so list the classes from least to most severe",
                 len(mixed),
