@@ -38,6 +38,7 @@ from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.manifest import write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report, bar_figure
+from mammoxai.training.classification import patient_key
 from mammoxai.training.experiments import (
     HOLDOUT,
     TASKS,
@@ -87,17 +88,17 @@ def split_by_system(
             "name the manifest column that tells the systems apart, e.g. --system_column model",
         )
     systems = sorted({str(record[system_key]) for record in records if record.get(system_key) not in (None, "")})
-    target_patients = {_patient(record) for record in records if str(record.get(system_key)) == target_system}
+    target_patients = {patient_key(record) for record in records if str(record.get(system_key)) == target_system}
     if not target_patients:
         raise MammoXAIError(
             f"--target_system {target_system!r}", f"is no {system_key} of the data", f"use one of {systems}"
         )
     training = dict.fromkeys(HOLDOUT, "training")
-    source = [{**record, **training} for record in records if _patient(record) not in target_patients]
-    target = [{**record, **training} for record in records if _patient(record) in target_patients]
+    source = [{**record, **training} for record in records if patient_key(record) not in target_patients]
+    target = [{**record, **training} for record in records if patient_key(record) in target_patients]
     adaptation = labelled_subset(target, adapt_fraction, seed, label_map=label_map, option="--adapt_fraction")
     chosen = _patients(adaptation)  # whole patients: an unlabelled image of theirs is not a test image
-    test = [{**record, **HOLDOUT} for record in target if _patient(record) not in chosen]
+    test = [{**record, **HOLDOUT} for record in target if patient_key(record) not in chosen]
     if not source or not test:
         problem = f"leaves {len(source)} source and {len(test)} target test images"
         raise MammoXAIError(
@@ -106,18 +107,9 @@ def split_by_system(
     return source, adaptation, test
 
 
-def _patient(record: Mapping[str, Any]) -> str:
-    """Who an image is of: its ``patient_id``, else its study, else the image alone (as the patient split has it).
-
-    Keyed on a blank ``patient_id``, every image naming no patient was one "patient": one such image of the target
-    system pulled all of them, whatever their system, into the target test set, and none trained the source model.
-    """
-    return str(record.get("patient_id") or record.get("study_uid") or record["path"])
-
-
 def _patients(records: Sequence[Mapping[str, Any]]) -> set[str]:
-    """The patients of ``records`` (:func:`_patient`)."""
-    return {_patient(record) for record in records}
+    """The patients of ``records`` (:func:`~mammoxai.training.classification.patient_key`)."""
+    return {patient_key(record) for record in records}
 
 
 def adaptation_share(splits: Mapping[int, tuple[list[dict[str, Any]], ...]]) -> str:

@@ -21,7 +21,7 @@ from mammoxai.metrics import roc_auc
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["patient_split", "class_weights", "PresentClassesROCAUC", "warn_unknown_patients"]
+__all__ = ["patient_key", "patient_split", "class_weights", "PresentClassesROCAUC", "warn_unknown_patients"]
 
 
 def warn_unknown_patients(unknown: int, total: int) -> None:
@@ -36,6 +36,17 @@ def warn_unknown_patients(unknown: int, total: int) -> None:
             "can land on both sides and inflate validation; give a patient_id column (or join one with label_csv)",
             unknown, total,
         )  # fmt: skip
+
+
+def patient_key(record: Mapping[str, Any]) -> str:
+    """Who an image is of, as every patient-level step takes it: its ``patient_id``, else its study, else the
+    image alone.
+
+    The split, the held-out patients, the bootstrap clusters, the labelled draws and the domain-shift systems all
+    key on this: a blank ``patient_id`` shared by every image that names none made them one "patient", and the CC
+    and MLO of one study resampled as two independent images narrowed every interval.
+    """
+    return str(record.get("patient_id") or record.get("study_uid") or record["path"])
 
 
 def patient_split(
@@ -84,22 +95,19 @@ def patient_split(
     label_map = text_label_map(label_map)
     holdout = setting_mapping(holdout, "holdout")
 
-    def patient_of(record: Mapping[str, Any]) -> str:
-        return str(record.get("patient_id") or record.get("study_uid") or record["path"])
-
     def held_out(record: Mapping[str, Any]) -> bool:
         return any(str(record.get(key)) == str(value) for key, value in holdout.items())
 
-    held_out_patients = {patient_of(record) for record in records if held_out(record)}
+    held_out_patients = {patient_key(record) for record in records if held_out(record)}
     candidates = [record for record in records if not held_out(record)]
     if held_out_patients:
-        kept = [record for record in candidates if patient_of(record) not in held_out_patients]
+        kept = [record for record in candidates if patient_key(record) not in held_out_patients]
         if len(kept) < len(candidates):
             logger.warning(
                 "%d images of %d held-out patients are not themselves held out (e.g. a prior study in the training "
                 "split): they are left out of training and validation, so the held-out patients stay unseen",
                 len(candidates) - len(kept),
-                len({patient_of(record) for record in candidates} & held_out_patients),
+                len({patient_key(record) for record in candidates} & held_out_patients),
             )
         candidates = kept
     labelled = [dict(record) for record in candidates if record.get(label_key) not in (None, "")]
@@ -121,7 +129,7 @@ def patient_split(
     )
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in labelled:
-        by_patient[patient_of(record)].append(record)
+        by_patient[patient_key(record)].append(record)
     warn_unknown_patients(sum(not record.get("patient_id") for record in labelled), len(labelled))
     if len(by_patient) < 2:
         problem = f"{len(labelled)} labelled images from {len(by_patient)} patient(s) cannot be split"

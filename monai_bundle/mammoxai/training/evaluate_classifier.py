@@ -55,6 +55,7 @@ from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, roc_auc
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.reports import Report, roc_figure
+from mammoxai.training.classification import patient_key
 from mammoxai.training.evaluate_pretrain import field_metrics
 from mammoxai.training.multiview import MultiViewDataset
 from mammoxai.training.pretrain import record_metadata
@@ -69,7 +70,6 @@ __all__ = [
     "threshold_for_specificity",
     "calibration_bins",
     "reliability_figure",
-    "bootstrap_unit",
     "aggregate_exams",
     "binary_metrics",
     "ClassifierEvaluator",
@@ -267,16 +267,6 @@ def reliability_figure(rows: Sequence[Mapping[str, Any]], ece: float, title: str
     return figure
 
 
-def bootstrap_unit(record: Mapping[str, Any]) -> str:
-    """The cluster an image is resampled with: its patient, else its study, else the image alone.
-
-    As the patient split keeps them (:func:`mammoxai.training.classification.patient_split`): the CC and MLO of one
-    study are of one patient even when the manifest names none, and resampled as two independent images they
-    would narrow every interval.
-    """
-    return str(record.get("patient_id") or record.get("study_uid") or record["path"])
-
-
 def aggregate_exams(
     records: Sequence[Mapping[str, Any]], scores: np.ndarray, labels: np.ndarray, keys: Sequence[str], how: str = "max"
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
@@ -320,7 +310,7 @@ def aggregate_exams(
         exams = [f"{patient}/{exam}" for patient, exam in members]
     exam_scores = np.array([reduce(scores[group]) for group in groups])
     exam_labels = np.array([int(labels[group].max()) for group in groups])
-    patients = [patient or bootstrap_unit(records[group[0]]) for (patient, _), group in members.items()]
+    patients = [patient or patient_key(records[group[0]]) for (patient, _), group in members.items()]
     return exams, exam_scores, exam_labels, patients
 
 
@@ -512,7 +502,7 @@ class ClassifierEvaluator:
 
     def _report(self, records: list[dict[str, Any]], labels: np.ndarray, probabilities: np.ndarray) -> Report:
         positive_name, sample = self.class_names[self.positive], self._sample_name()
-        patients = [bootstrap_unit(record) for record in records]
+        patients = [patient_key(record) for record in records]
         y_true, y_score = (labels == self.positive).astype(np.int64), probabilities[:, self.positive]
         members = len(self.members)
         scorer = f"an ensemble of {members} checkpoints (mean probability)" if members > 1 else "one checkpoint"
@@ -678,7 +668,7 @@ class ClassifierEvaluator:
         space = self.metadata_label_space
         encoded = [space.encode(record_metadata(record)) for record in records]
         targets = {name: np.asarray([labels[name] for labels in encoded]) for name in space.fields}
-        patients = [bootstrap_unit(record) for record in records]
+        patients = [patient_key(record) for record in records]
         log_probabilities = {name: torch.as_tensor(values).log() for name, values in probabilities.items()}
         rows, _ = field_metrics(space, log_probabilities, targets, patients, self.n_bootstrap, self.seed)
         for row in rows:

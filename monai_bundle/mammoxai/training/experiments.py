@@ -34,6 +34,7 @@ from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.metrics import paired_auc_difference
+from mammoxai.training.classification import patient_key
 from mammoxai.training.finetune import check_labels
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def labelled_subset(
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         if not is_held_out(record) and record.get(label_key) not in (None, ""):
-            by_patient[str(record.get("patient_id") or record.get("study_uid") or record["path"])].append(dict(record))
+            by_patient[patient_key(record)].append(dict(record))
     frequency = Counter(
         label_map.get(str(record[label_key]), str(record[label_key]))
         for group in by_patient.values()
