@@ -132,7 +132,17 @@ class _Checkpoint:
     @property
     def mtime_iso(self) -> str:
         assert self.stamp is not None
-        return datetime.fromtimestamp(self.stamp[0] / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+        return self.modified(self.stamp)
+
+    @staticmethod
+    def identity(stamp: tuple[int, int]) -> str:
+        """``"<mtime_ns>-<size>"``: how stored scores, prediction records and the server's ``/info`` name weights."""
+        return f"{stamp[0]}-{stamp[1]}"
+
+    @staticmethod
+    def modified(stamp: tuple[int, int]) -> str:
+        """The file's modification time as ISO 8601 UTC with milliseconds (``model.checkpoint_mtime``)."""
+        return datetime.fromtimestamp(stamp[0] / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 class MammogramPredictor:
@@ -323,7 +333,7 @@ class MammogramPredictor:
         A score or prediction stored with it can be recognised as stale once newer weights are loaded.
         """
         stamp = self.checkpoint.stamp
-        return "" if stamp is None else f"{stamp[0]}-{stamp[1]}"
+        return "" if stamp is None else self.checkpoint.identity(stamp)
 
     def saliency_choices(self) -> dict[str, list[str]]:
         """The saliency methods a request may name for this model, each with the presets it may name (``[]``: none).

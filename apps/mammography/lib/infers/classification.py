@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -102,17 +101,12 @@ class MammogramClassification(InferTask):
         of the prediction records. Read from the file, not from the predictor, so ``/info`` never waits for an
         inference in progress.
         """
-        path = self.predictor.checkpoint.path
+        checkpoint = self.predictor.checkpoint
         try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return {"file": path.name, "id": None, "modified": None}
-        modified = datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=timezone.utc)
-        return {
-            "file": path.name,
-            "id": f"{stat.st_mtime_ns}-{stat.st_size}",
-            "modified": modified.isoformat(timespec="milliseconds"),
-        }
+            stamp = checkpoint.current_stamp()
+        except MammoXAIError:  # no weights yet
+            return {"file": checkpoint.path.name, "id": None, "modified": None}
+        return {"file": checkpoint.path.name, "id": checkpoint.identity(stamp), "modified": checkpoint.modified(stamp)}
 
     def is_valid(self) -> bool:
         # listed even before weights exist, so /infer can say how to train them instead of the model vanishing
