@@ -46,6 +46,7 @@ __all__ = [
     "build_manifest",
     "find_images",
     "read_record",
+    "record_shape",
     "record_header",
     "join_labels",
     "is_missing",
@@ -672,6 +673,12 @@ def _table_row(csv_path: Path, header: list[str], line: int, row: list[str], sep
         )
         raise MammoXAIError(csv_path, problem, fix)
     return TableRow(zip(header, cells, strict=False), line, separator)
+
+
+def record_shape(record: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(rows, columns) of a manifest record's image, when the record gives them (a hand-made manifest may not)."""
+    rows, columns = record.get("rows"), record.get("cols")
+    return (int(rows), int(columns)) if rows and columns else None
 
 
 def is_missing(text: str) -> bool:

@@ -61,6 +61,7 @@ from tqdm import tqdm
 from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import MammogramDataset, batch_geometries
 from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
+from mammoxai.data.manifest import record_shape
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
@@ -265,7 +266,7 @@ class SaliencyEvaluator:
             )
         for record, found in zip(self.records, self.findings, strict=True):  # the manifest's size, before any map
             for finding in found:
-                check_image_shape(finding, _record_shape(record), record["path"], self.findings_csv)
+                check_image_shape(finding, record_shape(record), record["path"], self.findings_csv)
         if self.tolerance_unit == "mm":
             self._check_spacing_possible()
         self.datasets = {
@@ -577,12 +578,6 @@ def _read_mask(path: str | os.PathLike, findings_csv: Path) -> np.ndarray:
     except OSError as error:  # PIL's UnidentifiedImageError included: a text file, a truncated or foreign file
         fix = f"give a mask image (e.g. PNG, non-zero inside the lesion) in the mask column of {findings_csv}"
         raise MammoXAIError(path, "is not an image that can be read as a lesion mask", fix) from error
-
-
-def _record_shape(record: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(rows, columns) of a manifest record's image, when it gives them."""
-    rows, columns = record.get("rows"), record.get("cols")
-    return (int(rows), int(columns)) if rows and columns else None
 
 
 def _finding_hit(record: Mapping[str, Any], member: int, region: LesionRegion, hit: bool) -> FindingHit:

@@ -44,6 +44,7 @@ from mammoxai.data.findings import (
     match_findings,
     read_findings,
 )
+from mammoxai.data.manifest import record_shape
 from mammoxai.errors import MammoXAIError
 
 __all__ = ["PATCH_LABELS", "PatchDataset"]
@@ -127,9 +128,8 @@ class PatchDataset(torch.utils.data.Dataset):
             if label < 0 and not by_finding:
                 continue
             record = images.data[index]
-            shape = (record["rows"], record["cols"]) if record.get("rows") and record.get("cols") else None
             for finding in found:
-                check_image_shape(finding, shape, record["path"], findings_csv)
+                check_image_shape(finding, record_shape(record), record["path"], findings_csv)
             image_boxes = np.asarray([finding.box for finding in found], dtype=np.float64).reshape(-1, 4)
             finding_labels = [classes.get(finding, label) for finding in found]
             for scale in scales:
