@@ -389,7 +389,7 @@ def test_multi_view_never_pairs_views_of_two_patients_or_of_a_blank_study_or_sid
     images = MammogramDataset(records, image_size=32, class_names=["normal", "benign", "malignant"])
     breasts = MultiViewDataset(images, views=["CC", "MLO"])
     assert [[images.data[i]["path"] for i in group] for group in breasts.groups] == [["p6_cc", "p6_mlo"]]
-    assert breasts.labels == [1] and breasts.incomplete == 2 + 4
+    assert breasts.labels == [1] and (breasts.incomplete, breasts.unplaced) == (2, 4)
 
 
 @pytest.mark.parametrize("views", ["['CC','MLO']", "CC", 2, ["CC", ""]])

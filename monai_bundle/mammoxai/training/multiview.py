@@ -58,11 +58,12 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     Images are grouped by ``group_keys`` (default: ``study_uid`` and ``laterality``, one breast at one exam), within
     their ``patient_id``. A group without every view, or with a view twice, is left out with a warning (counted in
-    ``incomplete``), and so is an image with a blank group key: grouped on the blank, the CC of one patient's breast
-    was fused with the MLO of another patient's (blank ``study_uid``) or of the other side (blank ``laterality``). The
-    breast's label is the most severe of its images' (the highest class index: ``class_names`` are ordered
-    from normal to malignant), -1 when no image is labelled. Breasts whose views disagree are counted in a warning
-    that names the order, since class names listed otherwise (alphabetically) would make the later one win.
+    ``incomplete``), and so is an image with a blank group key (counted in ``unplaced``): grouped on the blank, the CC
+    of one patient's breast was fused with the MLO of another patient's (blank ``study_uid``) or of the other side
+    (blank ``laterality``). The breast's label is the most severe of its images' (the highest class index:
+    ``class_names`` are ordered from normal to malignant), -1 when no image is labelled. Breasts whose views disagree
+    are counted in a message that names the order, a warning where the class names look alphabetical, since then the
+    later one winning is likely not what was meant.
 
     Args:
         images: the per-image data set.
@@ -86,11 +87,11 @@ class MultiViewDataset(torch.utils.data.Dataset):
     ) -> None:
         self.images, self.views = images, [str(view).upper() for view in views]
         members: dict[tuple[str, ...], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        unplaced = 0
+        self.unplaced = 0
         for index, record in enumerate(images.data):
             key = tuple(str(record.get(field) or "") for field in group_keys)
             if not all(key):
-                unplaced += 1
+                self.unplaced += 1
                 continue
             members[(str(record.get("patient_id") or ""), *key)][str(record.get("view") or "").upper()].append(index)
         self.groups = [
@@ -98,17 +99,19 @@ class MultiViewDataset(torch.utils.data.Dataset):
             for found in members.values()
             if all(len(found.get(view, ())) == 1 for view in self.views)
         ]
-        self.incomplete = len(members) - len(self.groups) + unplaced
-        if self.incomplete - unplaced:
+        self.incomplete = len(members) - len(self.groups)
+        if self.incomplete:
             logger.warning(
                 "%d of %d breasts lack one of the views %s (or have one twice) and are left out",
-                self.incomplete - unplaced,
+                self.incomplete,
                 len(members),
                 self.views,
             )
-        if unplaced:
+        if self.unplaced:
             logger.warning(
-                "%d images have no %s and are left out: their breast is unknown", unplaced, " or ".join(group_keys)
+                "%d images have no %s and are left out: their breast is unknown",
+                self.unplaced,
+                " or ".join(group_keys),
             )
         if not self.groups:
             raise MammoXAIError(
