@@ -444,7 +444,9 @@ def test_two_methods_of_one_evaluation_compare_finding_by_finding(synthetic, tmp
     assert rows["overall"]["findings"] == findings["paired"] == methods["cam"]["findings"]
     # CAM and Grad-CAM coincide for a network that pools globally before one linear layer: equal on every finding
     assert rows["overall"]["first"] == rows["overall"]["second"] == pytest.approx(methods["cam"]["overall"])
-    assert rows["overall"]["low"] == rows["overall"]["high"] == 0.0
+    assert rows["overall"]["difference"] == 0.0
+    assert rows["overall"]["patients"] == 1  # the lesions drawn fall on one patient's images
+    assert rows["overall"]["low"] is None and rows["overall"]["high"] is None  # so there is no interval
 
 
 def test_one_method_in_two_evaluations_compares_finding_by_finding(synthetic, tmp_path):
@@ -459,7 +461,9 @@ def test_one_method_in_two_evaluations_compares_finding_by_finding(synthetic, tm
     score = next(row for row in json.loads(first.read_text())["tables"]["methods"] if row["method"] == "gradcam")
     assert findings == {"paired": score["findings"], "only_first": 0, "only_second": 0}
     assert rows["overall"]["first"] == rows["overall"]["second"] == pytest.approx(score["overall"])
-    assert rows["overall"]["difference"] == rows["overall"]["low"] == rows["overall"]["high"] == 0.0
+    assert rows["overall"]["difference"] == 0.0
+    assert rows["overall"]["patients"] == 1  # the lesions drawn fall on one patient's images
+    assert rows["overall"]["low"] is None and rows["overall"]["high"] is None  # so there is no interval
     patients = set(json.loads(first.read_text())["values"]["finding_hits"]["gradcam"]["patient"])
     assert (
         rows["overall"]["patients"] == len(patients) and rows["overall"]["verdict"] == "inconclusive"

@@ -13,7 +13,7 @@ Each difference (first minus second) is read against a ``margin``: ``within`` wh
 ±margin (the two are shown equivalent to that margin), ``beyond`` when the interval lies wholly outside it (shown
 to differ by more), ``inconclusive`` otherwise (more findings are needed to tell) and whenever the findings come
 from fewer than :data:`MIN_PATIENTS` patients, since a bootstrap over so few clusters understates the spread (over
-one patient its interval collapses to a point).
+one patient there is no interval at all).
 
 Outcomes are only comparable when both evaluations scored them the same way: a hit within 40 pixels of a lesion is
 not a hit on it, so two runs with different pointing-game tolerances are refused (the tolerance each evaluation
