@@ -141,8 +141,8 @@ def bootstrap_groups(records: Sequence[Mapping[str, Any]], label_space: Metadata
     image itself, as :func:`~mammoxai.training.pretrain.split_by_patient` divides them.
 
     An image that names neither patient nor study is its own unit of evidence. Under one shared empty id, all such
-    images were a single "patient": on a data set without a patient column every resample was the whole set, and
-    each interval had zero width.
+    images were a single "patient": on a data set without a patient column every resample was the whole set, so
+    there was no interval to report (:func:`~mammoxai.metrics.bootstrap_ci` gives none over one cluster).
     """
     groups = []
     for record in records:
