@@ -373,6 +373,37 @@ def test_a_label_csv_separated_by_semicolons_or_tabs_joins_like_a_comma_separate
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "sop_uid;patient_id;age;force;note\n1.2.3.1;12,5;56,5;1,234;mass, calcification\n",
+            ["12,5", "56.5", 1, "1.234", "mass, calcification"],
+        ),
+        (
+            "sop_uid\tpatient_id\tage\tforce\tnote\n1.2.3.1\t12,5\t56,5\t1,234\t3,5\n1.2.3.2\tP2\t61\t987\t1.5\n",
+            ["12,5", "56.5", 1, "1,234", "3,5"],
+        ),
+        (
+            'sop_uid,patient_id,age,force,note\n1.2.3.1,"12,5","56,5","1,234","mass, calcification"\n',
+            ["12,5", "56,5", UNKNOWN, "1,234", "mass, calcification"],
+        ),
+    ],
+    ids=["semicolons: every number", "tabs: columns of decimal commas only", "commas: none"],
+)
+def test_a_decimal_comma_is_read_in_every_number_a_label_csv_gives_where_its_separator_allows_one(
+    archive, tmp_path, text, expected
+):
+    """A semicolon-separated CSV writes 56.5 as "56,5" in every column, not only in the typed ones: an age or a column
+    a metadata field bins stayed "56,5", read as no number, and the image was silently unlabelled. A tab-separated one
+    is written in either locale, so only a column that holds a decimal comma and no point is read so ("1,234" may
+    group thousands); ids and text stay as written."""
+    (tmp_path / "labels.csv").write_text(text, encoding="utf-8")
+    record = {r["image_id"]: r for r in build_manifest(archive, label_csv=tmp_path / "labels.csv").records}["1.2.3.1"]
+    age_class = MetadataLabelSpace.default().field("age").encode(record_header(record))  # bins of 50, 60, 70 years
+    assert [record["patient_id"], record["age"], age_class, record["force"], record["note"]] == expected
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("sop_uid,case_label\n1.2.3.1;malignant\n", "line 2 has 1 cells, the header has 2 columns"),

@@ -160,6 +160,30 @@ def test_png_images_with_a_label_csv_get_csv_labels_and_patient_groups(tmp_path)
     assert dataset[2]["image"].shape == (1, *SIZE)
 
 
+def test_ages_and_binned_columns_of_a_semicolon_label_csv_written_with_decimal_commas_get_their_classes(tmp_path):
+    """A spreadsheet where the comma is the decimal mark saves "CSV" with semicolons and writes 49.5 as "49,5". Only
+    the manifest's typed columns were read so: an age or a column a custom field bins stayed "49,5", read as no number,
+    so every such image was silently unknown for that field, masked out of its loss (here: refused as unlabelled)."""
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for seed, name in enumerate(("a.png", "b.png")):
+        Image.fromarray((breast_pixels(seed=seed) // 16).astype(np.uint8)).save(folder / name)
+    write_manifest(build_manifest(folder).records, folder / "manifest.csv")
+    (tmp_path / "labels.csv").write_text(
+        "File;Patient ID;age;glandular_fraction;comment\na.png;P1;49,5;0,35;BI-RADS 2, benign\nb.png;P2;71,25;0,6;\n",
+        encoding="utf-8",
+    )
+    column_map = {"File": "file"}
+    records = load_records(folder / "manifest.csv", tmp_path / "labels.csv", "file", column_map=column_map)
+    glandular = {"name": "glandular", "type": "binned", "keys": ["glandular_fraction"], "edges": [0.25, 0.5]}
+    space = fit_label_space(select_fields(["age", "glandular"], extra_fields=[glandular]), records)
+    dataset = MetadataDataset(records, space, SIZE)
+
+    labels = {Path(record["path"]).name: dataset.targets[i] for i, record in enumerate(dataset.data)}
+    assert labels == {"a.png": {"age": 0, "glandular": 1}, "b.png": {"age": 3, "glandular": 2}}
+    assert [record.get("comment") for record in dataset.data] == ["BI-RADS 2, benign", None]  # text stays text
+
+
 @pytest.mark.parametrize("config", ["pretrain.json", "evaluate_pretrain.json", "ablation.json", "train.json"])
 def test_every_config_joining_a_label_csv_renames_its_columns_by_label_column_map(tmp_path, config):
     """A published CSV names its columns its own way (``ACR`` for the BI-RADS density, ``File Name``): each config

@@ -133,7 +133,7 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
     rows = read_table(csv_path, ("image_id", *_BOX), "expected VinDr-Mammo finding columns")
     findings = []
     for row in rows:
-        line, cells = row.line, [row[column] for column in _BOX]
+        line, cells = row.line, [row.number_text(column) for column in _BOX]
         if all(is_missing(cell) for cell in cells):  # "No Finding", its box written empty or NA
             continue
         if not row["image_id"]:
@@ -143,7 +143,7 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
             Finding(
                 image_id=row["image_id"],
                 categories=_parse_categories(row.get("finding_categories"), csv_path, line),
-                box=_parse_box(cells, csv_path, line, row.decimal_comma),
+                box=_parse_box(cells, csv_path, line),
                 birads=parse_birads(row.get("finding_birads")),
                 label=row.get("label") or None,
                 mask=os.path.normpath(csv_path.parent / mask) if mask else None,
@@ -193,17 +193,16 @@ def check_image_shape(finding: Finding, shape: Sequence[int] | None, image: obje
     raise MammoXAIError(source, problem, fix)
 
 
-def _parse_box(
-    cells: list[str], csv_path: Path, line: int, decimal_comma: bool = False
-) -> tuple[float, float, float, float]:
+def _parse_box(cells: list[str], csv_path: Path, line: int) -> tuple[float, float, float, float]:
     """(xmin, ymin, xmax, ymax) of a row's box cells, refused unless a finite, non-empty box in the image quadrant.
 
-    ``decimal_comma``: the file is separated by semicolons, as spreadsheets save CSV where the decimal mark is the
-    comma (:class:`~mammoxai.data.manifest.TableRow`), so "66,5" is 66.5; read with a point, such a box was refused.
+    The cells are read as a comma-separated file writes them (:meth:`~mammoxai.data.manifest.TableRow.number_text`):
+    "66,5" of a file separated by semicolons, as spreadsheets save CSV where the decimal mark is the comma, is 66.5;
+    read with a point, such a box was refused.
     """
     fix = "give all four of xmin, ymin, xmax, ymax in pixels of the original image, or none for no finding"
     try:
-        box = tuple(float(cell.replace(",", ".") if decimal_comma else cell) for cell in cells)
+        box = tuple(float(cell) for cell in cells)
     except ValueError as error:
         raise MammoXAIError(csv_path, f"line {line} has a non-numeric or partial box {cells}", fix) from error
     x0, y0, x1, y1 = box

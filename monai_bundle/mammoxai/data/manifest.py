@@ -100,6 +100,13 @@ _MISSING = frozenset({"NA", "N/A", "#N/A", "<NA>", "NAN", "NULL"})
 _KNOWN_COLUMNS = frozenset({*MANIFEST_COLUMNS, "density", "case_label", "split"})
 #: record fields that describe the scanned file itself, which a label CSV never replaces (see :func:`join_labels`)
 _FILE_COLUMNS = ("path", "image_id", "rows", "cols")
+#: columns that name an image, a patient, a study or a series: text as written, a comma included (an id "12,5" read
+#: as "12.5" would name nothing)
+_ID_COLUMNS = frozenset({"path", "image_id", "patient_id", "study_uid", "series_uid", "sop_uid"})
+#: a number written with a decimal comma ("28,5", "-0,25", "1,5E-3")
+_DECIMAL_COMMA = re.compile(r"[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?")
+#: a number whose commas may group thousands ("1,234", "12,345,678") as well as mark a decimal
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+")
 
 
 @dataclass
@@ -435,8 +442,7 @@ def _read_label_rows(
     rows = read_table(label_csv, columns, fix, rename=lambda name: _field_name(column_map.get(name, name)))
     keyed: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
-        values = {name: _parse_cell(name, text, label_csv, row.decimal_comma) for name, text in row.items()}
-        values = {name: value for name, value in values.items() if value is not None}
+        values = {name: value for name, value in _parse_row(row, label_csv, columns).items() if value is not None}
         key = tuple(str(values.get(column, "")) for column in columns)
         if not all(key):
             raise MammoXAIError(label_csv, f"line {row.line} has an empty id ({'+'.join(columns)})", "fill it in")
@@ -538,7 +544,7 @@ def read_manifest(csv_path: str | os.PathLike) -> list[dict[str, Any]]:
     records = []
     fix = "a manifest is written by write_manifest or python -m mammoxai.data.manifest"
     for row in read_table(csv_path, ("path",), fix):
-        record = {name: _parse_cell(name, text, csv_path, row.decimal_comma) for name, text in row.items()}
+        record = _parse_row(row, csv_path)
         if record["path"] is None:
             raise MammoXAIError(csv_path, f"line {row.line} has no path", "fill in the image file or delete the row")
         record["path"] = os.path.normpath(csv_path.parent / _portable_path(record["path"]))
@@ -572,21 +578,28 @@ def check_unique(records: Sequence[Mapping[str, Any]], source: str | os.PathLike
 
 
 class TableRow(dict):
-    """One CSV data row as {column: stripped text}, knowing the file line it starts on and its file's separator.
+    """One CSV data row as {column: stripped text}, knowing the file line it starts on, its file's separator and the
+    columns whose numbers the file writes with a decimal comma (:attr:`decimal_comma`, see :func:`read_table`).
 
     Readers name that line in their errors; counting data rows instead is off after a blank line or a quoted cell
-    holding a line break, and the user opens the file at the wrong row. A file separated by semicolons comes from a
-    locale whose decimal mark is the comma, so its numbers are read with one (:attr:`decimal_comma`).
+    holding a line break, and the user opens the file at the wrong row. A reader that takes a cell as a number reads
+    it through :meth:`number_text`, so "28,5" of a semicolon-separated file is 28.5 as "28.5" of a comma-separated
+    one is.
     """
 
-    def __init__(self, cells: Iterable[tuple[str, str]], line: int, separator: str = ","):
+    def __init__(
+        self, cells: Iterable[tuple[str, str]], line: int, separator: str = ",", decimal_comma: Iterable[str] = ()
+    ):
         super().__init__(cells)
         self.line = line
         self.separator = separator
+        self.decimal_comma = frozenset(decimal_comma)
 
-    @property
-    def decimal_comma(self) -> bool:
-        return self.separator == ";"
+    def number_text(self, column: str) -> str:
+        """The cell of ``column`` as a comma-separated file writes it: a number with a decimal comma ("28,5") in a
+        column written so, with a point ("28.5"); any other cell, text or a number, as it is."""
+        text = self[column]
+        return text.replace(",", ".") if column in self.decimal_comma and _DECIMAL_COMMA.fullmatch(text) else text
 
 
 def read_table(
@@ -601,7 +614,8 @@ def read_table(
     "CSV" with semicolons in the locales whose decimal mark is the comma (most of Europe), and tab-separated text
     is what a table copied out of one is. Every row must have one cell per column (empty cells past the last
     column, as spreadsheets leave them, are allowed): a row with more or fewer cells has a stray separator, and
-    read by position its cells would land in the wrong columns.
+    read by position its cells would land in the wrong columns. Each row knows the columns whose numbers are written
+    with a decimal comma (:func:`_decimal_comma_columns`).
 
     Args:
         csv_path: the file; UTF-8, with or without the byte-order mark Excel writes, any line endings.
@@ -632,8 +646,9 @@ def read_table(
         raise MammoXAIError(csv_path, "is empty", "a header row is needed")
     header = [(rename or str)(name.strip()) for name in lines[0][1]]
     _check_header(csv_path, header, required, fix)
-    rows = [(line, row) for line, row in lines[1:] if any(cell.strip() for cell in row)]
-    return [_table_row(csv_path, header, line, row, separator) for line, row in rows]
+    rows = [(line, [cell.strip() for cell in row]) for line, row in lines[1:] if any(cell.strip() for cell in row)]
+    decimal_comma = _decimal_comma_columns(separator, header, [cells for _, cells in rows])
+    return [_table_row(csv_path, header, line, cells, separator, decimal_comma) for line, cells in rows]
 
 
 def _separator(header_line: str) -> str:
@@ -642,6 +657,26 @@ def _separator(header_line: str) -> str:
     unquoted = re.sub(r'"[^"]*"', "", header_line)
     counts = {separator: unquoted.count(separator) for separator in ",;\t"}
     return max(counts, key=counts.__getitem__)
+
+
+def _decimal_comma_columns(separator: str, header: list[str], rows: list[list[str]]) -> frozenset[str]:
+    """The columns of a file whose numbers are written with a decimal comma ("28,5" for 28.5).
+
+    Every column of a semicolon-separated file: spreadsheets separate cells so where the comma is the decimal mark.
+    No column of a comma-separated file, whose numbers cannot hold an unquoted comma, and whose quoted "1,234" groups
+    thousands. A tab-separated file is a table copied out of a spreadsheet in either locale, so each column tells:
+    it is read with a decimal comma when one of its cells can be nothing else ("28,5"; not "1,234", which may group
+    thousands) and none holds a point, as a column written with decimal points ("28.5", "1,234.5") does.
+    """
+    if separator != "\t":
+        return frozenset(header if separator == ";" else ())
+    columns = [[row[i] for row in rows if i < len(row)] for i in range(len(header))]
+    return frozenset(
+        name
+        for name, cells in zip(header, columns, strict=True)
+        if not any("." in cell for cell in cells)
+        and any(_DECIMAL_COMMA.fullmatch(cell) and not _THOUSANDS.fullmatch(cell) for cell in cells)
+    )
 
 
 def _check_header(csv_path: Path, header: list[str], required: Sequence[str], fix: str) -> None:
@@ -661,9 +696,10 @@ def _check_header(csv_path: Path, header: list[str], required: Sequence[str], fi
     raise MammoXAIError(csv_path, problem, fix)
 
 
-def _table_row(csv_path: Path, header: list[str], line: int, row: list[str], separator: str) -> TableRow:
-    """One data row as {column: stripped text}, refused when its cells do not line up with the header."""
-    cells = [cell.strip() for cell in row]
+def _table_row(
+    csv_path: Path, header: list[str], line: int, cells: list[str], separator: str, decimal_comma: frozenset[str]
+) -> TableRow:
+    """One data row as {column: stripped text}, refused when its (stripped) cells do not line up with the header."""
     extra = cells[len(header) :]
     if len(cells) < len(header) or any(extra):
         problem = f"line {line} has {len(cells)} cells, the header has {len(header)} columns"
@@ -672,7 +708,7 @@ def _table_row(csv_path: Path, header: list[str], line: int, row: list[str], sep
             f"give every row one cell per column, {name}-separated as the header is; quote cells that contain a {name}"
         )
         raise MammoXAIError(csv_path, problem, fix)
-    return TableRow(zip(header, cells, strict=False), line, separator)
+    return TableRow(zip(header, cells, strict=False), line, separator, decimal_comma)
 
 
 def record_shape(record: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -687,10 +723,23 @@ def is_missing(text: str) -> bool:
     return not text or text.upper() in _MISSING
 
 
-def _parse_cell(column: str, text: str, csv_path: Path, decimal_comma: bool = False) -> Any:
+def _parse_row(row: TableRow, csv_path: Path, id_columns: Iterable[str] = ()) -> dict[str, Any]:
+    """A manifest or label CSV row as record values (:func:`_parse_cell`), its numbers as a comma-separated file
+    writes them (:meth:`TableRow.number_text`), so the file gives the records its comma-separated twin gives.
+
+    A value every later reader takes as a number then reads as one: an age or an extra column that a metadata field
+    bins (:class:`~mammoxai.io.fields.BinnedField`) as well as the typed columns. Left as "28,5", such a value read as
+    none, and the image silently went unlabelled. Identifiers (:data:`_ID_COLUMNS`, the join's ``id_columns``) stay
+    as written.
+    """
+    ids = _ID_COLUMNS.union(id_columns)
+    cells = {name: text if name in ids else row.number_text(name) for name, text in row.items()}
+    return {name: _parse_cell(name, text, csv_path) for name, text in cells.items()}
+
+
+def _parse_cell(column: str, text: str, csv_path: Path) -> Any:
     """A manifest cell as the record value: None when empty or a missing-value marker ("NA", "N/A", "null", ...),
-    normalised laterality / view / BI-RADS density ("3", "DENSITY C" -> "C"), typed numbers (``decimal_comma``:
-    "28,5" is 28.5, as a semicolon-separated file writes it)."""
+    normalised laterality / view / BI-RADS density ("3", "DENSITY C" -> "C"), typed numbers; other text as it is."""
     if is_missing(text):
         return None
     if column == "laterality":
@@ -699,12 +748,11 @@ def _parse_cell(column: str, text: str, csv_path: Path, decimal_comma: bool = Fa
         return text.upper()
     if column == "density":  # one spelling whichever data set's CSV it came from
         return normalise_density(text) or text
-    number = text.replace(",", ".") if decimal_comma else text
     try:
         if column in _INT_COLUMNS:
-            return int(float(number))
+            return int(float(text))
         if column in _FLOAT_COLUMNS:
-            return float(number)
+            return float(text)
     except ValueError as error:
         raise MammoXAIError(csv_path, f"column {column!r} holds {text!r}, not a number", "fix the cell") from error
     return text
