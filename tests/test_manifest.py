@@ -9,6 +9,7 @@ import pytest
 from dicom_factory import without_preamble, write_mammo_dicom
 from PIL import Image
 
+from mammoxai.data.findings import match_findings, read_findings
 from mammoxai.data.manifest import (
     MANIFEST_COLUMNS,
     build_manifest,
@@ -197,7 +198,7 @@ def test_an_id_naming_several_images_is_an_error(archive, tmp_path):
     (archive / "other").mkdir()
     write_mammo_dicom(archive / "other" / "a.dcm", PIXELS, SOPInstanceUID="1.2.3.9")  # another image of that name
     labels = write_csv(tmp_path / "labels.csv", ["file", "case_label"], [["a.dcm", "normal"]])
-    with pytest.raises(MammoXAIError, match="'a.dcm' matches 2 images"):
+    with pytest.raises(MammoXAIError, match="labels.csv: file 'a.dcm' names 2 images"):
         build_manifest(archive, label_csv=labels, id_column="file")
 
 
@@ -510,7 +511,7 @@ def test_a_label_csv_names_images_by_their_path_under_the_data_set_folder_with_o
         "Calc-Test_P_00038_RIGHT_MLO/1-1": "R",
     }
     write_csv(labels, ["file", "laterality"], [["1-1.png", "L"]])
-    with pytest.raises(MammoXAIError, match="id '1-1.png' matches 2 images .*the image's path under the data set"):
+    with pytest.raises(MammoXAIError, match="file '1-1.png' names 2 images .*its path under the data set's folder"):
         build_manifest(root / "images", label_csv=labels, id_column="file")
 
 
@@ -587,6 +588,73 @@ def test_ids_of_several_columns_match_as_written_so_patients_differing_in_case_s
     with pytest.warns(UserWarning, match="1 of 2 rows match no image"):
         joined = join_labels(records, labels, ("patient_id", "laterality", "view"), strict=False)
     assert [(r["patient_id"], r.get("case_label")) for r in joined] == [("AB1", "benign"), ("Ab1", None)]
+
+
+def labelled_and_found(records, image_id, folder):
+    """The paths of the records that a label CSV row and a finding CSV row with ``image_id`` name, or the problem
+    each refuses it with."""
+    labels = write_csv(folder / "labels.csv", ["image_id", "case_label"], [[image_id, "malignant"]])
+    findings = write_csv(folder / "f.csv", ["image_id", "xmin", "ymin", "xmax", "ymax"], [[image_id, 1, 2, 3, 4]])
+
+    def labelled():
+        return sorted(r["path"] for r in join_labels(records, labels, "image_id", strict=False) if r.get("case_label"))
+
+    def found():
+        matched = match_findings(records, read_findings(findings), findings)
+        return sorted(r["path"] for r, boxes in zip(records, matched, strict=True) if boxes)
+
+    outcome = []
+    for named in (labelled, found):
+        try:
+            outcome.append(named())
+        except MammoXAIError as error:
+            outcome.append(error.problem)
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("image_id", "path"),
+    [
+        ("1.2.3.1", "study1/a.dcm"),  # SOP Instance UID
+        ("a", "study1/a.dcm"),  # file stem
+        ("A.DCM", "study1/a.dcm"),  # file name in another case
+        ("Study1/A", "study1/a.dcm"),  # path tail in another case, no extension
+        ("archive\\study1\\series\\IM0002", "study1/series/IM0002"),  # Windows path from the data set's parent
+        ("CASE7_L_CC.PNG", "case7_L_CC.png"),
+        ("elsewhere.png", None),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:.*match no image")
+def test_a_label_csv_and_a_finding_csv_name_the_same_image_by_the_same_id(archive, tmp_path, image_id, path):
+    """Each had its own rule: a path under a folder above the file labelled the image and its findings matched
+    nothing."""
+    records = build_manifest(archive).records
+    expected = [] if path is None else [str(archive / path)]
+    assert labelled_and_found(records, image_id, tmp_path) == [expected, expected]
+
+
+def test_an_id_naming_two_images_is_refused_alike_by_the_label_join_and_the_finding_match(archive, tmp_path):
+    (archive / "other").mkdir()
+    write_mammo_dicom(archive / "other" / "a.dcm", PIXELS, SOPInstanceUID="1.2.3.9")
+    records = build_manifest(archive).records
+    labels, findings = labelled_and_found(records, "A.dcm", tmp_path)
+    assert labels == findings and labels.startswith("image_id 'A.dcm' names 2 images")
+
+
+def test_the_last_part_of_a_uid_a_file_is_named_by_is_no_extension(tmp_path):
+    """``1.2.840.5`` without its "extension" named the image ``1.2.840`` too, and the label of that one was refused."""
+    records = [{"path": "a/1.2.840.5", "image_id": "1.2.840.5"}, {"path": "b/1.2.840.png", "image_id": "1.2.840"}]
+    assert labelled_and_found(records, "1.2.840", tmp_path) == [["b/1.2.840.png"]] * 2
+
+
+def test_an_id_names_the_file_of_its_own_case_where_another_file_differs_in_case_only(archive, tmp_path):
+    """The finding match compared file names in any case only, and refused an id that the label join took."""
+    Image.fromarray(PIXELS).save(archive / "study1" / "CASE7_L_CC.png")
+    records = build_manifest(archive).records
+    found = [str(archive / "case7_L_CC.png")]
+    assert labelled_and_found(records, "case7_L_CC.png", tmp_path) == [found, found]
+    labels, findings = labelled_and_found(records, "Case7_l_cc.png", tmp_path)
+    assert labels == findings and labels.startswith("image_id 'Case7_l_cc.png' names 2 images")
 
 
 @pytest.mark.parametrize(

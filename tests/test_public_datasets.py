@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_factory import write_mammo_dicom
+from PIL import Image
 from test_manifest import write_csv
 
 from mammoxai.data.cbis_ddsm import read_cbis_ddsm
 from mammoxai.data.findings import Finding, match_findings, read_findings, write_findings
-from mammoxai.data.manifest import read_manifest
+from mammoxai.data.manifest import build_manifest, read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.data.vindr import read_vindr
 from mammoxai.errors import MammoXAIError
@@ -248,6 +249,21 @@ def test_a_finding_id_that_names_two_images_by_file_name_is_refused():
     records = [{"path": f"{case}/1-1.png", "image_id": f"{case}/1-1"} for case in ("Mass_P_1", "Mass_P_2")]
     with pytest.raises(MammoXAIError, match=r"f.csv: image_id '1-1' names 2 images \(Mass_P_1/1-1.png, Mass_P_2"):
         match_findings(records, [Finding("1-1", ("Mass",), (1.0, 2.0, 3.0, 4.0))], "f.csv")
+
+
+def test_a_finding_csv_names_images_by_their_path_as_a_label_csv_may(tmp_path):
+    """Where every case folder holds a 1-1.png, the path is the only unique name: the label CSV joined by it, while
+    its findings matched no image and the lesions went unscored."""
+    root = tmp_path / "download"
+    for case in ("Mass-Training_P_00001_LEFT_CC", "Mass-Training_P_00004_RIGHT_MLO"):
+        (root / "images" / case).mkdir(parents=True)
+        Image.fromarray(mammogram()).save(root / "images" / case / "1-1.png")
+    records = build_manifest(root / "images").records
+    ids = ["images/Mass-Training_P_00001_LEFT_CC/1-1.png", "MASS-TRAINING_P_00004_RIGHT_MLO\\1-1"]
+    columns = ["image_id", "finding_categories", "xmin", "ymin", "xmax", "ymax"]
+    write_csv(tmp_path / "f.csv", columns, [[image_id, "['Mass']", "1", "2", "3", "4"] for image_id in ids])
+    matched = match_findings(records, read_findings(tmp_path / "f.csv"), tmp_path / "f.csv")
+    assert [[finding.image_id for finding in found] for found in matched] == [[ids[0]], [ids[1]]]
 
 
 # -- CBIS-DDSM --------------------------------------------------------------------------------------------------

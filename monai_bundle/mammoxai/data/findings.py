@@ -10,8 +10,8 @@ Boxes are continuous ``(x0, y0, x1, y1)`` coordinates, the convention of
 :class:`~mammoxai.io.geometry.ImageGeometry`: a box covering pixel columns 3..7 has ``x0 = 3, x1 = 8``, and
 ``geometry.to_model_boxes`` maps it onto the model grid exactly.
 
-Which image a row is on: :func:`match_findings` (by ``image_id`` / ``sop_uid``, else by file name in any case),
-not a dictionary keyed by ``image_id`` as written, which drops the rows that name their image otherwise.
+Which image a row is on: :func:`match_findings` (by ``image_id`` / ``sop_uid`` or the file's name or path, as a label
+CSV names it), not a dictionary keyed by ``image_id`` as written, which drops the rows that name their image otherwise.
 
 Example:
     findings = read_findings("vindr/finding_annotations.csv")
@@ -25,13 +25,12 @@ import ast
 import csv
 import math
 import os
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mammoxai.data.manifest import is_missing, read_table, relative_path
+from mammoxai.data.manifest import ImageIndex, is_missing, read_table, relative_path
 from mammoxai.errors import MammoXAIError
 
 __all__ = [
@@ -236,37 +235,25 @@ def write_findings(findings: Iterable[Finding], csv_path: str | os.PathLike) -> 
 def match_findings(
     records: Sequence[Mapping[str, Any]], findings: Iterable[Finding], source: object = "finding annotations"
 ) -> list[list[Finding]]:
-    """The findings of each record, in the records' order.
+    """The findings of each record, in the records' order; a finding naming no record is left out.
 
-    A finding names its image by the record's ``image_id`` or ``sop_uid``; failing that, by the image file's name
-    with or without its extension (``case1.png``, ``case1``), and in any case (``CASE1.PNG``, ``Case1``).
-    VinDr-Mammo's ``image_id`` is the file stem while a manifest names a DICOM file by its SOP Instance UID, and ids
-    typed into a spreadsheet change case. Matched only as written, such a finding was left out without a word: its
-    lesion went unscored, and a lesion image without its boxes gave "no finding" crops drawn on the lesion.
+    A finding names its image as a label CSV's id does (:class:`~mammoxai.data.manifest.ImageIndex`): by the record's
+    ``image_id`` or ``sop_uid``, or by the image file's name or path under any folder above it, with or without its
+    extension (``case1.png``, ``case1``, ``Mass-Training_P_00001_LEFT_CC/1-1.png``), as written, else in any case
+    (``CASE1.PNG``). VinDr-Mammo's ``image_id`` is the file stem while a manifest names a DICOM file by its SOP
+    Instance UID, data sets that repeat one file name in every case folder name an image by its path, and ids typed
+    into a spreadsheet change case. Matched only as written, such a finding was left out without a word: its lesion
+    went unscored, and a lesion image without its boxes gave "no finding" crops drawn on the lesion.
 
     Raises:
-        MammoXAIError: an id that matches no record as written names several of them by file name or case (one file
-            name in two folders): which image is meant cannot be told.
+        MammoXAIError: an id names several records (one file name in two folders): which image is meant cannot be
+            told.
     """
-    exact: dict[str, set[int]] = defaultdict(set)
-    loose: dict[str, set[int]] = defaultdict(set)
-    for index, record in enumerate(records):
-        ids = {str(record.get(key) or "") for key in ("image_id", "sop_uid")} - {""}
-        path = Path(str(record.get("path") or ""))
-        names = {path.name, path.stem} if path.suffix[1:].isalpha() else {path.name}  # "1.2.840.1": no extension
-        for name in ids:
-            exact[name].add(index)
-        for name in ids | (names - {""}):
-            loose[name.casefold()].add(index)
+    index = ImageIndex(records, str(source))
     matched: list[list[Finding]] = [[] for _ in records]
     for finding in findings:
-        indices = exact.get(finding.image_id) or loose.get(finding.image_id.casefold(), set())
-        if len(indices) > 1:
-            paths = ", ".join(sorted(str(records[index].get("path")) for index in indices))
-            problem = f"image_id {finding.image_id!r} names {len(indices)} images ({paths})"
-            raise MammoXAIError(source, problem, "name each image by its manifest image_id")
-        for index in indices:
-            matched[index].append(finding)
+        for position in index.find(finding.image_id):
+            matched[position].append(finding)
     return matched
 
 

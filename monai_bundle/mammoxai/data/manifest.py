@@ -49,6 +49,7 @@ __all__ = [
     "record_shape",
     "record_header",
     "join_labels",
+    "ImageIndex",
     "is_missing",
     "normalise_laterality",
     "normalise_density",
@@ -354,21 +355,12 @@ def join_labels(
     """
     columns = tuple(_field_name(column) for column in ((id_column,) if isinstance(id_column, str) else id_column))
     rows = _read_label_rows(Path(label_csv), columns, column_map or {})
-    index = _image_index(records, columns)
-    folded: dict[tuple[str, ...], set[int]] = {}
-    for name, positions in index.items():
-        folded.setdefault(_folded(name), set()).update(positions)
+    index = ImageIndex(records, label_csv, columns)
     joined = [dict(record) for record in records]
     unmatched = []
     labelled_by: dict[int, tuple[tuple[str, ...], dict[str, Any]]] = {}
     for key, values in rows.items():
-        matches = index.get(_id_key(key)) or (
-            sorted(folded.get(_folded(_id_key(key)), ())) if len(columns) == 1 else []
-        )
-        if len(columns) == 1 and len(matches) > 1:
-            names = ", ".join(joined[i]["path"] for i in matches[:3])
-            fix = "use a unique id, e.g. the image's path under the data set's folder"
-            raise MammoXAIError(label_csv, f"id {key[0]!r} matches {len(matches)} images ({names})", fix)
+        matches = index.find(key)
         fields = {name: value for name, value in values.items() if name not in columns}
         for i in matches:
             _check_one_labelling(labelled_by.setdefault(i, (key, fields)), (key, fields), joined[i], label_csv)
@@ -460,42 +452,94 @@ def _field_name(name: str) -> str:
     return key if key in _KNOWN_COLUMNS else name
 
 
-def _image_index(records: Sequence[Mapping[str, Any]], columns: tuple[str, ...]) -> dict[tuple[str, ...], list[int]]:
-    """Record positions by the id(s) a CSV row may use for them."""
-    index: dict[tuple[str, ...], list[int]] = {}
-    for i, record in enumerate(records):
-        if len(columns) == 1:
-            names = {record.get("sop_uid"), record.get("image_id"), *_path_names(Path(record["path"]))}
-            keys = {(str(name),) for name in names if name}
-        else:
-            keys = {tuple(str(record.get(column) or "") for column in columns)}
-        for key in keys:
-            index.setdefault(key, []).append(i)
-    return index
+class ImageIndex:
+    """Which manifest records an image id written in a CSV names: the one rule of the label join
+    (:func:`join_labels`) and the finding tables (:func:`~mammoxai.data.findings.match_findings`).
+
+    An id of one column names an image by its ``sop_uid``, its ``image_id``, or its file: the file name or any
+    longer trailing part of its path (``a.png``, ``P000/a.png``, ``images/P000/a.png``, "/" or "\\" separated), with
+    or without the extension. A manifest names a DICOM image by its SOP Instance UID while VinDr-Mammo's tables name
+    the file by its stem; public data sets name an image by its path under the download's root, the only unique name
+    where one file name repeats in every case folder (CBIS-DDSM's ``Mass-Training_P_00001_LEFT_CC/1-1.png``), and
+    which folder that root is the CSV does not say. Where the id as written names no image it is compared regardless
+    of case, as a case-insensitive file system (Windows, macOS) names files and as ids typed into a spreadsheet
+    change: ``IMG_001.PNG`` names ``IMG_001.png``. An id that names several images (``1-1.png`` in two case folders)
+    is refused: which one is meant cannot be told. When the label join and the finding match each had a rule of
+    their own, a finding CSV naming images by their path matched nothing and its lesions went unscored, while the
+    label CSV of the same images joined.
+
+    Ids of several columns, e.g. ``("patient_id", "laterality", "view")``, name every image that agrees on all of
+    them as written: the prior exams of one breast and view are meant, and patients ``AB1`` and ``Ab1`` are two.
+
+    Args:
+        records: manifest records.
+        source: the CSV the ids come from, named in errors.
+        columns: the CSV column(s) holding the ids: one column of any name, or several manifest fields.
+
+    Example:
+        index = ImageIndex(records, "finding_annotations.csv")
+        index.find("Mass-Training_P_00001_LEFT_CC/1-1.png")  # [position of that record]
+    """
+
+    def __init__(
+        self, records: Sequence[Mapping[str, Any]], source: str | os.PathLike, columns: Sequence[str] = ("image_id",)
+    ):
+        self.records, self.source, self.columns = records, source, tuple(columns)
+        self._exact: dict[tuple[str, ...], list[int]] = {}
+        self._folded: dict[tuple[str, ...], list[int]] = {}
+        for i, record in enumerate(records):
+            for key in self._keys(record):
+                self._exact.setdefault(key, []).append(i)
+                if len(self.columns) == 1 and i not in self._folded.get(_folded(key), ()):
+                    self._folded.setdefault(_folded(key), []).append(i)
+
+    def _keys(self, record: Mapping[str, Any]) -> set[tuple[str, ...]]:
+        if len(self.columns) > 1:
+            return {tuple(str(record.get(column) or "") for column in self.columns)}
+        names = {record.get("sop_uid"), record.get("image_id"), *_path_names(Path(str(record.get("path") or "")))}
+        return {(str(name),) for name in names if name}
+
+    def find(self, key: str | Sequence[str]) -> list[int]:
+        """The positions of the records ``key`` (one id, or one value per column) names, none when it names none.
+
+        Raises:
+            MammoXAIError: a one-column id names several images, naming the CSV, the id, the images and the fix.
+        """
+        key = _id_key((key,) if isinstance(key, str) else tuple(key))
+        if len(self.columns) > 1:
+            return self._exact.get(key, [])
+        matches = self._exact.get(key) or self._folded.get(_folded(key), [])
+        if len(matches) > 1:
+            paths = sorted(str(self.records[i].get("path")) for i in matches)
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            problem = f"{self.columns[0]} {key[0]!r} names {len(matches)} images ({shown})"
+            fix = "name each image by a unique id: its manifest image_id, or its path under the data set's folder"
+            raise MammoXAIError(self.source, problem, fix)
+        return matches
 
 
 def _path_names(path: Path) -> set[str]:
     """The names a CSV may give an image file by: its name and every longer trailing part of its path, each with and
-    without the suffix (``a.png``, ``a``, ``P000/a.png``, ``P000/a``, ``images/P000/a.png``, ...).
+    without the extension (``a.png``, ``a``, ``P000/a.png``, ``P000/a``, ``images/P000/a.png``, ...).
 
-    Public data sets name images by their path under the download's root, the only unique name where one file name
-    repeats in every case folder (``Mass-Training_P_00001_LEFT_CC/1-1.png``); which folder that root is, the CSV
-    does not say.
+    A suffix of digits is no extension but the last part of a UID a file is named by (``1.2.840.1``): the UID
+    without it (``1.2.840``) names no image.
     """
     parts = path.parts
     tails = [Path(*parts[start:]) for start in range(len(parts))]
-    return {name for tail in tails for name in (tail.as_posix(), tail.with_suffix("").as_posix())}
+    names = {tail.as_posix() for tail in tails}
+    if not path.suffix[1:].isdigit():
+        names |= {tail.with_suffix("").as_posix() for tail in tails}
+    return names
 
 
 def _folded(key: tuple[str, ...]) -> tuple[str, ...]:
-    """An id compared regardless of case, as a case-insensitive file system (Windows, macOS) names files: a CSV that
-    writes ``IMG_001.PNG`` or ``mdb001`` names the file ``IMG_001.png`` or ``MDB001.pgm``. Used only where the id
-    as written matches nothing."""
+    """An id compared regardless of case (see :class:`ImageIndex`), only where the id as written names nothing."""
     return tuple(part.casefold() for part in key)
 
 
 def _id_key(key: tuple[str, ...]) -> tuple[str, ...]:
-    """A CSV id as :func:`_image_index` names images: a path written with Windows separators or from ``./``."""
+    """A CSV id as :class:`ImageIndex` names images: a path written with Windows separators or from ``./``."""
     if len(key) != 1:
         return key
     text = key[0].replace("\\", "/")

@@ -161,7 +161,7 @@ class SaliencyEvaluator:
     Args:
         records: manifest records (``path``, ``image_id`` / ``sop_uid``, the label); those without a finding box
             in ``findings_csv`` are left out. A finding names its image as
-            :func:`~mammoxai.data.findings.match_findings` reads it: by id, else by file name in any case.
+            :func:`~mammoxai.data.findings.match_findings` reads it: by id, or by the file's name or path.
         findings_csv: VinDr-style finding CSV (:mod:`mammoxai.data.findings`); its ``mask`` column, when present,
             gives lesion masks, which are used inside each finding's box.
         models: name -> ``{"network", "class_names", "image_size"[, "checkpoint", "label_map", "view_size"]}``: the

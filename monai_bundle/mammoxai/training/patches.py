@@ -71,8 +71,8 @@ class PatchDataset(torch.utils.data.Dataset):
     Args:
         images: the images (without spatial augmentation: boxes must stay where the geometry says).
         findings_csv: VinDr-style finding CSV; its ``image_id`` names the records as
-            :func:`~mammoxai.data.findings.match_findings` reads it (the ``image_id`` or ``sop_uid``, else the file
-            name in any case).
+            :func:`~mammoxai.data.findings.match_findings` reads it (the ``image_id`` or ``sop_uid``, or the file's
+            name or path, as a label CSV names it).
         patch_size: side of the square patches, in model-grid pixels; parts outside the image are zero.
         backgrounds: background patches per image and scale.
         background_class: class name of background patches (default ``class_names[0]`` for image labels,
