@@ -28,6 +28,7 @@ from mammoxai.saliency.ablation import (
     save_explainer,
     task_means,
 )
+from mammoxai.training.classification import patient_split
 from mammoxai.training.evaluate_pretrain import bootstrap_groups
 from mammoxai.training.pretrain import load_pretrained
 
@@ -289,6 +290,31 @@ def test_downstream_labels_of_a_manifest_column_match_regardless_of_case_and_spa
     test = [{"case_label": "MALIGNANT"}, {"case_label": " Benign"}, {"case_label": "normal"}]
     labels, _ = downstream_labels(test, "case_label", SPACE, class_names=classes)
     assert labels.tolist() == [1, 0, -1]
+
+
+def test_training_and_the_ablation_probe_give_one_label_map_the_same_classes():
+    """Training matched label_map keys as written and the probe regardless of case and spacing: one --label_map
+    trained the classifier on other classes than the probe, or refused labels the probe took."""
+    labels = ["Recalled  Benign", "CANCER", "recalled benign", "cancer"]
+    records = [{"path": f"P{i}.dcm", "patient_id": f"P{i}", "case_label": label} for i, label in enumerate(labels)]
+    label_map, classes = {"recalled benign": "benign", "Cancer": "malignant"}, ["benign", "malignant"]
+    dataset = MammogramDataset(records, image_size=32, class_names=classes, label_map=label_map)
+    probe_labels, _ = downstream_labels(records, "case_label", SPACE, classes, label_map)
+    assert dataset.labels == probe_labels.tolist() == [0, 1, 0, 1]
+    _, val = patient_split(records, val_fraction=0.5, seed=0, label_map=label_map)
+    assert sorted(dataset.label_map(record["case_label"]) for record in val) == classes  # one patient per class
+
+
+@pytest.mark.parametrize("path", ["training", "ablation"])
+def test_a_label_map_giving_one_label_two_classes_up_to_case_and_spacing_is_refused(path):
+    label_map = {"Cancer": "malignant", "cancer ": "benign"}
+    records = [{"path": "P0.dcm", "case_label": "cancer"}]
+    message = r"^label_map: maps 'Cancer' to 'malignant' and 'cancer ' to 'benign', one label up to case and spacing"
+    with pytest.raises(MammoXAIError, match=message):
+        if path == "training":
+            MammogramDataset(records, image_size=32, label_map=label_map)
+        else:
+            downstream_labels(records, "case_label", SPACE, label_map=label_map)
 
 
 def test_images_naming_no_patient_are_each_their_own_bootstrap_unit_not_one_shared_patient(fitted):

@@ -28,22 +28,51 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.preprocess import grid_shape
 
-__all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries", "text_label_map", "setting_mapping"]
+__all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries", "class_key", "LabelMap", "setting_mapping"]
 
 #: record fields copied into every sample ("" when unknown, so the default collate keeps them as lists of str).
 ID_KEYS: tuple[str, ...] = ("image_id", "patient_id", "study_uid", "sop_uid", "laterality", "view")
 
 
-def text_label_map(label_map: Mapping[Any, Any] | None) -> dict[str, str]:
-    """``label_map`` with its keys and values as text, as the manifest's labels are.
+def class_key(label: Any) -> str:
+    """A label as class names and ``label_map`` keys are compared: spacing collapsed, case folded, whatever its type
+    (``"Recalled  Benign"``, ``"recalled benign"``; ``5`` and ``"5"``)."""
+    return " ".join(str(label).split()).casefold()
 
-    A manifest cell is always text (``"5"``), but ``python -m monai.bundle run ... --label_map "{5: 'malignant'}"``
-    gives number keys, which matched no label: every image was refused as unmapped although the map named it.
+
+class LabelMap:
+    """``label_map`` (raw label -> class name) as everything that labels an image applies it: training and its
+    patient split, the classifier and saliency evaluations, the experiments' labelled draws and the ablation probe.
+
+    A key matches a label regardless of case and spacing, and of type: ``python -m monai.bundle run ... --label_map
+    "{5: 'malignant'}"`` gives number keys where a manifest cell is text (``"5"``), and a CSV that writes "Recalled
+    Benign" on some rows and "recalled benign" on others means one label. Training matched keys as written while the
+    ablation folded them, so one ``--label_map`` gave the classifier and the probe different classes. A label no key
+    matches is its own class name.
+
+    Args:
+        label_map: raw label -> class name; None is an empty map.
+
+    Raises:
+        MammoXAIError: ``label_map`` is not a mapping, or two of its keys are one label up to case and spacing and
+            name different classes (which of them a label meant cannot be told).
+
+    Example:
+        LabelMap({"Recalled Benign": "benign"})("recalled  benign")  # "benign"
     """
-    return {
-        str(key).strip(): str(value)
-        for key, value in setting_mapping(label_map, "label_map", '{"Cancer": "malignant"}').items()
-    }
+
+    def __init__(self, label_map: Mapping[Any, Any] | None):
+        written: dict[str, tuple[Any, str]] = {}  # folded key -> the first key written so, its class
+        for key, name in setting_mapping(label_map, "label_map", '{"Cancer": "malignant"}').items():
+            first, first_name = written.setdefault(class_key(key), (key, str(name)))
+            if first_name != str(name):
+                problem = f"maps {first!r} to {first_name!r} and {key!r} to {name!r}, one label up to case and spacing"
+                raise MammoXAIError("label_map", problem, "keep one of the two keys")
+        self.classes = {folded: name for folded, (_, name) in written.items()}
+
+    def __call__(self, label: Any) -> str:
+        """The class name of a raw label."""
+        return self.classes.get(class_key(label), str(label).strip())
 
 
 def setting_mapping(value: Mapping[Any, Any] | None, name: str, example: str = '{"split": "test"}') -> dict[Any, Any]:
@@ -84,8 +113,8 @@ class MammogramDataset(monai.data.Dataset):
         label_key: the record field holding the raw label (default ``"case_label"``).
         class_names: the classes, in output order. Default: the sorted distinct labels of ``records`` (after
             ``label_map``) - pass them explicitly whenever a split might lack a class, or indices shift.
-        label_map: raw label -> class name, e.g. ``{"recalled_benign": "benign"}`` for a 3-class model;
-            labels not in the map are used as they are.
+        label_map: raw label -> class name, e.g. ``{"recalled_benign": "benign"}`` for a 3-class model, keys
+            matched regardless of case and spacing (:class:`LabelMap`); labels not in the map are used as they are.
         transform: applied to each sample dict (e.g. MONAI dictionary transforms with ``keys="image"``).
             Spatial augmentation moves pixels away from ``geometry``; keep it for training only.
         file_key: how the cache recognises a file, ``"content"`` or ``"stat"`` (see :mod:`mammoxai.data.cache`).
@@ -110,7 +139,7 @@ class MammogramDataset(monai.data.Dataset):
         super().__init__(data=list(records), transform=transform)
         self.image_size = grid_shape(image_size)
         self.label_key = label_key
-        self.label_map = text_label_map(label_map)
+        self.label_map = LabelMap(label_map)
         self.cache = PreprocessedCache(cache_dir, self.image_size, file_key) if cache_dir is not None else None
         names = [self._class_name(record) for record in self.data]
         self.class_names = tuple(class_names) if class_names is not None else tuple(sorted({n for n in names if n}))
@@ -122,7 +151,7 @@ class MammogramDataset(monai.data.Dataset):
         raw = record.get(self.label_key)
         if raw is None or raw == "":
             return None
-        return self.label_map.get(str(raw), str(raw))
+        return self.label_map(raw)
 
     def _label_index(self, name: str | None, record: Mapping[str, Any]) -> int:
         if name is None:

@@ -42,6 +42,7 @@ from monai.networks import eval_mode
 from torch import nn
 
 from mammoxai.cli import run_bundle_config
+from mammoxai.data.dataset import LabelMap, class_key
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
@@ -320,17 +321,19 @@ def downstream_labels(
     ``target`` is either a field of ``label_space`` (``"xray_system"``, ``"view"``, ...: labels from the
     header, classes those of the pretrained heads) or a manifest column (``"case_label"``, ``"density"``,
     ...: classes ``class_names``, default the sorted distinct values of ``records`` after ``label_map``). Column
-    values, ``label_map`` keys and ``class_names`` are matched regardless of case and spacing, as the metadata
-    fields' header values are: a CSV that writes "Malignant" on some rows and "malignant" on others (or only in
-    the held-out split) names one class, the spelling most rows use.
+    values and ``class_names`` are matched regardless of case and spacing, as the metadata fields' header values
+    are: a CSV that writes "Malignant" on some rows and "malignant" on others (or only in the held-out split) names
+    one class, the spelling most rows use. ``label_map`` keys match as training matches them
+    (:class:`~mammoxai.data.dataset.LabelMap`, also regardless of case and spacing), so one ``--label_map`` gives
+    the probe the classes it gives the classifier.
 
     Raises:
-        MammoXAIError: ``target`` is neither a field nor a column of any record.
+        MammoXAIError: ``target`` is neither a field nor a column of any record, or ``label_map`` is not a mapping
+            or maps one label, up to case and spacing, to two classes.
     """
     if target in label_space.fields:
         labels = [label_space.encode(record_metadata(record))[target] for record in records]
         return torch.as_tensor(labels, dtype=torch.long), label_space.class_names(target)
-    label_map = dict(label_map or {})
     values = [record.get(target) for record in records]
     if all(value in (None, "") for value in values):
         raise MammoXAIError(
@@ -338,16 +341,11 @@ def downstream_labels(
             "is neither a metadata field nor a filled manifest column",
             f"use one of the fields {label_space.fields} or a manifest column such as case_label",
         )
-    mapped = {_class_key(raw): name for raw, name in label_map.items()}
-    names = [None if value in (None, "") else mapped.get(_class_key(value), str(value).strip()) for value in values]
+    mapped = LabelMap(label_map)
+    names = [None if value in (None, "") else mapped(value) for value in values]
     classes = list(class_names) if class_names is not None else _spellings(name for name in names if name is not None)
-    index = {_class_key(name): i for i, name in enumerate(classes)}
-    return torch.tensor([-1 if name is None else index.get(_class_key(name), -1) for name in names]), classes
-
-
-def _class_key(value: Any) -> str:
-    """A label as compared with the classes of a manifest-column target: spacing collapsed, case folded."""
-    return " ".join(str(value).split()).casefold()
+    index = {class_key(name): i for i, name in enumerate(classes)}
+    return torch.tensor([-1 if name is None else index.get(class_key(name), -1) for name in names]), classes
 
 
 def _spellings(names: Iterable[str]) -> list[str]:
@@ -356,7 +354,7 @@ def _spellings(names: Iterable[str]) -> list[str]:
     counts = Counter(names)
     by_key: dict[str, list[str]] = {}
     for name in sorted(counts):
-        by_key.setdefault(_class_key(name), []).append(name)
+        by_key.setdefault(class_key(name), []).append(name)
     return sorted(max(spellings, key=lambda name: counts[name]) for spellings in by_key.values())
 
 

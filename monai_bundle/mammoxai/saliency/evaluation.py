@@ -59,7 +59,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.data.dataset import MammogramDataset, batch_geometries
+from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries
 from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.data.manifest import record_shape
 from mammoxai.errors import MammoXAIError, check_output_path
@@ -372,7 +372,7 @@ class SaliencyEvaluator:
             return [(None, everything)]
         if spec.target == "label":
             raw = str(record.get(self.label_key) or "")
-            label = dict(model.get("label_map") or {}).get(raw, raw)
+            label = LabelMap(model.get("label_map"))(raw)
             if label not in names:
                 raise MammoXAIError(
                     record["path"],

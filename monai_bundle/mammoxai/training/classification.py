@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from monai.metrics import ROCAUCMetric
 
-from mammoxai.data.dataset import setting_mapping, text_label_map
+from mammoxai.data.dataset import LabelMap, setting_mapping
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import roc_auc
 
@@ -76,7 +76,8 @@ def patient_split(
         val_fraction: share of each class's patients used for validation.
         seed: seed of the shuffle, so a split is reproducible.
         label_key: record field holding the label.
-        label_map: raw label -> class name (e.g. ``{"recalled_benign": "benign"}``), applied before stratifying.
+        label_map: raw label -> class name (e.g. ``{"recalled_benign": "benign"}``), applied before stratifying as
+            training applies it (:class:`~mammoxai.data.dataset.LabelMap`).
         holdout: field -> value of the records kept for the final test and never trained or validated on, e.g.
             ``{"split": "test"}`` for the test split of ``mammoxai.data.synth`` and VinDr-Mammo manifests.
 
@@ -92,7 +93,7 @@ def patient_split(
     if records and not any(label_key in record for record in records):  # a wrong column, not too few labels
         fix = "give a manifest with this column, set label_key to the column of labels, or join them with label_csv"
         raise MammoXAIError(label_key, f"none of the {len(records)} records has this column", fix)
-    label_map = text_label_map(label_map)
+    label_map = LabelMap(label_map)
     holdout = setting_mapping(holdout, "holdout")
 
     def held_out(record: Mapping[str, Any]) -> bool:
@@ -136,7 +137,7 @@ def patient_split(
         raise MammoXAIError(label_key, problem, "add patients")
 
     def label(record: Mapping[str, Any]) -> str:
-        return label_map.get(str(record[label_key]), str(record[label_key]))
+        return label_map(record[label_key])
 
     frequency = Counter(label(record) for record in labelled)
     strata: dict[str, list[str]] = defaultdict(list)

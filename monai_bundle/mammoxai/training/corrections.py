@@ -39,6 +39,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.handlers import from_engine
 
+from mammoxai.data.dataset import LabelMap
 from mammoxai.data.manifest import read_record, write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write
@@ -211,8 +212,8 @@ def finetune(
 def _check_validation_can_judge(parser: ConfigParser, val_records: Sequence[Mapping[str, Any]]) -> None:
     """Refuse a validation split of one class before training: its AUC is undefined (the metric reports chance,
     0.5, for it), so the new weights would be judged against the served ones by a number that means nothing."""
-    label_key, label_map = parser.get_parsed_content("label_key"), parser.get_parsed_content("label_map")
-    classes = sorted({label_map.get(record[label_key], record[label_key]) for record in val_records})
+    label_key, label_map = parser.get_parsed_content("label_key"), LabelMap(parser.get_parsed_content("label_map"))
+    classes = sorted({label_map(record[label_key]) for record in val_records})
     if len(classes) < 2:
         raise MammoXAIError(
             "corrections",

@@ -30,6 +30,7 @@ import numpy as np
 
 from mammoxai.cli import bundle_config_files, exit_status, run_bundle
 from mammoxai.data.cache import update_with_file
+from mammoxai.data.dataset import LabelMap
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write_bytes
@@ -114,20 +115,16 @@ def labelled_subset(
     """
     if not 0.0 < fraction <= 1.0:
         raise MammoXAIError(option, f"is {fraction:g}", "use a share of the patients in (0, 1], e.g. 0.25")
-    label_map = dict(label_map or {})
+    label_map = LabelMap(label_map)
     held_out = [dict(r) for r in records if is_held_out(r)]
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         if not is_held_out(record) and record.get(label_key) not in (None, ""):
             by_patient[patient_key(record)].append(dict(record))
-    frequency = Counter(
-        label_map.get(str(record[label_key]), str(record[label_key]))
-        for group in by_patient.values()
-        for record in group
-    )
+    frequency = Counter(label_map(record[label_key]) for group in by_patient.values() for record in group)
     strata: dict[str, list[str]] = defaultdict(list)
     for patient, group in sorted(by_patient.items()):
-        names = {label_map.get(str(record[label_key]), str(record[label_key])) for record in group}
+        names = {label_map(record[label_key]) for record in group}
         strata[min(names, key=lambda name: (frequency[name], name))].append(patient)
     rng = random.Random(seed)
     chosen = []
@@ -155,12 +152,8 @@ def check_task_labels(
     Raises:
         MammoXAIError: naming ``source`` and the missing labels or classes.
     """
-    class_names, label_map = TASKS[task]["class_names"], TASKS[task]["label_map"]
-    labels = [
-        label_map.get(str(record[label_key]), str(record[label_key]))
-        for record in records
-        if record.get(label_key) not in (None, "")
-    ]
+    class_names, label_map = TASKS[task]["class_names"], LabelMap(TASKS[task]["label_map"])
+    labels = [label_map(record[label_key]) for record in records if record.get(label_key) not in (None, "")]
     if not labels:
         raise MammoXAIError(
             source,
