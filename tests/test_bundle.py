@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser, verify_net_in_out
 from monai.metrics import ROCAUCMetric, compute_roc_auc
 from PIL import Image
 
-from mammoxai.cli import config_overrides
+from mammoxai.cli import config_overrides, user_error
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import InferenceRunner, MammogramPredictor
@@ -835,3 +835,20 @@ def test_saliency_choices_are_every_method_the_grid_can_run_with_its_presets(tmp
 def test_bad_saliency_settings_are_named(tmp_path, saliency, message):
     with pytest.raises(MammoXAIError, match=message):
         MammogramPredictor(MammoClassifier(), tmp_path / "model.pt", CLASSES, (256, 208), saliency, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("class_names", "message"),
+    [
+        ("normal", r"class_names: \['normal'\] must name two or more distinct classes"),
+        ("normal,benign,malignant", "class_names: is 'normal,benign,malignant', not a name or a list of names"),
+    ],
+)
+def test_inference_json_reads_class_names_as_a_list_not_one_class_per_letter(tmp_path, class_names, message):
+    """Read letter by letter, --class_names normal served six classes "n", "o", ... of a model trained on three."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "output_dir": str(tmp_path), "class_names": class_names})
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("predictor")
+    assert re.match(message, str(user_error(error.value)))

@@ -313,13 +313,28 @@ def test_images_naming_no_patient_are_resampled_with_their_study_not_one_by_one(
     assert exam_row["patients"] == image_row["patients"]
 
 
-@pytest.mark.parametrize("setting", ["--exam_keys", "--breakdown_keys"])
-def test_column_lists_given_as_text_are_refused_not_read_one_character_per_column(studies, tmp_path, capsys, setting):
+def test_one_column_name_is_a_list_of_one_column_as_one_finding_class_is(studies, tmp_path):
+    """``--finding_classes mass`` was one class while ``--exam_keys study_uid`` was refused as not a list."""
     torch.manual_seed(0)
-    status = _evaluate_network(studies, tmp_path, served_network(CLASSES), setting, "study_uid")
+    overrides = ("--exam_keys", "study_uid", "--breakdown_keys", "density", "--n_bootstrap", "5")
+    assert _evaluate_network(studies, tmp_path, served_network(CLASSES), *overrides) == 0
+    report = _report(tmp_path)
+    assert report["tables"]["binary"][1]["level"] == "exam (study_uid, max)"  # both breasts of a study: one exam
+    densities = [row["density"] for row in report["tables"]["positives_by_density"]]
+    assert densities and set(densities) <= set("ABCD")  # one breakdown by density, not one per letter of "density"
+
+
+@pytest.mark.parametrize("setting", ["--exam_keys", "--breakdown_keys"])
+@pytest.mark.parametrize("text", ["study_uid,laterality", "[study_uid, laterality]", "study_uid laterality"])
+def test_column_lists_the_command_line_could_not_read_are_refused_not_read_one_character_per_column(
+    studies, tmp_path, capsys, setting, text
+):
+    torch.manual_seed(0)
+    status = _evaluate_network(studies, tmp_path, served_network(CLASSES), setting, text)
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"{setting[2:]}: is 'study_uid', not a list of columns (write a list, e.g." in error
+    refusal = f"{setting[2:]}: is {text!r}, not a name or a list of names"
+    assert f"{refusal} (give one name, or a list, e.g. {setting} '[" in error
     assert not (tmp_path / "report").exists()
 
 

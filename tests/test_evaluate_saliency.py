@@ -374,6 +374,11 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
             "finding_classes: names ['calcifications'], not finding classes (use names of ['mass', 'calcification',",
         ),
         (
+            ("--select", '["gradcam"]', "--finding_classes", "mass,calcification"),
+            "finding_classes: is 'mass,calcification', not a name or a list of names (give one name, or a list, e.g. "
+            """--finding_classes '["mass", "calcification"]')""",
+        ),
+        (
             ("--select", '["gradcam"]', "--deletion_steps", "abc"),
             "deletion_steps: is 'abc', not a whole number of 0 or more",
         ),

@@ -452,6 +452,16 @@ def test_fields_given_as_names_train_those_heads_with_weight_one(cohort, tmp_pat
     assert load_pretrained(tmp_path / "models" / "pretrained.pt").label_space.fields == names
 
 
+@pytest.mark.parametrize("component", ["field_definitions", "loss#metadata"])
+def test_fields_the_command_line_could_not_read_as_a_list_are_refused_by_each_reader(cohort, tmp_path, component):
+    """``--fields view,thickness`` was one field named "view,thickness": refused as undefined, or (the loss) a weight
+    of a head no network has."""
+    with pytest.raises(Exception) as error:
+        pretrain_workflow(cohort, tmp_path, fields="view,thickness").parser.get_parsed_content(component)
+    message = str(user_error(error.value))
+    assert message.startswith("fields: is 'view,thickness', not a name or a list of names") and "--fields '[" in message
+
+
 def test_one_int_image_size_is_a_square_grid_recorded_as_such(cohort, tmp_path):
     run(pretrain_workflow(cohort, tmp_path, epochs=1, image_size=SIZE[0]))
     assert load_pretrained(tmp_path / "models" / "pretrained.pt").image_size == (SIZE[0], SIZE[0])

@@ -7,7 +7,11 @@ is a bug in MammoXAI, not in the user's data.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -56,6 +60,40 @@ def parse_flag(value: object, name: str) -> bool:
     if word not in _FLAG_WORDS:
         raise MammoXAIError(name, f"is {value!r}, not a boolean", "use true or false")
     return _FLAG_WORDS[word]
+
+
+#: a single name as a command line gives it: no brackets, quotes, commas, semicolons or whitespace, which a list has
+_BARE_NAME = re.compile(r"[^\s\[\](){}'\",;]+")
+
+
+def parse_names(value: object, name: str, example: Sequence[str]) -> list[str]:
+    """A setting that lists names (record columns, finding classes, metadata fields, class names) as a list.
+
+    Every such setting follows one rule for text, which is how it arrives from a command line when it is one word
+    (``--exam_keys study_uid``: neither JSON nor a Python literal, so the option reader passes the word) or a list
+    that could not be read as one (``study_uid,laterality``, ``[study_uid, laterality]``, ``"study_uid laterality"``):
+    a single bare name is the list of that name; any other text is refused, since split by guesswork it could name
+    the wrong things, and taken as a sequence each of its characters became a name (a column "s", one breakdown per
+    letter). The settings disagreed: one took a word as a list of one, another refused it. A one-item list is still
+    refused by a setting that needs more (a classifier's two or more ``class_names``), with its own message.
+
+    Args:
+        value: the setting as given: a list or tuple of names, or text.
+        name: the setting, as the command line names it.
+        example: a list that works, shown in the message as ``--<name> '<JSON list>'``.
+
+    Raises:
+        MammoXAIError: ``value`` is text other than one bare name, or neither text nor a list.
+
+    Example:
+        parse_names("study_uid", "exam_keys", ["study_uid", "laterality"])  # ["study_uid"]
+    """
+    if isinstance(value, str) and _BARE_NAME.fullmatch(value):
+        return [value]
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        fix = f"give one name, or a list, e.g. --{name} {shlex.quote(json.dumps(list(example)))}"
+        raise MammoXAIError(name, f"is {value!r}, not a name or a list of names", fix)
+    return [str(item) for item in value]
 
 
 def check_output_path(

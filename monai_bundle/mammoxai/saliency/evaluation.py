@@ -62,7 +62,7 @@ from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries
 from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.data.manifest import record_shape
-from mammoxai.errors import MammoXAIError, check_output_path
+from mammoxai.errors import MammoXAIError, check_output_path, parse_names
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import segment_breast
 from mammoxai.io.geometry import ImageGeometry
@@ -174,7 +174,7 @@ class SaliencyEvaluator:
         select: labels or names of the methods to run (None: all of ``methods``; one name: that method).
         output_dir: where the report and overlays go.
         finding_classes: the finding classes scored (:data:`~mammoxai.data.findings.LESION_CLASSES` names; one name
-            is one class).
+            is one class, :func:`~mammoxai.errors.parse_names`).
         label_key: the record field holding the image's label (target ``"label"``).
         tolerance, tolerance_unit: the pointing game's tolerance, in ``"px"`` of the original image or ``"mm"``.
         score_threshold: CorRELAX's aggregate leaves out image-class pairs scored below it (None keeps all).
@@ -221,8 +221,7 @@ class SaliencyEvaluator:
     ) -> None:
         if tolerance_unit not in _TOLERANCE_UNITS:
             raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
-        # one class from the command line (--finding_classes mass) arrives as a string, not to be read letter by letter
-        finding_classes = [finding_classes] if isinstance(finding_classes, str) else list(finding_classes)
+        finding_classes = parse_names(finding_classes, "finding_classes", ["mass", "calcification"])
         unknown = [name for name in finding_classes if name not in LESION_CLASSES]
         if unknown or not finding_classes:
             # a misspelt class ("calcifications") matches no finding: its column is n/a and the class mean is that of

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import shlex
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,7 +49,7 @@ from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import setting_mapping
-from mammoxai.errors import MammoXAIError, check_output_path
+from mammoxai.errors import MammoXAIError, check_output_path, parse_names
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, roc_auc
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
@@ -373,7 +372,8 @@ class ClassifierEvaluator:
         device, amp: where and how to run the networks.
         threshold: operating point on the positive-class probability.
         target_specificity: the specificity whose threshold is also reported.
-        exam_keys: record fields that identify an exam (default the breast: ``study_uid`` and ``laterality``).
+        exam_keys: record fields that identify an exam (default the breast: ``study_uid`` and ``laterality``); one
+            name is a list of one (:func:`~mammoxai.errors.parse_names`).
         exam_aggregation: ``max`` or ``mean`` of an exam's image scores.
         device_key: record field that names the X-ray system for the per-device breakdown.
         breakdown_keys: record fields that split the positive images into kinds (default ``lesion_types``); per
@@ -407,10 +407,10 @@ class ClassifierEvaluator:
         amp: bool = False,
         threshold: float = 0.5,
         target_specificity: float = 0.9,
-        exam_keys: Sequence[str] = ("study_uid", "laterality"),
+        exam_keys: Sequence[str] | str = ("study_uid", "laterality"),
         exam_aggregation: str = "max",
         device_key: str = "xray_system",
-        breakdown_keys: Sequence[str] = ("lesion_types",),
+        breakdown_keys: Sequence[str] | str = ("lesion_types",),
         metadata_label_space: MetadataLabelSpace | None = None,
         qc_min_probability: float = 0.9,
         calibration_bins: int = 10,
@@ -430,9 +430,9 @@ class ClassifierEvaluator:
         self.output_dir = check_output_path(output_dir, "evaluation_dir", "give a folder for the report")
         self.device, self.amp = torch.device(device), amp
         self.threshold, self.target_specificity = threshold, target_specificity
-        self.exam_keys = _column_list(exam_keys, "exam_keys", '["study_uid", "laterality"]')
+        self.exam_keys = parse_names(exam_keys, "exam_keys", ["study_uid", "laterality"])
         self.exam_aggregation, self.device_key = exam_aggregation, device_key
-        self.breakdown_keys = _column_list(breakdown_keys, "breakdown_keys", '["lesion_types"]')
+        self.breakdown_keys = parse_names(breakdown_keys, "breakdown_keys", ["lesion_types", "density"])
         self.metadata_label_space, self.qc_min_probability = metadata_label_space, qc_min_probability
         self.n_bins, self.n_bootstrap, self.seed = calibration_bins, n_bootstrap, seed
         self.checkpoints = [checkpoints] if isinstance(checkpoints, str) else [str(path) for path in checkpoints]
@@ -693,16 +693,6 @@ class ClassifierEvaluator:
             f"would score. qc_flags counts images whose head disagrees with the header at probability >= "
             f"{self.qc_min_probability}, the QC flags a prediction would carry: on correct headers, false alarms.",
         )
-
-
-def _column_list(value: Sequence[str] | str, name: str, example: str) -> list[str]:
-    """A list-of-columns setting as a list; text is refused, since each of its characters would become a column
-    (``--exam_keys study_uid``, or a list the command line could not read, reaches the config as text)."""
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise MammoXAIError(
-            name, f"is {value!r}, not a list of columns", f"write a list, e.g. --{name} {shlex.quote(example)}"
-        )
-    return [str(key) for key in value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, parse_names
 from mammoxai.io.fields import UNKNOWN
 
 __all__ = ["masked_cross_entropy", "MetadataLoss", "SupervisedContrastiveLoss", "PretrainingLoss"]
@@ -50,20 +50,21 @@ class MetadataLoss(nn.Module):
 
     Args:
         weights: field → weight; the fields listed are the fields trained (every other head is ignored). A
-            weight of 0 keeps a head in the network without training it. A list of field names (or one name)
-            weighs each 1.0, as ``--fields "['view', 'thickness']"`` gives on the command line.
+            weight of 0 keeps a head in the network without training it. A list of field names (or one name,
+            :func:`~mammoxai.errors.parse_names`) weighs each 1.0, as ``--fields "['view', 'thickness']"`` gives on
+            the command line.
 
     Example:
         loss = MetadataLoss({"xray_system": 1.0, "view": 1.0, "age": 0.5})
         total = loss(net(images)["logits"], {"xray_system": s, "view": v, "age": a})
     """
 
-    def __init__(self, weights: Mapping[str, float] | Sequence[str]) -> None:
+    def __init__(self, weights: Mapping[str, float] | Sequence[str] | str) -> None:
         super().__init__()
         if not weights:
             raise MammoXAIError("loss weights", "name no field", "give each trained field a weight, e.g. 1.0")
         if not isinstance(weights, Mapping):
-            weights = dict.fromkeys([weights] if isinstance(weights, str) else weights, 1.0)
+            weights = dict.fromkeys(parse_names(weights, "fields", ["view", "thickness"]), 1.0)
         for name, weight in weights.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
                 raise MammoXAIError(f"loss weight of {name!r}", f"is {weight!r}", "use a number >= 0, e.g. 1.0")

@@ -47,7 +47,7 @@ import mammoxai
 from mammoxai.data.cache import preprocess_all
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
-from mammoxai.errors import MammoXAIError, check_output_path, parse_flag
+from mammoxai.errors import MammoXAIError, check_output_path, parse_flag, parse_names
 from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataLabelSpace
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.files import read_torch_file
@@ -185,7 +185,8 @@ def select_fields(
     """The label space of ``fields`` (in head order), before any vocabulary is learned.
 
     Args:
-        fields: names of the fields to pretrain on: a list, one name, or the keys of a field → loss weight dict.
+        fields: names of the fields to pretrain on: a list, one name (:func:`~mammoxai.errors.parse_names`), or the
+            keys of a field → loss weight dict.
         config_file: the field definitions (``configs/metadata_fields.json`` format); default the bundle's.
         extra_fields: more definitions in the same format, added to or replacing (by name) those of the file,
             e.g. ``{"name": "density", "type": "categorical", "keys": ["density"], "classes": ["A", "B", "C", "D"]}``
@@ -203,7 +204,7 @@ def select_fields(
             fix = f"give field definitions with a 'name', as in {source}"
             raise MammoXAIError("extra_fields", f"holds {entry!r}", fix)
         definitions[entry["name"]] = dict(entry)
-    names = [fields] if isinstance(fields, str) else list(fields)
+    names = list(fields) if isinstance(fields, Mapping) else parse_names(fields, "fields", ["view", "thickness"])
     if not names:
         raise MammoXAIError("fields", "is empty", f"name at least one of {list(definitions)}")
     repeated = sorted(name for name, count in Counter(names).items() if count > 1)
