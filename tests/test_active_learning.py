@@ -14,7 +14,8 @@ import torch
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
-from mammoxai.nets import MammoClassifier
+from mammoxai.nets import MammoClassifier, MultiViewClassifier
+from mammoxai.training.checkpoints import TrainingViews
 from mammoxai.training.corrections import correction_records, finetune, replace_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -365,3 +366,27 @@ def test_finetune_refuses_served_weights_of_another_network_and_keeps_them(corre
     with pytest.raises(MammoXAIError, match="no metadata heads"):
         finetune(bundle, correction_records(triples, CLASSES), tmp_path / "work", overrides=overrides)
     assert checkpoint.read_bytes() == before
+
+
+def test_finetune_refuses_served_multi_view_weights_of_another_view_order_and_keeps_them(corrections, tmp_path):
+    """Served CC + MLO weights would fine-tune on MLO + CC breasts: each view in the other's head position."""
+    root, triples = corrections
+    bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
+    checkpoint = bundle / "models" / "model.pt"
+    served = MultiViewClassifier(num_classes=3).state_dict()
+    torch.save({"model": served, "views": TrainingViews(["CC", "MLO"], "concat").state_dict()}, checkpoint)
+    before = checkpoint.read_bytes()
+    overrides = {
+        "epochs": 1,
+        "num_workers": 0,
+        "device": "cpu",
+        "image_size": [48, 48],
+        "network_def": "@finetune_network_def",
+        "views": ["MLO", "CC"],
+    }
+
+    refusal = r"""was trained with views \["CC", "MLO"\].*pass --views '\["CC", "MLO"\]'"""
+    with pytest.raises(MammoXAIError, match=refusal):
+        finetune(bundle, correction_records(triples, CLASSES), tmp_path / "work", overrides=overrides)
+    assert checkpoint.read_bytes() == before
+    assert not (tmp_path / "work" / "models").exists()  # refused before a single epoch

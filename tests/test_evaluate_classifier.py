@@ -15,6 +15,7 @@ from mammoxai.data.manifest import read_manifest, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import MammoClassifier
+from mammoxai.training.checkpoints import TrainingViews
 from mammoxai.training.evaluate_classifier import (
     aggregate_exams,
     binary_metrics,
@@ -265,6 +266,19 @@ def test_a_multi_view_evaluation_reports_breasts_where_it_scored_breasts(studies
     assert report["description"].startswith("20 labelled breasts of 8 patients, every record of the manifest")
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "Each sample is a breast, its views CC+MLO scored together" in markdown
+
+
+def test_a_multi_view_checkpoint_evaluated_in_another_view_order_is_one_line_on_stderr(studies, tmp_path, capsys):
+    """A concat head weighs each view position on its own: fed MLO then CC it scores with the views swapped."""
+    network = served_network(CLASSES, ["CC", "MLO"])
+    path = tmp_path / "model.pt"
+    torch.save({"model": network.state_dict(), "views": TrainingViews(["CC", "MLO"], "concat").state_dict()}, path)
+    overrides = ["--checkpoints", json.dumps([str(path)]), "--network_def", "@finetune_network_def"]
+    assert _evaluate(studies, tmp_path, *overrides, "--views", '["MLO", "CC"]') == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"{path}: was trained with views" in error[0]
+    assert """pass --views '["CC", "MLO"]'""" in error[0]
+    assert not (tmp_path / "report").exists()
 
 
 def test_evaluate_config_writes_the_report_of_an_ensemble(studies, tmp_path):

@@ -19,6 +19,7 @@ from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import BackboneClassifier, MammoClassifier, MetadataNet, build_backbone
 from mammoxai.nets.finetune import MultiViewClassifier, load_checkpoint
+from mammoxai.training.checkpoints import TrainingViews
 from mammoxai.training.finetune import (
     UnfreezeAt,
     balanced_sampler,
@@ -429,10 +430,53 @@ def test_train_json_refuses_multi_view_input_for_the_single_image_served_network
     assert not (tmp_path / "models" / "model.pt").exists()
 
 
-def test_train_json_trains_a_multi_view_classifier(studies, tmp_path):
-    _train(studies, tmp_path, network_def="@finetune_network_def", views=["CC", "MLO"], epochs=1)
-    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    MultiViewClassifier("mammo_cnn", 3, num_views=2).load_state_dict(state["model"])
+@pytest.fixture(scope="module")
+def multi_view_model(studies, tmp_path_factory):
+    """model.pt of a CC + MLO classifier fused by mean, as train.json writes it: mean and max have the same
+    parameters, and so has a single-image classifier, so only the record tells them apart."""
+    folder = tmp_path_factory.mktemp("multi_view")
+    _train(
+        studies, folder, network_def="@finetune_network_def", views=["CC", "MLO"], view_fusion="mean", epochs=1
+    )  # fmt: skip
+    return folder / "models" / "model.pt"
+
+
+def test_train_json_trains_a_multi_view_classifier_and_records_its_views(multi_view_model):
+    state = torch.load(multi_view_model, weights_only=True)
+    MultiViewClassifier("mammo_cnn", 3, num_views=2, fusion="mean").load_state_dict(state["model"])
+    assert state["views"] == {"views": ["CC", "MLO"], "view_fusion": "mean"}
+
+
+def test_multi_view_weights_are_refused_in_another_view_order_or_fusion(multi_view_model):
+    """Swapped views feed the CC branch position the MLO image; max fuses what mean was trained on: both load."""
+    load_checkpoint(MultiViewClassifier(fusion="mean"), multi_view_model, "x", "y", views=["CC", "MLO"])
+    with pytest.raises(MammoXAIError) as raised:
+        load_checkpoint(MultiViewClassifier(fusion="mean"), multi_view_model, "x", "y", views=["MLO", "CC"])
+    assert str(raised.value) == (
+        f'{multi_view_model}: was trained with views ["CC", "MLO"], not the ["MLO", "CC"] of this run (the same '
+        """values in another order) (pass --views '["CC", "MLO"]', or retrain with this run's settings)"""
+    )
+    with pytest.raises(MammoXAIError) as raised:
+        load_checkpoint(MultiViewClassifier(fusion="max"), multi_view_model, "x", "y", views=["CC", "MLO"])
+    assert str(raised.value) == (
+        f'{multi_view_model}: was trained with view_fusion "mean", not the "max" of this run '
+        """(pass --view_fusion '"mean"', or retrain with this run's settings)"""
+    )
+
+
+def test_single_image_and_multi_view_weights_are_refused_by_the_other_network_naming_views(multi_view_model, tmp_path):
+    with pytest.raises(MammoXAIError) as raised:
+        load_checkpoint(BackboneClassifier("mammo_cnn", 3), multi_view_model, "does not fit", "fix")
+    assert str(raised.value) == (
+        f'{multi_view_model}: does not fit: it was trained with views ["CC", "MLO"] and view_fusion "mean", this '
+        "network reads one image (views null) (fix)"
+    )
+    single = BackboneClassifier("mammo_cnn", 3).state_dict()
+    torch.save({"model": single, "views": TrainingViews(None, "concat").state_dict()}, tmp_path / "single.pt")
+    with pytest.raises(MammoXAIError, match=r"trained with views null \(one image per sample\), this network fuses 2"):
+        load_checkpoint(MultiViewClassifier(fusion="mean"), tmp_path / "single.pt", "x", "y", views=["CC", "MLO"])
+    torch.save({"model": single}, tmp_path / "older.pt")  # written before the record: nothing to check
+    load_checkpoint(MultiViewClassifier(fusion="mean"), tmp_path / "older.pt", "x", "y", views=["CC", "MLO"])
 
 
 # -- patch -> whole image -----------------------------------------------------------------------------------------

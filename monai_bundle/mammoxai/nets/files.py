@@ -72,6 +72,6 @@ def check_recorded_settings(path: str | os.PathLike, settings: Mapping[str, tupl
 
 def checkpoint_weights(state: Mapping[str, Any]) -> Mapping[str, Any]:
     """The state dict of a checkpoint: the one under ``"model"`` where ``train.json`` saved it (beside the training
-    ``"grid"`` and ``"classes"``), else ``state`` itself, a bare state dict."""
+    ``"grid"``, ``"classes"`` and ``"views"``), else ``state`` itself, a bare state dict."""
     weights = state.get("model")
     return weights if isinstance(weights, Mapping) else state

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -320,12 +321,12 @@ class MetadataClassifier(StageFreezing, MetadataNet):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``, which also takes a checkpoint as ``train.json`` saves it (``models/model.pt``:
-        the state dict under ``"model"``, beside the training ``"grid"`` and ``"classes"``).
+        the state dict under ``"model"``, beside the training ``"grid"``, ``"classes"`` and ``"views"``).
 
         MONAI's ``ckpt_export``, which the model zoo runs on every submitted bundle without ``key_in_ckpt``, and the
-        zoo's usual ``net.load_state_dict(torch.load("models/model.pt"))`` pass the whole file. The recorded grid and
-        classes are not checked here; :func:`load_checkpoint`, through which the bundle's own readers load, checks
-        them.
+        zoo's usual ``net.load_state_dict(torch.load("models/model.pt"))`` pass the whole file. The recorded grid,
+        classes and views are not checked here; :func:`load_checkpoint`, through which the bundle's own readers
+        load, checks them.
         """
         return super().load_state_dict(checkpoint_weights(state_dict), strict=strict, assign=assign)
 
@@ -379,6 +380,7 @@ def load_checkpoint(
     map_location: str | torch.device = "cpu",
     image_size: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    views: Sequence[str] | None = None,
 ) -> nn.Module:
     """Load a checkpoint as ``train.json`` writes it (a state dict, or one under ``"model"``) into ``network``.
 
@@ -398,27 +400,56 @@ def load_checkpoint(
         class_names: the names the caller gives the network's logits, in order; refused when the checkpoint records
             other names or another order (``"classes"``, see :class:`~mammoxai.training.checkpoints.TrainingClasses`).
             Checkpoints without the record are not checked.
+        views: the view names the caller stacks into each sample of a :class:`MultiViewClassifier` ``network``, in
+            order (as :func:`~mammoxai.training.multiview.check_views` reads them); refused when the checkpoint
+            records other views or another order (``"views"``, see
+            :class:`~mammoxai.training.checkpoints.TrainingViews`), as is a recorded ``view_fusion`` other than the
+            network's. Whether the checkpoint is of one image or several views per sample is compared with the
+            network itself, with the reasons it does not fit. Checkpoints without the record are not checked.
 
     Raises:
-        MammoXAIError: the file is not a readable PyTorch checkpoint, it does not fit ``network``, or it was
-            trained on another grid than ``image_size`` or with other class names than ``class_names``.
+        MammoXAIError: the file is not a readable PyTorch checkpoint, it does not fit ``network`` (also: it was
+            trained on several views and the network reads one image, or the other way round), or it was trained
+            on another grid than ``image_size``, with other class names than ``class_names``, on other ``views`` or
+            with another view fusion than the network's.
     """
     path = Path(path)
     state = read_torch_file(path, "PyTorch checkpoint", fix, map_location)
+    problems = []
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        grid, classes = state.get("grid"), state.get("classes")
+        grid, classes, view_record = state.get("grid"), state.get("classes"), state.get("views")
+        view_record = view_record if isinstance(view_record, Mapping) else {}
         recorded = {
             "image_size": grid.get("image_size") if isinstance(grid, Mapping) else None,
             "class_names": classes.get("class_names") if isinstance(classes, Mapping) else None,
+            "views": view_record.get("views"),
+            "view_fusion": view_record.get("view_fusion"),
         }
-        here = {"image_size": None if image_size is None else grid_shape(image_size), "class_names": class_names}
+        multi_view = isinstance(network, MultiViewClassifier)
+        here = {
+            "image_size": None if image_size is None else grid_shape(image_size),
+            "class_names": class_names,
+            "views": views if multi_view else None,
+            "view_fusion": network.fusion if multi_view else None,
+        }
         check_recorded_settings(path, {flag: (recorded[flag], here[flag]) for flag in recorded})
+        if "views" in view_record and (recorded["views"] is None) == multi_view:
+            problems.append(_view_count_problem(network, recorded))
         state = checkpoint_weights(state)
-    problems = state_dict_problems(network, state)
+    problems = problems or state_dict_problems(network, state)
     if problems:
         raise MammoXAIError(path, f"{problem}: {'; '.join(problems)}", fix)
     network.load_state_dict(state)
     return network
+
+
+def _view_count_problem(network: nn.Module, record: Mapping[str, Any]) -> str:
+    """Why a checkpoint of one image per sample does not fit a multi-view network, or the other way round: said by
+    the views it was trained on (``views`` null is one image), since their parameters may be the same."""
+    if record["views"] is None:
+        return f"it was trained with views null (one image per sample), this network fuses {network.num_views} views"
+    trained = f"views {json.dumps(list(record['views']))} and view_fusion {json.dumps(record['view_fusion'])}"
+    return f"it was trained with {trained}, this network reads one image (views null)"
 
 
 def _head_sizes(state: Mapping[str, Any]) -> dict[str, int]:

@@ -24,10 +24,11 @@ from monai.handlers import CheckpointSaver
 
 from mammoxai.errors import MammoXAIError, check_output_path, parse_flag
 from mammoxai.io.preprocess import grid_shape
+from mammoxai.training.multiview import check_views
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SafeCheckpointSaver", "TrainingClasses", "TrainingGrid", "claim_checkpoint_folder"]
+__all__ = ["SafeCheckpointSaver", "TrainingClasses", "TrainingGrid", "TrainingViews", "claim_checkpoint_folder"]
 
 
 def claim_checkpoint_folder(
@@ -217,3 +218,35 @@ class TrainingClasses:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.class_names = [str(name) for name in state["class_names"]]
+
+
+class TrainingViews:
+    """The views a classifier was trained on, in the order of its input, and how it fused them, saved as ``"views"``
+    in ``model.pt``; both null for a classifier of one image per sample.
+
+    A :class:`~mammoxai.nets.finetune.MultiViewClassifier` runs every view through one shared backbone, so its
+    weights fit a run that stacks the views in another order (a ``concat`` head then weighs the CC features as MLO
+    ones) or fuses them otherwise (``mean`` and ``max`` have the same parameters), and a single-image classifier's
+    weights fit a ``mean`` or ``max`` multi-view network, all with no error.
+    :func:`~mammoxai.nets.finetune.load_checkpoint` compares this record with the views of the run and the fusion of
+    its network, and refuses a mismatch.
+
+    Args:
+        views: view names in input order (read by :func:`~mammoxai.training.multiview.check_views`), or None for
+            one image per sample.
+        view_fusion: how the views were fused, one of :data:`~mammoxai.nets.finetune.FUSIONS`; recorded as None
+            without ``views``, where nothing is fused.
+
+    Raises:
+        MammoXAIError: ``views`` is no list of view names.
+    """
+
+    def __init__(self, views: Sequence[str] | None = None, view_fusion: str | None = None) -> None:
+        self.views = check_views(views)
+        self.view_fusion = None if self.views is None else view_fusion
+
+    def state_dict(self) -> dict[str, list[str] | str | None]:
+        return {"views": self.views, "view_fusion": self.view_fusion}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.views, self.view_fusion = state["views"], state["view_fusion"]

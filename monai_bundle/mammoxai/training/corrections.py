@@ -46,6 +46,7 @@ from mammoxai.io.atomic import atomic_write
 from mammoxai.nets.files import checkpoint_weights, read_torch_file
 from mammoxai.nets.finetune import load_checkpoint
 from mammoxai.schema import validate_label
+from mammoxai.training.multiview import check_views
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +243,8 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
 
     Raises:
         MammoXAIError: the served weights do not fit the configured network (e.g. a classifier without the metadata
-            heads the configs now serve), said before any training starts.
+            heads the configs now serve) or were trained with other class names, views or view fusion, said before
+            any training starts.
     """
     if checkpoint.is_file():
         load_checkpoint(
@@ -251,6 +253,7 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
             "the served weights do not fit the configured network",
             "retrain them with the bundle's configs/train.json, or configure the network they were trained with",
             class_names=parser.get_parsed_content("class_names"),
+            views=check_views(parser.get_parsed_content("views")),
         )
 
 

@@ -56,7 +56,7 @@ from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.reports import Report, roc_figure
 from mammoxai.training.classification import patient_key
 from mammoxai.training.evaluate_pretrain import field_metrics
-from mammoxai.training.multiview import MultiViewDataset
+from mammoxai.training.multiview import MultiViewDataset, check_views
 from mammoxai.training.pretrain import record_metadata
 
 logger = logging.getLogger(__name__)
@@ -107,18 +107,21 @@ def load_checkpoints(
     paths: Sequence[str | Path] | str | Path,
     image_size: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    views: Sequence[str] | None = None,
 ) -> list[nn.Module]:
     """One copy of ``network`` per checkpoint, with its weights loaded and in eval mode: the ensemble members.
 
     A checkpoint is a state dict, or a dict holding one under ``"model"`` (what ``train.json``'s
-    ``CheckpointSaver`` writes, with the training grid and class names, which must equal ``image_size`` and
-    ``class_names`` when both are known).
+    ``CheckpointSaver`` writes, with the training grid, class names and views, which must equal ``image_size``,
+    ``class_names`` and ``views`` when both are known, and the view fusion, which must be ``network``'s).
 
     Raises:
-        MammoXAIError: no path, a missing file, weights that do not fit ``network`` (another architecture or
-            class count) or were trained on another grid or with other class names; the message names the file.
+        MammoXAIError: no path, a missing file, weights that do not fit ``network`` (another architecture, class
+            count, or one image per sample where the network fuses views, or the other way round) or were trained on
+            another grid or with other class names, views or view fusion; the message names the file.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    views = check_views(views)
     if not paths:
         raise MammoXAIError("checkpoints", "is empty", "give the model.pt (or several, for an ensemble) to evaluate")
     members = []
@@ -129,9 +132,10 @@ def load_checkpoints(
             copy.deepcopy(network),
             path,
             "does not fit the configured network",
-            "evaluate with the network_def and class_names it was trained with",
+            "evaluate with the network_def, class_names and views it was trained with",
             image_size=image_size,
             class_names=class_names,
+            views=views,
         )
         members.append(member.eval())
     return members
