@@ -32,6 +32,7 @@ from mammoxai.training.patches import PatchDataset
 from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_fields
 
 FIELDS = ["view", "laterality"]
+CLASSES = ["normal", "benign", "malignant"]
 
 
 def _frozen(network, prefix):
@@ -287,6 +288,21 @@ def test_train_json_refuses_a_label_csv_with_unknown_ids_before_training(studies
     assert not (tmp_path / "models").exists()
 
 
+def test_train_json_refuses_a_classifier_start_trained_with_other_class_names_before_training(studies, tmp_path):
+    """--init classifier loads the head as it is: under reordered names the malignant logit would learn the normal
+    images from weights that score them malignant."""
+    _train(studies, tmp_path / "first", epochs=1)
+    first = tmp_path / "first" / "models" / "model.pt"
+    with pytest.raises(Exception) as error:
+        _train(studies, tmp_path / "next", init="classifier", init_weights=str(first), class_names=CLASSES[::-1])
+    assert str(user_error(error.value)) == (
+        f'{first}: was trained with class_names ["normal", "benign", "malignant"], not the '
+        '["malignant", "benign", "normal"] of this run (the same values in another order) '
+        """(pass --class_names '["normal", "benign", "malignant"]', or retrain with this run's settings)"""
+    )
+    assert not (tmp_path / "next" / "models" / "model.pt").exists()
+
+
 def test_train_json_refuses_a_class_missing_from_training(studies, tmp_path):
     with pytest.raises(Exception) as error:
         _train(studies, tmp_path, class_names=["normal", "benign", "malignant", "atypia"])
@@ -477,6 +493,29 @@ def test_single_image_and_multi_view_weights_are_refused_by_the_other_network_na
         load_checkpoint(MultiViewClassifier(fusion="mean"), tmp_path / "single.pt", "x", "y", views=["CC", "MLO"])
     torch.save({"model": single}, tmp_path / "older.pt")  # written before the record: nothing to check
     load_checkpoint(MultiViewClassifier(fusion="mean"), tmp_path / "older.pt", "x", "y", views=["CC", "MLO"])
+
+
+def test_a_multi_view_classifier_start_is_refused_under_other_class_names_or_views(studies, multi_view_model, tmp_path):
+    start = {"init": "classifier", "init_weights": multi_view_model, "view_fusion": "mean"}
+    network = build_finetune_classifier(views=["CC", "MLO"], class_names=CLASSES, **start)
+    torch.testing.assert_close(network.fc.weight, torch.load(multi_view_model, weights_only=True)["model"]["fc.weight"])
+    with pytest.raises(MammoXAIError, match=r"""pass --views '\["CC", "MLO"\]'"""):
+        build_finetune_classifier(views=["MLO", "CC"], class_names=CLASSES, **start)
+    with pytest.raises(MammoXAIError, match=r"this network reads one image \(views null\)"):
+        build_finetune_classifier(class_names=CLASSES, **start)
+    with pytest.raises(Exception) as error:  # train.json gives finetune_network_def its class_names
+        _train(
+            studies,
+            tmp_path,
+            network_def="@finetune_network_def",
+            views=["CC", "MLO"],
+            view_fusion="mean",
+            init="classifier",
+            init_weights=str(multi_view_model),
+            class_names=["normal", "malignant", "benign"],
+        )
+    assert """pass --class_names '["normal", "benign", "malignant"]'""" in str(user_error(error.value))
+    assert not (tmp_path / "models" / "model.pt").exists()
 
 
 # -- patch -> whole image -----------------------------------------------------------------------------------------

@@ -15,7 +15,10 @@ changes the AUC of a screening classifier markedly (0.68-0.77):
   ``--init incremental --init_weights models/pretrained.pt``. Loading is that of ``pretrained``; the name
   records which strategy the run is.
 * ``classifier``: a whole :class:`~mammoxai.nets.finetune.BackboneClassifier` checkpoint (a previous fine-tune,
-  to continue on new data or another device); its class count must be this run's.
+  to continue on new data or another device). Its class head is loaded as it is, so the class names it records must
+  be this run's ``class_names`` in the same order (another order would train the malignant logit on the normal
+  images), and a multi-view one's views and fusion this run's; its grid is not compared, since continuing at
+  another resolution (the patch classifier starting the whole-image one) is what this start is for.
 
 For the served :class:`~mammoxai.nets.MetadataClassifier` (:func:`build_metadata_classifier`, train.json's
 ``network_def``), ``pretrained`` and ``incremental`` load the whole pretraining network — backbone, task projections
@@ -86,6 +89,8 @@ def initialise(
     init: str = "scratch",
     weights: str | os.PathLike | None = None,
     label_space: MetadataLabelSpace | None = None,
+    class_names: Sequence[str] | None = None,
+    views: Sequence[str] | None = None,
 ) -> BackboneClassifier | MetadataClassifier:
     """Load the starting weights of ``network`` by strategy (see the module docstring); returns it.
 
@@ -95,10 +100,15 @@ def initialise(
         weights: the file to start from (all strategies but ``scratch``).
         label_space: for a :class:`~mammoxai.nets.MetadataClassifier`, the label space its heads predict; a
             pretrained head is then loaded only when its classes are the same, not merely as many.
+        class_names: the run's names of the class logits, in order; a ``classifier`` checkpoint that records other
+            names or another order is refused (None: not compared).
+        views: the run's view names of a :class:`~mammoxai.nets.finetune.MultiViewClassifier`, in input order;
+            a ``classifier`` checkpoint that records other views is refused.
 
     Raises:
         MammoXAIError: unknown ``init``; ``weights`` missing, unreadable, not a state dict, or of another
-            backbone, input channel count, class count or metadata field list.
+            backbone, input channel count, class count or metadata field list; a ``classifier`` checkpoint trained
+            with other class names, views or view fusion.
     """
     init = str(init).strip().lower()
     if init not in INIT_CHOICES:
@@ -134,7 +144,7 @@ def initialise(
         )  # checks the file against the architecture
         network.backbone.load_state_dict(loaded.state_dict())
     else:
-        _load_classifier(network, path)
+        _load_classifier(network, path, class_names, views)
     logger.info("initialised the %s classifier from %s (%s)", backbone, path, init)
     return network
 
@@ -180,12 +190,18 @@ def _load_pretrained_heads(
     assert not unexpected.unexpected_keys and all(key.startswith("fc.") for key in unexpected.missing_keys)
 
 
-def _load_classifier(network: BackboneClassifier | MetadataClassifier, path: Path) -> None:
-    fix = "pass a model.pt written by train.json with the same backbone and class_names"
+def _load_classifier(
+    network: BackboneClassifier | MetadataClassifier,
+    path: Path,
+    class_names: Sequence[str] | None,
+    views: Sequence[str] | None,
+) -> None:
+    fix = "pass a model.pt written by train.json with the same backbone, class_names and views"
     if not path.is_file():
         raise MammoXAIError(path, "classifier checkpoint not found", fix)
     problem = f"does not fit this {network.config['backbone']} classifier"
-    load_checkpoint(network, path, problem, f"{fix}, or start with init 'pretrained' / 'external'")
+    fix = f"{fix}, or start with init 'pretrained' / 'external'"
+    load_checkpoint(network, path, problem, fix, class_names=class_names, views=views)
 
 
 def build_finetune_classifier(
@@ -198,10 +214,12 @@ def build_finetune_classifier(
     dropout: float = 0.2,
     views: Sequence[str] | None = None,
     view_fusion: str = "concat",
+    class_names: Sequence[str] | None = None,
 ) -> BackboneClassifier:
     """The fine-tuning network of ``configs/train.json``: a :class:`BackboneClassifier` or, with ``views``, a
-    :class:`MultiViewClassifier` over that many views, initialised (:func:`initialise`) and frozen
-    (:meth:`BackboneClassifier.freeze`) as configured.
+    :class:`MultiViewClassifier` over that many views, initialised (:func:`initialise`, which compares a
+    ``classifier`` start with ``class_names`` and ``views``) and frozen (:meth:`BackboneClassifier.freeze`) as
+    configured.
 
     Raises:
         MammoXAIError: ``views`` that is no list of view names (:func:`~mammoxai.training.multiview.check_views`),
@@ -214,7 +232,7 @@ def build_finetune_classifier(
         network = MultiViewClassifier(
             backbone, num_classes, in_channels, dropout, num_views=len(views), fusion=view_fusion
         )
-    return initialise(network, init, init_weights).freeze(freeze)
+    return initialise(network, init, init_weights, class_names=class_names, views=views).freeze(freeze)
 
 
 def build_metadata_classifier(
@@ -229,9 +247,11 @@ def build_metadata_classifier(
     in_channels: int = 1,
     dropout: float = 0.2,
     views: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> MetadataClassifier:
     """The served network of ``configs/train.json``: a :class:`~mammoxai.nets.MetadataClassifier` with one
-    metadata head per field of ``label_space``, initialised (:func:`initialise`) and frozen as configured.
+    metadata head per field of ``label_space``, initialised (:func:`initialise`, which compares a ``classifier``
+    start with ``class_names``) and frozen as configured.
 
     ``views`` is the config's multi-view setting, passed here so that asking this single-image network for
     several views is refused now, not as a convolution shape error in the first iteration.
@@ -250,7 +270,7 @@ def build_metadata_classifier(
     network = MetadataClassifier(
         backbone, num_classes, fields, embed_dim, matching_dim, in_channels=in_channels, dropout=dropout
     )
-    return initialise(network, init, init_weights, label_space).freeze(freeze)
+    return initialise(network, init, init_weights, label_space, class_names).freeze(freeze)
 
 
 class MetadataTargets:
