@@ -10,6 +10,7 @@ CORE = [
     "torch==2.14.1",
     "torchvision==0.29.1",
     "monai==1.6.1",
+    "fire>=0.5",  # monai.bundle run's command line, whose value reading the scripts share
     "numpy>=1.24,<2",
     "pydicom>=2.4,<3",
     "pylibjpeg>=2.0,<3",

@@ -173,10 +173,12 @@ def test_every_config_hooks_one_line_user_errors_before_anything_else(config):
 def test_script_options_are_read_as_monai_bundle_run_reads_them():
     """The scripts' ``--key value`` options take what the model card writes for ``monai.bundle run``: Python
     literals (``"['CC', 'MLO']"`` reached scripts/evaluate.py as text, and asked for one view per character),
-    JSON, and plain text for anything else."""
+    bare words in brackets (``[CC, MLO]``), JSON, and plain text for anything else."""
     arguments = ["--views", "['CC', 'MLO']", "--label_map", "{5: 'malignant'}", "--amp", "False", "--epochs", "3"]
     arguments += ["--holdout", '{"split": "test"}', "--checkpoint", "models/model.pt", "--patient", "001"]
     arguments += ["--output_dir", "2024_01", "--study", "0x1F", "--seed", "None"]
+    arguments += ["--exam_keys", "[study_uid, laterality]", "--holdout_map", "{Cancer: malignant}"]
+    arguments += ["--dataset_dir", "data,v2", "--select", "[unclosed"]
     assert config_overrides(arguments) == {
         "views": ["CC", "MLO"],
         "label_map": {5: "malignant"},
@@ -188,6 +190,10 @@ def test_script_options_are_read_as_monai_bundle_run_reads_them():
         "output_dir": "2024_01",  # Python reads 202401, JSON and the user a folder name
         "study": "0x1F",
         "seed": None,
+        "exam_keys": ["study_uid", "laterality"],  # bare words in brackets are text, as monai.bundle run reads them
+        "holdout_map": {"Cancer": "malignant"},
+        "dataset_dir": "data,v2",  # a folder name, not the tuple fire would read
+        "select": "[unclosed",
     }
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import fire.parser
 import monai.bundle
 
 import mammoxai
@@ -98,8 +99,13 @@ def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     """``--key value`` pairs as ``monai.bundle run`` takes them: a value is JSON where it parses as JSON, else a
     Python list, tuple, dict, set, boolean or None where it parses as one (``"['CC', 'MLO']"``, ``"{5: 'malignant'}"``,
     ``True``, as the model card writes them for ``monai.bundle run``, whose command line reads Python literals), else
-    the text itself. Python's other number spellings stay text (``2024_01``, ``0x1F``): JSON reads the numbers a
-    user means, and those are ids and folder names."""
+    the text itself.
+
+    Within brackets or braces, bare words are text, as ``monai.bundle run``'s command line (``fire``) reads them:
+    ``[study_uid, laterality]`` is a list of two names, ``{Cancer: malignant}`` a mapping. Two readings of that
+    command line are left out, since scripts are handed folder names and ids: words joined by commas without
+    brackets stay text (``data,v2``, where ``fire`` reads a tuple), and so do Python's other number spellings
+    (``2024_01``, ``0x1F``): JSON reads the numbers a user means."""
     overrides: dict[str, Any] = {}
     for position in range(0, len(arguments), 2):
         key, value = arguments[position], arguments[position + 1] if position + 1 < len(arguments) else None
@@ -116,10 +122,13 @@ def _parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):  # plain text: a path, a name, a word
-        return text
+    if text.lstrip()[:1] in ("[", "{"):
+        value = fire.parser.DefaultParseValue(text)  # bare words inside are text: [CC, MLO] is ["CC", "MLO"]
+    else:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):  # plain text: a path, a name, a word
+            return text
     return value if value is None or isinstance(value, (bool, list, tuple, dict, set)) else text
 
 
