@@ -208,6 +208,20 @@ def test_a_user_error_keeps_its_traceback_when_asked_and_a_bug_always_does(tmp_p
     assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError: 'a bug'" in result.stderr
 
 
+def test_train_json_refuses_one_class_from_the_command_line_in_one_line_before_reading_anything(tmp_path):
+    """``--class_names normal`` sized a network of six classes "n", "o", ... before anything looked at the setting."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    command += ["--dataset_dir", str(tmp_path / "studies"), "--ckpt_dir", str(tmp_path / "models")]
+    command += ["--output_dir", str(tmp_path / "eval"), "--class_names", "normal"]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: class_names: ['normal'] must name two or more distinct classes (list each class once, in the order "
+        """of the outputs, e.g. --class_names '["normal", "benign", "malignant"]')"""
+    )
+    assert not (tmp_path / "models").exists() and not (tmp_path / "eval").exists()
+
+
 def test_inference_json_refuses_class_names_in_another_order_than_training_gave_the_logits(tmp_path, studies, trained):
     assert torch.load(trained / "model.pt", weights_only=True)["classes"] == {"class_names": CLASSES}
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
@@ -848,6 +862,7 @@ def test_bad_saliency_settings_are_named(tmp_path, saliency, message):
     [
         ("normal", r"class_names: \['normal'\] must name two or more distinct classes"),
         ("normal,benign,malignant", "class_names: is 'normal,benign,malignant', not a name or a list of names"),
+        (["benign", "benign"], r"class_names: \['benign', 'benign'\] must name two or more distinct classes"),
     ],
 )
 def test_inference_json_reads_class_names_as_a_list_not_one_class_per_letter(tmp_path, class_names, message):

@@ -414,6 +414,24 @@ def test_binary_task_has_no_per_class_table(studies, tmp_path):
     assert report["tables"]["binary"][0]["positives"] == 4
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "fix"),
+    [
+        ("--class_names", "normal,benign", """--class_names '["normal", "benign", "malignant"]'"""),
+        ("--views", "CC,MLO", """--views '["CC", "MLO"]'"""),
+    ],
+)
+def test_a_list_the_script_reads_as_text_is_one_line_on_stderr_before_anything_is_read(
+    tmp_path, capsys, option, value, fix
+):
+    """scripts/evaluate.py reads ``normal,benign`` as text (a folder name may hold a comma): one name per letter."""
+    assert _evaluate(tmp_path / "no studies", tmp_path, option, value) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    problem = f"is {value!r}, not a name or a list of names (give one name, or a list, e.g. {fix})"
+    assert error == [f"error: {option.removeprefix('--')}: {problem}"]
+    assert not (tmp_path / "report").exists() and not (tmp_path / "cache").exists()
+
+
 def test_a_checkpoint_of_another_class_count_is_one_line_on_stderr(studies, tmp_path, capsys):
     assert _evaluate_network(studies, tmp_path, served_network(["other", "malignant"]), name="two.pt") == 1
     error = capsys.readouterr().err.strip().splitlines()

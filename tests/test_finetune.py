@@ -409,13 +409,24 @@ def test_multi_view_never_pairs_views_of_two_patients_or_of_a_blank_study_or_sid
     assert breasts.labels == [1] and (breasts.incomplete, breasts.unplaced) == (2, 4)
 
 
-@pytest.mark.parametrize("views", ["['CC','MLO']", "CC", 2, ["CC", ""]])
-def test_views_given_as_text_are_refused_by_name_not_read_as_one_view_per_character(views):
+@pytest.mark.parametrize(
+    ("views", "message"),
+    [
+        ("['CC','MLO']", r"views: is \"\['CC','MLO'\]\", not a name or a list of names \(give one name, or a list"),
+        ("CC,MLO", r"views: is 'CC,MLO', not a name or a list of names"),
+        (2, r"views: is 2, not a name or a list of names"),
+        ("CC", r"views: \['CC'\] must name two or more distinct views \(name each view once"),
+        (["CC", ""], r"views: \['CC', ''\] must name two or more distinct views"),
+        (["cc", "CC"], r"views: \['CC', 'CC'\] must name two or more distinct views"),
+    ],
+)
+def test_views_given_as_text_are_refused_by_name_not_read_as_one_view_per_character(views, message):
     """``--views "['CC','MLO']"`` through a JSON command line is the text: twelve views, and a right checkpoint
-    refused as one of another size."""
-    with pytest.raises(MammoXAIError, match=r"^views: is .* \(give a list of view names"):
+    refused as one of another size. One view is a list of one, as for every setting that lists names, and refused
+    as no multi-view sample, as a view twice is (one image stacked with itself)."""
+    with pytest.raises(MammoXAIError, match=f"^{message}"):
         build_finetune_classifier("mammo_cnn", 3, views=views)
-    with pytest.raises(MammoXAIError, match="^views: "):
+    with pytest.raises(MammoXAIError, match=f"^{message}"):
         build_dataset([{"path": "a.dcm", "view": "CC"}], views=views, image_size=32)
     assert build_finetune_classifier("mammo_cnn", 3, views=("cc", "MLO")).num_views == 2
 

@@ -82,6 +82,53 @@ def test_a_grid_too_small_for_the_backbone_is_named_before_the_manifest_is_read(
 
 
 @pytest.mark.parametrize(
+    "value, message",
+    [
+        ("normal", r"class_names: \['normal'\] must name two or more distinct classes \(list each class once"),
+        ("normal,benign", r"class_names: is 'normal,benign', not a name or a list of names \(give one name, or a list"),
+    ],
+)
+@pytest.mark.parametrize(
+    "configs",
+    [
+        ["train.json"],
+        ["train.json", "evaluate.json"],
+        ["train_lesion_crops.json"],
+        ["inference.json", "evaluate_saliency.json"],
+    ],
+    ids="+".join,
+)
+def test_class_names_given_as_text_are_read_as_a_list_before_a_network_is_sized(configs, value, message, tmp_path):
+    """``$len(@class_names)`` sized the network before any constructor saw the setting: ``--class_names normal`` was
+    six classes "n", "o", ... and a list the command line could not read one class per character."""
+    error = initialize_error(configs, tmp_path, class_names=value)
+    assert re.fullmatch(message + ".*", error), error
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("setting", ["whole_image_class_names", "lesion_class_names"])
+def test_the_saliency_evaluation_reads_the_class_names_of_both_its_models_by_the_same_rule(setting, tmp_path):
+    error = initialize_error(["inference.json", "evaluate_saliency.json"], tmp_path, **{setting: "mass"})
+    assert error.startswith(f"{setting}: ['mass'] must name two or more distinct classes (list each"), error
+    assert f"e.g. --{setting} " in error
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("CC", r"views: \['CC'\] must name two or more distinct views \(name each view once"),
+        ("CC,MLO", r"views: is 'CC,MLO', not a name or a list of names \(give one name, or a list"),
+    ],
+)
+@pytest.mark.parametrize("configs", [["train.json"], ["train.json", "evaluate.json"]], ids="+".join)
+def test_views_given_as_text_are_refused_before_the_manifest_is_read(configs, value, message, tmp_path):
+    """Training read every image into its cache before the data set or the network looked at ``views``."""
+    error = initialize_error(configs, tmp_path, views=value)
+    assert re.fullmatch(message + ".*", error), error
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
     "setting, value",
     [
         ("epochs", True),  # Python counts a bool as an int

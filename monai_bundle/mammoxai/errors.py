@@ -96,6 +96,36 @@ def parse_names(value: object, name: str, example: Sequence[str]) -> list[str]:
     return [str(item) for item in value]
 
 
+def parse_class_names(
+    value: object, name: str = "class_names", example: Sequence[str] = ("normal", "benign", "malignant")
+) -> list[str]:
+    """A classifier's class names, one per output logit in order: :func:`parse_names`, then two or more distinct.
+
+    The configs size the network (``$len(@class_names)``) and turn labels into logit indices from this setting
+    before any constructor sees it, so the training, evaluation and lesion-crop configs read it here first in their
+    ``initialize`` section, and the served predictor in its constructor: read as a sequence, ``--class_names
+    normal`` was a network of six classes "n", "o", ... and a failed list one class per character. One class, or a
+    name twice (two logits no label can tell apart), gives no classifier.
+
+    Args:
+        value: the setting as given: a list or tuple of names, or text.
+        name: the setting, as the command line names it (``lesion_class_names``).
+        example: a list that works, shown in the message.
+
+    Raises:
+        MammoXAIError: text other than one bare name (:func:`parse_names`), fewer than two names, or a name twice.
+
+    Example:
+        parse_class_names(["normal", "malignant"])  # ["normal", "malignant"]
+    """
+    names = parse_names(value, name, example)
+    if len(names) < 2 or len(set(names)) != len(names):
+        written = shlex.quote(json.dumps(list(example)))
+        fix = f"list each class once, in the order of the outputs, e.g. --{name} {written}"
+        raise MammoXAIError(name, f"{names} must name two or more distinct classes", fix)
+    return names
+
+
 def check_output_path(
     path: str | os.PathLike,
     name: str,

@@ -40,7 +40,7 @@ from monai.inferers import SimpleInferer
 from torch import nn
 
 from mammoxai.data.manifest import find_images
-from mammoxai.errors import MammoXAIError, check_output_path, parse_names
+from mammoxai.errors import MammoXAIError, check_output_path, parse_class_names
 from mammoxai.io import read_mammogram
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.io.geometry import ImageGeometry
@@ -154,8 +154,8 @@ class MammogramPredictor:
             leaves them empty.
         checkpoint: its weights, a state dict as ``train.json`` saves it (``{"model": state_dict}`` is also
             accepted). Reloaded when the file's modification time or size changes.
-        class_names: name of each output logit, in order (two or more; text is read by
-            :func:`~mammoxai.errors.parse_names`, so ``--class_names normal,malignant`` is refused by name).
+        class_names: name of each output logit, in order (two or more, read by
+            :func:`~mammoxai.errors.parse_class_names`, so ``--class_names normal,malignant`` is refused by name).
         image_size: (h, w) of the model grid, or one int for a square grid.
         saliency: ``{"method": <name>, "preset": <preset> | None, "settings": {...}, "target_layer": <layer name>,
             "target_class": "predicted" | <class>}``. ``method`` is a name of :data:`mammoxai.saliency.METHODS`
@@ -205,9 +205,7 @@ class MammogramPredictor:
         model_version: str = "unversioned",
         inferer: Callable[..., Any] | None = None,
     ) -> None:
-        self.class_names = tuple(parse_names(class_names, "class_names", ["normal", "benign", "malignant"]))
-        if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
-            raise MammoXAIError("class_names", f"{list(self.class_names)} must name two or more distinct classes")
+        self.class_names = tuple(parse_class_names(class_names))
         self.image_size = grid_shape(image_size)
         default_layer = getattr(network, "last_block", None)  # MammoClassifier names its last convolutional block
         self.saliency = {

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from mammoxai.data.dataset import MammogramDataset
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, parse_names
 from mammoxai.training.patches import PatchDataset
 
 logger = logging.getLogger(__name__)
@@ -33,23 +33,24 @@ __all__ = ["MultiViewDataset", "build_dataset", "check_views"]
 
 
 def check_views(views: Sequence[str] | str | None) -> list[str] | None:
-    """The ``views`` setting as a list of view names (upper case), or None for single-image input.
+    """The ``views`` setting as two or more distinct view names (upper case), or None for single-image input.
 
-    A text value is refused: a list the command line could not read (``--views CC,MLO``) reaches the config as
-    text, and taken as a sequence it asked for one view per character, so the run failed later on a checkpoint "of
-    another size" that was in fact the right one.
+    Text is read by :func:`~mammoxai.errors.parse_names`, the rule of every setting that lists names: a list the
+    command line could not read (``--views CC,MLO``) is refused with how to write one (taken as a sequence it asked
+    for one view per character, so the run failed later on a checkpoint "of another size" that was in fact the
+    right one), and one bare name is a list of one. A list of one view is refused here, as is a view twice or a
+    blank one: a sample of one view is the single-image input that null gives, and a view named twice stacks one
+    image with itself.
 
     Raises:
-        MammoXAIError: ``views`` is text, or not a list of non-empty names.
+        MammoXAIError: ``views`` is text other than one name, no list, or not two or more distinct names.
     """
     if views is None:
         return None
-    fix = 'give a list of view names, e.g. --views \'["CC", "MLO"]\', or null for one image per sample'
-    if isinstance(views, str) or not isinstance(views, Sequence):
-        raise MammoXAIError("views", f"is {views!r}, not a list of view names", fix)
-    names = [str(view).strip().upper() for view in views]
-    if not names or not all(names):
-        raise MammoXAIError("views", f"is {list(views)!r}", fix)
+    names = [view.strip().upper() for view in parse_names(views, "views", ["CC", "MLO"])]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        fix = 'name each view once, e.g. --views \'["CC", "MLO"]\', or give null for one image per sample'
+        raise MammoXAIError("views", f"{names} must name two or more distinct views", fix)
     return names
 
 
@@ -165,8 +166,8 @@ def build_dataset(
     stage of patch → whole-image training), augmented by ``transform`` after cropping.
 
     Raises:
-        MammoXAIError: ``views`` that is no list of names (:func:`check_views`), both ``views`` and ``patch_size``,
-            or ``patch_size`` without ``findings_csv``.
+        MammoXAIError: ``views`` that is not two or more view names (:func:`check_views`), both ``views`` and
+            ``patch_size``, or ``patch_size`` without ``findings_csv``.
     """
     views = check_views(views)
     if patch_size is None:
