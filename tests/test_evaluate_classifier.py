@@ -339,7 +339,7 @@ def test_one_column_name_is_a_list_of_one_column_as_one_finding_class_is(studies
 
 
 @pytest.mark.parametrize("setting", ["--exam_keys", "--breakdown_keys"])
-@pytest.mark.parametrize("text", ["study_uid,laterality", "[study_uid, laterality]", "study_uid laterality"])
+@pytest.mark.parametrize("text", ["study_uid,laterality", "[study_uid, laterality", "study_uid laterality"])
 def test_column_lists_the_command_line_could_not_read_are_refused_not_read_one_character_per_column(
     studies, tmp_path, capsys, setting, text
 ):
