@@ -861,7 +861,7 @@ def test_bad_saliency_settings_are_named(tmp_path, saliency, message):
     ("class_names", "message"),
     [
         ("normal", r"class_names: \['normal'\] must name two or more distinct classes"),
-        ("normal,benign,malignant", "class_names: is 'normal,benign,malignant', not a name or a list of names"),
+        ("normal,benign,malignant", r"class_names: is 'normal,benign,malignant', not a list of names \(give a list"),
         (["benign", "benign"], r"class_names: \['benign', 'benign'\] must name two or more distinct classes"),
     ],
 )

@@ -412,9 +412,9 @@ def test_multi_view_never_pairs_views_of_two_patients_or_of_a_blank_study_or_sid
 @pytest.mark.parametrize(
     ("views", "message"),
     [
-        ("['CC','MLO']", r"views: is \"\['CC','MLO'\]\", not a name or a list of names \(give one name, or a list"),
-        ("CC,MLO", r"views: is 'CC,MLO', not a name or a list of names"),
-        (2, r"views: is 2, not a name or a list of names"),
+        ("['CC','MLO']", r"views: is \"\['CC','MLO'\]\", not a list of names \(give a list, e\.g\. --views"),
+        ("CC,MLO", r"views: is 'CC,MLO', not a list of names \(give a list"),
+        (2, r"views: is 2, not a list of names \(give a list"),
         ("CC", r"views: \['CC'\] must name two or more distinct views \(name each view once"),
         (["CC", ""], r"views: \['CC', ''\] must name two or more distinct views"),
         (["cc", "CC"], r"views: \['CC', 'CC'\] must name two or more distinct views"),

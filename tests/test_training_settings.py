@@ -85,7 +85,11 @@ def test_a_grid_too_small_for_the_backbone_is_named_before_the_manifest_is_read(
     "value, message",
     [
         ("normal", r"class_names: \['normal'\] must name two or more distinct classes \(list each class once"),
-        ("normal,benign", r"class_names: is 'normal,benign', not a name or a list of names \(give one name, or a list"),
+        # one name is refused next, so the message asks for a list, not for "one name, or a list"
+        (
+            "normal,benign",
+            r"class_names: is 'normal,benign', not a list of names \(give a list, e\.g\. --class_names '\[",
+        ),
     ],
 )
 @pytest.mark.parametrize(
@@ -117,7 +121,7 @@ def test_the_saliency_evaluation_reads_the_class_names_of_both_its_models_by_the
     "value, message",
     [
         ("CC", r"views: \['CC'\] must name two or more distinct views \(name each view once"),
-        ("CC,MLO", r"views: is 'CC,MLO', not a name or a list of names \(give one name, or a list"),
+        ("CC,MLO", r"views: is 'CC,MLO', not a list of names \(give a list, e\.g\. --views '\[\"CC\", \"MLO\"\]'\)"),
     ],
 )
 @pytest.mark.parametrize("configs", [["train.json"], ["train.json", "evaluate.json"]], ids="+".join)

@@ -66,7 +66,7 @@ def parse_flag(value: object, name: str) -> bool:
 _BARE_NAME = re.compile(r"[^\s\[\](){}'\",;]+")
 
 
-def parse_names(value: object, name: str, example: Sequence[str]) -> list[str]:
+def parse_names(value: object, name: str, example: Sequence[str], single: bool = True) -> list[str]:
     """A setting that lists names (record columns, finding classes, metadata fields, class names) as a list.
 
     Every such setting follows one rule for text, which is how it arrives from a command line when it is one word
@@ -81,6 +81,9 @@ def parse_names(value: object, name: str, example: Sequence[str]) -> list[str]:
         value: the setting as given: a list or tuple of names, or text.
         name: the setting, as the command line names it.
         example: a list that works, shown in the message as ``--<name> '<JSON list>'``.
+        single: whether one name is a value of the setting. False where two or more are needed (``class_names``,
+            ``views``): one bare name is still read as a list of one, for the setting to refuse with its own
+            message, but the message of refused text asks for a list, not for one name that would be refused next.
 
     Raises:
         MammoXAIError: ``value`` is text other than one bare name, or neither text nor a list.
@@ -91,8 +94,9 @@ def parse_names(value: object, name: str, example: Sequence[str]) -> list[str]:
     if isinstance(value, str) and _BARE_NAME.fullmatch(value):
         return [value]
     if isinstance(value, str) or not isinstance(value, Sequence):
-        fix = f"give one name, or a list, e.g. --{name} {shlex.quote(json.dumps(list(example)))}"
-        raise MammoXAIError(name, f"is {value!r}, not a name or a list of names", fix)
+        what, give = ("a name or a list of names", "one name, or a list") if single else ("a list of names", "a list")
+        fix = f"give {give}, e.g. --{name} {shlex.quote(json.dumps(list(example)))}"
+        raise MammoXAIError(name, f"is {value!r}, not {what}", fix)
     return [str(item) for item in value]
 
 
@@ -118,7 +122,7 @@ def parse_class_names(
     Example:
         parse_class_names(["normal", "malignant"])  # ["normal", "malignant"]
     """
-    names = parse_names(value, name, example)
+    names = parse_names(value, name, example, single=False)
     if len(names) < 2 or len(set(names)) != len(names):
         written = shlex.quote(json.dumps(list(example)))
         fix = f"list each class once, in the order of the outputs, e.g. --{name} {written}"

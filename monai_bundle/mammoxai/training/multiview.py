@@ -47,7 +47,7 @@ def check_views(views: Sequence[str] | str | None) -> list[str] | None:
     """
     if views is None:
         return None
-    names = [view.strip().upper() for view in parse_names(views, "views", ["CC", "MLO"])]
+    names = [view.strip().upper() for view in parse_names(views, "views", ["CC", "MLO"], single=False)]
     if len(names) < 2 or not all(names) or len(set(names)) != len(names):
         fix = 'name each view once, e.g. --views \'["CC", "MLO"]\', or give null for one image per sample'
         raise MammoXAIError("views", f"{names} must name two or more distinct views", fix)
