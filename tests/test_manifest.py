@@ -404,6 +404,16 @@ def test_a_decimal_comma_is_read_in_every_number_a_label_csv_gives_where_its_sep
     assert [record["patient_id"], record["age"], age_class, record["force"], record["note"]] == expected
 
 
+def test_a_tab_separated_column_of_decimals_below_one_with_three_places_is_read_with_a_decimal_comma(archive, tmp_path):
+    """ "0,085" has three digits after its comma as "1,234" has, but no group of thousands starts with a zero: a column
+    of such values (a pixel spacing in mm) was taken for one that may group thousands and stayed "0,085"."""
+    text = "sop_uid\tspacing\tforce\n1.2.3.1\t0,085\t1,234\n1.2.3.2\t-0,100\t987\n"
+    (tmp_path / "labels.csv").write_text(text, encoding="utf-8")
+    records = {r["image_id"]: r for r in build_manifest(archive, label_csv=tmp_path / "labels.csv").records}
+    assert [records["1.2.3.1"]["spacing"], records["1.2.3.2"]["spacing"]] == ["0.085", "-0.100"]
+    assert records["1.2.3.1"]["force"] == "1,234"  # may group thousands: as written
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

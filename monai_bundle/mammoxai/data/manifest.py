@@ -106,8 +106,9 @@ _FILE_COLUMNS = ("path", "image_id", "rows", "cols")
 _ID_COLUMNS = frozenset({"path", "image_id", "patient_id", "study_uid", "series_uid", "sop_uid"})
 #: a number written with a decimal comma ("28,5", "-0,25", "1,5E-3")
 _DECIMAL_COMMA = re.compile(r"[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?")
-#: a number whose commas may group thousands ("1,234", "12,345,678") as well as mark a decimal
-_THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+")
+#: a number whose commas may group thousands ("1,234", "12,345,678") as well as mark a decimal; not "0,085", since
+#: no group of thousands starts with a zero
+_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}(,\d{3})+")
 
 
 @dataclass
