@@ -197,6 +197,13 @@ def test_script_options_are_read_as_monai_bundle_run_reads_them():
     }
 
 
+def test_script_options_nested_beyond_the_parsers_stay_text_not_a_traceback():
+    """Python's reader gave up on them and the value stayed text; fire's (brackets) and JSON raised RecursionError,
+    a traceback where a user error is one line."""
+    nested, summed = "[" * 100_000 + "]" * 100_000, "[" + "1+" * 100_000 + "1]"
+    assert config_overrides(["--views", nested, "--class_names", summed]) == {"views": nested, "class_names": summed}
+
+
 def test_a_user_error_keeps_its_traceback_when_asked_and_a_bug_always_does(tmp_path):
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
     command += ["--dataset_dir", str(tmp_path / "missing"), "--ckpt_dir", str(tmp_path / "models")]

@@ -122,13 +122,15 @@ def _parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
-    if text.lstrip()[:1] in ("[", "{"):
-        value = fire.parser.DefaultParseValue(text)  # bare words inside are text: [CC, MLO] is ["CC", "MLO"]
-    else:
-        try:
+    except (MemoryError, RecursionError):  # nested deeper than a parser goes: no value a setting takes
+        return text
+    try:
+        if text.lstrip()[:1] in ("[", "{"):
+            value = fire.parser.DefaultParseValue(text)  # bare words inside are text: [CC, MLO] is ["CC", "MLO"]
+        else:
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):  # plain text: a path, a name, a word
-            return text
+    except (ValueError, SyntaxError, MemoryError, RecursionError):  # plain text: a path, a name, a word
+        return text
     return value if value is None or isinstance(value, (bool, list, tuple, dict, set)) else text
 
 
