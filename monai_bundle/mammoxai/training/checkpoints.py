@@ -238,7 +238,8 @@ class TrainingViews:
             without ``views``, where nothing is fused.
 
     Raises:
-        MammoXAIError: ``views`` is no list of view names.
+        MammoXAIError: ``views`` is not two or more distinct view names
+            (:func:`~mammoxai.training.multiview.check_views`).
     """
 
     def __init__(self, views: Sequence[str] | None = None, view_fusion: str | None = None) -> None:

@@ -222,7 +222,7 @@ def build_finetune_classifier(
     configured.
 
     Raises:
-        MammoXAIError: ``views`` that is no list of view names (:func:`~mammoxai.training.multiview.check_views`),
+        MammoXAIError: ``views`` that is not two or more view names (:func:`~mammoxai.training.multiview.check_views`),
             or a start that does not fit (see :func:`initialise`).
     """
     views = check_views(views)

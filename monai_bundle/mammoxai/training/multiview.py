@@ -39,8 +39,8 @@ def check_views(views: Sequence[str] | str | None) -> list[str] | None:
     command line could not read (``--views CC,MLO``) is refused with how to write one (taken as a sequence it asked
     for one view per character, so the run failed later on a checkpoint "of another size" that was in fact the
     right one), and one bare name is a list of one. A list of one view is refused here, as is a view twice or a
-    blank one: a sample of one view is the single-image input that null gives, and a view named twice stacks one
-    image with itself.
+    blank one: a sample of one view is a single image, the input null gives (null takes the images of every view,
+    not those of one), and a view named twice stacks one image with itself.
 
     Raises:
         MammoXAIError: ``views`` is text other than one name, no list, or not two or more distinct names.
