@@ -233,6 +233,7 @@ def test_annotator_may_save_labels_but_not_train(secured, realm, image_id):
 
     assert save_label(secured, image_id, annotator).status_code == 200
     assert train(secured, annotator).status_code == 403
+    assert requests.delete(f"{secured.url}/train/", headers=annotator, timeout=60).status_code == 403  # stop a run
     assert json.loads((secured.studies / "labels" / "final" / f"{image_id}.json").read_text()) == LABEL
 
 

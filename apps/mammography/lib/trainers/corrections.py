@@ -14,6 +14,9 @@ its log), and a request while a run is in progress is a 409 (MONAI Label says 42
 invites retrying at once). A lock file next to the checkpoint makes the same guarantee for runs started any
 other way: two runs never write the weights at the same time; the guard checks it too, so a run that outlived a
 restart of the server (MONAI Label no longer lists it) is a 409 as well, not a new run that fails in its log.
+``DELETE /train/`` answers once the stopped run has let go of the weights: MONAI Label kills the run's processes and
+answers at once, while they may still be exiting and holding that lock, so a new ``POST /train/<model>`` straight
+after the stop was refused with 409, as if a run the server does not know of held the weights.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -75,6 +80,10 @@ UNFINISHED = (
     "its process died; the served model is unchanged"
 )
 """The last run's reason in ``GET /info/`` from the moment it starts until it ends (a stopped run keeps it)."""
+
+STOP_WAIT_S = 60.0
+"""Longest ``DELETE /train/`` waits for the killed run's processes to exit and free the training lock; they take
+milliseconds to seconds, and longer only on a machine that is very busy (the stop is answered then anyway)."""
 
 MIN_PATIENTS = 2
 """Fewest patients with ``final`` labels a run needs: one to train on and one to validate on (the split is by
@@ -140,6 +149,22 @@ class CorrectionsTrainer(TrainTask):
         """
         with _exclusive(self.lock_path):
             pass
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run holds :attr:`lock_path`, at most ``timeout`` seconds; whether none does.
+
+        A killed run (``DELETE /train/``) holds it until its last process has exited, data-loader workers included:
+        they share the lock's open file.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.check_idle()
+                return True
+            except MammoXAIError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
 
     def config(self) -> dict[str, Any]:
         return {"epochs": 5, "accept": list(ACCEPT_POLICIES)}
@@ -288,6 +313,10 @@ def install_train_guard(
     top-level ``params``); MONAI Label queues it behind a run in progress, so that is no 409. Unguarded, it
     answered 200 to a body no run can use and the run failed in its log.
 
+    ``DELETE /train/`` stops the run with MONAI Label's handler, which kills its processes and answers at once, and
+    then waits for them to exit and for the training lock to be free (:data:`STOP_WAIT_S` at most): the stop answered
+    while a killed process still held the lock, and a run requested straight after it was refused with 409.
+
     The routes are put in front of MONAI Label's own, with the same role requirement, and pass a request they
     accept on to MONAI Label's handler, so status and stop work as documented by MONAI Label.
     """
@@ -336,5 +365,22 @@ def install_train_guard(
         check_idle(trainer)
         with client_errors():
             return train_endpoints.run_model(model, params, run_sync, enqueue)
+
+    # a plain function: FastAPI runs it in a worker thread, and the wait below must not hold up other requests
+    @router.delete(f"{settings.MONAI_LABEL_API_STR}/train/", summary="Stop the training run")
+    def stop(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))) -> Any:
+        stopping = list(processes("train").values())  # MONAI Label forgets them as it kills them
+        task = train_endpoints.stop()
+        deadline = time.monotonic() + STOP_WAIT_S
+        for process in stopping:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                logger.warning(f"the stopped training process {process.pid} has not exited after {STOP_WAIT_S:.0f} s")
+        if stopping:  # the run's data-loader workers share its lock: it is free once the last of them has exited
+            for trainer in trainers.values():
+                if not trainer.wait_idle(max(deadline - time.monotonic(), 0.0)):
+                    logger.warning(f"{trainer.lock_path} is still held {STOP_WAIT_S:.0f} s after the run was stopped")
+        return task
 
     server.router.routes[0:0] = router.routes
