@@ -427,7 +427,7 @@ def test_a_list_the_script_reads_as_text_is_one_line_on_stderr_before_anything_i
     """scripts/evaluate.py reads ``normal,benign`` as text (a folder name may hold a comma): one name per letter."""
     assert _evaluate(tmp_path / "no studies", tmp_path, option, value) == 1
     error = capsys.readouterr().err.strip().splitlines()
-    problem = f"is {value!r}, not a name or a list of names (give one name, or a list, e.g. {fix})"
+    problem = f"is {value!r}, not a list of names (give a list, e.g. {fix})"
     assert error == [f"error: {option.removeprefix('--')}: {problem}"]
     assert not (tmp_path / "report").exists() and not (tmp_path / "cache").exists()
 
