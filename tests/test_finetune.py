@@ -507,13 +507,23 @@ def test_single_image_and_multi_view_weights_are_refused_by_the_other_network_na
 
 
 def test_a_multi_view_classifier_start_is_refused_under_other_class_names_or_views(studies, multi_view_model, tmp_path):
+    """A start must name its logits and views as this run does; one image or several per sample may differ, as
+    weights of a mean or max fusion are those of one image (the patch classifier starts a multi-view run)."""
     start = {"init": "classifier", "init_weights": multi_view_model, "view_fusion": "mean"}
     network = build_finetune_classifier(views=["CC", "MLO"], class_names=CLASSES, **start)
     torch.testing.assert_close(network.fc.weight, torch.load(multi_view_model, weights_only=True)["model"]["fc.weight"])
     with pytest.raises(MammoXAIError, match=r"""pass --views '\["CC", "MLO"\]'"""):
         build_finetune_classifier(views=["MLO", "CC"], class_names=CLASSES, **start)
-    with pytest.raises(MammoXAIError, match=r"this network reads one image \(views null\)"):
-        build_finetune_classifier(class_names=CLASSES, **start)
+    one_image = build_finetune_classifier(class_names=CLASSES, **start)  # a mean head fits one image: a start
+    torch.testing.assert_close(one_image.fc.weight, network.fc.weight)
+    with pytest.raises(MammoXAIError, match=r"""pass --view_fusion '"mean"'"""):
+        build_finetune_classifier(views=["CC", "MLO"], class_names=CLASSES, **{**start, "view_fusion": "concat"})
+    single = {"model": one_image.state_dict(), "views": TrainingViews(None, "concat").state_dict()}
+    torch.save(single, tmp_path / "one_image.pt")
+    start = {**start, "init_weights": tmp_path / "one_image.pt", "views": ["CC", "MLO"]}
+    torch.testing.assert_close(build_finetune_classifier(**start).fc.weight, network.fc.weight)
+    with pytest.raises(MammoXAIError, match=r"does not fit .*fc\.weight"):  # a concat head takes both views' features
+        build_finetune_classifier(**{**start, "view_fusion": "concat"})
     with pytest.raises(Exception) as error:  # train.json gives finetune_network_def its class_names
         _train(
             studies,

@@ -381,6 +381,7 @@ def load_checkpoint(
     image_size: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     views: Sequence[str] | None = None,
+    as_start: bool = False,
 ) -> nn.Module:
     """Load a checkpoint as ``train.json`` writes it (a state dict, or one under ``"model"``) into ``network``.
 
@@ -406,6 +407,10 @@ def load_checkpoint(
             :class:`~mammoxai.training.checkpoints.TrainingViews`), as is a recorded ``view_fusion`` other than the
             network's. Whether the checkpoint is of one image or several views per sample is compared with the
             network itself, with the reasons it does not fit. Checkpoints without the record are not checked.
+        as_start: the weights start a new run (``--init classifier``) rather than being this network's: weights of
+            one image per sample may then start a multi-view network they fit (``mean`` / ``max`` fusion apply the
+            single-image backbone and head to every view; the patch classifier starts a two-view one), and the other
+            way round. Views and fusion are still compared when both sides have them.
 
     Raises:
         MammoXAIError: the file is not a readable PyTorch checkpoint, it does not fit ``network`` (also: it was
@@ -433,7 +438,7 @@ def load_checkpoint(
             "view_fusion": network.fusion if multi_view else None,
         }
         check_recorded_settings(path, {flag: (recorded[flag], here[flag]) for flag in recorded})
-        if "views" in view_record and (recorded["views"] is None) == multi_view:
+        if "views" in view_record and (recorded["views"] is None) == multi_view and not as_start:
             problems.append(_view_count_problem(network, recorded))
         state = checkpoint_weights(state)
     problems = problems or state_dict_problems(network, state)

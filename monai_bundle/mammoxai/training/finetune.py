@@ -18,7 +18,9 @@ changes the AUC of a screening classifier markedly (0.68-0.77):
   to continue on new data or another device). Its class head is loaded as it is, so the class names it records must
   be this run's ``class_names`` in the same order (another order would train the malignant logit on the normal
   images), and a multi-view one's views and fusion this run's; its grid is not compared, since continuing at
-  another resolution (the patch classifier starting the whole-image one) is what this start is for.
+  another resolution (the patch classifier starting the whole-image one) is what this start is for, and weights of
+  one image per sample may start a ``mean`` / ``max`` multi-view network (they fit it: every view goes through the
+  same backbone and head), and the other way round.
 
 For the served :class:`~mammoxai.nets.MetadataClassifier` (:func:`build_metadata_classifier`, train.json's
 ``network_def``), ``pretrained`` and ``incremental`` load the whole pretraining network — backbone, task projections
@@ -201,7 +203,7 @@ def _load_classifier(
         raise MammoXAIError(path, "classifier checkpoint not found", fix)
     problem = f"does not fit this {network.config['backbone']} classifier"
     fix = f"{fix}, or start with init 'pretrained' / 'external'"
-    load_checkpoint(network, path, problem, fix, class_names=class_names, views=views)
+    load_checkpoint(network, path, problem, fix, class_names=class_names, views=views, as_start=True)
 
 
 def build_finetune_classifier(
