@@ -101,11 +101,11 @@ def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     ``True``, as the model card writes them for ``monai.bundle run``, whose command line reads Python literals), else
     the text itself.
 
-    Within brackets or braces, bare words are text, as ``monai.bundle run``'s command line (``fire``) reads them:
-    ``[study_uid, laterality]`` is a list of two names, ``{Cancer: malignant}`` a mapping. Two readings of that
-    command line are left out, since scripts are handed folder names and ids: words joined by commas without
-    brackets stay text (``data,v2``, where ``fire`` reads a tuple), and so do Python's other number spellings
-    (``2024_01``, ``0x1F``): JSON reads the numbers a user means."""
+    Within brackets, braces or parentheses, bare words are text, as ``monai.bundle run``'s command line (``fire``)
+    reads them: ``[study_uid, laterality]`` is a list of two names, ``(CC, MLO)`` a tuple, ``{Cancer: malignant}``
+    a mapping. Two readings of that command line are left out, since scripts are handed folder names and ids: words
+    joined by commas without brackets stay text (``data,v2``, where ``fire`` reads a tuple), and so do Python's other
+    number spellings (``2024_01``, ``0x1F``): JSON reads the numbers a user means."""
     overrides: dict[str, Any] = {}
     for position in range(0, len(arguments), 2):
         key, value = arguments[position], arguments[position + 1] if position + 1 < len(arguments) else None
@@ -125,7 +125,7 @@ def _parse_value(text: str) -> Any:
     except (MemoryError, RecursionError):  # nested deeper than a parser goes: no value a setting takes
         return text
     try:
-        if text.lstrip()[:1] in ("[", "{"):
+        if text.lstrip()[:1] in ("[", "{", "("):
             value = fire.parser.DefaultParseValue(text)  # bare words inside are text: [CC, MLO] is ["CC", "MLO"]
         else:
             value = ast.literal_eval(text)
