@@ -20,6 +20,16 @@ process whose copy was loaded before another process's write overwrites that wri
 clock tick is not noticed at all. Here every change is one step under the datastore's lock file instead: reload
 the index if its bytes differ from those last loaded or written, change it, write it atomically. A change made by
 any process is then made to the latest index and seen by the next.
+
+Within the server, request threads read the index without the lock (``GET /datastore``, the train guard counting
+final labels, the strategies) while the folder watcher's refresh changes it. LocalDatastore changes it in place: a
+refresh empties it and fills it again, and empties each image's labels and fills them again, so a read landing in
+between saw no final label (the train guard refused training: "0 final label(s)") or failed with "dictionary changed
+size during iteration". Here a step changes a draft instead, seen only by the thread making the step, and the
+finished draft replaces the index in one assignment before the lock is released: a reader sees the index as it was
+before a step or as it is after it, never in between. The index readers see is never changed: a draft has its own
+dict of images, and an image's entry is copied before it is changed (:meth:`MammogramDatastore._changeable_entry`);
+entries left alone are shared, so a step copies one dict, not the whole index.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -36,6 +47,7 @@ from typing import Any
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
+from monailabel.interfaces.datastore import DefaultLabelTag
 from watchdog.events import FileSystemMovedEvent
 
 from lib.http_errors import client_errors, conflict, not_found
@@ -80,6 +92,25 @@ class MammogramDatastore(LocalDatastore):
     # set on first use, which is inside LocalDatastore.__init__: it loads and reconciles the index
     _index_bytes: bytes | None = None  # the index file's content as last loaded or written
     _index_lock: FileLock | None = None
+    _published: LocalDatastoreModel | None = None  # the index as every thread but the one making a step sees it
+    _draft: LocalDatastoreModel | None = None  # the index being changed by the step of thread _draft_thread
+    _draft_thread: int | None = None
+
+    @property
+    def _datastore(self) -> LocalDatastoreModel:
+        """The index (LocalDatastore's attribute): the draft to the thread making a step (:meth:`_latest_index`), the
+        last finished index to every other thread."""
+        if self._draft_thread == threading.get_ident():
+            return self._draft
+        return self._published
+
+    @_datastore.setter
+    def _datastore(self, index: LocalDatastoreModel) -> None:
+        # outside a step: LocalDatastore.__init__, or an index loaded whole from the file (under the lock)
+        if self._draft_thread == threading.get_ident():
+            self._draft = index
+        else:
+            self._published = index
 
     def __init__(
         self,
@@ -158,7 +189,7 @@ class MammogramDatastore(LocalDatastore):
         folder = self._datastore.label_path(tag)
         name = self._filename(image_id, suffix)
         with self._latest_index():
-            image_entry = self._datastore.objects.get(image_id)
+            image_entry = self._changeable_entry(image_id)
             if image_entry is None:  # unknown, or removed by another process since the caller checked
                 raise _image_not_found(image_id)
             os.makedirs(folder, exist_ok=True)
@@ -176,11 +207,15 @@ class MammogramDatastore(LocalDatastore):
     def get_unlabeled_images(self, label_tag: str | None = None, labels: Sequence[str] | None = None) -> list[str]:
         """Images without a ``final`` label, but those marked unreadable (:meth:`mark_unreadable`): a strategy would
         propose a case that can be neither explained nor labelled, again and again."""
-        unlabeled = super().get_unlabeled_images(label_tag, labels)
-        return [image_id for image_id in unlabeled if not self._marked_unreadable(image_id)]
+        objects = self._datastore.objects  # one index throughout: a refresh may replace it meanwhile
+        return [
+            image_id
+            for image_id, entry in objects.items()
+            if not entry.labels.get(DefaultLabelTag.FINAL) and not self._marked_unreadable(image_id, entry)
+        ]
 
-    def _marked_unreadable(self, image_id: str) -> bool:
-        mark = self._datastore.objects[image_id].image.info.get(UNREADABLE_KEY)
+    def _marked_unreadable(self, image_id: str, entry: ImageLabelModel) -> bool:
+        mark = entry.image.info.get(UNREADABLE_KEY)
         return bool(mark) and mark.get("file") == self._file_stamp(image_id)
 
     def _file_stamp(self, image_id: str) -> str:
@@ -205,25 +240,75 @@ class MammogramDatastore(LocalDatastore):
             if self._datastore.label(label_id, label_tag) is None:
                 raise _label_not_found(label_id, label_tag)
             super().remove_label(label_id, label_tag)
-            self._datastore.objects[label_id].labels.pop(label_tag, None)
+            entry = self._changeable_entry(label_id)
+            if entry is not None:
+                entry.labels.pop(label_tag, None)
             self._update_datastore_file()
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        # LocalDatastore updates the entry readers see in place
         with self._latest_index():
-            if image_id not in self._datastore.objects:
+            entry = self._changeable_entry(image_id)
+            if entry is None:
                 raise _image_not_found(image_id)
-            super().update_image_info(image_id, info)
+            entry.image.info.update(info)
+            self._update_datastore_file()
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         with self._latest_index():
             if self._datastore.label(label_id, label_tag) is None:
                 raise _label_not_found(label_id, label_tag)
-            super().update_label_info(label_id, label_tag, info)
+            self._changeable_entry(label_id).labels[label_tag].info.update(info)
+            self._update_datastore_file()
+
+    def set_name(self, name: str) -> None:
+        with self._latest_index():
+            super().set_name(name)
+
+    def set_description(self, description: str) -> None:
+        with self._latest_index():
+            super().set_description(description)
+
+    def status(self) -> dict[str, Any]:
+        """LocalDatastore's counts, all taken from one index (LocalDatastore reads it three times)."""
+        objects = self._datastore.objects
+        tags: dict[str, int] = {}
+        for entry in objects.values():
+            for tag in entry.labels:
+                tags[tag] = tags.get(tag, 0) + 1
+        completed = sum(1 for entry in objects.values() if entry.labels.get(DefaultLabelTag.FINAL))
+        return {"total": len(objects), "completed": completed, "label_tags": tags}
 
     def _reconcile_datastore(self) -> None:
         # compares the index with the folder and writes the differences: one step, or a save in between is lost
         with self._latest_index():
             super()._reconcile_datastore()
+
+    def _remove_non_existing(self) -> int:
+        """Drop the images, and the labels, whose files are gone; return how many. LocalDatastore empties the index
+        and fills it again, emptying and refilling each image's labels: here the draft gets a new dict, and an image
+        that loses a label a new entry."""
+        self._init_from_datastore_file()
+        index = self._datastore
+        objects: dict[str, ImageLabelModel] = {}
+        removed = 0
+        for image_id, entry in index.objects.items():
+            if not os.path.exists(os.path.join(index.image_path(), self._filename(image_id, entry.image.ext))):
+                logger.info(f"Removing non existing Image Id: {image_id}")
+                removed += 1
+                continue
+            labels = {
+                tag: label
+                for tag, label in entry.labels.items()
+                if os.path.exists(os.path.join(index.label_path(tag), self._filename(image_id, label.ext)))
+            }
+            if len(labels) < len(entry.labels):
+                logger.info(f"Removing non existing labels of {image_id!r}: {sorted(set(entry.labels) - set(labels))}")
+                removed += len(entry.labels) - len(labels)
+                entry = entry.model_copy(update={"labels": labels})
+            objects[image_id] = entry
+        index.objects = objects
+        return removed
 
     def _add_non_existing_labels(self, tag: str) -> int:
         """Index the files of ``labels/<tag>/`` that name an image but are missing from its entry.
@@ -240,6 +325,7 @@ class MammogramDatastore(LocalDatastore):
             if entry is None or tag in entry.labels or not path.is_file():
                 continue
             logger.info(f"indexing label {tag!r} of image {image_id!r} found on disk: {path.name}")
+            entry = self._changeable_entry(image_id)
             entry.labels[tag] = DataModel(info={"ts": int(path.stat().st_mtime), "name": path.name}, ext=path.suffix)
             added += 1
         return added
@@ -247,10 +333,41 @@ class MammogramDatastore(LocalDatastore):
     @contextmanager
     def _latest_index(self) -> Iterator[None]:
         """Hold the datastore lock with the in-memory index equal to the file; a change made inside and written
-        with :meth:`_update_datastore_file` before leaving is made to the latest index of every process."""
+        with :meth:`_update_datastore_file` before leaving is made to the latest index of every process.
+
+        Inside, this thread's :attr:`_datastore` is a draft: a copy of the index with its own dict of images, whose
+        entries are those of the index until :meth:`_changeable_entry` copies one to change it. Other threads read
+        the index meanwhile. Leaving, the draft becomes the index, still under the lock: the next step, of any
+        thread, starts from it. A step inside a step changes the same draft."""
         with self._lock():
-            self._init_from_datastore_file()  # an unreadable index is logged and then replaced by this copy
-            yield
+            if self._draft_thread == threading.get_ident():
+                self._init_from_datastore_file()
+                yield
+                return
+            index = self._published
+            self._draft = index.model_copy(update={"objects": dict(index.objects)})
+            self._draft_thread = threading.get_ident()
+            try:
+                self._init_from_datastore_file()  # an unreadable index is logged and then replaced by this copy
+                yield
+            finally:  # also after a failure: the draft may hold an index reloaded from the file, as _index_bytes says
+                self._published = self._draft
+                self._draft_thread = None
+                self._draft = None
+
+    def _changeable_entry(self, image_id: str) -> ImageLabelModel | None:
+        """The draft's entry of ``image_id`` (``None`` if none), copied first down to its info dicts: the entry may
+        be the index's too, and readers must not see it change. Only inside :meth:`_latest_index`."""
+        if self._draft_thread != threading.get_ident():
+            raise RuntimeError("the datastore index is changed only inside a step (_latest_index)")
+        entry = self._draft.objects.get(image_id)
+        if entry is not None:
+            entry = ImageLabelModel(
+                image=DataModel(ext=entry.image.ext, info=dict(entry.image.info)),
+                labels={tag: DataModel(ext=label.ext, info=dict(label.info)) for tag, label in entry.labels.items()},
+            )
+            self._draft.objects[image_id] = entry
+        return entry
 
     def _lock(self) -> FileLock:
         """One lock object per datastore: re-entered by nested steps of one thread, exclusive between threads (each
