@@ -317,6 +317,23 @@ def test_a_label_map_giving_one_label_two_classes_up_to_case_and_spacing_is_refu
             downstream_labels(records, "case_label", SPACE, label_map=label_map)
 
 
+
+def test_training_and_the_probe_spell_a_label_as_the_class_names_do_regardless_of_case_and_spacing():
+    """Training compared a label with class_names as written: 'Malignant' against ["malignant"] was refused, and
+    without class_names 'Malignant' and 'malignant' were two classes, where the probe took one."""
+    labels = ["Malignant", " normal", "malignant", "NORMAL", "malignant", "normal"]
+    records = [{"path": f"P{i}.dcm", "patient_id": f"P{i}", "case_label": label} for i, label in enumerate(labels)]
+    dataset = MammogramDataset(records, image_size=32, class_names=["normal", "malignant"])
+    probe_labels, _ = downstream_labels(records, "case_label", SPACE, ["normal", "malignant"])
+    assert dataset.labels == probe_labels.tolist() == [1, 0, 1, 0, 1, 0]
+    default = MammogramDataset(records, image_size=32)  # one class per label up to case, as most rows spell it
+    assert default.class_names == ("malignant", "normal") and default.labels == [0, 1, 0, 1, 0, 1]
+    assert downstream_labels(records, "case_label", SPACE)[1] == list(default.class_names)
+    _, val = patient_split(records, val_fraction=0.4, seed=0)  # stratified by class, not by spelling
+    assert sorted(dataset.label_map(record["case_label"]) for record in val) == ["malignant", "normal"]
+    with pytest.raises(MammoXAIError, match=r"^class_names: name 'Normal' and 'normal', one class up to case"):
+        MammogramDataset(records, image_size=32, class_names=["Normal", "normal", "malignant"])
+
 def test_images_naming_no_patient_are_each_their_own_bootstrap_unit_not_one_shared_patient(fitted):
     """Clustered under one empty id, a data set without a patient column got effect intervals of zero width."""
     _, probe, means, test, labels = fitted

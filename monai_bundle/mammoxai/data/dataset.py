@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import monai.data
@@ -28,7 +29,15 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.preprocess import grid_shape
 
-__all__ = ["ID_KEYS", "MammogramDataset", "batch_geometries", "class_key", "LabelMap", "setting_mapping"]
+__all__ = [
+    "ID_KEYS",
+    "MammogramDataset",
+    "batch_geometries",
+    "class_key",
+    "class_spellings",
+    "LabelMap",
+    "setting_mapping",
+]
 
 #: record fields copied into every sample ("" when unknown, so the default collate keeps them as lists of str).
 ID_KEYS: tuple[str, ...] = ("image_id", "patient_id", "study_uid", "sop_uid", "laterality", "view")
@@ -48,20 +57,25 @@ class LabelMap:
     "{5: 'malignant'}"`` gives number keys where a manifest cell is text (``"5"``), and a CSV that writes "Recalled
     Benign" on some rows and "recalled benign" on others means one label. Training matched keys as written while the
     ablation folded them, so one ``--label_map`` gave the classifier and the probe different classes. A label no key
-    matches is its own class name.
+    matches is its own class name. Given ``class_names``, a name is returned as they spell it ("Malignant" is
+    "malignant"), for the same reason: training compared it as written and refused what the probe took.
 
     Args:
         label_map: raw label -> class name; None is an empty map.
+        class_names: the classes a name is spelt as, when one is it up to case and spacing; None leaves names as
+            the map or the label gives them.
 
     Raises:
         MammoXAIError: ``label_map`` is not a mapping, or two of its keys are one label up to case and spacing and
-            name different classes (which of them a label meant cannot be told).
+            name different classes (which of them a label meant cannot be told); two of ``class_names`` are one
+            name up to case and spacing (no label could tell them apart).
 
     Example:
         LabelMap({"Recalled Benign": "benign"})("recalled  benign")  # "benign"
+        LabelMap(None, ["normal", "malignant"])("Malignant ")  # "malignant"
     """
 
-    def __init__(self, label_map: Mapping[Any, Any] | None):
+    def __init__(self, label_map: Mapping[Any, Any] | None, class_names: Sequence[str] | None = None):
         written: dict[str, tuple[Any, str]] = {}  # folded key -> the first key written so, its class
         for key, name in setting_mapping(label_map, "label_map", '{"Cancer": "malignant"}').items():
             first, first_name = written.setdefault(class_key(key), (key, str(name)))
@@ -69,10 +83,28 @@ class LabelMap:
                 problem = f"maps {first!r} to {first_name!r} and {key!r} to {name!r}, one label up to case and spacing"
                 raise MammoXAIError("label_map", problem, "keep one of the two keys")
         self.classes = {folded: name for folded, (_, name) in written.items()}
+        self.spellings: dict[str, str] = {}
+        for name in class_names or ():
+            first = self.spellings.setdefault(class_key(name), str(name))
+            if first != str(name):
+                problem = f"name {first!r} and {name!r}, one class up to case and spacing"
+                raise MammoXAIError("class_names", problem, "name each class once")
 
     def __call__(self, label: Any) -> str:
         """The class name of a raw label."""
-        return self.classes.get(class_key(label), str(label).strip())
+        name = self.classes.get(class_key(label), str(label).strip())
+        return self.spellings.get(class_key(name), name)
+
+
+def class_spellings(names: Iterable[str]) -> list[str]:
+    """The classes of labelled names where no class names are given: one per name up to case and spacing (a CSV
+    writing "Malignant" on some rows and "malignant" on others means one class), spelt as most names spell it (ties:
+    the first in sort order), sorted."""
+    counts = Counter(names)
+    by_key: dict[str, list[str]] = {}
+    for name in sorted(counts):
+        by_key.setdefault(class_key(name), []).append(name)
+    return sorted(max(spellings, key=lambda name: counts[name]) for spellings in by_key.values())
 
 
 def setting_mapping(value: Mapping[Any, Any] | None, name: str, example: str = '{"split": "test"}') -> dict[Any, Any]:
@@ -112,9 +144,11 @@ class MammogramDataset(monai.data.Dataset):
             later epochs decode no DICOM; None preprocesses every time.
         label_key: the record field holding the raw label (default ``"case_label"``).
         class_names: the classes, in output order. Default: the sorted distinct labels of ``records`` (after
-            ``label_map``) - pass them explicitly whenever a split might lack a class, or indices shift.
+            ``label_map``, up to case and spacing: :func:`class_spellings`) - pass them explicitly whenever a split
+            might lack a class, or indices shift.
         label_map: raw label -> class name, e.g. ``{"recalled_benign": "benign"}`` for a 3-class model, keys
-            matched regardless of case and spacing (:class:`LabelMap`); labels not in the map are used as they are.
+            matched regardless of case and spacing (:class:`LabelMap`); labels not in the map are used as they are,
+            and match a class name regardless of case and spacing too.
         transform: applied to each sample dict (e.g. MONAI dictionary transforms with ``keys="image"``).
             Spatial augmentation moves pixels away from ``geometry``; keep it for training only.
         file_key: how the cache recognises a file, ``"content"`` or ``"stat"`` (see :mod:`mammoxai.data.cache`).
@@ -139,19 +173,22 @@ class MammogramDataset(monai.data.Dataset):
         super().__init__(data=list(records), transform=transform)
         self.image_size = grid_shape(image_size)
         self.label_key = label_key
-        self.label_map = LabelMap(label_map)
         self.cache = PreprocessedCache(cache_dir, self.image_size, file_key) if cache_dir is not None else None
-        names = [self._class_name(record) for record in self.data]
-        self.class_names = tuple(class_names) if class_names is not None else tuple(sorted({n for n in names if n}))
+        raw_labels = [self._raw_label(record) for record in self.data]
+        if class_names is None:
+            unspelt = LabelMap(label_map)
+            class_names = class_spellings(unspelt(raw) for raw in raw_labels if raw is not None)
+        self.class_names = tuple(class_names)
+        self.label_map = LabelMap(label_map, self.class_names)
+        names = [None if raw is None else self.label_map(raw) for raw in raw_labels]
         self.labels = [self._label_index(name, record) for name, record in zip(names, self.data, strict=True)]
 
-    def _class_name(self, record: Mapping[str, Any]) -> str | None:
+    def _raw_label(self, record: Mapping[str, Any]) -> Any:
+        """The record's label as written, None when it has none."""
         if "path" not in record:
             raise MammoXAIError(f"record {record}", "has no 'path'", "build records with mammoxai.data.manifest")
         raw = record.get(self.label_key)
-        if raw is None or raw == "":
-            return None
-        return self.label_map(raw)
+        return None if raw is None or raw == "" else raw
 
     def _label_index(self, name: str | None, record: Mapping[str, Any]) -> int:
         if name is None:

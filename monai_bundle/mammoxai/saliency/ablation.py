@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from monai.networks import eval_mode
 from torch import nn
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.data.dataset import LabelMap, class_key
+from mammoxai.data.dataset import LabelMap, class_key, class_spellings
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
@@ -343,19 +342,10 @@ def downstream_labels(
         )
     mapped = LabelMap(label_map)
     names = [None if value in (None, "") else mapped(value) for value in values]
-    classes = list(class_names) if class_names is not None else _spellings(name for name in names if name is not None)
+    labelled = (name for name in names if name is not None)
+    classes = list(class_names) if class_names is not None else class_spellings(labelled)
     index = {class_key(name): i for i, name in enumerate(classes)}
     return torch.tensor([-1 if name is None else index.get(class_key(name), -1) for name in names]), classes
-
-
-def _spellings(names: Iterable[str]) -> list[str]:
-    """One class per label up to case and spacing, named by its most common spelling (ties: the first in sort
-    order), sorted."""
-    counts = Counter(names)
-    by_key: dict[str, list[str]] = {}
-    for name in sorted(counts):
-        by_key.setdefault(class_key(name), []).append(name)
-    return sorted(max(spellings, key=lambda name: counts[name]) for spellings in by_key.values())
 
 
 class AblationStudy:

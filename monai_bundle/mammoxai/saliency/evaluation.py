@@ -371,7 +371,7 @@ class SaliencyEvaluator:
             return [(None, everything)]
         if spec.target == "label":
             raw = str(record.get(self.label_key) or "")
-            label = LabelMap(model.get("label_map"))(raw)
+            label = LabelMap(model.get("label_map"), names)(raw)
             if label not in names:
                 raise MammoXAIError(
                     record["path"],

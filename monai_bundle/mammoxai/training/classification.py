@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from monai.metrics import ROCAUCMetric
 
-from mammoxai.data.dataset import LabelMap, setting_mapping
+from mammoxai.data.dataset import LabelMap, class_key, setting_mapping
 from mammoxai.errors import MammoXAIError
 from mammoxai.metrics import roc_auc
 
@@ -137,7 +137,7 @@ def patient_split(
         raise MammoXAIError(label_key, problem, "add patients")
 
     def label(record: Mapping[str, Any]) -> str:
-        return label_map(record[label_key])
+        return class_key(label_map(record[label_key]))  # a stratum per class, however spelt
 
     frequency = Counter(label(record) for record in labelled)
     strata: dict[str, list[str]] = defaultdict(list)

@@ -213,7 +213,8 @@ def finetune(
 def _check_validation_can_judge(parser: ConfigParser, val_records: Sequence[Mapping[str, Any]]) -> None:
     """Refuse a validation split of one class before training: its AUC is undefined (the metric reports chance,
     0.5, for it), so the new weights would be judged against the served ones by a number that means nothing."""
-    label_key, label_map = parser.get_parsed_content("label_key"), LabelMap(parser.get_parsed_content("label_map"))
+    label_key = parser.get_parsed_content("label_key")
+    label_map = LabelMap(parser.get_parsed_content("label_map"), parser.get_parsed_content("class_names"))
     classes = sorted({label_map(record[label_key]) for record in val_records})
     if len(classes) < 2:
         raise MammoXAIError(

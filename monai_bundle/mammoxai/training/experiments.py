@@ -30,7 +30,7 @@ import numpy as np
 
 from mammoxai.cli import bundle_config_files, exit_status, run_bundle
 from mammoxai.data.cache import update_with_file
-from mammoxai.data.dataset import LabelMap
+from mammoxai.data.dataset import LabelMap, class_key
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write_bytes
@@ -121,10 +121,10 @@ def labelled_subset(
     for record in records:
         if not is_held_out(record) and record.get(label_key) not in (None, ""):
             by_patient[patient_key(record)].append(dict(record))
-    frequency = Counter(label_map(record[label_key]) for group in by_patient.values() for record in group)
+    frequency = Counter(class_key(label_map(record[label_key])) for group in by_patient.values() for record in group)
     strata: dict[str, list[str]] = defaultdict(list)
     for patient, group in sorted(by_patient.items()):
-        names = {label_map(record[label_key]) for record in group}
+        names = {class_key(label_map(record[label_key])) for record in group}
         strata[min(names, key=lambda name: (frequency[name], name))].append(patient)
     rng = random.Random(seed)
     chosen = []
@@ -152,7 +152,8 @@ def check_task_labels(
     Raises:
         MammoXAIError: naming ``source`` and the missing labels or classes.
     """
-    class_names, label_map = TASKS[task]["class_names"], LabelMap(TASKS[task]["label_map"])
+    class_names = TASKS[task]["class_names"]
+    label_map = LabelMap(TASKS[task]["label_map"], class_names)
     labels = [label_map(record[label_key]) for record in records if record.get(label_key) not in (None, "")]
     if not labels:
         raise MammoXAIError(
