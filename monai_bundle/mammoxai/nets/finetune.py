@@ -410,13 +410,14 @@ def load_checkpoint(
         as_start: the weights start a new run (``--init classifier``) rather than being this network's: weights of
             one image per sample may then start a multi-view network they fit (``mean`` / ``max`` fusion apply the
             single-image backbone and head to every view; the patch classifier starts a two-view one), and the other
-            way round. Views and fusion are still compared when both sides have them.
+            way round. Views and fusion are still compared when both sides have them, and weights that do not fit
+            (a ``concat`` head) are refused naming the views they were trained with, as without ``as_start``.
 
     Raises:
         MammoXAIError: the file is not a readable PyTorch checkpoint, it does not fit ``network`` (also: it was
-            trained on several views and the network reads one image, or the other way round), or it was trained
-            on another grid than ``image_size``, with other class names than ``class_names``, on other ``views`` or
-            with another view fusion than the network's.
+            trained on several views and the network reads one image, or the other way round, but for a start that
+            fits), or it was trained on another grid than ``image_size``, with other class names than
+            ``class_names``, on other ``views`` or with another view fusion than the network's.
     """
     path = Path(path)
     state = read_torch_file(path, "PyTorch checkpoint", fix, map_location)
@@ -438,10 +439,12 @@ def load_checkpoint(
             "view_fusion": network.fusion if multi_view else None,
         }
         check_recorded_settings(path, {flag: (recorded[flag], here[flag]) for flag in recorded})
-        if "views" in view_record and (recorded["views"] is None) == multi_view and not as_start:
+        if "views" in view_record and (recorded["views"] is None) == multi_view:
             problems.append(_view_count_problem(network, recorded))
         state = checkpoint_weights(state)
-    problems = problems or state_dict_problems(network, state)
+    if as_start or not problems:  # a start may swap one image and views where the weights fit: the reason follows
+        weight_problems = state_dict_problems(network, state)
+        problems = [*problems, *weight_problems] if weight_problems else []
     if problems:
         raise MammoXAIError(path, f"{problem}: {'; '.join(problems)}", fix)
     network.load_state_dict(state)
