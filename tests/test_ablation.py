@@ -317,7 +317,6 @@ def test_a_label_map_giving_one_label_two_classes_up_to_case_and_spacing_is_refu
             downstream_labels(records, "case_label", SPACE, label_map=label_map)
 
 
-
 def test_training_and_the_probe_spell_a_label_as_the_class_names_do_regardless_of_case_and_spacing():
     """Training compared a label with class_names as written: 'Malignant' against ["malignant"] was refused, and
     without class_names 'Malignant' and 'malignant' were two classes, where the probe took one."""
@@ -333,6 +332,7 @@ def test_training_and_the_probe_spell_a_label_as_the_class_names_do_regardless_o
     assert sorted(dataset.label_map(record["case_label"]) for record in val) == ["malignant", "normal"]
     with pytest.raises(MammoXAIError, match=r"^class_names: name 'Normal' and 'normal', one class up to case"):
         MammogramDataset(records, image_size=32, class_names=["Normal", "normal", "malignant"])
+
 
 def test_images_naming_no_patient_are_each_their_own_bootstrap_unit_not_one_shared_patient(fitted):
     """Clustered under one empty id, a data set without a patient column got effect intervals of zero width."""
