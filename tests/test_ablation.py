@@ -330,8 +330,12 @@ def test_training_and_the_probe_spell_a_label_as_the_class_names_do_regardless_o
     assert downstream_labels(records, "case_label", SPACE)[1] == list(default.class_names)
     _, val = patient_split(records, val_fraction=0.4, seed=0)  # stratified by class, not by spelling
     assert sorted(dataset.label_map(record["case_label"]) for record in val) == ["malignant", "normal"]
-    with pytest.raises(MammoXAIError, match=r"^class_names: name 'Normal' and 'normal', one class up to case"):
-        MammogramDataset(records, image_size=32, class_names=["Normal", "normal", "malignant"])
+    for label_images in (
+        lambda names: MammogramDataset(records, image_size=32, class_names=names),
+        lambda names: downstream_labels(records, "case_label", SPACE, names),
+    ):
+        with pytest.raises(MammoXAIError, match=r"^class_names: name 'Normal' and 'normal', one class up to case"):
+            label_images(["Normal", "normal", "malignant"])
 
 
 def test_images_naming_no_patient_are_each_their_own_bootstrap_unit_not_one_shared_patient(fitted):

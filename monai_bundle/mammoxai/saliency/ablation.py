@@ -41,7 +41,7 @@ from monai.networks import eval_mode
 from torch import nn
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.data.dataset import LabelMap, class_key, class_spellings
+from mammoxai.data.dataset import LabelMap, class_spellings
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
@@ -327,8 +327,9 @@ def downstream_labels(
     the probe the classes it gives the classifier.
 
     Raises:
-        MammoXAIError: ``target`` is neither a field nor a column of any record, or ``label_map`` is not a mapping
-            or maps one label, up to case and spacing, to two classes.
+        MammoXAIError: ``target`` is neither a field nor a column of any record, ``label_map`` is not a mapping
+            or maps one label, up to case and spacing, to two classes, or two ``class_names`` are one name up to
+            case and spacing.
     """
     if target in label_space.fields:
         labels = [label_space.encode(record_metadata(record))[target] for record in records]
@@ -340,12 +341,10 @@ def downstream_labels(
             "is neither a metadata field nor a filled manifest column",
             f"use one of the fields {label_space.fields} or a manifest column such as case_label",
         )
-    mapped = LabelMap(label_map)
-    names = [None if value in (None, "") else mapped(value) for value in values]
-    labelled = (name for name in names if name is not None)
-    classes = list(class_names) if class_names is not None else class_spellings(labelled)
-    index = {class_key(name): i for i, name in enumerate(classes)}
-    return torch.tensor([-1 if name is None else index.get(class_key(name), -1) for name in names]), classes
+    labelled = [value for value in values if value not in (None, "")]
+    classes = list(class_names) if class_names is not None else class_spellings(map(LabelMap(label_map), labelled))
+    spelt, index = LabelMap(label_map, classes), {name: i for i, name in enumerate(classes)}
+    return torch.tensor([-1 if value in (None, "") else index.get(spelt(value), -1) for value in values]), classes
 
 
 class AblationStudy:
