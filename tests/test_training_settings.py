@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.training.settings import check_run_settings, check_settings
@@ -115,6 +115,25 @@ def test_the_saliency_evaluation_reads_the_class_names_of_both_its_models_by_the
     error = initialize_error(["inference.json", "evaluate_saliency.json"], tmp_path, **{setting: "mass"})
     assert error.startswith(f"{setting}: ['mass'] must name two or more distinct classes (list each"), error
     assert f"e.g. --{setting} " in error
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (["view", "colour"], r"metadata_fields: names \['colour'\], .* or pass a metadata_fields_file defining them\)"),
+        ("view,kvp", r"metadata_fields: is 'view,kvp', not a name or a list of names .*--metadata_fields '\["),
+        ([], r"metadata_fields: is empty"),
+    ],
+)
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_the_served_metadata_heads_are_refused_by_the_setting_the_user_gave(config, value, message, tmp_path):
+    """The served network's fields are ``metadata_fields``; the refusals named ``fields``, pretraining's setting."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser.update({"bundle_root": str(BUNDLE), "metadata_fields": value})
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("metadata_label_space")
+    assert re.fullmatch(message + ".*", str(user_error(error.value))), str(user_error(error.value))
 
 
 @pytest.mark.parametrize(

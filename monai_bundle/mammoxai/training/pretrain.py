@@ -181,6 +181,7 @@ def select_fields(
     fields: Sequence[str] | Mapping[str, float] | str,
     config_file: str | os.PathLike | None = None,
     extra_fields: Sequence[Mapping[str, Any]] = (),
+    setting: str = "fields",
 ) -> MetadataLabelSpace:
     """The label space of ``fields`` (in head order), before any vocabulary is learned.
 
@@ -191,6 +192,8 @@ def select_fields(
         extra_fields: more definitions in the same format, added to or replacing (by name) those of the file,
             e.g. ``{"name": "density", "type": "categorical", "keys": ["density"], "classes": ["A", "B", "C", "D"]}``
             for a density column of a label CSV, or a re-binned ``kvp``.
+        setting: the config setting ``fields`` comes from, as the command line names it (``metadata_fields`` in
+            train.json and inference.json), named in the errors.
 
     Raises:
         MammoXAIError: no field, a field named twice, or a field defined nowhere.
@@ -204,18 +207,22 @@ def select_fields(
             fix = f"give field definitions with a 'name', as in {source}"
             raise MammoXAIError("extra_fields", f"holds {entry!r}", fix)
         definitions[entry["name"]] = dict(entry)
-    names = list(fields) if isinstance(fields, Mapping) else parse_names(fields, "fields", ["view", "thickness"])
+    names = list(fields) if isinstance(fields, Mapping) else parse_names(fields, setting, ["view", "thickness"])
     if not names:
-        raise MammoXAIError("fields", "is empty", f"name at least one of {list(definitions)}")
+        raise MammoXAIError(setting, "is empty", f"name at least one of {list(definitions)}")
     repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
-        raise MammoXAIError("fields", f"names {repeated} more than once", "list each field once")
+        raise MammoXAIError(setting, f"names {repeated} more than once", "list each field once")
     unknown = [name for name in names if name not in definitions]
     if unknown:
+        # pretrain.json adds definitions with extra_fields; train.json and inference.json only read them from a file
+        elsewhere = (
+            "define them in extra_fields" if setting == "fields" else "pass a metadata_fields_file defining them"
+        )
         raise MammoXAIError(
-            "fields",
+            setting,
             f"names {unknown}, which {source} does not define",
-            f"use fields among {list(definitions)}, or define them in extra_fields",
+            f"use fields among {list(definitions)}, or {elsewhere}",
         )
     return MetadataLabelSpace.from_config({**config, "fields": [definitions[name] for name in names]}, source=source)
 
