@@ -71,7 +71,7 @@ def parse_names(value: object, name: str, example: Sequence[str], single: bool =
 
     Every such setting follows one rule for text, which is how it arrives from a command line when it is one word
     (``--exam_keys study_uid``: neither JSON nor a Python literal, so the option reader passes the word) or a list
-    that could not be read as one (``study_uid,laterality``, ``[study_uid, laterality]``, ``"study_uid laterality"``):
+    that could not be read as one (``study_uid,laterality``, ``"study_uid laterality"``, an unclosed ``[study_uid``):
     a single bare name is the list of that name; any other text is refused, since split by guesswork it could name
     the wrong things, and taken as a sequence each of its characters became a name (a column "s", one breakdown per
     letter). The settings disagreed: one took a word as a list of one, another refused it. A one-item list is still

@@ -623,8 +623,8 @@ def check_unique(records: Sequence[Mapping[str, Any]], source: str | os.PathLike
 
 
 class TableRow(dict):
-    """One CSV data row as {column: stripped text}, knowing the file line it starts on, its file's separator and the
-    columns whose numbers the file writes with a decimal comma (:attr:`decimal_comma`, see :func:`read_table`).
+    """One CSV data row as {column: stripped text}, knowing the file line it starts on and the columns whose
+    numbers the file writes with a decimal comma (:attr:`decimal_comma`, see :func:`read_table`).
 
     Readers name that line in their errors; counting data rows instead is off after a blank line or a quoted cell
     holding a line break, and the user opens the file at the wrong row. A reader that takes a cell as a number reads
@@ -632,12 +632,9 @@ class TableRow(dict):
     one is.
     """
 
-    def __init__(
-        self, cells: Iterable[tuple[str, str]], line: int, separator: str = ",", decimal_comma: Iterable[str] = ()
-    ):
+    def __init__(self, cells: Iterable[tuple[str, str]], line: int, decimal_comma: Iterable[str] = ()):
         super().__init__(cells)
         self.line = line
-        self.separator = separator
         self.decimal_comma = frozenset(decimal_comma)
 
     def number_text(self, column: str) -> str:
@@ -753,7 +750,7 @@ def _table_row(
             f"give every row one cell per column, {name}-separated as the header is; quote cells that contain a {name}"
         )
         raise MammoXAIError(csv_path, problem, fix)
-    return TableRow(zip(header, cells, strict=False), line, separator, decimal_comma)
+    return TableRow(zip(header, cells, strict=False), line, decimal_comma)
 
 
 def record_shape(record: Mapping[str, Any]) -> tuple[int, int] | None:
