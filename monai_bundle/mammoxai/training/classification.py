@@ -21,7 +21,14 @@ from mammoxai.metrics import roc_auc
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["patient_key", "patient_split", "class_weights", "PresentClassesROCAUC", "warn_unknown_patients"]
+__all__ = [
+    "patient_key",
+    "patient_strata",
+    "patient_split",
+    "class_weights",
+    "PresentClassesROCAUC",
+    "warn_unknown_patients",
+]
 
 
 def warn_unknown_patients(unknown: int, total: int) -> None:
@@ -49,6 +56,47 @@ def patient_key(record: Mapping[str, Any]) -> str:
     return str(record.get("patient_id") or record.get("study_uid") or record["path"])
 
 
+def _class_of(record: Mapping[str, Any], label_map: LabelMap, label_key: str) -> str:
+    """A labelled record's class as the split stratifies and reports it: mapped, then folded by
+    :func:`~mammoxai.data.dataset.class_key`, so one class however spelt."""
+    return class_key(label_map(record[label_key]))
+
+
+def patient_strata(
+    by_patient: Mapping[str, Sequence[Mapping[str, Any]]], label_map: LabelMap, seed: int, label_key: str = "case_label"
+) -> list[list[str]]:
+    """The patients of each class in an order drawn by ``seed``: what the patient split and the experiments'
+    labelled subsets (:func:`~mammoxai.training.experiments.labelled_subset`) take their patients from.
+
+    A patient is of the rarest class among their images (rarest over all images, ties by name), so a patient with a
+    normal and a malignant study counts as malignant and the rare class keeps every patient it has. Classes are
+    compared as :func:`~mammoxai.data.dataset.class_key` folds them: one stratum per class, however spelt. The
+    strata come in class order, each shuffled in turn by one ``random.Random(seed)``, so a draw is reproducible, and
+    taking the first patients of each stratum nests: a larger share adds patients to a smaller one.
+
+    Args:
+        by_patient: :func:`patient_key` -> that patient's labelled records.
+        label_map: applied to each record's label before stratifying, as training applies it.
+        seed: seed of the shuffle.
+        label_key: record field holding the label.
+
+    Returns:
+        one list of patient keys per class, in class order.
+    """
+    classes = {
+        patient: [_class_of(record, label_map, label_key) for record in group] for patient, group in by_patient.items()
+    }
+    frequency = Counter(name for names in classes.values() for name in names)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for patient, names in sorted(classes.items()):
+        strata[min(names, key=lambda name: (frequency[name], name))].append(patient)
+    ordered = [strata[name] for name in sorted(strata)]
+    rng = random.Random(seed)
+    for patients in ordered:
+        rng.shuffle(patients)
+    return ordered
+
+
 def patient_split(
     records: Sequence[Mapping[str, Any]],
     val_fraction: float = 0.2,
@@ -61,8 +109,8 @@ def patient_split(
 
     All images of a patient (both breasts, both views, prior exams) fall on the same side: images of one
     patient share anatomy and acquisition, so splitting them would leak and inflate validation scores. Patients
-    are stratified by their rarest class (rarest over all images), and every class with at least two patients
-    gets at least one validation patient, so the validation AUC of each class is defined.
+    are stratified by their rarest class (rarest over all images, :func:`patient_strata`), and every class with at
+    least two patients gets at least one validation patient, so the validation AUC of each class is defined.
     ``monai.data.partition_dataset_classes`` rounds such small classes down to none.
 
     Records without a label, and the held-out test records (``holdout``), are left out of both sets, and so are
@@ -135,27 +183,19 @@ def patient_split(
     if len(by_patient) < 2:
         problem = f"{len(labelled)} labelled images from {len(by_patient)} patient(s) cannot be split"
         raise MammoXAIError(label_key, problem, "add patients")
-
-    def label(record: Mapping[str, Any]) -> str:
-        return class_key(label_map(record[label_key]))  # a stratum per class, however spelt
-
-    frequency = Counter(label(record) for record in labelled)
-    strata: dict[str, list[str]] = defaultdict(list)
-    for patient, patient_records in sorted(by_patient.items()):
-        rarest = min((label(record) for record in patient_records), key=lambda name: (frequency[name], name))
-        strata[rarest].append(patient)
-
-    rng = random.Random(seed)
+    strata = patient_strata(by_patient, label_map, seed, label_key)
     val_patients: set[str] = set()
-    for _, patients in sorted(strata.items()):
-        rng.shuffle(patients)
+    for patients in strata:
         if len(patients) >= 2:
             val_patients.update(patients[: min(len(patients) - 1, max(1, round(val_fraction * len(patients))))])
-    if not val_patients:  # every class has a single patient: validate on one from the largest stratum
-        val_patients.add(max(strata.values(), key=len)[0])
+    if not val_patients:  # every class has a single patient: validate on the first
+        val_patients.add(min(by_patient))
     train = [record for patient, group in sorted(by_patient.items()) if patient not in val_patients for record in group]
     val = [record for patient, group in sorted(by_patient.items()) if patient in val_patients for record in group]
-    _warn_unvalidated_classes({label(record) for record in train}, {label(record) for record in val})
+    _warn_unvalidated_classes(
+        {_class_of(record, label_map, label_key) for record in train},
+        {_class_of(record, label_map, label_key) for record in val},
+    )
     logger.info(
         "patient split: %d images / %d patients for training, %d / %d for validation",
         len(train),

@@ -17,10 +17,9 @@ import hashlib
 import json
 import logging
 import math
-import random
 import shlex
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,12 @@ import numpy as np
 
 from mammoxai.cli import bundle_config_files, exit_status, run_bundle
 from mammoxai.data.cache import update_with_file
-from mammoxai.data.dataset import LabelMap, class_key
+from mammoxai.data.dataset import LabelMap
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.metrics import paired_auc_difference
-from mammoxai.training.classification import patient_key
+from mammoxai.training.classification import patient_key, patient_strata
 from mammoxai.training.finetune import check_labels
 
 logger = logging.getLogger(__name__)
@@ -104,10 +103,11 @@ def labelled_subset(
     class, at least two patients per class (so training and validation both see it). An image naming no patient
     goes with its study, or alone, as in the patient split, so the views of one study are drawn together.
 
-    The draw is nested: patients are ranked once per class by the seed, and a fraction takes the first of them,
-    so a larger fraction adds patients to a smaller one and the comparison across fractions is not confounded by
-    different patients. Because of the two-patient minimum a small fraction of a small set takes more than asked:
-    report the patients drawn, not the fraction.
+    The draw is nested: patients are ranked once per class by the seed, as the patient split ranks them
+    (:func:`~mammoxai.training.classification.patient_strata`), and a fraction takes the first of them, so a larger
+    fraction adds patients to a smaller one and the comparison across fractions is not confounded by different
+    patients. Because of the two-patient minimum a small fraction of a small set takes more than asked: report the
+    patients drawn, not the fraction.
 
     Raises:
         MammoXAIError: ``fraction`` is not in (0, 1]; the message names it as ``option`` (the command-line option
@@ -121,15 +121,8 @@ def labelled_subset(
     for record in records:
         if not is_held_out(record) and record.get(label_key) not in (None, ""):
             by_patient[patient_key(record)].append(dict(record))
-    frequency = Counter(class_key(label_map(record[label_key])) for group in by_patient.values() for record in group)
-    strata: dict[str, list[str]] = defaultdict(list)
-    for patient, group in sorted(by_patient.items()):
-        names = {class_key(label_map(record[label_key])) for record in group}
-        strata[min(names, key=lambda name: (frequency[name], name))].append(patient)
-    rng = random.Random(seed)
     chosen = []
-    for _, patients in sorted(strata.items()):
-        rng.shuffle(patients)
+    for patients in patient_strata(by_patient, label_map, seed, label_key):
         chosen += patients[: min(len(patients), max(2, math.ceil(fraction * len(patients))))]
     return [record for patient in sorted(chosen) for record in by_patient[patient]] + held_out
 
