@@ -23,7 +23,9 @@ downloaded) and the same random input:
 Times are medians over ``--repeats`` runs after ``--warmup`` untimed ones (cuDNN autotuning and allocator growth
 are not steady state), with the device synchronised before each clock reading; the rows of a group (Grad-CAM,
 RELAX) take turns within each round, so load that comes and goes on a shared machine slows them alike.
-pytorch-grad-cam and Captum come with the ``bench`` extra (``pip install -e .[bench]``).
+pytorch-grad-cam and Captum come with the ``bench`` extra (``pip install -e .[bench]``). ``--groups`` and
+``--correlax-presets`` time some of the rows only, so that a machine lent for minutes can run the long faithful
+CorRELAX timing in a command of its own.
 
 A table is printed; nothing else is written unless ``--record`` is given. With it, the run is written with its
 command, hardware and load as a section of ``BENCHMARKS.md`` at the repository root (or of the file named by
@@ -160,14 +162,16 @@ def raw_forward(network: nn.Module, crops: torch.Tensor, count: int, chunk: int)
             network(crops.expand(min(chunk, count - start), -1, -1, -1))
 
 
-def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """Rows (what, setting, figure) and notes."""
+Rows = list[tuple[str, str, str]]
+"""A group's table rows: what was timed, its setting, its figure."""
+
+
+def measure_gradcam(args: argparse.Namespace, device: torch.device, amp: bool) -> tuple[Rows, list[str]]:
+    """Grad-CAM, ours batched and image by image, against the reference implementations and the forward pass."""
     rows, notes = [], []
-    amp = device.type == "cuda"
     height, width = args.image_size
     classifier = resnet18(3, device)
     batch = torch.rand(args.batch_size, 1, height, width, device=device)
-    timed = lambda runs: median_seconds(runs, device, args.warmup, args.repeats)  # noqa: E731
     setting = f"batch {args.batch_size}, {height} x {width}"
 
     def autocast() -> torch.autocast:
@@ -224,7 +228,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
         "monai": monai_batched,
         "per image": ours_per_image,
     }
-    figures = timed(runs)
+    figures = median_seconds(runs, device, args.warmup, args.repeats)
     for key, seconds in figures.items():
         rows.append((labels[key], setting, f"{args.batch_size / seconds:.1f} images/s"))
     batched = figures["ours"]
@@ -234,7 +238,12 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
         f"{figures['per image'] / batched:.1f}x image by image; {100 * figures['forward'] / batched:.0f} % of "
         "forward-only throughput (target: 60 % or more)."
     )
+    return rows, notes
 
+
+def measure_relax(args: argparse.Namespace, device: torch.device, amp: bool) -> tuple[Rows, list[str]]:
+    """RELAX: the masking engine against the official per-mask loop and the raw forward pass of the crops."""
+    classifier = resnet18(3, device)
     crop_h, crop_w = args.relax_size
     crop = breast_image(crop_h, crop_w, device)
     masks = RandomMasks(args.relax_masks, (crop_h, crop_w), grid=7, keep_prob=0.5, seed=0, device=device)
@@ -242,27 +251,36 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
         classifier, REPRESENTATION_LAYER, num_masks=args.relax_masks, grid=7, chunk_size=args.chunk_size, amp=amp
     )
     relax_setting = f"1 image {crop_h} x {crop_w}, {args.relax_masks} masks, grid 7, chunk {args.chunk_size}"
-    relax = timed(
+    relax = median_seconds(
         {
             "raw forward of the crops (ceiling)": lambda: raw_forward(
                 classifier, crop, args.relax_masks, args.chunk_size
             ),
             "RELAX, masking engine": lambda: engine.explain(crop),
             "RELAX, official per-mask loop": lambda: relax_per_mask_loop(classifier, crop, masks),
-        }
+        },
+        device,
+        args.warmup,
+        args.repeats,
     )
-    for what, seconds in relax.items():
-        rows.append((what, relax_setting, f"{args.relax_masks / seconds:.1f} masked images/s"))
-    notes.append(
+    rows = [
+        (what, relax_setting, f"{args.relax_masks / seconds:.1f} masked images/s") for what, seconds in relax.items()
+    ]
+    notes = [
         f"RELAX engine: {relax['RELAX, official per-mask loop'] / relax['RELAX, masking engine']:.1f}x the per-mask loop, "
         f"{100 * relax['raw forward of the crops (ceiling)'] / relax['RELAX, masking engine']:.0f} % of the raw forward "
         "throughput of the crops."
-    )
+    ]
+    return rows, notes
 
+
+def measure_correlax(args: argparse.Namespace, device: torch.device, amp: bool) -> tuple[Rows, list[str]]:
+    """Seconds per image of each CorRELAX preset asked for, on a breast-shaped image."""
+    rows, notes = [], []
     lesion_net = resnet18(4, device)
     full_h, full_w = args.correlax_size
     mammogram = breast_image(full_h, full_w, device)
-    for preset in ("faithful", "fast"):
+    for preset in args.correlax_presets:
         masks_used = max(2, round(PRESETS["correlax"][preset]["num_masks"] * args.correlax_mask_fraction))
         correlax = get_method(
             "correlax",
@@ -291,7 +309,23 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[
     return rows, notes
 
 
-def markdown_table(rows: list[tuple[str, str, str]]) -> list[str]:
+GROUPS = {"gradcam": measure_gradcam, "relax": measure_relax, "correlax": measure_correlax}
+"""The groups of rows, each timed on its own model and input; ``--groups`` picks some, in this order."""
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[Rows, list[str]]:
+    """Rows (what, setting, figure) and notes of the groups asked for."""
+    rows, notes = [], []
+    amp = device.type == "cuda"
+    for name, group in GROUPS.items():
+        if name in args.groups:
+            group_rows, group_notes = group(args, device, amp)
+            rows.extend(group_rows)
+            notes.extend(group_notes)
+    return rows, notes
+
+
+def markdown_table(rows: Rows) -> list[str]:
     return [
         "| what | setting | speed |",
         "|---|---|---|",
@@ -299,7 +333,7 @@ def markdown_table(rows: list[tuple[str, str, str]]) -> list[str]:
     ]
 
 
-def record(path: Path, rows: list[tuple[str, str, str]], notes: list[str], command: str, device: torch.device) -> None:
+def record(path: Path, rows: Rows, notes: list[str], command: str, device: torch.device) -> None:
     """Write this run as the section of ``path`` (BENCHMARKS.md) for its hardware and settings."""
     description = (
         f"Model: torchvision ResNet-18, one input channel, random weights; Grad-CAM at `{TARGET_LAYER}`, RELAX and "
@@ -316,8 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--relax-size", type=image_size, default=(256, 256), help="HxW of the RELAX crop")
     parser.add_argument("--relax-masks", type=int, default=3000, help="RELAX masks (paper: 3000)")
     parser.add_argument("--chunk-size", type=int, default=256, help="masked images per forward pass")
+    parser.add_argument(
+        "--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS), help="which rows to time (default: all)"
+    )
     parser.add_argument("--correlax-size", type=image_size, default=(3000, 2400), help="HxW of the CorRELAX image")
     parser.add_argument("--correlax-mask-fraction", type=float, default=1.0, help="scale the presets' mask counts")
+    parser.add_argument(
+        "--correlax-presets",
+        nargs="+",
+        choices=list(PRESETS["correlax"]),
+        default=list(PRESETS["correlax"]),
+        help="which CorRELAX presets to time (default: all)",
+    )
     parser.add_argument("--correlax-repeats", type=int, default=1, help="timed CorRELAX runs (after one untimed)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before the Grad-CAM and RELAX timings")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per Grad-CAM and RELAX row")

@@ -186,6 +186,24 @@ def test_bench_pretrain_times_a_tiny_run_and_writes_nothing(bench_pretrain, tmp_
     assert not (tmp_path / "BENCHMARKS.md").exists()
 
 
+@pytest.mark.parametrize(
+    "groups, presets, expected",
+    [
+        (["gradcam"], ["fast"], ["Grad-CAM, ours batched", "Grad-CAM, pytorch-grad-cam GradCAM"]),
+        (["relax", "correlax"], ["fast"], ["RELAX, masking engine", "CorRELAX, fast preset"]),
+    ],
+)
+def test_bench_saliency_times_only_the_groups_and_presets_asked_for(groups, presets, expected, bench_saliency, capsys):
+    arguments = ["--image-size", "32x32", "--batch-size", "2", "--relax-size", "32x32", "--relax-masks", "4"]
+    arguments += ["--chunk-size", "4", "--correlax-size", "256x256", "--correlax-mask-fraction", "0.01"]
+    arguments += ["--repeats", "1", "--warmup", "0", "--device", "cpu", "--groups", *groups]
+
+    assert bench_saliency.main([*arguments, "--correlax-presets", *presets]) == 0
+    rows = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    every = ["Grad-CAM, ours batched", "RELAX, masking engine", "CorRELAX, fast preset", "CorRELAX, faithful preset"]
+    assert set(expected) <= set(rows) and not (set(every) - set(expected)) & set(rows)
+
+
 @pytest.mark.parametrize("text", ["512", "512x", "axb", "0x416"])
 def test_a_size_that_is_not_hxw_is_refused(text):
     with pytest.raises(argparse.ArgumentTypeError, match="HxW"):
