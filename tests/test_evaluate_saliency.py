@@ -136,6 +136,23 @@ def test_one_finding_class_is_one_class_not_its_letters(lesion_study, tmp_path):
     assert evaluator.finding_classes == ("mass",)
 
 
+def test_a_class_target_matches_the_class_regardless_of_case_and_spacing(lesion_study, tmp_path):
+    """A class named as a target was matched as written: ' Malignant ' was refused where the 'label' target took the
+    manifest's 'Malignant' as the model's 'malignant'."""
+    records, csv = lesion_study
+    settings = {"deletion_steps": 0, "sanity_images": 0, "overlays": 0}
+    evaluator = SaliencyEvaluator(records, csv, _models(), [{**GRADCAM, "target": " Malignant "}], tmp_path, **settings)
+    rows = {row["method"]: row for row in evaluator.run()["methods"]}
+    assert rows["gradcam"]["mass"] == 1.0  # the malignant map: the network's evidence for it is the bright mass
+    message = (
+        r"^saliency method gradcam: target 'cancer' is not a class of model 'whole_image' "
+        r"\(\['normal', 'benign', 'malignant'\]\) \(use one of"
+    )
+    with pytest.raises(MammoXAIError, match=message) as refused:
+        SaliencyEvaluator(records, csv, _models(), [{**GRADCAM, "target": "cancer"}], tmp_path, **settings)
+    assert "\n" not in str(refused.value)
+
+
 def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
     """The mirrored image is flipped onto the model grid; its maps must come back onto the mass where the CSV has it."""
     records, csv = write_lesion_study(tmp_path, mirrored=True)

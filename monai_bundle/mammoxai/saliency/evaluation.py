@@ -119,8 +119,9 @@ class FindingHit:
 @dataclass
 class MethodSpec:
     """One evaluated method: ``name`` and ``preset`` / ``settings`` for :func:`~mammoxai.saliency.get_method`,
-    the ``model`` it explains (a key of the evaluator's models), its ``target`` (a class name or one of
-    :data:`TARGETS`) and the ``label`` it is reported under (default: name, and preset when given)."""
+    the ``model`` it explains (a key of the evaluator's models), its ``target`` (a class name, regardless of case and
+    spacing, or one of :data:`TARGETS`) and the ``label`` it is reported under (default: name, and preset when
+    given)."""
 
     name: str
     model: str
@@ -299,12 +300,8 @@ class SaliencyEvaluator:
                 fix = f"use one of {sorted(self.models)}"
                 raise MammoXAIError(f"saliency method {spec.label}", f"explains model {spec.model!r}", fix)
             names = self.models[spec.model]["class_names"]
-            if spec.target not in TARGETS and spec.target not in names:
-                raise MammoXAIError(
-                    f"saliency method {spec.label}",
-                    f"target {spec.target!r} is not a class of model {spec.model!r} ({names})",
-                    f"use one of {names} or {list(TARGETS)}",
-                )
+            if spec.target not in TARGETS:
+                self._target_class(spec)
             if spec.target == "finding":
                 lacking = [name for name in self.finding_classes if name not in names]
                 if lacking:
@@ -316,6 +313,26 @@ class SaliencyEvaluator:
             if labels.count(spec.label) > 1:
                 fix = "give each a distinct 'label'"
                 raise MammoXAIError("saliency methods", f"{spec.label!r} is listed twice", fix)
+
+    def _target_class(self, spec: MethodSpec) -> str:
+        """The class a method's class-name ``target`` names, as its model's ``class_names`` spell it.
+
+        A target matches a class regardless of case and spacing ("Malignant", " malignant "), by the rule labels and
+        ``label_map`` keys follow (:class:`~mammoxai.data.dataset.LabelMap`): matched as written, a target was refused
+        in the spelling that the same method's ``"label"`` target took from the manifest.
+
+        Raises:
+            MammoXAIError: the model has no such class; the message names the method, its target and the classes.
+        """
+        names = self.models[spec.model]["class_names"]
+        name = LabelMap(None, names)(spec.target)
+        if name not in names:
+            raise MammoXAIError(
+                f"saliency method {spec.label}",
+                f"target {spec.target!r} is not a class of model {spec.model!r} ({names})",
+                f"use one of {names} or {list(TARGETS)}",
+            )
+        return name
 
     def _explainer(self, spec: MethodSpec, network: nn.Module) -> SaliencyMethod:
         explainer = get_method(spec.name, network, spec.preset, **spec.settings)
@@ -379,7 +396,7 @@ class SaliencyEvaluator:
                     "set the model's label_map, or give a class name as the method's target",
                 )
             return [(names.index(label), everything)]
-        return [(names.index(spec.target), everything)]
+        return [(names.index(self._target_class(spec)), everything)]
 
     def run(self) -> dict[str, Any]:
         """Evaluate every method and baseline and write the report; returns its per-method rows."""
