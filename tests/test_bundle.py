@@ -806,6 +806,16 @@ def test_fixed_target_class_is_explained_whatever_the_prediction(tmp_path):
     assert record["saliency"]["target_class"] == "malignant"
 
 
+def test_a_target_class_matches_the_class_regardless_of_case_and_spacing(tmp_path):
+    """``--saliency#target_class " Malignant "`` was refused as not a class, where training takes the label
+    "Malignant" as the class "malignant"; the record names the class as class_names spell it."""
+    saliency = {"method": "gradcam", "target_layer": "backbone.features.block4", "target_class": " Malignant "}
+    predictor = make_predictor(save_weights(tmp_path / "model.pt", favour=0), saliency=saliency)
+    record = predictor.predict(write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())).record
+    assert record["predicted_class"] == "normal"
+    assert record["saliency"]["target_class"] == record["saliency"]["settings"]["target"] == "malignant"
+
+
 def test_runner_keeps_the_suffix_when_two_inputs_share_a_stem(tmp_path):
     files = [write_mammo_dicom(tmp_path / "case.dcm", breast_pixels()), tmp_path / "case.png"]
     Image.fromarray(breast_pixels()).save(files[1])
@@ -850,7 +860,11 @@ def test_saliency_choices_are_every_method_the_grid_can_run_with_its_presets(tmp
 @pytest.mark.parametrize(
     "saliency, message",
     [
-        ({"target_class": "cancer"}, "saliency target_class: 'cancer' is not a class"),
+        (
+            {"target_class": "cancer"},
+            r"^saliency target_class: 'cancer' is not a class \(use 'predicted' or one of \['normal', 'benign', 'malig",
+        ),
+        ({"target_class": "Predicted"}, "saliency target_class: 'Predicted' is not a class"),  # a keyword, not a class
         ({"method": "lime"}, "saliency method: 'lime' is not available"),
         ({"method": "occlusion", "preset": "huge"}, "saliency preset for occlusion: 'huge' is not a preset"),
         ({"target_layer": "features.block9"}, "saliency target_layer: the network has no layer named 'features.blo"),

@@ -39,6 +39,7 @@ import torch
 from monai.inferers import SimpleInferer
 from torch import nn
 
+from mammoxai.data.dataset import LabelMap
 from mammoxai.data.manifest import find_images
 from mammoxai.errors import MammoXAIError, check_output_path, parse_class_names
 from mammoxai.io import read_mammogram
@@ -164,7 +165,9 @@ class MammogramPredictor:
             only (a request naming another method gets that method's preset and defaults). ``target_layer`` is a
             property of the network rather than of a method: it is given to every method that takes one (the CAM
             family) and defaults to the network's ``last_block`` when it has one; ``amp`` is passed on likewise.
-            ``target_class`` ``"predicted"`` (default) explains each image's most probable class.
+            ``target_class`` ``"predicted"`` (default) explains each image's most probable class; a class name,
+            matched regardless of case and spacing, explains that class, which the record names as ``class_names``
+            spell it.
         metadata_label_space: the fields and classes of the network's metadata heads (train.json's
             ``metadata_label_space``); required by a network with metadata heads, unused otherwise.
         qc_min_probability: a metadata prediction that disagrees with the header is flagged only when its
@@ -216,10 +219,7 @@ class MammogramPredictor:
             "target_class": PREDICTED,
         }
         self.saliency.update(saliency or {})
-        target = self.saliency["target_class"]
-        if target != PREDICTED and target not in self.class_names:
-            fix = f"use {PREDICTED!r} or one of {list(self.class_names)}"
-            raise MammoXAIError("saliency target_class", f"{target!r} is not a class", fix)
+        self.saliency["target_class"] = self._target_class(self.saliency["target_class"])
         if isinstance(qc_min_probability, bool) or not 0.0 <= float(qc_min_probability) <= 1.0:
             raise MammoXAIError("qc_min_probability", f"is {qc_min_probability!r}", "use a probability, e.g. 0.9")
         self.qc_min_probability = float(qc_min_probability)
@@ -237,6 +237,26 @@ class MammogramPredictor:
         self.checkpoint = _Checkpoint(Path(checkpoint))
         # one prediction at a time: weights are swapped in place on reload and saliency methods hook the network
         self._lock = threading.Lock()
+
+    def _target_class(self, target: Any) -> str:
+        """The saliency ``target_class`` as the predictor uses it: ``"predicted"``, or a class as ``class_names``
+        spell it.
+
+        A class matches regardless of case and spacing (``--saliency#target_class " Malignant "``), by the rule labels
+        and ``label_map`` keys follow in training and evaluation (:class:`~mammoxai.data.dataset.LabelMap`): matched as
+        written, the served model refused a spelling its own training took. ``"predicted"`` is a keyword, not a class,
+        and stays exact.
+
+        Raises:
+            MammoXAIError: ``target`` is neither ``"predicted"`` nor a class; the message names the classes.
+        """
+        if target == PREDICTED:
+            return PREDICTED
+        name = LabelMap(None, self.class_names)(target)
+        if name not in self.class_names:
+            fix = f"use {PREDICTED!r} or one of {list(self.class_names)}"
+            raise MammoXAIError("saliency target_class", f"{target!r} is not a class", fix)
+        return name
 
     def predict(
         self, path: str | os.PathLike, saliency_method: str | None = None, saliency_preset: str | None = None
