@@ -377,6 +377,20 @@ def test_positives_are_broken_down_by_lesion_type_against_every_negative(studies
     assert "## malignant images by lesion_types" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_the_positive_class_matches_a_class_regardless_of_case_and_spacing(studies, tmp_path, capsys):
+    """``--positive_class " Malignant "`` was refused as not a class, where the label "Malignant" is the class
+    "malignant"; a class the model lacks is still one line on stderr naming the classes."""
+    torch.manual_seed(0)
+    network = served_network(CLASSES)
+    assert _evaluate_network(studies, tmp_path, network, "--positive_class", " Malignant ", "--n_bootstrap", "5") == 0
+    assert "## malignant images by lesion_types" in (tmp_path / "report" / "report.md").read_text()
+    assert _evaluate_network(studies, tmp_path, network, "--positive_class", "cancer") == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1] == (
+        "error: positive_class: 'cancer' is not one of ['normal', 'benign', 'malignant'] (name one of class_names)"
+    )
+
+
 def test_metadata_heads_are_scored_against_the_header_with_their_qc_flags(studies, tmp_path):
     torch.manual_seed(0)
     network = served_network(CLASSES)

@@ -48,7 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.data.dataset import setting_mapping
+from mammoxai.data.dataset import LabelMap, setting_mapping
 from mammoxai.errors import MammoXAIError, check_output_path, parse_names
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, roc_auc
@@ -371,7 +371,9 @@ class ClassifierEvaluator:
             held-out images (unlabelled images, label -1, are left out).
         class_names: the classes, in output order.
         positive_class: the class scored as "positive" (default ``"malignant"``); every binary metric is this
-            class against the rest.
+            class against the rest. It matches a class regardless of case and spacing, as labels do
+            (:class:`~mammoxai.data.dataset.LabelMap`): matched as written, ``--positive_class Malignant`` was
+            refused where the label "Malignant" is the class "malignant".
         output_dir: the report folder.
         device, amp: where and how to run the networks.
         threshold: operating point on the positive-class probability.
@@ -425,12 +427,13 @@ class ClassifierEvaluator:
         eval_where: Mapping[str, Any] | None = None,
     ) -> None:
         self.class_names = list(class_names)
-        if positive_class not in self.class_names:
+        positive = LabelMap(None, self.class_names)(positive_class)
+        if positive not in self.class_names:
             raise MammoXAIError(
                 "positive_class", f"{positive_class!r} is not one of {self.class_names}", "name one of class_names"
             )
         self.members, self.dataloader = list(members), dataloader
-        self.positive = self.class_names.index(positive_class)
+        self.positive = self.class_names.index(positive)
         self.output_dir = check_output_path(output_dir, "evaluation_dir", "give a folder for the report")
         self.device, self.amp = torch.device(device), amp
         self.threshold, self.target_specificity = threshold, target_specificity
