@@ -153,6 +153,27 @@ def test_a_class_target_matches_the_class_regardless_of_case_and_spacing(lesion_
     assert "\n" not in str(refused.value)
 
 
+def test_a_finding_target_matches_the_finding_classes_regardless_of_case_and_spacing(lesion_study, tmp_path):
+    """A model whose classes are spelt "Mass", "Calcification", ... was refused as lacking 'mass' and
+    'calcification'; a finding class the model does lack is still refused in one line naming its classes."""
+    records, csv = lesion_study
+    settings = {"deletion_steps": 0, "sanity_images": 0, "overlays": 0}
+    method = {**GRADCAM, "model": "lesion_crops", "target": "finding"}
+    models = _models()
+    models["lesion_crops"]["class_names"] = [" Mass", "CALCIFICATION", "Other", "No_Finding"]
+    evaluator = SaliencyEvaluator(records, csv, models, [method], tmp_path, **settings)
+    rows = {row["method"]: row for row in evaluator.run()["methods"]}
+    assert rows["gradcam"]["mass"] == 1.0  # the mass map: the network's evidence for class 0 is the bright mass
+    models["lesion_crops"]["class_names"] = ["Mass", "Other", "No_Finding", "normal"]
+    message = (
+        r"^saliency method gradcam: target 'finding' needs classes \['calcification'\], which model 'lesion_crops' "
+        r"lacks \(\['Mass', 'Other', 'No_Finding', 'normal'\]\) \(explain a lesion-crop classifier"
+    )
+    with pytest.raises(MammoXAIError, match=message) as refused:
+        SaliencyEvaluator(records, csv, models, [method], tmp_path, **settings)
+    assert "\n" not in str(refused.value)
+
+
 def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
     """The mirrored image is flipped onto the model grid; its maps must come back onto the mass where the CSV has it."""
     records, csv = write_lesion_study(tmp_path, mirrored=True)

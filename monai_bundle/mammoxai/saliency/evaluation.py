@@ -299,17 +299,10 @@ class SaliencyEvaluator:
             if spec.model not in self.models:
                 fix = f"use one of {sorted(self.models)}"
                 raise MammoXAIError(f"saliency method {spec.label}", f"explains model {spec.model!r}", fix)
-            names = self.models[spec.model]["class_names"]
             if spec.target not in TARGETS:
                 self._target_class(spec)
             if spec.target == "finding":
-                lacking = [name for name in self.finding_classes if name not in names]
-                if lacking:
-                    raise MammoXAIError(
-                        f"saliency method {spec.label}",
-                        f"target 'finding' needs classes {lacking}, which model {spec.model!r} lacks ({names})",
-                        "explain a lesion-crop classifier, or give a class name as target",
-                    )
+                self._finding_class_indices(spec)
             if labels.count(spec.label) > 1:
                 fix = "give each a distinct 'label'"
                 raise MammoXAIError("saliency methods", f"{spec.label!r} is listed twice", fix)
@@ -333,6 +326,28 @@ class SaliencyEvaluator:
                 f"use one of {names} or {list(TARGETS)}",
             )
         return name
+
+    def _finding_class_indices(self, spec: MethodSpec) -> dict[str, int]:
+        """Each finding class's index among the ``class_names`` of the model a ``"finding"`` target explains.
+
+        A finding class matches a model class regardless of case and spacing (a model of "Mass", "Calcification",
+        ...), by the :class:`~mammoxai.data.dataset.LabelMap` rule a class-name target follows (:meth:`_target_class`):
+        matched as written, such a model was refused as lacking the classes it has.
+
+        Raises:
+            MammoXAIError: the model lacks a finding class; the message names the method, those classes and the
+                model's.
+        """
+        names = self.models[spec.model]["class_names"]
+        spelt = {finding: LabelMap(None, names)(finding) for finding in self.finding_classes}
+        lacking = [finding for finding, name in spelt.items() if name not in names]
+        if lacking:
+            raise MammoXAIError(
+                f"saliency method {spec.label}",
+                f"target 'finding' needs classes {lacking}, which model {spec.model!r} lacks ({names})",
+                "explain a lesion-crop classifier, or give a class name as target",
+            )
+        return {finding: names.index(name) for finding, name in spelt.items()}
 
     def _explainer(self, spec: MethodSpec, network: nn.Module) -> SaliencyMethod:
         explainer = get_method(spec.name, network, spec.preset, **spec.settings)
@@ -381,8 +396,9 @@ class SaliencyEvaluator:
         model = self.models[spec.model]
         names = model["class_names"]
         if spec.target == "finding":
+            indices = self._finding_class_indices(spec)
             categories = sorted({region.category for region in regions}, key=self.finding_classes.index)
-            return [(names.index(c), [i for i, r in enumerate(regions) if r.category == c]) for c in categories]
+            return [(indices[c], [i for i, r in enumerate(regions) if r.category == c]) for c in categories]
         everything = list(range(len(regions)))
         if spec.target == "predicted":
             return [(None, everything)]
