@@ -128,6 +128,20 @@ def test_a_finding_class_missing_from_class_names_is_a_clear_error(studies):
         )
 
 
+def test_finding_and_background_classes_match_class_names_regardless_of_case_and_spacing(studies):
+    """Matched as written, a lesion-crop model of "Mass", ..., "No_Finding" could be evaluated but not trained; a
+    background class it lacks is still refused in one line naming the setting and the classes."""
+    spelt = [" Mass", "CALCIFICATION", "Other", "No_Finding"]
+    findings = studies / "finding_annotations.csv"
+    crops = PatchDataset(_images(studies), findings, patch_size=16, labels="finding", class_names=spelt)
+    expected = PatchDataset(_images(studies), findings, patch_size=16, labels="finding")
+    assert crops.labels == expected.labels and crops.class_names == tuple(spelt)
+    message = r"^background_class: class 'no_finding' is not one of \[' Mass', 'CALCIFICATION', 'Other', 'Background'\]"
+    with pytest.raises(MammoXAIError, match=message) as refused:
+        PatchDataset(_images(studies), findings, labels="finding", class_names=[*spelt[:3], "Background"])
+    assert "\n" not in str(refused.value)
+
+
 def test_per_class_f1_leaves_a_class_without_examples_out_of_the_macro_mean():
     labels = [0, 0, 1, 1, 3, 3]
     predictions = [0, 1, 1, 1, 3, 0]

@@ -33,6 +33,7 @@ __all__ = [
     "ID_KEYS",
     "MammogramDataset",
     "batch_geometries",
+    "class_index",
     "class_key",
     "class_spellings",
     "LabelMap",
@@ -94,6 +95,34 @@ class LabelMap:
         """The class name of a raw label."""
         name = self.classes.get(class_key(label), str(label).strip())
         return self.spellings.get(class_key(name), name)
+
+
+def class_index(
+    name: Any, class_names: Sequence[str], setting: str | os.PathLike, fix: str = "name one of them"
+) -> int:
+    """The index among ``class_names`` of the class ``name`` names, regardless of case and spacing.
+
+    For a setting that names one class of a model's list, such as the background class of lesion crops and of
+    CorRELAX: by the :class:`LabelMap` rule labels follow, so a lesion-crop model whose classes are spelt "Mass",
+    "No_Finding" is trained and explained as it is evaluated, where matched as written it was refused.
+
+    Args:
+        name: the class, as the setting or data gives it.
+        class_names: the classes, in output order.
+        setting: the setting or file that gives ``name`` or ``class_names``, shown first in the message.
+        fix: what to do when no class is ``name``.
+
+    Raises:
+        MammoXAIError: no class is ``name`` up to case and spacing; the message names ``setting`` and the classes.
+
+    Example:
+        class_index("no_finding", ["Mass", "Calcification", "Other", "No_Finding"], "background_class")  # 3
+    """
+    names = [str(class_name) for class_name in class_names]
+    spelt = LabelMap(None, names)(name)
+    if spelt not in names:
+        raise MammoXAIError(setting, f"class {name!r} is not one of {names}", fix)
+    return names.index(spelt)
 
 
 def class_spellings(names: Iterable[str]) -> list[str]:

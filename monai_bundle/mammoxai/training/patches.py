@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mammoxai.data.dataset import MammogramDataset, batch_geometries
+from mammoxai.data.dataset import MammogramDataset, batch_geometries, class_index
 from mammoxai.data.findings import (
     LESION_CLASSES,
     box_class,
@@ -76,7 +76,8 @@ class PatchDataset(torch.utils.data.Dataset):
         patch_size: side of the square patches, in model-grid pixels; parts outside the image are zero.
         backgrounds: background patches per image and scale.
         background_class: class name of background patches (default ``class_names[0]`` for image labels,
-            ``"no_finding"`` for finding labels).
+            ``"no_finding"`` for finding labels); it and the findings' classes match ``class_names`` regardless of
+            case and spacing.
         transform: applied to each patch sample (augmentation belongs here, after cropping).
         seed: seed of the background positions.
         scales: crop sides as multiples of ``patch_size``; every finding and background gets one patch per scale.
@@ -146,11 +147,10 @@ class PatchDataset(torch.utils.data.Dataset):
         self.data = [images.data[index] for index, _, _, _ in self.items]
         self.labels = [label for _, _, _, label in self.items]
 
-    def _class_index(self, name: str, source: object) -> int:
-        if name not in self.class_names:
-            problem = f"class {name!r} is not one of {list(self.class_names)}"
-            raise MammoXAIError(source, problem, "add it to class_names, or name one of them")
-        return self.class_names.index(name)
+    def _class_index(self, name: str, source: str | os.PathLike) -> int:
+        """The label of class ``name``: matched regardless of case and spacing (:func:`class_index`), so lesion crops
+        train a model whose ``class_names`` are spelt "Mass", "No_Finding", as the saliency evaluation explains it."""
+        return class_index(name, self.class_names, source, "add it to class_names, or name one of them")
 
     def __len__(self) -> int:
         return len(self.items)
