@@ -402,6 +402,16 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
             "trained with lesion_class_names",
         ),
         (
+            (
+                "--select",
+                '["correlax prediction"]',
+                "--lesion_class_names",
+                '["mass", "calcification", "other", "none"]',
+            ),
+            "lesion_class_names: class 'no_finding' is not one of ['mass', 'calcification', 'other', 'none'] (CorRELAX "
+            "needs the lesion-crop model's background class, no_finding, among them)",
+        ),
+        (
             ("--select", '["correlax prediction"]', "--lesion_checkpoint", "missing.pt"),
             "lesion-crop checkpoint not found (train one first: python -m monai.bundle run --config_file configs/train_lesion_crops.json",
         ),
@@ -426,6 +436,18 @@ def test_bad_configurations_are_one_line_errors(synthetic, tmp_path, capsys, ove
     assert _run(synthetic, tmp_path, *overrides) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_a_lesion_model_spelling_its_background_class_otherwise_is_explained(synthetic, tmp_path):
+    """CorRELAX's background class was looked up as written ('no_finding'): a lesion-crop model of "Mass", ...,
+    "No_Finding" ended in a ValueError traceback; it is found regardless of case and spacing."""
+    spelt = ["Mass", "Calcification", "Other", "No_Finding"]
+    record = LesionCropRecord([64, 52], 32, spelt).state_dict()
+    torch.save({"model": MammoClassifier(num_classes=4).state_dict(), "crops": record}, tmp_path / "lesion_crops.pt")
+    overrides = ("--lesion_class_names", json.dumps(spelt), "--lesion_checkpoint", str(tmp_path / "lesion_crops.pt"))
+    assert _run(synthetic, tmp_path, "--select", '["correlax prediction"]', "--sanity_images", "0", *overrides) == 0
+    report = json.loads((tmp_path / "saliency_evaluation" / "report.json").read_text())
+    assert report["tables"]["methods"][0]["settings"]["background_class"] == 3
 
 
 def test_one_selected_name_is_one_method_not_its_letters(synthetic, tmp_path):
