@@ -136,6 +136,17 @@ def test_one_finding_class_is_one_class_not_its_letters(lesion_study, tmp_path):
     assert evaluator.finding_classes == ("mass",)
 
 
+def test_finding_classes_match_the_lesion_classes_regardless_of_case_and_spacing(lesion_study, tmp_path):
+    """Matched as written, --finding_classes '["Mass"]' was refused as not a finding class; it is scored as "mass"."""
+    records, csv = lesion_study
+    settings = {"deletion_steps": 0, "sanity_images": 0, "overlays": 0}
+    classes = [" Mass", "CALCIFICATION", "mass"]
+    evaluator = SaliencyEvaluator(records, csv, _models(), [GRADCAM], tmp_path, finding_classes=classes, **settings)
+    assert evaluator.finding_classes == ("mass", "calcification")
+    rows = {row["method"]: row for row in evaluator.run()["methods"]}
+    assert rows["gradcam"]["mass"] == 1.0
+
+
 def test_a_class_target_matches_the_class_regardless_of_case_and_spacing(lesion_study, tmp_path):
     """A class named as a target was matched as written: ' Malignant ' was refused where the 'label' target took the
     manifest's 'Malignant' as the model's 'malignant'."""

@@ -174,8 +174,8 @@ class SaliencyEvaluator:
         methods: :class:`MethodSpec` s or dicts of their fields.
         select: labels or names of the methods to run (None: all of ``methods``; one name: that method).
         output_dir: where the report and overlays go.
-        finding_classes: the finding classes scored (:data:`~mammoxai.data.findings.LESION_CLASSES` names; one name
-            is one class, :func:`~mammoxai.errors.parse_names`).
+        finding_classes: the finding classes scored (:data:`~mammoxai.data.findings.LESION_CLASSES` names,
+            regardless of case and spacing; one name is one class, :func:`~mammoxai.errors.parse_names`).
         label_key: the record field holding the image's label (target ``"label"``).
         tolerance, tolerance_unit: the pointing game's tolerance, in ``"px"`` of the original image or ``"mm"``.
         score_threshold: CorRELAX's aggregate leaves out image-class pairs scored below it (None keeps all).
@@ -223,7 +223,8 @@ class SaliencyEvaluator:
         if tolerance_unit not in _TOLERANCE_UNITS:
             raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
         finding_classes = parse_names(finding_classes, "finding_classes", ["mass", "calcification"])
-        unknown = [name for name in finding_classes if name not in LESION_CLASSES]
+        lesion_class = LabelMap(None, LESION_CLASSES)  # "Mass" is "mass", as a model's class_names match it
+        unknown = [name for name in finding_classes if lesion_class(name) not in LESION_CLASSES]
         if unknown or not finding_classes:
             # a misspelt class ("calcifications") matches no finding: its column is n/a and the class mean is that of
             # the other classes, which reads like a result
@@ -245,7 +246,7 @@ class SaliencyEvaluator:
         self.methods = _selected([_method_spec(spec) for spec in methods], select)
         used = {spec.model for spec in self.methods}
         self.models = {name: self._model(name, model, name in used) for name, model in models.items()}
-        self.finding_classes = tuple(finding_classes)
+        self.finding_classes = tuple(dict.fromkeys(map(lesion_class, finding_classes)))
         self.findings_csv = Path(findings_csv)
         self.label_key, self.tolerance, self.tolerance_unit = label_key, float(tolerance), tolerance_unit
         self.score_threshold, self.seed, self.command = score_threshold, int(seed), command
