@@ -1,0 +1,451 @@
+#!/usr/bin/env python
+"""The GPU figures issues 4, 5 and 6 still owe, in stages that each fit one command on a lent GPU machine.
+
+Such a machine is lent for minutes: it starts bare, has no package index, runs one command of at most ten
+minutes and gives back at most eight files. Each stage therefore makes its own synthetic studies, runs the
+repository's own scripts and bundle configs at the sizes the issues ask for (the commands the model card gives),
+and leaves in ``--out`` three files: ``<stage>.log`` (every command, its output and its time), ``<stage>.tar.gz``
+(the stage's reports, plots and tables; no images, no weights) and ``BENCHMARKS.md`` where the stage records
+benchmarks. Each command is stopped at the stage's share of ``--budget`` minutes, so an overrun still leaves the
+log and whatever was finished; the log's times are what to size the next run by.
+
+Stages (``--list`` prints their commands without running them):
+
+* ``bench`` (#4, #6): ``bench_pretrain.py`` at 512 x 416, batch 16 and 32, AMP off and on; ``bench_saliency.py``
+  at full-field size (Grad-CAM 1024 x 832, RELAX 3000 masks, the fast CorRELAX preset on 3000 x 2400);
+* ``faithful`` (#6): the faithful CorRELAX preset's seconds per 3000 x 2400 image;
+* ``pretrain`` (#4): 400 synthetic patients, ``configs/pretrain.json`` at its defaults (ResNet-18, 512 x 416,
+  batch 32, AMP) on the non-test patients, evaluated on the test patients and explained by ablation;
+* ``saliency`` (#6): the lesion-crop classifier at full resolution, then the fast and faithful CorRELAX presets'
+  prediction and correlation maps on the first ``--max-images`` lesion images, compared with a 0.02 margin;
+* ``strategies`` (#5): ``compare_strategies.py`` at 5 / 25 / 100 % labelled, for the seeds given (``--seeds``).
+
+On the GPU machine, from the repository root, with the wheels of ``scripts/device_wheels.sh`` carried in
+``.whl``::
+
+    python3 scripts/device_figures.py bench --out "$OUT" --install
+
+Here, to check that a stage runs before a machine's minutes are spent on it (CPU, tiny sizes, same commands)::
+
+    python scripts/device_figures.py pretrain --out /tmp/figures --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "monai_bundle"
+WHEELS = REPO / ".whl"
+REPORT_SUFFIXES = (".json", ".md", ".csv", ".png", ".log", ".txt")
+DATA_FOLDERS = ("cache", "masks")
+"""What a stage's archive keeps: reports, tables, plots, logs and the cohorts' CSVs; never images, masks or
+weights."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every size a stage uses: the issues' (``FULL``) or a few seconds' worth on a CPU (``TINY``)."""
+
+    patients: int
+    synth_size: int
+    grid: tuple[int, int] | None  # None: the config's own (512 x 416)
+    batch_size: int
+    epochs: int
+    workers: int
+    bench_pretrain: list[str]
+    bench_saliency: list[str]
+    lesion_patients: int
+    lesion_synth_size: int
+    lesion_image_size: tuple[int, int] | None  # None: the configs' own (2048 x 1664)
+    view_size: int | None  # None: the configs' own (256)
+    lesion_epochs: int
+    strategy_patients: int
+    strategy_synth_size: int
+    strategy_epochs: int
+    strategy_pretrain_epochs: int
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+FULL = Sizes(
+    patients=400,
+    synth_size=640,
+    grid=None,
+    batch_size=32,
+    epochs=40,
+    workers=12,
+    bench_pretrain=[
+        "--patients", "16", "--size", "640", "--image-sizes", "512x416", "--batch-sizes", "16", "32",
+        "--amp", "off", "on", "--iterations", "30", "--warmup", "10", "--num-workers", "8",
+    ],  # fmt: skip
+    bench_saliency=[],  # its defaults are the issue's full-field sizes
+    lesion_patients=120,
+    lesion_synth_size=2560,
+    lesion_image_size=None,
+    view_size=None,
+    lesion_epochs=15,
+    strategy_patients=640,
+    strategy_synth_size=384,
+    strategy_epochs=30,
+    strategy_pretrain_epochs=20,
+)
+
+TINY = Sizes(
+    patients=12,
+    synth_size=160,
+    grid=(64, 52),
+    batch_size=4,
+    epochs=1,
+    workers=0,
+    bench_pretrain=[
+        "--patients", "2", "--size", "128", "--image-sizes", "32x32", "--batch-sizes", "2",
+        "--iterations", "1", "--warmup", "1", "--num-workers", "0",
+    ],  # fmt: skip
+    bench_saliency=[
+        "--image-size", "32x32", "--batch-size", "2", "--relax-size", "32x32", "--relax-masks", "4",
+        "--chunk-size", "4", "--correlax-size", "256x256", "--correlax-mask-fraction", "0.002",
+        "--repeats", "1", "--warmup", "0",
+    ],  # fmt: skip
+    lesion_patients=16,
+    lesion_synth_size=256,
+    lesion_image_size=(256, 208),
+    view_size=64,
+    lesion_epochs=1,
+    strategy_patients=24,
+    strategy_synth_size=160,
+    strategy_epochs=1,
+    strategy_pretrain_epochs=1,
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a stage, run from ``cwd``."""
+
+    name: str
+    argv: list[str]
+    cwd: Path = REPO
+
+
+def python(*argv: object) -> list[str]:
+    return [sys.executable, *map(str, argv)]
+
+
+def bundle_run(config: str, **overrides: object) -> list[str]:
+    """``python -m monai.bundle run`` of one bundle config, every override as ``monai.bundle`` reads it."""
+    argv = python("-m", "monai.bundle", "run", "--config_file", f"configs/{config}.json")
+    for key, value in overrides.items():
+        argv += [
+            f"--{key}",
+            value if isinstance(value, str) else repr(list(value) if isinstance(value, tuple) else value),
+        ]
+    return argv
+
+
+def synth(out: Path, patients: int, size: int, seed: int, workers: int, prevalence: str | None = None) -> list[str]:
+    argv = python("-m", "mammoxai.data.synth", "--out", out, "--patients", patients, "--seed", seed)
+    argv += ["--size", str(size), "--workers", str(max(1, workers)), "--quiet"]
+    return argv + (["--prevalence", prevalence] if prevalence else [])
+
+
+def split_manifest(folder: Path) -> list[str]:
+    """Writes ``manifest_training.csv`` and ``manifest_test.csv`` beside a synthetic cohort's ``manifest.csv``: the
+    test patients are those the synthesizer put in its ``test`` split, whom pretraining must never see."""
+    return python("scripts/device_figures.py", "split-manifest", folder)
+
+
+def write_split_manifests(folder: Path) -> None:
+    with (folder / "manifest.csv").open(newline="") as source:
+        reader = csv.DictReader(source)
+        rows = list(reader)
+    for name in ("training", "test"):
+        with (folder / f"manifest_{name}.csv").open("w", newline="") as target:
+            writer = csv.DictWriter(target, reader.fieldnames)
+            writer.writeheader()
+            writer.writerows(row for row in rows if (row["split"] == "test") == (name == "test"))
+
+
+def device_option(tiny: bool) -> list[str]:
+    return ["--device", "cpu" if tiny else "cuda"]
+
+
+def record_option(args: argparse.Namespace) -> list[str]:
+    """Benchmarks record into the repository's BENCHMARKS.md, which the stage copies to ``--out``; a tiny check does
+    not record, so the committed figures stay as they are."""
+    return [] if args.tiny else ["--record"]
+
+
+def bench_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list[Step]:
+    record = record_option(args)
+    return [
+        Step("bench_pretrain", python("scripts/bench_pretrain.py", *sizes.bench_pretrain, *record)),
+        Step(
+            "bench_saliency",
+            python("scripts/bench_saliency.py", *sizes.bench_saliency, "--correlax-presets", "fast", *record),
+        ),
+    ]
+
+
+def faithful_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list[Step]:
+    argv = ["scripts/bench_saliency.py", *sizes.bench_saliency, "--groups", "correlax"]
+    argv += ["--correlax-presets", "faithful", *record_option(args)]
+    return [Step("bench_saliency_faithful", python(*argv))]
+
+
+def pretrain_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list[Step]:
+    studies, models, out = work / "studies", work / "models", work / "pretrain"
+    grid = {"image_size": sizes.grid} if sizes.grid else {}
+    common = ["--dataset_dir", studies, "--manifest", studies / "manifest_training.csv"]
+    common += ["--checkpoint", models / "pretrained.pt", "--cache_dir", out / "cache", "--num_workers", sizes.workers]
+    common += device_option(args.tiny)
+    return [
+        Step("synthesize", synth(studies, sizes.patients, sizes.synth_size, 0, args.cpu_workers)),
+        Step("split", split_manifest(studies)),
+        Step(
+            "pretrain",
+            bundle_run(
+                "pretrain",
+                dataset_dir=str(studies),
+                manifest=str(studies / "manifest_training.csv"),
+                ckpt_dir=str(models),
+                output_dir=str(out),
+                cache_dir=str(out / "cache"),
+                batch_size=sizes.batch_size,
+                epochs=sizes.epochs,
+                num_workers=sizes.workers,
+                device=device_option(args.tiny)[1],
+                **grid,
+            ),
+            BUNDLE,
+        ),
+        Step(
+            "evaluate_pretrain",
+            python(
+                "scripts/evaluate_pretrain.py",
+                *common,
+                "--eval_manifest",
+                studies / "manifest_test.csv",
+                "--output_dir",
+                out / "evaluation",
+            ),
+        ),
+        Step(
+            "explain_ablation",
+            python(
+                "scripts/explain_ablation.py",
+                *common,
+                "--output_dir",
+                out / "ablation",
+                "--explainer",
+                models / "ablation_explainer.pt",
+                "--target",
+                "xray_system",
+            ),
+        ),
+    ]
+
+
+def saliency_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list[Step]:
+    training, evaluation, models = work / "lesion_training", work / "lesion_evaluation", work / "models"
+    lesion_sizes = {"image_size": sizes.lesion_image_size} if sizes.lesion_image_size else {}
+    if sizes.view_size:
+        lesion_sizes["view_size"] = sizes.view_size
+    steps = [
+        Step(
+            "synthesize_training",
+            synth(
+                training,
+                sizes.lesion_patients,
+                sizes.lesion_synth_size,
+                7,
+                args.cpu_workers,
+                "normal=0.2,benign=0.3,recalled_benign=0.1,malignant=0.4",
+            ),
+        ),
+        Step(
+            "synthesize_evaluation",
+            synth(
+                evaluation,
+                max(4, sizes.lesion_patients // 4),
+                sizes.lesion_synth_size,
+                11,
+                args.cpu_workers,
+                "benign=0.4,malignant=0.6",
+            ),
+        ),
+        Step(
+            "train_lesion_crops",
+            bundle_run(
+                "train_lesion_crops",
+                dataset_dir=str(training),
+                ckpt_dir=str(models),
+                output_dir=str(work / "lesion_crops"),
+                epochs=sizes.lesion_epochs,
+                num_workers=sizes.workers,
+                device=device_option(args.tiny)[1],
+                **lesion_sizes,
+            ),
+            BUNDLE,
+        ),
+    ]
+    for preset in ("fast", "faithful"):
+        argv = ["scripts/evaluate_saliency.py", "--dataset_dir", evaluation, "--eval_where", "{}"]
+        argv += ["--ckpt_dir", models, "--output_dir", work / preset, "--correlax_preset", preset]
+        argv += ["--select", repr(["correlax prediction", "correlax correlation"]), "--max_images", args.max_images]
+        argv += ["--deletion_steps", "0", "--overlays", "2", *device_option(args.tiny)]
+        if args.tiny:  # views side by side and no randomised model: a faithful preset's minute, not its hour
+            argv += ["--lesion_image_size", repr(list(sizes.lesion_image_size)), "--view_size", sizes.view_size]
+            argv += ["--correlax_stride", sizes.view_size, "--sanity_images", "0"]
+        else:
+            argv += ["--sanity_images", "2"]
+        steps.append(Step(f"evaluate_saliency_{preset}", python(*argv)))
+    reports = [work / preset / "saliency_evaluation" / "report.json" for preset in ("fast", "faithful")]
+    compare = ["scripts/compare_saliency.py", "--reports", *reports, "--margin", "0.02", "--out", work / "comparison"]
+    compare += ["--methods", "correlax prediction", "correlax correlation"]
+    return [*steps, Step("compare_saliency", python(*compare))]
+
+
+def strategies_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list[Step]:
+    studies = work / "studies"
+    prevalence = "normal=0.3,benign=0.15,recalled_benign=0.1,malignant=0.45"
+    argv = ["scripts/compare_strategies.py", "--dataset_dir", studies, "--out", work / "strategies"]
+    argv += ["--fractions", "0.05", "0.25", "1.0", "--strategies", "scratch", "pretrained", "pretrained_frozen"]
+    argv += ["--pretrain_epochs", sizes.strategy_pretrain_epochs, "--epochs", sizes.strategy_epochs]
+    argv += ["--num_workers", sizes.workers, *device_option(args.tiny), "--seeds", *args.seeds]
+    if args.tiny:
+        argv += ["--image_size", "64", "52", "--n_bootstrap", "20"]
+    return [
+        Step(
+            "synthesize",
+            synth(studies, sizes.strategy_patients, sizes.strategy_synth_size, 2, args.cpu_workers, prevalence),
+        ),
+        Step("compare_strategies", python(*argv)),
+    ]
+
+
+STAGES: dict[str, Callable[[Sizes, Path, argparse.Namespace], list[Step]]] = {
+    "bench": bench_steps,
+    "faithful": faithful_steps,
+    "pretrain": pretrain_steps,
+    "saliency": saliency_steps,
+    "strategies": strategies_steps,
+}
+
+
+def install_wheels() -> None:
+    """Installs the carried wheels without their dependencies, so nothing the machine holds is replaced."""
+    wheels = sorted(WHEELS.glob("*.whl"))
+    if not wheels:
+        raise SystemExit(f"error: no wheels in {WHEELS}: run scripts/device_wheels.sh here and carry .whl")
+    pip = python("-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--disable-pip-version-check")
+    subprocess.run([*pip, *map(str, wheels)], check=True)
+
+
+def run_steps(steps: list[Step], log_path: Path, budget_s: float) -> bool:
+    """Runs the steps in order until one fails or the budget is spent; True when all of them finished."""
+    deadline = time.monotonic() + budget_s
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BUNDLE), os.environ.get("PYTHONPATH")])),
+    }
+    with log_path.open("a", encoding="utf-8") as log:
+        for step in steps:
+            left = deadline - time.monotonic()
+            command = shlex.join(step.argv)
+            log.write(f"\n### {step.name} (in {step.cwd.relative_to(REPO) or '.'})\n$ {command}\n")
+            log.flush()
+            if left <= 0:
+                log.write("not started: the stage's time budget is spent\n")
+                return False
+            start = time.monotonic()
+            try:
+                result = subprocess.run(
+                    step.argv, cwd=step.cwd, env=environment, stdout=log, stderr=subprocess.STDOUT, timeout=left
+                )
+            except subprocess.TimeoutExpired:
+                log.write(f"\nstopped after {time.monotonic() - start:.0f} s: the stage's time budget is spent\n")
+                return False
+            log.write(f"\n{step.name}: exit {result.returncode} after {time.monotonic() - start:.1f} s\n")
+            log.flush()
+            print(f"{step.name}: exit {result.returncode} after {time.monotonic() - start:.1f} s", flush=True)
+            if result.returncode != 0:
+                return False
+    return True
+
+
+def pack_reports(work: Path, archive: Path) -> int:
+    """Packs the reports under ``work`` into ``archive``; returns how many files it holds."""
+    files = [
+        path
+        for path in sorted(work.rglob("*"))
+        if path.is_file()
+        and path.suffix in REPORT_SUFFIXES
+        and not set(DATA_FOLDERS) & set(path.relative_to(work).parts)
+    ]
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in files:
+            tar.add(path, arcname=str(path.relative_to(work)))
+    return len(files)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=list(STAGES))
+    parser.add_argument("--out", type=Path, required=True, help="where the log, the archive and BENCHMARKS.md go")
+    parser.add_argument("--work", type=Path, help="working folder (default: a folder beside --out)")
+    parser.add_argument("--budget", type=float, default=9.0, help="minutes for the whole stage (default 9)")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU, to check the stage runs")
+    parser.add_argument("--install", action="store_true", help="install the wheels carried in .whl first")
+    parser.add_argument("--list", action="store_true", help="print the stage's commands and run nothing")
+    parser.add_argument("--max-images", type=int, default=8, help="lesion images the saliency stage scores")
+    parser.add_argument("--seeds", nargs="+", default=["0"], help="seeds of the strategies stage")
+    parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1, help="processes for synthesis")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["split-manifest"]:  # a step of the pretrain stage
+        write_split_manifests(Path(arguments[1]))
+        return 0
+    args = build_parser().parse_args(arguments)
+    if args.budget <= 0 or args.max_images < 1:
+        raise SystemExit("error: --budget must be above 0 and --max-images at least 1")
+    out = args.out.resolve()
+    work = (args.work or out.parent / f"{out.name}_{args.stage}_work").resolve()
+    steps = STAGES[args.stage](TINY if args.tiny else FULL, work, args)
+    if args.list:
+        print("\n".join(f"# {step.name}\n{shlex.join(step.argv)}" for step in steps))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.install:
+        install_wheels()
+    log_path = out / f"{args.stage}.log"
+    log_path.write_text(f"stage {args.stage} ({'tiny, CPU' if args.tiny else 'full'}), work folder {work}\n")
+    subprocess.run(
+        python("-c", "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"),
+        stdout=log_path.open("a"),
+        stderr=subprocess.STDOUT,
+    )
+    finished = run_steps(steps, log_path, 60 * args.budget)
+    if any("--record" in step.argv for step in steps):
+        shutil.copyfile(REPO / "BENCHMARKS.md", out / "BENCHMARKS.md")
+    count = pack_reports(work, out / f"{args.stage}.tar.gz")
+    print(f"{args.stage}: {'finished' if finished else 'stopped early (see the log)'}; {count} report files packed")
+    return 0 if finished else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

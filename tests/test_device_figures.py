@@ -1,0 +1,108 @@
+"""scripts/device_figures.py: the stages a lent GPU machine runs, checked here at a tiny size on the CPU, so that
+none of its few minutes is lost to a stage that does not run."""
+
+import csv
+import importlib.util
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def device_figures():
+    spec = importlib.util.spec_from_file_location("device_figures", REPO / "scripts" / "device_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["device_figures"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def log_steps(log: Path) -> dict[str, str]:
+    """Each finished step's exit line, by step name."""
+    return {line.split(":")[0]: line for line in log.read_text().splitlines() if ": exit " in line and "after" in line}
+
+
+@pytest.mark.parametrize("stage", ["bench", "faithful", "pretrain", "saliency", "strategies"])
+def test_every_stage_lists_commands_of_scripts_and_configs_that_exist(stage, device_figures, tmp_path, capsys):
+    assert device_figures.main([stage, "--out", str(tmp_path / "out"), "--list"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("# ")]
+    assert commands and not (tmp_path / "out").exists()
+    for command in commands:
+        for word in command.split():
+            if word.startswith("scripts/"):
+                assert (REPO / word).is_file(), word
+            if word.startswith("configs/"):
+                assert (REPO / "monai_bundle" / word).is_file(), word
+        assert "--device cpu" not in command  # the full sizes are for the GPU
+
+
+def test_the_bench_stage_runs_at_a_tiny_size_and_leaves_the_committed_benchmarks_alone(
+    device_figures, tmp_path, capsys
+):
+    committed = (REPO / "BENCHMARKS.md").read_text()
+    assert device_figures.main(["bench", "--tiny", "--out", str(tmp_path / "out")]) == 0
+
+    steps = log_steps(tmp_path / "out" / "bench.log")
+    assert set(steps) == {"bench_pretrain", "bench_saliency"} and all(": exit 0 " in line for line in steps.values())
+    log = (tmp_path / "out" / "bench.log").read_text()
+    assert "| CorRELAX, fast preset |" in log and "faithful preset" not in log
+    assert (REPO / "BENCHMARKS.md").read_text() == committed and not (tmp_path / "out" / "BENCHMARKS.md").exists()
+
+
+def test_the_pretrain_stage_runs_at_a_tiny_size_in_its_work_folder_and_packs_its_reports_without_images(
+    device_figures, tmp_path
+):
+    out, models = tmp_path / "out", REPO / "monai_bundle" / "models"
+    bundle_models = sorted(models.iterdir()) if models.exists() else []
+    assert device_figures.main(["pretrain", "--tiny", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    assert (sorted(models.iterdir()) if models.exists() else []) == bundle_models  # everything went to --work
+
+    assert set(log_steps(out / "pretrain.log")) == {
+        "synthesize",
+        "split",
+        "pretrain",
+        "evaluate_pretrain",
+        "explain_ablation",
+    }
+    with tarfile.open(out / "pretrain.tar.gz") as archive:
+        names = archive.getnames()
+    assert {"pretrain/evaluation/report.json", "pretrain/ablation/report.md"} <= set(names)
+    assert not [name for name in names if name.endswith((".dcm", ".pt")) or "/masks/" in name or "/cache/" in name]
+
+
+def test_the_split_keeps_the_test_patients_out_of_the_training_manifest(device_figures, tmp_path):
+    rows = [{"image": f"{n}.dcm", "patient_id": f"P{n // 2}", "split": "test" if n < 2 else "train"} for n in range(6)]
+    with (tmp_path / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, rows[0].keys())
+        writer.writeheader()
+        writer.writerows(rows)
+
+    assert device_figures.main(["split-manifest", str(tmp_path)]) == 0
+    read = {name: list(csv.DictReader((tmp_path / f"manifest_{name}.csv").open())) for name in ("training", "test")}
+    assert [row["image"] for row in read["test"]] == ["0.dcm", "1.dcm"]
+    assert [row["image"] for row in read["training"]] == ["2.dcm", "3.dcm", "4.dcm", "5.dcm"]
+
+
+def test_a_stage_that_outruns_its_budget_stops_and_says_so(device_figures, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert device_figures.main(["strategies", "--tiny", "--out", str(out), "--budget", "0.02"]) == 1
+
+    log = (out / "strategies.log").read_text()
+    assert "the stage's time budget is spent" in log and "compare_strategies: exit" not in log
+    assert "stopped early (see the log)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arguments", [["--budget", "0"], ["--max-images", "0"]])
+def test_settings_no_stage_can_use_are_refused(arguments, device_figures, tmp_path):
+    with pytest.raises(SystemExit, match="--budget must be above 0 and --max-images at least 1"):
+        device_figures.main(["saliency", "--out", str(tmp_path), *arguments])
+
+
+def test_installing_without_carried_wheels_says_how_to_make_them(device_figures, tmp_path, monkeypatch):
+    monkeypatch.setattr(device_figures, "WHEELS", tmp_path / ".whl")
+    with pytest.raises(SystemExit, match="run scripts/device_wheels.sh here and carry .whl"):
+        device_figures.install_wheels()
