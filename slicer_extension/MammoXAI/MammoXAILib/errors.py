@@ -26,8 +26,12 @@ class MammoXAIClientError(Exception):
     TRANSIENT_KINDS = ("unreachable", "timeout")
     """Kinds after which trying again later may succeed: the server was down or slow."""
 
-    def __init__(self, message: str, kind: str, status: int | None = None) -> None:
+    def __init__(self, message: str, kind: str, status: int | None = None) -> None:  # noqa: B042 (__reduce__)
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.status = status
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, int | None]]:
+        # pickle and copy rebuild an exception from its args, which hold the message only (str(error) is the message)
+        return type(self), (self.message, self.kind, self.status)
