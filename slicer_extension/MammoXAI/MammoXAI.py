@@ -312,7 +312,7 @@ def _inBackground(function, *args):
     def work():
         try:
             future.set_result(function(*args))
-        except BaseException as error:  # noqa: BLE001 - handed to the GUI thread, which reports it
+        except BaseException as error:  # noqa: B036 - handed to the GUI thread, which reports it
             future.set_exception(error)
 
     threading.Thread(target=work, name="MammoXAI inference", daemon=True).start()

@@ -255,7 +255,7 @@ class MammoXAIClient:
             raise self._http_error(error, what) from error
         except (TimeoutError, socket.timeout) as error:
             raise self._timeout(what, timeout) from error
-        except (urllib.error.URLError, ConnectionError, OSError) as error:
+        except OSError as error:  # URLError and ConnectionError among them
             reason = getattr(error, "reason", error)
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 raise self._timeout(what, timeout) from error
@@ -267,7 +267,7 @@ class MammoXAIClient:
             return response.read()
         except (TimeoutError, socket.timeout) as error:
             raise self._timeout(what, timeout) from error
-        except (ConnectionError, OSError) as error:
+        except OSError as error:  # ConnectionError among them
             raise MammoXAIClientError(f"{self.url} broke off the {what} ({error}): try again", "unreachable") from error
 
     def _decode(self, data: bytes, what: str) -> Any:
@@ -338,11 +338,12 @@ def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]])
     """Encode form ``fields`` and ``files`` (name -> (file name, bytes, type)) as multipart/form-data."""
     boundary = uuid.uuid4().hex
     chunks: list[bytes] = []
+    # name="..." and filename="..." are HTTP's quoted strings, not Python's repr (B907)
     for name, value in fields.items():
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())  # noqa: B907
         chunks.append(value.encode("utf-8") + b"\r\n")
     for name, (filename, data, mime) in files.items():
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'  # noqa: B907
         chunks.append(f"{head}Content-Type: {mime}\r\n\r\n".encode())
         chunks.append(data + b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())

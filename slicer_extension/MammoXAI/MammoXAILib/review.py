@@ -64,7 +64,7 @@ class ServerInfo:
     @property
     def summary(self) -> str:
         training = "training available" if self.trainers else "no training on this server"
-        return f"{self.name} {self.version}: model '{self.model}' ({', '.join(self.class_names)}); {training}"
+        return f"{self.name} {self.version}: model {self.model!r} ({', '.join(self.class_names)}); {training}"
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class ReviewSession:
         sample = self.client.next_sample(used)
         if not sample.get("id"):
             return None
-        note = "" if used == strategy else f"the server has no '{strategy}' strategy; used '{used}'"
+        note = "" if used == strategy else f"the server has no {strategy!r} strategy; used {used!r}"
         return self.open_case(sample["id"], strategy=used, note=note)
 
     def open_case(self, image_id: str, strategy: str = "", note: str = "") -> Case:
@@ -199,7 +199,7 @@ class ReviewSession:
         if saliency_method and info.saliency_methods and saliency_method not in info.saliency_methods:
             offered = ", ".join(info.saliency_methods)
             raise MammoXAIClientError(
-                f"The server cannot explain with '{saliency_method}' on its model grid: choose one of {offered}",
+                f"The server cannot explain with {saliency_method!r} on its model grid: choose one of {offered}",
                 "input",
             )
         params = {"saliency": {"method": saliency_method}} if saliency_method else {}
@@ -207,7 +207,7 @@ class ReviewSession:
         view = parse_prediction(result.prediction)
         notes = []
         if saliency_method and view.saliency_method != saliency_method:
-            notes.append(f"the server explained with '{view.saliency_method}' (asked for '{saliency_method}')")
+            notes.append(f"the server explained with {view.saliency_method!r} (asked for {saliency_method!r})")
         if result.heatmap_path is None:
             notes.append("the server sent no heatmap for this image: only the scores are shown")
         else:
