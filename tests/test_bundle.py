@@ -178,7 +178,7 @@ def test_script_options_are_read_as_monai_bundle_run_reads_them():
     arguments += ["--holdout", '{"split": "test"}', "--checkpoint", "models/model.pt", "--patient", "001"]
     arguments += ["--output_dir", "2024_01", "--study", "0x1F", "--seed", "None"]
     arguments += ["--exam_keys", "[study_uid, laterality]", "--holdout_map", "{Cancer: malignant}"]
-    arguments += ["--dataset_dir", "data,v2", "--select", "[unclosed", "--views", "(CC, MLO)"]
+    arguments += ["--dataset_dir", "data,v2", "--select", "[unclosed"]
     assert config_overrides(arguments) == {
         "views": ["CC", "MLO"],
         "label_map": {5: "malignant"},
@@ -194,8 +194,8 @@ def test_script_options_are_read_as_monai_bundle_run_reads_them():
         "holdout_map": {"Cancer": "malignant"},
         "dataset_dir": "data,v2",  # a folder name, not the tuple fire would read
         "select": "[unclosed",
-        "views": ("CC", "MLO"),
     }
+    assert config_overrides(["--views", "(CC, MLO)"]) == {"views": ("CC", "MLO")}  # bare words in parentheses: a tuple
 
 
 def test_script_options_nested_beyond_the_parsers_stay_text_not_a_traceback():
