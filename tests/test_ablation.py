@@ -123,7 +123,7 @@ def test_explain_image_ranks_the_informative_task_first(fitted):
     image = _images(torch.tensor([2]), seed=5)[0]  # (1, h, w)
     ranking = explain_image(net, probe, image, means)
     assert [row["task"] for row in ranking][0] == "xray_system"
-    assert set(row["task"] for row in ranking) == set(TASKS)
+    assert {row["task"] for row in ranking} == set(TASKS)
     assert ranking[0]["logprob_drop"] > 1.0
     drops = [row["logprob_drop"] for row in ranking]
     assert drops == sorted(drops, reverse=True)

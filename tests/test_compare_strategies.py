@@ -89,7 +89,8 @@ def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
         [
             "--dataset_dir", str(studies), "--out", str(out), "--strategies", "scratch", "pretrained_frozen",
             "--fractions", "1.0", "--pretrained", str(tmp_path / "pre.pt"), "--epochs", "1", "--image_size", "32", "32",
-            "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--task", "binary", "--seeds", "0", "1",
+            "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--task", "binary",
+            "--seeds", "0", "1",
         ]
     )  # fmt: skip
     assert code == 0
@@ -104,7 +105,7 @@ def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
         ("pretrained_frozen", 0),
         ("pretrained_frozen", 1),
     ]
-    for difference, (scratch, frozen) in zip(differences, [rows[:2], rows[2:]]):
+    for difference, (scratch, frozen) in zip(differences, [rows[:2], rows[2:]], strict=True):
         assert difference["auc_difference"] == pytest.approx(frozen["auc"] - scratch["auc"])
     (spread,) = report["tables"]["difference_across_seeds"]
     assert spread["runs"] == 2

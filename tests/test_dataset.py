@@ -154,4 +154,4 @@ def test_a_synthetic_cohort_loads_as_a_three_class_data_set(tmp_path):
     assert [classes[i] for i in batch["label"]] == [folded.get(label, label) for label in raw]
     assert batch["image"].shape == (len(raw), 1, *SIZE)
     assert 0.0 <= float(batch["image"].min()) < float(batch["image"].max()) <= 1.0
-    assert all(g.flip == (lat == "R") for g, lat in zip(batch_geometries(batch), batch["laterality"]))
+    assert all(g.flip == (lat == "R") for g, lat in zip(batch_geometries(batch), batch["laterality"], strict=True))

@@ -184,7 +184,7 @@ def run_line_by_line(body: Callable[[], object], between: Callable[[], object], 
         try:
             body()
             finished.append(None)
-        except BaseException as error:  # raised again in the test's thread
+        except BaseException as error:  # noqa: B036 - raised again in the test's thread
             finished.append(error)
         finally:
             sys.settrace(None)
@@ -294,7 +294,7 @@ def test_changes_made_while_the_index_is_refreshed_are_kept(studies, tmp_path):
                 datastore.refresh()  # what the watcher does on the file created
                 save_final_label(datastore, f"copied_{value}", tmp_path)
                 datastore.update_image_info(images[1], {"count": value})
-        except BaseException as error:  # raised again in the test's thread
+        except BaseException as error:  # noqa: B036 - raised again in the test's thread
             failures.append(error)
         finally:
             done.set()

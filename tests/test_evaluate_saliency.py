@@ -358,7 +358,7 @@ def _run(synthetic, tmp_path, *overrides):
         "--sanity_images": "1",
         "--overlays": "1",
     }
-    arguments.update(dict(zip(overrides[::2], overrides[1::2])))
+    arguments.update(dict(zip(overrides[::2], overrides[1::2], strict=True)))
     return main([item for pair in arguments.items() for item in pair])
 
 
@@ -393,7 +393,8 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
         ),
         (
             ("--select", '["gradcam"]', "--class_names", '["malignant", "benign", "normal"]'),
-            'was trained with class_names ["normal", "benign", "malignant"], not the ["malignant", "benign", "normal"] of this run (the same values in another order)',
+            'was trained with class_names ["normal", "benign", "malignant"], not the ["malignant", "benign", "normal"] '
+            "of this run (the same values in another order)",
         ),
         (
             ("--select", '["correlax prediction"]', "--lesion_image_size", "[128, 104]"),
@@ -424,7 +425,8 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
         ),
         (
             ("--select", '["correlax prediction"]', "--lesion_checkpoint", "missing.pt"),
-            "lesion-crop checkpoint not found (train one first: python -m monai.bundle run --config_file configs/train_lesion_crops.json",
+            "lesion-crop checkpoint not found (train one first: python -m monai.bundle run "
+            "--config_file configs/train_lesion_crops.json",
         ),
         (("--select", '["gradcam"]', "--max_images", "0"), "max_images: is 0, not a positive whole number"),
         (("--select", '["gradcam"]', "--tolerance", "-5"), "tolerance: is -5, not a distance of 0 or more"),
@@ -580,7 +582,7 @@ def _hits_report(
     its pointing game's ``scoring`` (None: an older report, without it)."""
     columns = {"image": [], "patient": [], "finding": [], "category": [], "hit": []}
     for image, finding, category, hit in findings:
-        for key, value in zip(columns, (image, image, finding, category, hit)):
+        for key, value in zip(columns, (image, image, finding, category, hit), strict=True):
             columns[key].append(value)
     path.parent.mkdir(parents=True, exist_ok=True)
     values = {"finding_hits": {method: columns}, **({"pointing_game": scoring} if scoring is not None else {})}

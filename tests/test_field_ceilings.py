@@ -41,7 +41,7 @@ def test_the_age_ceiling_is_the_bayes_rule_that_a_large_sample_of_patients_finds
     density = np.array([body.density for body in bodies])
     fit, score = slice(0, 20_000), slice(20_000, None)
     rule = {d: np.bincount(age_bin[fit][density[fit] == d], minlength=4).argmax() for d in range(4)}
-    empirical = np.mean([rule[d] == b for d, b in zip(density[score], age_bin[score])])
+    empirical = np.mean([rule[d] == b for d, b in zip(density[score], age_bin[score], strict=True)])
     assert exact.accuracy.estimate == pytest.approx(empirical, abs=0.015)
     assert exact.majority == pytest.approx(10 / 36)  # ten screening ages in each of the first three bins
     assert exact.majority < exact.accuracy.estimate < 0.5

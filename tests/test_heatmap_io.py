@@ -5,7 +5,7 @@ from __future__ import annotations
 import nrrd
 import numpy as np
 import pytest
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813 (SimpleITK's documented alias)
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.heatmap import DEFAULT_SPACING_MM, read_heatmap_nrrd, write_heatmap_nrrd

@@ -131,7 +131,8 @@ def test_dicom_without_preamble_named_by_its_uid_is_read_as_dicom(tmp_path, pixe
 def test_one_frame_enhanced_image_takes_its_facts_and_pipeline_from_the_functional_groups(tmp_path, pixels):
     path = write_mammo_dicom(
         tmp_path / "image.dcm", pixels, bits_stored=12, NumberOfFrames=1,
-        SOPClassUID=BREAST_PROJECTION_FOR_PRESENTATION, ImageLaterality=None, PatientOrientation=None, ImagerPixelSpacing=None, PresentationIntentType=None,
+        SOPClassUID=BREAST_PROJECTION_FOR_PRESENTATION, ImageLaterality=None, PatientOrientation=None,
+        ImagerPixelSpacing=None, PresentationIntentType=None,
         SharedFunctionalGroupsSequence=[functional_group(
             FrameAnatomySequence={"FrameLaterality": "R"}, PixelMeasuresSequence={"PixelSpacing": [0.07, 0.065]},
         )],

@@ -67,9 +67,9 @@ def test_finding_crops_take_their_category_at_every_scale(studies):
     images = len(crops.images)
     assert len(crops) == 3 * (len(findings) + images)  # every finding and one background per image, per scale
     expected = sorted(LESION_CLASSES.index(finding_class(f.categories)) for f in findings) * 3
-    assert sorted(label for label, (_, _, box, _) in zip(crops.labels, crops.items) if box is not None) == sorted(
-        expected
-    )
+    assert sorted(
+        label for label, (_, _, box, _) in zip(crops.labels, crops.items, strict=True) if box is not None
+    ) == sorted(expected)
     assert crops.labels.count(LESION_CLASSES.index("no_finding")) == 3 * images
     assert sorted(set(crops.item_scales)) == [0.5, 1.0, 2.0]
     assert all(crops[i]["image"].shape == (1, 32, 32) for i in (0, len(crops) - 1))

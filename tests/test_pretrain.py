@@ -155,7 +155,7 @@ def test_png_images_with_a_label_csv_get_csv_labels_and_patient_groups(tmp_path)
     assert labels["a.png"] == {"view": 0, "laterality": 0, "density": 1}
     assert labels["c.png"] == {"view": 0, "laterality": 1, "density": 3}
     assert labels["d.png"]["density"] == -1  # empty CSV cell: unknown, masked out of the loss
-    groups = {Path(record["path"]).name: group for record, group in zip(dataset.data, dataset.groups)}
+    groups = {Path(record["path"]).name: group for record, group in zip(dataset.data, dataset.groups, strict=True)}
     assert groups["a.png"] == groups["b.png"] != groups["c.png"] == groups["d.png"]
     assert dataset[2]["image"].shape == (1, *SIZE)
 
@@ -423,7 +423,7 @@ def test_pretraining_bundle_checkpoints_logs_and_yields_a_loadable_model(cohort,
     parsed = workflow.parser.get_parsed_content
     written = [parsed(saver).file_names() for saver in ("validate#checkpoint", "train#checkpoint")]
     assert (parsed("checkpoint_folder#fixed"), parsed("checkpoint_folder#series")) == tuple(
-        [name for names in kind for name in names] for kind in zip(*written)
+        [name for names in kind for name in names] for kind in zip(*written, strict=True)
     )  # the check in initialize, before any image is read, guards exactly the files the savers write
 
     pretrained = load_pretrained(models / "pretrained.pt")

@@ -39,7 +39,7 @@ BREASTS = [
 @pytest.fixture
 def vindr(tmp_path):
     root = tmp_path / "vindr-mammo"
-    for study, series, image, laterality, view, *_ in BREASTS:
+    for study, _series, image, laterality, view, *_ in BREASTS:
         (root / "images" / study).mkdir(parents=True, exist_ok=True)
         write_mammo_dicom(root / "images" / study / f"{image}.dicom", mammogram(), PatientID=f"patient-{study}",
                           ImageLaterality=laterality, ViewPosition=view, Manufacturer="SIEMENS")  # fmt: skip

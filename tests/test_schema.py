@@ -95,7 +95,7 @@ def test_transport_keys_added_by_monai_label_are_allowed():
 def test_missing_section_is_named(missing):
     record = make_prediction()
     del record[missing]
-    with pytest.raises(MammoXAIError, match=f"'{missing}' is a required property"):
+    with pytest.raises(MammoXAIError, match=f"{missing!r} is a required property"):
         validate_prediction(record)
 
 

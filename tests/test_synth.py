@@ -25,7 +25,7 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.io import read_mammogram
 from mammoxai.io.breast import chest_wall_side
 
-EVERY_OUTCOME = {label: 1.0 for label in CASE_LABELS}
+EVERY_OUTCOME = dict.fromkeys(CASE_LABELS, 1.0)
 
 
 @pytest.fixture(scope="module")
