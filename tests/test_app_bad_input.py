@@ -177,7 +177,7 @@ def test_upload_under_an_id_in_use_is_409_and_keeps_the_image_and_its_labels(app
 
     response = upload(app_server, first, "replacement.dcm", other)
 
-    assert_refused(response, 409, f"image id '{first}'", "in the datastore already", "DELETE /datastore/image")
+    assert_refused(response, 409, f"image id {first!r}", "in the datastore already", "DELETE /datastore/image")
     assert_server_up(app_server)
 
 
@@ -400,8 +400,9 @@ def test_wsi_infer_of_a_stored_image_is_the_prediction_with_the_params_it_names(
     ],
     ids=["body_not_an_object", "query_not_a_boolean", "query_not_a_choice"],
 )
-def test_requests_fastapi_refuses_are_one_line_422s_like_every_other(app_server, unchanged, method, path, params, body,
-                                                                      words):  # fmt: skip
+def test_requests_fastapi_refuses_are_one_line_422s_like_every_other(
+    app_server, unchanged, method, path, params, body, words
+):
     """FastAPI answered these with a list of Pydantic records, which clients (the Slicer module) show as a dump."""
     response = requests.request(method, f"{app_server.url}{path}", params=params, json=body, timeout=60)
 

@@ -148,7 +148,7 @@ def test_a_case_is_corrected_with_a_ras_box_saved_and_read_back(session, app_ser
     corner_a, corner_b = ras_corner(to_ras, 10, 20), ras_corner(to_ras, 40, 60)
     bounds = [
         coordinate
-        for pair in zip(np.minimum(corner_a, corner_b), np.maximum(corner_a, corner_b))
+        for pair in zip(np.minimum(corner_a, corner_b), np.maximum(corner_a, corner_b), strict=True)
         for coordinate in pair
     ]
     box = box_lesion(ras_to_ijk, bounds, (rows, columns), finding="mass")
@@ -176,7 +176,7 @@ def run_ended(status_line):
 def save_two_patients_two_classes(session, app_server):
     """Final labels a run accepts: two images of each patient, of two classes."""
     for images in app_server.study_ids_by_patient().values():
-        for image_id, class_name in zip(images, app_server.class_names[:2]):
+        for image_id, class_name in zip(images, app_server.class_names[:2], strict=False):
             shape = read_mammogram(app_server.studies / f"{image_id}.dcm").shape
             label = session.make_label(class_name, image_shape=shape)
             assert session.submit(image_id, label)["label"] == image_id

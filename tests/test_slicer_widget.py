@@ -225,8 +225,9 @@ def test_a_run_after_a_cancelled_one_does_not_wait_for_it(widget, app_server, un
     assert widget.outcome is not None and ui.statusLabel.text.startswith("Predicted")
 
 
-def test_an_unexpected_failure_of_a_run_is_reported_and_leaves_the_panel_usable(widget, app_server, unlabelled,
-                                                                                   monkeypatch):  # fmt: skip
+def test_an_unexpected_failure_of_a_run_is_reported_and_leaves_the_panel_usable(
+    widget, app_server, unlabelled, monkeypatch
+):
     ui = widget.ui
     connect(widget, app_server.url)
     ui.nextCaseButton.clicked.emit()

@@ -9,7 +9,7 @@ import unittest
 import qt
 
 
-class ScriptedLoadableModule:
+class ScriptedLoadableModule:  # noqa: B903 (a base class the module's classes extend, as Slicer's is)
     def __init__(self, parent: object) -> None:
         self.parent = parent
 
@@ -27,7 +27,7 @@ class ScriptedLoadableModuleWidget:
         return os.path.join(os.path.dirname(module_file), "Resources", filename)
 
 
-class ScriptedLoadableModuleLogic:
+class ScriptedLoadableModuleLogic:  # noqa: B903 (as above)
     def __init__(self, parent: object = None) -> None:
         self.parent = parent
 

@@ -120,7 +120,7 @@ class ROINode(Node):
         self.radius = [r, a, s]
 
     def GetRASBounds(self, bounds: list[float]) -> None:
-        bounds[:] = [value for c, h in zip(self.center, self.radius) for value in (c - h, c + h)]
+        bounds[:] = [value for c, h in zip(self.center, self.radius, strict=True) for value in (c - h, c + h)]
 
 
 class Scene:
