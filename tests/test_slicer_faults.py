@@ -6,6 +6,8 @@ proxy to the real MammoXAI server that goes down and comes back, and the real se
 
 from __future__ import annotations
 
+import copy
+import pickle
 import sys
 import time
 import urllib.parse
@@ -18,6 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" 
 from MammoXAILib import MammoXAIClient, MammoXAIClientError, PendingCorrections, ReviewSession  # noqa: E402
 
 pytest_plugins = ["server_fixture"]
+
+
+def test_the_error_keeps_its_message_kind_and_status_through_pickle_and_copy():
+    error = MammoXAIClientError("The server answered 409: a training run is in progress", "http", 409)
+    for copied in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+        assert (str(copied), copied.message, copied.kind, copied.status) == (str(error), error.message, "http", 409)
 
 
 def session_for(url, tmp_path, **kwargs):
