@@ -37,12 +37,13 @@ import csv
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,6 @@ class Sizes:
     strategy_synth_size: int
     strategy_epochs: int
     strategy_pretrain_epochs: int
-    extra: dict[str, list[str]] = field(default_factory=dict)
 
 
 FULL = Sizes(
@@ -369,17 +369,22 @@ def run_steps(steps: list[Step], log_path: Path, budget_s: float) -> bool:
                 log.write("not started: the stage's time budget is spent\n")
                 return False
             start = time.monotonic()
+            # a session of its own: a step that outruns the budget is stopped with its worker processes
+            process = subprocess.Popen(
+                step.argv, cwd=step.cwd, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
-                result = subprocess.run(
-                    step.argv, cwd=step.cwd, env=environment, stdout=log, stderr=subprocess.STDOUT, timeout=left
-                )
+                returncode = process.wait(timeout=left)
             except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
                 log.write(f"\nstopped after {time.monotonic() - start:.0f} s: the stage's time budget is spent\n")
                 return False
-            log.write(f"\n{step.name}: exit {result.returncode} after {time.monotonic() - start:.1f} s\n")
+            finished = f"{step.name}: exit {returncode} after {time.monotonic() - start:.1f} s"
+            log.write(f"\n{finished}\n")
             log.flush()
-            print(f"{step.name}: exit {result.returncode} after {time.monotonic() - start:.1f} s", flush=True)
-            if result.returncode != 0:
+            print(finished, flush=True)
+            if returncode != 0:
                 return False
     return True
 
@@ -408,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU, to check the stage runs")
     parser.add_argument("--install", action="store_true", help="install the wheels carried in .whl first")
     parser.add_argument("--list", action="store_true", help="print the stage's commands and run nothing")
-    parser.add_argument("--max-images", type=int, default=8, help="lesion images the saliency stage scores")
+    parser.add_argument("--max-images", type=int, default=4, help="lesion images the saliency stage scores")
     parser.add_argument("--seeds", nargs="+", default=["0"], help="seeds of the strategies stage")
     parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1, help="processes for synthesis")
     return parser

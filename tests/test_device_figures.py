@@ -87,6 +87,19 @@ def test_the_split_keeps_the_test_patients_out_of_the_training_manifest(device_f
     assert [row["image"] for row in read["training"]] == ["2.dcm", "3.dcm", "4.dcm", "5.dcm"]
 
 
+def processes_naming(text: str) -> list[str]:
+    """Command lines of the running processes that contain ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        if text in command:
+            found.append(command)
+    return found
+
+
 def test_a_stage_that_outruns_its_budget_stops_and_says_so(device_figures, tmp_path, capsys):
     out = tmp_path / "out"
     assert device_figures.main(["strategies", "--tiny", "--out", str(out), "--budget", "0.02"]) == 1
@@ -94,6 +107,17 @@ def test_a_stage_that_outruns_its_budget_stops_and_says_so(device_figures, tmp_p
     log = (out / "strategies.log").read_text()
     assert "the stage's time budget is spent" in log and "compare_strategies: exit" not in log
     assert "stopped early (see the log)" in capsys.readouterr().out
+
+
+def test_a_step_stopped_by_the_budget_is_stopped_with_the_processes_it_started(device_figures, tmp_path):
+    mark = f"worker-of-{tmp_path.name}"
+    sleeper = f"import time; time.sleep(60)  # {mark}"
+    starter = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); time.sleep(60)"
+    step = device_figures.Step("starts_a_worker", [sys.executable, "-c", starter])
+
+    assert device_figures.run_steps([step], tmp_path / "log", budget_s=2) is False
+    assert "the stage's time budget is spent" in (tmp_path / "log").read_text()
+    assert not processes_naming(mark)
 
 
 @pytest.mark.parametrize("arguments", [["--budget", "0"], ["--max-images", "0"]])
