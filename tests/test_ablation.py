@@ -306,10 +306,11 @@ def test_training_and_the_ablation_probe_give_one_label_map_the_same_classes():
 
 
 @pytest.mark.parametrize("path", ["training", "ablation"])
-def test_a_label_map_giving_one_label_two_classes_up_to_case_and_spacing_is_refused(path):
-    label_map = {"Cancer": "malignant", "cancer ": "benign"}
+@pytest.mark.parametrize("keys", [("Cancer", "cancer "), ("recalled_benign", "Recalled Benign")])
+def test_a_label_map_giving_one_label_two_classes_up_to_case_and_spacing_is_refused(path, keys):
+    label_map = {keys[0]: "malignant", keys[1]: "benign"}
     records = [{"path": "P0.dcm", "case_label": "cancer"}]
-    message = r"^label_map: maps 'Cancer' to 'malignant' and 'cancer ' to 'benign', one label up to case and spacing"
+    message = rf"^label_map: maps {keys[0]!r} to 'malignant' and {keys[1]!r} to 'benign', one label up to case and spa"
     with pytest.raises(MammoXAIError, match=message):
         if path == "training":
             MammogramDataset(records, image_size=32, label_map=label_map)
@@ -336,6 +337,23 @@ def test_training_and_the_probe_spell_a_label_as_the_class_names_do_regardless_o
     ):
         with pytest.raises(MammoXAIError, match=r"^class_names: name 'Normal' and 'normal', one class up to case"):
             label_images(["Normal", "normal", "malignant"])
+
+
+def test_training_and_the_probe_read_an_underscore_or_hyphen_between_words_as_a_space():
+    """A CSV's "Recalled Benign" and "recalled-benign" are the class recalled_benign in training and in the probe
+    alike; class names that are one name so cannot be told apart by any label, and are refused by both."""
+    labels = ["Recalled Benign", "recalled-benign", "malignant", "recalled_benign"]
+    records = [{"path": f"P{i}.dcm", "patient_id": f"P{i}", "case_label": label} for i, label in enumerate(labels)]
+    classes = ["recalled_benign", "malignant"]
+    dataset = MammogramDataset(records, image_size=32, class_names=classes)
+    assert dataset.labels == downstream_labels(records, "case_label", SPACE, classes)[0].tolist() == [0, 0, 1, 0]
+    for label_images in (
+        lambda names: MammogramDataset(records, image_size=32, class_names=names),
+        lambda names: downstream_labels(records, "case_label", SPACE, names),
+    ):
+        message = r"^class_names: name 'recalled_benign' and 'Recalled-Benign', one class up to case"
+        with pytest.raises(MammoXAIError, match=message):
+            label_images([*classes, "Recalled-Benign"])
 
 
 def test_images_naming_no_patient_are_each_their_own_bootstrap_unit_not_one_shared_patient(fitted):

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 import mammoxai.data.cache as cache_module
 from mammoxai.data.cache import preprocess_file
-from mammoxai.data.dataset import MammogramDataset, batch_geometries
+from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, class_key
 from mammoxai.data.manifest import read_manifest, read_record, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
@@ -62,6 +62,47 @@ def test_a_label_map_with_number_keys_maps_the_text_labels_of_a_manifest():
     assert dataset.labels == [0, 1, 0, 1]
     train, val = patient_split(records, val_fraction=0.5, seed=0, label_map=label_map)
     assert sorted(r["case_label"] for r in val) == ["1", "5"]  # stratified by the mapped classes
+
+
+@pytest.mark.parametrize(
+    "label, class_name",
+    [
+        ("No Finding", "no_finding"),
+        ("no-finding", "No_Finding"),
+        ("Recalled Benign", "recalled_benign"),
+        ("recalled-benign", "recalled_benign"),
+        ("BI-RADS 4", "bi_rads_4"),
+    ],
+)
+def test_an_underscore_or_hyphen_between_words_is_a_space(label, class_name):
+    """VinDr-Mammo writes "No Finding" and a CSV "Recalled Benign" where the classes are no_finding and
+    recalled_benign: folded by case and spacing alone, they were labels of no class."""
+    assert class_key(label) == class_key(class_name)
+    assert LabelMap(None, ["normal", class_name])(label) == class_name
+    assert LabelMap({class_name: "benign"})(label) == "benign"
+
+
+def test_labels_spelt_with_underscores_hyphens_or_spaces_are_one_class():
+    labels = ["Recalled Benign", "recalled-benign", "recalled_benign", "recalled_benign", "normal"]
+    records = [{"path": f"P{i}.dcm", "patient_id": f"P{i}", "case_label": label} for i, label in enumerate(labels)]
+    dataset = MammogramDataset(records, image_size=32, class_names=["normal", "recalled_benign"])
+    assert dataset.labels == [1, 1, 1, 1, 0]
+    default = MammogramDataset(records, image_size=32)  # one class, spelt as most rows spell it
+    assert default.class_names == ("normal", "recalled_benign") and default.labels == dataset.labels
+    label_map = {"Recalled-Benign": "benign"}
+    mapped = MammogramDataset(records, image_size=32, class_names=["benign", "normal"], label_map=label_map)
+    assert mapped.labels == [0, 0, 0, 0, 1]
+
+
+def test_a_leading_minus_is_a_sign_not_a_joiner():
+    """Some data sets label negatives -1: read as a space, the minus made "-1" the label "1"."""
+    assert class_key("-1") == class_key(-1) == "-1" != class_key("1")
+    records = [
+        {"path": f"P{i}.dcm", "patient_id": f"P{i}", "case_label": label} for i, label in enumerate("-1 1 -1 1".split())
+    ]
+    assert MammogramDataset(records, image_size=32).class_names == ("-1", "1")
+    label_map, classes = {-1: "normal", "1": "malignant"}, ["normal", "malignant"]
+    assert MammogramDataset(records, image_size=32, class_names=classes, label_map=label_map).labels == [0, 1, 0, 1]
 
 
 @pytest.mark.parametrize("name", ["label_map", "holdout"])

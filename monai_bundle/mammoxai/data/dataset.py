@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,21 +45,33 @@ __all__ = [
 ID_KEYS: tuple[str, ...] = ("image_id", "patient_id", "study_uid", "sop_uid", "laterality", "view")
 
 
+#: an underscore or hyphen between two letters or digits, which :func:`class_key` reads as a space
+_WORD_JOINER = re.compile(r"(?<=[^\W_])[_-](?=[^\W_])")
+
+
 def class_key(label: Any) -> str:
-    """A label as class names and ``label_map`` keys are compared: spacing collapsed, case folded, whatever its type
-    (``"Recalled  Benign"``, ``"recalled benign"``; ``5`` and ``"5"``)."""
-    return " ".join(str(label).split()).casefold()
+    """A label as class names and ``label_map`` keys are compared: case folded, an underscore or hyphen between two
+    letters or digits read as a space, and spacing collapsed, whatever its type (``"Recalled  Benign"``,
+    ``"recalled_benign"``, ``"recalled-benign"``; ``5`` and ``"5"``).
+
+    Class names are written as identifiers (``no_finding``) where data sets write words (VinDr-Mammo's "No
+    Finding", a CSV's "Recalled Benign"): folding case and spacing alone made them other classes. Only a joiner
+    between two words counts, so a leading minus stays a sign: the labels ``-1`` (a negative, as some data sets
+    write it) and ``1`` stay apart.
+    """
+    return " ".join(_WORD_JOINER.sub(" ", str(label)).split()).casefold()
 
 
 class LabelMap:
     """``label_map`` (raw label -> class name) as everything that labels an image applies it: training and its
     patient split, the classifier and saliency evaluations, the experiments' labelled draws and the ablation probe.
 
-    A key matches a label regardless of case and spacing, and of type: ``python -m monai.bundle run ... --label_map
-    "{5: 'malignant'}"`` gives number keys where a manifest cell is text (``"5"``), and a CSV that writes "Recalled
-    Benign" on some rows and "recalled benign" on others means one label. Training matched keys as written while the
-    ablation folded them, so one ``--label_map`` gave the classifier and the probe different classes. A label no key
-    matches is its own class name. Given ``class_names``, a name is returned as they spell it ("Malignant" is
+    A key matches a label regardless of case and spacing, an underscore or hyphen between two words counting as a
+    space (:func:`class_key`), and of type: ``python -m monai.bundle run ... --label_map "{5: 'malignant'}"`` gives
+    number keys where a manifest cell is text (``"5"``), and a CSV that writes "Recalled Benign" on some rows and
+    "recalled_benign" on others means one label. Training matched keys as written while the ablation folded them, so
+    one ``--label_map`` gave the classifier and the probe different classes. A label no key matches is its own class
+    name. Given ``class_names``, a name is returned as they spell it ("Malignant" is
     "malignant"), for the same reason: training compared it as written and refused what the probe took.
 
     Args:
@@ -72,8 +85,9 @@ class LabelMap:
             name up to case and spacing (no label could tell them apart).
 
     Example:
-        LabelMap({"Recalled Benign": "benign"})("recalled  benign")  # "benign"
+        LabelMap({"Recalled Benign": "benign"})("recalled_benign")  # "benign"
         LabelMap(None, ["normal", "malignant"])("Malignant ")  # "malignant"
+        LabelMap(None, ["mass", "no_finding"])("No Finding")  # "no_finding"
     """
 
     def __init__(self, label_map: Mapping[Any, Any] | None, class_names: Sequence[str] | None = None):
