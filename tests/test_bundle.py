@@ -862,9 +862,10 @@ def test_saliency_choices_are_every_method_the_grid_can_run_with_its_presets(tmp
     [
         (
             {"target_class": "cancer"},
-            r"^saliency target_class: 'cancer' is not a class \(use 'predicted' or one of \['normal', 'benign', 'malig",
+            r"^saliency target_class: class 'cancer' is not one of \['normal', 'benign', 'malignant'\] "
+            r"\(use one of them or 'predicted'\)$",
         ),
-        ({"target_class": "Predicted"}, "saliency target_class: 'Predicted' is not a class"),  # a keyword, not a class
+        ({"target_class": "Predicted"}, "saliency target_class: class 'Predicted' is not"),  # a keyword, not a class
         ({"method": "lime"}, "saliency method: 'lime' is not available"),
         ({"method": "occlusion", "preset": "huge"}, "saliency preset for occlusion: 'huge' is not a preset"),
         ({"target_layer": "features.block9"}, "saliency target_layer: the network has no layer named 'features.blo"),

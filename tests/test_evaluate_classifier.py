@@ -387,7 +387,7 @@ def test_the_positive_class_matches_a_class_regardless_of_case_and_spacing(studi
     assert _evaluate_network(studies, tmp_path, network, "--positive_class", "cancer") == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1] == (
-        "error: positive_class: 'cancer' is not one of ['normal', 'benign', 'malignant'] (name one of class_names)"
+        "error: positive_class: class 'cancer' is not one of ['normal', 'benign', 'malignant'] (name one of class_names)"
     )
 
 

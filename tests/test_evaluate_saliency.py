@@ -156,8 +156,8 @@ def test_a_class_target_matches_the_class_regardless_of_case_and_spacing(lesion_
     rows = {row["method"]: row for row in evaluator.run()["methods"]}
     assert rows["gradcam"]["mass"] == 1.0  # the malignant map: the network's evidence for it is the bright mass
     message = (
-        r"^saliency method gradcam: target 'cancer' is not a class of model 'whole_image' "
-        r"\(\['normal', 'benign', 'malignant'\]\) \(use one of"
+        r"^saliency method gradcam: target 'cancer' is not one of \['normal', 'benign', 'malignant'\] "
+        r"\(use a class of model 'whole_image' or one of"
     )
     with pytest.raises(MammoXAIError, match=message) as refused:
         SaliencyEvaluator(records, csv, _models(), [{**GRADCAM, "target": "cancer"}], tmp_path, **settings)
@@ -383,7 +383,7 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
                 "--methods",
                 '[{"name": "gradcam", "model": "whole_image", "target": "mass", "settings": {"target_layer": "features.block4"}}]',
             ),
-            "target 'mass' is not a class of model 'whole_image'",
+            "target 'mass' is not one of ['normal', 'benign', 'malignant'] (use a class of model 'whole_image'",
         ),
         (("--select", '["correlax prediction"]', "--view_size", "256"), "trained with view_size 32, not the 256"),
         # the models were trained at 64 x 52 (and on 32-pixel crops): other settings are refused, not evaluated

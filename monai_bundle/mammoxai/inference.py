@@ -39,7 +39,7 @@ import torch
 from monai.inferers import SimpleInferer
 from torch import nn
 
-from mammoxai.data.dataset import LabelMap
+from mammoxai.data.dataset import class_index
 from mammoxai.data.manifest import find_images
 from mammoxai.errors import MammoXAIError, check_output_path, parse_class_names
 from mammoxai.io import read_mammogram
@@ -248,15 +248,12 @@ class MammogramPredictor:
         and stays exact.
 
         Raises:
-            MammoXAIError: ``target`` is neither ``"predicted"`` nor a class; the message names the classes.
+            MammoXAIError: ``target`` is neither ``"predicted"`` nor a class; the message names it and the classes.
         """
         if target == PREDICTED:
             return PREDICTED
-        name = LabelMap(None, self.class_names)(target)
-        if name not in self.class_names:
-            fix = f"use {PREDICTED!r} or one of {list(self.class_names)}"
-            raise MammoXAIError("saliency target_class", f"{target!r} is not a class", fix)
-        return name
+        fix = f"use one of them or {PREDICTED!r}"
+        return self.class_names[class_index(target, self.class_names, "saliency target_class", fix)]
 
     def predict(
         self, path: str | os.PathLike, saliency_method: str | None = None, saliency_preset: str | None = None

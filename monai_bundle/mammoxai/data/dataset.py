@@ -112,22 +112,29 @@ class LabelMap:
 
 
 def class_index(
-    name: Any, class_names: Sequence[str], setting: str | os.PathLike, fix: str = "name one of them"
+    name: Any,
+    class_names: Sequence[str],
+    setting: str | os.PathLike,
+    fix: str = "name one of them",
+    what: str = "class",
 ) -> int:
     """The index among ``class_names`` of the class ``name`` names, regardless of case and spacing.
 
-    For a setting that names one class of a model's list, such as the background class of lesion crops and of
-    CorRELAX: by the :class:`LabelMap` rule labels follow, so a lesion-crop model whose classes are spelt "Mass",
-    "No_Finding" is trained and explained as it is evaluated, where matched as written it was refused.
+    For a setting that names one class of a model's list (the background class of lesion crops and of CorRELAX, the
+    evaluation's positive class, a saliency target): by the :class:`LabelMap` rule labels follow, so a lesion-crop
+    model whose classes are spelt "Mass", "No_Finding" is trained and explained as it is evaluated, where matched as
+    written it was refused; and one look-up, so every such setting is refused in the same one line.
 
     Args:
         name: the class, as the setting or data gives it.
         class_names: the classes, in output order.
         setting: the setting or file that gives ``name`` or ``class_names``, shown first in the message.
         fix: what to do when no class is ``name``.
+        what: what ``name`` is to ``setting``, the message's first word (``"target"`` for a saliency method's).
 
     Raises:
-        MammoXAIError: no class is ``name`` up to case and spacing; the message names ``setting`` and the classes.
+        MammoXAIError: no class is ``name`` up to case and spacing; the message names ``setting``, ``name`` and the
+            classes.
 
     Example:
         class_index("no_finding", ["Mass", "Calcification", "Other", "No_Finding"], "background_class")  # 3
@@ -135,7 +142,7 @@ def class_index(
     names = [str(class_name) for class_name in class_names]
     spelt = LabelMap(None, names)(name)
     if spelt not in names:
-        raise MammoXAIError(setting, f"class {name!r} is not one of {names}", fix)
+        raise MammoXAIError(setting, f"{what} {name!r} is not one of {names}", fix)
     return names.index(spelt)
 
 

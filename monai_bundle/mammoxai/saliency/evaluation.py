@@ -59,7 +59,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries
+from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, class_index
 from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.data.manifest import record_shape
 from mammoxai.errors import MammoXAIError, check_output_path, parse_names
@@ -301,38 +301,33 @@ class SaliencyEvaluator:
                 fix = f"use one of {sorted(self.models)}"
                 raise MammoXAIError(f"saliency method {spec.label}", f"explains model {spec.model!r}", fix)
             if spec.target not in TARGETS:
-                self._target_class(spec)
+                self._target_index(spec)
             if spec.target == "finding":
                 self._finding_class_indices(spec)
             if labels.count(spec.label) > 1:
                 fix = "give each a distinct 'label'"
                 raise MammoXAIError("saliency methods", f"{spec.label!r} is listed twice", fix)
 
-    def _target_class(self, spec: MethodSpec) -> str:
-        """The class a method's class-name ``target`` names, as its model's ``class_names`` spell it.
+    def _target_index(self, spec: MethodSpec) -> int:
+        """The index among its model's ``class_names`` of the class a method's class-name ``target`` names.
 
         A target matches a class regardless of case and spacing ("Malignant", " malignant "), by the rule labels and
         ``label_map`` keys follow (:class:`~mammoxai.data.dataset.LabelMap`): matched as written, a target was refused
         in the spelling that the same method's ``"label"`` target took from the manifest.
 
         Raises:
-            MammoXAIError: the model has no such class; the message names the method, its target and the classes.
+            MammoXAIError: the model has no such class; the message names the method, its target, the model and its
+                classes.
         """
         names = self.models[spec.model]["class_names"]
-        name = LabelMap(None, names)(spec.target)
-        if name not in names:
-            raise MammoXAIError(
-                f"saliency method {spec.label}",
-                f"target {spec.target!r} is not a class of model {spec.model!r} ({names})",
-                f"use one of {names} or {list(TARGETS)}",
-            )
-        return name
+        fix = f"use a class of model {spec.model!r} or one of {list(TARGETS)}"
+        return class_index(spec.target, names, f"saliency method {spec.label}", fix, what="target")
 
     def _finding_class_indices(self, spec: MethodSpec) -> dict[str, int]:
         """Each finding class's index among the ``class_names`` of the model a ``"finding"`` target explains.
 
         A finding class matches a model class regardless of case and spacing (a model of "Mass", "Calcification",
-        ...), by the :class:`~mammoxai.data.dataset.LabelMap` rule a class-name target follows (:meth:`_target_class`):
+        ...), by the :class:`~mammoxai.data.dataset.LabelMap` rule a class-name target follows (:meth:`_target_index`):
         matched as written, such a model was refused as lacking the classes it has.
 
         Raises:
@@ -413,7 +408,7 @@ class SaliencyEvaluator:
                     "set the model's label_map, or give a class name as the method's target",
                 )
             return [(names.index(label), everything)]
-        return [(names.index(self._target_class(spec)), everything)]
+        return [(self._target_index(spec), everything)]
 
     def run(self) -> dict[str, Any]:
         """Evaluate every method and baseline and write the report; returns its per-method rows."""

@@ -48,7 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.data.dataset import LabelMap, setting_mapping
+from mammoxai.data.dataset import class_index, setting_mapping
 from mammoxai.errors import MammoXAIError, check_output_path, parse_names
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, roc_auc
@@ -427,13 +427,8 @@ class ClassifierEvaluator:
         eval_where: Mapping[str, Any] | None = None,
     ) -> None:
         self.class_names = list(class_names)
-        positive = LabelMap(None, self.class_names)(positive_class)
-        if positive not in self.class_names:
-            raise MammoXAIError(
-                "positive_class", f"{positive_class!r} is not one of {self.class_names}", "name one of class_names"
-            )
+        self.positive = class_index(positive_class, self.class_names, "positive_class", "name one of class_names")
         self.members, self.dataloader = list(members), dataloader
-        self.positive = self.class_names.index(positive)
         self.output_dir = check_output_path(output_dir, "evaluation_dir", "give a folder for the report")
         self.device, self.amp = torch.device(device), amp
         self.threshold, self.target_specificity = threshold, target_specificity
