@@ -7,6 +7,9 @@ Any header field can be overridden or removed by keyword, so a test states only 
 
     write_mammo_dicom(tmp_path / "a.dcm", pixels, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=4096)
     write_mammo_dicom(tmp_path / "b.dcm", pixels, ImageLaterality=None, PatientOrientation=["P", "L"])
+
+:func:`real_file_as_mammogram` copies a real file of pydicom's test set, relabelled MG, and
+:func:`spoil_decimal_string` and :func:`shorten_value` damage a written file as broken writers do.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
@@ -242,6 +246,35 @@ def spoil_decimal_string(path: Path, group: int, element: int, value: bytes) -> 
     if data.count(encoded) != 1:
         raise ValueError(f"({group:04X},{element:04X}) = {value!r} is not in {path} exactly once")
     path.write_bytes(data.replace(encoded, encoded[: -len(value)] + b"x" * len(value)))
+
+
+def real_file_as_mammogram(folder: str | os.PathLike, name: str = "CT_small.dcm") -> Path:
+    """A real file of pydicom's test set (by default a GE CT slice, explicit VR little endian, with vendors' private
+    elements) relabelled MG, so that the checks after the modality's see it."""
+    dataset = pydicom.dcmread(get_testdata_file(name))
+    dataset.Modality = "MG"
+    dataset.KVP = None  # a CT's 120 kV, which the reader would warn away
+    path = Path(folder) / name
+    dataset.save_as(path, write_like_original=True)
+    return path
+
+
+def element_offset(path: Path, tag: tuple[int, int]) -> int:
+    """Where element ``tag`` starts in an explicit VR little endian file."""
+    data, encoded = path.read_bytes(), struct.pack("<HH", *tag)
+    assert data.count(encoded) == 1, f"{tag} is not in {path} exactly once"
+    return data.index(encoded)
+
+
+def shorten_value(path: Path, tag: tuple[int, int]) -> None:
+    """Drop the last byte of element ``tag``'s value, and one from its length, in an explicit VR little endian file,
+    as a broken writer leaves it; pydicom cannot write such a value itself."""
+    data = path.read_bytes()
+    start = element_offset(path, tag) + 6  # the length, after the tag and the VR
+    length = struct.unpack("<H", data[start : start + 2])[0]
+    path.write_bytes(
+        data[:start] + struct.pack("<H", length - 1) + data[start + 2 : start + 1 + length] + data[start + 2 + length :]
+    )
 
 
 def write_ct_dicom(path: str | os.PathLike) -> Path:

@@ -5,14 +5,14 @@ import re
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import spoil_decimal_string, write_mammo_dicom
+from dicom_factory import element_offset, real_file_as_mammogram, shorten_value, spoil_decimal_string, write_mammo_dicom
 from PIL import Image
 from pydicom.encaps import decode_data_sequence, encapsulate
 from pydicom.pixel_data_handlers import numpy_handler
 from pydicom.uid import MPEG2MPML, CTImageStorage, JPEG2000Lossless, RLELossless
 
 from mammoxai.errors import MammoXAIError, check_output_path
-from mammoxai.io import Mammogram, iter_mammograms, read_mammogram, read_mammograms
+from mammoxai.io import Mammogram, iter_mammograms, read_dicom_header, read_mammogram, read_mammograms
 
 SHAPE = (64, 48)
 JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"  # newer than pydicom 2.4, which has no decoder for it
@@ -23,12 +23,13 @@ def pixels():
     return np.random.default_rng(3).integers(0, 4096, SHAPE).astype(np.uint16)
 
 
-def assert_refused(path, *fragments):
-    """``read_mammogram(path)`` raises a MammoXAIError whose message starts with the path and holds ``fragments``."""
+def assert_refused(path, *fragments, read=read_mammogram):
+    """``read(path)`` raises a MammoXAIError whose message is one line that starts with the path and holds
+    ``fragments``."""
     with pytest.raises(MammoXAIError) as caught:
-        read_mammogram(path)
+        read(path)
     message = str(caught.value)
-    assert message.startswith(f"{path}: "), message
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
     for fragment in fragments:
         assert re.search(fragment, message), f"{fragment!r} not in {message!r}"
     return caught.value
@@ -101,6 +102,37 @@ def test_dicom_cut_inside_its_header_is_refused(tmp_path, pixels):
     path.write_bytes(path.read_bytes()[:600])
 
     assert_refused(path, "no pixel data")
+
+
+BITS_STORED, PIXEL_PADDING_VALUE = (0x0028, 0x0101), (0x0028, 0x0120)
+
+
+@pytest.mark.parametrize(
+    "read, tag",
+    [(read_mammogram, BITS_STORED), (read_dicom_header, BITS_STORED), (read_mammogram, PIXEL_PADDING_VALUE)],
+    ids=["bits_stored", "bits_stored_header_only", "pixel_padding_value"],
+)
+def test_element_the_reader_uses_with_a_value_of_the_wrong_length_is_refused(tmp_path, read, tag):
+    """pydicom parses a value when it is first used and raised its BytesLengthException there: a 500 on upload."""
+    path = real_file_as_mammogram(tmp_path)
+    shorten_value(path, tag)
+
+    assert_refused(path, "header element that cannot be parsed", re.escape(str(pydicom.tag.Tag(tag))), read=read)
+
+
+def test_header_cut_inside_an_element_the_header_scan_reads_is_refused(tmp_path):
+    path = real_file_as_mammogram(tmp_path)
+    path.write_bytes(path.read_bytes()[: element_offset(path, BITS_STORED) + 9])  # one byte of Bits Stored's two
+
+    assert_refused(path, "header element that cannot be parsed", read=read_dicom_header)
+    assert_refused(path, "no pixel data")
+
+
+def test_private_element_of_the_wrong_length_the_reader_does_not_use_refuses_nothing(tmp_path):
+    path = real_file_as_mammogram(tmp_path)
+    shorten_value(path, (0x0043, 0x1010))  # a GE private US
+
+    assert read_mammogram(path).shape == (128, 128)
 
 
 def test_truncated_png_is_refused(tmp_path, pixels):

@@ -12,20 +12,24 @@ pipeline: they usually carry no VOI, so they come back with their stored values 
 
 What cannot be trusted is refused with a :class:`~mammoxai.errors.MammoXAIError` naming the file and the
 problem: a modality that is not a mammogram, multi-frame data (tomosynthesis), no or short pixel data, more than
-16 bits, a compression no installed decoder handles. A wrong header *fact* (spacing, kV, thickness, force) does
-not make the pixels wrong: it is dropped to None with a :class:`HeaderWarning` and the image is still read.
+16 bits, a compression no installed decoder handles, a damaged element that says what the pixels are. A wrong
+header *fact* (spacing, kV, thickness, force) does not make the pixels wrong: it is dropped to None with a
+:class:`HeaderWarning` and the image is still read.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.pixel_data_handlers import pylibjpeg_handler
 from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi, apply_windowing, get_expected_length
@@ -139,7 +143,33 @@ _DECODER_PACKAGES = {
     RLELossless: "pylibjpeg-rle",
 }
 
+_Read = TypeVar("_Read")
 
+
+def _refuses_damaged_elements(read: Callable[[str | os.PathLike], _Read]) -> Callable[[str | os.PathLike], _Read]:
+    """``read`` with a header element whose value has the wrong length for its VR refused as a damaged file.
+
+    pydicom parses an element's value when it is first used, not when the file is read, so such an element (a file
+    cut inside its header, a writer that wrote one byte of a two-byte Bits Stored) raised pydicom's own
+    ``BytesLengthException`` from whichever check used it first, past :func:`_read_dataset`, and the server answered
+    500. Elements that are never used (a vendor's private tags) are never parsed and refuse nothing; header facts
+    are parsed by :func:`header_fields`, which drops a bad one with a warning.
+    """
+
+    @functools.wraps(read)
+    def refusing(path: str | os.PathLike) -> _Read:
+        try:
+            return read(path)
+        except BytesLengthException as error:
+            reason = str(error).split(" To replace this error")[0]  # pydicom's advice is for programmers, not users
+            raise MammoXAIError(
+                path, f"has a header element that cannot be parsed ({reason})", "re-export the image from the archive"
+            ) from error
+
+    return refusing
+
+
+@_refuses_damaged_elements
 def read_dicom(path: str | os.PathLike) -> Mammogram:
     """Read a 2D mammogram (MG, DX, or CR of the breast) from a DICOM file.
 
@@ -175,6 +205,7 @@ def read_dicom(path: str | os.PathLike) -> Mammogram:
     )
 
 
+@_refuses_damaged_elements
 def read_dicom_header(path: str | os.PathLike) -> Dataset:
     """The header of a DICOM mammogram, checked as :func:`read_dicom` checks it, without reading the pixel data.
 
