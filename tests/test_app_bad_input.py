@@ -8,7 +8,7 @@ import json
 import pytest
 import requests
 import torch
-from dicom_factory import write_ct_dicom
+from dicom_factory import real_file_as_mammogram, shorten_value, write_ct_dicom
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
@@ -168,6 +168,17 @@ def test_truncated_dicom_upload_is_422(app_server, unchanged):
     response = upload(app_server, "truncated", "truncated.dcm", content[: len(content) // 2])
 
     assert_refused(response, 422, "'truncated'")
+    assert_server_up(app_server)
+
+
+def test_dicom_with_a_damaged_header_element_upload_is_422(app_server, unchanged, tmp_path):
+    """pydicom raises its own exception for a value of the wrong length when the value is used, answered with 500."""
+    path = real_file_as_mammogram(tmp_path)
+    shorten_value(path, (0x0028, 0x0101))  # Bits Stored: one byte of two
+
+    response = upload(app_server, "damaged", "damaged.dcm", path.read_bytes())
+
+    assert_refused(response, 422, "'damaged'", "header element that cannot be parsed", "(0028, 0101)")
     assert_server_up(app_server)
 
 
