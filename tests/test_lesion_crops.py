@@ -51,6 +51,9 @@ def _images(studies, size=(128, 104)):
         (["Focal Asymmetry"], "other"),
         (["Architectural Distortion", "Mass"], "mass"),
         (["No Finding"], "no_finding"),
+        (["No_Finding"], "no_finding"),
+        (["no  finding"], "no_finding"),
+        ([" MASS "], "mass"),
         ([], "no_finding"),
     ],
 )

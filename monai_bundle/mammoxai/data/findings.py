@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mammoxai.data.dataset import class_key
 from mammoxai.data.manifest import ImageIndex, is_missing, read_table, relative_path
 from mammoxai.errors import MammoXAIError
 
@@ -84,14 +85,16 @@ def finding_class(categories: Iterable[str]) -> str:
     "Mass" is a mass, "Suspicious Calcification" (or any "... Calcification") a calcification, "No Finding" or
     nothing is ``no_finding``, and the rest (asymmetries, architectural distortion, lymph nodes, skin changes) is
     ``other``. A finding with several categories takes its first mass or calcification category, else ``other``.
+    Categories are read as class names are (:func:`~mammoxai.data.dataset.class_key`): "No_Finding" and
+    "no  finding" are no finding, not ``other``.
     """
-    named = [str(category).strip().lower() for category in categories if str(category).strip()]
+    named = [class_key(category) for category in categories if str(category).strip()]
     for category in named:
         if category == "mass":
             return "mass"
         if category.endswith("calcification") or category.endswith("calcifications"):
             return "calcification"
-    return "other" if any(category != "no finding" for category in named) else "no_finding"
+    return "other" if any(category != class_key("no_finding") for category in named) else "no_finding"
 
 
 def box_class(finding: Finding, source: object = "finding annotations") -> str:
