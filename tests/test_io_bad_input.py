@@ -7,9 +7,10 @@ import pydicom
 import pytest
 from dicom_factory import element_offset, real_file_as_mammogram, shorten_value, spoil_decimal_string, write_mammo_dicom
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.encaps import decode_data_sequence, encapsulate
 from pydicom.pixel_data_handlers import numpy_handler
-from pydicom.uid import MPEG2MPML, CTImageStorage, JPEG2000Lossless, RLELossless
+from pydicom.uid import MPEG2MPML, CTImageStorage, JPEG2000Lossless, MediaStorageDirectoryStorage, RLELossless
 
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import Mammogram, iter_mammograms, read_dicom_header, read_mammogram, read_mammograms
@@ -66,6 +67,16 @@ def test_jpeg_is_refused(tmp_path, pixels):
     Image.fromarray((pixels // 16).astype(np.uint8)).save(path)
 
     assert_refused(path, "neither DICOM nor")
+
+
+@pytest.mark.parametrize("read", [read_mammogram, read_dicom_header], ids=["image", "header_only"])
+def test_dicomdir_is_refused_as_the_directory_of_a_media_set(read):
+    """A CD or USB export's DICOMDIR, which users open as the study, was refused as a file that is no image."""
+    path = get_testdata_file("DICOMDIR")  # pydicom's: a real media set's directory of patients, studies and images
+
+    assert_refused(
+        path, "is a DICOMDIR", "media set", re.escape(MediaStorageDirectoryStorage), "image files", read=read
+    )
 
 
 # -- damaged files -----------------------------------------------------------------------------------------------

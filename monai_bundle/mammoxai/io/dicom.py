@@ -11,10 +11,10 @@ pipeline: they usually carry no VOI, so they come back with their stored values 
 ``header["PresentationIntentType"]`` tells downstream code which kind of image it holds.
 
 What cannot be trusted is refused with a :class:`~mammoxai.errors.MammoXAIError` naming the file and the
-problem: a modality that is not a mammogram, multi-frame data (tomosynthesis), no or short pixel data, more than
-16 bits, a compression no installed decoder handles, a damaged element that says what the pixels are. A wrong
-header *fact* (spacing, kV, thickness, force) does not make the pixels wrong: it is dropped to None with a
-:class:`HeaderWarning` and the image is still read.
+problem: a DICOMDIR, a modality that is not a mammogram, multi-frame data (tomosynthesis), no or short pixel
+data, more than 16 bits, a compression no installed decoder handles, a damaged element that says what the pixels
+are. A wrong header *fact* (spacing, kV, thickness, force) does not make the pixels wrong: it is dropped to None
+with a :class:`HeaderWarning` and the image is still read.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    MediaStorageDirectoryStorage,
     RLELossless,
 )
 
@@ -231,10 +232,27 @@ def _read_dataset(path: Path, stop_before_pixels: bool = False) -> Dataset:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
     except Exception as error:  # pydicom raises many types on damaged input; all mean the same to the user
         raise MammoXAIError(path, f"is not a readable DICOM file ({error})", "re-export it from the archive") from error
+    _check_is_not_dicomdir(ds, path)
     if "SOPClassUID" not in ds and "Modality" not in ds:
         raise MammoXAIError(path, "is not a DICOM image (no SOP Class UID, no Modality)", "pass a DICOM mammogram")
     _lift_functional_groups(ds)
     return ds
+
+
+def _check_is_not_dicomdir(ds: Dataset, path: Path) -> None:
+    """Refuse a DICOMDIR as the index it is, not as some file that is no image.
+
+    A CD, DVD or USB export of a study (a DICOM media set, PS3.10) has a file named ``DICOMDIR`` at its root that
+    lists the image files in the folders beside it; it looks like the file to open, and users pass it. It has no
+    SOP Class UID or Modality of its own, so the general refusal said only that it is not an image.
+    """
+    if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+        what = f"the directory of a DICOM media set (Media Storage SOP Class {MediaStorageDirectoryStorage})"
+        raise MammoXAIError(
+            path,
+            f"is a DICOMDIR, {what}, not an image",
+            "pass the image files it lists instead, from the folders beside it",
+        )
 
 
 def _lift_functional_groups(ds: Dataset) -> None:
