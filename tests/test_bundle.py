@@ -641,6 +641,15 @@ def test_a_class_no_validation_patient_has_is_a_warning_that_model_selection_ign
     assert "validation has no image of ['malignant']" in caplog.text and "one class in validation" in caplog.text
 
 
+def test_a_class_without_validation_patients_is_named_as_its_labels_spell_it(caplog):
+    """Classes are compared folded (an underscore read as a space), and the warning named the folded key: a class
+    'recalled benign' that no label or setting writes."""
+    labels = ["recalled_benign", "Normal", "normal", "malignant", "malignant", "normal"]
+    records = [{"path": f"P{p}.dcm", "patient_id": f"P{p}", "case_label": label} for p, label in enumerate(labels)]
+    patient_split(records, val_fraction=0.3, seed=0)
+    assert "validation has no image of ['recalled_benign']" in caplog.text
+
+
 def test_patient_split_needs_two_patients():
     records = [{"path": "a.dcm", "patient_id": "P1", "case_label": "normal"}]
     with pytest.raises(MammoXAIError, match="1 labelled images from 1 patient"):

@@ -57,7 +57,7 @@ def patient_key(record: Mapping[str, Any]) -> str:
 
 
 def _class_of(record: Mapping[str, Any], label_map: LabelMap, label_key: str) -> str:
-    """A labelled record's class as the split stratifies and reports it: mapped, then folded by
+    """A labelled record's class as the split stratifies and compares it: mapped, then folded by
     :func:`~mammoxai.data.dataset.class_key`, so one class however spelt."""
     return class_key(label_map(record[label_key]))
 
@@ -192,10 +192,7 @@ def patient_split(
         val_patients.add(min(by_patient))
     train = [record for patient, group in sorted(by_patient.items()) if patient not in val_patients for record in group]
     val = [record for patient, group in sorted(by_patient.items()) if patient in val_patients for record in group]
-    _warn_unvalidated_classes(
-        {_class_of(record, label_map, label_key) for record in train},
-        {_class_of(record, label_map, label_key) for record in val},
-    )
+    _warn_unvalidated_classes(_classes(train, label_map, label_key), _classes(val, label_map, label_key))
     logger.info(
         "patient split: %d images / %d patients for training, %d / %d for validation",
         len(train),
@@ -206,14 +203,27 @@ def patient_split(
     return train, val
 
 
-def _warn_unvalidated_classes(trained: set[str], validated: set[str]) -> None:
+def _classes(records: Sequence[Mapping[str, Any]], label_map: LabelMap, label_key: str) -> dict[str, str]:
+    """The classes of labelled records: :func:`_class_of`'s folded key -> the class as the first record's mapped
+    label spells it. Classes are compared folded but named as written: the folded key reads an underscore as a
+    space, and a warning naming it spoke of a class "recalled benign" that no setting or label writes."""
+    classes: dict[str, str] = {}
+    for record in records:
+        classes.setdefault(_class_of(record, label_map, label_key), label_map(record[label_key]))
+    return classes
+
+
+def _warn_unvalidated_classes(trained: Mapping[str, str], validated: Mapping[str, str]) -> None:
     """Warn of classes that training sees and validation does not: model selection cannot score them.
 
     The validation AUC (:class:`PresentClassesROCAUC`) averages the classes validation has; a class of one patient
     (a rare malignant class) is trained on only, so the saved model is chosen without regard to it, and with a
     single class left in validation no AUC is defined at all and ``model.pt`` stays the first validated epoch's.
+
+    Args:
+        trained, validated: folded class -> its spelling (:func:`_classes`), of the training and validation records.
     """
-    missing = sorted(trained - validated)
+    missing = sorted(trained[key] for key in trained.keys() - validated.keys())
     if missing:
         logger.warning(
             "validation has no image of %s (too few patients of it to put one in validation): the validation AUC "
