@@ -15,7 +15,8 @@ Stages (``--list`` prints their commands without running them):
   at full-field size (Grad-CAM 1024 x 832, RELAX 3000 masks, the fast CorRELAX preset on 3000 x 2400);
 * ``faithful`` (#6): the faithful CorRELAX preset's seconds per 3000 x 2400 image;
 * ``pretrain`` (#4): 400 synthetic patients, ``configs/pretrain.json`` at its defaults (ResNet-18, 512 x 416,
-  batch 32, AMP) on the non-test patients, evaluated on the test patients and explained by ablation;
+  batch 32, AMP) but for 40 epochs on the non-test patients, evaluated on the test patients and explained by
+  ablation;
 * ``saliency`` (#6): the lesion-crop classifier at full resolution, then the fast and faithful CorRELAX presets'
   prediction and correlation maps on the first ``--max-images`` lesion images, compared with a 0.02 margin;
 * ``strategies`` (#5): ``compare_strategies.py`` at 5 / 25 / 100 % labelled, for the seeds given (``--seeds``).
