@@ -364,7 +364,7 @@ def run_steps(steps: list[Step], log_path: Path, budget_s: float) -> bool:
         for step in steps:
             left = deadline - time.monotonic()
             command = shlex.join(step.argv)
-            log.write(f"\n### {step.name} (in {step.cwd.relative_to(REPO) or '.'})\n$ {command}\n")
+            log.write(f"\n### {step.name} (in {step.cwd.relative_to(REPO)})\n$ {command}\n")
             log.flush()
             if left <= 0:
                 log.write("not started: the stage's time budget is spent\n")
@@ -440,11 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         install_wheels()
     log_path = out / f"{args.stage}.log"
     log_path.write_text(f"stage {args.stage} ({'tiny, CPU' if args.tiny else 'full'}), work folder {work}\n")
-    subprocess.run(
-        python("-c", "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"),
-        stdout=log_path.open("a"),
-        stderr=subprocess.STDOUT,
-    )
+    with log_path.open("a", encoding="utf-8") as log:
+        torch_check = "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+        subprocess.run(python("-c", torch_check), stdout=log, stderr=subprocess.STDOUT)
     finished = run_steps(steps, log_path, 60 * args.budget)
     if any("--record" in step.argv for step in steps):
         shutil.copyfile(REPO / "BENCHMARKS.md", out / "BENCHMARKS.md")
