@@ -4,11 +4,17 @@ to do; nothing is stored and the server stays up."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import torch
-from dicom_factory import real_file_as_mammogram, shorten_value, write_ct_dicom
+from dicom_factory import real_file_as_mammogram, shorten_value, write_ct_dicom, write_mammo_dicom
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
@@ -179,6 +185,96 @@ def test_dicom_with_a_damaged_header_element_upload_is_422(app_server, unchanged
     response = upload(app_server, "damaged", "damaged.dcm", path.read_bytes())
 
     assert_refused(response, 422, "'damaged'", "header element that cannot be parsed", "(0028, 0101)")
+    assert_server_up(app_server)
+
+
+def write_blank(folder: Path) -> Path:
+    """A mammogram of an exposure with nothing in it: every pixel the same."""
+    return write_mammo_dicom(folder / "blank.dcm", np.zeros((64, 64), dtype=np.uint16))
+
+
+def write_ct(folder: Path) -> Path:
+    return write_ct_dicom(folder / "ct.dcm")
+
+
+def listed_ids(app_server) -> set[str]:
+    return set(requests.get(f"{app_server.url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"])
+
+
+@pytest.fixture
+def drop_into_studies(app_server):
+    """A function that copies a file into the studies folder, past the upload's checks, as a PACS export or a copy
+    by hand does, and returns its image id once the server lists it; the images are deleted through the server after
+    the test."""
+    dropped = []
+
+    def drop(source: Path, image_id: str) -> str:
+        dropped.append(image_id)
+        shutil.copyfile(source, app_server.studies / f"{image_id}.dcm")
+        wait_until(lambda: image_id in listed_ids(app_server), f"{image_id} was never listed")
+        return image_id
+
+    yield drop
+    for image_id in dropped:
+        requests.delete(f"{app_server.url}/datastore/image", params={"id": image_id}, timeout=60)
+    # the file is deleted at once, its index entry by the folder watcher
+    wait_until(lambda: not listed_ids(app_server) & set(dropped), f"{dropped} were never unlisted")
+
+
+def wait_until(condition: Callable[[], bool], failure: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize(
+    "write, words",
+    [(write_blank, ["no breast was found"]), (write_ct, ["is not a mammogram", "CT"])],
+    ids=["no_breast", "not_a_mammogram"],
+)
+def test_infer_refusing_a_stored_image_names_its_id_not_the_servers_path(
+    app_server, unchanged, drop_into_studies, tmp_path, write, words
+):
+    """The refusal named the file in the server's studies folder, which the client does not know."""
+    image_id = drop_into_studies(write(tmp_path), "dropped_in")
+
+    response = requests.post(
+        f"{app_server.url}/infer/{app_server.model}", params={"image": image_id, "output": "json"}, timeout=120
+    )
+
+    assert_refused(response, 422, f"image {image_id!r}: ", *words)
+    assert str(app_server.studies) not in response.json()["detail"]
+    assert_server_up(app_server)
+
+
+def test_label_for_a_stored_image_that_is_not_a_mammogram_names_its_id_not_the_servers_path(
+    app_server, unchanged, drop_into_studies, tmp_path
+):
+    image_id = drop_into_studies(write_ct(tmp_path), "dropped_in")
+
+    response = save_label(app_server, image_id, json.dumps(VALID_LABEL).encode())
+
+    assert_refused(response, 422, f"image {image_id!r}: is not a mammogram")
+    assert str(app_server.studies) not in response.json()["detail"]
+    assert_server_up(app_server)
+
+
+def test_infer_refusing_an_image_sent_with_the_request_names_it_so_not_the_servers_path(
+    app_server, unchanged, tmp_path
+):
+    """The refusal named the temporary file the server copied the image to."""
+    blank = write_blank(tmp_path)
+
+    response = requests.post(
+        f"{app_server.url}/infer/{app_server.model}",
+        params={"output": "json"},
+        files={"file": (blank.name, blank.read_bytes())},
+        timeout=120,
+    )
+
+    assert_refused(response, 422, "image sent with the request: no breast was found")
+    assert tempfile.gettempdir() not in response.json()["detail"]
     assert_server_up(app_server)
 
 

@@ -164,20 +164,21 @@ class MammographyApp(MONAILabelApp):
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Answer unknown models and image ids with 404 (MONAI Label would answer 500), then infer.
 
-        The heatmap is an explanation, not a label: it is returned and never saved into the datastore.
+        The heatmap is an explanation, not a label: it is returned and never saved into the datastore. A refusal
+        names the image as the client knows it (``image_name``: ``image '<id>'``, or the image sent with the
+        request), not by the server's path to its file.
         """
         check_offered("model", request.get("model"), self._infers)
-        image = request.get("image")
+        image, name = request.get("image"), "image sent with the request"
         datastore = datastore or self.datastore()
         if isinstance(image, str) and not _is_request_upload(image):
             # an id names a datastore image and nothing else: MONAI Label would also read any server path given
-            image = datastore.get_image_uri(image)
+            name, image = f"image {image!r}", datastore.get_image_uri(image)
             if not image:
                 raise not_found(
-                    f"image {request['image']!r}",
-                    "upload it first (PUT /datastore/image) or pick an id from GET /datastore/?output=all",
+                    name, "upload it first (PUT /datastore/image) or pick an id from GET /datastore/?output=all"
                 )
-        return super().infer({**request, "image": image, "save_label": False}, datastore)
+        return super().infer({**request, "image": image, "image_name": name, "save_label": False}, datastore)
 
     def infer_wsi(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Serve MONAI Label's whole-slide routes (``/infer/wsi_v2/<model>``) as ``/infer``: a mammogram is one image.

@@ -138,13 +138,10 @@ class MammogramDatastore(LocalDatastore):
             self.refresh()
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        with client_errors():
+        # the file is a server-side temporary copy: the upload is named by the id the client chose
+        with client_errors(files={image_filename: f"upload for image {image_id!r}"}):
             _check_name("image id", image_id)
-            try:
-                mammogram = read_mammogram(image_filename)
-            except MammoXAIError as error:
-                # the file is a server-side temporary copy: name the upload by the id the client chose
-                raise MammoXAIError(f"upload for image {image_id!r}", error.problem, error.fix) from error
+            mammogram = read_mammogram(image_filename)
             suffix = _storage_suffix(image_id, image_filename, mammogram)
         name = self._filename(image_id, suffix)
         info = {
@@ -171,7 +168,7 @@ class MammogramDatastore(LocalDatastore):
         image = self.get_image_uri(image_id)
         if not image:
             raise _image_not_found(image_id)
-        with client_errors():
+        with client_errors(files={image: f"image {image_id!r}"}):
             _check_name("label tag", label_tag)
             record = _read_json(label_filename)
             validate_label(record, class_names=self.class_names, image_shape=read_mammogram(image).shape)

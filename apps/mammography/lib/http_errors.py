@@ -17,6 +17,7 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -37,12 +38,25 @@ __all__ = [
 
 
 @contextmanager
-def client_errors(status: HTTPStatus = HTTPStatus.UNPROCESSABLE_ENTITY) -> Iterator[None]:
-    """Re-raise a :class:`MammoXAIError` from the block as an ``HTTPException`` with ``status`` (default 422)."""
+def client_errors(
+    status: HTTPStatus = HTTPStatus.UNPROCESSABLE_ENTITY, files: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """Re-raise a :class:`MammoXAIError` from the block as an ``HTTPException`` with ``status`` (default 422).
+
+    Args:
+        status: the HTTP status of the refusal.
+        files: each server-side file the block reads, to the name the client knows it by (``"image 'case1'"``).
+            The reader names the file it refuses by its path, which is the server's (the studies folder, the
+            temporary copy of an upload): the client knows the image by its id, and a path it cannot use tells it
+            nothing but where the server keeps its files.
+    """
     try:
         yield
     except MammoXAIError as error:
-        raise HTTPException(status_code=status, detail=str(error)) from error
+        detail = str(error)
+        for path, name in (files or {}).items():
+            detail = detail.replace(str(Path(path)), name)
+        raise HTTPException(status_code=status, detail=detail) from error
 
 
 def refusal(status: HTTPStatus, source: str, problem: str, fix: str) -> HTTPException:

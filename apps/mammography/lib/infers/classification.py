@@ -57,8 +57,9 @@ class MammogramClassification(InferTask):
     preset with the params ``{"saliency": {"method": "occlusion", "preset": "fast"}}`` (what the 3D Slicer panel
     sends; MONAI Label merges the params into the request); without them the bundle's configured method is used.
     ``/info`` lists the methods and presets the model's grid can run under the model's ``saliency`` key.
-    A file the predictor rejects (wrong modality, unreadable pixels, ...) or an unknown saliency method or preset
-    is answered with 422; missing or unloadable weights with 503; both carry the predictor's message.
+    A file the predictor rejects (wrong modality, unreadable pixels, no breast in view, ...) or an unknown saliency
+    method or preset is answered with 422; missing or unloadable weights with 503; both carry the predictor's
+    message, which names the image by the request's ``image_name`` (the app's ``image '<id>'``) instead of its path.
 
     Args:
         predictor: the bundle's ``mammoxai.inference.MammogramPredictor``, e.g. from :func:`load_predictor`.
@@ -117,7 +118,7 @@ class MammogramClassification(InferTask):
         with client_errors(HTTPStatus.SERVICE_UNAVAILABLE):
             self.predictor.load_weights()
         saliency = request.get("saliency") or {}
-        with client_errors():
+        with client_errors(files={request["image"]: request.get("image_name", request["image"])}):
             if not isinstance(saliency, dict):
                 raise MammoXAIError("saliency params", f"{saliency!r} is not an object", 'send {"method": <name>}')
             unknown = sorted(set(saliency) - {"method", "preset"})
