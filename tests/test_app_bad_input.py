@@ -3,6 +3,7 @@ to do; nothing is stored and the server stays up."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -199,6 +200,21 @@ def write_ct(folder: Path) -> Path:
 
 def listed_ids(app_server) -> set[str]:
     return set(requests.get(f"{app_server.url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"])
+
+
+@pytest.mark.parametrize(
+    "write",
+    [write_blank, functools.partial(real_file_as_mammogram, name="image_dfl.dcm")],
+    ids=["blank", "real_image_of_no_breast"],
+)
+def test_upload_of_an_image_with_no_breast_is_422(app_server, unchanged, tmp_path, write):
+    """It was stored, then refused by every inference of it and left out of training."""
+    path = write(tmp_path)
+
+    response = upload(app_server, "no_breast", path.name, path.read_bytes())
+
+    assert_refused(response, 422, "upload for image 'no_breast': no breast was found")
+    assert_server_up(app_server)
 
 
 @pytest.fixture

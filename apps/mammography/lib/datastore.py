@@ -3,8 +3,9 @@
 MONAI Label's :class:`~monailabel.datastore.local.LocalDatastore` copies whatever a client uploads into the
 studies folder. A CT series, a text file or a truncated DICOM would then sit there and fail every later
 inference and training run, far from the upload that caused it. :class:`MammogramDatastore` reads each upload
-with :func:`mammoxai.io.read_mammogram` and checks each label against :data:`mammoxai.schema.LABEL_SCHEMA`
-first; a file that fails is answered with a 4xx naming the problem, and nothing is written.
+with :func:`read_storable` (readable, with a breast in view) and checks each label against
+:data:`mammoxai.schema.LABEL_SCHEMA` first; a file that fails is answered with a 4xx naming the problem, and
+nothing is written.
 
 Ids and label tags become file and folder names, so both must be plain names (no separators, no ``..``): a
 request cannot reach outside the studies folder. An image, a label and the datastore index ``datastore_v2.json``
@@ -52,13 +53,13 @@ from watchdog.events import FileSystemMovedEvent
 
 from lib.http_errors import client_errors, conflict, not_found
 from mammoxai.errors import MammoXAIError
-from mammoxai.io import Mammogram, read_mammogram
+from mammoxai.io import Mammogram, read_mammogram, segment_breast
 from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.schema import validate_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "UNREADABLE_KEY", "MammogramDatastore"]
+__all__ = ["IMAGE_SUFFIXES", "UNREADABLE_KEY", "MammogramDatastore", "read_storable"]
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".dic", ".png", ".tif", ".tiff", ".pgm")
 """File types :func:`mammoxai.io.read_mammogram` reads; the studies folder is scanned for these."""
@@ -73,7 +74,8 @@ class MammogramDatastore(LocalDatastore):
     """:class:`LocalDatastore` over a folder of mammograms that validates what it stores.
 
     An upload is stored under its own suffix, or as ``.dcm`` when it is DICOM without one (PACS exports often
-    are); its image info records the shape, laterality and view read from it. An id in use is refused (409):
+    are); its image info records the shape, laterality and view read from it. An image in which no breast is found
+    is refused (422), as inference would refuse it (:func:`read_storable`). An id in use is refused (409):
     replacing the image would leave its labels describing another image. A label must be MammoXAI label
     JSON whose class is one of the model's classes and whose lesions lie inside the image; it is stored as
     ``labels/<tag>/<image id>.json``.
@@ -141,7 +143,7 @@ class MammogramDatastore(LocalDatastore):
         # the file is a server-side temporary copy: the upload is named by the id the client chose
         with client_errors(files={image_filename: f"upload for image {image_id!r}"}):
             _check_name("image id", image_id)
-            mammogram = read_mammogram(image_filename)
+            mammogram = read_storable(image_filename)
             suffix = _storage_suffix(image_id, image_filename, mammogram)
         name = self._filename(image_id, suffix)
         info = {
@@ -399,6 +401,22 @@ class MammogramDatastore(LocalDatastore):
             data = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str).encode("utf-8")
             atomic_write_bytes(self._datastore_config_path, data)
             self._index_bytes = data
+
+
+def read_storable(path: str) -> Mammogram:
+    """The mammogram in ``path``, refused unless inference and training can use it: readable, with a breast in view.
+
+    Inference and training crop every image to its breast (:func:`mammoxai.io.segment_breast`), so an image in which
+    none is found (a blank exposure, a tiny image, a test pattern) was stored, then refused by every inference of it
+    and left out of training. The segmentation needs no model and runs on a copy of about 512 pixels a side: a
+    fraction of a second for a full-field image, little beside reading and sending it.
+
+    Raises:
+        MammoXAIError: the file is not a readable mammogram, or no breast is found in it.
+    """
+    mammogram = read_mammogram(path)
+    segment_breast(mammogram.pixels, source=mammogram.source)
+    return mammogram
 
 
 def _image_not_found(image_id: str) -> Exception:

@@ -36,10 +36,9 @@ from dicomweb_client import DICOMwebClient
 from monailabel.utils.others.generic import md5_digest
 from pydicom.dataset import Dataset
 
-from lib.datastore import MammogramDatastore
+from lib.datastore import MammogramDatastore, read_storable
 from lib.http_errors import client_errors
 from mammoxai.errors import MammoXAIError
-from mammoxai.io import read_mammogram
 
 __all__ = ["DICOMwebMammogramDatastore"]
 
@@ -55,8 +54,9 @@ class DICOMwebMammogramDatastore(MammogramDatastore):
 
     The image id is the SOP Instance UID. The PACS is queried again at most every ``refresh_seconds`` when the
     images are listed, and at once for an id the cache does not hold yet (a study that just arrived can be
-    inferred before the next listing). Instances that :func:`mammoxai.io.read_mammogram` cannot read are
-    logged and left out, so one broken object on the PACS does not stop the others being served.
+    inferred before the next listing). Instances that :func:`~lib.datastore.read_storable` refuses, as it refuses
+    uploads (unreadable, or no breast in view), are logged and left out, so one broken object on the PACS does not
+    stop the others being served.
 
     Args:
         client: a ``dicomweb_client.DICOMwebClient`` for the server's DICOMweb root (QIDO-RS and WADO-RS).
@@ -159,7 +159,7 @@ class DICOMwebMammogramDatastore(MammogramDatastore):
                     str(uids["StudyInstanceUID"]), str(uids["SeriesInstanceUID"]), sop
                 )
                 dataset.save_as(path, write_like_original=False)
-                header = read_mammogram(path).header
+                header = read_storable(path).header
             except (requests.RequestException, MammoXAIError) as error:
                 logger.warning(f"DICOMweb instance {sop} on {self.client.base_url} is left out: {error}")
                 return False
