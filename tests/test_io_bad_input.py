@@ -131,6 +131,14 @@ def test_element_the_reader_uses_with_a_value_of_the_wrong_length_is_refused(tmp
     assert_refused(path, "header element that cannot be parsed", re.escape(str(pydicom.tag.Tag(tag))), read=read)
 
 
+def test_a_damaged_element_is_named_for_the_user_without_the_bytes_pydicom_quotes(tmp_path):
+    path = real_file_as_mammogram(tmp_path)
+    shorten_value(path, BITS_STORED)
+
+    error = assert_refused(path, re.escape("(0028, 0101) BitsStored: a value of the wrong length for its VR US"))
+    assert "b'" not in str(error) and "config" not in str(error)
+
+
 def test_header_cut_inside_an_element_the_header_scan_reads_is_refused(tmp_path):
     path = real_file_as_mammogram(tmp_path)
     path.write_bytes(path.read_bytes()[: element_offset(path, BITS_STORED) + 9])  # one byte of Bits Stored's two

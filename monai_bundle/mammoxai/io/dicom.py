@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
@@ -162,12 +164,21 @@ def _refuses_damaged_elements(read: Callable[[str | os.PathLike], _Read]) -> Cal
         try:
             return read(path)
         except BytesLengthException as error:
-            reason = str(error).split(" To replace this error")[0]  # pydicom's advice is for programmers, not users
-            raise MammoXAIError(
-                path, f"has a header element that cannot be parsed ({reason})", "re-export the image from the archive"
-            ) from error
+            problem = f"has a header element that cannot be parsed ({_damaged_element(error)})"
+            raise MammoXAIError(path, problem, "re-export the image from the archive") from error
 
     return refusing
+
+
+def _damaged_element(error: BytesLengthException) -> str:
+    """Which element pydicom could not parse, for a user: its tag, name and VR, without the raw bytes pydicom quotes
+    (up to hundreds of them) or its advice to programmers."""
+    found = re.search(r"parse (\([0-9A-Fa-f]{4}, [0-9A-Fa-f]{4}\)) according to VR '(\w+)'", str(error))
+    if found is None:
+        return str(error).split(" To replace this error")[0][:200]
+    tag, vr = found.groups()
+    name = keyword_for_tag(int(tag[1:5] + tag[7:11], 16)) or "a private element"
+    return f"{tag} {name}: a value of the wrong length for its VR {vr}"
 
 
 @_refuses_damaged_elements
