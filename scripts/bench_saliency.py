@@ -390,6 +390,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         or args.warmup < 0
     ):
         parser.error("sizes, masks and repeats must be at least 1, --warmup at least 0")
+    args.correlax_presets = list(dict.fromkeys(args.correlax_presets))  # a preset named twice is timed once
     if args.correlax_mask_fraction <= 0:
         parser.error("--correlax-mask-fraction must be above 0")
     view = max(preset["view_size"] for preset in PRESETS["correlax"].values())

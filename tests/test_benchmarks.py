@@ -191,6 +191,7 @@ def test_bench_pretrain_times_a_tiny_run_and_writes_nothing(bench_pretrain, tmp_
     [
         (["gradcam"], ["fast"], ["Grad-CAM, ours batched", "Grad-CAM, pytorch-grad-cam GradCAM"]),
         (["relax", "correlax"], ["fast"], ["RELAX, masking engine", "CorRELAX, fast preset"]),
+        (["correlax"], ["fast", "fast"], ["CorRELAX, fast preset"]),
     ],
 )
 def test_bench_saliency_times_only_the_groups_and_presets_asked_for(groups, presets, expected, bench_saliency, capsys):
@@ -202,6 +203,7 @@ def test_bench_saliency_times_only_the_groups_and_presets_asked_for(groups, pres
     rows = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     every = ["Grad-CAM, ours batched", "RELAX, masking engine", "CorRELAX, fast preset", "CorRELAX, faithful preset"]
     assert set(expected) <= set(rows) and not (set(every) - set(expected)) & set(rows)
+    assert len(rows) == len(set(rows))  # each row once
 
 
 @pytest.mark.parametrize("text", ["512", "512x", "axb", "0x416"])
