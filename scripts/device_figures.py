@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -349,6 +350,14 @@ def install_wheels() -> None:
     wheels = sorted(WHEELS.glob("*.whl"))
     if not wheels:
         raise SystemExit(f"error: no wheels in {WHEELS}: run scripts/device_wheels.sh here and carry .whl")
+    this_python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    other = sorted({tag for wheel in wheels for tag in re.findall(r"-(cp3\d+)-", wheel.name)} - {this_python})
+    if other:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise SystemExit(
+            f"error: the wheels in {WHEELS} are built for {', '.join(other)}, this Python is {this_python}: run "
+            f"scripts/device_wheels.sh {version} here and carry .whl again"
+        )
     pip = python("-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--disable-pip-version-check")
     subprocess.run([*pip, *map(str, wheels)], check=True)
 

@@ -3,8 +3,10 @@ none of its few minutes is lost to a stage that does not run."""
 
 import csv
 import importlib.util
+import re
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,10 @@ def test_a_step_stopped_by_the_budget_is_stopped_with_the_processes_it_started(d
 
     assert device_figures.run_steps([step], tmp_path / "log", budget_s=2) is False
     assert "the stage's time budget is spent" in (tmp_path / "log").read_text()
+    for _ in range(50):  # SIGKILL is delivered, not waited for: give the kernel a moment to end the worker
+        if not processes_naming(mark):
+            break
+        time.sleep(0.1)
     assert not processes_naming(mark)
 
 
@@ -129,4 +135,13 @@ def test_settings_no_stage_can_use_are_refused(arguments, device_figures, tmp_pa
 def test_installing_without_carried_wheels_says_how_to_make_them(device_figures, tmp_path, monkeypatch):
     monkeypatch.setattr(device_figures, "WHEELS", tmp_path / ".whl")
     with pytest.raises(SystemExit, match="run scripts/device_wheels.sh here and carry .whl"):
+        device_figures.install_wheels()
+
+
+def test_wheels_built_for_another_python_are_refused_before_pip_runs(device_figures, tmp_path, monkeypatch):
+    monkeypatch.setattr(device_figures, "WHEELS", tmp_path)
+    (tmp_path / "pyrsistent-0.20.0-cp39-cp39-manylinux_2_17_x86_64.whl").touch()
+    (tmp_path / "monai-1.6.1-py3-none-any.whl").touch()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    with pytest.raises(SystemExit, match=f"built for cp39, .* run scripts/device_wheels.sh {re.escape(version)} here"):
         device_figures.install_wheels()
