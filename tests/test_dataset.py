@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 import mammoxai.data.cache as cache_module
 from mammoxai.data.cache import preprocess_file
-from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, class_key
+from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, class_index, class_indices, class_key
 from mammoxai.data.manifest import read_manifest, read_record, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
@@ -80,6 +80,30 @@ def test_an_underscore_or_hyphen_between_words_is_a_space(label, class_name):
     assert class_key(label) == class_key(class_name)
     assert LabelMap(None, ["normal", class_name])(label) == class_name
     assert LabelMap({class_name: "benign"})(label) == "benign"
+
+
+def test_class_indices_look_names_up_as_class_index_does_and_refuse_every_missing_one_in_one_line():
+    classes = ["Mass", "Calcification", "Other", "No_Finding"]
+    assert class_indices(["no finding", " MASS"], classes, "finding_classes") == [3, 0]
+    assert class_index("no-finding", classes, "background_class") == 3
+    message = r"^finding_classes: class names \['masses', 'calcifications'\] are not among \['Mass', .*\(fix\)$"
+    with pytest.raises(MammoXAIError, match=message) as refused:
+        class_indices(["masses", "other", "calcifications"], classes, "finding_classes", "fix")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(MammoXAIError, match=r"^background_class: class 'none' is not one of \['Mass', "):
+        class_index("none", classes, "background_class")
+
+
+def test_two_class_names_that_are_one_class_are_refused_naming_the_setting_they_came_from():
+    """They were refused as "class_names" even when they came from lesion_class_names or a saliency model."""
+    classes = ["mass", "calcification", "Mass", "no_finding"]
+    message = r"^lesion_class_names: name 'mass' and 'Mass', one class up to case and spacing \(name each class once\)$"
+    with pytest.raises(MammoXAIError, match=message):
+        LabelMap(None, classes, "lesion_class_names")
+    with pytest.raises(MammoXAIError, match=message):
+        class_index("no_finding", classes, "background_class", class_names_setting="lesion_class_names")
+    with pytest.raises(MammoXAIError, match=r"^class_names: name 'mass' and 'Mass'"):
+        LabelMap(None, classes)
 
 
 def test_labels_spelt_with_underscores_hyphens_or_spaces_are_one_class():

@@ -177,12 +177,34 @@ def test_a_finding_target_matches_the_finding_classes_regardless_of_case_and_spa
     assert rows["gradcam"]["mass"] == 1.0  # the mass map: the network's evidence for class 0 is the bright mass
     models["lesion_crops"]["class_names"] = ["Mass", "Other", "No_Finding", "normal"]
     message = (
-        r"^saliency method gradcam: target 'finding' needs classes \['calcification'\], which model 'lesion_crops' "
-        r"lacks \(\['Mass', 'Other', 'No_Finding', 'normal'\]\) \(explain a lesion-crop classifier"
+        r"^saliency method gradcam: finding class 'calcification' is not one of \['Mass', 'Other', 'No_Finding', "
+        r"'normal'\] \(target 'finding' needs each finding class in model 'lesion_crops': explain a lesion-crop "
+        r"classifier"
     )
     with pytest.raises(MammoXAIError, match=message) as refused:
         SaliencyEvaluator(records, csv, models, [method], tmp_path, **settings)
     assert "\n" not in str(refused.value)
+    models["lesion_crops"]["class_names"] = ["Other", "No_Finding", "normal", "benign"]
+    message = r"^saliency method gradcam: finding class names \['mass', 'calcification'\] are not among \['Other', "
+    with pytest.raises(MammoXAIError, match=message):  # every class the model lacks, in one refusal
+        SaliencyEvaluator(records, csv, models, [method], tmp_path, **settings)
+
+
+@pytest.mark.parametrize("target", ["finding", "mass", "label"])
+def test_a_model_naming_one_class_twice_is_refused_naming_its_class_names(lesion_study, tmp_path, target):
+    """Two class names that are one class up to case and spacing were refused as the setting "class_names" wherever
+    they came from; a saliency model's are named as its class_names."""
+    records, csv = lesion_study
+    settings = {"deletion_steps": 0, "sanity_images": 0, "overlays": 0}
+    models = _models()
+    models["lesion_crops"]["class_names"] = ["mass", "calcification", "Mass", "no_finding"]
+    method = {**GRADCAM, "model": "lesion_crops", "target": target}
+    message = (
+        r"^class_names of saliency model 'lesion_crops': name 'mass' and 'Mass', one class up to case and spacing "
+        r"\(name each class once\)$"
+    )
+    with pytest.raises(MammoXAIError, match=message):
+        SaliencyEvaluator(records, csv, models, [method], tmp_path, **settings).run()
 
 
 def test_a_right_breast_is_scored_on_its_original_pixels(tmp_path):
@@ -424,6 +446,15 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
             "needs the lesion-crop model's background class, no_finding, among them)",
         ),
         (
+            (
+                "--select",
+                '["correlax prediction"]',
+                "--lesion_class_names",
+                '["mass", "calcification", "Mass", "no_finding"]',
+            ),
+            "lesion_class_names: name 'mass' and 'Mass', one class up to case and spacing (name each class once)",
+        ),
+        (
             ("--select", '["correlax prediction"]', "--lesion_checkpoint", "missing.pt"),
             "lesion-crop checkpoint not found (train one first: python -m monai.bundle run "
             "--config_file configs/train_lesion_crops.json",
@@ -432,7 +463,12 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
         (("--select", '["gradcam"]', "--tolerance", "-5"), "tolerance: is -5, not a distance of 0 or more"),
         (
             ("--select", '["gradcam"]', "--finding_classes", '["mass", "calcifications"]'),
-            "finding_classes: names ['calcifications'], not finding classes (use names of ['mass', 'calcification',",
+            "finding_classes: finding class 'calcifications' is not one of ['mass', 'calcification', 'other', "
+            "'no_finding'] (use names among them)",
+        ),
+        (
+            ("--select", '["gradcam"]', "--finding_classes", '["masses", "calcification", "calcifications"]'),
+            "finding_classes: finding class names ['masses', 'calcifications'] are not among ['mass', 'calcification',",
         ),
         (
             ("--select", '["gradcam"]', "--finding_classes", "mass,calcification"),

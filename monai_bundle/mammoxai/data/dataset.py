@@ -35,6 +35,7 @@ __all__ = [
     "MammogramDataset",
     "batch_geometries",
     "class_index",
+    "class_indices",
     "class_key",
     "class_spellings",
     "LabelMap",
@@ -78,11 +79,13 @@ class LabelMap:
         label_map: raw label -> class name; None is an empty map.
         class_names: the classes a name is spelt as, when one is it up to case and spacing; None leaves names as
             the map or the label gives them.
+        class_names_setting: the setting ``class_names`` come from (``"lesion_class_names"``, a saliency model's),
+            named when two of them are one class: the user fixes that setting, which may not be ``class_names``.
 
     Raises:
         MammoXAIError: ``label_map`` is not a mapping, or two of its keys are one label up to case and spacing and
             name different classes (which of them a label meant cannot be told); two of ``class_names`` are one
-            name up to case and spacing (no label could tell them apart).
+            name up to case and spacing (no label could tell them apart), naming ``class_names_setting``.
 
     Example:
         LabelMap({"Recalled Benign": "benign"})("recalled_benign")  # "benign"
@@ -90,7 +93,12 @@ class LabelMap:
         LabelMap(None, ["mass", "no_finding"])("No Finding")  # "no_finding"
     """
 
-    def __init__(self, label_map: Mapping[Any, Any] | None, class_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        label_map: Mapping[Any, Any] | None,
+        class_names: Sequence[str] | None = None,
+        class_names_setting: str = "class_names",
+    ):
         written: dict[str, tuple[Any, str]] = {}  # folded key -> the first key written so, its class
         for key, name in setting_mapping(label_map, "label_map", '{"Cancer": "malignant"}').items():
             first, first_name = written.setdefault(class_key(key), (key, str(name)))
@@ -103,12 +111,57 @@ class LabelMap:
             first = self.spellings.setdefault(class_key(name), str(name))
             if first != str(name):
                 problem = f"name {first!r} and {name!r}, one class up to case and spacing"
-                raise MammoXAIError("class_names", problem, "name each class once")
+                raise MammoXAIError(class_names_setting, problem, "name each class once")
 
     def __call__(self, label: Any) -> str:
         """The class name of a raw label."""
         name = self.classes.get(class_key(label), str(label).strip())
         return self.spellings.get(class_key(name), name)
+
+
+def class_indices(
+    names: Sequence[Any],
+    class_names: Sequence[str],
+    setting: str | os.PathLike,
+    fix: str = "name one of them",
+    what: str = "class",
+    class_names_setting: str = "class_names",
+) -> list[int]:
+    """The index among ``class_names`` of the class each of ``names`` names, regardless of case and spacing.
+
+    For settings that name classes of a model's list (the background class of lesion crops and of CorRELAX, the
+    evaluation's positive class, a saliency target, the finding classes a ``"finding"`` target needs): by the
+    :class:`LabelMap` rule labels follow, so a lesion-crop model whose classes are spelt "Mass", "No_Finding" is
+    trained and explained as it is evaluated, where matched as written it was refused; and one look-up, so every
+    such setting is refused in the same one line, which names every missing class at once.
+
+    Args:
+        names: the classes, as the setting or data gives them.
+        class_names: the classes, in output order.
+        setting: the setting or file that gives ``names`` or ``class_names``, shown first in the message.
+        fix: what to do when a name is no class.
+        what: what a name is to ``setting``, the message's first word (``"target"`` for a saliency method's); with
+            several missing, ``"{what} names"`` lists them.
+        class_names_setting: the setting ``class_names`` come from, named when two of them are one class
+            (:class:`LabelMap`).
+
+    Raises:
+        MammoXAIError: a name is no class up to case and spacing; the message names ``setting``, the missing names
+            and the classes. Two of ``class_names`` are one class up to case and spacing.
+
+    Example:
+        class_indices(["mass", "no_finding"], ["Mass", "Calcification", "Other", "No_Finding"], "finding_classes")
+        # [0, 3]
+    """
+    classes = [str(class_name) for class_name in class_names]
+    spell = LabelMap(None, classes, class_names_setting)
+    spelt = [spell(name) for name in names]
+    missing = [name for name, spelling in zip(names, spelt, strict=True) if spelling not in classes]
+    if len(missing) == 1:
+        raise MammoXAIError(setting, f"{what} {missing[0]!r} is not one of {classes}", fix)
+    if missing:
+        raise MammoXAIError(setting, f"{what} names {missing} are not among {classes}", fix)
+    return [classes.index(spelling) for spelling in spelt]
 
 
 def class_index(
@@ -117,33 +170,19 @@ def class_index(
     setting: str | os.PathLike,
     fix: str = "name one of them",
     what: str = "class",
+    class_names_setting: str = "class_names",
 ) -> int:
-    """The index among ``class_names`` of the class ``name`` names, regardless of case and spacing.
-
-    For a setting that names one class of a model's list (the background class of lesion crops and of CorRELAX, the
-    evaluation's positive class, a saliency target): by the :class:`LabelMap` rule labels follow, so a lesion-crop
-    model whose classes are spelt "Mass", "No_Finding" is trained and explained as it is evaluated, where matched as
-    written it was refused; and one look-up, so every such setting is refused in the same one line.
-
-    Args:
-        name: the class, as the setting or data gives it.
-        class_names: the classes, in output order.
-        setting: the setting or file that gives ``name`` or ``class_names``, shown first in the message.
-        fix: what to do when no class is ``name``.
-        what: what ``name`` is to ``setting``, the message's first word (``"target"`` for a saliency method's).
+    """The index among ``class_names`` of the class ``name`` names, regardless of case and spacing: the
+    :func:`class_indices` of one name, for a setting that names one class of a model's list.
 
     Raises:
         MammoXAIError: no class is ``name`` up to case and spacing; the message names ``setting``, ``name`` and the
-            classes.
+            classes. Two of ``class_names`` are one class up to case and spacing, naming ``class_names_setting``.
 
     Example:
         class_index("no_finding", ["Mass", "Calcification", "Other", "No_Finding"], "background_class")  # 3
     """
-    names = [str(class_name) for class_name in class_names]
-    spelt = LabelMap(None, names)(name)
-    if spelt not in names:
-        raise MammoXAIError(setting, f"{what} {name!r} is not one of {names}", fix)
-    return names.index(spelt)
+    return class_indices([name], class_names, setting, fix, what, class_names_setting)[0]
 
 
 def class_spellings(names: Iterable[str]) -> list[str]:

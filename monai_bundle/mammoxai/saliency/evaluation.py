@@ -59,7 +59,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mammoxai.cli import run_bundle_config
-from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, class_index
+from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, class_index, class_indices
 from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.data.manifest import record_shape
 from mammoxai.errors import MammoXAIError, check_output_path, parse_names
@@ -223,13 +223,12 @@ class SaliencyEvaluator:
         if tolerance_unit not in _TOLERANCE_UNITS:
             raise MammoXAIError("tolerance_unit", f"is {tolerance_unit!r}", f"use one of {list(_TOLERANCE_UNITS)}")
         finding_classes = parse_names(finding_classes, "finding_classes", ["mass", "calcification"])
-        lesion_class = LabelMap(None, LESION_CLASSES)  # "Mass" is "mass", as a model's class_names match it
-        unknown = [name for name in finding_classes if lesion_class(name) not in LESION_CLASSES]
-        if unknown or not finding_classes:
-            # a misspelt class ("calcifications") matches no finding: its column is n/a and the class mean is that of
-            # the other classes, which reads like a result
-            problem = f"names {unknown}, not finding classes" if unknown else "is empty"
-            raise MammoXAIError("finding_classes", problem, f"use names of {list(LESION_CLASSES)}")
+        if not finding_classes:
+            raise MammoXAIError("finding_classes", "is empty", f"use names of {list(LESION_CLASSES)}")
+        # "Mass" is "mass", as a model's class_names match it; a misspelt class ("calcifications") matches no finding:
+        # its column is n/a and the class mean is that of the other classes, which reads like a result
+        fix = "use names among them"
+        lesion_indices = class_indices(finding_classes, LESION_CLASSES, "finding_classes", fix, "finding class")
         check_settings(
             tolerance=tolerance,
             deletion_steps=deletion_steps,
@@ -246,7 +245,7 @@ class SaliencyEvaluator:
         self.methods = _selected([_method_spec(spec) for spec in methods], select)
         used = {spec.model for spec in self.methods}
         self.models = {name: self._model(name, model, name in used) for name, model in models.items()}
-        self.finding_classes = tuple(dict.fromkeys(map(lesion_class, finding_classes)))
+        self.finding_classes = tuple(dict.fromkeys(LESION_CLASSES[index] for index in lesion_indices))
         self.findings_csv = Path(findings_csv)
         self.label_key, self.tolerance, self.tolerance_unit = label_key, float(tolerance), tolerance_unit
         self.score_threshold, self.seed, self.command = score_threshold, int(seed), command
@@ -319,9 +318,9 @@ class SaliencyEvaluator:
             MammoXAIError: the model has no such class; the message names the method, its target, the model and its
                 classes.
         """
-        names = self.models[spec.model]["class_names"]
+        names, classes_setting = self.models[spec.model]["class_names"], _class_names_setting(spec.model)
         fix = f"use a class of model {spec.model!r} or one of {list(TARGETS)}"
-        return class_index(spec.target, names, f"saliency method {spec.label}", fix, what="target")
+        return class_index(spec.target, names, f"saliency method {spec.label}", fix, "target", classes_setting)
 
     def _finding_class_indices(self, spec: MethodSpec) -> dict[str, int]:
         """Each finding class's index among the ``class_names`` of the model a ``"finding"`` target explains.
@@ -331,19 +330,17 @@ class SaliencyEvaluator:
         matched as written, such a model was refused as lacking the classes it has.
 
         Raises:
-            MammoXAIError: the model lacks a finding class; the message names the method, those classes and the
-                model's.
+            MammoXAIError: the model lacks finding classes; the message names the method, all of those classes, the
+                model and its classes.
         """
-        names = self.models[spec.model]["class_names"]
-        spelt = {finding: LabelMap(None, names)(finding) for finding in self.finding_classes}
-        lacking = [finding for finding, name in spelt.items() if name not in names]
-        if lacking:
-            raise MammoXAIError(
-                f"saliency method {spec.label}",
-                f"target 'finding' needs classes {lacking}, which model {spec.model!r} lacks ({names})",
-                "explain a lesion-crop classifier, or give a class name as target",
-            )
-        return {finding: names.index(name) for finding, name in spelt.items()}
+        names, classes_setting = self.models[spec.model]["class_names"], _class_names_setting(spec.model)
+        fix = (
+            f"target 'finding' needs each finding class in model {spec.model!r}: explain a lesion-crop classifier, "
+            "or give a class name as target"
+        )
+        setting = f"saliency method {spec.label}"
+        indices = class_indices(self.finding_classes, names, setting, fix, "finding class", classes_setting)
+        return dict(zip(self.finding_classes, indices, strict=True))
 
     def _explainer(self, spec: MethodSpec, network: nn.Module) -> SaliencyMethod:
         explainer = get_method(spec.name, network, spec.preset, **spec.settings)
@@ -400,7 +397,7 @@ class SaliencyEvaluator:
             return [(None, everything)]
         if spec.target == "label":
             raw = str(record.get(self.label_key) or "")
-            label = LabelMap(model.get("label_map"), names)(raw)
+            label = LabelMap(model.get("label_map"), names, _class_names_setting(spec.model))(raw)
             if label not in names:
                 raise MammoXAIError(
                     record["path"],
@@ -611,6 +608,11 @@ def _read_mask(path: str | os.PathLike, findings_csv: Path) -> np.ndarray:
 def _finding_hit(record: Mapping[str, Any], member: int, region: LesionRegion, hit: bool) -> FindingHit:
     image = str(record["path"])
     return FindingHit(image, str(record.get("patient_id") or image), member, region.category, bool(hit))
+
+
+def _class_names_setting(model: str) -> str:
+    """The setting a saliency model's class names come from, as a refusal of two that are one class names it."""
+    return f"class_names of saliency model {model!r}"
 
 
 def _selected(methods: list[MethodSpec], select: str | Sequence[str] | None) -> list[MethodSpec]:
