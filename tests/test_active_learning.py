@@ -109,6 +109,39 @@ def test_uncertainty_strategy_ranks_every_image_when_new_weights_load_during_its
     assert {info["uncertainty"]["checkpoint"] for info in datastore.infos.values()} == {"v2"}
 
 
+class StudiesDatastore(DictDatastore):
+    """A :class:`DictDatastore` whose images are ``<id>.dcm`` in a studies folder."""
+
+    def __init__(self, studies: Path, image_ids) -> None:
+        super().__init__(image_ids)
+        self.studies = studies
+
+    def get_image_uri(self, image_id):
+        return str(self.studies / f"{image_id}.dcm")
+
+
+class Unreadable:
+    """A predictor whose reader refuses every file, naming it by its path as the reader does."""
+
+    class_names = tuple(CLASSES)
+    checkpoint_id = "v1"
+
+    def load_weights(self) -> None:
+        pass
+
+    def predict_probabilities(self, path, transforms=()):
+        raise MammoXAIError(path, "no breast was found", "check the image")
+
+
+def test_uncertainty_scoring_names_a_failed_image_by_its_id_not_the_servers_path(tmp_path):
+    """The reason held the file's path in the server's studies folder, which the client does not know."""
+    datastore = StudiesDatastore(tmp_path, ["case_a"])
+
+    result = UncertaintyScoring(Unreadable(), "entropy")({}, datastore)
+
+    assert result["failed"] == {"case_a": "image 'case_a': no breast was found (check the image)"}
+
+
 def test_replace_checkpoint_refuses_non_finite_weights_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "model.pt"
     replace_checkpoint({"w": torch.ones(2)}, path)

@@ -406,6 +406,7 @@ def test_infer_before_weights_exist_is_503_saying_how_to_train(app_server, uncha
     response = post_without_weights(app_server, f"/infer/{app_server.model}", image=app_server.study_ids()[0])
 
     assert_refused(response, 503, "model.pt", "configs/train.json")
+    assert str(app_server.bundle) not in response.json()["detail"]  # shown at the Slicer panel; the log keeps it
     assert_server_up(app_server)
 
 
@@ -418,6 +419,7 @@ def test_uncertainty_before_weights_exist_is_503_naming_the_strategies_that_need
     response = post_without_weights(app_server, path, **params)
 
     assert_refused(response, 503, "model.pt: no trained weights", "/activelearning/random", "tag final")
+    assert str(app_server.bundle) not in response.json()["detail"]
     assert scoring_tasks(app_server) == tasks
     assert_server_up(app_server)
 

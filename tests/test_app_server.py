@@ -120,6 +120,19 @@ def test_image_sent_with_the_infer_request_is_explained_and_not_stored(client, a
     assert sorted(client.datastore()["objects"]) == before
 
 
+def test_prediction_names_its_image_as_the_client_knows_it_not_by_the_servers_path(app_server, dicom_id, tmp_path):
+    """``image.source`` held the file's path in the server's studies or temporary folder."""
+    png = write_png(tmp_path / "sent.png")
+    url = f"{app_server.url}/infer/{app_server.model}"
+
+    stored = requests.post(url, params={"image": dicom_id, "output": "json"}, timeout=300)
+    sent = requests.post(url, params={"output": "json"}, files={"file": ("sent.png", png.read_bytes())}, timeout=300)
+
+    assert stored.status_code == 200 and sent.status_code == 200, (stored.text, sent.text)
+    assert stored.json()["image"]["source"] == dicom_id
+    assert sent.json()["image"]["source"] == ""  # MONAI Label keeps the sent file's suffix only
+
+
 def test_final_label_is_stored_and_read_back(client, app_server, dicom_id, tmp_path):
     label = {
         "class": app_server.class_names[-1],

@@ -164,21 +164,23 @@ class MammographyApp(MONAILabelApp):
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Answer unknown models and image ids with 404 (MONAI Label would answer 500), then infer.
 
-        The heatmap is an explanation, not a label: it is returned and never saved into the datastore. A refusal
-        names the image as the client knows it (``image_name``: ``image '<id>'``, or the image sent with the
-        request), not by the server's path to its file.
+        The heatmap is an explanation, not a label: it is returned and never saved into the datastore. The image is
+        named as the client knows it, not by the server's path to its file: a refusal by ``image_name``
+        (``image '<id>'``, or the image sent with the request), the prediction's ``image.source`` by ``image_source``
+        (the id, or ``""`` for an image sent with the request, whose file name MONAI Label does not keep).
         """
         check_offered("model", request.get("model"), self._infers)
-        image, name = request.get("image"), "image sent with the request"
+        image, name, source = request.get("image"), "image sent with the request", ""
         datastore = datastore or self.datastore()
         if isinstance(image, str) and not _is_request_upload(image):
             # an id names a datastore image and nothing else: MONAI Label would also read any server path given
-            name, image = f"image {image!r}", datastore.get_image_uri(image)
+            name, source, image = f"image {image!r}", image, datastore.get_image_uri(image)
             if not image:
                 raise not_found(
                     name, "upload it first (PUT /datastore/image) or pick an id from GET /datastore/?output=all"
                 )
-        return super().infer({**request, "image": image, "image_name": name, "save_label": False}, datastore)
+        named = {"image": image, "image_name": name, "image_source": source}
+        return super().infer({**request, **named, "save_label": False}, datastore)
 
     def infer_wsi(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Serve MONAI Label's whole-slide routes (``/infer/wsi_v2/<model>``) as ``/infer``: a mammogram is one image.

@@ -79,7 +79,11 @@ PREDICTION_SCHEMA: dict[str, Any] = {
             "required": ["source", "shape", "spacing_mm", "laterality", "view"],
             "additionalProperties": False,
             "properties": {
-                "source": {"type": "string"},
+                "source": {
+                    "type": "string",
+                    "description": "the file the image was read from, as the caller named it; the MONAI Label app "
+                    "gives the image id instead of its path on the server ('' for an image sent with the request)",
+                },
                 "shape": {**_SHAPE, "description": "[rows, columns] of the original pixel grid"},
                 "spacing_mm": {
                     "oneOf": [

@@ -29,6 +29,7 @@ from mammoxai.errors import MammoXAIError
 __all__ = [
     "check_offered",
     "client_errors",
+    "client_message",
     "conflict",
     "install_request_error_handlers",
     "not_found",
@@ -53,10 +54,18 @@ def client_errors(
     try:
         yield
     except MammoXAIError as error:
-        detail = str(error)
-        for path, name in (files or {}).items():
-            detail = detail.replace(str(Path(path)), name)
-        raise HTTPException(status_code=status, detail=detail) from error
+        raise HTTPException(status_code=status, detail=client_message(str(error), files)) from error
+
+
+def client_message(message: str, files: Mapping[str, str] | None = None) -> str:
+    """``message`` with each server-side file of ``files`` named as the client knows it (see :func:`client_errors`).
+
+    For the messages a client reads outside a refusal: those a run reports per image (a scoring pass) or that are
+    kept in an image's info. The server log keeps the path, which is what an administrator needs.
+    """
+    for path, name in (files or {}).items():
+        message = message.replace(str(Path(path)), name)
+    return message
 
 
 def refusal(status: HTTPStatus, source: str, problem: str, fix: str) -> HTTPException:

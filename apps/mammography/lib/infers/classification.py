@@ -4,15 +4,18 @@ The bundle's predictor (``configs/inference.json``, item ``predictor``) does all
 preprocesses it, runs the classifier and the saliency method, and maps the heatmap back onto the original
 pixel grid. This task only adapts it to MONAI Label: the request's image path goes in; the heatmap comes out as
 the one result file (float32 NRRD in the geometry of the input) and the prediction record
-(:data:`mammoxai.schema.PREDICTION_SCHEMA`) as the params, unchanged: its metadata predictions (what the pixels
-look like, next to the header value) and QC flags reach the client as the predictor wrote them.
+(:data:`mammoxai.schema.PREDICTION_SCHEMA`) as the params, as the predictor wrote it but for ``image.source``: its
+metadata predictions (what the pixels look like, next to the header value) and QC flags reach the client unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,9 @@ from lib.http_errors import client_errors
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor, write_heatmap
 
-__all__ = ["MammogramClassification", "load_predictor"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["MammogramClassification", "load_predictor", "weights_errors"]
 
 DESCRIPTION = (
     "MammoXAI whole-image mammogram classifier with a saliency heatmap on the original pixel grid. "
@@ -48,6 +53,24 @@ def load_predictor(bundle: str | os.PathLike, device: str = "auto") -> Mammogram
     return parser.get_parsed_content("predictor")
 
 
+@contextmanager
+def weights_errors(predictor: MammogramPredictor) -> Iterator[None]:
+    """Answer a :class:`MammoXAIError` from the block (no weights yet, weights that do not fit the network) with 503,
+    naming the weights by their file name (``model.pt``, ``checkpoint.file`` of ``/info``) instead of their path.
+
+    The refusal reaches whoever asks for a prediction or a ranking, a reviewer at the 3D Slicer panel among them, to
+    whom the server's bundle folder means nothing; the administrator, who trains and places the weights, finds the
+    path in the server log, where it is written here.
+    """
+    try:
+        yield
+    except MammoXAIError as error:
+        logger.warning("no weights served: %s", error)
+        path = predictor.checkpoint.path
+        with client_errors(HTTPStatus.SERVICE_UNAVAILABLE, files={str(path): path.name}):
+            raise
+
+
 class MammogramClassification(InferTask):
     """Classify one mammogram and return its saliency heatmap (MONAI Label ``InferType.CLASSIFICATION``).
 
@@ -58,8 +81,11 @@ class MammogramClassification(InferTask):
     sends; MONAI Label merges the params into the request); without them the bundle's configured method is used.
     ``/info`` lists the methods and presets the model's grid can run under the model's ``saliency`` key.
     A file the predictor rejects (wrong modality, unreadable pixels, no breast in view, ...) or an unknown saliency
-    method or preset is answered with 422; missing or unloadable weights with 503; both carry the predictor's
-    message, which names the image by the request's ``image_name`` (the app's ``image '<id>'``) instead of its path.
+    method or preset is answered with 422; missing or unloadable weights with 503 (:func:`weights_errors`); both
+    carry the predictor's message, which names the image by the request's ``image_name`` (the app's
+    ``image '<id>'``) instead of its path. The record's ``image.source`` is the request's ``image_source`` (the
+    app's image id) when it has one: the server's path to the file is of no use to a client, and shows where the
+    server keeps its files.
 
     Args:
         predictor: the bundle's ``mammoxai.inference.MammogramPredictor``, e.g. from :func:`load_predictor`.
@@ -115,7 +141,7 @@ class MammogramClassification(InferTask):
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
-        with client_errors(HTTPStatus.SERVICE_UNAVAILABLE):
+        with weights_errors(self.predictor):
             self.predictor.load_weights()
         saliency = request.get("saliency") or {}
         with client_errors(files={request["image"]: request.get("image_name", request["image"])}):
@@ -128,7 +154,10 @@ class MammogramClassification(InferTask):
             method, preset = saliency.get("method"), saliency.get("preset")
             prediction = self.predictor.predict(request["image"], saliency_method=method, saliency_preset=preset)
         inferred = time.perf_counter()
-        params = {**prediction.record, "label_names": self.labels}  # the record is validated by the predictor
+        record = prediction.record  # validated by the predictor
+        if "image_source" in request:
+            record = {**record, "image": {**record["image"], "source": request["image_source"]}}
+        params = {**record, "label_names": self.labels}
         handle, heatmap_path = tempfile.mkstemp(prefix="mammoxai_heatmap_", suffix=".nrrd")
         os.close(handle)
         write_heatmap(prediction, heatmap_path)

@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from http import HTTPStatus
 from typing import Any
 
 import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from lib.http_errors import client_errors
+from lib.http_errors import client_message
+from lib.infers.classification import weights_errors
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor
 
@@ -92,8 +92,9 @@ class UncertaintyScoring(ScoringMethod):
         predictor: the served predictor.
         measure: one of :data:`MEASURES`.
 
-    The result counts the images scored and skipped and names those that failed; ``checkpoint`` is the identity of
-    the weights the pass started with (another request may load newer weights during the pass, and the images
+    The result counts the images scored and skipped and gives the reason of each that failed, naming the image as
+    ``image '<id>'`` as ``/infer`` does, not by its path on the server (which the log keeps); ``checkpoint`` is the
+    identity of the weights the pass started with (another request may load newer weights during the pass, and the images
     scored after that are scored with those).
 
     Example:
@@ -119,13 +120,12 @@ class UncertaintyScoring(ScoringMethod):
             if stored.get("checkpoint") == current and stored.get("measure") == self.measure:
                 result["skipped"] += 1
                 continue
+            path = datastore.get_image_uri(image_id)
             try:
-                probabilities, checkpoint = self.predictor.predict_probabilities(
-                    datastore.get_image_uri(image_id), transforms
-                )
+                probabilities, checkpoint = self.predictor.predict_probabilities(path, transforms)
             except MammoXAIError as error:
                 logger.warning("not scored: %s", error)
-                result["failed"][image_id] = str(error)
+                result["failed"][image_id] = client_message(str(error), {path: f"image {image_id!r}"})
                 continue
             score = uncertainty(probabilities, self.measure)
             names = self.predictor.class_names
@@ -148,7 +148,7 @@ class UncertaintyScoring(ScoringMethod):
         ``POST /scoring/uncertainty`` calls this before it submits a background run (see
         :func:`~lib.route_guards.install_route_guards`): the run builds the app again in a process of its own, where
         the 503 would only end the task in its log."""
-        with client_errors(HTTPStatus.SERVICE_UNAVAILABLE):
+        with weights_errors(self.predictor):
             try:
                 self.predictor.load_weights()
             except MammoXAIError as error:
