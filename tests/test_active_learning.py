@@ -8,8 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from dicom_factory import write_mammo_dicom
+from monailabel.tasks.activelearning.first import First
 
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
@@ -22,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "mammography"))
 from clinician import simulator  # noqa: E402
 
-from lib.activelearning import UncertaintyStrategy  # noqa: E402
+from lib.activelearning import ReadableOnly, UncertaintyStrategy  # noqa: E402
 from lib.scoring.uncertainty import TTA_TRANSFORMS, UncertaintyScoring, uncertainty  # noqa: E402
 
 CLASSES = ["normal", "benign", "malignant"]
@@ -110,7 +113,7 @@ def test_uncertainty_strategy_ranks_every_image_when_new_weights_load_during_its
 
 
 class StudiesDatastore(DictDatastore):
-    """A :class:`DictDatastore` whose images are ``<id>.dcm`` in a studies folder."""
+    """A :class:`DictDatastore` whose images are ``<id>.dcm`` in a studies folder, with the unreadable mark."""
 
     def __init__(self, studies: Path, image_ids) -> None:
         super().__init__(image_ids)
@@ -118,6 +121,12 @@ class StudiesDatastore(DictDatastore):
 
     def get_image_uri(self, image_id):
         return str(self.studies / f"{image_id}.dcm")
+
+    def get_unlabeled_images(self, label_tag=None, labels=None):
+        return [image_id for image_id, info in self.infos.items() if "unreadable" not in info]
+
+    def mark_unreadable(self, image_id, problem):
+        self.update_image_info(image_id, {"unreadable": {"problem": problem}})
 
 
 class Unreadable:
@@ -140,6 +149,18 @@ def test_uncertainty_scoring_names_a_failed_image_by_its_id_not_the_servers_path
     result = UncertaintyScoring(Unreadable(), "entropy")({}, datastore)
 
     assert result["failed"] == {"case_a": "image 'case_a': no breast was found (check the image)"}
+
+
+def test_first_passes_over_an_image_with_no_breast_marking_it_by_its_id(tmp_path):
+    """Proposed, it could be neither explained nor labelled, and first proposed it every time."""
+    write_mammo_dicom(tmp_path / "blank.dcm", np.zeros((64, 64), dtype=np.uint16))
+    datastore = StudiesDatastore(tmp_path, ["blank"])
+
+    proposal = ReadableOnly(First())({}, datastore)
+
+    assert proposal is None
+    problem = datastore.infos["blank"]["unreadable"]["problem"]
+    assert problem.startswith("image 'blank': no breast was found") and str(tmp_path) not in problem
 
 
 def test_replace_checkpoint_refuses_non_finite_weights_and_keeps_the_old_file(tmp_path):

@@ -264,14 +264,20 @@ def test_infer_refusing_a_stored_image_names_its_id_not_the_servers_path(
     assert_server_up(app_server)
 
 
-def test_label_for_a_stored_image_that_is_not_a_mammogram_names_its_id_not_the_servers_path(
-    app_server, unchanged, drop_into_studies, tmp_path
+@pytest.mark.parametrize(
+    "write, words",
+    [(write_blank, ["no breast was found"]), (write_ct, ["is not a mammogram"])],
+    ids=["no_breast", "not_a_mammogram"],
+)
+def test_label_for_a_stored_image_that_inference_refuses_is_422_naming_its_id_not_the_servers_path(
+    app_server, unchanged, drop_into_studies, tmp_path, write, words
 ):
-    image_id = drop_into_studies(write_ct(tmp_path), "dropped_in")
+    """One with no breast was stored, and every training run with it would fail, as its inference does."""
+    image_id = drop_into_studies(write(tmp_path), "dropped_in")
 
     response = save_label(app_server, image_id, json.dumps(VALID_LABEL).encode())
 
-    assert_refused(response, 422, f"image {image_id!r}: is not a mammogram")
+    assert_refused(response, 422, f"image {image_id!r}: ", *words)
     assert str(app_server.studies) not in response.json()["detail"]
     assert_server_up(app_server)
 

@@ -65,7 +65,8 @@ IMAGE_SUFFIXES = (".dcm", ".dicom", ".dic", ".png", ".tif", ".tiff", ".pgm")
 """File types :func:`mammoxai.io.read_mammogram` reads; the studies folder is scanned for these."""
 
 UNREADABLE_KEY = "unreadable"
-"""Image-info key of an image found not to be a readable mammogram: ``{"problem": <message>, "file": <stamp>}``."""
+"""Image-info key of an image found not to be a readable mammogram, or one without a breast in view
+(:func:`read_storable`): ``{"problem": <message>, "file": <stamp>}``."""
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -77,8 +78,9 @@ class MammogramDatastore(LocalDatastore):
     are); its image info records the shape, laterality and view read from it. An image in which no breast is found
     is refused (422), as inference would refuse it (:func:`read_storable`). An id in use is refused (409):
     replacing the image would leave its labels describing another image. A label must be MammoXAI label
-    JSON whose class is one of the model's classes and whose lesions lie inside the image; it is stored as
-    ``labels/<tag>/<image id>.json``.
+    JSON whose class is one of the model's classes and whose lesions lie inside the image, and its image one that
+    :func:`read_storable` accepts (an image copied into the studies folder by hand is not checked on arrival); it is
+    stored as ``labels/<tag>/<image id>.json``.
 
     Args:
         datastore_path: the studies folder; images are the files in it with one of ``IMAGE_SUFFIXES``.
@@ -173,7 +175,8 @@ class MammogramDatastore(LocalDatastore):
         with client_errors(files={image: f"image {image_id!r}"}):
             _check_name("label tag", label_tag)
             record = _read_json(label_filename)
-            validate_label(record, class_names=self.class_names, image_shape=read_mammogram(image).shape)
+            # an image without a breast would fail every training run its label joins, as it fails inference
+            validate_label(record, class_names=self.class_names, image_shape=read_storable(image).shape)
         return self._store_label(image_id, label_filename, label_tag, label_info, ".json")
 
     def save_model_output(self, image_id: str, filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
@@ -199,8 +202,9 @@ class MammogramDatastore(LocalDatastore):
         return image_id
 
     def mark_unreadable(self, image_id: str, problem: str) -> None:
-        """Record that ``image_id`` is not a readable mammogram (a CT, a damaged file dropped into the studies folder):
-        :meth:`get_unlabeled_images` leaves it out from now on, until its file changes."""
+        """Record that ``image_id`` is not a readable mammogram (a CT, a damaged file dropped into the studies folder)
+        or has no breast in view (:func:`read_storable`): :meth:`get_unlabeled_images` leaves it out from now on,
+        until its file changes. ``problem`` is kept in the image info, which clients read: name the image by its id."""
         self.update_image_info(image_id, {UNREADABLE_KEY: {"problem": problem, "file": self._file_stamp(image_id)}})
 
     def get_unlabeled_images(self, label_tag: str | None = None, labels: Sequence[str] | None = None) -> list[str]:

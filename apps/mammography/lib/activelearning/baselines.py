@@ -3,9 +3,10 @@
 Two faults of theirs, met in a real loop:
 
 - They pick from every unlabeled image in the datastore, and the studies folder may hold files that are not
-  mammograms: a CT exported with the study, a damaged file. Proposed, such a case can be neither explained
-  (``/infer`` answers 422) nor labelled (the label is refused), and ``first`` would propose it every time, stalling
-  the loop. :class:`ReadableOnly` proposes only images that read. (``uncertainty`` proposes only scored images.)
+  mammograms, or show no breast: a CT exported with the study, a damaged file, a blank exposure. Proposed, such a
+  case can be neither explained (``/infer`` answers 422) nor labelled (the label is refused), and ``first`` would
+  propose it every time, stalling the loop. :class:`ReadableOnly` proposes only images that the upload would have
+  accepted (:func:`~lib.datastore.read_storable`). (``uncertainty`` proposes only scored images.)
 - MONAI Label's ``random`` draws an image with weight "seconds since it was last proposed" and fails (500) when
   every unlabeled image was proposed within the current second: the last case asked for twice, two clients at once.
   :class:`Random` counts at least one second.
@@ -22,9 +23,9 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from lib.datastore import MammogramDatastore
+from lib.datastore import MammogramDatastore, read_storable
+from lib.http_errors import client_message
 from mammoxai.errors import MammoXAIError
-from mammoxai.io import read_mammogram
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,10 @@ class Random(Strategy):
 
 
 class ReadableOnly(Strategy):
-    """What ``strategy`` proposes, once its file reads as a mammogram; a file that does not is marked unreadable in the
-    datastore (which then leaves it out of the unlabeled images until the file changes,
-    :meth:`~lib.datastore.MammogramDatastore.mark_unreadable`) and the strategy is asked again.
+    """What ``strategy`` proposes, once its file reads as a mammogram with a breast in view; a file that does not is
+    marked unreadable in the datastore (which then leaves it out of the unlabeled images until the file changes,
+    :meth:`~lib.datastore.MammogramDatastore.mark_unreadable`), its problem naming it ``image '<id>'``, and the
+    strategy is asked again.
 
     Args:
         strategy: the strategy to ask, e.g. MONAI Label's ``First()``.
@@ -75,11 +77,12 @@ class ReadableOnly(Strategy):
     def __call__(self, request: Mapping[str, Any], datastore: MammogramDatastore) -> dict[str, Any] | None:
         while proposal := self.strategy(request, datastore):
             image_id = proposal["id"]
+            path = datastore.get_image_uri(image_id)
             try:
-                read_mammogram(datastore.get_image_uri(image_id))
+                read_storable(path)
             except MammoXAIError as error:
                 logger.warning("not proposed: %s", error)
-                datastore.mark_unreadable(image_id, str(error))
+                datastore.mark_unreadable(image_id, client_message(str(error), {path: f"image {image_id!r}"}))
                 continue
             return proposal
         return None
