@@ -6,8 +6,9 @@ minutes and gives back at most eight files. Each stage therefore makes its own s
 repository's own scripts and bundle configs at the sizes the issues ask for (the commands the model card gives),
 and leaves in ``--out`` three files: ``<stage>.log`` (every command, its output and its time), ``<stage>.tar.gz``
 (the stage's reports, plots and tables; no images, no weights) and ``BENCHMARKS.md`` where the stage records
-benchmarks. Each command is stopped at the stage's share of ``--budget`` minutes, so an overrun still leaves the
-log and whatever was finished; the log's times are what to size the next run by.
+benchmarks. The step running when the stage's ``--budget`` minutes are spent is stopped with the processes it
+started, so an overrun still leaves the log and whatever was finished; the log's times are what to size the next
+run by.
 
 Stages (``--list`` prints their commands without running them):
 
@@ -24,7 +25,7 @@ Stages (``--list`` prints their commands without running them):
 On the GPU machine, from the repository root, with the wheels of ``scripts/device_wheels.sh`` carried in
 ``.whl``::
 
-    python3 scripts/device_figures.py bench --out "$OUT" --install
+    python3 scripts/device_figures.py bench --out "$OUT" --install --budget 8
 
 Here, to check that a stage runs before a machine's minutes are spent on it (CPU, tiny sizes, same commands)::
 
