@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dicom_factory import write_mammo_dicom
+from dicom_factory import write_ct_dicom, write_mammo_dicom
 from monailabel.tasks.activelearning.first import First
 
 from mammoxai.data.manifest import read_manifest
@@ -19,7 +19,7 @@ from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import MammoClassifier, MultiViewClassifier
 from mammoxai.training.checkpoints import TrainingViews
-from mammoxai.training.corrections import correction_records, finetune, replace_checkpoint
+from mammoxai.training.corrections import correction_records, finetune, replace_checkpoint, usable_corrections
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "mammography"))
@@ -202,6 +202,27 @@ def test_correction_with_an_unknown_class_is_refused_naming_the_image(correction
     bad.write_text(json.dumps({"class": "cancer", "annotator": "t", "timestamp": "2024-05-01T09:30:00+00:00"}))
     with pytest.raises(MammoXAIError, match="cancer"):
         correction_records([(triples[0][0], triples[0][1], bad)], CLASSES)
+
+
+def test_usable_corrections_leave_out_an_unusable_image_or_label_naming_its_id_not_its_file(corrections, tmp_path):
+    """A file replaced after its label was saved must not cost the other corrections their run."""
+    _, triples = corrections
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"class": "cancer", "annotator": "t", "timestamp": "2024-05-01T09:30:00+00:00"}))
+    ct = write_ct_dicom(tmp_path / "ct.dcm")
+    blank = write_mammo_dicom(tmp_path / "blank.dcm", np.zeros((64, 64), dtype=np.uint16))
+    label = triples[0][2]
+    bad = [("ct", ct, label), ("unknown_class", triples[1][1], unknown), ("blank", blank, label)]
+
+    headers, header_left_out = usable_corrections([*triples, *bad], CLASSES)
+    records, left_out = usable_corrections([*triples, *bad], CLASSES, image_size=48)
+
+    assert sorted(header_left_out) == ["ct", "unknown_class"] and len(headers) == len(triples) + 1  # blank's header
+    assert [record["image_id"] for record in records] == [image_id for image_id, _, _ in triples]
+    assert sorted(left_out) == ["blank", "ct", "unknown_class"]
+    assert "not a mammogram" in left_out["ct"] and "cancer" in left_out["unknown_class"]
+    assert "no breast was found" in left_out["blank"]
+    assert str(tmp_path) not in json.dumps(left_out)
 
 
 def test_finetune_not_worse_policy_compares_with_the_current_weights_on_the_same_split(corrections, tmp_path):

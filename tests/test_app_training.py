@@ -9,9 +9,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from clinician import save_final, served_checkpoint, simulator
+from dicom_factory import write_ct_dicom, write_mammo_dicom
 
 from mammoxai.data.synth import synthesize
 
@@ -332,3 +334,56 @@ def test_a_stopped_run_keeps_the_served_model_says_it_did_not_end_and_leaves_no_
     assert task["status"] == "DONE", task.get("details")
     assert not (bundle / "eval" / "train_run").exists()
     assert temporary() == before
+
+
+def final_labelled(url: str) -> set[str]:
+    """Ids of the images the datastore lists with a final label."""
+    objects = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]
+    return {image_id for image_id, entry in objects.items() if "final" in entry.get("labels", {})}
+
+
+def write_blank(path: Path) -> Path:
+    """A mammogram of an exposure with nothing in it: no breast is found in it."""
+    return write_mammo_dicom(path, np.zeros((64, 64), dtype=np.uint16))
+
+
+@pytest.mark.parametrize(
+    "replace, words",
+    [(write_ct_dicom, ["is not a mammogram", "CT"]), (write_blank, ["no breast was found"])],
+    ids=["by_a_ct", "by_an_image_of_no_breast"],
+)
+def test_a_corrected_image_whose_file_was_replaced_is_left_out_naming_it_and_the_run_trains_on_the_rest(
+    loop_server, replace, words
+):
+    """A label saved before its image's file was replaced (or a pair copied in by hand) made every run fail: a CT's
+    header refused the request with 422, an image of no breast ended the run in its log, naming the server's path."""
+    url, bundle, truth = loop_server
+    studies = bundle.parent / "studies"
+    save_true_classes_of_every_other_image(url, truth)
+    replaced = f"replaced_{replace.__name__}"
+    source = studies / f"{sorted(truth)[0]}.dcm"
+    upload = {"file": (source.name, source.read_bytes())}
+    assert requests.put(f"{url}/datastore/image", params={"image": replaced}, files=upload, timeout=60).ok
+    try:
+        assert save_final(url, replaced, truth[sorted(truth)[0]]).status_code == 200
+        corrected = final_labelled(url) - {replaced}  # the earlier tests' too
+        replace(studies / f"{replaced}.dcm")
+
+        started = requests.post(
+            f"{url}/train/mammoxai", json={"epochs": 1, "accept": "valid", "num_workers": 0}, timeout=60
+        )
+        task = simulator.wait_for_training(url, timeout=300) if started.ok else {}
+    finally:
+        requests.delete(f"{url}/datastore/image", params={"id": replaced}, timeout=60)
+        deadline = time.monotonic() + 30
+        while replaced in final_labelled(url) and time.monotonic() < deadline:  # the folder watcher unlists it
+            time.sleep(0.5)
+
+    assert started.status_code == 200, started.text
+    assert task["status"] == "DONE", list(task.get("details", []))
+    stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["mammoxai"]
+    assert stats["accepted"] is True and stats["corrections"] == len(corrected), stats
+    assert list(stats["left_out"]) == [replaced], stats
+    assert all(word in stats["left_out"][replaced] for word in words), stats
+    assert str(studies) not in json.dumps(stats)
+    assert any(f"image {replaced!r}" in line and words[0] in line for line in task["details"]), task["details"]

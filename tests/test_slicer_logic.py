@@ -201,8 +201,9 @@ def test_training_on_final_labels_of_two_patients_starts_reports_running_and_sto
 
 def test_a_failed_training_run_is_reported_with_the_reason_from_its_log(session, app_server):
     """A run that fails in the background process (here: pixels of a corrected image cut off after the labels were
-    saved, which the header-only check at the request cannot see) shows the run's own error line in the panel; the
-    run the error offers (``strict: false``) trains on the readable images."""
+    saved, which the header-only check at the request cannot see, under ``strict: true``) shows the run's own error
+    line in the panel, naming the image by its id; the run the error offers (``strict: false``, the default) leaves
+    that image out and trains on the others."""
     broken = f"cut_{uuid.uuid4().hex[:8]}"
     source = app_server.studies / f"{app_server.study_ids()[0]}.dcm"
     session.client.upload_image(str(source), broken)
@@ -212,17 +213,18 @@ def test_a_failed_training_run_is_reported_with_the_reason_from_its_log(session,
     stored.write_bytes(stored.read_bytes()[:-2000])
     weights = app_server.checkpoint.read_bytes()
     try:
-        session.start_training({"epochs": 1})
+        session.start_training({"epochs": 1, "strict": True})
         failed = wait_for(session.training_status, run_ended, 300)
         unchanged = app_server.checkpoint.read_bytes()
-        session.start_training({"epochs": 1, "strict": False, "accept": "valid"})  # what the error offers
+        session.start_training({"epochs": 1, "accept": "valid"})  # what the error offers
         skipped = wait_for(session.training_status, run_ended, 300)
     finally:
         requests.delete(f"{app_server.url}/datastore/image", params={"id": broken}, timeout=60)
         app_server.checkpoint.write_bytes(weights)  # the other tests' served weights
 
     assert failed.startswith("training ERROR (started "), failed
-    assert f"{broken}.dcm" in failed and "cannot be read" in failed and "truncated" in failed, failed
+    assert f"image {broken!r}" in failed and "cannot be used" in failed and "truncated" in failed, failed
+    assert str(app_server.studies) not in failed
     assert unchanged == weights
     assert skipped.startswith("training DONE"), skipped
 

@@ -39,10 +39,12 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.handlers import from_engine
 
+from mammoxai.data.cache import preprocess_all
 from mammoxai.data.dataset import LabelMap
 from mammoxai.data.manifest import read_record, write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write
+from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.files import checkpoint_weights, read_torch_file
 from mammoxai.nets.finetune import load_checkpoint
 from mammoxai.schema import validate_label
@@ -57,6 +59,7 @@ __all__ = [
     "correction_records",
     "finetune",
     "replace_checkpoint",
+    "usable_corrections",
 ]
 
 ACCEPT_POLICIES = ("not_worse", "valid")
@@ -89,20 +92,82 @@ def correction_records(
     Raises:
         MammoXAIError: a label is not valid MammoXAI label JSON for ``class_names``, or an image is unreadable.
     """
-    records = []
+    return [_correction_record(*correction, class_names, label_key) for correction in corrections]
+
+
+def usable_corrections(
+    corrections: Iterable[tuple[str, str | os.PathLike, str | os.PathLike]],
+    class_names: Sequence[str],
+    image_size: int | Sequence[int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
+    label_key: str = "case_label",
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The records of :func:`correction_records` for the corrections a run can train on, and why each other one
+    cannot (image id -> reason, naming no file).
+
+    A correction outlives the checks made when it was saved: its image file may be replaced later (by a CT, a
+    damaged copy, an image of no breast), or a label and image copied in by hand. One such correction must not
+    cost the clinicians' others their run, so it is left out and said, by image id (the caller's name for it; the
+    file is on a server the reader may not see).
+
+    Args:
+        corrections: ``(image_id, image_path, label_json_path)`` triples.
+        class_names: the classes a label's class must be one of.
+        image_size: the run's model grid: the images are also read and preprocessed onto it, into ``cache_dir``
+            (the work the run's own check and first epoch do, :func:`~mammoxai.data.cache.preprocess_all`); None
+            reads the labels and the image headers only.
+        cache_dir: the run's preprocessed-image cache, or None.
+        num_workers: processes that read the images.
+        label_key: the record field that holds the label's class.
+    """
+    records, left_out = [], {}
     for image_id, image_path, label_path in corrections:
-        source = f"label of image {image_id!r}"
         try:
-            label = json.loads(Path(label_path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise MammoXAIError(source, f"cannot be read ({error})", "save the label again") from error
-        validate_label(label, class_names=class_names, source=source)
-        record = read_record(image_path)
-        record.update(image_id=image_id, path=str(image_path), lesions=json.dumps(label.get("lesions", [])))
-        record["patient_id"] = record.get("patient_id") or f"image:{image_id}"
-        record[label_key] = label["class"]
-        records.append(record)
-    return records
+            records.append(_correction_record(image_id, image_path, label_path, class_names, label_key))
+        except MammoXAIError as error:
+            left_out[image_id] = _reason(error)
+    if image_size is not None and records:
+        failures = preprocess_all(
+            [record["path"] for record in records], grid_shape(image_size), cache_dir, num_workers
+        )
+        left_out.update(
+            {record["image_id"]: failures[record["path"]] for record in records if record["path"] in failures}
+        )
+        records = [record for record in records if record["path"] not in failures]
+    return records, left_out
+
+
+def _correction_record(
+    image_id: str,
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    class_names: Sequence[str],
+    label_key: str,
+) -> dict[str, Any]:
+    """The manifest record of one correction (see :func:`correction_records`).
+
+    Raises:
+        MammoXAIError: the label is not valid MammoXAI label JSON for ``class_names``, or the image is unreadable.
+    """
+    source = f"label of image {image_id!r}"
+    try:
+        label = json.loads(Path(label_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        detail = error.strerror if isinstance(error, OSError) else error  # an OSError's message holds the path
+        raise MammoXAIError(source, f"cannot be read ({detail})", "save the label again") from error
+    validate_label(label, class_names=class_names, source=source)
+    record = read_record(image_path)
+    record.update(image_id=image_id, path=str(image_path), lesions=json.dumps(label.get("lesions", [])))
+    record["patient_id"] = record.get("patient_id") or f"image:{image_id}"
+    record[label_key] = label["class"]
+    return record
+
+
+def _reason(error: MammoXAIError) -> str:
+    """The problem and fix of ``error`` without its source: an image's source is its file, a label's names the image
+    the reason is listed under already."""
+    return f"{error.problem} ({error.fix})" if error.fix else error.problem
 
 
 @dataclass

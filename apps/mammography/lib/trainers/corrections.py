@@ -53,8 +53,8 @@ from mammoxai.training.corrections import (
     ACCEPT_POLICIES,
     FinetuneResult,
     check_accept_policy,
-    correction_records,
     finetune,
+    usable_corrections,
 )
 from mammoxai.training.settings import RUN_SETTINGS, check_run_settings
 
@@ -72,8 +72,8 @@ TRAIN_OPTIONS = (
     "seed",
     "strict",
 )
-"""train.json keys a ``POST /train/<model>`` body may override (``strict: false`` trains on the readable images
-when a corrected image's pixels can no longer be read, instead of stopping the run)."""
+"""train.json keys a ``POST /train/<model>`` body may override (``strict: true`` stops the run when a correction
+cannot be used, instead of leaving it out, :meth:`CorrectionsTrainer.check_ready`)."""
 
 UNFINISHED = (
     "the run started {started} has not ended: it is in progress (GET /train/), or it was stopped (DELETE /train/) or "
@@ -186,58 +186,88 @@ class CorrectionsTrainer(TrainTask):
         check_accept_policy(request.get("accept", "not_worse"))
         recipe = ConfigParser()
         recipe.read_config(str(self.bundle / "configs" / "train.json"))
-        options = {**self.defaults, **{key: request[key] for key in TRAIN_OPTIONS if key in request}}
+        options = self.options(request)
         check_run_settings(
             **{key: options[key] if key in options else recipe.get_parsed_content(key) for key in RUN_SETTINGS}
         )
         parse_flag(options.get("strict", True), "strict")
 
-    def check_ready(self, datastore: Datastore) -> list[dict[str, Any]]:
-        """The training records of the corrections (reads the labels and the image headers, not the pixels).
+    def options(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The train.json overrides a request sets (:data:`TRAIN_OPTIONS`) over the trainer's defaults."""
+        return {**self.defaults, **{key: request[key] for key in TRAIN_OPTIONS if key in request}}
+
+    def check_ready(
+        self, datastore: Datastore, options: Mapping[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The training records of the usable corrections, and why each other one is left out (image id -> reason).
+
+        A correction whose image or label no run can use (its file replaced by a CT, a damaged file or an image of no
+        breast after it was labelled, or a pair copied into the studies folder by hand) is left out, so that it
+        does not cost the clinicians' other corrections their run (:func:`~mammoxai.training.corrections.
+        usable_corrections`). At the request (``options`` without ``image_size``) the labels and image headers are
+        read; the run passes its overrides, and the images are also preprocessed onto its grid, into its cache.
 
         Raises:
-            MammoXAIError: the ``final`` labels cover fewer than :data:`MIN_PATIENTS` patients, or one class only
-                (the validation AUC that decides whether new weights are served needs two).
+            MammoXAIError: a correction cannot be used under ``strict: true``, or the usable ``final`` labels cover
+                fewer than :data:`MIN_PATIENTS` patients, or one class only (the validation AUC that decides whether
+                new weights are served needs two).
         """
-        records = correction_records(final_corrections(datastore), self.predictor.class_names)
+        options = options or {}
+        records, left_out = usable_corrections(
+            final_corrections(datastore),
+            self.predictor.class_names,
+            options.get("image_size"),
+            options.get("cache_dir"),
+            options.get("num_workers", 0),
+        )
+        unusable = "; ".join(f"image {image_id!r}: {reason}" for image_id, reason in left_out.items())
+        if left_out and parse_flag(options.get("strict", False), "strict"):
+            raise MammoXAIError(
+                "training request",
+                f"{len(left_out)} final label(s) cannot be used: {unusable}",
+                "delete those images (DELETE /datastore/image), or train with strict false to leave them out",
+            )
         patients = {record["patient_id"] for record in records}
         classes = sorted({record["case_label"] for record in records})
         if len(patients) < MIN_PATIENTS or len(classes) < 2:
             raise MammoXAIError(
                 "training request",
                 f"needs final labels of at least {MIN_PATIENTS} patients (one to validate on) and two classes (for "
-                f"the validation AUC), the datastore has {len(records)} final label(s) of {len(patients)} patient(s), "
-                f"class {classes}",
+                f"the validation AUC), the datastore has {len(records)} usable final label(s) of {len(patients)} "
+                f"patient(s), class {classes}" + (f", and left out {unusable}" if left_out else ""),
                 "correct more cases and save them with tag final (PUT /datastore/label?tag=final), then train",
             )
-        return records
+        return records, left_out
 
     def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> dict[str, Any]:
-        records = self.check_ready(datastore)
         overrides = {
-            **self.defaults,
-            **{key: request[key] for key in TRAIN_OPTIONS if key in request},
+            **self.options(request),
             "image_size": list(self.predictor.image_size),
             "device": str(self.predictor.device),
             "cache_dir": str(self.bundle / "eval" / "cache"),
         }
+        run: dict[str, Any] = {"corrections": 0, "left_out": {}, "overrides": overrides}
         checkpoint = self.predictor.checkpoint.path
         with _exclusive(self.lock_path):
             # /info must not go on showing the run before as the last one: a run stopped with DELETE /train/ (its
             # process is killed) or whose process dies writes nothing more, so the stats say it has not ended first
             started = datetime.now(timezone.utc).isoformat(timespec="seconds")
             unfinished = FinetuneResult(False, UNFINISHED.format(started=started))
-            self._save_stats({**unfinished.to_dict(), "corrections": len(records), "overrides": overrides})
+            self._save_stats({**unfinished.to_dict(), **run})
             try:
+                records, run["left_out"] = self.check_ready(datastore, overrides)  # the pixels too, into the cache
+                run["corrections"] = len(records)
+                for image_id, reason in run["left_out"].items():
+                    logger.warning(f"image {image_id!r} is left out of training: {reason}")
                 with _user_error_last(), _scratch(self.bundle / "eval" / "train_run") as work:
                     result = finetune(
                         self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
                     )
             except Exception as error:  # noqa: BLE001 - said in the stats, then raised unchanged
                 failed = FinetuneResult(False, f"the run failed: {_one_line(error)}; the served model is unchanged")
-                self._save_stats({**failed.to_dict(), "corrections": len(records), "overrides": overrides})
+                self._save_stats({**failed.to_dict(), **run})
                 raise
-        stats = {**result.to_dict(), "corrections": len(records), "overrides": overrides}
+        stats = {**result.to_dict(), **run}
         self._save_stats(stats)
         return stats
 
@@ -336,9 +366,10 @@ def install_train_guard(
         params = params or {}
         for model, trainer in trainers.items():
             own = params.get(model)
+            request = {**(own if isinstance(own, dict) else {}), **params}
             with client_errors():
-                trainer.check_request({**(own if isinstance(own, dict) else {}), **params})
-                trainer.check_ready(datastore())
+                trainer.check_request(request)
+                trainer.check_ready(datastore(), trainer.options(request))
             check_idle(trainer)
         with client_errors():
             return train_endpoints.run(params, run_sync)
@@ -355,7 +386,7 @@ def install_train_guard(
         trainer = trainers[model]
         with client_errors():
             trainer.check_request(params or {})
-            trainer.check_ready(datastore())
+            trainer.check_ready(datastore(), trainer.options(params or {}))
         if processes("train") and not enqueue:
             raise conflict(
                 f"training of {model!r}",
