@@ -199,11 +199,13 @@ def test_training_on_final_labels_of_two_patients_starts_reports_running_and_sto
     assert app_server.checkpoint.read_bytes() == weights  # a run stopped midway never replaces the weights
 
 
-def test_a_failed_training_run_is_reported_with_the_reason_from_its_log(session, app_server):
+def test_a_failed_training_run_is_reported_with_the_reason_from_its_log_and_a_done_one_names_what_it_left_out(
+    session, app_server
+):
     """A run that fails in the background process (here: pixels of a corrected image cut off after the labels were
     saved, which the header-only check at the request cannot see, under ``strict: true``) shows the run's own error
     line in the panel, naming the image by its id; the run the error offers (``strict: false``, the default) leaves
-    that image out and trains on the others."""
+    that image out and trains on the others, and the panel names it with the reason (it said only "DONE")."""
     broken = f"cut_{uuid.uuid4().hex[:8]}"
     source = app_server.studies / f"{app_server.study_ids()[0]}.dcm"
     session.client.upload_image(str(source), broken)
@@ -226,7 +228,9 @@ def test_a_failed_training_run_is_reported_with_the_reason_from_its_log(session,
     assert f"image {broken!r}" in failed and "cannot be used" in failed and "truncated" in failed, failed
     assert str(app_server.studies) not in failed
     assert unchanged == weights
-    assert skipped.startswith("training DONE"), skipped
+    assert skipped.startswith("training DONE (started "), skipped
+    assert f"; 1 correction left out: image {broken!r} (" in skipped and "truncated" in skipped, skipped
+    assert str(app_server.studies) not in skipped
 
 
 def test_a_server_without_training_is_reported_before_any_request(app_server, tmp_path):
@@ -245,6 +249,36 @@ def test_a_server_without_training_is_reported_before_any_request(app_server, tm
 
     assert raised.value.kind == "input"
     assert all(method == "GET" for method, _ in requests_seen)  # nothing was posted to /train/
+
+
+@pytest.mark.parametrize(
+    "stats, said",
+    [
+        ({"accepted": True, "left_out": {}}, ""),
+        (
+            {"accepted": True, "left_out": {"a": "no breast was found", "b": "is not a mammogram (a CT)"}},
+            "; 2 corrections left out: image 'a' (no breast was found), image 'b' (is not a mammogram (a CT))",
+        ),
+        (None, ""),
+    ],
+    ids=["none_left_out", "two_left_out", "no_stats"],
+)
+def test_a_done_run_says_the_corrections_it_left_out_only_when_it_left_some(app_server, tmp_path, stats, said):
+    info = MammoXAIClient(app_server.url).info()
+    info.pop("train_stats", None)  # no_stats: a server that has not written any
+    if stats:
+        info["train_stats"] = {app_server.model: stats}
+    task = {"id": "t1", "status": "DONE", "start_ts": "2024-05-01 09:30:12", "details": []}
+
+    def respond(method, path):
+        return 200, "application/json", json_body(task if path.startswith("/train/") else info)
+
+    with StandInServer(respond) as server:
+        session = ReviewSession(server.url, str(tmp_path / "work"), str(tmp_path / "pending"))
+        session.connect()
+        status = session.training_status()
+
+    assert status == f"training DONE (started 2024-05-01 09:30:12){said}"
 
 
 @pytest.mark.parametrize(

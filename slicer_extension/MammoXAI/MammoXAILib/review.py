@@ -260,23 +260,49 @@ class ReviewSession:
         info = self._connected()
         if not info.trainers:
             raise MammoXAIClientError("This server offers no training: start it with a trainer configured", "input")
-        model = info.model if info.model in info.trainers else info.trainers[0]
-        return self.client.train_start(model, params)
+        return self.client.train_start(_trained_model(info), params)
 
     def training_status(self) -> str:
-        """One line for the panel, e.g. "training RUNNING (started 2024-05-01 09:30:12)", "no training has run", or
-        for a failed run "training ERROR (started …): <the run's error>"."""
+        """One line for the panel, e.g. "training RUNNING (started 2024-05-01 09:30:12)", "no training has run",
+        for a failed run "training ERROR (started …): <the run's error>", or for a run that left corrections out
+        "training DONE (started …); 1 correction left out: image 'x' (<why>)"."""
         status = self.client.train_status()
         if not status:
             return "no training has run"
         state = str(status.get("status", "unknown"))
         started = str(status.get("start_ts", ""))
         line = f"training {state}" + (f" (started {started})" if started else "")
+        if state == "DONE":
+            left_out = self._left_out()
+            return f"{line}; {left_out}" if left_out else line
         reason = _failure_reason(status.get("details")) if state == "ERROR" else ""
         return f"{line}: {reason}" if reason else line
 
+    def _left_out(self) -> str:
+        """The corrections the last run left out, e.g. "1 correction left out: image 'x' (<why>)"; "" for none.
+
+        A run trains on the other corrections when one's image can no longer be used (its file replaced after it was
+        labelled), and names it only in its log and in ``train_stats`` of ``/info/``: the panel says so, or the
+        radiologist would take the correction as learnt and never fix it.
+        """
+        try:
+            stats = self.client.info().get("train_stats")
+        except MammoXAIClientError as error:
+            return f"corrections left out unknown: {error.message}"
+        stats = stats.get(_trained_model(self._connected())) if isinstance(stats, dict) else None
+        left_out = stats.get("left_out") if isinstance(stats, dict) else None
+        if not isinstance(left_out, dict) or not left_out:
+            return ""
+        images = ", ".join(f"image {str(image_id)!r} ({reason})" for image_id, reason in left_out.items())
+        return f"{len(left_out)} correction{'s' if len(left_out) > 1 else ''} left out: {images}"
+
     def stop_training(self) -> dict[str, Any]:
         return self.client.train_stop()
+
+
+def _trained_model(info: ServerInfo) -> str:
+    """The model the panel trains: the served MammoXAI model when the server trains it, else its first trainer."""
+    return info.trainers[0] if info.trainers and info.model not in info.trainers else info.model
 
 
 def _failure_reason(details: Any) -> str:
