@@ -251,6 +251,19 @@ def test_a_server_without_training_is_reported_before_any_request(app_server, tm
     assert all(method == "GET" for method, _ in requests_seen)  # nothing was posted to /train/
 
 
+def status_from_stand_in(task, info, tmp_path):
+    """The panel's training status from a server answering ``/train/`` with ``task`` and everything else with
+    ``info``: for states a real run reaches only by chance (out of memory) or slowly."""
+
+    def respond(method, path):
+        return 200, "application/json", json_body(task if path.startswith("/train/") else info)
+
+    with StandInServer(respond) as server:
+        session = ReviewSession(server.url, str(tmp_path / "work"), str(tmp_path / "pending"))
+        session.connect()
+        return session.training_status()
+
+
 @pytest.mark.parametrize(
     "stats, said",
     [
@@ -269,14 +282,7 @@ def test_a_done_run_says_the_corrections_it_left_out_only_when_it_left_some(app_
     if stats:
         info["train_stats"] = {app_server.model: stats}
     task = {"id": "t1", "status": "DONE", "start_ts": "2024-05-01 09:30:12", "details": []}
-
-    def respond(method, path):
-        return 200, "application/json", json_body(task if path.startswith("/train/") else info)
-
-    with StandInServer(respond) as server:
-        session = ReviewSession(server.url, str(tmp_path / "work"), str(tmp_path / "pending"))
-        session.connect()
-        status = session.training_status()
+    status = status_from_stand_in(task, info, tmp_path)
 
     assert status == f"training DONE (started 2024-05-01 09:30:12){said}"
 
@@ -296,13 +302,6 @@ def test_a_done_run_says_the_corrections_it_left_out_only_when_it_left_some(app_
 def test_a_failed_run_without_a_user_error_shows_its_last_error_line(app_server, tmp_path, details, reason):
     info = MammoXAIClient(app_server.url).info()
     task = {"id": "t1", "status": "ERROR", "start_ts": "2024-05-01 09:30:12", "details": details}
-
-    def respond(method, path):
-        return 200, "application/json", json_body(task if path.startswith("/train/") else info)
-
-    with StandInServer(respond) as server:
-        session = ReviewSession(server.url, str(tmp_path / "work"), str(tmp_path / "pending"))
-        session.connect()
-        status = session.training_status()
+    status = status_from_stand_in(task, info, tmp_path)
 
     assert status == "training ERROR (started 2024-05-01 09:30:12)" + (f": {reason}" if reason else "")
