@@ -190,7 +190,7 @@ class CorrectionsTrainer(TrainTask):
         check_run_settings(
             **{key: options[key] if key in options else recipe.get_parsed_content(key) for key in RUN_SETTINGS}
         )
-        parse_flag(options.get("strict", True), "strict")
+        parse_flag(options.get("strict", False), "strict")
 
     def options(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """The train.json overrides a request sets (:data:`TRAIN_OPTIONS`) over the trainer's defaults."""
