@@ -19,7 +19,10 @@ Stages (``--list`` prints their commands without running them):
   batch 32, AMP) but for 40 epochs on the non-test patients, evaluated on the test patients and explained by
   ablation;
 * ``saliency`` (#6): the lesion-crop classifier at full resolution, then the fast and faithful CorRELAX presets'
-  prediction and correlation maps on the first ``--max-images`` lesion images, compared with a 0.02 margin;
+  prediction and correlation maps on one lesion image per evaluation patient (the comparison's intervals are over
+  patients, and it needs ten of them for a verdict), compared with a 0.02 margin. The fast preset scores every
+  patient's image; the faithful one (over a million masked passes per image) those the budget leaves time for,
+  judged by its mean time per image, and the comparison pairs the findings both scored. ``--max-images`` caps both;
 * ``strategies`` (#5): ``compare_strategies.py`` at 5 / 25 / 100 % labelled, for the seeds given (``--seeds``).
 
 On the GPU machine, from the repository root, with the wheels of ``scripts/device_wheels.sh`` carried in
@@ -56,6 +59,9 @@ REPORT_SUFFIXES = (".json", ".md", ".csv", ".png", ".log", ".txt")
 DATA_FOLDERS = ("cache", "masks")
 """What a stage's archive keeps: reports, tables, plots, logs and the cohorts' CSVs; never images, masks or
 weights."""
+FAITHFUL_RESERVE_S = 60.0
+"""Seconds of the saliency stage's budget the faithful evaluation leaves for writing its report and for the
+comparison after it."""
 
 
 @dataclass(frozen=True)
@@ -134,11 +140,25 @@ TINY = Sizes(
 
 @dataclass(frozen=True)
 class Step:
-    """One command of a stage, run from ``cwd``."""
+    """One command of a stage, run from ``cwd``.
+
+    ``minutes_option`` names an option of the command that takes a time limit in minutes: the step is given what is
+    left of the stage's budget when it starts, less ``reserve_s`` seconds for the steps after it, so that a command
+    which can stop early (``evaluate_saliency.py --max_minutes``) does so and still writes its report.
+    """
 
     name: str
     argv: list[str]
     cwd: Path = REPO
+    minutes_option: str | None = None
+    reserve_s: float = 0.0
+
+    def command(self, left_s: float) -> list[str]:
+        """The command line when ``left_s`` seconds of the budget are left; a time limit is at least 0.1 minutes, so
+        that a late step still starts (and scores its first image) rather than being refused its own option."""
+        if self.minutes_option is None:
+            return self.argv
+        return [*self.argv, self.minutes_option, f"{max(left_s - self.reserve_s, 6.0) / 60:.2f}"]
 
 
 def python(*argv: object) -> list[str]:
@@ -305,14 +325,17 @@ def saliency_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list[S
     for preset in ("fast", "faithful"):
         argv = ["scripts/evaluate_saliency.py", "--dataset_dir", evaluation, "--eval_where", "{}"]
         argv += ["--ckpt_dir", models, "--output_dir", work / preset, "--correlax_preset", preset]
-        argv += ["--select", repr(["correlax prediction", "correlax correlation"]), "--max_images", args.max_images]
+        argv += ["--select", repr(["correlax prediction", "correlax correlation"]), "--max_images_per_patient", "1"]
+        argv += ["--max_images", args.max_images] if args.max_images else []
         argv += ["--deletion_steps", "0", "--overlays", "2", *device_option(args.tiny)]
-        if args.tiny:  # views side by side and no randomised model: a faithful preset's minute, not its hour
+        # the randomisation check runs every map twice: the fast preset's, not the faithful one's scarce minutes
+        argv += ["--sanity_images", "2" if preset == "fast" and not args.tiny else "0"]
+        if args.tiny:  # views side by side: a faithful preset's minute, not its hour
             argv += ["--lesion_image_size", repr(list(sizes.lesion_image_size)), "--view_size", sizes.view_size]
-            argv += ["--correlax_stride", sizes.view_size, "--sanity_images", "0"]
-        else:
-            argv += ["--sanity_images", "2"]
-        steps.append(Step(f"evaluate_saliency_{preset}", python(*argv)))
+            argv += ["--correlax_stride", sizes.view_size]
+        # the faithful preset scores the images the budget leaves time for, and pairs them with the fast run's
+        limit = {"minutes_option": "--max_minutes", "reserve_s": FAITHFUL_RESERVE_S} if preset == "faithful" else {}
+        steps.append(Step(f"evaluate_saliency_{preset}", python(*argv), **limit))
     reports = [work / preset / "saliency_evaluation" / "report.json" for preset in ("fast", "faithful")]
     compare = ["scripts/compare_saliency.py", "--reports", *reports, "--margin", "0.02", "--out", work / "comparison"]
     compare += ["--methods", "correlax prediction", "correlax correlation"]
@@ -373,8 +396,8 @@ def run_steps(steps: list[Step], log_path: Path, budget_s: float) -> bool:
     with log_path.open("a", encoding="utf-8") as log:
         for step in steps:
             left = deadline - time.monotonic()
-            command = shlex.join(step.argv)
-            log.write(f"\n### {step.name} (in {step.cwd.relative_to(REPO)})\n$ {command}\n")
+            argv = step.command(left)
+            log.write(f"\n### {step.name} (in {step.cwd.relative_to(REPO)})\n$ {shlex.join(argv)}\n")
             log.flush()
             if left <= 0:
                 log.write("not started: the stage's time budget is spent\n")
@@ -382,7 +405,7 @@ def run_steps(steps: list[Step], log_path: Path, budget_s: float) -> bool:
             start = time.monotonic()
             # a session of its own: a step that outruns the budget is stopped with its worker processes
             process = subprocess.Popen(
-                step.argv, cwd=step.cwd, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv, cwd=step.cwd, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
             try:
                 returncode = process.wait(timeout=left)
@@ -424,7 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU, to check the stage runs")
     parser.add_argument("--install", action="store_true", help="install the wheels carried in .whl first")
     parser.add_argument("--list", action="store_true", help="print the stage's commands and run nothing")
-    parser.add_argument("--max-images", type=int, default=4, help="lesion images the saliency stage scores")
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        help="lesion images (one per patient) the saliency stage scores at most (default: all the fast preset's, and "
+        "the faithful preset's that the budget leaves time for)",
+    )
     parser.add_argument("--seeds", nargs="+", default=["0"], help="seeds of the strategies stage")
     parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1, help="processes for synthesis")
     return parser
@@ -436,13 +464,14 @@ def main(argv: list[str] | None = None) -> int:
         write_split_manifests(Path(arguments[1]))
         return 0
     args = build_parser().parse_args(arguments)
-    if args.budget <= 0 or args.max_images < 1:
+    if args.budget <= 0 or (args.max_images is not None and args.max_images < 1):
         raise SystemExit("error: --budget must be above 0 and --max-images at least 1")
     out = args.out.resolve()
     work = (args.work or out.parent / f"{out.name}_{args.stage}_work").resolve()
     steps = STAGES[args.stage](TINY if args.tiny else FULL, work, args)
     if args.list:
-        print("\n".join(f"# {step.name}\n{shlex.join(step.argv)}" for step in steps))
+        budget_s = 60 * args.budget  # what the first step would get; a later one gets what is left then
+        print("\n".join(f"# {step.name}\n{shlex.join(step.command(budget_s))}" for step in steps))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

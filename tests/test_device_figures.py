@@ -3,6 +3,7 @@ none of its few minutes is lost to a stage that does not run."""
 
 import csv
 import importlib.util
+import json
 import re
 import sys
 import tarfile
@@ -74,6 +75,46 @@ def test_the_pretrain_stage_runs_at_a_tiny_size_in_its_work_folder_and_packs_its
         names = archive.getnames()
     assert {"pretrain/evaluation/report.json", "pretrain/ablation/report.md"} <= set(names)
     assert not [name for name in names if name.endswith((".dcm", ".pt")) or "/masks/" in name or "/cache/" in name]
+
+
+def test_the_saliency_stage_pairs_both_presets_on_one_image_of_each_patient(device_figures, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert device_figures.main(["saliency", "--tiny", "--out", str(out), "--work", str(work)]) == 0
+
+    log = (out / "saliency.log").read_text()
+    assert re.search(r"evaluate_saliency.py .*--correlax_preset faithful .*--max_minutes \d+\.\d\d\n", log)
+    reports = {
+        preset: json.loads((work / preset / "saliency_evaluation" / "report.json").read_text())
+        for preset in ("fast", "faithful")
+    }
+    for report in reports.values():
+        hits = report["values"]["finding_hits"]["correlax correlation"]
+        images_of = {
+            patient: {image for p, image in zip(hits["patient"], hits["image"], strict=True) if p == patient}
+            for patient in hits["patient"]
+        }
+        assert len(images_of) == 4 and all(len(images) == 1 for images in images_of.values())
+    assert reports["faithful"]["values"]["images"] == {
+        "selected": 4,
+        "scored": 4,
+        "max_minutes": pytest.approx(7.57, abs=0.5),
+    }
+    comparison = json.loads((work / "comparison" / "report.json").read_text())
+    assert comparison["values"]["findings"]["only_first"] == comparison["values"]["findings"]["only_second"] == 0
+    with tarfile.open(out / "saliency.tar.gz") as archive:
+        assert "comparison/report.md" in archive.getnames()
+
+
+def test_a_step_with_a_time_limit_gets_what_is_left_of_the_budget_less_its_reserve(device_figures, tmp_path):
+    echo = [sys.executable, "-c", "import sys; print('limit', sys.argv[1:])"]
+    steps = [
+        device_figures.Step("sleeps", [sys.executable, "-c", "import time; time.sleep(1)"]),
+        device_figures.Step("limited", echo, minutes_option="--max_minutes", reserve_s=30.0),
+    ]
+    assert device_figures.run_steps(steps, tmp_path / "log", budget_s=150.0) is True
+    limit = re.search(r"limit \['--max_minutes', '(\d+\.\d\d)'\]", (tmp_path / "log").read_text())
+    assert limit and 1.9 < float(limit.group(1)) < 1.99  # (150 s - 1 s asleep - 30 s) / 60
+    assert device_figures.Step("late", echo, minutes_option="--max_minutes", reserve_s=30.0).command(10.0)[-1] == "0.10"
 
 
 def test_the_split_keeps_the_test_patients_out_of_the_training_manifest(device_figures, tmp_path):

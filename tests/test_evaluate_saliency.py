@@ -395,6 +395,38 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
     assert rows["gradcam"]["findings"] == rows["centre (baseline)"]["findings"] > 0
 
 
+def _scored_images(report_dir: Path) -> tuple[list[str], dict]:
+    """The images whose findings a report scored (in order, once each) and its ``images`` values."""
+    report = json.loads((report_dir / "saliency_evaluation" / "report.json").read_text())
+    hits = report["values"]["finding_hits"]["gradcam"]
+    return list(dict.fromkeys(zip(hits["patient"], hits["image"], strict=True))), report["values"]["images"]
+
+
+def test_images_per_patient_spreads_a_few_images_over_more_patients(synthetic, tmp_path):
+    """Each synthetic patient's lesion shows on two views; the first three lesion images span two patients, the
+    first of each patient's three."""
+    assert _run(synthetic, tmp_path / "first", "--select", '["gradcam"]', "--max_images", "3") == 0
+    first, _ = _scored_images(tmp_path / "first")
+    arguments = ("--select", '["gradcam"]', "--max_images", "3", "--max_images_per_patient", "1")
+    assert _run(synthetic, tmp_path / "spread", *arguments) == 0
+    spread, images = _scored_images(tmp_path / "spread")
+    assert len(first) == len(spread) == 3 and images == {"selected": 3, "scored": 3, "max_minutes": None}
+    assert len({patient for patient, _ in first}) < 3 == len({patient for patient, _ in spread})
+    assert spread[0] == first[0]  # manifest order within each patient
+
+
+def test_max_minutes_scores_what_the_time_allows_and_the_report_says_so(synthetic, tmp_path):
+    """A limit spent before the second image: the first is scored and reported, the rest are not started."""
+    assert _run(synthetic, tmp_path, "--select", '["gradcam"]', "--max_images", "3", "--max_minutes", "1e-6") == 0
+    scored, images = _scored_images(tmp_path)
+    assert len(scored) == 1 and images == {"selected": 3, "scored": 1, "max_minutes": 1e-6}
+    summary = (tmp_path / "saliency_evaluation" / "report.md").read_text()
+    assert (
+        "1 images with mass / calcification findings (of the 3 selected: another would have ended past max_minutes, 1e-06)"
+        in summary
+    )
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -460,6 +492,12 @@ def test_the_script_scores_the_selected_methods(synthetic, tmp_path):
             "--config_file configs/train_lesion_crops.json",
         ),
         (("--select", '["gradcam"]', "--max_images", "0"), "max_images: is 0, not a positive whole number"),
+        (
+            ("--select", '["gradcam"]', "--max_images_per_patient", "0"),
+            "max_images_per_patient: is 0, not a positive whole number",
+        ),
+        (("--select", '["gradcam"]', "--max_minutes", "0"), "max_minutes: is 0, not a positive number of minutes"),
+        (("--select", '["gradcam"]', "--max_minutes", "ten"), "max_minutes: is 'ten', not a positive number"),
         (("--select", '["gradcam"]', "--tolerance", "-5"), "tolerance: is -5, not a distance of 0 or more"),
         (
             ("--select", '["gradcam"]', "--finding_classes", '["mass", "calcifications"]'),

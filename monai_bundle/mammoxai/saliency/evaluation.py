@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -184,6 +184,14 @@ class SaliencyEvaluator:
         baseline_draws: random breast points per image for the random baseline.
         overlays: lesion images drawn with every method's map.
         max_images: evaluate at most this many lesion images, at least 1 (None: all).
+        max_images_per_patient: take at most this many lesion images of each patient, in manifest order, before
+            ``max_images`` (None: all). The pointing game's intervals are bootstrapped over patients, so a costly
+            method run on a few images learns most from images of different patients: a patient's CC and MLO
+            views of one lesion count as little more than one.
+        max_minutes: start no image that, at the mean time per image so far, would end after this many minutes,
+            so that a costly method (the faithful CorRELAX preset: over a million masked passes per full-resolution
+            image) scores what a time budget allows and still writes its report; the first image is always scored,
+            and the report says how many were (None: no limit).
         cache_dir: preprocessed-tensor cache (:mod:`mammoxai.data.cache`).
         device: where the networks run.
         seed: seed of the random baseline and of the randomised weights.
@@ -215,6 +223,8 @@ class SaliencyEvaluator:
         baseline_draws: int = 20,
         overlays: int = 3,
         max_images: int | None = None,
+        max_images_per_patient: int | None = None,
+        max_minutes: float | None = None,
         cache_dir: str | os.PathLike | None = None,
         device: torch.device | str = "cpu",
         seed: int = 0,
@@ -236,8 +246,13 @@ class SaliencyEvaluator:
             baseline_draws=baseline_draws,
             overlays=overlays,
         )
-        if max_images is not None:
-            check_settings(max_images=max_images)
+        limits = {
+            "max_images": max_images,
+            "max_images_per_patient": max_images_per_patient,
+            "max_minutes": max_minutes,
+        }
+        check_settings(**{name: value for name, value in limits.items() if value is not None})
+        self.max_minutes = None if max_minutes is None else float(max_minutes)
         self.deletion_steps, self.sanity_images = int(deletion_steps), int(sanity_images)
         self.baseline_draws, self.overlays = int(baseline_draws), int(overlays)
         self.output_dir = check_output_path(output_dir, "evaluation_dir", "give a folder for the saliency report")
@@ -255,8 +270,9 @@ class SaliencyEvaluator:
         }
         matched = match_findings(records, self._findings(self.findings_csv), self.findings_csv)
         lesion_images = [(dict(record), found) for record, found in zip(records, matched, strict=True) if found]
-        self.records = [record for record, _ in lesion_images][:max_images]
-        self.findings = [found for _, found in lesion_images][:max_images]
+        lesion_images = _per_patient(lesion_images, max_images_per_patient)[:max_images]
+        self.records = [record for record, _ in lesion_images]
+        self.findings = [found for _, found in lesion_images]
         if not self.records:
             raise MammoXAIError(
                 self.findings_csv,
@@ -408,12 +424,23 @@ class SaliencyEvaluator:
         return [(self._target_index(spec), everything)]
 
     def run(self) -> dict[str, Any]:
-        """Evaluate every method and baseline and write the report; returns its per-method rows."""
+        """Evaluate every method and baseline and write the report; returns its per-method rows and the number of
+        images scored."""
         hits: dict[str, list[FindingHit]] = defaultdict(list)
         aggregate: dict[str, list[tuple[str, bool, float]]] = defaultdict(list)
         values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         overlays = []
+        start = time.monotonic()
+        scored = 0
         for index, record in enumerate(tqdm(self.records, desc="saliency evaluation", unit="image")):
+            if index and self._out_of_time(start, index):
+                logger.warning(
+                    "max_minutes: another image would end past %g minutes; %d of %d images scored",
+                    self.max_minutes,
+                    index,
+                    len(self.records),
+                )
+                break
             mammogram = read_mammogram(record["path"])
             shape = tuple(mammogram.pixels.shape)
             spacing = self._spacing(mammogram)
@@ -431,9 +458,17 @@ class SaliencyEvaluator:
             self._score_baselines(geometry, segment_breast(mammogram.pixels), record, regions, spacing, index, hits)
             if index < self.overlays:
                 overlays.append((record, mammogram.pixels, regions, maps_of_image))
+            scored += 1
         rows = self._rows(hits, aggregate, values)
-        self._write(rows, overlays, {spec.label: hits[spec.label] for spec in self.methods})
-        return {"methods": rows}
+        self._write(rows, overlays, {spec.label: hits[spec.label] for spec in self.methods}, scored)
+        return {"methods": rows, "images": scored}
+
+    def _out_of_time(self, start: float, done: int) -> bool:
+        """Whether one more image, taking the mean time of the ``done`` so far, would end past ``max_minutes``."""
+        if self.max_minutes is None:
+            return False
+        spent = time.monotonic() - start
+        return spent + spent / done > 60.0 * self.max_minutes
 
     def pointing_game_settings(self) -> dict[str, Any]:
         """What the per-finding outcomes depend on besides the maps, kept in ``report.json`` so that a comparison
@@ -561,11 +596,18 @@ class SaliencyEvaluator:
             rows.append(row)
         return rows
 
-    def _write(self, rows: list[dict[str, Any]], overlays: list, hits: Mapping[str, Sequence[FindingHit]]) -> None:
+    def _write(
+        self, rows: list[dict[str, Any]], overlays: list, hits: Mapping[str, Sequence[FindingHit]], scored: int
+    ) -> None:
         unit = "mm" if self.tolerance_unit == "mm" else "pixels"
+        stopped = (
+            f" (of the {len(self.records)} selected: another would have ended past max_minutes, {self.max_minutes:g})"
+            if scored < len(self.records)
+            else ""
+        )
         report = Report(
             "Saliency evaluation",
-            f"{len(self.records)} images with {' / '.join(self.finding_classes)} findings "
+            f"{scored} images with {' / '.join(self.finding_classes)} findings{stopped} "
             f"from {self.findings_csv.name}. "
             f"Pointing game with a tolerance of {self.tolerance:g} {unit} on the original pixel grid, per finding; "
             "class_mean is the mean over finding classes; the random baseline draws "
@@ -583,6 +625,8 @@ class SaliencyEvaluator:
         columns += ["correlax_aggregate", "energy", "deletion", "insertion", "sanity", "seconds"]
         report.add_table("methods", rows, "Methods and baselines", columns=columns)
         report.add_values("pointing_game", self.pointing_game_settings(), "Pointing game")
+        images = {"selected": len(self.records), "scored": scored, "max_minutes": self.max_minutes}
+        report.add_values("images", images, "Images")
         keys = [column.name for column in fields(FindingHit)]
         report.add_data(
             "finding_hits",
@@ -592,7 +636,7 @@ class SaliencyEvaluator:
             name = Path(record["path"]).name
             report.add_figure(f"overlay_{number}", _overlay_figure(pixels, regions, maps, name), name)
         report.write(self.output_dir)
-        logger.info("saliency evaluation of %d images -> %s", len(self.records), self.output_dir)
+        logger.info("saliency evaluation of %d images -> %s", scored, self.output_dir)
 
 
 def _read_mask(path: str | os.PathLike, findings_csv: Path) -> np.ndarray:
@@ -605,9 +649,26 @@ def _read_mask(path: str | os.PathLike, findings_csv: Path) -> np.ndarray:
         raise MammoXAIError(path, "is not an image that can be read as a lesion mask", fix) from error
 
 
+def _patient(record: Mapping[str, Any]) -> str:
+    """The patient an image's findings are bootstrapped by: its ``patient_id``, else the image itself."""
+    return str(record.get("patient_id") or record["path"])
+
+
+def _per_patient(images: list[tuple[dict[str, Any], list[Finding]]], limit: int | None) -> list:
+    """The first ``limit`` images of each patient, in their order (all when ``limit`` is None)."""
+    if limit is None:
+        return images
+    taken: Counter[str] = Counter()
+    kept = []
+    for record, found in images:
+        taken[_patient(record)] += 1
+        if taken[_patient(record)] <= limit:
+            kept.append((record, found))
+    return kept
+
+
 def _finding_hit(record: Mapping[str, Any], member: int, region: LesionRegion, hit: bool) -> FindingHit:
-    image = str(record["path"])
-    return FindingHit(image, str(record.get("patient_id") or image), member, region.category, bool(hit))
+    return FindingHit(str(record["path"]), _patient(record), member, region.category, bool(hit))
 
 
 def _class_names_setting(model: str) -> str:

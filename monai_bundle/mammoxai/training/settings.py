@@ -74,6 +74,8 @@ SETTING_RULES: dict[str, SettingRule] = {
     "view_size": _count(1, "256"),
     "backgrounds": _count(0, "2"),
     "max_images": _count(1, "10"),
+    "max_images_per_patient": _count(1, "1"),
+    "max_minutes": SettingRule(Real, lambda value: value > 0, "a positive number of minutes", "30"),
     "deletion_steps": _count(0, "20"),
     "sanity_images": _count(0, "10"),
     "baseline_draws": _count(1, "20"),
