@@ -25,6 +25,14 @@ Stages (``--list`` prints their commands without running them):
   judged by its mean time per image, and the comparison pairs the findings both scored. ``--max-images`` caps both;
 * ``strategies`` (#5): ``compare_strategies.py`` at 5 / 25 / 100 % labelled, for the seeds given (``--seeds``).
 
+Sizing, as far as a CPU can tell (measured on 2 cores, the machine has 16). Synthesis is not the cost: 16
+patients at 640 rows took 5 s, 4 at 2560 rows 13 s, so each stage's cohort takes about a minute or less there.
+The faithful CorRELAX preset is: a 2048 x 1664 lesion grid holds 1,000 to 2,100 views touching the breast
+(synthetic images), each given 1,280 masked passes, so about two million passes of the lesion-crop network per image
+(0.38 GFLOP per 256 x 256 view against ResNet-18's 4.5; 4 times ResNet-18's views per second on the CPU). At the
+issue's 34,000 ResNet-18 views per second on an H100, that is somewhere between 5 and 60 s per image, which is why
+the saliency stage's faithful run is bounded by time rather than by a count. The log's times replace these guesses.
+
 On the GPU machine, from the repository root, with the wheels of ``scripts/device_wheels.sh`` carried in
 ``.whl``::
 
