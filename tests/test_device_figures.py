@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 import tarfile
 import time
@@ -186,3 +187,11 @@ def test_wheels_built_for_another_python_are_refused_before_pip_runs(device_figu
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     with pytest.raises(SystemExit, match=f"built for cp39, .* run scripts/device_wheels.sh {re.escape(version)} here"):
         device_figures.install_wheels()
+
+
+def test_the_rehearsal_is_valid_bash_and_rehearses_every_stage(device_figures):
+    """scripts/device_rehearsal.sh downloads PyTorch's CUDA build (gigabytes), so it is run by hand, not here."""
+    script = REPO / "scripts" / "device_rehearsal.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    default = re.search(r"\|\| stages=\(([a-z ]+)\)", script.read_text())
+    assert default and default.group(1).split() == list(device_figures.STAGES)
