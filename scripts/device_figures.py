@@ -4,11 +4,12 @@
 Such a machine is lent for minutes: it starts bare, has no package index, runs one command of at most ten
 minutes and gives back at most eight files. Each stage therefore makes its own synthetic studies, runs the
 repository's own scripts and bundle configs at the sizes the issues ask for (the commands the model card gives),
-and leaves in ``--out`` three files: ``<stage>.log`` (every command, its output and its time), ``<stage>.tar.gz``
-(the stage's reports, plots and tables; no images, no weights) and ``BENCHMARKS.md`` where the stage records
-benchmarks. The step running when the stage's ``--budget`` minutes are spent is stopped with the processes it
-started, so an overrun still leaves the log and whatever was finished; the log's times are what to size the next
-run by.
+and leaves in ``--out`` two files, ``<stage>.log`` (every command, its output and its time) and ``<stage>.tar.gz``
+(the stage's reports, plots and tables; no images, no weights), and ``BENCHMARKS.md`` where a stage records
+benchmarks. One command may run several stages in the order given, all within one ``--budget``: a stage that ends
+early leaves its minutes to the next. The step running when the budget is spent is stopped with the processes it
+started, so an overrun still leaves the log and whatever was finished, and the stages after it are not started;
+the logs' times are what to size the next run by.
 
 Stages (``--list`` prints their commands without running them):
 
@@ -36,9 +37,10 @@ the saliency stage's faithful run is bounded by time rather than by a count. The
 On the GPU machine, from the repository root, with the wheels of ``scripts/device_wheels.sh`` carried in
 ``.whl``::
 
-    python3 scripts/device_figures.py bench --out "$OUT" --install --budget 8
+    python3 scripts/device_figures.py bench faithful --out "$OUT" --install --budget 9
 
-Here, to check that a stage runs before a machine's minutes are spent on it (CPU, tiny sizes, same commands)::
+Here, to check that a stage runs before a machine's minutes are spent on it (CPU, tiny sizes, same commands;
+``scripts/device_rehearsal.sh`` does it with the machine's Python stack)::
 
     python scripts/device_figures.py pretrain --out /tmp/figures --tiny
 """
@@ -448,13 +450,19 @@ def pack_reports(work: Path, archive: Path) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=list(STAGES))
-    parser.add_argument("--out", type=Path, required=True, help="where the log, the archive and BENCHMARKS.md go")
-    parser.add_argument("--work", type=Path, help="working folder (default: a folder beside --out)")
-    parser.add_argument("--budget", type=float, default=9.0, help="minutes for the whole stage (default 9)")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU, to check the stage runs")
+    parser.add_argument(
+        "stages", nargs="+", choices=list(STAGES), metavar="stage", help=f"one or more of {', '.join(STAGES)}"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="where the logs, the archives and BENCHMARKS.md go")
+    parser.add_argument(
+        "--work", type=Path, help="working folder, a subfolder per stage (default: <out>_work beside --out)"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=9.0, help="minutes for all the stages, run in the order given (default 9)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU, to check the stages run")
     parser.add_argument("--install", action="store_true", help="install the wheels carried in .whl first")
-    parser.add_argument("--list", action="store_true", help="print the stage's commands and run nothing")
+    parser.add_argument("--list", action="store_true", help="print the stages' commands and run nothing")
     parser.add_argument(
         "--max-images",
         type=int,
@@ -466,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_stage(stage: str, steps: list[Step], work: Path, out: Path, budget_s: float, tiny: bool) -> bool:
+    """Runs one stage's steps in ``work`` within ``budget_s`` seconds, leaving ``<stage>.log`` and
+    ``<stage>.tar.gz`` in ``out``; True when every step finished."""
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = out / f"{stage}.log"
+    log_path.write_text(f"stage {stage} ({'tiny, CPU' if tiny else 'full'}), work folder {work}\n")
+    with log_path.open("a", encoding="utf-8") as log:
+        torch_check = "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+        subprocess.run(python("-c", torch_check), stdout=log, stderr=subprocess.STDOUT)
+    finished = run_steps(steps, log_path, budget_s)
+    count = pack_reports(work, out / f"{stage}.tar.gz")
+    print(f"{stage}: {'finished' if finished else 'stopped early (see the log)'}; {count} report files packed")
+    return finished
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["split-manifest"]:  # a step of the pretrain stage
@@ -474,28 +497,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(arguments)
     if args.budget <= 0 or (args.max_images is not None and args.max_images < 1):
         raise SystemExit("error: --budget must be above 0 and --max-images at least 1")
+    stages = list(dict.fromkeys(args.stages))
     out = args.out.resolve()
-    work = (args.work or out.parent / f"{out.name}_{args.stage}_work").resolve()
-    steps = STAGES[args.stage](TINY if args.tiny else FULL, work, args)
+    work = (args.work or out.parent / f"{out.name}_work").resolve()
+    sizes = TINY if args.tiny else FULL
+    plans = {stage: STAGES[stage](sizes, work / stage, args) for stage in stages}
     if args.list:
         budget_s = 60 * args.budget  # what the first step would get; a later one gets what is left then
-        print("\n".join(f"# {step.name}\n{shlex.join(step.command(budget_s))}" for step in steps))
+        for stage, steps in plans.items():
+            print("\n".join(f"# {stage}: {step.name}\n{shlex.join(step.command(budget_s))}" for step in steps))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
     if args.install:
         install_wheels()
-    log_path = out / f"{args.stage}.log"
-    log_path.write_text(f"stage {args.stage} ({'tiny, CPU' if args.tiny else 'full'}), work folder {work}\n")
-    with log_path.open("a", encoding="utf-8") as log:
-        torch_check = "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-        subprocess.run(python("-c", torch_check), stdout=log, stderr=subprocess.STDOUT)
-    finished = run_steps(steps, log_path, 60 * args.budget)
-    if any("--record" in step.argv for step in steps):
+    # one budget for all: a stage that finishes early leaves its minutes to the next, one that overruns stops there
+    deadline = time.monotonic() + 60 * args.budget
+    finished = [
+        run_stage(stage, steps, work / stage, out, deadline - time.monotonic(), args.tiny)
+        for stage, steps in plans.items()
+    ]
+    if any("--record" in step.argv for steps in plans.values() for step in steps):
         shutil.copyfile(REPO / "BENCHMARKS.md", out / "BENCHMARKS.md")
-    count = pack_reports(work, out / f"{args.stage}.tar.gz")
-    print(f"{args.stage}: {'finished' if finished else 'stopped early (see the log)'}; {count} report files packed")
-    return 0 if finished else 1
+    return 0 if all(finished) else 1
 
 
 if __name__ == "__main__":

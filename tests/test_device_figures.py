@@ -44,16 +44,18 @@ def test_every_stage_lists_commands_of_scripts_and_configs_that_exist(stage, dev
         assert "--device cpu" not in command  # the full sizes are for the GPU
 
 
-def test_the_bench_stage_runs_at_a_tiny_size_and_leaves_the_committed_benchmarks_alone(
+def test_the_two_timing_stages_run_in_one_command_and_leave_the_committed_benchmarks_alone(
     device_figures, tmp_path, capsys
 ):
     committed = (REPO / "BENCHMARKS.md").read_text()
-    assert device_figures.main(["bench", "--tiny", "--out", str(tmp_path / "out")]) == 0
+    assert device_figures.main(["bench", "faithful", "--tiny", "--out", str(tmp_path / "out")]) == 0
 
     steps = log_steps(tmp_path / "out" / "bench.log")
     assert set(steps) == {"bench_pretrain", "bench_saliency"} and all(": exit 0 " in line for line in steps.values())
     log = (tmp_path / "out" / "bench.log").read_text()
     assert "| CorRELAX, fast preset |" in log and "faithful preset" not in log
+    assert "| CorRELAX, faithful preset |" in (tmp_path / "out" / "faithful.log").read_text()
+    assert {"bench.tar.gz", "faithful.tar.gz"} <= {path.name for path in (tmp_path / "out").iterdir()}
     assert (REPO / "BENCHMARKS.md").read_text() == committed and not (tmp_path / "out" / "BENCHMARKS.md").exists()
 
 
@@ -81,6 +83,7 @@ def test_the_pretrain_stage_runs_at_a_tiny_size_in_its_work_folder_and_packs_its
 def test_the_saliency_stage_pairs_both_presets_on_one_image_of_each_patient(device_figures, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     assert device_figures.main(["saliency", "--tiny", "--out", str(out), "--work", str(work)]) == 0
+    work = work / "saliency"  # each stage works in its own subfolder
 
     log = (out / "saliency.log").read_text()
     assert re.search(r"evaluate_saliency.py .*--correlax_preset faithful .*--max_minutes \d+\.\d\d\n", log)
@@ -144,13 +147,17 @@ def processes_naming(text: str) -> list[str]:
     return found
 
 
-def test_a_stage_that_outruns_its_budget_stops_and_says_so(device_figures, tmp_path, capsys):
+def test_a_stage_that_outruns_its_budget_stops_says_so_and_leaves_the_next_stage_unstarted(
+    device_figures, tmp_path, capsys
+):
     out = tmp_path / "out"
-    assert device_figures.main(["strategies", "--tiny", "--out", str(out), "--budget", "0.02"]) == 1
+    assert device_figures.main(["strategies", "pretrain", "--tiny", "--out", str(out), "--budget", "0.02"]) == 1
 
     log = (out / "strategies.log").read_text()
     assert "the stage's time budget is spent" in log and "compare_strategies: exit" not in log
-    assert "stopped early (see the log)" in capsys.readouterr().out
+    assert "not started: the stage's time budget is spent" in (out / "pretrain.log").read_text()
+    printed = capsys.readouterr().out
+    assert "strategies: stopped early (see the log)" in printed and "pretrain: stopped early" in printed
 
 
 def test_a_step_stopped_by_the_budget_is_stopped_with_the_processes_it_started(device_figures, tmp_path):
