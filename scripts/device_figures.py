@@ -7,9 +7,9 @@ repository's own scripts and bundle configs at the sizes the issues ask for (the
 and leaves in ``--out`` two files, ``<stage>.log`` (every command, its output and its time) and ``<stage>.tar.gz``
 (the stage's reports, plots and tables; no images, no weights), and ``BENCHMARKS.md`` where a stage records
 benchmarks. One command may run several stages in the order given, all within one ``--budget``: a stage that ends
-early leaves its minutes to the next. The step running when the budget is spent is stopped with the processes it
-started, so an overrun still leaves the log and whatever was finished, and the stages after it are not started;
-the logs' times are what to size the next run by.
+early leaves its minutes to the next (three stages leave seven files, within the eight that come back). The step
+running when the budget is spent is stopped with the processes it started, so an overrun still leaves the log and
+whatever was finished, and the stages after it are not started; the logs' times are what to size the next run by.
 
 Stages (``--list`` prints their commands without running them):
 
