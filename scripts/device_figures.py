@@ -379,8 +379,10 @@ STAGES: dict[str, Callable[[Sizes, Path, argparse.Namespace], list[Step]]] = {
 }
 
 
-def install_wheels() -> None:
-    """Installs the carried wheels without their dependencies, so nothing the machine holds is replaced."""
+def install_wheels(target: Path) -> None:
+    """Installs the carried wheels into the folder ``target`` (which the steps put on ``PYTHONPATH``), without their
+    dependencies: nothing the machine holds is replaced, and nothing is written where the machine's Python lives,
+    which may not be writable."""
     wheels = sorted(WHEELS.glob("*.whl"))
     if not wheels:
         raise SystemExit(f"error: no wheels in {WHEELS}: run scripts/device_wheels.sh here and carry .whl")
@@ -393,16 +395,15 @@ def install_wheels() -> None:
             f"scripts/device_wheels.sh {version} here and carry .whl again"
         )
     pip = python("-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--disable-pip-version-check")
-    subprocess.run([*pip, *map(str, wheels)], check=True)
+    subprocess.run([*pip, "--upgrade", "--target", str(target), *map(str, wheels)], check=True)
 
 
-def run_steps(steps: list[Step], log_path: Path, budget_s: float) -> bool:
-    """Runs the steps in order until one fails or the budget is spent; True when all of them finished."""
+def run_steps(steps: list[Step], log_path: Path, budget_s: float, site: Path | None = None) -> bool:
+    """Runs the steps in order until one fails or the budget is spent; True when all of them finished. The bundle,
+    and ``site`` (the installed wheels) when given, are on the steps' ``PYTHONPATH``."""
     deadline = time.monotonic() + budget_s
-    environment = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(BUNDLE), os.environ.get("PYTHONPATH")])),
-    }
+    folders = [str(BUNDLE), *([str(site)] if site else []), os.environ.get("PYTHONPATH")]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, folders))}
     with log_path.open("a", encoding="utf-8") as log:
         for step in steps:
             left = deadline - time.monotonic()
@@ -474,16 +475,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_stage(stage: str, steps: list[Step], work: Path, out: Path, budget_s: float, tiny: bool) -> bool:
-    """Runs one stage's steps in ``work`` within ``budget_s`` seconds, leaving ``<stage>.log`` and
-    ``<stage>.tar.gz`` in ``out``; True when every step finished."""
+def run_stage(
+    stage: str, steps: list[Step], work: Path, out: Path, budget_s: float, tiny: bool, site: Path | None
+) -> bool:
+    """Runs one stage's steps in ``work`` within ``budget_s`` seconds (with the wheels installed in ``site``),
+    leaving ``<stage>.log`` and ``<stage>.tar.gz`` in ``out``; True when every step finished."""
     work.mkdir(parents=True, exist_ok=True)
     log_path = out / f"{stage}.log"
     log_path.write_text(f"stage {stage} ({'tiny, CPU' if tiny else 'full'}), work folder {work}\n")
     with log_path.open("a", encoding="utf-8") as log:
         torch_check = "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
         subprocess.run(python("-c", torch_check), stdout=log, stderr=subprocess.STDOUT)
-    finished = run_steps(steps, log_path, budget_s)
+    finished = run_steps(steps, log_path, budget_s, site)
     count = pack_reports(work, out / f"{stage}.tar.gz")
     print(f"{stage}: {'finished' if finished else 'stopped early (see the log)'}; {count} report files packed")
     return finished
@@ -508,12 +511,13 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(f"# {stage}: {step.name}\n{shlex.join(step.command(budget_s))}" for step in steps))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    if args.install:
-        install_wheels()
+    site = work / "site" if args.install else None
+    if site:
+        install_wheels(site)
     # one budget for all: a stage that finishes early leaves its minutes to the next, one that overruns stops there
     deadline = time.monotonic() + 60 * args.budget
     finished = [
-        run_stage(stage, steps, work / stage, out, deadline - time.monotonic(), args.tiny)
+        run_stage(stage, steps, work / stage, out, deadline - time.monotonic(), args.tiny, site)
         for stage, steps in plans.items()
     ]
     if any("--record" in step.argv for steps in plans.values() for step in steps):

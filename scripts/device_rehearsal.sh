@@ -9,7 +9,7 @@
 #   scripts/device_rehearsal.sh saliency        # one
 #
 # The environment goes to .device-rehearsal/ (ignored by git; about 5 GB, most of it PyTorch's CUDA libraries,
-# which the CPU does not use) and is reused; each stage's log to .device-rehearsal/out/<stage>/. Set PYTHON to a
+# which the CPU does not use) and is reused; each stage's log and archive to .device-rehearsal/out/. Set PYTHON to a
 # Python 3.12 interpreter when python3.12 is not on PATH.
 set -euo pipefail
 
@@ -35,9 +35,7 @@ PY
 fi
 "$venv/bin/python" -c "import numpy, torch; print('device_rehearsal: torch', torch.__version__, 'numpy', numpy.__version__)"
 
-install=(--install)
-for stage in "${stages[@]}"; do
-  "$venv/bin/python" "$root/scripts/device_figures.py" "$stage" --tiny "${install[@]}" \
-    --out "$home/out/$stage" --work "$home/work/$stage"
-  install=()  # the wheels are in after the first stage
-done
+# one command for all, as on the machine: the wheels installed once, the stages sharing a (generous) budget
+rm -rf "$home/out" "$home/work"
+"$venv/bin/python" "$root/scripts/device_figures.py" "${stages[@]}" --tiny --install --budget 60 \
+  --out "$home/out" --work "$home/work"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -184,7 +185,38 @@ def test_settings_no_stage_can_use_are_refused(arguments, device_figures, tmp_pa
 def test_installing_without_carried_wheels_says_how_to_make_them(device_figures, tmp_path, monkeypatch):
     monkeypatch.setattr(device_figures, "WHEELS", tmp_path / ".whl")
     with pytest.raises(SystemExit, match="run scripts/device_wheels.sh here and carry .whl"):
-        device_figures.install_wheels()
+        device_figures.install_wheels(tmp_path / "site")
+
+
+def write_wheel(folder: Path, name: str) -> Path:
+    """A pure-Python wheel of one module ``name`` (``VALUE = 42``), as pip installs it."""
+    wheel = folder / f"{name}-1.0-py3-none-any.whl"
+    files = {
+        f"{name}.py": "VALUE = 42\n",
+        f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{name}-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [f"{path},," for path in files] + [f"{name}-1.0.dist-info/RECORD,,"]
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+        archive.writestr(f"{name}-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+def test_carried_wheels_go_to_a_folder_of_their_own_that_every_step_imports_from(device_figures, tmp_path, monkeypatch):
+    """The machine's own Python is left as it is (it may not be writable): the steps find the wheels on
+    PYTHONPATH."""
+    monkeypatch.setattr(device_figures, "WHEELS", tmp_path / ".whl")
+    (tmp_path / ".whl").mkdir()
+    write_wheel(tmp_path / ".whl", "carried_module")
+    device_figures.install_wheels(tmp_path / "site")
+    assert (tmp_path / "site" / "carried_module.py").is_file()
+    assert importlib.util.find_spec("carried_module") is None  # not in this Python's site-packages
+
+    step = device_figures.Step("imports", [sys.executable, "-c", "import carried_module; print(carried_module.VALUE)"])
+    assert device_figures.run_steps([step], tmp_path / "log", budget_s=60, site=tmp_path / "site") is True
+    assert "42" in (tmp_path / "log").read_text()
 
 
 def test_wheels_built_for_another_python_are_refused_before_pip_runs(device_figures, tmp_path, monkeypatch):
@@ -193,7 +225,7 @@ def test_wheels_built_for_another_python_are_refused_before_pip_runs(device_figu
     (tmp_path / "monai-1.6.1-py3-none-any.whl").touch()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     with pytest.raises(SystemExit, match=f"built for cp39, .* run scripts/device_wheels.sh {re.escape(version)} here"):
-        device_figures.install_wheels()
+        device_figures.install_wheels(tmp_path / "site")
 
 
 def test_the_rehearsal_is_valid_bash_and_rehearses_every_stage(device_figures):
