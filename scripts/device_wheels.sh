@@ -11,7 +11,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python_version="${1:-3.12}"
 out="$root/.whl"
-pip=("$root/.venv/bin/python" -m pip --disable-pip-version-check)
+# pip only downloads (and builds one pure-Python wheel) here: the project's .venv, or any python3 before it exists
+python_here="$root/.venv/bin/python"
+[ -x "$python_here" ] || python_here="python3"
+pip=("$python_here" -m pip --disable-pip-version-check)
 
 # what the bundle, the synthesizer and the benchmarks import that such a machine lacks
 packages=(
