@@ -3,14 +3,15 @@
 # are spent: a virtual environment of Python 3.12 with the PyTorch, torchvision and NumPy versions that machine's
 # package list gives (torch 2.11.0, torchvision 0.26.0, NumPy 2.5.2; override with TORCH, TORCHVISION, NUMPY), the
 # packages it holds that the carried wheels need, and the wheels of scripts/device_wheels.sh installed as a stage
-# installs them (--install: no index, no dependencies). Each stage named (default: all) then runs at its tiny size.
+# installs them (--install: into a folder of their own, no index, no dependencies). The stages named (default: all)
+# then run at their tiny size, in one command as on the machine.
 #
 #   scripts/device_rehearsal.sh                 # every stage
 #   scripts/device_rehearsal.sh saliency        # one
 #
 # The environment goes to .device-rehearsal/ (ignored by git; about 5 GB, most of it PyTorch's CUDA libraries,
-# which the CPU does not use) and is reused; each stage's log and archive to .device-rehearsal/out/. Set PYTHON to a
-# Python 3.12 interpreter when python3.12 is not on PATH.
+# which the CPU does not use) and is reused; the stages' logs and archives go to .device-rehearsal/out/. Set PYTHON
+# to a Python 3.12 interpreter when python3.12 is not on PATH.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
