@@ -500,11 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(arguments)
     if args.budget <= 0 or (args.max_images is not None and args.max_images < 1):
         raise SystemExit("error: --budget must be above 0 and --max-images at least 1")
-    stages = list(dict.fromkeys(args.stages))
     out = args.out.resolve()
     work = (args.work or out.parent / f"{out.name}_work").resolve()
     sizes = TINY if args.tiny else FULL
-    plans = {stage: STAGES[stage](sizes, work / stage, args) for stage in stages}
+    plans = {stage: STAGES[stage](sizes, work / stage, args) for stage in args.stages}  # a stage named twice runs once
     if args.list:
         budget_s = 60 * args.budget  # what the first step would get; a later one gets what is left then
         for stage, steps in plans.items():
