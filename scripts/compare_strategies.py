@@ -11,7 +11,9 @@ its patient-bootstrap 95 % interval per strategy and fraction, and each strategy
 same fraction with a paired interval (both scored on the same patients, so the paired interval is the one that
 says whether a start beat scratch). That interval covers the test patients' sampling, not training noise:
 ``--seeds 0 1 2`` repeats every run with a new labelled draw and initialisation per seed (the metadata pretraining
-runs once) and adds the mean, spread and sign counts over the seeds.
+runs once) and adds the mean, spread and sign counts over the seeds. ``--max_minutes`` bounds the experiment's time:
+no seed is started that, at the mean time per seed so far, would end past it (the first always runs), and the report
+covers the seeds that finished and says which were left out.
 
 Strategies (``--strategies``): ``scratch``; ``pretrained`` (metadata-pretrained backbone); ``pretrained_frozen``
 (the same with the stem frozen); ``external`` (``--external_weights``, e.g. ImageNet weights on disk);
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,7 @@ from mammoxai.training.experiments import (
     run_settings,
     train_and_evaluate,
 )
+from mammoxai.training.settings import another_would_overrun, check_settings
 
 logger = logging.getLogger("compare_strategies")
 
@@ -177,6 +181,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--external_weights", help="local state dict of the backbone, for the external strategy")
     parser.add_argument("--incremental_weights", help="pretrained.pt started from external weights, for incremental")
     parser.add_argument("--pretrain_epochs", type=int, default=30)
+    parser.add_argument(
+        "--max_minutes", type=float, help="start no seed that would end past this many minutes (default: no limit)"
+    )
     add_run_arguments(parser, BUNDLE_ROOT)
     return parser
 
@@ -189,6 +196,9 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     settings and starting weights as train.json reads them. A command refused this way leaves nothing in
     ``--out`` that blocks the corrected one.
     """
+    start = time.monotonic()
+    if args.max_minutes is not None:
+        check_settings(max_minutes=args.max_minutes)
     bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
     manifest = Path(args.dataset_dir) / "manifest.csv"
     records = read_study_manifest(args.dataset_dir)
@@ -237,8 +247,14 @@ def compare(args: argparse.Namespace, command: str) -> Report:
         write_manifest(outside_test, pretrain_manifest)
         bundle_run(["pretrain.json"], bundle_root, **overrides)
         weights["pretrained"] = str(reuse)
-    rows, reports = [], {}
+    rows, reports, finished = [], {}, []
+    seeds_start = time.monotonic()  # the minutes left once the pretraining is done, judged by the seeds' mean time
+    left = None if args.max_minutes is None else args.max_minutes - (seeds_start - start) / 60
     for (seed, fraction), subset in subsets.items():
+        if fraction == fractions[0] and another_would_overrun(seeds_start, len(finished), left):
+            logger.warning("max_minutes (%g): another seed would end past it; seeds %s left out", args.max_minutes,
+                           seeds[len(finished):])  # fmt: skip
+            break
         subset_manifest = write_manifest(subset, out / "runs" / f"labelled_{fraction:g}_seed{seed}.csv")
         trained_on = [record for record in subset if not is_held_out(record)]
         counts = {
@@ -259,12 +275,20 @@ def compare(args: argparse.Namespace, command: str) -> Report:
             )  # fmt: skip
             result = reports[name, fraction, seed]["tables"]["binary"][0]
             rows.append({"strategy": name, "fraction": fraction, "seed": seed, **counts, **result})
+        if fraction == fractions[-1]:
+            finished.append(seed)
     report = Report(
         "Initialisation strategies by labelled fraction",
         f"Task {args.task}, backbone {args.backbone}, {args.epochs} fine-tuning epochs at "
         f"{args.image_size[0]}x{args.image_size[1]}; "
         f"every model is scored on the same held-out test patients ({HOLDOUT}). AUC is malignant vs rest with a 95 % "
-        "patient-bootstrap interval.",
+        "patient-bootstrap interval."
+        + (
+            f" Seeds {seeds[len(finished):]} were left out: another seed would have ended past max_minutes "
+            f"({args.max_minutes:g})."
+            if len(finished) < len(seeds)
+            else ""
+        ),
         command=command,
     )
     report.add_table(
@@ -277,7 +301,8 @@ def compare(args: argparse.Namespace, command: str) -> Report:
             *("images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"),
         ],
     )  # fmt: skip
-    repeated = len(seeds) > 1
+    report.add_values("seeds", {"asked": seeds, "run": finished, "max_minutes": args.max_minutes}, title="Seeds")
+    repeated = len(finished) > 1
     if repeated:
         report.add_table(
             "auc_across_seeds", across_seeds(rows, ("strategy", "fraction"), "auc"),

@@ -24,7 +24,8 @@ Stages (``--list`` prints their commands without running them):
   patients, and it needs ten of them for a verdict), compared with a 0.02 margin. The fast preset scores every
   patient's image; the faithful one (over a million masked passes per image) those the budget leaves time for,
   judged by its mean time per image, and the comparison pairs the findings both scored. ``--max-images`` caps both;
-* ``strategies`` (#5): ``compare_strategies.py`` at 5 / 25 / 100 % labelled, for the seeds given (``--seeds``).
+* ``strategies`` (#5): ``compare_strategies.py`` at 5 / 25 / 100 % labelled, for the seeds given (``--seeds``) that
+  the budget leaves time for (``--max_minutes``: a seed is not started that would end past it).
 
 Sizing, as far as a CPU can tell (measured on 2 cores, the machine has 16). Synthesis is not the cost: 16
 patients at 640 rows took 5 s, 4 at 2560 rows 13 s, so each stage's cohort takes about a minute or less there.
@@ -69,9 +70,9 @@ REPORT_SUFFIXES = (".json", ".md", ".csv", ".png", ".log", ".txt")
 DATA_FOLDERS = ("cache", "masks")
 """What a stage's archive keeps: reports, tables, plots, logs and the cohorts' CSVs; never images, masks or
 weights."""
-FAITHFUL_RESERVE_S = 60.0
-"""Seconds of the saliency stage's budget the faithful evaluation leaves for writing its report and for the
-comparison after it."""
+REPORT_RESERVE_S = 60.0
+"""Seconds of the budget a step with a time limit (the faithful saliency evaluation, the strategies comparison)
+leaves for writing its report and for the steps after it."""
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ def saliency_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list[S
             argv += ["--lesion_image_size", repr(list(sizes.lesion_image_size)), "--view_size", sizes.view_size]
             argv += ["--correlax_stride", sizes.view_size]
         # the faithful preset scores the images the budget leaves time for, and pairs them with the fast run's
-        limit = {"minutes_option": "--max_minutes", "reserve_s": FAITHFUL_RESERVE_S} if preset == "faithful" else {}
+        limit = {"minutes_option": "--max_minutes", "reserve_s": REPORT_RESERVE_S} if preset == "faithful" else {}
         steps.append(Step(f"evaluate_saliency_{preset}", python(*argv), **limit))
     reports = [work / preset / "saliency_evaluation" / "report.json" for preset in ("fast", "faithful")]
     compare = ["scripts/compare_saliency.py", "--reports", *reports, "--margin", "0.02", "--out", work / "comparison"]
@@ -366,7 +367,7 @@ def strategies_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list
             "synthesize",
             synth(studies, sizes.strategy_patients, sizes.strategy_synth_size, 2, args.cpu_workers, prevalence),
         ),
-        Step("compare_strategies", python(*argv)),
+        Step("compare_strategies", python(*argv), minutes_option="--max_minutes", reserve_s=REPORT_RESERVE_S),
     ]
 
 

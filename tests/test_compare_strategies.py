@@ -120,6 +120,31 @@ def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
     assert (run / "evaluation" / "report.md").is_file()
 
 
+def test_max_minutes_runs_the_seeds_that_fit_and_the_report_says_which_were_left_out(studies, tmp_path):
+    """A limit spent by the first seed: it is run and reported whole, the others are not started."""
+    _pretraining_checkpoint(read_manifest(studies / "manifest.csv"), tmp_path / "pre.pt")
+    out = tmp_path / "compare"
+    code = compare_strategies.main(
+        [
+            "--dataset_dir", str(studies), "--out", str(out), "--strategies", "scratch", "pretrained",
+            "--fractions", "0.5", "1.0", "--pretrained", str(tmp_path / "pre.pt"), "--epochs", "1",
+            "--image_size", "32", "32", "--batch_size", "8", "--num_workers", "0", "--device", "cpu",
+            "--n_bootstrap", "20", "--task", "binary", "--seeds", "0", "1", "2", "--max_minutes", "0.0001",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {(row["strategy"], row["fraction"], row["seed"]) for row in report["tables"]["strategies"]} == {
+        (strategy, fraction, 0) for strategy in ("scratch", "pretrained") for fraction in (0.5, 1.0)
+    }
+    assert report["values"]["seeds"] == {"asked": [0, 1, 2], "run": [0], "max_minutes": 0.0001}
+    assert "auc_across_seeds" not in report["tables"]  # one seed has no spread
+    assert (
+        "Seeds [1, 2] were left out: another seed would have ended past max_minutes (0.0001)" in report["description"]
+    )
+    assert not (out / "runs" / "scratch_1_seed1").exists()
+
+
 def test_an_interrupted_experiment_resumes_reusing_its_finished_runs_and_pretraining(studies, tmp_path, capsys):
     out = tmp_path / "compare"
     arguments = [
@@ -208,6 +233,7 @@ def test_an_out_folder_holding_an_earlier_experiment_is_refused_unless_overwrite
         (["--fractions", "1.0", "1"], "--fractions: gives 1 more than once"),
         (["--seeds", "0", "0"], "--seeds: gives 0 more than once"),
         (["--pretrain_epochs", "0"], "--pretrain_epochs: is 0"),
+        (["--max_minutes", "0"], "max_minutes: is 0.0, not a positive number of minutes"),
         (["--batch_size", "0"], "batch_size: is 0"),
         (["--pretrained", "CLASSIFIER"], "is not a metadata-pretraining checkpoint"),
     ],

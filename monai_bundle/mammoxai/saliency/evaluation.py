@@ -82,7 +82,7 @@ from mammoxai.saliency.correlax import CorRELAX
 from mammoxai.saliency.registry import SaliencyMethod, check_grid, get_method
 from mammoxai.training.evaluate_classifier import load_checkpoints
 from mammoxai.training.lesion_crops import load_lesion_checkpoint
-from mammoxai.training.settings import check_settings
+from mammoxai.training.settings import another_would_overrun, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +433,7 @@ class SaliencyEvaluator:
         start = time.monotonic()
         scored = 0
         for index, record in enumerate(tqdm(self.records, desc="saliency evaluation", unit="image")):
-            if index and self._out_of_time(start, index):
+            if another_would_overrun(start, index, self.max_minutes):
                 logger.warning(
                     "max_minutes: another image would end past %g minutes; %d of %d images scored",
                     self.max_minutes,
@@ -462,13 +462,6 @@ class SaliencyEvaluator:
         rows = self._rows(hits, aggregate, values)
         self._write(rows, overlays, {spec.label: hits[spec.label] for spec in self.methods}, scored)
         return {"methods": rows, "images": scored}
-
-    def _out_of_time(self, start: float, done: int) -> bool:
-        """Whether one more image, taking the mean time of the ``done`` so far, would end past ``max_minutes``."""
-        if self.max_minutes is None:
-            return False
-        spent = time.monotonic() - start
-        return spent + spent / done > 60.0 * self.max_minutes
 
     def pointing_game_settings(self) -> dict[str, Any]:
         """What the per-finding outcomes depend on besides the maps, kept in ``report.json`` so that a comparison

@@ -17,13 +17,21 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["RUN_SETTINGS", "SETTING_RULES", "SettingRule", "check_run_settings", "check_settings"]
+__all__ = [
+    "RUN_SETTINGS",
+    "SETTING_RULES",
+    "SettingRule",
+    "another_would_overrun",
+    "check_run_settings",
+    "check_settings",
+]
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,16 @@ def check_settings(**settings: object) -> None:
         usable = isinstance(value, rule.kind) and not isinstance(value, bool) and math.isfinite(value)
         if not (usable and rule.in_range(value)):
             raise MammoXAIError(name, f"is {value!r}, not {rule.wanted}", f"e.g. --{name} {rule.example}")
+
+
+def another_would_overrun(start: float, done: int, max_minutes: float | None) -> bool:
+    """Whether one more unit of work (an image, a seed) would end past ``max_minutes``, judged by the mean time of
+    the ``done`` units since ``start`` (a :func:`time.monotonic` reading); False without a limit or before the first
+    is done, so that a run with a ``max_minutes`` setting always does at least one."""
+    if max_minutes is None or done < 1:
+        return False
+    spent = time.monotonic() - start
+    return spent + spent / done > 60.0 * max_minutes
 
 
 def check_run_settings(
