@@ -415,6 +415,26 @@ def test_images_per_patient_spreads_a_few_images_over_more_patients(synthetic, t
     assert spread[0] == first[0]  # manifest order within each patient
 
 
+def test_images_without_a_patient_id_are_one_patient_per_study_as_in_every_patient_level_step(tmp_path):
+    """Two views of one study naming no patient: max_images_per_patient counts them as one patient, and their
+    findings are bootstrapped together (mammoxai.training.classification.patient_key)."""
+    records, csv = write_lesion_study(tmp_path)
+    (tmp_path / "case2.png").write_bytes((tmp_path / "case1.png").read_bytes())
+    header, row = csv.read_text().splitlines()
+    csv.write_text(f"{header}\n{row}\n{row.replace('case1', 'case2')}\n")
+    records = [{**records[0], "study_uid": "1.2.3"}, {**records[0], "path": str(tmp_path / "case2.png")}]
+    records[1].update(image_id="case2", study_uid="1.2.3")
+
+    everything = SaliencyEvaluator(records, csv, _models(), [GRADCAM], tmp_path / "all", sanity_images=0, overlays=0)
+    everything.run()
+    hits = json.loads((tmp_path / "all" / "report.json").read_text())["values"]["finding_hits"]["gradcam"]
+    assert hits["patient"] == ["1.2.3", "1.2.3"]
+    capped = SaliencyEvaluator(
+        records, csv, _models(), [GRADCAM], tmp_path / "one", sanity_images=0, overlays=0, max_images_per_patient=1
+    )
+    assert [record["image_id"] for record in capped.records] == ["case1"]
+
+
 def test_max_minutes_scores_what_the_time_allows_and_the_report_says_so(synthetic, tmp_path):
     """A limit spent before the second image: the first is scored and reported, the rest are not started."""
     assert _run(synthetic, tmp_path, "--select", '["gradcam"]', "--max_images", "3", "--max_minutes", "1e-6") == 0

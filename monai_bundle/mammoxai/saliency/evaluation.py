@@ -80,6 +80,7 @@ from mammoxai.metrics.saliency import (
 from mammoxai.reports import Report
 from mammoxai.saliency.correlax import CorRELAX
 from mammoxai.saliency.registry import SaliencyMethod, check_grid, get_method
+from mammoxai.training.classification import patient_key
 from mammoxai.training.evaluate_classifier import load_checkpoints
 from mammoxai.training.lesion_crops import load_lesion_checkpoint
 from mammoxai.training.settings import another_would_overrun, check_settings
@@ -642,26 +643,24 @@ def _read_mask(path: str | os.PathLike, findings_csv: Path) -> np.ndarray:
         raise MammoXAIError(path, "is not an image that can be read as a lesion mask", fix) from error
 
 
-def _patient(record: Mapping[str, Any]) -> str:
-    """The patient an image's findings are bootstrapped by: its ``patient_id``, else the image itself."""
-    return str(record.get("patient_id") or record["path"])
-
-
 def _per_patient(images: list[tuple[dict[str, Any], list[Finding]]], limit: int | None) -> list:
-    """The first ``limit`` images of each patient, in their order (all when ``limit`` is None)."""
+    """The first ``limit`` images of each patient (:func:`~mammoxai.training.classification.patient_key`), in their
+    order (all when ``limit`` is None)."""
     if limit is None:
         return images
     taken: Counter[str] = Counter()
     kept = []
     for record, found in images:
-        taken[_patient(record)] += 1
-        if taken[_patient(record)] <= limit:
+        patient = patient_key(record)
+        taken[patient] += 1
+        if taken[patient] <= limit:
             kept.append((record, found))
     return kept
 
 
 def _finding_hit(record: Mapping[str, Any], member: int, region: LesionRegion, hit: bool) -> FindingHit:
-    return FindingHit(str(record["path"]), _patient(record), member, region.category, bool(hit))
+    """A finding's outcome, keyed for the paired bootstrap by the patient every patient-level step uses."""
+    return FindingHit(str(record["path"]), patient_key(record), member, region.category, bool(hit))
 
 
 def _class_names_setting(model: str) -> str:
