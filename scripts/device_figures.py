@@ -38,7 +38,7 @@ the saliency stage's faithful run is bounded by time rather than by a count. The
 On the GPU machine, from the repository root, with the wheels of ``scripts/device_wheels.sh`` carried in
 ``.whl``::
 
-    python3 scripts/device_figures.py bench faithful --out "$OUT" --install --budget 9
+    python3 scripts/device_figures.py bench faithful pretrain --out "$OUT" --install --budget 9
 
 Here, to check that a stage runs before a machine's minutes are spent on it (CPU, tiny sizes, same commands;
 ``scripts/device_rehearsal.sh`` does it with the machine's Python stack)::
