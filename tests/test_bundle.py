@@ -866,6 +866,17 @@ def test_saliency_choices_are_every_method_the_grid_can_run_with_its_presets(tmp
     }
 
 
+def test_the_served_network_is_not_offered_cam_whose_weights_do_not_apply_to_its_head(tmp_path):
+    # its class head reads sum_k projection_k(pool(block4)), not the pool of block4: CAM's map would mean nothing
+    predictor = make_predictor(tmp_path / "model.pt")
+
+    choices = predictor.saliency_choices()
+
+    assert "cam" not in choices and choices["gradcam"] == [] and "hirescam" in choices
+    with pytest.raises(MammoXAIError, match="saliency cam: 'fc' does not read the global average pool"):
+        predictor.predict(tmp_path / "any.dcm", saliency_method="cam")
+
+
 @pytest.mark.parametrize(
     "saliency, message",
     [

@@ -11,7 +11,7 @@ from torch import nn
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.preprocess import prepare_image
-from mammoxai.nets import MammoClassifier
+from mammoxai.nets import MammoClassifier, MetadataClassifier
 from mammoxai.saliency import (
     CAM,
     RELAX,
@@ -22,7 +22,7 @@ from mammoxai.saliency import (
     RandomMasks,
     get_method,
 )
-from mammoxai.saliency.gradcam import normalise_maps
+from mammoxai.saliency.gradcam import find_layer, normalise_maps
 
 
 class ToyEncoder(nn.Module):
@@ -188,6 +188,21 @@ def test_cam_equals_gradcam_for_a_gap_linear_network():
     assert cam.amax() == 1.0
 
 
+@pytest.mark.parametrize(
+    "network, layer",
+    [
+        # the served network: fc reads sum_k projection_k(pool(block4)), and its 64 inputs match block4's 64 channels
+        (MetadataClassifier("mammo_cnn", num_classes=3, fields={"view": 2}, embed_dim=64), "backbone.features.block4"),
+        # a block of as many channels as fc has inputs, but not the one pooled into it
+        (MammoClassifier(num_classes=3), "features.block3"),
+    ],
+)
+def test_cam_refuses_a_linear_layer_that_does_not_read_the_pooled_target_layer(network, layer):
+    assert network.fc.in_features == 64 == find_layer(network, layer)[1][0].out_channels  # a channel check passes
+    with pytest.raises(MammoXAIError, match=f"saliency cam: 'fc' does not read the global average pool of {layer!r}"):
+        get_method("cam", network, target_layer=layer)
+
+
 @pytest.mark.parametrize("method", ["occlusion", "rise"])
 def test_perturbation_maps_peak_on_the_evidence(method):
     box = (8, 20, 16, 28)
@@ -282,11 +297,12 @@ def test_presets_carry_the_published_correlax_settings_and_explicit_settings_win
 
 @pytest.mark.parametrize("method", ["cam", "gradcam", "hirescam", "gradcampp", "occlusion", "rise", "relax"])
 def test_a_class_the_model_lacks_is_a_clear_error(method):
+    net = ToyEncoder()
     settings = {"target_layer": "conv"} if "cam" in method else {"num_masks": 4} if method in ("rise", "relax") else {}
-    if method == "cam":
-        settings = {"target_layer": "pool", "classifier_layer": "fc"}
+    if method == "cam":  # CAM needs the linear layer on the global average pool, which ToyEncoder's 2 x 2 pool is not
+        net, settings = MammoClassifier(num_classes=3, channels=(4, 8, 8)), {"target_layer": "features.block2"}
     with pytest.raises(MammoXAIError, match="class index 5 is out of range for 3 classes"):
-        get_method(method, ToyEncoder(), **settings)(torch.rand(1, 1, 16, 16), class_idx=5)
+        get_method(method, net, **settings)(torch.rand(1, 1, 16, 16), class_idx=5)
 
 
 def test_image_smaller_than_one_local_view_is_refused():

@@ -271,7 +271,13 @@ class CAM(_ActivationMaps):
     """Class activation maps (Zhou et al., CVPR 2016) for networks ending in global average pooling + one linear layer.
 
     The map of class ``c`` weights the target layer's channels with the linear layer's weights ``w^c``, so it needs
-    no backward pass. The target layer must be the one whose output is pooled into the linear layer.
+    no backward pass. That is the class's logit spread over the map only when the linear layer reads the global
+    average pool of the target layer and nothing else: for any other head (the served
+    :class:`~mammoxai.nets.MetadataClassifier` reads ``sum_k projection_k(pool(features))``) the same weights give a
+    map that means nothing, and a matching channel count does not tell the two apart. So every forward pass checks
+    that the linear layer's input equals the target layer's global average pool, and the constructor runs one such
+    pass on a ``probe_size`` random image, so that a network CAM does not apply to is refused when the method is
+    built (the server then leaves CAM out of the methods it offers), not after a meaningless map.
 
     Args:
         nn_module: the classifier (logits out).
@@ -279,11 +285,18 @@ class CAM(_ActivationMaps):
         classifier_layer: name of the ``nn.Linear`` producing the logits (``"fc"`` in
             :class:`~mammoxai.nets.MammoClassifier`).
 
+    Raises:
+        MammoXAIError: ``classifier_layer`` is not an ``nn.Linear``, or it does not read the global average pool
+            of ``target_layer`` (checked on the probe image at construction and on every image explained).
+
     Example:
         maps, logits = CAM(net, "features.block4", classifier_layer="fc")(images, class_idx=[0, 1, 2])
     """
 
     needs_gradients = False
+    probe_size = (64, 64)
+    """(h, w) of the random image the constructor checks the network's structure on: large enough for every backbone
+    of :data:`mammoxai.nets.BACKBONES`, small enough to cost milliseconds."""
 
     def __init__(self, nn_module: nn.Module, target_layer: str, classifier_layer: str = "fc") -> None:
         super().__init__(nn_module, target_layer)
@@ -293,14 +306,72 @@ class CAM(_ActivationMaps):
             raise MammoXAIError("saliency classifier_layer", problem, "name the nn.Linear that produces the logits")
         self.classifier_layer = classifier_layer
         self._linear = linear
+        self._linear_inputs: list[torch.Tensor] = []
+        self._check_on_probe()
 
     @property
     def settings(self) -> dict[str, str]:
         return {**super().settings, "classifier_layer": self.classifier_layer}
 
+    def __call__(self, x: torch.Tensor, class_idx: ClassIndex = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._linear_inputs.clear()
+        handle = self._linear.register_forward_pre_hook(lambda _module, args: self._linear_inputs.append(args[0]))
+        try:
+            return super().__call__(x, class_idx)
+        finally:
+            handle.remove()
+            self._linear_inputs.clear()
+
+    def _activations(self, captured: list) -> torch.Tensor:
+        activations = super()._activations(captured)
+        self._check_pooled(activations)
+        return activations
+
+    def _check_pooled(self, activations: torch.Tensor) -> None:
+        """Refuse a network whose linear layer does not read the global average pool of the target layer.
+
+        Only then is ``logit_c = mean_hw(sum_k w_k^c A^k) + b_c``, which is what makes the CAM of class ``c`` its
+        logit's spatial decomposition. Compared in float32 with a tolerance of 1 % of the largest pooled value, which
+        mixed precision stays within and a different head (another vector of the same length) does not.
+        """
+        fix = "use gradcam, which needs no such head, or name the layer pooled straight into the linear layer"
+        if not self._linear_inputs:
+            problem = f"{self.classifier_layer!r} did not run in the forward pass"
+            raise MammoXAIError("saliency classifier_layer", problem, fix)
+        pooled = activations.detach().float().mean(dim=(2, 3))
+        read = self._linear_inputs[-1].detach().float()
+        read = read.reshape(len(read), -1)
+        tolerance = 1e-2 * float(pooled.abs().max())
+        if read.shape != pooled.shape or not torch.allclose(read, pooled, rtol=0.0, atol=tolerance):
+            problem = (
+                f"{self.classifier_layer!r} does not read the global average pool of {self.target_layer!r}, "
+                "so CAM's weights do not apply to its channels"
+            )
+            raise MammoXAIError("saliency cam", problem, fix)
+
+    def _check_on_probe(self) -> None:
+        """Run the check of :meth:`_check_pooled` on one random ``probe_size`` image, with the network's input
+        channels (those of its first convolution) on its device.
+
+        Raises:
+            MammoXAIError: the check fails, or the network cannot run on the probe (no convolution to take the
+                channels from, a fixed input size): CAM cannot be shown to apply to it.
+        """
+        convolutions = [module for module in self.nn_module.modules() if isinstance(module, nn.Conv2d)]
+        parameter = next(self.nn_module.parameters(), None)
+        fix = "use gradcam, which needs no such check"
+        if not convolutions or parameter is None:
+            raise MammoXAIError("saliency cam", "the network has no convolution to take a class activation map of", fix)
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.rand((1, convolutions[0].in_channels, *self.probe_size), generator=generator)
+        try:
+            self(probe.to(device=parameter.device, dtype=parameter.dtype))
+        except MammoXAIError:
+            raise
+        except (RuntimeError, ValueError) as error:
+            problem = f"cannot be checked for global average pooling + linear on a {self.probe_size} image ({error})"
+            raise MammoXAIError("saliency cam", problem, fix) from error
+
     def _combine(self, activations: torch.Tensor, gradients: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
         weights = self._linear.weight.detach().float()[target]  # (B, K)
-        if weights.shape[1] != activations.shape[1]:
-            problem = f"has {weights.shape[1]} inputs but {self.target_layer!r} gives {activations.shape[1]} channels"
-            raise MammoXAIError("saliency classifier_layer", problem, "CAM needs GAP + linear after the target layer")
         return torch.einsum("bk,bkhw->bhw", weights, activations)
