@@ -512,6 +512,16 @@ def test_resuming_with_another_setup_is_refused(cohort, tmp_path):
     assert "another network_config" in str(user_error(error.value))
 
 
+def test_resuming_on_another_split_is_refused_naming_the_seed_and_val_fraction_to_pass(cohort, tmp_path):
+    run(pretrain_workflow(cohort, tmp_path, epochs=1))
+    models = {path.name: path.read_bytes() for path in (tmp_path / "models").iterdir()}
+    with pytest.raises(Exception) as error:
+        run(pretrain_workflow(cohort, tmp_path, epochs=2, resume=True, seed=7, val_fraction=0.5))
+    message = str(user_error(error.value))
+    assert "seed 0 and val_fraction 0.2" in message and "resume with --seed 0 --val_fraction 0.2" in message
+    assert {path.name: path.read_bytes() for path in (tmp_path / "models").iterdir()} == models  # no epoch 2
+
+
 def unknown_field(cohort: Path, tmp_path: Path) -> dict:
     return {"fields": {"view": 1.0, "colour": 1.0}}
 

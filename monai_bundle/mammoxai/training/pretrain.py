@@ -294,14 +294,24 @@ def split_by_patient(
     if pretrained_split is not None and pretrained_split["fingerprint"] != split_fingerprint(set(patients) - held_out):
         raise MammoXAIError(
             "validation split",
-            f"is not the one pretraining held out: pretraining trained on {pretrained_split['train_patients']} "
-            f"patients split with seed {pretrained_split['seed']} and val_fraction {pretrained_split['val_fraction']}, "
-            f"this split trains on {len(patients) - len(held_out)} patients with seed {seed} and val_fraction "
-            f"{val_fraction}, so its held-out images could be training images",
-            f"pass --seed {pretrained_split['seed']} --val_fraction {pretrained_split['val_fraction']} with the "
-            "pretraining manifest",
+            f"is not the one pretraining held out: pretraining trained on {_described(pretrained_split)}, this split "
+            f"trains on {len(patients) - len(held_out)} patients with seed {seed} and val_fraction {val_fraction}, "
+            "so its held-out images could be training images",
+            f"pass {_split_options(pretrained_split)} with the pretraining manifest",
         )
     return train, val
+
+
+def _described(split: Mapping[str, Any]) -> str:
+    """A recorded split (:class:`CheckpointInfo`) in words, for the errors that refuse another split."""
+    return (
+        f"{split['train_patients']} patients split with seed {split['seed']} and val_fraction {split['val_fraction']}"
+    )
+
+
+def _split_options(split: Mapping[str, Any]) -> str:
+    """The command-line options that re-make a recorded split (with the manifest it was made from)."""
+    return f"--seed {split['seed']} --val_fraction {split['val_fraction']}"
 
 
 def fit_label_space(label_space: MetadataLabelSpace, records: Sequence[Mapping[str, Any]]) -> MetadataLabelSpace:
@@ -732,6 +742,21 @@ class CheckpointInfo:
                 f"the checkpoint was made with another {', '.join(differing)} than this run's",
                 "resume with the settings and data of the interrupted run, or set resume to false to start over",
             )
+        self._check_same_split(state.get("split"))
+
+    def _check_same_split(self, recorded: Mapping[str, Any] | None) -> None:
+        """Refuse to resume on other training patients: the resumed epochs would train on patients the first ones
+        validated on, and validate on patients they trained on, so the best model and its scores mean nothing.
+        A checkpoint from before splits were recorded has nothing to compare."""
+        if recorded is None or self.split is None or recorded["fingerprint"] == self.split["fingerprint"]:
+            return
+        raise MammoXAIError(
+            "resume",
+            f"the interrupted run trained on {_described(recorded)}, this run's split trains on "
+            f"{_described(self.split)}, other patients",
+            f"resume with {_split_options(recorded)} and the interrupted run's manifest, or set resume to false to "
+            "start over",
+        )
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, file_prefix: str = "pretrain") -> Path | None:
