@@ -179,6 +179,33 @@ def test_infer_request_chooses_the_saliency_method_and_an_unknown_one_is_422(cli
     assert "saliency method: 'lime' is not available" in response.json()["detail"]
 
 
+def test_info_answers_while_an_inference_is_running(app_server, dicom_id):
+    """The guard routes ran on the server's one event loop: ``GET /info/`` waited for a minutes-long inference."""
+    slow = {"saliency": {"method": "occlusion", "preset": "faithful"}}  # hundreds of forward passes: seconds
+    answered: dict[str, float] = {}
+
+    def infer() -> None:
+        response = requests.post(
+            f"{app_server.url}/infer/{app_server.model}",
+            params={"image": dicom_id, "output": "json"},
+            data={"params": json.dumps(slow)},
+            timeout=300,
+        )
+        assert response.status_code == 200, response.text
+        answered["infer"] = time.monotonic()
+
+    inference = threading.Thread(target=infer)
+    inference.start()
+    time.sleep(1.0)  # the request is in and the inference started
+    info = requests.get(f"{app_server.url}/info/", timeout=300)
+    answered["info"] = time.monotonic()
+    inference.join()
+
+    assert info.status_code == 200
+    assert "infer" in answered  # the inference succeeded
+    assert answered["info"] < answered["infer"] - 0.5
+
+
 def test_infer_json_output_answers_with_the_prediction_only(app_server, dicom_id):
     response = requests.post(
         f"{app_server.url}/infer/{app_server.model}", params={"image": dicom_id, "output": "json"}, timeout=120

@@ -13,6 +13,13 @@ merges it into the datastore index or reads fields from it.
 :func:`install_route_guards` puts a route in front of each, with the same role and parameters, that refuses what the
 app cannot serve and passes every other request on to MONAI Label's own handler, as
 :func:`~lib.trainers.install_train_guard` does for ``POST /train/<model>``.
+
+Every guard route is a plain function, which FastAPI runs in its thread pool. MONAI Label's own routes are ``async``
+and run on the server's one event loop, so an inference (a faithful saliency method takes minutes on a CPU), a batch
+or scoring run with ``run_sync=true``, an upload being validated, or a strategy scoring the unlabeled images held up
+every other request, ``GET /info/`` included, until it ended; ``POST /activelearning/<strategy>`` is guarded for that
+alone. Requests served side by side share the predictor, which runs one forward pass at a time under its own lock,
+and the datastore, which makes each change under its lock (:class:`~lib.datastore.MammogramDatastore`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
 from monailabel.config import settings
+from monailabel.endpoints import activelearning as activelearning_endpoints
 from monailabel.endpoints import batch_infer as batch_endpoints
 from monailabel.endpoints import datastore as datastore_endpoints
 from monailabel.endpoints import infer as infer_endpoints
@@ -78,8 +86,8 @@ def install_route_guards(
     infer_models: Collection[str],
     datastore: Callable[[], Datastore],
 ) -> None:
-    """Put the guard routes in front of MONAI Label's ``/infer``, ``/scoring``, ``/batch/infer`` and ``/datastore``
-    routes that the module docstring lists."""
+    """Put the guard routes in front of MONAI Label's ``/infer``, ``/scoring``, ``/batch/infer``, ``/datastore`` and
+    ``/activelearning`` routes that the module docstring lists."""
     router = APIRouter()
     api = settings.MONAI_LABEL_API_STR
 
@@ -93,7 +101,7 @@ def install_route_guards(
                 raise MammoXAIError(route, "names no image", fix)
 
     @router.post(f"{api}/infer/{{model}}", summary="Classify one mammogram and explain it")
-    async def infer(
+    def infer(
         background_tasks: BackgroundTasks,
         model: str,
         image: str = "",
@@ -111,7 +119,7 @@ def install_route_guards(
 
     # MONAI Label's whole-slide-image routes run the same inference on a mammogram (it is not a slide)
     @router.post(f"{api}/infer/wsi_v2/{{model}}", summary="Classify one mammogram and explain it (WSI route)")
-    async def infer_wsi(
+    def infer_wsi(
         background_tasks: BackgroundTasks,
         model: str,
         image: str = "",
@@ -135,7 +143,7 @@ def install_route_guards(
         return wsi_endpoints.run_wsi_inference(background_tasks, model, image, session_id, file, region, output)
 
     @router.post(f"{api}/infer/wsi/{{model}}", include_in_schema=False, deprecated=True)
-    async def infer_wsi_deprecated(
+    def infer_wsi_deprecated(
         background_tasks: BackgroundTasks,
         model: str,
         image: str = "",
@@ -148,14 +156,12 @@ def install_route_guards(
         return wsi_endpoints.run_wsi_inference(background_tasks, model, image, session_id, None, wsi, output)
 
     @router.get(f"{api}/datastore/image/info", summary="The stored information of one image")
-    async def image_info(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))) -> Any:
+    def image_info(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))) -> Any:
         info = datastore().get_image_info(image)
         if not info:  # every stored image has at least its name and timestamp; {} means MONAI Label found none
             raise not_found(f"image {image!r}", "pick an id from GET /datastore/?output=all")
         return info
 
-    # the scoring routes are plain functions, which FastAPI runs in its thread pool: loading the weights, and a whole
-    # scoring run with run_sync=true, would otherwise hold up every other request of the server
     @router.post(f"{api}/scoring/{{method}}", summary="Run a scoring method over the datastore")
     def scoring(
         method: str,
@@ -178,7 +184,7 @@ def install_route_guards(
         return scoring_endpoints.run(params, run_sync)
 
     @router.post(f"{api}/batch/infer/{{model}}", summary="Infer every selected image and store the results")
-    async def batch_infer(
+    def batch_infer(
         model: str,
         images: BatchInferImageType = BatchInferImageType.IMAGES_ALL,
         params: dict | None = None,
@@ -188,10 +194,18 @@ def install_route_guards(
         check_offered("model", model, infer_models)
         return batch_endpoints.run(model, images, BATCH_DEFAULTS if params is None else params, run_sync)
 
+    @router.post(f"{api}/activelearning/{{strategy}}", summary="Propose the next case to label")
+    def next_case(
+        strategy: str,
+        params: dict | None = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ) -> Any:
+        return activelearning_endpoints.sample(strategy, params, user.username)
+
     # MONAI Label serves an upload under two paths, the older one deprecated; both are guarded
     @router.put(f"{api}/datastore/", include_in_schema=False, deprecated=True)
     @router.put(f"{api}/datastore/image", summary="Upload a mammogram")
-    async def add_image(
+    def add_image(
         background_tasks: BackgroundTasks,
         image: str | None = None,
         params: str = Form("{}"),
@@ -203,7 +217,7 @@ def install_route_guards(
         return datastore_endpoints.add_image(background_tasks, image, params, file, user.username)
 
     @router.put(f"{api}/datastore/label", summary="Save a clinician's label")
-    async def save_label(
+    def save_label(
         background_tasks: BackgroundTasks,
         image: str,
         params: str = Form("{}"),
@@ -216,7 +230,7 @@ def install_route_guards(
         return datastore_endpoints.save_label(background_tasks, image, params, tag, label, user.username)
 
     @router.put(f"{api}/datastore/image/info", summary="Add to the stored information of one image")
-    async def update_image_info(
+    def update_image_info(
         image: str, info: str = Form("{}"), user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))
     ) -> Any:
         with client_errors():
@@ -224,7 +238,7 @@ def install_route_guards(
         return datastore_endpoints.update_image_info(image, info, user.username)
 
     @router.put(f"{api}/datastore/label/info", summary="Add to the stored information of one label")
-    async def update_label_info(
+    def update_label_info(
         label: str,
         tag: str,
         info: str = Form("{}"),
@@ -235,7 +249,7 @@ def install_route_guards(
         return datastore_endpoints.update_label_info(label, tag, info, user.username)
 
     @router.put(f"{api}/datastore/updatelabelinfo", include_in_schema=False, deprecated=True)
-    async def update_label_info_deprecated(
+    def update_label_info_deprecated(
         label: str,
         tag: str,
         params: str = Form("{}"),

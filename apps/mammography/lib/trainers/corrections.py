@@ -348,7 +348,9 @@ def install_train_guard(
     while a killed process still held the lock, and a run requested straight after it was refused with 409.
 
     The routes are put in front of MONAI Label's own, with the same role requirement, and pass a request they
-    accept on to MONAI Label's handler, so status and stop work as documented by MONAI Label.
+    accept on to MONAI Label's handler, so status and stop work as documented by MONAI Label. They are plain
+    functions, which FastAPI runs in its thread pool: the checks read every ``final`` label, and a run with
+    ``run_sync=true`` trains, which on the server's event loop would hold up every other request until done.
     """
     router = APIRouter()
 
@@ -358,7 +360,7 @@ def install_train_guard(
                 trainer.check_idle()
 
     @router.post(f"{settings.MONAI_LABEL_API_STR}/train/", include_in_schema=False)
-    async def train_all(
+    def train_all(
         params: dict | None = None,
         run_sync: bool = False,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
@@ -375,7 +377,7 @@ def install_train_guard(
             return train_endpoints.run(params, run_sync)
 
     @router.post(f"{settings.MONAI_LABEL_API_STR}/train/{{model}}", summary="Fine-tune the model on the final labels")
-    async def train(
+    def train(
         model: str,
         params: dict | None = None,
         run_sync: bool = False,
@@ -397,7 +399,6 @@ def install_train_guard(
         with client_errors():
             return train_endpoints.run_model(model, params, run_sync, enqueue)
 
-    # a plain function: FastAPI runs it in a worker thread, and the wait below must not hold up other requests
     @router.delete(f"{settings.MONAI_LABEL_API_STR}/train/", summary="Stop the training run")
     def stop(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))) -> Any:
         stopping = list(processes("train").values())  # MONAI Label forgets them as it kills them
