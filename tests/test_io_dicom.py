@@ -193,6 +193,23 @@ def test_voi_lut_sequence_is_applied_in_preference_to_the_window(tmp_path):
     np.testing.assert_array_equal(read_mammogram(path).pixels, expected)
 
 
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("lut_vr", ["US", "OW"])
+def test_an_8_bit_voi_lut_maps_stored_values_past_255(tmp_path, photometric, lut_vr):
+    # pydicom 2.4's apply_voi indexed an 8-bit LUT with uint8: 1000 wrapped to 232, 4095 to 255
+    stored = ramp()
+    lut = np.linspace(0, 255, 4096).astype(np.uint16)
+    item = voi_lut_item(lut, bits=8)
+    if lut_vr == "OW":  # the other VR the standard allows: 16-bit words in the file's byte order
+        item.add_new("LUTData", "OW", lut.astype("<u2").tobytes())
+    path = write_mammo_dicom(
+        tmp_path / "image.dcm", stored, photometric=photometric, bits_stored=12, VOILUTSequence=[item]
+    )
+    expected = lut[stored] if photometric == "MONOCHROME2" else 255 - lut[stored]
+
+    np.testing.assert_array_equal(read_mammogram(path).pixels, expected)
+
+
 def test_monochrome1_is_inverted_across_the_voi_lut_output(tmp_path):
     stored = ramp()
     lut = np.arange(4096, dtype=np.uint16) * 16

@@ -3,8 +3,9 @@
 The grayscale pipeline of DICOM PS3.4 Annex N is applied in order: stored values → Modality LUT (or Rescale
 Slope / Intercept) → VOI LUT (the VOI LUT Sequence, else Window Center / Width with its VOI LUT Function) →
 MONOCHROME1 inverted across the range the pipeline can output, so that bright always means dense → Pixel Padding
-set to black. pydicom's ``apply_modality_lut`` / ``apply_voi`` / ``apply_windowing`` do the arithmetic; the bits
-above BitsStored are dropped first, as the standard leaves them undefined.
+set to black. pydicom's ``apply_modality_lut`` / ``apply_windowing`` do the arithmetic, and the VOI LUT Sequence is
+applied here (pydicom 2.4 indexes an 8-bit LUT with 8-bit integers); the bits above BitsStored are dropped first,
+as the standard leaves them undefined.
 
 "For Processing" images (raw detector data, typically linear or logarithmic in exposure) go through the same
 pipeline: they usually carry no VOI, so they come back with their stored values (inverted when MONOCHROME1), and
@@ -34,7 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.pixel_data_handlers import pylibjpeg_handler
-from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi, apply_windowing, get_expected_length
+from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_windowing, get_expected_length
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
@@ -411,10 +412,8 @@ def _display_values(ds: Dataset, stored: np.ndarray, path: Path) -> np.ndarray:
         ) from error
     # A malformed VOI module is a header error: the display hint is skipped with a warning, the values stay right.
     if _has_voi_lut(ds):
-        try:  # LUT entries are indexed by integers: rescale to integral floats is undone first
-            _sign_first_mapped_value(ds)
-            lut_range = (0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1))
-            values, value_range = apply_voi(np.rint(values).astype(np.int64), ds), lut_range
+        try:
+            values, value_range = _apply_voi_lut(ds, values)
         except Exception as error:
             _warn(path, f"VOI LUT cannot be applied ({error}); the image is shown without it")
     elif ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
@@ -445,15 +444,36 @@ def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | bool:
     return (stored >= low) & (stored <= high)
 
 
-def _sign_first_mapped_value(ds: Dataset) -> None:
-    """Read the VOI LUT's first mapped value as signed where Pixel Representation says the values are.
+def _apply_voi_lut(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """The first item of the VOI LUT Sequence applied to ``values``, and the range of values the LUT outputs.
 
-    The second LUT Descriptor value takes its sign from Pixel Representation (PS3.3 C.11.2.1.1), but Explicit VR
-    gives all three values one VR and writers often choose US. Taken as written, every pixel would lie below the
-    LUT and map to its first entry: a blank image.
+    Applied here rather than by pydicom's ``apply_voi``, which (2.4) builds its array of LUT indices in the LUT's own
+    dtype: with an 8-bit LUT every value above 255 wrapped around, scrambling the image. The LUT Descriptor gives the
+    number of entries (0 meaning 65536), the first value mapped and the bits per entry, 8 or 10 to 16 (PS3.3
+    C.11.2.1.1); values below the first mapped one take the first entry, values past the table the last. LUT entries
+    are indexed by integers, so values a rescale made integral floats are rounded first.
+
+    The first mapped value takes its sign from Pixel Representation, but Explicit VR gives all three descriptor
+    values one VR and writers often choose US: taken as written, every pixel of a signed image would lie below the
+    LUT and map to its first entry, a blank image.
+
+    Raises:
+        ValueError: a descriptor or LUT Data no LUT can be built from (the caller warns and shows the image without).
     """
-    descriptor = ds.VOILUTSequence[0].LUTDescriptor
-    descriptor[1] = _as_pixel_value(int(descriptor[1]), ds)
+    item = ds.VOILUTSequence[0]
+    entries, first, bits = (int(value) for value in item.LUTDescriptor)
+    entries = entries or 2**16
+    if not (bits == 8 or 10 <= bits <= 16):
+        raise ValueError(f"its LUT Descriptor gives {bits} bits per entry, not 8 or 10 to 16")
+    element = item["LUTData"]
+    if element.VR == "OW":  # one entry per 16-bit word, in the dataset's byte order
+        lut = np.frombuffer(element.value, dtype="<u2" if ds.is_little_endian in (True, None) else ">u2")
+    else:
+        lut = np.atleast_1d(np.asarray(element.value, dtype=np.int64))
+    if len(lut) < entries:
+        raise ValueError(f"its LUT Data has {len(lut)} entries, its LUT Descriptor {entries}")
+    indices = np.clip(np.rint(values).astype(np.int64) - _as_pixel_value(first, ds), 0, entries - 1)
+    return lut[:entries].astype(np.int64)[indices], (0.0, float(2**bits - 1))
 
 
 def _as_pixel_value(value: int, ds: Dataset) -> int:
