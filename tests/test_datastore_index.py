@@ -149,6 +149,24 @@ def test_a_saved_label_is_indexed_again_when_the_index_is_lost(studies, tmp_path
     assert json.loads(Path(reopened.get_label_uri(image, "final")).read_text())["class"] == "benign"
 
 
+def test_a_deleted_image_leaves_the_index_at_once_and_its_id_can_be_uploaded_again(studies, tmp_path):
+    """With the folder watched, LocalDatastore left the entry of a deleted image to the watcher's refresh."""
+    datastore = MammogramDatastore(str(studies), class_names=CLASSES, auto_reload=True)
+    datastore._observer.stop()  # the moment before the watcher's event: it must not be needed
+    datastore._observer.join()
+    upload = shutil.copyfile(sorted(studies.glob("P*.dcm"))[0], tmp_path / "upload.dcm")
+    datastore.add_image("again", str(upload), {})
+    save_final_label(datastore, "again", tmp_path)
+
+    datastore.remove_image("again")
+
+    assert "again" not in datastore.list_images()
+    assert "again" not in index_on_disk(studies)["objects"]
+    assert not (studies / "again.dcm").exists() and not (studies / "labels" / "final" / "again.json").exists()
+    assert datastore.add_image("again", str(upload), {}) == "again"  # was 409: the id was still in use
+    assert datastore.get_labeled_images("final") == []
+
+
 def test_a_label_survives_its_image_leaving_the_folder_and_coming_back(studies, tmp_path):
     image = sorted(path.stem for path in studies.glob("P*.dcm"))[0]
     save_final_label(open_datastore(studies), image, tmp_path)

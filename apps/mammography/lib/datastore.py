@@ -230,10 +230,15 @@ class MammogramDatastore(LocalDatastore):
         return f"{stat.st_mtime_ns}-{stat.st_size}"
 
     def remove_image(self, image_id: str) -> None:
+        """Delete the image's file, its labels and its index entry in one step. LocalDatastore deletes the files and,
+        when it watches the folder, leaves the entry to the watcher: the deleted image stayed listed until the
+        watcher's refresh, and uploading it again straight after the delete was refused with 409."""
         with self._latest_index():
             if image_id not in self._datastore.objects:
                 raise _image_not_found(image_id)
             super().remove_image(image_id)
+            self._datastore.objects.pop(image_id, None)
+            self._update_datastore_file()
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         """Delete the label's file and its index entry in one step. LocalDatastore deletes the file and, when it
