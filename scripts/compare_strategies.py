@@ -53,6 +53,7 @@ from mammoxai.cli import BUNDLE_ROOT
 from mammoxai.data.manifest import write_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.reports import Report
+from mammoxai.training.classification import patient_key
 from mammoxai.training.experiments import (
     HOLDOUT,
     PRETRAIN_CHECKS,
@@ -70,6 +71,7 @@ from mammoxai.training.experiments import (
     experiment_main,
     is_held_out,
     labelled_subset,
+    outside_holdout,
     read_study_manifest,
     repeat_seeds,
     require_epochs,
@@ -208,9 +210,9 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     weights = starting_weights(args, strategies)
     pretraining = any(STRATEGIES[name].get("weights") == "pretrained" for name in strategies) and not args.pretrained
     require_epochs(args, "epochs", *(["pretrain_epochs"] if pretraining else []))
-    outside_test = [record for record in records if not is_held_out(record)]
+    outside_test = outside_holdout(records)
     check_task_labels(outside_test, args.task, f"{manifest} (patients outside the test split)")
-    if len(outside_test) == len(records):
+    if not any(is_held_out(record) for record in records):
         raise MammoXAIError(
             manifest,
             f"has no held-out test records ({HOLDOUT}), on which every model is scored",
@@ -222,7 +224,7 @@ def compare(args: argparse.Namespace, command: str) -> Report:
         for fraction in fractions
     }
     labelled = labelled_subset(records, 1.0, label_map=task["label_map"])
-    available = len({record.get("patient_id") for record in labelled if not is_held_out(record)})
+    available = len({patient_key(record) for record in labelled if not is_held_out(record)})
     settings = run_settings(args, out)
     pretrain_work = out / "runs" / "pretrain"
     pretrain_manifest = out / "runs" / "pretrain_manifest.csv"
@@ -258,7 +260,7 @@ def compare(args: argparse.Namespace, command: str) -> Report:
         subset_manifest = write_manifest(subset, out / "runs" / f"labelled_{fraction:g}_seed{seed}.csv")
         trained_on = [record for record in subset if not is_held_out(record)]
         counts = {
-            "labelled_patients": len({record.get("patient_id") for record in trained_on}),
+            "labelled_patients": len({patient_key(record) for record in trained_on}),
             "available_patients": available,
             "labelled_images": len(trained_on),
         }

@@ -336,3 +336,29 @@ def test_the_report_gives_the_patients_drawn_next_to_the_fraction_asked_for(tmp_
         (row["fraction"], row["labelled_patients"], row["available_patients"], row["labelled_images"]) for row in rows
     ]
     assert counts == [(0.05, 6, 52, 24), (1.0, 52, 52, 208)]  # 5 % of 52 is 3 patients; two per class make it 6
+
+
+def test_no_image_of_a_test_patient_is_pretrained_on_drawn_or_counted(tmp_path, monkeypatch):
+    """A test patient's prior study marked training is in no run, as train.json leaves it out; two studies naming
+    no patient are two patients, as the draw keys them (patient_key), not one blank patient_id."""
+    records = _records({"normal": 4, "benign": 2, "malignant": 2})  # P8 is the test patient
+    prior = {"path": "P8_prior.dcm", "patient_id": "P8", "case_label": "normal", "split": "training"}
+    anonymous = [{"path": f"S{s}_{v}.dcm", "study_uid": f"S{s}", "case_label": "normal", "split": "training"}
+                 for s in (1, 2) for v in (0, 1)]  # fmt: skip
+    study = _study(tmp_path / "study", [*records, prior, *anonymous])
+    monkeypatch.setattr(compare_strategies, "bundle_run", _stop_at_training)
+    arguments = ["--dataset_dir", str(study), "--fractions", "1.0", "--device", "cpu", "--image_size", "32", "32"]
+    with pytest.raises(_ReachedTraining):
+        compare_strategies.main([*arguments, "--out", str(tmp_path / "pretrain"), "--strategies", "pretrained"])
+    pretrained_on = [
+        Path(r["path"]).name for r in read_manifest(tmp_path / "pretrain" / "runs" / "pretrain_manifest.csv")
+    ]
+    assert len(pretrained_on) == 36 and "P8_prior.dcm" not in pretrained_on
+
+    result = dict.fromkeys(("images", "positives", "auc", "auc_low", "auc_high", "sensitivity", "specificity"), 1)
+    monkeypatch.setattr(compare_strategies, "train_and_evaluate", lambda *a, **k: {"tables": {"binary": [result]}})
+    out = tmp_path / "scratch"
+    assert compare_strategies.main([*arguments, "--out", str(out), "--strategies", "scratch"]) == 0
+    (row,) = json.loads((out / "report.json").read_text())["tables"]["strategies"]
+    assert (row["labelled_patients"], row["available_patients"], row["labelled_images"]) == (10, 10, 36)
+    assert "P8_prior.dcm" not in [Path(r["path"]).name for r in read_manifest(out / "runs" / "labelled_1_seed0.csv")]

@@ -16,6 +16,7 @@ from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import MammoClassifier
 from mammoxai.training.checkpoints import TrainingViews
+from mammoxai.training.classification import patient_split
 from mammoxai.training.evaluate_classifier import (
     aggregate_exams,
     binary_metrics,
@@ -136,6 +137,23 @@ def test_a_row_resting_on_one_patient_has_no_interval_rather_than_one_of_zero_wi
     assert all(np.isnan(values[key]) for key in ("auc_low", "auc_high", "sensitivity_low", "specificity_high"))
     two = binary_metrics(labels, scores, ["P1", "P1", "P2", "P2"], n_bootstrap=50)
     assert not np.isnan(two["specificity_low"])
+
+
+def test_every_record_is_trained_validated_or_evaluated_under_a_holdout_of_two_fields():
+    """Training held out a record matching any field, evaluation scored those matching all: a test record of the
+    other site was neither trained on nor scored. A record is held out when it matches every field."""
+    labels = ["normal", "benign", "malignant"] * 3
+    records = [
+        {"path": f"P{i}.dcm", "patient_id": f"P{i}", "case_label": label, "split": "training", "site": "A"}
+        for i, label in enumerate(labels)
+    ]
+    records += [{**records[0], "path": "T1.dcm", "patient_id": "T1", "split": "test"}]
+    records += [{**records[0], "path": "T2.dcm", "patient_id": "T2", "split": "test", "site": "B"}]
+    holdout = {"split": "test", "site": "A"}
+    train, val = patient_split(records, val_fraction=0.3, seed=0, holdout=holdout)
+    evaluated = select_records(records, holdout)
+    assert [record["path"] for record in evaluated] == ["T1.dcm"]
+    assert sorted(record["path"] for record in [*train, *val, *evaluated]) == sorted(r["path"] for r in records)
 
 
 def test_select_records_keeps_the_holdout_and_refuses_an_empty_selection():

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "patient_key",
+    "selects",
+    "held_out_patients",
     "patient_strata",
     "patient_split",
     "class_weights",
@@ -54,6 +56,26 @@ def patient_key(record: Mapping[str, Any]) -> str:
     and MLO of one study resampled as two independent images narrowed every interval.
     """
     return str(record.get("patient_id") or record.get("study_uid") or record["path"])
+
+
+def selects(where: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` has every ``field: value`` of ``where``, values compared as text (``{"fold": 0}`` selects
+    the manifest's ``0``); an empty ``where`` selects every record.
+
+    The one reading of ``train.json``'s ``holdout`` (the records held out) and ``evaluate.json``'s ``eval_where``
+    (the records scored, by default that ``holdout``): read otherwise by the two, a record matching one of two keys
+    was held out of training and left out of the evaluation, neither trained nor scored.
+    """
+    return all(str(record.get(key)) == str(value) for key, value in where.items())
+
+
+def held_out_patients(records: Sequence[Mapping[str, Any]], holdout: Mapping[str, Any]) -> set[str]:
+    """The patients (:func:`patient_key`) with a record in ``holdout`` (:func:`selects`; an empty one holds none).
+
+    None of their images may be trained or validated on, those outside the holdout included (a prior study left in
+    the training split): the test would score a patient the model has seen.
+    """
+    return {patient_key(record) for record in records if holdout and selects(holdout, record)}
 
 
 def _class_of(record: Mapping[str, Any], label_map: LabelMap, label_key: str) -> str:
@@ -116,8 +138,8 @@ def patient_split(
     Records without a label, and the held-out test records (``holdout``), are left out of both sets, and so are
     the other records of a held-out patient (a prior study in the training split of a patient whose current study
     is in the test split, as in CBIS-DDSM's published split): trained on, they would put the patient's anatomy in
-    the model that the test split then scores as unseen. Holdout values match a record's as text, as
-    ``configs/evaluate.json`` selects them (``{"fold": 0}`` holds out the manifest's ``0``).
+    the model that the test split then scores as unseen. A record is held out when it has every ``field: value`` of
+    ``holdout``, values compared as text (:func:`selects`), exactly the records ``configs/evaluate.json`` scores.
 
     Args:
         records: manifest records with ``patient_id`` (``study_uid`` or ``path`` stand in when it is missing).
@@ -127,7 +149,8 @@ def patient_split(
         label_map: raw label -> class name (e.g. ``{"recalled_benign": "benign"}``), applied before stratifying as
             training applies it (:class:`~mammoxai.data.dataset.LabelMap`).
         holdout: field -> value of the records kept for the final test and never trained or validated on, e.g.
-            ``{"split": "test"}`` for the test split of ``mammoxai.data.synth`` and VinDr-Mammo manifests.
+            ``{"split": "test"}`` for the test split of ``mammoxai.data.synth`` and VinDr-Mammo manifests; with
+            several fields, the records that have all of them.
 
     Returns:
         ``(train_records, val_records)``.
@@ -143,24 +166,20 @@ def patient_split(
         raise MammoXAIError(label_key, f"none of the {len(records)} records has this column", fix)
     label_map = LabelMap(label_map)
     holdout = setting_mapping(holdout, "holdout")
-
-    def held_out(record: Mapping[str, Any]) -> bool:
-        return any(str(record.get(key)) == str(value) for key, value in holdout.items())
-
-    held_out_patients = {patient_key(record) for record in records if held_out(record)}
-    candidates = [record for record in records if not held_out(record)]
-    if held_out_patients:
-        kept = [record for record in candidates if patient_key(record) not in held_out_patients]
+    unseen = held_out_patients(records, holdout)
+    candidates = [record for record in records if not (holdout and selects(holdout, record))]
+    if unseen:
+        kept = [record for record in candidates if patient_key(record) not in unseen]
         if len(kept) < len(candidates):
             logger.warning(
                 "%d images of %d held-out patients are not themselves held out (e.g. a prior study in the training "
                 "split): they are left out of training and validation, so the held-out patients stay unseen",
                 len(candidates) - len(kept),
-                len({patient_key(record) for record in candidates} & held_out_patients),
+                len({patient_key(record) for record in candidates} & unseen),
             )
         candidates = kept
     labelled = [dict(record) for record in candidates if record.get(label_key) not in (None, "")]
-    if holdout and not held_out_patients:
+    if holdout and not unseen:
         absent = [key for key in holdout if all(record.get(key) in (None, "") for record in records)]
         reason = f"no record has {absent}" if absent else "no record has these values"
         logger.warning(

@@ -54,7 +54,7 @@ from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, roc_auc
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.reports import Report, roc_figure
-from mammoxai.training.classification import patient_key
+from mammoxai.training.classification import patient_key, selects
 from mammoxai.training.evaluate_pretrain import field_metrics
 from mammoxai.training.multiview import MultiViewDataset, check_views
 from mammoxai.training.pretrain import record_metadata
@@ -86,15 +86,14 @@ def select_records(
 ) -> list[dict[str, Any]]:
     """The records whose fields equal every ``field: value`` of ``where`` (all records when it is empty).
 
-    ``where`` is the training config's ``holdout`` (e.g. ``{"split": "test"}``): the images training never saw.
+    ``where`` is the training config's ``holdout`` (e.g. ``{"split": "test"}``): the images training never saw,
+    selected as training holds them out (:func:`~mammoxai.training.classification.selects`).
 
     Raises:
         MammoXAIError: no record matches.
     """
     where = setting_mapping(where, "eval_where")
-    kept = [
-        dict(record) for record in records if all(str(record.get(key)) == str(value) for key, value in where.items())
-    ]
+    kept = [dict(record) for record in records if selects(where, record)]
     if not kept:
         raise MammoXAIError(
             f"evaluation records {where}", f"match none of {len(records)} records", "check eval_where / holdout"

@@ -34,7 +34,7 @@ from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.metrics import paired_auc_difference
-from mammoxai.training.classification import patient_key, patient_strata
+from mammoxai.training.classification import held_out_patients, patient_key, patient_strata, selects
 from mammoxai.training.finetune import check_labels
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ __all__ = [
     "PRETRAIN_CHECKS",
     "TRAIN_CHECKS",
     "is_held_out",
+    "outside_holdout",
     "labelled_subset",
     "check_task_labels",
     "add_run_arguments",
@@ -87,8 +88,20 @@ HOLDOUT = {"split": "test"}
 
 
 def is_held_out(record: Mapping[str, Any]) -> bool:
-    """Whether a record is in the held-out test split (:data:`HOLDOUT`)."""
-    return all(str(record.get(key)) == value for key, value in HOLDOUT.items())
+    """Whether a record is in the held-out test split (:data:`HOLDOUT`), as train.json and evaluate.json read it
+    (:func:`~mammoxai.training.classification.selects`)."""
+    return selects(HOLDOUT, record)
+
+
+def outside_holdout(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the patients with no held-out record: what any run of an experiment may learn from.
+
+    A held-out patient's other images (a prior study marked ``training``) are left out too, as train.json leaves
+    them out (:func:`~mammoxai.training.classification.patient_split`): pretrained or counted on, they would put
+    a test patient in the model, or in the numbers of patients trained on, that no run trains on.
+    """
+    unseen = held_out_patients(records, HOLDOUT)
+    return [dict(record) for record in records if patient_key(record) not in unseen]
 
 
 def labelled_subset(
@@ -99,9 +112,10 @@ def labelled_subset(
     label_map: Mapping[str, str] | None = None,
     option: str = "fraction",
 ) -> list[dict[str, Any]]:
-    """The held-out test records plus ``fraction`` of the other patients, stratified by each patient's rarest
-    class, at least two patients per class (so training and validation both see it). An image naming no patient
-    goes with its study, or alone, as in the patient split, so the views of one study are drawn together.
+    """The held-out test records plus ``fraction`` of the other patients (:func:`outside_holdout`: a held-out
+    patient's other images are neither drawn nor kept), stratified by each patient's rarest class, at least two
+    patients per class (so training and validation both see it). An image naming no patient goes with its study, or
+    alone, as in the patient split, so the views of one study are drawn together.
 
     The draw is nested: patients are ranked once per class by the seed, as the patient split ranks them
     (:func:`~mammoxai.training.classification.patient_strata`), and a fraction takes the first of them, so a larger
@@ -118,9 +132,9 @@ def labelled_subset(
     label_map = LabelMap(label_map)
     held_out = [dict(r) for r in records if is_held_out(r)]
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        if not is_held_out(record) and record.get(label_key) not in (None, ""):
-            by_patient[patient_key(record)].append(dict(record))
+    for record in outside_holdout(records):
+        if record.get(label_key) not in (None, ""):
+            by_patient[patient_key(record)].append(record)
     chosen = []
     for patients in patient_strata(by_patient, label_map, seed, label_key):
         chosen += patients[: min(len(patients), max(2, math.ceil(fraction * len(patients))))]
