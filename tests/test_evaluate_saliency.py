@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dicom_factory import write_mammo_dicom
 from monai.bundle import ConfigParser
 from PIL import Image
 from torch import nn
@@ -267,8 +268,52 @@ def test_a_lesion_mask_that_is_not_an_image_is_a_one_line_error(tmp_path):
     evaluator = SaliencyEvaluator(
         records, csv, _models(), [method], tmp_path / "out", deletion_steps=0, sanity_images=0
     )
-    with pytest.raises(MammoXAIError, match=r"mask.png: is not an image that can be read as a lesion mask \(give"):
+    with pytest.raises(MammoXAIError, match=r"mask.png: cannot be read as a lesion mask: is neither DICOM .*\(give"):
         evaluator.run()
+
+
+def _corner_mask_png(folder: Path, corner: np.ndarray) -> str:
+    Image.fromarray(corner).save(folder / "mask.png")
+    return "mask.png"
+
+
+def _corner_mask_opaque_rgba(folder: Path, corner: np.ndarray) -> str:
+    # gray in R, G and B and an opaque alpha channel: read as a channel, the alpha made the whole image lesion
+    Image.fromarray(np.dstack([corner, corner, corner, np.full_like(corner, 255)])).save(folder / "mask.png")
+    return "mask.png"
+
+
+def _corner_mask_dicom(folder: Path, corner: np.ndarray) -> str:
+    # as CBIS-DDSM stores its ROI masks, and read_cbis_ddsm names them in the mask column
+    write_mammo_dicom(folder / "1-2.dcm", corner)
+    return "1-2.dcm"
+
+
+@pytest.mark.parametrize("write_mask", [_corner_mask_png, _corner_mask_opaque_rgba, _corner_mask_dicom])
+def test_the_lesion_mask_inside_the_box_is_what_the_map_must_point_at(tmp_path, write_mask):
+    x0, y0, x1, y1 = LESION
+    box = (x0 - 16, y0 - 16, x1, y1)  # the lesion the map peaks on is in the box's lower right quarter ...
+    records, csv = write_lesion_study(tmp_path, box=box)
+    corner = np.zeros((160, 128), np.uint8)
+    corner[box[1] : box[1] + 8, box[0] : box[0] + 8] = 255  # ... and the mask in its upper left corner
+    add_columns(csv, mask=write_mask(tmp_path, corner))
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), [GRADCAM], tmp_path / "out", deletion_steps=0, sanity_images=0, overlays=0
+    )
+
+    rows = {row["method"]: row for row in evaluator.run()["methods"]}
+
+    assert rows["gradcam"]["findings"] == 1 and rows["gradcam"]["mass"] == 0.0  # a hit on the box, not the mask
+
+
+def test_a_box_without_a_mask_is_scored_on_the_box(tmp_path):
+    x0, y0, x1, y1 = LESION
+    records, csv = write_lesion_study(tmp_path, box=(x0 - 16, y0 - 16, x1, y1))
+    evaluator = SaliencyEvaluator(
+        records, csv, _models(), [GRADCAM], tmp_path / "out", deletion_steps=0, sanity_images=0, overlays=0
+    )
+
+    assert {row["method"]: row for row in evaluator.run()["methods"]}["gradcam"]["mass"] == 1.0
 
 
 def test_a_box_outside_the_image_names_the_csv_and_the_image(tmp_path):

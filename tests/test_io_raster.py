@@ -9,7 +9,7 @@ from dicom_factory import write_mammo_dicom
 from PIL import Image
 
 from mammoxai.errors import MammoXAIError
-from mammoxai.io import read_mammogram
+from mammoxai.io import read_mammogram, read_mask
 
 SHAPE = (64, 48)
 
@@ -197,3 +197,43 @@ def test_content_not_the_name_chooses_the_reader(tmp_path):
     assert as_png.header == {}
     np.testing.assert_array_equal(as_dicom.pixels, pixels)
     assert as_dicom.header["Modality"] == "MG"
+
+
+# -- lesion masks ---------------------------------------------------------------------------------------------------
+def lesion_mask() -> np.ndarray:
+    inside = np.zeros(SHAPE, bool)
+    inside[5:15, 20:30] = True
+    return inside
+
+
+@pytest.mark.parametrize(
+    "to_image",
+    [
+        lambda inside: Image.fromarray(inside),  # 1-bit, refused as a mammogram
+        lambda inside: Image.fromarray(inside.astype(np.uint8) * 255),
+        # gray in R, G, B with an opaque alpha channel: read as a fourth channel, every pixel was inside
+        lambda inside: Image.fromarray(np.dstack([inside * 255] * 3 + [np.full(SHAPE, 255)]).astype(np.uint8)),
+    ],
+    ids=["1-bit", "gray", "opaque-rgba"],
+)
+def test_a_raster_lesion_mask_is_its_non_zero_gray_pixels(tmp_path, to_image):
+    to_image(lesion_mask()).save(tmp_path / "mask.png")
+
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.png"), lesion_mask())
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_a_dicom_lesion_mask_is_its_non_zero_stored_values_whatever_its_modality(tmp_path, photometric):
+    stored = lesion_mask().astype(np.uint8) * 255  # MONOCHROME1 would show it inverted: the stored values count
+    path = write_mammo_dicom(tmp_path / "1-2.dcm", stored, photometric=photometric, Modality="OT")
+
+    np.testing.assert_array_equal(read_mask(path), lesion_mask())
+
+
+def test_a_colour_lesion_mask_is_refused(tmp_path):
+    red = np.zeros((*SHAPE, 3), np.uint8)
+    red[lesion_mask()] = (255, 0, 0)
+    Image.fromarray(red).save(tmp_path / "mask.png")
+
+    with pytest.raises(MammoXAIError, match="mask.png: is a colour image"):
+        read_mask(tmp_path / "mask.png")

@@ -16,6 +16,7 @@ from mammoxai.data.manifest import build_manifest, read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.data.vindr import read_vindr
 from mammoxai.errors import MammoXAIError
+from mammoxai.io import read_mask
 
 FULL = (96, 64)
 
@@ -426,6 +427,15 @@ def test_cbis_masks_are_told_from_crops_by_size_and_boxed(cbis):
     second = by_box[(40.0, 60.0, 50.0, 90.0)]
     assert second.label == "recalled_benign" and second.mask.endswith("1-1.dcm")
     assert by_box[(0.0, 0.0, 64.0, 3.0)].categories == ("Suspicious Calcification",)
+
+
+def test_cbis_masks_named_by_the_findings_csv_are_read_as_lesion_masks_inside_their_boxes(cbis, tmp_path):
+    # the saliency evaluation reads the mask column with read_mask; it opened these DICOM files with PIL and failed
+    records, findings = read_cbis_ddsm(cbis)
+    for finding in read_findings(write_findings(findings, tmp_path / "finding_annotations.csv")):
+        inside = read_mask(finding.mask)
+        rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+        assert (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) == finding.box
 
 
 def test_cbis_image_with_a_missing_roi_folder_raises_when_strict_and_is_skipped_otherwise(cbis):

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from mammoxai.data.findings import Finding, parse_birads
 from mammoxai.data.manifest import normalise_density, normalise_laterality, read_record, read_table, report_unusable
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.dicom import read_dicom_mask
 
 __all__ = ["PATHOLOGY_CASE_LABELS", "read_cbis_ddsm", "mask_box"]
 
@@ -197,11 +198,12 @@ def _rows_by_image(csv_paths: Sequence[Path]) -> dict[str, list[dict[str, str]]]
 
 
 def mask_box(path: str | os.PathLike) -> tuple[float, float, float, float]:
-    """The (x0, y0, x1, y1) box around the non-zero pixels of a DICOM ROI mask, in continuous coordinates."""
-    try:
-        inside = pydicom.dcmread(path).pixel_array > 0
-    except Exception as error:  # as in _dicom_shape: damage of any kind means "re-download"
-        raise MammoXAIError(path, f"cannot be read as a ROI mask ({error})", _REDOWNLOAD) from error
+    """The (x0, y0, x1, y1) box around the non-zero pixels of a DICOM ROI mask, in continuous coordinates.
+
+    The mask is read by :func:`~mammoxai.io.dicom.read_dicom_mask`, as the saliency evaluation reads it from the
+    findings' ``mask`` column, so the box and the mask inside it agree.
+    """
+    inside = read_dicom_mask(path)
     rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
     if rows.size == 0:
         raise MammoXAIError(path, "is an empty ROI mask", _REDOWNLOAD)

@@ -11,7 +11,7 @@ from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 from mammoxai.io.preprocess import grid_shape, prepare_image
 from mammoxai.io.raster import read_raster
-from mammoxai.io.read import iter_mammograms, read_mammogram, read_mammograms, sniff_format
+from mammoxai.io.read import iter_mammograms, read_mammogram, read_mammograms, read_mask, sniff_format
 
 __all__ = [
     "HeaderWarning",
@@ -27,6 +27,7 @@ __all__ = [
     "read_dicom_header",
     "read_mammogram",
     "read_mammograms",
+    "read_mask",
     "read_raster",
     "segment_breast",
     "sniff_format",

@@ -66,6 +66,7 @@ __all__ = [
     "pixel_spacing",
     "read_dicom",
     "read_dicom_header",
+    "read_dicom_mask",
     "view",
 ]
 
@@ -203,10 +204,7 @@ def read_dicom(path: str | os.PathLike) -> Mammogram:
     path = Path(path)
     ds = _read_dataset(path)
     _check_is_mammogram(ds, path)
-    if "PixelData" not in ds:
-        raise MammoXAIError(
-            path, "has no pixel data (the file is truncated, or holds no image)", "re-export the image from the archive"
-        )
+    _check_has_pixel_data(ds, path)
     _check_image_module(ds, path)
     return Mammogram(
         pixels=_display_values(ds, _stored_values(ds, path), path),
@@ -234,6 +232,28 @@ def read_dicom_header(path: str | os.PathLike) -> Dataset:
     _check_is_mammogram(ds, path)
     _check_image_module(ds, path)
     return ds
+
+
+@_refuses_damaged_elements
+def read_dicom_mask(path: str | os.PathLike) -> np.ndarray:
+    """A lesion mask stored as a DICOM image (CBIS-DDSM's ROI masks) as a boolean (H, W) array, True where the stored
+    value is not 0.
+
+    The stored values, not the display pipeline of :func:`read_dicom`: a window, VOI LUT or MONOCHROME1 inversion
+    says how to show an image, and would move which pixels are inside. Any modality is accepted (archives file masks
+    as MG or OT); the pixel data must be readable as :func:`read_dicom` reads it.
+
+    Raises:
+        MammoXAIError: the file is not a readable single-channel DICOM image.
+
+    Example:
+        inside = read_dicom_mask("Mass-Training_P_00001_LEFT_CC_1/.../1-2.dcm")
+    """
+    path = Path(path)
+    ds = _read_dataset(path)
+    _check_has_pixel_data(ds, path)
+    _check_image_module(ds, path)
+    return _stored_values(ds, path) != 0
 
 
 # -- checks ------------------------------------------------------------------------------------------------------
@@ -299,6 +319,13 @@ def _check_is_mammogram(ds: Dataset, path: Path) -> None:
             path,
             f"holds {frames} frames (a tomosynthesis volume or multi-frame series); only 2D mammograms are supported",
             "pass the study's 2D mammogram or synthesised 2D view",
+        )
+
+
+def _check_has_pixel_data(ds: Dataset, path: Path) -> None:
+    if "PixelData" not in ds:
+        raise MammoXAIError(
+            path, "has no pixel data (the file is truncated, or holds no image)", "re-export the image from the archive"
         )
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.mammogram import Mammogram
 
-__all__ = ["read_raster"]
+__all__ = ["read_raster", "read_raster_mask"]
 
 _GRAY_MODES = frozenset({"L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _GRAY_AS_COLOUR_MODES = frozenset({"LA", "RGB", "RGBA", "P", "PA"})
@@ -41,6 +41,28 @@ def read_raster(path: str | os.PathLike) -> Mammogram:
         mammogram = read_raster("mdb001.pgm")
     """
     path = Path(path)
+    return Mammogram(pixels=np.ascontiguousarray(_gray_pixels(path), dtype=np.float32), source=str(path))
+
+
+def read_raster_mask(path: str | os.PathLike) -> np.ndarray:
+    """A lesion mask from a PNG, TIFF or PGM file as a boolean (H, W) array, True where its gray value is not 0.
+
+    The grayscale rules of :func:`read_raster` apply, so an opaque alpha channel is dropped rather than read as a
+    channel that is non-zero everywhere (which made an RGBA mask all lesion), and colour or transparency is refused;
+    a 1-bit image, a usual mask format, is read too.
+
+    Raises:
+        MammoXAIError: the file is not a readable image, holds several pages, is colour or transparent.
+
+    Example:
+        inside = read_raster_mask("masks/case1_mass.png")
+    """
+    return _gray_pixels(Path(path), bilevel=True) != 0
+
+
+def _gray_pixels(path: Path, bilevel: bool = False) -> np.ndarray:
+    """The gray values of a PNG, TIFF or PGM file as stored (8 or 16 bit; bool for a 1-bit image, which only
+    ``bilevel`` accepts), WhiteIsZero undone; see :func:`read_raster` for what is refused."""
     try:
         with Image.open(path) as image:
             kind = image.format  # Pillow reads 16-bit colour as 8-bit: only the stored raw mode tells
@@ -58,10 +80,10 @@ def read_raster(path: str | os.PathLike) -> Mammogram:
     if pages > 1:
         problem = f"holds {pages} pages (a stack or volume); only 2D mammograms are supported"
         raise MammoXAIError(path, problem, "save one image per file")
-    pixels = _grayscale(array, mode, path)
+    pixels = _grayscale(array, mode, path, bilevel)
     if white_is_zero and pixels.dtype.itemsize == 2:  # Pillow inverts 8-bit WhiteIsZero TIFFs itself, not 16-bit
         pixels = np.iinfo(pixels.dtype).max - pixels
-    return Mammogram(pixels=np.ascontiguousarray(pixels, dtype=np.float32), source=str(path))
+    return pixels
 
 
 def _raw_modes(image: Image.Image) -> list[str]:
@@ -73,9 +95,10 @@ def _raw_modes(image: Image.Image) -> list[str]:
     return modes
 
 
-def _grayscale(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
-    """The single gray channel of ``array`` (in Pillow ``mode``); refuses what is not grayscale."""
-    if mode in _GRAY_MODES:
+def _grayscale(array: np.ndarray, mode: str, path: Path, bilevel: bool = False) -> np.ndarray:
+    """The single gray channel of ``array`` (in Pillow ``mode``); refuses what is not grayscale, and a 1-bit image
+    unless ``bilevel``."""
+    if mode in _GRAY_MODES or (mode == "1" and bilevel):
         return array
     if mode == "1":
         raise MammoXAIError(path, "is a 1-bit black-and-white image (a mask?), not a mammogram", "pass the mammogram")

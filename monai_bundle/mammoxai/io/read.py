@@ -12,12 +12,14 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from mammoxai.errors import MammoXAIError
-from mammoxai.io.dicom import read_dicom
-from mammoxai.io.mammogram import Mammogram
-from mammoxai.io.raster import read_raster
+import numpy as np
 
-__all__ = ["read_mammogram", "iter_mammograms", "read_mammograms", "sniff_format"]
+from mammoxai.errors import MammoXAIError
+from mammoxai.io.dicom import read_dicom, read_dicom_mask
+from mammoxai.io.mammogram import Mammogram
+from mammoxai.io.raster import read_raster, read_raster_mask
+
+__all__ = ["read_mammogram", "read_mask", "iter_mammograms", "read_mammograms", "sniff_format"]
 
 _DICOM_MARKER = (128, b"DICM")
 #: The first group of a DICOM stream without preamble: file meta (always little endian), else the dataset's
@@ -50,11 +52,35 @@ def read_mammogram(path: str | os.PathLike) -> Mammogram:
         mammogram.pixels.shape, mammogram.spacing, mammogram.laterality, mammogram.view
     """
     path = Path(path)
+    return read_raster(path) if _kind(path) == "raster" else read_dicom(path)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a lesion mask as a boolean (H, W) array, True inside: DICOM (CBIS-DDSM's ROI masks, by their stored
+    values, :func:`~mammoxai.io.dicom.read_dicom_mask`) or a grayscale PNG, TIFF or PGM
+    (:func:`~mammoxai.io.raster.read_raster_mask`), told apart by content as :func:`read_mammogram` does.
+
+    Raises:
+        MammoXAIError: the file is missing, of another kind, damaged, or not a grayscale image.
+
+    Example:
+        inside = read_mask(finding.mask)
+    """
+    path = Path(path)
+    return read_raster_mask(path) if _kind(path) == "raster" else read_dicom_mask(path)
+
+
+def _kind(path: Path) -> str:
+    """``"raster"`` or ``"dicom"``: what the first bytes say, else DICOM for a name DICOM files have.
+
+    Raises:
+        MammoXAIError: neither the content nor the name says the file is one of the formats read.
+    """
     kind = sniff_format(path)
     if kind == "raster":
-        return read_raster(path)
+        return kind
     if kind == "dicom" or path.suffix.lower() in _DICOM_SUFFIXES:
-        return read_dicom(path)
+        return "dicom"
     raise MammoXAIError(path, "is neither DICOM nor a PNG, TIFF or PGM image", "convert it to one of these formats")
 
 

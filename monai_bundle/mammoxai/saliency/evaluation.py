@@ -54,7 +54,6 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from monai.networks import eval_mode
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -63,7 +62,7 @@ from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, 
 from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.data.manifest import record_shape
 from mammoxai.errors import MammoXAIError, check_output_path, parse_names
-from mammoxai.io import read_mammogram
+from mammoxai.io import read_mammogram, read_mask
 from mammoxai.io.breast import segment_breast
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.preprocess import grid_shape
@@ -391,10 +390,10 @@ class SaliencyEvaluator:
                     fix = f"fix the mask column of {self.findings_csv}"
                     raise MammoXAIError(mask_path, "lesion mask not found", fix)
                 mask = _read_mask(mask_path, self.findings_csv)
-                if mask.shape[:2] != shape:
-                    problem = f"is {mask.shape[:2]}, the image {shape}"
+                if mask.shape != shape:
+                    problem = f"is {mask.shape}, the image {shape}"
                     raise MammoXAIError(mask_path, problem, "give masks of the image's size")
-                inside = region & (mask if mask.ndim == 2 else mask.any(axis=-1))
+                inside = region & mask
                 region = inside if inside.any() else region
             regions.append(LesionRegion(category, box, region))
         return regions
@@ -634,13 +633,13 @@ class SaliencyEvaluator:
 
 
 def _read_mask(path: str | os.PathLike, findings_csv: Path) -> np.ndarray:
-    """A lesion mask as a boolean array (non-zero inside), refused with a one-line error when it is not an image."""
+    """A lesion mask as a boolean (H, W) array, True inside (:func:`~mammoxai.io.read_mask`: a grayscale PNG, TIFF or
+    PGM, or a DICOM such as CBIS-DDSM's ROI masks), refused with a one-line error when it cannot be read as one."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(image) > 0
-    except OSError as error:  # PIL's UnidentifiedImageError included: a text file, a truncated or foreign file
-        fix = f"give a mask image (e.g. PNG, non-zero inside the lesion) in the mask column of {findings_csv}"
-        raise MammoXAIError(path, "is not an image that can be read as a lesion mask", fix) from error
+        return read_mask(path)
+    except MammoXAIError as error:
+        fix = f"give a grayscale mask image or DICOM (non-zero inside the lesion) in the mask column of {findings_csv}"
+        raise MammoXAIError(path, f"cannot be read as a lesion mask: {error.problem}", fix) from error
 
 
 def _per_patient(images: list[tuple[dict[str, Any], list[Finding]]], limit: int | None) -> list:
