@@ -21,12 +21,12 @@ Strategies (``--strategies``): ``scratch``; ``pretrained`` (metadata-pretrained 
 Without ``--pretrained`` the metadata pretraining is run first, by ``configs/pretrain.json``, on the images of the
 non-test patients (it needs no labels), into ``--out/runs/pretrain``.
 
-The options, the manifest (labels, a test split) and each strategy's settings and starting weights are checked
-before that pretraining, so a wrong command stops at once and leaves ``--out`` as it was. ``--overwrite`` is needed
-only where an earlier experiment left results (its report or checkpoints); where a run stopped after its
-pretraining, ``--pretrained <out>/runs/pretrain/pretrained.pt`` continues from it instead. ``--resume`` continues
-an interrupted experiment with the same command: the pretraining resumes from its last epoch (or is kept, when it
-had finished) and every fine-tune that had written its evaluation is reused.
+The options, the manifest (labels, a test split), each strategy's settings and starting weights and the
+evaluation's settings are checked before that pretraining, so a wrong command stops at once and leaves ``--out``
+as it was. ``--overwrite`` is needed only where an earlier experiment left results (its report or checkpoints);
+where a run stopped after its pretraining, ``--pretrained <out>/runs/pretrain/pretrained.pt`` continues from it
+instead. ``--resume`` continues an interrupted experiment with the same command: the pretraining resumes from its
+last epoch (or is kept, when it had finished) and every fine-tune that had written its evaluation is reused.
 
 Example (tiny CPU run; use the defaults of the configs on a GPU)::
 
@@ -64,6 +64,7 @@ from mammoxai.training.experiments import (
     auc_difference,
     bundle_run,
     check_bundle_run,
+    check_evaluation,
     check_task_labels,
     claim_out,
     distinct,
@@ -194,9 +195,9 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     """Run every strategy at every fraction and return the report (see the module docstring).
 
     Everything that can be checked without training is checked before the metadata pretraining and the first
-    fine-tune: the options, the manifest's labels and test split, every labelled draw, and each strategy's
-    settings and starting weights as train.json reads them. A command refused this way leaves nothing in
-    ``--out`` that blocks the corrected one.
+    fine-tune: the options, the manifest's labels and test split, every labelled draw, each strategy's settings
+    and starting weights as train.json reads them, and the evaluation's settings as evaluate.json reads them. A
+    command refused this way leaves nothing in ``--out`` that blocks the corrected one.
     """
     start = time.monotonic()
     if args.max_minutes is not None:
@@ -235,6 +236,7 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     for name in strategies:
         if not (pretraining and STRATEGIES[name].get("weights") == "pretrained"):  # else its weights are not made yet
             check_bundle_run(["train.json"], bundle_root, TRAIN_CHECKS, **settings, **strategy_overrides(name, weights))
+    check_evaluation(bundle_root, settings, args.n_bootstrap)
     reuse, reuse_fix = pretrain_work / "pretrained.pt", None  # an earlier run's pretraining need not be redone
     if pretraining and reuse.is_file() and not args.resume:
         reuse_fix = (

@@ -47,6 +47,7 @@ from mammoxai.training.experiments import (
     add_run_arguments,
     auc_difference,
     check_bundle_run,
+    check_evaluation,
     check_task_labels,
     claim_out,
     experiment_main,
@@ -167,8 +168,9 @@ def run(args: argparse.Namespace, command: str) -> Report:
     """The experiment of the module docstring, once per seed; returns the written report.
 
     Everything that can be checked without training is checked before the first run: the options, every seed's
-    split and the labels of each training set, and the source run's settings and starting weights as train.json
-    reads them. A command refused this way leaves nothing in ``--out`` that blocks the corrected one.
+    split and the labels of each training set, the source run's settings and starting weights as train.json
+    reads them, and the evaluation's settings as evaluate.json reads them. A command refused this way leaves
+    nothing in ``--out`` that blocks the corrected one.
     """
     bundle_root, out = Path(args.bundle_root).resolve(), Path(args.out).resolve()
     task = TASKS[args.task]
@@ -189,6 +191,7 @@ def run(args: argparse.Namespace, command: str) -> Report:
     settings = run_settings(args, out)
     source_init = {"init": args.init, "init_weights": args.init_weights}
     check_bundle_run(["train.json"], bundle_root, TRAIN_CHECKS, **settings, **source_init)
+    check_evaluation(bundle_root, settings, args.n_bootstrap)
     claim_out(out, args.overwrite, [args.init_weights], resume=args.resume)
     positive = task["class_names"].index("malignant")
     rows, differences = [], []

@@ -235,6 +235,7 @@ def test_an_out_folder_holding_an_earlier_experiment_is_refused_unless_overwrite
         (["--pretrain_epochs", "0"], "--pretrain_epochs: is 0"),
         (["--max_minutes", "0"], "max_minutes: is 0.0, not a positive number of minutes"),
         (["--batch_size", "0"], "batch_size: is 0"),
+        (["--n_bootstrap", "0"], "n_bootstrap: is 0"),
         (["--pretrained", "CLASSIFIER"], "is not a metadata-pretraining checkpoint"),
     ],
 )

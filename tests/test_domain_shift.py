@@ -98,6 +98,7 @@ def test_the_report_gives_the_adaptation_part_as_drawn():
         (["--adapt_fraction", "0"], "--adapt_fraction: is 0"),
         (["--seeds", "1", "1"], "--seeds: gives 1 more than once"),
         (["--system_column", "model"], "--system_column model: is not a column of the manifest"),
+        (["--n_bootstrap", "-1"], "n_bootstrap: is -1"),
     ],
 )
 def test_a_wrong_command_is_refused_before_training_and_leaves_out_untouched(tmp_path, capsys, options, message):

@@ -45,6 +45,7 @@ __all__ = [
     "HOLDOUT",
     "PRETRAIN_CHECKS",
     "TRAIN_CHECKS",
+    "EVALUATE_CHECKS",
     "is_held_out",
     "outside_holdout",
     "labelled_subset",
@@ -58,6 +59,7 @@ __all__ = [
     "claim_out",
     "run_settings",
     "check_bundle_run",
+    "check_evaluation",
     "bundle_run",
     "train_and_evaluate",
     "run_record",
@@ -82,6 +84,10 @@ PRETRAIN_CHECKS = ("run_settings", "torch_device")
 TRAIN_CHECKS = ("run_settings", "torch_device", "finetune_network_def")
 """train.json components that check a fine-tune's settings and load its starting weights without reading an image
 (:func:`check_bundle_run`; the experiments train ``finetune_network_def``)."""
+
+EVALUATE_CHECKS = ("evaluation_settings",)
+"""evaluate.json components that check an evaluation's settings (bootstrap resamples, operating points) without
+reading an image or a checkpoint (:func:`check_evaluation`)."""
 
 HOLDOUT = {"split": "test"}
 """The records every experiment scores and never trains on (the test split of synthetic and VinDr sets)."""
@@ -340,6 +346,22 @@ def check_bundle_run(configs: Sequence[str], bundle_root: Path, components: Sequ
     parser.update({"bundle_root": str(bundle_root), **overrides})
     for component in components:
         parser.get_parsed_content(component)
+
+
+def check_evaluation(bundle_root: Path, settings: Mapping[str, Any], n_bootstrap: int) -> None:
+    """Check the evaluation settings of every :func:`train_and_evaluate` run (:data:`EVALUATE_CHECKS`) before the
+    first training: found by the first evaluation, a wrong ``--n_bootstrap`` stopped the experiment after its first
+    fine-tune, whose model then blocked the corrected command.
+
+    Args:
+        bundle_root: the bundle whose configs run.
+        settings: train.json overrides shared by all runs (:func:`run_settings`).
+        n_bootstrap: bootstrap resamples of the evaluations.
+
+    Raises:
+        MammoXAIError: what evaluate.json refuses (see :func:`check_bundle_run`).
+    """
+    check_bundle_run(["train.json", "evaluate.json"], bundle_root, EVALUATE_CHECKS, **settings, n_bootstrap=n_bootstrap)
 
 
 def bundle_run(configs: Sequence[str], bundle_root: Path, **overrides: Any) -> None:
