@@ -893,6 +893,12 @@ def test_the_served_network_is_not_offered_cam_whose_weights_do_not_apply_to_its
             {"method": "correlax"},
             "saliency method correlax: the model runs on 256x208 pixels, smaller than one 256x256",
         ),
+        # a misspelt key was kept beside the default it meant to replace, and gradcam ran
+        ({"mehtod": "rise"}, r"^saliency: has unknown keys \['mehtod'\] \(give a mapping of method, preset, settings,"),
+        ({"target-class": "malignant"}, r"^saliency: has unknown keys \['target-class'\] .*target_class"),
+        ({"settings": ["num_masks", 5]}, r"^saliency settings: is \['num_masks', 5\], not a mapping .*method, preset"),
+        ({"method": "rise", "settings": None}, r"^saliency settings: is None, not a mapping"),
+        ("rise", r"^saliency: is 'rise', not a mapping \(give a mapping of method, preset, settings, target_layer"),
     ],
 )
 def test_bad_saliency_settings_are_named(tmp_path, saliency, message):

@@ -167,7 +167,7 @@ class MammogramPredictor:
             family) and defaults to the network's ``last_block`` when it has one; ``amp`` is passed on likewise.
             ``target_class`` ``"predicted"`` (default) explains each image's most probable class; a class name,
             matched regardless of case and spacing, explains that class, which the record names as ``class_names``
-            spell it.
+            spell it. Any other key, or ``settings`` that are not a mapping, is refused.
         metadata_label_space: the fields and classes of the network's metadata heads (train.json's
             ``metadata_label_space``); required by a network with metadata heads, unused otherwise.
         qc_min_probability: a metadata prediction that disagrees with the header is flagged only when its
@@ -218,7 +218,7 @@ class MammogramPredictor:
             "target_layer": default_layer,
             "target_class": PREDICTED,
         }
-        self.saliency.update(saliency or {})
+        self.saliency.update(_saliency_overrides(saliency, list(self.saliency)))
         self.saliency["target_class"] = self._target_class(self.saliency["target_class"])
         if isinstance(qc_min_probability, bool) or not 0.0 <= float(qc_min_probability) <= 1.0:
             raise MammoXAIError("qc_min_probability", f"is {qc_min_probability!r}", "use a probability, e.g. 0.9")
@@ -520,6 +520,32 @@ class MammogramPredictor:
                 }
             )
         return flags
+
+
+def _saliency_overrides(saliency: Any, keys: Sequence[str]) -> Mapping[str, Any]:
+    """The predictor's ``saliency`` setting, checked to be a mapping of the known ``keys`` whose ``settings`` is one.
+
+    Taken as it came, a misspelt key (``"mehtod"``) was kept beside the default it was meant to replace, which ran
+    instead, without a word; a list of settings or a method name alone failed as Python's ``ValueError`` or
+    ``TypeError``.
+
+    Raises:
+        MammoXAIError: ``saliency`` is not a mapping, names a key other than ``keys``, or its ``settings`` is not a
+            mapping; the message lists the keys.
+    """
+    example = '{"method": "rise", "preset": "fast", "settings": {"num_masks": 500}}'
+    fix = f"give a mapping of {', '.join(keys)}, e.g. {example}"
+    if saliency is None:
+        return {}
+    if not isinstance(saliency, Mapping):
+        raise MammoXAIError("saliency", f"is {saliency!r}, not a mapping", fix)
+    unknown = sorted(str(key) for key in set(saliency) - set(keys))
+    if unknown:
+        raise MammoXAIError("saliency", f"has unknown keys {unknown}", fix)
+    if "settings" in saliency and not isinstance(saliency["settings"], Mapping):
+        problem = f"is {saliency['settings']!r}, not a mapping of the method's settings"
+        raise MammoXAIError("saliency settings", problem, fix)
+    return saliency
 
 
 def _check_label_space(network: nn.Module, label_space: MetadataLabelSpace | None) -> MetadataLabelSpace | None:
