@@ -12,7 +12,10 @@ import json
 import os
 import shutil
 import socket
+import sys
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -29,10 +32,14 @@ from mammoxai.io import read_mammogram
 from mammoxai.io.heatmap import read_heatmap_nrrd
 from mammoxai.schema import validate_prediction
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "mammography"))
+from lib.dicomweb import DICOMwebMammogramDatastore  # noqa: E402
+
 pytest_plugins = ["server_fixture"]
 
 ORTHANC_URL = os.environ.get("MAMMOXAI_ORTHANC_URL", "http://127.0.0.1:8042/dicom-web")
 STUDY_ROWS = 320  # as server_fixture: keeps the synthetic detector's pixel spacing
+CLASSES = ["normal", "benign", "malignant"]
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +220,68 @@ def test_the_loop_runs_on_the_pacs_next_case_correct_train_and_serve(client, pac
     assert stats["accepted"] is True and stats["corrections"] == len(uploaded["mammograms"])
     assert len(list(cache.rglob("labels/final/*.json"))) == len(uploaded["mammograms"])  # kept in the cache's store
     assert served_checkpoint(server.url, case["id"]) != served_before
+
+
+class FirstRetrieval(DICOMwebClient):
+    """A client that calls ``first(sop)`` instead of its first WADO-RS retrieval (``raises``) or before it."""
+
+    def __init__(self, first: Callable[[str], None], raises: bool) -> None:
+        super().__init__(ORTHANC_URL)
+        self.first, self.raises, self.retrieved = first, raises, []
+
+    def retrieve_instance(self, study: str, series: str, sop: str, **kwargs) -> pydicom.Dataset:
+        self.retrieved.append(sop)
+        if len(self.retrieved) == 1:
+            self.first(sop)
+            if self.raises:
+                raise requests.ConnectionError("connection reset by peer")
+        return super().retrieve_instance(study, series, sop, **kwargs)
+
+
+def open_cache(client: DICOMwebClient, study_description: str, cache: Path) -> DICOMwebMammogramDatastore:
+    """A datastore over the PACS's instances of one test run, as the server opens it, listing the PACS once."""
+    search = {"StudyDescription": study_description}
+    return DICOMwebMammogramDatastore(client, CLASSES, str(cache), search_filter=search, refresh_seconds=3600)
+
+
+def test_an_instance_a_network_error_kept_out_is_fetched_when_next_asked_for(uploaded, tmp_path):
+    """A failed retrieval marked the instance unreadable until a restart: /infer?image=<its UID> was 404."""
+    client = FirstRetrieval(lambda sop: None, raises=True)
+    datastore = open_cache(client, uploaded["prefix"], tmp_path)
+    dropped = client.retrieved[0]
+    assert sorted(datastore.list_images()) == sorted(set(uploaded["mammograms"]) - {dropped})
+
+    cached = datastore.get_image_uri(dropped)
+
+    assert np.array_equal(read_mammogram(cached).pixels, read_mammogram(uploaded["mammograms"][dropped]).pixels)
+    assert sorted(datastore.list_images()) == sorted(uploaded["mammograms"])
+
+
+@pytest.mark.parametrize("when", ["before_it_looks", "during_its_download"])
+def test_an_instance_another_process_cached_is_served_not_refused_with_409(pacs, tmp_path, when):
+    """The server checked its own index, loaded before the other process cached the instance, and the second copy it
+    stored was refused as an id in use."""
+    prefix = f"MXT{uuid.uuid4().hex[:12]}"
+    server = open_cache(DICOMwebClient(ORTHANC_URL), prefix, tmp_path)  # nothing on the PACS matches yet
+    synthesize(tmp_path / "synth", patients=1, seed=8, size=STUDY_ROWS, prior_fraction=0.0)
+    arrived = pydicom.dcmread(sorted((tmp_path / "synth").glob("*.dcm"))[0])
+    arrived.StudyDescription = prefix
+    arrived.StudyInstanceUID, arrived.SeriesInstanceUID = generate_uid(), generate_uid()
+    arrived.SOPInstanceUID = arrived.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    pacs.store_instances([arrived])
+    sop = str(arrived.SOPInstanceUID)
+    other: list[DICOMwebMammogramDatastore] = []  # e.g. a training run building the app
+
+    def cache_in_another_process(_: str) -> None:
+        other.append(open_cache(DICOMwebClient(ORTHANC_URL), prefix, tmp_path))
+
+    during = when == "during_its_download"
+    if not during:
+        cache_in_another_process(sop)
+    server.client = FirstRetrieval(cache_in_another_process if during else lambda _: None, raises=False)
+
+    cached = server.get_image_uri(sop)
+
+    assert cached and cached == other[0].get_image_uri(sop)
+    assert server.list_images() == [sop]
+    assert server.client.retrieved == ([sop] if during else [])  # one cached before it looks is not downloaded again

@@ -56,7 +56,8 @@ class DICOMwebMammogramDatastore(MammogramDatastore):
     images are listed, and at once for an id the cache does not hold yet (a study that just arrived can be
     inferred before the next listing). Instances that :func:`~lib.datastore.read_storable` refuses, as it refuses
     uploads (unreadable, or no breast in view), are logged and left out, so one broken object on the PACS does not
-    stop the others being served.
+    stop the others being served; an instance whose retrieval failed on the network is tried again at the next
+    listing, or at the next request naming it.
 
     Args:
         client: a ``dicomweb_client.DICOMwebClient`` for the server's DICOMweb root (QIDO-RS and WADO-RS).
@@ -79,7 +80,7 @@ class DICOMwebMammogramDatastore(MammogramDatastore):
         self.refresh_seconds = refresh_seconds
         self._synced_at = float("-inf")
         self._sync_lock = threading.RLock()
-        self._unreadable: set[str] = set()
+        self._unreadable: set[str] = set()  # instances that are no storable mammogram, not asked for again
         folder = os.path.join(cache_path, md5_digest(client.base_url))
         logger.info(f"DICOMweb datastore {client.base_url}: cache {folder}")
         super().__init__(folder, class_names=class_names, auto_reload=False)
@@ -139,30 +140,43 @@ class DICOMwebMammogramDatastore(MammogramDatastore):
         return [{key: Dataset.from_json(item)[tag].value for key, tag in _UID_TAGS.items()} for item in found]
 
     def _fetch(self, instances: list[dict[str, str]]) -> int:
+        """Retrieve the ``instances`` the cache lacks; return how many were added.
+
+        The index is reloaded first: another process sharing the cache (a training run, a second server) may have
+        cached an instance since this one loaded it. An instance that is no storable mammogram is left out for good
+        (until the server restarts); one the network failed to bring is tried again at the next listing.
+        """
+        self._init_from_datastore_file()
         added = 0
         for uids in instances:
             sop = str(uids["SOPInstanceUID"])
             if sop in self._unreadable or super().get_image_uri(sop):
                 continue
-            if self._fetch_one(uids):
-                added += 1
-            else:
+            try:
+                added += self._fetch_one(uids)
+            except requests.RequestException as error:
+                logger.warning(f"DICOMweb instance {sop} on {self.client.base_url} not retrieved, tried again: {error}")
+            except MammoXAIError as error:
+                logger.warning(f"DICOMweb instance {sop} on {self.client.base_url} is left out: {error}")
                 self._unreadable.add(sop)
         return added
 
     def _fetch_one(self, uids: dict[str, str]) -> bool:
+        """Retrieve one instance (WADO-RS) into the cache; whether it was added, not found cached by then.
+
+        Raises:
+            requests.RequestException: the PACS could not be reached, or failed to send it.
+            MammoXAIError: it is not a readable mammogram, or shows no breast (:func:`~lib.datastore.read_storable`).
+        """
         sop = str(uids["SOPInstanceUID"])
         with tempfile.TemporaryDirectory(prefix="mammoxai-dicomweb-") as folder:
             path = os.path.join(folder, f"{sop}.dcm")
-            try:
-                dataset = self.client.retrieve_instance(
-                    str(uids["StudyInstanceUID"]), str(uids["SeriesInstanceUID"]), sop
-                )
-                dataset.save_as(path, write_like_original=False)
-                header = read_storable(path).header
-            except (requests.RequestException, MammoXAIError) as error:
-                logger.warning(f"DICOMweb instance {sop} on {self.client.base_url} is left out: {error}")
-                return False
+            dataset = self.client.retrieve_instance(str(uids["StudyInstanceUID"]), str(uids["SeriesInstanceUID"]), sop)
+            dataset.save_as(path, write_like_original=False)
+            header = read_storable(path).header
             info = {"source": self.client.base_url, "header": header, **{key: str(uid) for key, uid in uids.items()}}
-            super().add_image(sop, path, info)
+            with self._latest_index():  # cached by another process during the download: the same instance, kept
+                if sop in self._datastore.objects:
+                    return False
+                super().add_image(sop, path, info)
         return True
