@@ -82,6 +82,24 @@ def test_a_grid_too_small_for_the_backbone_is_named_before_the_manifest_is_read(
 
 
 @pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"patch_size": 8}, "patch_size: is 8x8; mammo_cnn needs 16 pixels a side, which its downsampling makes one "
+         "(give at least 16)"),
+        ({"patch_size": 0}, "patch_size: is 0, not a positive whole number (e.g. --patch_size 64)"),
+        ({"patch_size": -8}, "patch_size: is -8, not a positive whole number (e.g. --patch_size 64)"),
+        ({"patch_size": 32, "patch_backgrounds": -1},
+         "patch_backgrounds: is -1, not a whole number of 0 or more (e.g. --patch_backgrounds 1)"),
+    ],
+)  # fmt: skip
+def test_patch_settings_no_patch_training_can_use_are_named_before_the_manifest_is_read(overrides, message, tmp_path):
+    """A small patch failed in the first training step, one of 0 or less in the augmentation, and a negative
+    background count trained on lesion patches alone."""
+    assert initialize_error(["train.json"], tmp_path, **overrides) == message
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
     "value, message",
     [
         ("normal", r"class_names: \['normal'\] must name two or more distinct classes \(list each class once"),

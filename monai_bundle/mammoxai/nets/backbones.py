@@ -80,20 +80,27 @@ def _family(name: str) -> tuple[str, str]:
     return key, next(family for family in _FAMILIES if key.startswith(family))
 
 
-def check_backbone_grid(backbone: str, image_size: int | Sequence[int]) -> None:
+def check_backbone_grid(backbone: str, image_size: int | Sequence[int], setting: str = "image_size") -> None:
     """Refuse a grid smaller than ``backbone`` runs on, before a run reads an image: the network would otherwise
     fail in its first training step, after every image was read and cached, with PyTorch's "output size is too
     small".
+
+    Args:
+        backbone: a name of :data:`BACKBONES`.
+        image_size: the grid the network sees: (h, w), or one int for a square.
+        setting: the config setting that gives the grid, named in the message: ``image_size``, or ``patch_size``
+            for the square patches of patch training.
 
     Raises:
         MammoXAIError: an unknown backbone, a value that is no grid, or a side below the backbone's minimum.
     """
     _, family = _family(backbone)
-    height, width = grid_shape(image_size)
+    height, width = grid_shape(image_size, setting)
     smallest = _MIN_SIDE[family]
     if min(height, width) < smallest:
         problem = f"is {height}x{width}; {backbone} needs {smallest} pixels a side, which its downsampling makes one"
-        raise MammoXAIError("image_size", problem, f'give at least "[{smallest}, {smallest}]", e.g. "[256, 208]"')
+        least = f'"[{smallest}, {smallest}]", e.g. "[256, 208]"' if setting == "image_size" else str(smallest)
+        raise MammoXAIError(setting, problem, f"give at least {least}")
 
 
 def build_backbone(name: str, in_channels: int = 1, weights: str | os.PathLike | None = None) -> tuple[nn.Module, int]:

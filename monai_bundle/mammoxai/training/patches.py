@@ -46,11 +46,33 @@ from mammoxai.data.findings import (
 )
 from mammoxai.data.manifest import record_shape
 from mammoxai.errors import MammoXAIError
+from mammoxai.nets.backbones import check_backbone_grid
+from mammoxai.training.settings import check_settings
 
-__all__ = ["PATCH_LABELS", "PatchDataset"]
+__all__ = ["PATCH_LABELS", "PatchDataset", "check_patch_settings"]
 
 #: what a patch is labelled by: its image's class, or its finding's category
 PATCH_LABELS = ("image", "finding")
+
+
+def check_patch_settings(backbone: str, patch_size: object, backgrounds: object) -> None:
+    """Refuse patch settings no patch training can use, in ``train.json``'s ``initialize``, before any image is
+    read: a patch smaller than the backbone runs on fails in the first training step, a patch size of 0 or less in
+    the augmentation, and a negative background count silently trains on lesion patches only.
+
+    Args:
+        backbone: the network's backbone (:data:`~mammoxai.nets.backbones.BACKBONES`).
+        patch_size: ``patch_size``; None trains on whole images and checks nothing.
+        backgrounds: ``patch_backgrounds``, background patches per image.
+
+    Raises:
+        MammoXAIError: ``patch_size`` is not a positive whole number or is below the backbone's smallest grid;
+            ``backgrounds`` is not a whole number of 0 or more.
+    """
+    if patch_size is None:
+        return
+    check_settings(patch_size=patch_size, patch_backgrounds=backgrounds)
+    check_backbone_grid(backbone, int(patch_size), "patch_size")
 
 
 class PatchDataset(torch.utils.data.Dataset):

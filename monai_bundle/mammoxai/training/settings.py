@@ -81,6 +81,8 @@ SETTING_RULES: dict[str, SettingRule] = {
     "threshold_fraction": _fraction("0.5"),
     "view_size": _count(1, "256"),
     "backgrounds": _count(0, "2"),
+    "patch_size": _count(1, "64"),
+    "patch_backgrounds": _count(0, "1"),
     "max_images": _count(1, "10"),
     "max_images_per_patient": _count(1, "1"),
     "max_minutes": SettingRule(Real, lambda value: value > 0, "a positive number of minutes", "30"),
