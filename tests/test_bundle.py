@@ -26,7 +26,7 @@ from PIL import Image
 from mammoxai.cli import config_overrides, user_error
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
-from mammoxai.inference import InferenceRunner, MammogramPredictor
+from mammoxai.inference import InferenceRunner, MammogramPredictor, list_inputs
 from mammoxai.io import read_mammogram
 from mammoxai.io.heatmap import read_heatmap_nrrd
 from mammoxai.nets import MammoClassifier
@@ -835,6 +835,27 @@ def test_runner_keeps_the_suffix_when_two_inputs_share_a_stem(tmp_path):
         "case.png.json",
         "case.png_heatmap.nrrd",
     ]
+    assert summary.errors == {}
+
+
+def test_runner_mirrors_the_sub_folders_of_inputs_that_share_a_file_name(tmp_path):
+    # CBIS-DDSM names every image 1-1.dcm in a folder of its case: named by the file alone, each output replaced
+    # the one before
+    cases = {"Mass-Training_P_00001_LEFT_CC": "left", "Mass-Training_P_00004_RIGHT_MLO": "right"}
+    for case, chest_wall in cases.items():
+        (tmp_path / "in" / case).mkdir(parents=True)
+        write_mammo_dicom(tmp_path / "in" / case / "1-1.dcm", breast_pixels(chest_wall=chest_wall), PatientID=case)
+    files = list_inputs(tmp_path / "in", recursive=True)
+
+    summary = InferenceRunner(make_predictor(save_weights(tmp_path / "model.pt")), files, tmp_path / "out").run()
+
+    for case in cases:
+        json_path, heatmap_path = summary.written[str(tmp_path / "in" / case / "1-1.dcm")]
+        assert (json_path, heatmap_path) == (
+            tmp_path / "out" / case / "1-1.json",
+            tmp_path / "out" / case / "1-1_heatmap.nrrd",
+        )
+        assert json.loads(json_path.read_text())["image"]["source"] == str(tmp_path / "in" / case / "1-1.dcm")
     assert summary.errors == {}
 
 

@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -61,6 +62,7 @@ __all__ = [
     "InferenceRunner",
     "InferenceSummary",
     "list_inputs",
+    "output_names",
     "resolve_device",
     "write_heatmap",
     "write_prediction",
@@ -628,9 +630,15 @@ class InferenceSummary:
 class InferenceRunner:
     """Explain every input file: ``<output_dir>/<stem>.json`` (the prediction) and ``<stem>_heatmap.nrrd``.
 
+    Outputs mirror the inputs' sub-folders below the folder they all lie in: inputs from several folders often
+    share a file name (CBIS-DDSM's ``<case>/.../1-1.dcm``, a PACS export's ``<study>/IM0001``), and named by it
+    alone each output replaced the one before. So ``studies/case_a/1-1.dcm`` and ``studies/case_b/1-1.dcm`` give
+    ``<output_dir>/case_a/1-1.json`` and ``<output_dir>/case_b/1-1.json``; the files of one folder are written into
+    ``output_dir`` itself. Two inputs of one folder with the same stem (``case.dcm`` and ``case.png``) keep their
+    suffix in the output name.
+
     A file that cannot be read (wrong modality, corrupt pixels, no breast, ...) is logged with its
-    :class:`MammoXAIError` message and skipped; the others are still processed. Two inputs with the same stem
-    (``case.dcm`` and ``case.png``) keep their suffix in the output name.
+    :class:`MammoXAIError` message and skipped; the others are still processed.
 
     It is ``inference.json``'s ``evaluator``, the inference engine MONAI's bundle workflow properties ask for
     (with ``dataset_dir`` and ``dataset``): MONAI's ignite evaluators batch tensors, while explaining a mammogram
@@ -655,16 +663,14 @@ class InferenceRunner:
     def run(self) -> InferenceSummary:
         self.predictor.load_weights()  # no weights is one error for the run, not one per file
         summary = InferenceSummary()
-        stems = [path.stem for path in self.input_files]
-        for path in self.input_files:
-            name = path.stem if stems.count(path.stem) == 1 else path.name
+        for path, name in zip(self.input_files, output_names(self.input_files), strict=True):
             try:
                 prediction = self.predictor.predict(path)
             except MammoXAIError as error:
                 logger.warning("skipped %s", error)
                 summary.errors[str(path)] = str(error)
                 continue
-            summary.written[str(path)] = write_prediction(prediction, self.output_dir, name)
+            summary.written[str(path)] = write_prediction(prediction, self.output_dir / name.parent, name.name)
             predicted = prediction.record["predicted_class"]
             logger.info("%s: %s (p=%.3f)", path.name, predicted, prediction.record["probabilities"][predicted])
         logger.info(
@@ -675,6 +681,22 @@ class InferenceRunner:
             f"; {len(summary.errors)} skipped (see the warnings above)" if summary.errors else "",
         )
         return summary
+
+
+def output_names(paths: Sequence[Path]) -> list[Path]:
+    """Each input's output name, without the ``.json`` / ``_heatmap.nrrd`` ending: its path below the folder all the
+    inputs lie in, without the suffix unless another input of its folder has the same stem.
+
+    Example:
+        output_names([Path("a/x/1-1.dcm"), Path("a/y/1-1.dcm")])  # [Path("x/1-1"), Path("y/1-1")]
+    """
+    absolute = [Path(os.path.abspath(path)) for path in paths]
+    if not absolute:
+        return []
+    common = Path(os.path.commonpath([path.parent for path in absolute]))
+    relative = [path.relative_to(common) for path in absolute]
+    stems = Counter(path.with_suffix("") for path in relative)
+    return [path.with_suffix("") if stems[path.with_suffix("")] == 1 else path for path in relative]
 
 
 def write_heatmap(prediction: Prediction, path: str | os.PathLike) -> Path:
