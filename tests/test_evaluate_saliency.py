@@ -359,10 +359,27 @@ def test_a_tolerance_in_millimetres_on_png_images_is_refused_before_any_map(tmp_
     """A PNG has no header to give its pixel spacing: refused up front, not at the first such image of a long run."""
     records, csv = write_lesion_study(tmp_path)
     method = GRADCAM
-    with pytest.raises(
-        MammoXAIError, match=r"tolerance_unit 'mm': needs .* 1 PNG, TIFF or PGM file\(s\) lack: .*case1"
-    ):
+    with pytest.raises(MammoXAIError, match=r"tolerance_unit 'mm': needs .* 1 file\(s\) lack \(a PNG, .*: .*case1"):
         SaliencyEvaluator(records, csv, _models(), [method], tmp_path / "out", tolerance=5, tolerance_unit="mm")
+
+
+def test_a_tolerance_in_millimetres_on_a_dicom_without_pixel_spacing_is_refused_before_any_map(tmp_path):
+    """It failed part-way through the run, at the first such image, losing the images scored before it."""
+    pixels = np.zeros((160, 128), np.uint16)
+    pixels[10:150, :100], pixels[116:132, 66:82] = 900, 3000
+    with_spacing = write_mammo_dicom(tmp_path / "a.dcm", pixels)
+    without = write_mammo_dicom(tmp_path / "b.dcm", pixels, ImagerPixelSpacing=None, PixelSpacing=None)
+    csv = tmp_path / "finding_annotations.csv"
+    csv.write_text(
+        "image_id,finding_categories,xmin,ymin,xmax,ymax\na,['Mass'],66,116,82,132\nb,['Mass'],66,116,82,132\n"
+    )
+    records = [
+        {"path": str(path), "image_id": path.stem, "case_label": "malignant"} for path in (with_spacing, without)
+    ]
+
+    with pytest.raises(MammoXAIError, match=r"tolerance_unit 'mm': needs .* 1 file\(s\) lack .*: \S*b\.dcm \(give"):
+        SaliencyEvaluator(records, csv, _models(), [GRADCAM], tmp_path / "out", tolerance=1, tolerance_unit="mm")
+    SaliencyEvaluator(records[:1], csv, _models(), [GRADCAM], tmp_path / "out", tolerance=1, tolerance_unit="mm")
 
 
 def test_a_constant_map_points_nowhere():

@@ -62,8 +62,9 @@ from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, 
 from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.data.manifest import record_shape
 from mammoxai.errors import MammoXAIError, check_output_path, parse_names
-from mammoxai.io import read_mammogram, read_mask
+from mammoxai.io import read_dicom_header, read_mammogram, read_mask
 from mammoxai.io.breast import segment_breast
+from mammoxai.io.dicom import pixel_spacing
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.io.read import sniff_format
@@ -469,13 +470,17 @@ class SaliencyEvaluator:
         return {"tolerance": self.tolerance, "tolerance_unit": self.tolerance_unit}
 
     def _check_spacing_possible(self) -> None:
-        """Refuse, before any map is made, lesion images whose format has no header to give a pixel spacing (PNG,
-        TIFF, PGM): a tolerance in mm cannot be measured on them, and the run stopped only at the first of them,
-        losing every image scored before it."""
-        raster = [str(record["path"]) for record in self.records if sniff_format(record["path"]) != "dicom"]
-        if raster:
-            shown = ", ".join(raster[:3]) + (f" and {len(raster) - 3} more" if len(raster) > 3 else "")
-            problem = f"needs each image's pixel spacing, which {len(raster)} PNG, TIFF or PGM file(s) lack: {shown}"
+        """Refuse, before any map is made, lesion images without a pixel spacing: PNG, TIFF and PGM files, which have
+        no header to give one, and DICOM files whose header gives none that :func:`~mammoxai.io.dicom.pixel_spacing`
+        accepts (read from the header alone, a few kB per file). A tolerance in mm cannot be measured on them, and
+        the run stopped only at the first of them, losing every image scored before it."""
+        lacking = [str(record["path"]) for record in self.records if _header_spacing(record["path"]) is None]
+        if lacking:
+            shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+            problem = (
+                f"needs each image's pixel spacing, which {len(lacking)} file(s) lack (a PNG, TIFF or PGM has none, "
+                f"and a DICOM header may give none): {shown}"
+            )
             raise MammoXAIError("tolerance_unit 'mm'", problem, _PIXEL_TOLERANCE)
 
     def _spacing(self, mammogram: Any) -> tuple[float, float] | None:
@@ -630,6 +635,14 @@ class SaliencyEvaluator:
             report.add_figure(f"overlay_{number}", _overlay_figure(pixels, regions, maps, name), name)
         report.write(self.output_dir)
         logger.info("saliency evaluation of %d images -> %s", scored, self.output_dir)
+
+
+def _header_spacing(path: str | os.PathLike) -> tuple[float, float] | None:
+    """The (row, column) pixel spacing in mm that :func:`~mammoxai.io.read_mammogram` would give the image, from its
+    header alone: None for a PNG, TIFF or PGM, or a DICOM header without a plausible one."""
+    if sniff_format(path) != "dicom":
+        return None
+    return pixel_spacing(read_dicom_header(path), path)
 
 
 def _read_mask(path: str | os.PathLike, findings_csv: Path) -> np.ndarray:
