@@ -82,6 +82,28 @@ def test_a_grid_too_small_for_the_backbone_is_named_before_the_manifest_is_read(
 
 
 @pytest.mark.parametrize(
+    "configs, setting, value, message",
+    [
+        (["train.json"], "embed_dim", 0, "embed_dim: is 0, not a positive whole number (e.g. --embed_dim 256)"),
+        (["train.json"], "matching_dim", -4, "matching_dim: is -4, not a positive whole number"),
+        (["pretrain.json"], "embed_dim", -4, "embed_dim: is -4, not a positive whole number"),
+        (["pretrain.json"], "matching_dim", 0, "matching_dim: is 0, not a positive whole number"),
+        (["pretrain.json"], "temperature", "abc", "temperature: is 'abc', not a positive number (e.g. --temperature 0.1)"),
+        (["pretrain.json"], "temperature", 0, "temperature: is 0, not a positive number"),
+        (["pretrain.json", "multi_gpu_pretrain.json"], "contrastive_weight", "abc",
+         "contrastive_weight: is 'abc', not a number of 0 or more (e.g. --contrastive_weight 1.0)"),
+    ],
+)  # fmt: skip
+def test_network_and_loss_settings_no_run_can_use_are_named_before_the_manifest_is_read(
+    configs, setting, value, message, tmp_path
+):
+    """A dimension of 0 trained to the end and saved a constant model; a negative one, or a temperature or weight
+    that is no number, stopped in torch with a traceback."""
+    assert initialize_error(configs, tmp_path, **{setting: value}).startswith(message)
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
     "overrides, message",
     [
         ({"patch_size": 8}, "patch_size: is 8x8; mammo_cnn needs 16 pixels a side, which its downsampling makes one "

@@ -91,6 +91,10 @@ SETTING_RULES: dict[str, SettingRule] = {
     "baseline_draws": _count(1, "20"),
     "overlays": _count(0, "3"),
     "tolerance": SettingRule(Real, lambda value: value >= 0, "a distance of 0 or more", "0"),
+    "embed_dim": _count(1, "256"),
+    "matching_dim": _count(1, "128"),
+    "temperature": SettingRule(Real, lambda value: value > 0, "a positive number", "0.1"),
+    "contrastive_weight": SettingRule(Real, lambda value: value >= 0, "a number of 0 or more", "1.0"),
 }
 """Setting name → its rule; a config's setting of one of these names is checked with :func:`check_settings`."""
 
