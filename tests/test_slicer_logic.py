@@ -11,6 +11,7 @@ import hashlib
 import json
 import sys
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from mammoxai.io.heatmap import read_heatmap_nrrd
 from mammoxai.schema import validate_label, validate_prediction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" / "MammoXAI"))
-from loopback_servers import StandInServer, json_body  # noqa: E402
+from loopback_servers import Proxy, StandInServer, json_body  # noqa: E402
 from MammoXAILib import (  # noqa: E402
     MammoXAIClient,
     MammoXAIClientError,
@@ -170,8 +171,8 @@ def test_a_case_is_corrected_with_a_ras_box_saved_and_read_back(session, app_ser
     assert session.pending.pending() == []
 
 
-def run_ended(status_line):
-    return not status_line.startswith(("training SUBMITTED", "training RUNNING"))
+def run_ended(status):
+    return status.ended
 
 
 def save_two_patients_two_classes(session, app_server):
@@ -190,13 +191,15 @@ def test_training_on_final_labels_of_two_patients_starts_reports_running_and_sto
     assert app_server.model in session.info.trainers
     session.start_training({"epochs": 1})
     try:
-        status = wait_for(session.training_status, lambda line: not line.startswith("training SUBMITTED"))
-        assert status.startswith("training RUNNING (started "), status
+        status = wait_for(session.training_status, lambda status: not status.line.startswith("training SUBMITTED"))
+        assert status.line.startswith("training RUNNING (started "), status
+        assert not status.ended
     finally:
         stopped = session.stop_training()
 
     assert stopped["status"] == "STOPPED"
-    assert session.training_status().startswith("training STOPPED")
+    status = session.training_status()
+    assert status.line.startswith("training STOPPED") and status.ended
     assert app_server.checkpoint.read_bytes() == weights  # a run stopped midway never replaces the weights
 
 
@@ -217,10 +220,10 @@ def test_a_failed_training_run_is_reported_with_the_reason_from_its_log_and_a_do
     weights = app_server.checkpoint.read_bytes()
     try:
         session.start_training({"epochs": 1, "strict": True})
-        failed = wait_for(session.training_status, run_ended, 300)
+        failed = wait_for(session.training_status, run_ended, 300).line
         unchanged = app_server.checkpoint.read_bytes()
         session.start_training({"epochs": 1, "accept": "valid"})  # what the error offers
-        skipped = wait_for(session.training_status, run_ended, 300)
+        skipped = wait_for(session.training_status, run_ended, 300).line
     finally:
         requests.delete(f"{app_server.url}/datastore/image", params={"id": broken}, timeout=60)
         app_server.checkpoint.write_bytes(weights)  # the other tests' served weights
@@ -285,7 +288,8 @@ def test_a_done_run_says_the_corrections_it_left_out_only_when_it_left_some(app_
     task = {"id": "t1", "status": "DONE", "start_ts": "2024-05-01 09:30:12", "details": []}
     status = status_from_stand_in(task, info, tmp_path)
 
-    assert status == f"training DONE (started 2024-05-01 09:30:12){said}"
+    assert status.line == f"training DONE (started 2024-05-01 09:30:12){said}"
+    assert status.ended
 
 
 @pytest.mark.parametrize(
@@ -305,4 +309,35 @@ def test_a_failed_run_without_a_user_error_shows_its_last_error_line(app_server,
     task = {"id": "t1", "status": "ERROR", "start_ts": "2024-05-01 09:30:12", "details": details}
     status = status_from_stand_in(task, info, tmp_path)
 
-    assert status == "training ERROR (started 2024-05-01 09:30:12)" + (f": {reason}" if reason else "")
+    assert status.line == "training ERROR (started 2024-05-01 09:30:12)" + (f": {reason}" if reason else "")
+    assert status.ended
+
+
+@pytest.mark.parametrize(
+    "state, ended",
+    [("SUBMITTED", False), ("RUNNING", False), ("DONE", True), ("ERROR", True), ("STOPPED", True)],
+)
+def test_the_panel_polls_a_queued_or_running_run_until_it_reaches_a_final_state(app_server, tmp_path, state, ended):
+    """MONAI Label reports a run SUBMITTED until its process starts: the panel's first poll, straight after Train,
+    sees that, and must keep polling to see RUNNING and then DONE or ERROR."""
+    info = MammoXAIClient(app_server.url).info()
+    task = {"id": "t1", "status": state, "start_ts": "2024-05-01 09:30:12", "details": []}
+    status = status_from_stand_in(task, info, tmp_path)
+
+    assert status.line.startswith(f"training {state} (started 2024-05-01 09:30:12)")
+    assert status.ended == ended
+
+
+def test_a_training_status_the_server_cannot_give_for_a_moment_keeps_the_panel_polling(session, app_server, tmp_path):
+    upstream = urllib.parse.urlsplit(app_server.url)
+    with Proxy((upstream.hostname, upstream.port)) as proxy:
+        through = ReviewSession(proxy.url, str(tmp_path / "work"), str(tmp_path / "pending"))
+        through.connect()
+        proxy.down()
+        down = through.training_status()
+        proxy.up()
+        back = through.training_status()
+
+    assert down.line.startswith(f"training status unknown: Cannot reach the server at {proxy.url}"), down.line
+    assert not down.ended
+    assert back.line == session.training_status().line and not back.line.startswith("training status unknown")

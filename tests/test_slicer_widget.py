@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback_servers import StandInServer, json_body
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests" / "slicer_stub"), str(REPO / "slicer_extension" / "MammoXAI")]
@@ -242,3 +243,28 @@ def test_an_unexpected_failure_of_a_run_is_reported_and_leaves_the_panel_usable(
 
     assert "failed: No space left" in ui.statusLabel.text and "b00020" in ui.statusLabel.styleSheet
     assert ui.runButton.enabled and ui.nextCaseButton.enabled and ui.connectButton.enabled
+
+
+def test_training_status_is_polled_past_submitted_until_the_run_ends(widget, app_server):
+    """MONAI Label says SUBMITTED until the run's process starts, which is what the first poll after Train sees."""
+    info = MammoXAIClient(app_server.url).info()
+    info.pop("train_stats", None)  # what earlier runs of the real server left out
+    states = ["SUBMITTED", "RUNNING", "DONE"]
+
+    def respond(method, path):
+        if path.startswith("/train/"):
+            state = states[0] if method == "POST" else states.pop(0)
+            return 200, "application/json", json_body({"id": "t1", "status": state, "start_ts": "2024-05-01 09:30"})
+        return 200, "application/json", json_body(info)
+
+    with StandInServer(respond) as server:
+        connect(widget, server.url)
+        widget.ui.trainButton.clicked.emit()
+        assert widget.ui.trainStatusLabel.text == "training SUBMITTED (started 2024-05-01 09:30)"
+        assert widget.trainTimer.isActive()
+        widget.trainTimer.timeout.emit()
+        assert widget.ui.trainStatusLabel.text.startswith("training RUNNING") and widget.trainTimer.isActive()
+        widget.trainTimer.timeout.emit()
+
+    assert widget.ui.trainStatusLabel.text == "training DONE (started 2024-05-01 09:30)"
+    assert not widget.trainTimer.isActive()

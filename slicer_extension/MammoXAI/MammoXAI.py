@@ -232,12 +232,9 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
             self.onTrainPoll()
 
     def onTrainPoll(self):
-        try:
-            text = self.logic.session_or_fail().training_status()
-        except MammoXAIClientError as error:
-            text = f"training status unknown: {error.message}"
-        self.ui.trainStatusLabel.text = text
-        if "RUNNING" not in text:
+        status = self.logic.session_or_fail().training_status()
+        self.ui.trainStatusLabel.text = status.line
+        if status.ended:
             self.trainTimer.stop()
 
     # ---------------------------------------------------------------- view helpers

@@ -12,7 +12,7 @@ from .corrections import PendingCorrection, PendingCorrections
 from .errors import MammoXAIClientError
 from .geometry import box_lesion, check_heatmap, ijk_to_ras, point_lesion, ras_to_pixel, read_nrrd_geometry
 from .prediction import PredictionRow, PredictionView, parse_prediction
-from .review import BIRADS, STRATEGIES, Case, InferenceOutcome, ReviewSession, ServerInfo
+from .review import BIRADS, STRATEGIES, Case, InferenceOutcome, ReviewSession, ServerInfo, TrainingStatus
 
 __all__ = [
     "BIRADS",
@@ -28,6 +28,7 @@ __all__ = [
     "PredictionView",
     "ReviewSession",
     "ServerInfo",
+    "TrainingStatus",
     "box_lesion",
     "check_heatmap",
     "ijk_to_ras",

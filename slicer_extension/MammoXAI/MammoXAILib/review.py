@@ -33,12 +33,15 @@ from .errors import MammoXAIClientError
 from .geometry import check_heatmap
 from .prediction import PredictionView, parse_prediction
 
-__all__ = ["BIRADS", "STRATEGIES", "Case", "InferenceOutcome", "ReviewSession", "ServerInfo"]
+__all__ = ["BIRADS", "STRATEGIES", "Case", "InferenceOutcome", "ReviewSession", "ServerInfo", "TrainingStatus"]
 
 STRATEGIES = ("uncertainty", "random", "first")
 """Active-learning strategies in the order the panel prefers them; a strategy the server lacks falls back."""
 
 BIRADS = ("0", "1", "2", "3", "4", "5", "6")
+
+FINAL_STATES = ("DONE", "ERROR", "STOPPED")
+"""MONAI Label's states of a training task that no longer change; SUBMITTED (queued) and RUNNING do."""
 
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(\w*(?:Error|Exception)): (.+)$")
 """The last line of a Python traceback, e.g. ``mammoxai.errors.MammoXAIError: <message>``: (type, message)."""
@@ -65,6 +68,16 @@ class ServerInfo:
     def summary(self) -> str:
         training = "training available" if self.trainers else "no training on this server"
         return f"{self.name} {self.version}: model {self.model!r} ({', '.join(self.class_names)}); {training}"
+
+
+@dataclass(frozen=True)
+class TrainingStatus:
+    """The panel's training line, and whether asking the server again could change it."""
+
+    line: str
+    ended: bool
+    """The run reached a final state, none has run, or the status cannot be read for a reason that lasts: the
+    panel stops polling. A queued or running run, or a server down for a moment, keeps it polling."""
 
 
 @dataclass(frozen=True)
@@ -262,21 +275,29 @@ class ReviewSession:
             raise MammoXAIClientError("This server offers no training: start it with a trainer configured", "input")
         return self.client.train_start(_trained_model(info), params)
 
-    def training_status(self) -> str:
+    def training_status(self) -> TrainingStatus:
         """One line for the panel, e.g. "training RUNNING (started 2024-05-01 09:30:12)", "no training has run",
         for a failed run "training ERROR (started …): <the run's error>", or for a run that left corrections out
-        "training DONE (started …); 1 correction left out: image 'x' (<why>)"."""
-        status = self.client.train_status()
+        "training DONE (started …); 1 correction left out: image 'x' (<why>)"; and whether to poll again.
+
+        A status that cannot be read is a line too ("training status unknown: <why>"): a server down or slow for a
+        moment keeps the panel polling, as the run goes on without it.
+        """
+        try:
+            status = self.client.train_status()
+        except MammoXAIClientError as error:
+            ended = error.kind not in MammoXAIClientError.TRANSIENT_KINDS
+            return TrainingStatus(f"training status unknown: {error.message}", ended)
         if not status:
-            return "no training has run"
+            return TrainingStatus("no training has run", True)
         state = str(status.get("status", "unknown"))
         started = str(status.get("start_ts", ""))
         line = f"training {state}" + (f" (started {started})" if started else "")
         if state == "DONE":
             left_out = self._left_out()
-            return f"{line}; {left_out}" if left_out else line
+            line = f"{line}; {left_out}" if left_out else line
         reason = _failure_reason(status.get("details")) if state == "ERROR" else ""
-        return f"{line}: {reason}" if reason else line
+        return TrainingStatus(f"{line}: {reason}" if reason else line, state in FINAL_STATES)
 
     def _left_out(self) -> str:
         """The corrections the last run left out, e.g. "1 correction left out: image 'x' (<why>)"; "" for none.
