@@ -152,6 +152,21 @@ def test_missing_explainer_is_a_clear_error(tmp_path):
         load_explainer(tmp_path / "nothing.pt")
 
 
+@pytest.mark.parametrize(
+    "write, problem",
+    [
+        # read with torch.load alone, 100 random bytes raised torch's UnpicklingError
+        (lambda path: path.write_bytes(np.random.default_rng(0).bytes(100)), "is not a readable ablation explainer"),
+        (lambda path: torch.save({"weight": torch.zeros(3)}, path), "is not an ablation explainer file"),
+        (lambda path: torch.save(torch.zeros(3), path), "is not an ablation explainer file"),
+    ],
+)
+def test_a_file_that_is_no_explainer_is_a_clear_error(tmp_path, write, problem):
+    write(tmp_path / "explainer.pt")
+    with pytest.raises(MammoXAIError, match=f"explainer.pt: {problem} .*rerun configs/ablation.json"):
+        load_explainer(tmp_path / "explainer.pt")
+
+
 def test_probe_needs_two_classes():
     with pytest.raises(MammoXAIError, match="at least two"):
         fit_probe(torch.randn(5, 3), torch.zeros(5, dtype=torch.long), ["only", "other"], target="view")

@@ -45,6 +45,7 @@ from mammoxai.data.dataset import LabelMap, class_spellings
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io.fields import MetadataLabelSpace
 from mammoxai.metrics import bootstrap_ci, cohens_dz
+from mammoxai.nets.files import read_torch_file
 from mammoxai.reports import Report, bar_figure
 from mammoxai.training.evaluate_pretrain import bootstrap_groups, collect_outputs
 from mammoxai.training.pretrain import record_metadata
@@ -294,18 +295,25 @@ def save_explainer(path: str | os.PathLike, probe: LinearProbe, means: Mapping[s
 
 
 def load_explainer(path: str | os.PathLike) -> tuple[LinearProbe, dict[str, torch.Tensor]]:
-    """The probe and task means written by :func:`save_explainer`."""
+    """The probe and task means written by :func:`save_explainer`.
+
+    The file is read by :func:`~mammoxai.nets.files.read_torch_file`, as every weights reader reads its file: read
+    here with ``torch.load`` alone, a damaged file raised torch's own ``UnpicklingError`` or ``EOFError``.
+
+    Raises:
+        MammoXAIError: the file is missing, not a readable PyTorch file, or not one :func:`save_explainer` wrote.
+    """
+    fix = "rerun configs/ablation.json"
+    if not Path(path).is_file():
+        raise MammoXAIError(path, "no ablation explainer here", "run configs/ablation.json first")
+    saved = read_torch_file(path, "ablation explainer file", fix)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
         probe = LinearProbe(saved["probe"]["center"].numel(), saved["class_names"], saved["target"])
         probe.load_state_dict(saved["probe"])
-    except FileNotFoundError:
-        raise MammoXAIError(path, "no ablation explainer here", "run configs/ablation.json first") from None
-    except (KeyError, RuntimeError, OSError) as error:
-        raise MammoXAIError(
-            path, f"is not an ablation explainer file ({error})", "rerun configs/ablation.json"
-        ) from None
-    return probe.eval(), dict(saved["means"])
+        means = dict(saved["means"])
+    except (KeyError, IndexError, TypeError, AttributeError, RuntimeError) as error:
+        raise MammoXAIError(path, f"is not an ablation explainer file ({error!r})", fix) from None
+    return probe.eval(), means
 
 
 def downstream_labels(
