@@ -11,7 +11,7 @@ import pytest
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from mammoxai.errors import MammoXAIError
-from mammoxai.training.settings import check_run_settings, check_settings
+from mammoxai.training.settings import check_limits, check_run_settings, check_settings
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
@@ -257,6 +257,15 @@ def test_an_evaluation_setting_no_run_can_use_is_named_before_anything_is_read(
     """The bundle root holds no checkpoint either: had initialize loaded one, the error would name it instead."""
     error = initialize_error(configs, tmp_path, bundle_root=tmp_path, **{setting: value})
     assert re.fullmatch(message + ".*", error), error
+
+
+@pytest.mark.parametrize("value", [0, -1, "abc"])
+def test_a_cap_on_matching_pairs_below_one_is_named_before_anything_is_read(value, tmp_path):
+    """-1 failed after every image was scored; 0 reported that no test patient had two images of one study."""
+    error = initialize_error(["evaluate_pretrain.json"], tmp_path, bundle_root=tmp_path, max_positive_pairs=value)
+    assert error.startswith(f"max_positive_pairs: is {value!r}, not a positive whole number"), error
+    check_limits(max_positive_pairs=None)  # no cap
+    check_limits(max_positive_pairs=1)
 
 
 @pytest.mark.parametrize(

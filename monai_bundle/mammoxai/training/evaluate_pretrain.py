@@ -427,7 +427,8 @@ class PretrainEvaluator:
         device: where the network runs.
         amp: mixed precision on CUDA.
         threshold_fraction: share of the held-out patients on which the matching threshold is chosen.
-        max_positive_pairs: cap on positive matching pairs per part (None: all same-study pairs).
+        max_positive_pairs: cap on positive matching pairs per part, at least 1 (None: all same-study pairs;
+            ``configs/evaluate_pretrain.json`` checks it before any image is read).
         matching_stratum: a field of ``label_space`` (default ``xray_system``) whose shared value makes a
             negative pair hard: matching is also scored against those negatives only. None: not scored.
         n_bootstrap: resamples of the bootstrap intervals (patients are resampled).

@@ -31,6 +31,7 @@ __all__ = [
     "another_would_overrun",
     "check_run_settings",
     "check_settings",
+    "check_limits",
 ]
 
 
@@ -85,6 +86,7 @@ SETTING_RULES: dict[str, SettingRule] = {
     "patch_backgrounds": _count(0, "1"),
     "max_images": _count(1, "10"),
     "max_images_per_patient": _count(1, "1"),
+    "max_positive_pairs": _count(1, "10000"),
     "max_minutes": SettingRule(Real, lambda value: value > 0, "a positive number of minutes", "30"),
     "deletion_steps": _count(0, "20"),
     "sanity_images": _count(0, "10"),
@@ -114,6 +116,16 @@ def check_settings(**settings: object) -> None:
         usable = isinstance(value, rule.kind) and not isinstance(value, bool) and math.isfinite(value)
         if not (usable and rule.in_range(value)):
             raise MammoXAIError(name, f"is {value!r}, not {rule.wanted}", f"e.g. --{name} {rule.example}")
+
+
+def check_limits(**limits: object) -> None:
+    """Refuse limits (``max_positive_pairs``, ``max_images``, ...) that are set and that no run can use
+    (:func:`check_settings`); None is no limit.
+
+    Raises:
+        MammoXAIError: a limit that is set is of the wrong type or out of range.
+    """
+    check_settings(**{name: value for name, value in limits.items() if value is not None})
 
 
 def another_would_overrun(start: float, done: int, max_minutes: float | None) -> bool:
