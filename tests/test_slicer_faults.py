@@ -7,10 +7,13 @@ proxy to the real MammoXAI server that goes down and comes back, and the real se
 from __future__ import annotations
 
 import copy
+import json
+import os
 import pickle
 import sys
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 
 import pytest
@@ -158,9 +161,9 @@ def test_a_correction_made_while_the_server_is_down_is_sent_when_it_is_back(app_
             session.submit(image_id, label)
 
         assert raised.value.kind == "unreachable"
-        assert "kept and will be sent when you connect again" in raised.value.message
+        assert f"kept and will be sent to {proxy.url} when you connect to it again" in raised.value.message
         # the correction survives the panel: a new session on the same folder finds it
-        assert [kept.label for kept in PendingCorrections(str(tmp_path / "pending")).pending()] == [label]
+        assert [kept.label for kept in PendingCorrections(str(tmp_path / "pending"), proxy.url).pending()] == [label]
 
         proxy.up()
         later = session_for(proxy.url, tmp_path)
@@ -168,3 +171,111 @@ def test_a_correction_made_while_the_server_is_down_is_sent_when_it_is_back(app_
 
         assert later.pending.pending() == []
         assert later.read_back(image_id) == label
+
+
+def fresh_image(app_server):
+    """A copy of a study under a new id: an image no test has labelled."""
+    image_id = f"copy_{uuid.uuid4().hex[:8]}"
+    MammoXAIClient(app_server.url).upload_image(str(app_server.studies / f"{app_server.study_ids()[0]}.dcm"), image_id)
+    return image_id
+
+
+def test_a_kept_correction_goes_out_with_the_next_save_the_server_accepts(app_server, tmp_path):
+    upstream = urllib.parse.urlsplit(app_server.url)
+    first, second = fresh_image(app_server), fresh_image(app_server)
+    with Proxy((upstream.hostname, upstream.port)) as proxy:
+        session = session_for(proxy.url, tmp_path)
+        session.connect()
+        kept = session.make_label(app_server.class_names[1], birads="3")
+        proxy.down()
+        with pytest.raises(MammoXAIClientError):
+            session.submit(first, kept)
+        proxy.up()
+
+        session.submit(second, session.make_label(app_server.class_names[0]))  # no new Connect
+
+        assert session.pending.pending() == []
+        assert session.read_back(first) == kept
+
+
+def test_a_correction_kept_for_one_server_waits_for_it_and_never_goes_to_another(app_server, tmp_path):
+    """The same image id on another server may be another patient's image: a correction goes to its own server."""
+    upstream = urllib.parse.urlsplit(app_server.url)
+    image_id = fresh_image(app_server)
+    info = MammoXAIClient(app_server.url).info()
+    seen = []
+
+    def respond(method, path):
+        seen.append((method, path))
+        return 200, "application/json", json_body({"image": "other"} if method == "PUT" else info)
+
+    with Proxy((upstream.hostname, upstream.port)) as proxy, StandInServer(respond) as other:
+        session = session_for(proxy.url, tmp_path)
+        session.connect()
+        label = session.make_label(app_server.class_names[1], birads="4")
+        proxy.down()
+        with pytest.raises(MammoXAIClientError):
+            session.submit(image_id, label)
+
+        elsewhere = session_for(other.url, tmp_path)  # the same pending folder: one per Slicer install
+        elsewhere.connect()
+        elsewhere.submit("case_of_other", elsewhere.make_label(app_server.class_names[0]))
+        summary = elsewhere.pending_summary()
+
+        proxy.up()
+        back = session_for(proxy.url, tmp_path)
+        back.connect()
+        assert back.read_back(image_id) == label
+
+    assert [path for method, path in seen if method == "PUT"] == ["/datastore/label?image=case_of_other&tag=final"]
+    assert summary == f"1 correction waits for {proxy.url} (connect there to send)"
+    assert back.pending.pending() == [] and back.pending.elsewhere() == {}
+
+
+def test_a_correction_of_an_earlier_panel_naming_no_server_is_sent_only_when_the_user_says_so(app_server, tmp_path):
+    image_id = fresh_image(app_server)
+    session = session_for(app_server.url, tmp_path)
+    label = {"class": app_server.class_names[2], "annotator": "dr.old", "timestamp": "2024-05-01T09:30:12+00:00"}
+    old = tmp_path / "pending" / f"{image_id}.final.pending.json"  # as the panel wrote it before records named a server
+    old.write_text(json.dumps({"image_id": image_id, "tag": "final", "label": label, "last_error": "Cannot reach"}))
+
+    session.connect()
+
+    assert old.is_file()
+    with pytest.raises(MammoXAIClientError) as raised:
+        session.read_back(image_id)
+    assert raised.value.status == 404  # not sent on connect
+    assert "1 correction saved by an earlier version of the panel name no server" in session.pending_summary()
+    assert session.send_unassigned() == (1, [image_id])
+    assert session.read_back(image_id) == label
+    assert not old.exists() and session.pending.unassigned() == [] and session.pending_summary() == ""
+
+
+def test_a_damaged_correction_file_is_set_aside_and_named_instead_of_failing_every_connect(app_server, tmp_path):
+    store = PendingCorrections(str(tmp_path / "pending"), app_server.url)
+    store.put("case_good", {"class": app_server.class_names[0]}, last_error="Cannot reach")
+    empty = os.path.join(store.server_folder, "case_cut.final.pending.json")
+    open(empty, "wb").close()  # a power cut after the rename, before the data reached the disk
+    (tmp_path / "pending" / "case_old.final.pending.json").write_text('{"image_id": "case_old", "ta')
+
+    session = session_for(app_server.url, tmp_path)
+    session.connect()  # raised json.JSONDecodeError here, on every connect
+    summary = session.pending_summary()
+
+    assert [correction.image_id for correction in session.pending.pending()] == ["case_good"]  # kept: refused 404
+    assert not os.path.exists(empty) and os.path.getsize(empty + ".damaged") == 0  # moved aside, not deleted
+    old = tmp_path / "pending" / "case_old.final.pending.json.damaged"
+    assert old.read_text() == '{"image_id": "case_old", "ta'
+    assert f"a damaged correction file was set aside, not sent: {empty}.damaged" in summary
+    assert f"set aside, not sent: {old}" in summary
+
+
+def test_a_kept_correction_is_on_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    store = PendingCorrections(str(tmp_path / "pending"), "http://127.0.0.1:8000")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_size) or real_fsync(fd))
+
+    path = store.put("case1", {"class": "benign"})
+
+    assert synced == [os.path.getsize(path)] and synced[0] > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import sys
 import threading
 import uuid
@@ -268,3 +269,23 @@ def test_training_status_is_polled_past_submitted_until_the_run_ends(widget, app
 
     assert widget.ui.trainStatusLabel.text == "training DONE (started 2024-05-01 09:30)"
     assert not widget.trainTimer.isActive()
+
+
+def test_connect_says_what_is_kept_and_old_corrections_are_sent_only_by_their_button(widget, app_server, unlabelled):
+    label = {"class": app_server.class_names[0], "annotator": "dr.old", "timestamp": "2024-05-01T09:30:12+00:00"}
+    old = Path(widget.logic.pendingFolder) / f"{unlabelled}.final.pending.json"  # saved by an earlier panel
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text(json.dumps({"image_id": unlabelled, "tag": "final", "label": label, "last_error": ""}))
+
+    connect(widget, app_server.url)
+
+    status = widget.ui.statusLabel.text
+    assert status.startswith("Connected. Kept on disk: 1 correction saved by an earlier version"), status
+    assert "'Send old corrections here'" in status and widget.ui.sendUnassignedButton.enabled
+    assert old.is_file()
+
+    widget.ui.sendUnassignedButton.clicked.emit()
+
+    assert widget.ui.statusLabel.text == "Sent 1 of 1 old correction(s)."
+    assert widget.logic.session.read_back(unlabelled) == label
+    assert not widget.ui.sendUnassignedButton.enabled

@@ -96,6 +96,7 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
         self.ui.biradsComboBox.addItems(["", *BIRADS])
 
         self.ui.connectButton.clicked.connect(self.onConnect)
+        self.ui.sendUnassignedButton.clicked.connect(self.onSendUnassigned)
         self.ui.nextCaseButton.clicked.connect(self.onNextCase)
         self.ui.runButton.clicked.connect(self.onRun)
         self.ui.cancelRunButton.clicked.connect(self.onCancelRun)
@@ -137,8 +138,20 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
             self.ui.saliencyComboBox.clear()  # what this server can run on its grid; empty: its configured method
             self.ui.saliencyComboBox.addItems(info.saliency_methods)
             self.ui.saliencyComboBox.currentText = info.saliency_method
-            pending = len(self.logic.session.pending.pending())
-            self._status(f"Connected. {pending} unsent correction(s) kept." if pending else "Connected.")
+            kept = self.logic.session.pending_summary()
+            self._status(f"Connected. Kept on disk: {kept}." if kept else "Connected.")
+        self._updateButtons()
+
+    def onSendUnassigned(self):
+        """Send the corrections an earlier version of the panel kept without a server to the connected one: the
+        user's word that they were made on it."""
+        session = self.logic.session_or_fail()
+        with self._busy(f"Sending old corrections to {session.client.url}…"):
+            adopted, sent = session.send_unassigned()
+            kept = session.pending_summary()
+            self._status(
+                f"Sent {len(sent)} of {adopted} old correction(s)." + (f" Kept on disk: {kept}." if kept else "")
+            )
         self._updateButtons()
 
     def onNextCase(self):
@@ -271,6 +284,7 @@ class MammoXAIWidget(ScriptedLoadableModuleWidget):
     def _updateButtons(self):
         connected, idle = self.logic.session is not None, self.running is None
         self.ui.connectButton.enabled = idle
+        self.ui.sendUnassignedButton.enabled = connected and idle and bool(self.logic.session.pending.unassigned())
         self.ui.nextCaseButton.enabled = connected and idle
         self.ui.runButton.enabled = connected and idle and self.case is not None
         self.ui.cancelRunButton.enabled = not idle

@@ -6,8 +6,8 @@ marks already converted to pixels (:mod:`MammoXAILib.geometry`). Keeping the wor
 against a real server, and keeps the Qt layer thin.
 
 Faults never lose work: a correction is stored on disk before it is sent and stays there until the server
-accepts it (:class:`~MammoXAILib.corrections.PendingCorrections`); :meth:`ReviewSession.connect` sends what is
-left from an earlier attempt.
+accepts it (:class:`~MammoXAILib.corrections.PendingCorrections`, kept apart by server); :meth:`ReviewSession.connect`
+and each accepted :meth:`ReviewSession.submit` send what is left for this server from an earlier attempt.
 
 Example:
     session = ReviewSession("http://127.0.0.1:8000", work_folder, pending_folder, annotator="dr.smith")
@@ -124,13 +124,14 @@ class ReviewSession:
     ) -> None:
         self.client = MammoXAIClient(url, token=token, timeout=timeout, infer_timeout=infer_timeout)
         self.work_folder = work_folder
-        self.pending = PendingCorrections(pending_folder)
+        self.pending = PendingCorrections(pending_folder, self.client.url)
         self.annotator = annotator.strip() or "unknown"
         self.info: ServerInfo | None = None
 
     # ---------------------------------------------------------------- connect
     def connect(self, username: str = "", password: str = "") -> ServerInfo:
-        """Log in when a user name is given, read the server's info and send any correction left from before.
+        """Log in when a user name is given, read the server's info and send this server's corrections left from
+        before (:meth:`pending_summary` says what is still kept).
 
         Args:
             username: for a server with authentication (``POST /auth/token`` through its identity provider); the
@@ -169,6 +170,40 @@ class ReviewSession:
         )
         self.pending.send_all(self.client)
         return self.info
+
+    def pending_summary(self) -> str:
+        """What is kept on disk unsent, for the panel's status line; ``""`` when nothing is.
+
+        E.g. "1 correction unsent kept for this server; 2 corrections wait for http://a:8000 (connect there to
+        send)"; corrections an earlier version of the panel saved without a server are counted with the way to
+        send them here (:meth:`send_unassigned`), and damaged record files are named.
+        """
+        parts = []
+        kept = len(self.pending.pending())
+        if kept:
+            parts.append(f"{_corrections(kept)} unsent kept for this server")
+        for url, count in self.pending.elsewhere().items():
+            parts.append(f"{_corrections(count)} wait{'s' if count == 1 else ''} for {url} (connect there to send)")
+        unassigned = len(self.pending.unassigned())
+        if unassigned:
+            parts.append(
+                f"{_corrections(unassigned)} saved by an earlier version of the panel name no server: if made on "
+                "this server, press 'Send old corrections here'"
+            )
+        for path in self.pending.damaged():
+            parts.append(f"a damaged correction file was set aside, not sent: {path}")
+        return "; ".join(parts)
+
+    def send_unassigned(self) -> tuple[int, list[str]]:
+        """Send the corrections an earlier version of the panel saved without naming a server to this server.
+
+        Only on the user's word (see :mod:`MammoXAILib.corrections`): they become this server's and stay kept
+        until it accepts them. Returns how many were taken over and the image ids sent.
+        """
+        self._connected()
+        adopted = self.pending.adopt_unassigned()
+        sent, _ = self.pending.send_all(self.client)
+        return adopted, sent
 
     def _connected(self) -> ServerInfo:
         if self.info is None:
@@ -255,13 +290,20 @@ class ReviewSession:
     def submit(self, image_id: str, label: dict[str, Any]) -> dict[str, Any]:
         """Save ``label`` as the final label of ``image_id`` (``PUT /datastore/label?tag=final``).
 
-        The correction is on disk before it is sent; when sending fails it stays there and the error says so.
+        The correction is on disk before it is sent; when sending fails it stays there and the error says so. Once
+        the server accepted it, the corrections kept for this server from earlier attempts are sent too: the server
+        is back.
         """
         try:
-            return self.pending.send(self.client, image_id, label, tag="final")
+            answer = self.pending.send(self.client, image_id, label, tag="final")
         except MammoXAIClientError as error:
-            message = f"{error.message}. The correction of {image_id} is kept and will be sent when you connect again"
+            message = (
+                f"{error.message}. The correction of {image_id} is kept and will be sent to {self.client.url} when "
+                "you connect to it again or save another correction there"
+            )
             raise MammoXAIClientError(message, error.kind, error.status) from error
+        self.pending.send_all(self.client)
+        return answer
 
     def read_back(self, image_id: str) -> dict[str, Any]:
         """The final label the server holds for ``image_id``."""
@@ -315,10 +357,14 @@ class ReviewSession:
         if not isinstance(left_out, dict) or not left_out:
             return ""
         images = ", ".join(f"image {str(image_id)!r} ({reason})" for image_id, reason in left_out.items())
-        return f"{len(left_out)} correction{'s' if len(left_out) > 1 else ''} left out: {images}"
+        return f"{_corrections(len(left_out))} left out: {images}"
 
     def stop_training(self) -> dict[str, Any]:
         return self.client.train_stop()
+
+
+def _corrections(count: int) -> str:
+    return f"{count} correction{'s' if count != 1 else ''}"
 
 
 def _trained_model(info: ServerInfo) -> str:
