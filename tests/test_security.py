@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -365,16 +366,32 @@ def test_infer_reads_no_file_outside_the_datastore(secured, realm, image_id, tmp
     outside = tmp_path / "outside.dcm"
     shutil.copy(secured.studies / f"{image_id}.dcm", outside)  # a readable mammogram, but not a datastore image
     relative = os.path.relpath(outside, secured.log.parent)  # the server's working folder
+    handle, in_flight = tempfile.mkstemp(suffix=".dcm")  # named like the copy of another user's image being inferred
+    os.close(handle)
+    shutil.copy(outside, in_flight)
 
-    for image in (
-        str(outside),
-        relative,
-        f"../{secured.studies.name}/{image_id}.dcm",
-        "/etc/passwd",
-        "%2Fetc%2Fpasswd",
-    ):
-        response = infer(secured, image, realm.headers(USER))
-        assert response.status_code == 404, (image, response.text)
+    try:
+        for image in (
+            str(outside),
+            relative,
+            f"../{secured.studies.name}/{image_id}.dcm",
+            "/etc/passwd",
+            "%2Fetc%2Fpasswd",
+            in_flight,
+        ):
+            response = infer(secured, image, realm.headers(USER))
+            assert response.status_code == 404, (image, response.text)
+        sending_one = requests.post(  # an image sent with the request, and the other named in its params
+            f"{secured.url}/infer/mammoxai",
+            params={"output": "json"},
+            files={"file": ("sent.dcm", outside.read_bytes())},
+            data={"params": json.dumps({"image": in_flight})},
+            headers=realm.headers(USER),
+            timeout=300,
+        )
+        assert sending_one.status_code == 404, sending_one.text
+    finally:
+        os.remove(in_flight)
 
 
 @pytest.mark.parametrize("label", ["../studies/labels/final/x", "/etc/passwd", "..%2F..%2Fserver.log"])

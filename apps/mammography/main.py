@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from lib.datastore import MammogramDatastore
 from lib.dicomweb import DICOMwebMammogramDatastore
 from lib.http_errors import check_offered, install_request_error_handlers, not_found
 from lib.infers import MammogramClassification, load_predictor
-from lib.route_guards import install_route_guards
+from lib.route_guards import install_route_guards, request_upload
 from lib.scoring import UncertaintyScoring
 from lib.security import check_auth_realm, install_login_guard, install_request_size_limit, install_token_verifier
 from lib.trainers import CorrectionsTrainer, install_train_guard
@@ -172,7 +171,7 @@ class MammographyApp(MONAILabelApp):
         check_offered("model", request.get("model"), self._infers)
         image, name, source = request.get("image"), "image sent with the request", ""
         datastore = datastore or self.datastore()
-        if isinstance(image, str) and not _is_request_upload(image):
+        if isinstance(image, str) and image != request_upload():
             # an id names a datastore image and nothing else: MONAI Label would also read any server path given
             name, source, image = f"image {image!r}", image, datastore.get_image_uri(image)
             if not image:
@@ -191,9 +190,3 @@ class MammographyApp(MONAILabelApp):
         """
         task = self._infers.get(request.get("model"))
         return self.infer({**(task.config() if task else {}), **request}, datastore)
-
-
-def _is_request_upload(path: str) -> bool:
-    """Whether ``path`` is the temporary file MONAI Label's ``/infer`` endpoint wrote for an image sent with it."""
-    folder, name = os.path.split(path)
-    return folder == tempfile.gettempdir() and name.startswith("tmp") and os.path.isfile(path)

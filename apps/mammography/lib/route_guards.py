@@ -10,9 +10,12 @@ routes (``/infer/wsi_v2/<model>``, ``/infer/wsi/<model>``) also for a model it d
 field (``params`` of ``/infer``, of an image upload and of a label; ``info`` of an image or a label; ``wsi``)
 answers 500 when the field is JSON but not an object (``[1, 2]``, ``"x"``): MONAI Label adds the user's name to it,
 merges it into the datastore index or reads fields from it.
-:func:`install_route_guards` puts a route in front of each, with the same role and parameters, that refuses what the
-app cannot serve and passes every other request on to MONAI Label's own handler, as
-:func:`~lib.trainers.install_train_guard` does for ``POST /train/<model>``.
+MONAI Label's ``/infer`` reads any server path given as the image, as it must for the copy it makes of an image sent
+with the request; the ``/infer`` guards make that copy themselves, so that the app knows it (:func:`request_upload`)
+and reads every other image string as a datastore id (a temporary file may be another user's image, sent with a
+request still in progress). :func:`install_route_guards` puts a route in front of each, with the same role and
+parameters, that refuses what the app cannot serve and passes every other request on to MONAI Label's own handler,
+as :func:`~lib.trainers.install_train_guard` does for ``POST /train/<model>``.
 
 Every guard route is a plain function, which FastAPI runs in its thread pool. MONAI Label's own routes are ``async``
 and run on the server's one event loop, so an inference (a faithful saliency method takes minutes on a CPU), a batch
@@ -26,7 +29,13 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Collection, Mapping
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
@@ -48,10 +57,46 @@ from lib.http_errors import check_offered, client_errors, not_found, validation_
 from lib.scoring import UncertaintyScoring
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["install_route_guards"]
+__all__ = ["install_route_guards", "request_upload"]
 
 BATCH_DEFAULTS: dict[str, Any] = inspect.signature(batch_endpoints.api_run).parameters["params"].default
 """MONAI Label's batch-inference params when a request sends none, kept so the guard changes nothing else."""
+
+
+_REQUEST_UPLOAD: ContextVar[str | None] = ContextVar("request_upload", default=None)
+
+
+def request_upload() -> str | None:
+    """The server's copy of the image sent with the ``/infer`` request being served (form field ``file``), or None.
+
+    The app reads every other image string of a request as a datastore id, also one that looks like such a copy: a
+    path in the temporary folder may be another user's image, sent with a request still in progress.
+    """
+    return _REQUEST_UPLOAD.get()
+
+
+@contextmanager
+def _sent_image(file: UploadFile | None, unnamed_suffix: str) -> Iterator[str | None]:
+    """Copy the image sent with the request to a temporary file, as MONAI Label's handler would, and make it
+    :func:`request_upload` while the block runs (the inference); None for a request that sent none.
+
+    Args:
+        file: the form field ``file``.
+        unnamed_suffix: the suffix MONAI Label's handler gives a file sent without a name.
+    """
+    if not file:
+        yield None
+        return
+    suffix = "".join(Path(file.filename).suffixes) if file.filename else unnamed_suffix
+    handle, path = tempfile.mkstemp(suffix=suffix)
+    with os.fdopen(handle, "wb") as copy:
+        shutil.copyfileobj(file.file, copy)
+    token = _REQUEST_UPLOAD.set(path)
+    try:
+        yield path
+    finally:
+        _REQUEST_UPLOAD.reset(token)
+        os.remove(path)
 
 
 def _json_object(text: str, source: str, example: str) -> dict[str, Any]:
@@ -115,7 +160,10 @@ def install_route_guards(
         check_infer(f"POST /infer/{model}", model, bool(image or file or session_id))
         with client_errors():
             _json_object(params, f"POST /infer/{model} params", 'params={"saliency": {"method": "gradcam"}}')
-        return infer_endpoints.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+        with _sent_image(file, ".nii.gz") as sent:
+            return infer_endpoints.run_inference(
+                background_tasks, model, sent or image, session_id, params, None, label, output
+            )
 
     # MONAI Label's whole-slide-image routes run the same inference on a mammogram (it is not a slide)
     @router.post(f"{api}/infer/wsi_v2/{{model}}", summary="Classify one mammogram and explain it (WSI route)")
@@ -140,7 +188,10 @@ def install_route_guards(
                 problems = validation_problems(error.errors())
                 fix = f"send the fields {sorted(WSIInput.model_fields)} with these types, e.g. {example}"
                 raise MammoXAIError(f"{route} wsi", problems, fix) from error
-        return wsi_endpoints.run_wsi_inference(background_tasks, model, image, session_id, file, region, output)
+        with _sent_image(file, ".png") as sent:
+            return wsi_endpoints.run_wsi_inference(
+                background_tasks, model, sent or image, session_id, None, region, output
+            )
 
     @router.post(f"{api}/infer/wsi/{{model}}", include_in_schema=False, deprecated=True)
     def infer_wsi_deprecated(
