@@ -501,6 +501,24 @@ def test_cbis_findings_round_trip_through_a_vindr_style_csv(cbis, tmp_path):
     assert first["finding_birads"].startswith("BI-RADS ") and first["mask"].startswith("../tcia/CBIS-DDSM/")
 
 
+def test_findings_keep_the_size_of_their_image_through_a_csv(tmp_path):
+    # read_vindr's findings carry the height and width of VinDr's CSV; written without them, a box drawn on another
+    # size of the image was no longer refused by check_image_shape
+    finding = Finding("a", ("Mass",), (1.0, 2.0, 3.0, 4.0), image_shape=(96, 64))
+    without = Finding("b", ("Mass",), (1.0, 2.0, 3.0, 4.0))
+    read = read_findings(write_findings([finding, without], tmp_path / "findings.csv"))
+    assert [found.image_shape for found in read] == [(96, 64), None]
+
+
+@pytest.mark.parametrize("cell", ["", "NA", "N/A"])
+def test_a_finding_without_a_mask_file_has_no_mask(tmp_path, cell):
+    # "NA" was read as the path <csv folder>/NA, and the saliency evaluation refused it as a missing mask
+    (tmp_path / "f.csv").write_text(
+        f"image_id,finding_categories,xmin,ymin,xmax,ymax,mask\na,['Mass'],1,2,3,4,{cell}\n"
+    )
+    assert read_findings(tmp_path / "f.csv")[0].mask is None
+
+
 def test_a_finding_csv_without_box_columns_is_named(tmp_path):
     write_csv(tmp_path / "f.csv", ["image_id", "finding_categories"], [["a", "['Mass']"]])
     with pytest.raises(MammoXAIError, match="f.csv: has no column 'xmin', 'ymin', 'xmax', 'ymax'"):

@@ -50,7 +50,10 @@ __all__ = [
 #: VinDr-Mammo's finding categories grouped into masses, calcifications, every other finding, and no finding
 LESION_CLASSES: tuple[str, ...] = ("mass", "calcification", "other", "no_finding")
 
-_COLUMNS = ("image_id", "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax", "label", "mask")
+_COLUMNS = (
+    "image_id", "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax", "label", "mask", "height",
+    "width",
+)  # fmt: skip
 _BOX = ("xmin", "ymin", "xmax", "ymax")
 
 
@@ -140,7 +143,7 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
             continue
         if not row["image_id"]:
             raise MammoXAIError(csv_path, f"line {line} has a box but no image_id", "fill it in or delete the row")
-        mask = row.get("mask")
+        mask = row.get("mask") or ""  # empty, or "NA" as R and spreadsheets write it: no mask file
         findings.append(
             Finding(
                 image_id=row["image_id"],
@@ -148,7 +151,7 @@ def read_findings(csv_path: str | os.PathLike) -> list[Finding]:
                 box=_parse_box(cells, csv_path, line),
                 birads=parse_birads(row.get("finding_birads")),
                 label=row.get("label") or None,
-                mask=os.path.normpath(csv_path.parent / mask) if mask else None,
+                mask=None if is_missing(mask) else os.path.normpath(csv_path.parent / mask),
                 image_shape=_parse_shape(row.get("height"), row.get("width"), csv_path, line),
             )
         )
@@ -214,7 +217,9 @@ def _parse_box(cells: list[str], csv_path: Path, line: int) -> tuple[float, floa
 
 
 def write_findings(findings: Iterable[Finding], csv_path: str | os.PathLike) -> Path:
-    """Write findings as a VinDr-style CSV (plus ``label`` and ``mask`` columns; masks relative to the CSV)."""
+    """Write findings as a VinDr-style CSV (plus ``label`` and ``mask`` columns; masks relative to the CSV), with each
+    finding's ``image_shape`` in VinDr's ``height`` and ``width`` columns, so that :func:`check_image_shape` still
+    refuses the boxes on an image of another size after the round trip."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="", encoding="utf-8") as stream:
@@ -230,6 +235,7 @@ def write_findings(findings: Iterable[Finding], csv_path: str | os.PathLike) -> 
                     *finding.box,
                     finding.label or "",
                     mask,
+                    *(finding.image_shape or ("", "")),
                 ]
             )
     return csv_path
