@@ -18,6 +18,7 @@ from mammoxai.nets import MammoClassifier
 from mammoxai.training.checkpoints import TrainingViews
 from mammoxai.training.classification import patient_split
 from mammoxai.training.evaluate_classifier import (
+    ClassifierEvaluator,
     aggregate_exams,
     binary_metrics,
     calibration_bins,
@@ -154,6 +155,12 @@ def test_every_record_is_trained_validated_or_evaluated_under_a_holdout_of_two_f
     evaluated = select_records(records, holdout)
     assert [record["path"] for record in evaluated] == ["T1.dcm"]
     assert sorted(record["path"] for record in [*train, *val, *evaluated]) == sorted(r["path"] for r in records)
+
+
+def test_an_unknown_exam_aggregation_is_refused_before_any_image_is_scored(tmp_path):
+    """It was found after the whole test set was scored; the evaluator is built from nothing it would score."""
+    with pytest.raises(MammoXAIError, match=r"^exam_aggregation: is 'median' \(use 'max' or 'mean'\)$"):
+        ClassifierEvaluator([], None, CLASSES, output_dir=tmp_path / "report", exam_aggregation="median")
 
 
 def test_select_records_keeps_the_holdout_and_refuses_an_empty_selection():

@@ -36,7 +36,7 @@ import copy
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,21 @@ def reliability_figure(rows: Sequence[Mapping[str, Any]], ece: float, title: str
     return figure
 
 
+#: ``exam_aggregation`` -> how an exam's image scores become its score
+_EXAM_REDUCTIONS: dict[str, Callable[[np.ndarray], Any]] = {"max": np.max, "mean": np.mean}
+
+
+def _exam_reduction(how: str) -> Callable[[np.ndarray], Any]:
+    """The reduction ``exam_aggregation`` names.
+
+    Raises:
+        MammoXAIError: ``how`` is not ``max`` or ``mean``.
+    """
+    if how not in _EXAM_REDUCTIONS:
+        raise MammoXAIError("exam_aggregation", f"is {how!r}", "use 'max' or 'mean'")
+    return _EXAM_REDUCTIONS[how]
+
+
 def aggregate_exams(
     records: Sequence[Mapping[str, Any]], scores: np.ndarray, labels: np.ndarray, keys: Sequence[str], how: str = "max"
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
@@ -289,8 +304,7 @@ def aggregate_exams(
     Raises:
         MammoXAIError: ``how`` is not ``max`` or ``mean``.
     """
-    if how not in ("max", "mean"):
-        raise MammoXAIError("exam_aggregation", f"is {how!r}", "use 'max' or 'mean'")
+    reduce = _exam_reduction(how)
     members: dict[tuple[str, str], list[int]] = defaultdict(list)
     alone = 0
     for index, record in enumerate(records):
@@ -305,7 +319,6 @@ def aggregate_exams(
             len(records),
             list(keys),
         )
-    reduce = np.max if how == "max" else np.mean
     groups = list(members.values())
     exams = [exam for _, exam in members]
     if len(set(exams)) < len(exams):  # one key value in several patients: name the exam by its patient too
@@ -396,6 +409,10 @@ class ClassifierEvaluator:
             was trained with ``holdout`` ``{}`` that includes its training and validation images: the report then
             says so and a warning is logged, instead of calling them held out.
 
+    Raises:
+        MammoXAIError: a setting no evaluation can use (``positive_class``, ``exam_keys``, ``exam_aggregation``,
+            ``breakdown_keys``, ``output_dir``), before any image is scored.
+
     Example:
         members = load_checkpoints(MammoClassifier(num_classes=3), ["models/model.pt"])
         ClassifierEvaluator(members, loader, ["normal", "benign", "malignant"], output_dir="eval/classifier").run()
@@ -432,6 +449,7 @@ class ClassifierEvaluator:
         self.device, self.amp = torch.device(device), amp
         self.threshold, self.target_specificity = threshold, target_specificity
         self.exam_keys = parse_names(exam_keys, "exam_keys", ["study_uid", "laterality"])
+        _exam_reduction(exam_aggregation)  # refused here, not after the whole test set was scored
         self.exam_aggregation, self.device_key = exam_aggregation, device_key
         self.breakdown_keys = parse_names(breakdown_keys, "breakdown_keys", ["lesion_types", "density"])
         self.metadata_label_space, self.qc_min_probability = metadata_label_space, qc_min_probability
