@@ -20,6 +20,7 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.nets import BackboneClassifier, MammoClassifier, MetadataNet, build_backbone
 from mammoxai.nets.finetune import MultiViewClassifier, load_checkpoint
 from mammoxai.training.checkpoints import TrainingViews
+from mammoxai.training.classification import class_weights
 from mammoxai.training.finetune import (
     UnfreezeAt,
     balanced_sampler,
@@ -228,6 +229,14 @@ def test_an_empty_class_is_refused_by_name():
     with pytest.raises(MammoXAIError, match="no labelled image"):
         check_labels([-1, -1], ["normal", "malignant"])
     check_labels([0, 1, 1], ["normal", "malignant"])
+
+
+def test_class_weights_average_one_over_the_images_not_over_the_classes():
+    labels = [0] * 90 + [1] * 8 + [2] * 2
+    weights = class_weights([*labels, -1], num_classes=3)
+    torch.testing.assert_close(weights, torch.tensor([100 / 270, 100 / 24, 100 / 6]))
+    assert float(weights[labels].mean()) == pytest.approx(1.0)
+    assert float(weights.mean()) == pytest.approx(7.07, abs=0.01)
 
 
 def test_balanced_sampler_draws_classes_equally_and_never_unlabelled_images():

@@ -258,11 +258,13 @@ def _warn_unvalidated_classes(trained: Mapping[str, str], validated: Mapping[str
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights for ``torch.nn.CrossEntropyLoss(weight=...)``, mean 1 over the present classes.
+    """Inverse-frequency weights for ``torch.nn.CrossEntropyLoss(weight=...)``, of mean 1 over the labelled images.
 
     A screening population is mostly normal; unweighted, the loss is minimised by rarely predicting the rare
-    malignant class. Weighting each class by ``n / (k * n_c)`` (``k`` classes present) gives every class the
-    same total weight. Labels < 0 (unlabelled) are ignored; a class with no example gets weight 0.
+    malignant class. Weighting each class by ``n / (k * n_c)`` (``n`` labelled images, ``k`` classes present, ``n_c``
+    of class ``c``) gives every class the same total weight, ``n / k``, and the images a mean weight of 1, so the
+    loss keeps the scale of the unweighted one. The classes' weights do not average 1: counts 90 / 8 / 2 give
+    0.37, 4.17 and 16.67. Labels < 0 (unlabelled) are ignored; a class with no example gets weight 0.
     """
     counts = np.bincount([label for label in labels if label >= 0], minlength=num_classes).astype(np.float64)
     if counts.sum() == 0:
