@@ -132,8 +132,9 @@ def test_uncertainty_strategy_proposes_the_most_uncertain_unlabeled_image(loop_s
         ({"epochs": 1, "learning_rate": "fast"}, ["learning_rate: is 'fast'"]),
         ({"epochs": 1, "accept": "always"}, ["accept 'always'", "not_worse"]),
         ({"epochs": 1, "strict": "maybe"}, ["strict: is 'maybe', not a boolean"]),
+        ({"epoch": 2, "lr": 1e-05}, ["sets ['epoch', 'lr'], which are not options", "'epochs'", "'learning_rate'"]),
     ],
-    ids=["no_epochs", "learning_rate_a_word", "unknown_policy", "strict_not_a_boolean"],
+    ids=["no_epochs", "learning_rate_a_word", "unknown_policy", "strict_not_a_boolean", "misspelt_options"],
 )
 def test_train_request_no_run_can_use_is_422_before_any_run(loop_server, body, words):
     url, bundle, _ = loop_server
@@ -144,6 +145,21 @@ def test_train_request_no_run_can_use_is_422_before_any_run(loop_server, body, w
     assert response.status_code == 422, response.text
     assert all(word in response.json()["detail"] for word in words), response.json()["detail"]
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns == before
+
+
+def test_info_advertises_the_training_options_a_run_takes_when_the_request_sets_none(loop_server):
+    """``/info`` said epochs 5 while a request without epochs ran train.json's."""
+    url, bundle, _ = loop_server
+    recipe = json.loads((bundle / "configs" / "train.json").read_text())
+
+    config = requests.get(f"{url}/info/", timeout=30).json()["trainers"]["mammoxai"]["config"]
+
+    options = ["epochs", "batch_size", "learning_rate", "weight_decay", "val_fraction", "num_workers", "seed"]
+    assert config == {
+        **{key: recipe[key] for key in options},
+        "strict": False,
+        "accept": ["not_worse", "valid"],
+    }
 
 
 def test_train_every_model_with_a_body_no_run_can_use_is_422_before_any_run(loop_server):

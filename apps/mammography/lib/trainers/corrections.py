@@ -75,6 +75,10 @@ TRAIN_OPTIONS = (
 """train.json keys a ``POST /train/<model>`` body may override (``strict: true`` stops the run when a correction
 cannot be used, instead of leaving it out, :meth:`CorrectionsTrainer.check_ready`)."""
 
+STRICT_DEFAULT = False
+"""``strict`` of a run whose request does not set it: leave an unusable correction out (train.json's ``true`` is for
+a bundle run over a manifest, where a record that cannot be read is a mistake in the data)."""
+
 UNFINISHED = (
     "the run started {started} has not ended: it is in progress (GET /train/), or it was stopped (DELETE /train/) or "
     "its process died; the served model is unchanged"
@@ -167,7 +171,12 @@ class CorrectionsTrainer(TrainTask):
                 time.sleep(0.05)
 
     def config(self) -> dict[str, Any]:
-        return {"epochs": 5, "accept": list(ACCEPT_POLICIES)}
+        """What ``GET /info/`` advertises: each option a request may set with the value a run takes when it does not
+        (the trainer's defaults over the bundle's ``configs/train.json``), and the ``accept`` policies, the default
+        first."""
+        recipe = self._recipe()
+        values = {key: recipe.get_parsed_content(key) for key in TRAIN_OPTIONS if key != "strict"}
+        return {**values, "strict": STRICT_DEFAULT, **self.defaults, "accept": list(ACCEPT_POLICIES)}
 
     def stats(self) -> dict[str, Any]:
         try:
@@ -179,18 +188,28 @@ class CorrectionsTrainer(TrainTask):
         """Refuse a request body no run can use, before MONAI Label starts one that would fail in its log.
 
         Raises:
-            MammoXAIError: an unknown ``accept`` policy, a training option out of range (checked over the
-                recipe's values, as :func:`~mammoxai.training.settings.check_run_settings` checks a bundle run), or
-                a ``strict`` that is not a boolean.
+            MammoXAIError: a key that is not an option (a typo would otherwise be dropped, and the run go on with the
+                default), an unknown ``accept`` policy, a training option out of range (checked over the recipe's
+                values, as :func:`~mammoxai.training.settings.check_run_settings` checks a bundle run), or a
+                ``strict`` that is not a boolean.
         """
+        valid = sorted((*TRAIN_OPTIONS, "accept"))
+        unknown = sorted(set(request) - set(valid))
+        if unknown:
+            raise MammoXAIError("training request", f"sets {unknown}, which are not options", f"set only {valid}")
         check_accept_policy(request.get("accept", "not_worse"))
-        recipe = ConfigParser()
-        recipe.read_config(str(self.bundle / "configs" / "train.json"))
+        recipe = self._recipe()
         options = self.options(request)
         check_run_settings(
             **{key: options[key] if key in options else recipe.get_parsed_content(key) for key in RUN_SETTINGS}
         )
-        parse_flag(options.get("strict", False), "strict")
+        parse_flag(options.get("strict", STRICT_DEFAULT), "strict")
+
+    def _recipe(self) -> ConfigParser:
+        """The bundle's ``configs/train.json``, read anew: its values are the defaults of a run."""
+        recipe = ConfigParser()
+        recipe.read_config(str(self.bundle / "configs" / "train.json"))
+        return recipe
 
     def options(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """The train.json overrides a request sets (:data:`TRAIN_OPTIONS`) over the trainer's defaults."""
@@ -221,7 +240,7 @@ class CorrectionsTrainer(TrainTask):
             options.get("num_workers", 0),
         )
         unusable = "; ".join(f"image {image_id!r}: {reason}" for image_id, reason in left_out.items())
-        if left_out and parse_flag(options.get("strict", False), "strict"):
+        if left_out and parse_flag(options.get("strict", STRICT_DEFAULT), "strict"):
             raise MammoXAIError(
                 "training request",
                 f"{len(left_out)} final label(s) cannot be used: {unusable}",
@@ -340,8 +359,8 @@ def install_train_guard(
 
     ``POST /train/`` (MONAI Label's "train every model", what its client sends when it names no model) is checked the
     same way for each trainer, with the request MONAI Label builds for it (``params[<model>]`` and then the
-    top-level ``params``); MONAI Label queues it behind a run in progress, so that is no 409. Unguarded, it
-    answered 200 to a body no run can use and the run failed in its log.
+    top-level ``params``, the models' own keys left out); MONAI Label queues it behind a run in progress, so that is
+    no 409. Unguarded, it answered 200 to a body no run can use and the run failed in its log.
 
     ``DELETE /train/`` stops the run with MONAI Label's handler, which kills its processes and answers at once, and
     then waits for them to exit and for the training lock to be free (:data:`STOP_WAIT_S` at most): the stop answered
@@ -366,9 +385,10 @@ def install_train_guard(
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
     ) -> Any:
         params = params or {}
+        shared = {key: value for key, value in params.items() if key not in trainers}
         for model, trainer in trainers.items():
             own = params.get(model)
-            request = {**(own if isinstance(own, dict) else {}), **params}
+            request = {**(own if isinstance(own, dict) else {}), **shared}
             with client_errors():
                 trainer.check_request(request)
                 trainer.check_ready(datastore(), trainer.options(request))
