@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -35,6 +35,7 @@ from mammoxai.training.pretrain import (
     PretrainBatch,
     Resume,
     StudyBatchSampler,
+    TrainerState,
     fit_label_space,
     load_pretrained,
     load_records,
@@ -502,7 +503,29 @@ def test_an_interrupted_run_resumes_with_its_epoch_count_and_optimizer_state(coh
     state = torch.load(tmp_path / "models" / "pretrain_checkpoint_epoch=3.pt", weights_only=True)
     per_epoch = state["trainer"]["epoch_length"]
     assert state["trainer"]["iteration"] == 3 * per_epoch
+    assert state["trainer"]["scaler"] == {}  # the AMP loss scale's place (TrainerState); no AMP on the CPU
     assert {float(param["step"]) for param in state["optimizer"]["state"].values()} == {3.0 * per_epoch}
+
+
+def test_the_trainer_checkpoint_entry_restores_the_amp_loss_scale_with_the_epoch():
+    """MONAI's trainer makes its GradScaler in run(); a resumed AMP run started again from the initial scale."""
+
+    def trainer(scale: float) -> Engine:
+        engine = Engine(lambda engine, batch: None)
+        engine.scaler = torch.amp.GradScaler("cpu", init_scale=scale)  # what run() makes; enabled on the CPU
+        return engine
+
+    interrupted = trainer(scale=2.0**16)
+    interrupted.run([0, 1], max_epochs=2)
+    interrupted.scaler.scale(torch.ones(1))  # a step under AMP, after which the run had backed off to 256
+    interrupted.scaler.update(new_scale=256.0)
+    saved = TrainerState(interrupted).state_dict()
+    resumed = trainer(scale=2.0**16)
+    TrainerState(resumed).load_state_dict(saved)
+    assert resumed.scaler.get_scale() == 256.0 and resumed.state.epoch == 2 and resumed.state.iteration == 4
+    no_amp = Engine(lambda engine, batch: None)  # a run without AMP has no scaler, and saves no scale
+    TrainerState(no_amp).load_state_dict(TrainerState(interrupted).state_dict())
+    assert TrainerState(no_amp).state_dict()["scaler"] == {}
 
 
 def test_resuming_with_another_setup_is_refused(cohort, tmp_path):

@@ -15,8 +15,9 @@ labels cost nothing, so a site can pretrain on its whole unlabelled archive. In 
   holds positives for the contrastive loss; shards batches over DistributedDataParallel processes;
 * :class:`PretrainBatch`, :class:`LossTerms`, :class:`MetadataAccuracy`, :class:`MatchingAccuracy`: the engine
   glue — batch preparation (channels-last on a GPU), loss logging and validation metrics;
-* :class:`CheckpointInfo`, :class:`Resume`, :func:`load_pretrained`: checkpoints that say what their heads
-  mean, resumption of an interrupted run, and loading the result for evaluation or fine-tuning.
+* :class:`CheckpointInfo`, :class:`TrainerState`, :class:`Resume`, :func:`load_pretrained`: checkpoints that say
+  what their heads mean, resumption of an interrupted run (its AMP loss scale included), and loading the result for
+  evaluation or fine-tuning.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ __all__ = [
     "MatchingAccuracy",
     "validation_metrics",
     "CheckpointInfo",
+    "TrainerState",
     "Resume",
     "latest_checkpoint",
     "log_to_file",
@@ -759,6 +761,34 @@ class CheckpointInfo:
         )
 
 
+class TrainerState:
+    """The trainer's checkpoint entry: ignite's engine state (epoch, iteration) and, under AMP, the loss scale the
+    trainer's ``GradScaler`` reached, so a resumed mixed-precision run goes on at that scale instead of starting
+    again from the initial one (and skipping steps while it backs off).
+
+    MONAI's ``SupervisedTrainer`` makes its scaler in ``run()``, after the config built the checkpoint's
+    ``save_dict``, so the scaler is looked up at each save and at the load (on ``STARTED``, once ``run()`` made it).
+    A checkpoint with no scale (a run without AMP) leaves the scaler as it starts.
+
+    Args:
+        trainer: the ``SupervisedTrainer``.
+    """
+
+    def __init__(self, trainer: Engine) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        scaler = getattr(self.trainer, "scaler", None)
+        return {**self.trainer.state_dict(), "scaler": {} if scaler is None else scaler.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        engine_state = {key: value for key, value in state.items() if key != "scaler"}
+        self.trainer.load_state_dict(engine_state)
+        scaler, scale = getattr(self.trainer, "scaler", None), state.get("scaler")
+        if scaler is not None and scale:
+            scaler.load_state_dict(dict(scale))
+
+
 def latest_checkpoint(ckpt_dir: str | os.PathLike, file_prefix: str = "pretrain") -> Path | None:
     """The epoch checkpoint with the highest epoch that ``CheckpointSaver(file_prefix=...)`` wrote, or None."""
     pattern = re.compile(rf"{re.escape(file_prefix)}_checkpoint_epoch=(\d+)\.pt")
@@ -771,10 +801,10 @@ class Resume:
     """Continue an interrupted run from its newest epoch checkpoint, when the trainer starts.
 
     Restores the network, optimizer, learning-rate schedule and trainer state (so the epoch counter goes
-    on), and, from the best checkpoint, which score the best model had, so a resumed run does not replace a
-    better model with a worse one. With no checkpoint yet the run starts from scratch, so a job script can
-    always pass ``resume=true``. The schedule is the interrupted run's, its length included: raising
-    ``epochs`` on resume adds epochs but does not stretch the cosine decay.
+    on, and an AMP run's loss scale, :class:`TrainerState`), and, from the best checkpoint, which score the best
+    model had, so a resumed run does not replace a better model with a worse one. With no checkpoint yet the run
+    starts from scratch, so a job script can always pass ``resume=true``. The schedule is the interrupted run's, its
+    length included: raising ``epochs`` on resume adds epochs but does not stretch the cosine decay.
 
     Args:
         ckpt_dir: where the epoch checkpoints are.
