@@ -30,7 +30,14 @@ from mammoxai.training.evaluate_pretrain import (
     record_identity,
     split_patients,
 )
-from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, load_pretrained, select_fields, split_by_patient
+from mammoxai.training.pretrain import (
+    CheckpointInfo,
+    fit_label_space,
+    load_pretrained,
+    select_fields,
+    split_by_patient,
+    split_fingerprint,
+)
 
 #: the bundle's fields, with the X-ray systems "ACME ONE" and "ACME TWO" learned
 SPACE = MetadataLabelSpace.default().fit(
@@ -118,6 +125,21 @@ def test_bootstrap_units_are_the_patient_else_the_study_else_the_image():
     ]
     groups = bootstrap_groups(records, SPACE)
     assert groups[0] == groups[1] and len(set(groups)) == 4  # the study of c is not the patient P1
+
+
+def test_bootstrap_units_are_the_owners_the_pretraining_split_kept_apart():
+    """One rule (pretrain.record_owner) for the split, its fingerprint and the bootstrap: the units of a training
+    split's images are the patients whose fingerprint the checkpoint records."""
+    records = [
+        {"path": "a.png", "patient_id": "P1", "view": "CC"},
+        {"path": "b.png", "patient_id": "P2", "study_uid": "S9", "view": "MLO"},
+        {"path": "c.png", "study_uid": "S9", "view": "CC"},
+        {"path": "d.png", "view": "MLO"},
+    ]
+    network = MetadataNet("mammo_cnn", {name: SPACE.num_classes(name) for name in SPACE.fields}, 8, 4)
+    info = CheckpointInfo(network, SPACE, (32, 32), train_records=records, seed=0, val_fraction=0.5)
+    assert bootstrap_groups(records, SPACE) == ["P1", "P2", "S9", "d.png"]
+    assert split_fingerprint(bootstrap_groups(records, SPACE)) == info.split["fingerprint"]
 
 
 def test_field_intervals_of_images_naming_no_patient_are_not_of_zero_width():

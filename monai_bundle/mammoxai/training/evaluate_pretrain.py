@@ -54,7 +54,7 @@ from mammoxai.metrics import (
     spearman,
 )
 from mammoxai.reports import Report, confusion_matrix_figure, roc_figure
-from mammoxai.training.pretrain import record_metadata
+from mammoxai.training.pretrain import record_metadata, record_owner
 
 logger = logging.getLogger(__name__)
 
@@ -138,17 +138,14 @@ def record_identity(record: Mapping[str, Any], label_space: MetadataLabelSpace) 
 
 def bootstrap_groups(records: Sequence[Mapping[str, Any]], label_space: MetadataLabelSpace) -> list[str]:
     """The unit each record is resampled with by a patient-level bootstrap: its patient, else its study, else the
-    image itself, as :func:`~mammoxai.training.pretrain.split_by_patient` divides them.
+    image itself (:func:`~mammoxai.training.pretrain.record_owner`), as
+    :func:`~mammoxai.training.pretrain.split_by_patient` divides them.
 
     An image that names neither patient nor study is its own unit of evidence. Under one shared empty id, all such
     images were a single "patient": on a data set without a patient column every resample was the whole set, so
     there was no interval to report (:func:`~mammoxai.metrics.bootstrap_ci` gives none over one cluster).
     """
-    groups = []
-    for record in records:
-        patient, study = record_identity(record, label_space)
-        groups.append(f"patient {patient}" if patient else f"study {study}" if study else f"image {record['path']}")
-    return groups
+    return [record_owner(record, label_space) for record in records]
 
 
 def held_out_records(

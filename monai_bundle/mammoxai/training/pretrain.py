@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "load_records",
     "record_metadata",
+    "record_owner",
     "select_fields",
     "split_by_patient",
     "split_fingerprint",
@@ -229,13 +230,16 @@ def select_fields(
     return MetadataLabelSpace.from_config({**config, "fields": [definitions[name] for name in names]}, source=source)
 
 
-def _patient(label_space: MetadataLabelSpace, record: Mapping[str, Any]) -> str:
-    return _owner(label_space.identity(record_metadata(record)), record)
+def record_owner(record: Mapping[str, Any], label_space: MetadataLabelSpace) -> str:
+    """Whose image a record is, as every pretraining step takes it: its patient (the label space's identity, e.g.
+    ``PatientID`` or a CSV ``patient_id`` column), else its study, else the image itself.
 
-
-def _owner(identity: tuple[str | None, str | None], record: Mapping[str, Any]) -> str:
-    """Whose image a record is, for a split: its patient, else its study, else the image itself."""
-    patient, study = identity
+    The validation split (:func:`split_by_patient`), its fingerprint and the evaluation's bootstrap units
+    (:func:`~mammoxai.training.evaluate_pretrain.bootstrap_groups`) all key on this, so an evaluation resamples
+    the units pretraining kept apart. Fine-tuning keys on manifest columns instead
+    (:func:`~mammoxai.training.classification.patient_key`): its records need no label space.
+    """
+    patient, study = label_space.identity(record_metadata(record))
     return patient or study or str(record["path"])
 
 
@@ -275,9 +279,9 @@ def split_by_patient(
     """
     if not 0.0 < val_fraction < 1.0:
         raise MammoXAIError("val_fraction", f"is {val_fraction}", "use a fraction between 0 and 1, e.g. 0.2")
-    identities = [label_space.identity(record_metadata(record)) for record in records]
-    warn_unknown_patients(sum(patient is None for patient, _ in identities), len(records))
-    owners = [_owner(identity, record) for identity, record in zip(identities, records, strict=True)]
+    patients_named = [label_space.identity(record_metadata(record))[0] for record in records]
+    warn_unknown_patients(sum(patient is None for patient in patients_named), len(records))
+    owners = [record_owner(record, label_space) for record in records]
     patients = sorted(set(owners))
     if len(patients) < 2:
         problem = f"{len(records)} images come from {len(patients)} patient(s)"
@@ -717,7 +721,7 @@ class CheckpointInfo:
         self.image_size = list(grid_shape(image_size))
         self.split = None
         if train_records is not None:
-            patients = {_patient(label_space, record) for record in train_records}
+            patients = {record_owner(record, label_space) for record in train_records}
             self.split = {
                 "seed": seed,
                 "val_fraction": val_fraction,
