@@ -4,8 +4,10 @@ to do; nothing is stored and the server stays up."""
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -540,3 +542,37 @@ def test_requests_fastapi_refuses_are_one_line_422s_like_every_other(
     assert isinstance(response.json()["detail"], str), response.text
     assert_refused(response, 422, *words)
     assert_server_up(app_server)
+
+
+@pytest.fixture(scope="module")
+def app_main():
+    """The app's ``main`` module and its ``load_predictor``, imported into the test process (MONAI Label's server
+    module with it: seconds)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "mammography"))
+    return importlib.import_module("main")
+
+
+@pytest.mark.parametrize(
+    "conf, words",
+    [
+        ({"max_upload_mb": "1GB"}, ["--conf max_upload_mb 1GB: is not a number above zero", "MiB"]),
+        ({"max_upload_mb": "0"}, ["--conf max_upload_mb 0: is not a number above zero"]),  # every request a 413
+        ({"device": "gpu0"}, ["--conf device gpu0:", "use auto, cpu, cuda or cuda:<index>"]),
+        ({"dicomweb_filter": '["StudyDate"]'}, ['--conf dicomweb_filter: ["StudyDate"] is not a JSON object']),
+        ({"dicomweb_refresh": "soon"}, ["--conf dicomweb_refresh soon: is not a number zero or more", "seconds"]),
+    ],
+    ids=["upload_limit_with_a_unit", "upload_limit_zero", "device_unknown", "filter_a_list", "refresh_a_word"],
+)
+def test_a_conf_value_the_server_cannot_use_stops_it_naming_the_option(app_main, tmp_path, conf, words):
+    with pytest.raises(app_main.MammoXAIError) as refused:
+        app_main.MammographyApp(str(tmp_path), str(tmp_path), conf)
+
+    assert all(word in str(refused.value) for word in words), str(refused.value)
+
+
+def test_a_bundle_config_value_the_predictor_refuses_is_raised_alone_not_inside_monais_error(app_main, app_server):
+    """MONAI's config parser wraps it in a RuntimeError whose message goes on with the component's whole config."""
+    with pytest.raises(app_main.MammoXAIError, match="device 'gpu0'") as refused:
+        app_main.load_predictor(app_server.bundle, "gpu0")
+
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from lib.scoring import UncertaintyScoring
 from lib.security import check_auth_realm, install_login_guard, install_request_size_limit, install_token_verifier
 from lib.trainers import CorrectionsTrainer, install_train_guard
 from mammoxai.errors import MammoXAIError
+from mammoxai.inference import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +80,19 @@ class MammographyApp(MONAILabelApp):
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        # every option is checked before anything is installed: a value the server cannot use stops it, naming it
         bundle = Path(conf.get("bundle", DEFAULT_BUNDLE)).expanduser().resolve()
+        max_upload_mb = _conf_number(conf, "max_upload_mb", 512, "the largest request body in MiB, e.g. 1024")
+        device = _conf_device(conf)
+        self.dicomweb_filter = _conf_json_object(conf, "dicomweb_filter", '{"StudyDate": "20240101-"}')
+        self.dicomweb_refresh = _conf_number(conf, "dicomweb_refresh", 60, "seconds, e.g. 60", allow_zero=True)
         check_auth_realm()
         install_token_verifier()
         install_login_guard(fastapi_app)
         install_request_error_handlers(fastapi_app)
-        install_request_size_limit(fastapi_app, int(float(conf.get("max_upload_mb", 512)) * 2**20))
+        install_request_size_limit(fastapi_app, int(max_upload_mb * 2**20))
         self.bundle = bundle
-        self.predictor = load_predictor(bundle, conf.get("device", "auto"))
+        self.predictor = load_predictor(bundle, device)
         self.uncertainty = UncertaintyScoring(self.predictor, conf.get("uncertainty", "entropy"))
         logger.info(f"MammoXAI bundle {bundle} on {self.predictor.device}")
         super().__init__(
@@ -118,17 +125,12 @@ class MammographyApp(MONAILabelApp):
         session = create_session_from_user_pass(user, password) if user and password else None
         client = DICOMwebClient(url=url, session=session)
         cache = self.conf.get("dicomweb_cache") or settings.MONAI_LABEL_DATASTORE_CACHE_PATH
-        try:
-            search_filter = json.loads(self.conf.get("dicomweb_filter", "{}"))
-        except json.JSONDecodeError as error:
-            fix = 'pass QIDO-RS filters as a JSON object, e.g. {"StudyDate": "20240101-"}'
-            raise MammoXAIError("--conf dicomweb_filter", f"is not JSON ({error})", fix) from error
         return DICOMwebMammogramDatastore(
             client,
             class_names=self.predictor.class_names,
             cache_path=cache or os.path.join(Path.home(), ".cache", "mammoxai", "dicomweb"),
-            search_filter=search_filter,
-            refresh_seconds=float(self.conf.get("dicomweb_refresh", 60)),
+            search_filter=self.dicomweb_filter,
+            refresh_seconds=self.dicomweb_refresh,
         )
 
     def init_infers(self) -> dict[str, InferTask]:
@@ -190,3 +192,40 @@ class MammographyApp(MONAILabelApp):
         """
         task = self._infers.get(request.get("model"))
         return self.infer({**(task.config() if task else {}), **request}, datastore)
+
+
+def _conf_number(conf: dict[str, str], key: str, default: float, meaning: str, allow_zero: bool = False) -> float:
+    """``--conf <key>`` as a finite number above zero (or zero, with ``allow_zero``); ``meaning`` says in the fix what
+    it counts: a limit of zero or less would have the server refuse every request, not start."""
+    text = conf.get(key, default)
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "above zero"
+        raise MammoXAIError(f"--conf {key} {text}", f"is not a number {bound}", f"pass {meaning}")
+    return value
+
+
+def _conf_device(conf: dict[str, str]) -> str:
+    """``--conf device`` once :func:`~mammoxai.inference.resolve_device` accepts it (a device torch knows, a GPU this
+    machine has), refused under the option's name instead of deep in the bundle config's parsing."""
+    device = conf.get("device", "auto")
+    try:
+        resolve_device(device)
+    except MammoXAIError as error:
+        raise MammoXAIError(f"--conf device {device}", error.problem, error.fix) from error
+    return device
+
+
+def _conf_json_object(conf: dict[str, str], key: str, example: str) -> dict[str, Any]:
+    """``--conf <key>`` as a JSON object (``{}`` when not given)."""
+    text = conf.get(key, "{}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise MammoXAIError(f"--conf {key}", f"is not JSON ({error})", f"pass a JSON object, e.g. {example}") from error
+    if not isinstance(value, dict):
+        raise MammoXAIError(f"--conf {key}", f"{text} is not a JSON object", f"pass a JSON object, e.g. {example}")
+    return value

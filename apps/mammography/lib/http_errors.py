@@ -24,6 +24,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from mammoxai.cli import user_error
 from mammoxai.errors import MammoXAIError
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "install_request_error_handlers",
     "not_found",
     "refusal",
+    "user_error_alone",
     "validation_problems",
 ]
 
@@ -55,6 +57,23 @@ def client_errors(
         yield
     except MammoXAIError as error:
         raise HTTPException(status_code=status, detail=client_message(str(error), files)) from error
+
+
+@contextmanager
+def user_error_alone() -> Iterator[None]:
+    """Re-raise the :class:`MammoXAIError` behind an exception from the block on its own, without the chain.
+
+    MONAI's config parser wraps what a component raises in its own ``RuntimeError``, whose message goes on with the
+    component's whole config: the one line that says what to fix ended up buried in the middle of a server's start-up
+    traceback or cut off a training run's log. Any other exception propagates unchanged.
+    """
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - anything but a user error propagates unchanged
+        cause = user_error(error)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def client_message(message: str, files: Mapping[str, str] | None = None) -> str:

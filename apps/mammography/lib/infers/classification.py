@@ -23,7 +23,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from lib.http_errors import client_errors
+from lib.http_errors import client_errors, user_error_alone
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import MammogramPredictor, write_heatmap
 
@@ -42,6 +42,11 @@ def load_predictor(bundle: str | os.PathLike, device: str = "auto") -> Mammogram
 
     The predictor re-reads ``<bundle>/models/model.pt`` whenever the file changes, so weights trained while the
     server runs are served by the next request without a restart.
+
+    Raises:
+        MammoXAIError: the bundle has no ``configs/inference.json``, or a value of the config or ``device`` cannot
+            be used; raised on its own, not inside the ``RuntimeError`` in which MONAI's config parser wraps what a
+            component raises (which buried the message that says what to fix under the component's whole config).
     """
     config = Path(bundle) / "configs" / "inference.json"
     if not config.is_file():
@@ -50,7 +55,8 @@ def load_predictor(bundle: str | os.PathLike, device: str = "auto") -> Mammogram
     parser.read_config(str(config))
     parser["bundle_root"] = str(Path(bundle).resolve())
     parser["device"] = device
-    return parser.get_parsed_content("predictor")
+    with user_error_alone():
+        return parser.get_parsed_content("predictor")
 
 
 @contextmanager

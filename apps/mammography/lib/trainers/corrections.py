@@ -44,8 +44,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.async_tasks.utils import processes
 
-from lib.http_errors import check_offered, client_errors, conflict
-from mammoxai.cli import user_error
+from lib.http_errors import check_offered, client_errors, conflict, user_error_alone
 from mammoxai.errors import MammoXAIError, parse_flag
 from mammoxai.inference import MammogramPredictor
 from mammoxai.io.atomic import atomic_write_bytes
@@ -278,7 +277,8 @@ class CorrectionsTrainer(TrainTask):
                 run["corrections"] = len(records)
                 for image_id, reason in run["left_out"].items():
                     logger.warning(f"image {image_id!r} is left out of training: {reason}")
-                with _user_error_last(), _scratch(self.bundle / "eval" / "train_run") as work:
+                # GET /train/ keeps the last 20 lines of the run's output: the user's error must end it
+                with user_error_alone(), _scratch(self.bundle / "eval" / "train_run") as work:
                     result = finetune(
                         self.bundle, records, work, checkpoint, overrides, accept=request.get("accept", "not_worse")
                     )
@@ -301,22 +301,6 @@ def _one_line(error: Exception) -> str:
         return str(error)
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
-@contextmanager
-def _user_error_last() -> Iterator[None]:
-    """Re-raise the :class:`MammoXAIError` behind a failed run on its own, so that it ends the run's log.
-
-    MONAI's config parser wraps what a component raises in its own ``RuntimeError``, and ``GET /train/`` keeps
-    only the last 20 lines of the run's output: the user's error would be cut off above MONAI's traceback.
-    """
-    try:
-        yield
-    except Exception as error:  # noqa: BLE001 - anything but a user error propagates unchanged
-        cause = user_error(error)
-        if cause is None:
-            raise
-        raise cause from None
 
 
 @contextmanager
