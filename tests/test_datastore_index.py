@@ -167,6 +167,22 @@ def test_a_deleted_image_leaves_the_index_at_once_and_its_id_can_be_uploaded_aga
     assert datastore.get_labeled_images("final") == []
 
 
+@pytest.mark.parametrize("image_id", ["case1.dcm", "case1.dcm.v2"])
+def test_an_image_whose_id_holds_an_image_suffix_keeps_its_id_and_label_when_the_index_is_lost(
+    studies, tmp_path, image_id
+):
+    """LocalDatastore cut every ``.dcm`` out of the file name: ``case1.dcm.dcm`` was indexed again as ``case1``."""
+    datastore = open_datastore(studies)
+    datastore.add_image(image_id, str(shutil.copyfile(sorted(studies.glob("P*.dcm"))[0], tmp_path / "up.dcm")), {})
+    save_final_label(datastore, image_id, tmp_path)
+
+    (studies / "datastore_v2.json").unlink()
+    reopened = open_datastore(studies)
+
+    assert sorted(reopened.list_images()) == sorted([image_id, *(path.stem for path in studies.glob("P*.dcm"))])
+    assert reopened.get_labeled_images("final") == [image_id]
+
+
 def test_a_label_survives_its_image_leaving_the_folder_and_coming_back(studies, tmp_path):
     image = sorted(path.stem for path in studies.glob("P*.dcm"))[0]
     save_final_label(open_datastore(studies), image, tmp_path)

@@ -133,6 +133,14 @@ class MammogramDatastore(LocalDatastore):
         if auto_reload:  # LocalDatastore's watcher handles files created, deleted and modified, not moved into place
             self._handler.on_moved = self._on_moved_event
 
+    def _to_id(self, file: str) -> tuple[str, str]:
+        """``(image id, suffix)`` of a file name in the studies folder: the name less its suffix at the end.
+        LocalDatastore removes the suffix wherever it occurs in the name, so an image uploaded under the id
+        ``case1.dcm`` (stored as ``case1.dcm.dcm``) became ``case1`` when the index was rebuilt, and its labels were
+        lost with its id."""
+        _, suffix = super()._to_id(file)
+        return (file[: -len(suffix)] if suffix and file.endswith(suffix) else file), suffix
+
     def _on_moved_event(self, event: FileSystemMovedEvent) -> None:
         """A file moved into place: the index, replaced by another process's atomic write (a training or scoring run),
         is reloaded; an image renamed into the folder (rsync, a copy finished under a temporary name) is indexed."""
