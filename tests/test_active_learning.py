@@ -112,6 +112,19 @@ def test_uncertainty_strategy_ranks_every_image_when_new_weights_load_during_its
     assert {info["uncertainty"]["checkpoint"] for info in datastore.infos.values()} == {"v2"}
 
 
+def test_only_a_score_of_the_current_weights_and_measure_is_fresh():
+    datastore = DictDatastore(["current", "old_weights", "other_measure", "unscored"])
+    stored = {"current": ("v1", "margin"), "old_weights": ("v0", "margin"), "other_measure": ("v1", "entropy")}
+    for image_id, (checkpoint, measure) in stored.items():
+        score = {"checkpoint": checkpoint, "measure": measure, "score": 0.4}
+        datastore.update_image_info(image_id, {"uncertainty": score})
+    scoring = UncertaintyScoring(ReloadedMidPass(reload_after=0), "margin")
+
+    fresh = {image_id: scoring.fresh_score(datastore, image_id, "v1") for image_id in datastore.infos}
+
+    assert fresh == {"current": 0.4, "old_weights": None, "other_measure": None, "unscored": None}
+
+
 class StudiesDatastore(DictDatastore):
     """A :class:`DictDatastore` whose images are ``<id>.dcm`` in a studies folder, with the unreadable mark."""
 

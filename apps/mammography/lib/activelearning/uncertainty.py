@@ -15,7 +15,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from lib.scoring.uncertainty import INFO_KEY, UncertaintyScoring
+from lib.scoring.uncertainty import UncertaintyScoring
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ class UncertaintyStrategy(Strategy):
         current = self.scoring.predictor.checkpoint_id
         candidates = []
         for image_id in datastore.get_unlabeled_images(DefaultLabelTag.FINAL):
-            stored = datastore.get_image_info(image_id).get(INFO_KEY) or {}
-            if stored.get("checkpoint") == current and stored.get("measure") == self.scoring.measure:
-                candidates.append((-stored["score"], image_id))
+            score = self.scoring.fresh_score(datastore, image_id, current)
+            if score is not None:
+                candidates.append((-score, image_id))
         if not candidates:
             return None
         score, image_id = min(candidates)

@@ -116,8 +116,7 @@ class UncertaintyScoring(ScoringMethod):
         transforms = TTA_TRANSFORMS if self.measure == "tta" else ()
         result: dict[str, Any] = {"scored": 0, "skipped": 0, "failed": {}, "checkpoint": current}
         for image_id in sorted(datastore.get_unlabeled_images(DefaultLabelTag.FINAL)):
-            stored = datastore.get_image_info(image_id).get(INFO_KEY) or {}
-            if stored.get("checkpoint") == current and stored.get("measure") == self.measure:
+            if self.fresh_score(datastore, image_id, current) is not None:
                 result["skipped"] += 1
                 continue
             path = datastore.get_image_uri(image_id)
@@ -139,6 +138,14 @@ class UncertaintyScoring(ScoringMethod):
             result["scored"] += 1
         logger.info("uncertainty (%s): %s", self.measure, result)
         return result
+
+    def fresh_score(self, datastore: Datastore, image_id: str, checkpoint: str) -> float | None:
+        """The score stored for ``image_id`` if the weights ``checkpoint`` gave it with this measure, else None: a score
+        of older weights, or of another measure (``--conf uncertainty`` changed), is stale."""
+        stored = datastore.get_image_info(image_id).get(INFO_KEY) or {}
+        if stored.get("checkpoint") == checkpoint and stored.get("measure") == self.measure:
+            return stored["score"]
+        return None
 
     def load_weights(self) -> None:
         """Load the served weights, or answer 503 as ``/infer`` does: before the first training run there is no model
