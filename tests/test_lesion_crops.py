@@ -216,6 +216,7 @@ def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
     [
         (300, 2, "view_size: is 300, larger than the 128x104 grid"),
         (0, 2, "view_size: is 0, not a positive whole number"),
+        (8, 2, "view_size: is 8x8; mammo_cnn needs 16 pixels a side"),
         ("abc", 2, "view_size: is 'abc', not a positive whole number"),
         (32, -1, "backgrounds: is -1, not a whole number of 0 or more"),
     ],

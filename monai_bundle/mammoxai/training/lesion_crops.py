@@ -33,6 +33,7 @@ from torch import nn
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.metrics import per_class_scores
+from mammoxai.nets.backbones import check_backbone_grid
 from mammoxai.nets.files import check_recorded_settings, read_torch_file
 from mammoxai.reports import Report, confusion_matrix_figure
 from mammoxai.training.evaluate_classifier import load_checkpoints
@@ -59,16 +60,19 @@ RECORD_KEY = "crops"
 
 def check_crop_settings(image_size: int | Sequence[int], view_size: object, backgrounds: object) -> None:
     """Refuse crop settings no training can use, in ``train_lesion_crops.json``'s ``initialize``, before any image
-    is read: a view larger than the grid trains on zero padding (macro F1 0), a negative background count would
-    silently give no background crop.
+    is read: a view larger than the grid trains on zero padding (macro F1 0), a view smaller than the crop network
+    (``mammo_cnn``) runs on fails in its first training step, a negative background count would silently give no
+    background crop.
 
     Raises:
-        MammoXAIError: ``view_size`` is not a positive whole number or exceeds the grid's shorter side;
-            ``backgrounds`` is not a whole number of 0 or more; ``image_size`` is not a grid.
+        MammoXAIError: ``view_size`` is not a positive whole number, is below ``mammo_cnn``'s smallest grid or
+            exceeds the grid's shorter side; ``backgrounds`` is not a whole number of 0 or more; ``image_size`` is
+            not a grid.
     """
     grid = grid_shape(image_size, "image_size")
     check_settings(view_size=view_size, backgrounds=backgrounds)
     view = int(view_size)
+    check_backbone_grid("mammo_cnn", view, "view_size")
     if view > min(grid):
         raise MammoXAIError(
             "view_size",
