@@ -347,6 +347,18 @@ def test_overwrite_deletes_only_what_the_earlier_run_listed_and_refuses_other_fi
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
+@pytest.mark.parametrize(
+    "argument", [{"patients": 0}, {"prevalence": {"cancer": 1.0}}, {"prior_fraction": 2.0}, {"test_fraction": -1.0}]
+)
+def test_overwrite_with_a_bad_argument_keeps_the_earlier_cohort(tmp_path, argument):
+    synthesize(tmp_path, patients=1, seed=0, size=128, prior_fraction=0.0)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    settings = {"patients": 1, "seed": 1, "size": 128, "prior_fraction": 0.0, **argument}
+    with pytest.raises(MammoXAIError, match=next(iter(argument))):
+        synthesize(tmp_path, overwrite=True, **settings)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
 LABEL = "labels/final/P0000_S1_L_CC.json"  # where a MONAI Label server files a label of the image P0000_S1_L_CC.dcm
 
 

@@ -89,9 +89,9 @@ def synthesize(
         raise MammoXAIError("size", f"is {size}", f"use at least {MIN_SIZE} pixels")
     if workers < 1:
         raise MammoXAIError("workers", f"is {workers}", "use at least 1")
-    out = Path(out)
-    _clear(out, overwrite)
     plans = plan_cohort(patients, seed, [system.key for system in SYSTEMS], prevalence, prior_fraction, test_fraction)
+    out = Path(out)
+    _clear(out, overwrite)  # after every argument is checked: an overwrite deletes the earlier cohort
     (out / "masks").mkdir(parents=True, exist_ok=True)
     render = partial(synthesize_patient, seed=seed, size=size, out=out)
     bar = partial(tqdm, total=len(plans), desc="patients", unit="patient", disable=not progress)
