@@ -59,6 +59,17 @@ def test_find_images_walks_subfolders_and_recognises_extensionless_dicom(archive
     assert names == ["case7_L_CC.png", "a.dcm", "IM0002"]
 
 
+def test_find_images_follows_linked_folders_once_without_looping(archive, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_mammo_dicom(elsewhere / "b.dcm", PIXELS, SOPInstanceUID="1.2.3.3")
+    (archive / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (archive / "more").symlink_to(elsewhere, target_is_directory=True)  # the same folder again: listed once
+    (archive / "study1" / "up").symlink_to(archive, target_is_directory=True)  # a loop
+    names = [path.relative_to(archive).as_posix() for path in find_images(archive)]
+    assert names == ["case7_L_CC.png", "linked/b.dcm", "study1/a.dcm", "study1/series/IM0002"]
+
+
 def test_dicom_records_carry_ids_view_and_header_fields(archive):
     records = {record["image_id"]: record for record in build_manifest(archive).records}
     assert set(records) == {"1.2.3.1", "1.2.3.2", "case7_L_CC"}

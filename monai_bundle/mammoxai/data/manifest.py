@@ -136,12 +136,15 @@ def find_images(folder: str | os.PathLike, exclude: Sequence[str] = ()) -> Itera
     ``DICM`` marker, or a preamble-less DICOM stream); PNG / TIFF / PGM by suffix. Hidden files and folders, CSV files and
     anything else are ignored, as are paths (relative to ``folder``, "/"-separated) matching a shell pattern in
     ``exclude``: files stored beside the images that are not mammograms, e.g. ``exclude=["masks/*"]``.
+    Links to folders are followed, since a data set is often assembled from links to where the images lie; each
+    real folder is walked once, so a link back up does not loop and two links to one folder do not list it twice.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise MammoXAIError(folder, "is not a folder", "pass the folder that holds the images")
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    walked = {os.path.realpath(folder)}
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and _first_visit(Path(parent, d), walked)]
         for name in sorted(files):
             path = Path(parent, name)
             suffix = path.suffix.lower()
@@ -149,6 +152,15 @@ def find_images(folder: str | os.PathLike, exclude: Sequence[str] = ()) -> Itera
                 continue
             if suffix in _DICOM_SUFFIXES or suffix in _IMAGE_SUFFIXES or _is_dicom_by_content(path):
                 yield path
+
+
+def _first_visit(folder: Path, walked: set[str]) -> bool:
+    """Whether the real folder behind ``folder`` is not in ``walked`` yet; adds it."""
+    real = os.path.realpath(folder)
+    if real in walked:
+        return False
+    walked.add(real)
+    return True
 
 
 def _is_image_file(path: Path) -> bool:
