@@ -107,13 +107,44 @@ def test_a_failed_write_leaves_neither_entry_nor_temporary_file(scan, tmp_path, 
     assert [path for path in (tmp_path / "cache").rglob("*") if path.is_file()] == []
 
 
-def test_a_damaged_entry_is_recomputed(scan, tmp_path):
+def cut_short(entry):
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+
+
+def damage(kind):
+    """Ways an entry stops being one: cut short by a full disk, overwritten, or another program's ``.pt`` file."""
+    return {
+        "garbage": lambda entry: entry.write_bytes(b"garbage"),
+        "random bytes": lambda entry: entry.write_bytes(np.random.default_rng(0).bytes(3000)),
+        "cut short": cut_short,
+        "foreign": lambda entry: torch.save({"state": torch.zeros(2)}, entry),
+        "no geometry": lambda entry: torch.save({"image": torch.zeros(1, *SHAPE)}, entry),
+        "other shape": lambda entry: torch.save({"image": torch.zeros(1, 8, 8), "geometry": {}}, entry),
+        "a tensor": lambda entry: torch.save(torch.zeros(1, *SHAPE), entry),
+    }[kind]
+
+
+DAMAGE = ["garbage", "random bytes", "cut short", "foreign", "no geometry", "other shape", "a tensor"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_entry_is_recomputed(scan, tmp_path, kind):
+    cache = PreprocessedCache(tmp_path / "cache", SHAPE)
+    image, geometry = cache.get(scan)
+    damage(kind)(cache.entry(scan))
+    again, same_geometry = cache.get(scan)
+    assert torch.equal(again, image) and same_geometry == geometry
+    assert torch.equal(torch.load(cache.entry(scan), weights_only=True)["image"], image)
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_preprocess_all_replaces_a_damaged_entry(scan, tmp_path, kind):
     cache = PreprocessedCache(tmp_path / "cache", SHAPE)
     image, _ = cache.get(scan)
-    cache.entry(scan).write_bytes(b"garbage")
-    again, _ = cache.get(scan)
-    assert torch.equal(again, image)
-    assert torch.equal(torch.load(cache.entry(scan), weights_only=True)["image"], image)
+    damage(kind)(cache.entry(scan))
+    assert preprocess_all([scan], SHAPE, tmp_path / "cache") == {}
+    stored = torch.load(cache.entry(scan), weights_only=True)
+    assert torch.equal(stored["image"], image) and stored["source"] == str(scan)
 
 
 @pytest.mark.parametrize("method", ["get", "fill"])
@@ -122,14 +153,16 @@ def test_a_missing_file_names_the_path(tmp_path, method):
         getattr(PreprocessedCache(tmp_path / "cache", SHAPE), method)(tmp_path / "gone.dcm")
 
 
-def test_fill_stores_a_missing_entry_and_leaves_a_stored_one_unread(scan, tmp_path, monkeypatch):
+def test_fill_stores_a_missing_entry_and_only_maps_a_stored_one(scan, tmp_path, monkeypatch):
     cache = PreprocessedCache(tmp_path / "cache", SHAPE)
     cache.fill(scan)
     image, _ = preprocess_file(scan, SHAPE)
     assert torch.equal(torch.load(cache.entry(scan), weights_only=True)["image"], image)
     forbid_reading(monkeypatch)
-    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("a stored entry was loaded"))
+    load, loads = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(kwargs) or load(*args, **kwargs))
     cache.fill(scan)
+    assert [kwargs.get("mmap") for kwargs in loads] == [True]  # its index and keys are read, not its image
 
 
 @pytest.mark.parametrize("cached", [True, False])
@@ -145,6 +178,37 @@ def test_preprocess_all_names_each_unreadable_file_with_its_reason_and_caches_th
         cache = PreprocessedCache(cache_dir, SHAPE)
         assert cache.entry(scan).is_file() and cache.entry(other).is_file()
     assert (tmp_path / "cache").exists() is cached
+
+
+@pytest.mark.parametrize("where", ["cache", "cache/sub"])
+def test_a_file_as_cache_dir_is_refused_when_the_cache_is_made(tmp_path, where):
+    (tmp_path / "cache").write_text("a file")
+    with pytest.raises(MammoXAIError, match=r"cache_dir .*cache: is a file, not a folder"):
+        PreprocessedCache(tmp_path / where, SHAPE)
+
+
+def test_the_cache_dir_is_made_with_the_cache(tmp_path):
+    PreprocessedCache(tmp_path / "new" / "cache", SHAPE)
+    assert (tmp_path / "new" / "cache").is_dir()
+
+
+def test_preprocess_all_fills_the_entries_of_the_runs_file_key(scan, tmp_path, monkeypatch):
+    assert preprocess_all([scan], SHAPE, tmp_path / "cache", file_key="stat") == {}
+    forbid_reading(monkeypatch)
+    stat = PreprocessedCache(tmp_path / "cache", SHAPE, file_key="stat")
+    assert torch.equal(stat.get(scan)[0], torch.load(stat.entry(scan), weights_only=True)["image"])
+    assert not PreprocessedCache(tmp_path / "cache", SHAPE).entry(scan).exists()
+
+
+def test_an_upgrade_of_a_decoding_package_changes_the_preprocessing_version(monkeypatch):
+    assert cache_module._installed_version("no-such-package-mammoxai") is None
+    before, installed = cache_module.preprocessing_version.__wrapped__(), cache_module._installed_version
+
+    def upgraded(package):
+        return "99.0" if package == "pydicom" else installed(package)
+
+    monkeypatch.setattr(cache_module, "_installed_version", upgraded)
+    assert cache_module.preprocessing_version.__wrapped__() != before
 
 
 def test_an_unknown_file_key_is_refused(tmp_path):

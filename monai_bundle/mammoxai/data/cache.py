@@ -9,11 +9,15 @@ key made of
   and a copied or moved file still hits; ``file_key="stat"`` uses (path, size, modification time) instead,
   which reads no bytes at all but misses an edit that keeps size and time, and misses after a copy or touch;
 * the output shape;
-* the preprocessing version: a hash of the ``mammoxai.io`` source code, so a change to the reader, the
-  VOI LUT or the breast crop invalidates old entries without anyone having to remember to bump a number.
+* the preprocessing version: a hash of the ``mammoxai.io`` source code and of the versions of the packages that
+  decode, segment and resize (pydicom and its pylibjpeg plugins, Pillow, NumPy, SciPy, PyTorch), so a change to
+  the reader, the VOI LUT or the breast crop, or an upgrade that decodes or resamples differently, invalidates old
+  entries without anyone having to remember to bump a number.
 
 Each entry is one ``.pt`` file written to a temporary name and moved into place with ``os.replace``, which is
-atomic, so DataLoader workers (or several training runs) sharing a cache never read half an entry.
+atomic, so DataLoader workers (or several training runs) sharing a cache never read half an entry. An entry that
+cannot be read back as one (cut short by a full disk, edited, another program's file of that name) is a miss: it
+is computed again and replaced.
 
 ``monai.data.PersistentDataset`` is not used because it keys entries by the data dict (the file *name*)
 and would serve a stale image after a file is replaced.
@@ -30,15 +34,15 @@ import functools
 import hashlib
 import json
 import os
-import pickle
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import mammoxai.io
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.atomic import atomic_write
 from mammoxai.io.preprocess import prepare_image
@@ -46,6 +50,12 @@ from mammoxai.io.preprocess import prepare_image
 __all__ = ["PreprocessedCache", "preprocess_all", "preprocess_file", "preprocessing_version", "update_with_file"]
 
 _CHUNK = 1 << 20
+
+#: the distributions whose code turns a file into the model input: a new version may decode or resample differently
+_DECODING_PACKAGES = (
+    "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pillow", "numpy", "scipy",
+    "torch",
+)  # fmt: skip
 
 
 def preprocess_file(path: str | os.PathLike, output_shape: Sequence[int]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -68,22 +78,36 @@ def update_with_file(digest: Any, path: str | os.PathLike) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def preprocessing_version() -> str:
-    """SHA-1 of the ``mammoxai.io`` package source: changes whenever reading or preprocessing code changes."""
+    """SHA-1 of the ``mammoxai.io`` package source and the installed versions of the decoding packages: changes
+    whenever the code that reads or preprocesses an image changes, ours or a dependency's."""
     digest = hashlib.sha1()
     for source in sorted(Path(mammoxai.io.__file__).parent.rglob("*.py")):
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
+    digest.update(json.dumps({package: _installed_version(package) for package in _DECODING_PACKAGES}).encode())
     return digest.hexdigest()
+
+
+def _installed_version(package: str) -> str | None:
+    """The installed version of the distribution ``package``, None when it is not installed."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class PreprocessedCache:
     """A directory of preprocessed tensors keyed by file content and preprocessing settings.
 
     Args:
-        cache_dir: where entries live (created when missing); safe to share between processes.
+        cache_dir: where entries live (created here when missing); safe to share between processes.
         output_shape: (h, w) of the model grid.
         file_key: ``"content"`` (default, SHA-1 of the file bytes) or ``"stat"`` (path, size and mtime);
             see the module docstring for the trade-off.
+
+    Raises:
+        MammoXAIError: an unknown ``file_key``, or ``cache_dir`` (or a folder above it) is a file: found here, not
+            at the first image a data-loader worker stores.
 
     Example:
         cache = PreprocessedCache("cache/", (512, 416))
@@ -93,7 +117,8 @@ class PreprocessedCache:
     def __init__(self, cache_dir: str | os.PathLike, output_shape: Sequence[int], file_key: str = "content"):
         if file_key not in ("content", "stat"):
             raise MammoXAIError("file_key", f"is {file_key!r}", 'use "content" or "stat"')
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = check_output_path(cache_dir, "cache_dir", "give a folder for the preprocessed images")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.output_shape = tuple(int(size) for size in output_shape)
         self.file_key = file_key
         settings = {"output_shape": self.output_shape, "preprocessing": preprocessing_version()}
@@ -121,9 +146,13 @@ class PreprocessedCache:
         return self.cache_dir / key[:2] / f"{key}.pt"
 
     def fill(self, path: str | os.PathLike) -> None:
-        """Preprocess ``path`` into the cache unless its entry is stored: a stored entry is not loaded."""
+        """Preprocess ``path`` into the cache unless a readable entry is stored.
+
+        A stored entry is checked by mapping it into memory (``torch.load(mmap=True)``), which reads its index and
+        keys but not the image, so a damaged one is replaced here rather than found by a training worker.
+        """
         entry = self.entry(path)
-        if not entry.is_file():
+        if self._load(entry, mmap=True) is None:
             self._preprocess(path, entry)
 
     def get(self, path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -139,14 +168,18 @@ class PreprocessedCache:
         self._store(entry, {"image": image, "geometry": geometry, "source": str(path)})
         return image, geometry
 
-    @staticmethod
-    def _load(entry: Path) -> dict[str, Any] | None:
+    def _load(self, entry: Path, mmap: bool = False) -> dict[str, Any] | None:
+        """The stored entry, or None when there is none or it is not one this cache wrote (a miss, redone)."""
         if not entry.is_file():
             return None
         try:
-            return torch.load(entry, weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError):  # damaged entry (disk full, manual edit): redo it
+            stored = torch.load(entry, weights_only=True, mmap=mmap)
+        except Exception:  # noqa: BLE001 - cut-short or foreign bytes raise whatever torch trips on; the file redoes it
             return None
+        image = stored.get("image") if isinstance(stored, dict) else None
+        if not isinstance(image, torch.Tensor) or tuple(image.shape) != (1, *self.output_shape):
+            return None
+        return stored if isinstance(stored.get("geometry"), dict) else None
 
     @staticmethod
     def _store(entry: Path, value: dict[str, Any]) -> None:
@@ -158,9 +191,15 @@ class PreprocessedCache:
 class _Preprocessing(torch.utils.data.Dataset):
     """Item ``i``: ``""`` once file ``i`` is preprocessed (into the cache when there is one), else why it failed."""
 
-    def __init__(self, paths: Sequence[str], output_shape: tuple[int, int], cache_dir: str | os.PathLike | None):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        output_shape: tuple[int, int],
+        cache_dir: str | os.PathLike | None,
+        file_key: str = "content",
+    ):
         self.paths, self.output_shape = list(paths), output_shape
-        self.cache = PreprocessedCache(cache_dir, output_shape) if cache_dir is not None else None
+        self.cache = PreprocessedCache(cache_dir, output_shape, file_key) if cache_dir is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -181,24 +220,27 @@ def preprocess_all(
     output_shape: Sequence[int],
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
+    file_key: str = "content",
 ) -> dict[str, str]:
     """Preprocess every file up front, into the cache when there is one; the files that cannot be, with the reason.
 
     A damaged or foreign file in a training manifest otherwise ends the run when a data-loader worker first
     reads it, somewhere in the first epoch, after the work before it. Done here, the same decoding fills the
-    cache the first epoch then reads (stored entries are only looked up, not loaded), so with a cache it costs
-    nothing extra; without one every file is decoded once more.
+    cache the first epoch then reads (stored entries are only checked, not decoded again), so with a cache it
+    costs nothing extra, provided ``file_key`` is the one the run's dataset keys its entries by; without one every
+    file is decoded once more.
 
     Args:
         paths: the image files.
         output_shape: (h, w) of the model grid.
         cache_dir: the :class:`PreprocessedCache` folder of the run, or None.
         num_workers: worker processes, as for the run's DataLoader.
+        file_key: how the cache recognises a file, as the run's dataset has it (:class:`PreprocessedCache`).
 
     Returns:
         path -> the reader's reason (:class:`~mammoxai.errors.MammoXAIError` message without the file), for
         each file that cannot be read or preprocessed; empty when all can.
     """
-    attempts = _Preprocessing([str(path) for path in paths], tuple(output_shape), cache_dir)
+    attempts = _Preprocessing([str(path) for path in paths], tuple(output_shape), cache_dir, file_key)
     loader = torch.utils.data.DataLoader(attempts, batch_size=None, num_workers=num_workers)
     return {path: reason for path, reason in zip(attempts.paths, loader, strict=True) if reason}
