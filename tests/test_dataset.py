@@ -15,6 +15,7 @@ from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.training.classification import patient_split
+from mammoxai.training.pretrain import load_records
 
 SIZE = (64, 48)
 LABELS = ["normal", "recalled_benign", "malignant", None]
@@ -189,6 +190,15 @@ def test_a_second_epoch_with_a_cache_decodes_no_file(records, tmp_path, monkeypa
     assert torch.equal(first, second)
     with pytest.raises(AssertionError, match="decoded"):
         MammogramDataset(records, SIZE)[0]  # without the cache the same read would fail: the patch is live
+
+
+def test_the_readability_check_fills_the_entries_a_stat_keyed_dataset_reads(records, tmp_path, monkeypatch):
+    manifest = write_manifest(records, tmp_path / "manifest.csv")
+    checked = load_records(manifest, image_size=SIZE, cache_dir=tmp_path / "cache", file_key="stat")
+    assert len(checked) == 4
+    monkeypatch.setattr(cache_module, "read_mammogram", lambda path: pytest.fail(f"{path} was decoded twice"))
+    dataset = MammogramDataset(checked, SIZE, cache_dir=tmp_path / "cache", file_key="stat")
+    assert [dataset[i]["image"].shape for i in range(4)] == [(1, *SIZE)] * 4
 
 
 def test_records_may_be_a_manifest_csv(records, tmp_path):

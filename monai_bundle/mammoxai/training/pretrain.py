@@ -96,6 +96,7 @@ def load_records(
     image_size: int | Sequence[int] | None = None,
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
+    file_key: str = "content",
 ) -> list[dict[str, Any]]:
     """The manifest's records, joined with ``label_csv`` when given, with every image file checked to exist and,
     given ``image_size``, to be readable.
@@ -116,6 +117,8 @@ def load_records(
         image_size: the model grid of the run; None checks that files exist, not that they can be read.
         cache_dir: the run's preprocessed-image cache, filled by the check; None decodes each image once more.
         num_workers: processes that read the images, as the run's DataLoader has.
+        file_key: how the cache recognises a file, as the run's dataset has it (``"content"`` or ``"stat"``), so
+            the check fills the entries the first epoch reads.
 
     Raises:
         MammoXAIError: no manifest, missing or unreadable files (``strict``), a CSV that cannot be joined, or no
@@ -141,7 +144,7 @@ def load_records(
     report_unusable(manifest, "listed images do not exist", missing, strict, "restore them or rebuild the manifest")
     records = [record for record, present in zip(records, exists, strict=True) if present]
     if records and image_size is not None:
-        records = _readable(manifest, records, grid_shape(image_size), cache_dir, num_workers, strict)
+        records = _readable(manifest, records, grid_shape(image_size), cache_dir, num_workers, strict, file_key)
     if not records:
         raise MammoXAIError(manifest, "lists no existing image", "check the manifest's path column")
     return records
@@ -154,11 +157,12 @@ def _readable(
     cache_dir: str | os.PathLike | None,
     num_workers: int,
     strict: bool,
+    file_key: str,
 ) -> list[dict[str, Any]]:
     """``records`` whose images preprocess onto ``image_size``; the others reported (:func:`report_unusable`)."""
     rank, world = idist.get_rank(), idist.get_world_size()
     mine = [str(record["path"]) for record in records[rank::world]]
-    failures = preprocess_all(mine, image_size, cache_dir, num_workers)
+    failures = preprocess_all(mine, image_size, cache_dir, num_workers, file_key)
     if world > 1:
         failures = {path: reason for share in idist.all_gather(failures) for path, reason in share.items()}
     readable = len(records) - len(failures)
