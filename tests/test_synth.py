@@ -392,12 +392,36 @@ def test_command_line_writes_a_cohort_and_prints_a_summary(tmp_path, capsys):
     assert (tmp_path / "manifest.csv").is_file() and (tmp_path / "finding_annotations.csv").is_file()
 
 
-@pytest.mark.parametrize("argument", [["--size", "64"], ["--patients", "0"], ["--prevalence", "cancer=1"]])
+@pytest.mark.parametrize(
+    "argument",
+    [
+        ["--size", "64"],
+        ["--patients", "0"],
+        ["--prevalence", "cancer=1"],
+        ["--prevalence", "normal=nan"],
+        ["--prevalence", "normal=inf"],
+        ["--prevalence", "normal=1,malignant=1e308,benign=1e308"],
+    ],
+)
 def test_command_line_rejects_bad_arguments_with_one_line(tmp_path, capsys, argument):
     assert main(["--out", str(tmp_path), "--quiet", *argument]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and "\n" not in error
     assert not list(tmp_path.glob("*.dcm"))
+
+
+def test_command_line_refuses_a_label_given_twice_instead_of_keeping_the_last(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--quiet", "--prevalence", "normal=1,malignant=1,normal=0"])
+    assert exit_info.value.code == 2
+    assert "gives normal more than once" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("share", [float("nan"), float("inf")])
+def test_a_share_that_is_no_number_is_refused(share):
+    with pytest.raises(MammoXAIError, match="prevalence: .*finite, non-negative"):
+        plan_cohort(4, seed=0, systems=["a"], prevalence={"normal": share, "malignant": 1.0})
 
 
 # -- the model behind the pixels --------------------------------------------------------------------------------

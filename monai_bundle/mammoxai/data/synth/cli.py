@@ -17,12 +17,19 @@ __all__ = ["main"]
 
 
 def _prevalence(text: str) -> dict[str, float]:
-    """ "normal=0.5,malignant=0.5" -> {"normal": 0.5, "malignant": 0.5}."""
+    """ "normal=0.5,malignant=0.5" -> {"normal": 0.5, "malignant": 0.5}; a label given twice is refused, not the
+    last share kept. The shares are checked by :func:`~mammoxai.data.synth.cohort.plan_cohort`."""
     try:
-        pairs = [item.split("=") for item in text.split(",") if item.strip()]
-        return {name.strip(): float(share) for name, share in pairs}
+        pairs = [
+            (name.strip(), float(share))
+            for name, share in (item.split("=") for item in text.split(",") if item.strip())
+        ]
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r} is not label=share[,label=share...]") from error
+    repeated = sorted(name for name, count in Counter(name for name, _ in pairs).items() if count > 1)
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{text!r} gives {', '.join(repeated)} more than once; give each label once")
+    return dict(pairs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ alone, never on how patients are later spread over worker processes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -83,10 +84,11 @@ def plan_cohort(
     if patients < 1:
         raise MammoXAIError("patients", f"is {patients}", "ask for at least one patient")
     unknown = sorted(set(prevalence) - set(CASE_LABELS))
-    if unknown or any(share < 0 for share in prevalence.values()) or sum(prevalence.values()) <= 0:
+    shares = list(prevalence.values())
+    if unknown or not all(0 <= share < math.inf for share in shares) or not 0 < sum(shares) < math.inf:  # NaN too
         raise MammoXAIError(
             "prevalence",
-            f"{prevalence} is not a non-negative share for some of {', '.join(CASE_LABELS)}",
+            f"{prevalence} is not a finite, non-negative share for some of {', '.join(CASE_LABELS)}",
             "e.g. normal=0.4,benign=0.2,recalled_benign=0.15,malignant=0.25",
         )
     for name, share in (("prior_fraction", prior_fraction), ("test_fraction", test_fraction)):
