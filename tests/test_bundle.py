@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser, verify_net_in_out
 from monai.metrics import ROCAUCMetric, compute_roc_auc
 from PIL import Image
 
-from mammoxai.cli import config_overrides, user_error
+from mammoxai.cli import config_overrides, run_bundle_config, user_error
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.inference import InferenceRunner, MammogramPredictor, list_inputs
@@ -196,6 +196,45 @@ def test_script_options_are_read_as_monai_bundle_run_reads_them():
         "select": "[unclosed",
     }
     assert config_overrides(["--views", "(CC, MLO)"]) == {"views": ("CC", "MLO")}  # bare words in parentheses: a tuple
+
+
+def test_script_options_that_name_a_file_or_folder_stay_text():
+    """``--dataset_dir 2024`` was the number 2024, which the config's ``@dataset_dir + '/manifest.csv'`` cannot join."""
+    arguments = ["--dataset_dir", "2024", "--bundle_root", "2024", "--label_csv", "null", "--init_weights", "1.5"]
+    arguments += ["--train#cache_dir", "[a, b]", "--manifest", "true", "--checkpoint", "None", "--epochs", "2024"]
+    assert config_overrides(arguments) == {
+        "dataset_dir": "2024",
+        "bundle_root": "2024",
+        "label_csv": None,  # no file, as the config's default
+        "init_weights": "1.5",
+        "train#cache_dir": "[a, b]",
+        "manifest": "true",
+        "checkpoint": None,
+        "epochs": 2024,
+    }
+
+
+@pytest.mark.parametrize("value", ["{CC, MLO}", "['CC', {'MLO'}]", "{'views': {'CC', 'MLO'}}"])
+def test_a_script_option_holding_a_set_is_refused_since_its_order_changes_between_runs(value):
+    with pytest.raises(MammoXAIError, match=r"^--views: .*holds a set.*\[a, b\], not \{a, b\}"):
+        config_overrides(["--epochs", "2", "--views", value])
+
+
+@pytest.mark.parametrize(
+    "arguments, line",
+    [
+        (["--bundle_root", "2024"], "2024/configs/train.json: not found"),
+        (["--dataset_dir", "2024"], "2024/manifest.csv: manifest not found"),
+    ],
+)
+def test_a_script_given_a_number_as_a_folder_names_the_folder_in_one_line(
+    tmp_path, monkeypatch, capsys, arguments, line
+):
+    monkeypatch.chdir(tmp_path)
+    arguments += ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")]
+    assert run_bundle_config("train.json", arguments) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and line in error
 
 
 def test_script_options_nested_beyond_the_parsers_stay_text_not_a_traceback():

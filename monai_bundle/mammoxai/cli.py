@@ -46,6 +46,11 @@ USER_ERROR_PREFIX = "error: "
 #: the bundle this copy of ``mammoxai`` lives in (``monai_bundle/``)
 BUNDLE_ROOT = Path(mammoxai.__file__).resolve().parents[1]
 
+#: settings that name a file or folder, by name or by the end of it (``dataset_dir``, ``label_csv``,
+#: ``init_weights``): their value is the text as given (:func:`config_overrides`)
+_PATH_KEYS = frozenset({"bundle_root", "manifest", "checkpoint", "explainer"})
+_PATH_SUFFIXES = ("_dir", "_path", "_file", "_csv", "_manifest", "_checkpoint", "_weights")
+
 
 def user_error(error: BaseException) -> MammoXAIError | None:
     """The MammoXAIError behind an exception, if any: MONAI's config parser wraps what a component raises."""
@@ -97,15 +102,24 @@ def exit_status(action: Callable[[], object]) -> int:
 
 def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     """``--key value`` pairs as ``monai.bundle run`` takes them: a value is JSON where it parses as JSON, else a
-    Python list, tuple, dict, set, boolean or None where it parses as one (``"['CC', 'MLO']"``, ``"{5: 'malignant'}"``,
+    Python list, tuple, dict, boolean or None where it parses as one (``"['CC', 'MLO']"``, ``"{5: 'malignant'}"``,
     ``True``, as the model card writes them for ``monai.bundle run``, whose command line reads Python literals), else
     the text itself.
 
     Within brackets, braces or parentheses, bare words are text, as ``monai.bundle run``'s command line (``fire``)
     reads them: ``[study_uid, laterality]`` is a list of two names, ``(CC, MLO)`` a tuple, ``{Cancer: malignant}``
-    a mapping. Two readings of that command line are left out, since scripts are handed folder names and ids: words
+    a mapping. Some readings of that command line are left out, since scripts are handed folder names and ids: words
     joined by commas without brackets stay text (``data,v2``, where ``fire`` reads a tuple), and so do Python's other
-    number spellings (``2024_01``, ``0x1F``): JSON reads the numbers a user means."""
+    number spellings (``2024_01``, ``0x1F``): JSON reads the numbers a user means. A setting that names a file or
+    folder (``bundle_root``, ``manifest``, ``checkpoint``, ``explainer``, a key ending in ``_dir``, ``_path``,
+    ``_file``, ``_csv``, ``_manifest``, ``_checkpoint`` or ``_weights``) takes the text as given, ``null`` or
+    ``None`` aside (no file): ``--dataset_dir 2024`` is the folder ``2024``, not a number the config cannot join
+    to ``'/manifest.csv'``. A set (``{CC, MLO}``) is refused: Python orders it anew in each run, so a setting
+    that lists views or names would differ between two runs of one command.
+
+    Raises:
+        MammoXAIError: an argument is not part of a ``--key value`` pair, or a value holds a set.
+    """
     overrides: dict[str, Any] = {}
     for position in range(0, len(arguments), 2):
         key, value = arguments[position], arguments[position + 1] if position + 1 < len(arguments) else None
@@ -113,8 +127,34 @@ def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
             raise MammoXAIError(
                 " ".join(arguments), f"cannot read {key!r} as --key value", "give config overrides as --key value pairs"
             )
-        overrides[key[2:]] = _parse_value(value)
+        name = key[2:]
+        overrides[name] = _parse_path(value) if _names_a_path(name) else _parse_value(value)
+        if _holds_set(overrides[name]):
+            problem = f"is {value!r}, which holds a set, whose order Python picks anew in each run"
+            raise MammoXAIError(
+                key, problem, "write a list in brackets where it has a set in braces: [a, b], not {a, b}"
+            )
     return overrides
+
+
+def _names_a_path(key: str) -> bool:
+    """Whether the setting ``key`` (``a#b`` for a nested one: its last part) names a file or folder."""
+    name = key.rsplit("#", 1)[-1]
+    return name in _PATH_KEYS or name.endswith(_PATH_SUFFIXES)
+
+
+def _parse_path(text: str) -> str | None:
+    """A file or folder as given on the command line: the text, or None for ``null`` / ``None`` (no file)."""
+    return None if text in ("null", "None") else text
+
+
+def _holds_set(value: Any) -> bool:
+    """Whether ``value`` is a set or a list, tuple or mapping that holds one at any depth."""
+    if isinstance(value, (set, frozenset)):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_set(item) for item in value.values())
+    return isinstance(value, (list, tuple)) and any(_holds_set(item) for item in value)
 
 
 def _parse_value(text: str) -> Any:
@@ -197,7 +237,8 @@ def run_bundle_config(
 
     Args:
         config_names: file name(s) under ``<bundle_root>/configs``; later files override earlier ones.
-        argv: ``--key value`` config overrides (default ``sys.argv[1:]``); ``--bundle_root`` picks another bundle.
+        argv: ``--key value`` config overrides (default ``sys.argv[1:]``); ``--bundle_root`` picks another bundle
+            (``null``: this one).
         program: how the command is shown in the record (default ``python <sys.argv[0]>``).
     """
     names = [config_names] if isinstance(config_names, str) else list(config_names)
@@ -212,7 +253,7 @@ def run_bundle_config(
 
     def run() -> None:
         overrides = config_overrides(arguments)
-        bundle_root = Path(overrides.pop("bundle_root", BUNDLE_ROOT)).resolve()
+        bundle_root = Path(overrides.pop("bundle_root", None) or BUNDLE_ROOT).resolve()
         config_files = bundle_config_files(bundle_root, names)
         check_override_keys(config_files, overrides)
         overrides.setdefault("command", shlex.join([*program.split(), *arguments]))
