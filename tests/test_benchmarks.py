@@ -85,6 +85,34 @@ def test_a_recorded_command_that_no_longer_parses_matches_nothing(tmp_path):
     assert TOY("python bench_a.py") == TOY("python bench_a.py --size 1 --note 'a b'") == {"size": 1}
 
 
+def two_option_parser() -> argparse.ArgumentParser:
+    parser = toy_parser()
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", required=True)
+    return parser
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        "python bench_a.py --s 2 --device cpu",  # --size or --seed: argparse's error() exited, exit_on_error or not
+        "python bench_a.py --size 2",  # --device missing: the same
+        "python bench_a.py --device 'cpu",  # a quote left open: shlex's ValueError
+    ],
+)
+def test_a_recorded_command_argparse_or_shlex_cannot_read_matches_nothing_and_the_run_is_recorded(
+    tmp_path, capsys, recorded
+):
+    settings = command_settings(two_option_parser, ignore={"note"})
+    path = tmp_path / "BENCHMARKS.md"
+    record_section(path, "Saliency speed", CPU, recorded, "Hand-edited.", ["| 1 |"])
+    record_section(path, "Saliency speed", CPU, "python bench_a.py --device cpu", "New.", ["| 2 |"], settings=settings)
+    text = path.read_text()
+    assert text.count("## Saliency speed: CPU") == 2 and "| 1 |" in text and "| 2 |" in text
+    assert settings(recorded) is None and capsys.readouterr().err == ""
+    assert settings("python bench_a.py --si 2 --device cpu") == {"size": 2, "seed": 0, "device": "cpu"}
+
+
 def committed_section(module) -> tuple[str, str]:
     """The heading and text of ``module``'s section of the committed BENCHMARKS.md."""
     text = (REPO / "BENCHMARKS.md").read_text()

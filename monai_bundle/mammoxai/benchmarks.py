@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -53,25 +53,36 @@ def command_settings(
     filled in, except the ``ignore`` destinations (those that change no figure: ``device``, ``note``, ``record``).
 
     Two spellings of one run (``--warmup 5`` or the default, options in another order) thus match, and a command
-    that no longer parses (an option since renamed) matches nothing: its section is left alone.
+    that no longer parses (an option since renamed, an abbreviation that two options now share, a quote left open
+    by a hand edit) matches nothing: its section is left alone, and the run that is recording goes on. Options are
+    read as the script reads them, abbreviations included, so a command matches its own rerun.
     """
 
     def settings(command: str) -> dict[str, Any] | None:
-        words = shlex.split(command)
+        try:
+            words = shlex.split(command)
+        except ValueError:  # a quote left open
+            return None
         script = next((index for index, word in enumerate(words) if word.endswith(".py")), None)
         if script is None:
             return None
         parser = build_parser()
         parser.exit_on_error = False  # an unreadable recorded command is no match, not the end of this run
+        parser.error = _unreadable  # argparse calls error() itself for some (an ambiguous abbreviation), which exits
         try:
             parsed, unknown = parser.parse_known_args(words[script + 1 :])
-        except argparse.ArgumentError:
+        except (argparse.ArgumentError, SystemExit):  # SystemExit: a recorded --help or --version
             return None
         if unknown:
             return None
         return {name: value for name, value in vars(parsed).items() if name not in ignore}
 
     return settings
+
+
+def _unreadable(message: str) -> NoReturn:
+    """``ArgumentParser.error`` for a recorded command: raise, instead of printing usage and exiting."""
+    raise argparse.ArgumentError(None, message)
 
 
 def record_section(
