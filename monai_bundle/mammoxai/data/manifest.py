@@ -34,7 +34,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mammoxai.errors import MammoXAIError, check_output_path
+from mammoxai.errors import MammoXAIError, check_output_path, first_of
 from mammoxai.io import dicom, read_mammogram, sniff_format
 
 logger = logging.getLogger(__name__)
@@ -428,8 +428,7 @@ def report_unusable(source: str | os.PathLike, what: str, items: Sequence[str], 
     """
     if not items:
         return
-    shown = ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
-    problem = f"{len(items)} {what}: {shown}"
+    problem = f"{len(items)} {what}: {first_of(items, 10)}"
     if strict:
         skip = "or pass strict=False (a bundle config: --strict false; python -m mammoxai.data.manifest: --lenient) to skip them"
         raise MammoXAIError(source, problem, f"{fix}, {skip}")
@@ -524,8 +523,7 @@ class ImageIndex:
         matches = self._exact.get(key) or self._folded.get(_folded(key), [])
         if len(matches) > 1:
             paths = sorted(str(self.records[i].get("path")) for i in matches)
-            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-            problem = f"{self.columns[0]} {key[0]!r} names {len(matches)} images ({shown})"
+            problem = f"{self.columns[0]} {key[0]!r} names {len(matches)} images ({first_of(paths, 3)})"
             fix = "name each image by a unique id: its manifest image_id, or its path under the data set's folder"
             raise MammoXAIError(self.source, problem, fix)
         return matches
@@ -630,8 +628,7 @@ def check_unique(records: Sequence[Mapping[str, Any]], source: str | os.PathLike
         counts = Counter(values)
         repeated = [f"{value} ({counts[value]} times)" for value in dict.fromkeys(values) if counts[value] > 1]
         if repeated:
-            shown = ", ".join(repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
-            raise MammoXAIError(source, f"lists the same {column} more than once: {shown}", fix)
+            raise MammoXAIError(source, f"lists the same {column} more than once: {first_of(repeated, 10)}", fix)
 
 
 class TableRow(dict):

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from mammoxai.data.synth.cohort import plan_cohort
 from mammoxai.data.synth.study import synthesize_patient
 from mammoxai.data.synth.vendors import SYSTEMS
-from mammoxai.errors import MammoXAIError, check_output_path
+from mammoxai.errors import MammoXAIError, check_output_path, first_of
 
 __all__ = ["FINDING_COLUMNS", "MIN_SIZE", "synthesize"]
 
@@ -125,14 +125,14 @@ def _clear(out: Path, overwrite: bool) -> None:
         raise MammoXAIError(out, problem, "choose an empty folder, or delete them first")
     earlier = [path for pattern in _OUTPUTS for path in sorted(out.glob(pattern))]
     if earlier and not overwrite:
-        problem = f"already holds files of the names a synthetic cohort writes ({_shown(earlier, out)})"
+        problem = f"already holds files of the names a synthetic cohort writes ({_names(earlier, out)})"
         fix = "pass another folder, or overwrite=True (--overwrite) to delete those an earlier run wrote"
         raise MammoXAIError(out, problem, fix)
     listed = _written_earlier(out)
     unlisted = [path for path in earlier if path not in listed]
     if unlisted:
         problem = "holds files of the names a synthetic cohort writes that no earlier run's manifest.csv lists"
-        raise MammoXAIError(out, f"{problem} ({_shown(unlisted, out)})", "move them away, or pass another folder")
+        raise MammoXAIError(out, f"{problem} ({_names(unlisted, out)})", "move them away, or pass another folder")
     for path in earlier:
         path.unlink()
 
@@ -150,7 +150,6 @@ def _written_earlier(out: Path) -> set[Path]:
     return listed | {out / "manifest.csv", out / "finding_annotations.csv"}
 
 
-def _shown(paths: list[Path], out: Path) -> str:
+def _names(paths: list[Path], out: Path) -> str:
     """The first three of ``paths``, relative to ``out``, and how many more."""
-    names = [path.relative_to(out).as_posix() for path in paths]
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return first_of([path.relative_to(out).as_posix() for path in paths], 3)
