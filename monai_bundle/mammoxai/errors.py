@@ -42,14 +42,14 @@ class MammoXAIError(ValueError):
         return type(self), (self.source, self.problem, self.fix)
 
 
-def first_of(items: Sequence[str], limit: int) -> str:
-    """The first ``limit`` of ``items`` and how many more: how a message names a long list (unreadable files,
-    repeated ids), so that it stays one line.
+def first_of(items: Sequence[str], limit: int, separator: str = ", ") -> str:
+    """The first ``limit`` of ``items``, joined by ``separator``, and how many more: how a message names a long list
+    (unreadable files, repeated ids, mismatched weights), so that it stays one line.
 
     Example:
         first_of(["a", "b", "c", "d"], 2)  # "a, b and 2 more"
     """
-    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    return separator.join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 _FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}

@@ -29,7 +29,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, first_of
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.classifier import MammoClassifier
 from mammoxai.nets.files import read_torch_file
@@ -172,6 +172,5 @@ def _load_weights(model: nn.Module, path: Path, name: str, stem_name: str, head_
         if key in expected and value.shape != expected[key].shape
     ]
     if problems:
-        shown = "; ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise MammoXAIError(path, f"does not fit {name}: {shown}", fix)
+        raise MammoXAIError(path, f"does not fit {name}: {first_of(problems, 5, '; ')}", fix)
     model.load_state_dict(state)

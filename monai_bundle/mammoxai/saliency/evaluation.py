@@ -61,7 +61,7 @@ from mammoxai.cli import run_bundle_config
 from mammoxai.data.dataset import LabelMap, MammogramDataset, batch_geometries, class_index, class_indices
 from mammoxai.data.findings import LESION_CLASSES, Finding, box_class, check_image_shape, match_findings, read_findings
 from mammoxai.data.manifest import record_shape
-from mammoxai.errors import MammoXAIError, check_output_path, parse_names
+from mammoxai.errors import MammoXAIError, check_output_path, first_of, parse_names
 from mammoxai.io import read_dicom_header, read_mammogram, read_mask
 from mammoxai.io.breast import segment_breast
 from mammoxai.io.dicom import pixel_spacing
@@ -476,10 +476,9 @@ class SaliencyEvaluator:
         the run stopped only at the first of them, losing every image scored before it."""
         lacking = [str(record["path"]) for record in self.records if _header_spacing(record["path"]) is None]
         if lacking:
-            shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
             problem = (
                 f"needs each image's pixel spacing, which {len(lacking)} file(s) lack (a PNG, TIFF or PGM has none, "
-                f"and a DICOM header may give none): {shown}"
+                f"and a DICOM header may give none): {first_of(lacking, 3)}"
             )
             raise MammoXAIError("tolerance_unit 'mm'", problem, _PIXEL_TOLERANCE)
 
