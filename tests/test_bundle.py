@@ -202,6 +202,7 @@ def test_script_options_that_name_a_file_or_folder_stay_text():
     """``--dataset_dir 2024`` was the number 2024, which the config's ``@dataset_dir + '/manifest.csv'`` cannot join."""
     arguments = ["--dataset_dir", "2024", "--bundle_root", "2024", "--label_csv", "null", "--init_weights", "1.5"]
     arguments += ["--train#cache_dir", "[a, b]", "--manifest", "true", "--checkpoint", "None", "--epochs", "2024"]
+    arguments += ["--loss#field_weights", '{"thickness": 2}']  # numbers, though the name ends like init_weights
     assert config_overrides(arguments) == {
         "dataset_dir": "2024",
         "bundle_root": "2024",
@@ -211,6 +212,7 @@ def test_script_options_that_name_a_file_or_folder_stay_text():
         "manifest": "true",
         "checkpoint": None,
         "epochs": 2024,
+        "loss#field_weights": {"thickness": 2},
     }
 
 

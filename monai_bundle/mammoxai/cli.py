@@ -46,10 +46,11 @@ USER_ERROR_PREFIX = "error: "
 #: the bundle this copy of ``mammoxai`` lives in (``monai_bundle/``)
 BUNDLE_ROOT = Path(mammoxai.__file__).resolve().parents[1]
 
-#: settings that name a file or folder, by name or by the end of it (``dataset_dir``, ``label_csv``,
-#: ``init_weights``): their value is the text as given (:func:`config_overrides`)
-_PATH_KEYS = frozenset({"bundle_root", "manifest", "checkpoint", "explainer"})
-_PATH_SUFFIXES = ("_dir", "_path", "_file", "_csv", "_manifest", "_checkpoint", "_weights")
+#: settings that name a file or folder, by name or by the end of it (``dataset_dir``, ``label_csv``): their value is
+#: the text as given (:func:`config_overrides`). Weights files are named one by one: ``class_weights`` and
+#: ``field_weights`` are numbers, not files
+_PATH_KEYS = frozenset({"bundle_root", "manifest", "checkpoint", "explainer", "init_weights", "backbone_weights"})
+_PATH_SUFFIXES = ("_dir", "_path", "_file", "_csv", "_manifest", "_checkpoint")
 
 
 def user_error(error: BaseException) -> MammoXAIError | None:
@@ -111,8 +112,8 @@ def config_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     a mapping. Some readings of that command line are left out, since scripts are handed folder names and ids: words
     joined by commas without brackets stay text (``data,v2``, where ``fire`` reads a tuple), and so do Python's other
     number spellings (``2024_01``, ``0x1F``): JSON reads the numbers a user means. A setting that names a file or
-    folder (``bundle_root``, ``manifest``, ``checkpoint``, ``explainer``, a key ending in ``_dir``, ``_path``,
-    ``_file``, ``_csv``, ``_manifest``, ``_checkpoint`` or ``_weights``) takes the text as given, ``null`` or
+    folder (``bundle_root``, ``manifest``, ``checkpoint``, ``explainer``, ``init_weights``, ``backbone_weights``, a
+    key ending in ``_dir``, ``_path``, ``_file``, ``_csv``, ``_manifest`` or ``_checkpoint``) takes the text as given, ``null`` or
     ``None`` aside (no file): ``--dataset_dir 2024`` is the folder ``2024``, not a number the config cannot join
     to ``'/manifest.csv'``. A set (``{CC, MLO}``) is refused: Python orders it anew in each run, so a setting
     that lists views or names would differ between two runs of one command.
