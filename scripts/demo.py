@@ -6,13 +6,17 @@
 1. writes a synthetic study set (:mod:`mammoxai.data.synth`) to ``.demo/studies`` unless the folder already
    holds images (a synthetic cohort of another size that no weights were trained from is written again):
    200 patients by default, enriched for cancers (:data:`DEMO_PREVALENCE`) so that the demo
-   weights learn something (screening prevalence would leave a handful of malignant training images);
+   weights learn something (screening prevalence would leave a handful of malignant training images). The studies
+   are written into a folder beside it that takes its name only once they are complete, so an interrupted demo
+   writes them again rather than serving, or training from, part of a cohort;
 2. trains demo weights into ``monai_bundle/models/model.pt`` with the bundle's ``configs/train.json`` unless the
-   file exists (about six minutes on two CPU cores for the default 200 patients; held-out malignant-vs-rest AUC
-   0.6-0.75 between runs, see the model card's Metrics). They are trained on synthetic phantoms and are NOT for
-   clinical use;
+   file exists; training writes into a folder beside it whose ``model.pt`` takes its place only when training
+   finished, so an interrupted demo trains again rather than serving the best epoch so far (about six minutes on
+   two CPU cores for the default 200 patients, 5 min 42 s in the model card's Metrics; held-out malignant-vs-rest
+   AUC 0.6-0.75 between runs). They are trained on synthetic phantoms and are NOT for clinical use;
 3. starts ``monailabel start_server --app apps/mammography`` and prints what to open and how to connect
-   (browser, 3D Slicer, Python client, curl). Ctrl-C stops the server cleanly and exits with status 0.
+   (browser, 3D Slicer, Python client, curl). Ctrl-C, or ``kill``, stops the demo cleanly at any step, with the
+   training or server it started (:func:`stop_child`), and exits with status 0.
 
 Nothing is downloaded. :class:`ServerProcess` is also what the app's tests use to start the server.
 """
@@ -22,14 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mammoxai.cli import USER_ERROR_PREFIX
@@ -46,6 +52,27 @@ DEMO_PREVALENCE = {"normal": 0.3, "benign": 0.15, "recalled_benign": 0.1, "malig
 #: how a bundle run stopped by a user error gives its message: one line (mammoxai.cli.brief_user_errors), or with
 #: MAMMOXAI_TRACEBACK=1 the last line of the traceback
 USER_ERROR_LINES = (USER_ERROR_PREFIX, f"{MammoXAIError.__module__}.{MammoXAIError.__qualname__}: ")
+#: seconds a child is given to stop after each of SIGINT and SIGTERM before it is killed
+STOP_TIMEOUT_S = 30.0
+
+
+def stop_child(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> int:
+    """Stop a child the way Ctrl-C would, and make sure it is gone: SIGINT, then SIGTERM, then SIGKILL.
+
+    Each signal is given ``timeout`` seconds. SIGINT comes first since it is what the children (uvicorn, a bundle
+    run) shut down cleanly on; only one is sent, since a second makes uvicorn force-quit. A child that already
+    exited, e.g. one that got the terminal's Ctrl-C itself, is left as it is. Returns its exit status.
+    """
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        if process.poll() is not None:
+            return process.returncode
+        process.send_signal(stop)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            continue
+    process.kill()
+    return process.wait()
 
 
 class ServerProcess:
@@ -125,16 +152,9 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"the server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """Send one SIGINT and wait; kill the server only if it has not stopped after ``timeout`` seconds."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """Stop the server with :func:`stop_child`; ``None`` if it was never started."""
+        return None if self.process is None else stop_child(self.process, timeout)
 
     def wait(self) -> int:
         assert self.process is not None, "start() the server first"
@@ -157,16 +177,29 @@ def is_url(studies: str | os.PathLike) -> bool:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port``.
+
+    Raises:
+        MammoXAIError: ``host`` is not a name or address that can be looked up (``socket.gaierror``) or reached.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        return probe.connect_ex((host, port)) == 0
+        try:
+            return probe.connect_ex((host, port)) == 0
+        except OSError as error:
+            reason = error.strerror or str(error)
+            fix = "give an address such as 127.0.0.1"
+            raise MammoXAIError(f"--host {host}", f"cannot be used ({reason})", fix) from None
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Refuse a port something already listens on (an earlier demo, another server).
+    """Refuse a port the server cannot listen on: out of range, or one something already listens on (an earlier
+    demo, another server). Port 0 is refused too: the server would pick a port the demo does not know to poll.
 
     Raises:
-        MammoXAIError: the port is in use.
+        MammoXAIError: the port is out of range or in use, or ``host`` cannot be looked up.
     """
+    if not 1 <= port <= 65535:
+        raise MammoXAIError(f"--port {port}", "is not a port number", "give a port between 1 and 65535, e.g. 8000")
     if port_in_use(host, port):
         fix = "pass another --port, or stop what listens there"
         raise MammoXAIError(f"--port {port}", f"{host}:{port} is already in use", fix)
@@ -202,9 +235,35 @@ def ensure_studies(studies: Path, patients: int, size: int, seed: int = 0, untra
         print(
             f"studies: {studies} holds an untrained synthetic cohort of {earlier} patients, not {patients}: rewriting it"
         )
+    elif studies.is_dir() and any(studies.iterdir()):
+        problem = "holds no mammograms, but other files the synthetic studies would be mixed with"
+        raise MammoXAIError(f"--studies {studies}", problem, "give an empty or new folder, or a folder of mammograms")
     else:
         print(f"studies: writing {patients} synthetic patients ({size} rows) to {studies} ...")
-    synthesize(studies, patients, seed, size=size, prevalence=DEMO_PREVALENCE, overwrite=True)
+
+    def write(partial: Path) -> Path:
+        synthesize(partial, patients, seed, size=size, prevalence=DEMO_PREVALENCE)
+        return partial
+
+    write_in_place(studies, write)
+
+
+def write_in_place(target: Path, write: Callable[[Path], Path]) -> None:
+    """Have ``write`` fill a new folder beside ``target``, and only once it returns, move what it names there.
+
+    An interrupted or failed ``write`` leaves ``target`` as it was and the partial folder deleted, so the next demo
+    does not take part of a cohort, or a training's best epoch so far, for the finished thing. A ``target`` folder
+    is replaced whole: it is the demo's own output (an empty folder, or a synthetic cohort it wrote).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        finished = write(partial)
+        if target.is_dir():
+            shutil.rmtree(target)
+        finished.replace(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def synthetic_patients(studies: Path) -> int | None:
@@ -230,18 +289,30 @@ def ensure_weights(bundle: Path, studies: Path) -> None:
             "run the demo once without --studies, or put trained weights there"
         )
     print(f"weights: training demo weights into {checkpoint} on the synthetic phantoms (NOT for clinical use) ...")
+    write_in_place(checkpoint, lambda partial: train(bundle, studies, partial))
+
+
+def train(bundle: Path, studies: Path, ckpt_dir: Path) -> Path:
+    """Train the bundle on ``studies`` with its checkpoints in ``ckpt_dir``; return the finished ``model.pt``.
+
+    Raises:
+        RuntimeError: training failed, or finished without writing ``model.pt``.
+    """
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
-    command += ["--dataset_dir", str(studies)]
+    command += ["--dataset_dir", str(studies), "--ckpt_dir", str(ckpt_dir)]
     run_showing_user_error(command, cwd=bundle, what="training")
-    if not checkpoint.is_file():
-        raise RuntimeError(f"training finished but wrote no {checkpoint}; see the output above")
+    if not (ckpt_dir / "model.pt").is_file():
+        raise RuntimeError(f"training finished but wrote no model.pt into {ckpt_dir}; see the output above")
+    return ckpt_dir / "model.pt"
 
 
 def run_showing_user_error(command: Sequence[str], cwd: Path, what: str) -> None:
     """Run ``command``, passing its stderr through; if it fails, raise with its :class:`MammoXAIError` message.
 
     A bundle run stopped by a user error prints it as one line among the run's log (or, with
-    ``MAMMOXAI_TRACEBACK=1``, as a line of a long chained traceback); the demo's own last line repeats it.
+    ``MAMMOXAI_TRACEBACK=1``, as a line of a long chained traceback); the demo's own last line repeats it. If the
+    demo is interrupted meanwhile (Ctrl-C, or ``kill``, which the demo turns into one), the command is stopped
+    with :func:`stop_child` before the interruption goes on: left running, it would go on training unseen.
 
     Raises:
         RuntimeError: the command exited with a non-zero status; the message is its last ``MammoXAIError`` line,
@@ -249,11 +320,15 @@ def run_showing_user_error(command: Sequence[str], cwd: Path, what: str) -> None
     """
     user_error = None
     with subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace") as process:
-        for line in process.stderr:
-            sys.stderr.write(line)
-            prefix = next((prefix for prefix in USER_ERROR_LINES if line.startswith(prefix)), None)
-            if prefix is not None:
-                user_error = line[len(prefix) :].strip()
+        try:
+            for line in process.stderr:
+                sys.stderr.write(line)
+                prefix = next((prefix for prefix in USER_ERROR_LINES if line.startswith(prefix)), None)
+                if prefix is not None:
+                    user_error = line[len(prefix) :].strip()
+        except BaseException:
+            stop_child(process)
+            raise
     if process.returncode != 0:
         raise RuntimeError(f"{what} stopped: {user_error or f'exit status {process.returncode}, see the output above'}")
 

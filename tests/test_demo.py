@@ -6,10 +6,13 @@ The full demo (synthesising, training, serving, Ctrl-C) runs in ``test_app_serve
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +113,103 @@ def test_a_cohort_weights_were_trained_from_is_reused_whatever_its_size(tmp_path
 
     assert capsys.readouterr().out == f"studies: {studies} (existing)\n"
     assert {path.name: path.stat().st_mtime_ns for path in studies.iterdir()} == before
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "0"])
+def test_a_port_out_of_range_is_refused_in_one_line(port, tmp_path, capsys):
+    assert demo.main(["--studies", str(tmp_path / "studies"), "--port", port]) == 1
+    assert (
+        last_error_line(capsys)
+        == f"demo: --port {port}: is not a port number (give a port between 1 and 65535, e.g. 8000)"
+    )
+    assert not (tmp_path / "studies").exists()
+
+
+def test_a_host_that_cannot_be_looked_up_is_refused_in_one_line(tmp_path, port, capsys):
+    assert demo.main(["--studies", str(tmp_path / "studies"), "--host", "nosuch.invalid", "--port", str(port)]) == 1
+    assert last_error_line(capsys).startswith("demo: --host nosuch.invalid: cannot be used (")
+
+
+def test_a_folder_of_other_files_is_not_filled_with_synthetic_studies(tmp_path):
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "notes.txt").write_text("mine")
+    with pytest.raises(demo.MammoXAIError, match="--studies .*: holds no mammograms, but other files"):
+        demo.ensure_studies(tmp_path / "studies", patients=1, size=128)
+
+
+def test_an_interrupted_synthesis_leaves_no_studies_behind(tmp_path, monkeypatch):
+    """Killed after the images but before the rename, the next demo writes the cohort again instead of finding
+    images with no manifest.csv to train from."""
+
+    def interrupted(out: Path, *args, **kwargs) -> None:
+        synthesize(out, patients=1, seed=0, size=128, prior_fraction=0.0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "synthesize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.ensure_studies(tmp_path / "studies", patients=1, size=128)
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.undo()
+    demo.ensure_studies(tmp_path / "studies", patients=1, size=128)
+    assert demo.synthetic_patients(tmp_path / "studies") == 1
+    assert [path.name for path in tmp_path.iterdir()] == ["studies"]
+
+
+def fake_training_bundle(folder: Path, fails: bool) -> Path:
+    """A bundle whose train.json saves a model.pt into its ``ckpt_dir``, as training does after its best epoch, and
+    then finishes or fails."""
+    steps = ["$pathlib.Path(@ckpt_dir).mkdir(exist_ok=True)", "$pathlib.Path(@ckpt_dir, 'model.pt').write_text('x')"]
+    config = {"imports": ["$import pathlib"], "ckpt_dir": "$@bundle_root + '/models'", "bundle_root": str(folder)}
+    config["run"] = steps + (["$int('the epoch after the best one fails')"] if fails else [])
+    (folder / "configs").mkdir(parents=True)
+    (folder / "configs" / "train.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_weights_of_an_interrupted_training_are_not_kept_as_the_demo_weights(tmp_path):
+    bundle = fake_training_bundle(tmp_path / "bundle", fails=True)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "manifest.csv").write_text("")
+
+    with pytest.raises(RuntimeError, match="training stopped"):
+        demo.ensure_weights(bundle, tmp_path / "studies")
+
+    assert list((bundle / "models").iterdir()) == []
+
+
+def test_weights_of_a_finished_training_take_their_place(tmp_path):
+    bundle = fake_training_bundle(tmp_path / "bundle", fails=False)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "manifest.csv").write_text("")
+
+    demo.ensure_weights(bundle, tmp_path / "studies")
+
+    assert [path.name for path in (bundle / "models").iterdir()] == ["model.pt"]
+
+
+def test_kill_during_training_stops_the_training_too(tmp_path):
+    """``kill`` (SIGTERM) interrupts the demo like Ctrl-C; the child it was running must not go on unseen."""
+    pid_file = tmp_path / "pid"
+    child = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(60)"
+    demo.stop_on_termination_signals()
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_showing_user_error([sys.executable, "-c", child], cwd=tmp_path, what="training")
+
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+@pytest.mark.parametrize(
+    "ignored, status",
+    [((), -signal.SIGINT), ((signal.SIGINT,), -signal.SIGTERM), ((signal.SIGINT, signal.SIGTERM), -signal.SIGKILL)],
+)
+def test_a_child_that_ignores_a_stop_signal_gets_the_next_one(ignored, status):
+    ignores = "".join(f"signal.signal({number}, signal.SIG_IGN); " for number in ignored)
+    child = f"import signal, time; {ignores}print('ready', flush=True); time.sleep(60)"
+    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout.readline() == "ready\n"
+        assert demo.stop_child(process, timeout=1.0) == status
