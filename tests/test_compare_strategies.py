@@ -232,6 +232,7 @@ def test_an_out_folder_holding_an_earlier_experiment_is_refused_unless_overwrite
         (["--strategies", "scratch", "scratch"], "--strategies: gives scratch more than once"),
         (["--fractions", "1.0", "1"], "--fractions: gives 1 more than once"),
         (["--seeds", "0", "0"], "--seeds: gives 0 more than once"),
+        (["--seeds", "0", "-1", "--pretrain_epochs", "2"], "--seeds: is -1, not a whole number of 0 or more"),
         (["--pretrain_epochs", "0"], "--pretrain_epochs: is 0"),
         (["--max_minutes", "0"], "max_minutes: is 0.0, not a positive number of minutes"),
         (["--batch_size", "0"], "batch_size: is 0"),

@@ -36,6 +36,7 @@ from mammoxai.io.atomic import atomic_write_bytes
 from mammoxai.metrics import paired_auc_difference
 from mammoxai.training.classification import held_out_patients, patient_key, patient_strata, selects
 from mammoxai.training.finetune import check_labels
+from mammoxai.training.settings import check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -240,10 +241,21 @@ def distinct(values: Sequence[Any], option: str) -> list[Any]:
 def repeat_seeds(args: argparse.Namespace) -> list[int]:
     """The seeds an experiment runs with: ``--seeds``, else ``--seed`` once.
 
+    Every seed is checked here, before the first run: the bundle runs' own check sees only the seed of the run
+    about to start, so a wrong later seed stopped the experiment after minutes of pretraining and training.
+
     Raises:
-        MammoXAIError: ``--seeds`` repeats a seed (see :func:`distinct`).
+        MammoXAIError: ``--seeds`` repeats a seed (see :func:`distinct`), or a seed is not a whole number of 0 or
+            more.
     """
-    return distinct(args.seeds or [args.seed], "--seeds")
+    option = "--seeds" if args.seeds else "--seed"
+    seeds = distinct(args.seeds or [args.seed], option)
+    for seed in seeds:
+        try:
+            check_settings(seed=seed)
+        except MammoXAIError as error:
+            raise MammoXAIError(option, error.problem, f"e.g. {option} 0") from None
+    return seeds
 
 
 def read_study_manifest(dataset_dir: str | Path) -> list[dict[str, Any]]:
