@@ -422,10 +422,12 @@ def run_steps(steps: list[Step], log_path: Path, budget_s: float, site: Path | N
             try:
                 returncode = process.wait(timeout=left)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                stop_session(process)
                 log.write(f"\nstopped after {time.monotonic() - start:.0f} s: the stage's time budget is spent\n")
                 return False
+            except BaseException:  # Ctrl-C or a kill reaches only this process: the step's session would go on
+                stop_session(process)
+                raise
             finished = f"{step.name}: exit {returncode} after {time.monotonic() - start:.1f} s"
             log.write(f"\n{finished}\n")
             log.flush()
@@ -433,6 +435,12 @@ def run_steps(steps: list[Step], log_path: Path, budget_s: float, site: Path | N
             if returncode != 0:
                 return False
     return True
+
+
+def stop_session(process: subprocess.Popen) -> None:
+    """Kill a step and every process it started (its session, see :func:`run_steps`), and reap it."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def pack_reports(work: Path, archive: Path) -> int:

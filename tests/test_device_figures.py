@@ -1,6 +1,7 @@
 """scripts/device_figures.py: the stages a lent GPU machine runs, checked here at a tiny size on the CPU, so that
 none of its few minutes is lost to a stage that does not run."""
 
+import _thread
 import csv
 import importlib.util
 import json
@@ -8,6 +9,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -161,19 +163,40 @@ def test_a_stage_that_outruns_its_budget_stops_says_so_and_leaves_the_next_stage
     assert "strategies: stopped early (see the log)" in printed and "pretrain: stopped early" in printed
 
 
-def test_a_step_stopped_by_the_budget_is_stopped_with_the_processes_it_started(device_figures, tmp_path):
-    mark = f"worker-of-{tmp_path.name}"
+def step_starting_a_worker(device_figures, mark: str):
+    """A step that starts a worker process (its command line holds ``mark``), and both sleep for a minute."""
     sleeper = f"import time; time.sleep(60)  # {mark}"
     starter = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); time.sleep(60)"
-    step = device_figures.Step("starts_a_worker", [sys.executable, "-c", starter])
+    return device_figures.Step("starts_a_worker", [sys.executable, "-c", starter])
+
+
+def ended(mark: str) -> bool:
+    """Whether no process naming ``mark`` runs, after a moment for the kernel to end those sent SIGKILL."""
+    for _ in range(50):
+        if not processes_naming(mark):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_step_stopped_by_the_budget_is_stopped_with_the_processes_it_started(device_figures, tmp_path):
+    mark = f"worker-of-{tmp_path.name}"
+    step = step_starting_a_worker(device_figures, mark)
 
     assert device_figures.run_steps([step], tmp_path / "log", budget_s=2) is False
     assert "the stage's time budget is spent" in (tmp_path / "log").read_text()
-    for _ in range(50):  # SIGKILL is delivered, not waited for: give the kernel a moment to end the worker
-        if not processes_naming(mark):
-            break
-        time.sleep(0.1)
-    assert not processes_naming(mark)
+    assert ended(mark)
+
+
+def test_ctrl_c_stops_the_running_step_with_the_processes_it_started(device_figures, tmp_path):
+    """The step runs in a session of its own, which the terminal's Ctrl-C does not reach."""
+    mark = f"worker-of-{tmp_path.name}"
+    step = step_starting_a_worker(device_figures, mark)
+    threading.Timer(2.0, _thread.interrupt_main).start()
+
+    with pytest.raises(KeyboardInterrupt):
+        device_figures.run_steps([step], tmp_path / "log", budget_s=60)
+    assert ended(mark)
 
 
 @pytest.mark.parametrize("arguments", [["--budget", "0"], ["--max-images", "0"]])
