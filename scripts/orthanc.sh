@@ -6,6 +6,8 @@
 #                                storage folder, wait until it answers and print its DICOMweb URL
 #   scripts/orthanc.sh stop      stop the Orthanc this script started and delete its storage folder
 #   scripts/orthanc.sh url       print the DICOMweb URL (whether or not Orthanc runs)
+#   scripts/orthanc.sh running   exit 0 when this script's Orthanc runs and answers, else 1 (a caller that starts
+#                                Orthanc only for itself, like test.sh, stops it afterwards only if it was not)
 #
 # Idempotent: `start` when this script's Orthanc already answers only prints the URL. The storage is
 # temporary on purpose: this is a test PACS, never a clinical one (no authentication, loopback only).
@@ -42,8 +44,14 @@ plugin_dir() {
     return 1
 }
 
+# Debian installs /usr/sbin/Orthanc, which is not on a normal user's PATH
+orthanc_bin() {
+    command -v Orthanc && return 0
+    [[ -x /usr/sbin/Orthanc ]] && echo /usr/sbin/Orthanc
+}
+
 install_orthanc() {
-    if command -v Orthanc >/dev/null && plugin_dir >/dev/null && command -v curl >/dev/null; then return 0; fi
+    if orthanc_bin >/dev/null && plugin_dir >/dev/null && command -v curl >/dev/null; then return 0; fi
     if [[ "$(id -u)" != 0 ]]; then
         log "Orthanc or its DICOMweb plugin is missing; run as root (or: sudo apt-get install orthanc orthanc-dicomweb curl)"
         exit 1
@@ -76,8 +84,10 @@ write_config() {
 EOF
 }
 
+running() { running_pid >/dev/null && answers; }
+
 start() {
-    if running_pid >/dev/null && answers; then
+    if running; then
         log "already running (pid $(running_pid))"
         echo "$URL"
         return 0
@@ -89,7 +99,7 @@ start() {
     install_orthanc
     rm -rf "$STATE_DIR"
     write_config
-    Orthanc "$STATE_DIR/orthanc.json" >"$STATE_DIR/orthanc.log" 2>&1 &
+    "$(orthanc_bin)" "$STATE_DIR/orthanc.json" >"$STATE_DIR/orthanc.log" 2>&1 &
     echo $! >"$PID_FILE"
     for _ in $(seq 1 120); do
         if answers; then
@@ -126,5 +136,6 @@ case "${1:-start}" in
     start) start ;;
     stop) stop ;;
     url) echo "$URL" ;;
-    *) echo "usage: $0 [start|stop|url]" >&2; exit 2 ;;
+    running) running ;;
+    *) echo "usage: $0 [start|stop|url|running]" >&2; exit 2 ;;
 esac

@@ -213,3 +213,35 @@ def test_a_child_that_ignores_a_stop_signal_gets_the_next_one(ignored, status):
     with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True) as process:
         assert process.stdout.readline() == "ready\n"
         assert demo.stop_child(process, timeout=1.0) == status
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/Orthanc").is_file(), reason="needs Debian's orthanc package")
+def test_the_pacs_script_finds_debians_orthanc_and_tells_whether_it_runs(tmp_path):
+    """``scripts/orthanc.sh``, which the DICOMweb demos and ``test.sh`` start: Debian's ``/usr/sbin/Orthanc`` is not
+    on a normal user's PATH, and ``running`` is how ``test.sh`` leaves an Orthanc it did not start running."""
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "ORTHANC_STATE_DIR": str(tmp_path / "orthanc"),
+        "ORTHANC_HTTP_PORT": str(free_port()),
+        "ORTHANC_DICOM_PORT": str(free_port()),
+    }
+    script = [str(REPO / "scripts" / "orthanc.sh")]
+
+    def run(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*script, command], env=environment, capture_output=True, text=True, timeout=120)
+
+    assert run("running").returncode == 1
+    try:
+        started = run("start")
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.splitlines()[-1] == f"http://127.0.0.1:{environment['ORTHANC_HTTP_PORT']}/dicom-web"
+        assert run("running").returncode == 0
+    finally:
+        run("stop")
+    assert run("running").returncode == 1 and not (tmp_path / "orthanc").exists()
