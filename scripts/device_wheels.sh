@@ -6,11 +6,13 @@
 # requirements/constraints.txt, for the machine's Python (3.12 unless given: scripts/device_wheels.sh 3.11),
 # without their dependencies, so nothing the machine holds is replaced. A source-only package (grad-cam) is
 # built into a wheel here; it is pure Python. .whl/ is ignored by git: name it in the run's carry list.
+# The wheels are gathered in a temporary folder that becomes .whl/ only once all of them are there: an
+# interrupted or failed run leaves the earlier .whl/ (or none), never a partial one that would then be carried.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python_version="${1:-3.12}"
-out="$root/.whl"
+whl="$root/.whl"
 # pip only downloads (and builds one pure-Python wheel) here: the project's .venv, or any python3 before it exists
 python_here="$root/.venv/bin/python"
 [ -x "$python_here" ] || python_here="python3"
@@ -31,8 +33,8 @@ pinned() {  # the constraints file's line for a package, e.g. monai==1.6.1
   echo "$line"
 }
 
-rm -rf "$out"
-mkdir -p "$out"
+out="$(mktemp -d "$root/.whl.partial-XXXXXX")"
+trap 'rm -rf "$out"' EXIT
 abi="cp${python_version/./}"
 for package in "${packages[@]}"; do
   requirement="$(pinned "$package")"
@@ -48,5 +50,7 @@ for package in "${packages[@]}"; do
     fi
   fi
 done
-du -sh "$out" | sed 's/^/device_wheels: /'
-ls "$out"
+rm -rf "$whl"
+mv "$out" "$whl"
+du -sh "$whl" | sed 's/^/device_wheels: /'
+ls "$whl"

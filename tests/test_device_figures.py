@@ -5,7 +5,9 @@ import _thread
 import csv
 import importlib.util
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -257,3 +259,43 @@ def test_the_rehearsal_is_valid_bash_and_rehearses_every_stage(device_figures):
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     default = re.search(r"\|\| stages=\(([a-z ]+)\)", script.read_text())
     assert default and default.group(1).split() == list(device_figures.STAGES)
+
+
+FAKE_PIP = """#!/usr/bin/env bash
+# stands in for `python -m pip download|wheel`: writes a wheel for each requirement but $FAILING
+destination=""; previous=""
+for argument in "$@"; do
+  case "$previous" in --dest|--wheel-dir) destination="$argument" ;; esac
+  previous="$argument"
+done
+requirement="${@: -1}"
+[[ "$requirement" == "$FAILING"* ]] && exit 1
+touch "$destination/${requirement%%==*}-1.0-py3-none-any.whl"
+"""
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_device_wheels_replace_the_carried_folder_only_when_every_wheel_is_there(tmp_path, fails):
+    """A partial .whl/ would be carried to the GPU machine as if complete (device_rehearsal.sh checks only that it
+    exists); an interrupted or failed run must leave the earlier one."""
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "device_wheels.sh", root / "scripts")
+    shutil.copytree(REPO / "requirements", root / "requirements")
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".venv" / "bin" / "python").write_text(FAKE_PIP)
+    (root / ".venv" / "bin" / "python").chmod(0o755)
+    (root / ".whl").mkdir()
+    (root / ".whl" / "earlier-1.0-py3-none-any.whl").touch()
+
+    environment = {**os.environ, "FAILING": "captum==" if fails else "nothing"}
+    command = ["bash", str(root / "scripts" / "device_wheels.sh")]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
+
+    wheels = sorted(path.name for path in (root / ".whl").iterdir())
+    assert sorted(path.name for path in root.iterdir()) == [".venv", ".whl", "requirements", "scripts"]
+    if fails:
+        assert result.returncode != 0 and wheels == ["earlier-1.0-py3-none-any.whl"]
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "monai-1.0-py3-none-any.whl" in wheels and "earlier-1.0-py3-none-any.whl" not in wheels
