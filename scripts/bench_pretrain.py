@@ -74,6 +74,13 @@ class Result:
     images_per_second: float
     step_ms: float
     data_wait_share: float
+    mean_batch: float
+    """images per timed step: below the batch size asked for when the cohort's images run out within an epoch's
+    batches (the sampler then gives a smaller last batch), so the table shows what ran"""
+
+    def batch_label(self) -> str:
+        asked = self.setting.batch_size
+        return str(asked) if self.mean_batch == asked else f"{asked} (ran {self.mean_batch:.1f} on average)"
 
 
 class StepTimer:
@@ -103,11 +110,13 @@ class StepTimer:
             torch.cuda.synchronize(self.device)  # the step is done when the GPU is, not when it was queued
         self.ends.append(time.perf_counter())
 
-    def summary(self, warmup: int) -> tuple[float, float, float]:
-        """(images per second, milliseconds per step, data-wait share) over the iterations after ``warmup``."""
+    def summary(self, warmup: int) -> tuple[float, float, float, float]:
+        """(images per second, milliseconds per step, data-wait share, mean batch size) over the iterations after
+        ``warmup``; images per second counts the images the batches held, not the batch size asked for."""
         total = self.ends[-1] - self.ends[warmup - 1]
         steps = len(self.ends) - warmup
-        return sum(self.sizes[warmup:]) / total, 1000.0 * total / steps, sum(self.waits[warmup:]) / total
+        images = sum(self.sizes[warmup:])
+        return images / total, 1000.0 * total / steps, sum(self.waits[warmup:]) / total, images / steps
 
 
 def pretrain_parser(args: argparse.Namespace, setting: Setting, work: Path, dataset_dir: Path) -> ConfigParser:
@@ -157,8 +166,7 @@ def measure(args: argparse.Namespace, setting: Setting, work: Path, dataset_dir:
     trainer.run()
     if len(timer.ends) != args.warmup + args.iterations:
         raise RuntimeError(f"the trainer ran {len(timer.ends)} iterations, not {args.warmup + args.iterations}")
-    images_per_second, step_ms, wait = timer.summary(args.warmup)
-    return Result(setting, images_per_second, step_ms, wait)
+    return Result(setting, *timer.summary(args.warmup))
 
 
 def markdown_table(results: list[Result], args: argparse.Namespace) -> list[str]:
@@ -169,7 +177,7 @@ def markdown_table(results: list[Result], args: argparse.Namespace) -> list[str]
     for result in results:
         s = result.setting
         lines.append(
-            f"| {args.backbone} | {s.batch_size} | {s.image_size[0]} x {s.image_size[1]} | {'on' if s.amp else 'off'} "
+            f"| {args.backbone} | {result.batch_label()} | {s.image_size[0]} x {s.image_size[1]} | {'on' if s.amp else 'off'} "
             f"| {'on' if s.channels_last else 'off'} | {args.num_workers} | {result.images_per_second:.1f} "
             f"| {result.step_ms:.0f} | {100 * result.data_wait_share:.1f} % |"
         )

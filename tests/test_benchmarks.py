@@ -3,6 +3,7 @@ scripts' bad input as one line."""
 
 import argparse
 import importlib.util
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -212,6 +213,36 @@ def test_bench_pretrain_times_a_tiny_run_and_writes_nothing(bench_pretrain, tmp_
     assert bench_pretrain.main(arguments) == 0
     assert "| resnet18 | 2 | 32 x 32 | off | on | 0 |" in capsys.readouterr().out
     assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_bench_pretrain_labels_a_row_with_the_batch_size_that_ran(bench_pretrain, tmp_path, monkeypatch, capsys):
+    """Two patients' images cannot fill batches of 64: the sampler gives smaller ones, and the row says so."""
+    monkeypatch.setattr(bench_pretrain, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
+    arguments = ["--patients", "2", "--size", "128", "--image-sizes", "32x32", "--batch-sizes", "64"]
+    arguments += [
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--channels-last",
+        "off",
+    ]
+
+    assert bench_pretrain.main(arguments) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet18 |"))
+    ran = float(re.search(r"\| 64 \(ran ([0-9.]+) on average\) \|", row).group(1))
+    assert 1 <= ran < 64
+
+
+def test_images_per_second_count_the_images_the_batches_held(bench_pretrain):
+    timer = bench_pretrain.StepTimer(torch.device("cpu"))
+    timer.sizes, timer.waits, timer.ends = [16, 12, 16, 12], [0.0, 0.5, 0.0, 0.5], [1.0, 2.0, 3.0, 4.0]
+
+    assert timer.summary(warmup=1) == (40 / 3, 1000.0, 1 / 3, 40 / 3)
 
 
 @pytest.mark.parametrize(
