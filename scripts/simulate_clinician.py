@@ -69,8 +69,12 @@ class RoundResult:
     round: int
     labels: int
     auc: ConfidenceInterval
-    accepted: bool
+    accepted: bool | None
+    """whether the round's new weights were served; None when the server refused to train (nothing to judge)"""
     seconds: float
+
+    def weights(self) -> str:
+        return {True: "served", False: "rejected", None: "not trained"}[self.accepted]
 
 
 def network_def(configs: Path) -> torch.nn.Module:
@@ -222,6 +226,7 @@ def run_loop(
                 labelled += 1
             before = (bundle / "models" / "model.pt").stat().st_mtime_ns
             started = requests.post(f"{url}/train/{MODEL}", json=train_params, timeout=60)
+            accepted = None
             if started.status_code == 422:  # e.g. all corrections so far are of one patient: label more first
                 print(f"{strategy}: round {round_index}: not trained: {started.json()['detail']}", flush=True)
             else:
@@ -229,13 +234,13 @@ def run_loop(
                 task = wait_for_training(url)
                 if task["status"] != "DONE":
                     raise RuntimeError(f"training ended {task['status']}: {list(task.get('details', []))[-5:]}")
-            accepted = (bundle / "models" / "model.pt").stat().st_mtime_ns != before
+                accepted = (bundle / "models" / "model.pt").stat().st_mtime_ns != before
             auc = held_out_auc(bundle, held_out, class_names)
-            results.append(RoundResult(strategy, round_index, labelled, auc, accepted, time.monotonic() - start))
+            result = RoundResult(strategy, round_index, labelled, auc, accepted, time.monotonic() - start)
+            results.append(result)
             print(
                 f"{strategy}: round {round_index}, {labelled} labels, held-out AUC {auc.estimate:.3f} "
-                f"({auc.low:.3f}-{auc.high:.3f}), "
-                f"new weights {'served' if accepted else 'rejected'}",
+                f"({auc.low:.3f}-{auc.high:.3f}), new weights {result.weights()}",
                 flush=True,
             )
     return results
@@ -255,7 +260,8 @@ def write_results(results: Sequence[RoundResult], out: Path) -> None:
         )
         for r in results:
             auc = [f"{value:.4f}" for value in (r.auc.estimate, r.auc.low, r.auc.high)]
-            writer.writerow([r.strategy, r.round, r.labels, *auc, r.accepted, f"{r.seconds:.1f}"])
+            served = "" if r.accepted is None else r.accepted  # empty: not trained, so neither served nor rejected
+            writer.writerow([r.strategy, r.round, r.labels, *auc, served, f"{r.seconds:.1f}"])
     import matplotlib
 
     matplotlib.use("Agg")

@@ -478,3 +478,20 @@ def test_finetune_refuses_served_multi_view_weights_of_another_view_order_and_ke
         finetune(bundle, correction_records(triples, CLASSES), tmp_path / "work", overrides=overrides)
     assert checkpoint.read_bytes() == before
     assert not (tmp_path / "work" / "models").exists()  # refused before a single epoch
+
+
+def test_a_round_the_server_refused_to_train_is_not_reported_as_rejected_weights(tmp_path, capsys):
+    """One correction is of one patient: the server refuses to train (422), so no weights were judged."""
+    synthesize(tmp_path / "synth", patients=4, seed=2, size=128)
+    truth, held_out = simulator.split_studies(tmp_path / "synth", tmp_path / "studies")
+    bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
+
+    results = simulator.run_loop(
+        tmp_path, "random", truth, held_out, tmp_path / "studies", bundle, rounds=1, per_round=1, train_params={}
+    )
+
+    assert [r.accepted for r in results] == [True, None]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("random: round 1, 1 labels") and last.endswith("new weights not trained")
+    simulator.write_results(results, tmp_path)
+    assert (tmp_path / "results.csv").read_text().splitlines()[2].split(",")[6] == ""
