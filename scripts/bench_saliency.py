@@ -405,7 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.correlax_mask_fraction <= 0:
         parser.error("--correlax-mask-fraction must be above 0")
     view = max(preset["view_size"] for preset in PRESETS["correlax"].values())
-    if min(args.correlax_size) < view:
+    if "correlax" in args.groups and min(args.correlax_size) < view:  # only CorRELAX runs at that size
         parser.error(f"--correlax-size must be at least {view}x{view}, one local view of the CorRELAX presets")
     return args
 

@@ -270,3 +270,9 @@ def test_a_size_that_is_not_hxw_is_refused(text):
     with pytest.raises(argparse.ArgumentTypeError, match="HxW"):
         image_size(text)
     assert image_size("512X416") == (512, 416)
+
+
+def test_bench_saliency_checks_the_correlax_size_only_when_correlax_is_timed(bench_saliency):
+    assert bench_saliency.parse_args(["--groups", "gradcam", "--correlax-size", "32x32"]).correlax_size == (32, 32)
+    with pytest.raises(SystemExit):
+        bench_saliency.parse_args(["--groups", "correlax", "--correlax-size", "32x32"])
