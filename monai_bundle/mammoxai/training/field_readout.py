@@ -163,12 +163,12 @@ def field_readouts(
     Raises:
         MammoXAIError: ``field`` is not in the label space, or fewer patients than ``folds`` have a known value.
     """
-    label_space = (label_space or MetadataLabelSpace.default()).fit(record_metadata(record) for record in records)
+    headers = [record_metadata(record) for record in records]
+    label_space = (label_space or MetadataLabelSpace.default()).fit(headers)
     if field not in label_space.fields:
         raise MammoXAIError(
             "--field", f"is {field!r}, not a field of the label space", f"use one of {label_space.fields}"
         )
-    headers = [record_metadata(record) for record in records]
     labels = np.array([label_space.encode(header)[field] for header in headers])
     known = [i for i, label in enumerate(labels) if label != UNKNOWN]
     patients = np.array([patient_key(records[i]) for i in known])
