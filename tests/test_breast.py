@@ -248,3 +248,33 @@ def test_a_uniform_breast_stays_distinct_from_the_background():
     pixels[30:130, 0:70] = 0.5
     image, _ = prepare_image(Mammogram(pixels=pixels), MODEL_SHAPE)
     assert image.max() == 1.0 and image.min() == 0.0
+
+
+def test_display_range_scaling_keeps_the_exposure_that_breast_percentiles_divide_out():
+    """Two exposures of one breast, one with twice the contrast: the percentiles give both the same image, the
+    file's value range keeps them apart by exactly that factor."""
+    pixels, breast = draw_breast()
+    faint = np.where(breast, 1000 + 1000 * pixels, 0).astype(np.float32)
+    strong = np.where(breast, 1000 + 2000 * pixels, 0).astype(np.float32)
+    scans = [Mammogram(pixels=values, value_range=(0.0, 4095.0)) for values in (faint, strong)]
+    stretched = [prepare_image(scan, MODEL_SHAPE)[0] for scan in scans]
+    torch.testing.assert_close(stretched[0], stretched[1], atol=2e-3, rtol=0)
+    (kept, geometry), (kept_strong, _) = (
+        prepare_image(scan, MODEL_SHAPE, intensity_scaling="display_range") for scan in scans
+    )
+    inside = geometry.apply(breast.astype(np.float32))[None] == 1  # the edge mixes breast and background
+    offset = 1000 / 4095
+    torch.testing.assert_close(kept_strong[inside] - offset, 2 * (kept[inside] - offset), atol=2e-3, rtol=0)
+    assert kept[inside].min() >= offset - 1e-3 and kept_strong.max() <= 1.0
+
+
+def test_display_range_scaling_needs_a_file_that_fixes_its_value_range():
+    pixels, _ = draw_breast()
+    with pytest.raises(MammoXAIError, match=r"scan.tiff: fixes no value range .* \(save it as 8 or 16-bit grayscale"):
+        prepare_image(Mammogram(pixels=pixels, source="scan.tiff"), MODEL_SHAPE, intensity_scaling="display_range")
+
+
+def test_an_unknown_intensity_scaling_is_refused_by_name():
+    pixels, _ = draw_breast()
+    with pytest.raises(MammoXAIError, match=r'intensity_scaling: is .display., .* \(use "breast_percentiles" or'):
+        prepare_image(Mammogram(pixels=pixels), MODEL_SHAPE, intensity_scaling="display")

@@ -81,6 +81,7 @@ def test_stat_keys_also_serve_a_stored_entry_without_decoding(scan, tmp_path, mo
 def test_output_shape_and_preprocessing_version_are_part_of_the_key(scan, tmp_path, monkeypatch):
     key = PreprocessedCache(tmp_path, SHAPE).key(scan)
     assert PreprocessedCache(tmp_path, (32, 24)).key(scan) != key
+    assert PreprocessedCache(tmp_path, SHAPE, intensity_scaling="display_range").key(scan) != key
     monkeypatch.setattr(cache_module, "preprocessing_version", lambda: "edited reader")
     assert PreprocessedCache(tmp_path, SHAPE).key(scan) != key
 

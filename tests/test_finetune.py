@@ -19,7 +19,7 @@ from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import BackboneClassifier, MammoClassifier, MetadataNet, build_backbone
 from mammoxai.nets.finetune import MultiViewClassifier, load_checkpoint
-from mammoxai.training.checkpoints import TrainingViews
+from mammoxai.training.checkpoints import TrainingGrid, TrainingViews
 from mammoxai.training.classification import class_weights
 from mammoxai.training.finetune import (
     UnfreezeAt,
@@ -190,6 +190,24 @@ def test_a_checkpoint_that_records_its_training_grid_is_refused_on_another(tmp_p
         load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "model.pt", "x", "y", image_size=(256, 208))
     torch.save(network.state_dict(), tmp_path / "bare.pt")  # no record (an older checkpoint): nothing to check
     load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "bare.pt", "x", "y", image_size=(256, 208))
+
+
+def test_a_checkpoint_is_refused_under_another_intensity_scaling_and_an_older_record_means_breast_percentiles(
+    tmp_path,
+):
+    network = BackboneClassifier("mammo_cnn", 3)
+    grid = TrainingGrid([64, 52], intensity_scaling="display_range").state_dict()
+    torch.save({"model": network.state_dict(), "grid": grid}, tmp_path / "model.pt")
+    load_checkpoint(network, tmp_path / "model.pt", "x", "y", intensity_scaling="display_range")
+    with pytest.raises(
+        MammoXAIError,
+        match=r'with intensity_scaling "display_range", not the "breast_percentiles" of this run '
+        r"\(pass --intensity_scaling '\"display_range\"'",
+    ):
+        load_checkpoint(network, tmp_path / "model.pt", "x", "y", intensity_scaling="breast_percentiles")
+    torch.save({"model": network.state_dict(), "grid": {"image_size": [64, 52]}}, tmp_path / "older.pt")
+    with pytest.raises(MammoXAIError, match='with intensity_scaling "breast_percentiles", not the "display_range"'):
+        load_checkpoint(network, tmp_path / "older.pt", "x", "y", intensity_scaling="display_range")
 
 
 def test_a_checkpoint_that_records_its_class_names_is_refused_under_other_names_or_order(tmp_path):

@@ -115,6 +115,22 @@ def test_monochrome1_is_inverted_across_the_rescaled_range(tmp_path, pixels):
     np.testing.assert_array_equal(read_mammogram(path).pixels, expected)
 
 
+def test_the_value_range_is_what_the_display_pipeline_can_output(tmp_path, pixels):
+    """``display_range`` intensity scaling maps this range onto [0, 1]: the stored bits, as rescaled, or the
+    VOI LUT's output bits; a window keeps the range it maps onto."""
+    plain = write_mammo_dicom(tmp_path / "plain.dcm", pixels, bits_stored=12)
+    rescaled = write_mammo_dicom(
+        tmp_path / "rescaled.dcm", pixels, bits_stored=12, RescaleSlope=2, RescaleIntercept=-100
+    )
+    windowed = write_mammo_dicom(tmp_path / "windowed.dcm", pixels, bits_stored=12, WindowCenter=1800, WindowWidth=1000)
+    lut = (np.sqrt(np.arange(3000) / 2999) * 65535).astype(np.uint16)
+    voi = write_mammo_dicom(tmp_path / "voi.dcm", pixels, bits_stored=12, VOILUTSequence=[voi_lut_item(lut)])
+    assert read_mammogram(plain).value_range == (0.0, 4095.0)
+    assert read_mammogram(rescaled).value_range == (-100.0, 8090.0)
+    assert read_mammogram(windowed).value_range == (0.0, 4095.0)
+    assert read_mammogram(voi).value_range == (0.0, 65535.0)
+
+
 def linear_window(x, center, width, y_max, exact=False):
     """PS3.3 C.11.2.1.2.1 (LINEAR) and C.11.2.1.3.2 (LINEAR_EXACT), written out independently of pydicom."""
     x = x.astype(np.float64)

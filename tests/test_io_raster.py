@@ -53,6 +53,7 @@ def test_grayscale_images_are_read_exactly(tmp_path, suffix, dtype):
 
     assert mammogram.pixels.dtype == np.float32
     np.testing.assert_array_equal(mammogram.pixels, pixels)
+    assert mammogram.value_range == (0.0, float(np.iinfo(dtype).max))
 
 
 def test_raster_images_carry_no_geometry_or_header(tmp_path):
@@ -86,6 +87,7 @@ def test_float_tiff_is_read(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "float.tif")
 
     np.testing.assert_array_equal(read_mammogram(tmp_path / "float.tif").pixels, pixels)
+    assert read_mammogram(tmp_path / "float.tif").value_range is None  # a float file fixes no range
 
 
 def test_plain_text_pgm_is_read(tmp_path):

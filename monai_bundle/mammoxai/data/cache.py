@@ -8,7 +8,7 @@ key made of
 * the source file: by default the SHA-1 of its bytes, so a file replaced under the same name is re-read
   and a copied or moved file still hits; ``file_key="stat"`` uses (path, size, modification time) instead,
   which reads no bytes at all but misses an edit that keeps size and time, and misses after a copy or touch;
-* the output shape;
+* the output shape and the intensity scaling;
 * the preprocessing version: a hash of the ``mammoxai.io`` source code and of the versions of the packages that
   decode, segment and resize (pydicom and its pylibjpeg plugins, Pillow, NumPy, SciPy, PyTorch), so a change to
   the reader, the VOI LUT or the breast crop, or an upgrade that decodes or resamples differently, invalidates old
@@ -45,7 +45,7 @@ import mammoxai.io
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.atomic import atomic_write
-from mammoxai.io.preprocess import prepare_image
+from mammoxai.io.preprocess import check_intensity_scaling, prepare_image
 
 __all__ = ["PreprocessedCache", "preprocess_all", "preprocess_file", "preprocessing_version", "update_with_file"]
 
@@ -58,9 +58,11 @@ _DECODING_PACKAGES = (
 )  # fmt: skip
 
 
-def preprocess_file(path: str | os.PathLike, output_shape: Sequence[int]) -> tuple[torch.Tensor, dict[str, Any]]:
+def preprocess_file(
+    path: str | os.PathLike, output_shape: Sequence[int], intensity_scaling: str = "breast_percentiles"
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Read and preprocess one file: the (1, h, w) model input and its geometry as a dict. No caching."""
-    image, geometry = prepare_image(read_mammogram(path), tuple(output_shape))
+    image, geometry = prepare_image(read_mammogram(path), tuple(output_shape), intensity_scaling=intensity_scaling)
     return image, geometry.to_dict()
 
 
@@ -104,24 +106,36 @@ class PreprocessedCache:
         output_shape: (h, w) of the model grid.
         file_key: ``"content"`` (default, SHA-1 of the file bytes) or ``"stat"`` (path, size and mtime);
             see the module docstring for the trade-off.
+        intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scales intensities.
 
     Raises:
-        MammoXAIError: an unknown ``file_key``, or ``cache_dir`` (or a folder above it) is a file: found here, not
-            at the first image a data-loader worker stores.
+        MammoXAIError: an unknown ``file_key`` or ``intensity_scaling``, or ``cache_dir`` (or a folder above it)
+            is a file: found here, not at the first image a data-loader worker stores.
 
     Example:
         cache = PreprocessedCache("cache/", (512, 416))
         image, geometry = cache.get("scan.dcm")
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, output_shape: Sequence[int], file_key: str = "content"):
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        output_shape: Sequence[int],
+        file_key: str = "content",
+        intensity_scaling: str = "breast_percentiles",
+    ):
         if file_key not in ("content", "stat"):
             raise MammoXAIError("file_key", f"is {file_key!r}", 'use "content" or "stat"')
+        self.intensity_scaling = check_intensity_scaling(intensity_scaling)
         self.cache_dir = check_output_path(cache_dir, "cache_dir", "give a folder for the preprocessed images")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.output_shape = tuple(int(size) for size in output_shape)
         self.file_key = file_key
-        settings = {"output_shape": self.output_shape, "preprocessing": preprocessing_version()}
+        settings = {
+            "output_shape": self.output_shape,
+            "intensity_scaling": self.intensity_scaling,
+            "preprocessing": preprocessing_version(),
+        }
         self._settings = json.dumps(settings, sort_keys=True).encode()
 
     def key(self, path: str | os.PathLike) -> str:
@@ -164,7 +178,7 @@ class PreprocessedCache:
         return self._preprocess(path, entry)
 
     def _preprocess(self, path: str | os.PathLike, entry: Path) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, geometry = preprocess_file(path, self.output_shape)
+        image, geometry = preprocess_file(path, self.output_shape, self.intensity_scaling)
         self._store(entry, {"image": image, "geometry": geometry, "source": str(path)})
         return image, geometry
 
@@ -197,9 +211,13 @@ class _Preprocessing(torch.utils.data.Dataset):
         output_shape: tuple[int, int],
         cache_dir: str | os.PathLike | None,
         file_key: str = "content",
+        intensity_scaling: str = "breast_percentiles",
     ):
         self.paths, self.output_shape = list(paths), output_shape
-        self.cache = PreprocessedCache(cache_dir, output_shape, file_key) if cache_dir is not None else None
+        self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.cache = (
+            PreprocessedCache(cache_dir, output_shape, file_key, intensity_scaling) if cache_dir is not None else None
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -209,7 +227,7 @@ class _Preprocessing(torch.utils.data.Dataset):
             if self.cache is not None:
                 self.cache.fill(self.paths[index])
             else:
-                preprocess_file(self.paths[index], self.output_shape)
+                preprocess_file(self.paths[index], self.output_shape, self.intensity_scaling)
         except MammoXAIError as error:
             return error.problem
         return ""
@@ -221,6 +239,7 @@ def preprocess_all(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
     file_key: str = "content",
+    intensity_scaling: str = "breast_percentiles",
 ) -> dict[str, str]:
     """Preprocess every file up front, into the cache when there is one; the files that cannot be, with the reason.
 
@@ -236,11 +255,13 @@ def preprocess_all(
         cache_dir: the :class:`PreprocessedCache` folder of the run, or None.
         num_workers: worker processes, as for the run's DataLoader.
         file_key: how the cache recognises a file, as the run's dataset has it (:class:`PreprocessedCache`).
+        intensity_scaling: how the run's dataset scales intensities (:func:`~mammoxai.io.preprocess.prepare_image`).
 
     Returns:
         path -> the reader's reason (:class:`~mammoxai.errors.MammoXAIError` message without the file), for
         each file that cannot be read or preprocessed; empty when all can.
     """
-    attempts = _Preprocessing([str(path) for path in paths], tuple(output_shape), cache_dir, file_key)
+    paths = [str(path) for path in paths]
+    attempts = _Preprocessing(paths, tuple(output_shape), cache_dir, file_key, intensity_scaling)
     loader = torch.utils.data.DataLoader(attempts, batch_size=None, num_workers=num_workers)
     return {path: reason for path, reason in zip(attempts.paths, loader, strict=True) if reason}

@@ -28,7 +28,7 @@ from mammoxai.data.cache import PreprocessedCache, preprocess_file
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
-from mammoxai.io.preprocess import grid_shape
+from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
 
 __all__ = [
     "ID_KEYS",
@@ -241,9 +241,12 @@ class MammogramDataset(monai.data.Dataset):
         transform: applied to each sample dict (e.g. MONAI dictionary transforms with ``keys="image"``).
             Spatial augmentation moves pixels away from ``geometry``; keep it for training only.
         file_key: how the cache recognises a file, ``"content"`` or ``"stat"`` (see :mod:`mammoxai.data.cache`).
+        intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scales intensities; the network's own
+            (checkpoints record it).
 
     Raises:
-        MammoXAIError: a record has no ``path``, or its label is not one of ``class_names``.
+        MammoXAIError: a record has no ``path``, its label is not one of ``class_names``, or ``intensity_scaling``
+            is unknown.
     """
 
     def __init__(
@@ -256,13 +259,19 @@ class MammogramDataset(monai.data.Dataset):
         label_map: Mapping[str, str] | None = None,
         transform: Callable | None = None,
         file_key: str = "content",
+        intensity_scaling: str = "breast_percentiles",
     ):
         if isinstance(records, (str, os.PathLike)):
             records = read_manifest(records)
         super().__init__(data=list(records), transform=transform)
         self.image_size = grid_shape(image_size)
         self.label_key = label_key
-        self.cache = PreprocessedCache(cache_dir, self.image_size, file_key) if cache_dir is not None else None
+        self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.cache = (
+            PreprocessedCache(cache_dir, self.image_size, file_key, intensity_scaling)
+            if cache_dir is not None
+            else None
+        )
         raw_labels = [self._raw_label(record) for record in self.data]
         if class_names is None:
             unspelt = LabelMap(label_map)
@@ -293,7 +302,10 @@ class MammogramDataset(monai.data.Dataset):
     def _transform(self, index: int) -> dict[str, Any]:
         record = self.data[index]
         path = str(record["path"])
-        image, geometry = self.cache.get(path) if self.cache is not None else preprocess_file(path, self.image_size)
+        if self.cache is not None:
+            image, geometry = self.cache.get(path)
+        else:
+            image, geometry = preprocess_file(path, self.image_size, self.intensity_scaling)
         sample = {
             "image": image,
             "label": self.labels[index],

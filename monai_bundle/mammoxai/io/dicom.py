@@ -206,13 +206,15 @@ def read_dicom(path: str | os.PathLike) -> Mammogram:
     _check_is_mammogram(ds, path)
     _check_has_pixel_data(ds, path)
     _check_image_module(ds, path)
+    pixels, value_range = _display_values(ds, _stored_values(ds, path), path)
     return Mammogram(
-        pixels=_display_values(ds, _stored_values(ds, path), path),
+        pixels=pixels,
         spacing=pixel_spacing(ds, path),
         laterality=laterality(ds),
         view=view(ds),
         header=header_fields(ds, path),
         source=str(path),
+        value_range=value_range,
     )
 
 
@@ -428,8 +430,9 @@ def _within_bits_stored(stored: np.ndarray, bits: int, signed: bool) -> np.ndarr
     return (shifted_up.view(f"i{stored.dtype.itemsize}") if signed else shifted_up) >> shift
 
 
-def _display_values(ds: Dataset, stored: np.ndarray, path: Path) -> np.ndarray:
-    """Modality LUT → VOI LUT or window → MONOCHROME1 inversion (PS3.4 Annex N) → padding to black, as float32."""
+def _display_values(ds: Dataset, stored: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """Modality LUT → VOI LUT or window → MONOCHROME1 inversion (PS3.4 Annex N) → padding to black, as float32,
+    and the range of values that pipeline can output."""
     try:
         values = apply_modality_lut(stored, ds)
         value_range = _modality_output_range(ds)
@@ -451,7 +454,7 @@ def _display_values(ds: Dataset, stored: np.ndarray, path: Path) -> np.ndarray:
     if ds.PhotometricInterpretation == "MONOCHROME1":  # minimum is white: mirror across the output range
         values = value_range[0] + value_range[1] - np.asarray(values, dtype=np.float64)
     values = np.where(_padding(ds, stored), value_range[0], values)
-    return np.ascontiguousarray(values, dtype=np.float32)
+    return np.ascontiguousarray(values, dtype=np.float32), value_range
 
 
 def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | bool:

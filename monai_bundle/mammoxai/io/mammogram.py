@@ -21,6 +21,9 @@ class Mammogram:
         header: header fields by DICOM keyword (Manufacturer, KVP, PatientID, StudyInstanceUID, ...); values
             are plain Python types so the record serialises to JSON. Empty for PNG / TIFF / PGM.
         source: path of the file the image was read from.
+        value_range: (lowest, highest) value the file's pixels can take as read: the output range of the DICOM
+            display pipeline (Modality LUT, VOI LUT), or 0 to 255 / 65535 for an 8 / 16-bit raster; None when the
+            file does not fix one (a float or 32-bit raster, an image built in memory).
     """
 
     pixels: np.ndarray
@@ -29,6 +32,7 @@ class Mammogram:
     view: str | None = None
     header: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    value_range: tuple[float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -7,6 +7,7 @@ heatmap must map back through the same geometry, so this module is the only plac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +18,10 @@ from mammoxai.io.breast import breast_geometry, segment_breast
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 
-__all__ = ["grid_shape", "prepare_image"]
+__all__ = ["INTENSITY_SCALINGS", "check_intensity_scaling", "grid_shape", "prepare_image"]
+
+#: How :func:`prepare_image` maps intensities to [0, 1]; see its docstring for what each keeps and loses.
+INTENSITY_SCALINGS = ("breast_percentiles", "display_range")
 
 
 def grid_shape(image_size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
@@ -43,10 +47,24 @@ def grid_shape(image_size: int | Sequence[int], name: str = "image_size") -> tup
     return int(sides[0]), int(sides[1])
 
 
+def check_intensity_scaling(value: str, name: str = "intensity_scaling") -> str:
+    """``value`` when it names one of :data:`INTENSITY_SCALINGS`, checked where a setting is read so a typo is
+    refused before any image is.
+
+    Raises:
+        MammoXAIError: any other value.
+    """
+    if value not in INTENSITY_SCALINGS:
+        options = " or ".join(json.dumps(option) for option in INTENSITY_SCALINGS)
+        raise MammoXAIError(name, f"is {value!r}, not an intensity scaling", f"use {options}")
+    return value
+
+
 def prepare_image(
     mammogram: Mammogram,
     output_shape: tuple[int, int],
     percentiles: tuple[float, float] = (0.5, 99.5),
+    intensity_scaling: str = "breast_percentiles",
 ) -> tuple[torch.Tensor, ImageGeometry]:
     """Breast-only, chest-wall-left, intensity-normalised model input and the geometry that made it.
 
@@ -54,12 +72,21 @@ def prepare_image(
 
     1. segment the breast (:func:`~mammoxai.io.breast.segment_breast`) and derive the crop and flip from
        it (:func:`~mammoxai.io.breast.breast_geometry`);
-    2. scale intensities so the ``percentiles`` of the breast pixels land on 0 and 1, clipping beyond.
-       Vendors store 10 to 16 bits with different offsets, gains and presentation processing, so a fixed
-       divisor would give each X-ray system its own brightness range; percentiles of the breast alone
-       (not of the background, whose share depends on breast size, and not of the extremes, which are
-       labels, markers and dead pixels) put them on a common scale, as foreground-percentile clipping does
-       for CT in nnU-Net (Isensee et al., Nature Methods 2021);
+    2. scale intensities to [0, 1], as ``intensity_scaling`` says:
+
+       * ``"breast_percentiles"`` (default): the ``percentiles`` of the breast pixels land on 0 and 1, clipping
+         beyond. Vendors store 10 to 16 bits with different offsets, gains and presentation processing, so a
+         fixed divisor would give each X-ray system its own brightness range; percentiles of the breast alone
+         (not of the background, whose share depends on breast size, and not of the extremes, which are
+         labels, markers and dead pixels) put them on a common scale, as foreground-percentile clipping does
+         for CT in nnU-Net (Isensee et al., Nature Methods 2021). The price: each breast gets its own scale,
+         set by its own density and composition, so the noise level and contrast an exposure leaves (what
+         tells compressed thickness and kVp) are divided by a number the network never sees.
+       * ``"display_range"``: the file's own value range (:attr:`Mammogram.value_range`: the DICOM display
+         pipeline's output range, or a raster's bit depth) lands on 0 and 1, the same affine map for every
+         image of one X-ray system. Brightness then differs between systems, but the noise level and contrast
+         of each exposure survive; metadata pretraining reads thickness, kVp and same-study pairs better from
+         it (the model card's comparison).
     3. set everything outside the breast to 0, so labels and markers cannot become shortcuts;
     4. crop, flip and resize onto the model grid (antialiased, see
        :meth:`~mammoxai.io.geometry.ImageGeometry.apply`).
@@ -67,23 +94,36 @@ def prepare_image(
     Args:
         mammogram: the image, bright = dense.
         output_shape: (h, w) of the model grid.
-        percentiles: breast-pixel percentiles mapped to 0 and 1.
+        percentiles: breast-pixel percentiles mapped to 0 and 1 by ``"breast_percentiles"``.
+        intensity_scaling: one of :data:`INTENSITY_SCALINGS`. A network must be served with the scaling it was
+            trained with; checkpoints record it.
 
     Returns:
         a float32 tensor (1, h, w) in [0, 1] and the :class:`~mammoxai.io.geometry.ImageGeometry` that maps
         it (and any heatmap, point or box on it) back to the original pixels.
 
     Raises:
-        MammoXAIError: when no breast is found in the image.
+        MammoXAIError: when no breast is found in the image, ``intensity_scaling`` is unknown, or it is
+            ``"display_range"`` and the file fixes no value range.
 
     Example:
         image, geometry = prepare_image(read_mammogram("scan.dcm"), (512, 416))
         logits = model(image[None])
     """
+    check_intensity_scaling(intensity_scaling)
+    if intensity_scaling == "display_range" and mammogram.value_range is None:
+        raise MammoXAIError(
+            mammogram.source or "image",
+            'fixes no value range (a float or 32-bit raster), which intensity_scaling "display_range" needs',
+            'save it as 8 or 16-bit grayscale or DICOM, or use "breast_percentiles"',
+        )
     pixels = np.asarray(mammogram.pixels, dtype=np.float32)
     mask = segment_breast(pixels, source=mammogram.source or "image")
     geometry = breast_geometry(mammogram, output_shape, mask=mask)
-    low, high = np.percentile(pixels[mask], percentiles)
+    if intensity_scaling == "display_range":
+        low, high = mammogram.value_range
+    else:
+        low, high = np.percentile(pixels[mask], percentiles)
     if high > low:
         scaled = np.clip((pixels - low) / (high - low), 0.0, 1.0)
     else:  # a uniform breast (a phantom) has no contrast to stretch: keep it apart from the background

@@ -41,7 +41,8 @@ def read_raster(path: str | os.PathLike) -> Mammogram:
         mammogram = read_raster("mdb001.pgm")
     """
     path = Path(path)
-    return Mammogram(pixels=np.ascontiguousarray(_gray_pixels(path), dtype=np.float32), source=str(path))
+    pixels, value_range = _gray_pixels(path)
+    return Mammogram(pixels=np.ascontiguousarray(pixels, dtype=np.float32), source=str(path), value_range=value_range)
 
 
 def read_raster_mask(path: str | os.PathLike) -> np.ndarray:
@@ -57,12 +58,13 @@ def read_raster_mask(path: str | os.PathLike) -> np.ndarray:
     Example:
         inside = read_raster_mask("masks/case1_mass.png")
     """
-    return _gray_pixels(Path(path), bilevel=True) != 0
+    return _gray_pixels(Path(path), bilevel=True)[0] != 0
 
 
-def _gray_pixels(path: Path, bilevel: bool = False) -> np.ndarray:
+def _gray_pixels(path: Path, bilevel: bool = False) -> tuple[np.ndarray, tuple[float, float] | None]:
     """The gray values of a PNG, TIFF or PGM file as stored (8 or 16 bit; bool for a 1-bit image, which only
-    ``bilevel`` accepts), WhiteIsZero undone; see :func:`read_raster` for what is refused."""
+    ``bilevel`` accepts), WhiteIsZero undone, and the range its bit depth fixes (None for 32-bit and float files);
+    see :func:`read_raster` for what is refused."""
     try:
         with Image.open(path) as image:
             kind = image.format  # Pillow reads 16-bit colour as 8-bit: only the stored raw mode tells
@@ -83,7 +85,13 @@ def _gray_pixels(path: Path, bilevel: bool = False) -> np.ndarray:
     pixels = _grayscale(array, mode, path, bilevel)
     if white_is_zero and pixels.dtype.itemsize == 2:  # Pillow inverts 8-bit WhiteIsZero TIFFs itself, not 16-bit
         pixels = np.iinfo(pixels.dtype).max - pixels
-    return pixels
+    if pixels.dtype.kind == "u" and pixels.dtype.itemsize <= 2:
+        value_range = (0.0, float(np.iinfo(pixels.dtype).max))
+    elif kind == "PPM" and mode == "I":  # Pillow reads a 16-bit PGM as 32-bit, stretched to 0 .. 65535
+        value_range = (0.0, 65535.0)
+    else:
+        value_range = None
+    return pixels, value_range
 
 
 def _raw_modes(image: Image.Image) -> list[str]:

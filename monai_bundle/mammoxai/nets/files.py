@@ -13,7 +13,7 @@ import torch
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["check_recorded_settings", "checkpoint_weights", "read_torch_file"]
+__all__ = ["check_recorded_settings", "checkpoint_weights", "read_torch_file", "recorded_intensity_scaling"]
 
 
 def read_torch_file(
@@ -68,6 +68,15 @@ def check_recorded_settings(path: str | os.PathLike, settings: Mapping[str, tupl
             problem += " (the same values in another order)"
         fix = f"pass --{flag} {shlex.quote(json.dumps(recorded))}, or retrain with this run's settings"
         raise MammoXAIError(path, problem, fix)
+
+
+def recorded_intensity_scaling(record: Mapping[str, Any]) -> str:
+    """The intensity scaling a checkpoint's input record names (:func:`~mammoxai.io.preprocess.prepare_image`).
+
+    Records older than the setting name none, and every model of theirs was trained on ``"breast_percentiles"``,
+    the only scaling there was.
+    """
+    return str(record.get("intensity_scaling", "breast_percentiles"))
 
 
 def checkpoint_weights(state: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -39,7 +39,12 @@ from torch import nn
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.preprocess import grid_shape
 from mammoxai.nets.backbones import build_backbone
-from mammoxai.nets.files import check_recorded_settings, checkpoint_weights, read_torch_file
+from mammoxai.nets.files import (
+    check_recorded_settings,
+    checkpoint_weights,
+    read_torch_file,
+    recorded_intensity_scaling,
+)
 from mammoxai.nets.metadata_net import MetadataNet
 
 __all__ = [
@@ -382,6 +387,7 @@ def load_checkpoint(
     class_names: Sequence[str] | None = None,
     views: Sequence[str] | None = None,
     as_start: bool = False,
+    intensity_scaling: str | None = None,
 ) -> nn.Module:
     """Load a checkpoint as ``train.json`` writes it (a state dict, or one under ``"model"``) into ``network``.
 
@@ -412,11 +418,15 @@ def load_checkpoint(
             single-image backbone and head to every view; the patch classifier starts a two-view one), and the other
             way round. Views and fusion are still compared when both sides have them, and weights that do not fit
             (a ``concat`` head) are refused naming the views they were trained with, as without ``as_start``.
+        intensity_scaling: how the caller scales the images it runs the network on
+            (:func:`~mammoxai.io.preprocess.prepare_image`); refused when the checkpoint's ``"grid"`` record names
+            another (a record older than the setting means ``"breast_percentiles"``). None is not checked.
 
     Raises:
         MammoXAIError: the file is not a readable PyTorch checkpoint, it does not fit ``network`` (also: it was
             trained on several views and the network reads one image, or the other way round, but for a start that
-            fits), or it was trained on another grid than ``image_size``, with other class names than
+            fits), or it was trained on another grid than ``image_size`` or another ``intensity_scaling``, with
+            other class names than
             ``class_names``, on other ``views`` or with another view fusion than the network's.
     """
     path = Path(path)
@@ -427,6 +437,7 @@ def load_checkpoint(
         view_record = view_record if isinstance(view_record, Mapping) else {}
         recorded = {
             "image_size": grid.get("image_size") if isinstance(grid, Mapping) else None,
+            "intensity_scaling": recorded_intensity_scaling(grid) if isinstance(grid, Mapping) else None,
             "class_names": classes.get("class_names") if isinstance(classes, Mapping) else None,
             "views": view_record.get("views"),
             "view_fusion": view_record.get("view_fusion"),
@@ -434,6 +445,7 @@ def load_checkpoint(
         multi_view = isinstance(network, MultiViewClassifier)
         here = {
             "image_size": None if image_size is None else grid_shape(image_size),
+            "intensity_scaling": intensity_scaling,
             "class_names": class_names,
             "views": views if multi_view else None,
             "view_fusion": network.fusion if multi_view else None,

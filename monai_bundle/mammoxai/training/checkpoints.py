@@ -23,12 +23,19 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
 from mammoxai.errors import MammoXAIError, check_output_path, parse_flag
-from mammoxai.io.preprocess import grid_shape
+from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
+from mammoxai.nets.files import recorded_intensity_scaling
 from mammoxai.training.multiview import check_views
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SafeCheckpointSaver", "TrainingClasses", "TrainingGrid", "TrainingViews", "claim_checkpoint_folder"]
+__all__ = [
+    "SafeCheckpointSaver",
+    "TrainingClasses",
+    "TrainingGrid",
+    "TrainingViews",
+    "claim_checkpoint_folder",
+]
 
 
 def claim_checkpoint_folder(
@@ -178,24 +185,29 @@ def _series_prefix(checkpoint: Checkpoint) -> str:
 
 
 class TrainingGrid:
-    """The model grid a classifier was trained on, saved as ``"grid"`` in ``model.pt`` next to ``"model"``.
+    """The model input a classifier was trained on - grid and intensity scaling - saved as ``"grid"`` in
+    ``model.pt`` next to ``"model"``.
 
-    A CNN runs on any grid, so a model trained at 512 x 416 and served at the default 256 x 208 gives numbers with
-    no error; :func:`~mammoxai.nets.finetune.load_checkpoint` compares this record with the grid of the run that
+    A CNN runs on any grid and any intensities, so a model trained at 512 x 416 and served at the default
+    256 x 208, or trained on ``display_range`` intensities and served ``breast_percentiles`` ones, gives numbers with
+    no error; :func:`~mammoxai.nets.finetune.load_checkpoint` compares this record with the input of the run that
     loads the weights and refuses a mismatch. An object with ``state_dict`` so ``CheckpointSaver`` saves it.
 
     Args:
         image_size: (height, width) of the training grid, or one int for a square grid.
+        intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scaled the training images.
     """
 
-    def __init__(self, image_size: int | Sequence[int]) -> None:
+    def __init__(self, image_size: int | Sequence[int], intensity_scaling: str = "breast_percentiles") -> None:
         self.image_size = list(grid_shape(image_size))
+        self.intensity_scaling = check_intensity_scaling(intensity_scaling)
 
-    def state_dict(self) -> dict[str, list[int]]:
-        return {"image_size": list(self.image_size)}
+    def state_dict(self) -> dict[str, list[int] | str]:
+        return {"image_size": list(self.image_size), "intensity_scaling": self.intensity_scaling}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.image_size = [int(side) for side in state["image_size"]]
+        self.intensity_scaling = recorded_intensity_scaling(state)
 
 
 class TrainingClasses:
