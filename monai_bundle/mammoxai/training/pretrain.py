@@ -50,8 +50,8 @@ from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
 from mammoxai.errors import MammoXAIError, check_output_path, parse_flag, parse_names
 from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataLabelSpace
-from mammoxai.io.preprocess import grid_shape
-from mammoxai.nets.files import read_torch_file
+from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
+from mammoxai.nets.files import read_torch_file, recorded_intensity_scaling
 from mammoxai.nets.metadata_net import MetadataNet
 from mammoxai.training.classification import warn_unknown_patients
 from mammoxai.training.losses import PretrainingLoss
@@ -698,7 +698,8 @@ class CheckpointInfo:
     """What a checkpoint holds besides weights: how to rebuild the network and what its heads mean.
 
     Saved under ``"info"`` (``state_dict``): the network's constructor arguments, the fitted label space
-    (fields, bins, learned X-ray systems) as its JSON config, the class names per field and the image size.
+    (fields, bins, learned X-ray systems) as its JSON config, the class names per field, the image size and the
+    intensity scaling (:func:`~mammoxai.io.preprocess.prepare_image`).
     On resume (``load_state_dict``) it refuses a checkpoint made with another setup, since the weights or heads
     would not fit or would silently mean something else.
 
@@ -706,6 +707,7 @@ class CheckpointInfo:
         network: the pretrained network (unwrapped from DistributedDataParallel).
         label_space: the fitted label space whose classes the heads predict.
         image_size: (h, w) of the model grid, or one int for a square grid.
+        intensity_scaling: how the training images were scaled; a network serves only images scaled the same way.
         train_records, seed, val_fraction: the training split and how :func:`split_by_patient` made it; saved
             as ``split`` (the seed, the fraction, the number of training patients and their
             :func:`split_fingerprint`, no patient id) so that evaluations can check they hold out the same patients.
@@ -719,10 +721,12 @@ class CheckpointInfo:
         train_records: Sequence[Mapping[str, Any]] | None = None,
         seed: int | None = None,
         val_fraction: float | None = None,
+        intensity_scaling: str = "breast_percentiles",
     ) -> None:
         self.network_config = dict(network.config)
         self.label_space = label_space
         self.image_size = list(grid_shape(image_size))
+        self.intensity_scaling = check_intensity_scaling(intensity_scaling)
         self.split = None
         if train_records is not None:
             patients = {record_owner(record, label_space) for record in train_records}
@@ -740,12 +744,15 @@ class CheckpointInfo:
             "label_space": self.label_space.to_config(),
             "class_names": {name: self.label_space.class_names(name) for name in self.label_space.fields},
             "image_size": self.image_size,
+            "intensity_scaling": self.intensity_scaling,
             "split": self.split,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         current = self.state_dict()
-        differing = [key for key in ("network_config", "label_space", "image_size") if state.get(key) != current[key]]
+        state = {**state, "intensity_scaling": recorded_intensity_scaling(state)}
+        settings = ("network_config", "label_space", "image_size", "intensity_scaling")
+        differing = [key for key in settings if state.get(key) != current[key]]
         if differing:
             raise MammoXAIError(
                 "resume",
@@ -903,12 +910,15 @@ class PretrainedModel:
         image_size: (h, w) of the model grid it was trained on (:func:`mammoxai.io.prepare_image`).
         split: the training split pretraining recorded (see :class:`CheckpointInfo`); ``None`` in checkpoints
             written before splits were recorded.
+        intensity_scaling: how its training images were scaled (:func:`mammoxai.io.prepare_image`); checkpoints
+            written before the setting used ``"breast_percentiles"``.
     """
 
     network: MetadataNet
     label_space: MetadataLabelSpace
     image_size: tuple[int, int]
     split: Mapping[str, Any] | None = None
+    intensity_scaling: str = "breast_percentiles"
 
 
 def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PretrainedModel:
@@ -934,4 +944,6 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     network = MetadataNet(**info["network_config"])
     network.load_state_dict(checkpoint["network"])
     label_space = MetadataLabelSpace.from_config(info["label_space"], source=path)
-    return PretrainedModel(network.eval(), label_space, tuple(info["image_size"]), info.get("split"))
+    return PretrainedModel(
+        network.eval(), label_space, tuple(info["image_size"]), info.get("split"), recorded_intensity_scaling(info)
+    )
