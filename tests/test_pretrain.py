@@ -535,6 +535,65 @@ def test_resuming_with_another_setup_is_refused(cohort, tmp_path):
     assert "another network_config" in str(user_error(error.value))
 
 
+def test_display_range_pretraining_reads_its_images_so_and_records_it(cohort, tmp_path):
+    """The readability check fills, and the datasets read, the cache entries of display_range, none of the default
+    scaling; the checkpoint says so, for evaluations to scale as it was trained."""
+    cache_dir = tmp_path / "cache"
+    run(pretrain_workflow(cohort, tmp_path, epochs=1, intensity_scaling="display_range", cache_dir=str(cache_dir)))
+
+    pretrained = load_pretrained(tmp_path / "models" / "pretrained.pt")
+    assert pretrained.intensity_scaling == "display_range"
+    paths = [record["path"] for record in cohort_records(cohort)]
+    display_range = PreprocessedCache(cache_dir, SIZE, intensity_scaling="display_range")
+    percentiles = PreprocessedCache(cache_dir, SIZE, intensity_scaling="breast_percentiles")
+    assert all(display_range.entry(path).is_file() for path in paths)
+    assert not any(percentiles.entry(path).is_file() for path in paths)
+
+
+def test_resuming_under_another_intensity_scaling_is_refused_naming_it(cohort, tmp_path):
+    run(pretrain_workflow(cohort, tmp_path, epochs=1))
+    models = {path.name: path.read_bytes() for path in (tmp_path / "models").iterdir()}
+    with pytest.raises(Exception) as error:
+        run(pretrain_workflow(cohort, tmp_path, epochs=2, resume=True, intensity_scaling="display_range"))
+    assert "the checkpoint was made with another intensity_scaling than this run's" in str(user_error(error.value))
+    assert {path.name: path.read_bytes() for path in (tmp_path / "models").iterdir()} == models  # no epoch 2
+
+
+def test_an_unknown_intensity_scaling_is_refused_before_any_image_is_read(cohort, tmp_path):
+    """A manifest with damaged images would be refused for them, had the check come after the images were read."""
+    overrides = {**damaged_files(cohort, tmp_path), "intensity_scaling": "window", "cache_dir": str(tmp_path / "c")}
+    with pytest.raises(Exception) as error:
+        run(pretrain_workflow(cohort, tmp_path, **overrides))
+    expected = (
+        'intensity_scaling: is \'window\', not an intensity scaling (use "breast_percentiles" or "display_range")'
+    )
+    assert str(user_error(error.value)) == expected
+    assert not (tmp_path / "c").exists() and not (tmp_path / "models").exists()
+
+
+def test_both_pretraining_configs_check_the_intensity_scaling_before_claiming_a_folder():
+    """multi_gpu_pretrain.json restates initialize, so it must name the check too."""
+    for configs in (["pretrain.json"], ["pretrain.json", "multi_gpu_pretrain.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / name) for name in configs])
+        initialize = parser["initialize"]
+        assert initialize.index("@intensity_scaling_check") < initialize.index("@checkpoint_folder"), configs
+
+
+def test_an_unknown_intensity_scaling_is_one_line_from_monai_bundle_run(cohort, tmp_path):
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/pretrain.json",
+        "--dataset_dir", str(cohort / "studies"), "--ckpt_dir", str(tmp_path / "models"),
+        "--output_dir", str(tmp_path / "logs"), "--cache_dir", str(tmp_path / "cache"), "--intensity_scaling", "window",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # MONAI's own warning may come first
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: intensity_scaling: is \'window\', not an intensity scaling (use "breast_percentiles" or "display_range")'
+    )
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "models").exists()
+
+
 def test_resuming_on_another_split_is_refused_naming_the_seed_and_val_fraction_to_pass(cohort, tmp_path):
     run(pretrain_workflow(cohort, tmp_path, epochs=1))
     models = {path.name: path.read_bytes() for path in (tmp_path / "models").iterdir()}

@@ -97,6 +97,7 @@ def load_records(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
     file_key: str = "content",
+    intensity_scaling: str = "breast_percentiles",
 ) -> list[dict[str, Any]]:
     """The manifest's records, joined with ``label_csv`` when given, with every image file checked to exist and,
     given ``image_size``, to be readable.
@@ -119,12 +120,16 @@ def load_records(
         num_workers: processes that read the images, as the run's DataLoader has.
         file_key: how the cache recognises a file, as the run's dataset has it (``"content"`` or ``"stat"``), so
             the check fills the entries the first epoch reads.
+        intensity_scaling: how the run's dataset scales intensities (:func:`~mammoxai.io.preprocess.prepare_image`),
+            for the same reason; it also decides what is readable (``"display_range"`` needs a file that fixes a
+            value range).
 
     Raises:
-        MammoXAIError: no manifest, missing or unreadable files (``strict``), a CSV that cannot be joined, or no
-            image left.
+        MammoXAIError: no manifest, missing or unreadable files (``strict``), a CSV that cannot be joined, no
+            image left, or an unknown ``intensity_scaling``.
     """
     manifest, strict = Path(manifest), parse_flag(strict, "strict")
+    check_intensity_scaling(intensity_scaling)
     if manifest.parent.is_file():  # dataset_dir names a file: "<file>/manifest.csv: not found" would hide that
         raise MammoXAIError(
             manifest.parent, "is a file, not a folder of images", "set dataset_dir to the images' folder"
@@ -144,7 +149,8 @@ def load_records(
     report_unusable(manifest, "listed images do not exist", missing, strict, "restore them or rebuild the manifest")
     records = [record for record, present in zip(records, exists, strict=True) if present]
     if records and image_size is not None:
-        records = _readable(manifest, records, grid_shape(image_size), cache_dir, num_workers, strict, file_key)
+        grid = grid_shape(image_size)
+        records = _readable(manifest, records, grid, cache_dir, num_workers, strict, file_key, intensity_scaling)
     if not records:
         raise MammoXAIError(manifest, "lists no existing image", "check the manifest's path column")
     return records
@@ -158,11 +164,13 @@ def _readable(
     num_workers: int,
     strict: bool,
     file_key: str,
+    intensity_scaling: str,
 ) -> list[dict[str, Any]]:
-    """``records`` whose images preprocess onto ``image_size``; the others reported (:func:`report_unusable`)."""
+    """``records`` whose images preprocess onto ``image_size`` under ``intensity_scaling``; the others reported
+    (:func:`report_unusable`)."""
     rank, world = idist.get_rank(), idist.get_world_size()
     mine = [str(record["path"]) for record in records[rank::world]]
-    failures = preprocess_all(mine, image_size, cache_dir, num_workers, file_key)
+    failures = preprocess_all(mine, image_size, cache_dir, num_workers, file_key, intensity_scaling)
     if world > 1:
         failures = {path: reason for share in idist.all_gather(failures) for path, reason in share.items()}
     readable = len(records) - len(failures)
@@ -397,6 +405,8 @@ class MetadataDataset(MammogramDataset):
         cache_dir: preprocessed-tensor cache, see :class:`~mammoxai.data.cache.PreprocessedCache`.
         transform: applied to each sample dict (e.g. intensity augmentation with ``keys="image"``).
         file_key: how the cache recognises a file, ``"content"`` or ``"stat"``.
+        intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scales intensities; the checkpoint
+            records it (:class:`CheckpointInfo`), so evaluations scale the images the same way.
 
     Example:
         dataset = MetadataDataset(train_records, label_space, (512, 416), cache_dir="cache/")
@@ -411,8 +421,16 @@ class MetadataDataset(MammogramDataset):
         cache_dir: str | os.PathLike | None = None,
         transform: Callable | None = None,
         file_key: str = "content",
+        intensity_scaling: str = "breast_percentiles",
     ) -> None:
-        super().__init__(records, image_size, cache_dir=cache_dir, transform=transform, file_key=file_key)
+        super().__init__(
+            records,
+            image_size,
+            cache_dir=cache_dir,
+            transform=transform,
+            file_key=file_key,
+            intensity_scaling=intensity_scaling,
+        )
         self.label_space = label_space
         headers = [record_metadata(record) for record in self.data]
         self.targets: list[dict[str, int]] = [label_space.encode(header) for header in headers]
