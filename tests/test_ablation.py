@@ -11,7 +11,13 @@ import monai.bundle
 import numpy as np
 import pytest
 import torch
-from test_evaluate_pretrain import SPACE, TINY, pretrained_bundle  # noqa: F401 - the tiny bundle fixture
+from test_evaluate_pretrain import (  # noqa: F401 - the tiny bundle fixtures
+    SPACE,
+    TINY,
+    cached_scalings,
+    display_range_bundle,
+    pretrained_bundle,
+)
 from torch import nn
 
 from mammoxai.data.dataset import MammogramDataset
@@ -240,6 +246,23 @@ def test_ablation_config_runs_through_monai_bundle_and_saves_a_usable_explainer(
     image = MammogramDataset(read_manifest(studies / "manifest.csv")[:1], pretrained.image_size)[0]["image"]
     ranking = explain_image(pretrained.network, probe, image, means)
     assert sorted(row["task"] for row in ranking) == sorted(label_space.fields)
+
+
+def test_ablation_scales_the_images_as_the_checkpoint_was_trained(display_range_bundle, tmp_path):
+    bundle, studies = display_range_bundle
+    monai.bundle.run(
+        config_file=str(bundle / "configs" / "ablation.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(studies),
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "out"),
+        explainer=str(tmp_path / "explainer.pt"),
+        **TINY,
+    )
+
+    paths = [record["path"] for record in read_manifest(studies / "manifest.csv")]  # the training and test splits
+    assert cached_scalings(tmp_path / "cache", paths) == {"display_range"}
+    assert load_explainer(tmp_path / "explainer.pt")[0].target == "xray_system"
 
 
 def test_ablation_script_explains_a_manifest_column(pretrained_bundle, tmp_path):

@@ -12,11 +12,13 @@ from PIL import Image
 from test_manifest import write_csv
 
 from mammoxai.cli import BUNDLE_ROOT
+from mammoxai.data.cache import PreprocessedCache
 from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import read_manifest, record_header, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
+from mammoxai.io.preprocess import INTENSITY_SCALINGS as SCALINGS
 from mammoxai.nets import MetadataNet
 from mammoxai.reports import Report, bar_figure, confusion_matrix_figure
 from mammoxai.training.evaluate_pretrain import (
@@ -341,6 +343,34 @@ def pretrained_bundle(tmp_path_factory):
 TINY = {"val_fraction": 0.5, "num_workers": 0, "n_bootstrap": 50, "device": "cpu", "batch_size": 8}
 
 
+@pytest.fixture(scope="module")
+def display_range_bundle(pretrained_bundle):
+    """The tiny bundle's checkpoint pretrained, one epoch, by ``monai.bundle run`` with intensity_scaling
+    display_range, into a bundle folder of its own."""
+    source, studies, _ = pretrained_bundle
+    bundle = source.parent / "display_range"
+    shutil.copytree(source / "configs", bundle / "configs")
+    monai.bundle.run(
+        config_file=str(bundle / "configs" / "pretrain.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(studies),
+        intensity_scaling="display_range",
+        backbone="mammo_cnn",
+        image_size=[64, 52],
+        embed_dim=16,
+        matching_dim=8,
+        epochs=1,
+        **{key: TINY[key] for key in ("val_fraction", "num_workers", "device", "batch_size")},
+    )
+    return bundle, studies
+
+
+def cached_scalings(cache_dir, paths, image_size=(64, 52)):
+    """The intensity scalings whose cache entries in ``cache_dir`` hold all of ``paths`` (of the given grid)."""
+    caches = {scaling: PreprocessedCache(cache_dir, image_size, intensity_scaling=scaling) for scaling in SCALINGS}
+    return {scaling for scaling, cache in caches.items() if all(cache.entry(path).is_file() for path in paths)}
+
+
 def test_evaluation_config_runs_through_monai_bundle_and_writes_the_report(pretrained_bundle):
     bundle, studies, label_space = pretrained_bundle
     monai.bundle.run(
@@ -363,6 +393,25 @@ def test_evaluation_config_runs_through_monai_bundle_and_writes_the_report(pretr
     for name in ["matching_roc", *(f"confusion_{field}" for field in FIELDS)]:
         assert (out / f"{name}.png").stat().st_size > 1000
     assert "| xray_system |" in (out / "report.md").read_text()
+
+
+def test_evaluation_scales_the_images_as_the_checkpoint_was_trained(display_range_bundle, tmp_path):
+    bundle, studies = display_range_bundle
+    pretrained = load_pretrained(bundle / "models" / "pretrained.pt")
+    assert pretrained.intensity_scaling == "display_range"
+
+    monai.bundle.run(
+        config_file=str(bundle / "configs" / "evaluate_pretrain.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(studies),
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "report"),
+        **TINY,
+    )
+
+    _, held_out = split_by_patient(read_manifest(studies / "manifest.csv"), pretrained.label_space, 0.5, seed=0)
+    assert cached_scalings(tmp_path / "cache", [record["path"] for record in held_out]) == {"display_range"}
+    assert (tmp_path / "report" / "report.json").is_file()
 
 
 def test_evaluation_on_another_manifest_leaves_out_the_training_patients(pretrained_bundle, tmp_path):
