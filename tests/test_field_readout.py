@@ -7,7 +7,8 @@ import pytest
 
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
-from mammoxai.training.field_readout import READOUTS, breast_statistics, main
+from mammoxai.io import read_mammogram
+from mammoxai.training.field_readout import READOUTS, breast_statistics, image_statistics, main
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,35 @@ def test_the_report_gives_each_readout_on_every_image_with_a_known_value(studies
     assert "report:" in capsys.readouterr().out
 
 
+def test_display_range_scales_every_image_by_its_files_range_not_by_its_own_breast(studies):
+    """Under display_range the scaled readouts are the pixel values over the file's value range: their noise is the
+    pixels' less log(range) and the median moves with it, where the breast's percentiles would give each image its
+    own divisor and pin its quantiles near 0 and 1."""
+    path = sorted(studies.rglob("*.dcm"))[0]
+    low, high = read_mammogram(path).value_range
+
+    statistics = image_statistics(path, (64, 52), intensity_scaling="display_range")
+
+    pixels, scaled = statistics["pixel values"], statistics["scaled, native size"]
+    for name in ("noise_box", "noise_diagonal", "noise_laplace"):
+        assert scaled[name] == pytest.approx(pixels[name] - np.log(high - low), abs=1e-3), name
+    assert scaled["quantile_0.50"] == pytest.approx((pixels["quantile_0.50"] - low) / (high - low), abs=1e-4)
+    percentiles = image_statistics(path, (64, 52))["scaled, native size"]
+    assert percentiles["quantile_0.50"] != pytest.approx(scaled["quantile_0.50"], abs=1e-2)
+
+
+def test_the_report_names_the_intensity_scaling_it_read_out_under(studies, tmp_path, capsys):
+    out = tmp_path / "readout"
+    arguments = ["--dataset_dir", str(studies), "--field", "view", "--folds", "2", "--image_size", "64x52"]
+
+    assert main([*arguments, "--intensity_scaling", "display_range", "--output_dir", str(out)]) == 0
+
+    report = json.loads((out / "report.json").read_text())
+    assert "intensity_scaling display_range" in report["description"]
+    assert "Readouts of view, intensity_scaling display_range" in (out / "report.md").read_text()
+    assert "view, intensity_scaling display_range:" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -76,6 +106,7 @@ def test_the_report_gives_each_readout_on_every_image_with_a_known_value(studies
         (["--folds", "7"], "fewer than the 7 folds"),
         (["--folds", "1"], "--folds: is 1"),
         (["--manifest", "missing.csv"], "missing.csv"),
+        (["--intensity_scaling", "window"], "--intensity_scaling: is 'window', not an intensity scaling (use "),
     ],
 )
 def test_an_input_the_readout_cannot_use_is_one_line_naming_it(studies, tmp_path, capsys, arguments, message):

@@ -3,26 +3,30 @@ own pixel values and from the model input the preprocessing makes of them.
 
 Compressed thickness reaches a presented mammogram mainly through its quantum noise: the synthetic generator's
 presentation divides the log signal by the thickness, so the noise falls as thickness^-1/2
-(:mod:`mammoxai.data.synth.imaging`). The model input (:func:`~mammoxai.io.preprocess.prepare_image`) rescales each
-breast's intensities by its own percentiles and resizes its crop onto a fixed grid, by a factor that differs from
-image to image with the breast's size; both change the noise level a pixel shows, so the preprocessing itself can
-hide a cue the pixels hold. Reading the same few statistics at each step, with the same classifier, says how much
-of a field each step leaves readable before any network is trained, which tells a pretraining run that falls short
-of 78 % on a field (Litchfield et al., SPIE 2022) where to look. (The resize also removes the breast's size in
-pixels, which no readout here uses.)
+(:mod:`mammoxai.data.synth.imaging`). The model input (:func:`~mammoxai.io.preprocess.prepare_image`) scales the
+intensities (under its default ``intensity_scaling``, by each breast's own percentiles) and resizes the crop onto a
+fixed grid, by a factor that differs from image to image with the breast's size; both can change the noise level a
+pixel shows, so the preprocessing itself can hide a cue the pixels hold. Reading the same few statistics at each
+step, with the same classifier, says how much of a field each step leaves readable before any network is trained,
+which tells a pretraining run that falls short of 78 % on a field (Litchfield et al., SPIE 2022) where to look. (The
+resize also removes the breast's size in pixels, which no readout here uses.) ``--intensity_scaling`` picks the
+scaling the two scaled readouts apply, so each scaling a pretraining run may use can be read out; the report names
+the one it used.
 
 The readouts (:data:`READOUTS`), each a multinomial logistic regression on standardised features with the X-ray
 system one-hot, scored by patient-grouped k-fold cross-validation (no patient on both sides), accuracy with a
 patient-bootstrap 95 % interval:
 
 * **pixel values**: the model input's crop and flip at one original pixel per pixel, intensities as read;
-* **scaled, native size**: the same, with the model input's intensity scaling;
+* **scaled, native size**: the same, with the model input's intensity scaling (``intensity_scaling``);
 * **model input**: the model input itself, on the model grid.
 
 A readout is a lower bound on what a model of those pixels could read, not a ceiling: a network may find more.
 
 Example:
     python scripts/field_readout.py --dataset_dir synth300 --field thickness --output_dir field_readout
+    python scripts/field_readout.py --dataset_dir synth300 --field thickness --intensity_scaling display_range \\
+        --output_dir field_readout_display_range
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
-from mammoxai.io.preprocess import prepare_image
+from mammoxai.io.preprocess import check_intensity_scaling, prepare_image
 from mammoxai.metrics.classification import ConfidenceInterval, bootstrap_ci
 from mammoxai.reports import Report
 from mammoxai.training.classification import patient_key
@@ -115,17 +119,19 @@ def breast_statistics(image: np.ndarray, breast: np.ndarray) -> dict[str, float]
     return {**noise, **{f"quantile_{q:.2f}": float(level) for q, level in zip(_QUANTILES, levels, strict=True)}}
 
 
-def image_statistics(path: str | Path, image_size: tuple[int, int]) -> dict[str, dict[str, float]]:
+def image_statistics(
+    path: str | Path, image_size: tuple[int, int], intensity_scaling: str = "breast_percentiles"
+) -> dict[str, dict[str, float]]:
     """:func:`breast_statistics` of one file at each step of its preprocessing onto the ``image_size`` grid, by the
-    step's name in :data:`READOUTS`.
+    step's name in :data:`READOUTS`; the scaled steps scale as ``intensity_scaling`` says.
 
     The native-size steps use :func:`~mammoxai.io.preprocess.prepare_image` onto the crop's own shape: the crop for
     a grid of that aspect is the same box, so they are the model input's crop and flip, not resized; its breast mask
     (the non-zero pixels) serves the unscaled pixel values too.
     """
     mammogram = read_mammogram(path)
-    model_input, geometry = prepare_image(mammogram, image_size)
-    scaled, native = prepare_image(mammogram, geometry.crop_shape)
+    model_input, geometry = prepare_image(mammogram, image_size, intensity_scaling=intensity_scaling)
+    scaled, native = prepare_image(mammogram, geometry.crop_shape, intensity_scaling=intensity_scaling)
     breast = scaled[0].numpy() > 0
     pixel_values = native.apply(np.asarray(mammogram.pixels, dtype=np.float32)).numpy()
     return {
@@ -157,8 +163,10 @@ def field_readouts(
     label_space: MetadataLabelSpace | None = None,
     folds: int = 5,
     n_bootstrap: int = 1000,
+    intensity_scaling: str = "breast_percentiles",
 ) -> list[FieldReadout]:
-    """Each readout of :data:`READOUTS` on ``field`` for the images of ``records`` whose value of it is known.
+    """Each readout of :data:`READOUTS` on ``field`` for the images of ``records`` whose value of it is known, the
+    scaled ones under ``intensity_scaling`` (:func:`~mammoxai.io.preprocess.prepare_image`).
 
     Raises:
         MammoXAIError: ``field`` is not in the label space, or fewer patients than ``folds`` have a known value.
@@ -175,7 +183,7 @@ def field_readouts(
     if len(set(patients)) < folds:
         problem = f"gives {field} for {len(set(patients))} patients, fewer than the {folds} folds"
         raise MammoXAIError("manifest", problem, "use more patients or fewer --folds")
-    statistics = [image_statistics(records[i]["path"], image_size) for i in known]
+    statistics = [image_statistics(records[i]["path"], image_size, intensity_scaling) for i in known]
     systems = [_system(label_space, headers[i]) for i in known]
     labels = labels[known]
     majority = float(np.bincount(labels).max() / len(labels))
@@ -206,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--image_size", type=benchmarks.image_size, default=(512, 416), help="model grid HxW (pretrain.json's)"
     )
+    parser.add_argument(
+        "--intensity_scaling",
+        default="breast_percentiles",
+        help="how the scaled readouts scale intensities, as pretrain.json's intensity_scaling (default "
+        "breast_percentiles; or display_range)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds, by patient (default 5)")
     parser.add_argument("--fields", default=None, help="metadata_fields.json whose bins to use (default: the bundle's)")
     parser.add_argument("--output_dir", default="field_readout", help="where report.json and report.md go")
@@ -214,21 +228,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_path(args.output_dir, "--output_dir", "give a folder for the report")
         if args.folds < 2:
             raise MammoXAIError("--folds", f"is {args.folds}", "give 2 or more: one fold leaves nothing to fit on")
+        check_intensity_scaling(args.intensity_scaling, "--intensity_scaling")
         label_space = MetadataLabelSpace.from_file(args.fields) if args.fields else MetadataLabelSpace.default()
         records = read_manifest(args.manifest or Path(args.dataset_dir) / "manifest.csv")
-        readouts = field_readouts(records, args.field, args.image_size, label_space, args.folds)
+        readouts = field_readouts(
+            records, args.field, args.image_size, label_space, args.folds, intensity_scaling=args.intensity_scaling
+        )
     except (MammoXAIError, OSError) as error:
         print(f"field_readout: {error}", file=sys.stderr)
         return 2
     report = Report(
         f"How much of {args.field} a hand-made noise and intensity readout recovers",
         f"{readouts[0].images} images of {readouts[0].patients} patients, model grid "
-        f"{args.image_size[0]}x{args.image_size[1]}, {args.folds}-fold cross-validation by patient; a lower bound on "
-        "what a model could read, not a ceiling (see mammoxai.training.field_readout).",
+        f"{args.image_size[0]}x{args.image_size[1]}, intensity_scaling {args.intensity_scaling} (the scaled "
+        f"readouts), {args.folds}-fold cross-validation by patient; a lower bound on what a model could read, not a "
+        "ceiling (see mammoxai.training.field_readout).",
         command=shlex.join(["python", "scripts/field_readout.py", *(argv if argv is not None else sys.argv[1:])]),
     )
     rows = [readout.row() for readout in readouts]
-    report.add_table("readouts", rows, f"Readouts of {args.field}")
+    print(f"{args.field}, intensity_scaling {args.intensity_scaling}:")
+    report.add_table("readouts", rows, f"Readouts of {args.field}, intensity_scaling {args.intensity_scaling}")
     out = report.write(Path(args.output_dir))
     for row in rows:
         interval = f"({row['95 % CI low']:.1%}-{row['95 % CI high']:.1%})"
