@@ -3,7 +3,8 @@
 
 Runs the training loop of the bundle's ``configs/pretrain.json`` itself (the same dataset, study batch sampler,
 cache, network, losses, handlers and ``SupervisedTrainer``) for a few iterations per setting, over every
-combination of batch size, image size, AMP and channels-last asked for. Per setting it reports
+combination of batch size, image size, AMP and channels-last asked for, with the config's ``intensity_scaling`` set
+by ``--intensity_scaling`` (every row names it). Per setting it reports
 
 * images per second over the timed iterations (after ``--warmup`` untimed ones: cuDNN autotuning, worker
   start-up and allocator growth are not steady state);
@@ -52,6 +53,7 @@ from mammoxai.cli import BUNDLE_ROOT, exit_status
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import check_output_path
 from mammoxai.inference import resolve_device
+from mammoxai.io.preprocess import INTENSITY_SCALINGS
 from mammoxai.nets.backbones import build_backbone
 from mammoxai.reports import hardware_description
 
@@ -134,6 +136,7 @@ def pretrain_parser(args: argparse.Namespace, setting: Setting, work: Path, data
         "num_workers": args.num_workers,
         "batch_size": setting.batch_size,
         "image_size": list(setting.image_size),
+        "intensity_scaling": args.intensity_scaling,
         "amp": setting.amp,
         "channels_last": setting.channels_last,
         "epochs": 1,
@@ -171,13 +174,15 @@ def measure(args: argparse.Namespace, setting: Setting, work: Path, dataset_dir:
 
 def markdown_table(results: list[Result], args: argparse.Namespace) -> list[str]:
     lines = [
-        "| backbone | batch | image (h x w) | AMP | channels-last | workers | images/s | ms/step | data wait |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backbone | batch | image (h x w) | intensity scaling | AMP | channels-last | workers | images/s | ms/step "
+        "| data wait |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         s = result.setting
         lines.append(
-            f"| {args.backbone} | {result.batch_label()} | {s.image_size[0]} x {s.image_size[1]} | {'on' if s.amp else 'off'} "
+            f"| {args.backbone} | {result.batch_label()} | {s.image_size[0]} x {s.image_size[1]} "
+            f"| {args.intensity_scaling} | {'on' if s.amp else 'off'} "
             f"| {'on' if s.channels_last else 'off'} | {args.num_workers} | {result.images_per_second:.1f} "
             f"| {result.step_ms:.0f} | {100 * result.data_wait_share:.1f} % |"
         )
@@ -219,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-sizes", type=image_size, nargs="+", default=[(512, 416)], help="HxW model grids")
     parser.add_argument("--amp", type=on_off, nargs="+", default=[False, True], help="on / off (CUDA only)")
     parser.add_argument("--channels-last", type=on_off, nargs="+", default=[True])
+    parser.add_argument(
+        "--intensity_scaling",
+        choices=INTENSITY_SCALINGS,
+        default="breast_percentiles",
+        help="pretrain.json's intensity_scaling (default breast_percentiles)",
+    )
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per setting")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")

@@ -187,6 +187,7 @@ def test_bench_pretrain_says_what_is_wrong_in_one_line(arguments, message, bench
     [
         ("bench_pretrain", ["--batch-sizes", "8", "0"], "--batch-sizes and --patients must be at least 1"),
         ("bench_pretrain", ["--num-workers", "-1"], "--num-workers must be at least 0"),
+        ("bench_pretrain", ["--intensity_scaling", "window"], "--intensity_scaling: invalid choice: 'window'"),
         ("bench_saliency", ["--correlax-size", "128x128"], "--correlax-size must be at least 256x256"),
         ("bench_saliency", ["--correlax-mask-fraction", "0"], "--correlax-mask-fraction must be above 0"),
     ],
@@ -205,14 +206,26 @@ def test_bench_saliency_on_a_missing_gpu_says_so_in_one_line(bench_saliency, mon
     assert "asks for a CUDA GPU, and this machine has none" in err and len(err.strip().splitlines()) == 1
 
 
-def test_bench_pretrain_times_a_tiny_run_and_writes_nothing(bench_pretrain, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("scaling", ["breast_percentiles", "display_range"])
+def test_bench_pretrain_times_a_tiny_run_and_writes_nothing(bench_pretrain, tmp_path, monkeypatch, capsys, scaling):
     monkeypatch.setattr(bench_pretrain, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
     arguments = ["--patients", "2", "--size", "128", "--image-sizes", "32x32", "--batch-sizes", "2"]
     arguments += ["--iterations", "1", "--warmup", "1", "--num-workers", "0", "--device", "cpu"]
+    arguments += ["--intensity_scaling", scaling]
 
     assert bench_pretrain.main(arguments) == 0
-    assert "| resnet18 | 2 | 32 x 32 | off | on | 0 |" in capsys.readouterr().out
+    assert f"| resnet18 | 2 | 32 x 32 | {scaling} | off | on | 0 |" in capsys.readouterr().out
     assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_bench_pretrain_runs_the_config_under_the_intensity_scaling_asked_for(bench_pretrain, tmp_path):
+    args = bench_pretrain.parse_args(["--intensity_scaling", "display_range"])
+    setting = bench_pretrain.Setting(batch_size=2, image_size=(32, 32), amp=False, channels_last=False)
+
+    parser = bench_pretrain.pretrain_parser(args, setting, tmp_path, tmp_path / "studies")
+
+    assert parser.get_parsed_content("intensity_scaling") == "display_range"
+    assert parser.get_parsed_content("checkpoint_info#intensity_scaling") == "display_range"
 
 
 def test_bench_pretrain_labels_a_row_with_the_batch_size_that_ran(bench_pretrain, tmp_path, monkeypatch, capsys):
