@@ -25,6 +25,7 @@ from mammoxai.training.finetune import (
     UnfreezeAt,
     balanced_sampler,
     build_finetune_classifier,
+    build_metadata_classifier,
     check_labels,
     initialise,
 )
@@ -40,7 +41,7 @@ def _frozen(network, prefix):
     return [not p.requires_grad for name, p in network.named_parameters() if name.startswith(prefix)]
 
 
-def _pretrained(path, backbone="mammo_cnn", studies=None, seed=0):
+def _pretrained(path, backbone="mammo_cnn", studies=None, seed=0, intensity_scaling="breast_percentiles"):
     """A metadata-pretraining checkpoint as configs/pretrain.json writes it (untrained weights)."""
     torch.manual_seed(seed)
     records = read_manifest(studies / "manifest.csv")
@@ -48,7 +49,8 @@ def _pretrained(path, backbone="mammo_cnn", studies=None, seed=0):
     network = MetadataNet(
         backbone, {name: space.num_classes(name) for name in space.fields}, embed_dim=8, matching_dim=4
     )
-    torch.save({"network": network.state_dict(), "info": CheckpointInfo(network, space, (64, 48)).state_dict()}, path)
+    info = CheckpointInfo(network, space, (64, 48), intensity_scaling=intensity_scaling)
+    torch.save({"network": network.state_dict(), "info": info.state_dict()}, path)
     return network
 
 
@@ -128,6 +130,44 @@ def test_a_pretrained_checkpoint_of_another_backbone_is_a_clear_error(studies, t
     _pretrained(tmp_path / "pretrained.pt", studies=studies)
     with pytest.raises(MammoXAIError, match="set backbone to 'mammo_cnn'"):
         build_finetune_classifier("resnet18", 3, init="incremental", init_weights=tmp_path / "pretrained.pt")
+
+
+@pytest.mark.parametrize("init", ["pretrained", "incremental"])
+def test_a_pretrained_start_of_another_intensity_scaling_is_refused_naming_the_one_that_fits(studies, tmp_path, init):
+    """Its backbone learnt from images scaled one way; fine-tuned on images scaled another, it starts from features
+    of inputs it never saw, with no error."""
+    pretrained = _pretrained(tmp_path / "pretrained.pt", studies=studies, intensity_scaling="display_range")
+    network = build_finetune_classifier(
+        "mammo_cnn", 3, init=init, init_weights=tmp_path / "pretrained.pt", intensity_scaling="display_range"
+    )
+    torch.testing.assert_close(network.backbone.state_dict(), pretrained.backbone.state_dict())
+    message = (
+        f'{tmp_path / "pretrained.pt"}: was trained with intensity_scaling "display_range", not the '
+        """"breast_percentiles" of this run (pass --intensity_scaling '"display_range"', or retrain with this run's """
+        "settings)"
+    )
+    with pytest.raises(MammoXAIError) as error:
+        build_finetune_classifier("mammo_cnn", 3, init=init, init_weights=tmp_path / "pretrained.pt")
+    assert str(error.value) == message
+    label_space = fit_label_space(select_fields(FIELDS), read_manifest(studies / "manifest.csv"))
+    with pytest.raises(MammoXAIError) as error:
+        build_metadata_classifier(
+            "mammo_cnn", 3, label_space, init=init, init_weights=tmp_path / "pretrained.pt", embed_dim=8, matching_dim=4
+        )
+    assert str(error.value) == message
+
+
+def test_a_classifier_start_of_another_intensity_scaling_is_refused(tmp_path):
+    """The patch classifier starts the whole-image one at another grid, but never under another scaling."""
+    previous = BackboneClassifier("mammo_cnn", 3)
+    grid = TrainingGrid([32, 32], intensity_scaling="display_range").state_dict()
+    torch.save({"model": previous.state_dict(), "grid": grid}, tmp_path / "model.pt")
+    network = build_finetune_classifier(
+        "mammo_cnn", 3, init="classifier", init_weights=tmp_path / "model.pt", intensity_scaling="display_range"
+    )
+    torch.testing.assert_close(network.fc.weight, previous.fc.weight)
+    with pytest.raises(MammoXAIError, match=r'with intensity_scaling "display_range", not the "breast_percentiles"'):
+        build_finetune_classifier("mammo_cnn", 3, init="classifier", init_weights=tmp_path / "model.pt")
 
 
 def test_external_weights_initialise_the_backbone_from_a_local_file(tmp_path):
@@ -303,6 +343,23 @@ def test_train_json_fine_tunes_the_pretrained_backbone_with_freezing_and_samplin
     )
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     BackboneClassifier("mammo_cnn", 3).load_state_dict(state["model"])
+
+
+def test_train_json_fine_tunes_from_a_pretraining_of_its_intensity_scaling_and_records_it(studies, tmp_path):
+    _pretrained(tmp_path / "pretrained.pt", studies=studies, intensity_scaling="display_range")
+    start = dict(
+        init="pretrained", init_weights=str(tmp_path / "pretrained.pt"), epochs=1, network_def="@finetune_network_def"
+    )
+    with pytest.raises(Exception) as error:
+        _train(studies, tmp_path / "default", **start)
+    assert str(user_error(error.value)).startswith(
+        f'{tmp_path / "pretrained.pt"}: was trained with intensity_scaling "display_range", not the '
+        """"breast_percentiles" of this run (pass --intensity_scaling '"display_range"'"""
+    )
+    assert not (tmp_path / "default" / "models" / "model.pt").exists()
+    _train(studies, tmp_path / "display", intensity_scaling="display_range", **start)
+    state = torch.load(tmp_path / "display" / "models" / "model.pt", weights_only=True)
+    assert state["grid"] == {"image_size": [64, 48], "intensity_scaling": "display_range"}
 
 
 def test_train_json_refuses_a_label_csv_with_unknown_ids_before_training(studies, tmp_path):

@@ -13,11 +13,13 @@ changes the AUC of a screening classifier markedly (0.68-0.77):
 * ``incremental``: external weights, then metadata pretraining, then fine-tuning. The first two steps are
   pretraining's: run ``configs/pretrain.json`` with ``--backbone_weights <imagenet.pt>``, then fine-tune with
   ``--init incremental --init_weights models/pretrained.pt``. Loading is that of ``pretrained``; the name
-  records which strategy the run is.
+  records which strategy the run is. Both are refused when the checkpoint records another intensity scaling
+  (:func:`~mammoxai.io.preprocess.prepare_image`) than the run's: its backbone learnt from images scaled that way.
 * ``classifier``: a whole :class:`~mammoxai.nets.finetune.BackboneClassifier` checkpoint (a previous fine-tune,
   to continue on new data or another device). Its class head is loaded as it is, so the class names it records must
   be this run's ``class_names`` in the same order (another order would train the malignant logit on the normal
-  images), and a multi-view one's views and fusion this run's; its grid is not compared, since continuing at
+  images), its intensity scaling this run's, and a multi-view one's views and fusion this run's; its grid is not
+  compared, since continuing at
   another resolution (the patch classifier starting the whole-image one) is what this start is for, and weights of
   one image per sample may start a ``mean`` / ``max`` multi-view network (they fit it: every view goes through the
   same backbone and head), and the other way round.
@@ -56,7 +58,9 @@ from torch.utils.data import WeightedRandomSampler
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
+from mammoxai.io.preprocess import check_intensity_scaling
 from mammoxai.nets.backbones import build_backbone
+from mammoxai.nets.files import check_recorded_settings
 from mammoxai.nets.finetune import BackboneClassifier, MetadataClassifier, MultiViewClassifier, load_checkpoint
 from mammoxai.training.losses import MetadataLoss
 from mammoxai.training.multiview import check_views
@@ -93,6 +97,7 @@ def initialise(
     label_space: MetadataLabelSpace | None = None,
     class_names: Sequence[str] | None = None,
     views: Sequence[str] | None = None,
+    intensity_scaling: str | None = None,
 ) -> BackboneClassifier | MetadataClassifier:
     """Load the starting weights of ``network`` by strategy (see the module docstring); returns it.
 
@@ -106,11 +111,14 @@ def initialise(
             names or another order is refused (None: not compared).
         views: the run's view names of a :class:`~mammoxai.nets.finetune.MultiViewClassifier`, in input order;
             a ``classifier`` checkpoint that records other views is refused.
+        intensity_scaling: how the run scales its images (:func:`~mammoxai.io.preprocess.prepare_image`); a
+            ``pretrained``, ``incremental`` or ``classifier`` checkpoint that records another is refused (None: not
+            compared). External weights record none.
 
     Raises:
         MammoXAIError: unknown ``init``; ``weights`` missing, unreadable, not a state dict, or of another
             backbone, input channel count, class count or metadata field list; a ``classifier`` checkpoint trained
-            with other class names, views or view fusion.
+            with other class names, views or view fusion; a checkpoint trained with another intensity scaling.
     """
     init = str(init).strip().lower()
     if init not in INIT_CHOICES:
@@ -127,6 +135,7 @@ def initialise(
     backbone = network.config["backbone"]
     if init in ("pretrained", "incremental"):
         pretrained_model = load_pretrained(path)
+        check_recorded_settings(path, {"intensity_scaling": (pretrained_model.intensity_scaling, intensity_scaling)})
         pretrained = pretrained_model.network
         theirs = (_backbone_key(pretrained.config["backbone"]), pretrained.config["in_channels"])
         if theirs != (_backbone_key(backbone), network.config["in_channels"]):
@@ -146,7 +155,7 @@ def initialise(
         )  # checks the file against the architecture
         network.backbone.load_state_dict(loaded.state_dict())
     else:
-        _load_classifier(network, path, class_names, views)
+        _load_classifier(network, path, class_names, views, intensity_scaling)
     logger.info("initialised the %s classifier from %s (%s)", backbone, path, init)
     return network
 
@@ -197,13 +206,23 @@ def _load_classifier(
     path: Path,
     class_names: Sequence[str] | None,
     views: Sequence[str] | None,
+    intensity_scaling: str | None,
 ) -> None:
     fix = "pass a model.pt written by train.json with the same backbone, class_names and views"
     if not path.is_file():
         raise MammoXAIError(path, "classifier checkpoint not found", fix)
     problem = f"does not fit this {network.config['backbone']} classifier"
     fix = f"{fix}, or start with init 'pretrained' / 'external'"
-    load_checkpoint(network, path, problem, fix, class_names=class_names, views=views, as_start=True)
+    load_checkpoint(
+        network,
+        path,
+        problem,
+        fix,
+        class_names=class_names,
+        views=views,
+        as_start=True,
+        intensity_scaling=intensity_scaling,
+    )
 
 
 def build_finetune_classifier(
@@ -217,11 +236,12 @@ def build_finetune_classifier(
     views: Sequence[str] | None = None,
     view_fusion: str = "concat",
     class_names: Sequence[str] | None = None,
+    intensity_scaling: str = "breast_percentiles",
 ) -> BackboneClassifier:
     """The fine-tuning network of ``configs/train.json``: a :class:`BackboneClassifier` or, with ``views``, a
     :class:`MultiViewClassifier` over that many views, initialised (:func:`initialise`, which compares a
-    ``classifier`` start with ``class_names`` and ``views``) and frozen (:meth:`BackboneClassifier.freeze`) as
-    configured.
+    ``classifier`` start with ``class_names`` and ``views``, and a pretrained or classifier start with
+    ``intensity_scaling``, the run's) and frozen (:meth:`BackboneClassifier.freeze`) as configured.
 
     Raises:
         MammoXAIError: ``views`` that is not two or more view names (:func:`~mammoxai.training.multiview.check_views`),
@@ -234,7 +254,8 @@ def build_finetune_classifier(
         network = MultiViewClassifier(
             backbone, num_classes, in_channels, dropout, num_views=len(views), fusion=view_fusion
         )
-    return initialise(network, init, init_weights, class_names=class_names, views=views).freeze(freeze)
+    scaling = check_intensity_scaling(intensity_scaling)
+    return initialise(network, init, init_weights, None, class_names, views, scaling).freeze(freeze)
 
 
 def build_metadata_classifier(
@@ -250,10 +271,12 @@ def build_metadata_classifier(
     dropout: float = 0.2,
     views: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
+    intensity_scaling: str = "breast_percentiles",
 ) -> MetadataClassifier:
     """The served network of ``configs/train.json``: a :class:`~mammoxai.nets.MetadataClassifier` with one
     metadata head per field of ``label_space``, initialised (:func:`initialise`, which compares a ``classifier``
-    start with ``class_names``) and frozen as configured.
+    start with ``class_names``, and a pretrained or classifier start with ``intensity_scaling``, the run's) and
+    frozen as configured.
 
     ``views`` is the config's multi-view setting, passed here so that asking this single-image network for
     several views is refused now, not as a convolution shape error in the first iteration.
@@ -272,7 +295,8 @@ def build_metadata_classifier(
     network = MetadataClassifier(
         backbone, num_classes, fields, embed_dim, matching_dim, in_channels=in_channels, dropout=dropout
     )
-    return initialise(network, init, init_weights, label_space, class_names).freeze(freeze)
+    scaling = check_intensity_scaling(intensity_scaling)
+    return initialise(network, init, init_weights, label_space, class_names, None, scaling).freeze(freeze)
 
 
 class MetadataTargets:
