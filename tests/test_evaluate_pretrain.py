@@ -411,7 +411,8 @@ def test_evaluation_scales_the_images_as_the_checkpoint_was_trained(display_rang
 
     _, held_out = split_by_patient(read_manifest(studies / "manifest.csv"), pretrained.label_space, 0.5, seed=0)
     assert cached_scalings(tmp_path / "cache", [record["path"] for record in held_out]) == {"display_range"}
-    assert (tmp_path / "report" / "report.json").is_file()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "scaled by intensity_scaling display_range, as pretraining did" in report["description"]
 
 
 def test_evaluation_on_another_manifest_leaves_out_the_training_patients(pretrained_bundle, tmp_path):
