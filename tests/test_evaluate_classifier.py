@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import monai.bundle
 import numpy as np
 import pytest
 import torch
@@ -476,3 +477,39 @@ def test_a_checkpoint_of_another_class_count_is_one_line_on_stderr(studies, tmp_
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "two.pt" in error[0] and "class_names" in error[0]
     assert not (tmp_path / "report").exists()
+
+
+def test_a_model_is_evaluated_only_on_the_intensity_scaling_it_was_trained_with(studies, tmp_path, capsys):
+    """Scored on images scaled otherwise than it learnt from, a network gives numbers and no error."""
+    monai.bundle.run(
+        config_file=str(BUNDLE_ROOT / "configs" / "train.json"),
+        bundle_root=str(BUNDLE_ROOT),
+        logging_file=False,
+        dataset_dir=str(studies),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "out"),
+        cache_dir=str(tmp_path / "cache"),
+        image_size=[64, 48],
+        intensity_scaling="display_range",
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        device="cpu",
+    )
+    model = tmp_path / "models" / "model.pt"
+    assert torch.load(model, weights_only=True)["grid"]["intensity_scaling"] == "display_range"
+    capsys.readouterr()
+    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(model)])) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f'error: {model}: was trained with intensity_scaling "display_range", not the "breast_percentiles" of this '
+        """run (pass --intensity_scaling '"display_range"', or retrain with this run's settings)"""
+    ]
+    assert not (tmp_path / "report").exists()
+    arguments = ["--checkpoints", json.dumps([str(model)]), "--intensity_scaling", "display_range"]
+    assert _evaluate(studies, tmp_path, *arguments) == 0
+    assert _report(tmp_path)["tables"]["binary"][0]["images"] == 40
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", "evaluate.json")])
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(studies), "eval_where": {}})
+    parser.update({"intensity_scaling": "display_range"})
+    assert parser.get_parsed_content("evaluate#dataset").intensity_scaling == "display_range"  # what it scored

@@ -107,17 +107,21 @@ def load_checkpoints(
     image_size: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     views: Sequence[str] | None = None,
+    intensity_scaling: str | None = None,
 ) -> list[nn.Module]:
     """One copy of ``network`` per checkpoint, with its weights loaded and in eval mode: the ensemble members.
 
     A checkpoint is a state dict, or a dict holding one under ``"model"`` (what ``train.json``'s
-    ``CheckpointSaver`` writes, with the training grid, class names and views, which must equal ``image_size``,
-    ``class_names`` and ``views`` when both are known, and the view fusion, which must be ``network``'s).
+    ``CheckpointSaver`` writes, with the training grid and intensity scaling, class names and views, which must
+    equal ``image_size``, ``intensity_scaling``, ``class_names`` and ``views`` when both are known, and the view
+    fusion, which must be ``network``'s). A model scored on images scaled otherwise than it was trained on gives
+    numbers and no error, so every member must have been trained with the scaling the evaluation reads.
 
     Raises:
         MammoXAIError: no path, a missing file, weights that do not fit ``network`` (another architecture, class
             count, or one image per sample where the network fuses views, or the other way round) or were trained on
-            another grid or with other class names, views or view fusion; the message names the file.
+            another grid or intensity scaling or with other class names, views or view fusion; the message names the
+            file.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     views = check_views(views)
@@ -135,6 +139,7 @@ def load_checkpoints(
             image_size=image_size,
             class_names=class_names,
             views=views,
+            intensity_scaling=intensity_scaling,
         )
         members.append(member.eval())
     return members
