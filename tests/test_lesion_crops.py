@@ -191,7 +191,7 @@ def _train(studies, tmp_path, **overrides):
 
 
 def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
-    _train(studies, tmp_path)
+    _train(studies, tmp_path, intensity_scaling="display_range")
     assert (tmp_path / "models" / "lesion_crops.pt").is_file()
     report = json.loads((tmp_path / "lesion_crops" / "report.json").read_text())
     rows = {row["class"]: row for row in report["tables"]["per_class"]}
@@ -204,11 +204,22 @@ def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
     )
     # what the saliency evaluation needs to check it runs the classifier as trained
     record = torch.load(tmp_path / "models" / "lesion_crops.pt", weights_only=True)["crops"]
-    assert record == {"image_size": [128, 104], "view_size": 32, "class_names": list(LESION_CLASSES)}
-    network = MammoClassifier(num_classes=len(LESION_CLASSES))
-    load_lesion_checkpoint(network, tmp_path / "models" / "lesion_crops.pt", [128, 104], 32, LESION_CLASSES)
+    assert record == {
+        "image_size": [128, 104],
+        "view_size": 32,
+        "class_names": list(LESION_CLASSES),
+        "intensity_scaling": "display_range",
+    }
+    network, path = MammoClassifier(num_classes=len(LESION_CLASSES)), tmp_path / "models" / "lesion_crops.pt"
+    load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "display_range")
     with pytest.raises(MammoXAIError, match=r"trained with lesion_image_size \[128, 104\], not the \[256, 208\]"):
-        load_lesion_checkpoint(network, tmp_path / "models" / "lesion_crops.pt", [256, 208], 32, LESION_CLASSES)
+        load_lesion_checkpoint(network, path, [256, 208], 32, LESION_CLASSES)
+    with pytest.raises(
+        MammoXAIError,
+        match=r'trained with lesion_intensity_scaling "display_range", not the "breast_percentiles" of this run '
+        r"\(pass --lesion_intensity_scaling '\"display_range\"'",
+    ):
+        load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "breast_percentiles")
 
 
 @pytest.mark.parametrize(
@@ -274,3 +285,13 @@ def test_a_lesion_checkpoint_of_other_settings_is_refused(tmp_path, view_size, c
     torch.save({"model": network.state_dict(), "crops": record}, path)
     with pytest.raises(MammoXAIError, match=message):
         load_lesion_checkpoint(network, path, [128, 104], view_size, class_names)
+
+
+def test_a_lesion_record_older_than_the_intensity_scaling_means_breast_percentiles(tmp_path):
+    path = tmp_path / "lesion_crops.pt"
+    network = MammoClassifier(num_classes=len(LESION_CLASSES))
+    record = {"image_size": [128, 104], "view_size": 32, "class_names": list(LESION_CLASSES)}
+    torch.save({"model": network.state_dict(), "crops": record}, path)
+    load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "breast_percentiles")
+    with pytest.raises(MammoXAIError, match='trained with lesion_intensity_scaling "breast_percentiles", not the "d'):
+        load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "display_range")

@@ -7,9 +7,9 @@ calcifications, 0.7392 for masses on VinDr-Mammo), so that is what validation me
 precision, recall and F1 and their macro mean, as the checkpoint's key metric and in a report.
 
 The crops themselves are :class:`~mammoxai.training.patches.PatchDataset` with ``labels="finding"`` and several
-``scales``; the classes are :data:`~mammoxai.data.findings.LESION_CLASSES`. The checkpoint records the grid, view
-size and class names it was trained with (:class:`LesionCropRecord`), which the saliency evaluation requires
-again (:func:`load_lesion_checkpoint`).
+``scales``; the classes are :data:`~mammoxai.data.findings.LESION_CLASSES`. The checkpoint records the grid,
+intensity scaling, view size and class names it was trained with (:class:`LesionCropRecord`), which the saliency
+evaluation requires again (:func:`load_lesion_checkpoint`).
 
 Example:
     python -m monai.bundle run --config_file configs/train_lesion_crops.json --dataset_dir synth \\
@@ -31,10 +31,10 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
-from mammoxai.io.preprocess import grid_shape
+from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
 from mammoxai.metrics import per_class_scores
 from mammoxai.nets.backbones import check_backbone_grid
-from mammoxai.nets.files import check_recorded_settings, read_torch_file
+from mammoxai.nets.files import check_recorded_settings, read_torch_file, recorded_intensity_scaling
 from mammoxai.reports import Report, confusion_matrix_figure
 from mammoxai.training.evaluate_classifier import load_checkpoints
 from mammoxai.training.settings import check_settings
@@ -85,27 +85,42 @@ class LesionCropRecord:
     """What a lesion-crop classifier was trained on, saved as ``"crops"`` in ``lesion_crops.pt`` beside ``"model"``.
 
     CorRELAX runs the classifier over ``view_size`` local views of the ``image_size`` grid and reads its outputs by
-    class name. A CNN runs on any grid and view and gives as many outputs whatever their names, so a classifier
-    used at another grid, view size or class order gives maps and pointing-game scores with no error;
-    :func:`load_lesion_checkpoint` compares this record with the evaluation's settings and refuses a mismatch.
-    An object with ``state_dict`` so ``CheckpointSaver`` saves it.
+    class name. A CNN runs on any grid, view and intensities and gives as many outputs whatever their names, so a
+    classifier used at another grid, intensity scaling, view size or class order gives maps and pointing-game scores
+    with no error; :func:`load_lesion_checkpoint` compares this record with the evaluation's settings and refuses a
+    mismatch. An object with ``state_dict`` so ``CheckpointSaver`` saves it.
 
     Args:
         image_size: (height, width) of the training grid, or one int for a square grid.
         view_size: side of the square crops the classifier sees.
         class_names: the classes, in output order.
+        intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scaled the training images; records
+            older than the setting name none and mean ``"breast_percentiles"``.
     """
 
-    def __init__(self, image_size: int | Sequence[int], view_size: int, class_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        view_size: int,
+        class_names: Sequence[str],
+        intensity_scaling: str = "breast_percentiles",
+    ) -> None:
         self.image_size = list(grid_shape(image_size))
         self.view_size, self.class_names = int(view_size), list(class_names)
+        self.intensity_scaling = check_intensity_scaling(intensity_scaling)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"image_size": list(self.image_size), "view_size": self.view_size, "class_names": list(self.class_names)}
+        return {
+            "image_size": list(self.image_size),
+            "view_size": self.view_size,
+            "class_names": list(self.class_names),
+            "intensity_scaling": self.intensity_scaling,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.image_size = [int(side) for side in state["image_size"]]
         self.view_size, self.class_names = int(state["view_size"]), [str(name) for name in state["class_names"]]
+        self.intensity_scaling = recorded_intensity_scaling(state)
 
 
 def load_lesion_checkpoint(
@@ -114,10 +129,12 @@ def load_lesion_checkpoint(
     image_size: int | Sequence[int] | None = None,
     view_size: int | None = None,
     class_names: Sequence[str] | None = None,
+    intensity_scaling: str | None = None,
 ) -> nn.Module:
     """A copy of ``network`` with the weights of a ``train_lesion_crops.json`` checkpoint, in eval mode, refused
-    unless it was trained on the ``image_size`` grid, ``view_size`` views and ``class_names`` given (None: not
-    compared). The fixes name the settings of ``configs/evaluate_saliency.json``, the checkpoint's reader.
+    unless it was trained on the ``image_size`` grid, ``intensity_scaling``, ``view_size`` views and ``class_names``
+    given (None: not compared). The fixes name the settings of ``configs/evaluate_saliency.json``, the checkpoint's
+    reader.
 
     Checkpoints written before the record was kept (:class:`LesionCropRecord`) are refused: nothing says what
     they were trained on, and a retraining is minutes.
@@ -138,6 +155,7 @@ def load_lesion_checkpoint(
     trained = LesionCropRecord(**record)
     settings = {
         "lesion_image_size": (trained.image_size, None if image_size is None else grid_shape(image_size)),
+        "lesion_intensity_scaling": (trained.intensity_scaling, intensity_scaling),
         "view_size": (trained.view_size, view_size),
         "lesion_class_names": (trained.class_names, class_names),
     }
