@@ -587,6 +587,15 @@ def test_max_minutes_scores_what_the_time_allows_and_the_report_says_so(syntheti
             "lesion-crop checkpoint not found (train one first: python -m monai.bundle run "
             "--config_file configs/train_lesion_crops.json",
         ),
+        (
+            ("--select", '["gradcam"]', "--intensity_scaling", "display_range"),
+            'model.pt: was trained with intensity_scaling "breast_percentiles", not the "display_range" of this run '
+            """(pass --intensity_scaling '"breast_percentiles"'""",
+        ),
+        (
+            ("--select", '["correlax prediction"]', "--lesion_intensity_scaling", "display_range"),
+            'lesion_crops.pt: was trained with lesion_intensity_scaling "breast_percentiles", not the "display_range"',
+        ),
         (("--select", '["gradcam"]', "--max_images", "0"), "max_images: is 0, not a positive whole number"),
         (
             ("--select", '["gradcam"]', "--max_images_per_patient", "0"),
@@ -619,6 +628,32 @@ def test_bad_configurations_are_one_line_errors(synthetic, tmp_path, capsys, ove
     assert _run(synthetic, tmp_path, *overrides) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_both_models_are_explained_on_the_intensity_scaling_they_were_trained_with(synthetic, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("model.pt", "lesion_crops.pt"):
+        state = torch.load(synthetic / "models" / name, weights_only=True)
+        record = "grid" if name == "model.pt" else "crops"
+        state[record] = {**state[record], "intensity_scaling": "display_range"}
+        torch.save(state, models / name)
+    select = ("--select", '["gradcam", "correlax prediction"]', "--ckpt_dir", str(models))
+    assert _run(synthetic, tmp_path, *select, "--intensity_scaling", "display_range") == 0
+    report = json.loads((tmp_path / "saliency_evaluation" / "report.json").read_text())
+    assert [row["method"] for row in report["tables"]["methods"]][:2] == ["gradcam", "correlax prediction"]
+
+
+def test_each_model_reads_its_images_with_its_own_intensity_scaling(lesion_study, tmp_path):
+    records, csv = lesion_study
+    models = _models()
+    models["whole_image"]["intensity_scaling"] = "display_range"
+    evaluator = SaliencyEvaluator(records, csv, models, GRADCAM_AND_CORRELAX, tmp_path, sanity_images=0)
+    scalings = {name: dataset.intensity_scaling for name, dataset in evaluator.datasets.items()}
+    assert scalings == {"whole_image": "display_range", "lesion_crops": "breast_percentiles"}
+    models["lesion_crops"]["intensity_scaling"] = "raw"
+    with pytest.raises(MammoXAIError, match="^intensity_scaling of saliency model 'lesion_crops': is 'raw', not an"):
+        SaliencyEvaluator(records, csv, models, GRADCAM_AND_CORRELAX, tmp_path)
 
 
 def test_a_lesion_model_spelling_its_background_class_otherwise_is_explained(synthetic, tmp_path):

@@ -192,6 +192,27 @@ def test_views_given_as_text_are_refused_before_the_manifest_is_read(configs, va
 
 
 @pytest.mark.parametrize(
+    "configs, setting",
+    [
+        (["train.json"], "intensity_scaling"),
+        (["train.json", "evaluate.json"], "intensity_scaling"),
+        (["train_lesion_crops.json"], "intensity_scaling"),
+        (["inference.json", "evaluate_saliency.json"], "intensity_scaling"),
+        (["inference.json", "evaluate_saliency.json"], "lesion_intensity_scaling"),
+    ],
+    ids=lambda value: "+".join(value) if isinstance(value, list) else value,
+)
+def test_an_unknown_intensity_scaling_is_named_before_the_manifest_is_read(configs, setting, tmp_path):
+    """A network must see the scaling it was trained with; a typo is refused before any image or checkpoint is."""
+    error = initialize_error(configs, tmp_path, bundle_root=tmp_path, **{setting: "percentiles"})
+    assert (
+        error
+        == f'{setting}: is \'percentiles\', not an intensity scaling (use "breast_percentiles" or "display_range")'
+    )
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
     "setting, value",
     [
         ("epochs", True),  # Python counts a bool as an int

@@ -66,7 +66,7 @@ from mammoxai.io import read_dicom_header, read_mammogram, read_mask
 from mammoxai.io.breast import segment_breast
 from mammoxai.io.dicom import pixel_spacing
 from mammoxai.io.geometry import ImageGeometry
-from mammoxai.io.preprocess import grid_shape
+from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
 from mammoxai.io.read import sniff_format
 from mammoxai.metrics.saliency import (
     deletion_insertion_auc,
@@ -166,12 +166,14 @@ class SaliencyEvaluator:
             :func:`~mammoxai.data.findings.match_findings` reads it: by id, or by the file's name or path.
         findings_csv: VinDr-style finding CSV (:mod:`mammoxai.data.findings`); its ``mask`` column, when present,
             gives lesion masks, which are used inside each finding's box.
-        models: name -> ``{"network", "class_names", "image_size"[, "checkpoint", "label_map", "view_size"]}``: the
-            networks explained; ``checkpoint`` is loaded into ``network`` when a selected method uses the model,
-            and refused when it records another training grid than ``image_size``, the grid it runs on
-            (CorRELAX's: the full-resolution grid). ``view_size`` marks a lesion-crop classifier: its checkpoint
-            must record that view size, the grid and ``class_names``
-            (:func:`~mammoxai.training.lesion_crops.load_lesion_checkpoint`), and its methods must use that view.
+        models: name -> ``{"network", "class_names", "image_size"[, "intensity_scaling", "checkpoint", "label_map",
+            "view_size"]}``: the networks explained; each model's images are preprocessed onto its ``image_size``
+            grid with its ``intensity_scaling`` (default ``"breast_percentiles"``). ``checkpoint`` is loaded into
+            ``network`` when a selected method uses the model, and refused when it records another training grid
+            than ``image_size``, the grid it runs on (CorRELAX's: the full-resolution grid), or another intensity
+            scaling. ``view_size`` marks a lesion-crop classifier: its checkpoint must record that view size, the
+            grid, the scaling and ``class_names`` (:func:`~mammoxai.training.lesion_crops.load_lesion_checkpoint`),
+            and its methods must use that view.
         methods: :class:`MethodSpec` s or dicts of their fields.
         select: labels or names of the methods to run (None: all of ``methods``; one name: that method).
         output_dir: where the report and overlays go.
@@ -287,7 +289,9 @@ class SaliencyEvaluator:
         if self.tolerance_unit == "mm":
             self._check_spacing_possible()
         self.datasets = {
-            name: MammogramDataset(self.records, model["image_size"], cache_dir=cache_dir)
+            name: MammogramDataset(
+                self.records, model["image_size"], cache_dir=cache_dir, intensity_scaling=model["intensity_scaling"]
+            )
             for name, model in self.models.items()
             if name in used
         }
@@ -299,16 +303,23 @@ class SaliencyEvaluator:
             fix = "give network, class_names and image_size"
             raise MammoXAIError(f"saliency model {name!r}", f"lacks {missing}", fix)
         size = grid_shape(model["image_size"], f"image_size of saliency model {name!r}")
-        network = model["network"]
-        if used and model.get("checkpoint") and model.get("view_size") is not None:
-            checkpoint, names = model["checkpoint"], model["class_names"]
-            network = load_lesion_checkpoint(network, checkpoint, size, model["view_size"], names)
-        elif used and model.get("checkpoint"):
-            network = load_checkpoints(network, model["checkpoint"], image_size=size, class_names=model["class_names"])[
-                0
-            ]
+        scaling = model.get("intensity_scaling", "breast_percentiles")
+        scaling = check_intensity_scaling(scaling, f"intensity_scaling of saliency model {name!r}")
+        network, checkpoint, names = model["network"], model.get("checkpoint"), model["class_names"]
+        if used and checkpoint and model.get("view_size") is not None:
+            network = load_lesion_checkpoint(network, checkpoint, size, model["view_size"], names, scaling)
+        elif used and checkpoint:
+            network = load_checkpoints(
+                network, checkpoint, image_size=size, class_names=names, intensity_scaling=scaling
+            )[0]
         network = network.to(self.device).eval()
-        return {**model, "network": network, "image_size": size, "class_names": list(model["class_names"])}
+        return {
+            **model,
+            "network": network,
+            "image_size": size,
+            "intensity_scaling": scaling,
+            "class_names": list(names),
+        }
 
     def _check(self, methods: Sequence[MethodSpec]) -> None:
         labels = [spec.label for spec in methods]
