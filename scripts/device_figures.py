@@ -17,8 +17,9 @@ Stages (``--list`` prints their commands without running them):
   at full-field size (Grad-CAM 1024 x 832, RELAX 3000 masks, the fast CorRELAX preset on 3000 x 2400);
 * ``faithful`` (#6): the faithful CorRELAX preset's seconds per 3000 x 2400 image;
 * ``pretrain`` (#4): 400 synthetic patients, ``configs/pretrain.json`` at its defaults (ResNet-18, 512 x 416,
-  batch 32, AMP) but for 40 epochs on the non-test patients, evaluated on the test patients and explained by
-  ablation;
+  batch 32, AMP) but for 40 epochs on the non-test patients and with ``display_range`` intensity scaling (which
+  kept the thickness, kVp and matching cues that per-breast percentiles divide out, in the model card's CPU
+  comparison), evaluated on the test patients and explained by ablation;
 * ``saliency`` (#6): the lesion-crop classifier at full resolution, then the fast and faithful CorRELAX presets'
   prediction and correlation maps on one lesion image per evaluation patient (the comparison's intervals are over
   patients, and it needs ten of them for a verdict), compared with a 0.02 margin. The fast preset scores every
@@ -73,6 +74,9 @@ weights."""
 REPORT_RESERVE_S = 60.0
 """Seconds of the budget a step with a time limit (the faithful saliency evaluation, the strategies comparison)
 leaves for writing its report and for the steps after it."""
+PRETRAIN_INTENSITY_SCALING = "display_range"
+"""How the pretrain stage scales intensities: the scaling that kept thickness, kVp and matching readable in the
+model card's CPU comparison."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,7 @@ def pretrain_steps(sizes: Sizes, work: Path, args: argparse.Namespace) -> list[S
                 epochs=sizes.epochs,
                 num_workers=sizes.workers,
                 device=device_option(args.tiny)[1],
+                intensity_scaling=PRETRAIN_INTENSITY_SCALING,
                 **grid,
             ),
             BUNDLE,

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from mammoxai.training.pretrain import load_pretrained
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -83,6 +85,8 @@ def test_the_pretrain_stage_runs_at_a_tiny_size_in_its_work_folder_and_packs_its
         names = archive.getnames()
     assert {"pretrain/evaluation/report.json", "pretrain/ablation/report.md"} <= set(names)
     assert not [name for name in names if name.endswith((".dcm", ".pt")) or "/masks/" in name or "/cache/" in name]
+    pretrained = load_pretrained(tmp_path / "work" / "pretrain" / "models" / "pretrained.pt")
+    assert pretrained.intensity_scaling == "display_range"  # the scaling that kept thickness and kVp readable
 
 
 def test_the_saliency_stage_pairs_both_presets_on_one_image_of_each_patient(device_figures, tmp_path):
