@@ -576,3 +576,18 @@ def test_a_bundle_config_value_the_predictor_refuses_is_raised_alone_not_inside_
         app_main.load_predictor(app_server.bundle, "gpu0")
 
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
+
+
+def test_a_bundle_serving_an_unknown_intensity_scaling_is_refused_at_load_naming_the_setting(app_main, tmp_path):
+    """Refused where the server starts, not by the first request for a prediction or a training run."""
+    configs = Path(__file__).resolve().parents[1] / "monai_bundle" / "configs"
+    shutil.copytree(configs, tmp_path / "configs")
+    inference = tmp_path / "configs" / "inference.json"
+    inference.write_text(json.dumps({**json.loads(inference.read_text()), "intensity_scaling": "window"}))
+
+    with pytest.raises(app_main.MammoXAIError) as refused:
+        app_main.load_predictor(tmp_path, "cpu")
+
+    assert str(refused.value) == (
+        'intensity_scaling: is \'window\', not an intensity scaling (use "breast_percentiles" or "display_range")'
+    )

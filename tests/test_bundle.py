@@ -29,8 +29,10 @@ from mammoxai.errors import MammoXAIError
 from mammoxai.inference import InferenceRunner, MammogramPredictor, list_inputs
 from mammoxai.io import read_mammogram
 from mammoxai.io.heatmap import read_heatmap_nrrd
+from mammoxai.io.preprocess import prepare_image
 from mammoxai.nets import MammoClassifier
 from mammoxai.schema import validate_prediction
+from mammoxai.training.checkpoints import TrainingGrid
 from mammoxai.training.classification import PresentClassesROCAUC, class_weights, patient_split
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
@@ -101,7 +103,8 @@ def test_train_json_writes_checkpoint_logs_and_cache_where_it_is_told(training_r
     # the layout the predictor loads
     saved = torch.load(work / "models" / "model.pt", weights_only=True)
     network.load_state_dict(saved["model"])
-    assert saved["grid"] == {"image_size": [256, 208]}  # the training grid, which inference and evaluation check
+    # the training input, which inference and evaluation check
+    assert saved["grid"] == {"image_size": [256, 208], "intensity_scaling": "breast_percentiles"}
     assert any((work / "eval").glob("events.out.tfevents.*"))  # TensorBoard
     assert any((work / "eval" / "cache").rglob("*.pt"))  # preprocessed tensors
     assert after == before  # nothing written into the repository's bundle
@@ -365,6 +368,7 @@ def test_configs_and_metadata_agree_on_classes_and_input_size():
     assert train["image_size"] == inference["image_size"] == image["spatial_shape"]
     for key in ("backbone", "embed_dim", "matching_dim", "metadata_fields", "metadata_fields_file"):
         assert train[key] == inference[key], key  # the served heads are the trained ones
+    assert train["intensity_scaling"] == inference["intensity_scaling"]  # demo.py serves what train.json trains
     assert metadata["version"] in metadata["changelog"]
 
 
@@ -829,6 +833,57 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
     torch.save(MammoClassifier(num_classes=5).state_dict(), checkpoint)
     with pytest.raises(MammoXAIError, match="model.pt: cannot be loaded into the network"):
         make_predictor(checkpoint).predict(write_mammo_dicom(tmp_path / "case.dcm", breast_pixels()))
+
+
+def test_a_display_range_predictor_feeds_the_network_display_range_inputs_and_records_the_scaling(tmp_path):
+    """Every forward pass, the scores' and the saliency method's, sees the file's value range mapped onto [0, 1]:
+    the breast of 2000 to 2400 in 12 bits lies near 0.5, where the breast percentiles would stretch it to 0 .. 1."""
+    image = write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())
+    predictor = make_predictor(save_weights(tmp_path / "model.pt"), intensity_scaling="display_range")
+    seen = []  # the backbone's input: the scores' pass calls forward_with_metadata, not the network's __call__
+    predictor.network.backbone.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+
+    record = predictor.predict(image).record
+    predictor.predict_probabilities(image)
+
+    grid = tuple(predictor.image_size)
+    display, _ = prepare_image(read_mammogram(image), grid, intensity_scaling="display_range")
+    percentiles, _ = prepare_image(read_mammogram(image), grid)
+    assert len(seen) >= 3  # the scores, the saliency pass and predict_probabilities
+    assert all(torch.allclose(batch[0], display) for batch in seen)
+    assert display.max() < 0.7 < percentiles.max()  # the scaling that was not asked for would have been told apart
+    assert record["saliency"]["settings"]["intensity_scaling"] == "display_range"
+    assert (
+        make_predictor(tmp_path / "model.pt").predict(image).record["saliency"]["settings"]["intensity_scaling"]
+        == "breast_percentiles"
+    )
+
+
+def test_weights_trained_with_another_intensity_scaling_are_refused_naming_it(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    grid = TrainingGrid([256, 208], intensity_scaling="display_range").state_dict()
+    torch.save({"model": served_network().state_dict(), "grid": grid}, checkpoint)
+    image = write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())
+
+    refusal = (
+        r'model\.pt: was trained with intensity_scaling "display_range", not the "breast_percentiles" of this run '
+        r"\(pass --intensity_scaling '\"display_range\"'"
+    )
+    with pytest.raises(MammoXAIError, match=refusal):
+        make_predictor(checkpoint).predict(image)
+    served = make_predictor(checkpoint, intensity_scaling="display_range")
+    served.load_weights()
+    assert served.checkpoint_id != ""  # the scaling they record is the one that serves them
+
+
+def test_an_unknown_intensity_scaling_is_refused_before_any_image_is_read(tmp_path):
+    refusal = (
+        r'^intensity_scaling: is \'display\', not an intensity scaling \(use "breast_percentiles" or "display_range"\)$'
+    )
+    with pytest.raises(MammoXAIError, match=refusal):
+        MammogramPredictor(
+            MammoClassifier(), tmp_path / "model.pt", CLASSES, (256, 208), device="cpu", intensity_scaling="display"
+        )
 
 
 def test_unreadable_file_raises_the_readers_error(tmp_path):

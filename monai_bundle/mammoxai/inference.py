@@ -6,7 +6,8 @@ same heatmap wherever it is explained. For each file it
 
 1. reads it with :func:`mammoxai.io.read_mammogram` (DICOM MG/DX, PNG, TIFF, PGM);
 2. prepares the model input with :func:`mammoxai.io.preprocess.prepare_image` (breast crop, chest wall left,
-   intensity scaling), which also returns the :class:`~mammoxai.io.geometry.ImageGeometry`;
+   intensity scaling), which also returns the :class:`~mammoxai.io.geometry.ImageGeometry`; the grid and the
+   intensity scaling are the ones the weights were trained with, which their checkpoint records;
 3. runs the classifier, then the configured saliency method (any of :data:`mammoxai.saliency.METHODS`, built by
    :func:`mammoxai.saliency.get_method`; Grad-CAM by default) for the target class; a request may name another
    method and preset;
@@ -48,7 +49,7 @@ from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.heatmap import write_heatmap_nrrd
 from mammoxai.io.mammogram import Mammogram
-from mammoxai.io.preprocess import grid_shape, prepare_image
+from mammoxai.io.preprocess import check_intensity_scaling, grid_shape, prepare_image
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.saliency import METHODS, PRESETS, SaliencyMethod, check_grid, get_method, method_settings
 from mammoxai.schema import SCHEMA_VERSION, validate_prediction
@@ -182,6 +183,14 @@ class MammogramPredictor:
         inferer: runs the network for the class and metadata logits, called as ``inferer(inputs, network)`` like a
             MONAI ``Inferer`` (``network`` may be ``forward_with_metadata``, which returns both); default
             ``SimpleInferer()``. The saliency pass runs the network itself: it explains the network, not the inferer.
+        intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scales every image this predictor reads
+            (one of :data:`~mammoxai.io.preprocess.INTENSITY_SCALINGS`). A network only means something on images
+            scaled the way it was trained on, so weights whose checkpoint records another scaling are refused when
+            they are loaded; a checkpoint older than the record means ``"breast_percentiles"``.
+
+    Raises:
+        MammoXAIError: a setting it cannot use (``class_names``, ``image_size``, ``intensity_scaling``,
+            ``saliency``, ``qc_min_probability``, ``device``, ``metadata_label_space``), before any image is read.
 
     Example:
         parser = ConfigParser()
@@ -209,9 +218,11 @@ class MammogramPredictor:
         model_name: str = "mammoxai_classifier",
         model_version: str = "unversioned",
         inferer: Callable[..., Any] | None = None,
+        intensity_scaling: str = "breast_percentiles",
     ) -> None:
         self.class_names = tuple(parse_class_names(class_names))
         self.image_size = grid_shape(image_size)
+        self.intensity_scaling = check_intensity_scaling(intensity_scaling)
         default_layer = getattr(network, "last_block", None)  # MammoClassifier names its last convolutional block
         self.saliency = {
             "method": "gradcam",
@@ -279,7 +290,7 @@ class MammogramPredictor:
             start = time.perf_counter()
             mammogram = read_mammogram(path)
             read = time.perf_counter()
-            image, geometry = prepare_image(mammogram, self.image_size)
+            image, geometry = self._prepare(mammogram)
             batch = image[None].to(self.device)
             if self.amp:
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -334,7 +345,7 @@ class MammogramPredictor:
         """
         with self._lock:
             self._load_weights_if_changed()
-            image, _ = prepare_image(read_mammogram(path), self.image_size)
+            image, _ = self._prepare(read_mammogram(path))
             image = image[None].to(self.device)
             batch = torch.cat([image, *(transform(image) for transform in transforms)])
             if self.amp:
@@ -343,6 +354,10 @@ class MammogramPredictor:
                 probabilities = torch.softmax(self.inferer(batch, self.network).float(), dim=1).cpu()
             checkpoint = self.checkpoint_id
         return probabilities, checkpoint
+
+    def _prepare(self, mammogram: Mammogram) -> tuple[torch.Tensor, ImageGeometry]:
+        """The model input of ``mammogram`` and its geometry, on the grid and intensity scale the weights expect."""
+        return prepare_image(mammogram, self.image_size, intensity_scaling=self.intensity_scaling)
 
     @property
     def checkpoint_id(self) -> str:
@@ -424,6 +439,7 @@ class MammogramPredictor:
             self.device,
             image_size=self.image_size,
             class_names=self.class_names,
+            intensity_scaling=self.intensity_scaling,
         )
         self.network.eval()
         self.checkpoint.stamp = stamp
@@ -468,6 +484,7 @@ class MammogramPredictor:
                     "target": self.saliency["target_class"],
                     "normalisation": "min-max per image on the model grid",
                     "model_grid": list(self.image_size),
+                    "intensity_scaling": self.intensity_scaling,
                 },
                 "heatmap_shape": list(heatmap.shape),
                 "value_range": [float(heatmap.min()), float(heatmap.max())],

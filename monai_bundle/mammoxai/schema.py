@@ -147,7 +147,11 @@ PREDICTION_SCHEMA: dict[str, Any] = {
             "properties": {
                 "method": {"type": "string", "minLength": 1},
                 "target_class": {"type": "string"},
-                "settings": {"type": "object"},
+                "settings": {
+                    "type": "object",
+                    "description": "the method's settings, and the model input the network read: model_grid "
+                    "[rows, columns] and intensity_scaling (how the model input's intensities were scaled)",
+                },
                 "heatmap_shape": _SHAPE,
                 "value_range": _NUMBER_PAIR,
             },
