@@ -18,7 +18,7 @@ from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import MammoClassifier, MultiViewClassifier
-from mammoxai.training.checkpoints import TrainingViews
+from mammoxai.training.checkpoints import TrainingGrid, TrainingViews
 from mammoxai.training.corrections import correction_records, finetune, replace_checkpoint, usable_corrections
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +26,9 @@ sys.path.insert(0, str(REPO / "apps" / "mammography"))
 from clinician import simulator  # noqa: E402
 
 from lib.activelearning import ReadableOnly, UncertaintyStrategy  # noqa: E402
+from lib.infers import load_predictor  # noqa: E402
 from lib.scoring.uncertainty import TTA_TRANSFORMS, UncertaintyScoring, uncertainty  # noqa: E402
+from lib.trainers import CorrectionsTrainer  # noqa: E402
 
 CLASSES = ["normal", "benign", "malignant"]
 
@@ -251,8 +253,9 @@ def test_finetune_not_worse_policy_compares_with_the_current_weights_on_the_same
     assert result.accepted == (result.metric >= result.baseline_metric)
     assert (checkpoint.read_bytes() != before) == result.accepted
     assert result.train_images + result.val_images == len(triples)
-    if result.accepted:  # the served file keeps train.json's layout, its training grid included
-        assert torch.load(checkpoint, weights_only=True)["grid"] == {"image_size": [48, 48]}
+    if result.accepted:  # the served file keeps train.json's layout, its training input included
+        grid = torch.load(checkpoint, weights_only=True)["grid"]
+        assert grid == {"image_size": [48, 48], "intensity_scaling": "breast_percentiles"}
 
 
 def test_finetune_not_worse_refuses_a_validation_split_of_one_class_before_training(corrections, tmp_path):
@@ -478,6 +481,61 @@ def test_finetune_refuses_served_multi_view_weights_of_another_view_order_and_ke
         finetune(bundle, correction_records(triples, CLASSES), tmp_path / "work", overrides=overrides)
     assert checkpoint.read_bytes() == before
     assert not (tmp_path / "work" / "models").exists()  # refused before a single epoch
+
+
+def test_finetune_refuses_served_weights_of_another_intensity_scaling_and_keeps_them(corrections, tmp_path):
+    """Fine-tuned on images scaled another way, the weights would start from features that do not apply."""
+    root, triples = corrections
+    bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
+    checkpoint = bundle / "models" / "model.pt"
+    grid = TrainingGrid([48, 48], intensity_scaling="display_range").state_dict()
+    torch.save({"model": torch.load(checkpoint, weights_only=True), "grid": grid}, checkpoint)
+    before = checkpoint.read_bytes()
+    overrides = {"epochs": 1, "num_workers": 0, "device": "cpu", "image_size": [48, 48]}  # train.json's scaling
+
+    refusal = r'was trained with intensity_scaling "display_range", not the "breast_percentiles" of this run'
+    with pytest.raises(MammoXAIError, match=refusal):
+        finetune(bundle, correction_records(triples, CLASSES), tmp_path / "work", overrides=overrides)
+    assert checkpoint.read_bytes() == before
+    assert not (tmp_path / "work" / "models").exists()  # refused before a single epoch
+
+
+class FinalLabels:
+    """The three datastore calls the trainer makes to gather the ``final`` labels, over correction triples."""
+
+    def __init__(self, triples) -> None:
+        self.corrections = {image_id: (image, label) for image_id, image, label in triples}
+
+    def get_labeled_images(self, label_tag=None, labels=None):
+        return list(self.corrections)
+
+    def get_label_uri(self, image_id, label_tag=None):
+        return str(self.corrections[image_id][1])
+
+    def get_image_uri(self, image_id):
+        return str(self.corrections[image_id][0])
+
+
+def test_retraining_on_corrections_uses_and_records_the_served_intensity_scaling(corrections, tmp_path):
+    """The served predictor reloads what the run writes: trained on, and recording, its own scaling it serves at once;
+    trained with train.json's default it would be refused at the reload and the server would serve nothing."""
+    root, triples = corrections
+    bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
+    config = bundle / "configs" / "inference.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "intensity_scaling": "display_range"}))
+    predictor = load_predictor(bundle, "cpu")
+    predictor.load_weights()
+    served = predictor.checkpoint_id
+
+    request = {"epochs": 1, "num_workers": 0, "batch_size": 4, "accept": "valid"}
+    stats = CorrectionsTrainer(bundle, predictor)(request, FinalLabels(triples))
+
+    assert stats["accepted"], stats["reason"]
+    assert stats["overrides"]["intensity_scaling"] == "display_range"
+    saved = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert saved["grid"] == {"image_size": [48, 48], "intensity_scaling": "display_range"}
+    predictor.load_weights()
+    assert predictor.checkpoint_id != served  # the new weights are served
 
 
 def test_a_round_the_server_refused_to_train_is_not_reported_as_rejected_weights(tmp_path, capsys):

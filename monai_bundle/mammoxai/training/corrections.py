@@ -102,6 +102,7 @@ def usable_corrections(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
     label_key: str = "case_label",
+    intensity_scaling: str = "breast_percentiles",
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The records of :func:`correction_records` for the corrections a run can train on, and why each other one
     cannot (image id -> reason, naming no file).
@@ -120,6 +121,9 @@ def usable_corrections(
         cache_dir: the run's preprocessed-image cache, or None.
         num_workers: processes that read the images.
         label_key: the record field that holds the label's class.
+        intensity_scaling: the run's intensity scaling, which the cache entries are made and keyed with
+            (:func:`~mammoxai.io.preprocess.prepare_image`); ``"display_range"`` also leaves out an image whose file
+            fixes no value range.
     """
     records, left_out = [], {}
     for image_id, image_path, label_path in corrections:
@@ -128,8 +132,9 @@ def usable_corrections(
         except MammoXAIError as error:
             left_out[image_id] = _reason(error)
     if image_size is not None and records:
+        paths = [record["path"] for record in records]
         failures = preprocess_all(
-            [record["path"] for record in records], grid_shape(image_size), cache_dir, num_workers
+            paths, grid_shape(image_size), cache_dir, num_workers, intensity_scaling=intensity_scaling
         )
         left_out.update(
             {record["image_id"]: failures[record["path"]] for record in records if record["path"] in failures}
@@ -218,7 +223,9 @@ def finetune(
         records: manifest records labelled in train.json's ``label_key``, e.g. from :func:`correction_records`.
         work_dir: scratch folder for the manifest, logs and the candidate checkpoint.
         checkpoint: the served weights to start from and to replace; default ``<bundle>/models/model.pt``.
-        overrides: train.json keys to override, e.g. ``{"epochs": 2, "num_workers": 0, "device": "cpu"}``.
+        overrides: train.json keys to override, e.g. ``{"epochs": 2, "num_workers": 0, "device": "cpu"}``; a
+            served model's ``image_size`` and ``intensity_scaling`` belong here, so the new weights are trained and
+            recorded (``model.pt``'s ``"grid"``) with the input the predictor gives them.
         accept: one of :data:`ACCEPT_POLICIES`.
 
     Raises:
@@ -309,8 +316,9 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
 
     Raises:
         MammoXAIError: the served weights do not fit the configured network (e.g. a classifier without the metadata
-            heads the configs now serve) or were trained with other class names, views or view fusion, said before
-            any training starts.
+            heads the configs now serve) or were trained with other class names, views, view fusion or intensity
+            scaling than the run's, said before any training starts: fine-tuned on images scaled another way, the
+            weights would start from features that do not apply.
     """
     if checkpoint.is_file():
         load_checkpoint(
@@ -320,14 +328,15 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
             "retrain them with the bundle's configs/train.json, or configure the network they were trained with",
             class_names=parser.get_parsed_content("class_names"),
             views=check_views(parser.get_parsed_content("views")),
+            intensity_scaling=parser.get_parsed_content("intensity_scaling"),
         )
 
 
 def replace_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write a checkpoint over ``path`` atomically: into a temporary file in the same folder, then ``os.replace``.
 
-    ``state`` is a state dict, or what ``train.json`` saves (the state dict under ``"model"``, the training grid
-    under ``"grid"``), kept whole so the served file still records its grid.
+    ``state`` is a state dict, or what ``train.json`` saves (the state dict under ``"model"``, the training grid and
+    intensity scaling under ``"grid"``), kept whole so the served file still records its input.
 
     A reader (the predictor's hot reload, a second server) sees either the old file or the complete new one,
     never a partial write, and a crash mid-write leaves the old weights in place.

@@ -116,7 +116,9 @@ class CorrectionsTrainer(TrainTask):
 
     Args:
         bundle: the bundle folder; its ``configs/train.json`` is the recipe and ``models/model.pt`` the weights.
-        predictor: the served predictor, for its class names, model grid and device.
+        predictor: the served predictor, for its class names, model grid, intensity scaling and device: a run
+            trains on the images as the predictor prepares them, and the new ``model.pt`` records that input, so the
+            predictor serves the weights it reloads as they were trained.
         defaults: train.json overrides applied before the request's, e.g. ``{"epochs": 5}``.
 
     Example:
@@ -223,7 +225,8 @@ class CorrectionsTrainer(TrainTask):
         breast after it was labelled, or a pair copied into the studies folder by hand) is left out, so that it
         does not cost the clinicians' other corrections their run (:func:`~mammoxai.training.corrections.
         usable_corrections`). At the request (``options`` without ``image_size``) the labels and image headers are
-        read; the run passes its overrides, and the images are also preprocessed onto its grid, into its cache.
+        read; the run passes its overrides, and the images are also preprocessed onto its grid with its intensity
+        scaling, into its cache.
 
         Raises:
             MammoXAIError: a correction cannot be used under ``strict: true``, or the usable ``final`` labels cover
@@ -237,6 +240,7 @@ class CorrectionsTrainer(TrainTask):
             options.get("image_size"),
             options.get("cache_dir"),
             options.get("num_workers", 0),
+            intensity_scaling=self.predictor.intensity_scaling,
         )
         unusable = "; ".join(f"image {image_id!r}: {reason}" for image_id, reason in left_out.items())
         if left_out and parse_flag(options.get("strict", STRICT_DEFAULT), "strict"):
@@ -261,6 +265,7 @@ class CorrectionsTrainer(TrainTask):
         overrides = {
             **self.options(request),
             "image_size": list(self.predictor.image_size),
+            "intensity_scaling": self.predictor.intensity_scaling,
             "device": str(self.predictor.device),
             "cache_dir": str(self.bundle / "eval" / "cache"),
         }
