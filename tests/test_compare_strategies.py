@@ -14,7 +14,7 @@ from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.nets import BackboneClassifier, MetadataNet
 from mammoxai.training.experiments import across_seeds, claim_out, earlier_results, labelled_subset, run_settings
-from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_fields
+from mammoxai.training.pretrain import CheckpointInfo, select_fields
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_strategies.py"
 _spec = importlib.util.spec_from_file_location("compare_strategies", SCRIPT)
@@ -43,9 +43,11 @@ def _records(counts, test_patients=2):
     return records
 
 
-def _pretraining_checkpoint(records, path):
-    """A metadata-pretraining checkpoint of a tiny mammo_cnn, as configs/pretrain.json writes one."""
-    space = fit_label_space(select_fields(["view"]), records)
+def _pretraining_checkpoint(path):
+    """A metadata-pretraining checkpoint of a tiny mammo_cnn that predicts the view, as configs/pretrain.json writes
+    one; the view's classes are fixed, so it needs no records to fit (fitting logs, and a log line would be a second
+    line on the stderr of a test that reads one)."""
+    space = select_fields(["view"])
     network = MetadataNet(
         "mammo_cnn", {name: space.num_classes(name) for name in space.fields}, embed_dim=8, matching_dim=4
     )
@@ -83,7 +85,7 @@ def test_labelled_fractions_are_nested_stratified_and_keep_the_test_split():
 
 
 def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
-    _pretraining_checkpoint(read_manifest(studies / "manifest.csv"), tmp_path / "pre.pt")
+    _pretraining_checkpoint(tmp_path / "pre.pt")
     out = tmp_path / "compare"
     code = compare_strategies.main(
         [
@@ -122,7 +124,7 @@ def test_strategies_are_trained_and_evaluated_side_by_side(studies, tmp_path):
 
 def test_max_minutes_runs_the_seeds_that_fit_and_the_report_says_which_were_left_out(studies, tmp_path):
     """A limit spent by the first seed: it is run and reported whole, the others are not started."""
-    _pretraining_checkpoint(read_manifest(studies / "manifest.csv"), tmp_path / "pre.pt")
+    _pretraining_checkpoint(tmp_path / "pre.pt")
     out = tmp_path / "compare"
     code = compare_strategies.main(
         [
@@ -174,6 +176,31 @@ def test_an_interrupted_experiment_resumes_reusing_its_finished_runs_and_pretrai
     with pytest.raises(SystemExit):  # argparse: one or the other
         compare_strategies.main([*arguments, "--resume", "--overwrite"])
     assert "argument --overwrite: not allowed with argument --resume" in capsys.readouterr().err
+
+
+def test_every_run_of_the_comparison_pretraining_included_scales_as_asked(studies, tmp_path):
+    """A network must see the scaling it was trained with: the pretraining, each fine-tune from it and each
+    evaluation run under --intensity_scaling, and the report says which."""
+    out = tmp_path / "compare"
+    code = compare_strategies.main(
+        [
+            "--dataset_dir", str(studies), "--out", str(out), "--strategies", "scratch", "pretrained", "--fractions",
+            "1.0", "--epochs", "1", "--pretrain_epochs", "1", "--image_size", "32", "32", "--batch_size", "8",
+            "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--task", "binary",
+            "--intensity_scaling", "display_range",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    pretrained = torch.load(out / "runs" / "pretrain" / "pretrained.pt", weights_only=True)
+    assert pretrained["info"]["intensity_scaling"] == "display_range"
+    for run in ("scratch_1_seed0", "pretrained_1_seed0"):
+        model = torch.load(out / "runs" / run / "models" / "model.pt", weights_only=True)
+        assert model["grid"] == {"image_size": [32, 32], "intensity_scaling": "display_range"}
+        assert json.loads((out / "runs" / run / "run.json").read_text())["intensity_scaling"] == "display_range"
+    assert (
+        "intensity scaling display_range (every pretraining and fine-tune)"
+        in json.loads((out / "report.json").read_text())["description"]
+    )
 
 
 def test_spread_across_seeds_counts_differences_above_zero():
@@ -238,6 +265,11 @@ def test_an_out_folder_holding_an_earlier_experiment_is_refused_unless_overwrite
         (["--batch_size", "0"], "batch_size: is 0"),
         (["--n_bootstrap", "0"], "n_bootstrap: is 0"),
         (["--pretrained", "CLASSIFIER"], "is not a metadata-pretraining checkpoint"),
+        (["--intensity_scaling", "raw"], "--intensity_scaling: is 'raw', not an intensity scaling"),
+        (
+            ["--pretrained", "PRETRAINED", "--intensity_scaling", "display_range"],
+            'pre.pt: was trained with intensity_scaling "breast_percentiles", not the "display_range" of this run',
+        ),
     ],
 )
 def test_a_wrong_command_is_refused_before_pretraining_and_leaves_out_untouched(tmp_path, capsys, options, message):
@@ -246,7 +278,9 @@ def test_a_wrong_command_is_refused_before_pretraining_and_leaves_out_untouched(
     torch.save(BackboneClassifier("mammo_cnn", 3).state_dict(), classifier)
     study = _study(tmp_path / "study", _records({"normal": 4, "benign": 2, "malignant": 2}))
     out = tmp_path / "out"
-    options = [str(classifier) if option == "CLASSIFIER" else option for option in options]
+    pretrained = _pretraining_checkpoint(tmp_path / "pre.pt")
+    placeholders = {"CLASSIFIER": str(classifier), "PRETRAINED": str(pretrained)}
+    options = [placeholders.get(option, option) for option in options]
     arguments = ["--dataset_dir", str(study), "--out", str(out), "--device", "cpu", *options]
     assert compare_strategies.main(arguments) == 1
     error = capsys.readouterr().err.strip().splitlines()
@@ -288,8 +322,7 @@ def test_a_pretraining_left_by_a_failed_run_is_offered_for_reuse(tmp_path, capsy
     records = _records({"normal": 4, "benign": 2, "malignant": 2})
     study = _study(tmp_path / "study", records)
     out = tmp_path / "out"
-    viewed = [{**record, "view": ("CC", "MLO")[index % 2]} for index, record in enumerate(records)]
-    pretrained = _pretraining_checkpoint(viewed, out / "runs" / "pretrain" / "pretrained.pt")
+    pretrained = _pretraining_checkpoint(out / "runs" / "pretrain" / "pretrained.pt")
     (out / "runs" / "pretrain" / "pretrain_checkpoint_epoch=1.pt").write_bytes(pretrained.read_bytes())
     assert earlier_results(out) == ["runs/pretrain/pretrain_checkpoint_epoch=1.pt", "runs/pretrain/pretrained.pt"]
     assert earlier_results(out, [pretrained]) == []

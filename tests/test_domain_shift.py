@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from mammoxai.data.manifest import read_manifest, write_manifest
 from mammoxai.data.synth import synthesize
@@ -99,6 +100,7 @@ def test_the_report_gives_the_adaptation_part_as_drawn():
         (["--seeds", "1", "1"], "--seeds: gives 1 more than once"),
         (["--system_column", "model"], "--system_column model: is not a column of the manifest"),
         (["--n_bootstrap", "-1"], "n_bootstrap: is -1"),
+        (["--intensity_scaling", "raw"], "--intensity_scaling: is 'raw', not an intensity scaling (use"),
     ],
 )
 def test_a_wrong_command_is_refused_before_training_and_leaves_out_untouched(tmp_path, capsys, options, message):
@@ -132,10 +134,15 @@ def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_pat
             "--dataset_dir", str(studies), "--out", str(out), "--target_system", target, "--adapt_fraction", "0.25",
             "--epochs", "1", "--adapt_epochs", "1", "--image_size", "32", "32", "--batch_size", "8",
             "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--seeds", "0", "1",
+            "--intensity_scaling", "display_range",
         ]
     )  # fmt: skip
     assert code == 0
     report = json.loads((out / "report.json").read_text())
+    assert "intensity scaling display_range (every run)" in report["description"]
+    models = sorted((out / "runs").rglob("model.pt"))
+    assert len(models) == 6  # 3 settings x 2 seeds
+    assert {torch.load(path, weights_only=True)["grid"]["intensity_scaling"] for path in models} == {"display_range"}
     assert "on the adaptation part: " in report["description"] and " target patients, " in report["description"]
     tables = report["tables"]
     for seed in (0, 1):
