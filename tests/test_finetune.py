@@ -426,6 +426,24 @@ def test_multi_view_samples_stack_cc_then_mlo_of_one_breast(studies):
         MultiViewDataset(images, views=["CC", "XCCL"])
 
 
+@pytest.mark.parametrize(
+    "layout, images",
+    [({}, lambda d: d), ({"views": ["CC", "MLO"]}, lambda d: d.images), ({"patch_size": 32}, lambda d: d.images)],
+)
+def test_every_training_data_set_scales_its_images_as_the_run_says(studies, layout, images):
+    """train.json's single-image, multi-view and patch data sets all preprocess through build_dataset's images."""
+    records = read_manifest(studies / "manifest.csv")
+    findings = studies / "finding_annotations.csv"
+    dataset = build_dataset(
+        records, findings_csv=findings, image_size=[64, 48], label_map={"recalled_benign": "benign"},
+        intensity_scaling="display_range", **layout,
+    )  # fmt: skip
+    assert images(dataset).intensity_scaling == "display_range"
+    sample = images(dataset)[0]["image"]
+    expected = MammogramDataset(records[:1], image_size=[64, 48], intensity_scaling="display_range")[0]["image"]
+    torch.testing.assert_close(sample, expected)
+
+
 def test_multi_view_never_pairs_views_of_two_patients_or_of_a_blank_study_or_side():
     """Grouped on blank keys, one patient's CC was fused with another's MLO, or a left CC with a right MLO."""
     records = [
