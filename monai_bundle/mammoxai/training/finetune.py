@@ -30,8 +30,9 @@ For the served :class:`~mammoxai.nets.MetadataClassifier` (:func:`build_metadata
 after pretraining, and fine-tuning trains them on with the class head (:class:`MetadataClassifierLoss`).
 
 Every wrong start (missing file, a file that is not a state dict, weights of another architecture, class count or
-metadata field list) is a :class:`~mammoxai.errors.MammoXAIError` naming the file, raised while the config is
-parsed, before the first image is loaded.
+metadata field list, another intensity scaling) is a :class:`~mammoxai.errors.MammoXAIError` naming the file, raised
+when ``train.json`` builds the network: after the labels are checked and the images read once (the readability check
+that fills the cache), before the first training step.
 
 Example:
     net = build_finetune_classifier("mammo_cnn", 3, init="pretrained", init_weights="models/pretrained.pt",
