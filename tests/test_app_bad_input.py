@@ -20,6 +20,7 @@ import torch
 from dicom_factory import real_file_as_mammogram, shorten_value, write_ct_dicom, write_mammo_dicom
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
+from PIL import Image
 
 pytest_plugins = ["server_fixture"]
 
@@ -591,3 +592,28 @@ def test_a_bundle_serving_an_unknown_intensity_scaling_is_refused_at_load_naming
     assert str(refused.value) == (
         'intensity_scaling: is \'window\', not an intensity scaling (use "breast_percentiles" or "display_range")'
     )
+
+
+def test_an_upload_the_served_intensity_scaling_cannot_scale_is_refused_on_arrival(app_main, tmp_path):
+    """A float TIFF fixes no value range: served with display_range, it was stored, then refused by every inference
+    of it. The datastore refuses it with the reason and stores nothing; served with breast_percentiles it is fine."""
+    from fastapi import HTTPException
+
+    from lib.datastore import MammogramDatastore  # the app's modules are importable once app_main is
+
+    rows, columns = np.mgrid[0:128, 0:96]
+    pixels = np.where(((rows - 64) / 54) ** 2 + (columns / 67) ** 2 < 1, 0.6, 0.02).astype(np.float32)
+    Image.fromarray(pixels).save(tmp_path / "float.tif")
+    classes = ["normal", "benign", "malignant"]
+    scaled = MammogramDatastore(
+        str(tmp_path / "display"), classes, auto_reload=False, intensity_scaling="display_range"
+    )
+
+    with pytest.raises(HTTPException) as refused:
+        scaled.add_image("float_case", str(tmp_path / "float.tif"), {})
+
+    assert refused.value.status_code == 422
+    assert "fixes no value range" in refused.value.detail and "breast_percentiles" in refused.value.detail
+    assert scaled.list_images() == [] and not list((tmp_path / "display").glob("float_case*"))
+    stretched = MammogramDatastore(str(tmp_path / "percentiles"), classes, auto_reload=False)
+    assert stretched.add_image("float_case", str(tmp_path / "float.tif"), {}) == "float_case"

@@ -116,6 +116,7 @@ class MammographyApp(MONAILabelApp):
             class_names=self.predictor.class_names,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            intensity_scaling=self.predictor.intensity_scaling,
         )
 
     def _init_dicomweb_datastore(self) -> DICOMwebMammogramDatastore:

@@ -55,6 +55,7 @@ from lib.http_errors import client_errors, conflict, not_found
 from mammoxai.errors import MammoXAIError
 from mammoxai.io import Mammogram, read_mammogram, segment_breast
 from mammoxai.io.atomic import atomic_write_bytes
+from mammoxai.io.preprocess import check_intensity_scaling, check_scalable
 from mammoxai.schema import validate_label
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class MammogramDatastore(LocalDatastore):
         class_names: the served model's classes; a label's ``class`` must be one of them.
         auto_reload: watch the folder for images added or removed outside the server.
         read_only: do not reconcile ``datastore_v2.json`` with the folder at start-up.
+        intensity_scaling: the served model's (:func:`read_storable`); uploads it cannot scale are refused.
 
     Example:
         datastore = MammogramDatastore("studies", class_names=["normal", "benign", "malignant"])
@@ -122,7 +124,9 @@ class MammogramDatastore(LocalDatastore):
         class_names: Sequence[str],
         auto_reload: bool = True,
         read_only: bool = False,
+        intensity_scaling: str = "breast_percentiles",
     ) -> None:
+        self.intensity_scaling = check_intensity_scaling(intensity_scaling)
         super().__init__(
             datastore_path,
             extensions=[f"*{suffix}" for suffix in IMAGE_SUFFIXES],
@@ -153,7 +157,7 @@ class MammogramDatastore(LocalDatastore):
         # the file is a server-side temporary copy: the upload is named by the id the client chose
         with client_errors(files={image_filename: f"upload for image {image_id!r}"}):
             _check_name("image id", image_id)
-            mammogram = read_storable(image_filename)
+            mammogram = read_storable(image_filename, self.intensity_scaling)
             suffix = _storage_suffix(image_id, image_filename, mammogram)
         name = self._filename(image_id, suffix)
         info = {
@@ -420,8 +424,9 @@ class MammogramDatastore(LocalDatastore):
             self._index_bytes = data
 
 
-def read_storable(path: str) -> Mammogram:
-    """The mammogram in ``path``, refused unless inference and training can use it: readable, with a breast in view.
+def read_storable(path: str, intensity_scaling: str = "breast_percentiles") -> Mammogram:
+    """The mammogram in ``path``, refused unless inference and training can use it: readable, with a breast in view,
+    and scalable by the served model's ``intensity_scaling`` (:func:`mammoxai.io.preprocess.check_scalable`).
 
     Inference and training crop every image to its breast (:func:`mammoxai.io.segment_breast`), so an image in which
     none is found (a blank exposure, a tiny image, a test pattern) was stored, then refused by every inference of it
@@ -429,9 +434,11 @@ def read_storable(path: str) -> Mammogram:
     fraction of a second for a full-field image, little beside reading and sending it.
 
     Raises:
-        MammoXAIError: the file is not a readable mammogram, or no breast is found in it.
+        MammoXAIError: the file is not a readable mammogram, no breast is found in it, or the served model's
+            intensity scaling cannot scale it.
     """
     mammogram = read_mammogram(path)
+    check_scalable(mammogram, intensity_scaling)
     segment_breast(mammogram.pixels, source=mammogram.source)
     return mammogram
 

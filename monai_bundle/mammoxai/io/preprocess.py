@@ -18,7 +18,7 @@ from mammoxai.io.breast import breast_geometry, segment_breast
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 
-__all__ = ["INTENSITY_SCALINGS", "check_intensity_scaling", "grid_shape", "prepare_image"]
+__all__ = ["INTENSITY_SCALINGS", "check_intensity_scaling", "check_scalable", "grid_shape", "prepare_image"]
 
 #: How :func:`prepare_image` maps intensities to [0, 1]; see its docstring for what each keeps and loses.
 INTENSITY_SCALINGS = ("breast_percentiles", "display_range")
@@ -58,6 +58,23 @@ def check_intensity_scaling(value: str, name: str = "intensity_scaling") -> str:
         options = " or ".join(json.dumps(option) for option in INTENSITY_SCALINGS)
         raise MammoXAIError(name, f"is {value!r}, not an intensity scaling", f"use {options}")
     return value
+
+
+def check_scalable(mammogram: Mammogram, intensity_scaling: str) -> None:
+    """Refuse an image ``intensity_scaling`` cannot scale: ``"display_range"`` needs the value range its file
+    fixes, which a float or 32-bit raster does not. A server checks uploads with it, so such a file is refused when
+    it arrives rather than at every inference.
+
+    Raises:
+        MammoXAIError: ``intensity_scaling`` is unknown, or cannot scale ``mammogram``.
+    """
+    check_intensity_scaling(intensity_scaling)
+    if intensity_scaling == "display_range" and mammogram.value_range is None:
+        raise MammoXAIError(
+            mammogram.source or "image",
+            'fixes no value range (a float or 32-bit raster), which intensity_scaling "display_range" needs',
+            'save it as 8 or 16-bit grayscale or DICOM, or use "breast_percentiles"',
+        )
 
 
 def prepare_image(
@@ -110,13 +127,7 @@ def prepare_image(
         image, geometry = prepare_image(read_mammogram("scan.dcm"), (512, 416))
         logits = model(image[None])
     """
-    check_intensity_scaling(intensity_scaling)
-    if intensity_scaling == "display_range" and mammogram.value_range is None:
-        raise MammoXAIError(
-            mammogram.source or "image",
-            'fixes no value range (a float or 32-bit raster), which intensity_scaling "display_range" needs',
-            'save it as 8 or 16-bit grayscale or DICOM, or use "breast_percentiles"',
-        )
+    check_scalable(mammogram, intensity_scaling)
     pixels = np.asarray(mammogram.pixels, dtype=np.float32)
     mask = segment_breast(pixels, source=mammogram.source or "image")
     geometry = breast_geometry(mammogram, output_shape, mask=mask)

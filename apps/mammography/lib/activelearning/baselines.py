@@ -79,7 +79,7 @@ class ReadableOnly(Strategy):
             image_id = proposal["id"]
             path = datastore.get_image_uri(image_id)
             try:
-                read_storable(path)
+                read_storable(path, datastore.intensity_scaling)
             except MammoXAIError as error:
                 logger.warning("not proposed: %s", error)
                 datastore.mark_unreadable(image_id, client_message(str(error), {path: f"image {image_id!r}"}))
