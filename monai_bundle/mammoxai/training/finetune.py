@@ -256,7 +256,8 @@ def build_finetune_classifier(
             backbone, num_classes, in_channels, dropout, num_views=len(views), fusion=view_fusion
         )
     scaling = check_intensity_scaling(intensity_scaling)
-    return initialise(network, init, init_weights, None, class_names, views, scaling).freeze(freeze)
+    started = initialise(network, init, init_weights, class_names=class_names, views=views, intensity_scaling=scaling)
+    return started.freeze(freeze)
 
 
 def build_metadata_classifier(
@@ -297,7 +298,8 @@ def build_metadata_classifier(
         backbone, num_classes, fields, embed_dim, matching_dim, in_channels=in_channels, dropout=dropout
     )
     scaling = check_intensity_scaling(intensity_scaling)
-    return initialise(network, init, init_weights, label_space, class_names, None, scaling).freeze(freeze)
+    started = initialise(network, init, init_weights, label_space, class_names=class_names, intensity_scaling=scaling)
+    return started.freeze(freeze)
 
 
 class MetadataTargets:
