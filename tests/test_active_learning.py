@@ -13,6 +13,7 @@ import pytest
 import torch
 from dicom_factory import write_ct_dicom, write_mammo_dicom
 from monailabel.tasks.activelearning.first import First
+from PIL import Image
 
 from mammoxai.data.manifest import read_manifest
 from mammoxai.data.synth import synthesize
@@ -128,11 +129,13 @@ def test_only_a_score_of_the_current_weights_and_measure_is_fresh():
 
 
 class StudiesDatastore(DictDatastore):
-    """A :class:`DictDatastore` whose images are ``<id>.dcm`` in a studies folder, with the unreadable mark."""
+    """A :class:`DictDatastore` whose images are ``<id>.dcm`` in a studies folder, with the unreadable mark and the
+    served model's intensity scaling, as :class:`~lib.datastore.MammogramDatastore` has them."""
 
-    def __init__(self, studies: Path, image_ids) -> None:
+    def __init__(self, studies: Path, image_ids, intensity_scaling: str = "breast_percentiles") -> None:
         super().__init__(image_ids)
         self.studies = studies
+        self.intensity_scaling = intensity_scaling
 
     def get_image_uri(self, image_id):
         return str(self.studies / f"{image_id}.dcm")
@@ -176,6 +179,18 @@ def test_first_passes_over_an_image_with_no_breast_marking_it_by_its_id(tmp_path
     assert proposal is None
     problem = datastore.infos["blank"]["unreadable"]["problem"]
     assert problem.startswith("image 'blank': no breast was found") and str(tmp_path) not in problem
+
+
+def test_first_passes_over_an_image_the_served_intensity_scaling_cannot_scale(tmp_path):
+    """A float TIFF copied into the studies folder by hand: served with display_range, every inference of it fails."""
+    rows, columns = np.mgrid[0:128, 0:96]
+    breast = np.where(((rows - 64) / 54) ** 2 + (columns / 67) ** 2 < 1, 0.6, 0.02).astype(np.float32)
+    Image.fromarray(breast).save(tmp_path / "float.dcm", format="TIFF")  # read by its content, not its name
+
+    assert ReadableOnly(First())({}, StudiesDatastore(tmp_path, ["float"])) == {"id": "float"}
+    datastore = StudiesDatastore(tmp_path, ["float"], intensity_scaling="display_range")
+    assert ReadableOnly(First())({}, datastore) is None
+    assert "fixes no value range" in datastore.infos["float"]["unreadable"]["problem"]
 
 
 def test_replace_checkpoint_refuses_non_finite_weights_and_keeps_the_old_file(tmp_path):
