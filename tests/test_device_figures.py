@@ -95,7 +95,8 @@ def test_the_saliency_stage_pairs_both_presets_on_one_image_of_each_patient(devi
     work = work / "saliency"  # each stage works in its own subfolder
 
     log = (out / "saliency.log").read_text()
-    assert re.search(r"evaluate_saliency.py .*--correlax_preset faithful .*--max_minutes \d+\.\d\d\n", log)
+    limit = re.search(r"evaluate_saliency.py .*--correlax_preset faithful .*--max_minutes (\d+\.\d\d)\n", log)
+    assert limit  # what the budget left it: load-dependent, so read from the log (the rule has its own test below)
     reports = {
         preset: json.loads((work / preset / "saliency_evaluation" / "report.json").read_text())
         for preset in ("fast", "faithful")
@@ -110,7 +111,7 @@ def test_the_saliency_stage_pairs_both_presets_on_one_image_of_each_patient(devi
     assert reports["faithful"]["values"]["images"] == {
         "selected": 4,
         "scored": 4,
-        "max_minutes": pytest.approx(7.57, abs=0.5),
+        "max_minutes": float(limit.group(1)),
     }
     comparison = json.loads((work / "comparison" / "report.json").read_text())
     assert comparison["values"]["findings"]["only_first"] == comparison["values"]["findings"]["only_second"] == 0
