@@ -52,6 +52,22 @@ def first_of(items: Sequence[str], limit: int, separator: str = ", ") -> str:
     return separator.join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def check_choice(value: object, choices: Sequence[str], name: str, what: str) -> str:
+    """``value`` when it is one of ``choices``: a setting that names one of a fixed set of options, checked where it
+    is read so a typo is refused before any image is.
+
+    Raises:
+        MammoXAIError: any other value, naming ``name``, what it should have been (``what``) and the options.
+
+    Example:
+        check_choice("displayrange", ("breast_percentiles", "display_range"), "intensity_scaling", "an intensity scaling")
+    """
+    if value not in choices:
+        options = " or ".join(json.dumps(choice) for choice in choices)
+        raise MammoXAIError(name, f"is {value!r}, not {what}", f"use {options}")
+    return str(value)
+
+
 _FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 

@@ -45,7 +45,7 @@ import mammoxai.io
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.atomic import atomic_write
-from mammoxai.io.preprocess import check_intensity_scaling, prepare_image
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling, prepare_image
 
 __all__ = ["PreprocessedCache", "preprocess_all", "preprocess_file", "preprocessing_version", "update_with_file"]
 
@@ -59,10 +59,16 @@ _DECODING_PACKAGES = (
 
 
 def preprocess_file(
-    path: str | os.PathLike, output_shape: Sequence[int], intensity_scaling: str = "breast_percentiles"
+    path: str | os.PathLike,
+    output_shape: Sequence[int],
+    intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Read and preprocess one file: the (1, h, w) model input and its geometry as a dict. No caching."""
-    image, geometry = prepare_image(read_mammogram(path), tuple(output_shape), intensity_scaling=intensity_scaling)
+    mammogram = read_mammogram(path)
+    image, geometry = prepare_image(
+        mammogram, tuple(output_shape), intensity_scaling=intensity_scaling, field_of_view=field_of_view
+    )
     return image, geometry.to_dict()
 
 
@@ -107,9 +113,11 @@ class PreprocessedCache:
         file_key: ``"content"`` (default, SHA-1 of the file bytes) or ``"stat"`` (path, size and mtime);
             see the module docstring for the trade-off.
         intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scales intensities.
+        field_of_view: what :func:`~mammoxai.io.preprocess.prepare_image` puts on the grid.
 
     Raises:
-        MammoXAIError: an unknown ``file_key`` or ``intensity_scaling``, or ``cache_dir`` (or a folder above it)
+        MammoXAIError: an unknown ``file_key``, ``intensity_scaling`` or ``field_of_view``, or ``cache_dir`` (or a
+            folder above it)
             is a file: found here, not at the first image a data-loader worker stores.
 
     Example:
@@ -123,10 +131,12 @@ class PreprocessedCache:
         output_shape: Sequence[int],
         file_key: str = "content",
         intensity_scaling: str = "breast_percentiles",
+        field_of_view: str = "breast",
     ):
         if file_key not in ("content", "stat"):
             raise MammoXAIError("file_key", f"is {file_key!r}", 'use "content" or "stat"')
         self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.field_of_view = check_field_of_view(field_of_view)
         self.cache_dir = check_output_path(cache_dir, "cache_dir", "give a folder for the preprocessed images")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.output_shape = tuple(int(size) for size in output_shape)
@@ -134,6 +144,7 @@ class PreprocessedCache:
         settings = {
             "output_shape": self.output_shape,
             "intensity_scaling": self.intensity_scaling,
+            "field_of_view": self.field_of_view,
             "preprocessing": preprocessing_version(),
         }
         self._settings = json.dumps(settings, sort_keys=True).encode()
@@ -178,7 +189,7 @@ class PreprocessedCache:
         return self._preprocess(path, entry)
 
     def _preprocess(self, path: str | os.PathLike, entry: Path) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, geometry = preprocess_file(path, self.output_shape, self.intensity_scaling)
+        image, geometry = preprocess_file(path, self.output_shape, self.intensity_scaling, self.field_of_view)
         self._store(entry, {"image": image, "geometry": geometry, "source": str(path)})
         return image, geometry
 
@@ -212,11 +223,15 @@ class _Preprocessing(torch.utils.data.Dataset):
         cache_dir: str | os.PathLike | None,
         file_key: str = "content",
         intensity_scaling: str = "breast_percentiles",
+        field_of_view: str = "breast",
     ):
         self.paths, self.output_shape = list(paths), output_shape
         self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.field_of_view = check_field_of_view(field_of_view)
         self.cache = (
-            PreprocessedCache(cache_dir, output_shape, file_key, intensity_scaling) if cache_dir is not None else None
+            PreprocessedCache(cache_dir, output_shape, file_key, intensity_scaling, field_of_view)
+            if cache_dir is not None
+            else None
         )
 
     def __len__(self) -> int:
@@ -227,7 +242,7 @@ class _Preprocessing(torch.utils.data.Dataset):
             if self.cache is not None:
                 self.cache.fill(self.paths[index])
             else:
-                preprocess_file(self.paths[index], self.output_shape, self.intensity_scaling)
+                preprocess_file(self.paths[index], self.output_shape, self.intensity_scaling, self.field_of_view)
         except MammoXAIError as error:
             return error.problem
         return ""
@@ -240,6 +255,7 @@ def preprocess_all(
     num_workers: int = 0,
     file_key: str = "content",
     intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> dict[str, str]:
     """Preprocess every file up front, into the cache when there is one; the files that cannot be, with the reason.
 
@@ -256,12 +272,13 @@ def preprocess_all(
         num_workers: worker processes, as for the run's DataLoader.
         file_key: how the cache recognises a file, as the run's dataset has it (:class:`PreprocessedCache`).
         intensity_scaling: how the run's dataset scales intensities (:func:`~mammoxai.io.preprocess.prepare_image`).
+        field_of_view: what the run's dataset puts on the grid (:func:`~mammoxai.io.preprocess.prepare_image`).
 
     Returns:
         path -> the reader's reason (:class:`~mammoxai.errors.MammoXAIError` message without the file), for
         each file that cannot be read or preprocessed; empty when all can.
     """
     paths = [str(path) for path in paths]
-    attempts = _Preprocessing(paths, tuple(output_shape), cache_dir, file_key, intensity_scaling)
+    attempts = _Preprocessing(paths, tuple(output_shape), cache_dir, file_key, intensity_scaling, field_of_view)
     loader = torch.utils.data.DataLoader(attempts, batch_size=None, num_workers=num_workers)
     return {path: reason for path, reason in zip(attempts.paths, loader, strict=True) if reason}

@@ -28,7 +28,7 @@ from mammoxai.data.cache import PreprocessedCache, preprocess_file
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.geometry import ImageGeometry
-from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling, grid_shape
 
 __all__ = [
     "ID_KEYS",
@@ -243,10 +243,11 @@ class MammogramDataset(monai.data.Dataset):
         file_key: how the cache recognises a file, ``"content"`` or ``"stat"`` (see :mod:`mammoxai.data.cache`).
         intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scales intensities; the network's own
             (checkpoints record it).
+        field_of_view: what :func:`~mammoxai.io.preprocess.prepare_image` puts on the grid; the network's own too.
 
     Raises:
         MammoXAIError: a record has no ``path``, its label is not one of ``class_names``, or ``intensity_scaling``
-            is unknown.
+            or ``field_of_view`` is unknown.
     """
 
     def __init__(
@@ -260,6 +261,7 @@ class MammogramDataset(monai.data.Dataset):
         transform: Callable | None = None,
         file_key: str = "content",
         intensity_scaling: str = "breast_percentiles",
+        field_of_view: str = "breast",
     ):
         if isinstance(records, (str, os.PathLike)):
             records = read_manifest(records)
@@ -267,8 +269,9 @@ class MammogramDataset(monai.data.Dataset):
         self.image_size = grid_shape(image_size)
         self.label_key = label_key
         self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.field_of_view = check_field_of_view(field_of_view)
         self.cache = (
-            PreprocessedCache(cache_dir, self.image_size, file_key, intensity_scaling)
+            PreprocessedCache(cache_dir, self.image_size, file_key, intensity_scaling, field_of_view)
             if cache_dir is not None
             else None
         )
@@ -305,7 +308,7 @@ class MammogramDataset(monai.data.Dataset):
         if self.cache is not None:
             image, geometry = self.cache.get(path)
         else:
-            image, geometry = preprocess_file(path, self.image_size, self.intensity_scaling)
+            image, geometry = preprocess_file(path, self.image_size, self.intensity_scaling, self.field_of_view)
         sample = {
             "image": image,
             "label": self.labels[index],

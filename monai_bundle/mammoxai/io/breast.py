@@ -2,8 +2,8 @@
 
 A mammogram is mostly background; the rest is the breast plus things that are not the breast: burned-in
 labels, lead markers, paddle edges. The model should see the breast only, always the same way round, so
-every image goes through :func:`breast_geometry`: segment, crop to the breast, flip so the chest wall is
-on the left. The crop and flip are recorded in an :class:`~mammoxai.io.geometry.ImageGeometry`, so
+every image goes through :func:`breast_geometry`: segment, crop to the breast (or keep the whole image), flip
+so the chest wall is on the left. The crop and flip are recorded in an :class:`~mammoxai.io.geometry.ImageGeometry`, so
 everything computed on the model grid maps back to the original pixels.
 """
 
@@ -14,11 +14,14 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from mammoxai.errors import MammoXAIError
+from mammoxai.errors import MammoXAIError, check_choice
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 
-__all__ = ["segment_breast", "chest_wall_side", "breast_geometry"]
+__all__ = ["FIELDS_OF_VIEW", "segment_breast", "chest_wall_side", "breast_geometry"]
+
+#: What :func:`breast_geometry` frames on the model grid: the breast alone, or the whole image.
+FIELDS_OF_VIEW = ("breast", "image")
 
 
 def segment_breast(
@@ -134,13 +137,21 @@ def breast_geometry(
     margin: float = 0.02,
     keep_aspect: bool = True,
     mask: np.ndarray | None = None,
+    field_of_view: str = "breast",
 ) -> ImageGeometry:
     """The crop and flip that put the breast, chest wall on the left, onto a model grid of ``output_shape``.
 
-    The crop is the bounding box of the breast mask grown by ``margin`` on every side (clipped to the
-    image). With ``keep_aspect`` it is then widened or heightened, towards whichever side the image allows,
-    to the aspect ratio of ``output_shape``, so the resize scales rows and columns alike and a round mass
-    stays round; only where the image itself is too narrow does the remaining stretch happen.
+    With ``field_of_view="breast"`` the crop is the bounding box of the breast mask grown by ``margin`` on
+    every side (clipped to the image). With ``keep_aspect`` it is then widened or heightened, towards whichever
+    side the image allows, to the aspect ratio of ``output_shape``, so the resize scales rows and columns alike
+    and a round mass stays round; only where the image itself is too narrow does the remaining stretch happen.
+    Every breast then fills the grid, whatever its size.
+
+    With ``field_of_view="image"`` the crop is the whole image (only flipped): every image of one detector is
+    resized by the same factor, so the breast's size in millimetres and the noise grain of its pixels reach the
+    model as the detector recorded them, at the price of grid pixels spent on background. ``margin`` and
+    ``keep_aspect`` do not apply; an image of another aspect ratio than the grid is stretched, by the same
+    amount for every image of its detector.
 
     Args:
         mammogram: the image; its laterality breaks ties in :func:`chest_wall_side`.
@@ -148,6 +159,7 @@ def breast_geometry(
         margin: fraction of the breast's height (rows) and width (columns) added on each side.
         keep_aspect: grow the crop to the aspect ratio of ``output_shape``.
         mask: a breast mask already computed with :func:`segment_breast`; computed when None.
+        field_of_view: ``"breast"`` or ``"image"`` (:data:`FIELDS_OF_VIEW`).
 
     Example:
         geometry = breast_geometry(read_mammogram("scan.dcm"), (512, 416))
@@ -159,6 +171,9 @@ def breast_geometry(
     elif mask.shape != mammogram.shape or not mask.any():
         raise MammoXAIError(source, f"breast mask of shape {mask.shape} is empty or does not match the image")
     height, width = mask.shape
+    flip = chest_wall_side(mask, mammogram.laterality) == "right"
+    if check_choice(field_of_view, FIELDS_OF_VIEW, "field_of_view", "a field of view") == "image":
+        return ImageGeometry((height, width), (0, 0, height, width), flip, output_shape)
     rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
     pad_y, pad_x = math.ceil(margin * (y1 - y0)), math.ceil(margin * (x1 - x0))
@@ -169,7 +184,6 @@ def breast_geometry(
             x0, x1 = _grow(x0, x1, round((y1 - y0) / aspect), width)
         else:
             y0, y1 = _grow(y0, y1, round((x1 - x0) * aspect), height)
-    flip = chest_wall_side(mask, mammogram.laterality) == "right"
     return ImageGeometry((height, width), (y0, x0, y1, x1), flip, output_shape)
 
 

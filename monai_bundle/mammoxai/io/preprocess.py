@@ -7,18 +7,25 @@ heatmap must map back through the same geometry, so this module is the only plac
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from mammoxai.errors import MammoXAIError
-from mammoxai.io.breast import breast_geometry, segment_breast
+from mammoxai.errors import MammoXAIError, check_choice
+from mammoxai.io.breast import FIELDS_OF_VIEW, breast_geometry, segment_breast
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 
-__all__ = ["INTENSITY_SCALINGS", "check_intensity_scaling", "check_scalable", "grid_shape", "prepare_image"]
+__all__ = [
+    "FIELDS_OF_VIEW",
+    "INTENSITY_SCALINGS",
+    "check_field_of_view",
+    "check_intensity_scaling",
+    "check_scalable",
+    "grid_shape",
+    "prepare_image",
+]
 
 #: How :func:`prepare_image` maps intensities to [0, 1]; see its docstring for what each keeps and loses.
 INTENSITY_SCALINGS = ("breast_percentiles", "display_range")
@@ -54,10 +61,17 @@ def check_intensity_scaling(value: str, name: str = "intensity_scaling") -> str:
     Raises:
         MammoXAIError: any other value.
     """
-    if value not in INTENSITY_SCALINGS:
-        options = " or ".join(json.dumps(option) for option in INTENSITY_SCALINGS)
-        raise MammoXAIError(name, f"is {value!r}, not an intensity scaling", f"use {options}")
-    return value
+    return check_choice(value, INTENSITY_SCALINGS, name, "an intensity scaling")
+
+
+def check_field_of_view(value: str, name: str = "field_of_view") -> str:
+    """``value`` when it names one of :data:`~mammoxai.io.breast.FIELDS_OF_VIEW`, checked where a setting is read so
+    a typo is refused before any image is.
+
+    Raises:
+        MammoXAIError: any other value.
+    """
+    return check_choice(value, FIELDS_OF_VIEW, name, "a field of view")
 
 
 def check_scalable(mammogram: Mammogram, intensity_scaling: str) -> None:
@@ -82,6 +96,7 @@ def prepare_image(
     output_shape: tuple[int, int],
     percentiles: tuple[float, float] = (0.5, 99.5),
     intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> tuple[torch.Tensor, ImageGeometry]:
     """Breast-only, chest-wall-left, intensity-normalised model input and the geometry that made it.
 
@@ -106,7 +121,15 @@ def prepare_image(
          it (the model card's comparison).
     3. set everything outside the breast to 0, so labels and markers cannot become shortcuts;
     4. crop, flip and resize onto the model grid (antialiased, see
-       :meth:`~mammoxai.io.geometry.ImageGeometry.apply`).
+       :meth:`~mammoxai.io.geometry.ImageGeometry.apply`), as ``field_of_view`` says:
+
+       * ``"breast"`` (default): the crop frames the breast, so every breast fills the grid and a lesion gets as
+         many grid pixels as the grid allows. The price: each image is resized by its own factor, set by its
+         breast's size, so the breast's size in millimetres and the noise grain of its pixels (what tells
+         compressed thickness and compression force) are lost or scaled by a number the network never sees.
+       * ``"image"``: the whole image, flipped, so every image of one detector is resized by the same factor
+         (:func:`~mammoxai.io.breast.breast_geometry`); metadata pretraining reads thickness and kVp better
+         from it (the model card's comparison).
 
     Args:
         mammogram: the image, bright = dense.
@@ -114,23 +137,25 @@ def prepare_image(
         percentiles: breast-pixel percentiles mapped to 0 and 1 by ``"breast_percentiles"``.
         intensity_scaling: one of :data:`INTENSITY_SCALINGS`. A network must be served with the scaling it was
             trained with; checkpoints record it.
+        field_of_view: one of :data:`FIELDS_OF_VIEW`; served, like the scaling, as trained and recorded.
 
     Returns:
         a float32 tensor (1, h, w) in [0, 1] and the :class:`~mammoxai.io.geometry.ImageGeometry` that maps
         it (and any heatmap, point or box on it) back to the original pixels.
 
     Raises:
-        MammoXAIError: when no breast is found in the image, ``intensity_scaling`` is unknown, or it is
-            ``"display_range"`` and the file fixes no value range.
+        MammoXAIError: when no breast is found in the image, ``intensity_scaling`` or ``field_of_view`` is
+            unknown, or the scaling is ``"display_range"`` and the file fixes no value range.
 
     Example:
         image, geometry = prepare_image(read_mammogram("scan.dcm"), (512, 416))
         logits = model(image[None])
     """
     check_scalable(mammogram, intensity_scaling)
+    check_field_of_view(field_of_view)
     pixels = np.asarray(mammogram.pixels, dtype=np.float32)
     mask = segment_breast(pixels, source=mammogram.source or "image")
-    geometry = breast_geometry(mammogram, output_shape, mask=mask)
+    geometry = breast_geometry(mammogram, output_shape, mask=mask, field_of_view=field_of_view)
     if intensity_scaling == "display_range":
         low, high = mammogram.value_range
     else:
