@@ -49,7 +49,7 @@ from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.heatmap import write_heatmap_nrrd
 from mammoxai.io.mammogram import Mammogram
-from mammoxai.io.preprocess import check_intensity_scaling, grid_shape, prepare_image
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling, grid_shape, prepare_image
 from mammoxai.nets.finetune import MetadataClassifier, load_checkpoint
 from mammoxai.saliency import METHODS, PRESETS, SaliencyMethod, check_grid, get_method, method_settings
 from mammoxai.schema import SCHEMA_VERSION, validate_prediction
@@ -187,10 +187,14 @@ class MammogramPredictor:
             (one of :data:`~mammoxai.io.preprocess.INTENSITY_SCALINGS`). A network only means something on images
             scaled the way it was trained on, so weights whose checkpoint records another scaling are refused when
             they are loaded; a checkpoint older than the record means ``"breast_percentiles"``.
+        field_of_view: what :func:`~mammoxai.io.preprocess.prepare_image` puts on the grid (one of
+            :data:`~mammoxai.io.preprocess.FIELDS_OF_VIEW`), refused against the checkpoint's record the same way
+            (an older record means ``"breast"``).
 
     Raises:
         MammoXAIError: a setting it cannot use (``class_names``, ``image_size``, ``intensity_scaling``,
-            ``saliency``, ``qc_min_probability``, ``device``, ``metadata_label_space``), before any image is read.
+            ``field_of_view``, ``saliency``, ``qc_min_probability``, ``device``, ``metadata_label_space``), before
+            any image is read.
 
     Example:
         parser = ConfigParser()
@@ -219,10 +223,12 @@ class MammogramPredictor:
         model_version: str = "unversioned",
         inferer: Callable[..., Any] | None = None,
         intensity_scaling: str = "breast_percentiles",
+        field_of_view: str = "breast",
     ) -> None:
         self.class_names = tuple(parse_class_names(class_names))
         self.image_size = grid_shape(image_size)
         self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.field_of_view = check_field_of_view(field_of_view)
         default_layer = getattr(network, "last_block", None)  # MammoClassifier names its last convolutional block
         self.saliency = {
             "method": "gradcam",
@@ -356,8 +362,10 @@ class MammogramPredictor:
         return probabilities, checkpoint
 
     def _prepare(self, mammogram: Mammogram) -> tuple[torch.Tensor, ImageGeometry]:
-        """The model input of ``mammogram`` and its geometry, on the grid and intensity scale the weights expect."""
-        return prepare_image(mammogram, self.image_size, intensity_scaling=self.intensity_scaling)
+        """The model input of ``mammogram`` and its geometry, on the grid, intensity scale and field of view the
+        weights expect."""
+        inputs = {"intensity_scaling": self.intensity_scaling, "field_of_view": self.field_of_view}
+        return prepare_image(mammogram, self.image_size, **inputs)
 
     @property
     def checkpoint_id(self) -> str:
@@ -440,6 +448,7 @@ class MammogramPredictor:
             image_size=self.image_size,
             class_names=self.class_names,
             intensity_scaling=self.intensity_scaling,
+            field_of_view=self.field_of_view,
         )
         self.network.eval()
         self.checkpoint.stamp = stamp
@@ -485,6 +494,7 @@ class MammogramPredictor:
                     "normalisation": "min-max per image on the model grid",
                     "model_grid": list(self.image_size),
                     "intensity_scaling": self.intensity_scaling,
+                    "field_of_view": self.field_of_view,
                 },
                 "heatmap_shape": list(heatmap.shape),
                 "value_range": [float(heatmap.min()), float(heatmap.max())],

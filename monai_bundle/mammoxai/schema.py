@@ -150,7 +150,8 @@ PREDICTION_SCHEMA: dict[str, Any] = {
                 "settings": {
                     "type": "object",
                     "description": "the method's settings, and the model input the network read: model_grid "
-                    "[rows, columns] and intensity_scaling (how the model input's intensities were scaled)",
+                    "[rows, columns], intensity_scaling (how the model input's intensities were scaled) and "
+                    "field_of_view (breast: the breast's crop; image: the whole image)",
                 },
                 "heatmap_shape": _SHAPE,
                 "value_range": _NUMBER_PAIR,

@@ -13,7 +13,7 @@ import torch
 
 from mammoxai.errors import MammoXAIError
 
-__all__ = ["check_recorded_settings", "checkpoint_weights", "read_torch_file", "recorded_intensity_scaling"]
+__all__ = ["check_recorded_settings", "checkpoint_weights", "read_torch_file", "recorded_input_setting"]
 
 
 def read_torch_file(
@@ -70,13 +70,19 @@ def check_recorded_settings(path: str | os.PathLike, settings: Mapping[str, tupl
         raise MammoXAIError(path, problem, fix)
 
 
-def recorded_intensity_scaling(record: Mapping[str, Any]) -> str:
-    """The intensity scaling a checkpoint's input record names (:func:`~mammoxai.io.preprocess.prepare_image`).
+#: What a checkpoint's record of its model input means by a setting it does not name: records older than the setting
+#: were all made under the one value there was.
+_INPUT_SETTING_DEFAULTS = {"intensity_scaling": "breast_percentiles", "field_of_view": "breast"}
 
-    Records older than the setting name none, and every model of theirs was trained on ``"breast_percentiles"``,
-    the only scaling there was.
+
+def recorded_input_setting(record: Mapping[str, Any], name: str) -> str:
+    """How a checkpoint's training images were made, as its input record names it: ``name`` is
+    ``"intensity_scaling"`` or ``"field_of_view"`` (:func:`~mammoxai.io.preprocess.prepare_image`).
+
+    Records older than a setting name none, and every model of theirs was trained on the only value there was
+    (``"breast_percentiles"``, ``"breast"``).
     """
-    return str(record.get("intensity_scaling", "breast_percentiles"))
+    return str(record.get(name, _INPUT_SETTING_DEFAULTS[name]))
 
 
 def checkpoint_weights(state: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -43,7 +43,7 @@ from mammoxai.nets.files import (
     check_recorded_settings,
     checkpoint_weights,
     read_torch_file,
-    recorded_intensity_scaling,
+    recorded_input_setting,
 )
 from mammoxai.nets.metadata_net import MetadataNet
 
@@ -388,6 +388,7 @@ def load_checkpoint(
     views: Sequence[str] | None = None,
     as_start: bool = False,
     intensity_scaling: str | None = None,
+    field_of_view: str | None = None,
 ) -> nn.Module:
     """Load a checkpoint as ``train.json`` writes it (a state dict, or one under ``"model"``) into ``network``.
 
@@ -421,13 +422,15 @@ def load_checkpoint(
         intensity_scaling: how the caller scales the images it runs the network on
             (:func:`~mammoxai.io.preprocess.prepare_image`); refused when the checkpoint's ``"grid"`` record names
             another (a record older than the setting means ``"breast_percentiles"``). None is not checked.
+        field_of_view: what the caller puts on the grid of the images it runs the network on, checked the same way
+            (a record older than the setting means ``"breast"``).
 
     Raises:
         MammoXAIError: the file is not a readable PyTorch checkpoint, it does not fit ``network`` (also: it was
             trained on several views and the network reads one image, or the other way round, but for a start that
-            fits), or it was trained on another grid than ``image_size`` or another ``intensity_scaling``, with
-            other class names than
-            ``class_names``, on other ``views`` or with another view fusion than the network's.
+            fits), or it was trained on another grid than ``image_size``, another ``intensity_scaling`` or
+            ``field_of_view``, with other class names than ``class_names``, on other ``views`` or with another view
+            fusion than the network's.
     """
     path = Path(path)
     state = read_torch_file(path, "PyTorch checkpoint", fix, map_location)
@@ -435,9 +438,11 @@ def load_checkpoint(
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         grid, classes, view_record = state.get("grid"), state.get("classes"), state.get("views")
         view_record = view_record if isinstance(view_record, Mapping) else {}
+        grid = grid if isinstance(grid, Mapping) else None
         recorded = {
-            "image_size": grid.get("image_size") if isinstance(grid, Mapping) else None,
-            "intensity_scaling": recorded_intensity_scaling(grid) if isinstance(grid, Mapping) else None,
+            "image_size": grid.get("image_size") if grid else None,
+            "intensity_scaling": recorded_input_setting(grid, "intensity_scaling") if grid else None,
+            "field_of_view": recorded_input_setting(grid, "field_of_view") if grid else None,
             "class_names": classes.get("class_names") if isinstance(classes, Mapping) else None,
             "views": view_record.get("views"),
             "view_fusion": view_record.get("view_fusion"),
@@ -446,6 +451,7 @@ def load_checkpoint(
         here = {
             "image_size": None if image_size is None else grid_shape(image_size),
             "intensity_scaling": intensity_scaling,
+            "field_of_view": field_of_view,
             "class_names": class_names,
             "views": views if multi_view else None,
             "view_fusion": network.fusion if multi_view else None,

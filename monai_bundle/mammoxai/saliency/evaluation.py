@@ -66,7 +66,7 @@ from mammoxai.io import read_dicom_header, read_mammogram, read_mask
 from mammoxai.io.breast import segment_breast
 from mammoxai.io.dicom import pixel_spacing
 from mammoxai.io.geometry import ImageGeometry
-from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling, grid_shape
 from mammoxai.io.read import sniff_format
 from mammoxai.metrics.saliency import (
     deletion_insertion_auc,
@@ -166,13 +166,14 @@ class SaliencyEvaluator:
             :func:`~mammoxai.data.findings.match_findings` reads it: by id, or by the file's name or path.
         findings_csv: VinDr-style finding CSV (:mod:`mammoxai.data.findings`); its ``mask`` column, when present,
             gives lesion masks, which are used inside each finding's box.
-        models: name -> ``{"network", "class_names", "image_size"[, "intensity_scaling", "checkpoint", "label_map",
-            "view_size"]}``: the networks explained; each model's images are preprocessed onto its ``image_size``
-            grid with its ``intensity_scaling`` (default ``"breast_percentiles"``). ``checkpoint`` is loaded into
-            ``network`` when a selected method uses the model, and refused when it records another training grid
-            than ``image_size``, the grid it runs on (CorRELAX's: the full-resolution grid), or another intensity
-            scaling. ``view_size`` marks a lesion-crop classifier: its checkpoint must record that view size, the
-            grid, the scaling and ``class_names`` (:func:`~mammoxai.training.lesion_crops.load_lesion_checkpoint`),
+        models: name -> ``{"network", "class_names", "image_size"[, "intensity_scaling", "field_of_view",
+            "checkpoint", "label_map", "view_size"]}``: the networks explained; each model's images are preprocessed
+            onto its ``image_size`` grid with its ``intensity_scaling`` (default ``"breast_percentiles"``) and
+            ``field_of_view`` (default ``"breast"``). ``checkpoint`` is loaded into ``network`` when a selected
+            method uses the model, and refused when it records another training grid than ``image_size``, the grid
+            it runs on (CorRELAX's: the full-resolution grid), or another intensity scaling or field of view.
+            ``view_size`` marks a lesion-crop classifier: its checkpoint must record that view size, the grid, the
+            scaling, the field of view and ``class_names`` (:func:`~mammoxai.training.lesion_crops.load_lesion_checkpoint`),
             and its methods must use that view.
         methods: :class:`MethodSpec` s or dicts of their fields.
         select: labels or names of the methods to run (None: all of ``methods``; one name: that method).
@@ -290,7 +291,11 @@ class SaliencyEvaluator:
             self._check_spacing_possible()
         self.datasets = {
             name: MammogramDataset(
-                self.records, model["image_size"], cache_dir=cache_dir, intensity_scaling=model["intensity_scaling"]
+                self.records,
+                model["image_size"],
+                cache_dir=cache_dir,
+                intensity_scaling=model["intensity_scaling"],
+                field_of_view=model["field_of_view"],
             )
             for name, model in self.models.items()
             if name in used
@@ -305,19 +310,20 @@ class SaliencyEvaluator:
         size = grid_shape(model["image_size"], f"image_size of saliency model {name!r}")
         scaling = model.get("intensity_scaling", "breast_percentiles")
         scaling = check_intensity_scaling(scaling, f"intensity_scaling of saliency model {name!r}")
+        view = check_field_of_view(model.get("field_of_view", "breast"), f"field_of_view of saliency model {name!r}")
         network, checkpoint, names = model["network"], model.get("checkpoint"), model["class_names"]
         if used and checkpoint and model.get("view_size") is not None:
-            network = load_lesion_checkpoint(network, checkpoint, size, model["view_size"], names, scaling)
+            network = load_lesion_checkpoint(network, checkpoint, size, model["view_size"], names, scaling, view)
         elif used and checkpoint:
-            network = load_checkpoints(
-                network, checkpoint, image_size=size, class_names=names, intensity_scaling=scaling
-            )[0]
+            inputs = {"intensity_scaling": scaling, "field_of_view": view}
+            network = load_checkpoints(network, checkpoint, image_size=size, class_names=names, **inputs)[0]
         network = network.to(self.device).eval()
         return {
             **model,
             "network": network,
             "image_size": size,
             "intensity_scaling": scaling,
+            "field_of_view": view,
             "class_names": list(names),
         }
 

@@ -23,8 +23,8 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
 from mammoxai.errors import MammoXAIError, check_output_path, parse_flag
-from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
-from mammoxai.nets.files import recorded_intensity_scaling
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling, grid_shape
+from mammoxai.nets.files import recorded_input_setting
 from mammoxai.training.multiview import check_views
 
 logger = logging.getLogger(__name__)
@@ -185,8 +185,8 @@ def _series_prefix(checkpoint: Checkpoint) -> str:
 
 
 class TrainingGrid:
-    """The model input a classifier was trained on - grid and intensity scaling - saved as ``"grid"`` in
-    ``model.pt`` next to ``"model"``.
+    """The model input a classifier was trained on - grid, intensity scaling and field of view - saved as ``"grid"``
+    in ``model.pt`` next to ``"model"``.
 
     A CNN runs on any grid and any intensities, so a model trained at 512 x 416 and served at the default
     256 x 208, or trained on ``display_range`` intensities and served ``breast_percentiles`` ones, gives numbers with
@@ -196,18 +196,30 @@ class TrainingGrid:
     Args:
         image_size: (height, width) of the training grid, or one int for a square grid.
         intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scaled the training images.
+        field_of_view: what :func:`~mammoxai.io.preprocess.prepare_image` put on the grid.
     """
 
-    def __init__(self, image_size: int | Sequence[int], intensity_scaling: str = "breast_percentiles") -> None:
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        intensity_scaling: str = "breast_percentiles",
+        field_of_view: str = "breast",
+    ) -> None:
         self.image_size = list(grid_shape(image_size))
         self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.field_of_view = check_field_of_view(field_of_view)
 
     def state_dict(self) -> dict[str, list[int] | str]:
-        return {"image_size": list(self.image_size), "intensity_scaling": self.intensity_scaling}
+        return {
+            "image_size": list(self.image_size),
+            "intensity_scaling": self.intensity_scaling,
+            "field_of_view": self.field_of_view,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.image_size = [int(side) for side in state["image_size"]]
-        self.intensity_scaling = recorded_intensity_scaling(state)
+        self.intensity_scaling = recorded_input_setting(state, "intensity_scaling")
+        self.field_of_view = recorded_input_setting(state, "field_of_view")
 
 
 class TrainingClasses:

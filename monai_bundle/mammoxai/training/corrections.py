@@ -103,6 +103,7 @@ def usable_corrections(
     num_workers: int = 0,
     label_key: str = "case_label",
     intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The records of :func:`correction_records` for the corrections a run can train on, and why each other one
     cannot (image id -> reason, naming no file).
@@ -124,6 +125,7 @@ def usable_corrections(
         intensity_scaling: the run's intensity scaling, which the cache entries are made and keyed with
             (:func:`~mammoxai.io.preprocess.prepare_image`); ``"display_range"`` also leaves out an image whose file
             fixes no value range.
+        field_of_view: the run's field of view, which the cache entries are made and keyed with too.
     """
     records, left_out = [], {}
     for image_id, image_path, label_path in corrections:
@@ -133,9 +135,8 @@ def usable_corrections(
             left_out[image_id] = _reason(error)
     if image_size is not None and records:
         paths = [record["path"] for record in records]
-        failures = preprocess_all(
-            paths, grid_shape(image_size), cache_dir, num_workers, intensity_scaling=intensity_scaling
-        )
+        inputs = {"intensity_scaling": intensity_scaling, "field_of_view": field_of_view}
+        failures = preprocess_all(paths, grid_shape(image_size), cache_dir, num_workers, **inputs)
         left_out.update(
             {record["image_id"]: failures[record["path"]] for record in records if record["path"] in failures}
         )
@@ -224,7 +225,8 @@ def finetune(
         work_dir: scratch folder for the manifest, logs and the candidate checkpoint.
         checkpoint: the served weights to start from and to replace; default ``<bundle>/models/model.pt``.
         overrides: train.json keys to override, e.g. ``{"epochs": 2, "num_workers": 0, "device": "cpu"}``; a
-            served model's ``image_size`` and ``intensity_scaling`` belong here, so the new weights are trained and
+            served model's ``image_size``, ``intensity_scaling`` and ``field_of_view`` belong here, so the new
+            weights are trained and
             recorded (``model.pt``'s ``"grid"``) with the input the predictor gives them.
         accept: one of :data:`ACCEPT_POLICIES`.
 
@@ -316,9 +318,9 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
 
     Raises:
         MammoXAIError: the served weights do not fit the configured network (e.g. a classifier without the metadata
-            heads the configs now serve) or were trained with other class names, views, view fusion or intensity
-            scaling than the run's, said before any training starts: fine-tuned on images scaled another way, the
-            weights would start from features that do not apply.
+            heads the configs now serve) or were trained with other class names, views, view fusion, intensity
+            scaling or field of view than the run's, said before any training starts: fine-tuned on images made
+            another way, the weights would start from features that do not apply.
     """
     if checkpoint.is_file():
         load_checkpoint(
@@ -329,6 +331,7 @@ def _load_network(parser: ConfigParser, checkpoint: Path) -> None:
             class_names=parser.get_parsed_content("class_names"),
             views=check_views(parser.get_parsed_content("views")),
             intensity_scaling=parser.get_parsed_content("intensity_scaling"),
+            field_of_view=parser.get_parsed_content("field_of_view"),
         )
 
 
@@ -336,7 +339,7 @@ def replace_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Pat
     """Write a checkpoint over ``path`` atomically: into a temporary file in the same folder, then ``os.replace``.
 
     ``state`` is a state dict, or what ``train.json`` saves (the state dict under ``"model"``, the training grid and
-    intensity scaling under ``"grid"``), kept whole so the served file still records its input.
+    intensity scaling and field of view under ``"grid"``), kept whole so the served file still records its input.
 
     A reader (the predictor's hot reload, a second server) sees either the old file or the complete new one,
     never a partial write, and a crash mid-write leaves the old weights in place.

@@ -108,19 +108,21 @@ def load_checkpoints(
     class_names: Sequence[str] | None = None,
     views: Sequence[str] | None = None,
     intensity_scaling: str | None = None,
+    field_of_view: str | None = None,
 ) -> list[nn.Module]:
     """One copy of ``network`` per checkpoint, with its weights loaded and in eval mode: the ensemble members.
 
     A checkpoint is a state dict, or a dict holding one under ``"model"`` (what ``train.json``'s
-    ``CheckpointSaver`` writes, with the training grid and intensity scaling, class names and views, which must
-    equal ``image_size``, ``intensity_scaling``, ``class_names`` and ``views`` when both are known, and the view
-    fusion, which must be ``network``'s). A model scored on images scaled otherwise than it was trained on gives
-    numbers and no error, so every member must have been trained with the scaling the evaluation reads.
+    ``CheckpointSaver`` writes, with the training grid, intensity scaling and field of view, class names and views,
+    which must equal ``image_size``, ``intensity_scaling``, ``field_of_view``, ``class_names`` and ``views`` when
+    both are known, and the view fusion, which must be ``network``'s). A model scored on images made otherwise than
+    it was trained on gives numbers and no error, so every member must have been trained on the model input the
+    evaluation reads.
 
     Raises:
         MammoXAIError: no path, a missing file, weights that do not fit ``network`` (another architecture, class
             count, or one image per sample where the network fuses views, or the other way round) or were trained on
-            another grid or intensity scaling or with other class names, views or view fusion; the message names the
+            another grid, intensity scaling or field of view, or with other class names, views or view fusion; the message names the
             file.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -140,6 +142,7 @@ def load_checkpoints(
             class_names=class_names,
             views=views,
             intensity_scaling=intensity_scaling,
+            field_of_view=field_of_view,
         )
         members.append(member.eval())
     return members

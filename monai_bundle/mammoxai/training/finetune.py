@@ -59,7 +59,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
-from mammoxai.io.preprocess import check_intensity_scaling
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling
 from mammoxai.nets.backbones import build_backbone
 from mammoxai.nets.files import check_recorded_settings
 from mammoxai.nets.finetune import BackboneClassifier, MetadataClassifier, MultiViewClassifier, load_checkpoint
@@ -99,6 +99,7 @@ def initialise(
     class_names: Sequence[str] | None = None,
     views: Sequence[str] | None = None,
     intensity_scaling: str | None = None,
+    field_of_view: str | None = None,
 ) -> BackboneClassifier | MetadataClassifier:
     """Load the starting weights of ``network`` by strategy (see the module docstring); returns it.
 
@@ -115,11 +116,13 @@ def initialise(
         intensity_scaling: how the run scales its images (:func:`~mammoxai.io.preprocess.prepare_image`); a
             ``pretrained``, ``incremental`` or ``classifier`` checkpoint that records another is refused (None: not
             compared). External weights record none.
+        field_of_view: what the run puts on the grid, compared the same way.
 
     Raises:
         MammoXAIError: unknown ``init``; ``weights`` missing, unreadable, not a state dict, or of another
             backbone, input channel count, class count or metadata field list; a ``classifier`` checkpoint trained
-            with other class names, views or view fusion; a checkpoint trained with another intensity scaling.
+            with other class names, views or view fusion; a checkpoint trained with another intensity scaling or
+            field of view.
     """
     init = str(init).strip().lower()
     if init not in INIT_CHOICES:
@@ -136,7 +139,11 @@ def initialise(
     backbone = network.config["backbone"]
     if init in ("pretrained", "incremental"):
         pretrained_model = load_pretrained(path)
-        check_recorded_settings(path, {"intensity_scaling": (pretrained_model.intensity_scaling, intensity_scaling)})
+        inputs = {
+            "intensity_scaling": (pretrained_model.intensity_scaling, intensity_scaling),
+            "field_of_view": (pretrained_model.field_of_view, field_of_view),
+        }
+        check_recorded_settings(path, inputs)
         pretrained = pretrained_model.network
         theirs = (_backbone_key(pretrained.config["backbone"]), pretrained.config["in_channels"])
         if theirs != (_backbone_key(backbone), network.config["in_channels"]):
@@ -156,7 +163,7 @@ def initialise(
         )  # checks the file against the architecture
         network.backbone.load_state_dict(loaded.state_dict())
     else:
-        _load_classifier(network, path, class_names, views, intensity_scaling)
+        _load_classifier(network, path, class_names, views, intensity_scaling, field_of_view)
     logger.info("initialised the %s classifier from %s (%s)", backbone, path, init)
     return network
 
@@ -208,6 +215,7 @@ def _load_classifier(
     class_names: Sequence[str] | None,
     views: Sequence[str] | None,
     intensity_scaling: str | None,
+    field_of_view: str | None,
 ) -> None:
     fix = "pass a model.pt written by train.json with the same backbone, class_names and views"
     if not path.is_file():
@@ -223,6 +231,7 @@ def _load_classifier(
         views=views,
         as_start=True,
         intensity_scaling=intensity_scaling,
+        field_of_view=field_of_view,
     )
 
 
@@ -238,11 +247,12 @@ def build_finetune_classifier(
     view_fusion: str = "concat",
     class_names: Sequence[str] | None = None,
     intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> BackboneClassifier:
     """The fine-tuning network of ``configs/train.json``: a :class:`BackboneClassifier` or, with ``views``, a
     :class:`MultiViewClassifier` over that many views, initialised (:func:`initialise`, which compares a
     ``classifier`` start with ``class_names`` and ``views``, and a pretrained or classifier start with
-    ``intensity_scaling``, the run's) and frozen (:meth:`BackboneClassifier.freeze`) as configured.
+    ``intensity_scaling`` and ``field_of_view``, the run's) and frozen (:meth:`BackboneClassifier.freeze`) as configured.
 
     Raises:
         MammoXAIError: ``views`` that is not two or more view names (:func:`~mammoxai.training.multiview.check_views`),
@@ -255,8 +265,8 @@ def build_finetune_classifier(
         network = MultiViewClassifier(
             backbone, num_classes, in_channels, dropout, num_views=len(views), fusion=view_fusion
         )
-    scaling = check_intensity_scaling(intensity_scaling)
-    started = initialise(network, init, init_weights, class_names=class_names, views=views, intensity_scaling=scaling)
+    inputs = _input_settings(intensity_scaling, field_of_view)
+    started = initialise(network, init, init_weights, class_names=class_names, views=views, **inputs)
     return started.freeze(freeze)
 
 
@@ -274,11 +284,12 @@ def build_metadata_classifier(
     views: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> MetadataClassifier:
     """The served network of ``configs/train.json``: a :class:`~mammoxai.nets.MetadataClassifier` with one
     metadata head per field of ``label_space``, initialised (:func:`initialise`, which compares a ``classifier``
-    start with ``class_names``, and a pretrained or classifier start with ``intensity_scaling``, the run's) and
-    frozen as configured.
+    start with ``class_names``, and a pretrained or classifier start with ``intensity_scaling`` and
+    ``field_of_view``, the run's) and frozen as configured.
 
     ``views`` is the config's multi-view setting, passed here so that asking this single-image network for
     several views is refused now, not as a convolution shape error in the first iteration.
@@ -297,9 +308,17 @@ def build_metadata_classifier(
     network = MetadataClassifier(
         backbone, num_classes, fields, embed_dim, matching_dim, in_channels=in_channels, dropout=dropout
     )
-    scaling = check_intensity_scaling(intensity_scaling)
-    started = initialise(network, init, init_weights, label_space, class_names=class_names, intensity_scaling=scaling)
+    inputs = _input_settings(intensity_scaling, field_of_view)
+    started = initialise(network, init, init_weights, label_space, class_names=class_names, **inputs)
     return started.freeze(freeze)
+
+
+def _input_settings(intensity_scaling: str, field_of_view: str) -> dict[str, str]:
+    """The run's model-input settings, checked, as :func:`initialise` compares them with a start's record."""
+    return {
+        "intensity_scaling": check_intensity_scaling(intensity_scaling),
+        "field_of_view": check_field_of_view(field_of_view),
+    }
 
 
 class MetadataTargets:

@@ -31,10 +31,10 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from mammoxai.errors import MammoXAIError
-from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling, grid_shape
 from mammoxai.metrics import per_class_scores
 from mammoxai.nets.backbones import check_backbone_grid
-from mammoxai.nets.files import check_recorded_settings, read_torch_file, recorded_intensity_scaling
+from mammoxai.nets.files import check_recorded_settings, read_torch_file, recorded_input_setting
 from mammoxai.reports import Report, confusion_matrix_figure
 from mammoxai.training.evaluate_classifier import load_checkpoints
 from mammoxai.training.settings import check_settings
@@ -86,7 +86,7 @@ class LesionCropRecord:
 
     CorRELAX runs the classifier over ``view_size`` local views of the ``image_size`` grid and reads its outputs by
     class name. A CNN runs on any grid, view and intensities and gives as many outputs whatever their names, so a
-    classifier used at another grid, intensity scaling, view size or class order gives maps and pointing-game scores
+    classifier used at another grid, intensity scaling, field of view, view size or class order gives maps and pointing-game scores
     with no error; :func:`load_lesion_checkpoint` compares this record with the evaluation's settings and refuses a
     mismatch. An object with ``state_dict`` so ``CheckpointSaver`` saves it.
 
@@ -96,6 +96,8 @@ class LesionCropRecord:
         class_names: the classes, in output order.
         intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scaled the training images; records
             older than the setting name none and mean ``"breast_percentiles"``.
+        field_of_view: what :func:`~mammoxai.io.preprocess.prepare_image` put on the grid; older records mean
+            ``"breast"``.
     """
 
     def __init__(
@@ -104,10 +106,12 @@ class LesionCropRecord:
         view_size: int,
         class_names: Sequence[str],
         intensity_scaling: str = "breast_percentiles",
+        field_of_view: str = "breast",
     ) -> None:
         self.image_size = list(grid_shape(image_size))
         self.view_size, self.class_names = int(view_size), list(class_names)
         self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.field_of_view = check_field_of_view(field_of_view)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -115,12 +119,14 @@ class LesionCropRecord:
             "view_size": self.view_size,
             "class_names": list(self.class_names),
             "intensity_scaling": self.intensity_scaling,
+            "field_of_view": self.field_of_view,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.image_size = [int(side) for side in state["image_size"]]
         self.view_size, self.class_names = int(state["view_size"]), [str(name) for name in state["class_names"]]
-        self.intensity_scaling = recorded_intensity_scaling(state)
+        self.intensity_scaling = recorded_input_setting(state, "intensity_scaling")
+        self.field_of_view = recorded_input_setting(state, "field_of_view")
 
 
 def load_lesion_checkpoint(
@@ -130,11 +136,12 @@ def load_lesion_checkpoint(
     view_size: int | None = None,
     class_names: Sequence[str] | None = None,
     intensity_scaling: str | None = None,
+    field_of_view: str | None = None,
 ) -> nn.Module:
     """A copy of ``network`` with the weights of a ``train_lesion_crops.json`` checkpoint, in eval mode, refused
-    unless it was trained on the ``image_size`` grid, ``intensity_scaling``, ``view_size`` views and ``class_names``
-    given (None: not compared). The fixes name the settings of ``configs/evaluate_saliency.json``, the checkpoint's
-    reader.
+    unless it was trained on the ``image_size`` grid, ``intensity_scaling``, ``field_of_view``, ``view_size`` views
+    and ``class_names`` given (None: not compared). The fixes name the settings of
+    ``configs/evaluate_saliency.json``, the checkpoint's reader.
 
     Checkpoints written before the record was kept (:class:`LesionCropRecord`) are refused: nothing says what
     they were trained on, and a retraining is minutes.
@@ -156,6 +163,7 @@ def load_lesion_checkpoint(
     settings = {
         "lesion_image_size": (trained.image_size, None if image_size is None else grid_shape(image_size)),
         "lesion_intensity_scaling": (trained.intensity_scaling, intensity_scaling),
+        "lesion_field_of_view": (trained.field_of_view, field_of_view),
         "view_size": (trained.view_size, view_size),
         "lesion_class_names": (trained.class_names, class_names),
     }

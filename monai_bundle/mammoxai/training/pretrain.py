@@ -50,8 +50,8 @@ from mammoxai.data.dataset import MammogramDataset
 from mammoxai.data.manifest import join_labels, read_manifest, record_header, report_unusable
 from mammoxai.errors import MammoXAIError, check_output_path, parse_flag, parse_names
 from mammoxai.io.fields import UNKNOWN, BinnedField, CategoricalField, MetadataLabelSpace
-from mammoxai.io.preprocess import check_intensity_scaling, grid_shape
-from mammoxai.nets.files import read_torch_file, recorded_intensity_scaling
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling, grid_shape
+from mammoxai.nets.files import read_torch_file, recorded_input_setting
 from mammoxai.nets.metadata_net import MetadataNet
 from mammoxai.training.classification import warn_unknown_patients
 from mammoxai.training.losses import PretrainingLoss
@@ -98,6 +98,7 @@ def load_records(
     num_workers: int = 0,
     file_key: str = "content",
     intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> list[dict[str, Any]]:
     """The manifest's records, joined with ``label_csv`` when given, with every image file checked to exist and,
     given ``image_size``, to be readable.
@@ -123,13 +124,16 @@ def load_records(
         intensity_scaling: how the run's dataset scales intensities (:func:`~mammoxai.io.preprocess.prepare_image`),
             for the same reason; it also decides what is readable (``"display_range"`` needs a file that fixes a
             value range).
+        field_of_view: what the run's dataset puts on the grid (:func:`~mammoxai.io.preprocess.prepare_image`), for
+            the same reason.
 
     Raises:
         MammoXAIError: no manifest, missing or unreadable files (``strict``), a CSV that cannot be joined, no
-            image left, or an unknown ``intensity_scaling``.
+            image left, or an unknown ``intensity_scaling`` or ``field_of_view``.
     """
     manifest, strict = Path(manifest), parse_flag(strict, "strict")
     check_intensity_scaling(intensity_scaling)
+    check_field_of_view(field_of_view)
     if manifest.parent.is_file():  # dataset_dir names a file: "<file>/manifest.csv: not found" would hide that
         raise MammoXAIError(
             manifest.parent, "is a file, not a folder of images", "set dataset_dir to the images' folder"
@@ -150,7 +154,8 @@ def load_records(
     records = [record for record, present in zip(records, exists, strict=True) if present]
     if records and image_size is not None:
         grid = grid_shape(image_size)
-        records = _readable(manifest, records, grid, cache_dir, num_workers, strict, file_key, intensity_scaling)
+        settings = (file_key, intensity_scaling, field_of_view)
+        records = _readable(manifest, records, grid, cache_dir, num_workers, strict, *settings)
     if not records:
         raise MammoXAIError(manifest, "lists no existing image", "check the manifest's path column")
     return records
@@ -165,12 +170,13 @@ def _readable(
     strict: bool,
     file_key: str,
     intensity_scaling: str,
+    field_of_view: str,
 ) -> list[dict[str, Any]]:
-    """``records`` whose images preprocess onto ``image_size`` under ``intensity_scaling``; the others reported
-    (:func:`report_unusable`)."""
+    """``records`` whose images preprocess onto ``image_size`` under ``intensity_scaling`` and ``field_of_view``;
+    the others reported (:func:`report_unusable`)."""
     rank, world = idist.get_rank(), idist.get_world_size()
     mine = [str(record["path"]) for record in records[rank::world]]
-    failures = preprocess_all(mine, image_size, cache_dir, num_workers, file_key, intensity_scaling)
+    failures = preprocess_all(mine, image_size, cache_dir, num_workers, file_key, intensity_scaling, field_of_view)
     if world > 1:
         failures = {path: reason for share in idist.all_gather(failures) for path, reason in share.items()}
     readable = len(records) - len(failures)
@@ -407,6 +413,7 @@ class MetadataDataset(MammogramDataset):
         file_key: how the cache recognises a file, ``"content"`` or ``"stat"``.
         intensity_scaling: how :func:`~mammoxai.io.preprocess.prepare_image` scales intensities; the checkpoint
             records it (:class:`CheckpointInfo`), so evaluations scale the images the same way.
+        field_of_view: what :func:`~mammoxai.io.preprocess.prepare_image` puts on the grid; recorded the same way.
 
     Example:
         dataset = MetadataDataset(train_records, label_space, (512, 416), cache_dir="cache/")
@@ -422,6 +429,7 @@ class MetadataDataset(MammogramDataset):
         transform: Callable | None = None,
         file_key: str = "content",
         intensity_scaling: str = "breast_percentiles",
+        field_of_view: str = "breast",
     ) -> None:
         super().__init__(
             records,
@@ -430,6 +438,7 @@ class MetadataDataset(MammogramDataset):
             transform=transform,
             file_key=file_key,
             intensity_scaling=intensity_scaling,
+            field_of_view=field_of_view,
         )
         self.label_space = label_space
         headers = [record_metadata(record) for record in self.data]
@@ -716,8 +725,8 @@ class CheckpointInfo:
     """What a checkpoint holds besides weights: how to rebuild the network and what its heads mean.
 
     Saved under ``"info"`` (``state_dict``): the network's constructor arguments, the fitted label space
-    (fields, bins, learned X-ray systems) as its JSON config, the class names per field, the image size and the
-    intensity scaling (:func:`~mammoxai.io.preprocess.prepare_image`).
+    (fields, bins, learned X-ray systems) as its JSON config, the class names per field, the image size, the
+    intensity scaling and the field of view (:func:`~mammoxai.io.preprocess.prepare_image`).
     On resume (``load_state_dict``) it refuses a checkpoint made with another setup, since the weights or heads
     would not fit or would silently mean something else.
 
@@ -726,6 +735,7 @@ class CheckpointInfo:
         label_space: the fitted label space whose classes the heads predict.
         image_size: (h, w) of the model grid, or one int for a square grid.
         intensity_scaling: how the training images were scaled; a network serves only images scaled the same way.
+        field_of_view: what the training images showed, the breast or the whole image; served the same way too.
         train_records, seed, val_fraction: the training split and how :func:`split_by_patient` made it; saved
             as ``split`` (the seed, the fraction, the number of training patients and their
             :func:`split_fingerprint`, no patient id) so that evaluations can check they hold out the same patients.
@@ -740,11 +750,13 @@ class CheckpointInfo:
         seed: int | None = None,
         val_fraction: float | None = None,
         intensity_scaling: str = "breast_percentiles",
+        field_of_view: str = "breast",
     ) -> None:
         self.network_config = dict(network.config)
         self.label_space = label_space
         self.image_size = list(grid_shape(image_size))
         self.intensity_scaling = check_intensity_scaling(intensity_scaling)
+        self.field_of_view = check_field_of_view(field_of_view)
         self.split = None
         if train_records is not None:
             patients = {record_owner(record, label_space) for record in train_records}
@@ -763,13 +775,15 @@ class CheckpointInfo:
             "class_names": {name: self.label_space.class_names(name) for name in self.label_space.fields},
             "image_size": self.image_size,
             "intensity_scaling": self.intensity_scaling,
+            "field_of_view": self.field_of_view,
             "split": self.split,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         current = self.state_dict()
-        state = {**state, "intensity_scaling": recorded_intensity_scaling(state)}
-        settings = ("network_config", "label_space", "image_size", "intensity_scaling")
+        inputs = ("intensity_scaling", "field_of_view")
+        state = {**state, **{name: recorded_input_setting(state, name) for name in inputs}}
+        settings = ("network_config", "label_space", "image_size", *inputs)
         differing = [key for key in settings if state.get(key) != current[key]]
         if differing:
             raise MammoXAIError(
@@ -930,6 +944,8 @@ class PretrainedModel:
             written before splits were recorded.
         intensity_scaling: how its training images were scaled (:func:`mammoxai.io.prepare_image`); checkpoints
             written before the setting used ``"breast_percentiles"``.
+        field_of_view: what its training images showed (:func:`mammoxai.io.prepare_image`); checkpoints written
+            before the setting used ``"breast"``.
     """
 
     network: MetadataNet
@@ -937,6 +953,7 @@ class PretrainedModel:
     image_size: tuple[int, int]
     split: Mapping[str, Any] | None = None
     intensity_scaling: str = "breast_percentiles"
+    field_of_view: str = "breast"
 
 
 def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PretrainedModel:
@@ -963,5 +980,10 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     network.load_state_dict(checkpoint["network"])
     label_space = MetadataLabelSpace.from_config(info["label_space"], source=path)
     return PretrainedModel(
-        network.eval(), label_space, tuple(info["image_size"]), info.get("split"), recorded_intensity_scaling(info)
+        network.eval(),
+        label_space,
+        tuple(info["image_size"]),
+        info.get("split"),
+        recorded_input_setting(info, "intensity_scaling"),
+        recorded_input_setting(info, "field_of_view"),
     )

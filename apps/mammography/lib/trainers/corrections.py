@@ -241,6 +241,7 @@ class CorrectionsTrainer(TrainTask):
             options.get("cache_dir"),
             options.get("num_workers", 0),
             intensity_scaling=self.predictor.intensity_scaling,
+            field_of_view=self.predictor.field_of_view,
         )
         unusable = "; ".join(f"image {image_id!r}: {reason}" for image_id, reason in left_out.items())
         if left_out and parse_flag(options.get("strict", STRICT_DEFAULT), "strict"):
@@ -266,6 +267,7 @@ class CorrectionsTrainer(TrainTask):
             **self.options(request),
             "image_size": list(self.predictor.image_size),
             "intensity_scaling": self.predictor.intensity_scaling,
+            "field_of_view": self.predictor.field_of_view,
             "device": str(self.predictor.device),
             "cache_dir": str(self.bundle / "eval" / "cache"),
         }
