@@ -20,8 +20,9 @@ Strategies (``--strategies``): ``scratch``; ``pretrained`` (metadata-pretrained 
 ``incremental`` (``--incremental_weights``: a pretrained.pt that pretraining started from external weights).
 Without ``--pretrained`` the metadata pretraining is run first, by ``configs/pretrain.json``, on the images of the
 non-test patients (it needs no labels), into ``--out/runs/pretrain``. Every run - that pretraining, each fine-tune
-and each evaluation - scales its images by ``--intensity_scaling`` (:func:`~mammoxai.io.preprocess.prepare_image`),
-so the strategies are compared under one scaling; starting weights that record another are refused before any run.
+and each evaluation - scales its images by ``--intensity_scaling`` and frames them by ``--field_of_view``
+(:func:`~mammoxai.io.preprocess.prepare_image`), so the strategies are compared on one model input; starting weights
+that record another are refused before any run.
 
 The options, the manifest (labels, a test split), each strategy's settings and starting weights and the
 evaluation's settings are checked before that pretraining, so a wrong command stops at once and leaves ``--out``
@@ -98,7 +99,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 def pretrain_overrides(manifest: Path, work: Path, settings: Mapping[str, Any], epochs: int) -> dict[str, Any]:
     """``configs/pretrain.json`` overrides of the metadata pretraining on ``manifest`` into ``work``, with the
     experiment's shared settings; the checkpoint is ``work/pretrained.pt``."""
-    keys = ["backbone", "image_size", "intensity_scaling", "batch_size", "num_workers", "device", "seed"]
+    keys = ["backbone", "image_size", "intensity_scaling", "field_of_view", "batch_size", "num_workers", "device"]
+    keys += ["seed"]
     keys += ["cache_dir", "overwrite"]
     shared = {key: settings[key] for key in keys if key in settings}
     return {**shared, "manifest": str(manifest), "ckpt_dir": str(work), "output_dir": str(work), "epochs": epochs}
@@ -287,7 +289,8 @@ def compare(args: argparse.Namespace, command: str) -> Report:
     report = Report(
         "Initialisation strategies by labelled fraction",
         f"Task {args.task}, backbone {args.backbone}, {args.epochs} fine-tuning epochs at "
-        f"{args.image_size[0]}x{args.image_size[1]}, intensity scaling {args.intensity_scaling} "
+        f"{args.image_size[0]}x{args.image_size[1]}, intensity scaling {args.intensity_scaling}, field of view "
+        f"{args.field_of_view} "
         "(every pretraining and fine-tune); "
         f"every model is scored on the same held-out test patients ({HOLDOUT}). AUC is malignant vs rest with a 95 % "
         "patient-bootstrap interval."

@@ -13,12 +13,12 @@ bundle's own configs on a study set:
 3. ``source + adaptation``: continue from that model (init ``classifier``) on the adaptation part;
 4. ``adaptation only``: train from scratch on the adaptation part alone, the baseline the transfer must beat.
 
-Every run scales its images by ``--intensity_scaling``, and pretrained ``--init_weights`` must have been trained
-with the same. All three are scored on the same target test patients (AUC with a patient-bootstrap 95 % interval),
-and the adapted model is compared with the other two by paired AUC differences. ``--seeds 0 1 2`` repeats the whole
-experiment with a new split of the target patients and new initialisations per seed, and adds the spread of the
-differences over the seeds; ``--resume`` continues an interrupted experiment with the same command, reusing every
-run that had written its evaluation. Example::
+Every run scales its images by ``--intensity_scaling`` and frames them by ``--field_of_view``, and pretrained
+``--init_weights`` must have been trained with the same. All three are scored on the same target test patients (AUC
+with a patient-bootstrap 95 % interval), and the adapted model is compared with the other two by paired AUC
+differences. ``--seeds 0 1 2`` repeats the whole experiment with a new split of the target patients and new
+initialisations per seed, and adds the spread of the differences over the seeds; ``--resume`` continues an
+interrupted experiment with the same command, reusing every run that had written its evaluation. Example::
 
     python scripts/domain_shift.py --dataset_dir synth --out eval/domain_shift \\
         --target_system "Castellan Systems Veritas M" --epochs 30 --adapt_epochs 10
@@ -237,8 +237,8 @@ def run(args: argparse.Namespace, command: str) -> Report:
         ]
     report = Report(
         f"Domain shift to {args.target_system}",
-        f"Task {args.task}, backbone {args.backbone}, init {args.init}, intensity scaling {args.intensity_scaling} "
-        f"(every run); {args.epochs} epochs on the source systems, "
+        f"Task {args.task}, backbone {args.backbone}, init {args.init}, intensity scaling {args.intensity_scaling}, "
+        f"field of view {args.field_of_view} (every run); {args.epochs} epochs on the source systems, "
         f"{args.adapt_epochs} on the adaptation part: {adaptation_share(splits)} (asked: --adapt_fraction "
         f"{args.adapt_fraction:g}, with at least two patients per class). The rows of a seed are scored on the same "
         "images, those of the target patients outside its adaptation part; AUC is malignant vs rest with a 95 % "

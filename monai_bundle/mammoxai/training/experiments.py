@@ -33,7 +33,7 @@ from mammoxai.data.dataset import LabelMap
 from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.atomic import atomic_write_bytes
-from mammoxai.io.preprocess import INTENSITY_SCALINGS, check_intensity_scaling
+from mammoxai.io.preprocess import FIELDS_OF_VIEW, INTENSITY_SCALINGS, check_field_of_view, check_intensity_scaling
 from mammoxai.metrics import paired_auc_difference
 from mammoxai.training.classification import held_out_patients, patient_key, patient_strata, selects
 from mammoxai.training.finetune import check_labels
@@ -193,6 +193,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, bundle_root: Path) -> Non
         help=f"how every run, pretraining included, scales its images ({' or '.join(INTENSITY_SCALINGS)}); "
         "starting weights must have been trained with the same",
     )  # fmt: skip
+    parser.add_argument(
+        "--field_of_view", default="breast",
+        help=f"what every run, pretraining included, puts on the grid ({' or '.join(FIELDS_OF_VIEW)}); starting "
+        "weights must have been trained with the same",
+    )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
@@ -331,17 +336,18 @@ def run_settings(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """train.json overrides shared by every run of an experiment (options of :func:`add_run_arguments`, the
     task's classes), with one preprocessing cache under ``out`` for all of them.
 
-    One intensity scaling for every run: a network must see the scaling it was trained with, so a fine-tune from a
-    pretraining, or an evaluation, under another would be refused when it starts.
+    One intensity scaling and field of view for every run: a network must see the model input it was trained on, so
+    a fine-tune from a pretraining, or an evaluation, under another would be refused when it starts.
 
     Raises:
-        MammoXAIError: an unknown ``--intensity_scaling``, before any run.
+        MammoXAIError: an unknown ``--intensity_scaling`` or ``--field_of_view``, before any run.
     """
     return {
         "backbone": args.backbone,
         "epochs": args.epochs,
         "image_size": list(args.image_size),
         "intensity_scaling": check_intensity_scaling(args.intensity_scaling, "--intensity_scaling"),
+        "field_of_view": check_field_of_view(args.field_of_view, "--field_of_view"),
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
         "device": args.device,

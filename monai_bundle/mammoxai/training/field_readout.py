@@ -10,8 +10,9 @@ pixel shows, so the preprocessing itself can hide a cue the pixels hold. Reading
 step, with the same classifier, says how much of a field each step leaves readable before any network is trained,
 which tells a pretraining run that falls short of 78 % on a field (Litchfield et al., SPIE 2022) where to look. (The
 resize also removes the breast's size in pixels, which no readout here uses.) ``--intensity_scaling`` picks the
-scaling the two scaled readouts apply, so each scaling a pretraining run may use can be read out; the report names
-the one it used.
+scaling the two scaled readouts apply and ``--field_of_view`` what the model input frames (the breast, resized by
+its own factor, or the whole image, resized by its detector's), so each model input a pretraining run may use can be
+read out; the report names the ones it used.
 
 The readouts (:data:`READOUTS`), each a multinomial logistic regression on standardised features with the X-ray
 system one-hot, scored by patient-grouped k-fold cross-validation (no patient on both sides), accuracy with a
@@ -27,6 +28,8 @@ Example:
     python scripts/field_readout.py --dataset_dir synth300 --field thickness --output_dir field_readout
     python scripts/field_readout.py --dataset_dir synth300 --field thickness --intensity_scaling display_range \\
         --output_dir field_readout_display_range
+    python scripts/field_readout.py --dataset_dir synth300 --field thickness --intensity_scaling display_range \\
+        --field_of_view image --output_dir field_readout_whole_image
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from mammoxai.data.manifest import read_manifest
 from mammoxai.errors import MammoXAIError, check_output_path
 from mammoxai.io import read_mammogram
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
-from mammoxai.io.preprocess import check_intensity_scaling, prepare_image
+from mammoxai.io.preprocess import check_field_of_view, check_intensity_scaling, prepare_image
 from mammoxai.metrics.classification import ConfidenceInterval, bootstrap_ci
 from mammoxai.reports import Report
 from mammoxai.training.classification import patient_key
@@ -120,18 +123,23 @@ def breast_statistics(image: np.ndarray, breast: np.ndarray) -> dict[str, float]
 
 
 def image_statistics(
-    path: str | Path, image_size: tuple[int, int], intensity_scaling: str = "breast_percentiles"
+    path: str | Path,
+    image_size: tuple[int, int],
+    intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> dict[str, dict[str, float]]:
     """:func:`breast_statistics` of one file at each step of its preprocessing onto the ``image_size`` grid, by the
-    step's name in :data:`READOUTS`; the scaled steps scale as ``intensity_scaling`` says.
+    step's name in :data:`READOUTS`; the scaled steps scale as ``intensity_scaling`` says, and every step frames
+    what ``field_of_view`` says.
 
     The native-size steps use :func:`~mammoxai.io.preprocess.prepare_image` onto the crop's own shape: the crop for
     a grid of that aspect is the same box, so they are the model input's crop and flip, not resized; its breast mask
     (the non-zero pixels) serves the unscaled pixel values too.
     """
     mammogram = read_mammogram(path)
-    model_input, geometry = prepare_image(mammogram, image_size, intensity_scaling=intensity_scaling)
-    scaled, native = prepare_image(mammogram, geometry.crop_shape, intensity_scaling=intensity_scaling)
+    inputs = {"intensity_scaling": intensity_scaling, "field_of_view": field_of_view}
+    model_input, geometry = prepare_image(mammogram, image_size, **inputs)
+    scaled, native = prepare_image(mammogram, geometry.crop_shape, **inputs)
     breast = scaled[0].numpy() > 0
     pixel_values = native.apply(np.asarray(mammogram.pixels, dtype=np.float32)).numpy()
     return {
@@ -164,9 +172,11 @@ def field_readouts(
     folds: int = 5,
     n_bootstrap: int = 1000,
     intensity_scaling: str = "breast_percentiles",
+    field_of_view: str = "breast",
 ) -> list[FieldReadout]:
     """Each readout of :data:`READOUTS` on ``field`` for the images of ``records`` whose value of it is known, the
-    scaled ones under ``intensity_scaling`` (:func:`~mammoxai.io.preprocess.prepare_image`).
+    scaled ones under ``intensity_scaling``, all framed by ``field_of_view``
+    (:func:`~mammoxai.io.preprocess.prepare_image`).
 
     Raises:
         MammoXAIError: ``field`` is not in the label space, or fewer patients than ``folds`` have a known value.
@@ -183,7 +193,7 @@ def field_readouts(
     if len(set(patients)) < folds:
         problem = f"gives {field} for {len(set(patients))} patients, fewer than the {folds} folds"
         raise MammoXAIError("manifest", problem, "use more patients or fewer --folds")
-    statistics = [image_statistics(records[i]["path"], image_size, intensity_scaling) for i in known]
+    statistics = [image_statistics(records[i]["path"], image_size, intensity_scaling, field_of_view) for i in known]
     systems = [_system(label_space, headers[i]) for i in known]
     labels = labels[known]
     majority = float(np.bincount(labels).max() / len(labels))
@@ -220,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="how the scaled readouts scale intensities, as pretrain.json's intensity_scaling (default "
         "breast_percentiles; or display_range)",
     )
+    parser.add_argument(
+        "--field_of_view",
+        default="breast",
+        help="what every readout frames, as pretrain.json's field_of_view (default breast; or image)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds, by patient (default 5)")
     parser.add_argument("--fields", default=None, help="metadata_fields.json whose bins to use (default: the bundle's)")
     parser.add_argument("--output_dir", default="field_readout", help="where report.json and report.md go")
@@ -229,11 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.folds < 2:
             raise MammoXAIError("--folds", f"is {args.folds}", "give 2 or more: one fold leaves nothing to fit on")
         check_intensity_scaling(args.intensity_scaling, "--intensity_scaling")
+        check_field_of_view(args.field_of_view, "--field_of_view")
         label_space = MetadataLabelSpace.from_file(args.fields) if args.fields else MetadataLabelSpace.default()
         records = read_manifest(args.manifest or Path(args.dataset_dir) / "manifest.csv")
-        readouts = field_readouts(
-            records, args.field, args.image_size, label_space, args.folds, intensity_scaling=args.intensity_scaling
-        )
+        inputs = {"intensity_scaling": args.intensity_scaling, "field_of_view": args.field_of_view}
+        readouts = field_readouts(records, args.field, args.image_size, label_space, args.folds, **inputs)
     except (MammoXAIError, OSError) as error:
         print(f"field_readout: {error}", file=sys.stderr)
         return 2
@@ -241,13 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"How much of {args.field} a hand-made noise and intensity readout recovers",
         f"{readouts[0].images} images of {readouts[0].patients} patients, model grid "
         f"{args.image_size[0]}x{args.image_size[1]}, intensity_scaling {args.intensity_scaling} (the scaled "
-        f"readouts), {args.folds}-fold cross-validation by patient; a lower bound on what a model could read, not a "
-        "ceiling (see mammoxai.training.field_readout).",
+        f"readouts), field_of_view {args.field_of_view}, {args.folds}-fold cross-validation by patient; a lower "
+        "bound on what a model could read, not a ceiling (see mammoxai.training.field_readout).",
         command=shlex.join(["python", "scripts/field_readout.py", *(argv if argv is not None else sys.argv[1:])]),
     )
     rows = [readout.row() for readout in readouts]
-    print(f"{args.field}, intensity_scaling {args.intensity_scaling}:")
-    report.add_table("readouts", rows, f"Readouts of {args.field}, intensity_scaling {args.intensity_scaling}")
+    inputs = f"intensity_scaling {args.intensity_scaling}, field_of_view {args.field_of_view}"
+    print(f"{args.field}, {inputs}:")
+    report.add_table("readouts", rows, f"Readouts of {args.field}, {inputs}")
     out = report.write(Path(args.output_dir))
     for row in rows:
         interval = f"({row['95 % CI low']:.1%}-{row['95 % CI high']:.1%})"
