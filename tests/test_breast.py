@@ -197,6 +197,24 @@ def test_breast_geometry_on_a_blank_image_raises():
         breast_geometry(Mammogram(pixels=np.zeros(SHAPE), source="blank.png"), MODEL_SHAPE)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_the_whole_image_field_of_view_keeps_every_pixel_and_flips_the_chest_wall_to_the_left(side):
+    pixels, breast = draw_breast(side=side)
+    geometry = breast_geometry(Mammogram(pixels=pixels), MODEL_SHAPE, field_of_view="image")
+    assert geometry.crop == (0, 0, *SHAPE) and geometry.flip == (side == "right")
+    heights = (geometry.apply(breast.astype(np.float32)).numpy() > 0.5).sum(axis=0)
+    assert heights[0] > 3 * max(heights[-1], 1)
+
+
+def test_an_unknown_field_of_view_is_refused_by_name():
+    pixels, _ = draw_breast()
+    expected = r'field_of_view: is .detector., not a field of view \(use "breast" or "image"\)'
+    with pytest.raises(MammoXAIError, match=expected):
+        breast_geometry(Mammogram(pixels=pixels), MODEL_SHAPE, field_of_view="detector")
+    with pytest.raises(MammoXAIError, match=expected):
+        prepare_image(Mammogram(pixels=pixels), MODEL_SHAPE, field_of_view="detector")
+
+
 # -- prepare_image --------------------------------------------------------------------------------------------
 def test_a_grid_size_is_height_and_width_or_one_int_for_a_square():
     assert grid_shape([512, 416]) == (512, 416) and grid_shape((64, 48)) == (64, 48)
@@ -278,3 +296,41 @@ def test_an_unknown_intensity_scaling_is_refused_by_name():
     pixels, _ = draw_breast()
     with pytest.raises(MammoXAIError, match=r'intensity_scaling: is .display., .* \(use "breast_percentiles" or'):
         prepare_image(Mammogram(pixels=pixels), MODEL_SHAPE, intensity_scaling="display")
+
+
+def breast_of_width(fraction, shape=(400, 320), noise=0.05, seed=0):
+    """A uniform half-disc of tissue ``fraction`` of the image wide against the left edge, with white noise: one
+    exposure of breasts of different sizes on one detector."""
+    rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
+    radius = fraction * shape[1]
+    breast = (columns / radius) ** 2 + ((rows - shape[0] / 2) / radius) ** 2 < 1
+    pixels = np.where(breast, 0.5, 0.0) + np.random.default_rng(seed).normal(0, noise, shape) * breast
+    return Mammogram(pixels=pixels.astype(np.float32), value_range=(0.0, 1.0))
+
+
+def model_noise(image):
+    """The model input's noise level: median absolute diagonal difference well inside the breast."""
+    from scipy import ndimage
+
+    inside = ndimage.binary_erosion(image[0].numpy() > 0, iterations=3)[1:, 1:]
+    differences = (image[0, 1:, 1:] - image[0, :-1, :-1]).numpy()
+    return float(np.median(np.abs(differences[inside])))
+
+
+def test_the_whole_image_field_of_view_keeps_the_breast_size_and_noise_grain_that_the_breast_crop_resizes_away():
+    """One detector, one exposure, a small and a large breast: cropped to the breast, each is resized by its own
+    factor, so both fill the grid and the small one keeps more of its noise; the whole image resizes both alike."""
+    small, large = breast_of_width(0.25), breast_of_width(0.55)
+    inputs = {"intensity_scaling": "display_range"}
+    (crop_small, geometry_small), (crop_large, geometry_large) = (
+        prepare_image(scan, (100, 80), **inputs) for scan in (small, large)
+    )
+    assert geometry_small.scale[0] > 1.8 * geometry_large.scale[0]
+    assert abs((crop_small > 0).float().mean() - (crop_large > 0).float().mean()) < 0.1
+    assert model_noise(crop_small) > 1.5 * model_noise(crop_large)
+    (whole_small, geometry_small), (whole_large, geometry_large) = (
+        prepare_image(scan, (100, 80), field_of_view="image", **inputs) for scan in (small, large)
+    )
+    assert geometry_small.scale == geometry_large.scale
+    assert (whole_large > 0).float().mean() > 3 * (whole_small > 0).float().mean()
+    assert model_noise(whole_small) == pytest.approx(model_noise(whole_large), rel=0.1)

@@ -12,6 +12,8 @@ from dicom_factory import write_mammo_dicom
 import mammoxai.data.cache as cache_module
 from mammoxai.data.cache import PreprocessedCache, preprocess_all, preprocess_file, update_with_file
 from mammoxai.errors import MammoXAIError
+from mammoxai.io import read_mammogram
+from mammoxai.io.preprocess import prepare_image
 
 SHAPE = (64, 48)
 
@@ -78,10 +80,11 @@ def test_stat_keys_also_serve_a_stored_entry_without_decoding(scan, tmp_path, mo
     assert torch.equal(cache.get(scan)[0], image)
 
 
-def test_output_shape_and_preprocessing_version_are_part_of_the_key(scan, tmp_path, monkeypatch):
+def test_output_shape_input_settings_and_preprocessing_version_are_part_of_the_key(scan, tmp_path, monkeypatch):
     key = PreprocessedCache(tmp_path, SHAPE).key(scan)
     assert PreprocessedCache(tmp_path, (32, 24)).key(scan) != key
     assert PreprocessedCache(tmp_path, SHAPE, intensity_scaling="display_range").key(scan) != key
+    assert PreprocessedCache(tmp_path, SHAPE, field_of_view="image").key(scan) != key
     monkeypatch.setattr(cache_module, "preprocessing_version", lambda: "edited reader")
     assert PreprocessedCache(tmp_path, SHAPE).key(scan) != key
 
@@ -198,6 +201,16 @@ def test_preprocess_all_fills_the_entries_of_the_runs_file_key(scan, tmp_path, m
     forbid_reading(monkeypatch)
     stat = PreprocessedCache(tmp_path / "cache", SHAPE, file_key="stat")
     assert torch.equal(stat.get(scan)[0], torch.load(stat.entry(scan), weights_only=True)["image"])
+    assert not PreprocessedCache(tmp_path / "cache", SHAPE).entry(scan).exists()
+
+
+def test_preprocess_all_fills_the_entries_of_the_runs_field_of_view(scan, tmp_path):
+    """The readability check fills what the run's dataset reads: the whole image under field_of_view "image"."""
+    assert preprocess_all([scan], SHAPE, tmp_path / "cache", field_of_view="image") == {}
+    whole = PreprocessedCache(tmp_path / "cache", SHAPE, field_of_view="image")
+    image, geometry = whole.get(scan)
+    assert geometry["crop"] == [0, 0, *read_mammogram(scan).shape]
+    assert torch.equal(image, prepare_image(read_mammogram(scan), SHAPE, field_of_view="image")[0])
     assert not PreprocessedCache(tmp_path / "cache", SHAPE).entry(scan).exists()
 
 
