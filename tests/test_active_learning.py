@@ -270,7 +270,7 @@ def test_finetune_not_worse_policy_compares_with_the_current_weights_on_the_same
     assert result.train_images + result.val_images == len(triples)
     if result.accepted:  # the served file keeps train.json's layout, its training input included
         grid = torch.load(checkpoint, weights_only=True)["grid"]
-        assert grid == {"image_size": [48, 48], "intensity_scaling": "breast_percentiles"}
+        assert grid == {"image_size": [48, 48], "intensity_scaling": "breast_percentiles", "field_of_view": "breast"}
 
 
 def test_finetune_not_worse_refuses_a_validation_split_of_one_class_before_training(corrections, tmp_path):
@@ -498,17 +498,23 @@ def test_finetune_refuses_served_multi_view_weights_of_another_view_order_and_ke
     assert not (tmp_path / "work" / "models").exists()  # refused before a single epoch
 
 
-def test_finetune_refuses_served_weights_of_another_intensity_scaling_and_keeps_them(corrections, tmp_path):
-    """Fine-tuned on images scaled another way, the weights would start from features that do not apply."""
+@pytest.mark.parametrize(
+    ("setting", "other", "default"),
+    [("intensity_scaling", "display_range", "breast_percentiles"), ("field_of_view", "image", "breast")],
+)
+def test_finetune_refuses_served_weights_of_another_input_setting_and_keeps_them(
+    corrections, tmp_path, setting, other, default
+):
+    """Fine-tuned on images scaled or framed another way, the weights would start from features that do not apply."""
     root, triples = corrections
     bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
     checkpoint = bundle / "models" / "model.pt"
-    grid = TrainingGrid([48, 48], intensity_scaling="display_range").state_dict()
+    grid = TrainingGrid([48, 48], **{setting: other}).state_dict()
     torch.save({"model": torch.load(checkpoint, weights_only=True), "grid": grid}, checkpoint)
     before = checkpoint.read_bytes()
-    overrides = {"epochs": 1, "num_workers": 0, "device": "cpu", "image_size": [48, 48]}  # train.json's scaling
+    overrides = {"epochs": 1, "num_workers": 0, "device": "cpu", "image_size": [48, 48]}  # train.json's settings
 
-    refusal = r'was trained with intensity_scaling "display_range", not the "breast_percentiles" of this run'
+    refusal = f"was trained with {setting} {json.dumps(other)}, not the {json.dumps(default)} of this run"
     with pytest.raises(MammoXAIError, match=refusal):
         finetune(bundle, correction_records(triples, CLASSES), tmp_path / "work", overrides=overrides)
     assert checkpoint.read_bytes() == before
@@ -531,24 +537,29 @@ class FinalLabels:
         return str(self.corrections[image_id][0])
 
 
-def test_retraining_on_corrections_uses_and_records_the_served_intensity_scaling(corrections, tmp_path):
-    """The served predictor reloads what the run writes: trained on, and recording, its own scaling it serves at once;
-    trained with train.json's default it would be refused at the reload and the server would serve nothing."""
+def test_retraining_on_corrections_uses_and_records_the_served_intensity_scaling_and_field_of_view(
+    corrections, tmp_path
+):
+    """The served predictor reloads what the run writes: trained on, and recording, its own scaling and field of view
+    it serves at once; trained with train.json's defaults it would be refused at the reload and the server would serve
+    nothing."""
     root, triples = corrections
     bundle = simulator.make_bundle(tmp_path / "bundle", (48, 48), seed=0)
     config = bundle / "configs" / "inference.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "intensity_scaling": "display_range"}))
+    inputs = {"intensity_scaling": "display_range", "field_of_view": "image"}
+    config.write_text(json.dumps({**json.loads(config.read_text()), **inputs}))
     predictor = load_predictor(bundle, "cpu")
     predictor.load_weights()
     served = predictor.checkpoint_id
+    assert (predictor.intensity_scaling, predictor.field_of_view) == ("display_range", "image")
 
     request = {"epochs": 1, "num_workers": 0, "batch_size": 4, "accept": "valid"}
     stats = CorrectionsTrainer(bundle, predictor)(request, FinalLabels(triples))
 
     assert stats["accepted"], stats["reason"]
-    assert stats["overrides"]["intensity_scaling"] == "display_range"
+    assert {name: stats["overrides"][name] for name in inputs} == inputs
     saved = torch.load(bundle / "models" / "model.pt", weights_only=True)
-    assert saved["grid"] == {"image_size": [48, 48], "intensity_scaling": "display_range"}
+    assert saved["grid"] == {"image_size": [48, 48], **inputs}
     predictor.load_weights()
     assert predictor.checkpoint_id != served  # the new weights are served
 

@@ -579,19 +579,26 @@ def test_a_bundle_config_value_the_predictor_refuses_is_raised_alone_not_inside_
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
 
 
-def test_a_bundle_serving_an_unknown_intensity_scaling_is_refused_at_load_naming_the_setting(app_main, tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "value", "refusal"),
+    [
+        ("intensity_scaling", "window", 'not an intensity scaling (use "breast_percentiles" or "display_range")'),
+        ("field_of_view", "whole", 'not a field of view (use "breast" or "image")'),
+    ],
+)
+def test_a_bundle_serving_an_unknown_input_setting_is_refused_at_load_naming_the_setting(
+    app_main, tmp_path, setting, value, refusal
+):
     """Refused where the server starts, not by the first request for a prediction or a training run."""
     configs = Path(__file__).resolve().parents[1] / "monai_bundle" / "configs"
     shutil.copytree(configs, tmp_path / "configs")
     inference = tmp_path / "configs" / "inference.json"
-    inference.write_text(json.dumps({**json.loads(inference.read_text()), "intensity_scaling": "window"}))
+    inference.write_text(json.dumps({**json.loads(inference.read_text()), setting: value}))
 
     with pytest.raises(app_main.MammoXAIError) as refused:
         app_main.load_predictor(tmp_path, "cpu")
 
-    assert str(refused.value) == (
-        'intensity_scaling: is \'window\', not an intensity scaling (use "breast_percentiles" or "display_range")'
-    )
+    assert str(refused.value) == f"{setting}: is {value!r}, {refusal}"
 
 
 def test_an_upload_the_served_intensity_scaling_cannot_scale_is_refused_on_arrival(app_main, tmp_path):

@@ -210,8 +210,9 @@ def test_training_on_final_labels_serves_new_weights_and_refuses_a_second_run(lo
     assert checkpoint.stat().st_mtime_ns != before
     stats = json.loads((bundle / "models" / "train_stats.json").read_text())
     assert stats["accepted"] is True and stats["corrections"] == len(corrected)
-    trained_with = torch.load(checkpoint, weights_only=True)["grid"]["intensity_scaling"]
-    assert stats["overrides"]["intensity_scaling"] == trained_with == "breast_percentiles"  # the served model's
+    trained_with = torch.load(checkpoint, weights_only=True)["grid"]
+    assert stats["overrides"]["intensity_scaling"] == trained_with["intensity_scaling"] == "breast_percentiles"
+    assert stats["overrides"]["field_of_view"] == trained_with["field_of_view"] == "breast"  # the served model's
     assert served_checkpoint(url, sorted(truth)[1]) != served_before
     case = requests.post(f"{url}/activelearning/uncertainty", json={}, timeout=300).json()
     assert case["id"] not in corrected  # labelled images are never proposed again

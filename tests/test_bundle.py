@@ -10,6 +10,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -104,7 +105,11 @@ def test_train_json_writes_checkpoint_logs_and_cache_where_it_is_told(training_r
     saved = torch.load(work / "models" / "model.pt", weights_only=True)
     network.load_state_dict(saved["model"])
     # the training input, which inference and evaluation check
-    assert saved["grid"] == {"image_size": [256, 208], "intensity_scaling": "breast_percentiles"}
+    assert saved["grid"] == {
+        "image_size": [256, 208],
+        "intensity_scaling": "breast_percentiles",
+        "field_of_view": "breast",
+    }
     assert any((work / "eval").glob("events.out.tfevents.*"))  # TensorBoard
     assert any((work / "eval" / "cache").rglob("*.pt"))  # preprocessed tensors
     assert after == before  # nothing written into the repository's bundle
@@ -369,6 +374,7 @@ def test_configs_and_metadata_agree_on_classes_and_input_size():
     for key in ("backbone", "embed_dim", "matching_dim", "metadata_fields", "metadata_fields_file"):
         assert train[key] == inference[key], key  # the served heads are the trained ones
     assert train["intensity_scaling"] == inference["intensity_scaling"]  # demo.py serves what train.json trains
+    assert train["field_of_view"] == inference["field_of_view"] == "breast"
     assert metadata["version"] in metadata["changelog"]
 
 
@@ -859,31 +865,72 @@ def test_a_display_range_predictor_feeds_the_network_display_range_inputs_and_re
     )
 
 
-def test_weights_trained_with_another_intensity_scaling_are_refused_naming_it(tmp_path):
+def test_an_image_predictor_feeds_the_network_the_whole_image_and_records_the_field_of_view(tmp_path):
+    """Every forward pass sees the whole image, flipped chest wall left, resized onto the grid: the geometry's crop is
+    the whole image, where the breast's would leave out the background beside the breast."""
+    image = write_mammo_dicom(tmp_path / "case.dcm", breast_pixels(chest_wall="right"))
+    predictor = make_predictor(save_weights(tmp_path / "model.pt"), field_of_view="image")
+    seen, geometries = [], []
+    predictor.network.backbone.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    prepare = predictor._prepare
+
+    def recording(mammogram):
+        prepared = prepare(mammogram)
+        geometries.append(prepared[1])
+        return prepared
+
+    predictor._prepare = recording
+    record = predictor.predict(image).record
+    predictor.predict_probabilities(image)
+
+    grid = tuple(predictor.image_size)
+    whole, geometry = prepare_image(read_mammogram(image), grid, field_of_view="image")
+    breast, breast_geometry = prepare_image(read_mammogram(image), grid)
+    assert geometry.crop == (0, 0, 200, 160) and geometry.flip
+    assert geometries and all(seen_geometry == geometry for seen_geometry in geometries)
+    assert breast_geometry.crop != geometry.crop  # the field of view that was not asked for would be told apart
+    assert len(seen) >= 3  # the scores, the saliency pass and predict_probabilities
+    assert all(torch.allclose(batch[0], whole) for batch in seen)
+    assert not torch.allclose(whole, breast)
+    assert record["saliency"]["settings"]["field_of_view"] == "image"
+    default = make_predictor(tmp_path / "model.pt").predict(image).record
+    assert default["saliency"]["settings"]["field_of_view"] == "breast"
+
+
+@pytest.mark.parametrize(
+    ("setting", "other", "default"),
+    [("intensity_scaling", "display_range", "breast_percentiles"), ("field_of_view", "image", "breast")],
+)
+def test_weights_trained_with_another_input_setting_are_refused_naming_it(tmp_path, setting, other, default):
     checkpoint = tmp_path / "model.pt"
-    grid = TrainingGrid([256, 208], intensity_scaling="display_range").state_dict()
+    grid = TrainingGrid([256, 208], **{setting: other}).state_dict()
     torch.save({"model": served_network().state_dict(), "grid": grid}, checkpoint)
     image = write_mammo_dicom(tmp_path / "case.dcm", breast_pixels())
 
-    refusal = (
-        r'model\.pt: was trained with intensity_scaling "display_range", not the "breast_percentiles" of this run '
-        r"\(pass --intensity_scaling '\"display_range\"'"
+    refusal = re.escape(
+        f"model.pt: was trained with {setting} {json.dumps(other)}, not the {json.dumps(default)} of this run "
+        f"(pass --{setting} {shlex.quote(json.dumps(other))}"
     )
     with pytest.raises(MammoXAIError, match=refusal):
         make_predictor(checkpoint).predict(image)
-    served = make_predictor(checkpoint, intensity_scaling="display_range")
+    served = make_predictor(checkpoint, **{setting: other})
     served.load_weights()
-    assert served.checkpoint_id != ""  # the scaling they record is the one that serves them
+    assert served.checkpoint_id != ""  # the setting they record is the one that serves them
 
 
-def test_an_unknown_intensity_scaling_is_refused_before_any_image_is_read(tmp_path):
-    refusal = (
-        r'^intensity_scaling: is \'display\', not an intensity scaling \(use "breast_percentiles" or "display_range"\)$'
-    )
-    with pytest.raises(MammoXAIError, match=refusal):
+@pytest.mark.parametrize(
+    ("setting", "value", "refusal"),
+    [
+        ("intensity_scaling", "display", 'not an intensity scaling (use "breast_percentiles" or "display_range")'),
+        ("field_of_view", "whole", 'not a field of view (use "breast" or "image")'),
+    ],
+)
+def test_an_unknown_input_setting_is_refused_before_any_image_is_read(tmp_path, setting, value, refusal):
+    with pytest.raises(MammoXAIError) as error:
         MammogramPredictor(
-            MammoClassifier(), tmp_path / "model.pt", CLASSES, (256, 208), device="cpu", intensity_scaling="display"
+            MammoClassifier(), tmp_path / "model.pt", CLASSES, (256, 208), device="cpu", **{setting: value}
         )
+    assert str(error.value) == f"{setting}: is {value!r}, {refusal}"
 
 
 def test_unreadable_file_raises_the_readers_error(tmp_path):

@@ -479,8 +479,10 @@ def test_a_checkpoint_of_another_class_count_is_one_line_on_stderr(studies, tmp_
     assert not (tmp_path / "report").exists()
 
 
-def test_a_model_is_evaluated_only_on_the_intensity_scaling_it_was_trained_with(studies, tmp_path, capsys):
-    """Scored on images scaled otherwise than it learnt from, a network gives numbers and no error."""
+def test_a_model_is_evaluated_only_on_the_intensity_scaling_and_field_of_view_it_was_trained_with(
+    studies, tmp_path, capsys
+):
+    """Scored on images scaled or framed otherwise than it learnt from, a network gives numbers and no error."""
     monai.bundle.run(
         config_file=str(BUNDLE_ROOT / "configs" / "train.json"),
         bundle_root=str(BUNDLE_ROOT),
@@ -491,25 +493,34 @@ def test_a_model_is_evaluated_only_on_the_intensity_scaling_it_was_trained_with(
         cache_dir=str(tmp_path / "cache"),
         image_size=[64, 48],
         intensity_scaling="display_range",
+        field_of_view="image",
         epochs=1,
         batch_size=8,
         num_workers=0,
         device="cpu",
     )
     model = tmp_path / "models" / "model.pt"
-    assert torch.load(model, weights_only=True)["grid"]["intensity_scaling"] == "display_range"
+    grid = torch.load(model, weights_only=True)["grid"]
+    assert (grid["intensity_scaling"], grid["field_of_view"]) == ("display_range", "image")
     capsys.readouterr()
-    assert _evaluate(studies, tmp_path, "--checkpoints", json.dumps([str(model)])) == 1
+    checkpoints = ["--checkpoints", json.dumps([str(model)])]
+    assert _evaluate(studies, tmp_path, *checkpoints) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f'error: {model}: was trained with intensity_scaling "display_range", not the "breast_percentiles" of this '
         """run (pass --intensity_scaling '"display_range"', or retrain with this run's settings)"""
     ]
+    scaled = [*checkpoints, "--intensity_scaling", "display_range"]
+    assert _evaluate(studies, tmp_path, *scaled) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f'error: {model}: was trained with field_of_view "image", not the "breast" of this '
+        """run (pass --field_of_view '"image"', or retrain with this run's settings)"""
+    ]
     assert not (tmp_path / "report").exists()
-    arguments = ["--checkpoints", json.dumps([str(model)]), "--intensity_scaling", "display_range"]
-    assert _evaluate(studies, tmp_path, *arguments) == 0
+    assert _evaluate(studies, tmp_path, *scaled, "--field_of_view", "image") == 0
     assert _report(tmp_path)["tables"]["binary"][0]["images"] == 40
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", "evaluate.json")])
     parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(studies), "eval_where": {}})
-    parser.update({"intensity_scaling": "display_range"})
-    assert parser.get_parsed_content("evaluate#dataset").intensity_scaling == "display_range"  # what it scored
+    parser.update({"intensity_scaling": "display_range", "field_of_view": "image"})
+    dataset = parser.get_parsed_content("evaluate#dataset")  # what it scored
+    assert (dataset.intensity_scaling, dataset.field_of_view) == ("display_range", "image")

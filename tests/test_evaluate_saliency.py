@@ -596,6 +596,24 @@ def test_max_minutes_scores_what_the_time_allows_and_the_report_says_so(syntheti
             ("--select", '["correlax prediction"]', "--lesion_intensity_scaling", "display_range"),
             'lesion_crops.pt: was trained with lesion_intensity_scaling "breast_percentiles", not the "display_range"',
         ),
+        (
+            ("--select", '["gradcam"]', "--field_of_view", "image"),
+            'model.pt: was trained with field_of_view "breast", not the "image" of this run '
+            """(pass --field_of_view '"breast"'""",
+        ),
+        (
+            ("--select", '["correlax prediction"]', "--lesion_field_of_view", "image"),
+            'lesion_crops.pt: was trained with lesion_field_of_view "breast", not the "image" of this run '
+            """(pass --lesion_field_of_view '"breast"'""",
+        ),
+        (
+            ("--select", '["gradcam"]', "--field_of_view", "whole"),
+            """field_of_view: is 'whole', not a field of view (use "breast" or "image")""",
+        ),
+        (
+            ("--select", '["correlax prediction"]', "--lesion_field_of_view", "whole"),
+            """lesion_field_of_view: is 'whole', not a field of view (use "breast" or "image")""",
+        ),
         (("--select", '["gradcam"]', "--max_images", "0"), "max_images: is 0, not a positive whole number"),
         (
             ("--select", '["gradcam"]', "--max_images_per_patient", "0"),
@@ -630,27 +648,38 @@ def test_bad_configurations_are_one_line_errors(synthetic, tmp_path, capsys, ove
     assert error.startswith("error: ") and message in error and error.count("\n") == 1
 
 
-def test_both_models_are_explained_on_the_intensity_scaling_they_were_trained_with(synthetic, tmp_path):
+def test_both_models_are_explained_on_the_intensity_scaling_and_field_of_view_they_were_trained_with(
+    synthetic, tmp_path
+):
     models = tmp_path / "models"
     models.mkdir()
+    inputs = {"intensity_scaling": "display_range", "field_of_view": "image"}
     for name in ("model.pt", "lesion_crops.pt"):
         state = torch.load(synthetic / "models" / name, weights_only=True)
         record = "grid" if name == "model.pt" else "crops"
-        state[record] = {**state[record], "intensity_scaling": "display_range"}
+        state[record] = {**state[record], **inputs}
         torch.save(state, models / name)
     select = ("--select", '["gradcam", "correlax prediction"]', "--ckpt_dir", str(models))
-    assert _run(synthetic, tmp_path, *select, "--intensity_scaling", "display_range") == 0
+    settings = ("--intensity_scaling", "display_range", "--field_of_view", "image")  # the lesion model's follow them
+    assert _run(synthetic, tmp_path, *select, *settings) == 0
     report = json.loads((tmp_path / "saliency_evaluation" / "report.json").read_text())
     assert [row["method"] for row in report["tables"]["methods"]][:2] == ["gradcam", "correlax prediction"]
 
 
-def test_each_model_reads_its_images_with_its_own_intensity_scaling(lesion_study, tmp_path):
+def test_each_model_reads_its_images_with_its_own_intensity_scaling_and_field_of_view(lesion_study, tmp_path):
     records, csv = lesion_study
     models = _models()
     models["whole_image"]["intensity_scaling"] = "display_range"
+    models["lesion_crops"]["field_of_view"] = "image"
     evaluator = SaliencyEvaluator(records, csv, models, GRADCAM_AND_CORRELAX, tmp_path, sanity_images=0)
     scalings = {name: dataset.intensity_scaling for name, dataset in evaluator.datasets.items()}
     assert scalings == {"whole_image": "display_range", "lesion_crops": "breast_percentiles"}
+    views = {name: dataset.field_of_view for name, dataset in evaluator.datasets.items()}
+    assert views == {"whole_image": "breast", "lesion_crops": "image"}
+    models["lesion_crops"]["field_of_view"] = "whole"
+    with pytest.raises(MammoXAIError, match="^field_of_view of saliency model 'lesion_crops': is 'whole', not a"):
+        SaliencyEvaluator(records, csv, models, GRADCAM_AND_CORRELAX, tmp_path)
+    models["lesion_crops"]["field_of_view"] = "image"
     models["lesion_crops"]["intensity_scaling"] = "raw"
     with pytest.raises(MammoXAIError, match="^intensity_scaling of saliency model 'lesion_crops': is 'raw', not an"):
         SaliencyEvaluator(records, csv, models, GRADCAM_AND_CORRELAX, tmp_path)

@@ -2,7 +2,9 @@
 label checks, and train.json running them."""
 
 import csv
+import json
 import re
+import shlex
 import shutil
 
 import monai.bundle
@@ -35,21 +37,28 @@ from mammoxai.training.pretrain import CheckpointInfo, fit_label_space, select_f
 
 FIELDS = ["view", "laterality"]
 CLASSES = ["normal", "benign", "malignant"]
+#: The model-input settings a checkpoint records: (name, a value other than the default, the default).
+INPUT_SETTINGS = pytest.mark.parametrize(
+    ("setting", "other", "default"),
+    [("intensity_scaling", "display_range", "breast_percentiles"), ("field_of_view", "image", "breast")],
+    ids=["intensity_scaling", "field_of_view"],
+)
 
 
 def _frozen(network, prefix):
     return [not p.requires_grad for name, p in network.named_parameters() if name.startswith(prefix)]
 
 
-def _pretrained(path, backbone="mammo_cnn", studies=None, seed=0, intensity_scaling="breast_percentiles"):
-    """A metadata-pretraining checkpoint as configs/pretrain.json writes it (untrained weights)."""
+def _pretrained(path, backbone="mammo_cnn", studies=None, seed=0, **inputs):
+    """A metadata-pretraining checkpoint as configs/pretrain.json writes it (untrained weights), recording the
+    model-input settings ``inputs`` (intensity_scaling, field_of_view)."""
     torch.manual_seed(seed)
     records = read_manifest(studies / "manifest.csv")
     space = fit_label_space(select_fields(FIELDS), records)
     network = MetadataNet(
         backbone, {name: space.num_classes(name) for name in space.fields}, embed_dim=8, matching_dim=4
     )
-    info = CheckpointInfo(network, space, (64, 48), intensity_scaling=intensity_scaling)
+    info = CheckpointInfo(network, space, (64, 48), **inputs)
     torch.save({"network": network.state_dict(), "info": info.state_dict()}, path)
     return network
 
@@ -132,19 +141,22 @@ def test_a_pretrained_checkpoint_of_another_backbone_is_a_clear_error(studies, t
         build_finetune_classifier("resnet18", 3, init="incremental", init_weights=tmp_path / "pretrained.pt")
 
 
+@INPUT_SETTINGS
 @pytest.mark.parametrize("init", ["pretrained", "incremental"])
-def test_a_pretrained_start_of_another_intensity_scaling_is_refused_naming_the_one_that_fits(studies, tmp_path, init):
-    """Its backbone learnt from images scaled one way; fine-tuned on images scaled another, it starts from features
-    of inputs it never saw, with no error."""
-    pretrained = _pretrained(tmp_path / "pretrained.pt", studies=studies, intensity_scaling="display_range")
+def test_a_pretrained_start_of_another_input_setting_is_refused_naming_the_one_that_fits(
+    studies, tmp_path, init, setting, other, default
+):
+    """Its backbone learnt from images scaled (or framed) one way; fine-tuned on images made another, it starts from
+    features of inputs it never saw, with no error."""
+    pretrained = _pretrained(tmp_path / "pretrained.pt", studies=studies, **{setting: other})
     network = build_finetune_classifier(
-        "mammo_cnn", 3, init=init, init_weights=tmp_path / "pretrained.pt", intensity_scaling="display_range"
+        "mammo_cnn", 3, init=init, init_weights=tmp_path / "pretrained.pt", **{setting: other}
     )
     torch.testing.assert_close(network.backbone.state_dict(), pretrained.backbone.state_dict())
+    fix = shlex.quote(json.dumps(other))
     message = (
-        f'{tmp_path / "pretrained.pt"}: was trained with intensity_scaling "display_range", not the '
-        """"breast_percentiles" of this run (pass --intensity_scaling '"display_range"', or retrain with this run's """
-        "settings)"
+        f'{tmp_path / "pretrained.pt"}: was trained with {setting} {json.dumps(other)}, not the '
+        f"{json.dumps(default)} of this run (pass --{setting} {fix}, or retrain with this run's settings)"
     )
     with pytest.raises(MammoXAIError) as error:
         build_finetune_classifier("mammo_cnn", 3, init=init, init_weights=tmp_path / "pretrained.pt")
@@ -157,16 +169,20 @@ def test_a_pretrained_start_of_another_intensity_scaling_is_refused_naming_the_o
     assert str(error.value) == message
 
 
-def test_a_classifier_start_of_another_intensity_scaling_is_refused(tmp_path):
-    """The patch classifier starts the whole-image one at another grid, but never under another scaling."""
+@INPUT_SETTINGS
+def test_a_classifier_start_of_another_input_setting_is_refused(tmp_path, setting, other, default):
+    """The patch classifier starts the whole-image one at another grid, but never under another scaling or field
+    of view."""
     previous = BackboneClassifier("mammo_cnn", 3)
-    grid = TrainingGrid([32, 32], intensity_scaling="display_range").state_dict()
+    grid = TrainingGrid([32, 32], **{setting: other}).state_dict()
     torch.save({"model": previous.state_dict(), "grid": grid}, tmp_path / "model.pt")
     network = build_finetune_classifier(
-        "mammo_cnn", 3, init="classifier", init_weights=tmp_path / "model.pt", intensity_scaling="display_range"
+        "mammo_cnn", 3, init="classifier", init_weights=tmp_path / "model.pt", **{setting: other}
     )
     torch.testing.assert_close(network.fc.weight, previous.fc.weight)
-    with pytest.raises(MammoXAIError, match=r'with intensity_scaling "display_range", not the "breast_percentiles"'):
+    with pytest.raises(
+        MammoXAIError, match=f"with {setting} {json.dumps(other)}, not the {json.dumps(default)} of this run"
+    ):
         build_finetune_classifier("mammo_cnn", 3, init="classifier", init_weights=tmp_path / "model.pt")
 
 
@@ -232,22 +248,26 @@ def test_a_checkpoint_that_records_its_training_grid_is_refused_on_another(tmp_p
     load_checkpoint(BackboneClassifier("mammo_cnn", 3), tmp_path / "bare.pt", "x", "y", image_size=(256, 208))
 
 
-def test_a_checkpoint_is_refused_under_another_intensity_scaling_and_an_older_record_means_breast_percentiles(
-    tmp_path,
+@INPUT_SETTINGS
+def test_a_checkpoint_is_refused_under_another_input_setting_and_an_older_record_means_the_default(
+    tmp_path, setting, other, default
 ):
+    """An older record (no intensity_scaling, no field_of_view) was made under the one value there was."""
     network = BackboneClassifier("mammo_cnn", 3)
-    grid = TrainingGrid([64, 52], intensity_scaling="display_range").state_dict()
+    grid = TrainingGrid([64, 52], **{setting: other}).state_dict()
+    assert grid[setting] == other
     torch.save({"model": network.state_dict(), "grid": grid}, tmp_path / "model.pt")
-    load_checkpoint(network, tmp_path / "model.pt", "x", "y", intensity_scaling="display_range")
-    with pytest.raises(
-        MammoXAIError,
-        match=r'with intensity_scaling "display_range", not the "breast_percentiles" of this run '
-        r"\(pass --intensity_scaling '\"display_range\"'",
-    ):
-        load_checkpoint(network, tmp_path / "model.pt", "x", "y", intensity_scaling="breast_percentiles")
+    load_checkpoint(network, tmp_path / "model.pt", "x", "y", **{setting: other})
+    refusal = re.escape(
+        f"with {setting} {json.dumps(other)}, not the {json.dumps(default)} of this run "
+        f"(pass --{setting} {shlex.quote(json.dumps(other))}"
+    )
+    with pytest.raises(MammoXAIError, match=refusal):
+        load_checkpoint(network, tmp_path / "model.pt", "x", "y", **{setting: default})
     torch.save({"model": network.state_dict(), "grid": {"image_size": [64, 52]}}, tmp_path / "older.pt")
-    with pytest.raises(MammoXAIError, match='with intensity_scaling "breast_percentiles", not the "display_range"'):
-        load_checkpoint(network, tmp_path / "older.pt", "x", "y", intensity_scaling="display_range")
+    load_checkpoint(network, tmp_path / "older.pt", "x", "y", **{setting: default})
+    with pytest.raises(MammoXAIError, match=f"with {setting} {json.dumps(default)}, not the {json.dumps(other)}"):
+        load_checkpoint(network, tmp_path / "older.pt", "x", "y", **{setting: other})
 
 
 def test_a_checkpoint_that_records_its_class_names_is_refused_under_other_names_or_order(tmp_path):
@@ -345,21 +365,34 @@ def test_train_json_fine_tunes_the_pretrained_backbone_with_freezing_and_samplin
     BackboneClassifier("mammo_cnn", 3).load_state_dict(state["model"])
 
 
-def test_train_json_fine_tunes_from_a_pretraining_of_its_intensity_scaling_and_records_it(studies, tmp_path):
-    _pretrained(tmp_path / "pretrained.pt", studies=studies, intensity_scaling="display_range")
+def test_train_json_fine_tunes_from_a_pretraining_of_its_input_settings_and_records_them(studies, tmp_path):
+    """Refused before training while the run's intensity_scaling or field_of_view is not the pretraining's (each
+    refusal names the one that fits); trained under both, model.pt's grid records both."""
+    inputs = {"intensity_scaling": "display_range", "field_of_view": "image"}
+    _pretrained(tmp_path / "pretrained.pt", studies=studies, **inputs)
     start = dict(
         init="pretrained", init_weights=str(tmp_path / "pretrained.pt"), epochs=1, network_def="@finetune_network_def"
     )
-    with pytest.raises(Exception) as error:
-        _train(studies, tmp_path / "default", **start)
-    assert str(user_error(error.value)).startswith(
-        f'{tmp_path / "pretrained.pt"}: was trained with intensity_scaling "display_range", not the '
-        """"breast_percentiles" of this run (pass --intensity_scaling '"display_range"'"""
-    )
-    assert not (tmp_path / "default" / "models" / "model.pt").exists()
-    _train(studies, tmp_path / "display", intensity_scaling="display_range", **start)
-    state = torch.load(tmp_path / "display" / "models" / "model.pt", weights_only=True)
-    assert state["grid"] == {"image_size": [64, 48], "intensity_scaling": "display_range"}
+    for run, settings, refusal in [
+        (
+            "default",
+            {},
+            'intensity_scaling "display_range", not the "breast_percentiles" of this run '
+            + """(pass --intensity_scaling '"display_range"'""",
+        ),
+        (
+            "scaled",
+            {"intensity_scaling": "display_range"},
+            """field_of_view "image", not the "breast" of this run (pass --field_of_view '"image"'""",
+        ),
+    ]:
+        with pytest.raises(Exception) as error:
+            _train(studies, tmp_path / run, **start, **settings)
+        assert str(user_error(error.value)).startswith(f'{tmp_path / "pretrained.pt"}: was trained with {refusal}')
+        assert not (tmp_path / run / "models" / "model.pt").exists()
+    _train(studies, tmp_path / "both", **inputs, **start)
+    state = torch.load(tmp_path / "both" / "models" / "model.pt", weights_only=True)
+    assert state["grid"] == {"image_size": [64, 48], **inputs}
 
 
 def test_train_json_refuses_a_label_csv_with_unknown_ids_before_training(studies, tmp_path):
@@ -430,18 +463,22 @@ def test_multi_view_samples_stack_cc_then_mlo_of_one_breast(studies):
     "layout, images",
     [({}, lambda d: d), ({"views": ["CC", "MLO"]}, lambda d: d.images), ({"patch_size": 32}, lambda d: d.images)],
 )
-def test_every_training_data_set_scales_its_images_as_the_run_says(studies, layout, images):
+def test_every_training_data_set_scales_and_frames_its_images_as_the_run_says(studies, layout, images):
     """train.json's single-image, multi-view and patch data sets all preprocess through build_dataset's images."""
     records = read_manifest(studies / "manifest.csv")
     findings = studies / "finding_annotations.csv"
+    inputs = {"intensity_scaling": "display_range", "field_of_view": "image"}
     dataset = build_dataset(
         records, findings_csv=findings, image_size=[64, 48], label_map={"recalled_benign": "benign"},
-        intensity_scaling="display_range", **layout,
+        **inputs, **layout,
     )  # fmt: skip
     assert images(dataset).intensity_scaling == "display_range"
+    assert images(dataset).field_of_view == "image"
     sample = images(dataset)[0]["image"]
-    expected = MammogramDataset(records[:1], image_size=[64, 48], intensity_scaling="display_range")[0]["image"]
+    expected = MammogramDataset(records[:1], image_size=[64, 48], **inputs)[0]["image"]
     torch.testing.assert_close(sample, expected)
+    breast = MammogramDataset(records[:1], image_size=[64, 48], intensity_scaling="display_range")[0]["image"]
+    assert not torch.allclose(sample, breast)  # the field of view that was not asked for would have been told apart
 
 
 def test_multi_view_never_pairs_views_of_two_patients_or_of_a_blank_study_or_side():

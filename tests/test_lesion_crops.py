@@ -191,7 +191,7 @@ def _train(studies, tmp_path, **overrides):
 
 
 def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
-    _train(studies, tmp_path, intensity_scaling="display_range")
+    _train(studies, tmp_path, intensity_scaling="display_range", field_of_view="image")
     assert (tmp_path / "models" / "lesion_crops.pt").is_file()
     report = json.loads((tmp_path / "lesion_crops" / "report.json").read_text())
     rows = {row["class"]: row for row in report["tables"]["per_class"]}
@@ -209,9 +209,10 @@ def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
         "view_size": 32,
         "class_names": list(LESION_CLASSES),
         "intensity_scaling": "display_range",
+        "field_of_view": "image",
     }
     network, path = MammoClassifier(num_classes=len(LESION_CLASSES)), tmp_path / "models" / "lesion_crops.pt"
-    load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "display_range")
+    load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "display_range", "image")
     with pytest.raises(MammoXAIError, match=r"trained with lesion_image_size \[128, 104\], not the \[256, 208\]"):
         load_lesion_checkpoint(network, path, [256, 208], 32, LESION_CLASSES)
     with pytest.raises(
@@ -220,6 +221,12 @@ def test_the_bundle_config_trains_and_reports_per_class_f1(studies, tmp_path):
         r"\(pass --lesion_intensity_scaling '\"display_range\"'",
     ):
         load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "breast_percentiles")
+    with pytest.raises(
+        MammoXAIError,
+        match=r'trained with lesion_field_of_view "image", not the "breast" of this run '
+        r"\(pass --lesion_field_of_view '\"image\"'",
+    ):
+        load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "display_range", "breast")
 
 
 @pytest.mark.parametrize(
@@ -287,11 +294,19 @@ def test_a_lesion_checkpoint_of_other_settings_is_refused(tmp_path, view_size, c
         load_lesion_checkpoint(network, path, [128, 104], view_size, class_names)
 
 
-def test_a_lesion_record_older_than_the_intensity_scaling_means_breast_percentiles(tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "other", "default"),
+    [("intensity_scaling", "display_range", "breast_percentiles"), ("field_of_view", "image", "breast")],
+)
+def test_a_lesion_record_older_than_an_input_setting_means_its_default(tmp_path, setting, other, default):
+    """Records older than intensity_scaling mean breast_percentiles; older than field_of_view, breast."""
     path = tmp_path / "lesion_crops.pt"
     network = MammoClassifier(num_classes=len(LESION_CLASSES))
     record = {"image_size": [128, 104], "view_size": 32, "class_names": list(LESION_CLASSES)}
     torch.save({"model": network.state_dict(), "crops": record}, path)
-    load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "breast_percentiles")
-    with pytest.raises(MammoXAIError, match='trained with lesion_intensity_scaling "breast_percentiles", not the "d'):
-        load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, "display_range")
+    load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, **{setting: default})
+    with pytest.raises(
+        MammoXAIError, match=f"trained with lesion_{setting} {json.dumps(default)}, not the {json.dumps(other)}"
+    ):
+        load_lesion_checkpoint(network, path, [128, 104], 32, LESION_CLASSES, **{setting: other})
+    assert LesionCropRecord([128, 104], 32, LESION_CLASSES, **{setting: other}).state_dict()[setting] == other

@@ -213,6 +213,25 @@ def test_an_unknown_intensity_scaling_is_named_before_the_manifest_is_read(confi
 
 
 @pytest.mark.parametrize(
+    "configs, setting",
+    [
+        (["train.json"], "field_of_view"),
+        (["train.json", "evaluate.json"], "field_of_view"),
+        (["train_lesion_crops.json"], "field_of_view"),
+        (["inference.json", "evaluate_saliency.json"], "field_of_view"),
+        (["inference.json", "evaluate_saliency.json"], "lesion_field_of_view"),
+    ],
+    ids=lambda value: "+".join(value) if isinstance(value, list) else value,
+)
+def test_an_unknown_field_of_view_is_named_before_the_manifest_is_read(configs, setting, tmp_path):
+    """A network must see the field of view it was trained with; a typo is refused before any image or checkpoint
+    is."""
+    error = initialize_error(configs, tmp_path, bundle_root=tmp_path, **{setting: "whole"})
+    assert error == f'{setting}: is \'whole\', not a field of view (use "breast" or "image")'
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
     "setting, value",
     [
         ("epochs", True),  # Python counts a bool as an int
