@@ -14,8 +14,8 @@ import torch
 from test_evaluate_pretrain import (  # noqa: F401 - the tiny bundle fixtures
     SPACE,
     TINY,
-    cached_scalings,
-    display_range_bundle,
+    cached_inputs,
+    other_input_bundle,
     pretrained_bundle,
 )
 from torch import nn
@@ -248,8 +248,9 @@ def test_ablation_config_runs_through_monai_bundle_and_saves_a_usable_explainer(
     assert sorted(row["task"] for row in ranking) == sorted(label_space.fields)
 
 
-def test_ablation_scales_the_images_as_the_checkpoint_was_trained(display_range_bundle, tmp_path):
-    bundle, studies = display_range_bundle
+def test_ablation_reads_the_images_as_the_checkpoint_was_trained(other_input_bundle, tmp_path):
+    """Both settings of the model input come from the checkpoint, not from the config's defaults."""
+    bundle, studies = other_input_bundle
     monai.bundle.run(
         config_file=str(bundle / "configs" / "ablation.json"),
         bundle_root=str(bundle),
@@ -261,7 +262,7 @@ def test_ablation_scales_the_images_as_the_checkpoint_was_trained(display_range_
     )
 
     paths = [record["path"] for record in read_manifest(studies / "manifest.csv")]  # the training and test splits
-    assert cached_scalings(tmp_path / "cache", paths) == {"display_range"}
+    assert cached_inputs(tmp_path / "cache", paths) == {("display_range", "image")}
     assert load_explainer(tmp_path / "explainer.pt")[0].target == "xray_system"
 
 

@@ -178,27 +178,29 @@ def test_an_interrupted_experiment_resumes_reusing_its_finished_runs_and_pretrai
     assert "argument --overwrite: not allowed with argument --resume" in capsys.readouterr().err
 
 
-def test_every_run_of_the_comparison_pretraining_included_scales_as_asked(studies, tmp_path):
-    """A network must see the scaling it was trained with: the pretraining, each fine-tune from it and each
-    evaluation run under --intensity_scaling, and the report says which."""
+def test_every_run_of_the_comparison_pretraining_included_reads_the_model_input_asked(studies, tmp_path):
+    """A network must see the model input it was trained on: the pretraining, each fine-tune from it and each
+    evaluation run under --intensity_scaling and --field_of_view, and the report says which."""
     out = tmp_path / "compare"
     code = compare_strategies.main(
         [
             "--dataset_dir", str(studies), "--out", str(out), "--strategies", "scratch", "pretrained", "--fractions",
             "1.0", "--epochs", "1", "--pretrain_epochs", "1", "--image_size", "32", "32", "--batch_size", "8",
             "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--task", "binary",
-            "--intensity_scaling", "display_range",
+            "--intensity_scaling", "display_range", "--field_of_view", "image",
         ]
     )  # fmt: skip
     assert code == 0
-    pretrained = torch.load(out / "runs" / "pretrain" / "pretrained.pt", weights_only=True)
-    assert pretrained["info"]["intensity_scaling"] == "display_range"
+    inputs = {"intensity_scaling": "display_range", "field_of_view": "image"}
+    info = torch.load(out / "runs" / "pretrain" / "pretrained.pt", weights_only=True)["info"]
+    assert {name: info[name] for name in inputs} == inputs
     for run in ("scratch_1_seed0", "pretrained_1_seed0"):
         model = torch.load(out / "runs" / run / "models" / "model.pt", weights_only=True)
-        assert model["grid"] == {"image_size": [32, 32], "intensity_scaling": "display_range"}
-        assert json.loads((out / "runs" / run / "run.json").read_text())["intensity_scaling"] == "display_range"
+        assert model["grid"] == {"image_size": [32, 32], **inputs}
+        settings = json.loads((out / "runs" / run / "run.json").read_text())
+        assert {name: settings[name] for name in inputs} == inputs
     assert (
-        "intensity scaling display_range (every pretraining and fine-tune)"
+        "intensity scaling display_range, field of view image (every pretraining and fine-tune)"
         in json.loads((out / "report.json").read_text())["description"]
     )
 
@@ -269,6 +271,11 @@ def test_an_out_folder_holding_an_earlier_experiment_is_refused_unless_overwrite
         (
             ["--pretrained", "PRETRAINED", "--intensity_scaling", "display_range"],
             'pre.pt: was trained with intensity_scaling "breast_percentiles", not the "display_range" of this run',
+        ),
+        (["--field_of_view", "whole"], '--field_of_view: is \'whole\', not a field of view (use "breast" or "image")'),
+        (
+            ["--pretrained", "PRETRAINED", "--field_of_view", "image"],
+            'pre.pt: was trained with field_of_view "breast", not the "image" of this run',
         ),
     ],
 )

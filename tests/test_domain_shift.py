@@ -101,6 +101,7 @@ def test_the_report_gives_the_adaptation_part_as_drawn():
         (["--system_column", "model"], "--system_column model: is not a column of the manifest"),
         (["--n_bootstrap", "-1"], "n_bootstrap: is -1"),
         (["--intensity_scaling", "raw"], "--intensity_scaling: is 'raw', not an intensity scaling (use"),
+        (["--field_of_view", "whole"], "--field_of_view: is 'whole', not a field of view (use"),
     ],
 )
 def test_a_wrong_command_is_refused_before_training_and_leaves_out_untouched(tmp_path, capsys, options, message):
@@ -134,15 +135,16 @@ def test_source_adapted_and_target_only_models_are_scored_on_the_same_target_pat
             "--dataset_dir", str(studies), "--out", str(out), "--target_system", target, "--adapt_fraction", "0.25",
             "--epochs", "1", "--adapt_epochs", "1", "--image_size", "32", "32", "--batch_size", "8",
             "--num_workers", "0", "--device", "cpu", "--n_bootstrap", "20", "--seeds", "0", "1",
-            "--intensity_scaling", "display_range",
+            "--intensity_scaling", "display_range", "--field_of_view", "image",
         ]
     )  # fmt: skip
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert "intensity scaling display_range (every run)" in report["description"]
+    assert "intensity scaling display_range, field of view image (every run)" in report["description"]
     models = sorted((out / "runs").rglob("model.pt"))
     assert len(models) == 6  # 3 settings x 2 seeds
-    assert {torch.load(path, weights_only=True)["grid"]["intensity_scaling"] for path in models} == {"display_range"}
+    grids = [torch.load(path, weights_only=True)["grid"] for path in models]
+    assert {(grid["intensity_scaling"], grid["field_of_view"]) for grid in grids} == {("display_range", "image")}
     assert "on the adaptation part: " in report["description"] and " target patients, " in report["description"]
     tables = report["tables"]
     for seed in (0, 1):

@@ -18,6 +18,7 @@ from mammoxai.data.manifest import read_manifest, record_header, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
 from mammoxai.io.fields import UNKNOWN, MetadataLabelSpace
+from mammoxai.io.preprocess import FIELDS_OF_VIEW
 from mammoxai.io.preprocess import INTENSITY_SCALINGS as SCALINGS
 from mammoxai.nets import MetadataNet
 from mammoxai.reports import Report, bar_figure, confusion_matrix_figure
@@ -344,17 +345,19 @@ TINY = {"val_fraction": 0.5, "num_workers": 0, "n_bootstrap": 50, "device": "cpu
 
 
 @pytest.fixture(scope="module")
-def display_range_bundle(pretrained_bundle):
-    """The tiny bundle's checkpoint pretrained, one epoch, by ``monai.bundle run`` with intensity_scaling
-    display_range, into a bundle folder of its own."""
+def other_input_bundle(pretrained_bundle):
+    """The tiny bundle's checkpoint pretrained, one epoch, by ``monai.bundle run`` on another model input than the
+    default in both its settings - intensity_scaling display_range, field_of_view image - into a bundle folder of its
+    own."""
     source, studies, _ = pretrained_bundle
-    bundle = source.parent / "display_range"
+    bundle = source.parent / "other_input"
     shutil.copytree(source / "configs", bundle / "configs")
     monai.bundle.run(
         config_file=str(bundle / "configs" / "pretrain.json"),
         bundle_root=str(bundle),
         dataset_dir=str(studies),
         intensity_scaling="display_range",
+        field_of_view="image",
         backbone="mammo_cnn",
         image_size=[64, 52],
         embed_dim=16,
@@ -365,10 +368,15 @@ def display_range_bundle(pretrained_bundle):
     return bundle, studies
 
 
-def cached_scalings(cache_dir, paths, image_size=(64, 52)):
-    """The intensity scalings whose cache entries in ``cache_dir`` hold all of ``paths`` (of the given grid)."""
-    caches = {scaling: PreprocessedCache(cache_dir, image_size, intensity_scaling=scaling) for scaling in SCALINGS}
-    return {scaling for scaling, cache in caches.items() if all(cache.entry(path).is_file() for path in paths)}
+def cached_inputs(cache_dir, paths, image_size=(64, 52)):
+    """The (intensity_scaling, field_of_view) pairs whose cache entries in ``cache_dir`` hold all of ``paths`` (of the
+    given grid)."""
+    caches = {
+        (scaling, view): PreprocessedCache(cache_dir, image_size, intensity_scaling=scaling, field_of_view=view)
+        for scaling in SCALINGS
+        for view in FIELDS_OF_VIEW
+    }
+    return {inputs for inputs, cache in caches.items() if all(cache.entry(path).is_file() for path in paths)}
 
 
 def test_evaluation_config_runs_through_monai_bundle_and_writes_the_report(pretrained_bundle):
@@ -395,10 +403,11 @@ def test_evaluation_config_runs_through_monai_bundle_and_writes_the_report(pretr
     assert "| xray_system |" in (out / "report.md").read_text()
 
 
-def test_evaluation_scales_the_images_as_the_checkpoint_was_trained(display_range_bundle, tmp_path):
-    bundle, studies = display_range_bundle
+def test_evaluation_reads_the_images_as_the_checkpoint_was_trained(other_input_bundle, tmp_path):
+    """Both settings of the model input come from the checkpoint, not from the config's defaults."""
+    bundle, studies = other_input_bundle
     pretrained = load_pretrained(bundle / "models" / "pretrained.pt")
-    assert pretrained.intensity_scaling == "display_range"
+    assert (pretrained.intensity_scaling, pretrained.field_of_view) == ("display_range", "image")
 
     monai.bundle.run(
         config_file=str(bundle / "configs" / "evaluate_pretrain.json"),
@@ -410,7 +419,7 @@ def test_evaluation_scales_the_images_as_the_checkpoint_was_trained(display_rang
     )
 
     _, held_out = split_by_patient(read_manifest(studies / "manifest.csv"), pretrained.label_space, 0.5, seed=0)
-    assert cached_scalings(tmp_path / "cache", [record["path"] for record in held_out]) == {"display_range"}
+    assert cached_inputs(tmp_path / "cache", [record["path"] for record in held_out]) == {("display_range", "image")}
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert "scaled by intensity_scaling display_range, as pretraining did" in report["description"]
 

@@ -87,16 +87,37 @@ def test_display_range_scales_every_image_by_its_files_range_not_by_its_own_brea
     assert percentiles["quantile_0.50"] != pytest.approx(scaled["quantile_0.50"], abs=1e-2)
 
 
-def test_the_report_names_the_intensity_scaling_it_read_out_under(studies, tmp_path, capsys):
+def test_the_whole_image_changes_only_the_resized_readout(studies):
+    """Under field_of_view image the native-size steps are the whole image, flipped, not resized: the same breast
+    pixels as the breast's crop; only the model input, resized by the detector's factor rather than the breast's,
+    differs."""
+    path = sorted(studies.rglob("*.dcm"))[0]
+
+    breast, image = image_statistics(path, (64, 52)), image_statistics(path, (64, 52), field_of_view="image")
+
+    for step in ("pixel values", "scaled, native size"):
+        assert image[step] == pytest.approx(breast[step], rel=1e-6), step
+    assert image["model input"]["noise_box"] != pytest.approx(breast["model input"]["noise_box"], abs=1e-2)
+
+
+@pytest.mark.parametrize(
+    "setting, inputs",
+    [
+        (["--intensity_scaling", "display_range"], "intensity_scaling display_range, field_of_view breast"),
+        (["--field_of_view", "image"], "intensity_scaling breast_percentiles, field_of_view image"),
+    ],
+    ids=["intensity_scaling", "field_of_view"],
+)
+def test_the_report_names_the_model_input_it_read_out_under(studies, tmp_path, capsys, setting, inputs):
     out = tmp_path / "readout"
     arguments = ["--dataset_dir", str(studies), "--field", "view", "--folds", "2", "--image_size", "64x52"]
 
-    assert main([*arguments, "--intensity_scaling", "display_range", "--output_dir", str(out)]) == 0
+    assert main([*arguments, *setting, "--output_dir", str(out)]) == 0
 
     report = json.loads((out / "report.json").read_text())
-    assert "intensity_scaling display_range" in report["description"]
-    assert "Readouts of view, intensity_scaling display_range" in (out / "report.md").read_text()
-    assert "view, intensity_scaling display_range:" in capsys.readouterr().out
+    assert " ".join(setting).lstrip("-") in report["description"]
+    assert f"Readouts of view, {inputs}" in (out / "report.md").read_text()
+    assert f"view, {inputs}:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -107,6 +128,7 @@ def test_the_report_names_the_intensity_scaling_it_read_out_under(studies, tmp_p
         (["--folds", "1"], "--folds: is 1"),
         (["--manifest", "missing.csv"], "missing.csv"),
         (["--intensity_scaling", "window"], "--intensity_scaling: is 'window', not an intensity scaling (use "),
+        (["--field_of_view", "whole"], '--field_of_view: is \'whole\', not a field of view (use "breast" or "image")'),
     ],
 )
 def test_an_input_the_readout_cannot_use_is_one_line_naming_it(studies, tmp_path, capsys, arguments, message):

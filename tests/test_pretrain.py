@@ -26,9 +26,11 @@ from mammoxai.data.cache import PreprocessedCache
 from mammoxai.data.manifest import build_manifest, read_manifest, write_manifest
 from mammoxai.data.synth import synthesize
 from mammoxai.errors import MammoXAIError
+from mammoxai.io.preprocess import FIELDS_OF_VIEW, INTENSITY_SCALINGS
 from mammoxai.nets import MetadataNet
 from mammoxai.training.losses import MetadataLoss, PretrainingLoss, SupervisedContrastiveLoss
 from mammoxai.training.pretrain import (
+    CheckpointInfo,
     MatchingAccuracy,
     MetadataAccuracy,
     MetadataDataset,
@@ -535,62 +537,108 @@ def test_resuming_with_another_setup_is_refused(cohort, tmp_path):
     assert "another network_config" in str(user_error(error.value))
 
 
-def test_display_range_pretraining_reads_its_images_so_and_records_it(cohort, tmp_path):
-    """The readability check fills, and the datasets read, the cache entries of display_range, none of the default
-    scaling; the checkpoint says so, for evaluations to scale as it was trained."""
-    cache_dir = tmp_path / "cache"
-    run(pretrain_workflow(cohort, tmp_path, epochs=1, intensity_scaling="display_range", cache_dir=str(cache_dir)))
+#: each setting of the model input (prepare_image), with the value that is not its default and its refusal of a typo
+INPUT_SETTINGS = {
+    "intensity_scaling": (
+        "display_range",
+        "window",
+        'intensity_scaling: is \'window\', not an intensity scaling (use "breast_percentiles" or "display_range")',
+    ),
+    "field_of_view": ("image", "whole", 'field_of_view: is \'whole\', not a field of view (use "breast" or "image")'),
+}
+
+
+def cached_inputs(cache_dir: Path, paths: list) -> dict[tuple[str, str], int]:
+    """How many of ``paths`` the cache in ``cache_dir`` holds under each (intensity_scaling, field_of_view)."""
+    return {
+        (scaling, view): sum(
+            PreprocessedCache(cache_dir, SIZE, intensity_scaling=scaling, field_of_view=view).entry(path).is_file()
+            for path in paths
+        )
+        for scaling in INTENSITY_SCALINGS
+        for view in FIELDS_OF_VIEW
+    }
+
+
+@pytest.mark.parametrize("setting", INPUT_SETTINGS)
+def test_pretraining_under_another_model_input_reads_its_images_so_and_records_it(cohort, tmp_path, setting):
+    """The readability check fills, and the datasets read, the cache entries of the run's intensity scaling and
+    field of view, none of the defaults'; the checkpoint says so, for evaluations to read images as it was trained."""
+    cache_dir, value = tmp_path / "cache", INPUT_SETTINGS[setting][0]
+    run(pretrain_workflow(cohort, tmp_path, epochs=1, cache_dir=str(cache_dir), **{setting: value}))
 
     pretrained = load_pretrained(tmp_path / "models" / "pretrained.pt")
-    assert pretrained.intensity_scaling == "display_range"
+    recorded = tuple({"intensity_scaling": "breast_percentiles", "field_of_view": "breast", setting: value}.values())
+    assert (pretrained.intensity_scaling, pretrained.field_of_view) == recorded
     paths = [record["path"] for record in cohort_records(cohort)]
-    display_range = PreprocessedCache(cache_dir, SIZE, intensity_scaling="display_range")
-    percentiles = PreprocessedCache(cache_dir, SIZE, intensity_scaling="breast_percentiles")
-    assert all(display_range.entry(path).is_file() for path in paths)
-    assert not any(percentiles.entry(path).is_file() for path in paths)
+    expected = {
+        (scaling, view): len(paths) if (scaling, view) == recorded else 0
+        for scaling in INTENSITY_SCALINGS
+        for view in FIELDS_OF_VIEW
+    }
+    assert cached_inputs(cache_dir, paths) == expected
 
 
-def test_resuming_under_another_intensity_scaling_is_refused_naming_it(cohort, tmp_path):
+def test_a_record_older_than_an_input_setting_means_the_one_there_was(tmp_path):
+    """pretrained.pt written before intensity_scaling and field_of_view were recorded was trained on breast
+    percentiles of the breast's crop: it loads so, resumes a run of those, and refuses a run of another."""
+    space = select_fields(["view"])
+    network = MetadataNet("mammo_cnn", {"view": space.num_classes("view")}, embed_dim=8, matching_dim=4)
+    old = CheckpointInfo(network, space, SIZE).state_dict()
+    del old["intensity_scaling"], old["field_of_view"]
+    torch.save({"network": network.state_dict(), "info": old}, tmp_path / "pretrained.pt")
+
+    pretrained = load_pretrained(tmp_path / "pretrained.pt")
+
+    assert (pretrained.intensity_scaling, pretrained.field_of_view) == ("breast_percentiles", "breast")
+    CheckpointInfo(network, space, SIZE).load_state_dict(old)  # a resume of the same input
+    for setting, (value, _, _) in INPUT_SETTINGS.items():
+        with pytest.raises(MammoXAIError, match=f"made with another {setting} than this run's"):
+            CheckpointInfo(network, space, SIZE, **{setting: value}).load_state_dict(old)
+
+
+@pytest.mark.parametrize("setting", INPUT_SETTINGS)
+def test_resuming_under_another_model_input_is_refused_naming_it(cohort, tmp_path, setting):
     run(pretrain_workflow(cohort, tmp_path, epochs=1))
     models = {path.name: path.read_bytes() for path in (tmp_path / "models").iterdir()}
     with pytest.raises(Exception) as error:
-        run(pretrain_workflow(cohort, tmp_path, epochs=2, resume=True, intensity_scaling="display_range"))
-    assert "the checkpoint was made with another intensity_scaling than this run's" in str(user_error(error.value))
+        run(pretrain_workflow(cohort, tmp_path, epochs=2, resume=True, **{setting: INPUT_SETTINGS[setting][0]}))
+    assert f"the checkpoint was made with another {setting} than this run's" in str(user_error(error.value))
     assert {path.name: path.read_bytes() for path in (tmp_path / "models").iterdir()} == models  # no epoch 2
 
 
-def test_an_unknown_intensity_scaling_is_refused_before_any_image_is_read(cohort, tmp_path):
+@pytest.mark.parametrize("setting", INPUT_SETTINGS)
+def test_an_unknown_model_input_setting_is_refused_before_any_image_is_read(cohort, tmp_path, setting):
     """A manifest with damaged images would be refused for them, had the check come after the images were read."""
-    overrides = {**damaged_files(cohort, tmp_path), "intensity_scaling": "window", "cache_dir": str(tmp_path / "c")}
+    _, typo, expected = INPUT_SETTINGS[setting]
+    overrides = {**damaged_files(cohort, tmp_path), setting: typo, "cache_dir": str(tmp_path / "c")}
     with pytest.raises(Exception) as error:
         run(pretrain_workflow(cohort, tmp_path, **overrides))
-    expected = (
-        'intensity_scaling: is \'window\', not an intensity scaling (use "breast_percentiles" or "display_range")'
-    )
     assert str(user_error(error.value)) == expected
     assert not (tmp_path / "c").exists() and not (tmp_path / "models").exists()
 
 
-def test_both_pretraining_configs_check_the_intensity_scaling_before_claiming_a_folder():
-    """multi_gpu_pretrain.json restates initialize, so it must name the check too."""
+@pytest.mark.parametrize("setting", INPUT_SETTINGS)
+def test_both_pretraining_configs_check_the_model_input_before_claiming_a_folder(setting):
+    """multi_gpu_pretrain.json restates initialize, so it must name the checks too."""
     for configs in (["pretrain.json"], ["pretrain.json", "multi_gpu_pretrain.json"]):
         parser = ConfigParser()
         parser.read_config([str(CONFIGS / name) for name in configs])
         initialize = parser["initialize"]
-        assert initialize.index("@intensity_scaling_check") < initialize.index("@checkpoint_folder"), configs
+        assert initialize.index(f"@{setting}_check") < initialize.index("@checkpoint_folder"), configs
 
 
-def test_an_unknown_intensity_scaling_is_one_line_from_monai_bundle_run(cohort, tmp_path):
+@pytest.mark.parametrize("setting", INPUT_SETTINGS)
+def test_an_unknown_model_input_setting_is_one_line_from_monai_bundle_run(cohort, tmp_path, setting):
+    _, typo, expected = INPUT_SETTINGS[setting]
     command = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/pretrain.json",
         "--dataset_dir", str(cohort / "studies"), "--ckpt_dir", str(tmp_path / "models"),
-        "--output_dir", str(tmp_path / "logs"), "--cache_dir", str(tmp_path / "cache"), "--intensity_scaling", "window",
+        "--output_dir", str(tmp_path / "logs"), "--cache_dir", str(tmp_path / "cache"), f"--{setting}", typo,
     ]  # fmt: skip
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr  # MONAI's own warning may come first
-    assert result.stderr.strip().splitlines()[-1] == (
-        'error: intensity_scaling: is \'window\', not an intensity scaling (use "breast_percentiles" or "display_range")'
-    )
+    assert result.stderr.strip().splitlines()[-1] == f"error: {expected}"
     assert not (tmp_path / "cache").exists() and not (tmp_path / "models").exists()
 
 
