@@ -421,7 +421,8 @@ def test_evaluation_reads_the_images_as_the_checkpoint_was_trained(other_input_b
     _, held_out = split_by_patient(read_manifest(studies / "manifest.csv"), pretrained.label_space, 0.5, seed=0)
     assert cached_inputs(tmp_path / "cache", [record["path"] for record in held_out]) == {("display_range", "image")}
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert "scaled by intensity_scaling display_range, as pretraining did" in report["description"]
+    description = "scaled by intensity_scaling display_range and framed by field_of_view image, as pretraining did"
+    assert description in report["description"]
 
 
 def test_evaluation_on_another_manifest_leaves_out_the_training_patients(pretrained_bundle, tmp_path):
