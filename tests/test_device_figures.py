@@ -8,12 +8,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -195,7 +197,16 @@ def test_a_step_stopped_by_the_budget_is_stopped_with_the_processes_it_started(d
     assert ended(mark)
 
 
-def test_ctrl_c_stops_the_running_step_with_the_processes_it_started(device_figures, tmp_path):
+@pytest.fixture
+def ctrl_c_handled() -> Iterator[None]:
+    """Python's Ctrl-C handler for the test, which interrupt_main needs and a suite started in the background (SIGINT
+    ignored) lacks."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_the_running_step_with_the_processes_it_started(device_figures, tmp_path, ctrl_c_handled):
     """The step runs in a session of its own, which the terminal's Ctrl-C does not reach."""
     mark = f"worker-of-{tmp_path.name}"
     step = step_starting_a_worker(device_figures, mark)
