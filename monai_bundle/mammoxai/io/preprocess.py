@@ -128,8 +128,9 @@ def prepare_image(
          breast's size, so the breast's size in millimetres and the noise grain of its pixels (what tells
          compressed thickness and compression force) are lost or scaled by a number the network never sees.
        * ``"image"``: the whole image, flipped, so every image of one detector is resized by the same factor
-         (:func:`~mammoxai.io.breast.breast_geometry`); metadata pretraining reads thickness and kVp better
-         from it (the model card's comparison).
+         (:func:`~mammoxai.io.breast.breast_geometry`). A hand-made readout recovers from it the thickness and kVp
+         cues the breast crop resizes away; the small network pretrained on the CPU did not take them up (the
+         model card's comparison).
 
     Args:
         mammogram: the image, bright = dense.

@@ -440,9 +440,9 @@ def load_checkpoint(
         view_record = view_record if isinstance(view_record, Mapping) else {}
         grid = grid if isinstance(grid, Mapping) else None
         recorded = {
-            "image_size": grid.get("image_size") if grid else None,
-            "intensity_scaling": recorded_input_setting(grid, "intensity_scaling") if grid else None,
-            "field_of_view": recorded_input_setting(grid, "field_of_view") if grid else None,
+            "image_size": None if grid is None else grid.get("image_size"),
+            "intensity_scaling": None if grid is None else recorded_input_setting(grid, "intensity_scaling"),
+            "field_of_view": None if grid is None else recorded_input_setting(grid, "field_of_view"),
             "class_names": classes.get("class_names") if isinstance(classes, Mapping) else None,
             "views": view_record.get("views"),
             "view_fusion": view_record.get("view_fusion"),
