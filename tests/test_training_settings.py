@@ -191,43 +191,30 @@ def test_views_given_as_text_are_refused_before_the_manifest_is_read(configs, va
     assert not (tmp_path / "models").exists()
 
 
-@pytest.mark.parametrize(
-    "configs, setting",
-    [
-        (["train.json"], "intensity_scaling"),
-        (["train.json", "evaluate.json"], "intensity_scaling"),
-        (["train_lesion_crops.json"], "intensity_scaling"),
-        (["inference.json", "evaluate_saliency.json"], "intensity_scaling"),
-        (["inference.json", "evaluate_saliency.json"], "lesion_intensity_scaling"),
-    ],
-    ids=lambda value: "+".join(value) if isinstance(value, list) else value,
-)
-def test_an_unknown_intensity_scaling_is_named_before_the_manifest_is_read(configs, setting, tmp_path):
-    """A network must see the scaling it was trained with; a typo is refused before any image or checkpoint is."""
-    error = initialize_error(configs, tmp_path, bundle_root=tmp_path, **{setting: "percentiles"})
-    assert (
-        error
-        == f'{setting}: is \'percentiles\', not an intensity scaling (use "breast_percentiles" or "display_range")'
-    )
-    assert not (tmp_path / "models").exists()
+#: A typo of each model-input setting and the refusal it gets.
+MODEL_INPUT_TYPOS = {
+    "intensity_scaling": ("percentiles", 'not an intensity scaling (use "breast_percentiles" or "display_range")'),
+    "field_of_view": ("whole", 'not a field of view (use "breast" or "image")'),
+}
 
 
 @pytest.mark.parametrize(
-    "configs, setting",
+    "configs, prefix",
     [
-        (["train.json"], "field_of_view"),
-        (["train.json", "evaluate.json"], "field_of_view"),
-        (["train_lesion_crops.json"], "field_of_view"),
-        (["inference.json", "evaluate_saliency.json"], "field_of_view"),
-        (["inference.json", "evaluate_saliency.json"], "lesion_field_of_view"),
+        (["train.json"], ""),
+        (["train.json", "evaluate.json"], ""),
+        (["train_lesion_crops.json"], ""),
+        (["inference.json", "evaluate_saliency.json"], ""),
+        (["inference.json", "evaluate_saliency.json"], "lesion_"),
     ],
-    ids=lambda value: "+".join(value) if isinstance(value, list) else value,
+    ids=lambda value: "+".join(value) if isinstance(value, list) else value or "model",
 )
-def test_an_unknown_field_of_view_is_named_before_the_manifest_is_read(configs, setting, tmp_path):
-    """A network must see the field of view it was trained with; a typo is refused before any image or checkpoint
-    is."""
-    error = initialize_error(configs, tmp_path, bundle_root=tmp_path, **{setting: "whole"})
-    assert error == f'{setting}: is \'whole\', not a field of view (use "breast" or "image")'
+@pytest.mark.parametrize("name", sorted(MODEL_INPUT_TYPOS))
+def test_an_unknown_model_input_setting_is_named_before_the_manifest_is_read(configs, prefix, name, tmp_path):
+    """A network must see the model input it was trained on; a typo is refused before any image or checkpoint is."""
+    value, problem = MODEL_INPUT_TYPOS[name]
+    error = initialize_error(configs, tmp_path, bundle_root=tmp_path, **{prefix + name: value})
+    assert error == f"{prefix}{name}: is {value!r}, {problem}"
     assert not (tmp_path / "models").exists()
 
 
