@@ -89,6 +89,7 @@ def test_the_pretrain_stage_runs_at_a_tiny_size_in_its_work_folder_and_packs_its
     assert not [name for name in names if name.endswith((".dcm", ".pt")) or "/masks/" in name or "/cache/" in name]
     pretrained = load_pretrained(tmp_path / "work" / "pretrain" / "models" / "pretrained.pt")
     assert pretrained.intensity_scaling == "display_range"  # the scaling that kept thickness and kVp readable
+    assert pretrained.field_of_view == "image"  # and the field of view that kept their grain at the stage's grid
 
 
 def test_the_saliency_stage_pairs_both_presets_on_one_image_of_each_patient(device_figures, tmp_path):

@@ -129,8 +129,8 @@ def prepare_image(
          compressed thickness and compression force) are lost or scaled by a number the network never sees.
        * ``"image"``: the whole image, flipped, so every image of one detector is resized by the same factor
          (:func:`~mammoxai.io.breast.breast_geometry`). A hand-made readout recovers from it the thickness and kVp
-         cues the breast crop resizes away; the small network pretrained on the CPU did not take them up (the
-         model card's comparison).
+         cues the breast crop resizes away; metadata pretraining on the CPU read them better from it at 512 x 416,
+         worse at 256 x 208, where the breast gets few pixels (the model card's comparison).
 
     Args:
         mammogram: the image, bright = dense.
