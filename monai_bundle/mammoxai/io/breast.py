@@ -18,10 +18,20 @@ from mammoxai.errors import MammoXAIError, check_choice
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 
-__all__ = ["FIELDS_OF_VIEW", "segment_breast", "chest_wall_side", "breast_geometry"]
+__all__ = ["FIELDS_OF_VIEW", "check_field_of_view", "segment_breast", "chest_wall_side", "breast_geometry"]
 
 #: What :func:`breast_geometry` frames on the model grid: the breast alone, or the whole image.
 FIELDS_OF_VIEW = ("breast", "image")
+
+
+def check_field_of_view(value: str, name: str = "field_of_view") -> str:
+    """``value`` when it names one of :data:`FIELDS_OF_VIEW`, checked where a setting is read so a typo is refused
+    before any image is.
+
+    Raises:
+        MammoXAIError: any other value.
+    """
+    return check_choice(value, FIELDS_OF_VIEW, name, "a field of view")
 
 
 def segment_breast(
@@ -172,7 +182,7 @@ def breast_geometry(
         raise MammoXAIError(source, f"breast mask of shape {mask.shape} is empty or does not match the image")
     height, width = mask.shape
     flip = chest_wall_side(mask, mammogram.laterality) == "right"
-    if check_choice(field_of_view, FIELDS_OF_VIEW, "field_of_view", "a field of view") == "image":
+    if check_field_of_view(field_of_view) == "image":
         return ImageGeometry((height, width), (0, 0, height, width), flip, output_shape)
     rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1

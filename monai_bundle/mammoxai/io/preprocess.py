@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mammoxai.errors import MammoXAIError, check_choice
-from mammoxai.io.breast import FIELDS_OF_VIEW, breast_geometry, segment_breast
+from mammoxai.io.breast import FIELDS_OF_VIEW, breast_geometry, check_field_of_view, segment_breast
 from mammoxai.io.geometry import ImageGeometry
 from mammoxai.io.mammogram import Mammogram
 
@@ -62,16 +62,6 @@ def check_intensity_scaling(value: str, name: str = "intensity_scaling") -> str:
         MammoXAIError: any other value.
     """
     return check_choice(value, INTENSITY_SCALINGS, name, "an intensity scaling")
-
-
-def check_field_of_view(value: str, name: str = "field_of_view") -> str:
-    """``value`` when it names one of :data:`~mammoxai.io.breast.FIELDS_OF_VIEW`, checked where a setting is read so
-    a typo is refused before any image is.
-
-    Raises:
-        MammoXAIError: any other value.
-    """
-    return check_choice(value, FIELDS_OF_VIEW, name, "a field of view")
 
 
 def check_scalable(mammogram: Mammogram, intensity_scaling: str) -> None:
